@@ -1,0 +1,262 @@
+//! Types shared by the BPF programs (`reconciler-ebpf`) and user space (`reconciler`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so both sides agree on the layout
+//! byte for byte and the kernel never sees uninitialised padding in a hash key. Each field's
+//! doc names its byte order.
+//!
+//! Versioning: every map a connect reads to choose a backend (services, slots, backends)
+//! holds two complete copies of the state, told apart by the `set` byte in the key. The one
+//! entry of the `ACTIVE_SET` array says which copy is live; user space only ever writes the
+//! other one (see `reconciler::dataplane`).
+#![no_std]
+
+/// Services (VIP, port, protocol) in one map set.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backends in one map set.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Backend selection slots in one map set, over all services.
+pub const MAX_SLOTS: u32 = 1_048_576;
+/// Selection slots of one service: the sum of its active backends' weights.
+pub const MAX_SLOTS_PER_SERVICE: u32 = 65_536;
+/// Bytes of the applied revision (a git commit id) kept in the metadata map.
+pub const REVISION_LEN: usize = 64;
+/// Bytes of a service name kept in the name map.
+pub const NAME_LEN: usize = 64;
+
+/// Number of map sets; the active one is `ACTIVE_SET[0]`, the other is the standby.
+pub const SET_COUNT: u8 = 2;
+
+/// `IPPROTO_TCP`, as in `struct bpf_sock_addr::protocol`.
+pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`, as in `struct bpf_sock_addr::protocol`.
+pub const PROTO_UDP: u8 = 17;
+
+/// `ServiceValue::algorithm`: a uniformly random slot per connect.
+pub const ALGORITHM_RANDOM: u8 = 0;
+
+/// Version of the map layout below. Stored in the metadata map at install, so a binary
+/// never reads maps that an incompatible build created.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
+/// `struct bpf_sock_addr::user_ip6`). IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a
+/// dual-stack socket connecting to a mapped address finds the same service as an IPv4 one.
+pub type Addr = [u32; 4];
+
+/// The IPv4-mapped form of `ip4`, given in network byte order (as `user_ip4` holds it).
+#[inline(always)]
+pub const fn ipv4_mapped(ip4: u32) -> Addr {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip4]
+}
+
+/// `Some(ip4)` in network byte order if `addr` is IPv4-mapped.
+#[inline(always)]
+pub const fn ipv4_of_mapped(addr: &Addr) -> Option<u32> {
+    if addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        Some(addr[3])
+    } else {
+        None
+    }
+}
+
+/// Key of `SERVICES`: the frontend a client connects to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The VIP; see [`Addr`] (network byte order).
+    pub addr: Addr,
+    /// The VIP port, network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// Map set, 0 or 1.
+    pub set: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Stable service ID (host byte order), kept across applies; keys `SLOTS`.
+    pub service_id: u32,
+    /// Number of selection slots (host byte order); 0 means no usable backend, and a
+    /// connect fails with `ECONNREFUSED`.
+    pub slot_count: u32,
+    /// `ALGORITHM_*`.
+    pub algorithm: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// Session affinity timeout in seconds (host byte order); 0 is off.
+    pub affinity_timeout_secs: u32,
+}
+
+/// Key of `SLOTS`: one selection slot of a service. A backend of weight `w` fills `w` slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// `ServiceValue::service_id` (host byte order).
+    pub service_id: u32,
+    /// Slot index in `0..slot_count` (host byte order).
+    pub slot: u32,
+    /// Map set, 0 or 1.
+    pub set: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Key of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// Stable backend ID (host byte order), kept across applies; indexes `BACKEND_STATS`.
+    pub backend_id: u32,
+    /// Map set, 0 or 1.
+    pub set: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of `BACKENDS`: where a connect is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Backend address; see [`Addr`] (network byte order).
+    pub addr: Addr,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of the per-CPU `BACKEND_STATS` array, indexed by backend ID. Not versioned: IDs
+/// are stable, so a counter follows its backend across applies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Connects sent to this backend (host byte order).
+    pub connects: u64,
+}
+
+/// The one entry of `METADATA`: what user space needs to know about the maps that the BPF
+/// programs do not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// [`LAYOUT_VERSION`] of the build that created the maps (host byte order).
+    pub layout_version: u32,
+    /// 1 while the standby set may differ from the active one (an apply is between its
+    /// first standby write and the final sync); a reader that finds 1 repairs it.
+    pub standby_dirty: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// Incremented by every apply that changes anything (host byte order).
+    pub generation: u64,
+    /// Cgroup ID (the cgroup directory's inode) the programs are attached to (host order).
+    pub cgroup_id: u64,
+    /// Unix time of the last completed apply, seconds (host byte order).
+    pub applied_at_unix: u64,
+    /// The applied revision, ASCII, `revision_len` bytes used.
+    pub revision: [u8; REVISION_LEN],
+    /// Bytes used in `revision`.
+    pub revision_len: u8,
+    /// Explicit padding; always zero.
+    pub _pad2: [u8; 7],
+}
+
+/// Value of `SERVICE_NAMES`, keyed by service ID: the name people gave the service. Only
+/// user space reads it, to show plans by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// UTF-8, `len` bytes used.
+    pub name: [u8; NAME_LEN],
+    /// Bytes used in `name`.
+    pub len: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 7],
+}
+
+/// The slot a connect uses, for a 32-bit random number: `random * slot_count / 2^32`.
+/// Multiply-shift instead of `%` keeps every slot equally likely up to one part in 2^32 / n
+/// and needs no division in the BPF program.
+#[inline(always)]
+pub const fn random_slot(random: u32, slot_count: u32) -> u32 {
+    ((random as u64 * slot_count as u64) >> 32) as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and integer arrays, and
+    // have no implicit padding (their padding is explicit, zeroed fields).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for Metadata {}
+    unsafe impl aya::Pod for ServiceName {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<ServiceValue>(), 4 + 4 + 1 + 3 + 4);
+        assert_eq!(size_of::<SlotKey>(), 4 + 4 + 1 + 3);
+        assert_eq!(size_of::<BackendKey>(), 4 + 1 + 3);
+        assert_eq!(size_of::<Backend>(), 16 + 2 + 2);
+        assert_eq!(size_of::<BackendStats>(), 8);
+        assert_eq!(size_of::<Metadata>(), 4 + 1 + 3 + 8 * 3 + REVISION_LEN + 1 + 7);
+        assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);
+        assert!(align_of::<Metadata>() <= 8);
+    }
+
+    #[test]
+    fn ipv4_mapped_round_trips_and_matches_the_ipv6_text_form() {
+        let ip4 = u32::from_ne_bytes([10, 96, 0, 10]);
+        let mapped = ipv4_mapped(ip4);
+        assert_eq!(ipv4_of_mapped(&mapped), Some(ip4));
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_mut(4).zip(mapped) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        // ::ffff:10.96.0.10
+        assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 10]);
+        assert_eq!(ipv4_of_mapped(&[0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn random_slot_stays_in_range_and_covers_the_ends() {
+        for count in [1u32, 2, 3, 7, 1000, MAX_SLOTS_PER_SERVICE] {
+            assert_eq!(random_slot(0, count), 0);
+            assert_eq!(random_slot(u32::MAX, count), count - 1);
+            assert!(random_slot(0x8000_0000, count) < count);
+        }
+    }
+
+    #[test]
+    fn random_slot_splits_the_random_range_evenly() {
+        // With 3 slots, each slot owns a third of the 2^32 random values, within one value.
+        let count = 3u32;
+        let mut owned = [0u64; 3];
+        let step = 1u32 << 12;
+        let mut r = 0u32;
+        loop {
+            owned[random_slot(r, count) as usize] += 1;
+            match r.checked_add(step) {
+                Some(next) => r = next,
+                None => break,
+            }
+        }
+        let total: u64 = owned.iter().sum();
+        for n in owned {
+            assert!(n * 3 >= total - 3 && n * 3 <= total + 3, "{owned:?}");
+        }
+    }
+}

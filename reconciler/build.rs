@@ -1,0 +1,22 @@
+//! Builds the BPF object from `reconciler-ebpf` (nightly, bpfel-unknown-none, bpf-linker) into
+//! OUT_DIR, where `dataplane` embeds it with `include_bytes_aligned!`.
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya_build::{build_ebpf, Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let ebpf_dir = Path::new(&manifest_dir).join("../reconciler-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to reconciler-ebpf")?;
+    println!("cargo:rerun-if-changed=../reconciler-common/src");
+    build_ebpf(
+        [Package {
+            name: "reconciler-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+    .context("building the BPF programs; run `make setup` first (nightly, rust-src, bpf-linker)")
+}

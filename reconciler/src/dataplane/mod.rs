@@ -1,0 +1,557 @@
+//! The only code that touches BPF: install, read, apply, uninstall.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/reconciler`): one file per map, named
+//! as in `reconciler-ebpf` (`SERVICES`, `SLOTS`, ...), and one per attached program link
+//! (`link_connect4`, ...). Links are pinned last, so their presence marks a complete install;
+//! everything keeps working while no reconciler process runs.
+//!
+//! # Apply protocol
+//!
+//! `SERVICES`, `SLOTS` and `BACKENDS` hold two sets; `ACTIVE_SET[0]` names the live one. An
+//! apply never writes the live set:
+//!
+//! 1. mark the standby dirty in `METADATA` (and bump the generation);
+//! 2. write the standby set until it equals the desired state;
+//! 3. flip `ACTIVE_SET[0]`: every connect from now on reads the new set;
+//! 4. wait for an RCU grace period ([`wait_for_readers`]): connects that read the old pointer
+//!    have finished, so the old set has no readers;
+//! 5. write the old set until it equals the desired state too, and mark the standby clean.
+//!
+//! So a connect sees the whole old state or the whole new state, one wait serves one apply,
+//! and the standby is free of readers when the next apply starts. A crash in steps 2-5 leaves
+//! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
+//! which rewrites the standby from its real content.
+mod state;
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr,
+    },
+    EbpfLoader,
+};
+use reconciler_common::{
+    Backend, BackendKey, BackendStats, Metadata, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    LAYOUT_VERSION, REVISION_LEN,
+};
+pub use state::{Algorithm, Change, Frontend, MapState, Protocol, ServiceEntry};
+
+/// The BPF object built from `reconciler-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
+
+/// Where the data plane is pinned unless told otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
+
+const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
+const MAPS: [&str; 7] = [
+    "ACTIVE_SET",
+    "SERVICES",
+    "SLOTS",
+    "BACKENDS",
+    "BACKEND_STATS",
+    "METADATA",
+    "SERVICE_NAMES",
+];
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("{path} is not a cgroup v2 directory")]
+    NotCgroup2 { path: PathBuf },
+    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
+    NoCgroup2Mount,
+    #[error("no data plane is installed at {path}")]
+    NotInstalled { path: PathBuf },
+    #[error(
+        "the data plane at {path} is attached to another cgroup (id {installed}, asked for \
+         id {requested}); uninstall it first"
+    )]
+    OtherCgroup { path: PathBuf, installed: u64, requested: u64 },
+    #[error(
+        "the maps at {path} have layout version {found}, this build uses {expected}; \
+         uninstall and install again"
+    )]
+    LayoutMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("loading the BPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("waiting for an RCU grace period (membarrier): {0}")]
+    Membarrier(io::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Io { what, source }
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Map { what, source }
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entry changes between the live state and the desired one.
+    pub changes: usize,
+    /// Every map element written or deleted, in both sets, plus the pointer flip and the
+    /// metadata updates: `2 × versioned changes + name changes + 3`, or 0 with no change.
+    pub map_writes: usize,
+    /// The generation after the apply.
+    pub generation: u64,
+}
+
+/// What the metadata map says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub generation: u64,
+    pub revision: Option<String>,
+    pub applied_at_unix: Option<u64>,
+    pub cgroup_id: u64,
+    pub active_set: u8,
+    pub standby_dirty: bool,
+}
+
+/// The live state: the active set's content and the metadata.
+#[derive(Clone, Debug)]
+pub struct LiveState {
+    pub state: MapState,
+    pub status: Status,
+}
+
+/// An installed data plane, opened from its pins.
+pub struct Dataplane {
+    pin_path: PathBuf,
+    active_set: Array<MapData, u32>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    stats: PerCpuArray<MapData, BackendStats>,
+    metadata: Array<MapData, Metadata>,
+    names: HashMap<MapData, u32, ServiceName>,
+}
+
+/// The mount point of the first cgroup2 filesystem in /proc/self/mounts.
+pub fn default_cgroup() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").map_err(io_err("reading /proc/self/mounts"))?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or(DataplaneError::NoCgroup2Mount)
+}
+
+/// Whether a complete data plane is pinned at `pin_path`.
+pub fn is_installed(pin_path: &Path) -> bool {
+    PROGRAMS.iter().all(|p| link_pin(pin_path, p).exists())
+}
+
+fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
+    pin_path.join(format!("link_{program}"))
+}
+
+fn statfs_type(path: &Path) -> Result<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| DataplaneError::Invalid(format!("{} contains a NUL byte", path.display())))?;
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and buf is a valid statfs buffer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+        return Err(io_err(format!("statfs {}", path.display()))(io::Error::last_os_error()));
+    }
+    Ok(buf.f_type as i64)
+}
+
+/// The cgroup ID the kernel uses for `path`: the cgroup directory's inode number.
+fn cgroup_id(path: &Path) -> Result<u64> {
+    if statfs_type(path)? != CGROUP2_SUPER_MAGIC {
+        return Err(DataplaneError::NotCgroup2 { path: path.to_owned() });
+    }
+    let meta = fs::metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
+    Ok(meta.ino())
+}
+
+/// Waits until no BPF program run that started before this call is still running.
+///
+/// cgroup sock_addr programs run inside `rcu_read_lock()` (`bpf_prog_run_array_cg`), and a
+/// program reads `ACTIVE_SET` once and uses that set until it returns. `membarrier(
+/// MEMBARRIER_CMD_GLOBAL)` calls `synchronize_rcu()`, which returns only after every RCU
+/// read-side section that was running has ended; so after it, no program can still be
+/// reading the set that was active before the flip. (On a one-CPU machine the kernel skips
+/// the call: there, a non-preemptible reader cannot be running while we are.)
+pub fn wait_for_readers() -> Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+    if rc != 0 {
+        return Err(DataplaneError::Membarrier(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn open_map(pin_path: &Path, name: &str) -> Result<Map> {
+    let path = pin_path.join(name);
+    let data = MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))?;
+    Map::from_map_data(data).map_err(map_err(format!("opening {}", path.display())))
+}
+
+macro_rules! typed_map {
+    ($pin_path:expr, $name:literal) => {
+        open_map($pin_path, $name)?
+            .try_into()
+            .map_err(map_err(concat!("map ", $name, " has an unexpected type")))?
+    };
+}
+
+impl Dataplane {
+    /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
+    /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
+    pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
+        let requested = cgroup_id(cgroup)?;
+        if is_installed(pin_path) {
+            let dataplane = Self::open(pin_path)?;
+            let installed = dataplane.read_metadata()?.cgroup_id;
+            if installed != requested {
+                return Err(DataplaneError::OtherCgroup {
+                    path: pin_path.to_owned(),
+                    installed,
+                    requested,
+                });
+            }
+            return Ok(dataplane);
+        }
+        // Pins without links are left by an install that did not finish; nothing of it is
+        // attached, so start again from nothing.
+        remove_pins(pin_path)?;
+        fs::create_dir_all(pin_path).map_err(io_err(format!("creating {}", pin_path.display())))?;
+        if statfs_type(pin_path)? != BPF_FS_MAGIC {
+            let _ = fs::remove_dir(pin_path);
+            return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
+        }
+
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        for name in MAPS {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no map {name}")))?;
+            map.pin(pin_path.join(name))
+                .map_err(|e| DataplaneError::Invalid(format!("pinning map {name}: {e}")))?;
+        }
+        let mut dataplane = Self::open_maps(pin_path)?;
+        dataplane
+            .active_set
+            .set(0, 0, 0)
+            .map_err(map_err("initialising ACTIVE_SET"))?;
+        let metadata = Metadata {
+            layout_version: LAYOUT_VERSION,
+            standby_dirty: 0,
+            _pad: [0; 3],
+            generation: 0,
+            cgroup_id: requested,
+            applied_at_unix: 0,
+            revision: [0; REVISION_LEN],
+            revision_len: 0,
+            _pad2: [0; 7],
+        };
+        dataplane.write_metadata(&metadata)?;
+
+        let cgroup_dir = fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { program: name, source })?;
+            program.load().map_err(|source| DataplaneError::Program { program: name, source })?;
+            // aya attaches through a BPF link, which the kernel always attaches as one of
+            // many (other tools' programs keep running) and which takes no mode flags:
+            // anything but the default (0) is EINVAL.
+            let link_id = program
+                .attach(&cgroup_dir, CgroupAttachMode::default())
+                .map_err(|source| DataplaneError::Program { program: name, source })?;
+            let link = program
+                .take_link(link_id)
+                .map_err(|source| DataplaneError::Program { program: name, source })?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e| DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}")))?;
+            link.pin(link_pin(pin_path, name))
+                .map_err(|e| DataplaneError::Invalid(format!("pinning link of {name}: {e}")))?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Opens the data plane pinned at `pin_path`.
+    pub fn open(pin_path: &Path) -> Result<Self> {
+        if !is_installed(pin_path) {
+            return Err(DataplaneError::NotInstalled { path: pin_path.to_owned() });
+        }
+        let dataplane = Self::open_maps(pin_path)?;
+        let found = dataplane.read_metadata()?.layout_version;
+        if found != LAYOUT_VERSION {
+            return Err(DataplaneError::LayoutMismatch {
+                path: pin_path.to_owned(),
+                found,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        Ok(dataplane)
+    }
+
+    fn open_maps(pin_path: &Path) -> Result<Self> {
+        Ok(Self {
+            pin_path: pin_path.to_owned(),
+            active_set: typed_map!(pin_path, "ACTIVE_SET"),
+            services: typed_map!(pin_path, "SERVICES"),
+            slots: typed_map!(pin_path, "SLOTS"),
+            backends: typed_map!(pin_path, "BACKENDS"),
+            stats: typed_map!(pin_path, "BACKEND_STATS"),
+            metadata: typed_map!(pin_path, "METADATA"),
+            names: typed_map!(pin_path, "SERVICE_NAMES"),
+        })
+    }
+
+    /// Detaches the programs and removes every pin under `pin_path`, and the directory.
+    pub fn uninstall(pin_path: &Path) -> Result<()> {
+        for name in PROGRAMS {
+            let path = link_pin(pin_path, name);
+            if path.exists() {
+                let link = PinnedLink::from_pin(&path)
+                    .map_err(|e| DataplaneError::Invalid(format!("opening {}: {e}", path.display())))?;
+                // Unpinning drops the last reference once this fd closes: the link detaches.
+                link.unpin().map_err(io_err(format!("unpinning {}", path.display())))?;
+            }
+        }
+        remove_pins(pin_path)?;
+        match fs::remove_dir(pin_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("removing {}", pin_path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    fn read_metadata(&self) -> Result<Metadata> {
+        self.metadata.get(&0, 0).map_err(map_err("reading METADATA"))
+    }
+
+    fn write_metadata(&mut self, metadata: &Metadata) -> Result<()> {
+        self.metadata.set(0, metadata, 0).map_err(map_err("writing METADATA"))
+    }
+
+    fn read_active_set(&self) -> Result<u8> {
+        let set = self.active_set.get(&0, 0).map_err(map_err("reading ACTIVE_SET"))?;
+        Ok((set & 1) as u8)
+    }
+
+    /// The metadata, in readable form.
+    pub fn status(&self) -> Result<Status> {
+        let metadata = self.read_metadata()?;
+        let revision_len = usize::from(metadata.revision_len).min(REVISION_LEN);
+        Ok(Status {
+            generation: metadata.generation,
+            revision: (revision_len > 0)
+                .then(|| String::from_utf8_lossy(&metadata.revision[..revision_len]).into_owned()),
+            applied_at_unix: (metadata.applied_at_unix > 0).then_some(metadata.applied_at_unix),
+            cgroup_id: metadata.cgroup_id,
+            active_set: self.read_active_set()?,
+            standby_dirty: metadata.standby_dirty != 0,
+        })
+    }
+
+    /// The active set's content and the metadata.
+    pub fn read_live(&self) -> Result<LiveState> {
+        let status = self.status()?;
+        let [state, _] = self.read_sets(status.active_set)?;
+        Ok(LiveState { state, status })
+    }
+
+    /// Both sets, `[set first, the other]`, in one pass over each map. Entries that no build
+    /// of ours writes (an unknown protocol) are skipped here and so are replaced by an apply.
+    fn read_sets(&self, first: u8) -> Result<[MapState; 2]> {
+        let mut sets = [MapState::default(), MapState::default()];
+        let index = |set: u8| usize::from(set != first);
+        for item in self.services.iter() {
+            let (key, value) = item.map_err(map_err("reading SERVICES"))?;
+            if let Some(frontend) = state::frontend_of(&key) {
+                sets[index(key.set)].services.insert(frontend, state::service_entry(&value));
+            }
+        }
+        for item in self.slots.iter() {
+            let (key, backend) = item.map_err(map_err("reading SLOTS"))?;
+            sets[index(key.set)].slots.insert((key.service_id, key.slot), backend);
+        }
+        for item in self.backends.iter() {
+            let (key, value) = item.map_err(map_err("reading BACKENDS"))?;
+            sets[index(key.set)].backends.insert(key.backend_id, state::backend_addr(&value));
+        }
+        let mut names = BTreeMap::new();
+        for item in self.names.iter() {
+            let (id, value) = item.map_err(map_err("reading SERVICE_NAMES"))?;
+            names.insert(id, state::name_of(&value));
+        }
+        sets[0].names = names.clone();
+        sets[1].names = names;
+        Ok(sets)
+    }
+
+    /// Connects counted per backend ID, summed over CPUs (backends with none are left out).
+    pub fn backend_connects(&self) -> Result<BTreeMap<u32, u64>> {
+        let mut counts = BTreeMap::new();
+        for (id, values) in self.stats.iter().enumerate() {
+            let values = values.map_err(map_err("reading BACKEND_STATS"))?;
+            let total: u64 = values.iter().map(|v| v.connects).sum();
+            if total > 0 {
+                counts.insert(id as u32, total);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Makes the live state equal `desired` (see the module docs for the protocol) and
+    /// records `revision` as applied. Writes nothing when nothing differs.
+    pub fn apply(&mut self, desired: &MapState, revision: Option<&str>) -> Result<ApplyReport> {
+        if revision.is_some_and(|r| r.len() > REVISION_LEN) {
+            return Err(DataplaneError::Invalid(format!(
+                "revision is longer than {REVISION_LEN} bytes"
+            )));
+        }
+        let mut metadata = self.read_metadata()?;
+        if metadata.standby_dirty != 0 {
+            // An earlier apply stopped after its flip, maybe before its wait: wait now.
+            wait_for_readers()?;
+        }
+        let active = self.read_active_set()?;
+        let standby = active ^ 1;
+        let [live, standby_content] = self.read_sets(active)?;
+
+        let changes = live.changes_to(desired);
+        let revision_changed = revision.is_some_and(|r| {
+            usize::from(metadata.revision_len) != r.len()
+                || &metadata.revision[..r.len()] != r.as_bytes()
+        });
+        let standby_changes: Vec<Change> = standby_content
+            .changes_to(desired)
+            .into_iter()
+            .filter(Change::is_versioned)
+            .collect();
+        if changes.is_empty() && standby_changes.is_empty() && !revision_changed {
+            return Ok(ApplyReport { changes: 0, map_writes: 0, generation: metadata.generation });
+        }
+
+        let mut writes = 0;
+        metadata.generation += 1;
+        let versioned: Vec<&Change> = changes.iter().filter(|c| c.is_versioned()).collect();
+        if !versioned.is_empty() || !standby_changes.is_empty() {
+            metadata.standby_dirty = 1;
+            self.write_metadata(&metadata)?;
+            writes += 1;
+            for change in &standby_changes {
+                self.write_entry(change, standby)?;
+                writes += 1;
+            }
+            self.active_set.set(0, u32::from(standby), 0).map_err(map_err("flipping ACTIVE_SET"))?;
+            writes += 1;
+            wait_for_readers()?;
+            for change in &versioned {
+                self.write_entry(change, active)?;
+                writes += 1;
+            }
+            metadata.standby_dirty = 0;
+        }
+        for change in changes.iter().filter(|c| !c.is_versioned()) {
+            self.write_entry(change, active)?;
+            writes += 1;
+        }
+        if let Some(revision) = revision {
+            metadata.revision = [0; REVISION_LEN];
+            metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
+            metadata.revision_len = revision.len() as u8;
+        }
+        metadata.applied_at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.write_metadata(&metadata)?;
+        writes += 1;
+        Ok(ApplyReport { changes: changes.len(), map_writes: writes, generation: metadata.generation })
+    }
+
+    /// Writes one change into map set `set` (names ignore the set). Deleting an entry that is
+    /// not there is not an error: the entry is gone either way.
+    fn write_entry(&mut self, change: &Change, set: u8) -> Result<()> {
+        let result = match change {
+            Change::Service(frontend, Some(entry)) => self.services.insert(
+                state::service_key(frontend, set),
+                state::service_value(entry),
+                0,
+            ),
+            Change::Service(frontend, None) => self.services.remove(&state::service_key(frontend, set)),
+            Change::Slot(slot, Some(backend)) => self.slots.insert(state::slot_key(*slot, set), backend, 0),
+            Change::Slot(slot, None) => self.slots.remove(&state::slot_key(*slot, set)),
+            Change::Backend(id, Some(addr)) => {
+                self.backends.insert(state::backend_key(*id, set), state::backend_value(addr), 0)
+            }
+            Change::Backend(id, None) => self.backends.remove(&state::backend_key(*id, set)),
+            Change::Name(id, Some(name)) => self.names.insert(id, state::name_value(name), 0),
+            Change::Name(id, None) => self.names.remove(id),
+        };
+        match result {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(map_err(format!("writing {change:?} into set {set}"))),
+        }
+    }
+}
+
+/// Removes every pin file the data plane makes under `pin_path` (not the directory).
+fn remove_pins(pin_path: &Path) -> Result<()> {
+    let links = PROGRAMS.iter().map(|p| link_pin(pin_path, p));
+    for path in MAPS.iter().map(|m| pin_path.join(m)).chain(links) {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", path.display()))(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
+//!
+//! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
+pub mod dataplane;

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs everything a fresh machine lacks to build, test, demo and benchmark reconciler.
+# Idempotent: every step checks first, so a second run changes nothing and takes seconds.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*"; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: must run as root (apt packages, bpffs mount); try: sudo make setup" >&2
+        exit 1
+    fi
+}
+
+# --- apt packages -------------------------------------------------------------------------
+# pkg-config + libssl-dev: git2's https transport; iproute2: `ip netns`; git: the git source
+# and `git daemon` in tests; iptables/nftables: benchmark baselines; bpftool: inspecting maps.
+APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    need_root
+    log "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- Rust toolchains ----------------------------------------------------------------------
+# The BPF crate needs nightly (build-std for bpfel-unknown-none) and its rust-src.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing the nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+for c in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+    rustup component list --toolchain nightly --installed | grep -q "^$c" ||
+        rustup component add "$c" --toolchain nightly
+done
+
+# --- bpf-linker against nightly rustc's own LLVM ------------------------------------------
+# bpf-linker must link the bitcode rustc emits with the same LLVM major version; building it
+# against rustc's libLLVM guarantees that without installing a system LLVM.
+llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+if [ -z "$llvm_major" ]; then
+    echo "setup: cannot read the LLVM version from 'rustc +nightly -vV'" >&2
+    exit 1
+fi
+linker_ok=false
+if command -v bpf-linker >/dev/null 2>&1; then
+    stamp="$HOME/.cargo/bpf-linker.llvm"
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$llvm_major" ] && linker_ok=true
+fi
+if ! $linker_ok; then
+    sysroot=$(rustc +nightly --print sysroot)
+    libllvm=$(ls "$sysroot"/lib/libLLVM.so.*-rust-*-nightly 2>/dev/null | head -n 1 || true)
+    if [ -z "$libllvm" ]; then
+        echo "setup: no libLLVM.so.*-rust-*-nightly in $sysroot/lib" >&2
+        exit 1
+    fi
+    prefix="$HOME/.cache/reconciler/llvm-prefix"
+    mkdir -p "$prefix/lib"
+    ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
+    log "building bpf-linker against $libllvm (LLVM $llvm_major, about 90 s)"
+    LLVM_PREFIX="$prefix" cargo +nightly install --locked bpf-linker --force \
+        --no-default-features --features "llvm-$llvm_major"
+    echo "$llvm_major" >"$HOME/.cargo/bpf-linker.llvm"
+fi
+
+# --- bpffs --------------------------------------------------------------------------------
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/self/mounts; then
+    need_root
+    log "mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+fi
+
+log "ok"

@@ -1,0 +1,47 @@
+//! The client side of the real-kernel tests; the sandbox runs it inside its cgroup and
+//! network namespace.
+//!
+//!   probe tcp ADDR COUNT            COUNT connects to ADDR; prints `reply NAME N` per backend
+//!                                   name read back and `error ERRNO N` per failure kind
+//!   probe install PIN CGROUP VIP:PORT BACKEND...
+//!                                   installs the data plane with one TCP service and exits
+use std::{collections::BTreeMap, net::TcpStream, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+use reconciler::dataplane::Dataplane;
+use reconciler_tests::{errno_name, one_service, read_reply};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["tcp", target, count] => tcp(target, count.parse().context("COUNT")?),
+        ["install", pin, cgroup, frontend, backends @ ..] => {
+            let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
+            dataplane.apply(&one_service(frontend, backends)?, None)?;
+            Ok(())
+        }
+        _ => bail!("usage: probe tcp ADDR COUNT | probe install PIN CGROUP VIP:PORT BACKEND..."),
+    }
+}
+
+fn tcp(target: &str, count: u32) -> Result<()> {
+    let target: std::net::SocketAddr = target.parse().context("ADDR")?;
+    let mut replies: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..count {
+        match TcpStream::connect(target).and_then(|mut s| read_reply(&mut s)) {
+            Ok(name) => *replies.entry(name).or_default() += 1,
+            Err(e) => {
+                let kind = e.raw_os_error().map_or_else(|| e.kind().to_string(), errno_name);
+                *errors.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    for (name, n) in replies {
+        println!("reply {name} {n}");
+    }
+    for (kind, n) in errors {
+        println!("error {kind} {n}");
+    }
+    Ok(())
+}

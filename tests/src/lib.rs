@@ -1,0 +1,329 @@
+//! A sandbox for real-kernel tests: a fresh network namespace (loopback only), a child
+//! cgroup v2 directory and a pin directory of its own, real listeners inside the namespace,
+//! and client processes that run inside both the cgroup and the namespace.
+//!
+//! Network safety: every listener and client lives in the sandbox's own namespace, where
+//! only `lo` exists. A VIP that the hook failed to rewrite cannot leave the machine; the
+//! connect fails with ENETUNREACH instead.
+//!
+//! Everything is removed on drop, also when a test panics: the data plane under the pin
+//! directory, the listeners, the cgroup; the namespace goes with its last file descriptor.
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::JoinHandle,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use reconciler::dataplane::{
+    self, Algorithm, Dataplane, Frontend, MapState, Protocol, ServiceEntry,
+};
+
+static SANDBOXES: AtomicU32 = AtomicU32::new(0);
+
+/// Fails with a clear message unless the process can do what the sandbox needs.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("real-kernel tests need root (BPF, cgroups, network namespaces): run `sudo make test`");
+    }
+    Ok(())
+}
+
+pub struct Sandbox {
+    name: String,
+    netns: OwnedFd,
+    cgroup: PathBuf,
+    pin_path: PathBuf,
+    servers: Vec<Server>,
+}
+
+impl Sandbox {
+    /// A new namespace with `lo` up, a child cgroup and an unused pin path.
+    pub fn new(test: &str) -> Result<Self> {
+        require_root()?;
+        let name = format!(
+            "reconciler-test-{}-{}-{test}",
+            std::process::id(),
+            SANDBOXES.fetch_add(1, Ordering::Relaxed)
+        );
+        let netns = std::thread::spawn(|| -> Result<OwnedFd> {
+            // CLONE_NEWNET applies to this thread only; the namespace outlives the thread
+            // through the file descriptor.
+            // SAFETY: unshare takes no pointers.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+            }
+            Ok(fs::File::open("/proc/thread-self/ns/net")
+                .context("opening the new network namespace")?
+                .into())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))??;
+        let cgroup = dataplane::default_cgroup()?.join(&name);
+        fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        let sandbox = Sandbox {
+            pin_path: Path::new("/sys/fs/bpf").join(&name),
+            name,
+            netns,
+            cgroup,
+            servers: Vec::new(),
+        };
+        sandbox.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(sandbox)
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on a thread inside the namespace; sockets it makes stay in the namespace.
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let fd = self.netns.try_clone()?;
+        std::thread::spawn(move || {
+            // SAFETY: fd is an open network namespace file.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in the namespace panicked"))?
+    }
+
+    /// A command that runs inside the sandbox: in its cgroup and its network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let procs = CString::new(self.cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+        let netns = self.netns.as_raw_fd();
+        let mut command = Command::new(program);
+        // SAFETY: the closure runs between fork and exec and makes only raw syscalls.
+        unsafe {
+            command.pre_exec(move || {
+                // Join the cgroup first: /sys stays the host's view while we are still here.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+
+    /// Runs `argv` inside the sandbox and fails unless it exits 0.
+    pub fn run(&self, argv: &[&str]) -> Result<Output> {
+        let output = self.command(argv[0])?.args(&argv[1..]).output()
+            .with_context(|| format!("running {argv:?}"))?;
+        ensure!(
+            output.status.success(),
+            "{argv:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output)
+    }
+
+    /// A TCP server inside the namespace that answers every connection with `name` and closes.
+    pub fn serve_tcp(&mut self, addr: &str, name: &str) -> Result<SocketAddr> {
+        let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+        let listener = self.in_netns(move || {
+            TcpListener::bind(addr).with_context(|| format!("binding {addr} in the namespace"))
+        })?;
+        let local = listener.local_addr()?;
+        let reply = format!("{name}\n").into_bytes();
+        let fd = listener.try_clone()?;
+        let thread = std::thread::spawn(move || {
+            // Ends when Server::drop shuts the listener down and accept fails.
+            while let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.write_all(&reply);
+            }
+        });
+        self.servers.push(Server { listener: fd, thread: Some(thread) });
+        Ok(local)
+    }
+
+    /// Packets sent on the namespace's `lo` so far.
+    pub fn lo_tx_packets(&self) -> Result<u64> {
+        self.in_netns(|| {
+            let dev = fs::read_to_string("/proc/thread-self/net/dev")?;
+            let line = dev
+                .lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .context("no lo in /proc/net/dev")?;
+            // face: rx bytes packets errs drop fifo frame compressed multicast, tx bytes packets
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Ok(fields.get(10).context("short /proc/net/dev line")?.parse()?)
+        })
+    }
+
+    /// Runs the probe client inside the sandbox: `count` TCP connects to `target`.
+    pub fn probe_tcp(&self, target: &str, count: u32) -> Result<ProbeResult> {
+        let output = self
+            .command(probe_path()?)?
+            .args(["tcp", target, &count.to_string()])
+            .output()
+            .context("running the probe")?;
+        ensure!(output.status.success(), "probe failed: {}", String::from_utf8_lossy(&output.stderr));
+        ProbeResult::parse(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// Programs attached to the sandbox's cgroup, by `bpftool cgroup show`.
+    pub fn attached_programs(&self) -> Result<usize> {
+        attached_programs(&self.cgroup)
+    }
+}
+
+/// Programs attached to `cgroup`, as `bpftool` sees them (an independent check).
+pub fn attached_programs(cgroup: &Path) -> Result<usize> {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .context("running bpftool (installed by `make setup`)")?;
+    ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    // One line of header, then one line per attached program.
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.lines().skip(1).filter(|l| !l.trim().is_empty()).count())
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Dataplane::uninstall(&self.pin_path);
+        self.servers.clear();
+        // Probe processes have all been waited for, so the cgroup is empty.
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+struct Server {
+    listener: TcpListener,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // On Linux, shutdown() of a listening socket wakes a blocked accept() with an error.
+        // SAFETY: the fd is open for as long as self.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The probe binary, built beside the test binaries.
+pub fn probe_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // Integration tests live in target/<profile>/deps; binaries in target/<profile>.
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("probe");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no probe binary next to {}; build with `cargo build -p reconciler-tests`", exe.display())
+}
+
+/// What a probe run saw: replies per backend name and failures per errno name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub replies: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl ProbeResult {
+    fn parse(text: &str) -> Result<Self> {
+        let mut result = ProbeResult::default();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (kind, name, count) = (fields.next(), fields.next(), fields.next());
+            let (Some(kind), Some(name), Some(count)) = (kind, name, count) else {
+                bail!("bad probe line {line:?}");
+            };
+            let count: u64 = count.parse()?;
+            match kind {
+                "reply" => result.replies.insert(name.to_owned(), count),
+                "error" => result.errors.insert(name.to_owned(), count),
+                _ => bail!("bad probe line {line:?}"),
+            };
+        }
+        Ok(result)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.replies.values().sum::<u64>() + self.errors.values().sum::<u64>()
+    }
+}
+
+/// Name of an errno for probe output, e.g. "ECONNREFUSED".
+pub fn errno_name(errno: i32) -> String {
+    match errno {
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        other => format!("errno{other}"),
+    }
+}
+
+/// Reads a server's whole reply: the backend's name.
+pub fn read_reply(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply.trim().to_owned())
+}
+
+/// A desired state with one TCP service `frontend` ("VIP:PORT") whose backends are
+/// `backends` ("ADDR:PORT"), each of weight 1, with backend IDs 1, 2, ... in order.
+pub fn one_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
+    let frontend: SocketAddr = frontend.parse().with_context(|| format!("frontend {frontend}"))?;
+    let mut state = MapState::default();
+    state.services.insert(
+        Frontend { vip: frontend.ip(), port: frontend.port(), protocol: Protocol::Tcp },
+        ServiceEntry {
+            id: 1,
+            slot_count: backends.len() as u32,
+            algorithm: Algorithm::Random,
+            affinity_timeout_secs: 0,
+        },
+    );
+    for (index, backend) in backends.iter().enumerate() {
+        let addr: SocketAddr = backend.parse().with_context(|| format!("backend {backend}"))?;
+        let id = index as u32 + 1;
+        state.backends.insert(id, addr);
+        state.slots.insert((1, index as u32), id);
+    }
+    state.names.insert(1, "test".into());
+    Ok(state)
+}

@@ -1,0 +1,202 @@
+//! The data plane in the real kernel: programs loaded, attached to a real cgroup, real
+//! connects to real listeners, each test in its own namespace, cgroup and pin directory.
+use std::{collections::BTreeSet, process::Command};
+
+use anyhow::{ensure, Result};
+use reconciler::dataplane::{Dataplane, MapState};
+use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
+
+fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
+    let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    dataplane.apply(desired, None)?;
+    Ok(dataplane)
+}
+
+fn names(set: &[&str]) -> BTreeSet<String> {
+    set.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn ipv4_connect_to_a_vip_reaches_a_backend() -> Result<()> {
+    let mut sandbox = Sandbox::new("ipv4")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+
+    let result = sandbox.probe_tcp("10.96.0.10:80", 5)?;
+    assert_eq!(result.replies.get("b1"), Some(&5), "{result:?}");
+    assert!(result.errors.is_empty(), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_connect_to_a_vip_reaches_a_backend() -> Result<()> {
+    let mut sandbox = Sandbox::new("ipv6")?;
+    let backend = sandbox.serve_tcp("[::1]:0", "b6")?;
+    install(&sandbox, &one_service("[fd00:96::10]:80", &[&backend.to_string()])?)?;
+
+    let result = sandbox.probe_tcp("[fd00:96::10]:80", 5)?;
+    assert_eq!(result.replies.get("b6"), Some(&5), "{result:?}");
+    assert!(result.errors.is_empty(), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn connects_spread_over_all_backends_and_are_counted() -> Result<()> {
+    let mut sandbox = Sandbox::new("spread")?;
+    let backends = [
+        sandbox.serve_tcp("127.0.0.1:0", "b1")?.to_string(),
+        sandbox.serve_tcp("127.0.0.2:0", "b2")?.to_string(),
+        sandbox.serve_tcp("127.0.0.3:0", "b3")?.to_string(),
+    ];
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &backends)?)?;
+
+    let result = sandbox.probe_tcp("10.96.0.10:80", 3000)?;
+    assert!(result.errors.is_empty(), "{result:?}");
+    assert_eq!(result.replies.keys().cloned().collect::<BTreeSet<_>>(), names(&["b1", "b2", "b3"]));
+    for (name, &n) in &result.replies {
+        // 25%..42% of 3000; with p = 1/3 this fails by chance about once in 10^10 runs.
+        assert!((750..=1260).contains(&n), "{name} got {n} of 3000: {result:?}");
+    }
+    // The per-backend counters saw the same connects (IDs 1..=3 are b1..b3).
+    let counted = dataplane.backend_connects()?;
+    for (id, name) in [(1, "b1"), (2, "b2"), (3, "b3")] {
+        assert_eq!(counted.get(&id), result.replies.get(name), "backend {id}: {counted:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn connects_to_other_addresses_are_untouched() -> Result<()> {
+    let mut sandbox = Sandbox::new("untouched")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let direct = sandbox.serve_tcp("127.0.0.5:0", "direct")?;
+    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+
+    // A listener that is not a VIP is reached as addressed.
+    let result = sandbox.probe_tcp(&direct.to_string(), 20)?;
+    assert_eq!(result.replies.get("direct"), Some(&20), "{result:?}");
+    // The VIP on another port is not a service: the connect goes out as addressed, and the
+    // namespace has no route for it.
+    let result = sandbox.probe_tcp("10.96.0.10:81", 3)?;
+    assert_eq!(result.errors.get("ENETUNREACH"), Some(&3), "{result:?}");
+    // So does another address on the service's port.
+    let result = sandbox.probe_tcp("10.96.0.11:80", 3)?;
+    assert_eq!(result.errors.get("ENETUNREACH"), Some(&3), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn a_service_without_backends_refuses_connects_without_sending_a_packet() -> Result<()> {
+    let sandbox = Sandbox::new("refused")?;
+    // The VIP is a local address here: a connect that got past the hook would send a SYN.
+    sandbox.run(&["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"])?;
+    install(&sandbox, &one_service("10.96.0.10:80", &[])?)?;
+
+    let before = sandbox.lo_tx_packets()?;
+    let result = sandbox.probe_tcp("10.96.0.10:80", 10)?;
+    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&10), "{result:?}");
+    assert_eq!(sandbox.lo_tx_packets()?, before, "a packet left for the VIP");
+
+    // Control: the same VIP on a port that is no service sends a SYN (and gets a RST).
+    let result = sandbox.probe_tcp("10.96.0.10:81", 1)?;
+    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&1), "{result:?}");
+    assert!(sandbox.lo_tx_packets()? > before, "the control connect sent nothing");
+    Ok(())
+}
+
+#[test]
+fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
+    let mut sandbox = Sandbox::new("swap")?;
+    let old = [
+        sandbox.serve_tcp("127.0.0.1:0", "old1")?.to_string(),
+        sandbox.serve_tcp("127.0.0.2:0", "old2")?.to_string(),
+    ];
+    let new = [
+        sandbox.serve_tcp("127.0.0.3:0", "new1")?.to_string(),
+        sandbox.serve_tcp("127.0.0.4:0", "new2")?.to_string(),
+    ];
+    let mut dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&old[0], &old[1]])?)?;
+    let before = dataplane.status()?;
+    let result = sandbox.probe_tcp("10.96.0.10:80", 200)?;
+    assert_eq!(result.replies.keys().cloned().collect::<BTreeSet<_>>(), names(&["old1", "old2"]));
+
+    // Same IDs, new addresses: 2 backend entries change, nothing else.
+    let desired = one_service("10.96.0.10:80", &[&new[0], &new[1]])?;
+    let report = dataplane.apply(&desired, Some("swap"))?;
+    assert_eq!(report.changes, 2);
+    // Each change into both sets, plus dirty mark, flip and final metadata.
+    assert_eq!(report.map_writes, 2 * 2 + 3);
+    assert_eq!(report.generation, before.generation + 1);
+
+    let result = sandbox.probe_tcp("10.96.0.10:80", 200)?;
+    assert!(result.errors.is_empty(), "{result:?}");
+    assert_eq!(result.replies.keys().cloned().collect::<BTreeSet<_>>(), names(&["new1", "new2"]));
+
+    // Both sets now hold the desired state: the live read matches, the standby is clean.
+    let live = dataplane.read_live()?;
+    assert_eq!(live.state, desired);
+    assert!(!live.status.standby_dirty);
+    assert_eq!(live.status.active_set, before.active_set ^ 1);
+    assert_eq!(live.status.revision.as_deref(), Some("swap"));
+
+    // Applying the same state again writes nothing.
+    let again = dataplane.apply(&desired, Some("swap"))?;
+    assert_eq!((again.changes, again.map_writes), (0, 0));
+
+    // Growing to three backends adds one backend, one slot, and changes the slot count.
+    let grown = one_service("10.96.0.10:80", &[&new[0], &new[1], &old[0]])?;
+    let report = dataplane.apply(&grown, None)?;
+    assert_eq!(report.changes, 3);
+    assert_eq!(report.map_writes, 2 * 3 + 3);
+    Ok(())
+}
+
+#[test]
+fn the_data_plane_keeps_working_after_the_installer_exits() -> Result<()> {
+    let mut sandbox = Sandbox::new("survive")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let status = Command::new(probe_path()?)
+        .arg("install")
+        .arg(sandbox.pin_path())
+        .arg(sandbox.cgroup())
+        .args(["10.96.0.10:80", &backend.to_string()])
+        .status()?;
+    ensure!(status.success(), "installer failed");
+
+    // The installing process is gone; pinned links and maps carry on.
+    let result = sandbox.probe_tcp("10.96.0.10:80", 10)?;
+    assert_eq!(result.replies.get("b1"), Some(&10), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
+    let mut sandbox = Sandbox::new("lifecycle")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+    assert_eq!(sandbox.attached_programs()?, 2);
+
+    // A second install reuses the first: same state, no extra programs.
+    let again = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    assert_eq!(again.status()?.generation, 1);
+    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 3)?.replies.get("b1"), Some(&3));
+    drop(again);
+
+    // Another cgroup is refused rather than silently ignored.
+    let other = Sandbox::new("lifecycle-other")?;
+    let err = Dataplane::install(sandbox.pin_path(), other.cgroup()).err();
+    assert!(
+        err.as_ref().is_some_and(|e| e.to_string().contains("another cgroup")),
+        "{err:?}"
+    );
+
+    Dataplane::uninstall(sandbox.pin_path())?;
+    assert!(!sandbox.pin_path().exists(), "pin directory left behind");
+    assert_eq!(attached_programs(sandbox.cgroup())?, 0);
+    // With the programs gone the VIP is an ordinary unroutable address again.
+    let result = sandbox.probe_tcp("10.96.0.10:80", 1)?;
+    assert_eq!(result.errors.get("ENETUNREACH"), Some(&1), "{result:?}");
+    Ok(())
+}
