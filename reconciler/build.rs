@@ -11,11 +11,7 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to reconciler-ebpf")?;
     println!("cargo:rerun-if-changed=../reconciler-common/src");
     build_ebpf(
-        [Package {
-            name: "reconciler-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
+        [Package { name: "reconciler-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         Toolchain::default(),
     )
     .context("building the BPF programs; run `make setup` first (nightly, rust-src, bpf-linker)")

@@ -126,6 +126,9 @@ pub struct Backend {
     pub port: u16,
     /// Explicit padding; always zero.
     pub _pad: [u8; 2],
+    /// The service this backend belongs to (host byte order). The programs do not read it;
+    /// it lets user space keep a backend's ID stable across applies.
+    pub service_id: u32,
 }
 
 /// Value of the per-CPU `BACKEND_STATS` array, indexed by backend ID. Not versioned: IDs
@@ -210,7 +213,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 4 + 4 + 1 + 3 + 4);
         assert_eq!(size_of::<SlotKey>(), 4 + 4 + 1 + 3);
         assert_eq!(size_of::<BackendKey>(), 4 + 1 + 3);
-        assert_eq!(size_of::<Backend>(), 16 + 2 + 2);
+        assert_eq!(size_of::<Backend>(), 16 + 2 + 2 + 4);
         assert_eq!(size_of::<BackendStats>(), 8);
         assert_eq!(size_of::<Metadata>(), 4 + 1 + 3 + 8 * 3 + REVISION_LEN + 1 + 7);
         assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);

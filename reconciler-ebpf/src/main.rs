@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use reconciler_common::{
-    ipv4_mapped, ipv4_of_mapped, random_slot, Addr, Backend, BackendKey, BackendStats,
-    Metadata, ServiceKey, ServiceName, ServiceValue, SlotKey, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SLOTS, SET_COUNT,
+    ipv4_mapped, ipv4_of_mapped, random_slot, Addr, Backend, BackendKey, BackendStats, Metadata,
+    ServiceKey, ServiceName, ServiceValue, SlotKey, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+    SET_COUNT,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).

@@ -1,4 +1,6 @@
 //! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
 //!
 //! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
+pub mod compile;
 pub mod dataplane;
+pub mod model;

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{
-    self, Algorithm, Dataplane, Frontend, MapState, Protocol, ServiceEntry,
+    self, Algorithm, BackendEntry, Dataplane, Frontend, MapState, Protocol, ServiceEntry,
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
@@ -35,7 +35,9 @@ static SANDBOXES: AtomicU32 = AtomicU32::new(0);
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("real-kernel tests need root (BPF, cgroups, network namespaces): run `sudo make test`");
+        bail!(
+            "real-kernel tests need root (BPF, cgroups, network namespaces): run `sudo make test`"
+        );
     }
     Ok(())
 }
@@ -114,7 +116,8 @@ impl Sandbox {
 
     /// A command that runs inside the sandbox: in its cgroup and its network namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let procs = CString::new(self.cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+        let procs =
+            CString::new(self.cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
         let netns = self.netns.as_raw_fd();
         let mut command = Command::new(program);
         // SAFETY: the closure runs between fork and exec and makes only raw syscalls.
@@ -142,7 +145,10 @@ impl Sandbox {
 
     /// Runs `argv` inside the sandbox and fails unless it exits 0.
     pub fn run(&self, argv: &[&str]) -> Result<Output> {
-        let output = self.command(argv[0])?.args(&argv[1..]).output()
+        let output = self
+            .command(argv[0])?
+            .args(&argv[1..])
+            .output()
             .with_context(|| format!("running {argv:?}"))?;
         ensure!(
             output.status.success(),
@@ -192,7 +198,11 @@ impl Sandbox {
             .args(["tcp", target, &count.to_string()])
             .output()
             .context("running the probe")?;
-        ensure!(output.status.success(), "probe failed: {}", String::from_utf8_lossy(&output.stderr));
+        ensure!(
+            output.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         ProbeResult::parse(&String::from_utf8_lossy(&output.stdout))
     }
 
@@ -321,7 +331,7 @@ pub fn one_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
     for (index, backend) in backends.iter().enumerate() {
         let addr: SocketAddr = backend.parse().with_context(|| format!("backend {backend}"))?;
         let id = index as u32 + 1;
-        state.backends.insert(id, addr);
+        state.backends.insert(id, BackendEntry { addr, service_id: 1 });
         state.slots.insert((1, index as u32), id);
     }
     state.names.insert(1, "test".into());

@@ -187,10 +187,7 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     // Another cgroup is refused rather than silently ignored.
     let other = Sandbox::new("lifecycle-other")?;
     let err = Dataplane::install(sandbox.pin_path(), other.cgroup()).err();
-    assert!(
-        err.as_ref().is_some_and(|e| e.to_string().contains("another cgroup")),
-        "{err:?}"
-    );
+    assert!(err.as_ref().is_some_and(|e| e.to_string().contains("another cgroup")), "{err:?}");
 
     Dataplane::uninstall(sandbox.pin_path())?;
     assert!(!sandbox.pin_path().exists(), "pin directory left behind");

@@ -43,7 +43,7 @@ use reconciler_common::{
     Backend, BackendKey, BackendStats, Metadata, ServiceKey, ServiceName, ServiceValue, SlotKey,
     LAYOUT_VERSION, REVISION_LEN,
 };
-pub use state::{Algorithm, Change, Frontend, MapState, Protocol, ServiceEntry};
+pub use state::{Algorithm, BackendEntry, Change, Frontend, MapState, Protocol, ServiceEntry};
 
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
@@ -52,15 +52,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/re
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
 
 const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
-const MAPS: [&str; 7] = [
-    "ACTIVE_SET",
-    "SERVICES",
-    "SLOTS",
-    "BACKENDS",
-    "BACKEND_STATS",
-    "METADATA",
-    "SERVICE_NAMES",
-];
+const MAPS: [&str; 7] =
+    ["ACTIVE_SET", "SERVICES", "SLOTS", "BACKENDS", "BACKEND_STATS", "METADATA", "SERVICE_NAMES"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -166,7 +159,8 @@ pub struct Dataplane {
 
 /// The mount point of the first cgroup2 filesystem in /proc/self/mounts.
 pub fn default_cgroup() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").map_err(io_err("reading /proc/self/mounts"))?;
+    let mounts =
+        fs::read_to_string("/proc/self/mounts").map_err(io_err("reading /proc/self/mounts"))?;
     mounts
         .lines()
         .filter_map(|line| {
@@ -218,7 +212,8 @@ fn cgroup_id(path: &Path) -> Result<u64> {
 pub fn wait_for_readers() -> Result<()> {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes no pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
     if rc != 0 {
         return Err(DataplaneError::Membarrier(io::Error::last_os_error()));
     }
@@ -233,9 +228,11 @@ fn open_map(pin_path: &Path, name: &str) -> Result<Map> {
 
 macro_rules! typed_map {
     ($pin_path:expr, $name:literal) => {
-        open_map($pin_path, $name)?
-            .try_into()
-            .map_err(map_err(concat!("map ", $name, " has an unexpected type")))?
+        open_map($pin_path, $name)?.try_into().map_err(map_err(concat!(
+            "map ",
+            $name,
+            " has an unexpected type"
+        )))?
     };
 }
 
@@ -267,17 +264,14 @@ impl Dataplane {
 
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
         for name in MAPS {
-            let map = ebpf
-                .map(name)
-                .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no map {name}")))?;
+            let map = ebpf.map(name).ok_or_else(|| {
+                DataplaneError::Invalid(format!("the BPF object has no map {name}"))
+            })?;
             map.pin(pin_path.join(name))
                 .map_err(|e| DataplaneError::Invalid(format!("pinning map {name}: {e}")))?;
         }
         let mut dataplane = Self::open_maps(pin_path)?;
-        dataplane
-            .active_set
-            .set(0, 0, 0)
-            .map_err(map_err("initialising ACTIVE_SET"))?;
+        dataplane.active_set.set(0, 0, 0).map_err(map_err("initialising ACTIVE_SET"))?;
         let metadata = Metadata {
             layout_version: LAYOUT_VERSION,
             standby_dirty: 0,
@@ -291,11 +285,14 @@ impl Dataplane {
         };
         dataplane.write_metadata(&metadata)?;
 
-        let cgroup_dir = fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
+        let cgroup_dir =
+            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
-                .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
+                .ok_or_else(|| {
+                    DataplaneError::Invalid(format!("the BPF object has no program {name}"))
+                })?
                 .try_into()
                 .map_err(|source| DataplaneError::Program { program: name, source })?;
             program.load().map_err(|source| DataplaneError::Program { program: name, source })?;
@@ -308,9 +305,9 @@ impl Dataplane {
             let link = program
                 .take_link(link_id)
                 .map_err(|source| DataplaneError::Program { program: name, source })?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|e| DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}")))?;
+            let link: FdLink = link.try_into().map_err(|e| {
+                DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}"))
+            })?;
             link.pin(link_pin(pin_path, name))
                 .map_err(|e| DataplaneError::Invalid(format!("pinning link of {name}: {e}")))?;
         }
@@ -352,8 +349,9 @@ impl Dataplane {
         for name in PROGRAMS {
             let path = link_pin(pin_path, name);
             if path.exists() {
-                let link = PinnedLink::from_pin(&path)
-                    .map_err(|e| DataplaneError::Invalid(format!("opening {}: {e}", path.display())))?;
+                let link = PinnedLink::from_pin(&path).map_err(|e| {
+                    DataplaneError::Invalid(format!("opening {}: {e}", path.display()))
+                })?;
                 // Unpinning drops the last reference once this fd closes: the link detaches.
                 link.unpin().map_err(io_err(format!("unpinning {}", path.display())))?;
             }
@@ -423,7 +421,7 @@ impl Dataplane {
         }
         for item in self.backends.iter() {
             let (key, value) = item.map_err(map_err("reading BACKENDS"))?;
-            sets[index(key.set)].backends.insert(key.backend_id, state::backend_addr(&value));
+            sets[index(key.set)].backends.insert(key.backend_id, state::backend_entry(&value));
         }
         let mut names = BTreeMap::new();
         for item in self.names.iter() {
@@ -470,11 +468,8 @@ impl Dataplane {
             usize::from(metadata.revision_len) != r.len()
                 || &metadata.revision[..r.len()] != r.as_bytes()
         });
-        let standby_changes: Vec<Change> = standby_content
-            .changes_to(desired)
-            .into_iter()
-            .filter(Change::is_versioned)
-            .collect();
+        let standby_changes: Vec<Change> =
+            standby_content.changes_to(desired).into_iter().filter(Change::is_versioned).collect();
         if changes.is_empty() && standby_changes.is_empty() && !revision_changed {
             return Ok(ApplyReport { changes: 0, map_writes: 0, generation: metadata.generation });
         }
@@ -490,7 +485,9 @@ impl Dataplane {
                 self.write_entry(change, standby)?;
                 writes += 1;
             }
-            self.active_set.set(0, u32::from(standby), 0).map_err(map_err("flipping ACTIVE_SET"))?;
+            self.active_set
+                .set(0, u32::from(standby), 0)
+                .map_err(map_err("flipping ACTIVE_SET"))?;
             writes += 1;
             wait_for_readers()?;
             for change in &versioned {
@@ -508,12 +505,15 @@ impl Dataplane {
             metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
             metadata.revision_len = revision.len() as u8;
         }
-        metadata.applied_at_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        metadata.applied_at_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.write_metadata(&metadata)?;
         writes += 1;
-        Ok(ApplyReport { changes: changes.len(), map_writes: writes, generation: metadata.generation })
+        Ok(ApplyReport {
+            changes: changes.len(),
+            map_writes: writes,
+            generation: metadata.generation,
+        })
     }
 
     /// Writes one change into map set `set` (names ignore the set). Deleting an entry that is
@@ -525,8 +525,12 @@ impl Dataplane {
                 state::service_value(entry),
                 0,
             ),
-            Change::Service(frontend, None) => self.services.remove(&state::service_key(frontend, set)),
-            Change::Slot(slot, Some(backend)) => self.slots.insert(state::slot_key(*slot, set), backend, 0),
+            Change::Service(frontend, None) => {
+                self.services.remove(&state::service_key(frontend, set))
+            }
+            Change::Slot(slot, Some(backend)) => {
+                self.slots.insert(state::slot_key(*slot, set), backend, 0)
+            }
             Change::Slot(slot, None) => self.slots.remove(&state::slot_key(*slot, set)),
             Change::Backend(id, Some(addr)) => {
                 self.backends.insert(state::backend_key(*id, set), state::backend_value(addr), 0)
@@ -536,7 +540,9 @@ impl Dataplane {
             Change::Name(id, None) => self.names.remove(id),
         };
         match result {
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             other => other.map_err(map_err(format!("writing {change:?} into set {set}"))),
         }
     }

@@ -75,14 +75,21 @@ pub struct ServiceEntry {
     pub affinity_timeout_secs: u32,
 }
 
+/// A backend: where connects go, and which service it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendEntry {
+    pub addr: SocketAddr,
+    pub service_id: u32,
+}
+
 /// The content of one map set plus the (unversioned) service names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
     pub services: BTreeMap<Frontend, ServiceEntry>,
     /// (service ID, slot) -> backend ID.
     pub slots: BTreeMap<(u32, u32), u32>,
-    /// Backend ID -> address.
-    pub backends: BTreeMap<u32, SocketAddr>,
+    /// Backend ID -> backend.
+    pub backends: BTreeMap<u32, BackendEntry>,
     /// Service ID -> name.
     pub names: BTreeMap<u32, String>,
 }
@@ -92,7 +99,7 @@ pub struct MapState {
 pub enum Change {
     Service(Frontend, Option<ServiceEntry>),
     Slot((u32, u32), Option<u32>),
-    Backend(u32, Option<SocketAddr>),
+    Backend(u32, Option<BackendEntry>),
     Name(u32, Option<String>),
 }
 
@@ -207,12 +214,20 @@ pub(crate) fn backend_key(backend_id: u32, set: u8) -> BackendKey {
     BackendKey { backend_id, set, _pad: [0; 3] }
 }
 
-pub(crate) fn backend_value(addr: &SocketAddr) -> Backend {
-    Backend { addr: addr_to_words(addr.ip()), port: addr.port().to_be(), _pad: [0; 2] }
+pub(crate) fn backend_value(entry: &BackendEntry) -> Backend {
+    Backend {
+        addr: addr_to_words(entry.addr.ip()),
+        port: entry.addr.port().to_be(),
+        _pad: [0; 2],
+        service_id: entry.service_id,
+    }
 }
 
-pub(crate) fn backend_addr(backend: &Backend) -> SocketAddr {
-    SocketAddr::new(words_to_addr(&backend.addr), u16::from_be(backend.port))
+pub(crate) fn backend_entry(backend: &Backend) -> BackendEntry {
+    BackendEntry {
+        addr: SocketAddr::new(words_to_addr(&backend.addr), u16::from_be(backend.port)),
+        service_id: backend.service_id,
+    }
 }
 
 /// The name as stored: cut to `NAME_LEN` bytes at a character boundary.
@@ -248,8 +263,8 @@ mod tests {
         let key = service_key(&frontend("10.96.0.10", 80), 1);
         assert_eq!(key.port, 80u16.to_be());
         assert_eq!(frontend_of(&key), Some(frontend("10.96.0.10", 80)));
-        let backend: SocketAddr = "[fd00::1]:8080".parse().unwrap();
-        assert_eq!(backend_addr(&backend_value(&backend)), backend);
+        let backend = BackendEntry { addr: "[fd00::1]:8080".parse().unwrap(), service_id: 7 };
+        assert_eq!(backend_entry(&backend_value(&backend)), backend);
     }
 
     #[test]
@@ -273,8 +288,9 @@ mod tests {
         live.services.insert(frontend("10.0.0.2", 80), entry(2, 1));
         live.slots.insert((1, 0), 10);
         live.slots.insert((1, 1), 11);
-        live.backends.insert(10, "127.0.0.1:1".parse().unwrap());
-        live.backends.insert(11, "127.0.0.1:2".parse().unwrap());
+        let backend = |addr: &str| BackendEntry { addr: addr.parse().unwrap(), service_id: 1 };
+        live.backends.insert(10, backend("127.0.0.1:1"));
+        live.backends.insert(11, backend("127.0.0.1:2"));
 
         let mut desired = live.clone();
         assert!(live.changes_to(&desired).is_empty());

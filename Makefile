@@ -1,0 +1,33 @@
+# reconciler: a newcomer needs two commands, `make demo` and `make test`; everything they
+# need (apt packages, nightly rust-src, bpf-linker, bpffs) is installed by `make setup`.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: setup build test unit-test lint demo clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --all-targets
+
+# Every test, including the ones that load the programs into the kernel (they need root).
+test: setup
+	@bash scripts/require-root.sh "make test"
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	# The BPF crate builds only for the BPF target, with nightly and build-std.
+	cd reconciler-ebpf && $(CARGO) +nightly clippy --target bpfel-unknown-none \
+		-Z build-std=core --bins -- -D warnings
+
+demo: build
+	@bash scripts/require-root.sh "make demo"
+	$(CARGO) run -q -p reconciler-tests --bin demo -- examples/policies
+
+clean:
+	$(CARGO) clean

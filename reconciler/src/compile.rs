@@ -1,0 +1,273 @@
+//! Lowers service definitions to the map entries the data plane needs.
+//!
+//! The compiler reads the live state so that an apply stays small: a frontend keeps its
+//! service ID, a backend keeps its ID, and a slot keeps its backend wherever the backend
+//! still has a slot to fill. Changing one backend's weight by `d` thus changes `|d|` slots
+//! plus the slot count, not the whole service.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
+
+use crate::{
+    dataplane::{Algorithm, BackendEntry, Frontend, MapState, ServiceEntry},
+    model::{AlgorithmName, BackendState, Service},
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("services {first} and {second} both claim {frontend}")]
+    DuplicateFrontend { frontend: Frontend, first: String, second: String },
+    #[error("service {service} lists backend {backend} twice")]
+    DuplicateBackend { service: String, backend: SocketAddr },
+    #[error("service {service}: backend {backend} is not of the VIP's address family")]
+    MixedFamilies { service: String, backend: SocketAddr },
+    #[error("service {service}: backend weights add up to {slots}, more than {max}")]
+    TooManySlots { service: String, slots: u64, max: u32 },
+    #[error("{what}: {count} is more than the data plane holds ({max})")]
+    Capacity { what: &'static str, count: usize, max: u32 },
+}
+
+/// The desired map state for `services`, reusing IDs and slot positions from `live`.
+pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, CompileError> {
+    let mut desired = MapState::default();
+    let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), MAX_SERVICES);
+    let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), MAX_BACKENDS);
+    let live_backend_ids: BTreeMap<(u32, SocketAddr), u32> =
+        live.backends.iter().map(|(id, b)| ((b.service_id, b.addr), *id)).collect();
+    let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
+
+    for service in services {
+        let spec = &service.spec;
+        for port in &spec.ports {
+            let frontend =
+                Frontend { vip: spec.vip, port: port.port, protocol: port.protocol.into() };
+            let label = format!(
+                "{}/{}",
+                service.metadata.name,
+                port.name.clone().unwrap_or_else(|| port.port.to_string())
+            );
+            if let Some(first) = owners.insert(frontend, label.clone()) {
+                return Err(CompileError::DuplicateFrontend { frontend, first, second: label });
+            }
+            let live_entry = live.services.get(&frontend);
+            let id = match live_entry {
+                Some(entry) => entry.id,
+                None => service_ids.allocate("services")?,
+            };
+
+            // Backend IDs, and how many slots each active backend fills.
+            let mut quotas: BTreeMap<u32, u32> = BTreeMap::new();
+            let mut order = Vec::new();
+            let mut seen = BTreeSet::new();
+            for backend in &spec.backends {
+                let addr = SocketAddr::new(
+                    backend.address,
+                    backend.port.or(port.target_port).unwrap_or(port.port),
+                );
+                if !seen.insert(addr) {
+                    return Err(CompileError::DuplicateBackend { service: label, backend: addr });
+                }
+                if addr.is_ipv4() != spec.vip.is_ipv4() {
+                    return Err(CompileError::MixedFamilies { service: label, backend: addr });
+                }
+                let backend_id = match live_backend_ids.get(&(id, addr)) {
+                    Some(&known) => known,
+                    None => backend_ids.allocate("backends")?,
+                };
+                desired.backends.insert(backend_id, BackendEntry { addr, service_id: id });
+                if backend.state == BackendState::Active && backend.weight > 0 {
+                    quotas.insert(backend_id, backend.weight);
+                    order.push(backend_id);
+                }
+            }
+            let slot_total: u64 = quotas.values().map(|&w| u64::from(w)).sum();
+            if slot_total > u64::from(MAX_SLOTS_PER_SERVICE) {
+                return Err(CompileError::TooManySlots {
+                    service: label,
+                    slots: slot_total,
+                    max: MAX_SLOTS_PER_SERVICE,
+                });
+            }
+            let live_slots: Vec<u32> = match live_entry {
+                Some(entry) => (0..entry.slot_count)
+                    .map(|slot| live.slots.get(&(id, slot)).copied().unwrap_or(u32::MAX))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let slots = layout_slots(&live_slots, quotas, &order);
+            for (slot, backend_id) in slots.iter().enumerate() {
+                desired.slots.insert((id, slot as u32), *backend_id);
+            }
+            desired.services.insert(
+                frontend,
+                ServiceEntry {
+                    id,
+                    slot_count: slots.len() as u32,
+                    algorithm: match spec.load_balancing.algorithm {
+                        AlgorithmName::Random => Algorithm::Random,
+                    },
+                    affinity_timeout_secs: spec
+                        .session_affinity
+                        .as_ref()
+                        .map_or(0, |a| a.timeout_seconds),
+                },
+            );
+            desired.names.insert(id, label);
+        }
+    }
+    if desired.slots.len() > MAX_SLOTS as usize {
+        return Err(CompileError::Capacity {
+            what: "slots",
+            count: desired.slots.len(),
+            max: MAX_SLOTS,
+        });
+    }
+    Ok(desired)
+}
+
+/// Slot -> backend for a service whose backends fill `quotas` slots each: a slot that
+/// already holds a backend with quota left keeps it; the other slots take what is left over,
+/// in `order`.
+fn layout_slots(live: &[u32], mut quotas: BTreeMap<u32, u32>, order: &[u32]) -> Vec<u32> {
+    let total: u32 = quotas.values().sum();
+    let mut slots: Vec<Option<u32>> = vec![None; total as usize];
+    for (slot, backend) in slots.iter_mut().zip(live) {
+        if let Some(left) = quotas.get_mut(backend).filter(|left| **left > 0) {
+            *left -= 1;
+            *slot = Some(*backend);
+        }
+    }
+    let mut leftovers = order
+        .iter()
+        .flat_map(|id| std::iter::repeat_n(*id, quotas.get(id).copied().unwrap_or(0) as usize));
+    slots.into_iter().map(|slot| slot.or_else(|| leftovers.next()).unwrap_or(u32::MAX)).collect()
+}
+
+/// Hands out the smallest IDs in `1..max` that the live state does not use, so an ID freed
+/// by this apply is not reused by it (counters and slots of the old owner stay apart).
+struct IdAllocator {
+    used: BTreeSet<u32>,
+    next: u32,
+    max: u32,
+}
+
+impl IdAllocator {
+    fn new(live: impl Iterator<Item = u32>, max: u32) -> Self {
+        Self { used: live.collect(), next: 1, max }
+    }
+
+    fn allocate(&mut self, what: &'static str) -> Result<u32, CompileError> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.max {
+            return Err(CompileError::Capacity { what, count: self.used.len() + 1, max: self.max });
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_file;
+
+    fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> Service {
+        let backends: Vec<String> =
+            backends.iter().map(|(a, w)| format!("    - {{address: {a}, weight: {w}}}")).collect();
+        let text = format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec:\n  vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends:\n{}\n",
+            backends.join("\n")
+        );
+        parse_file(&text, "test.yaml").unwrap().remove(0)
+    }
+
+    #[test]
+    fn slots_follow_weights_and_draining_backends_get_none() {
+        let mut web = service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 3)]);
+        web.spec.backends[0].state = BackendState::Draining;
+        let state = compile(&[web], &MapState::default()).unwrap();
+        let entry = state.services.values().next().unwrap();
+        assert_eq!(entry.slot_count, 3);
+        assert_eq!(state.backends.len(), 2, "draining backends stay known");
+        let slotted: BTreeSet<u32> = state.slots.values().copied().collect();
+        assert_eq!(slotted.len(), 1);
+        assert_eq!(state.names.get(&entry.id).map(String::as_str), Some("web/80"));
+    }
+
+    #[test]
+    fn recompiling_against_the_result_changes_nothing() {
+        let services = [
+            service("a", "10.96.0.10", &[("10.1.0.1", 2), ("10.1.0.2", 1)]),
+            service("b", "fd00::10", &[("fd00::1", 1)]),
+        ];
+        let first = compile(&services, &MapState::default()).unwrap();
+        let second = compile(&services, &first).unwrap();
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn one_weight_change_touches_only_its_slots_and_the_count() {
+        let before =
+            [service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)])];
+        let after =
+            [service("web", "10.96.0.10", &[("10.1.0.1", 3), ("10.1.0.2", 1), ("10.1.0.3", 1)])];
+        let live = compile(&before, &MapState::default()).unwrap();
+        let desired = compile(&after, &live).unwrap();
+        // Two new slots and the slot count: nothing else moves.
+        assert_eq!(live.changes_to(&desired).len(), 3);
+        // And back down: two slots go, the count changes.
+        let back = compile(&before, &desired).unwrap();
+        assert_eq!(desired.changes_to(&back).len(), 3);
+    }
+
+    #[test]
+    fn removing_a_backend_refills_only_its_slots() {
+        let before =
+            [service("web", "10.96.0.10", &[("10.1.0.1", 2), ("10.1.0.2", 2), ("10.1.0.3", 2)])];
+        let after = [service("web", "10.96.0.10", &[("10.1.0.2", 2), ("10.1.0.3", 2)])];
+        let live = compile(&before, &MapState::default()).unwrap();
+        let desired = compile(&after, &live).unwrap();
+        let kept: Vec<_> =
+            desired.slots.iter().filter(|(k, v)| live.slots.get(k) == Some(v)).collect();
+        // 4 slots survive; of the 6, 2 deleted (count shrinks), the first backend's 2
+        // slots refilled only if they were inside the new range.
+        assert!(kept.len() >= 2, "{kept:?}");
+        // IDs of surviving backends are kept, and the removed one's ID is gone.
+        let ids: BTreeSet<u32> = desired.backends.keys().copied().collect();
+        assert!(ids.is_subset(&live.backends.keys().copied().collect()));
+        assert_eq!(ids.len(), 2);
+        let changes = live.changes_to(&desired);
+        assert!(changes.len() <= 1 + 2 + 2 + 1, "{changes:?}");
+    }
+
+    #[test]
+    fn duplicate_frontends_and_mixed_families_are_refused() {
+        let a = service("a", "10.96.0.10", &[("10.1.0.1", 1)]);
+        let b = service("b", "10.96.0.10", &[("10.1.0.2", 1)]);
+        let err = compile(&[a.clone(), b], &MapState::default()).unwrap_err();
+        assert!(matches!(err, CompileError::DuplicateFrontend { .. }), "{err}");
+        let mixed = service("m", "10.96.0.11", &[("fd00::1", 1)]);
+        let err = compile(&[mixed], &MapState::default()).unwrap_err();
+        assert!(matches!(err, CompileError::MixedFamilies { .. }), "{err}");
+    }
+
+    #[test]
+    fn new_ids_skip_ids_the_live_state_still_uses() {
+        let a = service("a", "10.96.0.10", &[("10.1.0.1", 1)]);
+        let live = compile(&[a], &MapState::default()).unwrap();
+        let b = service("b", "10.96.0.20", &[("10.1.0.9", 1)]);
+        let desired = compile(&[b], &live).unwrap();
+        let old: BTreeSet<u32> = live.backends.keys().copied().collect();
+        assert!(desired.backends.keys().all(|id| !old.contains(id)));
+        assert!(desired
+            .services
+            .values()
+            .all(|s| s.id != live.services.values().next().unwrap().id));
+    }
+}
