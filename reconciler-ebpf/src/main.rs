@@ -66,29 +66,30 @@ static SERVICE_NAMES: HashMap<u32, ServiceName, { MAX_SERVICES as usize }, BPF_F
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    let (addr, port, protocol) = sock4_destination(&ctx);
-    match lb_select(&addr, port, protocol) {
-        Selection::NotAService => ALLOW,
-        Selection::NoBackend => refuse(),
-        Selection::Backend(backend) => {
-            // A v4 service has v4 backends (validation enforces it); anything else stays as is.
-            if let Some(ip4) = ipv4_of_mapped(&backend.addr) {
-                sock4_set_destination(&ctx, ip4, backend.port);
-            }
-            ALLOW
+    lb_connect(sock4_destination(&ctx), |backend| {
+        // A v4 service has v4 backends (validation enforces it); anything else stays as is.
+        if let Some(ip4) = ipv4_of_mapped(&backend.addr) {
+            sock4_set_destination(&ctx, ip4, backend.port);
         }
-    }
+    })
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    let (addr, port, protocol) = sock6_destination(&ctx);
+    // IPv4-mapped backends of a dual-stack socket are written back mapped, as stored.
+    lb_connect(sock6_destination(&ctx), |backend| {
+        sock6_set_destination(&ctx, &backend.addr, backend.port)
+    })
+}
+
+/// The common body of the connect hooks: `rewrite` gets the chosen backend.
+#[inline(always)]
+fn lb_connect((addr, port, protocol): (Addr, u16, u8), rewrite: impl FnOnce(&Backend)) -> i32 {
     match lb_select(&addr, port, protocol) {
         Selection::NotAService => ALLOW,
         Selection::NoBackend => refuse(),
         Selection::Backend(backend) => {
-            // IPv4-mapped backends of a dual-stack socket are written back mapped, as given.
-            sock6_set_destination(&ctx, &backend.addr, backend.port);
+            rewrite(&backend);
             ALLOW
         }
     }

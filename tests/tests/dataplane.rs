@@ -16,28 +16,26 @@ fn names(set: &[&str]) -> BTreeSet<String> {
     set.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn ipv4_connect_to_a_vip_reaches_a_backend() -> Result<()> {
-    let mut sandbox = Sandbox::new("ipv4")?;
-    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
-    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+/// A listener at `listen` in a fresh sandbox is reached through `vip`.
+fn vip_reaches_backend(test: &str, listen: &str, vip: &str) -> Result<()> {
+    let mut sandbox = Sandbox::new(test)?;
+    let backend = sandbox.serve_tcp(listen, "b1")?;
+    install(&sandbox, &one_service(vip, &[&backend.to_string()])?)?;
 
-    let result = sandbox.probe_tcp("10.96.0.10:80", 5)?;
+    let result = sandbox.probe_tcp(vip, 5)?;
     assert_eq!(result.replies.get("b1"), Some(&5), "{result:?}");
     assert!(result.errors.is_empty(), "{result:?}");
     Ok(())
 }
 
 #[test]
-fn ipv6_connect_to_a_vip_reaches_a_backend() -> Result<()> {
-    let mut sandbox = Sandbox::new("ipv6")?;
-    let backend = sandbox.serve_tcp("[::1]:0", "b6")?;
-    install(&sandbox, &one_service("[fd00:96::10]:80", &[&backend.to_string()])?)?;
+fn ipv4_connect_to_a_vip_reaches_a_backend() -> Result<()> {
+    vip_reaches_backend("ipv4", "127.0.0.1:0", "10.96.0.10:80")
+}
 
-    let result = sandbox.probe_tcp("[fd00:96::10]:80", 5)?;
-    assert_eq!(result.replies.get("b6"), Some(&5), "{result:?}");
-    assert!(result.errors.is_empty(), "{result:?}");
-    Ok(())
+#[test]
+fn ipv6_connect_to_a_vip_reaches_a_backend() -> Result<()> {
+    vip_reaches_backend("ipv6", "[::1]:0", "[fd00:96::10]:80")
 }
 
 #[test]
