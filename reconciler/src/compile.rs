@@ -174,7 +174,6 @@ impl IdAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_file;
 
     fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> Service {
         let backends: Vec<String> =
@@ -184,7 +183,8 @@ mod tests {
              spec:\n  vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends:\n{}\n",
             backends.join("\n")
         );
-        parse_file(&text, "test.yaml").unwrap().remove(0)
+        let doc = crate::yaml::parse(&text).unwrap().remove(0);
+        serde_json::from_value(doc.value).unwrap()
     }
 
     #[test]

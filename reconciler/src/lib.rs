@@ -4,3 +4,6 @@
 pub mod compile;
 pub mod dataplane;
 pub mod model;
+pub mod source;
+pub mod validate;
+pub mod yaml;
