@@ -6,12 +6,33 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use reconciler::{compile::compile, dataplane::Dataplane, dataplane::MapState, model};
+use reconciler::{
+    compile::compile,
+    dataplane::{Dataplane, MapState},
+    validate::{validate, Input, Policy},
+};
 use reconciler_tests::Sandbox;
 
 fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "examples/policies".into()));
-    let services = model::load_dir(&dir)?;
+    let mut files = Vec::new();
+    collect(&dir, &mut files)?;
+    files.sort();
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), std::fs::read_to_string(f)?)))
+        .collect::<Result<_>>()?;
+    let inputs: Vec<Input<'_>> =
+        texts.iter().map(|(path, text)| Input { path, text }).collect();
+    let services: Vec<_> = match validate(&inputs, &Policy::default()) {
+        Ok(located) => located.into_iter().map(|l| l.service).collect(),
+        Err(diagnostics) => {
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+            anyhow::bail!("invalid definitions");
+        }
+    };
     let desired = compile(&services, &MapState::default())?;
     println!("Loaded {} service(s) from {}", services.len(), dir.display());
 
@@ -52,5 +73,17 @@ fn main() -> Result<()> {
         }
     }
     println!("\nDone; the sandbox (namespace, cgroup, pins, listeners) is removed on exit.");
+    Ok(())
+}
+
+fn collect(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
     Ok(())
 }
