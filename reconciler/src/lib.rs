@@ -1,9 +1,11 @@
 //! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
 //!
 //! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
+pub mod apply;
 pub mod compile;
 pub mod dataplane;
 pub mod model;
+pub mod plan;
 pub mod source;
 pub mod validate;
 pub mod yaml;

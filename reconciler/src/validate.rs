@@ -88,7 +88,9 @@ impl fmt::Display for IpRange {
 impl IpRange {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let (net, ip, bits) = match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => (u128::from(n.to_bits()), u128::from(i.to_bits()), 32),
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(n.to_bits()), u128::from(i.to_bits()), 32)
+            }
             (IpAddr::V6(n), IpAddr::V6(i)) => (n.to_bits(), i.to_bits(), 128),
             _ => return false,
         };
@@ -184,9 +186,13 @@ pub fn validate(inputs: &[Input<'_>], policy: &Policy) -> Result<Vec<Located>, V
                 continue;
             }
             match serde_json::from_value::<Service>(document.value.clone()) {
-                Ok(service) => services.push(Located { service, file: input.path.into(), document }),
+                Ok(service) => {
+                    services.push(Located { service, file: input.path.into(), document })
+                }
                 // The schema admits only what the model reads; this is a bug if it happens.
-                Err(e) => diagnostics.push(at(input.path, document.value_position(""), "", e.to_string())),
+                Err(e) => {
+                    diagnostics.push(at(input.path, document.value_position(""), "", e.to_string()))
+                }
             }
         }
     }
@@ -212,14 +218,23 @@ fn schema_diagnostics(
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for key in unexpected {
                 let field = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
-                out.push(at(file, document.key_position(&field), &field, format!("unknown field `{key}`")));
+                out.push(at(
+                    file,
+                    document.key_position(&field),
+                    &field,
+                    format!("unknown field `{key}`"),
+                ));
             }
             return;
         }
-        ValidationErrorKind::AnyOf { .. } if pointer.ends_with("/vip") || pointer.ends_with("/address") => {
+        ValidationErrorKind::AnyOf { .. }
+            if pointer.ends_with("/vip") || pointer.ends_with("/address") =>
+        {
             format!("{} is not an IPv4 or IPv6 address", show(instance))
         }
-        ValidationErrorKind::Pattern { .. } if pointer == "/metadata/name" || pointer.ends_with("/name") => {
+        ValidationErrorKind::Pattern { .. }
+            if pointer == "/metadata/name" || pointer.ends_with("/name") =>
+        {
             format!(
                 "{} is not a DNS label (lowercase letters, digits and `-`, starting and ending \
                  with a letter or digit)",
@@ -232,7 +247,10 @@ fn schema_diagnostics(
 }
 
 fn show(value: Option<&serde_json::Value>) -> String {
-    value.map_or_else(|| "the value".into(), |v| format!("`{}`", v.as_str().map_or(v.to_string(), str::to_owned)))
+    value.map_or_else(
+        || "the value".into(),
+        |v| format!("`{}`", v.as_str().map_or(v.to_string(), str::to_owned)),
+    )
 }
 
 /// The rules across documents and files.
@@ -251,7 +269,11 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
             names.insert(&first.service.metadata.name, first);
             out.push(located.diagnostic(
                 "/metadata/name",
-                format!("service name `{}` is already used at {}", service.metadata.name, first.origin()),
+                format!(
+                    "service name `{}` is already used at {}",
+                    service.metadata.name,
+                    first.origin()
+                ),
             ));
         }
         if let Some(ranges) = &policy.allowed_vips {
@@ -326,7 +348,10 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
             if !seen.insert((backend.address, backend.port)) {
                 out.push(located.diagnostic(
                     &format!("{pointer}/address"),
-                    format!("backend {} is listed twice", show_backend(backend.address, backend.port)),
+                    format!(
+                        "backend {} is listed twice",
+                        show_backend(backend.address, backend.port)
+                    ),
                 ));
             }
             if backend.state == BackendState::Active {
@@ -391,7 +416,8 @@ spec:
 ";
 
     fn check(files: &[(&str, &str)], policy: &Policy) -> Result<Vec<Located>, Vec<String>> {
-        let inputs: Vec<Input<'_>> = files.iter().map(|(path, text)| Input { path, text }).collect();
+        let inputs: Vec<Input<'_>> =
+            files.iter().map(|(path, text)| Input { path, text }).collect();
         validate(&inputs, policy).map_err(|ds| ds.iter().map(ToString::to_string).collect())
     }
 
@@ -421,7 +447,8 @@ spec:
     #[test]
     fn rules_across_files_name_both_places() {
         let other = GOOD.replace("10.1.0.11", "10.1.0.21").replace("10.1.0.12", "10.96.0.10");
-        let errors = check(&[("a.yaml", GOOD), ("b.yaml", &other)], &Policy::default()).unwrap_err();
+        let errors =
+            check(&[("a.yaml", GOOD), ("b.yaml", &other)], &Policy::default()).unwrap_err();
         assert_eq!(
             errors,
             [
@@ -434,7 +461,12 @@ spec:
 
     #[test]
     fn the_policy_limits_vips() {
-        let policy = Policy { allowed_vips: Some(vec!["10.96.0.0/12".parse().unwrap(), "fd00:96::/64".parse().unwrap()]) };
+        let policy = Policy {
+            allowed_vips: Some(vec![
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00:96::/64".parse().unwrap(),
+            ]),
+        };
         assert!(check(&[("web.yaml", GOOD)], &policy).is_ok());
         let metadata = GOOD.replace("10.96.0.10", "169.254.169.254");
         let errors = check(&[("web.yaml", &metadata)], &policy).unwrap_err();

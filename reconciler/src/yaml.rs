@@ -74,7 +74,10 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, true) {
-        return Err(SyntaxError { position: Position::of(e.marker()), message: e.info().to_owned() });
+        return Err(SyntaxError {
+            position: Position::of(e.marker()),
+            message: e.info().to_owned(),
+        });
     }
     if let Some(error) = builder.error {
         return Err(error);
@@ -111,7 +114,9 @@ impl Builder {
             Some(Open::Mapping { pending_key: Some(key), pointer, .. }) => {
                 Some(format!("{pointer}/{}", escape(key)))
             }
-            Some(Open::Sequence { items, pointer, .. }) => Some(format!("{pointer}/{}", items.len())),
+            Some(Open::Sequence { items, pointer, .. }) => {
+                Some(format!("{pointer}/{}", items.len()))
+            }
         }
     }
 
@@ -154,7 +159,8 @@ impl MarkedEventReceiver for Builder {
                     self.complete(scalar(text, style), anchor);
                 }
                 None => {
-                    let Some(Open::Mapping { map, pointer, pending_key, .. }) = self.stack.last_mut()
+                    let Some(Open::Mapping { map, pointer, pending_key, .. }) =
+                        self.stack.last_mut()
                     else {
                         return;
                     };
@@ -262,8 +268,8 @@ mod tests {
 
     #[test]
     fn values_follow_the_core_schema() {
-        let docs = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 10.96.0.10\ng: 0x1f\nh: -3\n")
-            .unwrap();
+        let docs =
+            parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 10.96.0.10\ng: 0x1f\nh: -3\n").unwrap();
         assert_eq!(
             docs[0].value,
             json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": "10.96.0.10", "g": 31, "h": -3})

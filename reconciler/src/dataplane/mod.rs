@@ -127,6 +127,20 @@ pub struct ApplyReport {
     pub generation: u64,
 }
 
+/// The map writes [`Dataplane::apply`] makes for `changes` (live -> desired) when the standby
+/// set equals the live one, as it does after every completed apply.
+pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
+    let versioned = changes.iter().filter(|c| c.is_versioned()).count();
+    let unversioned = changes.len() - versioned;
+    match (versioned, unversioned, revision_changed) {
+        (0, 0, false) => 0,
+        // The names, then one metadata write.
+        (0, _, _) => unversioned + 1,
+        // Dirty mark, both sets, flip, names, final metadata.
+        _ => 2 * versioned + unversioned + 3,
+    }
+}
+
 /// What the metadata map says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {

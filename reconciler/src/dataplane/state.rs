@@ -7,13 +7,16 @@ use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
+use serde::{Deserialize, Serialize};
+
 use reconciler_common::{
     ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
     ALGORITHM_RANDOM, NAME_LEN, PROTO_TCP, PROTO_UDP,
 };
 
 /// A transport protocol a service listens on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -46,7 +49,7 @@ impl fmt::Display for Protocol {
 }
 
 /// What a client connects to: a VIP, a port and a protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Frontend {
     pub vip: IpAddr,
     pub port: u16,
@@ -60,13 +63,14 @@ impl fmt::Display for Frontend {
 }
 
 /// How a backend is chosen for a new connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Algorithm {
     Random,
 }
 
 /// A frontend's entry: its stable ID and how many selection slots it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub id: u32,
     /// 0 when no backend is usable: connects are refused.
@@ -76,22 +80,49 @@ pub struct ServiceEntry {
 }
 
 /// A backend: where connects go, and which service it belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BackendEntry {
     pub addr: SocketAddr,
     pub service_id: u32,
 }
 
-/// The content of one map set plus the (unversioned) service names.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The content of one map set plus the (unversioned) service names. Serialised (in saved
+/// plans) with every map as a list of `[key, value]` pairs, since JSON keys are strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapState {
+    #[serde(with = "as_pairs")]
     pub services: BTreeMap<Frontend, ServiceEntry>,
     /// (service ID, slot) -> backend ID.
+    #[serde(with = "as_pairs")]
     pub slots: BTreeMap<(u32, u32), u32>,
     /// Backend ID -> backend.
+    #[serde(with = "as_pairs")]
     pub backends: BTreeMap<u32, BackendEntry>,
     /// Service ID -> name.
+    #[serde(with = "as_pairs")]
     pub names: BTreeMap<u32, String>,
+}
+
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 /// One map entry to write (`value: Some`) or delete (`value: None`).

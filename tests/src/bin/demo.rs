@@ -22,8 +22,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|f| Ok((f.display().to_string(), std::fs::read_to_string(f)?)))
         .collect::<Result<_>>()?;
-    let inputs: Vec<Input<'_>> =
-        texts.iter().map(|(path, text)| Input { path, text }).collect();
+    let inputs: Vec<Input<'_>> = texts.iter().map(|(path, text)| Input { path, text }).collect();
     let services: Vec<_> = match validate(&inputs, &Policy::default()) {
         Ok(located) => located.into_iter().map(|l| l.service).collect(),
         Err(diagnostics) => {

@@ -1,0 +1,173 @@
+//! The reconcile pipeline, shared by `plan`, `apply` and the daemon: source -> validate ->
+//! compile (against the live state) -> plan -> apply.
+use std::path::{Path, PathBuf};
+
+use crate::{
+    compile::{compile, CompileError},
+    dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
+    model::Service,
+    plan::{make_plan, Plan, PlanContext, FORMAT_VERSION},
+    source::{self, GitSpec, Snapshot, SourceError, SourceSpec},
+    validate::{validate, Diagnostic, Input, Policy},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{} invalid: {}", revision_label(.revision), summarize(.diagnostics))]
+    Invalid { revision: Option<String>, diagnostics: Vec<Diagnostic> },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(
+        "the saved plan is stale: it was made against generation {planned} of {pin_path}, \
+         which is now at generation {live}; run `reconciler plan` again"
+    )]
+    StalePlan { pin_path: String, planned: u64, live: u64 },
+    #[error(
+        "the saved plan is stale: it was made when {} data plane was installed at {pin_path}, \
+         and now {}; run `reconciler plan` again",
+        if *.planned { "no" } else { "a" },
+        if *.planned { "one is" } else { "none is" }
+    )]
+    StaleInstall { pin_path: String, planned: bool },
+    #[error("the saved plan is for {planned}, not {given}; pass --pin-path {planned}")]
+    OtherPinPath { planned: String, given: String },
+    #[error("the saved plan has format version {found}; this reconciler reads {FORMAT_VERSION}")]
+    PlanFormat { found: u32 },
+}
+
+fn revision_label(revision: &Option<String>) -> String {
+    revision.as_deref().map_or("the definitions are".to_owned(), |r| format!("commit {r} is"))
+}
+
+fn summarize(diagnostics: &[Diagnostic]) -> String {
+    match diagnostics {
+        [only] => only.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+        [] => "no diagnostics".into(),
+    }
+}
+
+/// Validated service definitions at one revision.
+pub struct Desired {
+    pub revision: Option<String>,
+    /// Where they came from, for people (`git://host/repo.git@main`, a directory).
+    pub source: String,
+    pub services: Vec<Service>,
+}
+
+/// Fetches `spec` and validates every file of it.
+pub fn load(spec: &SourceSpec, policy: &Policy) -> Result<Desired, Error> {
+    validated(source::fetch(spec)?, describe(spec), policy)
+}
+
+/// Another revision of the repository `load` fetched (for `plan --against REV`).
+pub fn load_at(spec: &GitSpec, rev: &str, policy: &Policy) -> Result<Desired, Error> {
+    validated(source::snapshot_at(spec, rev)?, format!("{} ({rev})", spec.url), policy)
+}
+
+fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
+    let inputs: Vec<Input<'_>> =
+        snapshot.files.iter().map(|f| Input { path: &f.path, text: &f.text }).collect();
+    match validate(&inputs, policy) {
+        Ok(located) => Ok(Desired {
+            revision: snapshot.revision,
+            source,
+            services: located.into_iter().map(|l| l.service).collect(),
+        }),
+        Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
+    }
+}
+
+/// Where a source spec points, for people.
+pub fn describe(spec: &SourceSpec) -> String {
+    match spec {
+        SourceSpec::Dir(dir) => format!("directory {}", dir.display()),
+        SourceSpec::Git(git) => {
+            let mut text = git.url.clone();
+            if let Some(reference) = &git.reference {
+                text.push_str(&format!(" ({reference})"));
+            }
+            if let Some(subdir) = &git.subdir {
+                text.push_str(&format!(" path {}", subdir.display()));
+            }
+            text
+        }
+    }
+}
+
+/// The live state at `pin_path`, or `None` when no data plane is installed there.
+pub fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
+    if !dataplane::is_installed(pin_path) {
+        return Ok(None);
+    }
+    Ok(Some(Dataplane::open(pin_path)?.read_live()?))
+}
+
+/// The plan from the live state at `pin_path` to `desired`.
+pub fn plan(desired: &Desired, pin_path: &Path) -> Result<Plan, Error> {
+    let live = read_live(pin_path)?;
+    let empty = MapState::default();
+    let live_state = live.as_ref().map_or(&empty, |l| &l.state);
+    let compiled = compile(&desired.services, live_state)?;
+    let context = PlanContext {
+        revision: desired.revision.clone(),
+        source: desired.source.clone(),
+        pin_path: pin_path.display().to_string(),
+        install: live.is_none(),
+        generation: live.as_ref().map_or(0, |l| l.status.generation),
+        live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
+    };
+    Ok(make_plan(context, live_state, compiled))
+}
+
+/// The plan between two revisions, with no data plane at all (for pull-request review):
+/// `base` compiled from nothing is the "live" side.
+pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
+    let base_state = compile(&base.services, &MapState::default())?;
+    let head_state = compile(&head.services, &base_state)?;
+    let context = PlanContext {
+        revision: head.revision.clone(),
+        source: head.source.clone(),
+        pin_path: format!("revision {}", base.revision.as_deref().unwrap_or("(base)")),
+        install: false,
+        generation: 0,
+        live_revision: base.revision.clone(),
+    };
+    Ok(make_plan(context, &base_state, head_state))
+}
+
+/// Applies `plan` to the data plane at `pin_path`, installing it on `cgroup` (default: the
+/// cgroup2 root) if the plan says none is installed. Refuses a plan the live state has moved
+/// away from.
+pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<ApplyReport, Error> {
+    if plan.format_version != FORMAT_VERSION {
+        return Err(Error::PlanFormat { found: plan.format_version });
+    }
+    let given = pin_path.display().to_string();
+    if plan.pin_path != given {
+        return Err(Error::OtherPinPath { planned: plan.pin_path.clone(), given });
+    }
+    let installed = dataplane::is_installed(pin_path);
+    if plan.install != installed {
+        return Err(Error::StaleInstall { pin_path: given, planned: plan.install });
+    }
+    let mut dataplane = if installed {
+        let dataplane = Dataplane::open(pin_path)?;
+        let live = dataplane.status()?.generation;
+        if live != plan.generation {
+            return Err(Error::StalePlan { pin_path: given, planned: plan.generation, live });
+        }
+        dataplane
+    } else {
+        let cgroup: PathBuf = match cgroup {
+            Some(cgroup) => cgroup.to_owned(),
+            None => dataplane::default_cgroup()?,
+        };
+        Dataplane::install(pin_path, &cgroup)?
+    };
+    Ok(dataplane.apply(&plan.desired, plan.revision.as_deref())?)
+}

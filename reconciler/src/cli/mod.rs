@@ -1,0 +1,137 @@
+//! Command-line parsing and the parts the subcommands share.
+mod apply;
+mod plan;
+mod status;
+mod uninstall;
+mod validate;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reconciler::{
+    dataplane::DEFAULT_PIN_PATH,
+    source::{default_cache_dir, GitSpec, SourceSpec},
+    validate::{IpRange, Policy},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "reconciler",
+    version,
+    about = "Keeps an eBPF socket load balancer in step with a git repository of service definitions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check service definitions (schema and rules); needs no privileges.
+    Validate(validate::ValidateArgs),
+    /// Show what apply would change in the live maps.
+    Plan(plan::PlanArgs),
+    /// Make the live maps match the definitions (or a saved plan).
+    Apply(apply::ApplyArgs),
+    /// Show the applied revision, generation and counts.
+    Status(status::StatusArgs),
+    /// Detach the programs and remove every pinned map and link.
+    Uninstall(uninstall::UninstallArgs),
+}
+
+/// Exit code for errors (and invalid definitions).
+const FAILURE: u8 = 1;
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; bad usage is an ordinary error (1), so
+            // that 2 keeps meaning "changes" for `plan --detailed-exitcode`.
+            return if e.use_stderr() { ExitCode::from(FAILURE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Uninstall(args) => uninstall::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(FAILURE)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Where the definitions come from: a git repository or a plain directory.
+#[derive(Args, Clone, Debug)]
+pub struct SourceArgs {
+    /// Git repository: a path, file://, git://, https:// or ssh URL.
+    #[arg(long, value_name = "URL|PATH", conflicts_with = "dir")]
+    repo: Option<String>,
+    /// Branch, tag or commit (default: the remote's HEAD).
+    #[arg(long = "ref", value_name = "REF", requires = "repo")]
+    reference: Option<String>,
+    /// Only files under this directory of the repository.
+    #[arg(long, value_name = "SUBDIR", requires = "repo")]
+    path: Option<PathBuf>,
+    /// Read a plain directory instead of a repository.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Where fetched repositories are cached (default: $RECONCILER_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// ssh private key for ssh URLs (default: the ssh agent).
+    #[arg(long, value_name = "FILE")]
+    ssh_key: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    pub fn spec(&self) -> anyhow::Result<SourceSpec> {
+        match (&self.repo, &self.dir) {
+            (Some(url), None) => Ok(SourceSpec::Git(GitSpec {
+                url: url.clone(),
+                reference: self.reference.clone(),
+                subdir: self.path.clone(),
+                cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+                ssh_key: self.ssh_key.clone(),
+            })),
+            (None, Some(dir)) => Ok(SourceSpec::Dir(dir.clone())),
+            _ => anyhow::bail!("say where the definitions are: --repo URL|PATH or --dir DIR"),
+        }
+    }
+}
+
+/// The data plane to read or change.
+#[derive(Args, Clone, Debug)]
+pub struct PinArgs {
+    /// Directory on bpffs where the maps and links are pinned.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+}
+
+/// Rules beyond the schema.
+#[derive(Args, Clone, Debug, Default)]
+pub struct PolicyArgs {
+    /// Every VIP must lie in one of these CIDR ranges (comma-separated).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    allowed_vips: Option<Vec<IpRange>>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy { allowed_vips: self.allowed_vips.clone() }
+    }
+}

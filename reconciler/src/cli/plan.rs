@@ -1,0 +1,93 @@
+//! `reconciler plan`: what apply would change, Terraform style.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Args;
+use reconciler::{
+    apply::{self, Error},
+    plan::{render_text, Plan},
+    source::SourceSpec,
+};
+
+use super::{Output, PinArgs, PolicyArgs, SourceArgs};
+
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    pin: PinArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Exit 0 when nothing would change, 2 when something would, 1 on error.
+    #[arg(long)]
+    detailed_exitcode: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Save the plan, for `reconciler apply FILE` to apply exactly.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Compare with another revision of the repository instead of the live maps (no BPF).
+    #[arg(long, value_name = "REV", requires = "repo")]
+    against: Option<String>,
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let spec = args.source.spec()?;
+    let policy = args.policy.policy();
+    let head = invalid_to_report(apply::load(&spec, &policy))?;
+    let plan = match (&args.against, &spec) {
+        (Some(rev), SourceSpec::Git(git)) => {
+            let base = invalid_to_report(apply::load_at(git, rev, &policy))?;
+            apply::plan_between(&base, &head)?
+        }
+        _ => apply::plan(&head, &args.pin.pin_path)?,
+    };
+    if let Some(out) = &args.out {
+        let json = serde_json::to_string(&plan)?;
+        std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    match args.output {
+        Output::Text => {
+            print!("{}", render_text(&plan));
+            if let Some(out) = &args.out {
+                println!(
+                    "\nSaved the plan to {}; apply it with: reconciler apply {}",
+                    out.display(),
+                    out.display()
+                );
+            }
+        }
+        Output::Json => println!("{}", serde_json::to_string_pretty(&public_json(&plan)?)?),
+    }
+    Ok(match (args.detailed_exitcode, plan.has_changes()) {
+        (true, true) => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// The plan for people and CI: everything but the desired map entries (kept in `--out`).
+fn public_json(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(plan)?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("desired");
+    }
+    Ok(value)
+}
+
+/// Invalid definitions print every diagnostic, not just the first.
+pub fn invalid_to_report<T>(result: Result<T, Error>) -> anyhow::Result<T> {
+    match result {
+        Err(Error::Invalid { revision, diagnostics }) => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            let at = revision.map_or(String::new(), |r| format!(" at commit {r}"));
+            anyhow::bail!(
+                "{} error(s) in the definitions{at}; nothing was changed",
+                diagnostics.len()
+            )
+        }
+        other => Ok(other?),
+    }
+}

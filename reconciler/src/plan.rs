@@ -1,0 +1,329 @@
+//! Plans: the entry-level difference between the live and the desired map state, grouped by
+//! service and shown the way Terraform shows a plan (`+` create, `~` update, `-` destroy).
+//!
+//! Both sides are read back from map states into the same [`ServiceView`], so what the plan
+//! shows is what the maps hold, including entries someone wrote by hand (drift).
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+use similar::{capture_diff_slices, Algorithm as DiffAlgorithm, DiffOp};
+
+use crate::dataplane::{predicted_writes, Algorithm, MapState};
+
+/// Version of the plan JSON (`--output json` and saved plans).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A service as people see it, rebuilt from map entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub vip: Vec<IpAddr>,
+    /// `http 80/TCP`, one per frontend.
+    pub ports: Vec<String>,
+    /// `10.1.0.11:8080 weight=1`, or `... draining` for a backend that takes no new
+    /// connections; prefixed with the port name when the service has several ports.
+    pub backends: Vec<String>,
+    pub load_balancing: Vec<String>,
+    pub session_affinity: Vec<String>,
+}
+
+impl ServiceView {
+    fn fields(&self) -> [(&'static str, &[String]); 4] {
+        [
+            ("ports", &self.ports),
+            ("backends", &self.backends),
+            ("loadBalancing", &self.load_balancing),
+            ("sessionAffinity", &self.session_affinity),
+        ]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Destroy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub name: String,
+    pub action: Action,
+    pub before: Option<ServiceView>,
+    pub after: Option<ServiceView>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+}
+
+/// What `plan` shows and `apply PLANFILE` applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    /// The commit the desired state comes from (None for a plain directory).
+    pub revision: Option<String>,
+    /// Where the desired state comes from, for people.
+    pub source: String,
+    /// The data plane the plan was made against.
+    pub pin_path: String,
+    /// No data plane is installed yet: apply installs it.
+    pub install: bool,
+    /// The live generation the plan was made against; a saved plan is refused if it moved.
+    pub generation: u64,
+    /// The revision the live maps record as applied.
+    pub live_revision: Option<String>,
+    pub services: Vec<ServicePlan>,
+    pub summary: Summary,
+    /// Map entries that differ.
+    pub entry_changes: usize,
+    /// Map writes the apply will make (both sets, the flip and the metadata).
+    pub map_writes: usize,
+    /// The desired map state; kept in saved plans, so apply writes exactly what was shown.
+    pub desired: MapState,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.install || self.map_writes > 0
+    }
+
+    /// The live maps differ from what their recorded revision put there.
+    pub fn is_drift(&self) -> bool {
+        self.entry_changes > 0 && self.revision.is_some() && self.revision == self.live_revision
+    }
+}
+
+/// Everything needed to make a plan, apart from the two states.
+pub struct PlanContext {
+    pub revision: Option<String>,
+    pub source: String,
+    pub pin_path: String,
+    pub install: bool,
+    pub generation: u64,
+    pub live_revision: Option<String>,
+}
+
+/// The plan that turns `live` into `desired`.
+pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Plan {
+    let before = views(live);
+    let after = views(&desired);
+    let mut services = Vec::new();
+    let mut summary = Summary::default();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        let (old, new) = (before.get(name), after.get(name));
+        let action = match (old, new) {
+            (None, Some(_)) => Action::Create,
+            (Some(_), None) => Action::Destroy,
+            (Some(a), Some(b)) if a != b => Action::Update,
+            _ => continue,
+        };
+        match action {
+            Action::Create => summary.add += 1,
+            Action::Update => summary.change += 1,
+            Action::Destroy => summary.destroy += 1,
+        }
+        services.push(ServicePlan {
+            name: name.clone(),
+            action,
+            before: old.cloned(),
+            after: new.cloned(),
+        });
+    }
+    let changes = live.changes_to(&desired);
+    let revision_changed = context.revision.is_some() && context.revision != context.live_revision;
+    Plan {
+        format_version: FORMAT_VERSION,
+        map_writes: predicted_writes(&changes, revision_changed),
+        entry_changes: changes.len(),
+        revision: context.revision,
+        source: context.source,
+        pin_path: context.pin_path,
+        install: context.install,
+        generation: context.generation,
+        live_revision: context.live_revision,
+        services,
+        summary,
+        desired,
+    }
+}
+
+/// Every service of a map state, by name (`web` for frontends named `web/http`, ...).
+pub fn views(state: &MapState) -> BTreeMap<String, ServiceView> {
+    let mut weights: BTreeMap<u32, usize> = BTreeMap::new();
+    for backend in state.slots.values() {
+        *weights.entry(*backend).or_default() += 1;
+    }
+    let mut views: BTreeMap<String, ServiceView> = BTreeMap::new();
+    let mut port_counts: BTreeMap<String, usize> = BTreeMap::new();
+    let label = |id: u32| -> (String, String) {
+        match state.names.get(&id).and_then(|n| n.rsplit_once('/')) {
+            Some((service, port)) => (service.to_owned(), port.to_owned()),
+            None => (format!("(unnamed service {id})"), String::new()),
+        }
+    };
+    for entry in state.services.values() {
+        *port_counts.entry(label(entry.id).0).or_default() += 1;
+    }
+    for (frontend, entry) in &state.services {
+        let (service, port) = label(entry.id);
+        let multi_port = port_counts.get(&service).copied().unwrap_or(0) > 1;
+        let view = views.entry(service).or_default();
+        if !view.vip.contains(&frontend.vip) {
+            view.vip.push(frontend.vip);
+        }
+        view.ports
+            .push(format!("{port} {}/{}", frontend.port, frontend.protocol).trim().to_owned());
+        for (id, backend) in state.backends.iter().filter(|(_, b)| b.service_id == entry.id) {
+            let prefix = if multi_port { format!("{port}: ") } else { String::new() };
+            let line = match weights.get(id) {
+                Some(weight) => format!("{prefix}{} weight={weight}", backend.addr),
+                None => format!("{prefix}{} draining", backend.addr),
+            };
+            view.backends.push(line);
+        }
+        let algorithm = match entry.algorithm {
+            Algorithm::Random => "random".to_owned(),
+        };
+        push_unique(&mut view.load_balancing, algorithm);
+        let affinity = match entry.affinity_timeout_secs {
+            0 => "none".to_owned(),
+            secs => format!("timeoutSeconds={secs}"),
+        };
+        push_unique(&mut view.session_affinity, affinity);
+    }
+    for view in views.values_mut() {
+        view.backends.sort();
+    }
+    views
+}
+
+fn push_unique(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// The plan as text, Terraform style.
+pub fn render_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let revision = plan
+        .revision
+        .as_deref()
+        .map_or("no commit (a plain directory)".to_owned(), |r| format!("commit {r}"));
+    let _ = writeln!(out, "Source: {} at {revision}", plan.source);
+    if plan.install {
+        let _ = writeln!(
+            out,
+            "No data plane is installed at {}: apply will install it.",
+            plan.pin_path
+        );
+    } else {
+        let applied = plan.live_revision.as_deref().unwrap_or("nothing yet");
+        let _ = writeln!(
+            out,
+            "Live: {} (generation {}, applied revision {applied})",
+            plan.pin_path, plan.generation
+        );
+    }
+    if plan.is_drift() {
+        let _ = writeln!(
+            out,
+            "\nDrift: the live maps differ from what this commit applied (edited outside \
+             reconciler); apply restores them."
+        );
+    }
+    if plan.services.is_empty() {
+        let _ = writeln!(out, "\nNo changes. The live state matches the configuration.");
+        if plan.map_writes > 0 {
+            let _ = writeln!(out, "Apply will record the new revision only.");
+        }
+        return out;
+    }
+    for service in &plan.services {
+        let (verb, sign) = match service.action {
+            Action::Create => ("will be created", "+"),
+            Action::Update => ("will be updated in place", "~"),
+            Action::Destroy => ("will be destroyed", "-"),
+        };
+        let _ = writeln!(out, "\n  # service \"{}\" {verb}", service.name);
+        let _ = writeln!(out, "  {sign} service \"{}\" {{", service.name);
+        render_fields(&mut out, service.before.as_ref(), service.after.as_ref());
+        let _ = writeln!(out, "    }}");
+    }
+    let s = plan.summary;
+    let _ = writeln!(
+        out,
+        "\nPlan: {} to add, {} to change, {} to destroy.",
+        s.add, s.change, s.destroy
+    );
+    let _ = writeln!(
+        out,
+        "Apply will change {} map entries in {} map writes.",
+        plan.entry_changes, plan.map_writes
+    );
+    out
+}
+
+fn render_fields(out: &mut String, before: Option<&ServiceView>, after: Option<&ServiceView>) {
+    let empty = ServiceView::default();
+    let (old, new) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let vip = |v: &ServiceView| v.vip.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let (old_vip, new_vip) = (vip(old), vip(new));
+    let mut fields: Vec<(&str, &[String], &[String])> = vec![("vip", &old_vip, &new_vip)];
+    for ((name, a), (_, b)) in old.fields().into_iter().zip(new.fields()) {
+        fields.push((name, a, b));
+    }
+    for (name, a, b) in fields {
+        let sign = match (a.is_empty(), b.is_empty()) {
+            (true, true) => continue,
+            (true, false) => "+",
+            (false, true) => "-",
+            _ if a == b => " ",
+            _ => "~",
+        };
+        let pad = " ".repeat(15usize.saturating_sub(name.len()));
+        match (a, b) {
+            // One value on each side: `name = old -> new`, or just the value.
+            ([x], [y]) if x == y => {
+                let _ = writeln!(out, "      {sign} {name}{pad} = {x}");
+            }
+            ([x], [y]) => {
+                let _ = writeln!(out, "      {sign} {name}{pad} = {x} -> {y}");
+            }
+            ([], [x]) | ([x], []) => {
+                let _ = writeln!(out, "      {sign} {name}{pad} = {x}");
+            }
+            _ => {
+                let _ = writeln!(out, "      {sign} {name}{pad} = [");
+                for op in capture_diff_slices(DiffAlgorithm::Myers, a, b) {
+                    let (tag, lines) = match op {
+                        DiffOp::Equal { old_index, len, .. } => {
+                            (" ", &a[old_index..old_index + len])
+                        }
+                        DiffOp::Delete { old_index, old_len, .. } => {
+                            ("-", &a[old_index..old_index + old_len])
+                        }
+                        DiffOp::Insert { new_index, new_len, .. } => {
+                            ("+", &b[new_index..new_index + new_len])
+                        }
+                        DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+                            for line in &a[old_index..old_index + old_len] {
+                                let _ = writeln!(out, "          - {line}");
+                            }
+                            ("+", &b[new_index..new_index + new_len])
+                        }
+                    };
+                    for line in lines {
+                        let _ = writeln!(out, "          {tag} {line}");
+                    }
+                }
+                let _ = writeln!(out, "        ]");
+            }
+        }
+    }
+}
