@@ -15,6 +15,8 @@ build: setup
 # Every test, including the ones that load the programs into the kernel (they need root).
 test: setup
 	@bash scripts/require-root.sh "make test"
+	# The end-to-end tests run the real `reconciler` and `probe` binaries.
+	$(CARGO) build --bins
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 

@@ -120,6 +120,7 @@ pub fn plan(desired: &Desired, pin_path: &Path) -> Result<Plan, Error> {
         install: live.is_none(),
         generation: live.as_ref().map_or(0, |l| l.status.generation),
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
+        against: false,
     };
     Ok(make_plan(context, live_state, compiled))
 }
@@ -132,10 +133,11 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
     let context = PlanContext {
         revision: head.revision.clone(),
         source: head.source.clone(),
-        pin_path: format!("revision {}", base.revision.as_deref().unwrap_or("(base)")),
+        pin_path: String::new(),
         install: false,
         generation: 0,
         live_revision: base.revision.clone(),
+        against: true,
     };
     Ok(make_plan(context, &base_state, head_state))
 }

@@ -74,8 +74,10 @@ pub struct Plan {
     pub install: bool,
     /// The live generation the plan was made against; a saved plan is refused if it moved.
     pub generation: u64,
-    /// The revision the live maps record as applied.
+    /// The revision the live maps record as applied (with `against`: the base revision).
     pub live_revision: Option<String>,
+    /// Compared with another revision (`plan --against`), not with a data plane.
+    pub against: bool,
     pub services: Vec<ServicePlan>,
     pub summary: Summary,
     /// Map entries that differ.
@@ -105,6 +107,7 @@ pub struct PlanContext {
     pub install: bool,
     pub generation: u64,
     pub live_revision: Option<String>,
+    pub against: bool,
 }
 
 /// The plan that turns `live` into `desired`.
@@ -146,6 +149,7 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         install: context.install,
         generation: context.generation,
         live_revision: context.live_revision,
+        against: context.against,
         services,
         summary,
         desired,
@@ -216,7 +220,10 @@ pub fn render_text(plan: &Plan) -> String {
         .as_deref()
         .map_or("no commit (a plain directory)".to_owned(), |r| format!("commit {r}"));
     let _ = writeln!(out, "Source: {} at {revision}", plan.source);
-    if plan.install {
+    if plan.against {
+        let base = plan.live_revision.as_deref().unwrap_or("(base)");
+        let _ = writeln!(out, "Against: commit {base} (no data plane involved)");
+    } else if plan.install {
         let _ = writeln!(
             out,
             "No data plane is installed at {}: apply will install it.",

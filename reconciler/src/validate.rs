@@ -241,6 +241,13 @@ fn schema_diagnostics(
                 show(instance)
             )
         }
+        ValidationErrorKind::Constant { expected_value } => {
+            format!("expected `{}`, found {}", expected_value.as_str().unwrap_or_default(), show(instance))
+        }
+        ValidationErrorKind::Type { .. } if pointer.is_empty() => {
+            "a service definition must be a mapping with apiVersion, kind, metadata and spec"
+                .to_owned()
+        }
         _ => error.to_string(),
     };
     out.push(at(file, document.value_position(pointer), pointer, message));

@@ -24,6 +24,8 @@ use std::{
     thread::JoinHandle,
 };
 
+pub mod git;
+
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{
     self, Algorithm, BackendEntry, Dataplane, Frontend, MapState, Protocol, ServiceEntry,
@@ -252,15 +254,25 @@ impl Drop for Server {
 
 /// The probe binary, built beside the test binaries.
 pub fn probe_path() -> Result<PathBuf> {
+    binary("probe")
+}
+
+/// The `reconciler` binary. Cargo builds a package's binaries only for that package's own
+/// tests, so `make test` runs `cargo build --bins` first.
+pub fn reconciler_path() -> Result<PathBuf> {
+    binary("reconciler")
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // Integration tests live in target/<profile>/deps; binaries in target/<profile>.
     for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("probe");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("no probe binary next to {}; build with `cargo build -p reconciler-tests`", exe.display())
+    bail!("no {name} binary next to {}; run `cargo build --bins` (make test does)", exe.display())
 }
 
 /// What a probe run saw: replies per backend name and failures per errno name.

@@ -1,0 +1,228 @@
+//! The real `reconciler` binary on real repositories, where no data plane is needed:
+//! `validate` (the invalid corpus in tests/invalid/, output formats) and `plan` against no
+//! data plane and between two revisions (golden files in tests/golden/).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use reconciler_tests::{git::Repo, reconciler_path};
+use tempfile::TempDir;
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the binary in tests/ (so paths in its output are short and stable).
+fn reconciler(args: &[&str]) -> Output {
+    Command::new(reconciler_path().unwrap())
+        .current_dir(manifest_dir())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn every_invalid_definition_is_reported_exactly() {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(manifest_dir().join("invalid"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 30, "the corpus has only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy();
+        let output = reconciler(&["validate", &format!("invalid/{name}")]);
+        let expected = std::fs::read_to_string(case.with_extension("expected")).unwrap();
+        if output.status.code() != Some(1) || stdout(&output) != expected {
+            failures.push(format!(
+                "{name}: exit {:?}\n--- expected\n{expected}--- got\n{}",
+                output.status.code(),
+                stdout(&output)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_examples_are_valid_and_errors_across_files_come_all_at_once() {
+    let output = reconciler(&["validate", "../examples/policies"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).starts_with("OK: "), "{}", stdout(&output));
+
+    let output = reconciler(&["validate", "invalid/port-zero.yaml", "invalid/bad-state.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains("invalid/port-zero.yaml:8:26:"), "{text}");
+    assert!(text.contains("invalid/bad-state.yaml:11:46:"), "{text}");
+    assert!(text.ends_with("2 error(s) in 2 file(s).\n"), "{text}");
+}
+
+#[test]
+fn validate_speaks_json_and_github_annotations() {
+    let output = reconciler(&["validate", "--format", "json", "invalid/several-errors-at-once.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["format_version"], 1);
+    assert_eq!(report["valid"], false);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3);
+    assert_eq!(errors[1]["line"], 8);
+    assert_eq!(errors[1]["column"], 26);
+    assert_eq!(errors[1]["field"], "spec.ports[0].port");
+
+    let output = reconciler(&["validate", "--format", "github", "invalid/port-zero.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stdout(&output),
+        "::error file=invalid/port-zero.yaml,line=8,col=26,title=reconciler validate::\
+         spec.ports[0].port: 0 is less than the minimum of 1\n"
+    );
+}
+
+#[test]
+fn validate_applies_the_vip_policy() {
+    let allowed = ["validate", "--allowed-vips", "10.96.0.0/12,fd00:96::/64", "../examples/policies"];
+    assert_eq!(reconciler(&allowed).status.code(), Some(0));
+    let output = reconciler(&["validate", "--allowed-vips", "10.97.0.0/16", "../examples/policies"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("VIP 10.96.0.10 is outside the allowed ranges (10.97.0.0/16)"));
+}
+
+/// A repository holding examples/policies under services/, and a cache directory.
+fn example_repo() -> (Repo, TempDir) {
+    let repo = Repo::new();
+    copy_dir(&manifest_dir().join("../examples/policies"), &repo.path().join("services"));
+    repo.commit("examples");
+    (repo, tempfile::tempdir().unwrap())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Output with what varies from run to run (commit ids, temporary paths) masked.
+fn masked(text: &str, repo: &Repo) -> String {
+    let text = text.replace(&repo.url(), "<repo>");
+    let mut out = String::new();
+    let mut hex = String::new();
+    for c in text.chars().chain(std::iter::once('\n')) {
+        if c.is_ascii_hexdigit() && c.is_ascii_lowercase() || c.is_ascii_digit() {
+            hex.push(c);
+            continue;
+        }
+        out.push_str(if hex.len() == 40 { "<commit>" } else { &hex });
+        hex.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = manifest_dir().join("golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(actual, expected, "golden file {} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+}
+
+#[test]
+fn plan_without_a_data_plane_shows_everything_created() {
+    let (repo, cache) = example_repo();
+    let cache = cache.path().display().to_string();
+    let args = ["plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache];
+    let pin = ["--pin-path", "/sys/fs/bpf/reconciler-test-no-such-install"];
+    let output = reconciler(&[&args[..], &pin[..], &["--detailed-exitcode"]].concat());
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    golden("plan-install.txt", &masked(&stdout(&output), &repo));
+
+    let output = reconciler(&[&args[..], &pin[..], &["--output", "json"]].concat());
+    assert_eq!(output.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["revision"], repo.git(&["rev-parse", "HEAD"]));
+    assert_eq!(plan["install"], true);
+    assert_eq!(plan["summary"], serde_json::json!({"add": 2, "change": 0, "destroy": 0}));
+    assert_eq!(plan["services"][1]["name"], "web");
+    assert_eq!(plan["services"][1]["action"], "create");
+    assert!(plan["map_writes"].as_u64().unwrap() > 0);
+    assert!(plan.get("desired").is_none(), "map entries belong in --out files only");
+}
+
+#[test]
+fn plan_against_an_older_revision_shows_just_the_edit() {
+    let (repo, cache) = example_repo();
+    let first = repo.git(&["rev-parse", "HEAD"]);
+    let web = repo.path().join("services/team-web/web.yaml");
+    let text = std::fs::read_to_string(&web).unwrap();
+    let edited = text
+        .replace("    - {address: 10.1.0.12}\n", "")
+        .replace("{address: 10.1.0.13, weight: 2}", "{address: 10.1.0.13, weight: 2}\n    - {address: 10.1.0.14}");
+    std::fs::write(&web, edited).unwrap();
+    repo.commit("web: replace 10.1.0.12 with 10.1.0.14");
+
+    let cache = cache.path().display().to_string();
+    let output = reconciler(&[
+        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
+        "--against", &first, "--detailed-exitcode",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    golden("plan-against.txt", &masked(&stdout(&output), &repo));
+
+    // The same revision on both sides: nothing to do.
+    let output = reconciler(&[
+        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
+        "--ref", &first, "--against", &first, "--detailed-exitcode",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).contains("No changes."));
+}
+
+#[test]
+fn an_invalid_commit_is_reported_with_every_error_and_its_commit() {
+    let (repo, cache) = example_repo();
+    std::fs::write(
+        repo.path().join("services/team-web/web.yaml"),
+        std::fs::read_to_string(manifest_dir().join("invalid/several-errors-at-once.yaml")).unwrap(),
+    )
+    .unwrap();
+    let head = repo.commit("broken");
+    let cache = cache.path().display().to_string();
+    let output = reconciler(&[
+        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
+        "--pin-path", "/sys/fs/bpf/reconciler-test-no-such-install",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("services/team-web/web.yaml:4:9: metadata.name:"), "{stderr}");
+    assert!(stderr.contains("services/team-web/web.yaml:8:26: spec.ports[0].port:"), "{stderr}");
+    assert!(stderr.contains(&format!("3 error(s) in the definitions at commit {head}")), "{stderr}");
+}
+
+#[test]
+fn bad_usage_is_an_error_not_a_change() {
+    // Exit 2 means "changes" for --detailed-exitcode; usage errors must not look like that.
+    let output = reconciler(&["plan", "--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(1));
+    let output = reconciler(&["plan", "--pin-path", "/nonexistent"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--repo URL|PATH or --dir DIR"));
+}
