@@ -154,7 +154,7 @@ pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<Appl
         return Err(Error::OtherPinPath { planned: plan.pin_path.clone(), given });
     }
     let installed = dataplane::is_installed(pin_path);
-    if plan.install != installed {
+    if plan.install == installed {
         return Err(Error::StaleInstall { pin_path: given, planned: plan.install });
     }
     let mut dataplane = if installed {

@@ -242,7 +242,11 @@ fn schema_diagnostics(
             )
         }
         ValidationErrorKind::Constant { expected_value } => {
-            format!("expected `{}`, found {}", expected_value.as_str().unwrap_or_default(), show(instance))
+            format!(
+                "expected `{}`, found {}",
+                expected_value.as_str().unwrap_or_default(),
+                show(instance)
+            )
         }
         ValidationErrorKind::Type { .. } if pointer.is_empty() => {
             "a service definition must be a mapping with apiVersion, kind, metadata and spec"

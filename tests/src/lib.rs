@@ -208,6 +208,21 @@ impl Sandbox {
         ProbeResult::parse(&String::from_utf8_lossy(&output.stdout))
     }
 
+    /// Starts the probe client inside the sandbox, connecting to `target` until `stop_file`
+    /// exists; [`ProbeResult::wait`] collects what it saw.
+    pub fn spawn_probe_until(&self, stop_file: &Path, target: &str) -> Result<RunningProbe> {
+        let child = self
+            .command(probe_path()?)?
+            .arg("tcp-until")
+            .arg(stop_file)
+            .arg(target)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the probe")?;
+        Ok(RunningProbe { child: Some(child) })
+    }
+
     /// Programs attached to the sandbox's cgroup, by `bpftool cgroup show`.
     pub fn attached_programs(&self) -> Result<usize> {
         attached_programs(&self.cgroup)
@@ -273,6 +288,34 @@ fn binary(name: &str) -> Result<PathBuf> {
         }
     }
     bail!("no {name} binary next to {}; run `cargo build --bins` (make test does)", exe.display())
+}
+
+/// A probe started by [`Sandbox::spawn_probe_until`]; killed by PID if dropped unwaited.
+pub struct RunningProbe {
+    child: Option<std::process::Child>,
+}
+
+impl RunningProbe {
+    /// Waits for the probe to end (after its stop file appeared) and parses its tally.
+    pub fn wait(mut self) -> Result<ProbeResult> {
+        let child = self.child.take().context("probe already collected")?;
+        let output = child.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ProbeResult::parse(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+impl Drop for RunningProbe {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// What a probe run saw: replies per backend name and failures per errno name.

@@ -67,7 +67,8 @@ fn the_examples_are_valid_and_errors_across_files_come_all_at_once() {
 
 #[test]
 fn validate_speaks_json_and_github_annotations() {
-    let output = reconciler(&["validate", "--format", "json", "invalid/several-errors-at-once.yaml"]);
+    let output =
+        reconciler(&["validate", "--format", "json", "invalid/several-errors-at-once.yaml"]);
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["format_version"], 1);
@@ -89,9 +90,11 @@ fn validate_speaks_json_and_github_annotations() {
 
 #[test]
 fn validate_applies_the_vip_policy() {
-    let allowed = ["validate", "--allowed-vips", "10.96.0.0/12,fd00:96::/64", "../examples/policies"];
+    let allowed =
+        ["validate", "--allowed-vips", "10.96.0.0/12,fd00:96::/64", "../examples/policies"];
     assert_eq!(reconciler(&allowed).status.code(), Some(0));
-    let output = reconciler(&["validate", "--allowed-vips", "10.97.0.0/16", "../examples/policies"]);
+    let output =
+        reconciler(&["validate", "--allowed-vips", "10.97.0.0/16", "../examples/policies"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains("VIP 10.96.0.10 is outside the allowed ranges (10.97.0.0/16)"));
 }
@@ -141,7 +144,12 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(actual, expected, "golden file {} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+    assert_eq!(
+        actual,
+        expected,
+        "golden file {} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
 }
 
 #[test]
@@ -173,24 +181,43 @@ fn plan_against_an_older_revision_shows_just_the_edit() {
     let first = repo.git(&["rev-parse", "HEAD"]);
     let web = repo.path().join("services/team-web/web.yaml");
     let text = std::fs::read_to_string(&web).unwrap();
-    let edited = text
-        .replace("    - {address: 10.1.0.12}\n", "")
-        .replace("{address: 10.1.0.13, weight: 2}", "{address: 10.1.0.13, weight: 2}\n    - {address: 10.1.0.14}");
+    let edited = text.replace("    - {address: 10.1.0.12}\n", "").replace(
+        "{address: 10.1.0.13, weight: 2}",
+        "{address: 10.1.0.13, weight: 2}\n    - {address: 10.1.0.14}",
+    );
     std::fs::write(&web, edited).unwrap();
     repo.commit("web: replace 10.1.0.12 with 10.1.0.14");
 
     let cache = cache.path().display().to_string();
     let output = reconciler(&[
-        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
-        "--against", &first, "--detailed-exitcode",
+        "plan",
+        "--repo",
+        &repo.url(),
+        "--path",
+        "services",
+        "--cache-dir",
+        &cache,
+        "--against",
+        &first,
+        "--detailed-exitcode",
     ]);
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     golden("plan-against.txt", &masked(&stdout(&output), &repo));
 
     // The same revision on both sides: nothing to do.
     let output = reconciler(&[
-        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
-        "--ref", &first, "--against", &first, "--detailed-exitcode",
+        "plan",
+        "--repo",
+        &repo.url(),
+        "--path",
+        "services",
+        "--cache-dir",
+        &cache,
+        "--ref",
+        &first,
+        "--against",
+        &first,
+        "--detailed-exitcode",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     assert!(stdout(&output).contains("No changes."));
@@ -201,20 +228,31 @@ fn an_invalid_commit_is_reported_with_every_error_and_its_commit() {
     let (repo, cache) = example_repo();
     std::fs::write(
         repo.path().join("services/team-web/web.yaml"),
-        std::fs::read_to_string(manifest_dir().join("invalid/several-errors-at-once.yaml")).unwrap(),
+        std::fs::read_to_string(manifest_dir().join("invalid/several-errors-at-once.yaml"))
+            .unwrap(),
     )
     .unwrap();
     let head = repo.commit("broken");
     let cache = cache.path().display().to_string();
     let output = reconciler(&[
-        "plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache,
-        "--pin-path", "/sys/fs/bpf/reconciler-test-no-such-install",
+        "plan",
+        "--repo",
+        &repo.url(),
+        "--path",
+        "services",
+        "--cache-dir",
+        &cache,
+        "--pin-path",
+        "/sys/fs/bpf/reconciler-test-no-such-install",
     ]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("services/team-web/web.yaml:4:9: metadata.name:"), "{stderr}");
     assert!(stderr.contains("services/team-web/web.yaml:8:26: spec.ports[0].port:"), "{stderr}");
-    assert!(stderr.contains(&format!("3 error(s) in the definitions at commit {head}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("3 error(s) in the definitions at commit {head}")),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //!   probe tcp ADDR COUNT            COUNT connects to ADDR; prints `reply NAME N` per backend
 //!                                   name read back and `error ERRNO N` per failure kind
+//!   probe tcp-until FILE ADDR       the same, connecting until FILE exists
 //!   probe install PIN CGROUP VIP:PORT BACKEND...
 //!                                   installs the data plane with one TCP service and exits
 use std::{collections::BTreeMap, net::TcpStream, path::Path};
@@ -14,21 +15,33 @@ use reconciler_tests::{errno_name, one_service, read_reply};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["tcp", target, count] => tcp(target, count.parse().context("COUNT")?),
+        ["tcp", target, count] => {
+            let count: u32 = count.parse().context("COUNT")?;
+            let mut done = 0;
+            tcp(target, || {
+                done += 1;
+                done > count
+            })
+        }
+        ["tcp-until", stop_file, target] => tcp(target, || Path::new(stop_file).exists()),
         ["install", pin, cgroup, frontend, backends @ ..] => {
             let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
             dataplane.apply(&one_service(frontend, backends)?, None)?;
             Ok(())
         }
-        _ => bail!("usage: probe tcp ADDR COUNT | probe install PIN CGROUP VIP:PORT BACKEND..."),
+        _ => bail!(
+            "usage: probe tcp ADDR COUNT | probe tcp-until FILE ADDR | \
+             probe install PIN CGROUP VIP:PORT BACKEND..."
+        ),
     }
 }
 
-fn tcp(target: &str, count: u32) -> Result<()> {
+/// Connects to `target` until `stop` says so, then prints the tally.
+fn tcp(target: &str, mut stop: impl FnMut() -> bool) -> Result<()> {
     let target: std::net::SocketAddr = target.parse().context("ADDR")?;
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for _ in 0..count {
+    while !stop() {
         match TcpStream::connect(target).and_then(|mut s| read_reply(&mut s)) {
             Ok(name) => *replies.entry(name).or_default() += 1,
             Err(e) => {

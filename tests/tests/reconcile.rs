@@ -1,0 +1,293 @@
+//! GitOps end to end in the real kernel: the real `reconciler` binary applies commits of a
+//! real repository to a data plane attached to a sandbox cgroup, and clients in that cgroup
+//! connect to real listeners through the VIPs.
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Output},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use reconciler_tests::{git::Repo, reconciler_path, Sandbox};
+use tempfile::TempDir;
+
+/// A repository of service definitions and the commands that apply it to one sandbox.
+struct Setup {
+    sandbox: Sandbox,
+    repo: Repo,
+    cache: TempDir,
+}
+
+impl Setup {
+    fn new(test: &str) -> Result<Self> {
+        Ok(Setup { sandbox: Sandbox::new(test)?, repo: Repo::new(), cache: tempfile::tempdir()? })
+    }
+
+    /// Runs `reconciler SUBCOMMAND` with the data plane options of this setup, and for `plan`
+    /// and `apply` (unless given a saved plan) its source options.
+    fn run(&self, subcommand: &str, extra: &[&str]) -> Result<Output> {
+        let saved_plan = extra.first().is_some_and(|a| !a.starts_with('-'));
+        let mut command = Command::new(reconciler_path()?);
+        command.arg(subcommand);
+        if matches!(subcommand, "plan" | "apply") && !saved_plan {
+            command.args(["--repo", &self.repo.url(), "--path", "services"]);
+            command.arg("--cache-dir").arg(self.cache.path());
+        }
+        if subcommand == "apply" {
+            command.arg("--cgroup").arg(self.sandbox.cgroup());
+        }
+        command.arg("--pin-path").arg(self.sandbox.pin_path());
+        Ok(command.args(extra).output()?)
+    }
+
+    /// Like `run`, and fails unless the exit code is `code`.
+    fn expect(&self, code: i32, subcommand: &str, extra: &[&str]) -> Result<String> {
+        let output = self.run(subcommand, extra)?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(
+            output.status.code() == Some(code),
+            "reconciler {subcommand} {extra:?} exited {:?}, wanted {code}\n{text}\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(text)
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.expect(0, "status", &["--output", "json"])?)?)
+    }
+}
+
+/// One TCP service, `name`, on `vip`:80 with backends at `addrs` (port 8080), `weight` each.
+fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {
+    let mut text = format!(
+        "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
+         spec:\n  vip: {vip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n  backends:\n"
+    );
+    for (addr, weight) in backends {
+        text.push_str(&format!("    - {{address: {addr}, weight: {weight}}}\n"));
+    }
+    text
+}
+
+/// The number in "... in N map writes." of an apply's output.
+fn map_writes(output: &str) -> Result<u64> {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("Changed "))
+        .with_context(|| format!("no summary line in:\n{output}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "writes;").context("no `writes;`")?;
+    Ok(words[at - 2].parse()?)
+}
+
+fn names(set: &[&str]) -> BTreeSet<String> {
+    set.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn apply_from_git_serves_the_vip_and_a_second_plan_shows_no_changes() -> Result<()> {
+    let mut setup = Setup::new("gitops")?;
+    for (ip, name) in [("127.0.0.11", "b11"), ("127.0.0.12", "b12")] {
+        setup.sandbox.serve_tcp(&format!("{ip}:8080"), name)?;
+    }
+    setup.repo.write(
+        "services/web.yaml",
+        service("web", "10.96.0.10", &[("127.0.0.11", 1), ("127.0.0.12", 1)]),
+    );
+    let head = setup.repo.commit("web");
+
+    let output = setup.expect(0, "apply", &[])?;
+    assert!(
+        output.contains("Apply complete! Services: 1 added, 0 changed, 0 destroyed."),
+        "{output}"
+    );
+    let result = setup.sandbox.probe_tcp("10.96.0.10:80", 100)?;
+    assert!(result.errors.is_empty(), "{result:?}");
+    assert_eq!(result.replies.keys().cloned().collect::<BTreeSet<_>>(), names(&["b11", "b12"]));
+
+    let plan = setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    assert!(plan.contains("No changes."), "{plan}");
+    let status = setup.status()?;
+    assert_eq!(status["revision"], head.as_str());
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["services"], 1);
+
+    // Applying the same commit again writes nothing.
+    let again = setup.expect(0, "apply", &[])?;
+    assert_eq!(map_writes(&again)?, 0, "{again}");
+    Ok(())
+}
+
+#[test]
+fn one_weight_change_among_1000_services_writes_a_handful_of_entries() -> Result<()> {
+    let setup = Setup::new("thousand")?;
+    let write_all = |changed_weight: u32| {
+        let mut text = String::new();
+        for i in 0..1000u32 {
+            let vip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+            let base = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+            let weight = if i == 500 { changed_weight } else { 1 };
+            let second = format!("127.2.{}.{}", i / 250, i % 250 + 1);
+            text.push_str(&service(&format!("svc-{i}"), &vip, &[(&base, weight), (&second, 1)]));
+        }
+        setup.repo.write("services/all.yaml", text);
+    };
+    write_all(1);
+    setup.repo.commit("1000 services");
+    let cold = setup.expect(0, "apply", &[])?;
+    assert!(cold.contains("1000 added"), "{cold}");
+
+    write_all(3);
+    setup.repo.commit("svc-500: weight 3");
+    let plan = setup.expect(2, "plan", &["--detailed-exitcode"])?;
+    assert!(plan.contains("Plan: 0 to add, 1 to change, 0 to destroy."), "{plan}");
+    // Two new slots and the service's slot count: 3 entries, each written into both sets,
+    // plus the dirty mark, the flip and the final metadata.
+    assert!(plan.contains("Apply will change 3 map entries in 9 map writes."), "{plan}");
+    let applied = setup.expect(0, "apply", &[])?;
+    assert_eq!(map_writes(&applied)?, 9, "{applied}");
+    Ok(())
+}
+
+#[test]
+fn a_saved_plan_applies_exactly_and_is_refused_once_stale() -> Result<()> {
+    let setup = Setup::new("saved")?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("web");
+    let plan_file = setup.cache.path().join("plan.json");
+    let plan_path = plan_file.display().to_string();
+    setup.expect(0, "plan", &["--out", &plan_path])?;
+    // A commit after the plan was made is not what the saved plan applies.
+    setup.repo.write("services/api.yaml", service("api", "10.96.0.20", &[("127.0.0.21", 1)]));
+    setup.repo.commit("api");
+
+    let output = setup.expect(0, "apply", &[&plan_path])?;
+    assert!(output.contains("1 added"), "{output}");
+    assert_eq!(setup.status()?["services"], 1);
+
+    setup.expect(0, "apply", &[])?;
+    assert_eq!(setup.status()?["services"], 2);
+    let output = setup.run("apply", &[&plan_path])?;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the saved plan is stale"), "{stderr}");
+    assert_eq!(setup.status()?["services"], 2, "a stale plan changed the maps");
+    Ok(())
+}
+
+/// Writes a SERVICES entry into the live set with bpftool, as an operator might by hand.
+fn add_entry_by_hand(pin_path: &Path, active_set: u8) -> Result<()> {
+    // ServiceKey: ::ffff:10.96.9.9, port 80 (network order), TCP, set.
+    let mut key = vec![0u8; 10];
+    key.extend([0xff, 0xff, 10, 96, 9, 9, 0, 80, 6, active_set]);
+    // ServiceValue: id 999, 1 slot, random, padding, no affinity.
+    let mut value = 999u32.to_le_bytes().to_vec();
+    value.extend(1u32.to_le_bytes());
+    value.extend([0u8; 8]);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| b.to_string()).collect::<Vec<_>>();
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin_path.join("SERVICES"))
+        .arg("key")
+        .args(hex(&key))
+        .arg("value")
+        .args(hex(&value))
+        .status()?;
+    ensure!(status.success(), "bpftool map update failed");
+    Ok(())
+}
+
+#[test]
+fn an_entry_written_by_hand_is_drift_and_apply_removes_it() -> Result<()> {
+    let setup = Setup::new("drift")?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("web");
+    setup.expect(0, "apply", &[])?;
+    let active = setup.status()?["active_set"].as_u64().context("active_set")? as u8;
+    add_entry_by_hand(setup.sandbox.pin_path(), active)?;
+
+    let plan = setup.expect(2, "plan", &["--detailed-exitcode"])?;
+    assert!(plan.contains("Drift: the live maps differ"), "{plan}");
+    assert!(plan.contains("- service \"(unnamed service 999)\""), "{plan}");
+    assert!(plan.contains("10.96.9.9"), "{plan}");
+    setup.expect(0, "apply", &[])?;
+    let plan = setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    assert!(plan.contains("No changes."), "{plan}");
+    Ok(())
+}
+
+#[test]
+fn connects_during_50_applies_always_reach_a_backend_of_one_set() -> Result<()> {
+    let mut setup = Setup::new("atomic")?;
+    let set_a = [("127.0.0.11", "a1"), ("127.0.0.12", "a2")];
+    let set_b = [("127.0.0.21", "b1"), ("127.0.0.22", "b2"), ("127.0.0.23", "b3")];
+    for (ip, name) in set_a.iter().chain(&set_b) {
+        setup.sandbox.serve_tcp(&format!("{ip}:8080"), name)?;
+    }
+    let weights = |set: &[(&'static str, &str)]| -> Vec<(&'static str, u32)> {
+        set.iter().map(|(ip, _)| (*ip, 1)).collect()
+    };
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &weights(&set_a)));
+    let commit_a = setup.repo.commit("set a");
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &weights(&set_b)));
+    let commit_b = setup.repo.commit("set b");
+    setup.expect(0, "apply", &["--ref", &commit_a])?;
+
+    let stop = setup.cache.path().join("stop");
+    let probes: Vec<_> = (0..3)
+        .map(|_| setup.sandbox.spawn_probe_until(&stop, "10.96.0.10:80"))
+        .collect::<Result<_>>()?;
+    for round in 0..50 {
+        let commit = if round % 2 == 0 { &commit_b } else { &commit_a };
+        let output = setup.expect(0, "apply", &["--ref", commit])?;
+        assert!(map_writes(&output)? > 0, "apply {round} changed nothing:\n{output}");
+    }
+    std::fs::write(&stop, "")?;
+
+    let allowed = names(&["a1", "a2", "b1", "b2", "b3"]);
+    let mut seen = BTreeSet::new();
+    for probe in probes {
+        let result = probe.wait()?;
+        assert!(result.errors.is_empty(), "a connect failed during the applies: {result:?}");
+        assert!(result.total() > 0, "a probe made no connects");
+        for name in result.replies.keys() {
+            assert!(allowed.contains(name), "reached {name}, not a backend of either set");
+            seen.insert(name.clone());
+        }
+    }
+    // The applies really switched sets while clients connected.
+    assert!(
+        seen.iter().any(|n| n.starts_with('a')) && seen.iter().any(|n| n.starts_with('b')),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_invalid_commit_changes_nothing() -> Result<()> {
+    let mut setup = Setup::new("invalid")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    let good = setup.repo.commit("good");
+    setup.expect(0, "apply", &[])?;
+    let before = setup.status()?;
+
+    setup.repo.write(
+        "services/web.yaml",
+        service("web", "10.96.0.10", &[("127.0.0.11", 1)]).replace("port: 80", "port: 0"),
+    );
+    setup.repo.write("services/api.yaml", service("api", "10.96.0.20", &[("127.0.0.21", 1)]));
+    let bad = setup.repo.commit("bad");
+    let output = setup.run("apply", &[])?;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("services/web.yaml:7:"), "{stderr}");
+    assert!(stderr.contains(&format!("at commit {bad}")), "{stderr}");
+
+    let after = setup.status()?;
+    assert_eq!(after, before, "the live maps changed");
+    assert_eq!(after["revision"], good.as_str());
+    assert_eq!(setup.sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b11"), Some(&5));
+    Ok(())
+}
