@@ -27,9 +27,10 @@ lint: setup
 	cd reconciler-ebpf && $(CARGO) +nightly clippy --target bpfel-unknown-none \
 		-Z build-std=core --bins -- -D warnings
 
-demo: build
+demo: setup
 	@bash scripts/require-root.sh "make demo"
-	$(CARGO) run -q -p reconciler-tests --bin demo -- examples/policies
+	$(CARGO) build --bins
+	@bash scripts/demo.sh
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,7 @@
 //!   probe tcp ADDR COUNT            COUNT connects to ADDR; prints `reply NAME N` per backend
 //!                                   name read back and `error ERRNO N` per failure kind
 //!   probe tcp-until FILE ADDR       the same, connecting until FILE exists
+//!   probe serve ADDR NAME           a TCP server answering every connection with NAME
 //!   probe install PIN CGROUP VIP:PORT BACKEND...
 //!                                   installs the data plane with one TCP service and exits
 use std::{collections::BTreeMap, net::TcpStream, path::Path};
@@ -24,13 +25,14 @@ fn main() -> Result<()> {
             })
         }
         ["tcp-until", stop_file, target] => tcp(target, || Path::new(stop_file).exists()),
+        ["serve", addr, name] => serve(addr, name),
         ["install", pin, cgroup, frontend, backends @ ..] => {
             let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
             dataplane.apply(&one_service(frontend, backends)?, None)?;
             Ok(())
         }
         _ => bail!(
-            "usage: probe tcp ADDR COUNT | probe tcp-until FILE ADDR | \
+            "usage: probe tcp ADDR COUNT | probe tcp-until FILE ADDR | probe serve ADDR NAME | \
              probe install PIN CGROUP VIP:PORT BACKEND..."
         ),
     }
@@ -57,4 +59,13 @@ fn tcp(target: &str, mut stop: impl FnMut() -> bool) -> Result<()> {
         println!("error {kind} {n}");
     }
     Ok(())
+}
+
+fn serve(addr: &str, name: &str) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let reply = format!("{name}\n");
+    loop {
+        let (mut stream, _) = listener.accept()?;
+        let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+    }
 }
