@@ -7,5 +7,6 @@ pub mod dataplane;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod time;
 pub mod validate;
 pub mod yaml;

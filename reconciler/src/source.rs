@@ -12,8 +12,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use git2::{
-    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, ObjectType, Oid,
-    RemoteCallbacks, Repository, Tree,
+    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, FileMode, ObjectType,
+    Oid, RemoteCallbacks, Repository, Tree,
 };
 
 /// Where service definitions come from.
@@ -313,7 +313,7 @@ impl Cache {
                 }
                 Some(ObjectType::Blob) if is_yaml(&path) => {
                     // A link's blob is its target's name; skipping it would silently drop services.
-                    if entry.filemode() == 0o120000 {
+                    if entry.filemode() == i32::from(FileMode::Link) {
                         return Err(file_error(
                             "a symbolic link, which a git source does not follow",
                         ));

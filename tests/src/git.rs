@@ -97,13 +97,18 @@ impl Daemon {
     /// Serves the repositories under `base` at git://127.0.0.1:`port`/, once it accepts
     /// connects.
     pub fn start(base: &Path, port: u16) -> Daemon {
-        let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        // The daemon binary itself: `git daemon` runs it as a child of `git`, which a kill of
+        // the PID we hold would leave running.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--base-path={}", base.display()))
             .arg(format!("--port={port}"))
             .arg(base)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            // Each connect of the readiness probe below makes it complain of a hang-up.
+            .stderr(Stdio::null())
             .spawn()
             .expect("starting git daemon");
         let mut daemon = Daemon { child, port };

@@ -6,7 +6,10 @@ use std::{
     process::{Command, Output},
 };
 
-use reconciler_tests::{git::Repo, reconciler_path};
+use reconciler_tests::{
+    git::{free_port, Daemon, Repo},
+    reconciler_path,
+};
 use tempfile::TempDir;
 
 fn manifest_dir() -> PathBuf {
@@ -265,4 +268,49 @@ fn bad_usage_is_an_error_not_a_change() {
     let output = reconciler(&["plan", "--pin-path", "/nonexistent"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--repo URL|PATH or --dir DIR"));
+}
+
+/// The revision a `plan --output json` run used.
+fn planned_revision(args: &[&str]) -> String {
+    let output = reconciler(&[&["plan", "--output", "json"], args].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    plan["revision"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn plan_follows_branches_tags_and_commits_over_git_daemon_and_a_bare_remote() {
+    let (work, cache) = example_repo();
+    let v1 = work.git(&["rev-parse", "HEAD"]);
+    work.git(&["tag", "v1"]);
+    work.git(&["checkout", "-q", "-b", "canary"]);
+    work.write("services/team-web/extra.yaml", "");
+    let canary = work.commit("canary: an empty file");
+    work.git(&["checkout", "-q", "main"]);
+    let served = tempfile::tempdir().unwrap();
+    work.bare_clone(served.path(), "services.git");
+    work.git(&["push", "-q", "origin", "--tags", "main", "canary"]);
+
+    let daemon = Daemon::start(served.path(), free_port());
+    let url = format!("git://127.0.0.1:{}/services.git", daemon.port);
+    let cache = cache.path().display().to_string();
+    let pin = "/sys/fs/bpf/reconciler-test-no-such-install";
+    let common = ["--path", "services", "--cache-dir", &cache, "--pin-path", pin];
+    let with = |reference: Option<&str>| {
+        let mut args = vec!["--repo", url.as_str()];
+        if let Some(reference) = reference {
+            args.extend(["--ref", reference]);
+        }
+        args.extend(common);
+        planned_revision(&args)
+    };
+    assert_eq!(with(None), v1, "the remote HEAD");
+    assert_eq!(with(Some("v1")), v1, "a tag");
+    assert_eq!(with(Some("canary")), canary, "a branch");
+    assert_eq!(with(Some(&canary[..10])), canary, "an abbreviated commit");
+
+    // The bare remote itself, as a file:// URL.
+    let file_url = format!("file://{}", served.path().join("services.git").display());
+    let args = ["--repo", file_url.as_str(), "--ref", "canary"];
+    assert_eq!(planned_revision(&[&args[..], &common[..]].concat()), canary);
 }

@@ -1,84 +1,10 @@
 //! The git source against real repositories made with the git CLI: local paths, `file://` and
 //! `git://` (a `git daemon` on 127.0.0.1), branches, tags, commits, force-pushes, and the errors.
-use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use reconciler::source::{fetch, snapshot_at, GitSpec, Snapshot, SourceError, SourceSpec};
-use tempfile::{tempdir, TempDir};
-
-/// Runs git in `dir` with a fixed identity and without the user's or the system's configuration;
-/// returns its trimmed stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// A working repository in a temporary directory.
-struct Repo {
-    dir: TempDir,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let dir = tempdir().unwrap();
-        git(dir.path(), &["init", "-q"]);
-        Repo { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn url(&self) -> String {
-        self.path().display().to_string()
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        git(self.path(), args)
-    }
-
-    fn write(&self, file: &str, text: impl AsRef<[u8]>) {
-        let path = self.path().join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    /// Commits everything in the working tree; returns the commit id.
-    fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "-m", message]);
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    /// A bare clone in `dir/name`, made the `origin` this repository pushes to.
-    fn bare_clone(&self, dir: &Path, name: &str) -> PathBuf {
-        let bare = dir.join(name);
-        git(dir, &["clone", "-q", "--bare", &self.url(), name]);
-        self.git(&["remote", "add", "origin", &bare.display().to_string()]);
-        bare
-    }
-}
+use reconciler_tests::git::{free_port, Daemon, Repo};
+use tempfile::tempdir;
 
 /// A spec for `url` reading `services/`, with its own cache.
 fn spec(url: &str, cache: &Path) -> GitSpec {
@@ -276,51 +202,6 @@ fn deleted_branch_is_forgotten_on_the_next_fetch() {
     work.git(&["push", "-q", "origin", "--delete", "short-lived"]);
     let err = fetch_git(&spec).unwrap_err();
     assert!(matches!(err, SourceError::UnknownRef { .. }), "{err}");
-}
-
-/// A `git daemon` child process, killed (by its PID) when dropped, also when a test fails.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    /// Serves the repositories under `base` at git://127.0.0.1:`port`/, once it accepts connects.
-    fn start(base: &Path, port: u16) -> Daemon {
-        let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
-            .arg(format!("--base-path={}", base.display()))
-            .arg(format!("--port={port}"))
-            .arg(base)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon { child };
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-            assert!(daemon.child.try_wait().unwrap().is_none(), "git daemon exited");
-            assert!(Instant::now() < deadline, "git daemon not listening on {address} after 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn stop(&mut self) {
-        // Already gone is fine; waiting reaps it, so its listening socket is closed.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -2,7 +2,10 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use reconciler::dataplane::{self, Dataplane};
+use reconciler::{
+    dataplane::{self, Dataplane},
+    time::rfc3339_utc,
+};
 use serde_json::json;
 
 use super::{Output, PinArgs};
@@ -36,7 +39,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("Revision:     {}", status.revision.as_deref().unwrap_or("none applied"));
             println!("Generation:   {}", status.generation);
             match status.applied_at_unix {
-                Some(t) => println!("Applied at:   {t} (unix seconds)"),
+                Some(t) => println!("Applied at:   {}", rfc3339_utc(t)),
                 None => println!("Applied at:   never"),
             }
             println!(
@@ -55,6 +58,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "pin_path": pin_path,
                 "revision": status.revision,
                 "generation": status.generation,
+                "applied_at": status.applied_at_unix.map(rfc3339_utc),
                 "applied_at_unix": status.applied_at_unix,
                 "cgroup_id": status.cgroup_id,
                 "active_set": status.active_set,
