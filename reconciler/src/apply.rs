@@ -158,12 +158,7 @@ pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<Appl
         return Err(Error::StaleInstall { pin_path: given, planned: plan.install });
     }
     let mut dataplane = if installed {
-        let dataplane = Dataplane::open(pin_path)?;
-        let live = dataplane.status()?.generation;
-        if live != plan.generation {
-            return Err(Error::StalePlan { pin_path: given, planned: plan.generation, live });
-        }
-        dataplane
+        Dataplane::open(pin_path)?
     } else {
         let cgroup: PathBuf = match cgroup {
             Some(cgroup) => cgroup.to_owned(),
@@ -171,5 +166,12 @@ pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<Appl
         };
         Dataplane::install(pin_path, &cgroup)?
     };
-    Ok(dataplane.apply(&plan.desired, plan.revision.as_deref())?)
+    // The generation is checked under the apply's lock: a plan made against generation N is
+    // applied only to generation N.
+    match dataplane.apply(&plan.desired, plan.revision.as_deref(), Some(plan.generation)) {
+        Err(DataplaneError::GenerationMoved { expected, found }) => {
+            Err(Error::StalePlan { pin_path: given, planned: expected, live: found })
+        }
+        other => Ok(other?),
+    }
 }

@@ -8,7 +8,7 @@ use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
 
 fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
     let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
-    dataplane.apply(desired, None)?;
+    dataplane.apply(desired, None, None)?;
     Ok(dataplane)
 }
 
@@ -121,7 +121,7 @@ fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
 
     // Same IDs, new addresses: 2 backend entries change, nothing else.
     let desired = one_service("10.96.0.10:80", &[&new[0], &new[1]])?;
-    let report = dataplane.apply(&desired, Some("swap"))?;
+    let report = dataplane.apply(&desired, Some("swap"), None)?;
     assert_eq!(report.changes, 2);
     // Each change into both sets, plus dirty mark, flip and final metadata.
     assert_eq!(report.map_writes, 2 * 2 + 3);
@@ -139,12 +139,12 @@ fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
     assert_eq!(live.status.revision.as_deref(), Some("swap"));
 
     // Applying the same state again writes nothing.
-    let again = dataplane.apply(&desired, Some("swap"))?;
+    let again = dataplane.apply(&desired, Some("swap"), None)?;
     assert_eq!((again.changes, again.map_writes), (0, 0));
 
     // Growing to three backends adds one backend, one slot, and changes the slot count.
     let grown = one_service("10.96.0.10:80", &[&new[0], &new[1], &old[0]])?;
-    let report = dataplane.apply(&grown, None)?;
+    let report = dataplane.apply(&grown, None, Some(report.generation))?;
     assert_eq!(report.changes, 3);
     assert_eq!(report.map_writes, 2 * 3 + 3);
     Ok(())
@@ -193,5 +193,53 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     // With the programs gone the VIP is an ordinary unroutable address again.
     let result = sandbox.probe_tcp("10.96.0.10:80", 1)?;
     assert_eq!(result.errors.get("ENETUNREACH"), Some(&1), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn a_stale_expected_generation_writes_nothing() -> Result<()> {
+    let sandbox = Sandbox::new("generation")?;
+    let mut dataplane = install(&sandbox, &one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
+    let before = dataplane.read_live()?;
+    let other = one_service("10.96.0.10:80", &["127.0.0.1:2"])?;
+    let err = dataplane.apply(&other, None, Some(before.status.generation + 1)).err();
+    assert!(err.as_ref().is_some_and(|e| e.to_string().contains("live generation")), "{err:?}");
+    let after = dataplane.read_live()?;
+    assert_eq!((after.state, after.status), (before.state, before.status));
+    Ok(())
+}
+
+#[test]
+fn concurrent_appliers_never_leave_the_sets_apart() -> Result<()> {
+    let sandbox = Sandbox::new("concurrent")?;
+    install(&sandbox, &one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
+    let states = [
+        one_service("10.96.0.10:80", &["127.0.0.1:1"])?,
+        one_service("10.96.0.10:80", &["127.0.0.1:2", "127.0.0.1:3"])?,
+    ];
+    let threads: Vec<_> = states
+        .iter()
+        .cloned()
+        .map(|state| {
+            let pin_path = sandbox.pin_path().to_owned();
+            std::thread::spawn(move || -> Result<()> {
+                let mut dataplane = Dataplane::open(&pin_path)?;
+                for _ in 0..20 {
+                    dataplane.apply(&state, None, None)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| anyhow::anyhow!("applier panicked"))??;
+    }
+    // Whoever applied last, the live state is one of the two whole states and both sets
+    // agree: a further apply of the live state writes nothing.
+    let mut dataplane = Dataplane::open(sandbox.pin_path())?;
+    let live = dataplane.read_live()?;
+    assert!(!live.status.standby_dirty);
+    assert!(states.contains(&live.state), "{:?}", live.state);
+    assert_eq!(dataplane.apply(&live.state, None, None)?.map_writes, 0);
     Ok(())
 }

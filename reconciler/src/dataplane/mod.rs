@@ -97,6 +97,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("the live generation is {found}, not the expected {expected}")]
+    GenerationMoved { expected: u64, found: u64 },
     #[error("waiting for an RCU grace period (membarrier): {0}")]
     Membarrier(io::Error),
     #[error("{0}")]
@@ -461,14 +463,27 @@ impl Dataplane {
     }
 
     /// Makes the live state equal `desired` (see the module docs for the protocol) and
-    /// records `revision` as applied. Writes nothing when nothing differs.
-    pub fn apply(&mut self, desired: &MapState, revision: Option<&str>) -> Result<ApplyReport> {
+    /// records `revision` as applied. Writes nothing when nothing differs. With
+    /// `expected_generation`, refuses (writing nothing) if the live generation is another.
+    ///
+    /// Holds an exclusive `flock` on the pin directory throughout, so two reconcilers (a
+    /// daemon and a manual apply, say) never interleave their writes to the standby set.
+    pub fn apply(
+        &mut self,
+        desired: &MapState,
+        revision: Option<&str>,
+        expected_generation: Option<u64>,
+    ) -> Result<ApplyReport> {
         if revision.is_some_and(|r| r.len() > REVISION_LEN) {
             return Err(DataplaneError::Invalid(format!(
                 "revision is longer than {REVISION_LEN} bytes"
             )));
         }
+        let _lock = self.lock()?;
         let mut metadata = self.read_metadata()?;
+        if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
+            return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
+        }
         if metadata.standby_dirty != 0 {
             // An earlier apply stopped after its flip, maybe before its wait: wait now.
             wait_for_readers()?;
@@ -528,6 +543,17 @@ impl Dataplane {
             map_writes: writes,
             generation: metadata.generation,
         })
+    }
+
+    /// Blocks until this process holds the pin directory's exclusive lock; released on drop.
+    fn lock(&self) -> Result<fs::File> {
+        let what = || format!("locking {}", self.pin_path.display());
+        let dir = fs::File::open(&self.pin_path).map_err(io_err(what()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+            return Err(io_err(what())(io::Error::last_os_error()));
+        }
+        Ok(dir)
     }
 
     /// Writes one change into map set `set` (names ignore the set). Deleting an entry that is

@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         ["serve", addr, name] => serve(addr, name),
         ["install", pin, cgroup, frontend, backends @ ..] => {
             let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
-            dataplane.apply(&one_service(frontend, backends)?, None)?;
+            dataplane.apply(&one_service(frontend, backends)?, None, None)?;
             Ok(())
         }
         _ => bail!(
