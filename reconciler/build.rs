@@ -10,6 +10,9 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = Path::new(&manifest_dir).join("../reconciler-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to reconciler-ebpf")?;
     println!("cargo:rerun-if-changed=../reconciler-common/src");
+    // aya-build relays every line of the nested cargo as a build-script warning; without
+    // its "Compiling ..." lines only real warnings and errors are left.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     build_ebpf(
         [Package { name: "reconciler-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         Toolchain::default(),

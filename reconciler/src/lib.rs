@@ -3,7 +3,9 @@
 //! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
 pub mod apply;
 pub mod compile;
+pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod source;

@@ -48,7 +48,7 @@ pub struct Input<'a> {
 }
 
 /// What the semantic rules may additionally require.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// When set, every VIP must lie in one of these ranges.
     pub allowed_vips: Option<Vec<IpRange>>,
@@ -118,7 +118,7 @@ impl Located {
     }
 }
 
-fn at(file: &str, position: Position, pointer: &str, message: String) -> Diagnostic {
+pub(crate) fn at(file: &str, position: Position, pointer: &str, message: String) -> Diagnostic {
     Diagnostic {
         file: file.to_owned(),
         line: position.line,
@@ -145,30 +145,52 @@ fn field_name(pointer: &str) -> String {
     field
 }
 
-fn validator() -> Result<&'static Validator, Diagnostic> {
-    static VALIDATOR: OnceLock<Result<Validator, String>> = OnceLock::new();
-    let built = VALIDATOR.get_or_init(|| {
-        let schema: serde_json::Value =
-            serde_json::from_str(SCHEMA).map_err(|e| format!("embedded schema: {e}"))?;
-        jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .map_err(|e| format!("embedded schema: {e}"))
-    });
-    built.as_ref().map_err(|message| Diagnostic {
-        file: "schema/service.schema.json".into(),
-        line: 1,
-        column: 1,
-        field: String::new(),
-        message: message.clone(),
-    })
+/// An embedded JSON Schema, compiled on first use.
+pub(crate) struct Schema {
+    name: &'static str,
+    text: &'static str,
+    compiled: OnceLock<Result<Validator, String>>,
+}
+
+static SERVICE_SCHEMA: Schema = Schema::new("schema/service.schema.json", SCHEMA);
+
+impl Schema {
+    pub(crate) const fn new(name: &'static str, text: &'static str) -> Self {
+        Schema { name, text, compiled: OnceLock::new() }
+    }
+
+    fn validator(&self) -> Result<&Validator, Diagnostic> {
+        let compiled = self.compiled.get_or_init(|| {
+            let schema: serde_json::Value =
+                serde_json::from_str(self.text).map_err(|e| format!("embedded schema: {e}"))?;
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .map_err(|e| format!("embedded schema: {e}"))
+        });
+        compiled
+            .as_ref()
+            .map_err(|message| at(self.name, Position { line: 1, column: 1 }, "", message.clone()))
+    }
+
+    /// Every way `document` (of `file`) breaks the schema.
+    pub(crate) fn check(
+        &self,
+        file: &str,
+        document: &Document,
+    ) -> Result<Vec<Diagnostic>, Diagnostic> {
+        let mut diagnostics = Vec::new();
+        for error in self.validator()?.iter_errors(&document.value) {
+            schema_diagnostics(file, document, &error, &mut diagnostics);
+        }
+        Ok(diagnostics)
+    }
 }
 
 /// Validates every document of every file; returns the services, or every problem found.
 pub fn validate(inputs: &[Input<'_>], policy: &Policy) -> Result<Vec<Located>, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
     let mut services = Vec::new();
-    let validator = validator().map_err(|d| vec![d])?;
     for input in inputs {
         let documents = match yaml::parse(input.text) {
             Ok(documents) => documents,
@@ -178,11 +200,9 @@ pub fn validate(inputs: &[Input<'_>], policy: &Policy) -> Result<Vec<Located>, V
             }
         };
         for document in documents {
-            let before = diagnostics.len();
-            for error in validator.iter_errors(&document.value) {
-                schema_diagnostics(input.path, &document, &error, &mut diagnostics);
-            }
-            if diagnostics.len() > before {
+            let problems = SERVICE_SCHEMA.check(input.path, &document).map_err(|d| vec![d])?;
+            if !problems.is_empty() {
+                diagnostics.extend(problems);
                 continue;
             }
             match serde_json::from_value::<Service>(document.value.clone()) {

@@ -1,5 +1,6 @@
 //! Command-line parsing and the parts the subcommands share.
 mod apply;
+mod daemon;
 mod plan;
 mod status;
 mod uninstall;
@@ -33,7 +34,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Make the live maps match the definitions (or a saved plan).
     Apply(apply::ApplyArgs),
-    /// Show the applied revision, generation and counts.
+    /// Keep the data plane in step with the repository, continuously.
+    Daemon(daemon::DaemonArgs),
+    /// Show the applied revision, generation and counts (or a running daemon's status).
     Status(status::StatusArgs),
     /// Detach the programs and remove every pinned map and link.
     Uninstall(uninstall::UninstallArgs),
@@ -52,10 +55,17 @@ pub fn run() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(FAILURE) } else { ExitCode::SUCCESS };
         }
     };
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`reconciler plan | head`). The daemon keeps Rust's default: SIGPIPE ignored.
+        // SAFETY: setting a signal disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::Daemon(args) => daemon::run(args),
         Command::Status(args) => status::run(args),
         Command::Uninstall(args) => uninstall::run(args),
     };

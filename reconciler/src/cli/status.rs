@@ -16,9 +16,15 @@ pub struct StatusArgs {
     pin: PinArgs,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Ask a running daemon (its `listen` address) instead of reading the maps.
+    #[arg(long, value_name = "HOST:PORT")]
+    daemon: Option<String>,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = &args.daemon {
+        return daemon_status(addr, args.output);
+    }
     let pin_path = &args.pin.pin_path;
     if !dataplane::is_installed(pin_path) {
         match args.output {
@@ -70,5 +76,48 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's `/status`, as JSON or as text.
+fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let (code, body) = reconciler::daemon::http::request(addr, "GET", "/status")
+        .map_err(|e| anyhow::anyhow!("asking the daemon at {addr}: {e}"))?;
+    anyhow::ensure!(code == 200, "the daemon at {addr} answered {code}: {body}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |key: &str| match &status[key] {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "Daemon:             {addr} ({})",
+        if status["ready"] == true { "ready" } else { "not ready" }
+    );
+    println!("Source:             {}", text("source"));
+    println!("Applied revision:   {} at {}", text("applied_revision"), text("applied_at"));
+    println!("Attempted revision: {} at {}", text("attempted_revision"), text("attempted_at"));
+    println!("Last error:         {}", text("last_error"));
+    for error in status["errors"].as_array().into_iter().flatten() {
+        println!(
+            "  {}:{}:{}: {}: {}",
+            error["file"].as_str().unwrap_or("?"),
+            error["line"],
+            error["column"],
+            error["field"].as_str().unwrap_or(""),
+            error["message"].as_str().unwrap_or("")
+        );
+    }
+    println!("Drift:              {} entries ({})", text("drift_entries"), text("drift"));
+    println!(
+        "Entries:            {} services, {} backends; generation {}",
+        text("services"),
+        text("backends"),
+        text("generation")
+    );
     Ok(ExitCode::SUCCESS)
 }

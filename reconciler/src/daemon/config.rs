@@ -1,0 +1,243 @@
+//! The daemon's configuration: a YAML file owned by the node, never read from the repository.
+//! Checked against `schema/daemon-config.schema.json`, then for what a schema cannot say
+//! (durations, CIDR ranges, the listen address); every error names file, line and field.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    dataplane::DEFAULT_PIN_PATH,
+    source::{default_cache_dir, GitSpec, SourceSpec},
+    validate::{at, Diagnostic, IpRange, Policy, Schema},
+    yaml,
+};
+
+static CONFIG_SCHEMA: Schema = Schema::new(
+    "schema/daemon-config.schema.json",
+    include_str!("../../../schema/daemon-config.schema.json"),
+);
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+
+/// What to do about live maps that differ from the applied commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Log, count and repair it.
+    #[default]
+    Heal,
+    /// Log and count it only.
+    Report,
+}
+
+/// The configuration, with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub source: GitSpec,
+    pub interval: Duration,
+    pub cgroup: Option<PathBuf>,
+    pub pin_path: PathBuf,
+    pub policy: Policy,
+    pub listen: SocketAddr,
+    pub drift: DriftMode,
+}
+
+impl Config {
+    pub fn source_spec(&self) -> SourceSpec {
+        SourceSpec::Git(self.source.clone())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    source: RawSource,
+    #[serde(default)]
+    dataplane: RawDataplane,
+    #[serde(default)]
+    policy: RawPolicy,
+    listen: Option<String>,
+    #[serde(default)]
+    drift: DriftMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSource {
+    url: String,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    path: Option<PathBuf>,
+    interval: Option<String>,
+    cache_dir: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDataplane {
+    cgroup: Option<PathBuf>,
+    pin_path: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(rename = "allowedVIPs")]
+    allowed_vips: Option<Vec<String>>,
+}
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Reads and checks the configuration in `text` (from `file`).
+pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let documents = yaml::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
+    let [document] = documents.as_slice() else {
+        let message = format!("expected one YAML document, found {}", documents.len());
+        return Err(vec![at(file, yaml::Position { line: 1, column: 1 }, "", message)]);
+    };
+    let problems = CONFIG_SCHEMA.check(file, document).map_err(|d| vec![d])?;
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let raw: RawConfig = serde_json::from_value(document.value.clone())
+        .map_err(|e| vec![at(file, document.value_position(""), "", e.to_string())])?;
+    let mut errors = Vec::new();
+    let mut error = |pointer: &str, message: String| {
+        errors.push(at(file, document.value_position(pointer), pointer, message));
+    };
+
+    let interval = match raw.source.interval.as_deref() {
+        None => DEFAULT_INTERVAL,
+        Some(text) => match parse_duration(text) {
+            Some(d) if d >= Duration::from_millis(100) => d,
+            _ => {
+                error("/source/interval", format!("`{text}` is not a duration of at least 100ms"));
+                DEFAULT_INTERVAL
+            }
+        },
+    };
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        error("/listen", format!("`{listen_text}` is not HOST:PORT with an IP address"));
+        SocketAddr::from(([127, 0, 0, 1], 9469))
+    });
+    let mut ranges = Vec::new();
+    for (i, text) in raw.policy.allowed_vips.iter().flatten().enumerate() {
+        match text.parse::<IpRange>() {
+            Ok(range) => ranges.push(range),
+            Err(message) => error(&format!("/policy/allowedVIPs/{i}"), message),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        source: GitSpec {
+            url: raw.source.url,
+            reference: raw.source.reference,
+            subdir: raw.source.path,
+            cache_dir: raw.source.cache_dir.unwrap_or_else(default_cache_dir),
+            ssh_key: raw.source.ssh_key,
+        },
+        interval,
+        cgroup: raw.dataplane.cgroup,
+        pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
+        policy: Policy { allowed_vips: raw.policy.allowed_vips.map(|_| ranges) },
+        listen,
+        drift: raw.drift,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+source:
+  url: git://127.0.0.1/services.git
+  ref: main
+  path: services/
+  interval: 30s
+dataplane:
+  cgroup: /sys/fs/cgroup
+  pinPath: /sys/fs/bpf/reconciler
+policy:
+  allowedVIPs: [10.96.0.0/12, "fd00:96::/64"]
+listen: 127.0.0.1:9469
+drift: heal
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse("node.yaml", text).unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = parse("node.yaml", FULL).unwrap();
+        assert_eq!(config.source.reference.as_deref(), Some("main"));
+        assert_eq!(config.interval, Duration::from_secs(30));
+        assert_eq!(config.policy.allowed_vips.as_ref().map(Vec::len), Some(2));
+        assert_eq!(config.drift, DriftMode::Heal);
+    }
+
+    #[test]
+    fn only_the_url_is_required() {
+        let config = parse("node.yaml", "source: {url: /srv/services}\n").unwrap();
+        assert_eq!(config.interval, DEFAULT_INTERVAL);
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(config.policy.allowed_vips, None);
+        assert_eq!(config.cgroup, None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_its_place() {
+        assert_eq!(
+            errors(&FULL.replace("interval: 30s", "interval: 30 seconds")),
+            ["node.yaml:6:13: source.interval: \"30 seconds\" does not match \"^[0-9]+(ms|s|m|h)$\""]
+        );
+        assert_eq!(
+            errors(&FULL.replace("drift: heal", "drift: fix")),
+            ["node.yaml:13:8: drift: \"fix\" is not one of \"heal\" or \"report\""]
+        );
+        assert_eq!(
+            errors(&FULL.replace("listen: 127.0.0.1:9469", "listen: localhost:9469")),
+            ["node.yaml:12:9: listen: `localhost:9469` is not HOST:PORT with an IP address"]
+        );
+        assert_eq!(
+            errors(&FULL.replace("10.96.0.0/12", "10.96.0.0/40")),
+            ["node.yaml:11:17: policy.allowedVIPs[0]: `10.96.0.0/40`: the prefix length must be a number from 0 to 32"]
+        );
+        assert_eq!(
+            errors(&FULL.replace("  pinPath:", "  pinpath:")),
+            ["node.yaml:9:3: dataplane.pinpath: unknown field `pinpath`"]
+        );
+        assert_eq!(
+            errors("listen: 127.0.0.1:1\n"),
+            ["node.yaml:1:1: \"source\" is a required property"]
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("10d"), None);
+    }
+}

@@ -1,0 +1,426 @@
+//! `reconciler daemon`: keeps the node in step with the repository, the way Flux and Argo CD
+//! keep a cluster in step.
+//!
+//! Every interval (with ±10% jitter), at once on `POST /reconcile`, and after SIGHUP reloads
+//! the configuration, one run: fetch, validate, plan, apply if needed, through the same
+//! pipeline as `plan`/`apply` (`crate::apply`). Then:
+//! - a commit that fails validation or apply is never applied, in part or whole; the data plane
+//!   stays at the last good commit, and the failed commit is not tried again until another
+//!   one arrives (or the configuration is reloaded);
+//! - fetch and data plane errors are retried with capped exponential backoff (1 s, 2 s, ...
+//!   up to the interval) while the data plane keeps serving;
+//! - drift (live maps that differ from the applied commit) is logged, counted and, with
+//!   `drift: heal`, repaired by the same atomic apply;
+//! - on start the pinned data plane is adopted: if it already holds the commit, nothing is
+//!   written. SIGTERM/SIGINT stop the daemon and leave the data plane serving.
+pub mod config;
+pub mod http;
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::{net::TcpListener, signal::unix, sync::Notify};
+use tracing::{error, info, warn};
+
+use crate::{
+    apply::{self, Desired, Error},
+    metrics::Metrics,
+    plan::Plan,
+    time::rfc3339_utc,
+    validate::Diagnostic,
+};
+pub use config::{Config, DriftMode};
+
+/// What `/status` (and `reconciler status --daemon`) shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DaemonStatus {
+    pub format_version: u32,
+    pub source: String,
+    /// A reconcile has succeeded since the daemon started.
+    pub ready: bool,
+    pub applied_revision: Option<String>,
+    pub applied_at: Option<String>,
+    /// The last revision fetched and looked at, good or bad.
+    pub attempted_revision: Option<String>,
+    pub attempted_at: Option<String>,
+    /// The last run's error, if it failed; cleared by a successful run.
+    pub last_error: Option<String>,
+    /// Validation errors of `failed_revision`, each with file, line and field.
+    pub errors: Vec<Diagnostic>,
+    /// A revision that failed and will not be tried again until a new one arrives.
+    pub failed_revision: Option<String>,
+    pub drift: DriftMode,
+    pub drift_entries: usize,
+    pub services: usize,
+    pub backends: usize,
+    pub generation: u64,
+    pub last_reconcile_at: Option<String>,
+}
+
+impl Serialize for DriftMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            DriftMode::Heal => "heal",
+            DriftMode::Report => "report",
+        })
+    }
+}
+
+/// State shared between the reconcile loop and the HTTP endpoint.
+pub struct Shared {
+    status: Mutex<DaemonStatus>,
+    metrics: Mutex<Metrics>,
+    trigger: Notify,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, DaemonStatus> {
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn metrics(&self) -> MutexGuard<'_, Metrics> {
+        self.metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What the loop remembers between runs.
+#[derive(Default)]
+struct Memory {
+    /// The definitions the data plane holds, for drift checks while newer commits fail.
+    last_good: Option<Desired>,
+    /// A revision that failed validation or apply; not tried again.
+    failed_revision: Option<String>,
+    /// Transient failures in a row, for the backoff.
+    consecutive_errors: u32,
+}
+
+/// How one run ended.
+enum Outcome {
+    Applied {
+        plan: Box<Plan>,
+        map_writes: usize,
+    },
+    Unchanged {
+        plan: Box<Plan>,
+    },
+    DriftHealed {
+        plan: Box<Plan>,
+        map_writes: usize,
+    },
+    DriftReported {
+        plan: Box<Plan>,
+    },
+    /// The fetched commit is bad (invalid, or its apply failed); the data plane is unchanged.
+    Rejected {
+        revision: Option<String>,
+        error: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// The fetched commit already failed; nothing was tried.
+    StillRejected {
+        revision: Option<String>,
+    },
+    /// Fetch or data plane trouble; retried with backoff.
+    Transient {
+        error: String,
+    },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::DriftHealed { .. } => "drift_healed",
+            Outcome::DriftReported { .. } => "drift_reported",
+            Outcome::Rejected { .. } | Outcome::StillRejected { .. } => "rejected",
+            Outcome::Transient { .. } => "error",
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `config_file` is read again on SIGHUP.
+pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
+    })?;
+    let shared = Arc::new(Shared {
+        status: Mutex::new(DaemonStatus {
+            format_version: 1,
+            source: apply::describe(&config.source_spec()),
+            drift: config.drift,
+            ..DaemonStatus::default()
+        }),
+        metrics: Mutex::new(Metrics::default()),
+        trigger: Notify::new(),
+    });
+    tokio::spawn(http::serve(listener, Arc::clone(&shared)));
+    let mut hangup = unix::signal(unix::SignalKind::hangup())?;
+    let mut terminate = unix::signal(unix::SignalKind::terminate())?;
+    let mut interrupt = unix::signal(unix::SignalKind::interrupt())?;
+    info!(listen = %config.listen, source = %apply::describe(&config.source_spec()), "daemon started");
+
+    let mut config = Arc::new(config);
+    let mut memory = Memory::default();
+    loop {
+        let started = Instant::now();
+        let run_config = Arc::clone(&config);
+        let (outcome, returned) = tokio::task::spawn_blocking(move || {
+            let outcome = reconcile(&run_config, &mut memory);
+            (outcome, memory)
+        })
+        .await?;
+        memory = returned;
+        let delay = record(&shared, &config, &mut memory, outcome, started.elapsed());
+
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.trigger.notified() => info!("reconcile requested"),
+            _ = hangup.recv() => match reload(config_file) {
+                Some(new) => {
+                    if new.listen != config.listen {
+                        warn!(listen = %new.listen, "a new listen address takes effect on restart");
+                    }
+                    shared.status().drift = new.drift;
+                    config = Arc::new(new);
+                    // A new policy may accept what the old one refused.
+                    memory.failed_revision = None;
+                    info!("configuration reloaded");
+                }
+                None => warn!("configuration not reloaded; keeping the running one"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    info!("daemon stopped; the data plane keeps serving");
+    Ok(())
+}
+
+fn reload(config_file: &Path) -> Option<Config> {
+    let file = config_file.display().to_string();
+    let text = match std::fs::read_to_string(config_file) {
+        Ok(text) => text,
+        Err(e) => {
+            error!(file, "reading the configuration: {e}");
+            return None;
+        }
+    };
+    match config::parse(&file, &text) {
+        Ok(config) => Some(config),
+        Err(diagnostics) => {
+            for d in diagnostics {
+                error!("{d}");
+            }
+            None
+        }
+    }
+}
+
+/// One run: fetch, validate, plan, and apply or check drift.
+fn reconcile(config: &Config, memory: &mut Memory) -> Outcome {
+    let fetched = apply::load(&config.source_spec(), &config.policy);
+    let desired = match fetched {
+        Ok(desired) if desired.revision.is_some() && desired.revision == memory.failed_revision => {
+            let revision = desired.revision;
+            return check_drift(config, memory).unwrap_or(Outcome::StillRejected { revision });
+        }
+        Ok(desired) => desired,
+        Err(Error::Invalid { revision, diagnostics }) => {
+            memory.failed_revision = revision.clone();
+            let error = format!("{} invalid definition(s)", diagnostics.len());
+            return check_drift(config, memory).unwrap_or(Outcome::Rejected {
+                revision,
+                error,
+                diagnostics,
+            });
+        }
+        Err(e) => return Outcome::Transient { error: e.to_string() },
+    };
+    let plan = match apply::plan(&desired, &config.pin_path) {
+        Ok(plan) => plan,
+        Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
+        Err(e) => return Outcome::Transient { error: e.to_string() },
+    };
+    let new_revision = plan.install || plan.revision != plan.live_revision;
+    if !new_revision && plan.map_writes > 0 && config.drift == DriftMode::Report {
+        memory.last_good = Some(desired);
+        return Outcome::DriftReported { plan: Box::new(plan) };
+    }
+    if !plan.has_changes() {
+        memory.last_good = Some(desired);
+        return Outcome::Unchanged { plan: Box::new(plan) };
+    }
+    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref()) {
+        Ok(report) => {
+            memory.last_good = Some(desired);
+            let map_writes = report.map_writes;
+            if new_revision {
+                Outcome::Applied { plan: Box::new(plan), map_writes }
+            } else {
+                Outcome::DriftHealed { plan: Box::new(plan), map_writes }
+            }
+        }
+        // Someone else applied in between: not this commit's fault; look again soon.
+        Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. })) => {
+            Outcome::Transient { error: e.to_string() }
+        }
+        Err(Error::Dataplane(e)) => Outcome::Transient { error: e.to_string() },
+        Err(e) => reject(memory, desired.revision, e.to_string()),
+    }
+}
+
+fn reject(memory: &mut Memory, revision: Option<String>, error: String) -> Outcome {
+    memory.failed_revision = revision.clone();
+    Outcome::Rejected { revision, error, diagnostics: Vec::new() }
+}
+
+/// While the fetched commit is bad: drift of the live maps from the last good definitions.
+/// `None` when there is nothing to compare with, or no drift.
+fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
+    if memory.last_good.is_none() {
+        // After a restart: the definitions of the revision the maps record.
+        let live = apply::read_live(&config.pin_path).ok().flatten()?;
+        let revision = live.status.revision?;
+        memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
+    }
+    let plan = apply::plan(memory.last_good.as_ref()?, &config.pin_path).ok()?;
+    if plan.install || plan.entry_changes == 0 {
+        return None;
+    }
+    if config.drift == DriftMode::Report {
+        return Some(Outcome::DriftReported { plan: Box::new(plan) });
+    }
+    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref()) {
+        Ok(report) => {
+            Some(Outcome::DriftHealed { plan: Box::new(plan), map_writes: report.map_writes })
+        }
+        Err(e) => Some(Outcome::Transient { error: e.to_string() }),
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Logs the outcome, updates status and metrics, and says how long to wait for the next run.
+fn record(
+    shared: &Shared,
+    config: &Config,
+    memory: &mut Memory,
+    outcome: Outcome,
+    took: Duration,
+) -> Duration {
+    let now = unix_now();
+    let now_text = rfc3339_utc(now as u64);
+    let mut metrics = shared.metrics();
+    metrics.observe_reconcile(outcome.label(), took.as_secs_f64());
+    let mut status = shared.status();
+    status.last_reconcile_at = Some(now_text.clone());
+    let mut transient = false;
+    match outcome {
+        Outcome::Applied { plan, map_writes } => {
+            info!(
+                revision = plan.revision.as_deref().unwrap_or("-"),
+                changes = plan.entry_changes,
+                map_writes,
+                "applied"
+            );
+            metrics.map_writes += map_writes as u64;
+            metrics.applied(plan.revision.as_deref(), now);
+            at_revision(&mut status, &mut metrics, &plan, &now_text);
+        }
+        Outcome::Unchanged { plan } => {
+            if status.applied_revision.is_none() {
+                // Adopted at start: the maps already held this revision.
+                metrics.applied(plan.revision.as_deref(), now);
+            }
+            at_revision(&mut status, &mut metrics, &plan, &now_text);
+        }
+        Outcome::DriftHealed { plan, map_writes } => {
+            warn!(entries = plan.entry_changes, map_writes, "drift healed");
+            metrics.map_writes += map_writes as u64;
+            metrics.applied(status.applied_revision.as_deref().or(plan.revision.as_deref()), now);
+            metrics.drift_entries = 0;
+            status.drift_entries = 0;
+            status.generation = plan.generation + 1;
+        }
+        Outcome::DriftReported { plan } => {
+            warn!(
+                entries = plan.entry_changes,
+                "drift: the live maps differ from the applied revision"
+            );
+            metrics.drift_entries = plan.entry_changes as u64;
+            status.drift_entries = plan.entry_changes;
+        }
+        Outcome::Rejected { revision, error, diagnostics } => {
+            error!(
+                revision = revision.as_deref().unwrap_or("-"),
+                "{error}; the data plane stays at the last good revision"
+            );
+            for d in &diagnostics {
+                error!("{d}");
+            }
+            status.attempted_revision = revision.clone();
+            status.attempted_at = Some(now_text);
+            status.failed_revision = revision;
+            status.last_error = Some(error);
+            status.errors = diagnostics;
+        }
+        Outcome::StillRejected { revision } => {
+            info!(
+                revision = revision.as_deref().unwrap_or("-"),
+                "the fetched revision already failed; waiting for a new one"
+            );
+        }
+        Outcome::Transient { error } => {
+            warn!("{error}; retrying, the data plane keeps serving");
+            status.last_error = Some(error);
+            transient = true;
+        }
+    }
+    if transient {
+        memory.consecutive_errors += 1;
+        let backoff = Duration::from_secs(1) * 2u32.saturating_pow(memory.consecutive_errors - 1);
+        backoff.min(config.interval)
+    } else {
+        memory.consecutive_errors = 0;
+        jittered(config.interval)
+    }
+}
+
+/// After a run that left the data plane at the fetched revision, with no drift.
+fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, now: &str) {
+    status.ready = true;
+    status.applied_revision = plan.revision.clone();
+    status.attempted_revision = plan.revision.clone();
+    status.attempted_at = Some(now.to_owned());
+    status.last_error = None;
+    status.errors.clear();
+    status.failed_revision = None;
+    status.drift_entries = 0;
+    metrics.drift_entries = 0;
+    status.services = plan.desired.services.len();
+    status.backends = plan.desired.backends.len();
+    metrics.services = status.services as u64;
+    metrics.backends = status.backends as u64;
+    // The metadata alone: cheap, unlike reading the maps.
+    if let Ok(live) =
+        crate::dataplane::Dataplane::open(Path::new(&plan.pin_path)).and_then(|d| d.status())
+    {
+        status.generation = live.generation;
+        status.applied_at = live.applied_at_unix.map(rfc3339_utc);
+    }
+}
+
+/// `interval` ± 10%, so a fleet of nodes does not fetch in lockstep.
+fn jittered(interval: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    // The clock's nanoseconds are random enough to spread nodes apart.
+    let factor = 0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2;
+    interval.mul_f64(factor)
+}
