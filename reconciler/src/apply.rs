@@ -69,7 +69,8 @@ pub fn load_at(spec: &GitSpec, rev: &str, policy: &Policy) -> Result<Desired, Er
     validated(source::snapshot_at(spec, rev)?, format!("{} ({rev})", spec.url), policy)
 }
 
-fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
+/// Validates a fetched snapshot; `source` says where it came from, for people.
+pub fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
     let inputs: Vec<Input<'_>> =
         snapshot.files.iter().map(|f| Input { path: &f.path, text: &f.text }).collect();
     match validate(&inputs, policy) {

@@ -23,7 +23,7 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one reconcile run that ended with `result` after `seconds`.
     pub fn observe_reconcile(&mut self, result: &'static str, seconds: f64) {
-        *self.reconciles.entry(result).or_default() += 1;
+        self.count(result);
         for (bucket, bound) in self.duration_buckets.iter_mut().zip(DURATION_BUCKETS) {
             if seconds <= bound {
                 *bucket += 1;
@@ -31,6 +31,11 @@ impl Metrics {
         }
         self.duration_sum += seconds;
         self.duration_count += 1;
+    }
+
+    /// Counts an outcome that is part of a run already observed (drift after a bad commit).
+    pub fn count(&mut self, result: &'static str) {
+        *self.reconciles.entry(result).or_default() += 1;
     }
 
     pub fn applied(&mut self, revision: Option<&str>, unix_seconds: f64) {

@@ -137,7 +137,8 @@ impl Outcome {
             Outcome::Unchanged { .. } => "unchanged",
             Outcome::DriftHealed { .. } => "drift_healed",
             Outcome::DriftReported { .. } => "drift_reported",
-            Outcome::Rejected { .. } | Outcome::StillRejected { .. } => "rejected",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::StillRejected { .. } => "skipped",
             Outcome::Transient { .. } => "error",
         }
     }
@@ -169,13 +170,19 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let run_config = Arc::clone(&config);
-        let (outcome, returned) = tokio::task::spawn_blocking(move || {
-            let outcome = reconcile(&run_config, &mut memory);
-            (outcome, memory)
+        let (outcomes, returned) = tokio::task::spawn_blocking(move || {
+            let outcomes = reconcile(&run_config, &mut memory);
+            (outcomes, memory)
         })
         .await?;
         memory = returned;
-        let delay = record(&shared, &config, &mut memory, outcome, started.elapsed());
+        let took = started.elapsed();
+        let mut delay = config.interval;
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            // A run counts once, by what happened to the fetched commit.
+            let took = (i == 0).then_some(took);
+            delay = delay.min(record(&shared, &config, &mut memory, outcome, took));
+        }
 
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -221,23 +228,33 @@ fn reload(config_file: &Path) -> Option<Config> {
     }
 }
 
-/// One run: fetch, validate, plan, and apply or check drift.
-fn reconcile(config: &Config, memory: &mut Memory) -> Outcome {
-    let fetched = apply::load(&config.source_spec(), &config.policy);
-    let desired = match fetched {
-        Ok(desired) if desired.revision.is_some() && desired.revision == memory.failed_revision => {
-            let revision = desired.revision;
-            return check_drift(config, memory).unwrap_or(Outcome::StillRejected { revision });
-        }
+/// One run: what happened to the fetched commit, then (while it is bad) to drift.
+fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
+    let outcome = reconcile_commit(config, memory);
+    let held_back = matches!(
+        outcome,
+        Outcome::Rejected { .. } | Outcome::StillRejected { .. } | Outcome::Transient { .. }
+    );
+    let drift = if held_back { check_drift(config, memory) } else { None };
+    std::iter::once(outcome).chain(drift).collect()
+}
+
+/// Fetch, validate, plan, apply: the fetched commit's part of a run.
+fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
+    let spec = config.source_spec();
+    let snapshot = match crate::source::fetch(&spec) {
+        Ok(snapshot) => snapshot,
+        Err(e) => return Outcome::Transient { error: e.to_string() },
+    };
+    if snapshot.revision.is_some() && snapshot.revision == memory.failed_revision {
+        return Outcome::StillRejected { revision: snapshot.revision };
+    }
+    let desired = match apply::validated(snapshot, apply::describe(&spec), &config.policy) {
         Ok(desired) => desired,
         Err(Error::Invalid { revision, diagnostics }) => {
             memory.failed_revision = revision.clone();
             let error = format!("{} invalid definition(s)", diagnostics.len());
-            return check_drift(config, memory).unwrap_or(Outcome::Rejected {
-                revision,
-                error,
-                diagnostics,
-            });
+            return Outcome::Rejected { revision, error, diagnostics };
         }
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
@@ -279,8 +296,8 @@ fn reject(memory: &mut Memory, revision: Option<String>, error: String) -> Outco
     Outcome::Rejected { revision, error, diagnostics: Vec::new() }
 }
 
-/// While the fetched commit is bad: drift of the live maps from the last good definitions.
-/// `None` when there is nothing to compare with, or no drift.
+/// While the fetched commit is held back: drift of the live maps from the last good
+/// definitions. `None` when there is nothing to compare with, or no drift.
 fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     if memory.last_good.is_none() {
         // After a restart: the definitions of the revision the maps record.
@@ -313,12 +330,15 @@ fn record(
     config: &Config,
     memory: &mut Memory,
     outcome: Outcome,
-    took: Duration,
+    took: Option<Duration>,
 ) -> Duration {
     let now = unix_now();
     let now_text = rfc3339_utc(now as u64);
     let mut metrics = shared.metrics();
-    metrics.observe_reconcile(outcome.label(), took.as_secs_f64());
+    match took {
+        Some(took) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
+        None => metrics.count(outcome.label()),
+    }
     let mut status = shared.status();
     status.last_reconcile_at = Some(now_text.clone());
     let mut transient = false;
@@ -382,6 +402,10 @@ fn record(
             status.last_error = Some(error);
             transient = true;
         }
+    }
+    if took.is_none() {
+        // The drift part of a run: the fetched commit's outcome decides the wait.
+        return config.interval;
     }
     if transient {
         memory.consecutive_errors += 1;

@@ -1,0 +1,510 @@
+//! The real `reconciler daemon` process against a real `git daemon` on 127.0.0.1 and the real
+//! data plane in a sandbox: commits arrive, bad commits are held back, the server goes away
+//! and comes back, history is rewritten, maps are edited by hand, the daemon is killed.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use reconciler::daemon::http::request;
+use reconciler_tests::{
+    git::{free_port, Daemon as GitDaemon, Repo},
+    reconciler_path, Sandbox,
+};
+use tempfile::TempDir;
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn service(vip: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\n\
+         spec:\n  vip: {vip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n\
+         backends:\n    - {{address: {backend}}}\n"
+    )
+    .replace("backends:", "  backends:")
+}
+
+/// A sandbox with listeners `b11`/`b12`/`b13` at 127.0.0.11-13:8080, a repository served by
+/// `git daemon`, and the reconciler daemon's configuration.
+struct World {
+    sandbox: Sandbox,
+    work: Repo,
+    served: TempDir,
+    git_daemon: Option<GitDaemon>,
+    git_port: u16,
+    dir: TempDir,
+    listen: String,
+    daemon: Option<Child>,
+}
+
+impl World {
+    fn new(test: &str, interval: &str, drift: &str) -> Result<Self> {
+        let mut sandbox = Sandbox::new(test)?;
+        for i in 11..=13 {
+            sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+        }
+        let work = Repo::new();
+        work.write("services/web.yaml", service("10.96.0.10", "127.0.0.11"));
+        work.commit("web on b11");
+        let served = tempfile::tempdir()?;
+        work.bare_clone(served.path(), "services.git");
+        let git_port = free_port();
+        let git_daemon = GitDaemon::start(served.path(), git_port);
+        let dir = tempfile::tempdir()?;
+        let listen = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "source:\n  url: git://127.0.0.1:{git_port}/services.git\n  ref: main\n  path: services\n  \
+             interval: {interval}\n  cacheDir: {}\ndataplane:\n  cgroup: {}\n  pinPath: {}\n\
+             policy:\n  allowedVIPs: [10.96.0.0/12]\nlisten: {listen}\ndrift: {drift}\n",
+            dir.path().join("cache").display(),
+            sandbox.cgroup().display(),
+            sandbox.pin_path().display()
+        );
+        std::fs::write(dir.path().join("node.yaml"), config)?;
+        Ok(World {
+            sandbox,
+            work,
+            served,
+            git_daemon: Some(git_daemon),
+            git_port,
+            dir,
+            listen,
+            daemon: None,
+        })
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("node.yaml")
+    }
+
+    /// Starts the reconciler daemon and waits until it is ready.
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log"))?;
+        let child = Command::new(reconciler_path()?)
+            .args(["daemon", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.daemon = Some(child);
+        wait_for("the daemon to be ready", Duration::from_secs(20), || {
+            matches!(request(&self.listen, "GET", "/readyz"), Ok((200, _))).then_some(())
+        })
+        .with_context(|| self.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        let mut child = self.daemon.take().context("no daemon running")?;
+        // SAFETY: signalling the PID of a child we started and have not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        Ok(child.wait()?)
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        let (code, body) = request(&self.listen, "GET", "/status")?;
+        ensure!(code == 200, "/status answered {code}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    fn metrics(&self) -> Result<String> {
+        let (code, body) = request(&self.listen, "GET", "/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        Ok(body)
+    }
+
+    /// Commits `services/web.yaml` = `text` and pushes it; returns the commit.
+    fn push(&self, text: &str) -> Result<String> {
+        self.work.write("services/web.yaml", text);
+        let commit = self.work.commit("change");
+        self.work.git(&["push", "-q", "origin", "main"]);
+        Ok(commit)
+    }
+
+    fn wait_applied(&self, commit: &str, limit: Duration) -> Result<()> {
+        wait_for(&format!("{commit} to be applied"), limit, || {
+            let status = self.status().ok()?;
+            (status["applied_revision"] == commit).then_some(())
+        })
+        .with_context(|| self.log())
+    }
+
+    fn head(&self) -> String {
+        self.work.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Which listener 50 connects to the VIP reach (all of them must succeed).
+    fn reached(&self) -> Result<Vec<String>> {
+        let result = self.sandbox.probe_tcp("10.96.0.10:80", 50)?;
+        ensure!(result.errors.is_empty(), "connects failed: {result:?}");
+        Ok(result.replies.keys().cloned().collect())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.kill(libc::SIGKILL);
+    }
+}
+
+/// The value of the sample `name` (with its labels, as written) in a metrics text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_new_commit_is_applied_within_an_interval() -> Result<()> {
+    let mut world = World::new("d-interval", "1s", "heal")?;
+    world.start()?;
+    assert_eq!(world.reached()?, ["b11"]);
+    let commit = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    let pushed = Instant::now();
+    world.wait_applied(&commit, Duration::from_secs(5))?;
+    // One interval (1 s, ±10% jitter) plus the run itself, on a loaded 2-core machine.
+    assert!(pushed.elapsed() < Duration::from_secs(3), "took {:?}", pushed.elapsed());
+    assert_eq!(world.reached()?, ["b12"]);
+    Ok(())
+}
+
+#[test]
+fn post_reconcile_applies_at_once() -> Result<()> {
+    let mut world = World::new("d-webhook", "1h", "heal")?;
+    world.start()?;
+    let commit = world.push(&service("10.96.0.10", "127.0.0.13"))?;
+    // With an hour's interval nothing would happen on its own.
+    let (code, _) = request(&world.listen, "POST", "/reconcile")?;
+    assert_eq!(code, 202);
+    world.wait_applied(&commit, Duration::from_secs(5))?;
+    assert_eq!(world.reached()?, ["b13"]);
+    Ok(())
+}
+
+#[test]
+fn a_bad_commit_keeps_the_last_good_state_until_a_good_one_arrives() -> Result<()> {
+    let mut world = World::new("d-bad", "300ms", "heal")?;
+    world.start()?;
+    let good = world.head();
+    // Valid YAML and schema, but the VIP (a cloud metadata address) is outside the policy.
+    let bad = world.push(&service("169.254.169.254", "127.0.0.12"))?;
+    let status = wait_for("the bad commit to be rejected", Duration::from_secs(5), || {
+        let status = world.status().ok()?;
+        (status["failed_revision"] == bad.as_str()).then_some(status)
+    })?;
+    assert_eq!(status["applied_revision"], good.as_str());
+    assert_eq!(status["attempted_revision"], bad.as_str());
+    assert!(status["last_error"].as_str().is_some_and(|e| e.contains("invalid")), "{status}");
+    let errors = status["errors"].as_array().context("errors")?;
+    assert!(
+        errors.iter().any(|e| e["field"] == "spec.vip"
+            && e["message"].as_str().is_some_and(|m| m.contains("169.254.169.254"))),
+        "{status}"
+    );
+    assert!(errors.iter().any(|e| e["file"] == "services/web.yaml" && e["line"] == 5), "{status}");
+    assert_eq!(world.reached()?, ["b11"], "the data plane left the last good state");
+
+    // The bad commit is not tried again: later runs skip it.
+    wait_for("runs that skip the bad commit", Duration::from_secs(5), || {
+        let metrics = world.metrics().ok()?;
+        (sample(&metrics, "reconciler_reconcile_total{result=\"skipped\"}")? >= 2.0).then_some(())
+    })?;
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"rejected\"}"), Some(1.0));
+
+    let fixed = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    world.wait_applied(&fixed, Duration::from_secs(5))?;
+    let status = world.status()?;
+    assert!(status["failed_revision"].is_null() && status["last_error"].is_null(), "{status}");
+    assert_eq!(world.reached()?, ["b12"]);
+    Ok(())
+}
+
+#[test]
+fn the_git_server_going_away_is_survived_and_reported() -> Result<()> {
+    let mut world = World::new("d-server", "300ms", "heal")?;
+    world.start()?;
+    world.git_daemon.take().context("git daemon")?.stop();
+    let url = format!("git://127.0.0.1:{}/services.git", world.git_port);
+    wait_for("the fetch error to show", Duration::from_secs(5), || {
+        let status = world.status().ok()?;
+        status["last_error"].as_str().is_some_and(|e| e.contains(&url)).then_some(())
+    })?;
+    assert_eq!(world.reached()?, ["b11"], "the data plane stopped serving");
+    let metrics = world.metrics()?;
+    assert!(sample(&metrics, "reconciler_reconcile_total{result=\"error\"}") >= Some(1.0));
+
+    let commit = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    world.git_daemon = Some(GitDaemon::start(world.served.path(), world.git_port));
+    world.wait_applied(&commit, Duration::from_secs(10))?;
+    assert!(world.status()?["last_error"].is_null());
+    assert_eq!(world.reached()?, ["b12"]);
+    Ok(())
+}
+
+#[test]
+fn a_force_push_to_an_older_commit_applies_the_older_state() -> Result<()> {
+    let mut world = World::new("d-force", "300ms", "heal")?;
+    world.start()?;
+    let old = world.head();
+    let new = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    world.wait_applied(&new, Duration::from_secs(5))?;
+    world.work.git(&["push", "-q", "--force", "origin", &format!("{old}:refs/heads/main")]);
+    world.wait_applied(&old, Duration::from_secs(5))?;
+    assert_eq!(world.reached()?, ["b11"]);
+    Ok(())
+}
+
+/// Writes a SERVICES entry for 10.96.9.9:80 into the live set with bpftool; returns its key.
+fn add_entry_by_hand(pin_path: &Path, active_set: u8) -> Result<Vec<String>> {
+    let mut key = vec![0u8; 10];
+    key.extend([0xff, 0xff, 10, 96, 9, 9, 0, 80, 6, active_set]);
+    let mut value = 999u32.to_le_bytes().to_vec();
+    value.extend(1u32.to_le_bytes());
+    value.extend([0u8; 8]);
+    let text = |bytes: &[u8]| bytes.iter().map(u8::to_string).collect::<Vec<_>>();
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin_path.join("SERVICES"))
+        .arg("key")
+        .args(text(&key))
+        .arg("value")
+        .args(text(&value))
+        .status()?;
+    ensure!(status.success(), "bpftool map update failed");
+    Ok(text(&key))
+}
+
+fn entry_exists(pin_path: &Path, key: &[String]) -> Result<bool> {
+    let output = Command::new("bpftool")
+        .args(["map", "lookup", "pinned"])
+        .arg(pin_path.join("SERVICES"))
+        .arg("key")
+        .args(key)
+        .output()?;
+    Ok(output.status.success())
+}
+
+fn active_set(world: &World) -> Result<u8> {
+    let output = Command::new(reconciler_path()?)
+        .args(["status", "--output", "json", "--pin-path"])
+        .arg(world.sandbox.pin_path())
+        .output()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(status["active_set"].as_u64().context("active_set")? as u8)
+}
+
+#[test]
+fn drift_is_healed_or_only_reported() -> Result<()> {
+    for mode in ["heal", "report"] {
+        let mut world = World::new(&format!("d-drift-{mode}"), "300ms", mode)?;
+        world.start()?;
+        let pin = world.sandbox.pin_path().to_owned();
+        let key = add_entry_by_hand(&pin, active_set(&world)?)?;
+        if mode == "heal" {
+            wait_for("the hand-written entry to be removed", Duration::from_secs(5), || {
+                (!entry_exists(&pin, &key).ok()?).then_some(())
+            })?;
+            let metrics = world.metrics()?;
+            assert!(
+                sample(&metrics, "reconciler_reconcile_total{result=\"drift_healed\"}")
+                    >= Some(1.0)
+            );
+        } else {
+            let status = wait_for("drift to be reported", Duration::from_secs(5), || {
+                let status = world.status().ok()?;
+                (status["drift_entries"].as_u64()? > 0).then_some(status)
+            })?;
+            assert_eq!(status["drift"], "report");
+            let metrics = world.metrics()?;
+            assert!(sample(&metrics, "reconciler_drift_entries") > Some(0.0), "{metrics}");
+            // Reported, not repaired, on later runs too.
+            wait_for("more runs", Duration::from_secs(5), || {
+                let metrics = world.metrics().ok()?;
+                (sample(&metrics, "reconciler_reconcile_total{result=\"drift_reported\"}")? >= 3.0)
+                    .then_some(())
+            })?;
+            assert!(entry_exists(&pin, &key)?, "report mode repaired the drift");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_killed_daemon_leaves_the_data_plane_serving_and_restarts_without_writing() -> Result<()> {
+    let mut world = World::new("d-kill", "300ms", "heal")?;
+    world.start()?;
+    let generation = world.status()?["generation"].clone();
+    world.kill(libc::SIGKILL)?;
+    assert_eq!(world.reached()?, ["b11"], "connects failed with the daemon gone");
+
+    world.start()?;
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_map_writes_total"), Some(0.0), "{metrics}");
+    assert_eq!(world.status()?["generation"], generation);
+    assert_eq!(world.status()?["applied_revision"], world.head().as_str());
+
+    // SIGTERM stops it cleanly, and the data plane serves on.
+    let exit = world.kill(libc::SIGTERM)?;
+    assert!(exit.success(), "{exit:?}\n{}", world.log());
+    assert_eq!(world.reached()?, ["b11"]);
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads_the_configuration() -> Result<()> {
+    let mut world = World::new("d-hup", "300ms", "heal")?;
+    world.start()?;
+    // A commit the current policy refuses...
+    let commit = world.push(&service("10.200.0.10", "127.0.0.12"))?;
+    wait_for("the commit to be refused", Duration::from_secs(5), || {
+        (world.status().ok()?["failed_revision"] == commit.as_str()).then_some(())
+    })?;
+    // ...is applied once the node allows its VIP.
+    let config = std::fs::read_to_string(world.config_path())?;
+    std::fs::write(
+        world.config_path(),
+        config.replace("[10.96.0.0/12]", "[10.96.0.0/12, 10.200.0.0/16]"),
+    )?;
+    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    world.wait_applied(&commit, Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn an_invalid_configuration_touches_nothing() -> Result<()> {
+    let world = World::new("d-config", "1s", "heal")?;
+    let config = std::fs::read_to_string(world.config_path())?;
+    std::fs::write(world.config_path(), config.replace("interval: 1s", "interval: soon"))?;
+    let output = Command::new(reconciler_path()?)
+        .args(["daemon", "--config"])
+        .arg(world.config_path())
+        .output()?;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("node.yaml:5:13: source.interval:"), "{stderr}");
+    assert!(!world.sandbox.pin_path().exists(), "a data plane was installed");
+    Ok(())
+}
+
+/// Checks `text` against the Prometheus text exposition format (0.0.4): comments are HELP
+/// or TYPE lines, every sample belongs to a declared family, names and labels are well
+/// formed, values are numbers, histograms are cumulative and end at +Inf = count.
+fn check_exposition(text: &str) -> Result<usize> {
+    let name_ok = |n: &str| {
+        n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut buckets: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut samples = 0;
+    ensure!(text.ends_with('\n'), "the exposition must end with a newline");
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("HELP"), Some(name), Some(_)) => ensure!(name_ok(name), "bad name in {line}"),
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    ensure!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                        "bad type in {line}"
+                    );
+                    ensure!(types.insert(name.into(), kind.into()).is_none(), "TYPE twice: {line}");
+                }
+                _ => bail!("a comment that is neither HELP nor TYPE: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').with_context(|| format!("no value: {line}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().with_context(|| format!("bad value in {line}"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                (name, rest.strip_suffix('}').with_context(|| format!("{line}"))?)
+            }
+            None => (series, ""),
+        };
+        ensure!(name_ok(name), "bad metric name in {line}");
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (label, quoted) = pair.split_once('=').with_context(|| format!("{line}"))?;
+            ensure!(name_ok(label), "bad label name in {line}");
+            ensure!(
+                quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'),
+                "{line}"
+            );
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        ensure!(types.contains_key(family), "sample before its TYPE: {line}");
+        if name.ends_with("_bucket") {
+            buckets.entry(family.into()).or_default().push(value);
+        }
+        if name.ends_with("_count") && types.get(family).is_some_and(|t| t == "histogram") {
+            let counts = buckets.get(family).with_context(|| format!("no buckets for {family}"))?;
+            ensure!(counts.windows(2).all(|w| w[0] <= w[1]), "{family} buckets not cumulative");
+            ensure!(counts.last() == Some(&value), "{family}: +Inf bucket != count");
+        }
+        samples += 1;
+    }
+    Ok(samples)
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
+    let mut world = World::new("d-metrics", "300ms", "heal")?;
+    world.start()?;
+    let metrics = world.metrics()?;
+    let samples = check_exposition(&metrics).with_context(|| metrics.clone())?;
+    assert!(samples > 20, "{metrics}");
+    for name in [
+        "reconciler_reconcile_total{result=\"applied\"}",
+        "reconciler_reconcile_duration_seconds_count",
+        "reconciler_last_apply_success_timestamp_seconds",
+        &format!("reconciler_applied_revision_info{{revision=\"{}\"}}", world.head()),
+        "reconciler_drift_entries",
+        "reconciler_services",
+        "reconciler_backends",
+        "reconciler_map_writes_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&metrics, name).is_some(), "no {name} in\n{metrics}");
+    }
+    assert_eq!(sample(&metrics, "reconciler_services"), Some(1.0));
+    assert_eq!(request(&world.listen, "GET", "/healthz")?.0, 200);
+    assert_eq!(request(&world.listen, "GET", "/readyz")?.0, 200);
+    assert_eq!(request(&world.listen, "GET", "/nope")?.0, 404);
+    assert_eq!(request(&world.listen, "GET", "/reconcile")?.0, 405);
+    // `reconciler status --daemon` shows the same from the command line.
+    let output =
+        Command::new(reconciler_path()?).args(["status", "--daemon", &world.listen]).output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(&format!("Applied revision:   {}", world.head())), "{text}");
+    Ok(())
+}
