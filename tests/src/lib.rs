@@ -229,6 +229,45 @@ impl Sandbox {
     }
 }
 
+/// The key of the SERVICES entry [`add_service_by_hand`] writes: ::ffff:10.96.9.9, port 80
+/// (network order), TCP, in map set `set`; as bpftool's decimal byte arguments.
+pub fn hand_written_key(set: u8) -> Vec<String> {
+    let mut key = vec![0u8; 10];
+    key.extend([0xff, 0xff, 10, 96, 9, 9, 0, 80, 6, set]);
+    key.iter().map(u8::to_string).collect()
+}
+
+/// Writes a SERVICES entry (10.96.9.9:80/TCP, service ID 999, one slot) into map set `set`
+/// with bpftool, as an operator might by hand.
+pub fn add_service_by_hand(pin_path: &Path, set: u8) -> Result<()> {
+    let mut value = 999u32.to_le_bytes().to_vec();
+    value.extend(1u32.to_le_bytes());
+    value.extend([0u8; 8]);
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin_path.join("SERVICES"))
+        .arg("key")
+        .args(hand_written_key(set))
+        .arg("value")
+        .args(value.iter().map(u8::to_string))
+        .status()
+        .context("running bpftool (installed by `make setup`)")?;
+    ensure!(status.success(), "bpftool map update failed");
+    Ok(())
+}
+
+/// Whether the entry [`add_service_by_hand`] writes into set `set` is there.
+pub fn hand_written_service_exists(pin_path: &Path, set: u8) -> Result<bool> {
+    let output = Command::new("bpftool")
+        .args(["map", "lookup", "pinned"])
+        .arg(pin_path.join("SERVICES"))
+        .arg("key")
+        .args(hand_written_key(set))
+        .output()
+        .context("running bpftool")?;
+    Ok(output.status.success())
+}
+
 /// Programs attached to `cgroup`, as `bpftool` sees them (an independent check).
 pub fn attached_programs(cgroup: &Path) -> Result<usize> {
     let output = Command::new("bpftool")

@@ -314,3 +314,34 @@ fn plan_follows_branches_tags_and_commits_over_git_daemon_and_a_bare_remote() {
     let args = ["--repo", file_url.as_str(), "--ref", "canary"];
     assert_eq!(planned_revision(&[&args[..], &common[..]].concat()), canary);
 }
+
+/// The YAML inside the first ```yaml block after `heading` in the README.
+fn readme_block(heading: &str, starting: &str) -> String {
+    let readme = std::fs::read_to_string(manifest_dir().join("../README.md")).unwrap();
+    let section = &readme[readme.find(heading).unwrap()..];
+    let blocks = section.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap());
+    blocks.into_iter().find(|b| b.starts_with(starting)).unwrap().to_owned()
+}
+
+#[test]
+fn the_documented_configurations_are_valid() {
+    use reconciler::daemon::config;
+    let readme = readme_block("## The daemon", "source:");
+    let parsed = config::parse("README.md", &readme).unwrap();
+    assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
+
+    // The ConfigMap of the DaemonSet carries a configuration too.
+    let manifest =
+        std::fs::read_to_string(manifest_dir().join("../deploy/kubernetes/daemonset.yaml"))
+            .unwrap();
+    let documents = reconciler::yaml::parse(&manifest).unwrap();
+    let config_map = documents.iter().find(|d| d.value["kind"] == "ConfigMap").unwrap();
+    let text = config_map.value["data"]["config.yaml"].as_str().unwrap();
+    let parsed = config::parse("daemonset.yaml", text).unwrap();
+    assert_eq!(parsed.listen.to_string(), "0.0.0.0:9469");
+
+    // And the README's service example is a valid service.
+    let service = readme_block("## Service definitions", "apiVersion:");
+    let input = reconciler::validate::Input { path: "README.md", text: &service };
+    assert!(reconciler::validate::validate(&[input], &Default::default()).is_ok());
+}

@@ -3,7 +3,7 @@
 //! and comes back, history is rewritten, maps are edited by hand, the daemon is killed.
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,8 +11,9 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::daemon::http::request;
 use reconciler_tests::{
+    add_service_by_hand,
     git::{free_port, Daemon as GitDaemon, Repo},
-    reconciler_path, Sandbox,
+    hand_written_service_exists, reconciler_path, Sandbox,
 };
 use tempfile::TempDir;
 
@@ -271,36 +272,6 @@ fn a_force_push_to_an_older_commit_applies_the_older_state() -> Result<()> {
     Ok(())
 }
 
-/// Writes a SERVICES entry for 10.96.9.9:80 into the live set with bpftool; returns its key.
-fn add_entry_by_hand(pin_path: &Path, active_set: u8) -> Result<Vec<String>> {
-    let mut key = vec![0u8; 10];
-    key.extend([0xff, 0xff, 10, 96, 9, 9, 0, 80, 6, active_set]);
-    let mut value = 999u32.to_le_bytes().to_vec();
-    value.extend(1u32.to_le_bytes());
-    value.extend([0u8; 8]);
-    let text = |bytes: &[u8]| bytes.iter().map(u8::to_string).collect::<Vec<_>>();
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(pin_path.join("SERVICES"))
-        .arg("key")
-        .args(text(&key))
-        .arg("value")
-        .args(text(&value))
-        .status()?;
-    ensure!(status.success(), "bpftool map update failed");
-    Ok(text(&key))
-}
-
-fn entry_exists(pin_path: &Path, key: &[String]) -> Result<bool> {
-    let output = Command::new("bpftool")
-        .args(["map", "lookup", "pinned"])
-        .arg(pin_path.join("SERVICES"))
-        .arg("key")
-        .args(key)
-        .output()?;
-    Ok(output.status.success())
-}
-
 fn active_set(world: &World) -> Result<u8> {
     let output = Command::new(reconciler_path()?)
         .args(["status", "--output", "json", "--pin-path"])
@@ -316,10 +287,11 @@ fn drift_is_healed_or_only_reported() -> Result<()> {
         let mut world = World::new(&format!("d-drift-{mode}"), "300ms", mode)?;
         world.start()?;
         let pin = world.sandbox.pin_path().to_owned();
-        let key = add_entry_by_hand(&pin, active_set(&world)?)?;
+        let set = active_set(&world)?;
+        add_service_by_hand(&pin, set)?;
         if mode == "heal" {
             wait_for("the hand-written entry to be removed", Duration::from_secs(5), || {
-                (!entry_exists(&pin, &key).ok()?).then_some(())
+                (!hand_written_service_exists(&pin, set).ok()?).then_some(())
             })?;
             let metrics = world.metrics()?;
             assert!(
@@ -340,7 +312,7 @@ fn drift_is_healed_or_only_reported() -> Result<()> {
                 (sample(&metrics, "reconciler_reconcile_total{result=\"drift_reported\"}")? >= 3.0)
                     .then_some(())
             })?;
-            assert!(entry_exists(&pin, &key)?, "report mode repaired the drift");
+            assert!(hand_written_service_exists(&pin, set)?, "report mode repaired the drift");
         }
     }
     Ok(())
@@ -440,14 +412,12 @@ fn check_exposition(text: &str) -> Result<usize> {
             v => v.parse().with_context(|| format!("bad value in {line}"))?,
         };
         let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => {
-                (name, rest.strip_suffix('}').with_context(|| format!("{line}"))?)
-            }
+            Some((name, rest)) => (name, rest.strip_suffix('}').with_context(|| line.to_owned())?),
             None => (series, ""),
         };
         ensure!(name_ok(name), "bad metric name in {line}");
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
-            let (label, quoted) = pair.split_once('=').with_context(|| format!("{line}"))?;
+            let (label, quoted) = pair.split_once('=').with_context(|| line.to_owned())?;
             ensure!(name_ok(label), "bad label name in {line}");
             ensure!(
                 quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'),

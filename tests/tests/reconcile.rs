@@ -3,12 +3,11 @@
 //! connect to real listeners through the VIPs.
 use std::{
     collections::BTreeSet,
-    path::Path,
     process::{Command, Output},
 };
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler_tests::{git::Repo, reconciler_path, Sandbox};
+use reconciler_tests::{add_service_by_hand, git::Repo, reconciler_path, Sandbox};
 use tempfile::TempDir;
 
 /// A repository of service definitions and the commands that apply it to one sandbox.
@@ -176,28 +175,6 @@ fn a_saved_plan_applies_exactly_and_is_refused_once_stale() -> Result<()> {
     Ok(())
 }
 
-/// Writes a SERVICES entry into the live set with bpftool, as an operator might by hand.
-fn add_entry_by_hand(pin_path: &Path, active_set: u8) -> Result<()> {
-    // ServiceKey: ::ffff:10.96.9.9, port 80 (network order), TCP, set.
-    let mut key = vec![0u8; 10];
-    key.extend([0xff, 0xff, 10, 96, 9, 9, 0, 80, 6, active_set]);
-    // ServiceValue: id 999, 1 slot, random, padding, no affinity.
-    let mut value = 999u32.to_le_bytes().to_vec();
-    value.extend(1u32.to_le_bytes());
-    value.extend([0u8; 8]);
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| b.to_string()).collect::<Vec<_>>();
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(pin_path.join("SERVICES"))
-        .arg("key")
-        .args(hex(&key))
-        .arg("value")
-        .args(hex(&value))
-        .status()?;
-    ensure!(status.success(), "bpftool map update failed");
-    Ok(())
-}
-
 #[test]
 fn an_entry_written_by_hand_is_drift_and_apply_removes_it() -> Result<()> {
     let setup = Setup::new("drift")?;
@@ -205,7 +182,7 @@ fn an_entry_written_by_hand_is_drift_and_apply_removes_it() -> Result<()> {
     setup.repo.commit("web");
     setup.expect(0, "apply", &[])?;
     let active = setup.status()?["active_set"].as_u64().context("active_set")? as u8;
-    add_entry_by_hand(setup.sandbox.pin_path(), active)?;
+    add_service_by_hand(setup.sandbox.pin_path(), active)?;
 
     let plan = setup.expect(2, "plan", &["--detailed-exitcode"])?;
     assert!(plan.contains("Drift: the live maps differ"), "{plan}");
