@@ -28,8 +28,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, Desired, Error},
+    dataplane::Dataplane,
     metrics::Metrics,
     plan::Plan,
+    source,
     time::rfc3339_utc,
     validate::Diagnostic,
 };
@@ -242,7 +244,7 @@ fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
 /// Fetch, validate, plan, apply: the fetched commit's part of a run.
 fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
     let spec = config.source_spec();
-    let snapshot = match crate::source::fetch(&spec) {
+    let snapshot = match source::fetch(&spec) {
         Ok(snapshot) => snapshot,
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
@@ -301,8 +303,8 @@ fn reject(memory: &mut Memory, revision: Option<String>, error: String) -> Outco
 fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     if memory.last_good.is_none() {
         // After a restart: the definitions of the revision the maps record.
-        let live = apply::read_live(&config.pin_path).ok().flatten()?;
-        let revision = live.status.revision?;
+        let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
+        let revision = live.revision?;
         memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
     }
     let plan = apply::plan(memory.last_good.as_ref()?, &config.pin_path).ok()?;
