@@ -160,22 +160,26 @@ impl Sandbox {
         Ok(output)
     }
 
-    /// A TCP server inside the namespace that answers every connection with `name` and closes.
+    /// A TCP server inside the namespace that answers every request with `name` and closes;
+    /// two threads accept, so the server is not what limits a benchmark.
     pub fn serve_tcp(&mut self, addr: &str, name: &str) -> Result<SocketAddr> {
         let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
         let listener = self.in_netns(move || {
             TcpListener::bind(addr).with_context(|| format!("binding {addr} in the namespace"))
         })?;
         let local = listener.local_addr()?;
-        let reply = format!("{name}\n").into_bytes();
-        let fd = listener.try_clone()?;
-        let thread = std::thread::spawn(move || {
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let listener = listener.try_clone()?;
+            let name = name.to_owned();
             // Ends when Server::drop shuts the listener down and accept fails.
-            while let Ok((mut stream, _)) = listener.accept() {
-                let _ = stream.write_all(&reply);
-            }
-        });
-        self.servers.push(Server { listener: fd, thread: Some(thread) });
+            threads.push(std::thread::spawn(move || {
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = answer(stream, &name);
+                }
+            }));
+        }
+        self.servers.push(Server { listener, threads });
         Ok(local)
     }
 
@@ -292,7 +296,7 @@ impl Drop for Sandbox {
 
 struct Server {
     listener: TcpListener,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -300,7 +304,7 @@ impl Drop for Server {
         // On Linux, shutdown() of a listening socket wakes a blocked accept() with an error.
         // SAFETY: the fd is open for as long as self.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -401,11 +405,25 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
-/// Reads a server's whole reply: the backend's name.
-pub fn read_reply(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+/// The client side of the test protocol: sends a one-line request, reads the whole reply
+/// (the backend's name) until the server closes.
+pub fn request(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"GET\n")?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     Ok(reply.trim().to_owned())
+}
+
+/// The server side: reads the request line, answers `name`, closes. Reading first matters:
+/// closing with unread data would send a reset instead of a FIN.
+pub fn answer(mut stream: std::net::TcpStream, name: &str) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    for _ in 0..64 {
+        if stream.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+    }
+    stream.write_all(format!("{name}\n").as_bytes())
 }
 
 /// A desired state with one TCP service `frontend` ("VIP:PORT") whose backends are

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::TcpStream, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 use reconciler::dataplane::Dataplane;
-use reconciler_tests::{errno_name, one_service, read_reply};
+use reconciler_tests::{answer, errno_name, one_service, request};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,7 +44,7 @@ fn tcp(target: &str, mut stop: impl FnMut() -> bool) -> Result<()> {
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     while !stop() {
-        match TcpStream::connect(target).and_then(|mut s| read_reply(&mut s)) {
+        match TcpStream::connect(target).and_then(|mut s| request(&mut s)) {
             Ok(name) => *replies.entry(name).or_default() += 1,
             Err(e) => {
                 let kind = e.raw_os_error().map_or_else(|| e.kind().to_string(), errno_name);
@@ -63,9 +63,8 @@ fn tcp(target: &str, mut stop: impl FnMut() -> bool) -> Result<()> {
 
 fn serve(addr: &str, name: &str) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    let reply = format!("{name}\n");
     loop {
-        let (mut stream, _) = listener.accept()?;
-        let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+        let (stream, _) = listener.accept()?;
+        let _ = answer(stream, name);
     }
 }
