@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: setup build test unit-test lint demo clean
+.PHONY: setup build test lint demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,13 @@ demo: setup
 	@bash scripts/require-root.sh "make demo"
 	$(CARGO) build --bins
 	@bash scripts/demo.sh
+
+# Data plane and control plane against kube-proxy's iptables and nftables layouts, in
+# namespaces of their own. `make bench QUICK=1` takes under two minutes; the full run ~10.
+bench: setup
+	@bash scripts/require-root.sh "make bench"
+	$(CARGO) build --release --bins
+	target/release/reconciler-bench $(if $(QUICK),--quick) --json target/bench/results.json
 
 clean:
 	$(CARGO) clean

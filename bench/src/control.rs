@@ -1,8 +1,288 @@
-//! Control plane: placeholder replaced below.
-use anyhow::Result;
-pub fn run(_rounds: usize) -> Result<serde_json::Value> {
-    Ok(serde_json::json!({}))
+//! Control plane: a repository of 10 000 services with 10 backends each. How long reconciler
+//! takes to validate and compile it from git, to apply it cold, to apply a one-backend change
+//! and to plan when nothing changed; against `iptables-restore` and `nft -f` of the rule sets
+//! kube-proxy would write for the same services, full and for the one-service change.
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use reconciler::{
+    apply,
+    compile::compile,
+    dataplane::{Dataplane, MapState},
+    source::{GitSpec, SourceSpec},
+    validate::Policy,
+};
+use reconciler_tests::{git::Repo, reconciler_path, Sandbox};
+use serde_json::{json, Value};
+
+use crate::kube::{self, Service};
+
+const BACKENDS: usize = 10;
+
+/// A finished child process: wall time, peak resident memory, standard output.
+struct Run {
+    seconds: f64,
+    max_rss_kib: i64,
+    stdout: String,
 }
-pub fn table(_v: &serde_json::Value) -> String {
-    String::new()
+
+/// Runs `command` to completion, measuring its wall time and peak memory (from wait4).
+fn timed(command: &mut Command, input: Option<&str>) -> Result<Run> {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    if let Some(input) = input {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().context("stdout")?, &mut stdout)?;
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it in for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for the child we spawned, which nothing else reaps.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{command:?} failed: {stderr}"
+    );
+    Ok(Run { seconds, max_rss_kib: usage.ru_maxrss, stdout })
+}
+
+/// The number in "... in N map writes" of plan or apply output.
+fn map_writes(output: &str) -> Result<u64> {
+    let at = output.find(" map writes").with_context(|| format!("no map writes in:\n{output}"))?;
+    let number = output[..at].rsplit(' ').next().context("map writes")?;
+    Ok(number.parse()?)
+}
+
+/// `count` services, with 10 backends each.
+fn services(count: usize) -> Vec<Service> {
+    (0..count)
+        .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            let endpoints = (0..BACKENDS).map(|e| format!("10.{}.{hi}.{lo}:8080", e + 1)).collect();
+            Service { vip: format!("10.96.{hi}.{lo}"), port: 80, endpoints }
+        })
+        .collect()
+}
+
+/// Writes `services` into `repo` as 100 files of 100 services and commits; returns the commit.
+fn commit(repo: &Repo, services: &[Service], message: &str) -> String {
+    for (file, chunk) in services.chunks(100).enumerate() {
+        let offset = file * 100;
+        let text = crate::yaml(chunk).replace("name: svc-", "name: team-");
+        // Names must stay unique across files: number them by their global index.
+        let text = (0..chunk.len()).rev().fold(text, |text, i| {
+            text.replace(&format!("name: team-{i}}}"), &format!("name: svc-{}}}", offset + i))
+        });
+        repo.write(&format!("services/team-{file:02}.yaml"), text);
+    }
+    repo.commit(message)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    crate::median(&mut values)
+}
+
+/// Measures `rounds` rounds with a repository of `count` services; the one-backend change
+/// replaces the first backend of the service in the middle.
+pub fn run(rounds: usize, count: usize) -> Result<Value> {
+    let changed_index = count / 2;
+    let base = services(count);
+    let mut changed = base.clone();
+    changed[changed_index].endpoints[0] = "10.99.0.1:8080".into();
+    let repo = Repo::new();
+    let commit_a = commit(&repo, &base, "the services");
+    let commit_b = commit(&repo, &changed, "svc-5000: replace one backend");
+    let work = tempfile::tempdir()?;
+
+    let mut figures: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut record =
+        |name: &'static str, value: f64| match figures.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => figures.push((name, vec![value])),
+        };
+    for round in 0..rounds {
+        // Validate and compile from git, in process: a fresh cache (clone), then a warm one.
+        let cache = work.path().join(format!("cache-{round}"));
+        let git = GitSpec {
+            url: repo.url(),
+            reference: Some(commit_a.clone()),
+            subdir: Some("services".into()),
+            cache_dir: cache.clone(),
+            ssh_key: None,
+        };
+        let spec = SourceSpec::Git(git.clone());
+        for name in ["validate_compile_cold_cache_s", "validate_compile_s"] {
+            let started = Instant::now();
+            let desired = apply::load(&spec, &Policy::default())?;
+            let state = compile(&desired.services, &MapState::default())?;
+            ensure!(state.services.len() == count, "compiled {} services", state.services.len());
+            record(name, started.elapsed().as_secs_f64());
+        }
+
+        // reconciler, end to end through the CLI, into a fresh data plane.
+        let sandbox = Sandbox::new("bench-control")?;
+        let cli = |args: &[&str], reference: &str| {
+            let mut command = Command::new(reconciler_path()?);
+            command
+                .args(args)
+                .args(["--repo", &repo.url(), "--path", "services", "--ref", reference])
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("--pin-path")
+                .arg(sandbox.pin_path());
+            if args[0] == "apply" {
+                command.arg("--cgroup").arg(sandbox.cgroup());
+            }
+            timed(&mut command, None)
+        };
+        let cold = cli(&["apply"], &commit_a)?;
+        record("cold_apply_s", cold.seconds);
+        record("cold_apply_map_writes", map_writes(&cold.stdout)? as f64);
+        record("cold_apply_peak_rss_mib", cold.max_rss_kib as f64 / 1024.0);
+        let plan = cli(&["plan"], &commit_b)?;
+        record("one_backend_plan_s", plan.seconds);
+        let applied = cli(&["apply"], &commit_b)?;
+        record("one_backend_apply_s", applied.seconds);
+        record("one_backend_map_writes", map_writes(&applied.stdout)? as f64);
+        let unchanged = cli(&["plan", "--detailed-exitcode"], &commit_b)?;
+        ensure!(unchanged.stdout.contains("No changes."), "{}", unchanged.stdout);
+        record("no_change_plan_s", unchanged.seconds);
+        drop(sandbox);
+
+        // The data plane's share alone, in process: install + apply of the compiled state, and
+        // the one-backend change (read both sets, diff, write, flip, RCU wait, sync).
+        let sandbox = Sandbox::new("bench-dataplane")?;
+        let desired_a = apply::load(&spec, &Policy::default())?;
+        let state_a = compile(&desired_a.services, &MapState::default())?;
+        let started = Instant::now();
+        let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+        dataplane.apply(&state_a, None, None)?;
+        record("dataplane_cold_apply_s", started.elapsed().as_secs_f64());
+        let spec_b = SourceSpec::Git(GitSpec { reference: Some(commit_b.clone()), ..git });
+        let desired_b = apply::load(&spec_b, &Policy::default())?;
+        let state_b = compile(&desired_b.services, &state_a)?;
+        let started = Instant::now();
+        let report = dataplane.apply(&state_b, None, None)?;
+        record("dataplane_one_backend_apply_s", started.elapsed().as_secs_f64());
+        record("dataplane_one_backend_map_writes", report.map_writes as f64);
+        drop(dataplane);
+        drop(sandbox);
+
+        // The same through kube-proxy's layouts, each in a fresh namespace: a full sync,
+        // then the one-service change on top of it.
+        let (before, after) = (&base[changed_index], &changed[changed_index]);
+        let sandbox = Sandbox::new("bench-iptables")?;
+        let restore = |args: &[&str], input: &str| -> Result<f64> {
+            Ok(timed(sandbox.command(args[0])?.args(&args[1..]), Some(input))?.seconds)
+        };
+        record(
+            "iptables_restore_full_s",
+            restore(&["iptables-restore"], &kube::iptables_full(&base))?,
+        );
+        let delta = kube::iptables_one_service(changed_index, after);
+        record(
+            "iptables_restore_one_service_s",
+            restore(&["iptables-restore", "--noflush"], &delta)?,
+        );
+        drop(sandbox);
+        let sandbox = Sandbox::new("bench-nft")?;
+        let nft = |input: &str| -> Result<f64> {
+            Ok(timed(sandbox.command("nft")?.args(["-f", "-"]), Some(input))?.seconds)
+        };
+        record("nft_full_s", nft(&kube::nft_full(&base))?);
+        record("nft_one_service_s", nft(&kube::nft_one_service(changed_index, before, after))?);
+    }
+    let medians: serde_json::Map<String, Value> = figures
+        .iter()
+        .map(|(name, values)| (name.to_string(), json!(median(values.clone()))))
+        .collect();
+    let raw: serde_json::Map<String, Value> =
+        figures.iter().map(|(name, values)| (name.to_string(), json!(values))).collect();
+    Ok(
+        json!({"services": count, "backends_per_service": BACKENDS, "rounds": rounds, "medians": medians, "rounds_raw": raw}),
+    )
+}
+
+fn ms(value: &Value, name: &str) -> String {
+    value["medians"][name].as_f64().map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0))
+}
+
+fn number(value: &Value, name: &str) -> String {
+    value["medians"][name].as_f64().map_or("-".into(), |n| format!("{n:.0}"))
+}
+
+fn ratio(value: &Value, ours: &str, theirs: &str) -> String {
+    match (value["medians"][ours].as_f64(), value["medians"][theirs].as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// The control plane figures as a Markdown table.
+pub fn table(value: &Value) -> String {
+    let rounds = value["rounds"].as_u64().unwrap_or(0);
+    let count = value["services"].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "## Control plane: {count} services × {BACKENDS} backends\n\n\
+         Median of {rounds} interleaved round(s); reconciler times are whole `reconciler` \
+         processes (git fetch from a local repository, validate, compile, read the live maps, \
+         apply), baselines are `iptables-restore` / `nft -f` of kube-proxy's rule sets in a fresh \
+         namespace.\n\n\
+         | operation | reconciler | map writes | iptables-restore | nft -f | reconciler / iptables | reconciler / nft |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    out.push_str(&format!(
+        "| validate + compile from git (warm cache; cold {}) | {} | | | | | |\n",
+        ms(value, "validate_compile_cold_cache_s"),
+        ms(value, "validate_compile_s")
+    ));
+    out.push_str(&format!(
+        "| cold apply (peak RSS {} MiB) | {} | {} | {} | {} | {} | {} |\n",
+        number(value, "cold_apply_peak_rss_mib"),
+        ms(value, "cold_apply_s"),
+        number(value, "cold_apply_map_writes"),
+        ms(value, "iptables_restore_full_s"),
+        ms(value, "nft_full_s"),
+        ratio(value, "cold_apply_s", "iptables_restore_full_s"),
+        ratio(value, "cold_apply_s", "nft_full_s"),
+    ));
+    out.push_str(&format!(
+        "| one-backend change: apply (plan alone {}) | {} | {} | {} | {} | {} | {} |\n",
+        ms(value, "one_backend_plan_s"),
+        ms(value, "one_backend_apply_s"),
+        number(value, "one_backend_map_writes"),
+        ms(value, "iptables_restore_one_service_s"),
+        ms(value, "nft_one_service_s"),
+        ratio(value, "one_backend_apply_s", "iptables_restore_one_service_s"),
+        ratio(value, "one_backend_apply_s", "nft_one_service_s"),
+    ));
+    out.push_str(&format!("| no-change plan | {} | 0 | | | | |\n", ms(value, "no_change_plan_s")));
+    out.push_str(&format!(
+        "| data plane alone: cold apply of the compiled state | {} | | | | {} | {} |\n",
+        ms(value, "dataplane_cold_apply_s"),
+        ratio(value, "dataplane_cold_apply_s", "iptables_restore_full_s"),
+        ratio(value, "dataplane_cold_apply_s", "nft_full_s"),
+    ));
+    out.push_str(&format!(
+        "| data plane alone: one-backend change | {} | {} | | | {} | {} |\n",
+        ms(value, "dataplane_one_backend_apply_s"),
+        number(value, "dataplane_one_backend_map_writes"),
+        ratio(value, "dataplane_one_backend_apply_s", "iptables_restore_one_service_s"),
+        ratio(value, "dataplane_one_backend_apply_s", "nft_one_service_s"),
+    ));
+    out
 }

@@ -70,17 +70,16 @@ fn service_rules(out: &mut String, i: usize, service: &Service, generation: usiz
 }
 
 /// What kube-proxy restores (`--noflush`) when one endpoint of service `i` changes: the
-/// service chain rewritten, new endpoint chains, the old ones deleted.
-pub fn iptables_one_service(i: usize, before: &Service, after: &Service) -> String {
+/// service chain rewritten (declaring it flushes it) and new endpoint chains. The old
+/// endpoint chains are left for a later sync: iptables-nft refuses to delete them in the same
+/// transaction that drops the last reference to them.
+pub fn iptables_one_service(i: usize, after: &Service) -> String {
     let mut out = String::from("*nat\n");
     let _ = writeln!(out, ":{} - [0:0]", svc_chain(i));
     for e in 0..after.endpoints.len() {
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(i, e, 1));
     }
     service_rules(&mut out, i, after, 1);
-    for e in 0..before.endpoints.len() {
-        let _ = writeln!(out, "-X {}", sep_chain(i, e, 0));
-    }
     out.push_str("COMMIT\n");
     out
 }

@@ -1,6 +1,6 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
-//!   reconciler-bench [--quick] [--json FILE]
+//!   reconciler-bench [--quick] [--json FILE] [--only data|control]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -26,26 +26,32 @@ struct Plan {
     rounds: usize,
     load: Load,
     control_rounds: usize,
+    control_services: usize,
 }
 
 fn main() -> Result<()> {
     let mut quick = false;
     let mut json_path = PathBuf::from("target/bench/results.json");
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().context("--json FILE")?.into(),
-            _ => bail!("usage: reconciler-bench [--quick] [--json FILE]"),
+            "--only" => only = Some(args.next().context("--only data|control")?),
+            _ => bail!("usage: reconciler-bench [--quick] [--json FILE] [--only data|control]"),
         }
     }
     reconciler_tests::require_root()?;
     let plan = if quick {
+        // nft -f of 10 000 services alone takes most of a minute: the quick control plane run
+        // uses 2 000.
         Plan {
             service_counts: vec![1, 1000, 10_000],
             rounds: 2,
-            load: Load { threads: 4, millis: 700 },
+            load: Load { threads: 4, millis: 500 },
             control_rounds: 1,
+            control_services: 2000,
         }
     } else {
         Plan {
@@ -53,6 +59,7 @@ fn main() -> Result<()> {
             rounds: 5,
             load: Load { threads: 4, millis: 3000 },
             control_rounds: 3,
+            control_services: 10_000,
         }
     };
     let started = Instant::now();
@@ -62,9 +69,16 @@ fn main() -> Result<()> {
         if quick { "quick" } else { "full" }
     );
 
-    let data = data_plane(&plan)?;
-    let control = control::run(plan.control_rounds)?;
-    println!("{}", control::table(&control));
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    let data = if wanted("data") { data_plane(&plan)? } else { json!(null) };
+    let control = if wanted("control") {
+        control::run(plan.control_rounds, plan.control_services)?
+    } else {
+        json!(null)
+    };
+    if wanted("control") {
+        println!("{}", control::table(&control));
+    }
 
     let results = json!({
         "format_version": 1,
@@ -134,7 +148,7 @@ fn compiled(services: &[Service]) -> Result<MapState> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

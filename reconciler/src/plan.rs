@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices, Algorithm as DiffAlgorithm, DiffOp};
 
-use crate::dataplane::{predicted_writes, Algorithm, MapState};
+use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, MapState};
 
 /// Version of the plan JSON (`--output json` and saved plans).
 pub const FORMAT_VERSION: u32 = 1;
@@ -173,6 +173,10 @@ pub fn views(state: &MapState) -> BTreeMap<String, ServiceView> {
     for entry in state.services.values() {
         *port_counts.entry(label(entry.id).0).or_default() += 1;
     }
+    let mut backends_of: BTreeMap<u32, Vec<(u32, &BackendEntry)>> = BTreeMap::new();
+    for (id, backend) in &state.backends {
+        backends_of.entry(backend.service_id).or_default().push((*id, backend));
+    }
     for (frontend, entry) in &state.services {
         let (service, port) = label(entry.id);
         let multi_port = port_counts.get(&service).copied().unwrap_or(0) > 1;
@@ -182,7 +186,7 @@ pub fn views(state: &MapState) -> BTreeMap<String, ServiceView> {
         }
         view.ports
             .push(format!("{port} {}/{}", frontend.port, frontend.protocol).trim().to_owned());
-        for (id, backend) in state.backends.iter().filter(|(_, b)| b.service_id == entry.id) {
+        for (id, backend) in backends_of.get(&entry.id).into_iter().flatten() {
             let prefix = if multi_port { format!("{port}: ") } else { String::new() };
             let line = match weights.get(id) {
                 Some(weight) => format!("{prefix}{} weight={weight}", backend.addr),

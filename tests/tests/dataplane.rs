@@ -2,7 +2,7 @@
 //! connects to real listeners, each test in its own namespace, cgroup and pin directory.
 use std::{collections::BTreeSet, process::Command};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState};
 use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
 
@@ -241,5 +241,26 @@ fn concurrent_appliers_never_leave_the_sets_apart() -> Result<()> {
     assert!(!live.status.standby_dirty);
     assert!(states.contains(&live.state), "{:?}", live.state);
     assert_eq!(dataplane.apply(&live.state, None, None)?.map_writes, 0);
+    Ok(())
+}
+
+#[test]
+fn states_larger_than_one_batch_round_trip() -> Result<()> {
+    let sandbox = Sandbox::new("batches")?;
+    // 20 000 slots: more than two of the 8192-entry batches reads and writes use.
+    let mut desired = one_service("10.96.0.10:80", &["127.0.0.1:1", "127.0.0.1:2"])?;
+    let entry = desired.services.values_mut().next().context("service")?;
+    entry.slot_count = 20_000;
+    for slot in 0..20_000 {
+        desired.slots.insert((1, slot), 1 + slot % 2);
+    }
+    let dataplane = install(&sandbox, &desired)?;
+    assert_eq!(dataplane.read_live()?.state, desired);
+    // And back down: 19 998 deletes in batches, in both sets.
+    let small = one_service("10.96.0.10:80", &["127.0.0.1:1", "127.0.0.1:2"])?;
+    let mut dataplane = dataplane;
+    let report = dataplane.apply(&small, None, None)?;
+    assert_eq!(report.changes, 19_999);
+    assert_eq!(dataplane.read_live()?.state, small);
     Ok(())
 }

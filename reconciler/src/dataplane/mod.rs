@@ -21,6 +21,7 @@
 //! and the standby is free of readers when the next apply starts. A crash in steps 2-5 leaves
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
+mod batch;
 mod state;
 
 use std::{
@@ -32,7 +33,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr,
@@ -165,12 +166,13 @@ pub struct LiveState {
 pub struct Dataplane {
     pin_path: PathBuf,
     active_set: Array<MapData, u32>,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    slots: HashMap<MapData, SlotKey, u32>,
-    backends: HashMap<MapData, BackendKey, Backend>,
+    // The hash maps are read and written in batches (see `batch`), so they stay untyped.
+    services: MapData,
+    slots: MapData,
+    backends: MapData,
     stats: PerCpuArray<MapData, BackendStats>,
     metadata: Array<MapData, Metadata>,
-    names: HashMap<MapData, u32, ServiceName>,
+    names: MapData,
 }
 
 /// The mount point of the first cgroup2 filesystem in /proc/self/mounts.
@@ -236,10 +238,14 @@ pub fn wait_for_readers() -> Result<()> {
     Ok(())
 }
 
-fn open_map(pin_path: &Path, name: &str) -> Result<Map> {
+fn map_data(pin_path: &Path, name: &str) -> Result<MapData> {
     let path = pin_path.join(name);
-    let data = MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))?;
-    Map::from_map_data(data).map_err(map_err(format!("opening {}", path.display())))
+    MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))
+}
+
+fn open_map(pin_path: &Path, name: &str) -> Result<Map> {
+    Map::from_map_data(map_data(pin_path, name)?)
+        .map_err(map_err(format!("opening {}", pin_path.join(name).display())))
 }
 
 macro_rules! typed_map {
@@ -351,12 +357,12 @@ impl Dataplane {
         Ok(Self {
             pin_path: pin_path.to_owned(),
             active_set: typed_map!(pin_path, "ACTIVE_SET"),
-            services: typed_map!(pin_path, "SERVICES"),
-            slots: typed_map!(pin_path, "SLOTS"),
-            backends: typed_map!(pin_path, "BACKENDS"),
+            services: map_data(pin_path, "SERVICES")?,
+            slots: map_data(pin_path, "SLOTS")?,
+            backends: map_data(pin_path, "BACKENDS")?,
             stats: typed_map!(pin_path, "BACKEND_STATS"),
             metadata: typed_map!(pin_path, "METADATA"),
-            names: typed_map!(pin_path, "SERVICE_NAMES"),
+            names: map_data(pin_path, "SERVICE_NAMES")?,
         })
     }
 
@@ -425,25 +431,29 @@ impl Dataplane {
     fn read_sets(&self, first: u8) -> Result<[MapState; 2]> {
         let mut sets = [MapState::default(), MapState::default()];
         let index = |set: u8| usize::from(set != first);
-        for item in self.services.iter() {
-            let (key, value) = item.map_err(map_err("reading SERVICES"))?;
+        let read_error = |name: &str| io_err(format!("reading {name}"));
+        for (key, value) in batch::lookup_all::<ServiceKey, ServiceValue>(&self.services)
+            .map_err(read_error("SERVICES"))?
+        {
             if let Some(frontend) = state::frontend_of(&key) {
                 sets[index(key.set)].services.insert(frontend, state::service_entry(&value));
             }
         }
-        for item in self.slots.iter() {
-            let (key, backend) = item.map_err(map_err("reading SLOTS"))?;
+        for (key, backend) in
+            batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read_error("SLOTS"))?
+        {
             sets[index(key.set)].slots.insert((key.service_id, key.slot), backend);
         }
-        for item in self.backends.iter() {
-            let (key, value) = item.map_err(map_err("reading BACKENDS"))?;
+        for (key, value) in batch::lookup_all::<BackendKey, Backend>(&self.backends)
+            .map_err(read_error("BACKENDS"))?
+        {
             sets[index(key.set)].backends.insert(key.backend_id, state::backend_entry(&value));
         }
-        let mut names = BTreeMap::new();
-        for item in self.names.iter() {
-            let (id, value) = item.map_err(map_err("reading SERVICE_NAMES"))?;
-            names.insert(id, state::name_of(&value));
-        }
+        let names: BTreeMap<u32, String> = batch::lookup_all::<u32, ServiceName>(&self.names)
+            .map_err(read_error("SERVICE_NAMES"))?
+            .iter()
+            .map(|(id, value)| (*id, state::name_of(value)))
+            .collect();
         sets[0].names = names.clone();
         sets[1].names = names;
         Ok(sets)
@@ -510,25 +520,16 @@ impl Dataplane {
             metadata.standby_dirty = 1;
             self.write_metadata(&metadata)?;
             writes += 1;
-            for change in &standby_changes {
-                self.write_entry(change, standby)?;
-                writes += 1;
-            }
+            writes += self.write_changes(standby_changes.iter(), standby)?;
             self.active_set
                 .set(0, u32::from(standby), 0)
                 .map_err(map_err("flipping ACTIVE_SET"))?;
             writes += 1;
             wait_for_readers()?;
-            for change in &versioned {
-                self.write_entry(change, active)?;
-                writes += 1;
-            }
+            writes += self.write_changes(versioned.iter().copied(), active)?;
             metadata.standby_dirty = 0;
         }
-        for change in changes.iter().filter(|c| !c.is_versioned()) {
-            self.write_entry(change, active)?;
-            writes += 1;
-        }
+        writes += self.write_changes(changes.iter().filter(|c| !c.is_versioned()), active)?;
         if let Some(revision) = revision {
             metadata.revision = [0; REVISION_LEN];
             metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
@@ -556,35 +557,84 @@ impl Dataplane {
         Ok(dir)
     }
 
-    /// Writes one change into map set `set` (names ignore the set). Deleting an entry that is
-    /// not there is not an error: the entry is gone either way.
-    fn write_entry(&mut self, change: &Change, set: u8) -> Result<()> {
-        let result = match change {
-            Change::Service(frontend, Some(entry)) => self.services.insert(
-                state::service_key(frontend, set),
-                state::service_value(entry),
-                0,
-            ),
-            Change::Service(frontend, None) => {
-                self.services.remove(&state::service_key(frontend, set))
+    /// Writes `changes` into map set `set` (names ignore the set), in batches per map;
+    /// returns how many entries were written or deleted. Deleting an entry that is not there
+    /// is not an error: the entry is gone either way.
+    fn write_changes<'a>(
+        &self,
+        changes: impl Iterator<Item = &'a Change>,
+        set: u8,
+    ) -> Result<usize> {
+        let mut batches = Batches::default();
+        for change in changes {
+            match change {
+                Change::Service(frontend, value) => {
+                    let key = state::service_key(frontend, set);
+                    match value {
+                        Some(entry) => batches.services.0.push((key, state::service_value(entry))),
+                        None => batches.services.1.push(key),
+                    }
+                }
+                Change::Slot(slot, value) => {
+                    let key = state::slot_key(*slot, set);
+                    match value {
+                        Some(backend) => batches.slots.0.push((key, *backend)),
+                        None => batches.slots.1.push(key),
+                    }
+                }
+                Change::Backend(id, value) => {
+                    let key = state::backend_key(*id, set);
+                    match value {
+                        Some(entry) => batches.backends.0.push((key, state::backend_value(entry))),
+                        None => batches.backends.1.push(key),
+                    }
+                }
+                Change::Name(id, value) => match value {
+                    Some(name) => batches.names.0.push((*id, state::name_value(name))),
+                    None => batches.names.1.push(*id),
+                },
             }
-            Change::Slot(slot, Some(backend)) => {
-                self.slots.insert(state::slot_key(*slot, set), backend, 0)
-            }
-            Change::Slot(slot, None) => self.slots.remove(&state::slot_key(*slot, set)),
-            Change::Backend(id, Some(addr)) => {
-                self.backends.insert(state::backend_key(*id, set), state::backend_value(addr), 0)
-            }
-            Change::Backend(id, None) => self.backends.remove(&state::backend_key(*id, set)),
-            Change::Name(id, Some(name)) => self.names.insert(id, state::name_value(name), 0),
-            Change::Name(id, None) => self.names.remove(id),
-        };
-        match result {
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            other => other.map_err(map_err(format!("writing {change:?} into set {set}"))),
         }
+        let what = |map: &str| io_err(format!("writing {map} (set {set})"));
+        batches.services.write(&self.services).map_err(what("SERVICES"))?;
+        batches.slots.write(&self.slots).map_err(what("SLOTS"))?;
+        batches.backends.write(&self.backends).map_err(what("BACKENDS"))?;
+        batches.names.write(&self.names).map_err(what("SERVICE_NAMES"))?;
+        Ok(batches.len())
+    }
+}
+
+/// Upserts and deletes for one map.
+struct MapBatch<K, V>(Vec<(K, V)>, Vec<K>);
+
+impl<K, V> Default for MapBatch<K, V> {
+    fn default() -> Self {
+        MapBatch(Vec::new(), Vec::new())
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> MapBatch<K, V> {
+    fn write(&self, map: &MapData) -> io::Result<()> {
+        batch::update_all(map, &self.0)?;
+        batch::delete_all(map, &self.1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+}
+
+#[derive(Default)]
+struct Batches {
+    services: MapBatch<ServiceKey, ServiceValue>,
+    slots: MapBatch<SlotKey, u32>,
+    backends: MapBatch<BackendKey, Backend>,
+    names: MapBatch<u32, ServiceName>,
+}
+
+impl Batches {
+    fn len(&self) -> usize {
+        self.services.len() + self.slots.len() + self.backends.len() + self.names.len()
     }
 }
 
