@@ -151,12 +151,12 @@ pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<Appl
         return Err(Error::PlanFormat { found: plan.format_version });
     }
     let given = pin_path.display().to_string();
-    if plan.pin_path != given {
-        return Err(Error::OtherPinPath { planned: plan.pin_path.clone(), given });
+    if plan.context.pin_path != given {
+        return Err(Error::OtherPinPath { planned: plan.context.pin_path.clone(), given });
     }
     let installed = dataplane::is_installed(pin_path);
-    if plan.install == installed {
-        return Err(Error::StaleInstall { pin_path: given, planned: plan.install });
+    if plan.context.install == installed {
+        return Err(Error::StaleInstall { pin_path: given, planned: plan.context.install });
     }
     let mut dataplane = if installed {
         Dataplane::open(pin_path)?
@@ -169,7 +169,11 @@ pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<Appl
     };
     // The generation is checked under the apply's lock: a plan made against generation N is
     // applied only to generation N.
-    match dataplane.apply(&plan.desired, plan.revision.as_deref(), Some(plan.generation)) {
+    match dataplane.apply(
+        &plan.desired,
+        plan.context.revision.as_deref(),
+        Some(plan.context.generation),
+    ) {
         Err(DataplaneError::GenerationMoved { expected, found }) => {
             Err(Error::StalePlan { pin_path: given, planned: expected, live: found })
         }

@@ -64,6 +64,35 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
+    #[serde(flatten)]
+    pub context: PlanContext,
+    pub services: Vec<ServicePlan>,
+    pub summary: Summary,
+    /// Map entries that differ.
+    pub entry_changes: usize,
+    /// Map writes the apply will make (both sets, the flip and the metadata).
+    pub map_writes: usize,
+    /// The desired map state; kept in saved plans, so apply writes exactly what was shown.
+    pub desired: MapState,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.context.install || self.map_writes > 0
+    }
+
+    /// The live maps differ from what their recorded revision put there.
+    pub fn is_drift(&self) -> bool {
+        let context = &self.context;
+        self.entry_changes > 0
+            && context.revision.is_some()
+            && context.revision == context.live_revision
+    }
+}
+
+/// What a plan was made from and against, apart from the two states.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanContext {
     /// The commit the desired state comes from (None for a plain directory).
     pub revision: Option<String>,
     /// Where the desired state comes from, for people.
@@ -77,36 +106,6 @@ pub struct Plan {
     /// The revision the live maps record as applied (with `against`: the base revision).
     pub live_revision: Option<String>,
     /// Compared with another revision (`plan --against`), not with a data plane.
-    pub against: bool,
-    pub services: Vec<ServicePlan>,
-    pub summary: Summary,
-    /// Map entries that differ.
-    pub entry_changes: usize,
-    /// Map writes the apply will make (both sets, the flip and the metadata).
-    pub map_writes: usize,
-    /// The desired map state; kept in saved plans, so apply writes exactly what was shown.
-    pub desired: MapState,
-}
-
-impl Plan {
-    pub fn has_changes(&self) -> bool {
-        self.install || self.map_writes > 0
-    }
-
-    /// The live maps differ from what their recorded revision put there.
-    pub fn is_drift(&self) -> bool {
-        self.entry_changes > 0 && self.revision.is_some() && self.revision == self.live_revision
-    }
-}
-
-/// Everything needed to make a plan, apart from the two states.
-pub struct PlanContext {
-    pub revision: Option<String>,
-    pub source: String,
-    pub pin_path: String,
-    pub install: bool,
-    pub generation: u64,
-    pub live_revision: Option<String>,
     pub against: bool,
 }
 
@@ -143,13 +142,7 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         format_version: FORMAT_VERSION,
         map_writes: predicted_writes(&changes, revision_changed),
         entry_changes: changes.len(),
-        revision: context.revision,
-        source: context.source,
-        pin_path: context.pin_path,
-        install: context.install,
-        generation: context.generation,
-        live_revision: context.live_revision,
-        against: context.against,
+        context,
         services,
         summary,
         desired,
@@ -220,25 +213,26 @@ fn push_unique(list: &mut Vec<String>, item: String) {
 pub fn render_text(plan: &Plan) -> String {
     let mut out = String::new();
     let revision = plan
+        .context
         .revision
         .as_deref()
         .map_or("no commit (a plain directory)".to_owned(), |r| format!("commit {r}"));
-    let _ = writeln!(out, "Source: {} at {revision}", plan.source);
-    if plan.against {
-        let base = plan.live_revision.as_deref().unwrap_or("(base)");
+    let _ = writeln!(out, "Source: {} at {revision}", plan.context.source);
+    if plan.context.against {
+        let base = plan.context.live_revision.as_deref().unwrap_or("(base)");
         let _ = writeln!(out, "Against: commit {base} (no data plane involved)");
-    } else if plan.install {
+    } else if plan.context.install {
         let _ = writeln!(
             out,
             "No data plane is installed at {}: apply will install it.",
-            plan.pin_path
+            plan.context.pin_path
         );
     } else {
-        let applied = plan.live_revision.as_deref().unwrap_or("nothing yet");
+        let applied = plan.context.live_revision.as_deref().unwrap_or("nothing yet");
         let _ = writeln!(
             out,
             "Live: {} (generation {}, applied revision {applied})",
-            plan.pin_path, plan.generation
+            plan.context.pin_path, plan.context.generation
         );
     }
     if plan.is_drift() {

@@ -53,7 +53,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         report.changes,
         report.map_writes,
         report.generation,
-        plan.revision.as_deref().unwrap_or("none (a plain directory)")
+        plan.context.revision.as_deref().unwrap_or("none (a plain directory)")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -265,7 +265,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
-    let new_revision = plan.install || plan.revision != plan.live_revision;
+    let new_revision = plan.context.install || plan.context.revision != plan.context.live_revision;
     if !new_revision && plan.map_writes > 0 && config.drift == DriftMode::Report {
         memory.last_good = Some(desired);
         return Outcome::DriftReported { plan: Box::new(plan) };
@@ -308,7 +308,7 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
     }
     let plan = apply::plan(memory.last_good.as_ref()?, &config.pin_path).ok()?;
-    if plan.install || plan.entry_changes == 0 {
+    if plan.context.install || plan.entry_changes == 0 {
         return None;
     }
     if config.drift == DriftMode::Report {
@@ -347,29 +347,32 @@ fn record(
     match outcome {
         Outcome::Applied { plan, map_writes } => {
             info!(
-                revision = plan.revision.as_deref().unwrap_or("-"),
+                revision = plan.context.revision.as_deref().unwrap_or("-"),
                 changes = plan.entry_changes,
                 map_writes,
                 "applied"
             );
             metrics.map_writes += map_writes as u64;
-            metrics.applied(plan.revision.as_deref(), now);
+            metrics.applied(plan.context.revision.as_deref(), now);
             at_revision(&mut status, &mut metrics, &plan, &now_text);
         }
         Outcome::Unchanged { plan } => {
             if status.applied_revision.is_none() {
                 // Adopted at start: the maps already held this revision.
-                metrics.applied(plan.revision.as_deref(), now);
+                metrics.applied(plan.context.revision.as_deref(), now);
             }
             at_revision(&mut status, &mut metrics, &plan, &now_text);
         }
         Outcome::DriftHealed { plan, map_writes } => {
             warn!(entries = plan.entry_changes, map_writes, "drift healed");
             metrics.map_writes += map_writes as u64;
-            metrics.applied(status.applied_revision.as_deref().or(plan.revision.as_deref()), now);
+            metrics.applied(
+                status.applied_revision.as_deref().or(plan.context.revision.as_deref()),
+                now,
+            );
             metrics.drift_entries = 0;
             status.drift_entries = 0;
-            status.generation = plan.generation + 1;
+            status.generation = plan.context.generation + 1;
         }
         Outcome::DriftReported { plan } => {
             warn!(
@@ -422,8 +425,8 @@ fn record(
 /// After a run that left the data plane at the fetched revision, with no drift.
 fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, now: &str) {
     status.ready = true;
-    status.applied_revision = plan.revision.clone();
-    status.attempted_revision = plan.revision.clone();
+    status.applied_revision = plan.context.revision.clone();
+    status.attempted_revision = plan.context.revision.clone();
     status.attempted_at = Some(now.to_owned());
     status.last_error = None;
     status.errors.clear();
@@ -435,9 +438,7 @@ fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, no
     metrics.services = status.services as u64;
     metrics.backends = status.backends as u64;
     // The metadata alone: cheap, unlike reading the maps.
-    if let Ok(live) =
-        crate::dataplane::Dataplane::open(Path::new(&plan.pin_path)).and_then(|d| d.status())
-    {
+    if let Ok(live) = Dataplane::open(Path::new(&plan.context.pin_path)).and_then(|d| d.status()) {
         status.generation = live.generation;
         status.applied_at = live.applied_at_unix.map(rfc3339_utc);
     }
