@@ -113,3 +113,21 @@ pub fn measure(path: Path, services: &[Service], state: &MapState, load: Load) -
         p99_us: number("p99_us")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path, baselines included, really carries connections to the measured service's
+    /// listeners (a baseline that failed silently would make every ratio meaningless).
+    #[test]
+    fn every_path_reaches_the_backends() -> Result<()> {
+        let services = crate::services(3, 2);
+        let state = crate::compiled(&services)?;
+        for path in Path::ALL {
+            let sample = measure(path, &services, &state, Load { threads: 2, millis: 200 })?;
+            assert!(sample.conn_per_s > 100.0, "{}: {sample:?}", path.name());
+        }
+        Ok(())
+    }
+}
