@@ -102,6 +102,16 @@ fn validate_applies_the_vip_policy() {
     assert!(stdout(&output).contains("VIP 10.96.0.10 is outside the allowed ranges (10.97.0.0/16)"));
 }
 
+/// No data plane is ever installed here: plans against it plan an install.
+const NO_INSTALL: &str = "/sys/fs/bpf/reconciler-test-no-such-install";
+
+/// `reconciler plan` of `repo`'s services/ with the cache `cache`, and `extra` arguments.
+fn plan(repo: &Repo, cache: &TempDir, extra: &[&str]) -> Output {
+    let (url, cache) = (repo.url(), cache.path().display().to_string());
+    let args = ["plan", "--repo", &url, "--path", "services", "--cache-dir", &cache];
+    reconciler(&[&args[..], extra].concat())
+}
+
 /// A repository holding examples/policies under services/, and a cache directory.
 fn example_repo() -> (Repo, TempDir) {
     let repo = Repo::new();
@@ -158,14 +168,11 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn plan_without_a_data_plane_shows_everything_created() {
     let (repo, cache) = example_repo();
-    let cache = cache.path().display().to_string();
-    let args = ["plan", "--repo", &repo.url(), "--path", "services", "--cache-dir", &cache];
-    let pin = ["--pin-path", "/sys/fs/bpf/reconciler-test-no-such-install"];
-    let output = reconciler(&[&args[..], &pin[..], &["--detailed-exitcode"]].concat());
+    let output = plan(&repo, &cache, &["--pin-path", NO_INSTALL, "--detailed-exitcode"]);
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     golden("plan-install.txt", &masked(&stdout(&output), &repo));
 
-    let output = reconciler(&[&args[..], &pin[..], &["--output", "json"]].concat());
+    let output = plan(&repo, &cache, &["--pin-path", NO_INSTALL, "--output", "json"]);
     assert_eq!(output.status.code(), Some(0));
     let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(plan["format_version"], 1);
@@ -193,37 +200,13 @@ fn plan_against_an_older_revision_shows_just_the_edit() {
     std::fs::write(&web, edited).unwrap();
     repo.commit("web: replace 10.1.0.12 with 10.1.0.14");
 
-    let cache = cache.path().display().to_string();
-    let output = reconciler(&[
-        "plan",
-        "--repo",
-        &repo.url(),
-        "--path",
-        "services",
-        "--cache-dir",
-        &cache,
-        "--against",
-        &first,
-        "--detailed-exitcode",
-    ]);
+    let output = plan(&repo, &cache, &["--against", &first, "--detailed-exitcode"]);
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     golden("plan-against.txt", &masked(&stdout(&output), &repo));
 
     // The same revision on both sides: nothing to do.
-    let output = reconciler(&[
-        "plan",
-        "--repo",
-        &repo.url(),
-        "--path",
-        "services",
-        "--cache-dir",
-        &cache,
-        "--ref",
-        &first,
-        "--against",
-        &first,
-        "--detailed-exitcode",
-    ]);
+    let output =
+        plan(&repo, &cache, &["--ref", &first, "--against", &first, "--detailed-exitcode"]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     assert!(stdout(&output).contains("No changes."));
 }
@@ -238,18 +221,7 @@ fn an_invalid_commit_is_reported_with_every_error_and_its_commit() {
     )
     .unwrap();
     let head = repo.commit("broken");
-    let cache = cache.path().display().to_string();
-    let output = reconciler(&[
-        "plan",
-        "--repo",
-        &repo.url(),
-        "--path",
-        "services",
-        "--cache-dir",
-        &cache,
-        "--pin-path",
-        "/sys/fs/bpf/reconciler-test-no-such-install",
-    ]);
+    let output = plan(&repo, &cache, &["--pin-path", NO_INSTALL]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("services/team-web/web.yaml:4:9: metadata.name:"), "{stderr}");
@@ -294,8 +266,7 @@ fn plan_follows_branches_tags_and_commits_over_git_daemon_and_a_bare_remote() {
     let daemon = Daemon::start(served.path(), free_port());
     let url = format!("git://127.0.0.1:{}/services.git", daemon.port);
     let cache = cache.path().display().to_string();
-    let pin = "/sys/fs/bpf/reconciler-test-no-such-install";
-    let common = ["--path", "services", "--cache-dir", &cache, "--pin-path", pin];
+    let common = ["--path", "services", "--cache-dir", &cache, "--pin-path", NO_INSTALL];
     let with = |reference: Option<&str>| {
         let mut args = vec!["--repo", url.as_str()];
         if let Some(reference) = reference {
