@@ -232,6 +232,31 @@ fn ratio(value: &Value, ours: &str, theirs: &str) -> String {
     }
 }
 
+/// One table row: reconciler's time `ours`, its map writes, and the (iptables, nft)
+/// baselines it is compared with.
+fn row(
+    value: &Value,
+    label: &str,
+    ours: &str,
+    writes: Option<&str>,
+    baselines: Option<(&str, &str)>,
+) -> String {
+    let writes = writes.map_or(String::new(), |w| number(value, w));
+    let [iptables, nft, over_iptables, over_nft] = match baselines {
+        Some((iptables, nft)) => [
+            ms(value, iptables),
+            ms(value, nft),
+            ratio(value, ours, iptables),
+            ratio(value, ours, nft),
+        ],
+        None => Default::default(),
+    };
+    format!(
+        "| {label} | {} | {writes} | {iptables} | {nft} | {over_iptables} | {over_nft} |\n",
+        ms(value, ours)
+    )
+}
+
 /// The control plane figures as a Markdown table.
 pub fn table(value: &Value) -> String {
     let rounds = value["rounds"].as_u64().unwrap_or(0);
@@ -245,44 +270,67 @@ pub fn table(value: &Value) -> String {
          | operation | reconciler | map writes | iptables-restore | nft -f | reconciler / iptables | reconciler / nft |\n\
          |---|---:|---:|---:|---:|---:|---:|\n"
     );
-    out.push_str(&format!(
-        "| validate + compile from git (warm cache; cold {}) | {} | | | | | |\n",
-        ms(value, "validate_compile_cold_cache_s"),
-        ms(value, "validate_compile_s")
-    ));
-    out.push_str(&format!(
-        "| cold apply (peak RSS {} MiB) | {} | {} | {} | {} | {} | {} |\n",
-        number(value, "cold_apply_peak_rss_mib"),
-        ms(value, "cold_apply_s"),
-        number(value, "cold_apply_map_writes"),
-        ms(value, "iptables_restore_full_s"),
-        ms(value, "nft_full_s"),
-        ratio(value, "cold_apply_s", "iptables_restore_full_s"),
-        ratio(value, "cold_apply_s", "nft_full_s"),
-    ));
-    out.push_str(&format!(
-        "| one-backend change: apply (plan alone {}) | {} | {} | {} | {} | {} | {} |\n",
-        ms(value, "one_backend_plan_s"),
-        ms(value, "one_backend_apply_s"),
-        number(value, "one_backend_map_writes"),
-        ms(value, "iptables_restore_one_service_s"),
-        ms(value, "nft_one_service_s"),
-        ratio(value, "one_backend_apply_s", "iptables_restore_one_service_s"),
-        ratio(value, "one_backend_apply_s", "nft_one_service_s"),
-    ));
-    out.push_str(&format!("| no-change plan | {} | 0 | | | | |\n", ms(value, "no_change_plan_s")));
-    out.push_str(&format!(
-        "| data plane alone: cold apply of the compiled state | {} | | | | {} | {} |\n",
-        ms(value, "dataplane_cold_apply_s"),
-        ratio(value, "dataplane_cold_apply_s", "iptables_restore_full_s"),
-        ratio(value, "dataplane_cold_apply_s", "nft_full_s"),
-    ));
-    out.push_str(&format!(
-        "| data plane alone: one-backend change | {} | {} | | | {} | {} |\n",
-        ms(value, "dataplane_one_backend_apply_s"),
-        number(value, "dataplane_one_backend_map_writes"),
-        ratio(value, "dataplane_one_backend_apply_s", "iptables_restore_one_service_s"),
-        ratio(value, "dataplane_one_backend_apply_s", "nft_one_service_s"),
-    ));
+    let full = Some(("iptables_restore_full_s", "nft_full_s"));
+    let one = Some(("iptables_restore_one_service_s", "nft_one_service_s"));
+    let cold_cache = ms(value, "validate_compile_cold_cache_s");
+    let rss = number(value, "cold_apply_peak_rss_mib");
+    let plan_alone = ms(value, "one_backend_plan_s");
+    for (label, ours, writes, baselines) in [
+        (
+            format!("validate + compile from git (warm cache; cold {cold_cache})"),
+            "validate_compile_s",
+            None,
+            None,
+        ),
+        (
+            format!("cold apply (peak RSS {rss} MiB)"),
+            "cold_apply_s",
+            Some("cold_apply_map_writes"),
+            full,
+        ),
+        (
+            format!("one-backend change: apply (plan alone {plan_alone})"),
+            "one_backend_apply_s",
+            Some("one_backend_map_writes"),
+            one,
+        ),
+        ("no-change plan".into(), "no_change_plan_s", None, None),
+        (
+            "data plane alone: cold apply of the compiled state".into(),
+            "dataplane_cold_apply_s",
+            None,
+            full,
+        ),
+        (
+            "data plane alone: one-backend change".into(),
+            "dataplane_one_backend_apply_s",
+            Some("dataplane_one_backend_map_writes"),
+            one,
+        ),
+    ] {
+        out.push_str(&row(value, &label, ours, writes, baselines));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_puts_each_figure_beside_its_baselines() {
+        let value = json!({"services": 10, "rounds": 1, "medians": {
+            "cold_apply_s": 1.0, "cold_apply_map_writes": 43.0, "cold_apply_peak_rss_mib": 5.0,
+            "iptables_restore_full_s": 4.0, "nft_full_s": 8.0, "no_change_plan_s": 0.5,
+        }});
+        let text = table(&value);
+        assert!(
+            text.contains("| cold apply (peak RSS 5 MiB) | 1000 ms | 43 | 4000 ms | 8000 ms | 0.25 | 0.12 |\n"),
+            "{text}"
+        );
+        assert!(text.contains("| no-change plan | 500 ms |  |  |  |  |  |\n"), "{text}");
+        assert!(
+            text.contains("| one-backend change: apply (plan alone -) | - | - | - | - | - | - |\n")
+        );
+    }
 }

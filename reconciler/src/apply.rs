@@ -52,6 +52,7 @@ fn summarize(diagnostics: &[Diagnostic]) -> String {
 }
 
 /// Validated service definitions at one revision.
+#[derive(Clone, Debug)]
 pub struct Desired {
     pub revision: Option<String>,
     /// Where they came from, for people (`git://host/repo.git@main`, a directory).

@@ -12,8 +12,8 @@ use std::{
 use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
-    dataplane::{Algorithm, BackendEntry, Frontend, MapState, ServiceEntry},
-    model::{AlgorithmName, BackendState, Service},
+    dataplane::{BackendEntry, Frontend, MapState, ServiceEntry},
+    model::{BackendState, Service},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,8 +42,7 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
     for service in services {
         let spec = &service.spec;
         for port in &spec.ports {
-            let frontend =
-                Frontend { vip: spec.vip, port: port.port, protocol: port.protocol.into() };
+            let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };
             let label = format!(
                 "{}/{}",
                 service.metadata.name,
@@ -106,9 +105,7 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                 ServiceEntry {
                     id,
                     slot_count: slots.len() as u32,
-                    algorithm: match spec.load_balancing.algorithm {
-                        AlgorithmName::Random => Algorithm::Random,
-                    },
+                    algorithm: spec.load_balancing.algorithm,
                     affinity_timeout_secs: spec
                         .session_affinity
                         .as_ref()

@@ -4,7 +4,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Deserialize;
 
-use crate::dataplane::Protocol;
+// The data plane's own enums: their serde names are the YAML spellings.
+use crate::dataplane::{Algorithm, Protocol};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -43,31 +44,14 @@ pub struct Port {
     pub name: Option<String>,
     pub port: u16,
     #[serde(default = "tcp")]
-    pub protocol: ProtocolName,
+    pub protocol: Protocol,
     /// Defaults to `port`.
     #[serde(default)]
     pub target_port: Option<u16>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub enum ProtocolName {
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-}
-
-fn tcp() -> ProtocolName {
-    ProtocolName::Tcp
-}
-
-impl From<ProtocolName> for Protocol {
-    fn from(name: ProtocolName) -> Self {
-        match name {
-            ProtocolName::Tcp => Protocol::Tcp,
-            ProtocolName::Udp => Protocol::Udp,
-        }
-    }
+fn tcp() -> Protocol {
+    Protocol::Tcp
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -101,14 +85,7 @@ pub enum BackendState {
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancing {
     #[serde(default)]
-    pub algorithm: AlgorithmName,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum AlgorithmName {
-    #[default]
-    Random,
+    pub algorithm: Algorithm,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@ use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SER
 use serde::Serialize;
 
 use crate::{
+    dataplane::Protocol,
     model::{BackendState, Service},
     yaml::{self, Document, Position},
 };
@@ -287,7 +288,7 @@ fn show(value: Option<&serde_json::Value>) -> String {
 /// The rules across documents and files.
 fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Diagnostic>) {
     let mut names: BTreeMap<&str, &Located> = BTreeMap::new();
-    let mut frontends: BTreeMap<(IpAddr, u16, &str), &Located> = BTreeMap::new();
+    let mut frontends: BTreeMap<(IpAddr, u16, Protocol), &Located> = BTreeMap::new();
     let vips: BTreeMap<IpAddr, &Located> =
         services.iter().rev().map(|l| (l.service.spec.vip, l)).collect();
     let (mut frontend_count, mut backend_count, mut slot_count) = (0usize, 0usize, 0u64);
@@ -323,10 +324,7 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
         }
         let mut port_names = BTreeSet::new();
         for (i, port) in spec.ports.iter().enumerate() {
-            let protocol = match port.protocol {
-                crate::model::ProtocolName::Tcp => "TCP",
-                crate::model::ProtocolName::Udp => "UDP",
-            };
+            let protocol = port.protocol;
             if let Some(name) = &port.name {
                 if !port_names.insert(name) {
                     out.push(located.diagnostic(

@@ -45,7 +45,6 @@ pub fn require_root() -> Result<()> {
 }
 
 pub struct Sandbox {
-    name: String,
     netns: OwnedFd,
     cgroup: PathBuf,
     pin_path: PathBuf,
@@ -78,7 +77,6 @@ impl Sandbox {
         fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let sandbox = Sandbox {
             pin_path: Path::new("/sys/fs/bpf").join(&name),
-            name,
             netns,
             cgroup,
             servers: Vec::new(),
@@ -93,10 +91,6 @@ impl Sandbox {
 
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Runs `f` on a thread inside the namespace; sockets it makes stay in the namespace.

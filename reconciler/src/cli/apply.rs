@@ -8,7 +8,7 @@ use reconciler::{
     plan::{render_text, Plan},
 };
 
-use super::{plan::invalid_to_report, PinArgs, PolicyArgs, SourceArgs};
+use super::{plan::invalid_to_report, ReconcileArgs};
 
 #[derive(Args)]
 pub struct ApplyArgs {
@@ -17,11 +17,7 @@ pub struct ApplyArgs {
     #[arg(value_name = "PLANFILE")]
     plan_file: Option<PathBuf>,
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    pin: PinArgs,
-    #[command(flatten)]
-    policy: PolicyArgs,
+    target: ReconcileArgs,
     /// The cgroup v2 directory to attach to on first install (default: the cgroup2 root).
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
@@ -36,13 +32,15 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} is not a saved plan", file.display()))?
         }
         None => {
-            let desired =
-                invalid_to_report(apply::load(&args.source.spec()?, &args.policy.policy()))?;
-            apply::plan(&desired, &args.pin.pin_path)?
+            let desired = invalid_to_report(apply::load(
+                &args.target.source.spec()?,
+                &args.target.policy.policy(),
+            ))?;
+            apply::plan(&desired, &args.target.pin.pin_path)?
         }
     };
     print!("{}", render_text(&plan));
-    let report = apply::apply(&plan, &args.pin.pin_path, args.cgroup.as_deref())?;
+    let report = apply::apply(&plan, &args.target.pin.pin_path, args.cgroup.as_deref())?;
     let s = plan.summary;
     println!(
         "\nApply complete! Services: {} added, {} changed, {} destroyed.",

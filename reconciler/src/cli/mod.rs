@@ -124,6 +124,17 @@ impl SourceArgs {
     }
 }
 
+/// What `plan` and `apply` read and change: the definitions, the data plane, the rules.
+#[derive(Args, Clone, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub pin: PinArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
 /// The data plane to read or change.
 #[derive(Args, Clone, Debug)]
 pub struct PinArgs {

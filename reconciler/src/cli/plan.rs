@@ -9,16 +9,12 @@ use reconciler::{
     source::SourceSpec,
 };
 
-use super::{Output, PinArgs, PolicyArgs, SourceArgs};
+use super::{Output, ReconcileArgs};
 
 #[derive(Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    pin: PinArgs,
-    #[command(flatten)]
-    policy: PolicyArgs,
+    target: ReconcileArgs,
     /// Exit 0 when nothing would change, 2 when something would, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
@@ -33,15 +29,15 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let spec = args.source.spec()?;
-    let policy = args.policy.policy();
+    let spec = args.target.source.spec()?;
+    let policy = args.target.policy.policy();
     let head = invalid_to_report(apply::load(&spec, &policy))?;
     let plan = match (&args.against, &spec) {
         (Some(rev), SourceSpec::Git(git)) => {
             let base = invalid_to_report(apply::load_at(git, rev, &policy))?;
             apply::plan_between(&base, &head)?
         }
-        _ => apply::plan(&head, &args.pin.pin_path)?,
+        _ => apply::plan(&head, &args.target.pin.pin_path)?,
     };
     if let Some(out) = &args.out {
         let json = serde_json::to_string(&plan)?;

@@ -196,8 +196,10 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
                     }
                     shared.status().drift = new.drift;
                     config = Arc::new(new);
-                    // A new policy may accept what the old one refused.
+                    // A new policy may accept what the old one refused, or refuse what it
+                    // accepted: validate again.
                     memory.failed_revision = None;
+                    memory.last_good = None;
                     info!("configuration reloaded");
                 }
                 None => warn!("configuration not reloaded; keeping the running one"),
@@ -251,7 +253,18 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
     if snapshot.revision.is_some() && snapshot.revision == memory.failed_revision {
         return Outcome::StillRejected { revision: snapshot.revision };
     }
-    let desired = match apply::validated(snapshot, apply::describe(&spec), &config.policy) {
+    // The commit the data plane already holds was validated when it was applied: at each
+    // interval only drift is to be checked, not the definitions again.
+    let known = memory.last_good.as_ref().filter(|good| {
+        good.revision.is_some()
+            && good.revision == snapshot.revision
+            && good.source == apply::describe(&spec)
+    });
+    let validated = match known {
+        Some(good) => Ok(good.clone()),
+        None => apply::validated(snapshot, apply::describe(&spec), &config.policy),
+    };
+    let desired = match validated {
         Ok(desired) => desired,
         Err(Error::Invalid { revision, diagnostics }) => {
             memory.failed_revision = revision.clone();

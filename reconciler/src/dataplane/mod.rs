@@ -387,10 +387,6 @@ impl Dataplane {
         }
     }
 
-    pub fn pin_path(&self) -> &Path {
-        &self.pin_path
-    }
-
     fn read_metadata(&self) -> Result<Metadata> {
         self.metadata.get(&0, 0).map_err(map_err("reading METADATA"))
     }

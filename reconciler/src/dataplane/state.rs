@@ -63,9 +63,12 @@ impl fmt::Display for Frontend {
 }
 
 /// How a backend is chosen for a new connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Algorithm {
+    #[default]
     Random,
 }
 
