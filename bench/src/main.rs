@@ -14,7 +14,12 @@ mod kube;
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use reconciler::{compile::compile, dataplane::MapState, validate};
+use reconciler::{
+    compile::compile,
+    dataplane::MapState,
+    source::{Snapshot, SourceFile},
+    validate,
+};
 use serde_json::json;
 
 use dataplane::{Load, Path, Sample};
@@ -138,8 +143,9 @@ pub fn yaml(services: &[Service]) -> String {
 /// Validated and compiled, as the data plane would hold them.
 fn compiled(services: &[Service]) -> Result<MapState> {
     let text = yaml(services);
-    let input = validate::Input { path: "bench.yaml", text: &text };
-    let located = validate::validate(&[input], &validate::Policy::default())
+    let file = SourceFile { path: "bench.yaml".into(), text };
+    let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
+    let located = validate::validate(&snapshot, &validate::Policy::default())
         .map_err(|d| anyhow::anyhow!("bench definitions invalid: {}", d[0]))?;
     let services: Vec<_> = located.into_iter().map(|l| l.service).collect();
     Ok(compile(&services, &MapState::default())?)

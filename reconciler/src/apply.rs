@@ -6,9 +6,9 @@ use crate::{
     compile::{compile, CompileError},
     dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
     model::Service,
-    plan::{make_plan, Plan, PlanContext, FORMAT_VERSION},
+    plan::{make_plan, Plan, PlanContext},
     source::{self, GitSpec, Snapshot, SourceError, SourceSpec},
-    validate::{validate, Diagnostic, Input, Policy},
+    validate::{validate, Diagnostic, Policy},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +35,12 @@ pub enum Error {
     StaleInstall { pin_path: String, planned: bool },
     #[error("the saved plan is for {planned}, not {given}; pass --pin-path {planned}")]
     OtherPinPath { planned: String, given: String },
-    #[error("the saved plan has format version {found}; this reconciler reads {FORMAT_VERSION}")]
-    PlanFormat { found: u32 },
+    #[error(
+        "refusing to destroy every service ({destroy}) for definitions that define none: an \
+         empty or mistyped source path looks like this; if it is meant, apply with \
+         --allow-destroy-all (the daemon: policy.allowDestroyAll: true)"
+    )]
+    DestroyAll { destroy: usize },
 }
 
 fn revision_label(revision: &Option<String>) -> String {
@@ -72,9 +76,7 @@ pub fn load_at(spec: &GitSpec, rev: &str, policy: &Policy) -> Result<Desired, Er
 
 /// Validates a fetched snapshot; `source` says where it came from, for people.
 pub fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
-    let inputs: Vec<Input<'_>> =
-        snapshot.files.iter().map(|f| Input { path: &f.path, text: &f.text }).collect();
-    match validate(&inputs, policy) {
+    match validate(&snapshot, policy) {
         Ok(located) => Ok(Desired {
             revision: snapshot.revision,
             source,
@@ -146,10 +148,15 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
 
 /// Applies `plan` to the data plane at `pin_path`, installing it on `cgroup` (default: the
 /// cgroup2 root) if the plan says none is installed. Refuses a plan the live state has moved
-/// away from.
-pub fn apply(plan: &Plan, pin_path: &Path, cgroup: Option<&Path>) -> Result<ApplyReport, Error> {
-    if plan.format_version != FORMAT_VERSION {
-        return Err(Error::PlanFormat { found: plan.format_version });
+/// away from, and one that destroys every service unless `allow_destroy_all`.
+pub fn apply(
+    plan: &Plan,
+    pin_path: &Path,
+    cgroup: Option<&Path>,
+    allow_destroy_all: bool,
+) -> Result<ApplyReport, Error> {
+    if plan.destroys_everything() && !allow_destroy_all {
+        return Err(Error::DestroyAll { destroy: plan.summary.destroy });
     }
     let given = pin_path.display().to_string();
     if plan.context.pin_path != given {

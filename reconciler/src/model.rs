@@ -27,6 +27,7 @@ pub struct Metadata {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
+    #[serde(deserialize_with = "canonical_ip")]
     pub vip: IpAddr,
     pub ports: Vec<Port>,
     #[serde(default)]
@@ -50,6 +51,12 @@ pub struct Port {
     pub target_port: Option<u16>,
 }
 
+/// An address in the form the maps store it: `::ffff:a.b.c.d` is read as `a.b.c.d`, so two
+/// spellings of one address are never two services or a backend that slips past a rule.
+fn canonical_ip<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    IpAddr::deserialize(deserializer).map(|ip| ip.to_canonical())
+}
+
 fn tcp() -> Protocol {
     Protocol::Tcp
 }
@@ -57,6 +64,7 @@ fn tcp() -> Protocol {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
+    #[serde(deserialize_with = "canonical_ip")]
     pub address: IpAddr,
     /// Overrides every port's `targetPort` for this backend.
     #[serde(default)]

@@ -11,6 +11,8 @@
 //! fetches, and submodules (their entries are skipped).
 use std::path::{Component, Path, PathBuf};
 
+use crate::limits;
+
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, FileMode, ObjectType,
     Oid, RemoteCallbacks, Repository, Tree,
@@ -40,12 +42,17 @@ pub struct GitSpec {
 }
 
 /// The definition files of one revision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The full commit id (40 or 64 hex chars) for git; None for a Dir source.
     pub revision: Option<String>,
     /// The .yaml/.yml files under the subdir (recursively), sorted by path.
     pub files: Vec<SourceFile>,
+    /// Definition files that were not read, and why (a symbolic link, over a limit, not
+    /// UTF-8); validation reports each, so a revision with any is invalid.
+    pub problems: Vec<FileProblem>,
+    /// Symbolic links that are not definition files: skipped, never followed.
+    pub skipped_links: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +62,13 @@ pub struct SourceFile {
     /// for Dir (e.g. "examples/policies/team-web/web.yaml").
     pub path: String,
     pub text: String,
+}
+
+/// A definition file that was not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileProblem {
+    pub path: String,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +87,8 @@ pub enum SourceError {
     AmbiguousRef { reference: String, url: String },
     #[error("subdirectory `{}` not found at {revision}", subdir.display())]
     SubdirNotFound { subdir: PathBuf, revision: String },
-    #[error("{path}{}: {problem}", at(.revision))]
-    File { path: String, revision: Option<String>, problem: &'static str },
-}
-
-fn at(revision: &Option<String>) -> String {
-    revision.as_ref().map(|r| format!(" at {r}")).unwrap_or_default()
+    #[error("{}: neither a regular file nor a directory", path.display())]
+    NotAFile { path: PathBuf },
 }
 
 impl SourceError {
@@ -92,28 +102,80 @@ impl SourceError {
 /// Fetches (git) or reads (dir) and returns one snapshot.
 pub fn fetch(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
     match spec {
-        SourceSpec::Dir(dir) => read_dir(dir),
-        SourceSpec::Git(git) => {
-            let cache = Cache::open(git)?;
+        SourceSpec::Dir(dir) => read_paths(std::slice::from_ref(dir)),
+        SourceSpec::Git(git) => with_cache(git, |cache| {
             cache.fetch(git)?;
             let commit = cache.resolve(git.reference.as_deref())?;
             cache.snapshot(commit, git.subdir.as_deref())
-        }
+        }),
     }
 }
 
 /// For a Git spec: the snapshot of another revision `rev` (branch, tag or commit) of the same
 /// repository, read from the cache that `fetch` filled; fetches first if `rev` is not there.
 pub fn snapshot_at(spec: &GitSpec, rev: &str) -> Result<Snapshot, SourceError> {
-    let cache = Cache::open(spec)?;
-    let commit = match cache.resolve(Some(rev)) {
-        Err(SourceError::UnknownRef { .. }) => {
-            cache.fetch(spec)?;
-            cache.resolve(Some(rev))?
+    with_cache(spec, |cache| {
+        let commit = match cache.resolve(Some(rev)) {
+            Err(SourceError::UnknownRef { .. }) => {
+                cache.fetch(spec)?;
+                cache.resolve(Some(rev))?
+            }
+            resolved => resolved?,
+        };
+        cache.snapshot(commit, spec.subdir.as_deref())
+    })
+}
+
+/// Runs `work` on the cache of `spec`'s URL while holding that cache's lock, so concurrent
+/// processes sharing a cache directory take turns instead of failing on git's lock files.
+///
+/// A cache that fails in a way the repository's content cannot explain (a broken object, ref
+/// or config, or a fetch error that a corrupt local repository also causes) is rebuilt once
+/// from nothing, beside the old one; the rebuilt one replaces it only if it works, so a git
+/// server that is down costs a second failed fetch, never the cache.
+fn with_cache<T>(
+    spec: &GitSpec,
+    work: impl Fn(&Cache) -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    let url = absolute_url(&spec.url)?;
+    let path = spec.cache_dir.join(cache_name(&url));
+    let _lock = lock_cache(&path)?;
+    let first = Cache::open(url.clone(), path.clone()).and_then(|cache| work(&cache));
+    match first {
+        Err(SourceError::Fetch { .. } | SourceError::Cache { .. }) if path.exists() => {}
+        // Missing content, unknown refs, network trouble on a fresh cache: not the cache's fault.
+        done => return done,
+    }
+    let rebuilt = path.with_extension("rebuild");
+    let _ = std::fs::remove_dir_all(&rebuilt);
+    match Cache::open(url, rebuilt.clone()).and_then(|cache| work(&cache)) {
+        Ok(value) => {
+            let replace = std::fs::remove_dir_all(&path)
+                .and_then(|()| std::fs::rename(&rebuilt, &path))
+                .map_err(io_error(&path));
+            replace.map(|()| value)
         }
-        resolved => resolved?,
-    };
-    cache.snapshot(commit, spec.subdir.as_deref())
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&rebuilt);
+            first
+        }
+    }
+}
+
+/// Blocks until this process holds the lock of the cache at `path` (a file beside it).
+fn lock_cache(path: &Path) -> Result<std::fs::File, SourceError> {
+    let lock_path = path.with_extension("lock");
+    if let Some(parent) = lock_path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    file.lock().map_err(io_error(&lock_path))?;
+    Ok(file)
 }
 
 /// The default cache directory: $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else
@@ -126,38 +188,147 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/reconciler"))
 }
 
+/// `.yaml` or `.yml`, in any case (`web.YAML` is a definition file too, not silently skipped).
 fn is_yaml(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-/// Sorts like paths (component by component), so a directory's files stay together.
-fn sort_by_path(files: &mut [SourceFile]) {
-    files.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+const LINK_NOT_FOLLOWED: &str = "a symbolic link, which reconciler does not follow";
+
+/// The files of one snapshot as they are read, with the limits of [`crate::limits`] applied
+/// before each file is read.
+#[derive(Default)]
+struct Collector {
+    snapshot: Snapshot,
+    bytes: u64,
+    over_total: bool,
 }
 
-fn read_dir(dir: &Path) -> Result<Snapshot, SourceError> {
-    let mut files = Vec::new();
-    collect_dir(dir, &mut files)?;
-    sort_by_path(&mut files);
-    Ok(Snapshot { revision: None, files })
+impl Collector {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.snapshot.problems.push(FileProblem { path: path.to_owned(), message: message.into() });
+    }
+
+    /// Whether a definition file of `size` bytes may be read; records why not otherwise.
+    fn admit(&mut self, path: &str, size: u64) -> bool {
+        if size > limits::MAX_FILE_BYTES as u64 {
+            self.problem(path, limits::too_large(size));
+            return false;
+        }
+        let count = self.snapshot.files.len();
+        if count >= limits::MAX_FILES || self.bytes + size > limits::MAX_SOURCE_BYTES {
+            if !self.over_total {
+                self.over_total = true;
+                let message = format!(
+                    "the definitions exceed {} files or {} in all; this file and the ones \
+                     after it were not read",
+                    limits::MAX_FILES,
+                    limits::mib(limits::MAX_SOURCE_BYTES)
+                );
+                self.problem(path, message);
+            }
+            return false;
+        }
+        self.bytes += size;
+        true
+    }
+
+    fn push(&mut self, path: String, bytes: Vec<u8>) {
+        match String::from_utf8(bytes) {
+            Ok(text) => self.snapshot.files.push(SourceFile { path, text }),
+            Err(_) => self.problem(&path, "not UTF-8"),
+        }
+    }
+
+    fn finish(mut self, revision: Option<String>) -> Snapshot {
+        self.snapshot.revision = revision;
+        self.snapshot.files.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+        self.snapshot
+    }
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), SourceError> {
-    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
-        let path = entry.map_err(io_error(dir))?.path();
-        if path.is_dir() {
-            collect_dir(&path, out)?;
-        } else if is_yaml(&path.to_string_lossy()) {
-            let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-            let path = path.display().to_string();
-            match String::from_utf8(bytes) {
-                Ok(text) => out.push(SourceFile { path, text }),
-                Err(_) => {
-                    return Err(SourceError::File { path, revision: None, problem: "not UTF-8" })
+/// Reads plain files and directories: a directory is searched for `.yaml`/`.yml` files, a
+/// file named directly is read whatever its name. Inside a directory no symbolic link is
+/// followed (a link named like a definition file is a problem; other links are listed as
+/// skipped) and `.git` directories are passed over.
+pub fn read_paths(paths: &[PathBuf]) -> Result<Snapshot, SourceError> {
+    let mut collector = Collector::default();
+    for path in paths {
+        // What the user named is followed, like `find -H`; nothing below it is.
+        let meta = std::fs::metadata(path).map_err(io_error(path))?;
+        if meta.is_dir() {
+            walk_dir(path, &mut collector)?;
+        } else if meta.is_file() {
+            read_file(path, &mut collector)?;
+        } else {
+            return Err(SourceError::NotAFile { path: path.clone() });
+        }
+    }
+    Ok(collector.finish(None))
+}
+
+/// Every definition file under `root`, without recursion (a hostile tree can be deep).
+fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let entry = entry.map_err(io_error(&dir))?;
+            let path = entry.path();
+            // The entry's own type: a link is a link, wherever it points.
+            let kind = entry.file_type().map_err(io_error(&path))?;
+            let shown = path.display().to_string();
+            if kind.is_dir() {
+                if entry.file_name() != ".git" {
+                    pending.push(path);
                 }
+            } else if kind.is_symlink() {
+                if is_yaml(&shown) {
+                    collector.problem(&shown, LINK_NOT_FOLLOWED);
+                } else {
+                    collector.snapshot.skipped_links.push(shown);
+                }
+            } else if is_yaml(&shown) {
+                read_file(&path, collector)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Reads one file, refusing links, devices, FIFOs and files over the limits before reading.
+fn read_file(path: &Path, collector: &mut Collector) -> Result<(), SourceError> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let shown = path.display().to_string();
+    // O_NOFOLLOW: the file checked is the file read, even if the tree changes meanwhile;
+    // O_NONBLOCK: opening a FIFO does not wait for a writer.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            collector.problem(&shown, LINK_NOT_FOLLOWED);
+            return Ok(());
+        }
+        opened => opened.map_err(io_error(path))?,
+    };
+    let meta = file.metadata().map_err(io_error(path))?;
+    if !meta.is_file() {
+        collector.problem(&shown, "not a regular file");
+        return Ok(());
+    }
+    if !collector.admit(&shown, meta.len()) {
+        return Ok(());
+    }
+    // Bounded even if the file grows after the check.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limits::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_error(path))?;
+    if bytes.len() > limits::MAX_FILE_BYTES {
+        collector.problem(&shown, limits::too_large(bytes.len() as u64));
+        return Ok(());
+    }
+    collector.push(shown, bytes);
     Ok(())
 }
 
@@ -178,9 +349,7 @@ struct Cache {
 const REMOTE_HEAD: &str = "refs/remotes/origin/HEAD";
 
 impl Cache {
-    fn open(spec: &GitSpec) -> Result<Cache, SourceError> {
-        let url = absolute_url(&spec.url)?;
-        let path = spec.cache_dir.join(cache_name(&url));
+    fn open(url: String, path: PathBuf) -> Result<Cache, SourceError> {
         let repo = match Repository::open_bare(&path) {
             Err(e) if e.code() == ErrorCode::NotFound => Repository::init_bare(&path),
             opened => opened,
@@ -255,7 +424,7 @@ impl Cache {
         let root =
             self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(self.cache_error())?;
         let Some(subdir) = subdir else {
-            return self.files(&root, "", &revision);
+            return self.files(root, "", &revision);
         };
         let not_found = || SourceError::SubdirNotFound {
             subdir: subdir.to_owned(),
@@ -273,62 +442,53 @@ impl Cache {
         }
         let prefix = parts.join("/");
         if prefix.is_empty() {
-            return self.files(&root, "", &revision);
+            return self.files(root, "", &revision);
         }
         let entry = root.get_path(Path::new(&prefix)).map_err(|_| not_found())?;
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(not_found());
         }
         let tree = self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
-        self.files(&tree, &prefix, &revision)
+        self.files(tree, &prefix, &revision)
     }
 
-    fn files(&self, tree: &Tree, prefix: &str, revision: &str) -> Result<Snapshot, SourceError> {
-        let mut files = Vec::new();
-        self.collect(tree, prefix, revision, &mut files)?;
-        sort_by_path(&mut files);
-        Ok(Snapshot { revision: Some(revision.to_owned()), files })
-    }
-
-    fn collect(
-        &self,
-        tree: &Tree,
-        prefix: &str,
-        revision: &str,
-        out: &mut Vec<SourceFile>,
-    ) -> Result<(), SourceError> {
-        for entry in tree.iter() {
-            let name = String::from_utf8_lossy(entry.name_bytes());
-            let path =
-                if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
-            let file_error = |problem| SourceError::File {
-                path: path.clone(),
-                revision: Some(revision.to_owned()),
-                problem,
-            };
-            match entry.kind() {
-                Some(ObjectType::Tree) => {
-                    let subtree = self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
-                    self.collect(&subtree, &path, revision, out)?;
-                }
-                Some(ObjectType::Blob) if is_yaml(&path) => {
-                    // A link's blob is its target's name; skipping it would silently drop services.
-                    if entry.filemode() == i32::from(FileMode::Link) {
-                        return Err(file_error(
-                            "a symbolic link, which a git source does not follow",
-                        ));
+    /// Every definition file under `tree`, without recursion (a hostile tree can be deep).
+    fn files(&self, tree: Tree, prefix: &str, revision: &str) -> Result<Snapshot, SourceError> {
+        let mut collector = Collector::default();
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let mut pending = vec![(tree, prefix.to_owned())];
+        while let Some((tree, prefix)) = pending.pop() {
+            for entry in tree.iter() {
+                let name = String::from_utf8_lossy(entry.name_bytes());
+                let path =
+                    if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
+                match entry.kind() {
+                    Some(ObjectType::Tree) => {
+                        let subtree =
+                            self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
+                        pending.push((subtree, path));
                     }
-                    let blob = self.repo.find_blob(entry.id()).map_err(self.cache_error())?;
-                    let text = std::str::from_utf8(blob.content())
-                        .map_err(|_| file_error("not UTF-8"))?
-                        .to_owned();
-                    out.push(SourceFile { path, text });
+                    Some(ObjectType::Blob) if is_yaml(&path) => {
+                        // A link's blob is its target's name; skipping it would silently drop
+                        // services.
+                        if entry.filemode() == i32::from(FileMode::Link) {
+                            collector.problem(&path, LINK_NOT_FOLLOWED);
+                            continue;
+                        }
+                        // The header gives the size without loading the blob.
+                        let (size, _) = odb.read_header(entry.id()).map_err(self.cache_error())?;
+                        if collector.admit(&path, size as u64) {
+                            let blob =
+                                self.repo.find_blob(entry.id()).map_err(self.cache_error())?;
+                            collector.push(path, blob.content().to_vec());
+                        }
+                    }
+                    // Other files, and submodules (commits of other repositories).
+                    _ => {}
                 }
-                // Other files, and submodules (commits of other repositories).
-                _ => {}
             }
         }
-        Ok(())
+        Ok(collector.finish(Some(revision.to_owned())))
     }
 }
 

@@ -1,6 +1,10 @@
 //! Validation: the JSON Schema (`schema/service.schema.json`, embedded) and the rules a
-//! schema cannot say (names and VIPs unique across files, address families, capacities).
-//! Every problem in every file is reported at once, each with file, line, column and field.
+//! schema cannot say (names and VIPs unique across files, address families and ranges,
+//! capacities). Every problem in every file is reported at once (up to
+//! [`limits::MAX_DIAGNOSTICS`]), each with file, line, column and field.
+//!
+//! Addresses are compared in the one form the maps store: the model reads `::ffff:a.b.c.d`
+//! as `a.b.c.d`, so two spellings of one address are one address here too.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -8,13 +12,17 @@ use std::{
     sync::OnceLock,
 };
 
+use ipnet::IpNet;
 use jsonschema::{error::ValidationErrorKind, Validator};
 use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Protocol,
+    limits,
     model::{BackendState, Service},
+    node::LocalAddress,
+    source::Snapshot,
     yaml::{self, Document, Position},
 };
 
@@ -22,7 +30,7 @@ use crate::{
 pub const SCHEMA: &str = include_str!("../../schema/service.schema.json");
 
 /// One problem, at one place.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Diagnostic {
     pub file: String,
     pub line: usize,
@@ -42,62 +50,23 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// A file to validate: its path as people should see it, and its text.
-pub struct Input<'a> {
-    pub path: &'a str,
-    pub text: &'a str,
-}
-
 /// What the semantic rules may additionally require.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// When set, every VIP must lie in one of these ranges.
-    pub allowed_vips: Option<Vec<IpRange>>,
+    pub allowed_vips: Option<Vec<IpNet>>,
+    /// This node's own addresses, which no VIP may take (a VIP is rewritten for every process
+    /// in the cgroup, so it would hijack connects to the node itself). Empty where validation
+    /// does not run on the node, as in CI.
+    pub local_addresses: Vec<LocalAddress>,
 }
 
-/// A CIDR range such as `10.96.0.0/12` or `fd00:96::/64`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpRange {
-    pub network: IpAddr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for IpRange {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let network: IpAddr = addr.parse().map_err(|_| format!("`{text}` is not a CIDR range"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() {
-            max
-        } else {
-            prefix.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
-                format!("`{text}`: the prefix length must be a number from 0 to {max}")
-            })?
-        };
-        Ok(IpRange { network, prefix })
-    }
-}
-
-impl fmt::Display for IpRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl IpRange {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let (net, ip, bits) = match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                (u128::from(n.to_bits()), u128::from(i.to_bits()), 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => (n.to_bits(), i.to_bits(), 128),
-            _ => return false,
-        };
-        let shift = bits - u32::from(self.prefix);
-        shift >= bits || (net >> shift) == (ip >> shift)
-    }
+/// Parses a CIDR range such as `10.96.0.0/12` or `fd00:96::/64`; a bare address is its own
+/// range.
+pub fn parse_range(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not a CIDR range such as 10.96.0.0/12 or fd00:96::/64"))
 }
 
 /// A valid service and where it was defined.
@@ -188,43 +157,77 @@ impl Schema {
     }
 }
 
-/// Validates every document of every file; returns the services, or every problem found.
-pub fn validate(inputs: &[Input<'_>], policy: &Policy) -> Result<Vec<Located>, Vec<Diagnostic>> {
-    let mut diagnostics = Vec::new();
+/// Validates every document of every file of `snapshot`; returns the services, or every
+/// problem found (the files it could not read among them).
+pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Vec<Diagnostic>> {
+    let start = Position { line: 1, column: 1 };
+    let mut diagnostics: Vec<Diagnostic> =
+        snapshot.problems.iter().map(|p| at(&p.path, start, "", p.message.clone())).collect();
     let mut services = Vec::new();
-    for input in inputs {
-        let documents = match yaml::parse(input.text) {
+    for file in &snapshot.files {
+        let documents = match yaml::parse(&file.text) {
             Ok(documents) => documents,
             Err(e) => {
-                diagnostics.push(at(input.path, e.position, "", e.message));
+                diagnostics.push(at(&file.path, e.position, "", e.message));
                 continue;
             }
         };
         for document in documents {
-            let problems = SERVICE_SCHEMA.check(input.path, &document).map_err(|d| vec![d])?;
+            let problems = SERVICE_SCHEMA.check(&file.path, &document).map_err(|d| vec![d])?;
             if !problems.is_empty() {
                 diagnostics.extend(problems);
                 continue;
             }
-            match serde_json::from_value::<Service>(document.value.clone()) {
+            match serde_path_to_error::deserialize::<_, Service>(&document.value) {
                 Ok(service) => {
-                    services.push(Located { service, file: input.path.into(), document })
+                    services.push(Located { service, file: file.path.clone(), document })
                 }
-                // The schema admits only what the model reads; this is a bug if it happens.
+                // What the schema admits but the model cannot hold, such as `weight: 1.0`
+                // (a JSON Schema integer may be written with a fraction of zero).
                 Err(e) => {
-                    diagnostics.push(at(input.path, document.value_position(""), "", e.to_string()))
+                    let pointer = json_pointer(e.path());
+                    let position = document.value_position(&pointer);
+                    diagnostics.push(at(&file.path, position, &pointer, e.inner().to_string()))
                 }
             }
         }
     }
     semantic_diagnostics(&services, policy, &mut diagnostics);
     if diagnostics.is_empty() {
-        Ok(services)
-    } else {
-        diagnostics.sort();
-        diagnostics.dedup();
-        Err(diagnostics)
+        return Ok(services);
     }
+    diagnostics.sort();
+    diagnostics.dedup();
+    if diagnostics.len() > limits::MAX_DIAGNOSTICS {
+        let omitted = diagnostics.len() - limits::MAX_DIAGNOSTICS + 1;
+        diagnostics.truncate(limits::MAX_DIAGNOSTICS - 1);
+        let first_omitted = &diagnostics[diagnostics.len() - 1];
+        let message = format!(
+            "and {omitted} more problem(s) from here on, not listed: at most {} are reported \
+             per run",
+            limits::MAX_DIAGNOSTICS
+        );
+        let position = Position { line: first_omitted.line, column: first_omitted.column };
+        let file = first_omitted.file.clone();
+        diagnostics.push(at(&file, position, "", message));
+    }
+    Err(diagnostics)
+}
+
+/// serde's path (`spec.backends[0].weight`) as a JSON pointer (`/spec/backends/0/weight`).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")))
+            }
+            Segment::Unknown => {}
+        }
+    }
+    pointer
 }
 
 fn schema_diagnostics(
@@ -308,9 +311,30 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                 ),
             ));
         }
+        if let Some(class) = reserved_class(spec.vip) {
+            out.push(located.diagnostic(
+                "/spec/vip",
+                format!(
+                    "service `{}`: VIP {} is {class}: a VIP must be an address that nothing \
+                     else answers on",
+                    service.metadata.name, spec.vip
+                ),
+            ));
+        }
+        if let Some(local) = policy.local_addresses.iter().find(|l| l.address == spec.vip) {
+            out.push(located.diagnostic(
+                "/spec/vip",
+                format!(
+                    "service `{}`: VIP {} is an address of this node (interface {}): every \
+                     connect to it from the cgroup would be taken over; list it in \
+                     policy.allowLocalVIPs (--allow-local-vips) if that is meant",
+                    service.metadata.name, spec.vip, local.interface
+                ),
+            ));
+        }
         if let Some(ranges) = &policy.allowed_vips {
-            if !ranges.iter().any(|r| r.contains(spec.vip)) {
-                let list: Vec<String> = ranges.iter().map(IpRange::to_string).collect();
+            if !ranges.iter().any(|r| r.contains(&spec.vip)) {
+                let list: Vec<String> = ranges.iter().map(IpNet::to_string).collect();
                 out.push(located.diagnostic(
                     "/spec/vip",
                     format!(
@@ -365,6 +389,12 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                     ),
                 ));
             }
+            if let Some(class) = non_unicast_class(backend.address) {
+                out.push(located.diagnostic(
+                    &format!("{pointer}/address"),
+                    format!("backend {} is {class}, not a host to connect to", backend.address),
+                ));
+            }
             if let Some(owner) = vips.get(&backend.address) {
                 out.push(located.diagnostic(
                     &format!("{pointer}/address"),
@@ -414,6 +444,36 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
     }
 }
 
+/// Why `ip` cannot be a VIP, if it cannot: the node's own addresses and ones that are not
+/// one host's (IPv4-mapped IPv6 addresses are read as IPv4 before this).
+fn reserved_class(ip: IpAddr) -> Option<&'static str> {
+    if let Some(class) = non_unicast_class(ip) {
+        return Some(class);
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address (127.0.0.0/8)"),
+        IpAddr::V4(v4) if v4.is_link_local() => {
+            Some("a link-local address (169.254.0.0/16, where cloud metadata services answer)")
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => Some("the loopback address (::1)"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address (fe80::/10)"),
+        _ => None,
+    }
+}
+
+/// Why `ip` is no single host's address, if it is not.
+fn non_unicast_class(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("the unspecified address (0.0.0.0)"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("in 0.0.0.0/8 (\"this network\")"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address (224.0.0.0/4)"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address (::)"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address (ff00::/8)"),
+        _ => None,
+    }
+}
+
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() {
         "IPv4"
@@ -432,6 +492,7 @@ fn show_backend(address: IpAddr, port: Option<u16>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceFile;
 
     const GOOD: &str = "apiVersion: reconciler.dev/v1alpha1
 kind: Service
@@ -445,9 +506,12 @@ spec:
 ";
 
     fn check(files: &[(&str, &str)], policy: &Policy) -> Result<Vec<Located>, Vec<String>> {
-        let inputs: Vec<Input<'_>> =
-            files.iter().map(|(path, text)| Input { path, text }).collect();
-        validate(&inputs, policy).map_err(|ds| ds.iter().map(ToString::to_string).collect())
+        let files = files
+            .iter()
+            .map(|(path, text)| SourceFile { path: (*path).into(), text: (*text).into() })
+            .collect();
+        let snapshot = Snapshot { files, ..Snapshot::default() };
+        validate(&snapshot, policy).map_err(|ds| ds.iter().map(ToString::to_string).collect())
     }
 
     #[test]
@@ -495,25 +559,135 @@ spec:
                 "10.96.0.0/12".parse().unwrap(),
                 "fd00:96::/64".parse().unwrap(),
             ]),
+            ..Policy::default()
         };
         assert!(check(&[("web.yaml", GOOD)], &policy).is_ok());
-        let metadata = GOOD.replace("10.96.0.10", "169.254.169.254");
-        let errors = check(&[("web.yaml", &metadata)], &policy).unwrap_err();
+        let elsewhere = GOOD.replace("10.96.0.10", "10.200.0.10");
+        let errors = check(&[("web.yaml", &elsewhere)], &policy).unwrap_err();
         assert_eq!(
             errors,
-            ["web.yaml:5:8: spec.vip: service `web`: VIP 169.254.169.254 is outside the allowed ranges (10.96.0.0/12, fd00:96::/64)"]
+            ["web.yaml:5:8: spec.vip: service `web`: VIP 10.200.0.10 is outside the allowed ranges (10.96.0.0/12, fd00:96::/64)"]
         );
     }
 
     #[test]
     fn ranges_parse_and_match() {
-        let range: IpRange = "10.96.0.0/12".parse().unwrap();
-        assert!(range.contains("10.111.255.255".parse().unwrap()));
-        assert!(!range.contains("10.112.0.0".parse().unwrap()));
-        assert!(!range.contains("fd00::1".parse().unwrap()));
-        let all: IpRange = "::/0".parse().unwrap();
-        assert!(all.contains("fd00::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<IpRange>().is_err());
-        assert!("nonsense".parse::<IpRange>().is_err());
+        let range = parse_range("10.96.0.0/12").unwrap();
+        assert!(range.contains(&"10.111.255.255".parse::<IpAddr>().unwrap()));
+        assert!(!range.contains(&"10.112.0.0".parse::<IpAddr>().unwrap()));
+        assert!(!range.contains(&"fd00::1".parse::<IpAddr>().unwrap()));
+        assert!(parse_range("::/0").unwrap().contains(&"fd00::1".parse::<IpAddr>().unwrap()));
+        assert!(parse_range("10.1.2.3").unwrap().contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
+        assert!(parse_range("10.0.0.0/33").is_err());
+        assert!(parse_range("nonsense").is_err());
+    }
+
+    #[test]
+    fn both_spellings_of_an_ipv4_address_are_one_address() {
+        let mapped = GOOD
+            .replace("name: web", "name: web-mapped")
+            .replace("10.96.0.10", "\"::ffff:10.96.0.10\"")
+            .replace("10.1.0.12", "\"::ffff:10.96.0.10\"");
+        let errors =
+            check(&[("a.yaml", GOOD), ("b.yaml", &mapped)], &Policy::default()).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "b.yaml:6:30: spec.ports[0].port: 10.96.0.10:80/TCP is claimed by service `web` (a.yaml:3)",
+                "b.yaml:9:17: spec.backends[1].address: backend 10.96.0.10 is the VIP of service `web`: a backend must be a real address",
+            ]
+        );
+        // A mapped backend of an IPv4 VIP is IPv4, as the maps store it.
+        let mixed = GOOD.replace("10.1.0.12", "\"::ffff:10.1.0.12\"");
+        let services = check(&[("web.yaml", &mixed)], &Policy::default()).unwrap();
+        assert_eq!(services[0].service.spec.backends[1].address.to_string(), "10.1.0.12");
+    }
+
+    #[test]
+    fn vips_in_reserved_ranges_and_on_this_node_are_refused() {
+        for (vip, class) in [
+            ("127.0.0.1", "a loopback address"),
+            ("0.0.0.0", "the unspecified address"),
+            ("0.1.2.3", "in 0.0.0.0/8"),
+            ("255.255.255.255", "the broadcast address"),
+            ("224.0.0.251", "a multicast address"),
+            ("169.254.169.254", "a link-local address"),
+            ("\"::ffff:127.0.0.1\"", "a loopback address"),
+        ] {
+            let text = GOOD.replace("10.96.0.10", vip);
+            let errors = check(&[("web.yaml", &text)], &Policy::default()).unwrap_err();
+            assert_eq!(errors.len(), 1, "{vip}: {errors:?}");
+            assert!(
+                errors[0].starts_with("web.yaml:5:8: spec.vip: service `web`: VIP "),
+                "{errors:?}"
+            );
+            assert!(errors[0].contains(class), "{vip}: {errors:?}");
+        }
+        for (vip, class) in [
+            ("\"::1\"", "the loopback address"),
+            ("\"::\"", "the unspecified address"),
+            ("\"ff02::1\"", "a multicast address"),
+            ("\"fe80::1\"", "a link-local address"),
+        ] {
+            let text = GOOD
+                .replace("10.96.0.10", vip)
+                .replace("10.1.0.11", "\"fd00::11\"")
+                .replace("10.1.0.12", "\"fd00::12\"");
+            let errors = check(&[("web.yaml", &text)], &Policy::default()).unwrap_err();
+            assert_eq!(errors.len(), 1, "{vip}: {errors:?}");
+            assert!(errors[0].contains(class), "{vip}: {errors:?}");
+        }
+        let policy = Policy {
+            local_addresses: vec![LocalAddress {
+                address: "10.96.0.10".parse().unwrap(),
+                interface: "eth0".into(),
+            }],
+            ..Policy::default()
+        };
+        let errors = check(&[("web.yaml", GOOD)], &policy).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("an address of this node (interface eth0)"), "{errors:?}");
+        // Backends on loopback are fine (a local proxy); unspecified and multicast are not.
+        let text = GOOD.replace("10.1.0.11", "127.0.0.1").replace("10.1.0.12", "224.0.0.1");
+        let errors = check(&[("web.yaml", &text)], &Policy::default()).unwrap_err();
+        assert_eq!(
+            errors,
+            ["web.yaml:9:17: spec.backends[1].address: backend 224.0.0.1 is a multicast address (224.0.0.0/4), not a host to connect to"]
+        );
+    }
+
+    #[test]
+    fn a_fractional_integer_is_reported_at_its_field() {
+        let text = GOOD.replace("weight: 2", "weight: 1.0");
+        let errors = check(&[("web.yaml", &text)], &Policy::default()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("web.yaml:9:36: spec.backends[1].weight: "), "{errors:?}");
+        assert!(errors[0].contains("1.0"), "{errors:?}");
+    }
+
+    #[test]
+    fn unreadable_files_are_diagnostics_and_the_count_is_bounded() {
+        let snapshot = Snapshot {
+            problems: vec![crate::source::FileProblem {
+                path: "link.yaml".into(),
+                message: "a symbolic link, which reconciler does not follow".into(),
+            }],
+            ..Snapshot::default()
+        };
+        let errors = validate(&snapshot, &Policy::default()).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "link.yaml:1:1: a symbolic link, which reconciler does not follow"
+        );
+
+        let many: String = (0..3000).map(|i| format!("x{i}: 1\n")).collect::<String>();
+        let docs = many.lines().map(|l| format!("---\n{l}\n")).collect::<String>();
+        let errors = check(&[("many.yaml", &docs)], &Policy::default()).unwrap_err();
+        assert_eq!(errors.len(), limits::MAX_DIAGNOSTICS);
+        assert!(
+            errors.last().unwrap().contains("more problem(s) from here on"),
+            "{:?}",
+            errors.last()
+        );
     }
 }

@@ -4,12 +4,20 @@
 //!
 //! Scalars follow the YAML 1.2 core schema: plain `null`/`~`/empty, `true`/`false`, integers
 //! and floats become JSON null, bools and numbers; everything else, and every quoted scalar,
-//! is a string. Duplicate keys are errors; anchors and aliases are supported.
+//! is a string. Duplicate keys are errors.
+//!
+//! Hostile input is refused before it costs memory or stack: a text over
+//! [`limits::MAX_FILE_BYTES`], nesting deeper than [`limits::MAX_DEPTH`], and anchors and
+//! aliases outright (service definitions never need them, and an alias bomb of a few hundred
+//! bytes expands to gigabytes). Events are pulled from the parser one by one: its own
+//! `load` recurses once per nesting level and overflows the stack on deep input.
 use std::collections::BTreeMap;
+
+use crate::limits;
 
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
+    parser::{Event, Parser},
     scanner::{Marker, TScalarStyle},
 };
 
@@ -71,24 +79,38 @@ pub struct SyntaxError {
 
 /// Every non-empty document in `text`.
 pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
-    let mut builder = Builder::default();
-    let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
+    if text.len() > limits::MAX_FILE_BYTES {
         return Err(SyntaxError {
-            position: Position::of(e.marker()),
-            message: e.info().to_owned(),
+            position: Position { line: 1, column: 1 },
+            message: limits::too_large(text.len() as u64),
         });
     }
-    if let Some(error) = builder.error {
-        return Err(error);
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
+            position: Position::of(e.marker()),
+            message: match e.info() {
+                // The scanner's own bound on flow collections (`[[[[...`), said our way.
+                "recursion limit exceeded" => nested_too_deep(),
+                info => info.to_owned(),
+            },
+        })?;
+        if event == Event::StreamEnd {
+            break;
+        }
+        builder.on_event(event, mark);
+        if let Some(error) = builder.error.take() {
+            return Err(error);
+        }
     }
     Ok(builder.documents.into_iter().filter(|d| !d.value.is_null()).collect())
 }
 
 /// A node under construction: a mapping waiting for keys and values, or a sequence.
 enum Open {
-    Mapping { map: Map<String, Value>, pointer: String, pending_key: Option<String>, anchor: usize },
-    Sequence { items: Vec<Value>, pointer: String, anchor: usize },
+    Mapping { map: Map<String, Value>, pointer: String, pending_key: Option<String> },
+    Sequence { items: Vec<Value>, pointer: String },
 }
 
 #[derive(Default)]
@@ -97,7 +119,6 @@ struct Builder {
     documents: Vec<Document>,
     values: BTreeMap<String, Position>,
     keys: BTreeMap<String, Position>,
-    anchors: BTreeMap<usize, Value>,
     error: Option<SyntaxError>,
 }
 
@@ -127,10 +148,7 @@ impl Builder {
     }
 
     /// Places a finished value into its parent (or ends the document).
-    fn complete(&mut self, value: Value, anchor: usize) {
-        if anchor > 0 {
-            self.anchors.insert(anchor, value.clone());
-        }
+    fn complete(&mut self, value: Value) {
         match self.stack.last_mut() {
             None => self.documents.push(Document {
                 value,
@@ -147,16 +165,24 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+const NO_ANCHORS: &str = "YAML anchors (`&name`) and aliases (`*name`) are not supported in \
+                          reconciler files; write the value out";
+
+impl Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
-        if self.error.is_some() {
-            return;
-        }
         match event {
-            Event::Scalar(text, style, anchor, _tag) => match self.next_pointer() {
+            Event::Scalar(_, _, anchor, _)
+            | Event::MappingStart(anchor, _)
+            | Event::SequenceStart(anchor, _)
+                if anchor > 0 =>
+            {
+                self.fail(mark, NO_ANCHORS.into())
+            }
+            Event::Alias(_) => self.fail(mark, NO_ANCHORS.into()),
+            Event::Scalar(text, style, _, _tag) => match self.next_pointer() {
                 Some(pointer) => {
                     self.values.insert(pointer, Position::of(&mark));
-                    self.complete(scalar(text, style), anchor);
+                    self.complete(scalar(text, style));
                 }
                 None => {
                     let Some(Open::Mapping { map, pointer, pending_key, .. }) =
@@ -180,39 +206,44 @@ impl MarkedEventReceiver for Builder {
                     }
                 }
             },
-            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let Some(pointer) = self.next_pointer() else {
                     self.fail(mark, "a mapping key must be a plain string".into());
                     return;
                 };
+                if self.stack.len() >= limits::MAX_DEPTH {
+                    self.fail(mark, nested_too_deep());
+                    return;
+                }
                 self.values.insert(pointer.clone(), Position::of(&mark));
                 self.stack.push(if matches!(event, Event::MappingStart(..)) {
-                    Open::Mapping { map: Map::new(), pointer, pending_key: None, anchor }
+                    Open::Mapping { map: Map::new(), pointer, pending_key: None }
                 } else {
-                    Open::Sequence { items: Vec::new(), pointer, anchor }
+                    Open::Sequence { items: Vec::new(), pointer }
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let (value, anchor) = match self.stack.pop() {
-                    Some(Open::Mapping { map, anchor, .. }) => (Value::Object(map), anchor),
-                    Some(Open::Sequence { items, anchor, .. }) => (Value::Array(items), anchor),
+                let value = match self.stack.pop() {
+                    Some(Open::Mapping { map, .. }) => Value::Object(map),
+                    Some(Open::Sequence { items, .. }) => Value::Array(items),
                     None => return,
                 };
-                self.complete(value, anchor);
+                self.complete(value);
             }
-            Event::Alias(id) => {
-                let Some(pointer) = self.next_pointer() else {
-                    self.fail(mark, "an alias cannot be a mapping key".into());
-                    return;
-                };
-                let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.values.insert(pointer, Position::of(&mark));
-                self.complete(value, 0);
-            }
-            Event::DocumentStart => self.anchors.clear(),
-            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd
+            | Event::Nothing => {}
         }
     }
+}
+
+fn nested_too_deep() -> String {
+    format!(
+        "nested more than {} levels deep; service definitions need a handful",
+        limits::MAX_DEPTH
+    )
 }
 
 fn scalar(text: String, style: TScalarStyle) -> Value {
@@ -289,10 +320,42 @@ mod tests {
 
     #[test]
     fn documents_are_split_and_empty_ones_dropped() {
-        let docs = parse("---\na: 1\n---\n---\nb: &x [1, 2]\nc: *x\n").unwrap();
+        let docs = parse("---\na: 1\n---\n---\nb: [1, 2]\nc: x\n").unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[1].value, json!({"b": [1, 2], "c": [1, 2]}));
-        assert_eq!(docs[1].value_position("/b"), Position { line: 5, column: 7 });
+        assert_eq!(docs[1].value, json!({"b": [1, 2], "c": "x"}));
+        assert_eq!(docs[1].value_position("/b"), Position { line: 5, column: 4 });
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_refused_where_they_stand() {
+        // The first lines of a billion-laughs bomb: refused before anything expands.
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a]\n";
+        let err = parse(bomb).unwrap_err();
+        assert_eq!(err.position, Position { line: 1, column: 7 });
+        assert!(err.message.contains("anchors"), "{err:?}");
+        let err = parse("a: [1]\nb: *a\n").unwrap_err();
+        assert!(err.position.line == 2 || err.message.contains("anchor"), "{err:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_deep_recursion() {
+        // Far deeper than any stack would take if parsing recursed per level.
+        let text = format!("{}x\n", "- ".repeat(100_000));
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.position.line, 1);
+        assert!(err.message.contains("nested more than"), "{err:?}");
+        let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("nested more than"), "{err:?}");
+        let ok = format!("{}x\n", "- ".repeat(limits::MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_text_is_refused_before_parsing() {
+        let text = "#".repeat(limits::MAX_FILE_BYTES + 1);
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("at most"), "{err:?}");
     }
 
     #[test]

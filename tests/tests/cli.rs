@@ -6,6 +6,7 @@ use std::{
     process::{Command, Output},
 };
 
+use reconciler::source::{Snapshot, SourceFile};
 use reconciler_tests::{
     git::{free_port, Daemon, Repo},
     reconciler_path,
@@ -313,6 +314,7 @@ fn the_documented_configurations_are_valid() {
 
     // And the README's service example is a valid service.
     let service = readme_block("## Service definitions", "apiVersion:");
-    let input = reconciler::validate::Input { path: "README.md", text: &service };
-    assert!(reconciler::validate::validate(&[input], &Default::default()).is_ok());
+    let file = SourceFile { path: "README.md".into(), text: service };
+    let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
+    assert!(reconciler::validate::validate(&snapshot, &Default::default()).is_ok());
 }

@@ -29,6 +29,16 @@ fn texts(snapshot: &Snapshot) -> Vec<&str> {
     snapshot.files.iter().map(|f| f.text.as_str()).collect()
 }
 
+/// The cache repositories (directories) in a cache directory.
+fn cache_repos(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 fn revision(snapshot: &Snapshot) -> &str {
     snapshot.revision.as_deref().unwrap()
 }
@@ -66,9 +76,8 @@ fn local_path_reads_the_yaml_files_under_the_subdir_at_the_remote_head() {
     // Without a subdir: the whole tree.
     let whole = GitSpec { subdir: None, ..spec(&repo.url(), cache.path()) };
     assert_eq!(paths(&fetch_git(&whole).unwrap()).last(), Some(&"top.yaml"));
-    // One cache repository per URL, named after it.
-    let caches: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
-    assert_eq!(caches.len(), 1);
+    // One cache repository per URL, named after it (beside it, its lock file).
+    assert_eq!(cache_repos(cache.path()).len(), 1);
 }
 
 #[test]
@@ -179,9 +188,9 @@ fn bare_remote_over_file_url_follows_pushes_and_force_pushes() {
     }
 
     // The cache is named after the URL, readably.
-    let caches: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap()).collect();
+    let caches = cache_repos(cache.path());
     assert_eq!(caches.len(), 1);
-    assert!(caches[0].file_name().to_string_lossy().contains("services.git"), "{caches:?}");
+    assert!(caches[0].contains("services.git"), "{caches:?}");
 }
 
 #[test]
@@ -313,8 +322,10 @@ fn non_utf8_file_is_a_clear_error() {
     repo.write("services/web.yaml", b"name: caf\xe9\n");
     let head = repo.commit("latin-1");
     let cache = tempdir().unwrap();
-    let err = fetch_git(&spec(&repo.url(), cache.path())).unwrap_err();
-    assert_eq!(err.to_string(), format!("services/web.yaml at {head}: not UTF-8"));
+    let snapshot = fetch_git(&spec(&repo.url(), cache.path())).unwrap();
+    assert_eq!(revision(&snapshot), head);
+    assert!(snapshot.files.is_empty());
+    assert_eq!(problems(&snapshot), ["services/web.yaml: not UTF-8"]);
 }
 
 #[test]
@@ -326,6 +337,14 @@ fn symlinked_yaml_file_is_an_error_not_silently_skipped() {
         .unwrap();
     let head = repo.commit("link");
     let cache = tempdir().unwrap();
-    let err = fetch_git(&spec(&repo.url(), cache.path())).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("services/web.yaml at {head}: a symbolic link")));
+    let snapshot = fetch_git(&spec(&repo.url(), cache.path())).unwrap();
+    assert_eq!(revision(&snapshot), head);
+    assert_eq!(
+        problems(&snapshot),
+        ["services/web.yaml: a symbolic link, which reconciler does not follow"]
+    );
+}
+
+fn problems(snapshot: &Snapshot) -> Vec<String> {
+    snapshot.problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
 }

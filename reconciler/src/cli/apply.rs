@@ -1,11 +1,12 @@
 //! `reconciler apply [PLANFILE]`: make the live maps match, atomically.
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
 use reconciler::{
-    apply,
-    plan::{render_text, Plan},
+    apply::{self, Error},
+    limits,
+    plan::{from_saved, render_text, Plan},
 };
 
 use super::{plan::invalid_to_report, ReconcileArgs};
@@ -21,26 +22,46 @@ pub struct ApplyArgs {
     /// The cgroup v2 directory to attach to on first install (default: the cgroup2 root).
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// Apply even if the plan destroys every service and defines none (an empty source).
+    #[arg(long)]
+    allow_destroy_all: bool,
 }
 
+/// Plans made from the definitions that lost a race with another apply before this one
+/// gives up; each loss means someone else's apply went through in between.
+const ATTEMPTS: usize = 3;
+
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let plan: Plan = match &args.plan_file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a saved plan", file.display()))?
-        }
-        None => {
-            let desired = invalid_to_report(apply::load(
-                &args.target.source.spec()?,
-                &args.target.policy.policy(),
-            ))?;
-            apply::plan(&desired, &args.target.pin.pin_path)?
+    let pin_path = &args.target.pin.pin_path;
+    let mut attempt = 1;
+    let (plan, report) = loop {
+        let plan = match &args.plan_file {
+            Some(file) => read_saved(file)?,
+            None => {
+                let spec = args.target.source.spec()?;
+                let desired = invalid_to_report(apply::load(&spec, &args.target.node_policy()?))?;
+                apply::plan(&desired, pin_path)?
+            }
+        };
+        print!("{}", render_text(&plan));
+        let applied = apply::apply(&plan, pin_path, args.cgroup.as_deref(), args.allow_destroy_all);
+        match applied {
+            // A plan made just now lost a race with another apply (the daemon's, say): plan
+            // again from what that apply left. A saved plan is refused instead, as promised.
+            Err(Error::StalePlan { .. } | Error::StaleInstall { .. })
+                if args.plan_file.is_none() && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+                println!("\nAnother apply changed the data plane while this one was planning; planning again.\n");
+            }
+            Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. }))
+                if args.plan_file.is_none() =>
+            {
+                anyhow::bail!("{ATTEMPTS} plans in a row were overtaken by other applies: {e}")
+            }
+            other => break (plan, other?),
         }
     };
-    print!("{}", render_text(&plan));
-    let report = apply::apply(&plan, &args.target.pin.pin_path, args.cgroup.as_deref())?;
     let s = plan.summary;
     println!(
         "\nApply complete! Services: {} added, {} changed, {} destroyed.",
@@ -54,4 +75,22 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         plan.context.revision.as_deref().unwrap_or("none (a plain directory)")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A plan file, refused if it is larger than any plan could be or fails its checksum.
+fn read_saved(file: &std::path::Path) -> anyhow::Result<Plan> {
+    let opened =
+        std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut text = String::new();
+    opened
+        .take(limits::MAX_PLAN_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", file.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= limits::MAX_PLAN_BYTES,
+        "{} is larger than a saved plan can be ({})",
+        file.display(),
+        limits::mib(limits::MAX_PLAN_BYTES)
+    );
+    from_saved(&text).with_context(|| format!("{}", file.display()))
 }

@@ -6,13 +6,16 @@ mod status;
 mod uninstall;
 mod validate;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use reconciler::{
     dataplane::DEFAULT_PIN_PATH,
+    node,
     source::{default_cache_dir, GitSpec, SourceSpec},
-    validate::{IpRange, Policy},
+    validate::{parse_range, Policy},
 };
 
 #[derive(Parser)]
@@ -133,6 +136,21 @@ pub struct ReconcileArgs {
     pub pin: PinArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Addresses of this node that may nevertheless be VIPs (comma-separated); by default a
+    /// VIP equal to an address of one of the node's interfaces is refused.
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    allow_local_vips: Vec<IpAddr>,
+}
+
+impl ReconcileArgs {
+    /// The rules for this node: the policy plus the node's own addresses.
+    pub fn node_policy(&self) -> anyhow::Result<Policy> {
+        Ok(Policy {
+            local_addresses: node::local_addresses(&self.allow_local_vips)
+                .context("listing this node's addresses")?,
+            ..self.policy.policy()
+        })
+    }
 }
 
 /// The data plane to read or change.
@@ -147,12 +165,12 @@ pub struct PinArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct PolicyArgs {
     /// Every VIP must lie in one of these CIDR ranges (comma-separated).
-    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
-    allowed_vips: Option<Vec<IpRange>>,
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_range)]
+    allowed_vips: Option<Vec<IpNet>>,
 }
 
 impl PolicyArgs {
     pub fn policy(&self) -> Policy {
-        Policy { allowed_vips: self.allowed_vips.clone() }
+        Policy { allowed_vips: self.allowed_vips.clone(), ..Policy::default() }
     }
 }

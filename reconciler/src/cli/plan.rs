@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Args;
 use reconciler::{
     apply::{self, Error},
-    plan::{render_text, Plan},
+    plan::{render_text, to_saved, Plan},
     source::SourceSpec,
 };
 
@@ -30,17 +30,21 @@ pub struct PlanArgs {
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let spec = args.target.source.spec()?;
-    let policy = args.target.policy.policy();
-    let head = invalid_to_report(apply::load(&spec, &policy))?;
     let plan = match (&args.against, &spec) {
+        // Two revisions, no data plane: the node's own addresses play no part.
         (Some(rev), SourceSpec::Git(git)) => {
+            let policy = args.target.policy.policy();
+            let head = invalid_to_report(apply::load(&spec, &policy))?;
             let base = invalid_to_report(apply::load_at(git, rev, &policy))?;
             apply::plan_between(&base, &head)?
         }
-        _ => apply::plan(&head, &args.target.pin.pin_path)?,
+        _ => {
+            let head = invalid_to_report(apply::load(&spec, &args.target.node_policy()?))?;
+            apply::plan(&head, &args.target.pin.pin_path)?
+        }
     };
     if let Some(out) = &args.out {
-        let json = serde_json::to_string(&plan)?;
+        let json = to_saved(&plan)?;
         std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
     }
     match args.output {

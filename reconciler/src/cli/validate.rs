@@ -1,11 +1,10 @@
 //! `reconciler validate [PATH...]`: schema and rules, every error at once. No root, no BPF.
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use reconciler::{
-    source::{self, SourceFile, SourceSpec},
-    validate::{validate, Diagnostic, Input},
+    source,
+    validate::{validate, Diagnostic},
 };
 use serde_json::json;
 
@@ -32,41 +31,42 @@ enum Format {
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths };
-    let mut files: Vec<SourceFile> = Vec::new();
-    for path in &paths {
-        if path.is_dir() {
-            files.extend(source::fetch(&SourceSpec::Dir(path.clone()))?.files);
-        } else {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            files.push(SourceFile { path: path.display().to_string(), text });
-        }
-    }
-    let inputs: Vec<Input<'_>> =
-        files.iter().map(|f| Input { path: &f.path, text: &f.text }).collect();
-    let result = validate(&inputs, &args.policy.policy());
+    let snapshot = source::read_paths(&paths)?;
+    let files = snapshot.files.len() + snapshot.problems.len();
+    // No definitions at all is no success: a wrong path in CI would pass for ever.
+    let nothing = files == 0;
+    let result = validate(&snapshot, &args.policy.policy());
     let (services, diagnostics) = match &result {
         Ok(services) => (services.len(), &[][..]),
         Err(diagnostics) => (0, diagnostics.as_slice()),
     };
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let nothing_message =
+        format!("no definition files (.yaml, .yml) found in {}", shown.join(", "));
     match args.format {
         Format::Text => {
+            for link in &snapshot.skipped_links {
+                println!("{link}: skipped: a symbolic link, which reconciler does not follow");
+            }
             for d in diagnostics {
                 println!("{d}");
             }
-            if diagnostics.is_empty() {
-                println!("OK: {services} service(s) in {} file(s).", files.len());
+            if nothing {
+                println!("error: {nothing_message}.");
+            } else if diagnostics.is_empty() {
+                println!("OK: {services} service(s) in {files} file(s).");
             } else {
-                println!("{} error(s) in {} file(s).", diagnostics.len(), files.len());
+                println!("{} error(s) in {files} file(s).", diagnostics.len());
             }
         }
         Format::Json => {
             let report = json!({
                 "format_version": 1,
-                "valid": diagnostics.is_empty(),
-                "files": files.len(),
+                "valid": diagnostics.is_empty() && !nothing,
+                "files": files,
                 "services": services,
                 "errors": diagnostics,
+                "skipped_links": snapshot.skipped_links,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -74,9 +74,13 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             for d in diagnostics {
                 println!("{}", github_annotation(d));
             }
+            if nothing {
+                println!("::error title=reconciler validate::{nothing_message}");
+            }
         }
     }
-    Ok(if diagnostics.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(super::FAILURE) })
+    let valid = diagnostics.is_empty() && !nothing;
+    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(super::FAILURE) })
 }
 
 /// One workflow command; GitHub's escaping: `%`, CR, LF everywhere, and `:` `,` in properties.

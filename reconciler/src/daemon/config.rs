@@ -1,14 +1,18 @@
 //! The daemon's configuration: a YAML file owned by the node, never read from the repository.
 //! Checked against `schema/daemon-config.schema.json`, then for what a schema cannot say
 //! (durations, CIDR ranges, the listen address); every error names file, line and field.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
 use crate::{
     dataplane::DEFAULT_PIN_PATH,
     source::{default_cache_dir, GitSpec, SourceSpec},
-    validate::{at, Diagnostic, IpRange, Policy, Schema},
+    validate::{at, parse_range, Diagnostic, Policy, Schema},
     yaml,
 };
 
@@ -38,7 +42,12 @@ pub struct Config {
     pub interval: Duration,
     pub cgroup: Option<PathBuf>,
     pub pin_path: PathBuf,
+    /// The rules from the configuration; the node's own addresses are added at each run.
     pub policy: Policy,
+    /// `policy.allowLocalVIPs`: addresses of this node that may nevertheless be VIPs.
+    pub allow_local_vips: Vec<IpAddr>,
+    /// `policy.allowDestroyAll`: a revision that defines no service may destroy every one.
+    pub allow_destroy_all: bool,
     pub listen: SocketAddr,
     pub drift: DriftMode,
 }
@@ -86,6 +95,10 @@ struct RawDataplane {
 struct RawPolicy {
     #[serde(rename = "allowedVIPs")]
     allowed_vips: Option<Vec<String>>,
+    #[serde(rename = "allowLocalVIPs", default)]
+    allow_local_vips: Vec<String>,
+    #[serde(rename = "allowDestroyAll", default)]
+    allow_destroy_all: bool,
 }
 
 /// Parses a duration such as `500ms`, `30s`, `5m`, `1h`.
@@ -137,9 +150,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     });
     let mut ranges = Vec::new();
     for (i, text) in raw.policy.allowed_vips.iter().flatten().enumerate() {
-        match text.parse::<IpRange>() {
+        match parse_range(text) {
             Ok(range) => ranges.push(range),
             Err(message) => error(&format!("/policy/allowedVIPs/{i}"), message),
+        }
+    }
+    let mut allow_local_vips = Vec::new();
+    for (i, text) in raw.policy.allow_local_vips.iter().enumerate() {
+        match text.parse::<IpAddr>() {
+            Ok(ip) => allow_local_vips.push(ip),
+            Err(_) => error(
+                &format!("/policy/allowLocalVIPs/{i}"),
+                format!("`{text}` is not an IPv4 or IPv6 address"),
+            ),
         }
     }
     if !errors.is_empty() {
@@ -156,7 +179,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         interval,
         cgroup: raw.dataplane.cgroup,
         pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
-        policy: Policy { allowed_vips: raw.policy.allowed_vips.map(|_| ranges) },
+        policy: Policy {
+            allowed_vips: raw.policy.allowed_vips.map(|_| ranges),
+            ..Policy::default()
+        },
+        allow_local_vips,
+        allow_destroy_all: raw.policy.allow_destroy_all,
         listen,
         drift: raw.drift,
     })
@@ -177,6 +205,8 @@ dataplane:
   pinPath: /sys/fs/bpf/reconciler
 policy:
   allowedVIPs: [10.96.0.0/12, "fd00:96::/64"]
+  allowLocalVIPs: [192.0.2.1]
+  allowDestroyAll: false
 listen: 127.0.0.1:9469
 drift: heal
 "#;
@@ -191,6 +221,8 @@ drift: heal
         assert_eq!(config.source.reference.as_deref(), Some("main"));
         assert_eq!(config.interval, Duration::from_secs(30));
         assert_eq!(config.policy.allowed_vips.as_ref().map(Vec::len), Some(2));
+        assert_eq!(config.allow_local_vips, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert!(!config.allow_destroy_all);
         assert_eq!(config.drift, DriftMode::Heal);
     }
 
@@ -212,15 +244,19 @@ drift: heal
         );
         assert_eq!(
             errors(&FULL.replace("drift: heal", "drift: fix")),
-            ["node.yaml:13:8: drift: \"fix\" is not one of \"heal\" or \"report\""]
+            ["node.yaml:15:8: drift: \"fix\" is not one of \"heal\" or \"report\""]
         );
         assert_eq!(
             errors(&FULL.replace("listen: 127.0.0.1:9469", "listen: localhost:9469")),
-            ["node.yaml:12:9: listen: `localhost:9469` is not HOST:PORT with an IP address"]
+            ["node.yaml:14:9: listen: `localhost:9469` is not HOST:PORT with an IP address"]
         );
         assert_eq!(
             errors(&FULL.replace("10.96.0.0/12", "10.96.0.0/40")),
-            ["node.yaml:11:17: policy.allowedVIPs[0]: `10.96.0.0/40`: the prefix length must be a number from 0 to 32"]
+            ["node.yaml:11:17: policy.allowedVIPs[0]: `10.96.0.0/40` is not a CIDR range such as 10.96.0.0/12 or fd00:96::/64"]
+        );
+        assert_eq!(
+            errors(&FULL.replace("192.0.2.1", "192.0.2.0/24")),
+            ["node.yaml:12:20: policy.allowLocalVIPs[0]: `192.0.2.0/24` is not an IPv4 or IPv6 address"]
         );
         assert_eq!(
             errors(&FULL.replace("  pinPath:", "  pinpath:")),

@@ -12,9 +12,11 @@
 //! - drift (live maps that differ from the applied commit) is logged, counted and, with
 //!   `drift: heal`, repaired by the same atomic apply;
 //! - on start the pinned data plane is adopted: if it already holds the commit, nothing is
-//!   written. SIGTERM/SIGINT stop the daemon and leave the data plane serving.
+//!   written. A failed commit stays failed across restarts (see [`journal`]). SIGTERM/SIGINT
+//!   stop the daemon and leave the data plane serving.
 pub mod config;
 pub mod http;
+pub mod journal;
 
 use std::{
     path::Path,
@@ -30,12 +32,14 @@ use crate::{
     apply::{self, Desired, Error},
     dataplane::Dataplane,
     metrics::Metrics,
+    node,
     plan::Plan,
     source,
     time::rfc3339_utc,
-    validate::Diagnostic,
+    validate::{Diagnostic, Policy},
 };
 pub use config::{Config, DriftMode};
+use journal::{Failure, Journal};
 
 /// What `/status` (and `reconciler status --daemon`) shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -90,7 +94,6 @@ impl Shared {
 }
 
 /// What the loop remembers between runs.
-#[derive(Default)]
 struct Memory {
     /// The definitions the data plane holds, for drift checks while newer commits fail.
     last_good: Option<Desired>,
@@ -98,6 +101,20 @@ struct Memory {
     failed_revision: Option<String>,
     /// Transient failures in a row, for the backoff.
     consecutive_errors: u32,
+    /// What survives a restart.
+    journal: Journal,
+}
+
+impl Memory {
+    fn new(config: &Config) -> Memory {
+        let source = apply::describe(&config.source_spec());
+        Memory {
+            last_good: None,
+            failed_revision: None,
+            consecutive_errors: 0,
+            journal: Journal::open(&config.source.cache_dir, &source, &config.pin_path),
+        }
+    }
 }
 
 /// How one run ended.
@@ -167,8 +184,13 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let mut interrupt = unix::signal(unix::SignalKind::interrupt())?;
     info!(listen = %config.listen, source = %apply::describe(&config.source_spec()), "daemon started");
 
+    let mut memory = Memory::new(&config);
+    if let Some(failure) = memory.journal.failure(&rfc3339_utc(unix_now() as u64)) {
+        error!(revision = failure.revision, "{}; failed before this start", failure.error);
+        memory.failed_revision = Some(failure.revision.clone());
+        show_failure(&mut shared.status(), failure);
+    }
     let mut config = Arc::new(config);
-    let mut memory = Memory::default();
     loop {
         let started = Instant::now();
         let run_config = Arc::clone(&config);
@@ -190,16 +212,31 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             () = tokio::time::sleep(delay) => {}
             () = shared.trigger.notified() => info!("reconcile requested"),
             _ = hangup.recv() => match reload(config_file) {
+                // Moving the data plane would leave the old one attached, and running first:
+                // refused whole, never half-applied.
+                Some(new) if new.pin_path != config.pin_path || new.cgroup != config.cgroup => {
+                    error!(
+                        old = %config.pin_path.display(),
+                        new = %new.pin_path.display(),
+                        "configuration not reloaded: dataplane.pinPath or dataplane.cgroup \
+                         changed, which takes a restart; to move the data plane, stop the \
+                         daemon, run `reconciler uninstall --pin-path OLD`, then start it again"
+                    );
+                }
                 Some(new) => {
                     if new.listen != config.listen {
                         warn!(listen = %new.listen, "a new listen address takes effect on restart");
                     }
                     shared.status().drift = new.drift;
+                    if new.source != config.source {
+                        memory.journal = Memory::new(&new).journal;
+                    }
                     config = Arc::new(new);
                     // A new policy may accept what the old one refused, or refuse what it
                     // accepted: validate again.
                     memory.failed_revision = None;
                     memory.last_good = None;
+                    memory.journal.clear();
                     info!("configuration reloaded");
                 }
                 None => warn!("configuration not reloaded; keeping the running one"),
@@ -235,6 +272,22 @@ fn reload(config_file: &Path) -> Option<Config> {
 /// One run: what happened to the fetched commit, then (while it is bad) to drift.
 fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
     let outcome = reconcile_commit(config, memory);
+    match &outcome {
+        Outcome::Rejected { revision: Some(revision), error, diagnostics } => {
+            memory.journal.failed(Failure {
+                revision: revision.clone(),
+                error: error.clone(),
+                diagnostics: diagnostics.clone(),
+                at: rfc3339_utc(unix_now() as u64),
+            })
+        }
+        Outcome::Rejected { revision: None, .. } | Outcome::StillRejected { .. } => {}
+        Outcome::Transient { .. } => memory.journal.interrupted(),
+        Outcome::Applied { .. }
+        | Outcome::Unchanged { .. }
+        | Outcome::DriftHealed { .. }
+        | Outcome::DriftReported { .. } => memory.journal.clear(),
+    }
     let held_back = matches!(
         outcome,
         Outcome::Rejected { .. } | Outcome::StillRejected { .. } | Outcome::Transient { .. }
@@ -260,9 +313,21 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
             && good.revision == snapshot.revision
             && good.source == apply::describe(&spec)
     });
+    let policy = match node::local_addresses(&config.allow_local_vips) {
+        Ok(local_addresses) => Policy { local_addresses, ..config.policy.clone() },
+        Err(e) => {
+            return Outcome::Transient { error: format!("listing this node's addresses: {e}") }
+        }
+    };
     let validated = match known {
         Some(good) => Ok(good.clone()),
-        None => apply::validated(snapshot, apply::describe(&spec), &config.policy),
+        None => {
+            if let Some(revision) = &snapshot.revision {
+                // Before the work: if it kills the process, the journal remembers.
+                memory.journal.start(revision);
+            }
+            apply::validated(snapshot, apply::describe(&spec), &policy)
+        }
     };
     let desired = match validated {
         Ok(desired) => desired,
@@ -287,7 +352,8 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         memory.last_good = Some(desired);
         return Outcome::Unchanged { plan: Box::new(plan) };
     }
-    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref()) {
+    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
+    {
         Ok(report) => {
             memory.last_good = Some(desired);
             let map_writes = report.map_writes;
@@ -327,7 +393,8 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     if config.drift == DriftMode::Report {
         return Some(Outcome::DriftReported { plan: Box::new(plan) });
     }
-    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref()) {
+    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
+    {
         Ok(report) => {
             Some(Outcome::DriftHealed { plan: Box::new(plan), map_writes: report.map_writes })
         }
@@ -433,6 +500,15 @@ fn record(
         memory.consecutive_errors = 0;
         jittered(config.interval)
     }
+}
+
+/// A revision that failed before this start, as the run that refused it showed it.
+fn show_failure(status: &mut DaemonStatus, failure: &Failure) {
+    status.attempted_revision = Some(failure.revision.clone());
+    status.attempted_at = Some(failure.at.clone());
+    status.failed_revision = Some(failure.revision.clone());
+    status.last_error = Some(failure.error.clone());
+    status.errors = failure.diagnostics.clone();
 }
 
 /// After a run that left the data plane at the fetched revision, with no drift.

@@ -1,0 +1,197 @@
+//! What the daemon remembers across restarts, in a small JSON file in the cache directory: the
+//! revision that failed (with its errors), and the revision a run started on and has not
+//! finished. So a commit that is refused stays refused after a restart, and a commit that
+//! kills the daemon while it is being checked (whatever the cause) is refused after the
+//! second time instead of crash-looping the node.
+//!
+//! The file is a cache, never trusted blindly: one that is unreadable, damaged, of another
+//! format or written for another source or pin path is ignored and written anew.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::Diagnostic;
+
+const FORMAT_VERSION: u32 = 1;
+
+/// Runs on one revision that may start without finishing before it counts as failed.
+const STARTS_BEFORE_FAILED: u32 = 2;
+
+/// A revision that failed, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub revision: String,
+    pub error: String,
+    pub diagnostics: Vec<Diagnostic>,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Contents {
+    format_version: u32,
+    /// Whose journal this is.
+    source: String,
+    pin_path: String,
+    /// The revision a run is checking or applying, and how many runs started on it.
+    attempt: Option<(String, u32)>,
+    failure: Option<Failure>,
+}
+
+/// The journal of one daemon (one source and pin path).
+pub struct Journal {
+    path: PathBuf,
+    contents: Contents,
+}
+
+impl Journal {
+    /// The journal in `cache_dir` for `source` and `pin_path`, or a new one.
+    pub fn open(cache_dir: &Path, source: &str, pin_path: &Path) -> Journal {
+        let pin_path = pin_path.display().to_string();
+        let name: String =
+            pin_path.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let path = cache_dir.join(format!("daemon{name}.json"));
+        let fresh = Contents {
+            format_version: FORMAT_VERSION,
+            source: source.to_owned(),
+            pin_path: pin_path.clone(),
+            ..Contents::default()
+        };
+        let read = std::fs::read(&path)
+            .ok()
+            .filter(|bytes| bytes.len() <= crate::limits::MAX_FILE_BYTES)
+            .and_then(|bytes| serde_json::from_slice::<Contents>(&bytes).ok())
+            .filter(|c| {
+                c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
+            });
+        Journal { path, contents: read.unwrap_or(fresh) }
+    }
+
+    /// The revision that failed, if any; a revision that runs kept starting on without
+    /// finishing becomes one here.
+    pub fn failure(&mut self, now: &str) -> Option<&Failure> {
+        if let Some((revision, starts)) = &self.contents.attempt {
+            if *starts >= STARTS_BEFORE_FAILED {
+                let error = format!(
+                    "the daemon stopped {starts} times while checking or applying revision \
+                     {revision} (a crash, or killed); it is not tried again until a new \
+                     commit arrives"
+                );
+                let failure = Failure {
+                    revision: revision.clone(),
+                    error,
+                    diagnostics: Vec::new(),
+                    at: now.to_owned(),
+                };
+                self.contents.attempt = None;
+                self.contents.failure = Some(failure);
+                self.save();
+            }
+        }
+        self.contents.failure.as_ref()
+    }
+
+    /// A run starts checking `revision`; written before the work, so a crash leaves it.
+    pub fn start(&mut self, revision: &str) {
+        let starts = match &self.contents.attempt {
+            Some((r, starts)) if r == revision => starts + 1,
+            _ => 1,
+        };
+        self.contents.attempt = Some((revision.to_owned(), starts));
+        self.save();
+    }
+
+    /// The run ended without a verdict on the revision (a fetch or data plane error).
+    pub fn interrupted(&mut self) {
+        if self.contents.attempt.take().is_some() {
+            self.save();
+        }
+    }
+
+    /// The revision is refused; remembered until a good one is applied.
+    pub fn failed(&mut self, failure: Failure) {
+        self.contents.attempt = None;
+        self.contents.failure = Some(failure);
+        self.save();
+    }
+
+    /// A revision is applied or adopted, or the rules changed: nothing has failed (any more).
+    pub fn clear(&mut self) {
+        if self.contents.attempt.is_some() || self.contents.failure.is_some() {
+            self.contents.attempt = None;
+            self.contents.failure = None;
+            self.save();
+        }
+    }
+
+    /// Writes the journal whole (a new file renamed over the old), so a crash never leaves
+    /// half of one. A journal that cannot be written is logged, not fatal: it only makes a
+    /// restart forget.
+    fn save(&self) {
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let partial = self.path.with_extension("json.partial");
+            std::fs::write(&partial, serde_json::to_vec_pretty(&self.contents)?)?;
+            std::fs::rename(&partial, &self.path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %self.path.display(), "writing the daemon's journal: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Journal {
+        Journal::open(dir, "git://x/repo.git", Path::new("/sys/fs/bpf/reconciler"))
+    }
+
+    #[test]
+    fn a_failure_survives_a_restart_until_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let failure = Failure {
+            revision: "abc".into(),
+            error: "1 invalid definition(s)".into(),
+            diagnostics: Vec::new(),
+            at: "now".into(),
+        };
+        open(dir.path()).failed(failure.clone());
+        assert_eq!(open(dir.path()).failure("later"), Some(&failure));
+        open(dir.path()).clear();
+        assert_eq!(open(dir.path()).failure("later"), None);
+    }
+
+    #[test]
+    fn a_revision_that_kills_two_runs_is_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).start("abc");
+        // One unfinished run may have been a kill -9 of a healthy daemon: try again.
+        assert_eq!(open(dir.path()).failure("t"), None);
+        open(dir.path()).start("abc");
+        let mut journal = open(dir.path());
+        let failure = journal.failure("t").unwrap();
+        assert_eq!(failure.revision, "abc");
+        assert!(failure.error.contains("stopped 2 times"), "{failure:?}");
+        // A run that ends without a verdict clears the attempt.
+        let mut journal = open(dir.path());
+        journal.start("def");
+        journal.interrupted();
+        assert_eq!(open(dir.path()).contents.attempt, None);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_journal_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).start("abc");
+        let path = open(dir.path()).path;
+        std::fs::write(&path, b"{\"format_version\": 1, \"attempt\": [").unwrap();
+        assert_eq!(open(dir.path()).contents.attempt, None);
+        open(dir.path()).start("abc");
+        let other =
+            Journal::open(dir.path(), "git://y/other.git", Path::new("/sys/fs/bpf/reconciler"));
+        assert_eq!(other.contents.attempt, None);
+    }
+}

@@ -1,0 +1,29 @@
+//! What reconciler reads from outside, bounded: every limit here is checked before the memory
+//! or time it guards is spent, so a hostile or careless commit is refused with an error
+//! instead of exhausting the node. The README lists them (section "Limits").
+
+/// Bytes of one definition file (and of the daemon's configuration file).
+pub const MAX_FILE_BYTES: usize = 8 << 20;
+/// Bytes of all definition files of one revision together.
+pub const MAX_SOURCE_BYTES: u64 = 64 << 20;
+/// Definition files (`.yaml`/`.yml`) in one revision.
+pub const MAX_FILES: usize = 100_000;
+/// Nesting of mappings and sequences in one YAML document; a service needs five levels.
+pub const MAX_DEPTH: usize = 32;
+/// Diagnostics reported for one run; the rest are counted, not listed.
+pub const MAX_DIAGNOSTICS: usize = 1_000;
+/// Bytes of a saved plan file (its desired state holds every map entry).
+pub const MAX_PLAN_BYTES: u64 = 256 << 20;
+
+/// The message for a file of `size` bytes over [`MAX_FILE_BYTES`].
+pub fn too_large(size: u64) -> String {
+    format!(
+        "the file is {size} bytes; at most {MAX_FILE_BYTES} bytes ({}) per file",
+        mib(MAX_FILE_BYTES as u64)
+    )
+}
+
+/// `4 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
+}
