@@ -73,12 +73,13 @@ pub struct FileProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("fetching {url}: {source}")]
-    Fetch { url: String, source: git2::Error },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("git cache {}: {source}", path.display())]
-    Cache { path: PathBuf, source: git2::Error },
+    // The causes are part of the message, not `#[source]`s: a chain would print them twice.
+    #[error("fetching {url}: {error}")]
+    Fetch { url: String, error: git2::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("git cache {}: {error}", path.display())]
+    Cache { path: PathBuf, error: git2::Error },
     #[error("{url} has no commit at HEAD (an empty repository, or its default branch has none)")]
     Empty { url: String },
     #[error("ref `{reference}` is neither a branch, a tag nor a commit of {url}")]
@@ -334,7 +335,7 @@ fn read_file(path: &Path, collector: &mut Collector) -> Result<(), SourceError> 
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
     let path = path.to_owned();
-    |source| SourceError::Io { path, source }
+    |error| SourceError::Io { path, error }
 }
 
 /// The bare repository caching one URL.
@@ -354,16 +355,16 @@ impl Cache {
             Err(e) if e.code() == ErrorCode::NotFound => Repository::init_bare(&path),
             opened => opened,
         }
-        .map_err(|source| SourceError::Cache { path: path.clone(), source })?;
+        .map_err(|error| SourceError::Cache { path: path.clone(), error })?;
         Ok(Cache { repo, url, path })
     }
 
     fn cache_error(&self) -> impl Fn(git2::Error) -> SourceError + '_ {
-        |source| SourceError::Cache { path: self.path.clone(), source }
+        |error| SourceError::Cache { path: self.path.clone(), error }
     }
 
     fn fetch(&self, spec: &GitSpec) -> Result<(), SourceError> {
-        let fetch_error = |source| SourceError::Fetch { url: self.url.clone(), source };
+        let fetch_error = |error| SourceError::Fetch { url: self.url.clone(), error };
         let mut remote = self.repo.remote_anonymous(&self.url).map_err(fetch_error)?;
         let mut options = FetchOptions::new();
         // Forced refspecs follow force-pushes; pruning forgets deleted branches and tags.
@@ -500,7 +501,7 @@ fn absolute_url(url: &str) -> Result<String, SourceError> {
     }
     std::path::absolute(url)
         .map(|path| path.to_string_lossy().into_owned())
-        .map_err(|source| SourceError::Io { path: url.into(), source })
+        .map_err(|error| SourceError::Io { path: url.into(), error })
 }
 
 /// A readable tail of the URL plus a hash of all of it, so distinct URLs never share a cache.

@@ -25,8 +25,17 @@ impl Setup {
     /// Runs `reconciler SUBCOMMAND` with the data plane options of this setup, and for `plan`
     /// and `apply` (unless given a saved plan) its source options.
     fn run(&self, subcommand: &str, extra: &[&str]) -> Result<Output> {
+        self.run_as(Command::new(reconciler_path()?), subcommand, extra)
+    }
+
+    /// Like `run`, inside the sandbox's network namespace (and cgroup), where the node's
+    /// addresses are the sandbox's.
+    fn run_in_sandbox(&self, subcommand: &str, extra: &[&str]) -> Result<Output> {
+        self.run_as(self.sandbox.command(reconciler_path()?)?, subcommand, extra)
+    }
+
+    fn run_as(&self, mut command: Command, subcommand: &str, extra: &[&str]) -> Result<Output> {
         let saved_plan = extra.first().is_some_and(|a| !a.starts_with('-'));
-        let mut command = Command::new(reconciler_path()?);
         command.arg(subcommand);
         if matches!(subcommand, "plan" | "apply") && !saved_plan {
             command.args(["--repo", &self.repo.url(), "--path", "services"]);
@@ -266,5 +275,102 @@ fn an_invalid_commit_changes_nothing() -> Result<()> {
     assert_eq!(after, before, "the live maps changed");
     assert_eq!(after["revision"], good.as_str());
     assert_eq!(setup.sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b11"), Some(&5));
+    Ok(())
+}
+
+#[test]
+fn a_vip_that_is_an_address_of_this_node_is_refused_unless_allowed() -> Result<()> {
+    let mut setup = Setup::new("local-vip")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    // The sandbox's node has an address that a commit could try to take over.
+    setup.sandbox.run(&["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"])?;
+    setup.sandbox.run(&["ip", "addr", "add", "10.96.0.50/32", "dev", "node0"])?;
+    setup.sandbox.run(&["ip", "link", "set", "node0", "up"])?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.50", &[("127.0.0.11", 1)]));
+    setup.repo.commit("a VIP that is the node's own address");
+
+    for subcommand in ["plan", "apply"] {
+        let output = setup.run_in_sandbox(subcommand, &[])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{subcommand}: {stderr}");
+        assert!(
+            stderr.contains(
+                "services/web.yaml:6:8: spec.vip: service `web`: VIP 10.96.0.50 is an address \
+                 of this node (interface node0)"
+            ),
+            "{subcommand}: {stderr}"
+        );
+    }
+    ensure!(!setup.sandbox.pin_path().exists(), "a refused apply installed the data plane");
+
+    let output = setup.run_in_sandbox("apply", &["--allow-local-vips", "10.96.0.50"])?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result = setup.sandbox.probe_tcp("10.96.0.50:80", 5)?;
+    assert_eq!(result.replies.get("b11"), Some(&5), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn destroying_every_service_must_be_asked_for() -> Result<()> {
+    let mut setup = Setup::new("destroy-all")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.write("services/api.yaml", service("api", "10.96.0.20", &[("127.0.0.11", 1)]));
+    setup.repo.commit("two services");
+    setup.expect(0, "apply", &[])?;
+    let before = setup.status()?;
+
+    // The definitions are gone from the path (moved, or renamed to what no reader takes).
+    setup.repo.write("services/README.md", "moved to another repository\n");
+    setup.repo.git(&["rm", "-q", "services/web.yaml", "services/api.yaml"]);
+    let empty = setup.repo.commit("services moved");
+    let plan = setup.expect(0, "plan", &[])?;
+    assert!(plan.contains("Plan: 0 to add, 0 to change, 2 to destroy."), "{plan}");
+    assert!(plan.contains("Warning: this plan destroys every service"), "{plan}");
+    let output = setup.run("apply", &[])?;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refusing to destroy every service (2)"), "{stderr}");
+    assert_eq!(setup.status()?, before, "the refused apply changed the maps");
+    assert_eq!(setup.sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b11"), Some(&5));
+
+    let output = setup.expect(0, "apply", &["--allow-destroy-all"])?;
+    assert!(output.contains("0 added, 0 changed, 2 destroyed"), "{output}");
+    let status = setup.status()?;
+    assert_eq!((&status["services"], &status["revision"]), (&0.into(), &empty.as_str().into()));
+    Ok(())
+}
+
+#[test]
+fn two_applies_at_once_both_succeed_and_the_later_plan_wins() -> Result<()> {
+    let mut setup = Setup::new("racing")?;
+    for (ip, name) in [("127.0.0.11", "b11"), ("127.0.0.12", "b12")] {
+        setup.sandbox.serve_tcp(&format!("{ip}:8080"), name)?;
+    }
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("one");
+    setup.expect(0, "apply", &[])?;
+    for round in 0..5 {
+        let backend = if round % 2 == 0 { "127.0.0.12" } else { "127.0.0.11" };
+        setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[(backend, 1)]));
+        let head = setup.repo.commit("next");
+        let outputs = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..2).map(|_| scope.spawn(|| setup.run("apply", &[]))).collect();
+            racers.into_iter().map(|r| r.join()).collect::<Vec<_>>()
+        });
+        for output in outputs {
+            let output = output.map_err(|_| anyhow::anyhow!("apply thread panicked"))??;
+            let text = String::from_utf8_lossy(&output.stdout);
+            ensure!(
+                output.status.success(),
+                "round {round}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(!text.contains("stale"), "{text}");
+        }
+        assert_eq!(setup.status()?["revision"], head.as_str());
+        let name = if round % 2 == 0 { "b12" } else { "b11" };
+        assert_eq!(setup.sandbox.probe_tcp("10.96.0.10:80", 3)?.replies.get(name), Some(&3));
+    }
     Ok(())
 }

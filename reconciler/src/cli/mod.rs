@@ -113,6 +113,12 @@ pub struct SourceArgs {
 
 impl SourceArgs {
     pub fn spec(&self) -> anyhow::Result<SourceSpec> {
+        if self.dir.is_some() {
+            let git_only = [("--ref", self.reference.is_some()), ("--path", self.path.is_some())];
+            if let Some((flag, _)) = git_only.iter().find(|(_, given)| *given) {
+                anyhow::bail!("{flag} selects from a git repository (--repo), not from --dir");
+            }
+        }
         match (&self.repo, &self.dir) {
             (Some(url), None) => Ok(SourceSpec::Git(GitSpec {
                 url: url.clone(),

@@ -30,6 +30,9 @@ pub struct PlanArgs {
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let spec = args.target.source.spec()?;
+    if args.against.is_some() && !matches!(spec, SourceSpec::Git(_)) {
+        anyhow::bail!("--against compares two revisions of a git repository (--repo), not --dir");
+    }
     let plan = match (&args.against, &spec) {
         // Two revisions, no data plane: the node's own addresses play no part.
         (Some(rev), SourceSpec::Git(git)) => {

@@ -1,0 +1,314 @@
+//! Hostile and careless input through the real `reconciler` binary, where no data plane is
+//! needed: huge files, symbolic links out of the tree, devices, empty sources, shared and
+//! corrupted git caches, edited plan files, flags that do not fit. Each is refused with a
+//! clear error, in bounded memory, or handled as a careful user expects.
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use reconciler_tests::{
+    git::{free_port, Daemon, Repo},
+    reconciler_path,
+};
+use tempfile::TempDir;
+
+/// No data plane is ever installed here: plans against it plan an install.
+const NO_INSTALL: &str = "/sys/fs/bpf/reconciler-test-hostile-no-such-install";
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn both(output: &Output) -> String {
+    format!("{}{}", stdout(output), String::from_utf8_lossy(&output.stderr))
+}
+
+fn reconciler(dir: &Path, args: &[&str]) -> Output {
+    Command::new(reconciler_path().unwrap()).current_dir(dir).args(args).output().unwrap()
+}
+
+/// Runs the binary and returns its output and its peak resident memory in KiB (`wait4`).
+fn reconciler_with_peak_rss(dir: &Path, args: &[&str]) -> (Output, u64) {
+    let child = Command::new(reconciler_path().unwrap())
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // Read the pipes on threads so a chatty child cannot block on a full pipe.
+    let (mut out, mut err) = (child.stdout.unwrap(), child.stderr.unwrap());
+    let out = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut bytes).unwrap();
+        bytes
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut bytes).unwrap();
+        bytes
+    });
+    let mut status = 0;
+    // SAFETY: rusage is plain data; pid is our own child, not yet waited for.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, usage.ru_maxrss as u64)
+}
+
+const SERVICE: &str = "apiVersion: reconciler.dev/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  vip: 10.96.0.10
+  ports: [{port: 80}]
+  backends: [{address: 10.1.0.11}]
+";
+
+/// Peak memory allowed to refuse a hostile input: a small multiple of the binary's own.
+const BOUNDED_RSS_KIB: u64 = 64 * 1024;
+
+#[test]
+fn a_50_mb_file_is_refused_in_bounded_memory_from_a_directory_and_from_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "# padding\n".repeat(5 << 20);
+    std::fs::create_dir(dir.path().join("services")).unwrap();
+    std::fs::write(dir.path().join("services/big.yaml"), &big).unwrap();
+    std::fs::write(dir.path().join("services/web.yaml"), SERVICE).unwrap();
+
+    let (output, rss) = reconciler_with_peak_rss(dir.path(), &["validate", "services"]);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert!(
+        stdout(&output).contains(
+            "services/big.yaml:1:1: the file is 52428800 bytes; at most 8388608 bytes (8 MiB) per file"
+        ),
+        "{}",
+        both(&output)
+    );
+    assert!(rss < BOUNDED_RSS_KIB, "validate peaked at {rss} KiB");
+
+    // Over git:// as from a real server (a local path would make this process pack the
+    // objects too, as the server side of the fetch).
+    let repo = Repo::new();
+    repo.write("services/big.yaml", &big);
+    repo.write("services/web.yaml", SERVICE);
+    let commit = repo.commit("big");
+    let served = tempfile::tempdir().unwrap();
+    repo.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(served.path(), free_port());
+    let url = format!("git://127.0.0.1:{}/services.git", daemon.port);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let args = ["plan", "--repo", &url, "--cache-dir", &cache_dir, "--pin-path", NO_INSTALL];
+    let (output, rss) = reconciler_with_peak_rss(dir.path(), &args);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let text = both(&output);
+    assert!(text.contains("services/big.yaml:1:1: the file is 52428800 bytes"), "{text}");
+    assert!(text.contains(&format!("at commit {commit}; nothing was changed")), "{text}");
+    assert!(rss < BOUNDED_RSS_KIB, "plan --repo peaked at {rss} KiB");
+}
+
+#[test]
+fn alias_bombs_and_deep_nesting_cost_nothing() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for case in ["invalid/alias-bomb.yaml", "invalid/deep-nesting.yaml"] {
+        let (output, rss) = reconciler_with_peak_rss(tests, &["validate", case]);
+        assert_eq!(output.status.code(), Some(1), "{case}: {}", both(&output));
+        assert!(rss < BOUNDED_RSS_KIB, "{case}: validate peaked at {rss} KiB");
+    }
+    // Ten times deeper than the corpus file, for the stack.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("deep.yaml"), format!("{}x\n", "- ".repeat(100_000))).unwrap();
+    let (output, rss) = reconciler_with_peak_rss(dir.path(), &["validate", "deep.yaml"]);
+    assert_eq!(
+        stdout(&output),
+        "deep.yaml:1:65: nested more than 32 levels deep; service definitions need a handful\n\
+         1 error(s) in 1 file(s).\n"
+    );
+    assert!(rss < BOUNDED_RSS_KIB, "validate peaked at {rss} KiB");
+}
+
+#[test]
+fn validate_never_follows_a_symbolic_link_or_reads_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("secret.yaml"), "token: s3cr3t-token-42\n").unwrap();
+    std::fs::write(root.join("shadow"), "root:s3cr3t-hash:19000:0:99999:7:::\n").unwrap();
+    let services = root.join("services");
+    std::fs::create_dir(&services).unwrap();
+    std::fs::write(services.join("web.yaml"), SERVICE).unwrap();
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, services.join(name)).unwrap();
+    };
+    link("../secret.yaml", "leak.yaml");
+    link("../shadow", "shadow.yaml");
+    link("/dev/zero", "zero.yaml");
+    link(".", "loop");
+    link("..", "up");
+    link("/", "root");
+    let fifo =
+        std::ffi::CString::new(services.join("fifo.yaml").into_os_string().into_encoded_bytes())
+            .unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    let output = reconciler(root, &["validate", "services"]);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let text = stdout(&output);
+    assert!(!text.contains("s3cr3t"), "a link's target leaked:\n{text}");
+    for expected in [
+        "services/leak.yaml:1:1: a symbolic link, which reconciler does not follow",
+        "services/shadow.yaml:1:1: a symbolic link, which reconciler does not follow",
+        "services/zero.yaml:1:1: a symbolic link, which reconciler does not follow",
+        "services/fifo.yaml:1:1: not a regular file",
+        "services/loop: skipped: a symbolic link, which reconciler does not follow",
+        "services/root: skipped: a symbolic link, which reconciler does not follow",
+        "4 error(s) in 5 file(s).",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn no_definitions_is_an_error_and_any_case_of_yaml_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("README.md"), "no services here\n").unwrap();
+    let output = reconciler(dir.path(), &["validate", "."]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "error: no definition files (.yaml, .yml) found in ..\n");
+    let output = reconciler(dir.path(), &["validate", "--format", "json", "."]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+
+    std::fs::write(dir.path().join("web.YAML"), SERVICE).unwrap();
+    let output = reconciler(dir.path(), &["validate", "."]);
+    assert_eq!(stdout(&output), "OK: 1 service(s) in 1 file(s).\n");
+}
+
+/// A repository with one service, and `plan` of it with the cache in `cache`.
+fn plan(repo: &Repo, cache: &Path) -> Command {
+    let mut command = Command::new(reconciler_path().unwrap());
+    command
+        .args(["plan", "--repo", &repo.url(), "--pin-path", NO_INSTALL, "--cache-dir"])
+        .arg(cache);
+    command
+}
+
+fn service_repo() -> Repo {
+    let repo = Repo::new();
+    repo.write("services/web.yaml", SERVICE);
+    repo.commit("web");
+    repo
+}
+
+#[test]
+fn plans_sharing_a_cache_directory_take_turns() {
+    let repo = service_repo();
+    for round in 0..5 {
+        // A cold cache each round: both processes create and fetch into it at once.
+        let cache = tempfile::tempdir().unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                let mut command = plan(&repo, cache.path());
+                command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(output.status.code(), Some(0), "round {round}: {}", both(&output));
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_corrupted_cache_is_rebuilt_not_a_failure_until_the_next_commit() {
+    let repo = service_repo();
+    let cache = tempfile::tempdir().unwrap();
+    let first = plan(&repo, cache.path()).output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", both(&first));
+
+    let caches: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(caches.len(), 1);
+    // Every object and pack damaged: reading the commit fails until the cache is rebuilt.
+    for file in files_under(&caches[0].join("objects")) {
+        let mut permissions = std::fs::metadata(&file).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o644);
+        std::fs::set_permissions(&file, permissions).unwrap();
+        std::fs::write(&file, b"garbage").unwrap();
+    }
+    let second = plan(&repo, cache.path()).output().unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", both(&second));
+    assert_eq!(stdout(&second), stdout(&first));
+
+    // A cache whose repository metadata is gone.
+    std::fs::remove_file(caches[0].join("HEAD")).unwrap();
+    std::fs::write(caches[0].join("config"), "[core\n").unwrap();
+    let third = plan(&repo, cache.path()).output().unwrap();
+    assert_eq!(third.status.code(), Some(0), "{}", both(&third));
+    assert_eq!(stdout(&third), stdout(&first));
+}
+
+#[test]
+fn a_saved_plan_edited_by_hand_is_refused() {
+    let repo = service_repo();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("plan.json");
+    let output = plan(&repo, cache.path()).arg("--out").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("10.1.0.11"));
+    std::fs::write(&file, saved.replace("10.1.0.11", "10.1.0.66")).unwrap();
+    let args = ["apply", file.to_str().unwrap(), "--pin-path", NO_INSTALL];
+    let output = reconciler(dir.path(), &args);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        both(&output).contains("checksum does not match its contents: it was edited or damaged"),
+        "{}",
+        both(&output)
+    );
+    assert!(!Path::new(NO_INSTALL).exists(), "the edited plan was applied");
+}
+
+#[test]
+fn git_only_flags_with_a_directory_are_errors_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE).unwrap();
+    for (flag, expected) in [
+        (["--ref", "main"], "--ref selects from a git repository (--repo), not from --dir"),
+        (["--path", "services"], "--path selects from a git repository (--repo), not from --dir"),
+        (["--against", "main"], "--against compares two revisions of a git repository"),
+    ] {
+        let args = [&["plan", "--dir", ".", "--pin-path", NO_INSTALL][..], &flag[..]].concat();
+        let output = reconciler(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(1), "{flag:?}: {}", both(&output));
+        assert!(both(&output).contains(expected), "{flag:?}: {}", both(&output));
+    }
+}
