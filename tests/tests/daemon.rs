@@ -478,3 +478,112 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     assert!(text.contains(&format!("Applied revision:   {}", world.head())), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_hostile_commit_is_refused_and_stays_refused_after_a_restart() -> Result<()> {
+    let mut world = World::new("d-hostile", "300ms", "heal")?;
+    world.start()?;
+    let good = world.head();
+    // An alias bomb, nesting that overflowed the parser's stack, and a link out of the tree.
+    world.work.write("services/deep.yaml", format!("{}x\n", "- ".repeat(10_000)));
+    std::os::unix::fs::symlink("/etc/passwd", world.work.path().join("services/passwd.yaml"))?;
+    let bomb = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("invalid/alias-bomb.yaml"),
+    )?;
+    let bad = world.push(&bomb)?;
+    let refused = |world: &World| -> Result<serde_json::Value> {
+        wait_for("the hostile commit to be refused", Duration::from_secs(10), || {
+            let status = world.status().ok()?;
+            (status["failed_revision"] == bad.as_str()).then_some(status)
+        })
+        .with_context(|| world.log())
+    };
+    let status = refused(&world)?;
+    let errors: Vec<String> = status["errors"]
+        .as_array()
+        .context("errors")?
+        .iter()
+        .map(|e| format!("{}:{}: {}", e["file"], e["line"], e["message"]))
+        .collect();
+    for expected in [
+        "\"services/deep.yaml\":1: \"nested more than 32 levels deep",
+        "\"services/passwd.yaml\":1: \"a symbolic link, which reconciler does not follow\"",
+        "\"services/web.yaml\":6: \"YAML anchors",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected} in {errors:#?}");
+    }
+    assert_eq!(status["applied_revision"], good.as_str());
+    assert_eq!(world.reached()?, ["b11"]);
+
+    // A restart remembers the verdict: the commit is not checked again, and the status says
+    // why it was refused, from the first run on.
+    world.kill(libc::SIGKILL)?;
+    world.start()?;
+    let status = refused(&world)?;
+    assert_eq!(status["applied_revision"], good.as_str(), "{status}");
+    assert_eq!(status["errors"].as_array().map(Vec::len), Some(errors.len()), "{status}");
+    assert!(world.log().contains("failed before this start"), "{}", world.log());
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"rejected\"}"), None);
+    assert_eq!(sample(&metrics, "reconciler_map_writes_total"), Some(0.0));
+    assert_eq!(world.reached()?, ["b11"]);
+    Ok(())
+}
+
+#[test]
+fn a_commit_that_defines_no_service_is_refused_unless_the_node_allows_it() -> Result<()> {
+    let mut world = World::new("d-empty", "300ms", "heal")?;
+    world.start()?;
+    world.work.write("services/README.md", "moved elsewhere\n");
+    world.work.git(&["rm", "-q", "services/web.yaml"]);
+    let empty = world.work.commit("no services");
+    world.work.git(&["push", "-q", "origin", "main"]);
+    let status = wait_for("the empty commit to be refused", Duration::from_secs(5), || {
+        let status = world.status().ok()?;
+        (status["failed_revision"] == empty.as_str()).then_some(status)
+    })?;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refusing to destroy every service")),
+        "{status}"
+    );
+    assert_eq!(world.reached()?, ["b11"]);
+
+    let config = std::fs::read_to_string(world.config_path())?;
+    let allowed = config.replace("policy:\n", "policy:\n  allowDestroyAll: true\n");
+    std::fs::write(world.config_path(), allowed)?;
+    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    world.wait_applied(&empty, Duration::from_secs(5))?;
+    assert_eq!(world.status()?["services"], 0);
+    Ok(())
+}
+
+#[test]
+fn sighup_does_not_move_the_data_plane() -> Result<()> {
+    let mut world = World::new("d-move", "300ms", "heal")?;
+    world.start()?;
+    let elsewhere = format!("{}-elsewhere", world.sandbox.pin_path().display());
+    let config = std::fs::read_to_string(world.config_path())?;
+    let moved = config.replace(
+        &format!("pinPath: {}", world.sandbox.pin_path().display()),
+        &format!("pinPath: {elsewhere}"),
+    );
+    ensure!(moved != config, "the pin path is not in the configuration");
+    std::fs::write(world.config_path(), moved)?;
+    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for("the reload to be refused", Duration::from_secs(5), || {
+        world.log().contains("configuration not reloaded: dataplane.pinPath").then_some(())
+    })?;
+    // The running configuration goes on, whole: a new commit lands in the old data plane.
+    let next = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    world.wait_applied(&next, Duration::from_secs(5))?;
+    assert_eq!(world.reached()?, ["b12"]);
+    assert!(!std::path::Path::new(&elsewhere).exists(), "a second data plane was installed");
+    assert_eq!(world.sandbox.attached_programs()?, 2);
+    Ok(())
+}

@@ -133,6 +133,11 @@ enum Outcome {
     DriftReported {
         plan: Box<Plan>,
     },
+    /// While the fetched commit is held back: the data plane holds the last good revision,
+    /// unchanged (after a restart, this adopts it).
+    LastGood {
+        plan: Box<Plan>,
+    },
     /// The fetched commit is bad (invalid, or its apply failed); the data plane is unchanged.
     Rejected {
         revision: Option<String>,
@@ -156,6 +161,7 @@ impl Outcome {
             Outcome::Unchanged { .. } => "unchanged",
             Outcome::DriftHealed { .. } => "drift_healed",
             Outcome::DriftReported { .. } => "drift_reported",
+            Outcome::LastGood { .. } => "last_good",
             Outcome::Rejected { .. } => "rejected",
             Outcome::StillRejected { .. } => "skipped",
             Outcome::Transient { .. } => "error",
@@ -286,7 +292,8 @@ fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
         Outcome::Applied { .. }
         | Outcome::Unchanged { .. }
         | Outcome::DriftHealed { .. }
-        | Outcome::DriftReported { .. } => memory.journal.clear(),
+        | Outcome::DriftReported { .. }
+        | Outcome::LastGood { .. } => memory.journal.clear(),
     }
     let held_back = matches!(
         outcome,
@@ -378,7 +385,7 @@ fn reject(memory: &mut Memory, revision: Option<String>, error: String) -> Outco
 }
 
 /// While the fetched commit is held back: drift of the live maps from the last good
-/// definitions. `None` when there is nothing to compare with, or no drift.
+/// definitions. `None` when there is nothing to compare with.
 fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     if memory.last_good.is_none() {
         // After a restart: the definitions of the revision the maps record.
@@ -387,8 +394,11 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
     }
     let plan = apply::plan(memory.last_good.as_ref()?, &config.pin_path).ok()?;
-    if plan.context.install || plan.entry_changes == 0 {
+    if plan.context.install {
         return None;
+    }
+    if plan.entry_changes == 0 {
+        return Some(Outcome::LastGood { plan: Box::new(plan) });
     }
     if config.drift == DriftMode::Report {
         return Some(Outcome::DriftReported { plan: Box::new(plan) });
@@ -417,9 +427,11 @@ fn record(
     let now = unix_now();
     let now_text = rfc3339_utc(now as u64);
     let mut metrics = shared.metrics();
-    match took {
-        Some(took) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
-        None => metrics.count(outcome.label()),
+    match (took, &outcome) {
+        (Some(took), _) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
+        // Nothing happened beyond the commit's part of the run, which is counted.
+        (None, Outcome::LastGood { .. }) => {}
+        (None, _) => metrics.count(outcome.label()),
     }
     let mut status = shared.status();
     status.last_reconcile_at = Some(now_text.clone());
@@ -442,6 +454,12 @@ fn record(
                 metrics.applied(plan.context.revision.as_deref(), now);
             }
             at_revision(&mut status, &mut metrics, &plan, &now_text);
+        }
+        Outcome::LastGood { plan } => {
+            if status.applied_revision.is_none() {
+                metrics.applied(plan.context.revision.as_deref(), now);
+            }
+            holding(&mut status, &mut metrics, &plan);
         }
         Outcome::DriftHealed { plan, map_writes } => {
             warn!(entries = plan.entry_changes, map_writes, "drift healed");
@@ -513,13 +531,18 @@ fn show_failure(status: &mut DaemonStatus, failure: &Failure) {
 
 /// After a run that left the data plane at the fetched revision, with no drift.
 fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, now: &str) {
-    status.ready = true;
-    status.applied_revision = plan.context.revision.clone();
     status.attempted_revision = plan.context.revision.clone();
     status.attempted_at = Some(now.to_owned());
     status.last_error = None;
     status.errors.clear();
     status.failed_revision = None;
+    holding(status, metrics, plan);
+}
+
+/// The data plane holds the revision of `plan`, whose definitions were valid, with no drift.
+fn holding(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan) {
+    status.ready = true;
+    status.applied_revision = plan.context.revision.clone();
     status.drift_entries = 0;
     metrics.drift_entries = 0;
     status.services = plan.desired.services.len();
