@@ -587,3 +587,73 @@ fn sighup_does_not_move_the_data_plane() -> Result<()> {
     assert_eq!(world.sandbox.attached_programs()?, 2);
     Ok(())
 }
+
+#[test]
+fn the_daemon_refuses_a_vip_that_is_its_nodes_address_unless_allowed() -> Result<()> {
+    // The daemon runs inside the sandbox's namespace, whose interfaces are its node's; the
+    // source is a local repository, since git:// on the host's 127.0.0.1 is not reachable.
+    let mut sandbox = Sandbox::new("d-local-vip")?;
+    sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    sandbox.run(&["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"])?;
+    sandbox.run(&["ip", "addr", "add", "10.96.0.50/32", "dev", "node0"])?;
+    let work = Repo::new();
+    work.write("services/web.yaml", service("10.96.0.50", "127.0.0.11"));
+    let commit = work.commit("a VIP that is the node's own address");
+    let dir = tempfile::tempdir()?;
+    let listen = "127.0.0.1:9469";
+    let config = |allow: &str| {
+        format!(
+            "source: {{url: {}, path: services, interval: 300ms, cacheDir: {}}}\n\
+             dataplane: {{cgroup: {}, pinPath: {}}}\npolicy: {{allowLocalVIPs: [{allow}]}}\n\
+             listen: {listen}\n",
+            work.path().display(),
+            dir.path().join("cache").display(),
+            sandbox.cgroup().display(),
+            sandbox.pin_path().display()
+        )
+    };
+    let config_path = dir.path().join("node.yaml");
+    std::fs::write(&config_path, config(""))?;
+    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+    let child = sandbox
+        .command(reconciler_path()?)?
+        .args(["daemon", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    // Killed by its PID when the test ends, also when it fails.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = Running(child);
+    let status = || -> Option<serde_json::Value> {
+        let (code, body) = sandbox.in_netns(move || Ok(request(listen, "GET", "/status")?)).ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let refused = wait_for("the commit to be refused", Duration::from_secs(10), || {
+        status().filter(|s| s["failed_revision"] == commit.as_str())
+    })
+    .with_context(log)?;
+    let errors = refused["errors"].to_string();
+    assert!(
+        errors.contains("VIP 10.96.0.50 is an address of this node (interface node0)"),
+        "{errors}"
+    );
+    assert!(!sandbox.pin_path().exists(), "the refused commit was applied");
+
+    std::fs::write(&config_path, config("10.96.0.50"))?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
+    wait_for("the commit to be applied", Duration::from_secs(10), || {
+        status().filter(|s| s["applied_revision"] == commit.as_str())
+    })
+    .with_context(log)?;
+    assert_eq!(sandbox.probe_tcp("10.96.0.50:80", 5)?.replies.get("b11"), Some(&5));
+    Ok(())
+}
