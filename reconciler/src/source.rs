@@ -51,8 +51,9 @@ pub struct Snapshot {
     /// Definition files that were not read, and why (a symbolic link, over a limit, not
     /// UTF-8); validation reports each, so a revision with any is invalid.
     pub problems: Vec<FileProblem>,
-    /// Symbolic links that are not definition files: skipped, never followed.
-    pub skipped_links: Vec<String>,
+    /// What a directory reader passed over, and why: symbolic links that are not definition
+    /// files (never followed), and other filesystems mounted inside the tree (not entered).
+    pub skipped: Vec<FileProblem>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub struct SourceFile {
     pub text: String,
 }
 
-/// A definition file that was not read.
+/// A definition file that was not read, or a path that was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileProblem {
     pub path: String,
@@ -211,6 +212,10 @@ impl Collector {
         self.snapshot.problems.push(FileProblem { path: path.to_owned(), message: message.into() });
     }
 
+    fn skip(&mut self, path: String, reason: &str) {
+        self.snapshot.skipped.push(FileProblem { path, message: reason.to_owned() });
+    }
+
     /// Whether a definition file of `size` bytes may be read; records why not otherwise.
     fn admit(&mut self, path: &str, size: u64) -> bool {
         if size > limits::MAX_FILE_BYTES as u64 {
@@ -252,7 +257,8 @@ impl Collector {
 /// Reads plain files and directories: a directory is searched for `.yaml`/`.yml` files, a
 /// file named directly is read whatever its name. Inside a directory no symbolic link is
 /// followed (a link named like a definition file is a problem; other links are listed as
-/// skipped) and `.git` directories are passed over.
+/// skipped), no other filesystem is entered (like `find -xdev`: `validate /` does not walk
+/// /proc), and `.git` directories are passed over.
 pub fn read_paths(paths: &[PathBuf]) -> Result<Snapshot, SourceError> {
     let mut collector = Collector::default();
     for path in paths {
@@ -271,6 +277,8 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Snapshot, SourceError> {
 
 /// Every definition file under `root`, without recursion (a hostile tree can be deep).
 fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = std::fs::metadata(root).map_err(io_error(root))?.dev();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).map_err(io_error(&dir))? {
@@ -280,14 +288,19 @@ fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
             let kind = entry.file_type().map_err(io_error(&path))?;
             let shown = path.display().to_string();
             if kind.is_dir() {
-                if entry.file_name() != ".git" {
+                // The entry's own metadata (lstat): a mount point has the mounted device.
+                let here = entry.metadata().map_err(io_error(&path))?.dev();
+                if here != device {
+                    let reason = "another filesystem mounted here, which reconciler does not enter";
+                    collector.skip(shown, reason);
+                } else if entry.file_name() != ".git" {
                     pending.push(path);
                 }
             } else if kind.is_symlink() {
                 if is_yaml(&shown) {
                     collector.problem(&shown, LINK_NOT_FOLLOWED);
                 } else {
-                    collector.snapshot.skipped_links.push(shown);
+                    collector.skip(shown, LINK_NOT_FOLLOWED);
                 }
             } else if is_yaml(&shown) {
                 read_file(&path, collector)?;

@@ -314,3 +314,27 @@ fn git_only_flags_with_a_directory_are_errors_not_ignored() {
         assert!(both(&output).contains(expected), "{flag:?}: {}", both(&output));
     }
 }
+
+#[test]
+fn validate_does_not_enter_other_filesystems() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir_all(services.join("mnt")).unwrap();
+    std::fs::write(services.join("web.yaml"), SERVICE).unwrap();
+    // In a mount namespace of its own, so the mount goes away with the command.
+    let script = "mount -t tmpfs none services/mnt && echo 'x: [' > services/mnt/bad.yaml \
+                  && exec \"$0\" validate services";
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(reconciler_path().unwrap())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&output),
+        "services/mnt: skipped: another filesystem mounted here, which reconciler does not enter\n\
+         OK: 1 service(s) in 1 file(s).\n",
+        "{}",
+        both(&output)
+    );
+}

@@ -45,8 +45,8 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         format!("no definition files (.yaml, .yml) found in {}", shown.join(", "));
     match args.format {
         Format::Text => {
-            for link in &snapshot.skipped_links {
-                println!("{link}: skipped: a symbolic link, which reconciler does not follow");
+            for skipped in &snapshot.skipped {
+                println!("{}: skipped: {}", skipped.path, skipped.message);
             }
             for d in diagnostics {
                 println!("{d}");
@@ -66,7 +66,9 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 "files": files,
                 "services": services,
                 "errors": diagnostics,
-                "skipped_links": snapshot.skipped_links,
+                "skipped": snapshot.skipped.iter()
+                    .map(|s| json!({"path": s.path, "reason": s.message}))
+                    .collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
