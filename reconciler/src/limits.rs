@@ -27,3 +27,16 @@ pub fn too_large(size: u64) -> String {
 pub fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
 }
+
+/// The text of the file at `path`, read only up to `max` bytes: a larger file is an
+/// `InvalidData` error, whatever its size, without reading the rest.
+pub fn read_to_string(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        let message = format!("larger than {} ({max} bytes), the most this file may be", mib(max));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    }
+    Ok(text)
+}

@@ -1,5 +1,5 @@
 //! `reconciler apply [PLANFILE]`: make the live maps match, atomically.
-use std::{io::Read as _, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -79,18 +79,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// A plan file, refused if it is larger than any plan could be or fails its checksum.
 fn read_saved(file: &std::path::Path) -> anyhow::Result<Plan> {
-    let opened =
-        std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut text = String::new();
-    opened
-        .take(limits::MAX_PLAN_BYTES + 1)
-        .read_to_string(&mut text)
+    let text = limits::read_to_string(file, limits::MAX_PLAN_BYTES)
         .with_context(|| format!("reading {}", file.display()))?;
-    anyhow::ensure!(
-        text.len() as u64 <= limits::MAX_PLAN_BYTES,
-        "{} is larger than a saved plan can be ({})",
-        file.display(),
-        limits::mib(limits::MAX_PLAN_BYTES)
-    );
     from_saved(&text).with_context(|| format!("{}", file.display()))
 }

@@ -3,7 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use reconciler::daemon::{self, config};
+use reconciler::{
+    daemon::{self, config},
+    limits,
+};
 
 #[derive(Args)]
 pub struct DaemonArgs {
@@ -25,7 +28,8 @@ enum LogFormat {
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let file = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {file}"))?;
+    let text = limits::read_to_string(&args.config, limits::MAX_FILE_BYTES as u64)
+        .with_context(|| format!("reading {file}"))?;
     // Checked before anything is touched: a bad configuration changes nothing.
     let config = match config::parse(&file, &text) {
         Ok(config) => config,

@@ -56,10 +56,9 @@ impl Journal {
             pin_path: pin_path.clone(),
             ..Contents::default()
         };
-        let read = std::fs::read(&path)
+        let read = crate::limits::read_to_string(&path, crate::limits::MAX_FILE_BYTES as u64)
             .ok()
-            .filter(|bytes| bytes.len() <= crate::limits::MAX_FILE_BYTES)
-            .and_then(|bytes| serde_json::from_slice::<Contents>(&bytes).ok())
+            .and_then(|text| serde_json::from_str::<Contents>(&text).ok())
             .filter(|c| {
                 c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
             });

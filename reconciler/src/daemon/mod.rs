@@ -257,13 +257,14 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
 
 fn reload(config_file: &Path) -> Option<Config> {
     let file = config_file.display().to_string();
-    let text = match std::fs::read_to_string(config_file) {
-        Ok(text) => text,
-        Err(e) => {
-            error!(file, "reading the configuration: {e}");
-            return None;
-        }
-    };
+    let text =
+        match crate::limits::read_to_string(config_file, crate::limits::MAX_FILE_BYTES as u64) {
+            Ok(text) => text,
+            Err(e) => {
+                error!(file, "reading the configuration: {e}");
+                return None;
+            }
+        };
     match config::parse(&file, &text) {
         Ok(config) => Some(config),
         Err(diagnostics) => {
