@@ -1,8 +1,17 @@
 //! The data plane in the real kernel: programs loaded, attached to a real cgroup, real
 //! connects to real listeners, each test in its own namespace, cgroup and pin directory.
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::{
+        fs::{chown, PermissionsExt as _},
+        process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState};
 use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
 
@@ -10,6 +19,33 @@ fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
     let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
     dataplane.apply(desired, None, None)?;
     Ok(dataplane)
+}
+
+/// What install at `pin_path` fails with; an error if it succeeds.
+fn install_error(pin_path: &Path, cgroup: &Path) -> Result<String> {
+    match Dataplane::install(pin_path, cgroup) {
+        Ok(_) => bail!("install at {} succeeded", pin_path.display()),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+fn mode(path: &Path) -> Result<u32> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    Ok(fs::set_permissions(path, fs::Permissions::from_mode(mode))?)
+}
+
+/// A pin path outside the sandbox's own, uninstalled and removed on drop (also when the
+/// test fails); declare it after the sandbox so it goes first.
+struct PinPath(PathBuf);
+
+impl Drop for PinPath {
+    fn drop(&mut self) {
+        let _ = Dataplane::uninstall(&self.0);
+        let _ = fs::remove_dir(&self.0);
+    }
 }
 
 fn names(set: &[&str]) -> BTreeSet<String> {
@@ -262,5 +298,82 @@ fn states_larger_than_one_batch_round_trip() -> Result<()> {
     let report = dataplane.apply(&small, None, None)?;
     assert_eq!(report.changes, 19_999);
     assert_eq!(dataplane.read_live()?.state, small);
+    Ok(())
+}
+
+#[test]
+fn install_creates_the_pin_directory_with_mode_0700_whatever_the_umask() -> Result<()> {
+    let sandbox = Sandbox::new("pin-mode")?;
+    // In a child process: the umask is the whole process's.
+    for umask in [0o000, 0o777] {
+        let mut installer = Command::new(probe_path()?);
+        installer.arg("install").arg(sandbox.pin_path()).arg(sandbox.cgroup());
+        installer.args(["10.96.0.10:80", "127.0.0.1:1"]);
+        // SAFETY: umask is async-signal-safe and takes no pointers.
+        unsafe {
+            installer.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            })
+        };
+        ensure!(installer.status()?.success(), "installer failed with umask {umask:03o}");
+        assert_eq!(mode(sandbox.pin_path())?, 0o700, "umask {umask:03o}");
+        Dataplane::uninstall(sandbox.pin_path())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn install_and_open_refuse_a_pin_directory_others_could_change() -> Result<()> {
+    let sandbox = Sandbox::new("pin-owner")?;
+    let pin_path = sandbox.pin_path();
+    fs::create_dir(pin_path)?;
+    set_mode(pin_path, 0o700)?;
+    chown(pin_path, Some(65534), Some(65534))?;
+    let err = install_error(pin_path, sandbox.cgroup())?;
+    assert!(err.contains("is owned by uid 65534"), "{err}");
+
+    chown(pin_path, Some(0), Some(0))?;
+    set_mode(pin_path, 0o777)?;
+    let err = install_error(pin_path, sandbox.cgroup())?;
+    assert!(err.contains("has mode 0777"), "{err}");
+    assert_eq!(sandbox.attached_programs()?, 0);
+    assert_eq!(fs::read_dir(pin_path)?.count(), 0, "a refused install pinned something");
+
+    // An apply opens the data plane: the same rules hold there.
+    set_mode(pin_path, 0o700)?;
+    Dataplane::install(pin_path, sandbox.cgroup())?;
+    set_mode(pin_path, 0o770)?;
+    let err = Dataplane::open(pin_path).err().context("open accepted mode 0770")?.to_string();
+    assert!(err.contains("has mode 0770"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn install_refuses_a_pin_directory_others_could_move_away() -> Result<()> {
+    let sandbox = Sandbox::new("pin-ancestor")?;
+    // The sandbox's pin path is the directory above; the data plane goes one level down.
+    let above = sandbox.pin_path();
+    let pin_path = PinPath(above.join("dataplane"));
+    fs::create_dir(above)?;
+
+    set_mode(above, 0o777)?;
+    let err = install_error(&pin_path.0, sandbox.cgroup())?;
+    let expected = format!("{}, above the pin directory", above.display());
+    assert!(err.contains(&expected) && err.contains("mode 0777"), "{err}");
+    assert!(!pin_path.0.exists(), "a refused install created the pin directory");
+
+    set_mode(above, 0o755)?;
+    chown(above, Some(65534), Some(65534))?;
+    let err = install_error(&pin_path.0, sandbox.cgroup())?;
+    assert!(err.contains(&expected) && err.contains("owned by uid 65534"), "{err}");
+
+    // World-writable with the sticky bit, like /tmp (and often /sys/fs/bpf), is fine: others
+    // cannot rename what is not theirs.
+    chown(above, Some(0), Some(0))?;
+    set_mode(above, 0o1777)?;
+    Dataplane::install(&pin_path.0, sandbox.cgroup())?;
+    assert_eq!(mode(&pin_path.0)?, 0o700);
+    assert_eq!(sandbox.attached_programs()?, 2);
     Ok(())
 }

@@ -22,6 +22,7 @@
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
 mod batch;
+mod pindir;
 mod state;
 
 use std::{
@@ -62,6 +63,29 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 pub enum DataplaneError {
     #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
     NotBpffs { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "the pin directory {path} is owned by uid {owner}, not by this process's uid {euid}; \
+         its owner could replace the pinned maps, so it is refused"
+    )]
+    PinDirOwner { path: PathBuf, owner: u32, euid: u32 },
+    #[error(
+        "the pin directory {path} has mode {mode:04o}: group or others could replace the \
+         pinned maps, so it is refused; `chmod 700` it"
+    )]
+    PinDirMode { path: PathBuf, mode: u32 },
+    #[error(
+        "{ancestor}, above the pin directory {path}, has mode {mode:04o}: group or others \
+         could move the pin directory away, so it is refused; remove their write access or \
+         set the sticky bit"
+    )]
+    AncestorMode { path: PathBuf, ancestor: PathBuf, mode: u32 },
+    #[error(
+        "{ancestor}, above the pin directory {path}, is owned by uid {owner}, who could move \
+         the pin directory away, so it is refused"
+    )]
+    AncestorOwner { path: PathBuf, ancestor: PathBuf, owner: u32 },
     #[error("{path} is not a cgroup v2 directory")]
     NotCgroup2 { path: PathBuf },
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
@@ -261,8 +285,13 @@ macro_rules! typed_map {
 impl Dataplane {
     /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
     /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
+    ///
+    /// Creates the pin directory with mode 0700 and refuses one that others could change
+    /// (see `pindir`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
         let requested = cgroup_id(cgroup)?;
+        pindir::create(pin_path)?;
+        pindir::check(pin_path)?;
         if is_installed(pin_path) {
             let dataplane = Self::open(pin_path)?;
             let installed = dataplane.read_metadata()?.cgroup_id;
@@ -278,11 +307,6 @@ impl Dataplane {
         // Pins without links are left by an install that did not finish; nothing of it is
         // attached, so start again from nothing.
         remove_pins(pin_path)?;
-        fs::create_dir_all(pin_path).map_err(io_err(format!("creating {}", pin_path.display())))?;
-        if statfs_type(pin_path)? != BPF_FS_MAGIC {
-            let _ = fs::remove_dir(pin_path);
-            return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
-        }
 
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
         for name in MAPS {
@@ -336,11 +360,13 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// Opens the data plane pinned at `pin_path`.
+    /// Opens the data plane pinned at `pin_path`; refuses a pin directory that others could
+    /// change, as install does.
     pub fn open(pin_path: &Path) -> Result<Self> {
         if !is_installed(pin_path) {
             return Err(DataplaneError::NotInstalled { path: pin_path.to_owned() });
         }
+        pindir::check(pin_path)?;
         let dataplane = Self::open_maps(pin_path)?;
         let found = dataplane.read_metadata()?.layout_version;
         if found != LAYOUT_VERSION {
