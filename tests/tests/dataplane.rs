@@ -8,12 +8,12 @@ use std::{
         process::CommandExt as _,
     },
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState};
-use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
+use reconciler_tests::{attached_programs, one_service, probe_path, require_root, Sandbox};
 
 fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
     let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
@@ -375,5 +375,50 @@ fn install_refuses_a_pin_directory_others_could_move_away() -> Result<()> {
     Dataplane::install(&pin_path.0, sandbox.cgroup())?;
     assert_eq!(mode(&pin_path.0)?, 0o700);
     assert_eq!(sandbox.attached_programs()?, 2);
+    Ok(())
+}
+
+/// Runs scripts/setup.sh with its bpffs step aimed at `dir`, in a mount namespace of its own
+/// (whatever is mounted there goes with it), after the shell command `before`; returns
+/// setup's output and the mode of `dir` afterwards.
+fn setup_with_bpffs_at(dir: &Path, before: &str) -> Result<(Output, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup.sh");
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c"])
+        .arg(format!("{before}\nbash \"$0\" && stat -c 'mode %a' \"$RECONCILER_BPFFS\""))
+        .arg(script)
+        .env("RECONCILER_BPFFS", dir)
+        .output()
+        .context("running setup.sh under unshare")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "setup failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mode = stdout.lines().find_map(|l| l.strip_prefix("mode ")).context("no mode line")?;
+    let mode = mode.to_owned();
+    Ok((output, mode))
+}
+
+#[test]
+fn setup_mounts_bpffs_with_mode_0700_and_warns_about_a_writable_one() -> Result<()> {
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    // Nothing mounted there: setup mounts a bpffs that only root can write (the kernel adds
+    // the sticky bit).
+    let (output, mode) = setup_with_bpffs_at(dir.path(), "")?;
+    assert_eq!(mode, "1700", "{output:?}");
+
+    // A writable bpffs already there is left as it is, with a warning.
+    let (output, mode) =
+        setup_with_bpffs_at(dir.path(), "mount -t bpf -o mode=1777 bpf \"$RECONCILER_BPFFS\"")?;
+    assert_eq!(mode, "1777", "{output:?}");
+    let warning = format!(
+        "setup: warning: {} is mode 1777; reconciler refuses pin directories others can \
+         write, mount with mode=0700\n",
+        dir.path().display()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), warning);
     Ok(())
 }
