@@ -9,6 +9,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::{Arc, Barrier},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -420,5 +421,29 @@ fn setup_mounts_bpffs_with_mode_0700_and_warns_about_a_writable_one() -> Result<
         dir.path().display()
     );
     assert_eq!(String::from_utf8_lossy(&output.stderr), warning);
+    Ok(())
+}
+
+#[test]
+fn concurrent_installs_at_one_pin_path_both_succeed_with_one_set_of_programs() -> Result<()> {
+    let sandbox = Sandbox::new("install-race")?;
+    let start = Arc::new(Barrier::new(2));
+    let installers: Vec<_> = (0..2)
+        .map(|_| {
+            let pin_path = sandbox.pin_path().to_owned();
+            let cgroup = sandbox.cgroup().to_owned();
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || -> Result<()> {
+                start.wait();
+                Dataplane::install(&pin_path, &cgroup)?;
+                Ok(())
+            })
+        })
+        .collect();
+    for installer in installers {
+        installer.join().map_err(|_| anyhow::anyhow!("installer panicked"))??;
+    }
+    assert_eq!(sandbox.attached_programs()?, 2);
+    assert!(reconciler::dataplane::is_installed(sandbox.pin_path()));
     Ok(())
 }

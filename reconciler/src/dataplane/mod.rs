@@ -292,6 +292,9 @@ impl Dataplane {
         let requested = cgroup_id(cgroup)?;
         pindir::create(pin_path)?;
         pindir::check(pin_path)?;
+        // Held until the links are pinned: a concurrent install at this pin path waits here,
+        // then finds a complete install to reuse instead of pinning over this one's maps.
+        let _lock = lock(pin_path)?;
         if is_installed(pin_path) {
             let dataplane = Self::open(pin_path)?;
             let installed = dataplane.read_metadata()?.cgroup_id;
@@ -511,7 +514,7 @@ impl Dataplane {
                 "revision is longer than {REVISION_LEN} bytes"
             )));
         }
-        let _lock = self.lock()?;
+        let _lock = lock(&self.pin_path)?;
         let mut metadata = self.read_metadata()?;
         if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
             return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
@@ -566,17 +569,6 @@ impl Dataplane {
             map_writes: writes,
             generation: metadata.generation,
         })
-    }
-
-    /// Blocks until this process holds the pin directory's exclusive lock; released on drop.
-    fn lock(&self) -> Result<fs::File> {
-        let what = || format!("locking {}", self.pin_path.display());
-        let dir = fs::File::open(&self.pin_path).map_err(io_err(what()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-            return Err(io_err(what())(io::Error::last_os_error()));
-        }
-        Ok(dir)
     }
 
     /// Writes `changes` into map set `set` (names ignore the set), in batches per map;
@@ -658,6 +650,18 @@ impl Batches {
     fn len(&self) -> usize {
         self.services.len() + self.slots.len() + self.backends.len() + self.names.len()
     }
+}
+
+/// Blocks until this open file description holds the exclusive lock on the pin directory;
+/// released on drop.
+fn lock(pin_path: &Path) -> Result<fs::File> {
+    let what = || format!("locking {}", pin_path.display());
+    let dir = fs::File::open(pin_path).map_err(io_err(what()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+        return Err(io_err(what())(io::Error::last_os_error()));
+    }
+    Ok(dir)
 }
 
 /// Removes every pin file the data plane makes under `pin_path` (not the directory).
