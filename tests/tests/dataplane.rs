@@ -13,8 +13,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState};
-use reconciler_tests::{attached_programs, one_service, probe_path, require_root, Sandbox};
+use reconciler::dataplane::{Dataplane, MapState, Uninstalled};
+use reconciler_tests::{
+    attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
+};
 
 fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
     let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
@@ -46,6 +48,16 @@ impl Drop for PinPath {
     fn drop(&mut self) {
         let _ = Dataplane::uninstall(&self.0);
         let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// Removes a file or an empty directory on drop, also when the test fails; declare it after
+/// the sandbox so it goes first.
+struct Remove(PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
     }
 }
 
@@ -224,7 +236,7 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     let err = Dataplane::install(sandbox.pin_path(), other.cgroup()).err();
     assert!(err.as_ref().is_some_and(|e| e.to_string().contains("another cgroup")), "{err:?}");
 
-    Dataplane::uninstall(sandbox.pin_path())?;
+    assert_eq!(Dataplane::uninstall(sandbox.pin_path())?, Uninstalled::Removed);
     assert!(!sandbox.pin_path().exists(), "pin directory left behind");
     assert_eq!(attached_programs(sandbox.cgroup())?, 0);
     // With the programs gone the VIP is an ordinary unroutable address again.
@@ -445,5 +457,79 @@ fn concurrent_installs_at_one_pin_path_both_succeed_with_one_set_of_programs() -
     }
     assert_eq!(sandbox.attached_programs()?, 2);
     assert!(reconciler::dataplane::is_installed(sandbox.pin_path()));
+    Ok(())
+}
+
+#[test]
+fn uninstall_deletes_nothing_outside_a_bpffs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let absent = dir.path().join("absent");
+    assert_eq!(Dataplane::uninstall(&absent)?, Uninstalled::NothingThere);
+
+    // Files named like a data plane's pins, in an ordinary directory.
+    for name in ["SERVICES", "METADATA"] {
+        fs::write(dir.path().join(name), name)?;
+    }
+    let err = Dataplane::uninstall(dir.path()).err().context("uninstall succeeded")?;
+    assert!(err.to_string().contains("not on a bpf filesystem"), "{err}");
+    for name in ["SERVICES", "METADATA"] {
+        assert_eq!(fs::read_to_string(dir.path().join(name))?, name);
+    }
+    Ok(())
+}
+
+#[test]
+fn uninstall_deletes_nothing_from_a_bpffs_directory_without_a_data_plane() -> Result<()> {
+    let sandbox = Sandbox::new("uninstall-foreign")?;
+    let pin_path = sandbox.pin_path();
+    fs::create_dir(pin_path)?;
+    let other = Remove(pin_path.join("other"));
+    fs::create_dir(&other.0)?;
+    let err = Dataplane::uninstall(pin_path).err().context("uninstall succeeded")?;
+    assert!(err.to_string().contains("holds no reconciler data plane"), "{err}");
+    assert!(other.0.is_dir());
+
+    // A map of someone else's under one of our names.
+    let foreign = Remove(pin_path.join("SERVICES"));
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign.0)
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "1", "name", "not_ours"])
+        .status()
+        .context("running bpftool")?;
+    ensure!(status.success(), "bpftool map create failed");
+    let err = Dataplane::uninstall(pin_path).err().context("uninstall succeeded")?;
+    let expected = format!("{} is not part of a reconciler data plane", foreign.0.display());
+    assert!(err.to_string().contains(&expected), "{err}");
+    assert!(foreign.0.exists() && other.0.is_dir());
+    Ok(())
+}
+
+#[test]
+fn uninstall_keeps_a_pin_directory_that_holds_something_else() -> Result<()> {
+    let sandbox = Sandbox::new("uninstall-keep")?;
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let keep = Remove(sandbox.pin_path().join("keep"));
+    fs::create_dir(&keep.0)?;
+
+    let kept = Uninstalled::KeptDirectory { others: vec![keep.0.clone()] };
+    assert_eq!(Dataplane::uninstall(sandbox.pin_path())?, kept);
+    assert_eq!(sandbox.attached_programs()?, 0);
+    assert_eq!(fs::read_dir(sandbox.pin_path())?.count(), 1);
+
+    // The command says so.
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let output = Command::new(reconciler_path()?)
+        .args(["uninstall", "--pin-path"])
+        .arg(sandbox.pin_path())
+        .output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let expected = format!(
+        "Uninstalled the data plane at {}; kept the directory, which also holds {}.\n",
+        sandbox.pin_path().display(),
+        keep.0.display()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+    assert_eq!(sandbox.attached_programs()?, 0);
     Ok(())
 }

@@ -22,6 +22,7 @@
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
 mod batch;
+mod ours;
 mod pindir;
 mod state;
 
@@ -36,8 +37,8 @@ use std::{
 use aya::{
     maps::{Array, Map, MapData, MapError, PerCpuArray},
     programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, LinkType, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, ProgramError,
     },
     EbpfLoader,
 };
@@ -86,6 +87,16 @@ pub enum DataplaneError {
          the pin directory away, so it is refused"
     )]
     AncestorOwner { path: PathBuf, ancestor: PathBuf, owner: u32 },
+    #[error(
+        "refusing to uninstall {path}: it is not on a bpf filesystem, so it holds no data plane"
+    )]
+    UninstallNotBpffs { path: PathBuf },
+    #[error("refusing to uninstall {path}: it holds no reconciler data plane")]
+    NoDataplane { path: PathBuf },
+    #[error(
+        "refusing to uninstall {path}: {pin} is not part of a reconciler data plane ({reason})"
+    )]
+    ForeignPin { path: PathBuf, pin: PathBuf, reason: String },
     #[error("{path} is not a cgroup v2 directory")]
     NotCgroup2 { path: PathBuf },
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
@@ -120,7 +131,15 @@ pub enum DataplaneError {
     Program {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
+    },
+    #[error("listing the loaded BPF programs: {0}")]
+    ProgramList(#[source] ProgramError),
+    #[error("reading the maps of BPF program {id}: {source}")]
+    ProgramMaps {
+        id: u32,
+        #[source]
+        source: ProgramError,
     },
     #[error("the live generation is {found}, not the expected {expected}")]
     GenerationMoved { expected: u64, found: u64 },
@@ -184,6 +203,18 @@ pub struct Status {
 pub struct LiveState {
     pub state: MapState,
     pub status: Status,
+}
+
+/// What [`Dataplane::uninstall`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uninstalled {
+    /// Nothing was at the pin path.
+    NothingThere,
+    /// The programs are detached; the pins and the pin directory are gone.
+    Removed,
+    /// The programs are detached and the pins gone, but the pin directory stays: it holds
+    /// these entries, which are not ours.
+    KeptDirectory { others: Vec<PathBuf> },
 }
 
 /// An installed data plane, opened from its pins.
@@ -395,24 +426,38 @@ impl Dataplane {
         })
     }
 
-    /// Detaches the programs and removes every pin under `pin_path`, and the directory.
-    pub fn uninstall(pin_path: &Path) -> Result<()> {
-        for name in PROGRAMS {
-            let path = link_pin(pin_path, name);
-            if path.exists() {
-                let link = PinnedLink::from_pin(&path).map_err(|e| {
-                    DataplaneError::Invalid(format!("opening {}: {e}", path.display()))
-                })?;
-                // Unpinning drops the last reference once this fd closes: the link detaches.
-                link.unpin().map_err(io_err(format!("unpinning {}", path.display())))?;
-            }
+    /// Detaches the programs and removes the data plane's pins under `pin_path`, then the
+    /// directory unless something else is in it. A path that does not exist is no error.
+    ///
+    /// Removes nothing, and says why, when `pin_path` is not a bpffs directory, holds none of
+    /// a data plane's pins, or holds something else under one of their names (see
+    /// `check_pins`): a mistyped `--pin-path` must not delete anything.
+    pub fn uninstall(pin_path: &Path) -> Result<Uninstalled> {
+        let meta = match fs::metadata(pin_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Uninstalled::NothingThere),
+            meta => meta.map_err(io_err(format!("stat {}", pin_path.display())))?,
+        };
+        if statfs_type(pin_path)? != BPF_FS_MAGIC {
+            return Err(DataplaneError::UninstallNotBpffs { path: pin_path.to_owned() });
+        }
+        if !meta.is_dir() {
+            return Err(DataplaneError::NotADirectory { path: pin_path.to_owned() });
+        }
+        for (path, link) in check_pins(pin_path)? {
+            fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
+            // That was the last reference but this one: the link detaches as it closes.
+            drop(link);
         }
         remove_pins(pin_path)?;
         match fs::remove_dir(pin_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err(format!("removing {}", pin_path.display()))(e))
+            Ok(()) => Ok(Uninstalled::Removed),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                let others = fs::read_dir(pin_path)
+                    .and_then(|entries| entries.map(|e| Ok(e?.path())).collect())
+                    .map_err(io_err(format!("listing {}", pin_path.display())))?;
+                Ok(Uninstalled::KeptDirectory { others })
             }
-            _ => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", pin_path.display()))(e)),
         }
     }
 
@@ -650,6 +695,60 @@ impl Batches {
     fn len(&self) -> usize {
         self.services.len() + self.slots.len() + self.backends.len() + self.names.len()
     }
+}
+
+/// Makes sure that everything under `pin_path` named as a data plane's pins is one, and that
+/// the directory holds a data plane: a `METADATA` map of this build's layout, or a link. Map
+/// pins must be maps of their name; link pins must be cgroup links of reconciler programs.
+/// Returns the links, open, with their pin paths.
+fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
+    let foreign = |pin: &Path, reason: String| DataplaneError::ForeignPin {
+        path: pin_path.to_owned(),
+        pin: pin.to_owned(),
+        reason,
+    };
+    // Whatever has one of our names, dangling symbolic links too, since remove_pins removes
+    // it.
+    let present = |path: &Path| fs::symlink_metadata(path).is_ok();
+    let mut metadata = false;
+    for name in MAPS {
+        let path = pin_path.join(name);
+        if !present(&path) {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(|e| foreign(&path, format!("not a BPF map: {e}")))?;
+        if info.name_as_str() != Some(name) {
+            let found = String::from_utf8_lossy(info.name());
+            return Err(foreign(&path, format!("a map named {found:?}")));
+        }
+        metadata |= name == "METADATA" && info.value_size() as usize == size_of::<Metadata>();
+    }
+    let mut links = Vec::new();
+    for name in PROGRAMS {
+        let path = link_pin(pin_path, name);
+        if !present(&path) {
+            continue;
+        }
+        let link = FdLink::from(
+            PinnedLink::from_pin(&path)
+                .map_err(|e| foreign(&path, format!("not a BPF object: {e}")))?,
+        );
+        let info = link.info().map_err(|e| foreign(&path, format!("not a BPF link: {e}")))?;
+        if !matches!(info.link_type(), Ok(LinkType::Cgroup)) {
+            return Err(foreign(&path, "not a cgroup link".into()));
+        }
+        links.push((path, link, info.program_id()));
+    }
+    let programs = ours::programs(&links.iter().map(|(_, _, program)| *program).collect())?;
+    if let Some((path, _, program)) = links.iter().find(|(_, _, p)| !programs.contains_key(p)) {
+        return Err(foreign(path, format!("a link of program {program}, which is not ours")));
+    }
+    if !metadata && links.is_empty() {
+        return Err(DataplaneError::NoDataplane { path: pin_path.to_owned() });
+    }
+    Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
 }
 
 /// Blocks until this open file description holds the exclusive lock on the pin directory;
