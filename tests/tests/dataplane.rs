@@ -533,3 +533,44 @@ fn uninstall_keeps_a_pin_directory_that_holds_something_else() -> Result<()> {
     assert_eq!(sandbox.attached_programs()?, 0);
     Ok(())
 }
+
+/// IDs of the programs attached to `cgroup`, by `bpftool`.
+fn attached_program_ids(cgroup: &Path) -> Result<Vec<u64>> {
+    let output = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output()?;
+    ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    programs.iter().map(|p| p["id"].as_u64().context("program without an id")).collect()
+}
+
+#[test]
+fn install_refuses_a_cgroup_that_has_another_data_plane() -> Result<()> {
+    let sandbox = Sandbox::new("one-per-cgroup")?;
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let first_programs = attached_program_ids(sandbox.cgroup())?;
+    let name = sandbox.pin_path().file_name().context("pin path without a name")?;
+    let second = PinPath(sandbox.pin_path().with_file_name(format!("{}-second", name.display())));
+
+    let err = install_error(&second.0, sandbox.cgroup())?;
+    let expected = [
+        format!("cgroup {} already has a reconciler data plane", sandbox.cgroup().display()),
+        format!("(programs {first_programs:?}), pinned at {}", sandbox.pin_path().display()),
+    ];
+    assert!(expected.iter().all(|e| err.contains(e)), "{err}");
+    assert!(!second.0.exists(), "the refused install left {}", second.0.display());
+    assert_eq!(attached_program_ids(sandbox.cgroup())?, first_programs);
+    // The data plane that is there is still welcome to install again.
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+
+    // A child cgroup may have one of its own: there it runs before the parent's.
+    let child = Remove(sandbox.cgroup().join("child"));
+    fs::create_dir(&child.0)?;
+    let third = PinPath(sandbox.pin_path().with_file_name(format!("{}-third", name.display())));
+    Dataplane::install(&third.0, &child.0)?;
+    assert_eq!(attached_programs(&child.0)?, 2);
+
+    // Once the first is gone, the cgroup is free.
+    Dataplane::uninstall(sandbox.pin_path())?;
+    Dataplane::install(&second.0, sandbox.cgroup())?;
+    assert_eq!(sandbox.attached_programs()?, 2);
+    Ok(())
+}

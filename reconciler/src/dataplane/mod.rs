@@ -109,6 +109,13 @@ pub enum DataplaneError {
     )]
     OtherCgroup { path: PathBuf, installed: u64, requested: u64 },
     #[error(
+        "cgroup {cgroup} already has a reconciler data plane attached (programs \
+         {programs:?}){}; one installed at {path} too would run after it and lose, so it is \
+         refused; uninstall the other first",
+        pinned_at(.other)
+    )]
+    CgroupTaken { cgroup: PathBuf, path: PathBuf, programs: Vec<u32>, other: Option<PathBuf> },
+    #[error(
         "the maps at {path} have layout version {found}, this build uses {expected}; \
          uninstall and install again"
     )]
@@ -150,6 +157,10 @@ pub enum DataplaneError {
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn pinned_at(other: &Option<PathBuf>) -> String {
+    other.as_ref().map(|dir| format!(", pinned at {}", dir.display())).unwrap_or_default()
+}
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
@@ -318,10 +329,13 @@ impl Dataplane {
     /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
     ///
     /// Creates the pin directory with mode 0700 and refuses one that others could change
-    /// (see `pindir`).
+    /// (see `pindir`). Refuses a cgroup that has another data plane attached (see
+    /// `ours::check_cgroup`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
         let requested = cgroup_id(cgroup)?;
-        pindir::create(pin_path)?;
+        let cgroup_dir =
+            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
+        let created = pindir::create(pin_path)?;
         pindir::check(pin_path)?;
         // Held until the links are pinned: a concurrent install at this pin path waits here,
         // then finds a complete install to reuse instead of pinning over this one's maps.
@@ -336,7 +350,18 @@ impl Dataplane {
                     requested,
                 });
             }
+            let active_set = map_data(pin_path, "ACTIVE_SET")?
+                .info()
+                .map_err(map_err("reading the ID of ACTIVE_SET"))?
+                .id();
+            ours::check_cgroup(&cgroup_dir, cgroup, pin_path, Some(active_set))?;
             return Ok(dataplane);
+        }
+        if let Err(e) = ours::check_cgroup(&cgroup_dir, cgroup, pin_path, None) {
+            if created {
+                let _ = fs::remove_dir(pin_path);
+            }
+            return Err(e);
         }
         // Pins without links are left by an install that did not finish; nothing of it is
         // attached, so start again from nothing.
@@ -365,8 +390,6 @@ impl Dataplane {
         };
         dataplane.write_metadata(&metadata)?;
 
-        let cgroup_dir =
-            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)

@@ -17,15 +17,15 @@ const DIR_MODE: u32 = 0o700;
 const GROUP_OTHER_WRITE: u32 = 0o022;
 const STICKY: u32 = 0o1000;
 
-/// Creates the missing directories of `pin_path` with mode 0700, whatever the umask.
-/// Creates nothing unless the deepest existing one is on a bpffs and passes [`check`]'s
-/// rules for directories above the pin directory.
-pub(super) fn create(pin_path: &Path) -> Result<()> {
+/// Creates the missing directories of `pin_path` with mode 0700, whatever the umask; returns
+/// whether it created `pin_path` itself. Creates nothing unless the deepest existing one is
+/// on a bpffs and passes [`check`]'s rules for directories above the pin directory.
+pub(super) fn create(pin_path: &Path) -> Result<bool> {
     let absolute = std::path::absolute(pin_path)
         .map_err(io_err(format!("resolving {}", pin_path.display())))?;
     let missing: Vec<&Path> = absolute.ancestors().take_while(|dir| !dir.exists()).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let existing = absolute.ancestors().nth(missing.len()).unwrap_or(Path::new("/"));
     let existing =
@@ -34,17 +34,21 @@ pub(super) fn create(pin_path: &Path) -> Result<()> {
         return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
     }
     check_ancestors(pin_path, &existing)?;
+    let mut created = false;
     for dir in missing.into_iter().rev() {
         // Created with 0700 (less if the umask says so), never wider, so a concurrent
         // install that finds it half made still accepts it.
-        match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
-            Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
-                .map_err(io_err(format!("setting the mode of {}", dir.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        created = match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => {
+                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
-        }
+        };
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Refuses `pin_path` unless it is a bpffs directory that only this process's user can
