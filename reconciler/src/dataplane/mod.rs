@@ -62,7 +62,10 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error(
+        "{path} is not on a bpf filesystem; mount one with \
+         `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`"
+    )]
     NotBpffs { path: PathBuf },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
