@@ -74,11 +74,21 @@ if ! $linker_ok; then
 fi
 
 # --- bpffs --------------------------------------------------------------------------------
-if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/self/mounts; then
+# Mode 0700 rather than the kernel's default 1777: reconciler refuses pin directories that
+# others can write. RECONCILER_BPFFS points this step elsewhere (the tests use it).
+bpffs=${RECONCILER_BPFFS:-/sys/fs/bpf}
+if ! awk -v dir="$bpffs" '$2 == dir && $3 == "bpf" { found = 1 } END { exit !found }' /proc/self/mounts; then
     need_root
-    log "mounting bpffs at /sys/fs/bpf"
-    mkdir -p /sys/fs/bpf
-    mount -t bpf bpf /sys/fs/bpf
+    log "mounting bpffs at $bpffs (mode 0700)"
+    mkdir -p "$bpffs"
+    mount -t bpf -o mode=0700 bpf "$bpffs"
+else
+    # An existing mount is someone else's choice: leave it, but say what it means.
+    mode=$(stat -c %a "$bpffs")
+    if (( 8#$mode & 8#022 )); then
+        echo "setup: warning: $bpffs is mode $mode; reconciler refuses pin directories others" \
+            "can write, mount with mode=0700" >&2
+    fi
 fi
 
 log "ok"

@@ -282,6 +282,8 @@ pub fn attached_programs(cgroup: &Path) -> Result<usize> {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = Dataplane::uninstall(&self.pin_path);
+        // A pin directory a test made that holds no data plane (uninstall refuses those).
+        let _ = fs::remove_dir(&self.pin_path);
         self.servers.clear();
         // Probe processes have all been waited for, so the cgroup is empty.
         let _ = fs::remove_dir(&self.cgroup);

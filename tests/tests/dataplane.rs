@@ -1,15 +1,64 @@
 //! The data plane in the real kernel: programs loaded, attached to a real cgroup, real
 //! connects to real listeners, each test in its own namespace, cgroup and pin directory.
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::{
+        fs::{chown, PermissionsExt as _},
+        process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Arc, Barrier},
+};
 
-use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState};
-use reconciler_tests::{attached_programs, one_service, probe_path, Sandbox};
+use anyhow::{bail, ensure, Context as _, Result};
+use reconciler::dataplane::{Dataplane, MapState, Uninstalled};
+use reconciler_tests::{
+    attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
+};
 
 fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
     let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
     dataplane.apply(desired, None, None)?;
     Ok(dataplane)
+}
+
+/// What install at `pin_path` fails with; an error if it succeeds.
+fn install_error(pin_path: &Path, cgroup: &Path) -> Result<String> {
+    match Dataplane::install(pin_path, cgroup) {
+        Ok(_) => bail!("install at {} succeeded", pin_path.display()),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+fn mode(path: &Path) -> Result<u32> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    Ok(fs::set_permissions(path, fs::Permissions::from_mode(mode))?)
+}
+
+/// A pin path outside the sandbox's own, uninstalled and removed on drop (also when the
+/// test fails); declare it after the sandbox so it goes first.
+struct PinPath(PathBuf);
+
+impl Drop for PinPath {
+    fn drop(&mut self) {
+        let _ = Dataplane::uninstall(&self.0);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// Removes a file or an empty directory on drop, also when the test fails; declare it after
+/// the sandbox so it goes first.
+struct Remove(PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
+    }
 }
 
 fn names(set: &[&str]) -> BTreeSet<String> {
@@ -187,7 +236,7 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     let err = Dataplane::install(sandbox.pin_path(), other.cgroup()).err();
     assert!(err.as_ref().is_some_and(|e| e.to_string().contains("another cgroup")), "{err:?}");
 
-    Dataplane::uninstall(sandbox.pin_path())?;
+    assert_eq!(Dataplane::uninstall(sandbox.pin_path())?, Uninstalled::Removed);
     assert!(!sandbox.pin_path().exists(), "pin directory left behind");
     assert_eq!(attached_programs(sandbox.cgroup())?, 0);
     // With the programs gone the VIP is an ordinary unroutable address again.
@@ -262,5 +311,266 @@ fn states_larger_than_one_batch_round_trip() -> Result<()> {
     let report = dataplane.apply(&small, None, None)?;
     assert_eq!(report.changes, 19_999);
     assert_eq!(dataplane.read_live()?.state, small);
+    Ok(())
+}
+
+#[test]
+fn install_creates_the_pin_directory_with_mode_0700_whatever_the_umask() -> Result<()> {
+    let sandbox = Sandbox::new("pin-mode")?;
+    // In a child process: the umask is the whole process's.
+    for umask in [0o000, 0o777] {
+        let mut installer = Command::new(probe_path()?);
+        installer.arg("install").arg(sandbox.pin_path()).arg(sandbox.cgroup());
+        installer.args(["10.96.0.10:80", "127.0.0.1:1"]);
+        // SAFETY: umask is async-signal-safe and takes no pointers.
+        unsafe {
+            installer.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            })
+        };
+        ensure!(installer.status()?.success(), "installer failed with umask {umask:03o}");
+        assert_eq!(mode(sandbox.pin_path())?, 0o700, "umask {umask:03o}");
+        Dataplane::uninstall(sandbox.pin_path())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn install_and_open_refuse_a_pin_directory_others_could_change() -> Result<()> {
+    let sandbox = Sandbox::new("pin-owner")?;
+    let pin_path = sandbox.pin_path();
+    fs::create_dir(pin_path)?;
+    set_mode(pin_path, 0o700)?;
+    chown(pin_path, Some(65534), Some(65534))?;
+    let err = install_error(pin_path, sandbox.cgroup())?;
+    assert!(err.contains("is owned by uid 65534"), "{err}");
+
+    chown(pin_path, Some(0), Some(0))?;
+    set_mode(pin_path, 0o777)?;
+    let err = install_error(pin_path, sandbox.cgroup())?;
+    assert!(err.contains("has mode 0777"), "{err}");
+    assert_eq!(sandbox.attached_programs()?, 0);
+    assert_eq!(fs::read_dir(pin_path)?.count(), 0, "a refused install pinned something");
+
+    // An apply opens the data plane: the same rules hold there.
+    set_mode(pin_path, 0o700)?;
+    Dataplane::install(pin_path, sandbox.cgroup())?;
+    set_mode(pin_path, 0o770)?;
+    let err = Dataplane::open(pin_path).err().context("open accepted mode 0770")?.to_string();
+    assert!(err.contains("has mode 0770"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn install_refuses_a_pin_directory_others_could_move_away() -> Result<()> {
+    let sandbox = Sandbox::new("pin-ancestor")?;
+    // The sandbox's pin path is the directory above; the data plane goes one level down.
+    let above = sandbox.pin_path();
+    let pin_path = PinPath(above.join("dataplane"));
+    fs::create_dir(above)?;
+
+    set_mode(above, 0o777)?;
+    let err = install_error(&pin_path.0, sandbox.cgroup())?;
+    let expected = format!("{}, above the pin directory", above.display());
+    assert!(err.contains(&expected) && err.contains("mode 0777"), "{err}");
+    assert!(!pin_path.0.exists(), "a refused install created the pin directory");
+
+    set_mode(above, 0o755)?;
+    chown(above, Some(65534), Some(65534))?;
+    let err = install_error(&pin_path.0, sandbox.cgroup())?;
+    assert!(err.contains(&expected) && err.contains("owned by uid 65534"), "{err}");
+
+    // World-writable with the sticky bit, like /tmp (and often /sys/fs/bpf), is fine: others
+    // cannot rename what is not theirs.
+    chown(above, Some(0), Some(0))?;
+    set_mode(above, 0o1777)?;
+    Dataplane::install(&pin_path.0, sandbox.cgroup())?;
+    assert_eq!(mode(&pin_path.0)?, 0o700);
+    assert_eq!(sandbox.attached_programs()?, 2);
+    Ok(())
+}
+
+/// Runs scripts/setup.sh with its bpffs step aimed at `dir`, in a mount namespace of its own
+/// (whatever is mounted there goes with it), after the shell command `before`; returns
+/// setup's output and the mode of `dir` afterwards.
+fn setup_with_bpffs_at(dir: &Path, before: &str) -> Result<(Output, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup.sh");
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c"])
+        .arg(format!("{before}\nbash \"$0\" && stat -c 'mode %a' \"$RECONCILER_BPFFS\""))
+        .arg(script)
+        .env("RECONCILER_BPFFS", dir)
+        .output()
+        .context("running setup.sh under unshare")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "setup failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mode = stdout.lines().find_map(|l| l.strip_prefix("mode ")).context("no mode line")?;
+    let mode = mode.to_owned();
+    Ok((output, mode))
+}
+
+#[test]
+fn setup_mounts_bpffs_with_mode_0700_and_warns_about_a_writable_one() -> Result<()> {
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    // Nothing mounted there: setup mounts a bpffs that only root can write (the kernel adds
+    // the sticky bit).
+    let (output, mode) = setup_with_bpffs_at(dir.path(), "")?;
+    assert_eq!(mode, "1700", "{output:?}");
+
+    // A writable bpffs already there is left as it is, with a warning.
+    let (output, mode) =
+        setup_with_bpffs_at(dir.path(), "mount -t bpf -o mode=1777 bpf \"$RECONCILER_BPFFS\"")?;
+    assert_eq!(mode, "1777", "{output:?}");
+    let warning = format!(
+        "setup: warning: {} is mode 1777; reconciler refuses pin directories others can \
+         write, mount with mode=0700\n",
+        dir.path().display()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), warning);
+    Ok(())
+}
+
+#[test]
+fn concurrent_installs_at_one_pin_path_both_succeed_with_one_set_of_programs() -> Result<()> {
+    let sandbox = Sandbox::new("install-race")?;
+    let start = Arc::new(Barrier::new(2));
+    let installers: Vec<_> = (0..2)
+        .map(|_| {
+            let pin_path = sandbox.pin_path().to_owned();
+            let cgroup = sandbox.cgroup().to_owned();
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || -> Result<()> {
+                start.wait();
+                Dataplane::install(&pin_path, &cgroup)?;
+                Ok(())
+            })
+        })
+        .collect();
+    for installer in installers {
+        installer.join().map_err(|_| anyhow::anyhow!("installer panicked"))??;
+    }
+    assert_eq!(sandbox.attached_programs()?, 2);
+    assert!(reconciler::dataplane::is_installed(sandbox.pin_path()));
+    Ok(())
+}
+
+#[test]
+fn uninstall_deletes_nothing_outside_a_bpffs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let absent = dir.path().join("absent");
+    assert_eq!(Dataplane::uninstall(&absent)?, Uninstalled::NothingThere);
+
+    // Files named like a data plane's pins, in an ordinary directory.
+    for name in ["SERVICES", "METADATA"] {
+        fs::write(dir.path().join(name), name)?;
+    }
+    let err = Dataplane::uninstall(dir.path()).err().context("uninstall succeeded")?;
+    assert!(err.to_string().contains("not on a bpf filesystem"), "{err}");
+    for name in ["SERVICES", "METADATA"] {
+        assert_eq!(fs::read_to_string(dir.path().join(name))?, name);
+    }
+    Ok(())
+}
+
+#[test]
+fn uninstall_deletes_nothing_from_a_bpffs_directory_without_a_data_plane() -> Result<()> {
+    let sandbox = Sandbox::new("uninstall-foreign")?;
+    let pin_path = sandbox.pin_path();
+    fs::create_dir(pin_path)?;
+    let other = Remove(pin_path.join("other"));
+    fs::create_dir(&other.0)?;
+    let err = Dataplane::uninstall(pin_path).err().context("uninstall succeeded")?;
+    assert!(err.to_string().contains("holds no reconciler data plane"), "{err}");
+    assert!(other.0.is_dir());
+
+    // A map of someone else's under one of our names.
+    let foreign = Remove(pin_path.join("SERVICES"));
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign.0)
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "1", "name", "not_ours"])
+        .status()
+        .context("running bpftool")?;
+    ensure!(status.success(), "bpftool map create failed");
+    let err = Dataplane::uninstall(pin_path).err().context("uninstall succeeded")?;
+    let expected = format!("{} is not part of a reconciler data plane", foreign.0.display());
+    assert!(err.to_string().contains(&expected), "{err}");
+    assert!(foreign.0.exists() && other.0.is_dir());
+    Ok(())
+}
+
+#[test]
+fn uninstall_keeps_a_pin_directory_that_holds_something_else() -> Result<()> {
+    let sandbox = Sandbox::new("uninstall-keep")?;
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let keep = Remove(sandbox.pin_path().join("keep"));
+    fs::create_dir(&keep.0)?;
+
+    let kept = Uninstalled::KeptDirectory { others: vec![keep.0.clone()] };
+    assert_eq!(Dataplane::uninstall(sandbox.pin_path())?, kept);
+    assert_eq!(sandbox.attached_programs()?, 0);
+    assert_eq!(fs::read_dir(sandbox.pin_path())?.count(), 1);
+
+    // The command says so.
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let output = Command::new(reconciler_path()?)
+        .args(["uninstall", "--pin-path"])
+        .arg(sandbox.pin_path())
+        .output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let expected = format!(
+        "Uninstalled the data plane at {}; kept the directory, which also holds {}.\n",
+        sandbox.pin_path().display(),
+        keep.0.display()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+    assert_eq!(sandbox.attached_programs()?, 0);
+    Ok(())
+}
+
+/// IDs of the programs attached to `cgroup`, by `bpftool`.
+fn attached_program_ids(cgroup: &Path) -> Result<Vec<u64>> {
+    let output = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output()?;
+    ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    programs.iter().map(|p| p["id"].as_u64().context("program without an id")).collect()
+}
+
+#[test]
+fn install_refuses_a_cgroup_that_has_another_data_plane() -> Result<()> {
+    let sandbox = Sandbox::new("one-per-cgroup")?;
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    let first_programs = attached_program_ids(sandbox.cgroup())?;
+    let name = sandbox.pin_path().file_name().context("pin path without a name")?;
+    let second = PinPath(sandbox.pin_path().with_file_name(format!("{}-second", name.display())));
+
+    let err = install_error(&second.0, sandbox.cgroup())?;
+    let expected = [
+        format!("cgroup {} already has a reconciler data plane", sandbox.cgroup().display()),
+        format!("(programs {first_programs:?}), pinned at {}", sandbox.pin_path().display()),
+    ];
+    assert!(expected.iter().all(|e| err.contains(e)), "{err}");
+    assert!(!second.0.exists(), "the refused install left {}", second.0.display());
+    assert_eq!(attached_program_ids(sandbox.cgroup())?, first_programs);
+    // The data plane that is there is still welcome to install again.
+    Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+
+    // A child cgroup may have one of its own: there it runs before the parent's.
+    let child = Remove(sandbox.cgroup().join("child"));
+    fs::create_dir(&child.0)?;
+    let third = PinPath(sandbox.pin_path().with_file_name(format!("{}-third", name.display())));
+    Dataplane::install(&third.0, &child.0)?;
+    assert_eq!(attached_programs(&child.0)?, 2);
+
+    // Once the first is gone, the cgroup is free.
+    Dataplane::uninstall(sandbox.pin_path())?;
+    Dataplane::install(&second.0, sandbox.cgroup())?;
+    assert_eq!(sandbox.attached_programs()?, 2);
     Ok(())
 }

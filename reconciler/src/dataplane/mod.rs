@@ -22,6 +22,8 @@
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
 mod batch;
+mod ours;
+mod pindir;
 mod state;
 
 use std::{
@@ -35,8 +37,8 @@ use std::{
 use aya::{
     maps::{Array, Map, MapData, MapError, PerCpuArray},
     programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, LinkType, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, ProgramError,
     },
     EbpfLoader,
 };
@@ -60,8 +62,44 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error(
+        "{path} is not on a bpf filesystem; mount one with \
+         `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`"
+    )]
     NotBpffs { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "the pin directory {path} is owned by uid {owner}, not by this process's uid {euid}; \
+         its owner could replace the pinned maps, so it is refused"
+    )]
+    PinDirOwner { path: PathBuf, owner: u32, euid: u32 },
+    #[error(
+        "the pin directory {path} has mode {mode:04o}: group or others could replace the \
+         pinned maps, so it is refused; `chmod 700` it"
+    )]
+    PinDirMode { path: PathBuf, mode: u32 },
+    #[error(
+        "{ancestor}, above the pin directory {path}, has mode {mode:04o}: group or others \
+         could move the pin directory away, so it is refused; remove their write access or \
+         set the sticky bit"
+    )]
+    AncestorMode { path: PathBuf, ancestor: PathBuf, mode: u32 },
+    #[error(
+        "{ancestor}, above the pin directory {path}, is owned by uid {owner}, who could move \
+         the pin directory away, so it is refused"
+    )]
+    AncestorOwner { path: PathBuf, ancestor: PathBuf, owner: u32 },
+    #[error(
+        "refusing to uninstall {path}: it is not on a bpf filesystem, so it holds no data plane"
+    )]
+    UninstallNotBpffs { path: PathBuf },
+    #[error("refusing to uninstall {path}: it holds no reconciler data plane")]
+    NoDataplane { path: PathBuf },
+    #[error(
+        "refusing to uninstall {path}: {pin} is not part of a reconciler data plane ({reason})"
+    )]
+    ForeignPin { path: PathBuf, pin: PathBuf, reason: String },
     #[error("{path} is not a cgroup v2 directory")]
     NotCgroup2 { path: PathBuf },
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
@@ -73,6 +111,13 @@ pub enum DataplaneError {
          id {requested}); uninstall it first"
     )]
     OtherCgroup { path: PathBuf, installed: u64, requested: u64 },
+    #[error(
+        "cgroup {cgroup} already has a reconciler data plane attached (programs \
+         {programs:?}){}; one installed at {path} too would run after it and lose, so it is \
+         refused; uninstall the other first",
+        pinned_at(.other)
+    )]
+    CgroupTaken { cgroup: PathBuf, path: PathBuf, programs: Vec<u32>, other: Option<PathBuf> },
     #[error(
         "the maps at {path} have layout version {found}, this build uses {expected}; \
          uninstall and install again"
@@ -96,7 +141,15 @@ pub enum DataplaneError {
     Program {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
+    },
+    #[error("listing the loaded BPF programs: {0}")]
+    ProgramList(#[source] ProgramError),
+    #[error("reading the maps of BPF program {id}: {source}")]
+    ProgramMaps {
+        id: u32,
+        #[source]
+        source: ProgramError,
     },
     #[error("the live generation is {found}, not the expected {expected}")]
     GenerationMoved { expected: u64, found: u64 },
@@ -107,6 +160,10 @@ pub enum DataplaneError {
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn pinned_at(other: &Option<PathBuf>) -> String {
+    other.as_ref().map(|dir| format!(", pinned at {}", dir.display())).unwrap_or_default()
+}
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
@@ -160,6 +217,18 @@ pub struct Status {
 pub struct LiveState {
     pub state: MapState,
     pub status: Status,
+}
+
+/// What [`Dataplane::uninstall`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uninstalled {
+    /// Nothing was at the pin path.
+    NothingThere,
+    /// The programs are detached; the pins and the pin directory are gone.
+    Removed,
+    /// The programs are detached and the pins gone, but the pin directory stays: it holds
+    /// these entries, which are not ours.
+    KeptDirectory { others: Vec<PathBuf> },
 }
 
 /// An installed data plane, opened from its pins.
@@ -261,8 +330,19 @@ macro_rules! typed_map {
 impl Dataplane {
     /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
     /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
+    ///
+    /// Creates the pin directory with mode 0700 and refuses one that others could change
+    /// (see `pindir`). Refuses a cgroup that has another data plane attached (see
+    /// `ours::check_cgroup`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
         let requested = cgroup_id(cgroup)?;
+        let cgroup_dir =
+            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
+        let created = pindir::create(pin_path)?;
+        pindir::check(pin_path)?;
+        // Held until the links are pinned: a concurrent install at this pin path waits here,
+        // then finds a complete install to reuse instead of pinning over this one's maps.
+        let _lock = lock(pin_path)?;
         if is_installed(pin_path) {
             let dataplane = Self::open(pin_path)?;
             let installed = dataplane.read_metadata()?.cgroup_id;
@@ -273,16 +353,22 @@ impl Dataplane {
                     requested,
                 });
             }
+            let active_set = map_data(pin_path, "ACTIVE_SET")?
+                .info()
+                .map_err(map_err("reading the ID of ACTIVE_SET"))?
+                .id();
+            ours::check_cgroup(&cgroup_dir, cgroup, pin_path, Some(active_set))?;
             return Ok(dataplane);
+        }
+        if let Err(e) = ours::check_cgroup(&cgroup_dir, cgroup, pin_path, None) {
+            if created {
+                let _ = fs::remove_dir(pin_path);
+            }
+            return Err(e);
         }
         // Pins without links are left by an install that did not finish; nothing of it is
         // attached, so start again from nothing.
         remove_pins(pin_path)?;
-        fs::create_dir_all(pin_path).map_err(io_err(format!("creating {}", pin_path.display())))?;
-        if statfs_type(pin_path)? != BPF_FS_MAGIC {
-            let _ = fs::remove_dir(pin_path);
-            return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
-        }
 
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
         for name in MAPS {
@@ -307,8 +393,6 @@ impl Dataplane {
         };
         dataplane.write_metadata(&metadata)?;
 
-        let cgroup_dir =
-            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -336,11 +420,13 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// Opens the data plane pinned at `pin_path`.
+    /// Opens the data plane pinned at `pin_path`; refuses a pin directory that others could
+    /// change, as install does.
     pub fn open(pin_path: &Path) -> Result<Self> {
         if !is_installed(pin_path) {
             return Err(DataplaneError::NotInstalled { path: pin_path.to_owned() });
         }
+        pindir::check(pin_path)?;
         let dataplane = Self::open_maps(pin_path)?;
         let found = dataplane.read_metadata()?.layout_version;
         if found != LAYOUT_VERSION {
@@ -366,24 +452,38 @@ impl Dataplane {
         })
     }
 
-    /// Detaches the programs and removes every pin under `pin_path`, and the directory.
-    pub fn uninstall(pin_path: &Path) -> Result<()> {
-        for name in PROGRAMS {
-            let path = link_pin(pin_path, name);
-            if path.exists() {
-                let link = PinnedLink::from_pin(&path).map_err(|e| {
-                    DataplaneError::Invalid(format!("opening {}: {e}", path.display()))
-                })?;
-                // Unpinning drops the last reference once this fd closes: the link detaches.
-                link.unpin().map_err(io_err(format!("unpinning {}", path.display())))?;
-            }
+    /// Detaches the programs and removes the data plane's pins under `pin_path`, then the
+    /// directory unless something else is in it. A path that does not exist is no error.
+    ///
+    /// Removes nothing, and says why, when `pin_path` is not a bpffs directory, holds none of
+    /// a data plane's pins, or holds something else under one of their names (see
+    /// `check_pins`): a mistyped `--pin-path` must not delete anything.
+    pub fn uninstall(pin_path: &Path) -> Result<Uninstalled> {
+        let meta = match fs::metadata(pin_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Uninstalled::NothingThere),
+            meta => meta.map_err(io_err(format!("stat {}", pin_path.display())))?,
+        };
+        if statfs_type(pin_path)? != BPF_FS_MAGIC {
+            return Err(DataplaneError::UninstallNotBpffs { path: pin_path.to_owned() });
+        }
+        if !meta.is_dir() {
+            return Err(DataplaneError::NotADirectory { path: pin_path.to_owned() });
+        }
+        for (path, link) in check_pins(pin_path)? {
+            fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
+            // That was the last reference but this one: the link detaches as it closes.
+            drop(link);
         }
         remove_pins(pin_path)?;
         match fs::remove_dir(pin_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err(format!("removing {}", pin_path.display()))(e))
+            Ok(()) => Ok(Uninstalled::Removed),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                let others = fs::read_dir(pin_path)
+                    .and_then(|entries| entries.map(|e| Ok(e?.path())).collect())
+                    .map_err(io_err(format!("listing {}", pin_path.display())))?;
+                Ok(Uninstalled::KeptDirectory { others })
             }
-            _ => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", pin_path.display()))(e)),
         }
     }
 
@@ -485,7 +585,7 @@ impl Dataplane {
                 "revision is longer than {REVISION_LEN} bytes"
             )));
         }
-        let _lock = self.lock()?;
+        let _lock = lock(&self.pin_path)?;
         let mut metadata = self.read_metadata()?;
         if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
             return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
@@ -540,17 +640,6 @@ impl Dataplane {
             map_writes: writes,
             generation: metadata.generation,
         })
-    }
-
-    /// Blocks until this process holds the pin directory's exclusive lock; released on drop.
-    fn lock(&self) -> Result<fs::File> {
-        let what = || format!("locking {}", self.pin_path.display());
-        let dir = fs::File::open(&self.pin_path).map_err(io_err(what()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-            return Err(io_err(what())(io::Error::last_os_error()));
-        }
-        Ok(dir)
     }
 
     /// Writes `changes` into map set `set` (names ignore the set), in batches per map;
@@ -632,6 +721,72 @@ impl Batches {
     fn len(&self) -> usize {
         self.services.len() + self.slots.len() + self.backends.len() + self.names.len()
     }
+}
+
+/// Makes sure that everything under `pin_path` named as a data plane's pins is one, and that
+/// the directory holds a data plane: a `METADATA` map of this build's layout, or a link. Map
+/// pins must be maps of their name; link pins must be cgroup links of reconciler programs.
+/// Returns the links, open, with their pin paths.
+fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
+    let foreign = |pin: &Path, reason: String| DataplaneError::ForeignPin {
+        path: pin_path.to_owned(),
+        pin: pin.to_owned(),
+        reason,
+    };
+    // Whatever has one of our names, dangling symbolic links too, since remove_pins removes
+    // it.
+    let present = |path: &Path| fs::symlink_metadata(path).is_ok();
+    let mut metadata = false;
+    for name in MAPS {
+        let path = pin_path.join(name);
+        if !present(&path) {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(|e| foreign(&path, format!("not a BPF map: {e}")))?;
+        if info.name_as_str() != Some(name) {
+            let found = String::from_utf8_lossy(info.name());
+            return Err(foreign(&path, format!("a map named {found:?}")));
+        }
+        metadata |= name == "METADATA" && info.value_size() as usize == size_of::<Metadata>();
+    }
+    let mut links = Vec::new();
+    for name in PROGRAMS {
+        let path = link_pin(pin_path, name);
+        if !present(&path) {
+            continue;
+        }
+        let link = FdLink::from(
+            PinnedLink::from_pin(&path)
+                .map_err(|e| foreign(&path, format!("not a BPF object: {e}")))?,
+        );
+        let info = link.info().map_err(|e| foreign(&path, format!("not a BPF link: {e}")))?;
+        if !matches!(info.link_type(), Ok(LinkType::Cgroup)) {
+            return Err(foreign(&path, "not a cgroup link".into()));
+        }
+        links.push((path, link, info.program_id()));
+    }
+    let programs = ours::programs(&links.iter().map(|(_, _, program)| *program).collect())?;
+    if let Some((path, _, program)) = links.iter().find(|(_, _, p)| !programs.contains_key(p)) {
+        return Err(foreign(path, format!("a link of program {program}, which is not ours")));
+    }
+    if !metadata && links.is_empty() {
+        return Err(DataplaneError::NoDataplane { path: pin_path.to_owned() });
+    }
+    Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
+}
+
+/// Blocks until this open file description holds the exclusive lock on the pin directory;
+/// released on drop.
+fn lock(pin_path: &Path) -> Result<fs::File> {
+    let what = || format!("locking {}", pin_path.display());
+    let dir = fs::File::open(pin_path).map_err(io_err(what()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+        return Err(io_err(what())(io::Error::last_os_error()));
+    }
+    Ok(dir)
 }
 
 /// Removes every pin file the data plane makes under `pin_path` (not the directory).

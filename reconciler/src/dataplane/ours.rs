@@ -1,0 +1,151 @@
+//! Telling this project's programs from others'. The kernel knows a program by its ID, its
+//! name and the maps it uses, not by where anything is pinned; the map names are the most
+//! telling of these.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io, mem,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapData, MapInfo},
+    programs::loaded_programs,
+};
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
+
+use super::{io_err, map_err, DataplaneError, Result};
+
+/// One data plane per cgroup. Two on one cgroup both run on every connect, in the order they
+/// were attached: the older rewrites the VIP to one of its backends, and the newer then sees
+/// a backend's address, no VIP; so for every service the older knows, nothing applied to the
+/// newer takes effect. Refuses if `cgroup` has programs of a data plane other than the one
+/// whose `ACTIVE_SET` map is `own` (`None`: none yet), naming where that one is pinned if it
+/// is beside `pin_path`.
+///
+/// Only programs attached to `cgroup` itself count. A data plane on an ancestor cgroup runs
+/// for this cgroup's connects too, but after this cgroup's own programs (the kernel runs a
+/// cgroup's programs before its ancestors'), so one here overrides it for this subtree, as
+/// someone may well want.
+pub(super) fn check_cgroup(
+    cgroup_dir: &fs::File,
+    cgroup: &Path,
+    pin_path: &Path,
+    own: Option<u32>,
+) -> Result<()> {
+    let mut attached = BTreeSet::new();
+    for attach_type in
+        [bpf_attach_type::BPF_CGROUP_INET4_CONNECT, bpf_attach_type::BPF_CGROUP_INET6_CONNECT]
+    {
+        attached.extend(
+            attached_programs(cgroup_dir, attach_type).map_err(io_err(format!(
+                "listing the programs attached to {}",
+                cgroup.display()
+            )))?,
+        );
+    }
+    let others: BTreeMap<u32, u32> =
+        programs(&attached)?.into_iter().filter(|(_, set)| Some(*set) != own).collect();
+    let Some(&active_set) = others.values().next() else {
+        return Ok(());
+    };
+    Err(DataplaneError::CgroupTaken {
+        cgroup: cgroup.to_owned(),
+        path: pin_path.to_owned(),
+        programs: others.into_keys().collect(),
+        other: pinned_beside(pin_path, active_set),
+    })
+}
+
+/// IDs of the programs attached to the cgroup `cgroup_dir` itself for `attach_type`, by
+/// BPF_PROG_QUERY (aya 0.14 keeps its own wrapper private).
+fn attached_programs(cgroup_dir: &fs::File, attach_type: bpf_attach_type) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 8];
+    loop {
+        // SAFETY: bpf_attr is plain data; all zeroes is a valid value (no flags, no options).
+        let mut attr: bpf_attr = unsafe { mem::zeroed() };
+        attr.query.__bindgen_anon_1.target_fd = cgroup_dir.as_raw_fd() as u32;
+        attr.query.attach_type = attach_type as u32;
+        attr.query.prog_ids = ids.as_mut_ptr() as u64;
+        attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
+        // SAFETY: attr is a BPF_PROG_QUERY bpf_attr whose prog_ids points at prog_cnt u32s
+        // that outlive the call; the kernel writes only into those and into attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_PROG_QUERY as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                mem::size_of::<bpf_attr>(),
+            )
+        };
+        let error = io::Error::last_os_error();
+        // SAFETY: a u32 of the query member, which the kernel sets to the number attached.
+        let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+        if rc == 0 {
+            ids.truncate(count);
+            return Ok(ids);
+        }
+        // More programs than room for their IDs: ask again with room for all.
+        if error.raw_os_error() != Some(libc::ENOSPC) || count <= ids.len() {
+            return Err(error);
+        }
+        ids.resize(count, 0);
+    }
+}
+
+/// Best effort: a directory beside `pin_path` whose pinned `ACTIVE_SET` is map `active_set`.
+fn pinned_beside(pin_path: &Path, active_set: u32) -> Option<PathBuf> {
+    let beside = fs::read_dir(pin_path.parent()?).ok()?;
+    beside.filter_map(|entry| Some(entry.ok()?.path())).find(|dir| {
+        MapData::from_pin(dir.join("ACTIVE_SET"))
+            .and_then(|map| map.info())
+            .is_ok_and(|info| info.id() == active_set)
+    })
+}
+
+/// Of the programs `ids`, those of a reconciler data plane, each with the ID of its
+/// `ACTIVE_SET` map, which tells one data plane from another. A program is ours if it uses
+/// maps named `ACTIVE_SET` and `SERVICES` (`METADATA` would be more telling, but only user
+/// space uses it, so the programs do not reference it). Programs unloaded meanwhile are
+/// left out.
+pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u32>> {
+    let mut ours = BTreeMap::new();
+    let mut seen = 0;
+    let mut failure = None;
+    for info in loaded_programs() {
+        let info = match info {
+            Ok(info) => info,
+            // Most likely a program unloaded after it was listed; it matters only if it may
+            // have been one of `ids` (below).
+            Err(e) => {
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
+        if !ids.contains(&info.id()) {
+            continue;
+        }
+        seen += 1;
+        let map_ids = info
+            .map_ids()
+            .map_err(|source| DataplaneError::ProgramMaps { id: info.id(), source })?
+            .unwrap_or_default();
+        let (mut active_set, mut services) = (None, false);
+        for map_id in map_ids {
+            let map = MapInfo::from_id(map_id)
+                .map_err(map_err(format!("reading map {map_id} of program {}", info.id())))?;
+            match map.name_as_str() {
+                Some("ACTIVE_SET") => active_set = Some(map_id),
+                Some("SERVICES") => services = true,
+                _ => {}
+            }
+        }
+        if let (Some(active_set), true) = (active_set, services) {
+            ours.insert(info.id(), active_set);
+        }
+    }
+    match failure {
+        Some(source) if seen < ids.len() => Err(DataplaneError::ProgramList(source)),
+        _ => Ok(ours),
+    }
+}
