@@ -574,3 +574,36 @@ fn install_refuses_a_cgroup_that_has_another_data_plane() -> Result<()> {
     assert_eq!(sandbox.attached_programs()?, 2);
     Ok(())
 }
+
+#[test]
+fn concurrent_installs_at_two_pin_paths_on_one_cgroup_leave_one_data_plane() -> Result<()> {
+    let sandbox = Sandbox::new("cgroup-race")?;
+    let name = sandbox.pin_path().file_name().context("pin path without a name")?;
+    let second = PinPath(sandbox.pin_path().with_file_name(format!("{}-second", name.display())));
+    for round in 0..3 {
+        let start = Arc::new(Barrier::new(2));
+        let installers: Vec<_> = [sandbox.pin_path().to_owned(), second.0.clone()]
+            .into_iter()
+            .map(|pin_path| {
+                let cgroup = sandbox.cgroup().to_owned();
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    Dataplane::install(&pin_path, &cgroup).map(|_| ())
+                })
+            })
+            .collect();
+        let results: Vec<_> = installers
+            .into_iter()
+            .map(|i| i.join().map_err(|_| anyhow::anyhow!("installer panicked")))
+            .collect::<Result<_>>()?;
+        let refused: Vec<String> =
+            results.iter().filter_map(|r| r.as_ref().err()).map(ToString::to_string).collect();
+        assert_eq!(refused.len(), 1, "round {round}: {refused:?}");
+        assert!(refused[0].contains("already has a reconciler data plane"), "{refused:?}");
+        assert_eq!(sandbox.attached_programs()?, 2, "round {round}");
+        Dataplane::uninstall(sandbox.pin_path())?;
+        Dataplane::uninstall(&second.0)?;
+    }
+    Ok(())
+}

@@ -123,34 +123,20 @@ pub enum DataplaneError {
          uninstall and install again"
     )]
     LayoutMismatch { path: PathBuf, found: u32, expected: u32 },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{what}: {source}")]
-    Map {
-        what: String,
-        #[source]
-        source: MapError,
-    },
+    // Causes are part of each message, never `#[source]`s as well: `{:#}` would print them
+    // twice, and the daemon logs the message alone.
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
+    #[error("{what}: {error}")]
+    Map { what: String, error: MapError },
     #[error("loading the BPF programs: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {program}: {source}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
+    Load(aya::EbpfError),
+    #[error("program {program}: {error}")]
+    Program { program: &'static str, error: ProgramError },
     #[error("listing the loaded BPF programs: {0}")]
-    ProgramList(#[source] ProgramError),
-    #[error("reading the maps of BPF program {id}: {source}")]
-    ProgramMaps {
-        id: u32,
-        #[source]
-        source: ProgramError,
-    },
+    ProgramList(ProgramError),
+    #[error("reading the maps of BPF program {id}: {error}")]
+    ProgramMaps { id: u32, error: ProgramError },
     #[error("the live generation is {found}, not the expected {expected}")]
     GenerationMoved { expected: u64, found: u64 },
     #[error("waiting for an RCU grace period (membarrier): {0}")]
@@ -167,12 +153,12 @@ fn pinned_at(other: &Option<PathBuf>) -> String {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
-    move |source| DataplaneError::Io { what, source }
+    move |error| DataplaneError::Io { what, error }
 }
 
 fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let what = what.into();
-    move |source| DataplaneError::Map { what, source }
+    move |error| DataplaneError::Map { what, error }
 }
 
 /// What an apply did.
@@ -336,8 +322,9 @@ impl Dataplane {
     /// `ours::check_cgroup`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
         let requested = cgroup_id(cgroup)?;
-        let cgroup_dir =
-            fs::File::open(cgroup).map_err(io_err(format!("opening {}", cgroup.display())))?;
+        // Held throughout: installs at two pin paths on one cgroup at once take turns, so the
+        // second sees the first's programs and is refused (one data plane per cgroup).
+        let cgroup_dir = lock(cgroup)?;
         let created = pindir::create(pin_path)?;
         pindir::check(pin_path)?;
         // Held until the links are pinned: a concurrent install at this pin path waits here,
@@ -370,7 +357,7 @@ impl Dataplane {
         // attached, so start again from nothing.
         remove_pins(pin_path)?;
 
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
         for name in MAPS {
             let map = ebpf.map(name).ok_or_else(|| {
                 DataplaneError::Invalid(format!("the BPF object has no map {name}"))
@@ -400,17 +387,17 @@ impl Dataplane {
                     DataplaneError::Invalid(format!("the BPF object has no program {name}"))
                 })?
                 .try_into()
-                .map_err(|source| DataplaneError::Program { program: name, source })?;
-            program.load().map_err(|source| DataplaneError::Program { program: name, source })?;
+                .map_err(|error| DataplaneError::Program { program: name, error })?;
+            program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
             // aya attaches through a BPF link, which the kernel always attaches as one of
             // many (other tools' programs keep running) and which takes no mode flags:
             // anything but the default (0) is EINVAL.
             let link_id = program
                 .attach(&cgroup_dir, CgroupAttachMode::default())
-                .map_err(|source| DataplaneError::Program { program: name, source })?;
+                .map_err(|error| DataplaneError::Program { program: name, error })?;
             let link = program
                 .take_link(link_id)
-                .map_err(|source| DataplaneError::Program { program: name, source })?;
+                .map_err(|error| DataplaneError::Program { program: name, error })?;
             let link: FdLink = link.try_into().map_err(|e| {
                 DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}"))
             })?;
@@ -777,16 +764,13 @@ fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
     Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
 }
 
-/// Blocks until this open file description holds the exclusive lock on the pin directory;
-/// released on drop.
-fn lock(pin_path: &Path) -> Result<fs::File> {
-    let what = || format!("locking {}", pin_path.display());
-    let dir = fs::File::open(pin_path).map_err(io_err(what()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-        return Err(io_err(what())(io::Error::last_os_error()));
-    }
-    Ok(dir)
+/// Blocks until this open file description holds the exclusive lock (`flock`) on the
+/// directory `dir`; released on drop.
+fn lock(dir: &Path) -> Result<fs::File> {
+    let what = || format!("locking {}", dir.display());
+    let file = fs::File::open(dir).map_err(io_err(what()))?;
+    file.lock().map_err(io_err(what()))?;
+    Ok(file)
 }
 
 /// Removes every pin file the data plane makes under `pin_path` (not the directory).

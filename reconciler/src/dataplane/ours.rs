@@ -128,7 +128,7 @@ pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u32>> {
         seen += 1;
         let map_ids = info
             .map_ids()
-            .map_err(|source| DataplaneError::ProgramMaps { id: info.id(), source })?
+            .map_err(|error| DataplaneError::ProgramMaps { id: info.id(), error })?
             .unwrap_or_default();
         let (mut active_set, mut services) = (None, false);
         for map_id in map_ids {
