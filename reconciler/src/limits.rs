@@ -10,6 +10,10 @@ pub const MAX_SOURCE_BYTES: u64 = 64 << 20;
 pub const MAX_FILES: usize = 100_000;
 /// Nesting of mappings and sequences in one YAML document; a service needs five levels.
 pub const MAX_DEPTH: usize = 32;
+/// YAML nodes (scalars, mappings, sequences) in all definition files of one revision: what
+/// bounds the memory a revision takes once parsed. The data plane's capacity (65 536
+/// frontends, 262 144 backends) fits in well under a million.
+pub const MAX_NODES: usize = 2_000_000;
 /// Diagnostics reported for one run; the rest are counted, not listed.
 pub const MAX_DIAGNOSTICS: usize = 1_000;
 /// Bytes of a saved plan file (its desired state holds every map entry).

@@ -164,8 +164,9 @@ pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Ve
     let mut diagnostics: Vec<Diagnostic> =
         snapshot.problems.iter().map(|p| at(&p.path, start, "", p.message.clone())).collect();
     let mut services = Vec::new();
+    let mut nodes = limits::MAX_NODES;
     for file in &snapshot.files {
-        let documents = match yaml::parse(&file.text) {
+        let documents = match yaml::parse_within(&file.text, &mut nodes) {
             Ok(documents) => documents,
             Err(e) => {
                 diagnostics.push(at(&file.path, e.position, "", e.message));

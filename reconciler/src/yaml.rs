@@ -11,8 +11,6 @@
 //! aliases outright (service definitions never need them, and an alias bomb of a few hundred
 //! bytes expands to gigabytes). Events are pulled from the parser one by one: its own
 //! `load` recurses once per nesting level and overflows the stack on deep input.
-use std::collections::BTreeMap;
-
 use crate::limits;
 
 use serde_json::{Map, Number, Value};
@@ -39,35 +37,71 @@ impl Position {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {
     pub value: Value,
-    /// JSON pointer (`/spec/ports/0/port`) -> where its value starts.
-    values: BTreeMap<String, Position>,
-    /// JSON pointer of a mapping entry -> where its key starts.
-    keys: BTreeMap<String, Position>,
+    /// Where every node starts, in the value's own shape: a few words a node, where a map
+    /// from JSON pointers cost ten times that (and most of a large file's memory).
+    places: Place,
+}
+
+/// Where a node starts, and where its children do.
+#[derive(Clone, Debug, PartialEq)]
+struct Place {
+    at: Position,
+    children: Children,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Children {
+    None,
+    Sequence(Box<[Place]>),
+    /// Entries in the file's order: key, where the key is, where the value is.
+    Mapping(Box<[(String, Position, Place)]>),
 }
 
 impl Document {
     /// Where the value at `pointer` starts, or its nearest ancestor's if it does not exist.
     pub fn value_position(&self, pointer: &str) -> Position {
-        nearest(&self.values, pointer)
+        let mut place = &self.places;
+        for segment in segments(pointer) {
+            match place.child(&segment) {
+                Some((_, child)) => place = child,
+                None => break,
+            }
+        }
+        place.at
     }
 
     /// Where the key of the entry at `pointer` is, else where its value is.
     pub fn key_position(&self, pointer: &str) -> Position {
-        self.keys.get(pointer).copied().unwrap_or_else(|| self.value_position(pointer))
+        let mut place = &self.places;
+        let mut key_at = None;
+        for segment in segments(pointer) {
+            match place.child(&segment) {
+                Some((key, child)) => (place, key_at) = (child, key),
+                None => return place.at,
+            }
+        }
+        key_at.unwrap_or(place.at)
     }
 }
 
-fn nearest(positions: &BTreeMap<String, Position>, pointer: &str) -> Position {
-    let mut pointer = pointer;
-    loop {
-        if let Some(position) = positions.get(pointer) {
-            return *position;
-        }
-        match pointer.rfind('/') {
-            Some(cut) => pointer = &pointer[..cut],
-            None => return Position { line: 1, column: 1 },
+impl Place {
+    /// The child named `segment`, and where its key is if it is a mapping entry.
+    fn child(&self, segment: &str) -> Option<(Option<Position>, &Place)> {
+        match &self.children {
+            Children::None => None,
+            Children::Sequence(items) => {
+                segment.parse::<usize>().ok().and_then(|i| items.get(i)).map(|p| (None, p))
+            }
+            Children::Mapping(entries) => {
+                entries.iter().find(|(key, ..)| key == segment).map(|(_, at, p)| (Some(*at), p))
+            }
         }
     }
+}
+
+/// The unescaped segments of a JSON pointer (`/a~1b/0` -> `a/b`, `0`).
+fn segments(pointer: &str) -> impl Iterator<Item = String> + '_ {
+    pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~"))
 }
 
 /// A syntax error, at a place.
@@ -79,13 +113,21 @@ pub struct SyntaxError {
 
 /// Every non-empty document in `text`.
 pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    let mut budget = limits::MAX_NODES;
+    parse_within(text, &mut budget)
+}
+
+/// Every non-empty document in `text`, making at most `budget` nodes (scalars, mappings,
+/// sequences), and taking the nodes made from it: one budget serves all files of a revision.
+pub fn parse_within(text: &str, budget: &mut usize) -> Result<Vec<Document>, SyntaxError> {
     if text.len() > limits::MAX_FILE_BYTES {
         return Err(SyntaxError {
             position: Position { line: 1, column: 1 },
             message: limits::too_large(text.len() as u64),
         });
     }
-    let mut builder = Builder::default();
+    let mut builder =
+        Builder { stack: Vec::new(), documents: Vec::new(), budget: *budget, error: None };
     let mut parser = Parser::new_from_str(text);
     loop {
         let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
@@ -101,75 +143,82 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
         }
         builder.on_event(event, mark);
         if let Some(error) = builder.error.take() {
+            *budget = builder.budget;
             return Err(error);
         }
     }
+    *budget = builder.budget;
     Ok(builder.documents.into_iter().filter(|d| !d.value.is_null()).collect())
 }
 
 /// A node under construction: a mapping waiting for keys and values, or a sequence.
 enum Open {
-    Mapping { map: Map<String, Value>, pointer: String, pending_key: Option<String> },
-    Sequence { items: Vec<Value>, pointer: String },
+    Mapping {
+        map: Map<String, Value>,
+        at: Position,
+        places: Vec<(String, Position, Place)>,
+        /// The key whose value comes next, and where it is.
+        pending_key: Option<(String, Position)>,
+    },
+    Sequence {
+        items: Vec<Value>,
+        at: Position,
+        places: Vec<Place>,
+    },
 }
 
-#[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
     documents: Vec<Document>,
-    values: BTreeMap<String, Position>,
-    keys: BTreeMap<String, Position>,
+    /// Nodes that may still be made, over every document of the text (and of the texts
+    /// before it, for a caller that shares one budget).
+    budget: usize,
     error: Option<SyntaxError>,
 }
 
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
-}
-
 impl Builder {
-    /// The pointer the next value gets, or `None` when the next scalar is a mapping key.
-    fn next_pointer(&self) -> Option<String> {
-        match self.stack.last() {
-            None => Some(String::new()),
-            Some(Open::Mapping { pending_key: None, .. }) => None,
-            Some(Open::Mapping { pending_key: Some(key), pointer, .. }) => {
-                Some(format!("{pointer}/{}", escape(key)))
-            }
-            Some(Open::Sequence { items, pointer, .. }) => {
-                Some(format!("{pointer}/{}", items.len()))
-            }
-        }
-    }
-
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
             self.error = Some(SyntaxError { position: Position::of(&mark), message });
         }
     }
 
+    /// Whether the next scalar is a mapping key.
+    fn expects_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Open::Mapping { pending_key: None, .. }))
+    }
+
     /// Places a finished value into its parent (or ends the document).
-    fn complete(&mut self, value: Value) {
+    fn complete(&mut self, value: Value, place: Place) {
         match self.stack.last_mut() {
-            None => self.documents.push(Document {
-                value,
-                values: std::mem::take(&mut self.values),
-                keys: std::mem::take(&mut self.keys),
-            }),
-            Some(Open::Mapping { map, pending_key, .. }) => {
-                if let Some(key) = pending_key.take() {
-                    map.insert(key, value);
+            None => self.documents.push(Document { value, places: place }),
+            Some(Open::Mapping { map, places, pending_key, .. }) => {
+                if let Some((key, key_at)) = pending_key.take() {
+                    map.insert(key.clone(), value);
+                    places.push((key, key_at, place));
                 }
             }
-            Some(Open::Sequence { items, .. }) => items.push(value),
+            Some(Open::Sequence { items, places, .. }) => {
+                items.push(value);
+                places.push(place);
+            }
         }
     }
-}
 
-const NO_ANCHORS: &str = "YAML anchors (`&name`) and aliases (`*name`) are not supported in \
-                          reconciler files; write the value out";
-
-impl Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
+        if matches!(event, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..)) {
+            if self.budget == 0 {
+                let message = format!(
+                    "more than {} YAML nodes in the definitions; the data plane's capacity \
+                     needs far fewer",
+                    limits::MAX_NODES
+                );
+                self.fail(mark, message);
+                return;
+            }
+            self.budget -= 1;
+        }
+        let at = Position::of(&mark);
         match event {
             Event::Scalar(_, _, anchor, _)
             | Event::MappingStart(anchor, _)
@@ -179,56 +228,52 @@ impl Builder {
                 self.fail(mark, NO_ANCHORS.into())
             }
             Event::Alias(_) => self.fail(mark, NO_ANCHORS.into()),
-            Event::Scalar(text, style, _, _tag) => match self.next_pointer() {
-                Some(pointer) => {
-                    self.values.insert(pointer, Position::of(&mark));
-                    self.complete(scalar(text, style));
-                }
-                None => {
-                    let Some(Open::Mapping { map, pointer, pending_key, .. }) =
-                        self.stack.last_mut()
-                    else {
-                        return;
-                    };
-                    if map.contains_key(&text) {
-                        let message = format!("duplicate key `{text}`");
-                        self.fail(mark, message);
-                        return;
-                    }
-                    let entry = format!("{pointer}/{}", escape(&text));
-                    let pointer = pointer.clone();
-                    *pending_key = Some(text);
-                    self.keys.insert(entry, Position::of(&mark));
-                    // A block mapping's start mark can lie past its first key: the mapping
-                    // starts where its first key does.
-                    if let Some(start) = self.values.get_mut(&pointer) {
-                        *start = (*start).min(Position::of(&mark));
-                    }
-                }
-            },
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                let Some(pointer) = self.next_pointer() else {
-                    self.fail(mark, "a mapping key must be a plain string".into());
+            Event::Scalar(text, style, _, _tag) if !self.expects_key() => {
+                self.complete(scalar(text, style), Place { at, children: Children::None });
+            }
+            Event::Scalar(text, ..) => {
+                let Some(Open::Mapping { map, at: start, pending_key, .. }) = self.stack.last_mut()
+                else {
                     return;
                 };
+                if map.contains_key(&text) {
+                    let message = format!("duplicate key `{text}`");
+                    self.fail(mark, message);
+                    return;
+                }
+                // A block mapping's start mark can lie past its first key: the mapping
+                // starts where its first key does.
+                *start = (*start).min(at);
+                *pending_key = Some((text, at));
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.expects_key() {
+                    self.fail(mark, "a mapping key must be a plain string".into());
+                    return;
+                }
                 if self.stack.len() >= limits::MAX_DEPTH {
                     self.fail(mark, nested_too_deep());
                     return;
                 }
-                self.values.insert(pointer.clone(), Position::of(&mark));
                 self.stack.push(if matches!(event, Event::MappingStart(..)) {
-                    Open::Mapping { map: Map::new(), pointer, pending_key: None }
+                    Open::Mapping { map: Map::new(), at, places: Vec::new(), pending_key: None }
                 } else {
-                    Open::Sequence { items: Vec::new(), pointer }
+                    Open::Sequence { items: Vec::new(), at, places: Vec::new() }
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let value = match self.stack.pop() {
-                    Some(Open::Mapping { map, .. }) => Value::Object(map),
-                    Some(Open::Sequence { items, .. }) => Value::Array(items),
+                let (value, place) = match self.stack.pop() {
+                    Some(Open::Mapping { map, at, places, .. }) => {
+                        let children = Children::Mapping(places.into_boxed_slice());
+                        (Value::Object(map), Place { at, children })
+                    }
+                    Some(Open::Sequence { items, at, places }) => {
+                        let children = Children::Sequence(places.into_boxed_slice());
+                        (Value::Array(items), Place { at, children })
+                    }
                     None => return,
                 };
-                self.complete(value);
+                self.complete(value, place);
             }
             Event::StreamStart
             | Event::StreamEnd
@@ -238,6 +283,9 @@ impl Builder {
         }
     }
 }
+
+const NO_ANCHORS: &str = "YAML anchors (`&name`) and aliases (`*name`) are not supported in \
+                          reconciler files; write the value out";
 
 fn nested_too_deep() -> String {
     format!(
@@ -349,6 +397,19 @@ mod tests {
         assert!(err.message.contains("nested more than"), "{err:?}");
         let ok = format!("{}x\n", "- ".repeat(limits::MAX_DEPTH));
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn one_node_budget_serves_several_texts() {
+        let mut budget = 7;
+        // A mapping, two keys, a value, a sequence and its item: six nodes.
+        assert!(parse_within("a: 1\nb: [x]\n", &mut budget).is_ok());
+        assert_eq!(budget, 1);
+        // The mapping takes the last node; its key is one too many.
+        let err = parse_within("c: 1\n", &mut budget).unwrap_err();
+        assert_eq!(err.position, Position { line: 1, column: 1 });
+        assert!(err.message.starts_with("more than 2000000 YAML nodes"), "{err:?}");
+        assert_eq!(budget, 0);
     }
 
     #[test]

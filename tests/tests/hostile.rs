@@ -34,12 +34,17 @@ fn reconciler(dir: &Path, args: &[&str]) -> Output {
 /// the error the test expects. (A limit, not a measurement: a child's peak RSS as `wait4`
 /// reports it includes the test process's own, which it was forked from.)
 fn reconciler_bounded(dir: &Path, args: &[&str]) -> Output {
+    reconciler_within(BOUNDED_DATA, dir, args)
+}
+
+/// Runs the binary with its data limited to `limit` bytes.
+fn reconciler_within(limit: libc::rlim_t, dir: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(reconciler_path().unwrap());
     command.current_dir(dir).args(args);
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: BOUNDED_DATA, rlim_max: BOUNDED_DATA };
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
             if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -334,4 +339,22 @@ fn huge_configuration_and_plan_files_are_refused_unread() {
     let output = reconciler(dir.path(), &["apply", "plan.json", "--pin-path", NO_INSTALL]);
     assert_eq!(output.status.code(), Some(1));
     assert!(both(&output).contains("the saved plan has no checksum"), "{}", both(&output));
+}
+
+#[test]
+fn many_nodes_across_files_are_refused_before_they_exhaust_memory() {
+    // Three files under the size limit, each of a million one-character items: over the
+    // two million nodes a revision may hold, and 70 MiB of items parsed if nothing stopped it.
+    let dir = tempfile::tempdir().unwrap();
+    let items = "- 1\n".repeat(1_000_000);
+    for name in ["a.yaml", "b.yaml", "c.yaml"] {
+        std::fs::write(dir.path().join(name), &items).unwrap();
+    }
+    let output = reconciler_within(256 << 20, dir.path(), &["validate", "."]);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("./b.yaml:999999:3: more than 2000000 YAML nodes in the definitions"),
+        "{text}"
+    );
 }
