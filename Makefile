@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench clean
+.PHONY: setup build test lint demo bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -38,6 +38,12 @@ bench: setup
 	@bash scripts/require-root.sh "make bench"
 	$(CARGO) build --release --bins
 	target/release/reconciler-bench $(if $(QUICK),--quick) --json target/bench/results.json
+
+# Fuzzes the definition loader, the daemon configuration and saved plans with cargo fuzz
+# (nightly; installs cargo-fuzz if missing) for FUZZ_SECONDS per target (default 60); fails,
+# naming the input, if a target finds a crash. Not part of build or test.
+fuzz: setup
+	@bash scripts/fuzz.sh
 
 clean:
 	$(CARGO) clean

@@ -13,6 +13,10 @@ fn main() -> anyhow::Result<()> {
     // aya-build relays every line of the nested cargo as a build-script warning; without
     // its "Compiling ..." lines only real warnings and errors are left.
     std::env::set_var("CARGO_TERM_QUIET", "true");
+    // The BPF object never takes the host build's flags (cargo fuzz's sanitizers would break it).
+    for flags in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS"] {
+        std::env::remove_var(flags);
+    }
     build_ebpf(
         [Package { name: "reconciler-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         Toolchain::default(),
