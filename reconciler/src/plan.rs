@@ -3,10 +3,15 @@
 //!
 //! Both sides are read back from map states into the same [`ServiceView`], so what the plan
 //! shows is what the maps hold, including entries someone wrote by hand (drift).
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
-use similar::{capture_diff_slices, Algorithm as DiffAlgorithm, DiffOp};
+use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
 use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, MapState};
 
@@ -372,32 +377,61 @@ fn render_fields(out: &mut String, before: Option<&ServiceView>, after: Option<&
             }
             _ => {
                 let _ = writeln!(out, "      {sign} {name}{pad} = [");
-                for op in capture_diff_slices(DiffAlgorithm::Myers, a, b) {
-                    let (tag, lines) = match op {
-                        DiffOp::Equal { old_index, len, .. } => {
-                            (" ", &a[old_index..old_index + len])
-                        }
-                        DiffOp::Delete { old_index, old_len, .. } => {
-                            ("-", &a[old_index..old_index + old_len])
-                        }
-                        DiffOp::Insert { new_index, new_len, .. } => {
-                            ("+", &b[new_index..new_index + new_len])
-                        }
-                        DiffOp::Replace { old_index, old_len, new_index, new_len } => {
-                            for line in &a[old_index..old_index + old_len] {
-                                let _ = writeln!(out, "          - {line}");
-                            }
-                            ("+", &b[new_index..new_index + new_len])
-                        }
-                    };
-                    for line in lines {
-                        let _ = writeln!(out, "          {tag} {line}");
-                    }
+                for (tag, line) in diff_lines(a, b) {
+                    let _ = writeln!(out, "          {tag} {line}");
                 }
                 let _ = writeln!(out, "        ]");
             }
         }
     }
+}
+
+/// The lines of `a` and `b` tagged ` ` (in both), `-` (only in `a`) or `+` (only in `b`).
+///
+/// The long lists of a plan (backends) are sorted and their lines distinct: two such lists
+/// diff exactly by one merge, in linear time. Other lists go to Myers, whose time grows with
+/// the square of the lists' length when they share little, so it gets a deadline, after
+/// which it settles for a coarser (still correct) diff.
+fn diff_lines<'a>(a: &'a [String], b: &'a [String]) -> Vec<(&'static str, &'a String)> {
+    let mut lines = Vec::with_capacity(a.len().max(b.len()));
+    let strictly_sorted = |list: &[String]| list.windows(2).all(|pair| pair[0] < pair[1]);
+    if strictly_sorted(a) && strictly_sorted(b) {
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    lines.push((" ", x));
+                    (i, j) = (i + 1, j + 1);
+                }
+                (Some(x), Some(y)) if x < y => {
+                    lines.push(("-", x));
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    lines.push(("-", x));
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    lines.push(("+", y));
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        return lines;
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    for op in capture_diff_slices_deadline(DiffAlgorithm::Myers, a, b, Some(deadline)) {
+        let (old, new) = (op.old_range(), op.new_range());
+        match op {
+            DiffOp::Equal { .. } => lines.extend(a[old].iter().map(|line| (" ", line))),
+            _ => {
+                lines.extend(a[old].iter().map(|line| ("-", line)));
+                lines.extend(b[new].iter().map(|line| ("+", line)));
+            }
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -415,6 +449,29 @@ mod tests {
             against: false,
         };
         make_plan(context, &MapState::default(), MapState::default())
+    }
+
+    #[test]
+    fn long_lists_diff_in_linear_time_and_short_ones_minimally() {
+        let lines = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}{i:06}")).collect()
+        };
+        // Nothing shared: Myers would take seconds on 2 x 100 000 lines.
+        let (a, b) = (lines("a", 100_000), lines("b", 100_000));
+        let diff = diff_lines(&a, &b);
+        assert_eq!(diff.len(), 200_000);
+        assert!(diff[..100_000].iter().all(|(tag, _)| *tag == "-"));
+        // One line added among many: everything else is kept.
+        let mut c = a.clone();
+        c.insert(500, "a000499x".into());
+        let diff = diff_lines(&a, &c);
+        assert_eq!(
+            diff.into_iter().filter(|(tag, _)| *tag != " ").collect::<Vec<_>>(),
+            [("+", &c[500])]
+        );
+        // Unsorted lists: Myers.
+        let (x, y) = (vec!["b".to_owned(), "a".to_owned()], vec!["b".to_owned(), "c".to_owned()]);
+        assert_eq!(diff_lines(&x, &y), [(" ", &x[0]), ("-", &x[1]), ("+", &y[1])]);
     }
 
     #[test]
