@@ -120,6 +120,14 @@ impl World {
         Ok(child.wait()?)
     }
 
+    /// SIGHUP: the daemon reads its configuration again.
+    fn reload(&self) -> Result<()> {
+        let pid = self.daemon.as_ref().context("no daemon running")?.id() as i32;
+        // SAFETY: signalling the PID of a child we started and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        Ok(())
+    }
+
     fn status(&self) -> Result<serde_json::Value> {
         let (code, body) = request(&self.listen, "GET", "/status")?;
         ensure!(code == 200, "/status answered {code}");
@@ -354,9 +362,7 @@ fn sighup_reloads_the_configuration() -> Result<()> {
         world.config_path(),
         config.replace("[10.96.0.0/12]", "[10.96.0.0/12, 10.200.0.0/16]"),
     )?;
-    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    world.reload()?;
     world.wait_applied(&commit, Duration::from_secs(5))?;
     Ok(())
 }
@@ -553,9 +559,7 @@ fn a_commit_that_defines_no_service_is_refused_unless_the_node_allows_it() -> Re
     let config = std::fs::read_to_string(world.config_path())?;
     let allowed = config.replace("policy:\n", "policy:\n  allowDestroyAll: true\n");
     std::fs::write(world.config_path(), allowed)?;
-    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    world.reload()?;
     world.wait_applied(&empty, Duration::from_secs(5))?;
     assert_eq!(world.status()?["services"], 0);
     Ok(())
@@ -573,9 +577,7 @@ fn sighup_does_not_move_the_data_plane() -> Result<()> {
     );
     ensure!(moved != config, "the pin path is not in the configuration");
     std::fs::write(world.config_path(), moved)?;
-    let pid = world.daemon.as_ref().context("daemon")?.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    world.reload()?;
     wait_for("the reload to be refused", Duration::from_secs(5), || {
         world.log().contains("configuration not reloaded: dataplane.pinPath").then_some(())
     })?;
