@@ -374,3 +374,36 @@ fn two_applies_at_once_both_succeed_and_the_later_plan_wins() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_second_pin_path_on_the_same_cgroup_is_refused() -> Result<()> {
+    let mut setup = Setup::new("two-pins")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("web");
+    setup.expect(0, "apply", &[])?;
+
+    let other = format!("{}-other", setup.sandbox.pin_path().display());
+    // Should the apply wrongly succeed, its data plane goes before the sandbox's cgroup does.
+    struct Uninstall(String);
+    impl Drop for Uninstall {
+        fn drop(&mut self) {
+            let _ = reconciler::dataplane::Dataplane::uninstall(std::path::Path::new(&self.0));
+        }
+    }
+    let _other_pins = Uninstall(other.clone());
+    let output = Command::new(reconciler_path()?)
+        .args(["apply", "--repo", &setup.repo.url(), "--path", "services", "--cache-dir"])
+        .arg(setup.cache.path())
+        .arg("--cgroup")
+        .arg(setup.sandbox.cgroup())
+        .args(["--pin-path", &other])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already has a reconciler data plane"), "{stderr}");
+    assert!(stderr.contains(&setup.sandbox.pin_path().display().to_string()), "{stderr}");
+    ensure!(!std::path::Path::new(&other).exists(), "the refused apply left {other}");
+    assert_eq!(setup.sandbox.attached_programs()?, 2);
+    Ok(())
+}
