@@ -18,6 +18,10 @@ pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_SLOTS: u32 = 1_048_576;
 /// Selection slots of one service: the sum of its active backends' weights.
 pub const MAX_SLOTS_PER_SERVICE: u32 = 65_536;
+/// Entries of `REVERSE`, the LRU map of translated sockets (one per socket and backend):
+/// replies and `getpeername()` of older sockets fall back to the backend's address once
+/// their entry is evicted.
+pub const MAX_REVERSE: u32 = 262_144;
 /// Bytes of the applied revision (a git commit id) kept in the metadata map.
 pub const REVISION_LEN: usize = 64;
 /// Bytes of a service name kept in the name map.
@@ -35,8 +39,27 @@ pub const PROTO_UDP: u8 = 17;
 pub const ALGORITHM_RANDOM: u8 = 0;
 
 /// Version of the map layout below. Stored in the metadata map at install, so a binary
-/// never reads maps that an incompatible build created.
-pub const LAYOUT_VERSION: u32 = 1;
+/// never reads maps that an incompatible build created. 2 added `REVERSE` and `EVENTS` (and
+/// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
+/// backend, each a reason a syscall was refused or a translation was not made.
+pub mod event {
+    /// A connect or sendmsg to a service with no usable backend: refused (ECONNREFUSED).
+    pub const NO_BACKEND: u32 = 0;
+    /// A known VIP whose slot was missing from the live set: refused, never sent on.
+    pub const SLOT_MISS: u32 = 1;
+    /// A known VIP whose chosen backend was missing from the live set: refused.
+    pub const BACKEND_MISS: u32 = 2;
+    /// A reply or `getpeername()` whose `REVERSE` entry named a service or backend that is
+    /// no longer live: the entry was deleted and the address left as it was.
+    pub const REVERSE_STALE: u32 = 3;
+    /// A translation that could not be recorded in `REVERSE` (the map refused the update).
+    pub const REVERSE_FULL: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
 
 /// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
 /// `struct bpf_sock_addr::user_ip6`). IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a
@@ -131,6 +154,53 @@ pub struct Backend {
     pub service_id: u32,
 }
 
+/// Key of `REVERSE`: a socket (by its cookie) and the backend the data plane sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReverseKey {
+    /// `bpf_get_socket_cookie()` of the socket (host byte order).
+    pub cookie: u64,
+    /// The backend's address; see [`Addr`] (network byte order).
+    pub addr: Addr,
+    /// The backend's port, network byte order.
+    pub port: u16,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Value of `REVERSE`: what the socket asked for, and which service and backend it got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseValue {
+    /// The VIP; see [`Addr`] (network byte order).
+    pub vip: Addr,
+    /// The VIP's port, network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// Stable service ID (host byte order): the entry holds while the live set still has it.
+    pub service_id: u32,
+    /// Stable backend ID (host byte order): the entry holds while the live set still has it
+    /// as a backend of `service_id` at `ReverseKey::addr`/`port`.
+    pub backend_id: u32,
+}
+
+/// A 32-bit hash of a socket cookie, for choosing one backend per unconnected socket
+/// (so a client's request and its retries reach one backend): the murmur3 finaliser, which
+/// spreads consecutive cookies over the whole range.
+#[inline(always)]
+pub const fn cookie_hash(cookie: u64) -> u32 {
+    let mut h = cookie;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
 /// Value of the per-CPU `BACKEND_STATS` array, indexed by backend ID. Not versioned: IDs
 /// are stable, so a counter follows its backend across applies.
 #[repr(C)]
@@ -200,6 +270,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for Metadata {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for ReverseKey {}
+    unsafe impl aya::Pod for ReverseValue {}
 }
 
 #[cfg(test)]
@@ -217,6 +289,8 @@ mod tests {
         assert_eq!(size_of::<BackendStats>(), 8);
         assert_eq!(size_of::<Metadata>(), 4 + 1 + 3 + 8 * 3 + REVISION_LEN + 1 + 7);
         assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);
+        assert_eq!(size_of::<ReverseKey>(), 8 + 16 + 2 + 6);
+        assert_eq!(size_of::<ReverseValue>(), 16 + 2 + 1 + 1 + 4 + 4);
         assert!(align_of::<Metadata>() <= 8);
     }
 
@@ -241,6 +315,17 @@ mod tests {
             assert_eq!(random_slot(u32::MAX, count), count - 1);
             assert!(random_slot(0x8000_0000, count) < count);
         }
+    }
+
+    #[test]
+    fn consecutive_cookies_spread_over_the_slots() {
+        // Cookies are handed out in sequence; their slots must not be.
+        let mut seen = [0u32; 4];
+        for cookie in 1000..1400u64 {
+            seen[random_slot(cookie_hash(cookie), 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (70..=130).contains(n)), "{seen:?}");
+        assert_eq!(cookie_hash(42), cookie_hash(42));
     }
 
     #[test]

@@ -1,21 +1,27 @@
-//! Socket-level load balancing: `connect()` to a VIP becomes `connect()` to a backend.
+//! Socket-level load balancing: `connect()` or `sendto()` to a VIP becomes one to a backend,
+//! and the backend's replies and `getpeername()` show the VIP again.
 //!
 //! Each hook is a thin entry point over small helpers: `sock4_*`/`sock6_*` read and write the
-//! socket address, `lb_*` choose the backend. A miss or any error returns `ALLOW` with the
-//! address untouched, so a bug here never breaks connects that are not to a VIP.
+//! socket address, `lb_*` choose the backend and keep the reverse entries. An address that
+//! is no VIP is left untouched, so a bug here never breaks connects that are not to a VIP;
+//! a known VIP whose slot or backend is missing from the live set is refused with its reason
+//! counted (fail closed): no packet ever leaves for a VIP address.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray},
-    helpers::{bpf_get_prandom_u32, generated::bpf_set_retval},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::{
+        bpf_get_prandom_u32,
+        generated::{bpf_get_socket_cookie, bpf_set_retval},
+    },
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use reconciler_common::{
-    ipv4_mapped, ipv4_of_mapped, random_slot, Addr, Backend, BackendKey, BackendStats, Metadata,
-    ServiceKey, ServiceName, ServiceValue, SlotKey, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
-    SET_COUNT,
+    cookie_hash, event, ipv4_mapped, ipv4_of_mapped, random_slot, Addr, Backend, BackendKey,
+    BackendStats, Metadata, ReverseKey, ReverseValue, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -54,6 +60,17 @@ static BACKENDS: HashMap<BackendKey, Backend, { both_sets(MAX_BACKENDS) }, BPF_F
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
+/// (socket cookie, backend) -> what the socket asked for, written when a connect or sendmsg
+/// is translated and read to translate replies and `getpeername()` back. Not versioned: an
+/// entry is checked against the live set before it is used. LRU, so sockets that are gone
+/// make room by themselves.
+#[btf_map]
+static REVERSE: LruHashMap<ReverseKey, ReverseValue, { MAX_REVERSE as usize }> = LruHashMap::new();
+
+/// Per-CPU counters by `event::*` reason.
+#[btf_map]
+static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();
+
 /// Written and read by user space only (generation, applied revision, crash repair). Kept in
 /// this object so it is created, pinned and removed with the rest of the data plane.
 #[btf_map]
@@ -66,44 +83,146 @@ static SERVICE_NAMES: HashMap<u32, ServiceName, { MAX_SERVICES as usize }, BPF_F
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    lb_connect(sock4_destination(&ctx), |backend| {
-        // A v4 service has v4 backends (validation enforces it); anything else stays as is.
-        if let Some(ip4) = ipv4_of_mapped(&backend.addr) {
-            sock4_set_destination(&ctx, ip4, backend.port);
-        }
-    })
+    // SAFETY: the helper has no preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    lb_translate(&ctx, sock4_address(&ctx), random, |backend| sock4_set_backend(&ctx, backend))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    // IPv4-mapped backends of a dual-stack socket are written back mapped, as stored.
-    lb_connect(sock6_destination(&ctx), |backend| {
-        sock6_set_destination(&ctx, &backend.addr, backend.port)
-    })
+    // SAFETY: the helper has no preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    lb_translate(&ctx, sock6_address(&ctx), random, |backend| sock6_set_backend(&ctx, backend))
 }
 
-/// The common body of the connect hooks: `rewrite` gets the chosen backend.
+/// `sendto()`/`sendmsg()` with an address, on an unconnected UDP socket: one backend per
+/// socket (a hash of its cookie), so a request and its retries reach one backend while the
+/// service's backends stay the same.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let choice = cookie_hash(sock_cookie(&ctx));
+    lb_translate(&ctx, sock4_address(&ctx), choice, |backend| sock4_set_backend(&ctx, backend))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let choice = cookie_hash(sock_cookie(&ctx));
+    lb_translate(&ctx, sock6_address(&ctx), choice, |backend| sock6_set_backend(&ctx, backend))
+}
+
+/// The source address a UDP `recvfrom()`/`recvmsg()` reports: a backend's becomes the VIP.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    lb_reverse(&ctx, sock4_address(&ctx), |vip, port| sock4_set_address(&ctx, vip, port))
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    lb_reverse(&ctx, sock6_address(&ctx), |vip, port| sock6_set_address(&ctx, vip, port))
+}
+
+/// `getpeername()` of a socket the data plane connected: the VIP, not the backend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    lb_reverse(&ctx, sock4_address(&ctx), |vip, port| sock4_set_address(&ctx, vip, port))
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    lb_reverse(&ctx, sock6_address(&ctx), |vip, port| sock6_set_address(&ctx, vip, port))
+}
+
+/// The common body of the connect and sendmsg hooks: the backend chosen by `choice` (a
+/// 32-bit number, random or per socket) goes to `rewrite`, and the translation is recorded
+/// for the replies.
 #[inline(always)]
-fn lb_connect((addr, port, protocol): (Addr, u16, u8), rewrite: impl FnOnce(&Backend)) -> i32 {
-    match lb_select(&addr, port, protocol) {
+fn lb_translate(
+    ctx: &SockAddrContext,
+    (addr, port, protocol): (Addr, u16, u8),
+    choice: u32,
+    rewrite: impl FnOnce(&Backend),
+) -> i32 {
+    match lb_select(&addr, port, protocol, choice) {
         Selection::NotAService => ALLOW,
-        Selection::NoBackend => refuse(),
-        Selection::Backend(backend) => {
+        Selection::Refused(reason) => refuse(reason),
+        Selection::Backend { backend, service_id, backend_id } => {
             rewrite(&backend);
+            let key = ReverseKey {
+                cookie: sock_cookie(ctx),
+                addr: backend.addr,
+                port: backend.port,
+                _pad: [0; 6],
+            };
+            let value = ReverseValue { vip: addr, port, protocol, _pad: 0, service_id, backend_id };
+            // A datagram socket passes here per datagram: write only what is not there yet.
+            // SAFETY: REVERSE is not versioned; a value read here is copied at once.
+            if unsafe { REVERSE.get(key) } != Some(&value) && REVERSE.insert(key, value, 0).is_err()
+            {
+                lb_count(event::REVERSE_FULL);
+            }
             ALLOW
         }
     }
 }
 
-enum Selection {
-    NotAService,
-    NoBackend,
-    Backend(Backend),
+/// The common body of the recvmsg and getpeername hooks: an address that is a backend this
+/// socket was sent to through a VIP becomes that VIP, if the live set still has the service
+/// and the backend in it; a stale entry is deleted. These hooks cannot fail the syscall.
+#[inline(always)]
+fn lb_reverse(
+    ctx: &SockAddrContext,
+    (addr, port, _): (Addr, u16, u8),
+    rewrite: impl FnOnce(&Addr, u16),
+) -> i32 {
+    let key = ReverseKey { cookie: sock_cookie(ctx), addr, port, _pad: [0; 6] };
+    // SAFETY: copied at once; REVERSE entries are written whole.
+    let Some(&entry) = (unsafe { REVERSE.get(key) }) else {
+        return ALLOW;
+    };
+    if lb_still_serves(&entry, &addr, port) {
+        rewrite(&entry.vip, entry.port);
+    } else {
+        let _ = REVERSE.remove(key);
+        lb_count(event::REVERSE_STALE);
+    }
+    ALLOW
 }
 
-/// Chooses a backend for a connect to (`addr`, `port`, `protocol`), and counts it.
+/// Whether the live set still has `entry`'s service at its VIP and, as one of that service's
+/// backends, `entry`'s backend at (`addr`, `port`). (Cilium checks only the service.)
 #[inline(always)]
-fn lb_select(addr: &Addr, port: u16, protocol: u8) -> Selection {
+fn lb_still_serves(entry: &ReverseValue, addr: &Addr, port: u16) -> bool {
+    let set = lb_active_set();
+    let key = ServiceKey { addr: entry.vip, port: entry.port, protocol: entry.protocol, set };
+    // SAFETY: entries are only ever written in the standby set, which no program reads.
+    let Some(service) = (unsafe { SERVICES.get(key) }) else {
+        return false;
+    };
+    let key = BackendKey { backend_id: entry.backend_id, set, _pad: [0; 3] };
+    // SAFETY: as above.
+    let Some(backend) = (unsafe { BACKENDS.get(key) }) else {
+        return false;
+    };
+    service.service_id == entry.service_id
+        && backend.service_id == entry.service_id
+        && backend.addr == *addr
+        && backend.port == port
+}
+
+enum Selection {
+    NotAService,
+    /// A known VIP that gets no backend, for this `event::*` reason.
+    Refused(u32),
+    Backend {
+        backend: Backend,
+        service_id: u32,
+        backend_id: u32,
+    },
+}
+
+/// Chooses a backend for (`addr`, `port`, `protocol`) by `choice`, and counts it.
+#[inline(always)]
+fn lb_select(addr: &Addr, port: u16, protocol: u8, choice: u32) -> Selection {
     let set = lb_active_set();
     let key = ServiceKey { addr: *addr, port, protocol, set };
     // SAFETY: entries are only ever written in the standby set, which no program reads.
@@ -111,27 +230,22 @@ fn lb_select(addr: &Addr, port: u16, protocol: u8) -> Selection {
         return Selection::NotAService;
     };
     if service.slot_count == 0 {
-        return Selection::NoBackend;
+        return Selection::Refused(event::NO_BACKEND);
     }
-    // SAFETY: the helper has no preconditions.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let slot = SlotKey {
-        service_id: service.service_id,
-        slot: random_slot(random, service.slot_count),
-        set,
-        _pad: [0; 3],
-    };
+    let service_id = service.service_id;
+    let slot =
+        SlotKey { service_id, slot: random_slot(choice, service.slot_count), set, _pad: [0; 3] };
     // SAFETY: as above, this set is not written while it is active.
     let Some(&backend_id) = (unsafe { SLOTS.get(slot) }) else {
-        return Selection::NotAService;
+        return Selection::Refused(event::SLOT_MISS);
     };
     let key = BackendKey { backend_id, set, _pad: [0; 3] };
     // SAFETY: as above.
     let Some(&backend) = (unsafe { BACKENDS.get(key) }) else {
-        return Selection::NotAService;
+        return Selection::Refused(event::BACKEND_MISS);
     };
     lb_count_connect(backend_id);
-    Selection::Backend(backend)
+    Selection::Backend { backend, service_id, backend_id }
 }
 
 #[inline(always)]
@@ -148,17 +262,48 @@ fn lb_count_connect(backend_id: u32) {
     }
 }
 
-/// Makes the `connect()` fail at once with ECONNREFUSED: no packet is sent to the VIP.
 #[inline(always)]
-fn refuse() -> i32 {
+fn lb_count(reason: u32) {
+    if let Some(count) = EVENTS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU value, as in lb_count_connect.
+        unsafe { *count += 1 };
+    }
+}
+
+/// Makes the syscall fail at once with ECONNREFUSED, counted under `reason`: no packet is
+/// sent to the VIP.
+#[inline(always)]
+fn refuse(reason: u32) -> i32 {
+    lb_count(reason);
     // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs (Linux 5.18+).
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REJECT
 }
 
-/// The destination of an IPv4 connect, as a service key's (address, port, protocol).
 #[inline(always)]
-fn sock4_destination(ctx: &SockAddrContext) -> (Addr, u16, u8) {
+fn sock_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: bpf_get_socket_cookie takes the program's own context in sock_addr programs.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// Writes `backend` into an IPv4 socket address. A v4 service has v4 backends (validation
+/// enforces it); anything else stays as it is.
+#[inline(always)]
+fn sock4_set_backend(ctx: &SockAddrContext, backend: &Backend) {
+    sock4_set_address(ctx, &backend.addr, backend.port)
+}
+
+/// Writes `backend` into an IPv6 socket address: IPv4-mapped backends of a dual-stack
+/// socket are written mapped, as stored.
+#[inline(always)]
+fn sock6_set_backend(ctx: &SockAddrContext, backend: &Backend) {
+    sock6_set_address(ctx, &backend.addr, backend.port)
+}
+
+/// The address of an IPv4 hook (the destination of a connect or sendmsg, the source of a
+/// received datagram, the peer for getpeername) as a service key's (address, port, protocol).
+#[inline(always)]
+fn sock4_address(ctx: &SockAddrContext) -> (Addr, u16, u8) {
     // SAFETY: the kernel hands every cgroup sock_addr program a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     // user_port keeps the network-order port in its low 16 bits.
@@ -166,16 +311,19 @@ fn sock4_destination(ctx: &SockAddrContext) -> (Addr, u16, u8) {
 }
 
 #[inline(always)]
-fn sock4_set_destination(ctx: &SockAddrContext, ip4: u32, port: u16) {
-    // SAFETY: as in sock4_destination; both fields are writable in connect4.
+fn sock4_set_address(ctx: &SockAddrContext, addr: &Addr, port: u16) {
+    let Some(ip4) = ipv4_of_mapped(addr) else {
+        return;
+    };
+    // SAFETY: as in sock4_address; both fields are writable in every hook used here.
     let sa = unsafe { &mut *ctx.sock_addr };
     sa.user_ip4 = ip4;
     sa.user_port = u32::from(port);
 }
 
 #[inline(always)]
-fn sock6_destination(ctx: &SockAddrContext) -> (Addr, u16, u8) {
-    // SAFETY: as in sock4_destination.
+fn sock6_address(ctx: &SockAddrContext) -> (Addr, u16, u8) {
+    // SAFETY: as in sock4_address.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u32; 4];
     for (word, field) in addr.iter_mut().zip(sa.user_ip6.iter()) {
@@ -188,8 +336,9 @@ fn sock6_destination(ctx: &SockAddrContext) -> (Addr, u16, u8) {
 }
 
 #[inline(always)]
-fn sock6_set_destination(ctx: &SockAddrContext, addr: &Addr, port: u16) {
-    // SAFETY: as in sock4_destination; user_ip6 and user_port are writable in connect6.
+fn sock6_set_address(ctx: &SockAddrContext, addr: &Addr, port: u16) {
+    // SAFETY: as in sock4_address; user_ip6 and user_port are writable in every hook used
+    // here.
     let sa = unsafe { &mut *ctx.sock_addr };
     for (field, word) in sa.user_ip6.iter_mut().zip(addr.iter()) {
         // SAFETY: 4-byte stores into the context, as the verifier requires.

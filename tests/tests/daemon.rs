@@ -13,7 +13,7 @@ use reconciler::daemon::http::request;
 use reconciler_tests::{
     add_service_by_hand,
     git::{free_port, Daemon as GitDaemon, Repo},
-    hand_written_service_exists, reconciler_path, Sandbox,
+    hand_written_service_exists, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
 
@@ -586,7 +586,7 @@ fn sighup_does_not_move_the_data_plane() -> Result<()> {
     world.wait_applied(&next, Duration::from_secs(5))?;
     assert_eq!(world.reached()?, ["b12"]);
     assert!(!std::path::Path::new(&elsewhere).exists(), "a second data plane was installed");
-    assert_eq!(world.sandbox.attached_programs()?, 2);
+    assert_eq!(world.sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState, Uninstalled};
 use reconciler_tests::{
     attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
+    DATA_PLANE_PROGRAMS,
 };
 
 fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
@@ -222,12 +223,12 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     let mut sandbox = Sandbox::new("lifecycle")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
-    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
 
     // A second install reuses the first: same state, no extra programs.
     let again = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
     assert_eq!(again.status()?.generation, 1);
-    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 3)?.replies.get("b1"), Some(&3));
     drop(again);
 
@@ -387,7 +388,7 @@ fn install_refuses_a_pin_directory_others_could_move_away() -> Result<()> {
     set_mode(above, 0o1777)?;
     Dataplane::install(&pin_path.0, sandbox.cgroup())?;
     assert_eq!(mode(&pin_path.0)?, 0o700);
-    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     Ok(())
 }
 
@@ -455,7 +456,7 @@ fn concurrent_installs_at_one_pin_path_both_succeed_with_one_set_of_programs() -
     for installer in installers {
         installer.join().map_err(|_| anyhow::anyhow!("installer panicked"))??;
     }
-    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     assert!(reconciler::dataplane::is_installed(sandbox.pin_path()));
     Ok(())
 }
@@ -566,12 +567,12 @@ fn install_refuses_a_cgroup_that_has_another_data_plane() -> Result<()> {
     fs::create_dir(&child.0)?;
     let third = PinPath(sandbox.pin_path().with_file_name(format!("{}-third", name.display())));
     Dataplane::install(&third.0, &child.0)?;
-    assert_eq!(attached_programs(&child.0)?, 2);
+    assert_eq!(attached_programs(&child.0)?, DATA_PLANE_PROGRAMS);
 
     // Once the first is gone, the cgroup is free.
     Dataplane::uninstall(sandbox.pin_path())?;
     Dataplane::install(&second.0, sandbox.cgroup())?;
-    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     Ok(())
 }
 
@@ -601,9 +602,50 @@ fn concurrent_installs_at_two_pin_paths_on_one_cgroup_leave_one_data_plane() -> 
             results.iter().filter_map(|r| r.as_ref().err()).map(ToString::to_string).collect();
         assert_eq!(refused.len(), 1, "round {round}: {refused:?}");
         assert!(refused[0].contains("already has a reconciler data plane"), "{refused:?}");
-        assert_eq!(sandbox.attached_programs()?, 2, "round {round}");
+        assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS, "round {round}");
         Dataplane::uninstall(sandbox.pin_path())?;
         Dataplane::uninstall(&second.0)?;
     }
+    Ok(())
+}
+
+#[test]
+fn a_data_plane_of_an_older_layout_is_refused_never_detached() -> Result<()> {
+    let mut sandbox = Sandbox::new("old-layout")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+    // What layout 1 left: the connect links alone, and its version in METADATA.
+    for hook in ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"] {
+        fs::remove_file(sandbox.pin_path().join(format!("link_{hook}")))?;
+    }
+    let metadata = sandbox.pin_path().join("METADATA");
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&metadata)
+        .args(["key", "0", "0", "0", "0"])
+        .output()?;
+    let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let mut value: Vec<String> = entry["value"]
+        .as_array()
+        .context("no value in bpftool's answer")?
+        .iter()
+        .map(|byte| byte.as_str().unwrap_or("0").to_owned())
+        .collect();
+    value[0] = "1".into();
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&metadata)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&value)
+        .status()?;
+    ensure!(status.success(), "bpftool map update failed");
+    assert_eq!(sandbox.attached_programs()?, 2);
+
+    let err =
+        Dataplane::install(sandbox.pin_path(), sandbox.cgroup()).err().context("installed")?;
+    assert!(err.to_string().contains("have layout version 1, this build uses 2"), "{err}");
+    // Nothing was detached: the old programs still translate.
+    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler_tests::{add_service_by_hand, git::Repo, reconciler_path, Sandbox};
+use reconciler_tests::{
+    add_service_by_hand, git::Repo, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
+};
 use tempfile::TempDir;
 
 /// A repository of service definitions and the commands that apply it to one sandbox.
@@ -404,6 +406,6 @@ fn a_second_pin_path_on_the_same_cgroup_is_refused() -> Result<()> {
     assert!(stderr.contains("already has a reconciler data plane"), "{stderr}");
     assert!(stderr.contains(&setup.sandbox.pin_path().display().to_string()), "{stderr}");
     ensure!(!std::path::Path::new(&other).exists(), "the refused apply left {other}");
-    assert_eq!(setup.sandbox.attached_programs()?, 2);
+    assert_eq!(setup.sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     Ok(())
 }

@@ -43,8 +43,8 @@ use aya::{
     EbpfLoader,
 };
 use reconciler_common::{
-    Backend, BackendKey, BackendStats, Metadata, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    LAYOUT_VERSION, REVISION_LEN,
+    event, Backend, BackendKey, BackendStats, Metadata, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, LAYOUT_VERSION, REVISION_LEN,
 };
 pub use state::{Algorithm, BackendEntry, Change, Frontend, MapState, Protocol, ServiceEntry};
 
@@ -54,9 +54,27 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/re
 /// Where the data plane is pinned unless told otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
 
-const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
-const MAPS: [&str; 7] =
-    ["ACTIVE_SET", "SERVICES", "SLOTS", "BACKENDS", "BACKEND_STATS", "METADATA", "SERVICE_NAMES"];
+const PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+const MAPS: [&str; 9] = [
+    "ACTIVE_SET",
+    "SERVICES",
+    "SLOTS",
+    "BACKENDS",
+    "BACKEND_STATS",
+    "METADATA",
+    "SERVICE_NAMES",
+    "REVERSE",
+    "EVENTS",
+];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -187,6 +205,21 @@ pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
     }
 }
 
+/// The programs' `EVENTS` counters (see `reconciler_common::event` for each reason).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Events {
+    /// Connects and datagrams to a service with no usable backend, refused.
+    pub no_backend: u64,
+    /// Refused because a slot was missing from the live set.
+    pub slot_miss: u64,
+    /// Refused because a backend was missing from the live set.
+    pub backend_miss: u64,
+    /// Reverse entries found stale (service or backend gone) and deleted.
+    pub reverse_stale: u64,
+    /// Translations that could not be recorded for the replies.
+    pub reverse_full: u64,
+}
+
 /// What the metadata map says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -226,6 +259,7 @@ pub struct Dataplane {
     slots: MapData,
     backends: MapData,
     stats: PerCpuArray<MapData, BackendStats>,
+    events: PerCpuArray<MapData, u64>,
     metadata: Array<MapData, Metadata>,
     names: MapData,
 }
@@ -293,6 +327,20 @@ pub fn wait_for_readers() -> Result<()> {
     Ok(())
 }
 
+/// The kernel's ID of the `ACTIVE_SET` map pinned at `pin_path`, if one is there: what tells
+/// this data plane's programs from another's.
+fn pinned_active_set(pin_path: &Path) -> Option<u32> {
+    Some(map_data(pin_path, "ACTIVE_SET").ok()?.info().ok()?.id())
+}
+
+/// The layout version recorded in the `METADATA` pinned at `pin_path`, if one is there.
+/// (`Metadata` itself has kept its layout in every version.)
+fn pinned_layout_version(pin_path: &Path) -> Option<u32> {
+    let metadata: Array<MapData, Metadata> =
+        Map::from_map_data(map_data(pin_path, "METADATA").ok()?).ok()?.try_into().ok()?;
+    metadata.get(&0, 0).ok().map(|m| m.layout_version)
+}
+
 fn map_data(pin_path: &Path, name: &str) -> Result<MapData> {
     let path = pin_path.join(name);
     MapData::from_pin(&path).map_err(map_err(format!("opening {}", path.display())))
@@ -340,21 +388,29 @@ impl Dataplane {
                     requested,
                 });
             }
-            let active_set = map_data(pin_path, "ACTIVE_SET")?
-                .info()
-                .map_err(map_err("reading the ID of ACTIVE_SET"))?
-                .id();
-            ours::check_cgroup(&cgroup_dir, cgroup, pin_path, Some(active_set))?;
+            ours::check_cgroup(&cgroup_dir, cgroup, pin_path, pinned_active_set(pin_path))?;
             return Ok(dataplane);
         }
-        if let Err(e) = ours::check_cgroup(&cgroup_dir, cgroup, pin_path, None) {
+        // A data plane of an older layout has fewer links than this one, so it is not
+        // "installed" by this build's measure; starting over would unpin (detach) its
+        // programs and let connects to its VIPs leave untranslated. Refused instead.
+        if let Some(found) = pinned_layout_version(pin_path).filter(|v| *v != LAYOUT_VERSION) {
+            return Err(DataplaneError::LayoutMismatch {
+                path: pin_path.to_owned(),
+                found,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        // Programs of an unfinished install here are its own, and go with its pins below.
+        let own = pinned_active_set(pin_path);
+        if let Err(e) = ours::check_cgroup(&cgroup_dir, cgroup, pin_path, own) {
             if created {
                 let _ = fs::remove_dir(pin_path);
             }
             return Err(e);
         }
-        // Pins without links are left by an install that did not finish; nothing of it is
-        // attached, so start again from nothing.
+        // Pins without all links are left by an install that did not finish; start again
+        // from nothing.
         remove_pins(pin_path)?;
 
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
@@ -434,6 +490,7 @@ impl Dataplane {
             slots: map_data(pin_path, "SLOTS")?,
             backends: map_data(pin_path, "BACKENDS")?,
             stats: typed_map!(pin_path, "BACKEND_STATS"),
+            events: typed_map!(pin_path, "EVENTS"),
             metadata: typed_map!(pin_path, "METADATA"),
             names: map_data(pin_path, "SERVICE_NAMES")?,
         })
@@ -553,6 +610,18 @@ impl Dataplane {
             }
         }
         Ok(counts)
+    }
+
+    /// What the programs counted besides choosing backends, by `event::*` reason, summed
+    /// over CPUs.
+    pub fn events(&self) -> Result<Events> {
+        let mut counts = [0u64; event::COUNT as usize];
+        for (reason, count) in counts.iter_mut().enumerate() {
+            let values = self.events.get(&(reason as u32), 0).map_err(map_err("reading EVENTS"))?;
+            *count = values.iter().sum();
+        }
+        let [no_backend, slot_miss, backend_miss, reverse_stale, reverse_full] = counts;
+        Ok(Events { no_backend, slot_miss, backend_miss, reverse_stale, reverse_full })
     }
 
     /// Makes the live state equal `desired` (see the module docs for the protocol) and

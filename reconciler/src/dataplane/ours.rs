@@ -34,9 +34,17 @@ pub(super) fn check_cgroup(
     own: Option<u32>,
 ) -> Result<()> {
     let mut attached = BTreeSet::new();
-    for attach_type in
-        [bpf_attach_type::BPF_CGROUP_INET4_CONNECT, bpf_attach_type::BPF_CGROUP_INET6_CONNECT]
-    {
+    // Every hook a data plane attaches (a partial one still takes connects).
+    for attach_type in [
+        bpf_attach_type::BPF_CGROUP_INET4_CONNECT,
+        bpf_attach_type::BPF_CGROUP_INET6_CONNECT,
+        bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG,
+        bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG,
+        bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG,
+        bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG,
+        bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
+        bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME,
+    ] {
         attached.extend(
             attached_programs(cgroup_dir, attach_type).map_err(io_err(format!(
                 "listing the programs attached to {}",
