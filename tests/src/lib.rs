@@ -13,7 +13,7 @@ use std::{
     ffi::CString,
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener, UdpSocket},
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::process::CommandExt as _,
@@ -173,7 +173,31 @@ impl Sandbox {
                 }
             }));
         }
-        self.servers.push(Server { listener, threads });
+        self.servers.push(Server { socket: listener.into(), threads });
+        Ok(local)
+    }
+
+    /// A UDP server inside the namespace that answers every datagram with `name`, sent to
+    /// the datagram's source.
+    pub fn serve_udp(&mut self, addr: &str, name: &str) -> Result<SocketAddr> {
+        let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+        let socket = self.in_netns(move || {
+            UdpSocket::bind(addr).with_context(|| format!("binding {addr} in the namespace"))
+        })?;
+        let local = socket.local_addr()?;
+        let receiver = socket.try_clone()?;
+        let name = format!("{name}\n");
+        // Ends when Server::drop shuts the socket down and recv_from returns nothing.
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while let Ok((n, from)) = receiver.recv_from(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let _ = receiver.send_to(name.as_bytes(), from);
+            }
+        });
+        self.servers.push(Server { socket: socket.into(), threads: vec![thread] });
         Ok(local)
     }
 
@@ -294,15 +318,17 @@ impl Drop for Sandbox {
 }
 
 struct Server {
-    listener: TcpListener,
+    /// The listening TCP or the bound UDP socket.
+    socket: OwnedFd,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // On Linux, shutdown() of a listening socket wakes a blocked accept() with an error.
+        // On Linux, shutdown() wakes a blocked accept() with an error, and a blocked recv()
+        // of a UDP socket with 0 bytes (after ENOTCONN for the call itself).
         // SAFETY: the fd is open for as long as self.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -1,0 +1,266 @@
+//! Socket semantics through a VIP, seen by real clients in the real kernel: unconnected UDP
+//! (`sendto()`/`recvfrom()`), connected UDP and TCP (`getpeername()`), IPv4 and IPv6, the
+//! reverse entries checked against the live set, and fail-closed lookups.
+use std::{collections::BTreeSet, process::Command};
+
+use anyhow::{ensure, Context as _, Result};
+use reconciler::dataplane::{Dataplane, MapState, Protocol};
+use reconciler_tests::{one_service, Sandbox};
+
+/// `one_service` for UDP.
+fn udp_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
+    let mut state = one_service(frontend, backends)?;
+    state.services = state
+        .services
+        .into_iter()
+        .map(|(mut frontend, entry)| {
+            frontend.protocol = Protocol::Udp;
+            (frontend, entry)
+        })
+        .collect();
+    Ok(state)
+}
+
+fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
+    let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    dataplane.apply(desired, None, None)?;
+    Ok(dataplane)
+}
+
+/// Runs a Python client inside the sandbox; returns its stdout lines.
+fn python(sandbox: &Sandbox, script: &str, args: &[&str]) -> Result<Vec<String>> {
+    let output = sandbox.command("python3")?.arg("-c").arg(script).args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
+}
+
+const PRELUDE: &str = "
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ':' in host else socket.AF_INET
+def show(address):
+    return f'{address[0]}:{address[1]}' if family == socket.AF_INET else f'[{address[0]}]:{address[1]}'
+";
+
+/// `sockets` unconnected UDP sockets, each `sendto()`s 3 requests to HOST:PORT and prints
+/// `reply-name source` per reply.
+const UNCONNECTED: &str = "
+for _ in range(int(sys.argv[3])):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    for _ in range(3):
+        s.sendto(b'q', (host, port))
+        data, source = s.recvfrom(512)
+        print(data.decode().strip(), show(source))
+    s.close()
+";
+
+/// One connected UDP socket and one TCP socket: `getpeername()` of each, and the UDP reply's
+/// source.
+const CONNECTED: &str = "
+u = socket.socket(family, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.connect((host, port))
+print('udp-peer', show(u.getpeername()))
+u.send(b'q')
+data, source = u.recvfrom(512)
+print('udp-reply', data.decode().strip(), show(source))
+t = socket.create_connection((host, port), timeout=5)
+print('tcp-peer', show(t.getpeername()))
+";
+
+/// A VIP with UDP and TCP on one port, each of `backends` (`IP:PORT`) serving both.
+fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandbox> {
+    let mut sandbox = Sandbox::new(test)?;
+    for (i, backend) in backends.iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        sandbox.serve_udp(backend, &name)?;
+        sandbox.serve_tcp(backend, &name)?;
+    }
+    let refs = &backends[..];
+    let mut desired = udp_service(vip, &refs)?;
+    // The same VIP and port over TCP, with the same backends (service ID 2).
+    let tcp = one_service(vip, &refs)?;
+    for (frontend, mut entry) in tcp.services {
+        entry.id = 2;
+        desired.services.insert(frontend, entry);
+    }
+    for ((_, slot), backend) in tcp.slots {
+        desired.slots.insert((2, slot), backend + 10);
+    }
+    for (id, mut backend) in tcp.backends {
+        backend.service_id = 2;
+        desired.backends.insert(id + 10, backend);
+    }
+    desired.names.insert(2, "test-tcp".into());
+    install(&sandbox, &desired)?;
+    Ok(sandbox)
+}
+
+/// Splits `VIP:PORT` (`[v6]:PORT` too) into what Python's socket takes.
+fn host_and_port(vip: &str) -> Result<(&str, &str)> {
+    let (host, port) = vip.rsplit_once(':').context("VIP:PORT")?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+fn unconnected_udp_replies_come_from_the_vip(
+    test: &str,
+    vip: &str,
+    backends: [&str; 3],
+) -> Result<()> {
+    let sandbox = udp_and_tcp_world(test, vip, backends)?;
+    let (host, port) = host_and_port(vip)?;
+    let lines = python(&sandbox, &format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "40"])?;
+    assert_eq!(lines.len(), 120, "{lines:?}");
+    let mut per_socket_backends = Vec::new();
+    for socket in lines.chunks(3) {
+        let names: BTreeSet<&str> =
+            socket.iter().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+        for line in socket {
+            assert!(line.ends_with(&format!(" {vip}")), "a reply not from the VIP: {line}");
+        }
+        // A request and its retries reach one backend.
+        assert_eq!(names.len(), 1, "one socket reached several backends: {socket:?}");
+        per_socket_backends.extend(names.into_iter().map(str::to_owned));
+    }
+    // Different sockets spread over the backends.
+    let spread: BTreeSet<&String> = per_socket_backends.iter().collect();
+    assert_eq!(spread.len(), 3, "{per_socket_backends:?}");
+    Ok(())
+}
+
+const IPV4_BACKENDS: [&str; 3] = ["127.0.0.11:5300", "127.0.0.12:5300", "127.0.0.13:5300"];
+/// IPv6 has one loopback address: three ports on it stand for three backends.
+const IPV6_BACKENDS: [&str; 3] = ["[::1]:5301", "[::1]:5302", "[::1]:5303"];
+
+#[test]
+fn unconnected_udp_over_ipv4_is_answered_from_the_vip_by_one_backend_per_socket() -> Result<()> {
+    unconnected_udp_replies_come_from_the_vip("udp4", "10.96.0.53:53", IPV4_BACKENDS)
+}
+
+#[test]
+fn unconnected_udp_over_ipv6_is_answered_from_the_vip_by_one_backend_per_socket() -> Result<()> {
+    unconnected_udp_replies_come_from_the_vip("udp6", "[fd00:96::53]:53", IPV6_BACKENDS)
+}
+
+fn connected_sockets_see_the_vip(test: &str, vip: &str, backends: [&str; 3]) -> Result<()> {
+    let sandbox = udp_and_tcp_world(test, vip, backends)?;
+    let (host, port) = host_and_port(vip)?;
+    let lines = python(&sandbox, &format!("{PRELUDE}{CONNECTED}"), &[host, port])?;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], format!("udp-peer {vip}"));
+    assert!(
+        lines[1].starts_with("udp-reply b") && lines[1].ends_with(&format!(" {vip}")),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], format!("tcp-peer {vip}"));
+    Ok(())
+}
+
+#[test]
+fn getpeername_of_connected_udp_and_tcp_sockets_is_the_vip_over_ipv4() -> Result<()> {
+    connected_sockets_see_the_vip("peer4", "10.96.0.53:53", IPV4_BACKENDS)
+}
+
+#[test]
+fn getpeername_of_connected_udp_and_tcp_sockets_is_the_vip_over_ipv6() -> Result<()> {
+    connected_sockets_see_the_vip("peer6", "[fd00:96::53]:53", IPV6_BACKENDS)
+}
+
+#[test]
+fn a_reply_from_a_backend_the_live_set_dropped_is_left_alone_and_counted() -> Result<()> {
+    let mut sandbox = Sandbox::new("stale")?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let mut dataplane = install(&sandbox, &udp_service("10.96.0.53:53", &[&b1])?)?;
+    // A connected socket talks to b1 through the VIP, then b1 leaves the service; the
+    // socket asks for its peer again.
+    let script = format!(
+        "{PRELUDE}
+u = socket.socket(family, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.connect((host, port))
+print(show(u.getpeername()), flush=True)
+sys.stdin.readline()
+print(show(u.getpeername()), flush=True)
+"
+    );
+    let mut child = sandbox
+        .command("python3")?
+        .args(["-c", &script, "10.96.0.53", "53"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    assert_eq!(line.trim(), "10.96.0.53:53");
+
+    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
+    let mut moved = udp_service("10.96.0.53:53", &[&b2])?;
+    // A new backend ID: b1's ID 1 is gone from the service.
+    let entry = moved.backends.remove(&1).context("backend 1")?;
+    moved.backends.insert(7, entry);
+    moved.slots.insert((1, 0), 7);
+    dataplane.apply(&moved, None, None)?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, b"\n")?;
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    ensure!(child.wait()?.success(), "client failed");
+    assert_eq!(line.trim(), b1, "a stale entry still translated");
+    assert_eq!(dataplane.events()?.reverse_stale, 1);
+    Ok(())
+}
+
+/// Deletes one entry of a pinned map with bpftool, as an operator (or a bug) might.
+fn delete_by_hand(sandbox: &Sandbox, map: &str, key: &[u8]) -> Result<()> {
+    let status = Command::new("bpftool")
+        .args(["map", "delete", "pinned"])
+        .arg(sandbox.pin_path().join(map))
+        .arg("key")
+        .args(key.iter().map(u8::to_string))
+        .status()?;
+    ensure!(status.success(), "bpftool map delete failed");
+    Ok(())
+}
+
+#[test]
+fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Result<()> {
+    let mut sandbox = Sandbox::new("fail-closed")?;
+    let backend = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
+    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&backend])?)?;
+    let active = dataplane.status()?.active_set;
+    let sent_before = sandbox.lo_tx_packets()?;
+
+    // SLOTS key: service 1, slot 0, the active set.
+    let mut slot = 1u32.to_le_bytes().to_vec();
+    slot.extend(0u32.to_le_bytes());
+    slot.extend([active, 0, 0, 0]);
+    delete_by_hand(&sandbox, "SLOTS", &slot)?;
+    let result = sandbox.probe_tcp("10.96.0.10:80", 4)?;
+    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&4), "{result:?}");
+    assert_eq!(dataplane.events()?.slot_miss, 4);
+
+    // With the slot back, the backend missing instead.
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(sandbox.pin_path().join("SLOTS"))
+        .arg("key")
+        .args(slot.iter().map(u8::to_string))
+        .arg("value")
+        .args(1u32.to_le_bytes().iter().map(u8::to_string))
+        .status()?;
+    ensure!(status.success(), "bpftool map update failed");
+    let mut key = 1u32.to_le_bytes().to_vec();
+    key.extend([active, 0, 0, 0]);
+    delete_by_hand(&sandbox, "BACKENDS", &key)?;
+    let result = sandbox.probe_tcp("10.96.0.10:80", 3)?;
+    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&3), "{result:?}");
+    assert_eq!(dataplane.events()?.backend_miss, 3);
+    // Refused before any packet: nothing left for the VIP (or anywhere).
+    assert_eq!(sandbox.lo_tx_packets()?, sent_before);
+    Ok(())
+}
