@@ -82,9 +82,9 @@ fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandb
         sandbox.serve_tcp(backend, &name)?;
     }
     let refs = &backends[..];
-    let mut desired = udp_service(vip, &refs)?;
+    let mut desired = udp_service(vip, refs)?;
     // The same VIP and port over TCP, with the same backends (service ID 2).
-    let tcp = one_service(vip, &refs)?;
+    let tcp = one_service(vip, refs)?;
     for (frontend, mut entry) in tcp.services {
         entry.id = 2;
         desired.services.insert(frontend, entry);
