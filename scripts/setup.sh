@@ -14,8 +14,10 @@ need_root() {
 
 # --- apt packages -------------------------------------------------------------------------
 # pkg-config + libssl-dev: git2's https transport; iproute2: `ip netns`; git: the git source
-# and `git daemon` in tests; iptables/nftables: benchmark baselines; bpftool: inspecting maps.
-APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool)
+# and `git daemon` in tests; iptables/nftables: benchmark baselines; bpftool: inspecting maps;
+# python3: socket-level test clients; dnsmasq-base (the binary, no system service) and
+# bind9-dnsutils (dig): a real DNS server and client behind a UDP VIP in tests and the demo.
+APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -264,3 +264,62 @@ fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Resu
     assert_eq!(sandbox.lo_tx_packets()?, sent_before);
     Ok(())
 }
+
+/// A child process of the test, killed by its PID when dropped (also when the test fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dig` against a real `dnsmasq` behind a UDP VIP: dig drops a reply whose source is not
+/// the address it asked, so an answer proves the reply was translated back.
+fn dig_through_a_udp_vip(test: &str, vip: &str, listen: &str) -> Result<()> {
+    let sandbox = Sandbox::new(test)?;
+    let backend = format!(
+        "{}:53",
+        if listen.contains(':') { format!("[{listen}]") } else { listen.to_owned() }
+    );
+    let dnsmasq = sandbox
+        .command("dnsmasq")?
+        .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-hosts", "--no-resolv"])
+        .args(["--bind-interfaces", "--port=53", "--pid-file=", "--user=root"])
+        .arg(format!("--listen-address={listen}"))
+        .arg("--address=/web.example.test/10.1.0.11")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting dnsmasq (installed by `make setup`)")?;
+    let _dnsmasq = Child(dnsmasq);
+    install(&sandbox, &udp_service(vip, &[&backend])?)?;
+    let (host, _) = host_and_port(vip)?;
+    // dnsmasq may still be binding: a few tries, each with dig's own short timeout.
+    let mut last = String::new();
+    for _ in 0..10 {
+        let output = sandbox
+            .command("dig")?
+            .args([&format!("@{host}"), "web.example.test", "A", "+short", "+tries=1", "+time=1"])
+            .output()?;
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() && last.trim() == "10.1.0.11" {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("dig through {vip} never got its answer; last output:\n{last}")
+}
+
+#[test]
+fn dig_gets_an_answer_from_dnsmasq_behind_an_ipv4_udp_vip() -> Result<()> {
+    dig_through_a_udp_vip("dig4", "10.96.0.53:53", "127.0.0.53")
+}
+
+#[test]
+fn dig_gets_an_answer_from_dnsmasq_behind_an_ipv6_udp_vip() -> Result<()> {
+    dig_through_a_udp_vip("dig6", "[fd00:96::53]:53", "::1")
+}
