@@ -50,7 +50,16 @@ serve() { # ADDR PORT NAME
 for i in 11 12 13 14; do serve "10.1.0.$i" 8080 "web-$i"; done
 for i in 21 22 23; do serve "fd00:1::$i" 8443 "payments-$i"; done
 for i in 10 11 12; do serve "10.3.0.$i" 5432 "postgres-$i"; done
-echo "  listening: web 10.1.0.11-14:8080, payments [fd00:1::21-23]:8443, postgres 10.3.0.10-12:5432"
+resolver() { # ADDR: a real DNS server (dnsmasq) that answers for demo.test
+    ip -n "$NS" addr add "$1/32" dev lo 2>/dev/null || true
+    ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-hosts \
+        --no-resolv --bind-interfaces --listen-address="$1" --port=53 --pid-file= --user=root \
+        --address=/web.demo.test/10.96.0.10 --log-facility=/dev/null &
+    SERVERS+=($!)
+}
+for i in 53 54; do resolver "10.2.0.$i"; done
+echo "  listening: web 10.1.0.11-14:8080, payments [fd00:1::21-23]:8443, postgres 10.3.0.10-12:5432,"
+echo "             DNS (dnsmasq) 10.2.0.53-54:53"
 mkdir -p "$CG"
 echo "  demo cgroup: $CG"
 
@@ -74,6 +83,12 @@ say "Clients in the cgroup connect to the VIPs (60 connects each)"
 echo "web 10.96.0.10:80 (weights 1, 1, 2):"; connect 10.96.0.10:80 60
 echo "payments [fd00:96::20]:443 (one backend draining):"; connect "[fd00:96::20]:443" 60
 echo "postgres-read 10.96.2.10:5432 (weights 1, 3; one draining):"; connect 10.96.2.10:5432 60
+
+say "A DNS query over UDP to the dns VIP, answered by a resolver behind it, from the VIP"
+# dig accepts only an answer from the address it asked: sendmsg (or connect) took the query
+# to a resolver, and recvmsg shows the VIP as the answer's source again.
+sh -c 'echo $$ > "$1/cgroup.procs"; exec ip netns exec "$2" dig @10.96.0.53 web.demo.test A +tries=1 +time=2' \
+    sh "$CG" "$NS" | grep -E 'ANSWER SECTION|IN[[:space:]]+A|SERVER:' | sed 's/^/  /'
 
 say "A commit: web drops 10.1.0.12 and gains 10.1.0.14"
 sed -i 's/^    - {address: 10.1.0.12}$/    - {address: 10.1.0.14}/' "$WORK/repo/services/team-web/web.yaml"
