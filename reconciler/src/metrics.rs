@@ -18,6 +18,7 @@ pub struct Metrics {
     pub services: u64,
     pub backends: u64,
     pub map_writes: u64,
+    pub sockets_destroyed: u64,
 }
 
 impl Metrics {
@@ -36,6 +37,12 @@ impl Metrics {
     /// Counts an outcome that is part of a run already observed (drift after a bad commit).
     pub fn count(&mut self, result: &'static str) {
         *self.reconciles.entry(result).or_default() += 1;
+    }
+
+    /// Counts what an apply wrote and destroyed.
+    pub fn applied_report(&mut self, report: &crate::dataplane::ApplyReport) {
+        self.map_writes += report.map_writes as u64;
+        self.sockets_destroyed += report.sockets_destroyed as u64;
     }
 
     pub fn applied(&mut self, revision: Option<&str>, unix_seconds: f64) {
@@ -80,6 +87,10 @@ impl Metrics {
             "BPF map writes made by applies.",
         );
         let _ = writeln!(out, "reconciler_map_writes_total {}", self.map_writes);
+        let name = "reconciler_sockets_destroyed_total";
+        let help = "Connected UDP sockets destroyed because an apply removed their backend.";
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", self.sockets_destroyed);
         process_metrics(&mut out);
         out
     }

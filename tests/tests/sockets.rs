@@ -172,40 +172,36 @@ fn getpeername_of_connected_udp_and_tcp_sockets_is_the_vip_over_ipv6() -> Result
 }
 
 #[test]
-fn a_reply_from_a_backend_the_live_set_dropped_is_left_alone_and_counted() -> Result<()> {
+fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() -> Result<()> {
     let mut sandbox = Sandbox::new("stale")?;
-    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
-    let mut dataplane = install(&sandbox, &udp_service("10.96.0.53:53", &[&b1])?)?;
-    // A connected socket talks to b1 through the VIP, then b1 leaves the service; the
-    // socket asks for its peer again.
+    let b1 = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
+    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&b1])?)?;
+    let active = dataplane.status()?.active_set;
+    // A TCP socket connected through the VIP asks for its peer, before and after its
+    // backend disappears from the live set behind user space's back (applies also delete
+    // the entries of the backends they remove; this is the programs' own check).
     let script = format!(
         "{PRELUDE}
-u = socket.socket(family, socket.SOCK_DGRAM)
-u.settimeout(5)
-u.connect((host, port))
-print(show(u.getpeername()), flush=True)
+t = socket.create_connection((host, port), timeout=5)
+print(show(t.getpeername()), flush=True)
 sys.stdin.readline()
-print(show(u.getpeername()), flush=True)
+print(show(t.getpeername()), flush=True)
 "
     );
     let mut child = sandbox
         .command("python3")?
-        .args(["-c", &script, "10.96.0.53", "53"])
+        .args(["-c", &script, "10.96.0.10", "80"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    assert_eq!(line.trim(), "10.96.0.53:53");
+    assert_eq!(line.trim(), "10.96.0.10:80");
 
-    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
-    let mut moved = udp_service("10.96.0.53:53", &[&b2])?;
-    // A new backend ID: b1's ID 1 is gone from the service.
-    let entry = moved.backends.remove(&1).context("backend 1")?;
-    moved.backends.insert(7, entry);
-    moved.slots.insert((1, 0), 7);
-    dataplane.apply(&moved, None, None)?;
+    let mut key = 1u32.to_le_bytes().to_vec();
+    key.extend([active, 0, 0, 0]);
+    delete_by_hand(&sandbox, "BACKENDS", &key)?;
     std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, b"\n")?;
     line.clear();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
@@ -322,4 +318,69 @@ fn dig_gets_an_answer_from_dnsmasq_behind_an_ipv4_udp_vip() -> Result<()> {
 #[test]
 fn dig_gets_an_answer_from_dnsmasq_behind_an_ipv6_udp_vip() -> Result<()> {
     dig_through_a_udp_vip("dig6", "[fd00:96::53]:53", "::1")
+}
+
+#[test]
+fn a_connected_udp_socket_whose_backend_is_removed_is_destroyed_and_others_are_not() -> Result<()> {
+    let mut sandbox = Sandbox::new("destroy")?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
+    let mut dataplane = install(&sandbox, &udp_service("10.96.0.53:53", &[&b1])?)?;
+    // A connected socket and an unconnected one, both talking to b1 through the VIP; then
+    // b1 leaves the service and b2 takes its place; then each talks again.
+    let script = format!(
+        "{PRELUDE}
+c = socket.socket(family, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect((host, port))
+c.send(b'q')
+print('connected', c.recv(512).decode().strip(), flush=True)
+u = socket.socket(family, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b'q', (host, port))
+print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
+sys.stdin.readline()
+import errno
+for call in (lambda: c.recv(512), lambda: c.send(b'q')):
+    try:
+        print('connected', call(), flush=True)
+    except OSError as e:
+        print('connected', errno.errorcode.get(e.errno, e.errno), flush=True)
+u.sendto(b'q', (host, port))
+print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
+"
+    );
+    let mut child = sandbox
+        .command("python3")?
+        .args(["-c", &script, "10.96.0.53", "53"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        lines.push(line.trim().to_owned());
+    }
+    assert_eq!(lines, ["connected b1", "unconnected b1"]);
+
+    let mut moved = udp_service("10.96.0.53:53", &[&b2])?;
+    let entry = moved.backends.remove(&1).context("backend 1")?;
+    moved.backends.insert(2, entry);
+    moved.slots.insert((1, 0), 2);
+    let report = dataplane.apply(&moved, None, None)?;
+    assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
+
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, b"\n")?;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest)?;
+    ensure!(child.wait()?.success(), "client failed");
+    // The socket's pending error reaches the next receive; after it the socket is no longer
+    // connected, so a send without an address fails too: the client connects again.
+    assert_eq!(
+        rest.lines().collect::<Vec<_>>(),
+        ["connected ECONNABORTED", "connected EDESTADDRREQ", "unconnected b2"]
+    );
+    Ok(())
 }

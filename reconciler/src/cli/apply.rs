@@ -9,7 +9,10 @@ use reconciler::{
     plan::{from_saved, render_text, Plan},
 };
 
-use super::{plan::invalid_to_report, ReconcileArgs};
+use super::{
+    plan::{invalid_to_report, public_json},
+    Output, ReconcileArgs,
+};
 
 #[derive(Args)]
 pub struct ApplyArgs {
@@ -25,6 +28,9 @@ pub struct ApplyArgs {
     /// Apply even if the plan destroys every service and defines none (an empty source).
     #[arg(long)]
     allow_destroy_all: bool,
+    /// `json`: the plan and the result as one JSON document (`format_version` 1).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// Plans made from the definitions that lost a race with another apply before this one
@@ -43,7 +49,9 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 apply::plan(&desired, pin_path)?
             }
         };
-        print!("{}", render_text(&plan));
+        if args.output == Output::Text {
+            print!("{}", render_text(&plan));
+        }
         let applied = apply::apply(&plan, pin_path, args.cgroup.as_deref(), args.allow_destroy_all);
         match applied {
             // A plan made just now lost a race with another apply (the daemon's, say): plan
@@ -52,7 +60,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 if args.plan_file.is_none() && attempt < ATTEMPTS =>
             {
                 attempt += 1;
-                println!("\nAnother apply changed the data plane while this one was planning; planning again.\n");
+                eprintln!("Another apply changed the data plane while this one was planning; planning again.");
             }
             Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. }))
                 if args.plan_file.is_none() =>
@@ -62,6 +70,21 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             other => break (plan, other?),
         }
     };
+    if let Some(error) = &report.sockets_error {
+        eprintln!("warning: the maps are applied, but {error}");
+    }
+    if args.output == Output::Json {
+        let mut value = public_json(&plan)?;
+        value["result"] = serde_json::json!({
+            "changes": report.changes,
+            "map_writes": report.map_writes,
+            "generation": report.generation,
+            "sockets_destroyed": report.sockets_destroyed,
+            "sockets_error": report.sockets_error,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let s = plan.summary;
     println!(
         "\nApply complete! Services: {} added, {} changed, {} destroyed.",
@@ -74,6 +97,13 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         report.generation,
         plan.context.revision.as_deref().unwrap_or("none (a plain directory)")
     );
+    if report.sockets_destroyed > 0 {
+        println!(
+            "Destroyed {} connected UDP socket(s) whose backend was removed; they reconnect \
+             through the VIP.",
+            report.sockets_destroyed
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -70,7 +70,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The plan for people and CI: everything but the desired map entries (kept in `--out`).
-fn public_json(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+pub fn public_json(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let mut value = serde_json::to_value(plan)?;
     if let Some(object) = value.as_object_mut() {
         object.remove("desired");

@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, Desired, Error},
-    dataplane::Dataplane,
+    dataplane::{ApplyReport, Dataplane},
     metrics::Metrics,
     node,
     plan::Plan,
@@ -121,14 +121,14 @@ impl Memory {
 enum Outcome {
     Applied {
         plan: Box<Plan>,
-        map_writes: usize,
+        report: ApplyReport,
     },
     Unchanged {
         plan: Box<Plan>,
     },
     DriftHealed {
         plan: Box<Plan>,
-        map_writes: usize,
+        report: ApplyReport,
     },
     DriftReported {
         plan: Box<Plan>,
@@ -364,11 +364,10 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
     {
         Ok(report) => {
             memory.last_good = Some(desired);
-            let map_writes = report.map_writes;
             if new_revision {
-                Outcome::Applied { plan: Box::new(plan), map_writes }
+                Outcome::Applied { plan: Box::new(plan), report }
             } else {
-                Outcome::DriftHealed { plan: Box::new(plan), map_writes }
+                Outcome::DriftHealed { plan: Box::new(plan), report }
             }
         }
         // Someone else applied in between: not this commit's fault; look again soon.
@@ -406,9 +405,7 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     }
     match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
     {
-        Ok(report) => {
-            Some(Outcome::DriftHealed { plan: Box::new(plan), map_writes: report.map_writes })
-        }
+        Ok(report) => Some(Outcome::DriftHealed { plan: Box::new(plan), report }),
         Err(e) => Some(Outcome::Transient { error: e.to_string() }),
     }
 }
@@ -438,14 +435,18 @@ fn record(
     status.last_reconcile_at = Some(now_text.clone());
     let mut transient = false;
     match outcome {
-        Outcome::Applied { plan, map_writes } => {
+        Outcome::Applied { plan, report } => {
             info!(
                 revision = plan.context.revision.as_deref().unwrap_or("-"),
                 changes = plan.entry_changes,
-                map_writes,
+                map_writes = report.map_writes,
+                sockets_destroyed = report.sockets_destroyed,
                 "applied"
             );
-            metrics.map_writes += map_writes as u64;
+            if let Some(error) = &report.sockets_error {
+                warn!("the maps are applied, but {error}");
+            }
+            metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
             at_revision(&mut status, &mut metrics, &plan, &now_text);
         }
@@ -462,9 +463,9 @@ fn record(
             }
             holding(&mut status, &mut metrics, &plan);
         }
-        Outcome::DriftHealed { plan, map_writes } => {
-            warn!(entries = plan.entry_changes, map_writes, "drift healed");
-            metrics.map_writes += map_writes as u64;
+        Outcome::DriftHealed { plan, report } => {
+            warn!(entries = plan.entry_changes, map_writes = report.map_writes, "drift healed");
+            metrics.applied_report(&report);
             metrics.applied(
                 status.applied_revision.as_deref().or(plan.context.revision.as_deref()),
                 now,

@@ -22,13 +22,15 @@
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
 mod batch;
+mod destroy;
 mod ours;
 mod pindir;
 mod state;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -43,8 +45,8 @@ use aya::{
     EbpfLoader,
 };
 use reconciler_common::{
-    event, Backend, BackendKey, BackendStats, Metadata, ServiceKey, ServiceName, ServiceValue,
-    SlotKey, LAYOUT_VERSION, REVISION_LEN,
+    event, Backend, BackendKey, BackendStats, Metadata, ReverseKey, ReverseValue, ServiceKey,
+    ServiceName, ServiceValue, SlotKey, LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
 };
 pub use state::{Algorithm, BackendEntry, Change, Frontend, MapState, Protocol, ServiceEntry};
 
@@ -180,7 +182,7 @@ fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// What an apply did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     /// Entry changes between the live state and the desired one.
     pub changes: usize,
@@ -189,6 +191,10 @@ pub struct ApplyReport {
     pub map_writes: usize,
     /// The generation after the apply.
     pub generation: u64,
+    /// Connected UDP sockets destroyed because the apply took their backend away.
+    pub sockets_destroyed: usize,
+    /// Why destroying those sockets failed, if it did; the maps are applied all the same.
+    pub sockets_error: Option<String>,
 }
 
 /// The map writes [`Dataplane::apply`] makes for `changes` (live -> desired) when the standby
@@ -260,6 +266,7 @@ pub struct Dataplane {
     backends: MapData,
     stats: PerCpuArray<MapData, BackendStats>,
     events: PerCpuArray<MapData, u64>,
+    reverse: MapData,
     metadata: Array<MapData, Metadata>,
     names: MapData,
 }
@@ -491,6 +498,7 @@ impl Dataplane {
             backends: map_data(pin_path, "BACKENDS")?,
             stats: typed_map!(pin_path, "BACKEND_STATS"),
             events: typed_map!(pin_path, "EVENTS"),
+            reverse: map_data(pin_path, "REVERSE")?,
             metadata: typed_map!(pin_path, "METADATA"),
             names: map_data(pin_path, "SERVICE_NAMES")?,
         })
@@ -662,7 +670,7 @@ impl Dataplane {
         let standby_changes: Vec<Change> =
             standby_content.changes_to(desired).into_iter().filter(Change::is_versioned).collect();
         if changes.is_empty() && standby_changes.is_empty() && !revision_changed {
-            return Ok(ApplyReport { changes: 0, map_writes: 0, generation: metadata.generation });
+            return Ok(ApplyReport { generation: metadata.generation, ..ApplyReport::default() });
         }
 
         let mut writes = 0;
@@ -691,11 +699,51 @@ impl Dataplane {
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.write_metadata(&metadata)?;
         writes += 1;
+        let (sockets_destroyed, sockets_error) = match self.forget_removed_backends(&live, desired)
+        {
+            Ok(destroyed) => (destroyed, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
         Ok(ApplyReport {
             changes: changes.len(),
             map_writes: writes,
             generation: metadata.generation,
+            sockets_destroyed,
+            sockets_error,
         })
+    }
+
+    /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
+    /// (or moved) are deleted, and the connected UDP sockets they name are destroyed (see
+    /// `destroy`); returns how many were.
+    fn forget_removed_backends(&self, live: &MapState, desired: &MapState) -> Result<usize> {
+        let removed: BTreeSet<u32> = live
+            .backends
+            .iter()
+            .filter(|(id, old)| desired.backends.get(id) != Some(old))
+            .map(|(id, _)| *id)
+            .collect();
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        let entries = batch::lookup_all::<ReverseKey, ReverseValue>(&self.reverse)
+            .map_err(io_err("reading REVERSE"))?;
+        let stale: Vec<(ReverseKey, ReverseValue)> =
+            entries.into_iter().filter(|(_, value)| removed.contains(&value.backend_id)).collect();
+        let udp: BTreeMap<u64, SocketAddr> = stale
+            .iter()
+            .filter(|(_, value)| value.protocol == PROTO_UDP)
+            .map(|(key, _)| {
+                (
+                    key.cookie,
+                    SocketAddr::new(state::words_to_addr(&key.addr), u16::from_be(key.port)),
+                )
+            })
+            .collect();
+        let keys: Vec<ReverseKey> = stale.into_iter().map(|(key, _)| key).collect();
+        batch::delete_all(&self.reverse, &keys).map_err(io_err("deleting from REVERSE"))?;
+        destroy::connected_udp_sockets(&udp)
+            .map_err(io_err("destroying the connected UDP sockets of removed backends"))
     }
 
     /// Writes `changes` into map set `set` (names ignore the set), in batches per map;

@@ -1,0 +1,182 @@
+//! Connected UDP sockets whose backend an apply took away are destroyed, so the
+//! application's next call fails (`ECONNABORTED`) and it connects again, through the live
+//! set. Without this a connected UDP socket keeps sending to a removed backend for ever (the
+//! most reported pain of Cilium's socket LB). Unconnected sockets are left alone (their next
+//! `sendto()` is translated afresh) and so are TCP sockets (the backend's RST ends them).
+//!
+//! How: netlink `SOCK_DESTROY` over `inet_diag` (`CONFIG_INET_DIAG_DESTROY`), not the
+//! `bpf_sock_destroy` kfunc from a socket iterator: it needs no further BPF program, link or
+//! verifier-visible state, and it names one socket exactly (its 4-tuple and cookie), so a
+//! socket that happens to share an address is never hit. Both see one network namespace at a
+//! time, so every namespace with a process in it is visited; sockets are matched by the
+//! cookie the data plane recorded in `REVERSE`, which is unique on the machine.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::SocketAddr,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagDestroy, SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
+
+/// Destroys the UDP sockets among `targets` (socket cookie -> the backend it was connected
+/// to) that are still connected to that backend, in every network namespace; returns how
+/// many were destroyed.
+pub(super) fn connected_udp_sockets(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let mut destroyed = 0;
+    for namespace in network_namespaces()? {
+        let targets = targets.clone();
+        // setns() changes the calling thread's namespace only: a thread of its own.
+        destroyed += std::thread::spawn(move || -> io::Result<usize> {
+            let file = fs::File::open(&namespace)?;
+            // SAFETY: a file descriptor of a network namespace, owned for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            in_this_namespace(&targets)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the socket-destroying thread panicked"))??;
+    }
+    Ok(destroyed)
+}
+
+/// One `/proc/PID/ns/net` path per network namespace that has a process in it.
+fn network_namespaces() -> io::Result<Vec<std::path::PathBuf>> {
+    let mut seen = BTreeSet::new();
+    let mut paths = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path().join("ns/net");
+        // A process may end while we look: skip it.
+        if let Ok(meta) = fs::metadata(&path) {
+            if seen.insert((meta.dev(), meta.ino())) {
+                paths.push(path);
+            }
+        }
+    }
+    Ok(paths)
+}
+
+fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut doomed = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        let request = InetRequest {
+            family,
+            protocol: IPPROTO_UDP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+        };
+        send(&socket, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request))?;
+        receive(&socket, |message: NetlinkMessage<SockDiagMessage>| match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                let id = &response.header.socket_id;
+                let peer =
+                    SocketAddr::new(id.destination_address.to_canonical(), id.destination_port);
+                if targets.get(&cookie(&id.cookie)) == Some(&canonical(peer)) {
+                    doomed.push((response.header.family, id.clone()));
+                }
+                Ok(false)
+            }
+            NetlinkPayload::Done(_) => Ok(true),
+            NetlinkPayload::Error(e) => Err(io::Error::other(format!("sock_diag dump: {e:?}"))),
+            _ => Ok(false),
+        })?;
+    }
+    let mut destroyed = 0;
+    for (family, socket_id) in doomed {
+        let request = InetRequest {
+            family,
+            protocol: IPPROTO_UDP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        };
+        let message = SockDiagDestroy::new(SockDiagMessage::InetRequest(request));
+        send(&socket, NLM_F_REQUEST | NLM_F_ACK, message)?;
+        receive(&socket, |message: NetlinkMessage<SockDiagDestroy>| match message.payload {
+            NetlinkPayload::Error(e) => {
+                // An ACK is an error message without an error; a socket that closed
+                // meanwhile (ENOENT) needs no destroying.
+                if e.code.is_none() {
+                    destroyed += 1;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        })?;
+    }
+    Ok(destroyed)
+}
+
+/// The kernel's socket cookie from `inet_diag_sockid.idiag_cookie`: two host-order 32-bit
+/// words, low word first.
+fn cookie(words: &[u8; 8]) -> u64 {
+    let low = u32::from_ne_bytes([words[0], words[1], words[2], words[3]]);
+    let high = u32::from_ne_bytes([words[4], words[5], words[6], words[7]]);
+    u64::from(low) | (u64::from(high) << 32)
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn send<T>(socket: &Socket, flags: u16, payload: T) -> io::Result<()>
+where
+    T: netlink_packet_core::NetlinkSerializable + std::fmt::Debug + Clone + PartialEq + Eq,
+    NetlinkPayload<T>: From<T>,
+{
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut message = NetlinkMessage::new(header, payload.into());
+    message.finalize();
+    let mut buffer = vec![0; message.buffer_len()];
+    message.serialize(&mut buffer);
+    socket.send(&buffer, 0)?;
+    Ok(())
+}
+
+/// Reads messages and hands each to `handle` until it says it saw the last one.
+fn receive<T>(
+    socket: &Socket,
+    mut handle: impl FnMut(NetlinkMessage<T>) -> io::Result<bool>,
+) -> io::Result<()>
+where
+    T: netlink_packet_core::NetlinkDeserializable + std::fmt::Debug,
+{
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut buffer[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<T>::deserialize(&buffer[offset..size])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let length = message.header.length as usize;
+            if handle(message)? {
+                return Ok(());
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
