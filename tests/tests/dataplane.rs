@@ -610,42 +610,22 @@ fn concurrent_installs_at_two_pin_paths_on_one_cgroup_leave_one_data_plane() -> 
 }
 
 #[test]
-fn a_data_plane_of_an_older_layout_is_refused_never_detached() -> Result<()> {
-    let mut sandbox = Sandbox::new("old-layout")?;
+fn an_install_that_stopped_before_all_its_links_is_completed_in_place() -> Result<()> {
+    let mut sandbox = Sandbox::new("partial-links")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
-    // What layout 1 left: the connect links alone, and its version in METADATA.
-    for hook in ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"] {
+    // What an install that died after pinning its connect links leaves.
+    let later = ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
+    for hook in later {
         fs::remove_file(sandbox.pin_path().join(format!("link_{hook}")))?;
     }
-    let metadata = sandbox.pin_path().join("METADATA");
-    let output = Command::new("bpftool")
-        .args(["-j", "map", "lookup", "pinned"])
-        .arg(&metadata)
-        .args(["key", "0", "0", "0", "0"])
-        .output()?;
-    let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let mut value: Vec<String> = entry["value"]
-        .as_array()
-        .context("no value in bpftool's answer")?
-        .iter()
-        .map(|byte| byte.as_str().unwrap_or("0").to_owned())
-        .collect();
-    value[0] = "1".into();
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(&metadata)
-        .args(["key", "0", "0", "0", "0", "value"])
-        .args(&value)
-        .status()?;
-    ensure!(status.success(), "bpftool map update failed");
     assert_eq!(sandbox.attached_programs()?, 2);
 
-    let err =
-        Dataplane::install(sandbox.pin_path(), sandbox.cgroup()).err().context("installed")?;
-    assert!(err.to_string().contains("have layout version 1, this build uses 2"), "{err}");
-    // Nothing was detached: the old programs still translate.
-    assert_eq!(sandbox.attached_programs()?, 2);
+    // The next install (any apply) completes it, keeping what it serves.
+    let dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(dataplane.read_live()?.status.generation, 1);
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    assert_eq!(reconciler::dataplane::upgrade(sandbox.pin_path())?, None);
     Ok(())
 }

@@ -5,9 +5,10 @@ use anyhow::Context as _;
 use clap::Args;
 use reconciler::{
     apply::{self, Error},
-    limits,
+    dataplane, limits,
     plan::{from_saved, render_text, Plan},
 };
+use reconciler_common::LAYOUT_VERSION;
 
 use super::{
     plan::{invalid_to_report, public_json},
@@ -39,6 +40,17 @@ const ATTEMPTS: usize = 3;
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let pin_path = &args.target.pin.pin_path;
+    // A data plane of an older build is brought up to this one before anything is planned.
+    if let Some(upgraded) = dataplane::upgrade(pin_path)? {
+        eprintln!(
+            "Upgraded the data plane at {} in place from layout {} to {LAYOUT_VERSION} \
+             (programs replaced: {}; attached: {}).",
+            pin_path.display(),
+            upgraded.from_layout,
+            upgraded.replaced.join(", "),
+            if upgraded.attached.is_empty() { "none".into() } else { upgraded.attached.join(", ") },
+        );
+    }
     let mut attempt = 1;
     let (plan, report) = loop {
         let plan = match &args.plan_file {

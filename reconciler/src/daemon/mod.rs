@@ -306,6 +306,17 @@ fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
 
 /// Fetch, validate, plan, apply: the fetched commit's part of a run.
 fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
+    // A data plane of an older build (at start, say) is upgraded in place before it is read.
+    match crate::dataplane::upgrade(&config.pin_path) {
+        Ok(Some(upgraded)) => info!(
+            from_layout = upgraded.from_layout,
+            replaced = ?upgraded.replaced,
+            attached = ?upgraded.attached,
+            "upgraded the data plane in place"
+        ),
+        Ok(None) => {}
+        Err(e) => return Outcome::Transient { error: format!("upgrading the data plane: {e}") },
+    }
     let spec = config.source_spec();
     let snapshot = match source::fetch(&spec) {
         Ok(snapshot) => snapshot,

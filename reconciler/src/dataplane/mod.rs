@@ -26,6 +26,7 @@ mod destroy;
 mod ours;
 mod pindir;
 mod state;
+mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -49,6 +50,7 @@ use reconciler_common::{
     ServiceName, ServiceValue, SlotKey, LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
 };
 pub use state::{Algorithm, BackendEntry, Change, Frontend, MapState, Protocol, ServiceEntry};
+pub use upgrade::{upgrade, Upgraded};
 
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
@@ -139,8 +141,12 @@ pub enum DataplaneError {
     )]
     CgroupTaken { cgroup: PathBuf, path: PathBuf, programs: Vec<u32>, other: Option<PathBuf> },
     #[error(
-        "the maps at {path} have layout version {found}, this build uses {expected}; \
-         uninstall and install again"
+        "the data plane at {path} has layout version {found}, this build uses {expected}; {}",
+        if found < expected {
+            "`reconciler apply` (or the daemon, at start) upgrades it in place"
+        } else {
+            "it was made by a newer reconciler: use that one"
+        }
     )]
     LayoutMismatch { path: PathBuf, found: u32, expected: u32 },
     // Causes are part of each message, never `#[source]`s as well: `{:#}` would print them
@@ -286,9 +292,11 @@ pub fn default_cgroup() -> Result<PathBuf> {
         .ok_or(DataplaneError::NoCgroup2Mount)
 }
 
-/// Whether a complete data plane is pinned at `pin_path`.
+/// Whether a data plane is pinned at `pin_path`: the connect links, which every layout has
+/// and every install pins first among its links. Hooks a newer build adds (or an install
+/// that stopped early left out) are attached by [`upgrade`].
 pub fn is_installed(pin_path: &Path) -> bool {
-    PROGRAMS.iter().all(|p| link_pin(pin_path, p).exists())
+    PROGRAMS[..2].iter().all(|p| link_pin(pin_path, p).exists())
 }
 
 fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
@@ -334,6 +342,44 @@ pub fn wait_for_readers() -> Result<()> {
     Ok(())
 }
 
+/// Loads program `name` of `ebpf`, attaches it to the cgroup `cgroup_dir` and pins its link.
+fn attach_and_pin(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    cgroup_dir: &fs::File,
+    pin_path: &Path,
+) -> Result<()> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
+        .try_into()
+        .map_err(|error| DataplaneError::Program { program: name, error })?;
+    program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+    // aya attaches through a BPF link, which the kernel always attaches as one of many
+    // (other tools' programs keep running) and which takes no mode flags: anything but the
+    // default (0) is EINVAL.
+    let link_id = program
+        .attach(cgroup_dir, CgroupAttachMode::default())
+        .map_err(|error| DataplaneError::Program { program: name, error })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|error| DataplaneError::Program { program: name, error })?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e| DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}")))?;
+    link.pin(link_pin(pin_path, name))
+        .map_err(|e| DataplaneError::Invalid(format!("pinning link of {name}: {e}")))?;
+    Ok(())
+}
+
+/// The `METADATA` map pinned at `pin_path`.
+fn metadata_map(pin_path: &Path) -> Result<Array<MapData, Metadata>> {
+    Map::from_map_data(map_data(pin_path, "METADATA")?)
+        .map_err(map_err("opening METADATA"))?
+        .try_into()
+        .map_err(map_err("map METADATA has an unexpected type"))
+}
+
 /// The kernel's ID of the `ACTIVE_SET` map pinned at `pin_path`, if one is there: what tells
 /// this data plane's programs from another's.
 fn pinned_active_set(pin_path: &Path) -> Option<u32> {
@@ -343,9 +389,7 @@ fn pinned_active_set(pin_path: &Path) -> Option<u32> {
 /// The layout version recorded in the `METADATA` pinned at `pin_path`, if one is there.
 /// (`Metadata` itself has kept its layout in every version.)
 fn pinned_layout_version(pin_path: &Path) -> Option<u32> {
-    let metadata: Array<MapData, Metadata> =
-        Map::from_map_data(map_data(pin_path, "METADATA").ok()?).ok()?.try_into().ok()?;
-    metadata.get(&0, 0).ok().map(|m| m.layout_version)
+    metadata_map(pin_path).ok()?.get(&0, 0).ok().map(|m| m.layout_version)
 }
 
 fn map_data(pin_path: &Path, name: &str) -> Result<MapData> {
@@ -386,6 +430,7 @@ impl Dataplane {
         // then finds a complete install to reuse instead of pinning over this one's maps.
         let _lock = lock(pin_path)?;
         if is_installed(pin_path) {
+            upgrade::upgrade_locked(pin_path)?;
             let dataplane = Self::open(pin_path)?;
             let installed = dataplane.read_metadata()?.cgroup_id;
             if installed != requested {
@@ -397,16 +442,6 @@ impl Dataplane {
             }
             ours::check_cgroup(&cgroup_dir, cgroup, pin_path, pinned_active_set(pin_path))?;
             return Ok(dataplane);
-        }
-        // A data plane of an older layout has fewer links than this one, so it is not
-        // "installed" by this build's measure; starting over would unpin (detach) its
-        // programs and let connects to its VIPs leave untranslated. Refused instead.
-        if let Some(found) = pinned_layout_version(pin_path).filter(|v| *v != LAYOUT_VERSION) {
-            return Err(DataplaneError::LayoutMismatch {
-                path: pin_path.to_owned(),
-                found,
-                expected: LAYOUT_VERSION,
-            });
         }
         // Programs of an unfinished install here are its own, and go with its pins below.
         let own = pinned_active_set(pin_path);
@@ -444,28 +479,7 @@ impl Dataplane {
         dataplane.write_metadata(&metadata)?;
 
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| {
-                    DataplaneError::Invalid(format!("the BPF object has no program {name}"))
-                })?
-                .try_into()
-                .map_err(|error| DataplaneError::Program { program: name, error })?;
-            program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
-            // aya attaches through a BPF link, which the kernel always attaches as one of
-            // many (other tools' programs keep running) and which takes no mode flags:
-            // anything but the default (0) is EINVAL.
-            let link_id = program
-                .attach(&cgroup_dir, CgroupAttachMode::default())
-                .map_err(|error| DataplaneError::Program { program: name, error })?;
-            let link = program
-                .take_link(link_id)
-                .map_err(|error| DataplaneError::Program { program: name, error })?;
-            let link: FdLink = link.try_into().map_err(|e| {
-                DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}"))
-            })?;
-            link.pin(link_pin(pin_path, name))
-                .map_err(|e| DataplaneError::Invalid(format!("pinning link of {name}: {e}")))?;
+            attach_and_pin(&mut ebpf, name, &cgroup_dir, pin_path)?;
         }
         Ok(dataplane)
     }
@@ -477,16 +491,16 @@ impl Dataplane {
             return Err(DataplaneError::NotInstalled { path: pin_path.to_owned() });
         }
         pindir::check(pin_path)?;
-        let dataplane = Self::open_maps(pin_path)?;
-        let found = dataplane.read_metadata()?.layout_version;
-        if found != LAYOUT_VERSION {
+        // Before the maps: a build of another layout may not have pinned them all.
+        let found = metadata_map(pin_path)?.get(&0, 0).map_err(map_err("reading METADATA"))?;
+        if found.layout_version != LAYOUT_VERSION {
             return Err(DataplaneError::LayoutMismatch {
                 path: pin_path.to_owned(),
-                found,
+                found: found.layout_version,
                 expected: LAYOUT_VERSION,
             });
         }
-        Ok(dataplane)
+        Self::open_maps(pin_path)
     }
 
     fn open_maps(pin_path: &Path) -> Result<Self> {

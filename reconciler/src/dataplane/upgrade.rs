@@ -1,0 +1,165 @@
+//! Upgrades in place: a data plane pinned by an older build (an older layout, or one whose
+//! install stopped before all its links were pinned) is brought up to this build without a
+//! connect failing and without touching what it serves.
+//!
+//! 1. The maps: every pinned map is reused as it is (the new object is loaded against the
+//!    pins, `EbpfLoader::map_pin_path`), and the maps this build adds are created and pinned
+//!    then, so they exist before any program that reads them runs. (A layout change to an
+//!    existing map would need a migration step here; none has happened yet: the maps of
+//!    layout 1 are unchanged in 2.)
+//! 2. The programs: each hook that has a pinned link gets the new program through
+//!    `BPF_LINK_UPDATE`, which swaps the program in one step (a connect runs the old program
+//!    or the new one, never none); each hook without one is attached and its link pinned.
+//! 3. `METADATA` records the new layout version, last: a crash before it repeats the upgrade.
+use std::{
+    ffi::CString,
+    fs, io, mem,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::{programs::CgroupSockAddr, EbpfLoader};
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+use reconciler_common::LAYOUT_VERSION;
+
+use super::{
+    attach_and_pin, default_cgroup, io_err, link_pin, lock, map_err, metadata_map, pindir,
+    pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS,
+};
+
+/// What an upgrade did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upgraded {
+    /// The layout version the data plane had.
+    pub from_layout: u32,
+    /// Hooks whose program was replaced in its link.
+    pub replaced: Vec<&'static str>,
+    /// Hooks attached anew.
+    pub attached: Vec<&'static str>,
+}
+
+/// Brings the data plane at `pin_path` up to this build (see the module docs); `None` when
+/// it already is, or when none is installed there.
+pub fn upgrade(pin_path: &Path) -> Result<Option<Upgraded>> {
+    if !super::is_installed(pin_path) {
+        return Ok(None);
+    }
+    pindir::check(pin_path)?;
+    let _lock = lock(pin_path)?;
+    upgrade_locked(pin_path)
+}
+
+/// [`upgrade`], for a caller that holds the pin directory's lock.
+pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
+    let from_layout = pinned_layout_version(pin_path).ok_or_else(|| {
+        DataplaneError::Invalid(format!(
+            "{} has links but no readable METADATA",
+            pin_path.display()
+        ))
+    })?;
+    let missing: Vec<&'static str> =
+        PROGRAMS.iter().copied().filter(|p| !link_pin(pin_path, p).exists()).collect();
+    if from_layout == LAYOUT_VERSION && missing.is_empty() {
+        return Ok(None);
+    }
+    if from_layout > LAYOUT_VERSION {
+        return Err(DataplaneError::LayoutMismatch {
+            path: pin_path.to_owned(),
+            found: from_layout,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<PathBuf> = MAPS.iter().map(|name| pin_path.join(name)).collect();
+    for (name, pin) in MAPS.iter().zip(&pins) {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+
+    let mut metadata = metadata_map(pin_path)?;
+    let mut record = metadata.get(&0, 0).map_err(map_err("reading METADATA"))?;
+    let cgroup = if missing.is_empty() { None } else { Some(cgroup_of(record.cgroup_id)?) };
+    let mut upgraded = Upgraded { from_layout, replaced: Vec::new(), attached: Vec::new() };
+    for name in PROGRAMS {
+        if missing.contains(&name) {
+            let cgroup = cgroup.as_ref().ok_or_else(|| {
+                DataplaneError::Invalid("no cgroup for the hooks to attach".into())
+            })?;
+            attach_and_pin(&mut ebpf, name, cgroup, pin_path)?;
+            upgraded.attached.push(name);
+            continue;
+        }
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                DataplaneError::Invalid(format!("the BPF object has no program {name}"))
+            })?
+            .try_into()
+            .map_err(|error| DataplaneError::Program { program: name, error })?;
+        program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+        let fd = program.fd().map_err(|error| DataplaneError::Program { program: name, error })?;
+        replace_program(&link_pin(pin_path, name), fd.as_fd())
+            .map_err(io_err(format!("replacing the program of link_{name}")))?;
+        upgraded.replaced.push(name);
+    }
+    record.layout_version = LAYOUT_VERSION;
+    metadata.set(0, record, 0).map_err(map_err("writing METADATA"))?;
+    Ok(Some(upgraded))
+}
+
+/// The cgroup v2 directory whose ID (its inode) is `id`, found under the cgroup2 mount.
+fn cgroup_of(id: u64) -> Result<fs::File> {
+    let root = default_cgroup()?;
+    let mut pending = vec![root];
+    while let Some(dir) = pending.pop() {
+        let meta = fs::metadata(&dir).map_err(io_err(format!("stat {}", dir.display())))?;
+        if meta.ino() == id {
+            return fs::File::open(&dir).map_err(io_err(format!("opening {}", dir.display())));
+        }
+        for entry in fs::read_dir(&dir).map_err(io_err(format!("reading {}", dir.display())))? {
+            let Ok(entry) = entry else { continue };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Err(DataplaneError::Invalid(format!("no cgroup with ID {id} (the data plane's) exists")))
+}
+
+/// `BPF_LINK_UPDATE` of the link pinned at `pin` to `program` (aya 0.14 keeps its wrapper
+/// private): the kernel swaps the link's program atomically.
+fn replace_program(pin: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
+    let path = CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: bpf_attr is plain data; zero is "no flags, no options" for every command.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let link = sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(link) };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    attr.link_update.link_fd = link.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_raw_fd() as u32;
+    sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+fn sys_bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
+    // SAFETY: `attr` is a bpf_attr set up for `command`; any pointer in it (a path) outlives
+    // the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_long,
+            attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}

@@ -1,0 +1,142 @@
+//! Upgrades in place: a data plane installed by the build of map layout 1 (its BPF object is
+//! kept in tests/fixtures/) is upgraded by this build while clients connect through it, with
+//! no failed connect and the state it serves unchanged.
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    EbpfLoader,
+};
+use reconciler::dataplane::{self, Dataplane, Upgraded};
+use reconciler_common::{
+    ipv4_mapped, Backend, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey, PROTO_TCP,
+    REVISION_LEN,
+};
+use reconciler_tests::{one_service, Sandbox, DATA_PLANE_PROGRAMS};
+
+const LAYOUT1_OBJECT: &[u8] = include_bytes!("../fixtures/reconciler-ebpf-layout1.o");
+const LAYOUT1_MAPS: [&str; 7] =
+    ["ACTIVE_SET", "SERVICES", "SLOTS", "BACKENDS", "BACKEND_STATS", "METADATA", "SERVICE_NAMES"];
+
+fn v4(addr: SocketAddr) -> Result<(u32, u16)> {
+    let SocketAddr::V4(addr) = addr else { anyhow::bail!("{addr} is not IPv4") };
+    Ok((u32::from_ne_bytes(addr.ip().octets()), addr.port().to_be()))
+}
+
+/// Installs the layout-1 object at the sandbox's pin path the way that build did (maps
+/// pinned first, then the two connect links), serving `vip` with one `backend` (service 1,
+/// backend 1, set 0).
+fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> Result<()> {
+    let pin = sandbox.pin_path();
+    std::fs::create_dir(pin)?;
+    std::fs::set_permissions(pin, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let mut ebpf = EbpfLoader::new().load(LAYOUT1_OBJECT)?;
+    for name in LAYOUT1_MAPS {
+        ebpf.map(name).context(name)?.pin(pin.join(name))?;
+    }
+    let (vip_ip, vip_port) = v4(vip)?;
+    let (backend_ip, backend_port) = v4(backend)?;
+    let mut services: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+        ebpf.map_mut("SERVICES").context("SERVICES")?.try_into()?;
+    let key = ServiceKey { addr: ipv4_mapped(vip_ip), port: vip_port, protocol: PROTO_TCP, set: 0 };
+    let value = ServiceValue {
+        service_id: 1,
+        slot_count: 1,
+        algorithm: 0,
+        _pad: [0; 3],
+        affinity_timeout_secs: 0,
+    };
+    services.insert(key, value, 0)?;
+    let mut slots: HashMap<&mut MapData, SlotKey, u32> =
+        ebpf.map_mut("SLOTS").context("SLOTS")?.try_into()?;
+    slots.insert(SlotKey { service_id: 1, slot: 0, set: 0, _pad: [0; 3] }, 1, 0)?;
+    let mut backends: HashMap<&mut MapData, BackendKey, Backend> =
+        ebpf.map_mut("BACKENDS").context("BACKENDS")?.try_into()?;
+    let entry =
+        Backend { addr: ipv4_mapped(backend_ip), port: backend_port, _pad: [0; 2], service_id: 1 };
+    backends.insert(BackendKey { backend_id: 1, set: 0, _pad: [0; 3] }, entry, 0)?;
+    let mut metadata: Array<&mut MapData, Metadata> =
+        ebpf.map_mut("METADATA").context("METADATA")?.try_into()?;
+    let cgroup_id = std::fs::metadata(sandbox.cgroup())?;
+    let record = Metadata {
+        layout_version: 1,
+        standby_dirty: 0,
+        _pad: [0; 3],
+        generation: 1,
+        cgroup_id: std::os::unix::fs::MetadataExt::ino(&cgroup_id),
+        applied_at_unix: 0,
+        revision: [0; REVISION_LEN],
+        revision_len: 0,
+        _pad2: [0; 7],
+    };
+    metadata.set(0, record, 0)?;
+    let cgroup = std::fs::File::open(sandbox.cgroup())?;
+    for name in ["connect4", "connect6"] {
+        let program: &mut CgroupSockAddr = ebpf.program_mut(name).context(name)?.try_into()?;
+        program.load()?;
+        let link = program.attach(&cgroup, CgroupAttachMode::default())?;
+        let link: FdLink = program.take_link(link)?.try_into()?;
+        link.pin(pin.join(format!("link_{name}")))?;
+    }
+    Ok(())
+}
+
+fn map_id(pin: &Path, name: &str) -> Result<u32> {
+    Ok(MapData::from_pin(pin.join(name))?.info()?.id())
+}
+
+#[test]
+fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    let mut sandbox = Sandbox::new("upgrade")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let vip: SocketAddr = "10.96.0.10:80".parse()?;
+    install_layout1(&sandbox, vip, backend)?;
+    assert_eq!(sandbox.attached_programs()?, 2);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    // This build reads the old data plane only once it is upgraded.
+    let err = Dataplane::open(sandbox.pin_path()).err().context("opened a layout-1 plane")?;
+    assert!(err.to_string().contains("upgrades it in place"), "{err}");
+    let services_before = map_id(sandbox.pin_path(), "SERVICES")?;
+
+    let scratch = tempfile::tempdir()?;
+    let stop = scratch.path().join("stop");
+    let probes: Vec<_> =
+        (0..3).map(|_| sandbox.spawn_probe_until(&stop, "10.96.0.10:80")).collect::<Result<_>>()?;
+    let upgraded = dataplane::upgrade(sandbox.pin_path());
+    std::fs::write(&stop, "")?;
+    let results: Vec<_> = probes.into_iter().map(|p| p.wait()).collect::<Result<_>>()?;
+    let upgraded = upgraded?.context("nothing was upgraded")?;
+    assert_eq!(
+        upgraded,
+        Upgraded {
+            from_layout: 1,
+            replaced: vec!["connect4", "connect6"],
+            attached: vec![
+                "sendmsg4",
+                "sendmsg6",
+                "recvmsg4",
+                "recvmsg6",
+                "getpeername4",
+                "getpeername6"
+            ],
+        }
+    );
+    for result in &results {
+        ensure!(result.errors.is_empty(), "a connect failed during the upgrade: {result:?}");
+        ensure!(result.total() > 0, "a probe made no connects");
+    }
+
+    // The same maps, the same state, all hooks; and a second upgrade has nothing to do.
+    assert_eq!(map_id(sandbox.pin_path(), "SERVICES")?, services_before);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    let live = Dataplane::open(sandbox.pin_path())?.read_live()?;
+    let mut expected = one_service("10.96.0.10:80", &[&backend.to_string()])?;
+    expected.names.clear();
+    assert_eq!(live.state, expected);
+    assert_eq!(live.status.generation, 1);
+    assert_eq!(dataplane::upgrade(sandbox.pin_path())?, None);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    Ok(())
+}
