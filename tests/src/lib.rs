@@ -335,6 +335,17 @@ impl Drop for Server {
     }
 }
 
+/// A child process of a test, killed by its PID and reaped when dropped (also when the test
+/// fails), so nothing it started outlives the test or keeps a sandbox's cgroup busy.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The probe binary, built beside the test binaries.
 pub fn probe_path() -> Result<PathBuf> {
     binary("probe")

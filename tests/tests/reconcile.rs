@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler_tests::{
-    add_service_by_hand, git::Repo, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
+    add_service_by_hand, git::Repo, reconciler_path, Running, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
 
@@ -407,5 +407,62 @@ fn a_second_pin_path_on_the_same_cgroup_is_refused() -> Result<()> {
     assert!(stderr.contains(&setup.sandbox.pin_path().display().to_string()), "{stderr}");
     ensure!(!std::path::Path::new(&other).exists(), "the refused apply left {other}");
     assert_eq!(setup.sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    Ok(())
+}
+
+#[test]
+fn a_commit_that_removes_a_backend_ends_the_connected_udp_sockets_sent_to_it() -> Result<()> {
+    let mut setup = Setup::new("udp-commit")?;
+    setup.sandbox.serve_udp("127.0.0.11:5300", "b11")?;
+    setup.sandbox.serve_udp("127.0.0.12:5300", "b12")?;
+    let dns = |backend: &str| {
+        format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: dns}}\n\
+             spec:\n  vip: 10.96.0.53\n  ports: [{{port: 53, protocol: UDP, targetPort: 5300}}]\n\
+             \x20 backends: [{{address: {backend}}}]\n"
+        )
+    };
+    setup.repo.write("services/dns.yaml", dns("127.0.0.11"));
+    setup.repo.commit("dns on b11");
+    setup.expect(0, "apply", &[])?;
+
+    // A client with a connected UDP socket, waiting for its next reply.
+    let script = "
+import socket, sys, errno
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(10)
+c.connect(('10.96.0.53', 53))
+c.send(b'q')
+print(c.recv(512).decode().strip(), flush=True)
+sys.stdin.readline()
+try:
+    print(c.recv(512).decode().strip())
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+";
+    let mut client = Running(
+        setup
+            .sandbox
+            .command("python3")?
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let mut stdout = std::io::BufReader::new(client.0.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    assert_eq!(line.trim(), "b11");
+
+    setup.repo.write("services/dns.yaml", dns("127.0.0.12"));
+    setup.repo.commit("dns moves to b12");
+    let output = setup.expect(0, "apply", &["--output", "json"])?;
+    let report: serde_json::Value = serde_json::from_str(&output)?;
+    assert_eq!(report["result"]["sockets_destroyed"], 1, "{report}");
+    std::io::Write::write_all(client.0.stdin.as_mut().context("stdin")?, b"\n")?;
+    line.clear();
+    std::io::Read::read_to_string(&mut stdout, &mut line)?;
+    ensure!(client.0.wait()?.success(), "client failed");
+    assert_eq!(line.trim(), "ECONNABORTED");
     Ok(())
 }

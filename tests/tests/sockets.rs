@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState, Protocol};
-use reconciler_tests::{one_service, Sandbox};
+use reconciler_tests::{one_service, Running, Sandbox};
 
 /// `one_service` for UDP.
 fn udp_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
@@ -188,13 +188,15 @@ sys.stdin.readline()
 print(show(t.getpeername()), flush=True)
 "
     );
-    let mut child = sandbox
-        .command("python3")?
-        .args(["-c", &script, "10.96.0.10", "80"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut child = Running(
+        sandbox
+            .command("python3")?
+            .args(["-c", &script, "10.96.0.10", "80"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().context("stdout")?);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
     assert_eq!(line.trim(), "10.96.0.10:80");
@@ -202,10 +204,10 @@ print(show(t.getpeername()), flush=True)
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
     delete_by_hand(&sandbox, "BACKENDS", &key)?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, b"\n")?;
+    std::io::Write::write_all(child.0.stdin.as_mut().context("stdin")?, b"\n")?;
     line.clear();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    ensure!(child.wait()?.success(), "client failed");
+    ensure!(child.0.wait()?.success(), "client failed");
     assert_eq!(line.trim(), b1, "a stale entry still translated");
     assert_eq!(dataplane.events()?.reverse_stale, 1);
     Ok(())
@@ -261,16 +263,6 @@ fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Resu
     Ok(())
 }
 
-/// A child process of the test, killed by its PID when dropped (also when the test fails).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `dig` against a real `dnsmasq` behind a UDP VIP: dig drops a reply whose source is not
 /// the address it asked, so an answer proves the reply was translated back.
 fn dig_through_a_udp_vip(test: &str, vip: &str, listen: &str) -> Result<()> {
@@ -288,7 +280,7 @@ fn dig_through_a_udp_vip(test: &str, vip: &str, listen: &str) -> Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting dnsmasq (installed by `make setup`)")?;
-    let _dnsmasq = Child(dnsmasq);
+    let _dnsmasq = Running(dnsmasq);
     install(&sandbox, &udp_service(vip, &[&backend])?)?;
     let (host, _) = host_and_port(vip)?;
     // dnsmasq may still be binding: a few tries, each with dig's own short timeout.
@@ -321,11 +313,20 @@ fn dig_gets_an_answer_from_dnsmasq_behind_an_ipv6_udp_vip() -> Result<()> {
 }
 
 #[test]
-fn a_connected_udp_socket_whose_backend_is_removed_is_destroyed_and_others_are_not() -> Result<()> {
-    let mut sandbox = Sandbox::new("destroy")?;
-    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
-    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
-    let mut dataplane = install(&sandbox, &udp_service("10.96.0.53:53", &[&b1])?)?;
+fn a_connected_udp_socket_whose_backend_is_removed_is_destroyed_over_ipv4() -> Result<()> {
+    stale_connected_udp_is_destroyed("destroy4", "10.96.0.53:53", IPV4_BACKENDS)
+}
+
+#[test]
+fn a_connected_udp_socket_whose_backend_is_removed_is_destroyed_over_ipv6() -> Result<()> {
+    stale_connected_udp_is_destroyed("destroy6", "[fd00:96::53]:53", IPV6_BACKENDS)
+}
+
+fn stale_connected_udp_is_destroyed(test: &str, vip: &str, backends: [&str; 3]) -> Result<()> {
+    let mut sandbox = Sandbox::new(test)?;
+    let b1 = sandbox.serve_udp(backends[0], "b1")?.to_string();
+    let b2 = sandbox.serve_udp(backends[1], "b2")?.to_string();
+    let mut dataplane = install(&sandbox, &udp_service(vip, &[&b1])?)?;
     // A connected socket and an unconnected one, both talking to b1 through the VIP; then
     // b1 leaves the service and b2 takes its place; then each talks again.
     let script = format!(
@@ -350,13 +351,16 @@ u.sendto(b'q', (host, port))
 print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
 "
     );
-    let mut child = sandbox
-        .command("python3")?
-        .args(["-c", &script, "10.96.0.53", "53"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut child = Running(
+        sandbox
+            .command("python3")?
+            .args(["-c", &script])
+            .args(<[&str; 2]>::from(host_and_port(vip)?))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().context("stdout")?);
     let mut lines = Vec::new();
     for _ in 0..2 {
         let mut line = String::new();
@@ -365,17 +369,17 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     }
     assert_eq!(lines, ["connected b1", "unconnected b1"]);
 
-    let mut moved = udp_service("10.96.0.53:53", &[&b2])?;
+    let mut moved = udp_service(vip, &[&b2])?;
     let entry = moved.backends.remove(&1).context("backend 1")?;
     moved.backends.insert(2, entry);
     moved.slots.insert((1, 0), 2);
     let report = dataplane.apply(&moved, None, None)?;
     assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
 
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, b"\n")?;
+    std::io::Write::write_all(child.0.stdin.as_mut().context("stdin")?, b"\n")?;
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest)?;
-    ensure!(child.wait()?.success(), "client failed");
+    ensure!(child.0.wait()?.success(), "client failed");
     // The socket's pending error reaches the next receive; after it the socket is no longer
     // connected, so a send without an address fails too: the client connects again.
     assert_eq!(
