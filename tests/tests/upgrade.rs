@@ -140,3 +140,96 @@ fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())
 }
+
+/// A repository with one service, `web`, on `vip` with backend `backend`.
+fn web_repo(vip: SocketAddr, backend: SocketAddr) -> Result<reconciler_tests::git::Repo> {
+    let repo = reconciler_tests::git::Repo::new();
+    repo.write(
+        "services/web.yaml",
+        format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\n\
+             spec:\n  vip: {}\n  ports: [{{port: {}, targetPort: {}}}]\n\
+             \x20 backends: [{{address: {}}}]\n",
+            vip.ip(),
+            vip.port(),
+            backend.port(),
+            backend.ip()
+        ),
+    );
+    repo.commit("web");
+    Ok(repo)
+}
+
+#[test]
+fn apply_upgrades_a_layout_1_data_plane_before_it_plans() -> Result<()> {
+    let mut sandbox = Sandbox::new("upgrade-cli")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let vip: SocketAddr = "10.96.0.10:80".parse()?;
+    install_layout1(&sandbox, vip, backend)?;
+    let repo = web_repo(vip, backend)?;
+    let cache = tempfile::tempdir()?;
+    let output = std::process::Command::new(reconciler_tests::reconciler_path()?)
+        .args(["apply", "--repo", &repo.url(), "--cache-dir"])
+        .arg(cache.path())
+        .arg("--pin-path")
+        .arg(sandbox.pin_path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("in place from layout 1 to 2"), "{stderr}");
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    Ok(())
+}
+
+#[test]
+fn the_daemon_upgrades_a_layout_1_data_plane_at_start() -> Result<()> {
+    let mut sandbox = Sandbox::new("upgrade-daemon")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let vip: SocketAddr = "10.96.0.10:80".parse()?;
+    install_layout1(&sandbox, vip, backend)?;
+    let repo = web_repo(vip, backend)?;
+    let dir = tempfile::tempdir()?;
+    let listen = format!("127.0.0.1:{}", reconciler_tests::git::free_port());
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{url: {}, interval: 300ms, cacheDir: {}}}\n\
+             dataplane: {{cgroup: {}, pinPath: {}}}\nlisten: {listen}\n",
+            repo.url(),
+            dir.path().join("cache").display(),
+            sandbox.cgroup().display(),
+            sandbox.pin_path().display()
+        ),
+    )?;
+    let log = dir.path().join("daemon.log");
+    let _daemon = reconciler_tests::Running(
+        std::process::Command::new(reconciler_tests::reconciler_path()?)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?,
+    );
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = reconciler::daemon::http::request(&listen, "GET", "/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        if status.is_some_and(|s| s["applied_revision"] == head.as_str()) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not applied in 20 s:\n{}",
+            std::fs::read_to_string(&log)?
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&log)?;
+    assert!(log.contains("upgraded the data plane in place"), "{log}");
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    Ok(())
+}
