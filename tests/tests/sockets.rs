@@ -260,6 +260,17 @@ fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Resu
     assert_eq!(dataplane.events()?.backend_miss, 3);
     // Refused before any packet: nothing left for the VIP (or anywhere).
     assert_eq!(sandbox.lo_tx_packets()?, sent_before);
+    // `reconciler status` shows the reasons.
+    let output = Command::new(reconciler_tests::reconciler_path()?)
+        .args(["status", "--output", "json", "--pin-path"])
+        .arg(sandbox.pin_path())
+        .output()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(
+        (&status["events"]["slot_miss"], &status["events"]["backend_miss"]),
+        (&4.into(), &3.into()),
+        "{status}"
+    );
     Ok(())
 }
 

@@ -36,7 +36,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let live = Dataplane::open(pin_path)?.read_live()?;
+    let dataplane = Dataplane::open(pin_path)?;
+    let live = dataplane.read_live()?;
+    let events = dataplane.events()?;
     let status = &live.status;
     let state = &live.state;
     match args.output {
@@ -56,6 +58,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 status.active_set,
                 if status.standby_dirty { ", standby being repaired" } else { "" }
             );
+            println!(
+                "Refused:      {} with no backend, {} slot misses, {} backend misses",
+                events.no_backend, events.slot_miss, events.backend_miss
+            );
+            println!(
+                "Replies:      {} stale reverse entries dropped, {} translations not recorded",
+                events.reverse_stale, events.reverse_full
+            );
         }
         Output::Json => {
             let report = json!({
@@ -72,6 +82,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "services": state.services.len(),
                 "backends": state.backends.len(),
                 "slots": state.slots.len(),
+                "events": events,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
