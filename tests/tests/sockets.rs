@@ -130,6 +130,10 @@ fn unconnected_udp_replies_come_from_the_vip(
     // Different sockets spread over the backends.
     let spread: BTreeSet<&String> = per_socket_backends.iter().collect();
     assert_eq!(spread.len(), 3, "{per_socket_backends:?}");
+    // A reply from an address that is no VIP is untouched.
+    let (host, port) = host_and_port(backends[0])?;
+    let lines = python(&sandbox, &format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "1"])?;
+    assert_eq!(lines, vec![format!("b1 {}", backends[0]); 3]);
     Ok(())
 }
 
