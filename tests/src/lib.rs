@@ -245,6 +245,30 @@ impl Sandbox {
         Ok(RunningProbe { child: Some(child) })
     }
 
+    /// Installs the data plane on the sandbox and applies `desired` to it.
+    pub fn install(&self, desired: &MapState) -> Result<Dataplane> {
+        let mut dataplane = Dataplane::install(&self.pin_path, &self.cgroup)?;
+        dataplane.apply(desired, None, None)?;
+        Ok(dataplane)
+    }
+
+    /// Starts a Python client inside the sandbox, running `script` with `args`, that talks
+    /// line by line: see [`Session`].
+    pub fn python_session(&self, script: &str, args: &[&str]) -> Result<Session> {
+        let mut child = Running(
+            self.command("python3")?
+                .arg("-c")
+                .arg(script)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("starting python3 (installed by `make setup`)")?,
+        );
+        let stdout = child.0.stdout.take().context("the client's stdout")?;
+        Ok(Session { child, stdout: std::io::BufReader::new(stdout) })
+    }
+
     /// Programs attached to the sandbox's cgroup, by `bpftool cgroup show`.
     pub fn attached_programs(&self) -> Result<usize> {
         attached_programs(&self.cgroup)
@@ -332,6 +356,31 @@ impl Drop for Server {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// A client that prints lines and waits on its standard input between steps, so a test can
+/// change the data plane while the client's sockets stay open.
+pub struct Session {
+    child: Running,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    /// The client's next line of output.
+    pub fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut line)?;
+        Ok(line.trim().to_owned())
+    }
+
+    /// Lets the client go on (a line on its stdin); it prints the rest and ends.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        self.child.0.stdin.as_mut().context("the client's stdin")?.write_all(b"\n")?;
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest)?;
+        ensure!(self.child.0.wait()?.success(), "the client failed");
+        Ok(rest.lines().map(str::to_owned).collect())
     }
 }
 

@@ -13,17 +13,11 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState, Uninstalled};
+use reconciler::dataplane::{Dataplane, Uninstalled};
 use reconciler_tests::{
     attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
     DATA_PLANE_PROGRAMS,
 };
-
-fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
-    let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
-    dataplane.apply(desired, None, None)?;
-    Ok(dataplane)
-}
 
 /// What install at `pin_path` fails with; an error if it succeeds.
 fn install_error(pin_path: &Path, cgroup: &Path) -> Result<String> {
@@ -70,7 +64,7 @@ fn names(set: &[&str]) -> BTreeSet<String> {
 fn vip_reaches_backend(test: &str, listen: &str, vip: &str) -> Result<()> {
     let mut sandbox = Sandbox::new(test)?;
     let backend = sandbox.serve_tcp(listen, "b1")?;
-    install(&sandbox, &one_service(vip, &[&backend.to_string()])?)?;
+    sandbox.install(&one_service(vip, &[&backend.to_string()])?)?;
 
     let result = sandbox.probe_tcp(vip, 5)?;
     assert_eq!(result.replies.get("b1"), Some(&5), "{result:?}");
@@ -97,7 +91,7 @@ fn connects_spread_over_all_backends_and_are_counted() -> Result<()> {
         sandbox.serve_tcp("127.0.0.3:0", "b3")?.to_string(),
     ];
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
-    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &backends)?)?;
+    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &backends)?)?;
 
     let result = sandbox.probe_tcp("10.96.0.10:80", 3000)?;
     assert!(result.errors.is_empty(), "{result:?}");
@@ -119,7 +113,7 @@ fn connects_to_other_addresses_are_untouched() -> Result<()> {
     let mut sandbox = Sandbox::new("untouched")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let direct = sandbox.serve_tcp("127.0.0.5:0", "direct")?;
-    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+    sandbox.install(&one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
 
     // A listener that is not a VIP is reached as addressed.
     let result = sandbox.probe_tcp(&direct.to_string(), 20)?;
@@ -139,7 +133,7 @@ fn a_service_without_backends_refuses_connects_without_sending_a_packet() -> Res
     let sandbox = Sandbox::new("refused")?;
     // The VIP is a local address here: a connect that got past the hook would send a SYN.
     sandbox.run(&["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"])?;
-    install(&sandbox, &one_service("10.96.0.10:80", &[])?)?;
+    sandbox.install(&one_service("10.96.0.10:80", &[])?)?;
 
     let before = sandbox.lo_tx_packets()?;
     let result = sandbox.probe_tcp("10.96.0.10:80", 10)?;
@@ -164,7 +158,7 @@ fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
         sandbox.serve_tcp("127.0.0.3:0", "new1")?.to_string(),
         sandbox.serve_tcp("127.0.0.4:0", "new2")?.to_string(),
     ];
-    let mut dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&old[0], &old[1]])?)?;
+    let mut dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&old[0], &old[1]])?)?;
     let before = dataplane.status()?;
     let result = sandbox.probe_tcp("10.96.0.10:80", 200)?;
     assert_eq!(result.replies.keys().cloned().collect::<BTreeSet<_>>(), names(&["old1", "old2"]));
@@ -222,7 +216,7 @@ fn the_data_plane_keeps_working_after_the_installer_exits() -> Result<()> {
 fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
     let mut sandbox = Sandbox::new("lifecycle")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
-    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+    sandbox.install(&one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
 
     // A second install reuses the first: same state, no extra programs.
@@ -249,7 +243,7 @@ fn install_is_idempotent_and_uninstall_leaves_nothing() -> Result<()> {
 #[test]
 fn a_stale_expected_generation_writes_nothing() -> Result<()> {
     let sandbox = Sandbox::new("generation")?;
-    let mut dataplane = install(&sandbox, &one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
+    let mut dataplane = sandbox.install(&one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
     let before = dataplane.read_live()?;
     let other = one_service("10.96.0.10:80", &["127.0.0.1:2"])?;
     let err = dataplane.apply(&other, None, Some(before.status.generation + 1)).err();
@@ -262,7 +256,7 @@ fn a_stale_expected_generation_writes_nothing() -> Result<()> {
 #[test]
 fn concurrent_appliers_never_leave_the_sets_apart() -> Result<()> {
     let sandbox = Sandbox::new("concurrent")?;
-    install(&sandbox, &one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
+    sandbox.install(&one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
     let states = [
         one_service("10.96.0.10:80", &["127.0.0.1:1"])?,
         one_service("10.96.0.10:80", &["127.0.0.1:2", "127.0.0.1:3"])?,
@@ -304,7 +298,7 @@ fn states_larger_than_one_batch_round_trip() -> Result<()> {
     for slot in 0..20_000 {
         desired.slots.insert((1, slot), 1 + slot % 2);
     }
-    let dataplane = install(&sandbox, &desired)?;
+    let dataplane = sandbox.install(&desired)?;
     assert_eq!(dataplane.read_live()?.state, desired);
     // And back down: 19 998 deletes in batches, in both sets.
     let small = one_service("10.96.0.10:80", &["127.0.0.1:1", "127.0.0.1:2"])?;
@@ -613,7 +607,7 @@ fn concurrent_installs_at_two_pin_paths_on_one_cgroup_leave_one_data_plane() -> 
 fn an_install_that_stopped_before_all_its_links_is_completed_in_place() -> Result<()> {
     let mut sandbox = Sandbox::new("partial-links")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
-    install(&sandbox, &one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
+    sandbox.install(&one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
     // What an install that died after pinning its connect links leaves.
     let later = ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
     for hook in later {

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler_tests::{
-    add_service_by_hand, git::Repo, reconciler_path, Running, Sandbox, DATA_PLANE_PROGRAMS,
+    add_service_by_hand, git::Repo, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
 
@@ -440,29 +440,14 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, e.errno))
 ";
-    let mut client = Running(
-        setup
-            .sandbox
-            .command("python3")?
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let mut stdout = std::io::BufReader::new(client.0.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    assert_eq!(line.trim(), "b11");
+    let mut client = setup.sandbox.python_session(script, &[])?;
+    assert_eq!(client.line()?, "b11");
 
     setup.repo.write("services/dns.yaml", dns("127.0.0.12"));
     setup.repo.commit("dns moves to b12");
     let output = setup.expect(0, "apply", &["--output", "json"])?;
     let report: serde_json::Value = serde_json::from_str(&output)?;
     assert_eq!(report["result"]["sockets_destroyed"], 1, "{report}");
-    std::io::Write::write_all(client.0.stdin.as_mut().context("stdin")?, b"\n")?;
-    line.clear();
-    std::io::Read::read_to_string(&mut stdout, &mut line)?;
-    ensure!(client.0.wait()?.success(), "client failed");
-    assert_eq!(line.trim(), "ECONNABORTED");
+    assert_eq!(client.finish()?, ["ECONNABORTED"]);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState, Protocol};
+use reconciler::dataplane::{MapState, Protocol};
 use reconciler_tests::{one_service, Running, Sandbox};
 
 /// `one_service` for UDP.
@@ -19,12 +19,6 @@ fn udp_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
         })
         .collect();
     Ok(state)
-}
-
-fn install(sandbox: &Sandbox, desired: &MapState) -> Result<Dataplane> {
-    let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
-    dataplane.apply(desired, None, None)?;
-    Ok(dataplane)
 }
 
 /// Runs a Python client inside the sandbox; returns its stdout lines.
@@ -97,7 +91,7 @@ fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandb
         desired.backends.insert(id + 10, backend);
     }
     desired.names.insert(2, "test-tcp".into());
-    install(&sandbox, &desired)?;
+    sandbox.install(&desired)?;
     Ok(sandbox)
 }
 
@@ -179,7 +173,7 @@ fn getpeername_of_connected_udp_and_tcp_sockets_is_the_vip_over_ipv6() -> Result
 fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() -> Result<()> {
     let mut sandbox = Sandbox::new("stale")?;
     let b1 = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
-    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&b1])?)?;
+    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&b1])?)?;
     let active = dataplane.status()?.active_set;
     // A TCP socket connected through the VIP asks for its peer, before and after its
     // backend disappears from the live set behind user space's back (applies also delete
@@ -192,27 +186,13 @@ sys.stdin.readline()
 print(show(t.getpeername()), flush=True)
 "
     );
-    let mut child = Running(
-        sandbox
-            .command("python3")?
-            .args(["-c", &script, "10.96.0.10", "80"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let mut stdout = std::io::BufReader::new(child.0.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    assert_eq!(line.trim(), "10.96.0.10:80");
+    let mut client = sandbox.python_session(&script, &["10.96.0.10", "80"])?;
+    assert_eq!(client.line()?, "10.96.0.10:80");
 
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
     delete_by_hand(&sandbox, "BACKENDS", &key)?;
-    std::io::Write::write_all(child.0.stdin.as_mut().context("stdin")?, b"\n")?;
-    line.clear();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    ensure!(child.0.wait()?.success(), "client failed");
-    assert_eq!(line.trim(), b1, "a stale entry still translated");
+    assert_eq!(client.finish()?, [b1], "a stale entry still translated");
     assert_eq!(dataplane.events()?.reverse_stale, 1);
     Ok(())
 }
@@ -233,7 +213,7 @@ fn delete_by_hand(sandbox: &Sandbox, map: &str, key: &[u8]) -> Result<()> {
 fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Result<()> {
     let mut sandbox = Sandbox::new("fail-closed")?;
     let backend = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
-    let dataplane = install(&sandbox, &one_service("10.96.0.10:80", &[&backend])?)?;
+    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&backend])?)?;
     let active = dataplane.status()?.active_set;
     let sent_before = sandbox.lo_tx_packets()?;
 
@@ -296,7 +276,7 @@ fn dig_through_a_udp_vip(test: &str, vip: &str, listen: &str) -> Result<()> {
         .spawn()
         .context("starting dnsmasq (installed by `make setup`)")?;
     let _dnsmasq = Running(dnsmasq);
-    install(&sandbox, &udp_service(vip, &[&backend])?)?;
+    sandbox.install(&udp_service(vip, &[&backend])?)?;
     let (host, _) = host_and_port(vip)?;
     // dnsmasq may still be binding: a few tries, each with dig's own short timeout.
     let mut last = String::new();
@@ -341,7 +321,7 @@ fn stale_connected_udp_is_destroyed(test: &str, vip: &str, backends: [&str; 3]) 
     let mut sandbox = Sandbox::new(test)?;
     let b1 = sandbox.serve_udp(backends[0], "b1")?.to_string();
     let b2 = sandbox.serve_udp(backends[1], "b2")?.to_string();
-    let mut dataplane = install(&sandbox, &udp_service(vip, &[&b1])?)?;
+    let mut dataplane = sandbox.install(&udp_service(vip, &[&b1])?)?;
     // A connected socket and an unconnected one, both talking to b1 through the VIP; then
     // b1 leaves the service and b2 takes its place; then each talks again.
     let script = format!(
@@ -366,23 +346,9 @@ u.sendto(b'q', (host, port))
 print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
 "
     );
-    let mut child = Running(
-        sandbox
-            .command("python3")?
-            .args(["-c", &script])
-            .args(<[&str; 2]>::from(host_and_port(vip)?))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let mut stdout = std::io::BufReader::new(child.0.stdout.take().context("stdout")?);
-    let mut lines = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line)?;
-        lines.push(line.trim().to_owned());
-    }
-    assert_eq!(lines, ["connected b1", "unconnected b1"]);
+    let (host, port) = host_and_port(vip)?;
+    let mut client = sandbox.python_session(&script, &[host, port])?;
+    assert_eq!([client.line()?, client.line()?], ["connected b1", "unconnected b1"]);
 
     let mut moved = udp_service(vip, &[&b2])?;
     let entry = moved.backends.remove(&1).context("backend 1")?;
@@ -391,15 +357,9 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     let report = dataplane.apply(&moved, None, None)?;
     assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
 
-    std::io::Write::write_all(child.0.stdin.as_mut().context("stdin")?, b"\n")?;
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest)?;
-    ensure!(child.0.wait()?.success(), "client failed");
+    let rest = client.finish()?;
     // The socket's pending error reaches the next receive; after it the socket is no longer
     // connected, so a send without an address fails too: the client connects again.
-    assert_eq!(
-        rest.lines().collect::<Vec<_>>(),
-        ["connected ECONNABORTED", "connected EDESTADDRREQ", "unconnected b2"]
-    );
+    assert_eq!(rest, ["connected ECONNABORTED", "connected EDESTADDRREQ", "unconnected b2"]);
     Ok(())
 }
