@@ -19,7 +19,7 @@ use reconciler::{
 use reconciler_tests::{git::Repo, reconciler_path, Sandbox};
 use serde_json::{json, Value};
 
-use crate::kube::{self, Service};
+use crate::kube::{self, Protocol, Service};
 
 const BACKENDS: usize = 10;
 
@@ -73,7 +73,12 @@ fn services(count: usize) -> Vec<Service> {
         .map(|i| {
             let (hi, lo) = (i / 250, i % 250 + 1);
             let endpoints = (0..BACKENDS).map(|e| format!("10.{}.{hi}.{lo}:8080", e + 1)).collect();
-            Service { vip: format!("10.96.{hi}.{lo}"), port: 80, endpoints }
+            Service {
+                vip: format!("10.96.{hi}.{lo}"),
+                port: 80,
+                protocol: Protocol::Tcp,
+                endpoints,
+            }
         })
         .collect()
 }

@@ -1,15 +1,23 @@
-//! Short connections through each path: (a) the backend directly, (b) the VIP through
-//! reconciler, (c) the VIP through kube-proxy's iptables layout, (d) through its nftables
-//! layout. Every measurement gets a fresh network namespace, so no conntrack entries of an
-//! earlier one (tens of thousands of TIME_WAIT tuples) slow it down.
-use std::{io::Write as _, process::Stdio};
+//! Traffic through each path: (a) the backend directly, (b) the VIP through reconciler, (c)
+//! the VIP through kube-proxy's iptables layout, (d) through its nftables layout. Two
+//! workloads: short TCP connections, and UDP request/response on unconnected sockets (where
+//! reconciler's sendmsg and recvmsg hooks run per datagram). Every measurement gets a fresh
+//! network namespace, so no conntrack entries of an earlier one (tens of thousands of
+//! TIME_WAIT tuples) slow it down.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    process::Stdio,
+};
+
+use aya::programs::links::{FdLink, PinnedLink};
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, MapState};
 use reconciler_tests::{probe_path, Sandbox};
 use serde_json::Value;
 
-use crate::kube::{self, Service};
+use crate::kube::{self, Protocol, Service};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -20,8 +28,6 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [Path::Direct, Path::Reconciler, Path::Iptables, Path::Nftables];
-
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
@@ -30,14 +36,91 @@ impl Path {
             Path::Nftables => "nftables",
         }
     }
+
+    /// The column letter the tables and the docs use for the path, in every workload.
+    pub fn letter(self) -> char {
+        match self {
+            Path::Direct => 'a',
+            Path::Reconciler => 'b',
+            Path::Iptables => 'c',
+            Path::Nftables => 'd',
+        }
+    }
 }
 
-/// One measurement: connections per second and per-connection latency.
+/// What a measurement drives through a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Short TCP connections: connect, one request line, read the reply, close.
+    TcpConnections,
+    /// UDP request/response: `send_to` the service and `recv_from` its reply, on one
+    /// unconnected socket per client thread.
+    UdpRequestResponse,
+}
+
+impl Workload {
+    /// The paths measured, in column order.
+    pub fn paths(self) -> &'static [Path] {
+        match self {
+            Workload::TcpConnections => {
+                &[Path::Direct, Path::Reconciler, Path::Iptables, Path::Nftables]
+            }
+            Workload::UdpRequestResponse => &[Path::Direct, Path::Reconciler, Path::Nftables],
+        }
+    }
+
+    /// The protocol of the measured service.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Workload::TcpConnections => Protocol::Tcp,
+            Workload::UdpRequestResponse => Protocol::Udp,
+        }
+    }
+
+    /// What the rate counts, as the JSON results and the probe's report name it.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::TcpConnections => "connections",
+            Workload::UdpRequestResponse => "round_trips",
+        }
+    }
+
+    /// One operation, as the tables name it.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Workload::TcpConnections => "connection",
+            Workload::UdpRequestResponse => "round trip",
+        }
+    }
+
+    fn probe_mode(self) -> &'static str {
+        match self {
+            Workload::TcpConnections => "load",
+            Workload::UdpRequestResponse => "udp-rr",
+        }
+    }
+}
+
+/// One measurement: operations (connections or round trips) per second, the latency of one
+/// operation, and the CPU time the machine spent per operation (busy time of all CPUs over
+/// the measurement, clients, servers and the kernel's network stack alike, divided by the
+/// operations).
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    pub conn_per_s: f64,
+    pub operations: f64,
+    pub per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub cpu_us: f64,
+}
+
+/// The kernel's run-time statistics of one of reconciler's programs over a measurement.
+#[derive(Clone, Debug)]
+pub struct HookCost {
+    pub program: String,
+    /// Runs per operation (connection or round trip) of the measurement.
+    pub runs_per_operation: f64,
+    pub ns_per_run: f64,
 }
 
 /// How hard and how long each measurement drives the path.
@@ -63,16 +146,113 @@ fn run_with_input(sandbox: &Sandbox, argv: &[&str], input: &str) -> Result<()> {
     Ok(())
 }
 
-/// Measures `path` with `services` defined (the last one is measured; its endpoints get real
-/// listeners). `state` is the same services compiled for reconciler.
-pub fn measure(path: Path, services: &[Service], state: &MapState, load: Load) -> Result<Sample> {
+/// Measures `workload` through `path` with `services` defined (the last one is measured, and
+/// is of the workload's protocol; its endpoints get real servers). `state` is the same
+/// services compiled for reconciler.
+pub fn measure(
+    workload: Workload,
+    path: Path,
+    services: &[Service],
+    state: &MapState,
+    load: Load,
+) -> Result<Sample> {
+    measure_observed(workload, path, services, state, load, |_, probe| probe())
+        .map(|(sample, ())| sample)
+}
+
+/// `measure` through reconciler with the kernel's BPF run-time statistics on
+/// (`BPF_ENABLE_STATS`, which times every program run: it slows the path, so these runs are
+/// not the ones the rates come from): what each of the data plane's programs costs per run.
+pub fn hook_costs(
+    workload: Workload,
+    services: &[Service],
+    state: &MapState,
+    load: Load,
+) -> Result<Vec<HookCost>> {
+    // Off again when the descriptor closes, at the end of this function.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
+    let (sample, runs) =
+        measure_observed(workload, Path::Reconciler, services, state, load, |sandbox, probe| {
+            let ours = linked_programs(sandbox.pin_path())?;
+            let before = program_runs(&ours)?;
+            probe()?;
+            let after = program_runs(&ours)?;
+            Ok(after
+                .into_iter()
+                .filter_map(|(id, (program, runs, ns))| {
+                    let (runs0, ns0) = before.get(&id).map_or((0, 0), |&(_, r, n)| (r, n));
+                    let runs = runs.checked_sub(runs0).filter(|&r| r > 0)?;
+                    Some((program, runs, ns.saturating_sub(ns0)))
+                })
+                .collect::<Vec<_>>())
+        })?;
+    Ok(runs
+        .into_iter()
+        .map(|(program, runs, ns)| HookCost {
+            program,
+            runs_per_operation: runs as f64 / sample.operations,
+            ns_per_run: ns as f64 / runs as f64,
+        })
+        .collect())
+}
+
+/// The IDs of the programs of the data plane pinned at `pin_path` (its `link_*` pins): other
+/// data planes, of tests running meanwhile, are not this measurement's.
+fn linked_programs(pin_path: &std::path::Path) -> Result<BTreeSet<u32>> {
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(pin_path)? {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link_")) {
+            let link = FdLink::from(PinnedLink::from_pin(&path)?);
+            ids.insert(link.info()?.program_id());
+        }
+    }
+    Ok(ids)
+}
+
+/// The programs `ids` by ID: name, how often each ran, and the nanoseconds it took.
+fn program_runs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, (String, u64, u64)>> {
+    let mut runs = BTreeMap::new();
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("listing loaded BPF programs")?;
+        if !ids.contains(&program.id()) {
+            continue;
+        }
+        let name = program.name_as_str().unwrap_or_default().to_string();
+        let ns = u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX);
+        runs.insert(program.id(), (name, program.run_count(), ns));
+    }
+    Ok(runs)
+}
+
+/// The body of `measure`: `observe` gets the sandbox and a function that runs the probe, and
+/// returns what it observed around that run (while the path is still set up).
+fn measure_observed<T>(
+    workload: Workload,
+    path: Path,
+    services: &[Service],
+    state: &MapState,
+    load: Load,
+    observe: impl FnOnce(&Sandbox, &mut dyn FnMut() -> Result<()>) -> Result<T>,
+) -> Result<(Sample, T)> {
     let measured = services.last().context("no services")?;
+    ensure!(
+        measured.protocol == workload.protocol(),
+        "the measured service is {}",
+        measured.protocol
+    );
     let mut sandbox = Sandbox::new(&format!("bench-{}", path.name()))?;
-    // Clients open tens of thousands of connections; let them reuse ports in TIME_WAIT.
-    sandbox.run(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
-    sandbox.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+    if workload == Workload::TcpConnections {
+        // Clients open tens of thousands of connections; let them reuse ports in TIME_WAIT.
+        sandbox.run(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+        sandbox.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+    }
     for (k, endpoint) in measured.endpoints.iter().enumerate() {
-        sandbox.serve_tcp(endpoint, &format!("b{k}"))?;
+        match workload {
+            Workload::TcpConnections => sandbox.serve_tcp(endpoint, &format!("b{k}"))?,
+            Workload::UdpRequestResponse => sandbox.serve_udp(endpoint, &format!("b{k}"))?,
+        };
     }
     let vip = format!("{}:{}", measured.vip, measured.port);
     let target = match path {
@@ -94,23 +274,58 @@ pub fn measure(path: Path, services: &[Service], state: &MapState, load: Load) -
             vip
         }
     };
-    let output = sandbox
-        .command(probe_path()?)?
-        .args(["load", &target, &load.threads.to_string(), &load.millis.to_string()])
-        .output()?;
-    ensure!(output.status.success(), "load: {}", String::from_utf8_lossy(&output.stderr));
+    let mut probe = sandbox.command(probe_path()?)?;
+    probe
+        .args([workload.probe_mode(), &target])
+        .args([load.threads.to_string(), load.millis.to_string()]);
+    let mut output = None;
+    let observed = observe(&sandbox, &mut || {
+        output = Some(probe.output()?);
+        Ok(())
+    });
+    if workload == Workload::UdpRequestResponse {
+        stop_udp_servers(&sandbox, &measured.endpoints)?;
+    }
+    let observed = observed?;
+    let output = output.context("the probe did not run")?;
+    ensure!(
+        output.status.success(),
+        "probe {}: {}",
+        workload.probe_mode(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_slice(&output.stdout)?;
     let number = |key: &str| report[key].as_f64().with_context(|| format!("{key} in {report}"));
     ensure!(
         number("errors")? == 0.0,
-        "{} connects failed through {}: {report}",
+        "{} {} failed through {}: {report}",
         number("errors")?,
+        workload.unit(),
         path.name()
     );
-    Ok(Sample {
-        conn_per_s: number("connections")? / number("seconds")?,
+    let count = number(workload.unit())?;
+    let sample = Sample {
+        operations: count,
+        per_s: count / number("seconds")?,
         p50_us: number("p50_us")?,
         p99_us: number("p99_us")?,
+        cpu_us: 1e6 * number("cpu_busy_s")? / count,
+    };
+    Ok((sample, observed))
+}
+
+/// Ends the threads of `Sandbox::serve_udp` at `endpoints` with an empty datagram each, which
+/// its loop takes as the end. Left to `Sandbox`'s drop, the thread's `recv_from` would return
+/// from `shutdown()` with no source address, which std's `UdpSocket::recv_from` asserts
+/// against: the thread would panic (harmlessly, but printing a backtrace per measurement).
+fn stop_udp_servers(sandbox: &Sandbox, endpoints: &[String]) -> Result<()> {
+    let endpoints = endpoints.to_vec();
+    sandbox.in_netns(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        for endpoint in &endpoints {
+            socket.send_to(&[], endpoint.as_str())?;
+        }
+        Ok(())
     })
 }
 
@@ -118,15 +333,37 @@ pub fn measure(path: Path, services: &[Service], state: &MapState, load: Load) -
 mod tests {
     use super::*;
 
-    /// Every path, baselines included, really carries connections to the measured service's
-    /// listeners (a baseline that failed silently would make every ratio meaningless).
+    /// Every path of every workload, baselines included, really carries traffic to the
+    /// measured service's servers, and UDP replies come back from the address the client sent
+    /// to (a baseline that failed silently would make every ratio meaningless).
     #[test]
     fn every_path_reaches_the_backends() -> Result<()> {
-        let services = crate::services(3, 2);
+        for workload in [Workload::TcpConnections, Workload::UdpRequestResponse] {
+            let services = crate::services(3, 2, workload.protocol());
+            let state = crate::compiled(&services)?;
+            for &path in workload.paths() {
+                let load = Load { threads: 2, millis: 200 };
+                let sample = measure(workload, path, &services, &state, load)?;
+                assert!(sample.per_s > 100.0, "{workload:?} {}: {sample:?}", path.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// The program costs name the hooks a UDP round trip runs, once each per round trip (the
+    /// servers are outside the data plane's cgroup), and only those.
+    #[test]
+    fn hook_costs_are_per_datagram() -> Result<()> {
+        let services = crate::services(3, 2, Protocol::Udp);
         let state = crate::compiled(&services)?;
-        for path in Path::ALL {
-            let sample = measure(path, &services, &state, Load { threads: 2, millis: 200 })?;
-            assert!(sample.conn_per_s > 100.0, "{}: {sample:?}", path.name());
+        let load = Load { threads: 2, millis: 200 };
+        let costs = hook_costs(Workload::UdpRequestResponse, &services, &state, load)?;
+        let mut programs: Vec<_> = costs.iter().map(|c| c.program.as_str()).collect();
+        programs.sort_unstable();
+        assert_eq!(programs, ["recvmsg4", "sendmsg4"], "{costs:?}");
+        for cost in &costs {
+            assert!((cost.runs_per_operation - 1.0).abs() < 0.01, "{cost:?}");
+            assert!(cost.ns_per_run > 0.0, "{cost:?}");
         }
         Ok(())
     }

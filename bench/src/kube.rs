@@ -4,12 +4,25 @@
 //! address, protocol and port -> per-service chains -> per-endpoint DNAT chains).
 use std::fmt::Write as _;
 
-/// A service as the baselines see it: one TCP VIP:port and its endpoints.
+pub use reconciler::dataplane::Protocol;
+
+/// A service as the baselines see it: one VIP:port/protocol and its endpoints.
 #[derive(Clone, Debug)]
 pub struct Service {
     pub vip: String,
     pub port: u16,
+    pub protocol: Protocol,
     pub endpoints: Vec<String>,
+}
+
+impl Service {
+    /// The protocol as iptables and nft spell it: `tcp` or `udp`.
+    fn proto(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// kube-proxy names chains by a hash; an index is as unique and keeps the text readable.
@@ -36,11 +49,12 @@ pub fn iptables_full(services: &[Service]) -> String {
     for (i, service) in services.iter().enumerate() {
         let _ = writeln!(
             out,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" \
-             -m tcp --dport {} -j {}",
+            "-A KUBE-SERVICES -d {}/32 -p {proto} -m comment --comment \"default/svc-{i}:http cluster IP\" \
+             -m {proto} --dport {} -j {}",
             service.vip,
             service.port,
-            svc_chain(i)
+            svc_chain(i),
+            proto = service.proto(),
         );
     }
     for (i, service) in services.iter().enumerate() {
@@ -65,7 +79,9 @@ fn service_rules(out: &mut String, i: usize, service: &Service, generation: usiz
         } else {
             let _ = writeln!(out, "-A {} -j {target}", svc_chain(i));
         }
-        let _ = writeln!(out, "-A {target} -p tcp -m tcp -j DNAT --to-destination {endpoint}");
+        let proto = service.proto();
+        let _ =
+            writeln!(out, "-A {target} -p {proto} -m {proto} -j DNAT --to-destination {endpoint}");
     }
 }
 
@@ -91,8 +107,8 @@ pub fn nft_full(services: &[Service]) -> String {
     if !services.is_empty() {
         out.push_str("    elements = {\n");
         for (i, service) in services.iter().enumerate() {
-            let _ =
-                writeln!(out, "      {} . tcp . {} : goto service-{i},", service.vip, service.port);
+            let (vip, proto, port) = (&service.vip, service.proto(), service.port);
+            let _ = writeln!(out, "      {vip} . {proto} . {port} : goto service-{i},");
         }
         out.push_str("    }\n");
     }
@@ -116,21 +132,22 @@ fn nft_service(out: &mut String, i: usize, service: &Service, generation: usize)
     }
     out.push_str("}\n  }\n");
     for (e, endpoint) in service.endpoints.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  chain endpoint-{i}-{e}-{generation} {{\n    meta l4proto tcp dnat to {endpoint}\n  }}"
-        );
+        nft_endpoint(out, i, e, generation, service.proto(), endpoint);
     }
+}
+
+fn nft_endpoint(out: &mut String, i: usize, e: usize, generation: usize, proto: &str, to: &str) {
+    let _ = writeln!(
+        out,
+        "  chain endpoint-{i}-{e}-{generation} {{\n    meta l4proto {proto} dnat to {to}\n  }}"
+    );
 }
 
 /// What kube-proxy's nftables mode sends when one endpoint of service `i` changes.
 pub fn nft_one_service(i: usize, before: &Service, after: &Service) -> String {
     let mut out = String::from("table ip kube-proxy {\n");
     for (e, endpoint) in after.endpoints.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  chain endpoint-{i}-{e}-1 {{\n    meta l4proto tcp dnat to {endpoint}\n  }}"
-        );
+        nft_endpoint(&mut out, i, e, 1, after.proto(), endpoint);
     }
     out.push_str("}\n");
     let _ = writeln!(out, "flush chain ip kube-proxy service-{i}");

@@ -1,6 +1,6 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
-//!   reconciler-bench [--quick] [--json FILE] [--only data|control]
+//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|control]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -22,12 +22,13 @@ use reconciler::{
 };
 use serde_json::json;
 
-use dataplane::{Load, Path, Sample};
-use kube::Service;
+use dataplane::{Load, Sample, Workload};
+use kube::{Protocol, Service};
 
 /// Sizes and repetitions of one run.
 struct Plan {
     service_counts: Vec<usize>,
+    udp_service_counts: Vec<usize>,
     rounds: usize,
     load: Load,
     control_rounds: usize,
@@ -43,8 +44,10 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().context("--json FILE")?.into(),
-            "--only" => only = Some(args.next().context("--only data|control")?),
-            _ => bail!("usage: reconciler-bench [--quick] [--json FILE] [--only data|control]"),
+            "--only" => only = Some(args.next().context("--only data|tcp|udp|control")?),
+            _ => bail!(
+                "usage: reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|control]"
+            ),
         }
     }
     reconciler_tests::require_root()?;
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
         // uses 2 000.
         Plan {
             service_counts: vec![1, 1000, 10_000],
+            udp_service_counts: vec![1, 10_000],
             rounds: 2,
             load: Load { threads: 4, millis: 500 },
             control_rounds: 1,
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
     } else {
         Plan {
             service_counts: vec![1, 1000, 10_000],
+            udp_service_counts: vec![1, 10_000],
             rounds: 5,
             load: Load { threads: 4, millis: 3000 },
             control_rounds: 3,
@@ -74,8 +79,20 @@ fn main() -> Result<()> {
         if quick { "quick" } else { "full" }
     );
 
-    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
-    let data = if wanted("data") { data_plane(&plan)? } else { json!(null) };
+    // `data` is both data plane tables; `tcp` and `udp` one of them.
+    let wanted = |part: &str| {
+        only.as_deref().is_none_or(|o| o == part || (o == "data" && ["tcp", "udp"].contains(&part)))
+    };
+    let data = if wanted("tcp") {
+        data_plane(&plan, Workload::TcpConnections, &plan.service_counts)?
+    } else {
+        json!(null)
+    };
+    let udp = if wanted("udp") {
+        data_plane(&plan, Workload::UdpRequestResponse, &plan.udp_service_counts)?
+    } else {
+        json!(null)
+    };
     let control = if wanted("control") {
         control::run(plan.control_rounds, plan.control_services)?
     } else {
@@ -86,12 +103,13 @@ fn main() -> Result<()> {
     }
 
     let results = json!({
-        "format_version": 1,
+        "format_version": 2,
         "mode": if quick { "quick" } else { "full" },
         "cores": cores,
         "rounds": plan.rounds,
         "load": {"client_threads": plan.load.threads, "millis_per_measurement": plan.load.millis},
         "data_plane": data,
+        "udp_data_plane": udp,
         "control_plane": control,
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -107,18 +125,30 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `n` TCP services on port 80: fillers with two (absent) endpoints each, and last the measured
-/// one, whose four endpoints on 127.0.0.2-5 get real listeners.
-pub fn services(n: usize, filler_endpoints: usize) -> Vec<Service> {
+/// `n` services: fillers (TCP, port 80) with `filler_endpoints` (absent) endpoints each, and
+/// last the measured one, of `protocol`, whose endpoints get real servers: TCP port 80 with
+/// four endpoints on 127.0.0.2-5:8080; UDP port 53 with one, 127.0.0.2:5353 (through a VIP, an
+/// unconnected socket keeps one backend, by a hash of its cookie: with one backend, every path
+/// sends every client's datagrams to the same server).
+pub fn services(n: usize, filler_endpoints: usize, protocol: Protocol) -> Vec<Service> {
     (0..n)
         .map(|i| {
             let (hi, lo) = (i / 250, i % 250 + 1);
-            let endpoints = if i + 1 == n {
-                (2..6).map(|k| format!("127.0.0.{k}:8080")).collect()
-            } else {
-                (0..filler_endpoints).map(|e| format!("10.{}.{hi}.{lo}:8080", e + 1)).collect()
-            };
-            Service { vip: format!("10.96.{hi}.{lo}"), port: 80, endpoints }
+            let vip = format!("10.96.{hi}.{lo}");
+            if i + 1 < n {
+                let endpoints =
+                    (0..filler_endpoints).map(|e| format!("10.{}.{hi}.{lo}:8080", e + 1)).collect();
+                return Service { vip, port: 80, protocol: Protocol::Tcp, endpoints };
+            }
+            match protocol {
+                Protocol::Tcp => {
+                    let endpoints = (2..6).map(|k| format!("127.0.0.{k}:8080")).collect();
+                    Service { vip, port: 80, protocol, endpoints }
+                }
+                Protocol::Udp => {
+                    Service { vip, port: 53, protocol, endpoints: vec!["127.0.0.2:5353".into()] }
+                }
+            }
         })
         .collect()
 }
@@ -129,8 +159,14 @@ pub fn yaml(services: &[Service]) -> String {
     for (i, service) in services.iter().enumerate() {
         out.push_str(&format!(
             "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i}}}\n\
-             spec:\n  vip: {}\n  ports: [{{port: {}}}]\n  backends:\n",
-            service.vip, service.port
+             spec:\n  vip: {}\n  ports: [{{port: {}{}}}]\n  backends:\n",
+            service.vip,
+            service.port,
+            // TCP is the default; left out, the control plane's input stays what it was.
+            match service.protocol {
+                Protocol::Tcp => "",
+                Protocol::Udp => ", protocol: UDP",
+            }
         ));
         for endpoint in &service.endpoints {
             let (address, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, "80"));
@@ -161,60 +197,123 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn data_plane(plan: &Plan) -> Result<serde_json::Value> {
-    println!("## Data plane: short TCP connections\n");
+/// One data plane table: `workload` through each of its paths, at each of `counts` services.
+fn data_plane(plan: &Plan, workload: Workload, counts: &[usize]) -> Result<serde_json::Value> {
+    let paths = workload.paths();
+    let (rate_key, cpu_key, rate_unit, precision) = match workload {
+        Workload::TcpConnections => {
+            println!("## Data plane: short TCP connections\n");
+            ("conn_per_s", "cpu_us_per_connection", "connections/s", 0)
+        }
+        Workload::UdpRequestResponse => {
+            println!("## Data plane: UDP request/response on unconnected sockets\n");
+            ("round_trips_per_s", "cpu_us_per_round_trip", "round trips/s", 1)
+        }
+    };
     println!(
         "{} client threads, {} ms per measurement, median of {} interleaved rounds; \
-         connections/s (p50 / p99 latency in µs).\n",
+         {rate_unit} (p50 / p99 latency in µs).\n",
         plan.load.threads, plan.load.millis, plan.rounds
     );
-    println!("| services | (a) direct | (b) reconciler | (c) iptables | (d) nftables | b/a | b/c | b/d |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let direct = paths[0];
+    let reconciler = paths[1];
+    let ratio = |p: dataplane::Path| format!("{}/{}", reconciler.letter(), p.letter());
+    let ratio_key = |p: dataplane::Path| format!("{}_over_{}", reconciler.letter(), p.letter());
+    let mut header = String::from("| services |");
+    for &p in paths {
+        header.push_str(&format!(" ({}) {} |", p.letter(), p.name()));
+    }
+    for &p in paths.iter().filter(|&&p| p != reconciler) {
+        header.push_str(&format!(" {} |", ratio(p)));
+    }
+    let udp = workload == Workload::UdpRequestResponse;
+    if udp {
+        // What the per-datagram hooks add to a round trip: to its latency, and in CPU time.
+        header.push_str(" b−a p50 µs | b−a CPU µs per round trip |");
+    }
+    println!("{header}");
+    println!("|{}", "---:|".repeat(header.matches(" |").count()));
     let mut rows = Vec::new();
-    for &n in &plan.service_counts {
-        let services = services(n, 2);
+    for &n in counts {
+        let services = services(n, 2, workload.protocol());
         let state = compiled(&services)?;
         let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
         for round in 0..plan.rounds {
             // Interleaved, and each round starts with another path.
-            for k in 0..Path::ALL.len() {
-                let path = Path::ALL[(round + k) % Path::ALL.len()];
-                let sample = dataplane::measure(path, &services, &state, plan.load)
-                    .with_context(|| format!("{} with {n} services", path.name()))?;
+            for k in 0..paths.len() {
+                let path = paths[(round + k) % paths.len()];
+                let sample = dataplane::measure(workload, path, &services, &state, plan.load)
+                    .with_context(|| format!("{workload:?} {} with {n} services", path.name()))?;
                 samples.entry(path.name()).or_default().push(sample);
             }
         }
-        let medians: BTreeMap<&str, (f64, f64, f64)> = samples
+        let medians: BTreeMap<&str, Sample> = samples
             .iter()
             .map(|(name, s)| {
                 let pick = |f: fn(&Sample) -> f64| median(&mut s.iter().map(f).collect::<Vec<_>>());
-                (*name, (pick(|s| s.conn_per_s), pick(|s| s.p50_us), pick(|s| s.p99_us)))
+                let sample = Sample {
+                    operations: pick(|s| s.operations),
+                    per_s: pick(|s| s.per_s),
+                    p50_us: pick(|s| s.p50_us),
+                    p99_us: pick(|s| s.p99_us),
+                    cpu_us: pick(|s| s.cpu_us),
+                };
+                (*name, sample)
             })
             .collect();
-        let cell = |name: &str| {
-            let (rate, p50, p99) = medians[name];
-            format!("{rate:.0} ({p50:.0} / {p99:.0})")
-        };
-        let rate = |name: &str| medians[name].0;
-        println!(
-            "| {n} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            cell("direct"),
-            cell("reconciler"),
-            cell("iptables"),
-            cell("nftables"),
-            rate("reconciler") / rate("direct"),
-            rate("reconciler") / rate("iptables"),
-            rate("reconciler") / rate("nftables"),
+        let rate = |p: dataplane::Path| medians[p.name()].per_s;
+        let mut line = format!("| {n} |");
+        for &p in paths {
+            let m = medians[p.name()];
+            let (rate, p50, p99) = (m.per_s, m.p50_us, m.p99_us);
+            line.push_str(&format!(" {rate:.0} ({p50:.precision$} / {p99:.precision$}) |"));
+        }
+        let mut row = serde_json::Map::new();
+        row.insert("services".into(), json!(n));
+        for &p in paths.iter().filter(|&&p| p != reconciler) {
+            let value = rate(reconciler) / rate(p);
+            line.push_str(&format!(" {value:.2} |"));
+            row.insert(ratio_key(p), json!(value));
+        }
+        if udp {
+            let latency = medians[reconciler.name()].p50_us - medians[direct.name()].p50_us;
+            let cpu = medians[reconciler.name()].cpu_us - medians[direct.name()].cpu_us;
+            line.push_str(&format!(" {latency:.1} | {cpu:.2} |"));
+            row.insert("b_minus_a_p50_us".into(), json!(latency));
+            row.insert("b_minus_a_cpu_us_per_round_trip".into(), json!(cpu));
+        }
+        println!("{line}");
+        let figures = |s: &Sample| json!({rate_key: s.per_s, "p50_us": s.p50_us, "p99_us": s.p99_us, cpu_key: s.cpu_us});
+        row.insert(
+            "medians".into(),
+            medians.iter().map(|(k, s)| (k.to_string(), figures(s))).collect(),
         );
-        rows.push(json!({
-            "services": n,
-            "medians": medians.iter().map(|(k, (r, p50, p99))| (k.to_string(), json!({"conn_per_s": r, "p50_us": p50, "p99_us": p99}))).collect::<serde_json::Map<_, _>>(),
-            "rounds": samples.iter().map(|(k, s)| (k.to_string(), json!(s.iter().map(|s| json!({"conn_per_s": s.conn_per_s, "p50_us": s.p50_us, "p99_us": s.p99_us})).collect::<Vec<_>>()))).collect::<serde_json::Map<_, _>>(),
-            "b_over_a": rate("reconciler") / rate("direct"),
-            "b_over_c": rate("reconciler") / rate("iptables"),
-            "b_over_d": rate("reconciler") / rate("nftables"),
-        }));
+        row.insert(
+            "rounds".into(),
+            samples
+                .iter()
+                .map(|(k, s)| (k.to_string(), s.iter().map(figures).collect::<Vec<_>>()))
+                .collect(),
+        );
+        rows.push(serde_json::Value::Object(row));
     }
     println!();
-    Ok(json!(rows))
+    let largest = *counts.iter().max().context("no service counts")?;
+    let services = services(largest, 2, workload.protocol());
+    let costs = dataplane::hook_costs(workload, &services, &compiled(&services)?, plan.load)?;
+    println!(
+        "What reconciler's programs cost (one more measurement through reconciler at {largest} \
+         services, with the kernel's BPF run-time statistics on; they time every run and slow \
+         it, so the rates above come from runs without them):\n"
+    );
+    println!("| program | runs per {} | ns per run |\n|---|---:|---:|", workload.operation());
+    for cost in &costs {
+        println!("| {} | {:.2} | {:.0} |", cost.program, cost.runs_per_operation, cost.ns_per_run);
+    }
+    println!();
+    let costs: Vec<_> = costs
+        .iter()
+        .map(|c| json!({"program": c.program, "runs_per_operation": c.runs_per_operation, "ns_per_run": c.ns_per_run}))
+        .collect();
+    Ok(json!({"rows": rows, "programs": {"services": largest, "costs": costs}}))
 }
