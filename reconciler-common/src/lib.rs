@@ -10,6 +10,8 @@
 //! other one (see `reconciler::dataplane`).
 #![no_std]
 
+pub mod maglev;
+
 /// Services (VIP, port, protocol) in one map set.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Backends in one map set.
@@ -22,6 +24,9 @@ pub const MAX_SLOTS_PER_SERVICE: u32 = 65_536;
 /// replies and `getpeername()` of older sockets fall back to the backend's address once
 /// their entry is evicted.
 pub const MAX_REVERSE: u32 = 262_144;
+/// Entries of `AFFINITY`, the LRU map of (service, client) -> backend for services with
+/// session affinity: when it is full, the least recently used client loses its backend.
+pub const MAX_AFFINITY: u32 = 262_144;
 /// Bytes of the applied revision (a git commit id) kept in the metadata map.
 pub const REVISION_LEN: usize = 64;
 /// Bytes of a service name kept in the name map.
@@ -35,13 +40,35 @@ pub const PROTO_TCP: u8 = 6;
 /// `IPPROTO_UDP`, as in `struct bpf_sock_addr::protocol`.
 pub const PROTO_UDP: u8 = 17;
 
-/// `ServiceValue::algorithm`: a uniformly random slot per connect.
+/// `ServiceValue::algorithm`: a uniformly random slot per connect (per socket for
+/// `sendto()` on an unconnected socket).
 pub const ALGORITHM_RANDOM: u8 = 0;
+/// `ServiceValue::algorithm`: the client's slot of the service's Maglev table (`maglev`).
+pub const ALGORITHM_MAGLEV: u8 = 1;
+
+/// `ServiceValue::maglev_client`/`affinity_client`: the client is the cgroup v2 ID of the
+/// process that connects (one container, one systemd service).
+pub const CLIENT_CGROUP: u8 = 0;
+/// ... the socket's network namespace cookie (one pod).
+pub const CLIENT_NETNS: u8 = 1;
+
+/// `Backend::state`: takes new clients.
+pub const BACKEND_ACTIVE: u8 = 0;
+/// `Backend::state`: keeps the clients it has (affinity, open connections); takes new ones
+/// only while its service has no active backend (the compiler fills the slots so).
+pub const BACKEND_DRAINING: u8 = 1;
+/// `Backend::state`: takes nothing: no slots, its affinity entries are dropped, and its
+/// connected UDP sockets are destroyed. It stays in `BACKENDS` so that replies and
+/// `getpeername()` of its TCP connections still show the VIP.
+pub const BACKEND_MAINTENANCE: u8 = 2;
 
 /// Version of the map layout below. Stored in the metadata map at install, so a binary
 /// never reads maps that an incompatible build created. 2 added `REVERSE` and `EVENTS` (and
-/// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2.
-pub const LAYOUT_VERSION: u32 = 2;
+/// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2. 3 added
+/// `AFFINITY` and `AFFINITY_EVENTS`, and gave meaning to bytes that were padding
+/// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
+/// what 2's maps hold means the same in 3.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
 /// backend, each a reason a syscall was refused or a translation was not made.
@@ -59,6 +86,19 @@ pub mod event {
     pub const REVERSE_FULL: u32 = 4;
     /// Number of counters.
     pub const COUNT: u32 = 5;
+}
+
+/// Indexes of the per-CPU `AFFINITY_EVENTS` counters.
+pub mod affinity {
+    /// A client of a service with affinity got the backend its entry names.
+    pub const HIT: u32 = 0;
+    /// A client had no entry, or one older than the timeout: a backend was chosen afresh.
+    pub const MISS: u32 = 1;
+    /// An entry named a backend no longer usable (gone from the service, or in
+    /// maintenance): deleted, and a backend chosen afresh.
+    pub const DROPPED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
 }
 
 /// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
@@ -107,13 +147,18 @@ pub struct ServiceValue {
     pub slot_count: u32,
     /// `ALGORITHM_*`.
     pub algorithm: u8,
+    /// `CLIENT_*`: what a Maglev service hashes.
+    pub maglev_client: u8,
+    /// `CLIENT_*`: what an affinity entry is keyed by.
+    pub affinity_client: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
     /// Session affinity timeout in seconds (host byte order); 0 is off.
     pub affinity_timeout_secs: u32,
 }
 
-/// Key of `SLOTS`: one selection slot of a service. A backend of weight `w` fills `w` slots.
+/// Key of `SLOTS`: one selection slot of a service. With `ALGORITHM_RANDOM` a backend of
+/// weight `w` fills `w` slots; with `ALGORITHM_MAGLEV` the slots are the Maglev table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
@@ -147,10 +192,12 @@ pub struct Backend {
     pub addr: Addr,
     /// Backend port, network byte order.
     pub port: u16,
+    /// `BACKEND_*`.
+    pub state: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
-    /// The service this backend belongs to (host byte order). The programs do not read it;
-    /// it lets user space keep a backend's ID stable across applies.
+    pub _pad: u8,
+    /// The service this backend belongs to (host byte order): reverse and affinity entries
+    /// hold only while their backend still belongs to their service.
     pub service_id: u32,
 }
 
@@ -187,18 +234,51 @@ pub struct ReverseValue {
     pub backend_id: u32,
 }
 
-/// A 32-bit hash of a socket cookie, for choosing one backend per unconnected socket
-/// (so a client's request and its retries reach one backend): the murmur3 finaliser, which
-/// spreads consecutive cookies over the whole range.
+/// Key of `AFFINITY`: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    /// Stable service ID (host byte order): affinity is per frontend.
+    pub service_id: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// The client: a cgroup ID or a network namespace cookie, as `affinity_client` says
+    /// (host byte order).
+    pub client: u64,
+}
+
+/// Value of `AFFINITY`: the client's backend, and when the client last connected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) of the client's last connect through this
+    /// entry (host byte order); the entry holds for `affinity_timeout_secs` after it.
+    pub last_used_ns: u64,
+    /// Stable backend ID (host byte order).
+    pub backend_id: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// The murmur3 64-bit finaliser: every input bit affects every output bit, so consecutive
+/// numbers (socket cookies, cgroup IDs) land far apart.
 #[inline(always)]
-pub const fn cookie_hash(cookie: u64) -> u32 {
-    let mut h = cookie;
+pub const fn fmix64(value: u64) -> u64 {
+    let mut h = value;
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
-    h as u32
+    h
+}
+
+/// A 32-bit hash of a 64-bit identity (a socket cookie, a client): the low half of
+/// [`fmix64`]. It picks one backend per unconnected socket (so a client's request and its
+/// retries reach one backend) and a client's Maglev slot.
+#[inline(always)]
+pub const fn hash64(value: u64) -> u32 {
+    fmix64(value) as u32
 }
 
 /// Value of the per-CPU `BACKEND_STATS` array, indexed by backend ID. Not versioned: IDs
@@ -272,6 +352,8 @@ mod pod {
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 #[cfg(test)]
@@ -282,10 +364,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<ServiceValue>(), 4 + 4 + 1 + 3 + 4);
+        assert_eq!(size_of::<ServiceValue>(), 4 + 4 + 1 + 1 + 1 + 1 + 4);
         assert_eq!(size_of::<SlotKey>(), 4 + 4 + 1 + 3);
         assert_eq!(size_of::<BackendKey>(), 4 + 1 + 3);
-        assert_eq!(size_of::<Backend>(), 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<Backend>(), 16 + 2 + 1 + 1 + 4);
+        assert_eq!(size_of::<AffinityKey>(), 4 + 4 + 8);
+        assert_eq!(size_of::<AffinityValue>(), 8 + 4 + 4);
         assert_eq!(size_of::<BackendStats>(), 8);
         assert_eq!(size_of::<Metadata>(), 4 + 1 + 3 + 8 * 3 + REVISION_LEN + 1 + 7);
         assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);
@@ -322,10 +406,10 @@ mod tests {
         // Cookies are handed out in sequence; their slots must not be.
         let mut seen = [0u32; 4];
         for cookie in 1000..1400u64 {
-            seen[random_slot(cookie_hash(cookie), 4) as usize] += 1;
+            seen[random_slot(hash64(cookie), 4) as usize] += 1;
         }
         assert!(seen.iter().all(|n| (70..=130).contains(n)), "{seen:?}");
-        assert_eq!(cookie_hash(42), cookie_hash(42));
+        assert_eq!(hash64(42), hash64(42));
     }
 
     #[test]

@@ -13,15 +13,19 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::{
         bpf_get_prandom_u32,
-        generated::{bpf_get_socket_cookie, bpf_set_retval},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_ns, bpf_set_retval,
+        },
     },
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use reconciler_common::{
-    cookie_hash, event, ipv4_mapped, ipv4_of_mapped, random_slot, Addr, Backend, BackendKey,
-    BackendStats, Metadata, ReverseKey, ReverseValue, ServiceKey, ServiceName, ServiceValue,
-    SlotKey, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT,
+    affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, Addr, AffinityKey,
+    AffinityValue, Backend, BackendKey, BackendStats, Metadata, ReverseKey, ReverseValue,
+    ServiceKey, ServiceName, ServiceValue, SlotKey, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE,
+    CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -67,6 +71,17 @@ static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = Per
 #[btf_map]
 static REVERSE: LruHashMap<ReverseKey, ReverseValue, { MAX_REVERSE as usize }> = LruHashMap::new();
 
+/// (service, client) -> the client's backend and its last connect, for services with
+/// session affinity. Not versioned: an entry is checked against the live set before it is
+/// used. LRU, so clients that stopped connecting make room by themselves.
+#[btf_map]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU counters by `affinity::*`.
+#[btf_map]
+static AFFINITY_EVENTS: PerCpuArray<u64, { affinity::COUNT as usize }> = PerCpuArray::new();
+
 /// Per-CPU counters by `event::*` reason.
 #[btf_map]
 static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();
@@ -100,13 +115,13 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// service's backends stay the same.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    let choice = cookie_hash(sock_cookie(&ctx));
+    let choice = hash64(sock_cookie(&ctx));
     lb_translate(&ctx, sock4_address(&ctx), choice, |backend| sock4_set_backend(&ctx, backend))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    let choice = cookie_hash(sock_cookie(&ctx));
+    let choice = hash64(sock_cookie(&ctx));
     lb_translate(&ctx, sock6_address(&ctx), choice, |backend| sock6_set_backend(&ctx, backend))
 }
 
@@ -142,7 +157,7 @@ fn lb_translate(
     choice: u32,
     rewrite: impl FnOnce(&Backend),
 ) -> i32 {
-    match lb_select(&addr, port, protocol, choice) {
+    match lb_select(ctx, &addr, port, protocol, choice) {
         Selection::NotAService => ALLOW,
         Selection::Refused(reason) => refuse(reason),
         Selection::Backend { backend, service_id, backend_id } => {
@@ -220,21 +235,44 @@ enum Selection {
     },
 }
 
-/// Chooses a backend for (`addr`, `port`, `protocol`) by `choice`, and counts it.
+/// Chooses a backend for (`addr`, `port`, `protocol`), and counts it: the client's affinity
+/// entry's if it holds, else the slot that `choice` (random, `random_slot`) or the client
+/// (Maglev, `maglev::client_slot`) picks.
 #[inline(always)]
-fn lb_select(addr: &Addr, port: u16, protocol: u8, choice: u32) -> Selection {
+fn lb_select(
+    ctx: &SockAddrContext,
+    addr: &Addr,
+    port: u16,
+    protocol: u8,
+    choice: u32,
+) -> Selection {
     let set = lb_active_set();
     let key = ServiceKey { addr: *addr, port, protocol, set };
     // SAFETY: entries are only ever written in the standby set, which no program reads.
-    let Some(service) = (unsafe { SERVICES.get(key) }) else {
+    let Some(&service) = (unsafe { SERVICES.get(key) }) else {
         return Selection::NotAService;
     };
     if service.slot_count == 0 {
         return Selection::Refused(event::NO_BACKEND);
     }
     let service_id = service.service_id;
-    let slot =
-        SlotKey { service_id, slot: random_slot(choice, service.slot_count), set, _pad: [0; 3] };
+    let affinity = if service.affinity_timeout_secs == 0 {
+        None
+    } else {
+        let key =
+            AffinityKey { service_id, _pad: 0, client: lb_client(ctx, service.affinity_client) };
+        if let Some((backend, backend_id)) = lb_affinity(&key, &service, set) {
+            lb_count_connect(backend_id);
+            return Selection::Backend { backend, service_id, backend_id };
+        }
+        Some(key)
+    };
+    let slot = if service.algorithm == ALGORITHM_MAGLEV {
+        maglev::client_slot(lb_client(ctx, service.maglev_client), service.slot_count)
+    } else {
+        random_slot(choice, service.slot_count)
+    };
+    let slot = SlotKey { service_id, slot, set, _pad: [0; 3] };
     // SAFETY: as above, this set is not written while it is active.
     let Some(&backend_id) = (unsafe { SLOTS.get(slot) }) else {
         return Selection::Refused(event::SLOT_MISS);
@@ -244,8 +282,66 @@ fn lb_select(addr: &Addr, port: u16, protocol: u8, choice: u32) -> Selection {
     let Some(&backend) = (unsafe { BACKENDS.get(key) }) else {
         return Selection::Refused(event::BACKEND_MISS);
     };
+    if let Some(key) = affinity {
+        // SAFETY: the helper has no preconditions.
+        let last_used_ns = unsafe { bpf_ktime_get_ns() };
+        // A full LRU map evicts its oldest entry; a failure leaves this client without
+        // affinity until its next connect, and the connect goes on.
+        let _ = AFFINITY.insert(key, AffinityValue { last_used_ns, backend_id, _pad: 0 }, 0);
+    }
     lb_count_connect(backend_id);
     Selection::Backend { backend, service_id, backend_id }
+}
+
+/// The backend of the affinity entry `key`, if it holds: used within the service's timeout,
+/// and its backend still one of the service's in the live set and not in maintenance
+/// (draining keeps its clients: that is what draining is for). A use renews it; an entry
+/// whose backend is no longer usable is deleted.
+#[inline(always)]
+fn lb_affinity(key: &AffinityKey, service: &ServiceValue, set: u8) -> Option<(Backend, u32)> {
+    let Some(entry) = AFFINITY.get_ptr_mut(key) else {
+        lb_count_affinity(affinity::MISS);
+        return None;
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: an LRU map element stays valid for this program run (RCU); a concurrent
+    // update of the same entry by another CPU writes whole values of the same client.
+    let AffinityValue { last_used_ns, backend_id, .. } = unsafe { *entry };
+    if now.wrapping_sub(last_used_ns) > u64::from(service.affinity_timeout_secs) * 1_000_000_000 {
+        lb_count_affinity(affinity::MISS);
+        return None;
+    }
+    let backend_key = BackendKey { backend_id, set, _pad: [0; 3] };
+    // SAFETY: entries are only ever written in the standby set, which no program reads.
+    match unsafe { BACKENDS.get(backend_key) } {
+        Some(&backend)
+            if backend.service_id == service.service_id && backend.state != BACKEND_MAINTENANCE =>
+        {
+            // SAFETY: as above; one aligned 8-byte store.
+            unsafe { (*entry).last_used_ns = now };
+            lb_count_affinity(affinity::HIT);
+            Some((backend, backend_id))
+        }
+        _ => {
+            let _ = AFFINITY.remove(key);
+            lb_count_affinity(affinity::DROPPED);
+            None
+        }
+    }
+}
+
+/// The client, as `CLIENT_*` `kind` says: the connecting process's cgroup v2 ID, or the
+/// socket's network namespace cookie.
+#[inline(always)]
+fn lb_client(ctx: &SockAddrContext, kind: u8) -> u64 {
+    if kind == CLIENT_NETNS {
+        // SAFETY: bpf_get_netns_cookie takes the program's own context (Linux 5.7+).
+        unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) }
+    } else {
+        // SAFETY: the helper has no preconditions; it reads the current task's cgroup.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
 }
 
 #[inline(always)]
@@ -259,6 +355,14 @@ fn lb_count_connect(backend_id: u32) {
     if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value, and this program cannot be preempted by itself on one CPU.
         unsafe { (*stats).connects += 1 };
+    }
+}
+
+#[inline(always)]
+fn lb_count_affinity(what: u32) {
+    if let Some(count) = AFFINITY_EVENTS.get_ptr_mut(what) {
+        // SAFETY: per-CPU value, as in lb_count_connect.
+        unsafe { *count += 1 };
     }
 }
 

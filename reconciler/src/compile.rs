@@ -3,17 +3,19 @@
 //! The compiler reads the live state so that an apply stays small: a frontend keeps its
 //! service ID, a backend keeps its ID, and a slot keeps its backend wherever the backend
 //! still has a slot to fill. Changing one backend's weight by `d` thus changes `|d|` slots
-//! plus the slot count, not the whole service.
+//! plus the slot count, not the whole service. A Maglev service's slots are its table
+//! (`reconciler_common::maglev`), a function of its backends alone, so the diff of two tables
+//! is what an apply writes: about M/N slots when one of N backends goes.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
 };
 
-use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
+use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
-    dataplane::{BackendEntry, Frontend, MapState, ServiceEntry},
-    model::{BackendState, Service},
+    dataplane::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
+    model::{BackendState, Service, ServiceSpec},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,8 +28,49 @@ pub enum CompileError {
     MixedFamilies { service: String, backend: SocketAddr },
     #[error("service {service}: backend weights add up to {slots}, more than {max}")]
     TooManySlots { service: String, slots: u64, max: u32 },
+    #[error("service {service}: Maglev table size {size} {problem}")]
+    TableSize { service: String, size: u32, problem: &'static str },
     #[error("{what}: {count} is more than the data plane holds ({max})")]
     Capacity { what: &'static str, count: usize, max: u32 },
+}
+
+/// The backends of `spec` that take new clients, by index: the active ones of weight > 0,
+/// or, while the service has none, its draining ones (Kubernetes' terminating endpoints:
+/// a rolling restart never empties a service). Maintenance backends never do.
+pub(crate) fn usable_backends(spec: &ServiceSpec) -> Vec<usize> {
+    let with = |state| {
+        spec.backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.state == state && b.weight > 0)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let active = with(BackendState::Active);
+    if active.is_empty() {
+        with(BackendState::Draining)
+    } else {
+        active
+    }
+}
+
+/// The Maglev table size of `spec`: its `tableSize`, or the smallest prime at least 100
+/// times the backends it lists, in any state (so that a state change never resizes the
+/// table, which would move every client).
+pub(crate) fn table_size(spec: &ServiceSpec) -> u32 {
+    let listed = u32::try_from(spec.backends.len()).unwrap_or(u32::MAX);
+    spec.load_balancing.table_size.unwrap_or_else(|| maglev::default_table_size(listed))
+}
+
+/// The selection slots `spec` fills per port: its usable backends' weights, or its Maglev
+/// table; none without a usable backend.
+pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
+    let usable = usable_backends(spec);
+    match spec.load_balancing.algorithm {
+        _ if usable.is_empty() => 0,
+        Algorithm::Random => usable.iter().map(|&i| u64::from(spec.backends[i].weight)).sum(),
+        Algorithm::Maglev => u64::from(table_size(spec)),
+    }
 }
 
 /// The desired map state for `services`, reusing IDs and slot positions from `live`.
@@ -57,9 +100,8 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                 None => service_ids.allocate("services")?,
             };
 
-            // Backend IDs, and how many slots each active backend fills.
-            let mut quotas: BTreeMap<u32, u32> = BTreeMap::new();
-            let mut order = Vec::new();
+            // Backend IDs, in the spec's order.
+            let mut ids = Vec::with_capacity(spec.backends.len());
             let mut seen = BTreeSet::new();
             for backend in &spec.backends {
                 let addr = SocketAddr::new(
@@ -76,13 +118,13 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                     Some(&known) => known,
                     None => backend_ids.allocate("backends")?,
                 };
-                desired.backends.insert(backend_id, BackendEntry { addr, service_id: id });
-                if backend.state == BackendState::Active && backend.weight > 0 {
-                    quotas.insert(backend_id, backend.weight);
-                    order.push(backend_id);
-                }
+                desired.backends.insert(
+                    backend_id,
+                    BackendEntry { addr, service_id: id, state: backend.state },
+                );
+                ids.push((backend_id, addr));
             }
-            let slot_total: u64 = quotas.values().map(|&w| u64::from(w)).sum();
+            let slot_total = slots_needed(spec);
             if slot_total > u64::from(MAX_SLOTS_PER_SERVICE) {
                 return Err(CompileError::TooManySlots {
                     service: label,
@@ -90,26 +132,43 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                     max: MAX_SLOTS_PER_SERVICE,
                 });
             }
-            let live_slots: Vec<u32> = match live_entry {
-                Some(entry) => (0..entry.slot_count)
-                    .map(|slot| live.slots.get(&(id, slot)).copied().unwrap_or(u32::MAX))
-                    .collect(),
-                None => Vec::new(),
+            let usable = usable_backends(spec);
+            let slots = match spec.load_balancing.algorithm {
+                Algorithm::Random => {
+                    let live_slots: Vec<u32> = match live_entry {
+                        Some(entry) => (0..entry.slot_count)
+                            .map(|slot| live.slots.get(&(id, slot)).copied().unwrap_or(u32::MAX))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let quotas = usable.iter().map(|&i| (ids[i].0, spec.backends[i].weight));
+                    let order: Vec<u32> = usable.iter().map(|&i| ids[i].0).collect();
+                    layout_slots(&live_slots, quotas.collect(), &order)
+                }
+                Algorithm::Maglev if usable.is_empty() => Vec::new(),
+                Algorithm::Maglev => {
+                    let size = table_size(spec);
+                    if let Some(problem) = maglev::table_size_problem(size, ids.len() as u32) {
+                        return Err(CompileError::TableSize { service: label, size, problem });
+                    }
+                    let weighted =
+                        usable.iter().map(|&i| (ids[i].0, ids[i].1, spec.backends[i].weight));
+                    maglev_table(weighted.collect(), size)
+                }
             };
-            let slots = layout_slots(&live_slots, quotas, &order);
             for (slot, backend_id) in slots.iter().enumerate() {
                 desired.slots.insert((id, slot as u32), *backend_id);
             }
+            let affinity = spec.session_affinity.as_ref();
             desired.services.insert(
                 frontend,
                 ServiceEntry {
                     id,
                     slot_count: slots.len() as u32,
                     algorithm: spec.load_balancing.algorithm,
-                    affinity_timeout_secs: spec
-                        .session_affinity
-                        .as_ref()
-                        .map_or(0, |a| a.timeout_seconds),
+                    maglev_client: spec.load_balancing.client.unwrap_or_default(),
+                    affinity_timeout_secs: affinity.map_or(0, |a| a.timeout_seconds),
+                    affinity_client: affinity.map_or(Client::Cgroup, |a| a.client),
                 },
             );
             desired.names.insert(id, label);
@@ -141,6 +200,22 @@ fn layout_slots(live: &[u32], mut quotas: BTreeMap<u32, u32>, order: &[u32]) -> 
         .iter()
         .flat_map(|id| std::iter::repeat_n(*id, quotas.get(id).copied().unwrap_or(0) as usize));
     slots.into_iter().map(|slot| slot.or_else(|| leftovers.next()).unwrap_or(u32::MAX)).collect()
+}
+
+/// The Maglev table of `size` slots over `backends` (ID, address, weight), as backend IDs:
+/// sorted by their key first, so every node builds the same table from the same backends.
+fn maglev_table(mut backends: Vec<(u32, SocketAddr, u32)>, size: u32) -> Vec<u32> {
+    let key = |addr: &SocketAddr| {
+        maglev::backend_key(&crate::dataplane::addr_to_words(addr.ip()), addr.port().to_be())
+    };
+    backends.sort_by_key(|(_, addr, _)| key(addr));
+    let mut fillers: Vec<maglev::Filler> = backends
+        .iter()
+        .map(|(_, addr, weight)| maglev::Filler::new(&key(addr), *weight, size))
+        .collect();
+    let mut table = vec![0; size as usize];
+    maglev::fill(&mut table, &mut fillers);
+    table.iter().map(|&index| backends.get(index as usize).map_or(u32::MAX, |b| b.0)).collect()
 }
 
 /// Hands out the smallest IDs in `1..max` that the live state does not use, so an ID freed

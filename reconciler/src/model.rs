@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Deserialize;
 
 // The data plane's own enums: their serde names are the YAML spellings.
-use crate::dataplane::{Algorithm, Protocol};
+pub use crate::dataplane::{Algorithm, BackendState, Client, Protocol};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -79,27 +79,25 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum BackendState {
-    /// Receives new connections.
-    #[default]
-    Active,
-    /// Keeps its existing connections but receives no new ones.
-    Draining,
-}
-
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancing {
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// Maglev only: what identifies a client.
+    #[serde(default)]
+    pub client: Option<Client>,
+    /// Maglev only: the table size, a prime; see `compile::table_size` for the default.
+    #[serde(default)]
+    pub table_size: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SessionAffinity {
     pub timeout_seconds: u32,
+    #[serde(default)]
+    pub client: Client,
 }
 
 #[cfg(test)]
@@ -129,6 +127,10 @@ mod tests {
         assert_eq!(spec.backends[0].weight, 1);
         assert_eq!(spec.backends[0].state, BackendState::Active);
         assert_eq!(spec.backends[1].state, BackendState::Draining);
-        assert_eq!(spec.session_affinity, Some(SessionAffinity { timeout_seconds: 300 }));
+        assert_eq!(
+            spec.session_affinity,
+            Some(SessionAffinity { timeout_seconds: 300, client: Client::Cgroup })
+        );
+        assert_eq!(spec.load_balancing.client, None);
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
-use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, MapState};
+use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, BackendState, MapState};
 
 /// Version of the plan JSON (`--output json` and saved plans).
 pub const FORMAT_VERSION: u32 = 1;
@@ -24,8 +24,10 @@ pub struct ServiceView {
     pub vip: Vec<IpAddr>,
     /// `http 80/TCP`, one per frontend.
     pub ports: Vec<String>,
-    /// `10.1.0.11:8080 weight=1`, or `... draining` for a backend that takes no new
-    /// connections; prefixed with the port name when the service has several ports.
+    /// `10.1.0.11:8080 weight=1` (random: the backend's slots) or `... slots=101` (Maglev: its
+    /// share of the table), then its state unless active (`draining`, `maintenance`); a
+    /// backend that takes no new clients shows no slots. Prefixed with the port name when
+    /// the service has several ports.
     pub backends: Vec<String>,
     pub load_balancing: Vec<String>,
     pub session_affinity: Vec<String>,
@@ -246,19 +248,28 @@ pub fn views(state: &MapState) -> BTreeMap<String, ServiceView> {
             .push(format!("{port} {}/{}", frontend.port, frontend.protocol).trim().to_owned());
         for (id, backend) in backends_of.get(&entry.id).into_iter().flatten() {
             let prefix = if multi_port { format!("{port}: ") } else { String::new() };
-            let line = match weights.get(id) {
-                Some(weight) => format!("{prefix}{} weight={weight}", backend.addr),
-                None => format!("{prefix}{} draining", backend.addr),
-            };
+            let mut line = format!("{prefix}{}", backend.addr);
+            match (weights.get(id), entry.algorithm) {
+                (Some(slots), Algorithm::Random) => line.push_str(&format!(" weight={slots}")),
+                (Some(slots), Algorithm::Maglev) => line.push_str(&format!(" slots={slots}")),
+                (None, _) if backend.state == BackendState::Active => line.push_str(" weight=0"),
+                (None, _) => {}
+            }
+            if backend.state != BackendState::Active {
+                line.push_str(&format!(" {}", backend.state));
+            }
             view.backends.push(line);
         }
         let algorithm = match entry.algorithm {
             Algorithm::Random => "random".to_owned(),
+            Algorithm::Maglev => {
+                format!("maglev client={} tableSize={}", entry.maglev_client, entry.slot_count)
+            }
         };
         push_unique(&mut view.load_balancing, algorithm);
         let affinity = match entry.affinity_timeout_secs {
             0 => "none".to_owned(),
-            secs => format!("timeoutSeconds={secs}"),
+            secs => format!("timeoutSeconds={secs} client={}", entry.affinity_client),
         };
         push_unique(&mut view.session_affinity, affinity);
     }

@@ -14,13 +14,14 @@ use std::{
 
 use ipnet::IpNet;
 use jsonschema::{error::ValidationErrorKind, Validator};
-use reconciler_common::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
+use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Protocol,
+    compile,
+    dataplane::{Algorithm, Protocol},
     limits,
-    model::{BackendState, Service},
+    model::Service,
     node::LocalAddress,
     source::Snapshot,
     yaml::{self, Document, Position},
@@ -375,7 +376,6 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
         }
 
         let mut seen = BTreeSet::new();
-        let mut weights = 0u64;
         for (i, backend) in spec.backends.iter().enumerate() {
             let pointer = format!("/spec/backends/{i}");
             if backend.address.is_ipv4() != spec.vip.is_ipv4() {
@@ -414,21 +414,46 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                     ),
                 ));
             }
-            if backend.state == BackendState::Active {
-                weights += u64::from(backend.weight);
-            }
             backend_count += spec.ports.len();
         }
-        if weights > u64::from(MAX_SLOTS_PER_SERVICE) {
+        let balancing = &spec.load_balancing;
+        if balancing.algorithm == Algorithm::Maglev {
+            if let Some(size) = balancing.table_size {
+                let listed = u32::try_from(spec.backends.len()).unwrap_or(u32::MAX);
+                if let Some(problem) = maglev::table_size_problem(size, listed) {
+                    out.push(located.diagnostic(
+                        "/spec/loadBalancing/tableSize",
+                        format!("table size {size} {problem}"),
+                    ));
+                }
+            }
+        } else {
+            for (field, given) in [
+                ("client", balancing.client.is_some()),
+                ("tableSize", balancing.table_size.is_some()),
+            ] {
+                if given {
+                    out.push(located.diagnostic(
+                        &format!("/spec/loadBalancing/{field}"),
+                        format!(
+                            "{field} applies to `algorithm: maglev` only; this service is `{}`",
+                            balancing.algorithm
+                        ),
+                    ));
+                }
+            }
+        }
+        let slots = compile::slots_needed(spec);
+        if balancing.algorithm == Algorithm::Random && slots > u64::from(MAX_SLOTS_PER_SERVICE) {
             out.push(located.diagnostic(
                 "/spec/backends",
                 format!(
-                    "the active backends' weights add up to {weights}; at most \
+                    "the usable backends' weights add up to {slots}; at most \
                      {MAX_SLOTS_PER_SERVICE} per service"
                 ),
             ));
         }
-        slot_count += weights * spec.ports.len() as u64;
+        slot_count += slots * spec.ports.len() as u64;
 
         for (what, count, max) in [
             ("services (VIP, port, protocol)", frontend_count as u64, u64::from(MAX_SERVICES)),

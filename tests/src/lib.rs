@@ -28,7 +28,8 @@ pub mod git;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{
-    self, Algorithm, BackendEntry, Dataplane, Frontend, MapState, Protocol, ServiceEntry,
+    self, Algorithm, BackendEntry, BackendState, Client, Dataplane, Frontend, MapState, Protocol,
+    ServiceEntry,
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
@@ -49,6 +50,8 @@ pub struct Sandbox {
     cgroup: PathBuf,
     pin_path: PathBuf,
     servers: Vec<Server>,
+    /// Child cgroups of `cgroup` made by `client_cgroups`, removed before it.
+    clients: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -80,6 +83,7 @@ impl Sandbox {
             netns,
             cgroup,
             servers: Vec::new(),
+            clients: Vec::new(),
         };
         sandbox.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(sandbox)
@@ -199,6 +203,49 @@ impl Sandbox {
         });
         self.servers.push(Server { socket: socket.into(), threads: vec![thread] });
         Ok(local)
+    }
+
+    /// `count` more child cgroups of the sandbox's cgroup (`client-N`): each is a client of
+    /// its own to the data plane (its cgroup ID), for as long as the sandbox lives.
+    pub fn client_cgroups(&mut self, count: usize) -> Result<Vec<PathBuf>> {
+        let mut made = Vec::new();
+        for _ in 0..count {
+            let dir = self.cgroup.join(format!("client-{}", self.clients.len()));
+            fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            self.clients.push(dir.clone());
+            made.push(dir);
+        }
+        Ok(made)
+    }
+
+    /// Runs the probe inside the sandbox, which moves itself into each of `cgroups` in turn
+    /// and connects `count` times to `target` (TCP) from each: the backend names each
+    /// cgroup's connects reached (or `error:ERRNO`), in order, with the cgroup's ID.
+    pub fn connect_from_cgroups(
+        &self,
+        target: &str,
+        count: u32,
+        cgroups: &[PathBuf],
+    ) -> Result<Vec<ClientReplies>> {
+        let output = self
+            .command(probe_path()?)?
+            .args(["tcp-from-cgroups", target, &count.to_string()])
+            .args(cgroups)
+            .output()
+            .context("running the probe")?;
+        ensure!(
+            output.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let mut fields = line.split_whitespace();
+                let cgroup_id = fields.next().context("empty probe line")?.parse()?;
+                Ok(ClientReplies { cgroup_id, replies: fields.map(str::to_owned).collect() })
+            })
+            .collect()
     }
 
     /// Packets sent on the namespace's `lo` so far.
@@ -336,7 +383,10 @@ impl Drop for Sandbox {
         // A pin directory a test made that holds no data plane (uninstall refuses those).
         let _ = fs::remove_dir(&self.pin_path);
         self.servers.clear();
-        // Probe processes have all been waited for, so the cgroup is empty.
+        // Probe processes have all been waited for, so the cgroups are empty.
+        for client in &self.clients {
+            let _ = fs::remove_dir(client);
+        }
         let _ = fs::remove_dir(&self.cgroup);
     }
 }
@@ -446,6 +496,15 @@ impl Drop for RunningProbe {
     }
 }
 
+/// What one client cgroup's connects reached, from [`Sandbox::connect_from_cgroups`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReplies {
+    /// The cgroup's ID (its directory's inode): what the data plane knows the client by.
+    pub cgroup_id: u64,
+    /// A backend name per connect, or `error:ERRNO`.
+    pub replies: Vec<String>,
+}
+
 /// What a probe run saw: replies per backend name and failures per errno name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -522,13 +581,17 @@ pub fn one_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
             id: 1,
             slot_count: backends.len() as u32,
             algorithm: Algorithm::Random,
+            maglev_client: Client::Cgroup,
             affinity_timeout_secs: 0,
+            affinity_client: Client::Cgroup,
         },
     );
     for (index, backend) in backends.iter().enumerate() {
         let addr: SocketAddr = backend.parse().with_context(|| format!("backend {backend}"))?;
         let id = index as u32 + 1;
-        state.backends.insert(id, BackendEntry { addr, service_id: 1 });
+        state
+            .backends
+            .insert(id, BackendEntry { addr, service_id: 1, state: BackendState::Active });
         state.slots.insert((1, index as u32), id);
     }
     state.names.insert(1, "test".into());

@@ -11,8 +11,8 @@ use aya::{
 };
 use reconciler::dataplane::{self, Dataplane, Upgraded};
 use reconciler_common::{
-    ipv4_mapped, Backend, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey, PROTO_TCP,
-    REVISION_LEN,
+    ipv4_mapped, Backend, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey, LAYOUT_VERSION,
+    PROTO_TCP, REVISION_LEN,
 };
 use reconciler_tests::{one_service, Sandbox, DATA_PLANE_PROGRAMS};
 
@@ -45,7 +45,10 @@ fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> R
         service_id: 1,
         slot_count: 1,
         algorithm: 0,
-        _pad: [0; 3],
+        // Layout 1's padding, zero: what later layouts read as their defaults.
+        maglev_client: 0,
+        affinity_client: 0,
+        _pad: 0,
         affinity_timeout_secs: 0,
     };
     services.insert(key, value, 0)?;
@@ -54,8 +57,13 @@ fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> R
     slots.insert(SlotKey { service_id: 1, slot: 0, set: 0, _pad: [0; 3] }, 1, 0)?;
     let mut backends: HashMap<&mut MapData, BackendKey, Backend> =
         ebpf.map_mut("BACKENDS").context("BACKENDS")?.try_into()?;
-    let entry =
-        Backend { addr: ipv4_mapped(backend_ip), port: backend_port, _pad: [0; 2], service_id: 1 };
+    let entry = Backend {
+        addr: ipv4_mapped(backend_ip),
+        port: backend_port,
+        state: 0,
+        _pad: 0,
+        service_id: 1,
+    };
     backends.insert(BackendKey { backend_id: 1, set: 0, _pad: [0; 3] }, entry, 0)?;
     let mut metadata: Array<&mut MapData, Metadata> =
         ebpf.map_mut("METADATA").context("METADATA")?.try_into()?;
@@ -176,7 +184,8 @@ fn apply_upgrades_a_layout_1_data_plane_before_it_plans() -> Result<()> {
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("in place from layout 1 to 2"), "{stderr}");
+    let upgraded = format!("in place from layout 1 to {LAYOUT_VERSION}");
+    assert!(stderr.contains(&upgraded), "{stderr}");
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())

@@ -41,6 +41,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let events = dataplane.events()?;
     let status = &live.status;
     let state = &live.state;
+    // Clients holding a backend, per service with affinity, by the service's name.
+    let affinity_entries = dataplane.affinity_entries(state)?;
+    let affinity: Vec<(String, usize)> = state
+        .services
+        .values()
+        .filter(|s| s.affinity_timeout_secs > 0)
+        .map(|s| {
+            let name = state.names.get(&s.id).cloned().unwrap_or_else(|| format!("#{}", s.id));
+            (name, affinity_entries.get(&s.id).copied().unwrap_or(0))
+        })
+        .collect();
     match args.output {
         Output::Text => {
             println!("Data plane:   {} (cgroup id {})", pin_path.display(), status.cgroup_id);
@@ -66,6 +77,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "Replies:      {} stale reverse entries dropped, {} translations not recorded",
                 events.reverse_stale, events.reverse_full
             );
+            println!(
+                "Affinity:     {} hits, {} misses, {} entries dropped",
+                events.affinity_hits, events.affinity_misses, events.affinity_dropped
+            );
+            for (name, clients) in &affinity {
+                println!("  {name}: {clients} clients within their timeout");
+            }
         }
         Output::Json => {
             let report = json!({
@@ -83,6 +101,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "backends": state.backends.len(),
                 "slots": state.slots.len(),
                 "events": events,
+                "affinity_entries": affinity.into_iter().map(|(name, n)| (name, json!(n))).collect::<serde_json::Map<_, _>>(),
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

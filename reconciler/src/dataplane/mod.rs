@@ -46,10 +46,15 @@ use aya::{
     EbpfLoader,
 };
 use reconciler_common::{
-    event, Backend, BackendKey, BackendStats, Metadata, ReverseKey, ReverseValue, ServiceKey,
-    ServiceName, ServiceValue, SlotKey, LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
+    affinity, event, AffinityKey, AffinityValue, Backend, BackendKey, BackendStats, Metadata,
+    ReverseKey, ReverseValue, ServiceKey, ServiceName, ServiceValue, SlotKey, LAYOUT_VERSION,
+    PROTO_UDP, REVISION_LEN,
 };
-pub use state::{Algorithm, BackendEntry, Change, Frontend, MapState, Protocol, ServiceEntry};
+pub(crate) use state::addr_to_words;
+pub use state::{
+    Algorithm, BackendEntry, BackendState, Change, Client, Frontend, MapState, Protocol,
+    ServiceEntry,
+};
 pub use upgrade::{upgrade, Upgraded};
 
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
@@ -68,7 +73,7 @@ const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 11] = [
     "ACTIVE_SET",
     "SERVICES",
     "SLOTS",
@@ -78,6 +83,8 @@ const MAPS: [&str; 9] = [
     "SERVICE_NAMES",
     "REVERSE",
     "EVENTS",
+    "AFFINITY",
+    "AFFINITY_EVENTS",
 ];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -230,6 +237,12 @@ pub struct Events {
     pub reverse_stale: u64,
     /// Translations that could not be recorded for the replies.
     pub reverse_full: u64,
+    /// Connects that a session affinity entry sent to its backend.
+    pub affinity_hits: u64,
+    /// Connects of clients with no affinity entry, or an expired one.
+    pub affinity_misses: u64,
+    /// Affinity entries deleted because their backend was gone or in maintenance.
+    pub affinity_dropped: u64,
 }
 
 /// What the metadata map says.
@@ -273,6 +286,8 @@ pub struct Dataplane {
     stats: PerCpuArray<MapData, BackendStats>,
     events: PerCpuArray<MapData, u64>,
     reverse: MapData,
+    affinity: MapData,
+    affinity_events: PerCpuArray<MapData, u64>,
     metadata: Array<MapData, Metadata>,
     names: MapData,
 }
@@ -513,6 +528,8 @@ impl Dataplane {
             stats: typed_map!(pin_path, "BACKEND_STATS"),
             events: typed_map!(pin_path, "EVENTS"),
             reverse: map_data(pin_path, "REVERSE")?,
+            affinity: map_data(pin_path, "AFFINITY")?,
+            affinity_events: typed_map!(pin_path, "AFFINITY_EVENTS"),
             metadata: typed_map!(pin_path, "METADATA"),
             names: map_data(pin_path, "SERVICE_NAMES")?,
         })
@@ -637,13 +654,46 @@ impl Dataplane {
     /// What the programs counted besides choosing backends, by `event::*` reason, summed
     /// over CPUs.
     pub fn events(&self) -> Result<Events> {
-        let mut counts = [0u64; event::COUNT as usize];
-        for (reason, count) in counts.iter_mut().enumerate() {
-            let values = self.events.get(&(reason as u32), 0).map_err(map_err("reading EVENTS"))?;
-            *count = values.iter().sum();
+        let sum = |map: &PerCpuArray<MapData, u64>, index: u32, name: &'static str| {
+            map.get(&index, 0).map(|values| values.iter().sum::<u64>()).map_err(map_err(name))
+        };
+        let event = |reason| sum(&self.events, reason, "reading EVENTS");
+        let affinity = |what| sum(&self.affinity_events, what, "reading AFFINITY_EVENTS");
+        Ok(Events {
+            no_backend: event(event::NO_BACKEND)?,
+            slot_miss: event(event::SLOT_MISS)?,
+            backend_miss: event(event::BACKEND_MISS)?,
+            reverse_stale: event(event::REVERSE_STALE)?,
+            reverse_full: event(event::REVERSE_FULL)?,
+            affinity_hits: affinity(affinity::HIT)?,
+            affinity_misses: affinity(affinity::MISS)?,
+            affinity_dropped: affinity(affinity::DROPPED)?,
+        })
+    }
+
+    /// Session affinity entries still within their service's timeout, per service ID (as
+    /// `live`'s services say it; services without affinity have none).
+    pub fn affinity_entries(&self, live: &MapState) -> Result<BTreeMap<u32, usize>> {
+        let timeouts: BTreeMap<u32, u64> = live
+            .services
+            .values()
+            .map(|s| (s.id, u64::from(s.affinity_timeout_secs) * 1_000_000_000))
+            .collect();
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec into `now`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64;
+        let mut counts = BTreeMap::new();
+        for (key, value) in batch::lookup_all::<AffinityKey, AffinityValue>(&self.affinity)
+            .map_err(io_err("reading AFFINITY"))?
+        {
+            let timeout = timeouts.get(&key.service_id).copied().unwrap_or(0);
+            if now.saturating_sub(value.last_used_ns) <= timeout {
+                *counts.entry(key.service_id).or_default() += 1;
+            }
         }
-        let [no_backend, slot_miss, backend_miss, reverse_stale, reverse_full] = counts;
-        Ok(Events { no_backend, slot_miss, backend_miss, reverse_stale, reverse_full })
+        Ok(counts)
     }
 
     /// Makes the live state equal `desired` (see the module docs for the protocol) and
@@ -729,21 +779,37 @@ impl Dataplane {
 
     /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
     /// (or moved) are deleted, and the connected UDP sockets they name are destroyed (see
-    /// `destroy`); returns how many were.
+    /// `destroy`); a backend put in maintenance loses its UDP entries and sockets alike (its
+    /// TCP connections are the backend's to end). Returns how many sockets were destroyed.
     fn forget_removed_backends(&self, live: &MapState, desired: &MapState) -> Result<usize> {
-        let removed: BTreeSet<u32> = live
-            .backends
-            .iter()
-            .filter(|(id, old)| desired.backends.get(id) != Some(old))
-            .map(|(id, _)| *id)
-            .collect();
-        if removed.is_empty() {
+        let mut removed = BTreeSet::new();
+        let mut to_maintenance = BTreeSet::new();
+        for (id, old) in &live.backends {
+            match desired.backends.get(id) {
+                Some(new) if new.addr == old.addr && new.service_id == old.service_id => {
+                    if new.state == BackendState::Maintenance
+                        && old.state != BackendState::Maintenance
+                    {
+                        to_maintenance.insert(*id);
+                    }
+                }
+                _ => {
+                    removed.insert(*id);
+                }
+            }
+        }
+        if removed.is_empty() && to_maintenance.is_empty() {
             return Ok(0);
         }
         let entries = batch::lookup_all::<ReverseKey, ReverseValue>(&self.reverse)
             .map_err(io_err("reading REVERSE"))?;
-        let stale: Vec<(ReverseKey, ReverseValue)> =
-            entries.into_iter().filter(|(_, value)| removed.contains(&value.backend_id)).collect();
+        let stale: Vec<(ReverseKey, ReverseValue)> = entries
+            .into_iter()
+            .filter(|(_, value)| {
+                removed.contains(&value.backend_id)
+                    || (to_maintenance.contains(&value.backend_id) && value.protocol == PROTO_UDP)
+            })
+            .collect();
         let udp: BTreeMap<u64, SocketAddr> = stale
             .iter()
             .filter(|(_, value)| value.protocol == PROTO_UDP)

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use reconciler_common::{
     ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    ALGORITHM_RANDOM, NAME_LEN, PROTO_TCP, PROTO_UDP,
+    ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_MAINTENANCE,
+    CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN, PROTO_TCP, PROTO_UDP,
 };
 
 /// A transport protocol a service listens on.
@@ -68,25 +69,95 @@ impl fmt::Display for Frontend {
 )]
 #[serde(rename_all = "camelCase")]
 pub enum Algorithm {
+    /// A random slot per connect (per socket for `sendto()` on an unconnected socket).
     #[default]
     Random,
+    /// The client's slot of the service's Maglev table (`reconciler_common::maglev`).
+    Maglev,
 }
 
-/// A frontend's entry: its stable ID and how many selection slots it has.
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::Random => "random",
+            Algorithm::Maglev => "maglev",
+        })
+    }
+}
+
+/// What identifies a client, for Maglev and for session affinity.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Client {
+    /// The cgroup v2 ID of the connecting process: one container or systemd service.
+    #[default]
+    Cgroup,
+    /// The socket's network namespace cookie: one pod (Kubernetes' `ClientIP` affinity).
+    Netns,
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Client::Cgroup => "cgroup",
+            Client::Netns => "netns",
+        })
+    }
+}
+
+/// Whether a backend takes new clients (Kubernetes' terminating-endpoint semantics).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendState {
+    /// Takes new clients.
+    #[default]
+    Active,
+    /// Keeps its clients (affinity, open connections); takes new ones only while its
+    /// service has no active backend, so a rolling restart never empties a service.
+    Draining,
+    /// Takes nothing: affinity to it is dropped and its connected UDP sockets destroyed.
+    Maintenance,
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Maintenance => "maintenance",
+        })
+    }
+}
+
+/// A frontend's entry: its stable ID, how many selection slots it has, and how a backend is
+/// chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub id: u32,
-    /// 0 when no backend is usable: connects are refused.
+    /// 0 when no backend is usable: connects are refused. With Maglev, the table size.
     pub slot_count: u32,
     pub algorithm: Algorithm,
+    /// What a Maglev service hashes (ignored by `random`).
+    #[serde(default)]
+    pub maglev_client: Client,
+    /// 0: no session affinity.
     pub affinity_timeout_secs: u32,
+    /// What affinity entries are keyed by (ignored without affinity).
+    #[serde(default)]
+    pub affinity_client: Client,
 }
 
-/// A backend: where connects go, and which service it belongs to.
+/// A backend: where connects go, which service it belongs to, and whether it takes clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BackendEntry {
     pub addr: SocketAddr,
     pub service_id: u32,
+    #[serde(default)]
+    pub state: BackendState,
 }
 
 /// The content of one map set plus the (unversioned) service names. Serialised (in saved
@@ -224,19 +295,42 @@ pub(crate) fn service_value(entry: &ServiceEntry) -> ServiceValue {
         slot_count: entry.slot_count,
         algorithm: match entry.algorithm {
             Algorithm::Random => ALGORITHM_RANDOM,
+            Algorithm::Maglev => ALGORITHM_MAGLEV,
         },
-        _pad: [0; 3],
+        maglev_client: client_number(entry.maglev_client),
+        affinity_client: client_number(entry.affinity_client),
+        _pad: 0,
         affinity_timeout_secs: entry.affinity_timeout_secs,
     }
 }
 
+/// The entry of a map value. A number no build of ours writes reads as the default, so the
+/// value differs from what is desired and shows as drift.
 pub(crate) fn service_entry(value: &ServiceValue) -> ServiceEntry {
     ServiceEntry {
         id: value.service_id,
         slot_count: value.slot_count,
-        // Only one algorithm exists; an unknown number reads as random and shows as drift.
-        algorithm: Algorithm::Random,
+        algorithm: match value.algorithm {
+            ALGORITHM_MAGLEV => Algorithm::Maglev,
+            _ => Algorithm::Random,
+        },
+        maglev_client: client_of(value.maglev_client),
         affinity_timeout_secs: value.affinity_timeout_secs,
+        affinity_client: client_of(value.affinity_client),
+    }
+}
+
+fn client_number(client: Client) -> u8 {
+    match client {
+        Client::Cgroup => CLIENT_CGROUP,
+        Client::Netns => CLIENT_NETNS,
+    }
+}
+
+fn client_of(number: u8) -> Client {
+    match number {
+        CLIENT_NETNS => Client::Netns,
+        _ => Client::Cgroup,
     }
 }
 
@@ -252,7 +346,12 @@ pub(crate) fn backend_value(entry: &BackendEntry) -> Backend {
     Backend {
         addr: addr_to_words(entry.addr.ip()),
         port: entry.addr.port().to_be(),
-        _pad: [0; 2],
+        state: match entry.state {
+            BackendState::Active => BACKEND_ACTIVE,
+            BackendState::Draining => BACKEND_DRAINING,
+            BackendState::Maintenance => BACKEND_MAINTENANCE,
+        },
+        _pad: 0,
         service_id: entry.service_id,
     }
 }
@@ -261,6 +360,12 @@ pub(crate) fn backend_entry(backend: &Backend) -> BackendEntry {
     BackendEntry {
         addr: SocketAddr::new(words_to_addr(&backend.addr), u16::from_be(backend.port)),
         service_id: backend.service_id,
+        // Unknown reads as maintenance: it then takes nothing, and shows as drift.
+        state: match backend.state {
+            BACKEND_ACTIVE => BackendState::Active,
+            BACKEND_DRAINING => BackendState::Draining,
+            _ => BackendState::Maintenance,
+        },
     }
 }
 
@@ -297,8 +402,24 @@ mod tests {
         let key = service_key(&frontend("10.96.0.10", 80), 1);
         assert_eq!(key.port, 80u16.to_be());
         assert_eq!(frontend_of(&key), Some(frontend("10.96.0.10", 80)));
-        let backend = BackendEntry { addr: "[fd00::1]:8080".parse().unwrap(), service_id: 7 };
-        assert_eq!(backend_entry(&backend_value(&backend)), backend);
+        for state in [BackendState::Active, BackendState::Draining, BackendState::Maintenance] {
+            let backend =
+                BackendEntry { addr: "[fd00::1]:8080".parse().unwrap(), service_id: 7, state };
+            assert_eq!(backend_entry(&backend_value(&backend)), backend);
+        }
+        for algorithm in [Algorithm::Random, Algorithm::Maglev] {
+            for client in [Client::Cgroup, Client::Netns] {
+                let entry = ServiceEntry {
+                    id: 3,
+                    slot_count: 1021,
+                    algorithm,
+                    maglev_client: client,
+                    affinity_timeout_secs: 300,
+                    affinity_client: client,
+                };
+                assert_eq!(service_entry(&service_value(&entry)), entry);
+            }
+        }
     }
 
     #[test]
@@ -315,14 +436,20 @@ mod tests {
             id,
             slot_count: slots,
             algorithm: Algorithm::Random,
+            maglev_client: Client::Cgroup,
             affinity_timeout_secs: 0,
+            affinity_client: Client::Cgroup,
         };
         let mut live = MapState::default();
         live.services.insert(frontend("10.0.0.1", 80), entry(1, 2));
         live.services.insert(frontend("10.0.0.2", 80), entry(2, 1));
         live.slots.insert((1, 0), 10);
         live.slots.insert((1, 1), 11);
-        let backend = |addr: &str| BackendEntry { addr: addr.parse().unwrap(), service_id: 1 };
+        let backend = |addr: &str| BackendEntry {
+            addr: addr.parse().unwrap(),
+            service_id: 1,
+            state: BackendState::Active,
+        };
         live.backends.insert(10, backend("127.0.0.1:1"));
         live.backends.insert(11, backend("127.0.0.1:2"));
 

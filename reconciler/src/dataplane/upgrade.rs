@@ -4,9 +4,10 @@
 //!
 //! 1. The maps: every pinned map is reused as it is (the new object is loaded against the
 //!    pins, `EbpfLoader::map_pin_path`), and the maps this build adds are created and pinned
-//!    then, so they exist before any program that reads them runs. (A layout change to an
-//!    existing map would need a migration step here; none has happened yet: the maps of
-//!    layout 1 are unchanged in 2.)
+//!    then, so they exist before any program that reads them runs. Each reused map is
+//!    checked against this build's definition first (aya reuses a pin as it finds it): a
+//!    layout change to an existing map would need a migration step here; none has happened
+//!    yet (layouts only add maps, or give meaning to bytes that were zero padding).
 //! 2. The programs: each hook that has a pinned link gets the new program through
 //!    `BPF_LINK_UPDATE`, which swaps the program in one step (a connect runs the old program
 //!    or the new one, never none); each hook without one is attached and its link pinned.
@@ -21,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{programs::CgroupSockAddr, EbpfLoader};
+use aya::{maps::MapData, programs::CgroupSockAddr, EbpfLoader};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use reconciler_common::LAYOUT_VERSION;
 
@@ -72,6 +73,7 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
             expected: LAYOUT_VERSION,
         });
     }
+    check_reused_maps(pin_path)?;
     let mut loader = EbpfLoader::new();
     let pins: Vec<PathBuf> = MAPS.iter().map(|name| pin_path.join(name)).collect();
     for (name, pin) in MAPS.iter().zip(&pins) {
@@ -108,6 +110,34 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
     record.layout_version = LAYOUT_VERSION;
     metadata.set(0, record, 0).map_err(map_err("writing METADATA"))?;
     Ok(Some(upgraded))
+}
+
+/// Refuses to reuse a pinned map whose key size, value size or capacity differs from this
+/// build's definition of it: the new programs would read a map they were not built for.
+fn check_reused_maps(pin_path: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| DataplaneError::Invalid(format!("parsing the BPF object: {e}")))?;
+    for name in MAPS {
+        let pin = pin_path.join(name);
+        let Some(definition) = object.maps.get(name).filter(|_| pin.exists()) else {
+            continue;
+        };
+        let info = MapData::from_pin(&pin)
+            .and_then(|map| map.info())
+            .map_err(|e| DataplaneError::Invalid(format!("reading pinned map {name}: {e}")))?;
+        let shape =
+            |key, value, entries| format!("key {key} B, value {value} B, {entries} entries");
+        let pinned = shape(info.key_size(), info.value_size(), info.max_entries());
+        let wanted =
+            shape(definition.key_size(), definition.value_size(), definition.max_entries());
+        if pinned != wanted {
+            return Err(DataplaneError::Invalid(format!(
+                "pinned map {name} ({pinned}) differs from this build's ({wanted}), and no \
+                 migration exists for it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup v2 directory whose ID (its inode) is `id`, found under the cgroup2 mount.
