@@ -22,9 +22,11 @@ use std::{
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 pub mod git;
+pub mod gitops;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{
@@ -33,6 +35,20 @@ use reconciler::dataplane::{
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Fails with a clear message unless the process can do what the sandbox needs.
 pub fn require_root() -> Result<()> {
@@ -227,18 +243,9 @@ impl Sandbox {
         count: u32,
         cgroups: &[PathBuf],
     ) -> Result<Vec<ClientReplies>> {
-        let output = self
-            .command(probe_path()?)?
-            .args(["tcp-from-cgroups", target, &count.to_string()])
-            .args(cgroups)
-            .output()
-            .context("running the probe")?;
-        ensure!(
-            output.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
+        let mut args = vec!["tcp-from-cgroups".into(), target.into(), count.to_string().into()];
+        args.extend(cgroups.iter().map(|c| c.as_os_str().to_owned()));
+        self.run_probe(&args)?
             .lines()
             .map(|line| {
                 let mut fields = line.split_whitespace();
@@ -264,17 +271,23 @@ impl Sandbox {
 
     /// Runs the probe client inside the sandbox: `count` TCP connects to `target`.
     pub fn probe_tcp(&self, target: &str, count: u32) -> Result<ProbeResult> {
-        let output = self
-            .command(probe_path()?)?
-            .args(["tcp", target, &count.to_string()])
-            .output()
-            .context("running the probe")?;
+        ProbeResult::parse(&self.run_probe(&[
+            "tcp".into(),
+            target.into(),
+            count.to_string().into(),
+        ])?)
+    }
+
+    /// Runs the probe inside the sandbox with `args`; its standard output, if it succeeded.
+    fn run_probe(&self, args: &[std::ffi::OsString]) -> Result<String> {
+        let output =
+            self.command(probe_path()?)?.args(args).output().context("running the probe")?;
         ensure!(
             output.status.success(),
             "probe failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        ProbeResult::parse(&String::from_utf8_lossy(&output.stdout))
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Starts the probe client inside the sandbox, connecting to `target` until `stop_file`
@@ -314,6 +327,27 @@ impl Sandbox {
         );
         let stdout = child.0.stdout.take().context("the client's stdout")?;
         Ok(Session { child, stdout: std::io::BufReader::new(stdout) })
+    }
+
+    /// A client with a UDP socket connected to `target` (IPv4): it sends one request and
+    /// prints the reply (`Session::line`), then, once `Session::finish` is called, waits for
+    /// another reply and prints it, or the errno name its receive failed with.
+    pub fn connected_udp_client(&self, target: &str) -> Result<Session> {
+        let target: SocketAddr = target.parse().with_context(|| format!("address {target}"))?;
+        let script = "
+import socket, sys, errno
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(10)
+c.connect((sys.argv[1], int(sys.argv[2])))
+c.send(b'q')
+print(c.recv(512).decode().strip(), flush=True)
+sys.stdin.readline()
+try:
+    print(c.recv(512).decode().strip())
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+";
+        self.python_session(script, &[&target.ip().to_string(), &target.port().to_string()])
     }
 
     /// Programs attached to the sandbox's cgroup, by `bpftool cgroup show`.

@@ -13,23 +13,9 @@ use reconciler::daemon::http::request;
 use reconciler_tests::{
     add_service_by_hand,
     git::{free_port, Daemon as GitDaemon, Repo},
-    hand_written_service_exists, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
+    hand_written_service_exists, reconciler_path, wait_for, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
-
-/// Polls `check` until it returns `Some`, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn service(vip: &str, backend: &str) -> String {
     format!(

@@ -1,72 +1,14 @@
 //! GitOps end to end in the real kernel: the real `reconciler` binary applies commits of a
 //! real repository to a data plane attached to a sandbox cgroup, and clients in that cgroup
 //! connect to real listeners through the VIPs.
-use std::{
-    collections::BTreeSet,
-    process::{Command, Output},
-};
+use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler_tests::{
-    add_service_by_hand, git::Repo, reconciler_path, Sandbox, DATA_PLANE_PROGRAMS,
+    add_service_by_hand,
+    gitops::{map_writes, Setup},
+    reconciler_path, DATA_PLANE_PROGRAMS,
 };
-use tempfile::TempDir;
-
-/// A repository of service definitions and the commands that apply it to one sandbox.
-struct Setup {
-    sandbox: Sandbox,
-    repo: Repo,
-    cache: TempDir,
-}
-
-impl Setup {
-    fn new(test: &str) -> Result<Self> {
-        Ok(Setup { sandbox: Sandbox::new(test)?, repo: Repo::new(), cache: tempfile::tempdir()? })
-    }
-
-    /// Runs `reconciler SUBCOMMAND` with the data plane options of this setup, and for `plan`
-    /// and `apply` (unless given a saved plan) its source options.
-    fn run(&self, subcommand: &str, extra: &[&str]) -> Result<Output> {
-        self.run_as(Command::new(reconciler_path()?), subcommand, extra)
-    }
-
-    /// Like `run`, inside the sandbox's network namespace (and cgroup), where the node's
-    /// addresses are the sandbox's.
-    fn run_in_sandbox(&self, subcommand: &str, extra: &[&str]) -> Result<Output> {
-        self.run_as(self.sandbox.command(reconciler_path()?)?, subcommand, extra)
-    }
-
-    fn run_as(&self, mut command: Command, subcommand: &str, extra: &[&str]) -> Result<Output> {
-        let saved_plan = extra.first().is_some_and(|a| !a.starts_with('-'));
-        command.arg(subcommand);
-        if matches!(subcommand, "plan" | "apply") && !saved_plan {
-            command.args(["--repo", &self.repo.url(), "--path", "services"]);
-            command.arg("--cache-dir").arg(self.cache.path());
-        }
-        if subcommand == "apply" {
-            command.arg("--cgroup").arg(self.sandbox.cgroup());
-        }
-        command.arg("--pin-path").arg(self.sandbox.pin_path());
-        Ok(command.args(extra).output()?)
-    }
-
-    /// Like `run`, and fails unless the exit code is `code`.
-    fn expect(&self, code: i32, subcommand: &str, extra: &[&str]) -> Result<String> {
-        let output = self.run(subcommand, extra)?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        ensure!(
-            output.status.code() == Some(code),
-            "reconciler {subcommand} {extra:?} exited {:?}, wanted {code}\n{text}\n{}",
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(text)
-    }
-
-    fn status(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.expect(0, "status", &["--output", "json"])?)?)
-    }
-}
 
 /// One TCP service, `name`, on `vip`:80 with backends at `addrs` (port 8080), `weight` each.
 fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {
@@ -78,17 +20,6 @@ fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {
         text.push_str(&format!("    - {{address: {addr}, weight: {weight}}}\n"));
     }
     text
-}
-
-/// The number in "... in N map writes." of an apply's output.
-fn map_writes(output: &str) -> Result<u64> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("Changed "))
-        .with_context(|| format!("no summary line in:\n{output}"))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "writes;").context("no `writes;`")?;
-    Ok(words[at - 2].parse()?)
 }
 
 fn names(set: &[&str]) -> BTreeSet<String> {
@@ -427,20 +358,7 @@ fn a_commit_that_removes_a_backend_ends_the_connected_udp_sockets_sent_to_it() -
     setup.expect(0, "apply", &[])?;
 
     // A client with a connected UDP socket, waiting for its next reply.
-    let script = "
-import socket, sys, errno
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.settimeout(10)
-c.connect(('10.96.0.53', 53))
-c.send(b'q')
-print(c.recv(512).decode().strip(), flush=True)
-sys.stdin.readline()
-try:
-    print(c.recv(512).decode().strip())
-except OSError as e:
-    print(errno.errorcode.get(e.errno, e.errno))
-";
-    let mut client = setup.sandbox.python_session(script, &[])?;
+    let mut client = setup.sandbox.connected_udp_client("10.96.0.53:53")?;
     assert_eq!(client.line()?, "b11");
 
     setup.repo.write("services/dns.yaml", dns("127.0.0.12"));

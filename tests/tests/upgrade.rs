@@ -1,7 +1,7 @@
 //! Upgrades in place: a data plane installed by the build of map layout 1 (its BPF object is
 //! kept in tests/fixtures/) is upgraded by this build while clients connect through it, with
 //! no failed connect and the state it serves unchanged.
-use std::{net::SocketAddr, path::Path};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use aya::{
@@ -14,7 +14,7 @@ use reconciler_common::{
     ipv4_mapped, Backend, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey, LAYOUT_VERSION,
     PROTO_TCP, REVISION_LEN,
 };
-use reconciler_tests::{one_service, Sandbox, DATA_PLANE_PROGRAMS};
+use reconciler_tests::{one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
 
 const LAYOUT1_OBJECT: &[u8] = include_bytes!("../fixtures/reconciler-ebpf-layout1.o");
 const LAYOUT1_MAPS: [&str; 7] =
@@ -221,21 +221,13 @@ fn the_daemon_upgrades_a_layout_1_data_plane_at_start() -> Result<()> {
             .spawn()?,
     );
     let head = repo.git(&["rev-parse", "HEAD"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let applied = wait_for("the daemon to apply HEAD", Duration::from_secs(20), || {
         let status = reconciler::daemon::http::request(&listen, "GET", "/status")
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
-        if status.is_some_and(|s| s["applied_revision"] == head.as_str()) {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "not applied in 20 s:\n{}",
-            std::fs::read_to_string(&log)?
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        status.filter(|s| s["applied_revision"] == head.as_str())
+    });
+    ensure!(applied.is_ok(), "not applied in 20 s:\n{}", std::fs::read_to_string(&log)?);
     let log = std::fs::read_to_string(&log)?;
     assert!(log.contains("upgraded the data plane in place"), "{log}");
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
