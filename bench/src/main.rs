@@ -1,6 +1,6 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
-//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|control]
+//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|selection|control]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -10,6 +10,7 @@
 mod control;
 mod dataplane;
 mod kube;
+mod selection;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
@@ -44,9 +45,10 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().context("--json FILE")?.into(),
-            "--only" => only = Some(args.next().context("--only data|tcp|udp|control")?),
+            "--only" => only = Some(args.next().context("--only data|tcp|udp|selection|control")?),
             _ => bail!(
-                "usage: reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|control]"
+                "usage: reconciler-bench [--quick] [--json FILE] \
+                 [--only data|tcp|udp|selection|control]"
             ),
         }
     }
@@ -79,9 +81,11 @@ fn main() -> Result<()> {
         if quick { "quick" } else { "full" }
     );
 
-    // `data` is both data plane tables; `tcp` and `udp` one of them.
+    // `data` is the data plane tables; `tcp`, `udp` and `selection` one of them.
     let wanted = |part: &str| {
-        only.as_deref().is_none_or(|o| o == part || (o == "data" && ["tcp", "udp"].contains(&part)))
+        only.as_deref().is_none_or(|o| {
+            o == part || (o == "data" && ["tcp", "udp", "selection"].contains(&part))
+        })
     };
     let data = if wanted("tcp") {
         data_plane(&plan, Workload::TcpConnections, &plan.service_counts)?
@@ -93,6 +97,8 @@ fn main() -> Result<()> {
     } else {
         json!(null)
     };
+    let selection =
+        if wanted("selection") { selection::run(plan.rounds, plan.load)? } else { json!(null) };
     let control = if wanted("control") {
         control::run(plan.control_rounds, plan.control_services)?
     } else {
@@ -110,6 +116,7 @@ fn main() -> Result<()> {
         "load": {"client_threads": plan.load.threads, "millis_per_measurement": plan.load.millis},
         "data_plane": data,
         "udp_data_plane": udp,
+        "selection": selection,
         "control_plane": control,
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -155,6 +162,11 @@ pub fn services(n: usize, filler_endpoints: usize, protocol: Protocol) -> Vec<Se
 
 /// The same services as reconciler definitions, one YAML document each.
 pub fn yaml(services: &[Service]) -> String {
+    yaml_with(services, "")
+}
+
+/// [`yaml`], with `last_spec` (YAML lines of a spec) added to the last service's spec.
+fn yaml_with(services: &[Service], last_spec: &str) -> String {
     let mut out = String::new();
     for (i, service) in services.iter().enumerate() {
         out.push_str(&format!(
@@ -172,22 +184,31 @@ pub fn yaml(services: &[Service]) -> String {
             let (address, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, "80"));
             out.push_str(&format!("    - {{address: {address}, port: {port}}}\n"));
         }
+        if i + 1 == services.len() {
+            out.push_str(last_spec);
+        }
     }
     out
 }
 
 /// Validated and compiled, as the data plane would hold them.
 fn compiled(services: &[Service]) -> Result<MapState> {
-    let text = yaml(services);
+    compiled_with(services, "", &MapState::default())
+}
+
+/// [`compiled`], with `last_spec` added to the last service's spec (see [`yaml_with`]),
+/// against `live` (so IDs and slots are kept where they can be).
+pub fn compiled_with(services: &[Service], last_spec: &str, live: &MapState) -> Result<MapState> {
+    let text = yaml_with(services, last_spec);
     let file = SourceFile { path: "bench.yaml".into(), text };
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
     let located = validate::validate(&snapshot, &validate::Policy::default())
         .map_err(|d| anyhow::anyhow!("bench definitions invalid: {}", d[0]))?;
     let services: Vec<_> = located.into_iter().map(|l| l.service).collect();
-    Ok(compile(&services, &MapState::default())?)
+    Ok(compile(&services, live)?)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len().is_multiple_of(2) {

@@ -319,6 +319,32 @@ mod tests {
     }
 
     #[test]
+    fn removing_one_maglev_backend_rewrites_about_its_share_of_the_table() {
+        let backends: Vec<String> = (1..=10).map(|i| format!("10.1.0.{i}")).collect();
+        let with = |count: usize| {
+            let list: Vec<(&str, u32)> =
+                backends[..count].iter().map(|b| (b.as_str(), 1)).collect();
+            let mut web = service("web", "10.96.0.10", &list);
+            web.spec.load_balancing.algorithm = Algorithm::Maglev;
+            web
+        };
+        let live = compile(&[with(10)], &MapState::default()).unwrap();
+        let entry = *live.services.values().next().unwrap();
+        // The default size holds from 9 to 16 backends.
+        assert_eq!(entry.slot_count, 1601);
+        let desired = compile(&[with(9)], &live).unwrap();
+        let changes = live.changes_to(&desired);
+        let share = 1601 / 10;
+        // Its slots, the others' few moves (2-4% at this size), and its backend entry.
+        assert!(
+            (share..=share + 1601 * 4 / 100 + 1).contains(&changes.len()),
+            "{} changes for one backend of 10 in 1601 slots",
+            changes.len()
+        );
+        assert_eq!(desired.services.values().next().unwrap().slot_count, 1601);
+    }
+
+    #[test]
     fn duplicate_frontends_and_mixed_families_are_refused() {
         let a = service("a", "10.96.0.10", &[("10.1.0.1", 1)]);
         let b = service("b", "10.96.0.10", &[("10.1.0.2", 1)]);

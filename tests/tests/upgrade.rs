@@ -1,6 +1,6 @@
-//! Upgrades in place: a data plane installed by the build of map layout 1 (its BPF object is
-//! kept in tests/fixtures/) is upgraded by this build while clients connect through it, with
-//! no failed connect and the state it serves unchanged.
+//! Upgrades in place: a data plane installed by the build of an earlier map layout (their BPF
+//! objects are kept in tests/fixtures/) is upgraded by this build while clients connect
+//! through it, with no failed connect and the state it serves unchanged.
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
@@ -16,24 +16,74 @@ use reconciler_common::{
 };
 use reconciler_tests::{one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
 
-const LAYOUT1_OBJECT: &[u8] = include_bytes!("../fixtures/reconciler-ebpf-layout1.o");
-const LAYOUT1_MAPS: [&str; 7] =
-    ["ACTIVE_SET", "SERVICES", "SLOTS", "BACKENDS", "BACKEND_STATS", "METADATA", "SERVICE_NAMES"];
+/// A layout this project has shipped: its number, the object its build loaded, its maps and
+/// its programs.
+struct Layout {
+    version: u32,
+    object: &'static [u8],
+    maps: &'static [&'static str],
+    programs: &'static [&'static str],
+}
+
+const LAYOUT1: Layout = Layout {
+    version: 1,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout1.o"),
+    maps: &[
+        "ACTIVE_SET",
+        "SERVICES",
+        "SLOTS",
+        "BACKENDS",
+        "BACKEND_STATS",
+        "METADATA",
+        "SERVICE_NAMES",
+    ],
+    programs: &["connect4", "connect6"],
+};
+
+const LAYOUT2: Layout = Layout {
+    version: 2,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout2.o"),
+    maps: &[
+        "ACTIVE_SET",
+        "SERVICES",
+        "SLOTS",
+        "BACKENDS",
+        "BACKEND_STATS",
+        "METADATA",
+        "SERVICE_NAMES",
+        "REVERSE",
+        "EVENTS",
+    ],
+    programs: &[
+        "connect4",
+        "connect6",
+        "sendmsg4",
+        "sendmsg6",
+        "recvmsg4",
+        "recvmsg6",
+        "getpeername4",
+        "getpeername6",
+    ],
+};
 
 fn v4(addr: SocketAddr) -> Result<(u32, u16)> {
     let SocketAddr::V4(addr) = addr else { anyhow::bail!("{addr} is not IPv4") };
     Ok((u32::from_ne_bytes(addr.ip().octets()), addr.port().to_be()))
 }
 
-/// Installs the layout-1 object at the sandbox's pin path the way that build did (maps
-/// pinned first, then the two connect links), serving `vip` with one `backend` (service 1,
-/// backend 1, set 0).
-fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> Result<()> {
+/// Installs `layout`'s object at the sandbox's pin path the way its build did (maps pinned
+/// first, then the links), serving `vip` with one `backend` (service 1, backend 1, set 0).
+fn install_old(
+    layout: &Layout,
+    sandbox: &Sandbox,
+    vip: SocketAddr,
+    backend: SocketAddr,
+) -> Result<()> {
     let pin = sandbox.pin_path();
     std::fs::create_dir(pin)?;
     std::fs::set_permissions(pin, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let mut ebpf = EbpfLoader::new().load(LAYOUT1_OBJECT)?;
-    for name in LAYOUT1_MAPS {
+    let mut ebpf = EbpfLoader::new().load(layout.object)?;
+    for name in layout.maps {
         ebpf.map(name).context(name)?.pin(pin.join(name))?;
     }
     let (vip_ip, vip_port) = v4(vip)?;
@@ -69,7 +119,7 @@ fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> R
         ebpf.map_mut("METADATA").context("METADATA")?.try_into()?;
     let cgroup_id = std::fs::metadata(sandbox.cgroup())?;
     let record = Metadata {
-        layout_version: 1,
+        layout_version: layout.version,
         standby_dirty: 0,
         _pad: [0; 3],
         generation: 1,
@@ -81,7 +131,7 @@ fn install_layout1(sandbox: &Sandbox, vip: SocketAddr, backend: SocketAddr) -> R
     };
     metadata.set(0, record, 0)?;
     let cgroup = std::fs::File::open(sandbox.cgroup())?;
-    for name in ["connect4", "connect6"] {
+    for name in layout.programs {
         let program: &mut CgroupSockAddr = ebpf.program_mut(name).context(name)?.try_into()?;
         program.load()?;
         let link = program.attach(&cgroup, CgroupAttachMode::default())?;
@@ -97,14 +147,27 @@ fn map_id(pin: &Path, name: &str) -> Result<u32> {
 
 #[test]
 fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    let mut sandbox = Sandbox::new("upgrade")?;
+    let attached = ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
+    upgrade_under_load(&LAYOUT1, &attached)
+}
+
+#[test]
+fn a_layout_2_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    upgrade_under_load(&LAYOUT2, &[])
+}
+
+/// Installs `layout`, upgrades it while three clients connect, and checks that no connect
+/// failed, that every old hook's program was replaced and the `attached` ones added, and that
+/// the maps and their state are the same.
+fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> {
+    let mut sandbox = Sandbox::new(&format!("upgrade-{}", layout.version))?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    install_layout1(&sandbox, vip, backend)?;
-    assert_eq!(sandbox.attached_programs()?, 2);
+    install_old(layout, &sandbox, vip, backend)?;
+    assert_eq!(sandbox.attached_programs()?, layout.programs.len());
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     // This build reads the old data plane only once it is upgraded.
-    let err = Dataplane::open(sandbox.pin_path()).err().context("opened a layout-1 plane")?;
+    let err = Dataplane::open(sandbox.pin_path()).err().context("opened an old data plane")?;
     assert!(err.to_string().contains("upgrades it in place"), "{err}");
     let services_before = map_id(sandbox.pin_path(), "SERVICES")?;
 
@@ -119,16 +182,9 @@ fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
     assert_eq!(
         upgraded,
         Upgraded {
-            from_layout: 1,
-            replaced: vec!["connect4", "connect6"],
-            attached: vec![
-                "sendmsg4",
-                "sendmsg6",
-                "recvmsg4",
-                "recvmsg6",
-                "getpeername4",
-                "getpeername6"
-            ],
+            from_layout: layout.version,
+            replaced: layout.programs.to_vec(),
+            attached: attached.to_vec(),
         }
     );
     for result in &results {
@@ -173,7 +229,7 @@ fn apply_upgrades_a_layout_1_data_plane_before_it_plans() -> Result<()> {
     let mut sandbox = Sandbox::new("upgrade-cli")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    install_layout1(&sandbox, vip, backend)?;
+    install_old(&LAYOUT1, &sandbox, vip, backend)?;
     let repo = web_repo(vip, backend)?;
     let cache = tempfile::tempdir()?;
     let output = std::process::Command::new(reconciler_tests::reconciler_path()?)
@@ -196,7 +252,7 @@ fn the_daemon_upgrades_a_layout_1_data_plane_at_start() -> Result<()> {
     let mut sandbox = Sandbox::new("upgrade-daemon")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    install_layout1(&sandbox, vip, backend)?;
+    install_old(&LAYOUT1, &sandbox, vip, backend)?;
     let repo = web_repo(vip, backend)?;
     let dir = tempfile::tempdir()?;
     let listen = format!("127.0.0.1:{}", reconciler_tests::git::free_port());
@@ -231,6 +287,30 @@ fn the_daemon_upgrades_a_layout_1_data_plane_at_start() -> Result<()> {
     let log = std::fs::read_to_string(&log)?;
     assert!(log.contains("upgraded the data plane in place"), "{log}");
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+    Ok(())
+}
+
+#[test]
+fn a_pinned_map_whose_shape_changed_is_not_reused() -> Result<()> {
+    let mut sandbox = Sandbox::new("upgrade-shape")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    install_old(&LAYOUT2, &sandbox, "10.96.0.10:80".parse()?, backend)?;
+    // EVENTS as some other build might have made it: 3 counters instead of 5.
+    let events = sandbox.pin_path().join("EVENTS");
+    std::fs::remove_file(&events)?;
+    let output = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&events)
+        .args(["type", "percpu_array", "key", "4", "value", "8", "entries", "3", "name", "EVENTS"])
+        .output()
+        .context("running bpftool (installed by `make setup`)")?;
+    ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    let err = dataplane::upgrade(sandbox.pin_path()).err().context("upgraded a changed map")?;
+    let message = err.to_string();
+    assert!(message.contains("pinned map EVENTS (key 4 B, value 8 B, 3 entries)"), "{message}");
+    // Refused before anything was replaced: the old programs still serve.
+    assert_eq!(sandbox.attached_programs()?, LAYOUT2.programs.len());
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())
 }
