@@ -82,7 +82,7 @@ connect() { # ADDR COUNT: a client inside the demo cgroup and the namespace
 say "Clients in the cgroup connect to the VIPs (60 connects each)"
 echo "web 10.96.0.10:80 (weights 1, 1, 2):"; connect 10.96.0.10:80 60
 echo "payments [fd00:96::20]:443 (one backend draining):"; connect "[fd00:96::20]:443" 60
-echo "postgres-read 10.96.2.10:5432 (weights 1, 3; one draining):"; connect 10.96.2.10:5432 60
+echo "postgres-read 10.96.2.10:5432 (Maglev, weights 1, 3: one client, one backend):"; connect 10.96.2.10:5432 60
 
 say "A DNS query over UDP to the dns VIP, answered by a resolver behind it, from the VIP"
 # dig accepts only an answer from the address it asked: sendmsg (or connect) took the query

@@ -82,7 +82,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 events.affinity_hits, events.affinity_misses, events.affinity_dropped
             );
             for (name, clients) in &affinity {
-                println!("  {name}: {clients} clients within their timeout");
+                println!("  {name}: {clients} client(s) holding a backend within the timeout");
             }
         }
         Output::Json => {
