@@ -33,7 +33,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 # Data plane and control plane against kube-proxy's iptables and nftables layouts, in
-# namespaces of their own. `make bench QUICK=1` takes under two minutes; the full run ~12.
+# namespaces of their own. `make bench QUICK=1` takes about three minutes; the full run ~15.
 bench: setup
 	@bash scripts/require-root.sh "make bench"
 	$(CARGO) build --release --bins
