@@ -16,8 +16,10 @@ need_root() {
 # pkg-config + libssl-dev: git2's https transport; iproute2: `ip netns`; git: the git source
 # and `git daemon` in tests; iptables/nftables: benchmark baselines; bpftool: inspecting maps;
 # python3: socket-level test clients; dnsmasq-base (the binary, no system service) and
-# bind9-dnsutils (dig): a real DNS server and client behind a UDP VIP in tests and the demo.
-APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils)
+# bind9-dnsutils (dig): a real DNS server and client behind a UDP VIP in tests and the demo;
+# prometheus: its `promtool check metrics` checks the daemon's /metrics in the tests (the
+# package's server is not started).
+APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,8 +28,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     need_root
     log "installing apt packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Debian starts a package's service on install unless policy-rc.d says no: we want
+    # prometheus' promtool, not a Prometheus server on :9090.
+    no_services=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        no_services=1
+    fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" || { [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --quiet prometheus 2>/dev/null || true
+    fi
 fi
 
 # --- Rust toolchains ----------------------------------------------------------------------

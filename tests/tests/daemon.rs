@@ -2,14 +2,16 @@
 //! data plane in a sandbox: commits arrive, bad commits are held back, the server goes away
 //! and comes back, history is rewritten, maps are edited by hand, the daemon is killed.
 use std::{
-    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::daemon::http::request;
+use anyhow::{ensure, Context as _, Result};
+use reconciler::daemon::http::{self, request};
 use reconciler_tests::{
     add_service_by_hand,
     git::{free_port, Daemon as GitDaemon, Repo},
@@ -81,8 +83,28 @@ impl World {
 
     /// Starts the reconciler daemon and waits until it is ready.
     fn start(&mut self) -> Result<()> {
+        self.start_with(Command::new(reconciler_path()?))
+    }
+
+    /// Starts the daemon with at most `files` open files (soft and hard limit).
+    fn start_with_open_files(&mut self, files: u64) -> Result<()> {
+        let mut command = Command::new(reconciler_path()?);
+        // SAFETY: the closure runs between fork and exec and makes one raw syscall.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.start_with(command)
+    }
+
+    fn start_with(&mut self, mut command: Command) -> Result<()> {
         let log = std::fs::File::create(self.dir.path().join("daemon.log"))?;
-        let child = Command::new(reconciler_path()?)
+        let child = command
             .args(["daemon", "--config"])
             .arg(self.config_path())
             .stdout(Stdio::null())
@@ -369,71 +391,102 @@ fn an_invalid_configuration_touches_nothing() -> Result<()> {
     Ok(())
 }
 
-/// Checks `text` against the Prometheus text exposition format (0.0.4): comments are HELP
-/// or TYPE lines, every sample belongs to a declared family, names and labels are well
-/// formed, values are numbers, histograms are cumulative and end at +Inf = count.
-fn check_exposition(text: &str) -> Result<usize> {
-    let name_ok = |n: &str| {
-        n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+/// Sends `request` (raw HTTP) to `addr` and returns the status code of the answer.
+fn raw_request(addr: &str, request: &[u8]) -> Result<u16> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let code = answer.split_whitespace().nth(1).context("no status line")?;
+    Ok(code.parse()?)
+}
+
+#[test]
+fn the_http_endpoint_reads_bodies_and_outlasts_idle_and_slow_clients() -> Result<()> {
+    let mut world = World::new("d-http", "1h", "heal")?;
+    world.start()?;
+    // A webhook with a body is answered (the body read, not reset), and triggers a run.
+    let runs = |world: &World| -> Result<f64> {
+        let metrics = world.metrics()?;
+        Ok(sample(&metrics, "reconciler_reconcile_duration_seconds_count").unwrap_or(0.0))
     };
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut buckets: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut samples = 0;
-    ensure!(text.ends_with('\n'), "the exposition must end with a newline");
-    for line in text.lines() {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let mut words = comment.splitn(3, ' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("HELP"), Some(name), Some(_)) => ensure!(name_ok(name), "bad name in {line}"),
-                (Some("TYPE"), Some(name), Some(kind)) => {
-                    ensure!(
-                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                        "bad type in {line}"
-                    );
-                    ensure!(types.insert(name.into(), kind.into()).is_none(), "TYPE twice: {line}");
-                }
-                _ => bail!("a comment that is neither HELP nor TYPE: {line}"),
-            }
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').with_context(|| format!("no value: {line}"))?;
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().with_context(|| format!("bad value in {line}"))?,
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, rest.strip_suffix('}').with_context(|| line.to_owned())?),
-            None => (series, ""),
-        };
-        ensure!(name_ok(name), "bad metric name in {line}");
-        for pair in labels.split(',').filter(|p| !p.is_empty()) {
-            let (label, quoted) = pair.split_once('=').with_context(|| line.to_owned())?;
-            ensure!(name_ok(label), "bad label name in {line}");
-            ensure!(
-                quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'),
-                "{line}"
-            );
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
-            })
-            .unwrap_or(name);
-        ensure!(types.contains_key(family), "sample before its TYPE: {line}");
-        if name.ends_with("_bucket") {
-            buckets.entry(family.into()).or_default().push(value);
-        }
-        if name.ends_with("_count") && types.get(family).is_some_and(|t| t == "histogram") {
-            let counts = buckets.get(family).with_context(|| format!("no buckets for {family}"))?;
-            ensure!(counts.windows(2).all(|w| w[0] <= w[1]), "{family} buckets not cumulative");
-            ensure!(counts.last() == Some(&value), "{family}: +Inf bucket != count");
-        }
-        samples += 1;
-    }
-    Ok(samples)
+    let before = runs(&world)?;
+    let body = format!("{{\"ref\":\"refs/heads/main\",\"pad\":\"{}\"}}", "x".repeat(10_000));
+    let post = |body: &str| {
+        format!(
+            "POST /reconcile HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    assert_eq!(raw_request(&world.listen, post(&body).as_bytes())?, 202);
+    wait_for("the triggered run", Duration::from_secs(10), || {
+        (runs(&world).ok()? > before).then_some(())
+    })?;
+    // Too long a body is refused, not read for ever.
+    let huge = "x".repeat(http::MAX_BODY + 1);
+    assert_eq!(raw_request(&world.listen, post(&huge).as_bytes())?, 413);
+
+    // 1 000 idle connections, and /healthz still answers.
+    let idle: Vec<TcpStream> =
+        (0..1000).map(|_| TcpStream::connect(&world.listen)).collect::<std::io::Result<_>>()?;
+    assert_eq!(request(&world.listen, "GET", "/healthz")?, (200, "ok\n".to_owned()));
+    // A client that stops in the middle of its headers is cut off (the header timeout).
+    let mut slow = TcpStream::connect(&world.listen)?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")?;
+    slow.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut rest = Vec::new();
+    let read = slow.read_to_end(&mut rest);
+    ensure!(read.is_ok(), "the server kept a half-sent request open: {read:?}");
+    ensure!(!String::from_utf8_lossy(&rest).contains("200 OK"), "answered a half request");
+    drop(idle);
+    Ok(())
+}
+
+#[test]
+fn accept_errors_back_off_instead_of_spinning() -> Result<()> {
+    let mut world = World::new("d-emfile", "1h", "heal")?;
+    world.start_with_open_files(64)?;
+    // More clients than the daemon has descriptors: accept fails with EMFILE, again and again
+    // until one is freed.
+    let clients: Vec<TcpStream> =
+        (0..100).map(|_| TcpStream::connect(&world.listen)).collect::<std::io::Result<_>>()?;
+    let failed = |world: &World| world.log().matches("accepting an HTTP connection failed").count();
+    wait_for("an accept to fail", Duration::from_secs(10), || (failed(&world) > 0).then_some(()))
+        .with_context(|| world.log())?;
+    // An observation window, not a synchronisation: a loop that retried at once would fail
+    // millions of times in it; backing off (10 ms doubling to 1 s) fails about ten times.
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = failed(&world);
+    assert!(failures <= 20, "{failures} failed accepts in 2 s:\n{}", world.log());
+    drop(clients);
+    wait_for("/healthz again", Duration::from_secs(20), || {
+        matches!(request(&world.listen, "GET", "/healthz"), Ok((200, _))).then_some(())
+    })
+    .with_context(|| world.log())
+}
+
+/// `promtool check metrics` on `text` (installed by `make setup` with the prometheus
+/// package): Prometheus' own parser and linter.
+fn promtool_check(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (installed by `make setup`)")?;
+    child.stdin.take().context("promtool's stdin")?.write_all(text.as_bytes())?;
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "promtool check metrics refused it:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 #[test]
@@ -441,8 +494,17 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let mut world = World::new("d-metrics", "300ms", "heal")?;
     world.start()?;
     let metrics = world.metrics()?;
-    let samples = check_exposition(&metrics).with_context(|| metrics.clone())?;
-    assert!(samples > 20, "{metrics}");
+    promtool_check(&metrics).with_context(|| metrics.clone())?;
+    // A scraper that asks for OpenMetrics (Prometheus does) gets it.
+    let mut stream = TcpStream::connect(&world.listen)?;
+    stream.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; \
+          version=1.0.0\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    assert!(answer.contains("content-type: application/openmetrics-text"), "{answer}");
+    assert!(answer.ends_with("# EOF\n"), "{answer}");
     for name in [
         "reconciler_reconcile_total{result=\"applied\"}",
         "reconciler_reconcile_duration_seconds_count",

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use reconciler::{
+    daemon::{DaemonStatus, DriftMode},
     dataplane::{self, Dataplane},
     time::rfc3339_utc,
 };
@@ -114,40 +115,38 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
     let (code, body) = reconciler::daemon::http::request(addr, "GET", "/status")
         .map_err(|e| anyhow::anyhow!("asking the daemon at {addr}: {e}"))?;
     anyhow::ensure!(code == 200, "the daemon at {addr} answered {code}: {body}");
-    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let status: DaemonStatus = serde_json::from_str(&body).map_err(|e| {
+        anyhow::anyhow!("the daemon at {addr} sent a /status this build cannot read: {e}")
+    })?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |key: &str| match &status[key] {
-        serde_json::Value::Null => "-".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    println!("Daemon:             {addr} ({})", if status.ready { "ready" } else { "not ready" });
+    println!("Source:             {}", status.source);
     println!(
-        "Daemon:             {addr} ({})",
-        if status["ready"] == true { "ready" } else { "not ready" }
+        "Applied revision:   {} at {}",
+        or_dash(&status.applied_revision),
+        or_dash(&status.applied_at)
     );
-    println!("Source:             {}", text("source"));
-    println!("Applied revision:   {} at {}", text("applied_revision"), text("applied_at"));
-    println!("Attempted revision: {} at {}", text("attempted_revision"), text("attempted_at"));
-    println!("Last error:         {}", text("last_error"));
-    for error in status["errors"].as_array().into_iter().flatten() {
-        println!(
-            "  {}:{}:{}: {}: {}",
-            error["file"].as_str().unwrap_or("?"),
-            error["line"],
-            error["column"],
-            error["field"].as_str().unwrap_or(""),
-            error["message"].as_str().unwrap_or("")
-        );
+    println!(
+        "Attempted revision: {} at {}",
+        or_dash(&status.attempted_revision),
+        or_dash(&status.attempted_at)
+    );
+    println!("Last error:         {}", or_dash(&status.last_error));
+    for error in &status.errors {
+        println!("  {error}");
     }
-    println!("Drift:              {} entries ({})", text("drift_entries"), text("drift"));
+    let drift = match status.drift {
+        DriftMode::Heal => "heal",
+        DriftMode::Report => "report",
+    };
+    println!("Drift:              {} entries ({drift})", status.drift_entries);
     println!(
         "Entries:            {} services, {} backends; generation {}",
-        text("services"),
-        text("backends"),
-        text("generation")
+        status.services, status.backends, status.generation
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
 
 /// What to do about live maps that differ from the applied commit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftMode {
     /// Log, count and repair it.

@@ -1,92 +1,121 @@
-//! A small HTTP/1.1 endpoint, enough for scrapers, probes and webhooks: one request per
-//! connection, no bodies read. GET /metrics, /healthz, /readyz, /status; POST /reconcile.
+//! The daemon's HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, `/status`;
+//! `POST /reconcile`. axum routes the requests; each connection is served by hyper's HTTP/1
+//! with a header read timeout and an overall deadline, so slow and idle clients cannot hold
+//! connections for ever, and the accept loop backs off on errors (EMFILE repeats until a
+//! descriptor is freed: retrying at once would spin).
 use std::{io, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{header, HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+    Json, Router,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tracing::warn;
 
-use super::Shared;
+use super::{DaemonStatus, Shared};
 
-/// Requests larger than this are refused; ours have no bodies.
-const MAX_REQUEST: usize = 8192;
+/// Request bodies longer than this are refused (413); a webhook's fits.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A client must send a request's headers within this long, also between requests on a
+/// kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this, however it behaves.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// Waits after a failed accept: the first, and the most.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
+/// The routes, over the state they read.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/status", get(status))
+        .route("/reconcile", post(reconcile))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+/// OpenMetrics to a scraper that asks for it (Prometheus does), the Prometheus text format to
+/// anything else.
+async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (kind, body) = shared.metrics().render(accept.contains("application/openmetrics-text"));
+    ([(header::CONTENT_TYPE, kind)], body)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.status().ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no successful reconcile yet\n")
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
+    Json(shared.status().clone())
+}
+
+/// A webhook's body is read (so the client sees an answer, not a reset) and not used.
+async fn reconcile(State(shared): State<Arc<Shared>>, _body: Bytes) -> (StatusCode, &'static str) {
+    shared.trigger.notify_one();
+    (StatusCode::ACCEPTED, "reconcile triggered\n")
+}
+
+/// Serves `listener` until the daemon ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let app = router(shared);
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let shared = Arc::clone(&shared);
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
+            Err(error) => {
+                warn!(%error, "accepting an HTTP connection failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            // A client that sends nothing for 10 s is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, &shared)).await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || request.len() + n > MAX_REQUEST {
-            return Ok(());
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&request);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = respond(method, path, shared);
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-fn respond(method: &str, path: &str, shared: &Shared) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    const JSON: &str = "application/json";
-    match (method, path) {
-        ("GET", "/metrics") => {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", shared.metrics().render())
-        }
-        ("GET", "/healthz") => ("200 OK", TEXT, "ok\n".into()),
-        ("GET", "/readyz") if shared.status().ready => ("200 OK", TEXT, "ready\n".into()),
-        ("GET", "/readyz") => {
-            ("503 Service Unavailable", TEXT, "not ready: no successful reconcile yet\n".into())
-        }
-        ("GET", "/status") => {
-            let body = serde_json::to_string_pretty(&*shared.status()).unwrap_or_default();
-            ("200 OK", JSON, body + "\n")
-        }
-        ("POST", "/reconcile") => {
-            shared.trigger.notify_one();
-            ("202 Accepted", TEXT, "reconcile triggered\n".into())
-        }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reconcile") => {
-            ("405 Method Not Allowed", TEXT, "method not allowed\n".into())
-        }
-        _ => ("404 Not Found", TEXT, "not found\n".into()),
-    }
-}
-
-/// A blocking client for the same endpoint: `(status code, body)` of `METHOD path`.
+/// A blocking client for the same endpoint: `(status code, body)` of `METHOD path` (GET or
+/// POST), within 10 s.
 pub fn request(addr: &str, method: &str, path: &str) -> io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP response"))?;
-    Ok((code, body.to_owned()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let response = match method {
+        "GET" => agent.get(&url).call(),
+        "POST" => agent.post(&url).send_empty(),
+        other => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("method {other}")));
+        }
+    }
+    .map_err(io::Error::other)?;
+    let code = response.status().as_u16();
+    let body = response.into_body().read_to_string().map_err(io::Error::other)?;
+    Ok((code, body))
 }

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, signal::unix, sync::Notify};
 use tracing::{error, info, warn};
 
@@ -41,8 +41,8 @@ use crate::{
 pub use config::{Config, DriftMode};
 use journal::{Failure, Journal};
 
-/// What `/status` (and `reconciler status --daemon`) shows.
-#[derive(Clone, Debug, Default, Serialize)]
+/// What `/status` shows, and `reconciler status --daemon` reads back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub format_version: u32,
     pub source: String,
@@ -67,19 +67,10 @@ pub struct DaemonStatus {
     pub last_reconcile_at: Option<String>,
 }
 
-impl Serialize for DriftMode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(match self {
-            DriftMode::Heal => "heal",
-            DriftMode::Report => "report",
-        })
-    }
-}
-
 /// State shared between the reconcile loop and the HTTP endpoint.
 pub struct Shared {
     status: Mutex<DaemonStatus>,
-    metrics: Mutex<Metrics>,
+    metrics: Metrics,
     trigger: Notify,
 }
 
@@ -88,8 +79,8 @@ impl Shared {
         self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn metrics(&self) -> MutexGuard<'_, Metrics> {
-        self.metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -171,6 +162,7 @@ impl Outcome {
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_file` is read again on SIGHUP.
 pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
     })?;
@@ -181,7 +173,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             drift: config.drift,
             ..DaemonStatus::default()
         }),
-        metrics: Mutex::new(Metrics::default()),
+        metrics: Metrics::default(),
         trigger: Notify::new(),
     });
     tokio::spawn(http::serve(listener, Arc::clone(&shared)));
@@ -253,6 +245,23 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     }
     info!("daemon stopped; the data plane keeps serving");
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: every HTTP client holds a descriptor
+/// until it is done or times out, and systemd's default soft limit (1024) is easily reached
+/// by a scraper fleet plus idle connections.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised {
+        warn!(error = %std::io::Error::last_os_error(), "could not raise the open file limit");
+    }
 }
 
 fn reload(config_file: &Path) -> Option<Config> {
@@ -435,7 +444,7 @@ fn record(
 ) -> Duration {
     let now = unix_now();
     let now_text = rfc3339_utc(now as u64);
-    let mut metrics = shared.metrics();
+    let metrics = shared.metrics();
     match (took, &outcome) {
         (Some(took), _) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
         // Nothing happened beyond the commit's part of the run, which is counted.
@@ -459,20 +468,20 @@ fn record(
             }
             metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
-            at_revision(&mut status, &mut metrics, &plan, &now_text);
+            at_revision(&mut status, metrics, &plan, &now_text);
         }
         Outcome::Unchanged { plan } => {
             if status.applied_revision.is_none() {
                 // Adopted at start: the maps already held this revision.
                 metrics.applied(plan.context.revision.as_deref(), now);
             }
-            at_revision(&mut status, &mut metrics, &plan, &now_text);
+            at_revision(&mut status, metrics, &plan, &now_text);
         }
         Outcome::LastGood { plan } => {
             if status.applied_revision.is_none() {
                 metrics.applied(plan.context.revision.as_deref(), now);
             }
-            holding(&mut status, &mut metrics, &plan);
+            holding(&mut status, metrics, &plan);
         }
         Outcome::DriftHealed { plan, report } => {
             warn!(entries = plan.entry_changes, map_writes = report.map_writes, "drift healed");
@@ -481,7 +490,7 @@ fn record(
                 status.applied_revision.as_deref().or(plan.context.revision.as_deref()),
                 now,
             );
-            metrics.drift_entries = 0;
+            metrics.drift_entries.set(0);
             status.drift_entries = 0;
             status.generation = plan.context.generation + 1;
         }
@@ -490,7 +499,7 @@ fn record(
                 entries = plan.entry_changes,
                 "drift: the live maps differ from the applied revision"
             );
-            metrics.drift_entries = plan.entry_changes as u64;
+            metrics.drift_entries.set(plan.entry_changes as i64);
             status.drift_entries = plan.entry_changes;
         }
         Outcome::Rejected { revision, error, diagnostics } => {
@@ -543,7 +552,7 @@ fn show_failure(status: &mut DaemonStatus, failure: &Failure) {
 }
 
 /// After a run that left the data plane at the fetched revision, with no drift.
-fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, now: &str) {
+fn at_revision(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, now: &str) {
     status.attempted_revision = plan.context.revision.clone();
     status.attempted_at = Some(now.to_owned());
     status.last_error = None;
@@ -553,15 +562,15 @@ fn at_revision(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan, no
 }
 
 /// The data plane holds the revision of `plan`, whose definitions were valid, with no drift.
-fn holding(status: &mut DaemonStatus, metrics: &mut Metrics, plan: &Plan) {
+fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan) {
     status.ready = true;
     status.applied_revision = plan.context.revision.clone();
     status.drift_entries = 0;
-    metrics.drift_entries = 0;
+    metrics.drift_entries.set(0);
     status.services = plan.desired.services.len();
     status.backends = plan.desired.backends.len();
-    metrics.services = status.services as u64;
-    metrics.backends = status.backends as u64;
+    metrics.services.set(status.services as i64);
+    metrics.backends.set(status.backends as i64);
     // The metadata alone: cheap, unlike reading the maps.
     if let Ok(live) = Dataplane::open(Path::new(&plan.context.pin_path)).and_then(|d| d.status()) {
         status.generation = live.generation;

@@ -39,9 +39,8 @@ pub(super) fn connected_udp_sockets(targets: &BTreeMap<u64, SocketAddr>) -> io::
         let targets = targets.clone();
         // setns() changes the calling thread's namespace only: a thread of its own.
         destroyed += std::thread::spawn(move || -> io::Result<usize> {
-            let file = fs::File::open(&namespace)?;
             // SAFETY: a file descriptor of a network namespace, owned for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
             in_this_namespace(&targets)
@@ -52,24 +51,26 @@ pub(super) fn connected_udp_sockets(targets: &BTreeMap<u64, SocketAddr>) -> io::
     Ok(destroyed)
 }
 
-/// One `/proc/PID/ns/net` path per network namespace that has a process in it.
-fn network_namespaces() -> io::Result<Vec<std::path::PathBuf>> {
+/// One open `/proc/PID/ns/net` per network namespace that has a process in it. Opened while
+/// listing: the open file keeps the namespace for us even if its process ends before we
+/// enter it (a path, opened later, would be gone).
+fn network_namespaces() -> io::Result<Vec<fs::File>> {
     let mut seen = BTreeSet::new();
-    let mut paths = Vec::new();
+    let mut namespaces = Vec::new();
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let path = entry.path().join("ns/net");
         // A process may end while we look: skip it.
-        if let Ok(meta) = fs::metadata(&path) {
+        let Ok(file) = fs::File::open(entry.path().join("ns/net")) else { continue };
+        if let Ok(meta) = file.metadata() {
             if seen.insert((meta.dev(), meta.ino())) {
-                paths.push(path);
+                namespaces.push(file);
             }
         }
     }
-    Ok(paths)
+    Ok(namespaces)
 }
 
 fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
