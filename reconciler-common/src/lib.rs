@@ -65,7 +65,8 @@ pub const BACKEND_MAINTENANCE: u8 = 2;
 /// Version of the map layout below. Stored in the metadata map at install, so a binary
 /// never reads maps that an incompatible build created. 2 added `REVERSE` and `EVENTS` (and
 /// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2. 3 added
-/// `AFFINITY` and `AFFINITY_EVENTS`, and gave meaning to bytes that were padding
+/// `AFFINITY`, `AFFINITY_EVENTS`, `BACKEND_COUNTS` and `SERVICE_COUNTS`, retired
+/// `BACKEND_STATS` (connects only, never reset), and gave meaning to bytes that were padding
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
 /// what 2's maps hold means the same in 3.
 pub const LAYOUT_VERSION: u32 = 3;
@@ -176,7 +177,7 @@ pub struct SlotKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
-    /// Stable backend ID (host byte order), kept across applies; indexes `BACKEND_STATS`.
+    /// Stable backend ID (host byte order), kept across applies; indexes `BACKEND_COUNTS`.
     pub backend_id: u32,
     /// Map set, 0 or 1.
     pub set: u8,
@@ -281,13 +282,31 @@ pub const fn hash64(value: u64) -> u32 {
     fmix64(value) as u32
 }
 
-/// Value of the per-CPU `BACKEND_STATS` array, indexed by backend ID. Not versioned: IDs
-/// are stable, so a counter follows its backend across applies.
+/// Value of the per-CPU `BACKEND_COUNTS` array, indexed by backend ID. Not versioned: IDs
+/// are stable, so a counter follows its backend across applies; user space zeroes an ID's
+/// counters before a new backend takes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    /// Connects sent to this backend (host byte order).
-    pub connects: u64,
+pub struct BackendCounters {
+    /// Connects (TCP; UDP `connect()`) and translated datagrams (UDP `sendmsg`) sent to this
+    /// backend (host byte order).
+    pub translations: u64,
+    /// Replies (`recvmsg`) and `getpeername()` results translated back to the VIP (host
+    /// byte order).
+    pub reverse: u64,
+}
+
+/// Value of the per-CPU `SERVICE_COUNTS` array, indexed by service ID: refusals by reason
+/// (host byte order). Zeroed, like the backends', before a new service takes an ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Connects and datagrams refused because the service had no usable backend.
+    pub no_backend: u64,
+    /// Refused because the live set was inconsistent (a slot or a backend missing).
+    pub inconsistent_set: u64,
+    /// Reverse entries found stale (the service or the backend gone) and deleted.
+    pub stale_reverse_entry: u64,
 }
 
 /// The one entry of `METADATA`: what user space needs to know about the maps that the BPF
@@ -347,7 +366,8 @@ mod pod {
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for BackendCounters {}
+    unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for Metadata {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ReverseKey {}
@@ -370,7 +390,8 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(size_of::<AffinityKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<AffinityValue>(), 8 + 4 + 4);
-        assert_eq!(size_of::<BackendStats>(), 8);
+        assert_eq!(size_of::<BackendCounters>(), 16);
+        assert_eq!(size_of::<ServiceCounters>(), 24);
         assert_eq!(size_of::<Metadata>(), 4 + 1 + 3 + 8 * 3 + REVISION_LEN + 1 + 7);
         assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);
         assert_eq!(size_of::<ReverseKey>(), 8 + 16 + 2 + 6);

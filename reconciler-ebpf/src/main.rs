@@ -23,9 +23,10 @@ use aya_ebpf::{
 };
 use reconciler_common::{
     affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, Addr, AffinityKey,
-    AffinityValue, Backend, BackendKey, BackendStats, Metadata, ReverseKey, ReverseValue,
-    ServiceKey, ServiceName, ServiceValue, SlotKey, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE,
-    CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT,
+    AffinityValue, Backend, BackendCounters, BackendKey, Metadata, ReverseKey, ReverseValue,
+    ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, ALGORITHM_MAGLEV,
+    BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES,
+    MAX_SLOTS, SET_COUNT,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -60,9 +61,13 @@ static SLOTS: HashMap<SlotKey, u32, { both_sets(MAX_SLOTS) }, BPF_F_NO_PREALLOC>
 static BACKENDS: HashMap<BackendKey, Backend, { both_sets(MAX_BACKENDS) }, BPF_F_NO_PREALLOC> =
     HashMap::new();
 
-/// Per-backend counters, by stable backend ID.
+/// Per-backend counters, by stable backend ID (zeroed by user space before an ID is reused).
 #[btf_map]
-static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+static BACKEND_COUNTS: PerCpuArray<BackendCounters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Per-service refusals by reason, by stable service ID (zeroed likewise).
+#[btf_map]
+static SERVICE_COUNTS: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 /// (socket cookie, backend) -> what the socket asked for, written when a connect or sendmsg
 /// is translated and read to translate replies and `getpeername()` back. Not versioned: an
@@ -159,7 +164,7 @@ fn lb_translate(
 ) -> i32 {
     match lb_select(ctx, &addr, port, protocol, choice) {
         Selection::NotAService => ALLOW,
-        Selection::Refused(reason) => refuse(reason),
+        Selection::Refused { reason, service_id } => refuse(reason, service_id),
         Selection::Backend { backend, service_id, backend_id } => {
             rewrite(&backend);
             let key = ReverseKey {
@@ -196,9 +201,11 @@ fn lb_reverse(
     };
     if lb_still_serves(&entry, &addr, port) {
         rewrite(&entry.vip, entry.port);
+        lb_count_backend(entry.backend_id, |c| c.reverse += 1);
     } else {
         let _ = REVERSE.remove(key);
         lb_count(event::REVERSE_STALE);
+        lb_count_service(entry.service_id, |c| c.stale_reverse_entry += 1);
     }
     ALLOW
 }
@@ -227,7 +234,10 @@ fn lb_still_serves(entry: &ReverseValue, addr: &Addr, port: u16) -> bool {
 enum Selection {
     NotAService,
     /// A known VIP that gets no backend, for this `event::*` reason.
-    Refused(u32),
+    Refused {
+        reason: u32,
+        service_id: u32,
+    },
     Backend {
         backend: Backend,
         service_id: u32,
@@ -253,7 +263,7 @@ fn lb_select(
         return Selection::NotAService;
     };
     if service.slot_count == 0 {
-        return Selection::Refused(event::NO_BACKEND);
+        return Selection::Refused { reason: event::NO_BACKEND, service_id: service.service_id };
     }
     let service_id = service.service_id;
     let affinity = if service.affinity_timeout_secs == 0 {
@@ -262,7 +272,7 @@ fn lb_select(
         let key =
             AffinityKey { service_id, _pad: 0, client: lb_client(ctx, service.affinity_client) };
         if let Some((backend, backend_id)) = lb_affinity(&key, &service, set) {
-            lb_count_connect(backend_id);
+            lb_count_backend(backend_id, |c| c.translations += 1);
             return Selection::Backend { backend, service_id, backend_id };
         }
         Some(key)
@@ -275,12 +285,12 @@ fn lb_select(
     let slot = SlotKey { service_id, slot, set, _pad: [0; 3] };
     // SAFETY: as above, this set is not written while it is active.
     let Some(&backend_id) = (unsafe { SLOTS.get(slot) }) else {
-        return Selection::Refused(event::SLOT_MISS);
+        return Selection::Refused { reason: event::SLOT_MISS, service_id };
     };
     let key = BackendKey { backend_id, set, _pad: [0; 3] };
     // SAFETY: as above.
     let Some(&backend) = (unsafe { BACKENDS.get(key) }) else {
-        return Selection::Refused(event::BACKEND_MISS);
+        return Selection::Refused { reason: event::BACKEND_MISS, service_id };
     };
     if let Some(key) = affinity {
         // SAFETY: the helper has no preconditions.
@@ -289,7 +299,7 @@ fn lb_select(
         // affinity until its next connect, and the connect goes on.
         let _ = AFFINITY.insert(key, AffinityValue { last_used_ns, backend_id, _pad: 0 }, 0);
     }
-    lb_count_connect(backend_id);
+    lb_count_backend(backend_id, |c| c.translations += 1);
     Selection::Backend { backend, service_id, backend_id }
 }
 
@@ -351,17 +361,25 @@ fn lb_active_set() -> u8 {
 }
 
 #[inline(always)]
-fn lb_count_connect(backend_id: u32) {
-    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
+fn lb_count_backend(backend_id: u32, count: impl FnOnce(&mut BackendCounters)) {
+    if let Some(counters) = BACKEND_COUNTS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value, and this program cannot be preempted by itself on one CPU.
-        unsafe { (*stats).connects += 1 };
+        count(unsafe { &mut *counters });
+    }
+}
+
+#[inline(always)]
+fn lb_count_service(service_id: u32, count: impl FnOnce(&mut ServiceCounters)) {
+    if let Some(counters) = SERVICE_COUNTS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU value, as in lb_count_backend.
+        count(unsafe { &mut *counters });
     }
 }
 
 #[inline(always)]
 fn lb_count_affinity(what: u32) {
     if let Some(count) = AFFINITY_EVENTS.get_ptr_mut(what) {
-        // SAFETY: per-CPU value, as in lb_count_connect.
+        // SAFETY: per-CPU value, as in lb_count_backend.
         unsafe { *count += 1 };
     }
 }
@@ -369,16 +387,23 @@ fn lb_count_affinity(what: u32) {
 #[inline(always)]
 fn lb_count(reason: u32) {
     if let Some(count) = EVENTS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU value, as in lb_count_connect.
+        // SAFETY: per-CPU value, as in lb_count_backend.
         unsafe { *count += 1 };
     }
 }
 
-/// Makes the syscall fail at once with ECONNREFUSED, counted under `reason`: no packet is
-/// sent to the VIP.
+/// Makes the syscall fail at once with ECONNREFUSED, counted under `reason` (overall and for
+/// the service): no packet is sent to the VIP.
 #[inline(always)]
-fn refuse(reason: u32) -> i32 {
+fn refuse(reason: u32, service_id: u32) -> i32 {
     lb_count(reason);
+    lb_count_service(service_id, |c| {
+        if reason == event::NO_BACKEND {
+            c.no_backend += 1;
+        } else {
+            c.inconsistent_set += 1;
+        }
+    });
     // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs (Linux 5.18+).
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REJECT

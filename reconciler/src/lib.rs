@@ -3,6 +3,7 @@
 //! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
 pub mod apply;
 pub mod compile;
+pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod limits;

@@ -1,10 +1,11 @@
 //! The daemon's metrics: a `prometheus-client` registry, exposed in the OpenMetrics text
 //! format, with the usual `process_*` metrics read from /proc at each scrape.
-use std::sync::atomic::AtomicU64;
+use std::{path::PathBuf, sync::atomic::AtomicU64};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{text, DescriptorEncoder, EncodeMetric as _},
+    metrics::MetricType,
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -40,6 +41,16 @@ pub struct Metrics {
     pub backends: Gauge,
     map_writes: Counter,
     sockets_destroyed: Counter,
+}
+
+impl Metrics {
+    /// The daemon's metrics, with the counters of the data plane pinned at `pin_path`, read
+    /// from its maps at each scrape.
+    pub fn for_dataplane(pin_path: PathBuf) -> Self {
+        let mut metrics = Metrics::default();
+        metrics.registry.register_collector(Box::new(DataplaneCollector { pin_path }));
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -184,6 +195,66 @@ fn prometheus_text(openmetrics: &str) -> String {
 /// version that starts escaping them itself).
 fn label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The data plane's per-backend and per-service counters (`crate::counters`), by name.
+#[derive(Debug)]
+struct DataplaneCollector {
+    pin_path: PathBuf,
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
+            let live = dataplane.read_live()?;
+            crate::counters::read(&dataplane, &live.state)
+        });
+        // Before the first install there is nothing to count; a scrape shows the rest.
+        let Ok(counters) = read else { return Ok(()) };
+        let mut family = encoder.encode_descriptor(
+            "reconciler_backend_connections",
+            "Connects and datagrams sent to a backend, since its ID was assigned",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &counters.backends {
+            let labels: Label = vec![
+                ("service", label_value(&b.service)),
+                ("backend", b.backend.to_string()),
+                ("protocol", b.protocol.to_string()),
+            ];
+            ConstCounter::new(b.connections).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "reconciler_backend_reverse_translations",
+            "Replies and getpeername() results a backend's sockets saw as the VIP",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &counters.backends {
+            let labels: Label =
+                vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
+            ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "reconciler_service_refusals",
+            "Connects and datagrams refused, or replies left untranslated, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &counters.services {
+            for (reason, count) in [
+                ("no_backend", s.no_backend),
+                ("inconsistent_set", s.inconsistent_set),
+                ("stale_reverse_entry", s.stale_reverse_entry),
+            ] {
+                let labels: Label =
+                    vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `process_*` metrics, as the Prometheus client libraries export them, read from /proc at

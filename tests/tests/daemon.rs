@@ -493,7 +493,15 @@ fn promtool_check(text: &str) -> Result<()> {
 fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let mut world = World::new("d-metrics", "300ms", "heal")?;
     world.start()?;
+    // Counters read from the maps at the scrape: exactly the connects made.
+    let result = world.sandbox.probe_tcp("10.96.0.10:80", 13)?;
+    assert_eq!(result.replies.get("b11"), Some(&13), "{result:?}");
     let metrics = world.metrics()?;
+    let connections = "reconciler_backend_connections_total{service=\"web/http\",\
+                       backend=\"127.0.0.11:8080\",protocol=\"TCP\"}";
+    assert_eq!(sample(&metrics, connections), Some(13.0), "{metrics}");
+    let refusals = "reconciler_service_refusals_total{service=\"web/http\",reason=\"no_backend\"}";
+    assert_eq!(sample(&metrics, refusals), Some(0.0), "{metrics}");
     promtool_check(&metrics).with_context(|| metrics.clone())?;
     // A scraper that asks for OpenMetrics (Prometheus does) gets it.
     let mut stream = TcpStream::connect(&world.listen)?;

@@ -192,8 +192,10 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
         ensure!(result.total() > 0, "a probe made no connects");
     }
 
-    // The same maps, the same state, all hooks; and a second upgrade has nothing to do.
+    // The same maps, the same state, all hooks, the retired map's pin gone; and a second
+    // upgrade has nothing to do.
     assert_eq!(map_id(sandbox.pin_path(), "SERVICES")?, services_before);
+    assert!(!sandbox.pin_path().join("BACKEND_STATS").exists(), "the retired map is pinned");
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     let live = Dataplane::open(sandbox.pin_path())?.read_live()?;
     let mut expected = one_service("10.96.0.10:80", &[&backend.to_string()])?;

@@ -20,6 +20,9 @@ pub struct StatusArgs {
     /// Ask a running daemon (its `listen` address) instead of reading the maps.
     #[arg(long, value_name = "HOST:PORT")]
     daemon: Option<String>,
+    /// Also show each service's refusals and each backend's translations, by name.
+    #[arg(long, conflicts_with = "daemon")]
+    counters: bool,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +56,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             (name, affinity_entries.get(&s.id).copied().unwrap_or(0))
         })
         .collect();
+    let counters =
+        if args.counters { Some(reconciler::counters::read(&dataplane, state)?) } else { None };
     match args.output {
         Output::Text => {
             println!("Data plane:   {} (cgroup id {})", pin_path.display(), status.cgroup_id);
@@ -85,6 +90,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             for (name, clients) in &affinity {
                 println!("  {name}: {clients} client(s) holding a backend within the timeout");
             }
+            if let Some(counters) = &counters {
+                print_counters(counters);
+            }
         }
         Output::Json => {
             let report = json!({
@@ -103,11 +111,36 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "slots": state.slots.len(),
                 "events": events,
                 "affinity_entries": affinity.into_iter().map(|(name, n)| (name, json!(n))).collect::<serde_json::Map<_, _>>(),
+                "counters": counters,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Counters since each service's and backend's ID was assigned.
+fn print_counters(counters: &reconciler::counters::Counters) {
+    println!("Counters (since each ID was assigned):");
+    for service in &counters.services {
+        println!(
+            "  {}: refused {} with no backend, {} by an inconsistent set; {} stale reverse \
+             entries",
+            service.service,
+            service.no_backend,
+            service.inconsistent_set,
+            service.stale_reverse_entry
+        );
+        for backend in counters.backends.iter().filter(|b| b.service == service.service) {
+            println!(
+                "    {} {}: {} connections, {} reverse translations",
+                backend.backend,
+                backend.protocol,
+                backend.connections,
+                backend.reverse_translations
+            );
+        }
+    }
 }
 
 /// The daemon's `/status`, as JSON or as text.

@@ -173,7 +173,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             drift: config.drift,
             ..DaemonStatus::default()
         }),
-        metrics: Metrics::default(),
+        metrics: Metrics::for_dataplane(config.pin_path.clone()),
         trigger: Notify::new(),
     });
     tokio::spawn(http::serve(listener, Arc::clone(&shared)));

@@ -38,7 +38,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, LinkType, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, ProgramError,
@@ -46,9 +46,9 @@ use aya::{
     EbpfLoader,
 };
 use reconciler_common::{
-    affinity, event, AffinityKey, AffinityValue, Backend, BackendKey, BackendStats, Metadata,
-    ReverseKey, ReverseValue, ServiceKey, ServiceName, ServiceValue, SlotKey, LAYOUT_VERSION,
-    PROTO_UDP, REVISION_LEN,
+    affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, Metadata,
+    ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
 };
 pub(crate) use state::addr_to_words;
 pub use state::{
@@ -73,12 +73,13 @@ const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 11] = [
+const MAPS: [&str; 12] = [
     "ACTIVE_SET",
     "SERVICES",
     "SLOTS",
     "BACKENDS",
-    "BACKEND_STATS",
+    "BACKEND_COUNTS",
+    "SERVICE_COUNTS",
     "METADATA",
     "SERVICE_NAMES",
     "REVERSE",
@@ -86,6 +87,16 @@ const MAPS: [&str; 11] = [
     "AFFINITY",
     "AFFINITY_EVENTS",
 ];
+/// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`):
+/// still recognised as ours, removed by an upgrade once no program reads them, and by
+/// uninstall.
+const RETIRED_MAPS: [&str; 1] = ["BACKEND_STATS"];
+
+/// Every map name a data plane of ours may have pinned.
+fn pinned_map_names() -> impl Iterator<Item = &'static str> {
+    MAPS.into_iter().chain(RETIRED_MAPS)
+}
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -283,7 +294,8 @@ pub struct Dataplane {
     services: MapData,
     slots: MapData,
     backends: MapData,
-    stats: PerCpuArray<MapData, BackendStats>,
+    backend_counts: PerCpuArray<MapData, BackendCounters>,
+    service_counts: PerCpuArray<MapData, ServiceCounters>,
     events: PerCpuArray<MapData, u64>,
     reverse: MapData,
     affinity: MapData,
@@ -525,7 +537,8 @@ impl Dataplane {
             services: map_data(pin_path, "SERVICES")?,
             slots: map_data(pin_path, "SLOTS")?,
             backends: map_data(pin_path, "BACKENDS")?,
-            stats: typed_map!(pin_path, "BACKEND_STATS"),
+            backend_counts: typed_map!(pin_path, "BACKEND_COUNTS"),
+            service_counts: typed_map!(pin_path, "SERVICE_COUNTS"),
             events: typed_map!(pin_path, "EVENTS"),
             reverse: map_data(pin_path, "REVERSE")?,
             affinity: map_data(pin_path, "AFFINITY")?,
@@ -638,17 +651,60 @@ impl Dataplane {
         Ok(sets)
     }
 
-    /// Connects counted per backend ID, summed over CPUs (backends with none are left out).
-    pub fn backend_connects(&self) -> Result<BTreeMap<u32, u64>> {
-        let mut counts = BTreeMap::new();
-        for (id, values) in self.stats.iter().enumerate() {
-            let values = values.map_err(map_err("reading BACKEND_STATS"))?;
-            let total: u64 = values.iter().map(|v| v.connects).sum();
-            if total > 0 {
-                counts.insert(id as u32, total);
-            }
+    /// The counters of backends `ids`, summed over CPUs.
+    pub fn backend_counters(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<BTreeMap<u32, BackendCounters>> {
+        ids.into_iter()
+            .map(|id| {
+                let values =
+                    self.backend_counts.get(&id, 0).map_err(map_err("reading BACKEND_COUNTS"))?;
+                let sum = values.iter().fold(BackendCounters::default(), |a, v| BackendCounters {
+                    translations: a.translations + v.translations,
+                    reverse: a.reverse + v.reverse,
+                });
+                Ok((id, sum))
+            })
+            .collect()
+    }
+
+    /// The refusal counters of services `ids`, summed over CPUs.
+    pub fn service_counters(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<BTreeMap<u32, ServiceCounters>> {
+        ids.into_iter()
+            .map(|id| {
+                let values =
+                    self.service_counts.get(&id, 0).map_err(map_err("reading SERVICE_COUNTS"))?;
+                let sum = values.iter().fold(ServiceCounters::default(), |a, v| ServiceCounters {
+                    no_backend: a.no_backend + v.no_backend,
+                    inconsistent_set: a.inconsistent_set + v.inconsistent_set,
+                    stale_reverse_entry: a.stale_reverse_entry + v.stale_reverse_entry,
+                });
+                Ok((id, sum))
+            })
+            .collect()
+    }
+
+    /// Zeroes the counters of the backend and service IDs that `desired` gives to new owners
+    /// (IDs `live` does not hold): an ID freed by an earlier apply keeps its old counts
+    /// otherwise. Done before the new owners are written, so no count of theirs is lost.
+    fn reset_counters_of_new_ids(&mut self, live: &MapState, desired: &MapState) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_err("counting CPUs")(e))?;
+        let live_services: BTreeSet<u32> = live.services.values().map(|s| s.id).collect();
+        for id in desired.services.values().map(|s| s.id).filter(|id| !live_services.contains(id)) {
+            let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])
+                .map_err(io_err("zeroing SERVICE_COUNTS"))?;
+            self.service_counts.set(id, zero, 0).map_err(map_err("zeroing SERVICE_COUNTS"))?;
         }
-        Ok(counts)
+        for id in desired.backends.keys().filter(|id| !live.backends.contains_key(id)) {
+            let zero = PerCpuValues::try_from(vec![BackendCounters::default(); cpus])
+                .map_err(io_err("zeroing BACKEND_COUNTS"))?;
+            self.backend_counts.set(*id, zero, 0).map_err(map_err("zeroing BACKEND_COUNTS"))?;
+        }
+        Ok(())
     }
 
     /// What the programs counted besides choosing backends, by `event::*` reason, summed
@@ -737,6 +793,7 @@ impl Dataplane {
             return Ok(ApplyReport { generation: metadata.generation, ..ApplyReport::default() });
         }
 
+        self.reset_counters_of_new_ids(&live, desired)?;
         let mut writes = 0;
         metadata.generation += 1;
         let versioned: Vec<&Change> = changes.iter().filter(|c| c.is_versioned()).collect();
@@ -921,7 +978,7 @@ fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
     // it.
     let present = |path: &Path| fs::symlink_metadata(path).is_ok();
     let mut metadata = false;
-    for name in MAPS {
+    for name in pinned_map_names() {
         let path = pin_path.join(name);
         if !present(&path) {
             continue;
@@ -973,7 +1030,7 @@ fn lock(dir: &Path) -> Result<fs::File> {
 /// Removes every pin file the data plane makes under `pin_path` (not the directory).
 fn remove_pins(pin_path: &Path) -> Result<()> {
     let links = PROGRAMS.iter().map(|p| link_pin(pin_path, p));
-    for path in MAPS.iter().map(|m| pin_path.join(m)).chain(links) {
+    for path in pinned_map_names().map(|m| pin_path.join(m)).chain(links) {
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err(format!("removing {}", path.display()))(e));

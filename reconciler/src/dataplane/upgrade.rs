@@ -11,7 +11,8 @@
 //! 2. The programs: each hook that has a pinned link gets the new program through
 //!    `BPF_LINK_UPDATE`, which swaps the program in one step (a connect runs the old program
 //!    or the new one, never none); each hook without one is attached and its link pinned.
-//! 3. `METADATA` records the new layout version, last: a crash before it repeats the upgrade.
+//! 3. The pins of maps this build retired are removed, as no program reads them now.
+//! 4. `METADATA` records the new layout version, last: a crash before it repeats the upgrade.
 use std::{
     ffi::CString,
     fs, io, mem,
@@ -28,7 +29,7 @@ use reconciler_common::LAYOUT_VERSION;
 
 use super::{
     attach_and_pin, default_cgroup, io_err, link_pin, lock, map_err, metadata_map, pindir,
-    pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS,
+    pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -106,6 +107,15 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
         replace_program(&link_pin(pin_path, name), fd.as_fd())
             .map_err(io_err(format!("replacing the program of link_{name}")))?;
         upgraded.replaced.push(name);
+    }
+    // No program reads a retired map any more: its pin goes.
+    for name in RETIRED_MAPS {
+        match fs::remove_file(pin_path.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing the retired map {name}"))(e));
+            }
+            _ => {}
+        }
     }
     record.layout_version = LAYOUT_VERSION;
     metadata.set(0, record, 0).map_err(map_err("writing METADATA"))?;

@@ -1,0 +1,72 @@
+//! The programs' per-service and per-backend counters, by name: what `reconciler status
+//! --counters` prints and the daemon's `/metrics` exports. Read from the per-CPU maps when
+//! asked, so they are exact; an ID's counters are zeroed when a new service or backend takes
+//! it (see `Dataplane::apply`), so they count since the current owner got its ID.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Serialize;
+
+use crate::dataplane::{Dataplane, DataplaneError, MapState, Protocol};
+
+/// One service's refusals, by reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceCount {
+    /// `name/port`, as plans show it.
+    pub service: String,
+    /// Connects and datagrams refused because no backend was usable.
+    pub no_backend: u64,
+    /// Refused because the live set was inconsistent (a slot or a backend missing).
+    pub inconsistent_set: u64,
+    /// Replies and `getpeername()` whose reverse entry was stale (deleted, not translated).
+    pub stale_reverse_entry: u64,
+}
+
+/// One backend's translations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendCount {
+    pub service: String,
+    pub backend: SocketAddr,
+    pub protocol: Protocol,
+    /// Connects (TCP, connected UDP) and datagrams (unconnected UDP) sent to it.
+    pub connections: u64,
+    /// Replies and `getpeername()` results translated back to the VIP.
+    pub reverse_translations: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub services: Vec<ServiceCount>,
+    pub backends: Vec<BackendCount>,
+}
+
+/// The counters of every service and backend of `state` (the live set).
+pub fn read(dataplane: &Dataplane, state: &MapState) -> Result<Counters, DataplaneError> {
+    let name = |id: u32| state.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let protocols: BTreeMap<u32, Protocol> =
+        state.services.iter().map(|(frontend, entry)| (entry.id, frontend.protocol)).collect();
+    let services = dataplane
+        .service_counters(protocols.keys().copied())?
+        .into_iter()
+        .map(|(id, c)| ServiceCount {
+            service: name(id),
+            no_backend: c.no_backend,
+            inconsistent_set: c.inconsistent_set,
+            stale_reverse_entry: c.stale_reverse_entry,
+        })
+        .collect();
+    let backends = dataplane
+        .backend_counters(state.backends.keys().copied())?
+        .into_iter()
+        .filter_map(|(id, c)| {
+            let backend = state.backends.get(&id)?;
+            Some(BackendCount {
+                service: name(backend.service_id),
+                backend: backend.addr,
+                protocol: *protocols.get(&backend.service_id)?,
+                connections: c.translations,
+                reverse_translations: c.reverse,
+            })
+        })
+        .collect();
+    Ok(Counters { services, backends })
+}

@@ -1,0 +1,132 @@
+//! The programs' counters in the real kernel, as `reconciler status --counters` reads them:
+//! exact (N connects, N counted), by name, and reset when an ID gets a new owner.
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use reconciler_tests::gitops::Setup;
+use serde_json::Value;
+
+/// `web` (TCP, `backends` on port 8080) and `dns` (UDP, 127.0.0.21:5300) as one file.
+fn definitions(backends: &[&str], dns_state: &str) -> String {
+    let mut text = String::from(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+         vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  backends:\n",
+    );
+    for backend in backends {
+        text.push_str(&format!("    - {{address: {backend}}}\n"));
+    }
+    text.push_str(&format!(
+        "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: dns}}\n\
+         spec:\n  vip: 10.96.0.53\n  ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5300}}]\n\
+         \x20 backends: [{{address: 127.0.0.21, state: {dns_state}}}]\n"
+    ));
+    text
+}
+
+/// Per backend (`addr:port`): (connections, reverse translations).
+type BackendCounts = BTreeMap<String, (u64, u64)>;
+/// Per service (`name/port`): its refusals, as `status` shows them.
+type ServiceCounts = BTreeMap<String, Value>;
+
+fn counters(setup: &Setup) -> Result<(BackendCounts, ServiceCounts)> {
+    let text = setup.expect(0, "status", &["--counters", "--output", "json"])?;
+    let status: Value = serde_json::from_str(&text)?;
+    let counters = &status["counters"];
+    let backends = counters["backends"]
+        .as_array()
+        .context("backends")?
+        .iter()
+        .map(|b| {
+            let count = |key: &str| b[key].as_u64().with_context(|| format!("{key} in {b}"));
+            let name = b["backend"].as_str().context("backend")?.to_owned();
+            Ok((name, (count("connections")?, count("reverse_translations")?)))
+        })
+        .collect::<Result<_>>()?;
+    let services = counters["services"]
+        .as_array()
+        .context("services")?
+        .iter()
+        .map(|s| Ok((s["service"].as_str().context("service")?.to_owned(), s.clone())))
+        .collect::<Result<_>>()?;
+    Ok((backends, services))
+}
+
+#[test]
+fn counters_are_exact_by_name_and_start_from_zero_for_a_new_owner() -> Result<()> {
+    let mut setup = Setup::new("counters")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.sandbox.serve_tcp("127.0.0.12:8080", "b12")?;
+    setup.sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
+    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
+    setup.repo.write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.12"], "active"));
+    setup.repo.commit("web and dns");
+    setup.expect(0, "apply", &[])?;
+
+    // 37 connects: counted exactly, per backend as the clients saw them.
+    let result = setup.sandbox.probe_tcp("10.96.0.10:80", 37)?;
+    let (backends, _) = counters(&setup)?;
+    for (name, addr) in [("b11", "127.0.0.11:8080"), ("b12", "127.0.0.12:8080")] {
+        let seen = result.replies.get(name).copied().unwrap_or(0);
+        assert_eq!(backends[addr].0, seen, "{addr}: {backends:?} against {result:?}");
+    }
+    assert_eq!(backends["127.0.0.11:8080"].0 + backends["127.0.0.12:8080"].0, 37);
+
+    // 5 datagrams on an unconnected socket and their replies: 5 translations each way.
+    let mut client = setup.sandbox.python_session(
+        "
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+for _ in range(5):
+    u.sendto(b'q', ('10.96.0.53', 53))
+    data, peer = u.recvfrom(512)
+print(peer[0], flush=True)
+",
+        &[],
+    )?;
+    assert_eq!(client.line()?, "10.96.0.53");
+    client.finish()?;
+    let (backends, services) = counters(&setup)?;
+    assert_eq!(backends["127.0.0.21:5300"], (5, 5), "{backends:?}");
+    assert_eq!(services["dns/dns"]["no_backend"], 0);
+
+    // A service with nothing usable: each refusal counted for it.
+    setup
+        .repo
+        .write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.12"], "maintenance"));
+    setup.repo.commit("dns in maintenance");
+    setup.expect(0, "apply", &[])?;
+    let client = setup.sandbox.python_session(
+        "
+import socket, errno
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(4):
+    try:
+        u.sendto(b'q', ('10.96.0.53', 53))
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+",
+        &[],
+    )?;
+    assert_eq!(client.finish()?, ["ECONNREFUSED"; 4]);
+    let (_, services) = counters(&setup)?;
+    assert_eq!(services["dns/dns"]["no_backend"], 4, "{services:?}");
+
+    // b12 goes; b13 comes and takes b12's freed ID: it starts from zero.
+    setup.repo.write("services/all.yaml", definitions(&["127.0.0.11"], "maintenance"));
+    setup.repo.commit("b12 goes");
+    setup.expect(0, "apply", &[])?;
+    setup
+        .repo
+        .write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.13"], "maintenance"));
+    setup.repo.commit("b13 comes");
+    setup.expect(0, "apply", &[])?;
+    let (backends, _) = counters(&setup)?;
+    assert_eq!(backends["127.0.0.13:8080"], (0, 0), "{backends:?}");
+    let b11_before = backends["127.0.0.11:8080"].0;
+    let result = setup.sandbox.probe_tcp("10.96.0.10:80", 20)?;
+    let (backends, _) = counters(&setup)?;
+    assert_eq!(backends["127.0.0.13:8080"].0, result.replies.get("b13").copied().unwrap_or(0));
+    assert_eq!(backends["127.0.0.11:8080"].0 - b11_before, result.replies["b11"]);
+    Ok(())
+}
