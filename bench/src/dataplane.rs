@@ -211,6 +211,37 @@ fn linked_programs(pin_path: &std::path::Path) -> Result<BTreeSet<u32>> {
     Ok(ids)
 }
 
+/// `measure` through reconciler while `reconciler trace` reads every event (its output
+/// discarded): what a tracer costs the connections it watches.
+pub fn measure_traced(
+    workload: Workload,
+    services: &[Service],
+    state: &MapState,
+    load: Load,
+) -> Result<Sample> {
+    let (sample, ()) =
+        measure_observed(workload, Path::Reconciler, services, state, load, |sandbox, probe| {
+            let mut tracer = std::process::Command::new(reconciler_tests::reconciler_path()?)
+                .arg("trace")
+                .arg("--pin-path")
+                .arg(sandbox.pin_path())
+                .args(["--output", "json"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let stderr = tracer.stderr.take().context("trace's stderr")?;
+            let mut ready = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut ready)?;
+            let probed = probe();
+            // SAFETY: signalling the PID of a child we started and have not reaped.
+            unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+            let status = tracer.wait()?;
+            ensure!(ready.starts_with("Tracing") && status.success(), "trace: {ready} {status}");
+            probed
+        })?;
+    Ok(sample)
+}
+
 /// The programs `ids` by ID: name, how often each ran, and the nanoseconds it took.
 fn program_runs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, (String, u64, u64)>> {
     let mut runs = BTreeMap::new();

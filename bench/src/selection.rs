@@ -30,6 +30,9 @@ const VARIANTS: [(&str, &str); 4] = [
 
 const MAGLEV: &str = "  loadBalancing: {algorithm: maglev}\n";
 
+/// The row of random with `reconciler trace` reading every event.
+const TRACED: &str = "random, traced";
+
 pub fn run(rounds: usize, load: Load) -> Result<Value> {
     println!("## Data plane: backend selection\n");
     println!(
@@ -50,6 +53,10 @@ pub fn run(rounds: usize, load: Load) -> Result<Value> {
         .collect::<Result<_>>()?;
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
+        // Random with a tracer attached, in each round beside the rest.
+        let traced = dataplane::measure_traced(Workload::TcpConnections, &one, &states[0], load)
+            .context("random with a tracer")?;
+        samples.entry(TRACED).or_default().push(traced);
         for k in 0..VARIANTS.len() {
             let index = (round + k) % VARIANTS.len();
             let sample = dataplane::measure(
@@ -92,6 +99,11 @@ pub fn run(rounds: usize, load: Load) -> Result<Value> {
                          "ratio_to_random": rate / random, "conn_per_s_rounds": rounds,
                          "connect4_ns_per_run": ns}));
     }
+    let (rate, p50, p99) =
+        (pick(TRACED, |s| s.per_s), pick(TRACED, |s| s.p50_us), pick(TRACED, |s| s.p99_us));
+    println!("| {TRACED} | {rate:.0} ({p50:.0} / {p99:.0}) | {:.2} | |", rate / random);
+    rows.push(json!({"selection": TRACED, "conn_per_s": rate, "p50_us": p50, "p99_us": p99,
+                     "ratio_to_random": rate / random}));
     println!();
     let change = one_backend_change(rounds)?;
     Ok(json!({"rows": rows, "one_backend_change": change}))
@@ -168,7 +180,7 @@ mod tests {
     fn every_selection_carries_connections_and_every_change_applies() -> Result<()> {
         let result = run(1, Load { threads: 2, millis: 200 })?;
         let rows = result["rows"].as_array().context("rows")?;
-        assert_eq!(rows.len(), VARIANTS.len());
+        assert_eq!(rows.len(), VARIANTS.len() + 1);
         for row in rows {
             assert!(row["conn_per_s"].as_f64().unwrap_or(0.0) > 100.0, "{row}");
         }

@@ -27,6 +27,9 @@ pub const MAX_REVERSE: u32 = 262_144;
 /// Entries of `AFFINITY`, the LRU map of (service, client) -> backend for services with
 /// session affinity: when it is full, the least recently used client loses its backend.
 pub const MAX_AFFINITY: u32 = 262_144;
+/// Bytes of `TRACE`, the ring buffer of translations for `reconciler trace` (a power of two,
+/// a multiple of the page size): 16 384 events of 80 bytes (with the ring's 8-byte headers).
+pub const TRACE_BYTES: u32 = 2 << 20;
 /// Bytes of the applied revision (a git commit id) kept in the metadata map.
 pub const REVISION_LEN: usize = 64;
 /// Bytes of a service name kept in the name map.
@@ -65,7 +68,8 @@ pub const BACKEND_MAINTENANCE: u8 = 2;
 /// Version of the map layout below. Stored in the metadata map at install, so a binary
 /// never reads maps that an incompatible build created. 2 added `REVERSE` and `EVENTS` (and
 /// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2. 3 added
-/// `AFFINITY`, `AFFINITY_EVENTS`, `BACKEND_COUNTS` and `SERVICE_COUNTS`, retired
+/// `AFFINITY`, `AFFINITY_EVENTS`, `BACKEND_COUNTS`, `SERVICE_COUNTS` and the trace maps
+/// (`TRACE`, `TRACE_ON`, `TRACE_DROPS`), retired
 /// `BACKEND_STATS` (connects only, never reset), and gave meaning to bytes that were padding
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
 /// what 2's maps hold means the same in 3.
@@ -235,6 +239,52 @@ pub struct ReverseValue {
     pub backend_id: u32,
 }
 
+/// What a `TraceEvent` reports.
+pub mod trace {
+    /// `connect()` to a VIP, translated.
+    pub const CONNECT: u8 = 0;
+    /// `sendto()`/`sendmsg()` to a VIP on an unconnected UDP socket, translated.
+    pub const SENDMSG: u8 = 1;
+    /// A reply's source translated back to the VIP (`recvfrom()`/`recvmsg()`).
+    pub const RECVMSG: u8 = 2;
+    /// `getpeername()` translated back to the VIP.
+    pub const GETPEERNAME: u8 = 3;
+    /// A connect or datagram to a VIP refused; `TraceEvent::reason` says why (`event::*`).
+    pub const REFUSED: u8 = 4;
+}
+
+/// One event of the `TRACE` ring buffer, written only while a tracer runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`), host byte order.
+    pub time_ns: u64,
+    /// The cgroup v2 ID of the process (host byte order).
+    pub cgroup_id: u64,
+    /// The process (thread group) ID (host byte order).
+    pub pid: u32,
+    /// Stable service ID (host byte order).
+    pub service_id: u32,
+    /// The VIP; see [`Addr`] (network byte order).
+    pub vip: Addr,
+    /// The backend; see [`Addr`] (network byte order); zero for `REFUSED`.
+    pub backend: Addr,
+    /// The VIP's port, network byte order.
+    pub vip_port: u16,
+    /// The backend's port, network byte order.
+    pub backend_port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// `trace::*`.
+    pub kind: u8,
+    /// For `REFUSED`: the `event::*` reason.
+    pub reason: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// The process's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 /// Key of `AFFINITY`: a client of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -373,6 +423,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for AffinityValue {}
 }
 
@@ -389,6 +440,7 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 4 + 1 + 3);
         assert_eq!(size_of::<Backend>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(size_of::<AffinityKey>(), 4 + 4 + 8);
+        assert_eq!(size_of::<TraceEvent>(), 8 + 8 + 4 + 4 + 16 + 16 + 2 + 2 + 4 + 16);
         assert_eq!(size_of::<AffinityValue>(), 8 + 4 + 4);
         assert_eq!(size_of::<BackendCounters>(), 16);
         assert_eq!(size_of::<ServiceCounters>(), 24);

@@ -10,9 +10,9 @@
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     helpers::{
-        bpf_get_prandom_u32,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
             bpf_ktime_get_ns, bpf_set_retval,
@@ -22,11 +22,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use reconciler_common::{
-    affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, Addr, AffinityKey,
-    AffinityValue, Backend, BackendCounters, BackendKey, Metadata, ReverseKey, ReverseValue,
-    ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, ALGORITHM_MAGLEV,
-    BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES,
-    MAX_SLOTS, SET_COUNT,
+    affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, trace, Addr,
+    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, Metadata, ReverseKey,
+    ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, TraceEvent,
+    ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE,
+    MAX_SERVICES, MAX_SLOTS, SET_COUNT, TRACE_BYTES,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -87,6 +87,19 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize 
 #[btf_map]
 static AFFINITY_EVENTS: PerCpuArray<u64, { affinity::COUNT as usize }> = PerCpuArray::new();
 
+/// Translations as they happen, for `reconciler trace`; written only while a tracer runs.
+#[btf_map]
+static TRACE: RingBuf<TraceEvent, { TRACE_BYTES as usize }> = RingBuf::new();
+
+/// Entry 0: the PID of the running tracer, or 0: the one lookup the programs make when none
+/// runs.
+#[btf_map]
+static TRACE_ON: Array<u32, 1> = Array::new();
+
+/// Entry 0, per CPU: trace events dropped because the ring was full (a connect never waits).
+#[btf_map]
+static TRACE_DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// Per-CPU counters by `event::*` reason.
 #[btf_map]
 static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();
@@ -105,14 +118,16 @@ static SERVICE_NAMES: HashMap<u32, ServiceName, { MAX_SERVICES as usize }, BPF_F
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the helper has no preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
-    lb_translate(&ctx, sock4_address(&ctx), random, |backend| sock4_set_backend(&ctx, backend))
+    let address = sock4_address(&ctx);
+    lb_translate(&ctx, trace::CONNECT, address, random, |b| sock4_set_backend(&ctx, b))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the helper has no preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
-    lb_translate(&ctx, sock6_address(&ctx), random, |backend| sock6_set_backend(&ctx, backend))
+    let address = sock6_address(&ctx);
+    lb_translate(&ctx, trace::CONNECT, address, random, |b| sock6_set_backend(&ctx, b))
 }
 
 /// `sendto()`/`sendmsg()` with an address, on an unconnected UDP socket: one backend per
@@ -121,35 +136,41 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     let choice = hash64(sock_cookie(&ctx));
-    lb_translate(&ctx, sock4_address(&ctx), choice, |backend| sock4_set_backend(&ctx, backend))
+    let address = sock4_address(&ctx);
+    lb_translate(&ctx, trace::SENDMSG, address, choice, |b| sock4_set_backend(&ctx, b))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     let choice = hash64(sock_cookie(&ctx));
-    lb_translate(&ctx, sock6_address(&ctx), choice, |backend| sock6_set_backend(&ctx, backend))
+    let address = sock6_address(&ctx);
+    lb_translate(&ctx, trace::SENDMSG, address, choice, |b| sock6_set_backend(&ctx, b))
 }
 
 /// The source address a UDP `recvfrom()`/`recvmsg()` reports: a backend's becomes the VIP.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
-    lb_reverse(&ctx, sock4_address(&ctx), |vip, port| sock4_set_address(&ctx, vip, port))
+    let address = sock4_address(&ctx);
+    lb_reverse(&ctx, trace::RECVMSG, address, |vip, port| sock4_set_address(&ctx, vip, port))
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
-    lb_reverse(&ctx, sock6_address(&ctx), |vip, port| sock6_set_address(&ctx, vip, port))
+    let address = sock6_address(&ctx);
+    lb_reverse(&ctx, trace::RECVMSG, address, |vip, port| sock6_set_address(&ctx, vip, port))
 }
 
 /// `getpeername()` of a socket the data plane connected: the VIP, not the backend.
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    lb_reverse(&ctx, sock4_address(&ctx), |vip, port| sock4_set_address(&ctx, vip, port))
+    let address = sock4_address(&ctx);
+    lb_reverse(&ctx, trace::GETPEERNAME, address, |vip, port| sock4_set_address(&ctx, vip, port))
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
-    lb_reverse(&ctx, sock6_address(&ctx), |vip, port| sock6_set_address(&ctx, vip, port))
+    let address = sock6_address(&ctx);
+    lb_reverse(&ctx, trace::GETPEERNAME, address, |vip, port| sock6_set_address(&ctx, vip, port))
 }
 
 /// The common body of the connect and sendmsg hooks: the backend chosen by `choice` (a
@@ -158,15 +179,22 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn lb_translate(
     ctx: &SockAddrContext,
+    kind: u8,
     (addr, port, protocol): (Addr, u16, u8),
     choice: u32,
     rewrite: impl FnOnce(&Backend),
 ) -> i32 {
     match lb_select(ctx, &addr, port, protocol, choice) {
         Selection::NotAService => ALLOW,
-        Selection::Refused { reason, service_id } => refuse(reason, service_id),
+        Selection::Refused { reason, service_id } => {
+            let seen = Seen { kind: trace::REFUSED, reason: reason as u8, service_id, protocol };
+            lb_trace(seen, (&addr, port), (&[0; 4], 0));
+            refuse(reason, service_id)
+        }
         Selection::Backend { backend, service_id, backend_id } => {
             rewrite(&backend);
+            let seen = Seen { kind, reason: 0, service_id, protocol };
+            lb_trace(seen, (&addr, port), (&backend.addr, backend.port));
             let key = ReverseKey {
                 cookie: sock_cookie(ctx),
                 addr: backend.addr,
@@ -191,6 +219,7 @@ fn lb_translate(
 #[inline(always)]
 fn lb_reverse(
     ctx: &SockAddrContext,
+    kind: u8,
     (addr, port, _): (Addr, u16, u8),
     rewrite: impl FnOnce(&Addr, u16),
 ) -> i32 {
@@ -202,6 +231,8 @@ fn lb_reverse(
     if lb_still_serves(&entry, &addr, port) {
         rewrite(&entry.vip, entry.port);
         lb_count_backend(entry.backend_id, |c| c.reverse += 1);
+        let seen = Seen { kind, reason: 0, service_id: entry.service_id, protocol: entry.protocol };
+        lb_trace(seen, (&entry.vip, entry.port), (&addr, port));
     } else {
         let _ = REVERSE.remove(key);
         lb_count(event::REVERSE_STALE);
@@ -374,6 +405,48 @@ fn lb_count_service(service_id: u32, count: impl FnOnce(&mut ServiceCounters)) {
         // SAFETY: per-CPU value, as in lb_count_backend.
         count(unsafe { &mut *counters });
     }
+}
+
+/// What a trace event says besides the addresses.
+struct Seen {
+    kind: u8,
+    reason: u8,
+    service_id: u32,
+    protocol: u8,
+}
+
+/// Writes a trace event if a tracer runs: otherwise one array lookup. A full ring drops the
+/// event, counted, and the syscall goes on.
+#[inline(always)]
+fn lb_trace(seen: Seen, (vip, vip_port): (&Addr, u16), (backend, backend_port): (&Addr, u16)) {
+    if TRACE_ON.get(0).is_none_or(|pid| *pid == 0) {
+        return;
+    }
+    let Some(mut entry) = TRACE.reserve(0) else {
+        if let Some(drops) = TRACE_DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, as in lb_count_backend.
+            unsafe { *drops += 1 };
+        }
+        return;
+    };
+    entry.write(TraceEvent {
+        // SAFETY: the helpers have no preconditions.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: as above.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        service_id: seen.service_id,
+        vip: *vip,
+        backend: *backend,
+        vip_port,
+        backend_port,
+        protocol: seen.protocol,
+        kind: seen.kind,
+        reason: seen.reason,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -1,30 +1,21 @@
-//! Timestamps for people and machines, without a date crate: RFC 3339 in UTC.
+//! Timestamps for people and machines: RFC 3339 in UTC (humantime).
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `secs` since the Unix epoch as `2026-11-22T03:15:54Z`.
 pub fn rfc3339_utc(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 -> (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// A `CLOCK_MONOTONIC` instant (`bpf_ktime_get_ns()`, in ns) as wall-clock time with
+/// milliseconds, by the clocks' offset now.
+pub fn monotonic_to_rfc3339(monotonic_ns: u64) -> String {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_ns = (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64;
+    let age = Duration::from_nanos(now_ns.saturating_sub(monotonic_ns));
+    let at = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]
@@ -36,5 +27,18 @@ mod tests {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_795_317_394), "2026-11-22T03:16:34Z");
+    }
+
+    #[test]
+    fn a_monotonic_instant_of_now_is_now() {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        let shown = monotonic_to_rfc3339(ns);
+        let wall = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // Same second (or the next one, at a boundary): compare up to the minutes.
+        assert_eq!(shown[..16], wall[..16], "{shown} against {wall}");
+        assert!(shown.ends_with('Z') && shown.len() == "2026-11-22T03:16:34.123Z".len());
     }
 }

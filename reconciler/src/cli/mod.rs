@@ -3,6 +3,7 @@ mod apply;
 mod daemon;
 mod plan;
 mod status;
+mod trace;
 mod uninstall;
 mod validate;
 
@@ -43,6 +44,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Detach the programs and remove every pinned map and link.
     Uninstall(uninstall::UninstallArgs),
+    /// Stream the data plane's translations as they happen, until Ctrl-C.
+    Trace(trace::TraceArgs),
 }
 
 /// Exit code for errors (and invalid definitions).
@@ -71,6 +74,7 @@ pub fn run() -> ExitCode {
         Command::Daemon(args) => daemon::run(args),
         Command::Status(args) => status::run(args),
         Command::Uninstall(args) => uninstall::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(code) => code,

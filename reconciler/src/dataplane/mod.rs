@@ -26,6 +26,7 @@ mod destroy;
 mod ours;
 mod pindir;
 mod state;
+pub mod trace;
 mod upgrade;
 
 use std::{
@@ -73,7 +74,7 @@ const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 15] = [
     "ACTIVE_SET",
     "SERVICES",
     "SLOTS",
@@ -86,6 +87,9 @@ const MAPS: [&str; 12] = [
     "EVENTS",
     "AFFINITY",
     "AFFINITY_EVENTS",
+    "TRACE",
+    "TRACE_ON",
+    "TRACE_DROPS",
 ];
 /// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`):
 /// still recognised as ours, removed by an upgrade once no program reads them, and by

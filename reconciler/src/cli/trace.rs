@@ -1,0 +1,124 @@
+//! `reconciler trace`: the data plane's translations as they happen, one line (or JSON object)
+//! each, until Ctrl-C (or SIGTERM).
+use std::{
+    net::IpAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use clap::Args;
+use reconciler::dataplane::{
+    trace::{Event, Tracer},
+    Dataplane,
+};
+
+use super::{Output, PinArgs};
+
+#[derive(Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pin: PinArgs,
+    /// Only this service's events (its name, or `name/port`).
+    #[arg(long)]
+    service: Option<String>,
+    /// Only events of this VIP (`IP` or `IP:PORT`).
+    #[arg(long)]
+    vip: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// Set by SIGINT/SIGTERM: the loop ends, and the tracer clears its flag on the way out.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let pin_path = &args.pin.pin_path;
+    let vip = args.vip.as_deref().map(parse_vip).transpose()?;
+    let mut names = Dataplane::open(pin_path)?.read_live()?.state.names;
+    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
+    }
+    let mut tracer = Tracer::start(pin_path)?;
+    let dropped_at_start = tracer.dropped()?;
+    eprintln!("Tracing {} (Ctrl-C ends).", pin_path.display());
+    while !STOP.load(Ordering::SeqCst) {
+        let mut poll = libc::pollfd { fd: tracer.raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, owned for the call. A signal ends it early (EINTR), as wanted.
+        unsafe { libc::poll(&mut poll, 1, Duration::from_millis(250).as_millis() as i32) };
+        for event in tracer.drain() {
+            if !names.contains_key(&event.service_id) {
+                // A service applied since we started: its name is new.
+                if let Ok(live) = Dataplane::open(pin_path).and_then(|d| d.read_live()) {
+                    names = live.state.names;
+                }
+            }
+            let service = names.get(&event.service_id).cloned().unwrap_or_default();
+            if wanted(&args, vip, &event, &service) {
+                print(&args.output, &event, &service)?;
+            }
+        }
+    }
+    let dropped = tracer.dropped()? - dropped_at_start;
+    drop(tracer);
+    if dropped > 0 {
+        eprintln!("{dropped} events were dropped (the ring was full).");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `IP` or `IP:PORT` (IPv6 with a port in brackets).
+fn parse_vip(text: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip.to_canonical(), None));
+    }
+    let addr: std::net::SocketAddr =
+        text.parse().map_err(|_| anyhow::anyhow!("--vip {text}: not an IP or IP:PORT"))?;
+    Ok((addr.ip().to_canonical(), Some(addr.port())))
+}
+
+fn wanted(
+    args: &TraceArgs,
+    vip: Option<(IpAddr, Option<u16>)>,
+    event: &Event,
+    service: &str,
+) -> bool {
+    let service_ok = args.service.as_deref().is_none_or(|wanted| {
+        service == wanted || service.rsplit_once('/').is_some_and(|(name, _)| name == wanted)
+    });
+    let vip_ok = vip.is_none_or(|(ip, port)| {
+        event.vip.ip() == ip && port.is_none_or(|p| p == event.vip.port())
+    });
+    service_ok && vip_ok
+}
+
+fn print(output: &Output, event: &Event, service: &str) -> anyhow::Result<()> {
+    let time = reconciler::time::monotonic_to_rfc3339(event.monotonic_ns);
+    match output {
+        Output::Json => {
+            let mut value = serde_json::to_value(event)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("time".into(), time.into());
+                object.insert("service".into(), service.into());
+            }
+            println!("{value}");
+        }
+        Output::Text => {
+            let target = match (event.backend, event.reason) {
+                (Some(backend), _) => backend.to_string(),
+                (None, reason) => format!("refused ({})", reason.unwrap_or("?")),
+            };
+            println!(
+                "{time} pid {} ({}) cgroup {} {} {} -> {target} {service} {}",
+                event.pid, event.comm, event.cgroup_id, event.protocol, event.vip, event.event
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `reconciler trace` against the real kernel: the translations made while it runs, each
+//! with its process, service and addresses; filters; Ctrl-C ends it and turns the event path
+//! off again.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::maps::{Array, Map, MapData};
+use reconciler_tests::{gitops::Setup, reconciler_path};
+use serde_json::Value;
+
+const DEFINITIONS: &str = "
+apiVersion: reconciler.dev/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  vip: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+  backends: [{address: 127.0.0.11}]
+---
+apiVersion: reconciler.dev/v1alpha1
+kind: Service
+metadata: {name: dns}
+spec:
+  vip: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5300}]
+  backends: [{address: 127.0.0.21}]
+---
+apiVersion: reconciler.dev/v1alpha1
+kind: Service
+metadata: {name: closed}
+spec:
+  vip: 10.96.0.99
+  ports: [{name: http, port: 80}]
+  backends: [{address: 127.0.0.31, state: maintenance}]
+";
+
+/// A running `reconciler trace`, killed by PID if the test ends early.
+struct Trace(Child);
+
+impl Trace {
+    /// Starts it and waits for its "Tracing" line: from then on, events are recorded.
+    fn start(setup: &Setup, filters: &[&str]) -> Result<Trace> {
+        let mut child = Command::new(reconciler_path()?)
+            .arg("trace")
+            .arg("--pin-path")
+            .arg(setup.sandbox.pin_path())
+            .args(["--output", "json"])
+            .args(filters)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("trace's stderr")?;
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line)?;
+        ensure!(line.starts_with("Tracing"), "trace said {line:?}");
+        Ok(Trace(child))
+    }
+
+    /// Ctrl-C, then every event it printed.
+    fn stop(mut self) -> Result<Vec<Value>> {
+        // SAFETY: signalling the PID of a child we started and have not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let stdout = self.0.stdout.take().context("trace's stdout")?;
+        let events = BufReader::new(stdout)
+            .lines()
+            .map(|line| Ok(serde_json::from_str(&line?)?))
+            .collect::<Result<Vec<Value>>>()?;
+        let status = self.0.wait()?;
+        ensure!(status.success(), "trace ended with {status}");
+        Ok(events)
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn of<'a>(events: &'a [Value], kind: &str, service: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind && e["service"] == service).collect()
+}
+
+#[test]
+fn trace_shows_every_translation_while_it_runs_and_stops_cleanly() -> Result<()> {
+    let mut setup = Setup::new("trace")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
+    setup.repo.write("services/all.yaml", DEFINITIONS);
+    setup.repo.commit("services");
+    setup.expect(0, "apply", &[])?;
+
+    let trace = Trace::start(&setup, &[])?;
+    let result = setup.sandbox.probe_tcp("10.96.0.10:80", 7)?;
+    assert_eq!(result.replies.get("b11"), Some(&7), "{result:?}");
+    let refused = setup.sandbox.probe_tcp("10.96.0.99:80", 2)?;
+    assert_eq!(refused.errors.get("ECONNREFUSED"), Some(&2), "{refused:?}");
+    let client = setup.sandbox.python_session(
+        "
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b'q', ('10.96.0.53', 53))
+u.recvfrom(512)
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.connect(('10.96.0.10', 80))
+print(t.getpeername()[0], flush=True)
+# Closed here: at exit Python would ask getpeername() again of a socket still open.
+t.close()
+u.close()
+",
+        &[],
+    )?;
+    assert_eq!(client.finish()?, ["10.96.0.10"]);
+    let events = trace.stop()?;
+
+    let connects = of(&events, "connect", "web/http");
+    // 7 by the probe, 1 by the Python client.
+    assert_eq!(connects.len(), 8, "{events:#?}");
+    let probe: Vec<_> = connects.iter().filter(|e| e["comm"] == "probe").collect();
+    assert_eq!(probe.len(), 7, "{connects:#?}");
+    for event in &probe {
+        assert_eq!(event["vip"], "10.96.0.10:80");
+        assert_eq!(event["backend"], "127.0.0.11:8080");
+        assert_eq!(event["protocol"], "TCP");
+        assert!(event["pid"].as_u64().is_some_and(|p| p > 0), "{event}");
+        assert!(event["cgroup_id"].as_u64().is_some_and(|c| c > 0), "{event}");
+        assert!(event["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{event}");
+    }
+    let refusals = of(&events, "refused", "closed/http");
+    assert_eq!(refusals.len(), 2, "{events:#?}");
+    assert_eq!(refusals[0]["reason"], "no_backend");
+    assert_eq!(refusals[0]["backend"], Value::Null);
+    assert_eq!(of(&events, "sendmsg", "dns/dns").len(), 1, "{events:#?}");
+    let replies = of(&events, "recvmsg", "dns/dns");
+    assert_eq!(replies.len(), 1, "{events:#?}");
+    assert_eq!(replies[0]["backend"], "127.0.0.21:5300");
+    assert_eq!(of(&events, "getpeername", "web/http").len(), 1, "{events:#?}");
+
+    // The event path is off again: the flag holds no tracer.
+    let on = MapData::from_pin(setup.sandbox.pin_path().join("TRACE_ON"))?;
+    let on: Array<MapData, u32> = Map::from_map_data(on)?.try_into()?;
+    assert_eq!(on.get(&0, 0)?, 0);
+
+    // Filters: only the web service's events.
+    let trace = Trace::start(&setup, &["--service", "web"])?;
+    setup.sandbox.probe_tcp("10.96.0.10:80", 3)?;
+    setup.sandbox.probe_tcp("10.96.0.99:80", 1)?;
+    let events = trace.stop()?;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(events.iter().all(|e| e["service"] == "web/http"), "{events:#?}");
+    Ok(())
+}
