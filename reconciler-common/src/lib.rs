@@ -64,12 +64,15 @@ pub const BACKEND_DRAINING: u8 = 1;
 /// connected UDP sockets are destroyed. It stays in `BACKENDS` so that replies and
 /// `getpeername()` of its TCP connections still show the VIP.
 pub const BACKEND_MAINTENANCE: u8 = 2;
+/// `Backend::state`: failing its health check; taken out like `BACKEND_MAINTENANCE` (every
+/// state from `BACKEND_MAINTENANCE` on takes nothing), by the daemon rather than by git.
+pub const BACKEND_UNHEALTHY: u8 = 3;
 
 /// Version of the map layout below. Stored in the metadata map at install, so a binary
 /// never reads maps that an incompatible build created. 2 added `REVERSE` and `EVENTS` (and
 /// the sendmsg, recvmsg and getpeername hooks); the maps of 1 are unchanged in 2. 3 added
 /// `AFFINITY`, `AFFINITY_EVENTS`, `BACKEND_COUNTS`, `SERVICE_COUNTS` and the trace maps
-/// (`TRACE`, `TRACE_ON`, `TRACE_DROPS`), retired
+/// (`TRACE`, `TRACE_ON`, `TRACE_DROPS`) and `HEALTH_EXCLUDED`, retired
 /// `BACKEND_STATS` (connects only, never reset), and gave meaning to bytes that were padding
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
 /// what 2's maps hold means the same in 3.
@@ -285,6 +288,19 @@ pub struct TraceEvent {
     pub comm: [u8; 16],
 }
 
+/// Key of `HEALTH_EXCLUDED` (user space only): a backend address that its health check
+/// took out of every service that lists it; the value is 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HealthKey {
+    /// See [`Addr`] (network byte order).
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
+}
+
 /// Key of `AFFINITY`: a client of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -424,6 +440,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for TraceEvent {}
+    unsafe impl aya::Pod for HealthKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }
 

@@ -23,10 +23,10 @@ use aya_ebpf::{
 };
 use reconciler_common::{
     affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, trace, Addr,
-    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, Metadata, ReverseKey,
-    ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, TraceEvent,
-    ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE,
-    MAX_SERVICES, MAX_SLOTS, SET_COUNT, TRACE_BYTES,
+    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey, Metadata,
+    ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    TraceEvent, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT, TRACE_BYTES,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -108,6 +108,12 @@ static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();
 /// this object so it is created, pinned and removed with the rest of the data plane.
 #[btf_map]
 static METADATA: Array<Metadata, 1> = Array::new();
+
+/// Backend addresses the daemon's health checks took out; user space only, like `METADATA`:
+/// the programs see the result in `BACKENDS` and `SLOTS`, this records why.
+#[btf_map]
+static HEALTH_EXCLUDED: HashMap<HealthKey, u32, { MAX_BACKENDS as usize }, BPF_F_NO_PREALLOC> =
+    HashMap::new();
 
 /// Service ID -> name, for people reading plans; user space only, like `METADATA`.
 #[btf_map]
@@ -335,9 +341,9 @@ fn lb_select(
 }
 
 /// The backend of the affinity entry `key`, if it holds: used within the service's timeout,
-/// and its backend still one of the service's in the live set and not in maintenance
-/// (draining keeps its clients: that is what draining is for). A use renews it; an entry
-/// whose backend is no longer usable is deleted.
+/// and its backend still one of the service's in the live set, active or draining (draining
+/// keeps its clients: that is what draining is for; maintenance and unhealthy do not). A use
+/// renews it; an entry whose backend is no longer usable is deleted.
 #[inline(always)]
 fn lb_affinity(key: &AffinityKey, service: &ServiceValue, set: u8) -> Option<(Backend, u32)> {
     let Some(entry) = AFFINITY.get_ptr_mut(key) else {
@@ -357,7 +363,7 @@ fn lb_affinity(key: &AffinityKey, service: &ServiceValue, set: u8) -> Option<(Ba
     // SAFETY: entries are only ever written in the standby set, which no program reads.
     match unsafe { BACKENDS.get(backend_key) } {
         Some(&backend)
-            if backend.service_id == service.service_id && backend.state != BACKEND_MAINTENANCE =>
+            if backend.service_id == service.service_id && backend.state < BACKEND_MAINTENANCE =>
         {
             // SAFETY: as above; one aligned 8-byte store.
             unsafe { (*entry).last_used_ns = now };

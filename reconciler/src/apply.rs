@@ -1,9 +1,13 @@
 //! The reconcile pipeline, shared by `plan`, `apply` and the daemon: source -> validate ->
 //! compile (against the live state) -> plan -> apply.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::{
-    compile::{compile, CompileError},
+    compile::{compile, compile_with_health, CompileError},
     dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
@@ -111,12 +115,24 @@ pub fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
     Ok(Some(Dataplane::open(pin_path)?.read_live()?))
 }
 
-/// The plan from the live state at `pin_path` to `desired`.
+/// The plan from the live state at `pin_path` to `desired`, keeping the health exclusions
+/// the data plane records.
 pub fn plan(desired: &Desired, pin_path: &Path) -> Result<Plan, Error> {
+    plan_with_health(desired, pin_path, None)
+}
+
+/// [`plan`], with the health exclusions `health` (the daemon's checks) instead of the
+/// recorded ones when given.
+pub fn plan_with_health(
+    desired: &Desired,
+    pin_path: &Path,
+    health: Option<&BTreeSet<SocketAddr>>,
+) -> Result<Plan, Error> {
     let live = read_live(pin_path)?;
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
-    let compiled = compile(&desired.services, live_state)?;
+    let excluded = health.unwrap_or(&live_state.health_excluded);
+    let compiled = compile_with_health(&desired.services, live_state, excluded)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),
@@ -125,6 +141,7 @@ pub fn plan(desired: &Desired, pin_path: &Path) -> Result<Plan, Error> {
         generation: live.as_ref().map_or(0, |l| l.status.generation),
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
         against: false,
+        health_changed: compiled.health_excluded != live_state.health_excluded,
     };
     Ok(make_plan(context, live_state, compiled))
 }
@@ -142,6 +159,7 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
         generation: 0,
         live_revision: base.revision.clone(),
         against: true,
+        health_changed: false,
     };
     Ok(make_plan(context, &base_state, head_state))
 }

@@ -38,11 +38,16 @@ pub enum CompileError {
 /// or, while the service has none, its draining ones (Kubernetes' terminating endpoints:
 /// a rolling restart never empties a service). Maintenance backends never do.
 pub(crate) fn usable_backends(spec: &ServiceSpec) -> Vec<usize> {
+    usable_among(spec, |_| true)
+}
+
+/// [`usable_backends`] among the backends that `healthy` (by index) keeps.
+fn usable_among(spec: &ServiceSpec, healthy: impl Fn(usize) -> bool) -> Vec<usize> {
     let with = |state| {
         spec.backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.state == state && b.weight > 0)
+            .filter(|(i, b)| b.state == state && b.weight > 0 && healthy(*i))
             .map(|(i, _)| i)
             .collect::<Vec<_>>()
     };
@@ -73,8 +78,22 @@ pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
     }
 }
 
-/// The desired map state for `services`, reusing IDs and slot positions from `live`.
+/// The desired map state for `services`, reusing IDs and slot positions from `live`, and
+/// keeping the health exclusions `live` records (so a plan made by hand neither undoes the
+/// daemon's health checks nor shows them as drift).
 pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, CompileError> {
+    compile_with_health(services, live, &live.health_excluded)
+}
+
+/// [`compile`] with the backend addresses `excluded` taken out of every service that lists
+/// them (their state `unhealthy`). A service whose usable backends are all excluded keeps
+/// them all instead (fails open): a health check that is wrong, or a network blip on the
+/// prober's side, never empties a service by itself.
+pub fn compile_with_health(
+    services: &[Service],
+    live: &MapState,
+    excluded: &BTreeSet<SocketAddr>,
+) -> Result<MapState, CompileError> {
     let mut desired = MapState::default();
     let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), MAX_SERVICES);
     let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), MAX_BACKENDS);
@@ -124,6 +143,18 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                 );
                 ids.push((backend_id, addr));
             }
+            let mut usable = usable_among(spec, |i| !excluded.contains(&ids[i].1));
+            if usable.is_empty() {
+                usable = usable_backends(spec);
+            } else {
+                for (backend_id, addr) in &ids {
+                    if let (true, Some(entry)) =
+                        (excluded.contains(addr), desired.backends.get_mut(backend_id))
+                    {
+                        entry.state = BackendState::Unhealthy;
+                    }
+                }
+            }
             let slot_total = slots_needed(spec);
             if slot_total > u64::from(MAX_SLOTS_PER_SERVICE) {
                 return Err(CompileError::TooManySlots {
@@ -132,7 +163,6 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
                     max: MAX_SLOTS_PER_SERVICE,
                 });
             }
-            let usable = usable_backends(spec);
             let slots = match spec.load_balancing.algorithm {
                 Algorithm::Random => {
                     let live_slots: Vec<u32> = match live_entry {
@@ -174,6 +204,9 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
             desired.names.insert(id, label);
         }
     }
+    // Exclusions of addresses that are no backend any more lapse.
+    let listed: BTreeSet<SocketAddr> = desired.backends.values().map(|b| b.addr).collect();
+    desired.health_excluded = excluded.intersection(&listed).copied().collect();
     if desired.slots.len() > MAX_SLOTS as usize {
         return Err(CompileError::Capacity {
             what: "slots",
@@ -342,6 +375,37 @@ mod tests {
             changes.len()
         );
         assert_eq!(desired.services.values().next().unwrap().slot_count, 1601);
+    }
+
+    #[test]
+    fn health_exclusions_take_backends_out_and_persist_until_lifted() {
+        let web = [service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 1)])];
+        let down: SocketAddr = "10.1.0.2:8080".parse().unwrap();
+        let live = compile(&web, &MapState::default()).unwrap();
+        let excluded = compile_with_health(&web, &live, &BTreeSet::from([down])).unwrap();
+        let state_of = |state: &MapState, addr: SocketAddr| {
+            state.backends.iter().find(|(_, b)| b.addr == addr).map(|(id, b)| (*id, b.state))
+        };
+        let (id, state) = state_of(&excluded, down).unwrap();
+        assert_eq!(state, BackendState::Unhealthy);
+        assert!(excluded.slots.values().all(|b| *b != id), "an excluded backend has slots");
+        assert_eq!(excluded.health_excluded, BTreeSet::from([down]));
+        // A plan by hand (compile against the live state) keeps the overlay: no changes.
+        assert!(excluded.changes_to(&compile(&web, &excluded).unwrap()).is_empty());
+        // Lifted: back in.
+        let lifted = compile_with_health(&web, &excluded, &BTreeSet::new()).unwrap();
+        assert_eq!(lifted, live);
+        // Every backend down: the service keeps them all (fails open).
+        let all = BTreeSet::from([down, "10.1.0.1:8080".parse().unwrap()]);
+        let open = compile_with_health(&web, &live, &all).unwrap();
+        assert_eq!(open.slots, live.slots);
+        assert!(open.backends.values().all(|b| b.state == BackendState::Active));
+        // An exclusion of an address no service lists lapses.
+        let gone: SocketAddr = "10.9.9.9:8080".parse().unwrap();
+        assert!(compile_with_health(&web, &live, &BTreeSet::from([gone]))
+            .unwrap()
+            .health_excluded
+            .is_empty());
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub backends: Gauge,
     map_writes: Counter,
     sockets_destroyed: Counter,
+    backend_up: Family<Label, Gauge>,
+    health_transitions: Family<Label, Counter>,
 }
 
 impl Metrics {
@@ -109,6 +111,18 @@ impl Default for Metrics {
             "Connected UDP sockets destroyed because an apply removed their backend",
             sockets_destroyed.clone(),
         );
+        let backend_up = Family::<Label, Gauge>::default();
+        registry.register(
+            "reconciler_backend_up",
+            "1 while a backend passes its health check, 0 while it is taken out",
+            backend_up.clone(),
+        );
+        let health_transitions = Family::<Label, Counter>::default();
+        registry.register(
+            "reconciler_backend_health_transitions",
+            "Times a backend went down or came back up, by its health check",
+            health_transitions.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
@@ -121,6 +135,8 @@ impl Default for Metrics {
             backends,
             map_writes,
             sockets_destroyed,
+            backend_up,
+            health_transitions,
         }
     }
 }
@@ -148,6 +164,27 @@ impl Metrics {
         self.applied_revision.clear();
         if let Some(revision) = revision {
             self.applied_revision.get_or_create(&vec![("revision", label_value(revision))]).set(1);
+        }
+    }
+
+    /// Counts a health transition of `backend`.
+    pub fn health_transition(&self, backend: std::net::SocketAddr, up: bool) {
+        let to = if up { "up" } else { "down" };
+        let labels = vec![("backend", backend.to_string()), ("to", to.to_owned())];
+        self.health_transitions.get_or_create(&labels).inc();
+    }
+
+    /// Sets `reconciler_backend_up` to `health` (one series per service and backend).
+    pub fn backend_health(&self, health: &[crate::daemon::health::BackendHealth]) {
+        self.backend_up.clear();
+        for backend in health {
+            for service in &backend.services {
+                let labels = vec![
+                    ("service", label_value(service)),
+                    ("backend", backend.backend.to_string()),
+                ];
+                self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
+            }
         }
     }
 

@@ -36,6 +36,55 @@ pub struct ServiceSpec {
     pub load_balancing: LoadBalancing,
     #[serde(default)]
     pub session_affinity: Option<SessionAffinity>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How the daemon probes each backend (`spec.healthCheck`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub protocol: HealthProtocol,
+    /// Defaults to each backend's target port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `http` only.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `http` only; default: any 2xx or 3xx.
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    #[serde(default = "five")]
+    pub interval_seconds: u32,
+    #[serde(default = "thousand")]
+    pub timeout_millis: u32,
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+    #[serde(default = "one")]
+    pub healthy_threshold: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProtocol {
+    /// A TCP connect that succeeds.
+    #[default]
+    Tcp,
+    /// `GET path` answered with `expectStatus` (or any 2xx/3xx).
+    Http,
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn thousand() -> u32 {
+    1000
+}
+
+fn three() -> u32 {
+    3
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

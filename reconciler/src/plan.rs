@@ -174,6 +174,9 @@ pub struct PlanContext {
     pub live_revision: Option<String>,
     /// Compared with another revision (`plan --against`), not with a data plane.
     pub against: bool,
+    /// The health exclusions change (the daemon's checks), whatever else does.
+    #[serde(default)]
+    pub health_changed: bool,
 }
 
 /// The plan that turns `live` into `desired`.
@@ -309,6 +312,16 @@ pub fn render_text(plan: &Plan) -> String {
             out,
             "Live: {} (generation {}, applied revision {applied})",
             plan.context.pin_path, plan.context.generation
+        );
+    }
+    if !plan.desired.health_excluded.is_empty() {
+        let list: Vec<String> =
+            plan.desired.health_excluded.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "Health exclusions (failing their health checks, taken out by the daemon; not \
+             drift): {}",
+            list.join(", ")
         );
     }
     if plan.is_drift() {
@@ -451,6 +464,7 @@ mod tests {
 
     fn plan() -> Plan {
         let context = PlanContext {
+            health_changed: false,
             revision: Some("abc".into()),
             source: "test".into(),
             pin_path: "/sys/fs/bpf/x".into(),

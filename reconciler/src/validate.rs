@@ -428,19 +428,22 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                 }
             }
         } else {
-            for (field, given) in [
+            let given = [
                 ("client", balancing.client.is_some()),
                 ("tableSize", balancing.table_size.is_some()),
-            ] {
-                if given {
-                    out.push(located.diagnostic(
-                        &format!("/spec/loadBalancing/{field}"),
-                        format!(
-                            "{field} applies to `algorithm: maglev` only; this service is `{}`",
-                            balancing.algorithm
-                        ),
-                    ));
-                }
+            ];
+            let only =
+                format!("`algorithm: maglev` only; this service is `{}`", balancing.algorithm);
+            fields_only_for(located, "/spec/loadBalancing", &given, &only, out);
+        }
+        if let Some(check) = &spec.health_check {
+            if check.protocol != crate::model::HealthProtocol::Http {
+                let given = [
+                    ("path", check.path.is_some()),
+                    ("expectStatus", check.expect_status.is_some()),
+                ];
+                let only = "`protocol: http` health checks only";
+                fields_only_for(located, "/spec/healthCheck", &given, only, out);
             }
         }
         let slots = compile::slots_needed(spec);
@@ -467,6 +470,21 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                 ));
             }
         }
+    }
+}
+
+/// A diagnostic for each field of `section` that is `given` although it applies to `only`.
+fn fields_only_for(
+    located: &Located,
+    section: &str,
+    given: &[(&str, bool)],
+    only: &str,
+    out: &mut Vec<Diagnostic>,
+) {
+    for (field, _) in given.iter().filter(|(_, given)| *given) {
+        out.push(
+            located.diagnostic(&format!("{section}/{field}"), format!("{field} applies to {only}")),
+        );
     }
 }
 

@@ -193,7 +193,7 @@ impl Sandbox {
                 }
             }));
         }
-        self.servers.push(Server { socket: listener.into(), threads });
+        self.servers.push(Server { socket: listener.into(), addr: local, threads });
         Ok(local)
     }
 
@@ -217,7 +217,7 @@ impl Sandbox {
                 let _ = receiver.send_to(name.as_bytes(), from);
             }
         });
-        self.servers.push(Server { socket: socket.into(), threads: vec![thread] });
+        self.servers.push(Server { socket: socket.into(), addr: local, threads: vec![thread] });
         Ok(local)
     }
 
@@ -253,6 +253,32 @@ impl Sandbox {
                 Ok(ClientReplies { cgroup_id, replies: fields.map(str::to_owned).collect() })
             })
             .collect()
+    }
+
+    /// Stops the server at `addr` (a backend dies): connects to it are refused from now on.
+    pub fn stop_server(&mut self, addr: &str) -> Result<()> {
+        let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+        let before = self.servers.len();
+        self.servers.retain(|server| server.addr != addr);
+        ensure!(self.servers.len() < before, "no server at {addr}");
+        Ok(())
+    }
+
+    /// A command that runs in the sandbox's network namespace but not in its cgroup: a
+    /// daemon or health checker, whose own connects the data plane must not translate.
+    pub fn command_in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let netns = self.netns.as_raw_fd();
+        let mut command = Command::new(program);
+        // SAFETY: the closure runs between fork and exec and makes one raw syscall.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
     }
 
     /// Packets sent on the namespace's `lo` so far.
@@ -428,6 +454,8 @@ impl Drop for Sandbox {
 struct Server {
     /// The listening TCP or the bound UDP socket.
     socket: OwnedFd,
+    /// Its address.
+    addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
 }
 

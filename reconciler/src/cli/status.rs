@@ -181,5 +181,18 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
         "Entries:            {} services, {} backends; generation {}",
         status.services, status.backends, status.generation
     );
+    if !status.health.is_empty() {
+        println!("Health:");
+    }
+    for backend in &status.health {
+        println!(
+            "  {} {}{}{} ({})",
+            backend.backend,
+            if backend.up { "up" } else { "DOWN" },
+            backend.since.as_ref().map_or(String::new(), |t| format!(" since {t}")),
+            backend.last_error.as_ref().map_or(String::new(), |e| format!("; last error: {e}")),
+            backend.services.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

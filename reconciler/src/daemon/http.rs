@@ -48,6 +48,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// anything else.
 async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    shared.metrics().backend_health(&shared.health.report());
     let (kind, body) = shared.metrics().render(accept.contains("application/openmetrics-text"));
     ([(header::CONTENT_TYPE, kind)], body)
 }
@@ -61,7 +62,9 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) 
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
-    Json(shared.status().clone())
+    let mut status = shared.status().clone();
+    status.health = shared.health.report();
+    Json(status)
 }
 
 /// A webhook's body is read (so the client sees an answer, not a reset) and not used.

@@ -15,6 +15,7 @@
 //!   written. A failed commit stays failed across restarts (see [`journal`]). SIGTERM/SIGINT
 //!   stop the daemon and leave the data plane serving.
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod journal;
 
@@ -65,6 +66,9 @@ pub struct DaemonStatus {
     pub backends: usize,
     pub generation: u64,
     pub last_reconcile_at: Option<String>,
+    /// Every backend with a health check: up or down, since when, the last error.
+    #[serde(default)]
+    pub health: Vec<health::BackendHealth>,
 }
 
 /// State shared between the reconcile loop and the HTTP endpoint.
@@ -72,6 +76,7 @@ pub struct Shared {
     status: Mutex<DaemonStatus>,
     metrics: Metrics,
     trigger: Notify,
+    health: Arc<health::Health>,
 }
 
 impl Shared {
@@ -94,6 +99,8 @@ struct Memory {
     consecutive_errors: u32,
     /// What survives a restart.
     journal: Journal,
+    /// The backends the health checks took out, as of this run.
+    health_excluded: std::collections::BTreeSet<std::net::SocketAddr>,
 }
 
 impl Memory {
@@ -104,6 +111,7 @@ impl Memory {
             failed_revision: None,
             consecutive_errors: 0,
             journal: Journal::open(&config.source.cache_dir, &source, &config.pin_path),
+            health_excluded: Default::default(),
         }
     }
 }
@@ -118,6 +126,11 @@ enum Outcome {
         plan: Box<Plan>,
     },
     DriftHealed {
+        plan: Box<Plan>,
+        report: ApplyReport,
+    },
+    /// Health exclusions changed (and nothing else asked for an apply): applied.
+    HealthApplied {
         plan: Box<Plan>,
         report: ApplyReport,
     },
@@ -151,6 +164,7 @@ impl Outcome {
             Outcome::Applied { .. } => "applied",
             Outcome::Unchanged { .. } => "unchanged",
             Outcome::DriftHealed { .. } => "drift_healed",
+            Outcome::HealthApplied { .. } => "health_applied",
             Outcome::DriftReported { .. } => "drift_reported",
             Outcome::LastGood { .. } => "last_good",
             Outcome::Rejected { .. } => "rejected",
@@ -175,7 +189,17 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         }),
         metrics: Metrics::for_dataplane(config.pin_path.clone()),
         trigger: Notify::new(),
+        health: Arc::new(health::Health::default()),
     });
+    let on_change = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move |backend: std::net::SocketAddr, up: bool| {
+            shared.metrics().health_transition(backend, up);
+            // The exclusions changed: apply them now, not at the next interval.
+            shared.trigger.notify_one();
+        })
+    };
+    tokio::spawn(health::run(Arc::clone(&shared.health), on_change));
     tokio::spawn(http::serve(listener, Arc::clone(&shared)));
     let mut hangup = unix::signal(unix::SignalKind::hangup())?;
     let mut terminate = unix::signal(unix::SignalKind::terminate())?;
@@ -192,12 +216,16 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let run_config = Arc::clone(&config);
+        memory.health_excluded = shared.health.excluded();
         let (outcomes, returned) = tokio::task::spawn_blocking(move || {
             let outcomes = reconcile(&run_config, &mut memory);
             (outcomes, memory)
         })
         .await?;
         memory = returned;
+        if let Some(good) = &memory.last_good {
+            shared.health.update(good);
+        }
         let took = started.elapsed();
         let mut delay = config.interval;
         for (i, outcome) in outcomes.into_iter().enumerate() {
@@ -302,6 +330,7 @@ fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
         Outcome::Applied { .. }
         | Outcome::Unchanged { .. }
         | Outcome::DriftHealed { .. }
+        | Outcome::HealthApplied { .. }
         | Outcome::DriftReported { .. }
         | Outcome::LastGood { .. } => memory.journal.clear(),
     }
@@ -366,13 +395,15 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         }
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
-    let plan = match apply::plan(&desired, &config.pin_path) {
-        Ok(plan) => plan,
-        Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
-        Err(e) => return Outcome::Transient { error: e.to_string() },
-    };
+    let plan =
+        match apply::plan_with_health(&desired, &config.pin_path, Some(&memory.health_excluded)) {
+            Ok(plan) => plan,
+            Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
+            Err(e) => return Outcome::Transient { error: e.to_string() },
+        };
     let new_revision = plan.context.install || plan.context.revision != plan.context.live_revision;
-    if !new_revision && plan.map_writes > 0 && config.drift == DriftMode::Report {
+    let health_only = !new_revision && plan.context.health_changed;
+    if !new_revision && !health_only && plan.map_writes > 0 && config.drift == DriftMode::Report {
         memory.last_good = Some(desired);
         return Outcome::DriftReported { plan: Box::new(plan) };
     }
@@ -386,6 +417,8 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
             memory.last_good = Some(desired);
             if new_revision {
                 Outcome::Applied { plan: Box::new(plan), report }
+            } else if health_only {
+                Outcome::HealthApplied { plan: Box::new(plan), report }
             } else {
                 Outcome::DriftHealed { plan: Box::new(plan), report }
             }
@@ -413,7 +446,12 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         let revision = live.revision?;
         memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
     }
-    let plan = apply::plan(memory.last_good.as_ref()?, &config.pin_path).ok()?;
+    let plan = apply::plan_with_health(
+        memory.last_good.as_ref()?,
+        &config.pin_path,
+        Some(&memory.health_excluded),
+    )
+    .ok()?;
     if plan.context.install {
         return None;
     }
@@ -492,6 +530,18 @@ fn record(
             );
             metrics.drift_entries.set(0);
             status.drift_entries = 0;
+            status.generation = plan.context.generation + 1;
+        }
+        Outcome::HealthApplied { plan, report } => {
+            let excluded: Vec<String> =
+                plan.desired.health_excluded.iter().map(ToString::to_string).collect();
+            info!(
+                excluded = excluded.join(","),
+                map_writes = report.map_writes,
+                sockets_destroyed = report.sockets_destroyed,
+                "health exclusions applied"
+            );
+            metrics.applied_report(&report);
             status.generation = plan.context.generation + 1;
         }
         Outcome::DriftReported { plan } => {

@@ -47,9 +47,9 @@ use aya::{
     EbpfLoader,
 };
 use reconciler_common::{
-    affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, Metadata,
-    ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
+    affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey,
+    Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
 };
 pub(crate) use state::addr_to_words;
 pub use state::{
@@ -74,7 +74,7 @@ const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 15] = [
+const MAPS: [&str; 16] = [
     "ACTIVE_SET",
     "SERVICES",
     "SLOTS",
@@ -90,6 +90,7 @@ const MAPS: [&str; 15] = [
     "TRACE",
     "TRACE_ON",
     "TRACE_DROPS",
+    "HEALTH_EXCLUDED",
 ];
 /// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`):
 /// still recognised as ours, removed by an upgrade once no program reads them, and by
@@ -306,6 +307,7 @@ pub struct Dataplane {
     affinity_events: PerCpuArray<MapData, u64>,
     metadata: Array<MapData, Metadata>,
     names: MapData,
+    health: MapData,
 }
 
 /// The mount point of the first cgroup2 filesystem in /proc/self/mounts.
@@ -549,6 +551,7 @@ impl Dataplane {
             affinity_events: typed_map!(pin_path, "AFFINITY_EVENTS"),
             metadata: typed_map!(pin_path, "METADATA"),
             names: map_data(pin_path, "SERVICE_NAMES")?,
+            health: map_data(pin_path, "HEALTH_EXCLUDED")?,
         })
     }
 
@@ -650,8 +653,15 @@ impl Dataplane {
             .iter()
             .map(|(id, value)| (*id, state::name_of(value)))
             .collect();
+        let health: BTreeSet<SocketAddr> = batch::lookup_all::<HealthKey, u32>(&self.health)
+            .map_err(read_error("HEALTH_EXCLUDED"))?
+            .iter()
+            .map(|(key, _)| state::health_addr(key))
+            .collect();
         sets[0].names = names.clone();
         sets[1].names = names;
+        sets[0].health_excluded = health.clone();
+        sets[1].health_excluded = health;
         Ok(sets)
     }
 
@@ -840,7 +850,8 @@ impl Dataplane {
 
     /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
     /// (or moved) are deleted, and the connected UDP sockets they name are destroyed (see
-    /// `destroy`); a backend put in maintenance loses its UDP entries and sockets alike (its
+    /// `destroy`); a backend put in maintenance or found unhealthy loses its UDP entries and
+    /// sockets alike (its
     /// TCP connections are the backend's to end). Returns how many sockets were destroyed.
     fn forget_removed_backends(&self, live: &MapState, desired: &MapState) -> Result<usize> {
         let mut removed = BTreeSet::new();
@@ -848,9 +859,7 @@ impl Dataplane {
         for (id, old) in &live.backends {
             match desired.backends.get(id) {
                 Some(new) if new.addr == old.addr && new.service_id == old.service_id => {
-                    if new.state == BackendState::Maintenance
-                        && old.state != BackendState::Maintenance
-                    {
+                    if old.state.takes_clients() && !new.state.takes_clients() {
                         to_maintenance.insert(*id);
                     }
                 }
@@ -923,6 +932,14 @@ impl Dataplane {
                     Some(name) => batches.names.0.push((*id, state::name_value(name))),
                     None => batches.names.1.push(*id),
                 },
+                Change::Health(addr, excluded) => {
+                    let key = state::health_key(addr);
+                    if *excluded {
+                        batches.health.0.push((key, 1));
+                    } else {
+                        batches.health.1.push(key);
+                    }
+                }
             }
         }
         let what = |map: &str| io_err(format!("writing {map} (set {set})"));
@@ -930,6 +947,7 @@ impl Dataplane {
         batches.slots.write(&self.slots).map_err(what("SLOTS"))?;
         batches.backends.write(&self.backends).map_err(what("BACKENDS"))?;
         batches.names.write(&self.names).map_err(what("SERVICE_NAMES"))?;
+        batches.health.write(&self.health).map_err(what("HEALTH_EXCLUDED"))?;
         Ok(batches.len())
     }
 }
@@ -960,11 +978,16 @@ struct Batches {
     slots: MapBatch<SlotKey, u32>,
     backends: MapBatch<BackendKey, Backend>,
     names: MapBatch<u32, ServiceName>,
+    health: MapBatch<HealthKey, u32>,
 }
 
 impl Batches {
     fn len(&self) -> usize {
-        self.services.len() + self.slots.len() + self.backends.len() + self.names.len()
+        self.services.len()
+            + self.slots.len()
+            + self.backends.len()
+            + self.names.len()
+            + self.health.len()
     }
 }
 

@@ -2,7 +2,7 @@
 //! contents. Desired state (compiled from service definitions) and live state (read from the
 //! maps) are both a [`MapState`], so one diff serves plan, apply, drift and crash repair.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
 };
@@ -10,9 +10,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use reconciler_common::{
-    ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_MAINTENANCE,
-    CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN, PROTO_TCP, PROTO_UDP,
+    ipv4_of_mapped, Addr, Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
+    BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN, PROTO_TCP,
+    PROTO_UDP,
 };
 
 /// A transport protocol a service listens on.
@@ -121,6 +122,16 @@ pub enum BackendState {
     Draining,
     /// Takes nothing: affinity to it is dropped and its connected UDP sockets destroyed.
     Maintenance,
+    /// Taken out like `Maintenance` by the daemon's health checks, not by git (the schema
+    /// refuses it in definitions).
+    Unhealthy,
+}
+
+impl BackendState {
+    /// Whether the backend keeps (affinity) or takes clients: active or draining.
+    pub fn takes_clients(self) -> bool {
+        matches!(self, BackendState::Active | BackendState::Draining)
+    }
 }
 
 impl fmt::Display for BackendState {
@@ -129,6 +140,7 @@ impl fmt::Display for BackendState {
             BackendState::Active => "active",
             BackendState::Draining => "draining",
             BackendState::Maintenance => "maintenance",
+            BackendState::Unhealthy => "unhealthy",
         })
     }
 }
@@ -175,6 +187,10 @@ pub struct MapState {
     /// Service ID -> name.
     #[serde(with = "as_pairs")]
     pub names: BTreeMap<u32, String>,
+    /// Backend addresses the daemon's health checks took out (`HEALTH_EXCLUDED`): an overlay
+    /// on the definitions that the data plane records, so a plan made by hand keeps it.
+    #[serde(default)]
+    pub health_excluded: BTreeSet<SocketAddr>,
 }
 
 mod as_pairs {
@@ -206,12 +222,14 @@ pub enum Change {
     Slot((u32, u32), Option<u32>),
     Backend(u32, Option<BackendEntry>),
     Name(u32, Option<String>),
+    /// A health exclusion recorded (`true`) or lifted.
+    Health(SocketAddr, bool),
 }
 
 impl Change {
     /// Whether the entry lives in the versioned maps (written to both sets) or not.
     pub fn is_versioned(&self) -> bool {
-        !matches!(self, Change::Name(..))
+        !matches!(self, Change::Name(..) | Change::Health(..))
     }
 }
 
@@ -223,6 +241,12 @@ impl MapState {
         diff_maps(&self.slots, &desired.slots, Change::Slot, &mut changes);
         diff_maps(&self.backends, &desired.backends, Change::Backend, &mut changes);
         diff_maps(&self.names, &desired.names, Change::Name, &mut changes);
+        for addr in desired.health_excluded.difference(&self.health_excluded) {
+            changes.push(Change::Health(*addr, true));
+        }
+        for addr in self.health_excluded.difference(&desired.health_excluded) {
+            changes.push(Change::Health(*addr, false));
+        }
         changes
     }
 }
@@ -350,6 +374,7 @@ pub(crate) fn backend_value(entry: &BackendEntry) -> Backend {
             BackendState::Active => BACKEND_ACTIVE,
             BackendState::Draining => BACKEND_DRAINING,
             BackendState::Maintenance => BACKEND_MAINTENANCE,
+            BackendState::Unhealthy => BACKEND_UNHEALTHY,
         },
         _pad: 0,
         service_id: entry.service_id,
@@ -364,6 +389,7 @@ pub(crate) fn backend_entry(backend: &Backend) -> BackendEntry {
         state: match backend.state {
             BACKEND_ACTIVE => BackendState::Active,
             BACKEND_DRAINING => BackendState::Draining,
+            BACKEND_UNHEALTHY => BackendState::Unhealthy,
             _ => BackendState::Maintenance,
         },
     }
@@ -378,6 +404,14 @@ pub(crate) fn name_value(name: &str) -> ServiceName {
     let mut value = ServiceName { name: [0; NAME_LEN], len: end as u8, _pad: [0; 7] };
     value.name[..end].copy_from_slice(&name.as_bytes()[..end]);
     value
+}
+
+pub(crate) fn health_key(addr: &SocketAddr) -> HealthKey {
+    HealthKey { addr: addr_to_words(addr.ip()), port: addr.port().to_be(), _pad: [0; 6] }
+}
+
+pub(crate) fn health_addr(key: &HealthKey) -> SocketAddr {
+    SocketAddr::new(words_to_addr(&key.addr), u16::from_be(key.port))
 }
 
 pub(crate) fn name_of(value: &ServiceName) -> String {
@@ -402,7 +436,13 @@ mod tests {
         let key = service_key(&frontend("10.96.0.10", 80), 1);
         assert_eq!(key.port, 80u16.to_be());
         assert_eq!(frontend_of(&key), Some(frontend("10.96.0.10", 80)));
-        for state in [BackendState::Active, BackendState::Draining, BackendState::Maintenance] {
+        let states = [
+            BackendState::Active,
+            BackendState::Draining,
+            BackendState::Maintenance,
+            BackendState::Unhealthy,
+        ];
+        for state in states {
             let backend =
                 BackendEntry { addr: "[fd00::1]:8080".parse().unwrap(), service_id: 7, state };
             assert_eq!(backend_entry(&backend_value(&backend)), backend);

@@ -1,0 +1,255 @@
+//! Health checks: the daemon probes each distinct backend of every service with a
+//! `healthCheck`, once per interval (concurrently, at most `MAX_PROBES` at a time, each
+//! target's schedule jittered). A backend failing `unhealthyThreshold` probes in a row is
+//! excluded; `healthyThreshold` successes in a row bring it back. The exclusions are an
+//! overlay on the definitions (`compile_with_health`) that the next reconcile applies
+//! through the usual atomic apply, and that the data plane records (`HEALTH_EXCLUDED`).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::Semaphore,
+};
+use tracing::{info, warn};
+
+use crate::{
+    apply::Desired,
+    model::{BackendState, HealthCheck, HealthProtocol},
+    time::rfc3339_utc,
+};
+
+/// Probes in flight at once, over all targets.
+const MAX_PROBES: usize = 32;
+
+/// One backend's health, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealth {
+    /// The backend (address and target port), as the maps hold it.
+    pub backend: SocketAddr,
+    /// The services (`name/port`) that list it with a health check.
+    pub services: Vec<String>,
+    pub up: bool,
+    /// When it last went up or down (RFC 3339), if it has.
+    pub since: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A target: what to probe and what the probes said.
+struct Target {
+    check: HealthCheck,
+    /// Where the probe connects: the backend's address, the check's port.
+    probe: SocketAddr,
+    services: BTreeSet<String>,
+    failures: u32,
+    successes: u32,
+    up: bool,
+    since: Option<String>,
+    last_error: Option<String>,
+    next_due: Instant,
+    in_flight: bool,
+}
+
+/// Every target's health, shared by the prober, the reconcile loop and `/status`.
+#[derive(Default)]
+pub struct Health {
+    targets: Mutex<BTreeMap<SocketAddr, Target>>,
+}
+
+impl Health {
+    fn targets(&self) -> MutexGuard<'_, BTreeMap<SocketAddr, Target>> {
+        self.targets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the targets from `desired`: new ones start up (a backend is trusted until its
+    /// probes say otherwise), known ones keep their state, gone ones are dropped.
+    pub fn update(&self, desired: &Desired) {
+        let mut wanted: BTreeMap<SocketAddr, (HealthCheck, SocketAddr, BTreeSet<String>)> =
+            BTreeMap::new();
+        for service in &desired.services {
+            let Some(check) = &service.spec.health_check else { continue };
+            for port in &service.spec.ports {
+                let label = format!(
+                    "{}/{}",
+                    service.metadata.name,
+                    port.name.clone().unwrap_or_else(|| port.port.to_string())
+                );
+                for backend in &service.spec.backends {
+                    if backend.state == BackendState::Maintenance {
+                        continue;
+                    }
+                    let target = backend.port.or(port.target_port).unwrap_or(port.port);
+                    let addr = SocketAddr::new(backend.address, target);
+                    let probe = SocketAddr::new(backend.address, check.port.unwrap_or(target));
+                    let entry = wanted
+                        .entry(addr)
+                        .or_insert_with(|| (check.clone(), probe, BTreeSet::new()));
+                    entry.2.insert(label.clone());
+                }
+            }
+        }
+        let mut targets = self.targets();
+        targets.retain(|addr, _| wanted.contains_key(addr));
+        let now = Instant::now();
+        for (addr, (check, probe, services)) in wanted {
+            let target = targets.entry(addr).or_insert_with(|| Target {
+                check: check.clone(),
+                probe,
+                services: BTreeSet::new(),
+                failures: 0,
+                successes: 0,
+                up: true,
+                since: None,
+                last_error: None,
+                next_due: now + jitter(Duration::from_secs(u64::from(check.interval_seconds))),
+                in_flight: false,
+            });
+            target.check = check;
+            target.probe = probe;
+            target.services = services;
+        }
+    }
+
+    /// The backends that are down: the overlay the next reconcile applies.
+    pub fn excluded(&self) -> BTreeSet<SocketAddr> {
+        self.targets().iter().filter(|(_, t)| !t.up).map(|(addr, _)| *addr).collect()
+    }
+
+    /// Every target's health, for `/status`.
+    pub fn report(&self) -> Vec<BackendHealth> {
+        self.targets()
+            .iter()
+            .map(|(addr, t)| BackendHealth {
+                backend: *addr,
+                services: t.services.iter().cloned().collect(),
+                up: t.up,
+                since: t.since.clone(),
+                last_error: t.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// Counts one probe's result; `Some(up)` when the target changed state.
+    fn record(&self, addr: SocketAddr, result: Result<(), String>) -> Option<bool> {
+        let mut targets = self.targets();
+        let target = targets.get_mut(&addr)?;
+        target.in_flight = false;
+        target.next_due =
+            Instant::now() + jitter(Duration::from_secs(u64::from(target.check.interval_seconds)));
+        match result {
+            Ok(()) => {
+                target.failures = 0;
+                target.successes += 1;
+                if !target.up && target.successes >= target.check.healthy_threshold {
+                    target.up = true;
+                    target.since = Some(now_text());
+                    return Some(true);
+                }
+            }
+            Err(error) => {
+                target.successes = 0;
+                target.failures += 1;
+                target.last_error = Some(error);
+                if target.up && target.failures >= target.check.unhealthy_threshold {
+                    target.up = false;
+                    target.since = Some(now_text());
+                    return Some(false);
+                }
+            }
+        }
+        None
+    }
+
+    /// The targets due now, marked in flight.
+    fn due(&self) -> Vec<(SocketAddr, SocketAddr, HealthCheck)> {
+        let now = Instant::now();
+        let mut targets = self.targets();
+        targets
+            .iter_mut()
+            .filter(|(_, t)| !t.in_flight && t.next_due <= now)
+            .map(|(addr, t)| {
+                t.in_flight = true;
+                (*addr, t.probe, t.check.clone())
+            })
+            .collect()
+    }
+}
+
+/// Probes due targets for ever; `changed(addr, up, services)` is called once per transition.
+pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Send + Sync>) {
+    let slots = Arc::new(Semaphore::new(MAX_PROBES));
+    loop {
+        for (addr, probe_addr, check) in health.due() {
+            let (health, changed, slots) =
+                (Arc::clone(&health), Arc::clone(&changed), Arc::clone(&slots));
+            tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire().await else { return };
+                let timeout = Duration::from_millis(u64::from(check.timeout_millis));
+                let result = match tokio::time::timeout(timeout, probe(probe_addr, &check)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                if let Some(up) = health.record(addr, result.clone()) {
+                    if up {
+                        info!(backend = %addr, "backend healthy again; back in");
+                    } else {
+                        warn!(
+                            backend = %addr,
+                            error = result.err().unwrap_or_default(),
+                            "backend unhealthy; taken out"
+                        );
+                    }
+                    changed(addr, up);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One probe of `addr`: a TCP connect, or an HTTP GET answered as `check` expects.
+async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    if check.protocol == HealthProtocol::Tcp {
+        return Ok(());
+    }
+    let path = check.path.as_deref().unwrap_or("/");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: reconciler\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending to {addr}: {e}"))?;
+    // The status line is all we need: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).await.map_err(|e| format!("reading from {addr}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{addr} answered no HTTP status line"))?;
+    let good = match check.expect_status {
+        Some(expected) => status == expected,
+        None => (200..400).contains(&status),
+    };
+    if good {
+        Ok(())
+    } else {
+        Err(format!("{addr} answered {status}"))
+    }
+}
+
+/// `interval` ± 10%, so the probes of many targets spread out.
+fn jitter(interval: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    interval.mul_f64(0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2)
+}
+
+fn now_text() -> String {
+    rfc3339_utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}

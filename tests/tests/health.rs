@@ -1,0 +1,173 @@
+//! Health-checked failover with the real daemon: it runs in the sandbox's network namespace
+//! (not its cgroup), probes real listeners, and takes a killed one out through the usual
+//! atomic apply, then back in when it returns; with every backend dead it keeps them all.
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use reconciler::{
+    daemon::{http::request, DaemonStatus},
+    dataplane::{BackendState, Dataplane},
+};
+use reconciler_tests::{git::Repo, reconciler_path, wait_for, Sandbox};
+use tempfile::TempDir;
+
+const VIP: &str = "10.96.0.10:80";
+
+fn web(backends: &[&str]) -> String {
+    let mut text = String::from(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+         vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+         healthCheck: {intervalSeconds: 1, timeoutMillis: 500, unhealthyThreshold: 2, \
+         healthyThreshold: 1}\n  backends:\n",
+    );
+    for backend in backends {
+        text.push_str(&format!("    - {{address: {backend}}}\n"));
+    }
+    text
+}
+
+/// The daemon, in the sandbox's namespace, reading a bare repository by path.
+struct Daemon {
+    child: Child,
+    listen: String,
+    dir: TempDir,
+}
+
+impl Daemon {
+    fn start(sandbox: &Sandbox, repo: &Path) -> Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let listen = "127.0.0.1:9469".to_owned();
+        let config = format!(
+            "source:\n  url: {}\n  path: services\n  interval: 60s\n  cacheDir: {}\n\
+             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n",
+            repo.display(),
+            dir.path().join("cache").display(),
+            sandbox.cgroup().display(),
+            sandbox.pin_path().display()
+        );
+        std::fs::write(dir.path().join("node.yaml"), config)?;
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let child = sandbox
+            .command_in_netns(reconciler_path()?)
+            .args(["daemon", "--config"])
+            .arg(dir.path().join("node.yaml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let daemon = Daemon { child, listen, dir };
+        wait_for("the daemon to be ready", Duration::from_secs(20), || {
+            let listen = daemon.listen.clone();
+            let ready = sandbox.in_netns(move || Ok(request(&listen, "GET", "/readyz")?.0));
+            matches!(ready, Ok(200)).then_some(())
+        })
+        .with_context(|| daemon.log())?;
+        Ok(daemon)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn get(&self, sandbox: &Sandbox, path: &'static str) -> Result<String> {
+        let listen = self.listen.clone();
+        sandbox.in_netns(move || Ok(request(&listen, "GET", path)?.1))
+    }
+
+    fn status(&self, sandbox: &Sandbox) -> Result<DaemonStatus> {
+        Ok(serde_json::from_str(&self.get(sandbox, "/status")?)?)
+    }
+
+    /// Waits until the health of `backend` is `up`.
+    fn wait_health(&self, sandbox: &Sandbox, backend: &str, up: bool) -> Result<()> {
+        let backend: std::net::SocketAddr = backend.parse()?;
+        wait_for("a health transition", Duration::from_secs(15), || {
+            let status = self.status(sandbox).ok()?;
+            status.health.iter().any(|h| h.backend == backend && h.up == up).then_some(())
+        })
+        .with_context(|| self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a batch of connects through the VIP fails none, and returns who answered.
+fn settled(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
+    wait_for("connects that all succeed", Duration::from_secs(15), || {
+        let result = sandbox.probe_tcp(VIP, 30).ok()?;
+        result.errors.is_empty().then(|| result.replies.into_keys().collect())
+    })
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result<()> {
+    let mut sandbox = Sandbox::new("health")?;
+    for i in 11..=13 {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let work = Repo::new();
+    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12", "127.0.0.13"]));
+    work.commit("web with health checks");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b12", "b13"]));
+
+    // b12 dies: within two failed probes and one apply it is out; then no connect fails.
+    sandbox.stop_server("127.0.0.12:8080")?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b13"]));
+    let result = sandbox.probe_tcp(VIP, 100)?;
+    assert!(result.errors.is_empty(), "{result:?}");
+    // Git is still the desired state: a plan by hand shows the exclusion, and no change.
+    let plan = std::process::Command::new(reconciler_path()?)
+        .args(["plan", "--detailed-exitcode", "--repo"])
+        .arg(&bare)
+        .args(["--path", "services", "--cache-dir"])
+        .arg(served.path().join("cli-cache"))
+        .arg("--pin-path")
+        .arg(sandbox.pin_path())
+        .output()?;
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(text.contains("Health exclusions") && text.contains("127.0.0.12:8080"), "{text}");
+    let metrics = daemon.get(&sandbox, "/metrics")?;
+    let down = "reconciler_backend_up{service=\"web/http\",backend=\"127.0.0.12:8080\"} 0";
+    assert!(metrics.contains(down), "{metrics}");
+
+    // It comes back.
+    sandbox.serve_tcp("127.0.0.12:8080", "b12")?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", true)?;
+    wait_for("b12 to answer again", Duration::from_secs(15), || {
+        let result = sandbox.probe_tcp(VIP, 30).ok()?;
+        (result.errors.is_empty() && result.replies.contains_key("b12")).then_some(())
+    })?;
+
+    // Every backend dies: all stay in (fail open), none is marked unhealthy in the maps.
+    for i in 11..=13 {
+        sandbox.stop_server(&format!("127.0.0.{i}:8080"))?;
+    }
+    for i in 11..=13 {
+        daemon.wait_health(&sandbox, &format!("127.0.0.{i}:8080"), false)?;
+    }
+    let live = Dataplane::open(sandbox.pin_path())?.read_live()?.state;
+    assert!(live.backends.values().all(|b| b.state == BackendState::Active), "{live:?}");
+    // One returns: it takes every connect.
+    sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
+    daemon.wait_health(&sandbox, "127.0.0.13:8080", true)?;
+    assert_eq!(settled(&sandbox)?, names(&["b13"]));
+    Ok(())
+}
