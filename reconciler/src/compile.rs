@@ -15,7 +15,7 @@ use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS
 
 use crate::{
     dataplane::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
-    model::{BackendState, Service, ServiceSpec},
+    model::{BackendState, Port, Service, ServiceSpec},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -100,6 +100,8 @@ pub fn compile_with_health(
     let live_backend_ids: BTreeMap<(u32, SocketAddr), u32> =
         live.backends.iter().map(|(id, b)| ((b.service_id, b.addr), *id)).collect();
     let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
+    let by_name: BTreeMap<&str, &Service> =
+        services.iter().map(|s| (s.metadata.name.as_str(), s)).collect();
 
     for service in services {
         let spec = &service.spec;
@@ -123,10 +125,7 @@ pub fn compile_with_health(
             let mut ids = Vec::with_capacity(spec.backends.len());
             let mut seen = BTreeSet::new();
             for backend in &spec.backends {
-                let addr = SocketAddr::new(
-                    backend.address,
-                    backend.port.or(port.target_port).unwrap_or(port.port),
-                );
+                let addr = backend.address_for(port);
                 if !seen.insert(addr) {
                     return Err(CompileError::DuplicateBackend { service: label, backend: addr });
                 }
@@ -143,10 +142,34 @@ pub fn compile_with_health(
                 );
                 ids.push((backend_id, addr));
             }
-            let mut usable = usable_among(spec, |i| !excluded.contains(&ids[i].1));
-            if usable.is_empty() {
-                usable = usable_backends(spec);
+            // The backends that take clients: (ID, address, weight).
+            let healthy = usable_among(spec, |i| !excluded.contains(&ids[i].1));
+            let fallback = match healthy.is_empty() && !usable_backends(spec).is_empty() {
+                true => fallback_backends(&by_name, service, port, excluded),
+                false => None,
+            };
+            let mut chosen: Vec<(u32, SocketAddr, u32)> = Vec::new();
+            if let Some(fallback) = &fallback {
+                for &(addr, weight) in fallback {
+                    if seen.contains(&addr) {
+                        continue;
+                    }
+                    let backend_id = match live_backend_ids.get(&(id, addr)) {
+                        Some(&known) => known,
+                        None => backend_ids.allocate("backends")?,
+                    };
+                    let entry = BackendEntry { addr, service_id: id, state: BackendState::Active };
+                    desired.backends.insert(backend_id, entry);
+                    chosen.push((backend_id, addr, weight));
+                }
             } else {
+                // No healthy backend and no fallback: all stay in (fail open).
+                let usable =
+                    if healthy.is_empty() { usable_backends(spec) } else { healthy.clone() };
+                chosen =
+                    usable.iter().map(|&i| (ids[i].0, ids[i].1, spec.backends[i].weight)).collect();
+            }
+            if !healthy.is_empty() || fallback.is_some() {
                 for (backend_id, addr) in &ids {
                     if let (true, Some(entry)) =
                         (excluded.contains(addr), desired.backends.get_mut(backend_id))
@@ -171,19 +194,21 @@ pub fn compile_with_health(
                             .collect(),
                         None => Vec::new(),
                     };
-                    let quotas = usable.iter().map(|&i| (ids[i].0, spec.backends[i].weight));
-                    let order: Vec<u32> = usable.iter().map(|&i| ids[i].0).collect();
+                    let quotas = chosen.iter().map(|&(id, _, weight)| (id, weight));
+                    let order: Vec<u32> = chosen.iter().map(|&(id, ..)| id).collect();
                     layout_slots(&live_slots, quotas.collect(), &order)
                 }
-                Algorithm::Maglev if usable.is_empty() => Vec::new(),
+                Algorithm::Maglev if chosen.is_empty() => Vec::new(),
                 Algorithm::Maglev => {
-                    let size = table_size(spec);
+                    let mut size = table_size(spec);
                     if let Some(problem) = maglev::table_size_problem(size, ids.len() as u32) {
                         return Err(CompileError::TableSize { service: label, size, problem });
                     }
-                    let weighted =
-                        usable.iter().map(|&i| (ids[i].0, ids[i].1, spec.backends[i].weight));
-                    maglev_table(weighted.collect(), size)
+                    // A fallback with more backends than this table has slots: its own size.
+                    if size < chosen.len() as u32 {
+                        size = maglev::default_table_size(chosen.len() as u32);
+                    }
+                    maglev_table(chosen, size)
                 }
             };
             for (slot, backend_id) in slots.iter().enumerate() {
@@ -233,6 +258,39 @@ fn layout_slots(live: &[u32], mut quotas: BTreeMap<u32, u32>, order: &[u32]) -> 
         .iter()
         .flat_map(|id| std::iter::repeat_n(*id, quotas.get(id).copied().unwrap_or(0) as usize));
     slots.into_iter().map(|slot| slot.or_else(|| leftovers.next()).unwrap_or(u32::MAX)).collect()
+}
+
+/// While every backend of `service` on `port` is down: the healthy backends (address and
+/// weight) of the first service along its `fallback` chain that has some, on the fallback's
+/// port of the same number and protocol (else its first of the protocol). `None` when the
+/// chain has none (validation refuses cycles; a visited set stops one anyway).
+fn fallback_backends(
+    by_name: &BTreeMap<&str, &Service>,
+    service: &Service,
+    port: &Port,
+    excluded: &BTreeSet<SocketAddr>,
+) -> Option<Vec<(SocketAddr, u32)>> {
+    let mut visited = BTreeSet::from([service.metadata.name.as_str()]);
+    let mut next = service.spec.fallback.as_deref();
+    while let Some(name) = next.filter(|name| visited.insert(name)) {
+        let other = by_name.get(name)?;
+        let same_protocol = other.spec.ports.iter().filter(|p| p.protocol == port.protocol);
+        let other_port = same_protocol
+            .clone()
+            .find(|p| p.port == port.port)
+            .or_else(|| same_protocol.clone().next())?;
+        let spec = &other.spec;
+        let healthy =
+            usable_among(spec, |i| !excluded.contains(&spec.backends[i].address_for(other_port)));
+        if !healthy.is_empty() {
+            let backends = healthy
+                .iter()
+                .map(|&i| (spec.backends[i].address_for(other_port), spec.backends[i].weight));
+            return Some(backends.collect());
+        }
+        next = spec.fallback.as_deref();
+    }
+    None
 }
 
 /// The Maglev table of `size` slots over `backends` (ID, address, weight), as backend IDs:
@@ -406,6 +464,42 @@ mod tests {
             .unwrap()
             .health_excluded
             .is_empty());
+    }
+
+    #[test]
+    fn a_service_with_every_backend_down_takes_its_fallbacks_healthy_backends() {
+        let mut web = service("web", "10.96.0.10", &[("10.1.0.1", 1)]);
+        web.spec.fallback = Some("dr".into());
+        let dr = service("dr", "10.96.0.20", &[("10.2.0.1", 1), ("10.2.0.2", 3)]);
+        let services = [web, dr];
+        let live = compile(&services, &MapState::default()).unwrap();
+        let down = BTreeSet::from(["10.1.0.1:8080".parse().unwrap()]);
+        let state = compile_with_health(&services, &live, &down).unwrap();
+        let web_id = state.names.iter().find(|(_, n)| *n == "web/80").map(|(id, _)| *id).unwrap();
+        let web_backends: BTreeMap<SocketAddr, (u32, BackendState)> = state
+            .backends
+            .iter()
+            .filter(|(_, b)| b.service_id == web_id)
+            .map(|(id, b)| (b.addr, (*id, b.state)))
+            .collect();
+        assert_eq!(web_backends.len(), 3, "{web_backends:?}");
+        assert_eq!(web_backends[&"10.1.0.1:8080".parse().unwrap()].1, BackendState::Unhealthy);
+        let slots: Vec<u32> =
+            state.slots.iter().filter(|((s, _), _)| *s == web_id).map(|(_, b)| *b).collect();
+        let heavy = web_backends[&"10.2.0.2:8080".parse().unwrap()].0;
+        assert_eq!(slots.len(), 4, "the fallback's weights: 1 + 3");
+        assert_eq!(slots.iter().filter(|b| **b == heavy).count(), 3);
+        // The fallback down too: web keeps its own (fails open).
+        let all = BTreeSet::from([
+            "10.1.0.1:8080".parse().unwrap(),
+            "10.2.0.1:8080".parse().unwrap(),
+            "10.2.0.2:8080".parse().unwrap(),
+        ]);
+        let open = compile_with_health(&services, &live, &all).unwrap();
+        let web_slots: BTreeSet<u32> =
+            open.slots.iter().filter(|((s, _), _)| *s == web_id).map(|(_, b)| *b).collect();
+        let own = live.backends.iter().find(|(_, b)| b.service_id == web_id).map(|(id, _)| *id);
+        assert_eq!(web_slots, BTreeSet::from([own.unwrap()]));
     }
 
     #[test]

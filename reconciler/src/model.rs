@@ -38,6 +38,10 @@ pub struct ServiceSpec {
     pub session_affinity: Option<SessionAffinity>,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Another service whose healthy backends take the connects while no backend of this one
+    /// is healthy.
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 /// How the daemon probes each backend (`spec.healthCheck`).
@@ -122,6 +126,14 @@ pub struct Backend {
     pub weight: u32,
     #[serde(default)]
     pub state: BackendState,
+}
+
+impl Backend {
+    /// Where this backend is reached for `port`: its address, and its own port, else the
+    /// port's `targetPort`, else the port itself.
+    pub fn address_for(&self, port: &Port) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address, self.port.or(port.target_port).unwrap_or(port.port))
+    }
 }
 
 fn one() -> u32 {

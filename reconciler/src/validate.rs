@@ -296,6 +296,8 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
     let mut frontends: BTreeMap<(IpAddr, u16, Protocol), &Located> = BTreeMap::new();
     let vips: BTreeMap<IpAddr, &Located> =
         services.iter().rev().map(|l| (l.service.spec.vip, l)).collect();
+    let by_name: BTreeMap<&str, &Located> =
+        services.iter().rev().map(|l| (l.service.metadata.name.as_str(), l)).collect();
     let (mut frontend_count, mut backend_count, mut slot_count) = (0usize, 0usize, 0u64);
     let mut over_capacity = BTreeSet::new();
 
@@ -436,6 +438,11 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                 format!("`algorithm: maglev` only; this service is `{}`", balancing.algorithm);
             fields_only_for(located, "/spec/loadBalancing", &given, &only, out);
         }
+        if let Some(fallback) = &spec.fallback {
+            if let Some(problem) = fallback_problem(&by_name, &service.metadata.name, fallback) {
+                out.push(located.diagnostic("/spec/fallback", problem));
+            }
+        }
         if let Some(check) = &spec.health_check {
             if check.protocol != crate::model::HealthProtocol::Http {
                 let given = [
@@ -471,6 +478,41 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
             }
         }
     }
+}
+
+/// Why `fallback` cannot be the fallback of service `name`, if it cannot: it must exist, be
+/// another service of the same address family, and not lead back to `name`.
+fn fallback_problem(
+    by_name: &BTreeMap<&str, &Located>,
+    name: &str,
+    fallback: &str,
+) -> Option<String> {
+    let own = by_name.get(name)?;
+    let Some(other) = by_name.get(fallback) else {
+        return Some(format!("fallback `{fallback}` is no service of this repository"));
+    };
+    if fallback == name {
+        return Some("a service cannot be its own fallback".into());
+    }
+    let (ours, theirs) = (own.service.spec.vip, other.service.spec.vip);
+    if ours.is_ipv4() != theirs.is_ipv4() {
+        return Some(format!(
+            "fallback `{fallback}` is {} but this service is {}: one family per service",
+            family(theirs),
+            family(ours)
+        ));
+    }
+    let mut chain = vec![name, fallback];
+    let mut next = other.service.spec.fallback.as_deref();
+    while let Some(step) = next {
+        if chain.contains(&step) {
+            chain.push(step);
+            return Some(format!("fallbacks form a cycle: {}", chain.join(" -> ")));
+        }
+        chain.push(step);
+        next = by_name.get(step).and_then(|l| l.service.spec.fallback.as_deref());
+    }
+    None
 }
 
 /// A diagnostic for each field of `section` that is `given` although it applies to `only`.

@@ -19,6 +19,11 @@ use tempfile::TempDir;
 const VIP: &str = "10.96.0.10:80";
 
 fn web(backends: &[&str]) -> String {
+    web_with(backends, "")
+}
+
+/// `web` with `spec` lines added.
+fn web_with(backends: &[&str], spec: &str) -> String {
     let mut text = String::from(
         "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
          vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
@@ -28,6 +33,7 @@ fn web(backends: &[&str]) -> String {
     for backend in backends {
         text.push_str(&format!("    - {{address: {backend}}}\n"));
     }
+    text.push_str(spec);
     text
 }
 
@@ -165,9 +171,50 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     }
     let live = Dataplane::open(sandbox.pin_path())?.read_live()?.state;
     assert!(live.backends.values().all(|b| b.state == BackendState::Active), "{live:?}");
+    assert_eq!(daemon.status(&sandbox)?.health_failing_open, ["web/http"]);
+    assert!(daemon.log().contains("keeping them all (fail open)"), "{}", daemon.log());
     // One returns: it takes every connect.
     sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
     daemon.wait_health(&sandbox, "127.0.0.13:8080", true)?;
     assert_eq!(settled(&sandbox)?, names(&["b13"]));
+    Ok(())
+}
+
+#[test]
+fn a_service_with_no_healthy_backend_falls_back_to_another() -> Result<()> {
+    let mut sandbox = Sandbox::new("health-fallback")?;
+    for i in [11, 12, 21, 22] {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let work = Repo::new();
+    let mut text = web_with(&["127.0.0.11", "127.0.0.12"], "  fallback: web-dr\n");
+    text.push_str(
+        "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web-dr}\n\
+         spec:\n  vip: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+         backends: [{address: 127.0.0.21}, {address: 127.0.0.22}]\n",
+    );
+    work.write("services/web.yaml", text);
+    work.commit("web with a fallback");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+
+    // Both of web's backends die: web-dr's take web's connects.
+    sandbox.stop_server("127.0.0.11:8080")?;
+    sandbox.stop_server("127.0.0.12:8080")?;
+    daemon.wait_health(&sandbox, "127.0.0.11:8080", false)?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
+    assert_eq!(settled(&sandbox)?, names(&["b21", "b22"]));
+    let result = sandbox.probe_tcp(VIP, 100)?;
+    assert!(result.errors.is_empty(), "{result:?}");
+
+    // One of web's comes back: web serves itself again.
+    sandbox.serve_tcp("127.0.0.12:8080", "b12")?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", true)?;
+    wait_for("web to serve itself again", Duration::from_secs(15), || {
+        let result = sandbox.probe_tcp(VIP, 30).ok()?;
+        (result.errors.is_empty() && result.replies.keys().all(|k| k == "b12")).then_some(())
+    })?;
     Ok(())
 }

@@ -184,6 +184,9 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
     if !status.health.is_empty() {
         println!("Health:");
     }
+    for service in &status.health_failing_open {
+        println!("  {service}: every backend fails its health check; all kept (fail open)");
+    }
     for backend in &status.health {
         println!(
             "  {} {}{}{} ({})",

@@ -60,6 +60,9 @@ struct Target {
 #[derive(Default)]
 pub struct Health {
     targets: Mutex<BTreeMap<SocketAddr, Target>>,
+    /// The services (`name/port`) with a health check and no fallback: when all their
+    /// backends are down they keep them all (fail open), which is reported.
+    without_fallback: Mutex<BTreeSet<String>>,
 }
 
 impl Health {
@@ -72,6 +75,7 @@ impl Health {
     pub fn update(&self, desired: &Desired) {
         let mut wanted: BTreeMap<SocketAddr, (HealthCheck, SocketAddr, BTreeSet<String>)> =
             BTreeMap::new();
+        let mut without_fallback = BTreeSet::new();
         for service in &desired.services {
             let Some(check) = &service.spec.health_check else { continue };
             for port in &service.spec.ports {
@@ -80,13 +84,15 @@ impl Health {
                     service.metadata.name,
                     port.name.clone().unwrap_or_else(|| port.port.to_string())
                 );
+                if service.spec.fallback.is_none() {
+                    without_fallback.insert(label.clone());
+                }
                 for backend in &service.spec.backends {
                     if backend.state == BackendState::Maintenance {
                         continue;
                     }
-                    let target = backend.port.or(port.target_port).unwrap_or(port.port);
-                    let addr = SocketAddr::new(backend.address, target);
-                    let probe = SocketAddr::new(backend.address, check.port.unwrap_or(target));
+                    let addr = backend.address_for(port);
+                    let probe = SocketAddr::new(backend.address, check.port.unwrap_or(addr.port()));
                     let entry = wanted
                         .entry(addr)
                         .or_insert_with(|| (check.clone(), probe, BTreeSet::new()));
@@ -94,6 +100,7 @@ impl Health {
                 }
             }
         }
+        *self.without_fallback.lock().unwrap_or_else(|p| p.into_inner()) = without_fallback;
         let mut targets = self.targets();
         targets.retain(|addr, _| wanted.contains_key(addr));
         let now = Instant::now();
@@ -119,6 +126,22 @@ impl Health {
     /// The backends that are down: the overlay the next reconcile applies.
     pub fn excluded(&self) -> BTreeSet<SocketAddr> {
         self.targets().iter().filter(|(_, t)| !t.up).map(|(addr, _)| *addr).collect()
+    }
+
+    /// The services without a fallback whose every checked backend is down: they keep them
+    /// all (fail open).
+    pub fn failing_open(&self) -> Vec<String> {
+        let without_fallback =
+            self.without_fallback.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let targets = self.targets();
+        without_fallback
+            .into_iter()
+            .filter(|service| {
+                let mut of_service = targets.values().filter(|t| t.services.contains(service));
+                let first = of_service.next();
+                first.is_some_and(|t| !t.up) && of_service.all(|t| !t.up)
+            })
+            .collect()
     }
 
     /// Every target's health, for `/status`.
@@ -196,6 +219,12 @@ pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Se
                     Err(_) => Err(format!("no answer within {timeout:?}")),
                 };
                 if let Some(up) = health.record(addr, result.clone()) {
+                    for service in health.failing_open() {
+                        warn!(
+                            service,
+                            "every backend fails its health check; keeping them all (fail open)"
+                        );
+                    }
                     if up {
                         info!(backend = %addr, "backend healthy again; back in");
                     } else {

@@ -64,6 +64,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
     let mut status = shared.status().clone();
     status.health = shared.health.report();
+    status.health_failing_open = shared.health.failing_open();
     Json(status)
 }
 

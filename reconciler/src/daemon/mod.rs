@@ -69,6 +69,10 @@ pub struct DaemonStatus {
     /// Every backend with a health check: up or down, since when, the last error.
     #[serde(default)]
     pub health: Vec<health::BackendHealth>,
+    /// Services whose every backend fails its health check, and that have no fallback: they
+    /// keep them all (fail open).
+    #[serde(default)]
+    pub health_failing_open: Vec<String>,
 }
 
 /// State shared between the reconcile loop and the HTTP endpoint.
