@@ -316,5 +316,6 @@ fn the_documented_configurations_are_valid() {
     let service = readme_block("## Service definitions", "apiVersion:");
     let file = SourceFile { path: "README.md".into(), text: service };
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
-    assert!(reconciler::validate::validate(&snapshot, &Default::default()).is_ok());
+    let result = reconciler::validate::validate(&snapshot, &Default::default());
+    assert!(result.is_ok(), "{:?}", result.err());
 }

@@ -136,7 +136,7 @@ u.close()
     assert_eq!(refusals[0]["reason"], "no_backend");
     assert_eq!(refusals[0]["backend"], Value::Null);
     assert_eq!(of(&events, "sendmsg", "dns/dns").len(), 1, "{events:#?}");
-    let replies = of(&events, "recvmsg", "dns/dns");
+    let replies = of(&events, "reverse", "dns/dns");
     assert_eq!(replies.len(), 1, "{events:#?}");
     assert_eq!(replies[0]["backend"], "127.0.0.21:5300");
     assert_eq!(of(&events, "getpeername", "web/http").len(), 1, "{events:#?}");

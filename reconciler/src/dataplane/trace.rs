@@ -36,7 +36,8 @@ pub struct Event {
     /// `None` for a refusal.
     pub backend: Option<SocketAddr>,
     pub service_id: u32,
-    /// `connect`, `sendmsg`, `recvmsg`, `getpeername` or `refused`.
+    /// `connect`, `sendmsg`, `reverse` (a reply's source translated back), `getpeername` or
+    /// `refused`.
     pub event: &'static str,
     /// Why a refusal: `no_backend`, `slot_miss` or `backend_miss`.
     pub reason: Option<&'static str>,
@@ -119,7 +120,7 @@ impl From<&TraceEvent> for Event {
             event: match raw.kind {
                 trace::CONNECT => "connect",
                 trace::SENDMSG => "sendmsg",
-                trace::RECVMSG => "recvmsg",
+                trace::RECVMSG => "reverse",
                 trace::GETPEERNAME => "getpeername",
                 _ => "refused",
             },
