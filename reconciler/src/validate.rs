@@ -182,6 +182,9 @@ pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Ve
             }
             match serde_path_to_error::deserialize::<_, Service>(&document.value) {
                 Ok(service) => {
+                    // The typed service is what is kept; of the document, only where its
+                    // nodes are (for diagnostics): the tree of values is most of its memory.
+                    let document = document.positions_only();
                     services.push(Located { service, file: file.path.clone(), document })
                 }
                 // What the schema admits but the model cannot hold, such as `weight: 1.0`

@@ -58,6 +58,12 @@ enum Children {
 }
 
 impl Document {
+    /// The document without its values (`Null`), keeping where every node is: what a
+    /// diagnostic needs once the values have been read into a typed model.
+    pub fn positions_only(self) -> Document {
+        Document { value: Value::Null, places: self.places }
+    }
+
     /// Where the value at `pointer` starts, or its nearest ancestor's if it does not exist.
     pub fn value_position(&self, pointer: &str) -> Position {
         let mut place = &self.places;

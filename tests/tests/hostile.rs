@@ -358,3 +358,45 @@ fn many_nodes_across_files_are_refused_before_they_exhaust_memory() {
         "{text}"
     );
 }
+
+/// `count` services with `backends` backends each, in files of 500.
+fn many_services(dir: &Path, count: usize, backends: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for file in 0..count.div_ceil(500) {
+        let mut text = String::new();
+        for i in file * 500..((file + 1) * 500).min(count) {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            text.push_str(&format!(
+                "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i}}}\n\
+                 spec:\n  vip: 10.{}.{}.{lo}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends:\n",
+                96 + hi / 250,
+                hi % 250
+            ));
+            for e in 0..backends {
+                text.push_str(&format!("    - {{address: 10.{}.{}.{lo}}}\n", 1 + e, hi % 250));
+            }
+        }
+        std::fs::write(dir.join(format!("f{file}.yaml")), text).unwrap();
+    }
+}
+
+#[test]
+fn fifty_thousand_services_validate_and_plan_within_512_mib_or_are_refused_naming_the_capacity() {
+    const HALF_GIB: libc::rlim_t = 512 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // 50 000 services of 2 backends fit the data plane: validated and planned.
+    many_services(&dir.path().join("fits"), 50_000, 2);
+    let output = reconciler_within(HALF_GIB, dir.path(), &["validate", "fits"]);
+    assert!(output.status.success(), "{}", both(&output));
+    assert!(stdout(&output).contains("OK: 50000 service(s)"), "{}", both(&output));
+    let pin = format!("/sys/fs/bpf/reconciler-test-none-{}", std::process::id());
+    let output =
+        reconciler_within(HALF_GIB, dir.path(), &["plan", "--dir", "fits", "--pin-path", &pin]);
+    assert!(output.status.success(), "{}", both(&output));
+    assert!(stdout(&output).contains("Plan: 50000 to add"), "{}", both(&output));
+    // With 10 backends each they do not (500 000 backends): refused, saying which capacity.
+    many_services(&dir.path().join("too-many"), 50_000, 10);
+    let output = reconciler_within(HALF_GIB, dir.path(), &["validate", "too-many"]);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert!(stdout(&output).contains("the data plane holds"), "{}", both(&output));
+}
