@@ -18,7 +18,8 @@ pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 262_144;
 /// Backend selection slots in one map set, over all services.
 pub const MAX_SLOTS: u32 = 1_048_576;
-/// Selection slots of one service: the sum of its active backends' weights.
+/// Selection slots of one service: the weights of its usable backends (random), or its
+/// Maglev table.
 pub const MAX_SLOTS_PER_SERVICE: u32 = 65_536;
 /// Entries of `REVERSE`, the LRU map of translated sockets (one per socket and backend):
 /// replies and `getpeername()` of older sockets fall back to the backend's address once
@@ -28,7 +29,8 @@ pub const MAX_REVERSE: u32 = 262_144;
 /// session affinity: when it is full, the least recently used client loses its backend.
 pub const MAX_AFFINITY: u32 = 262_144;
 /// Bytes of `TRACE`, the ring buffer of translations for `reconciler trace` (a power of two,
-/// a multiple of the page size): 16 384 events of 80 bytes (with the ring's 8-byte headers).
+/// a multiple of the page size): about 23 800 events of 80 bytes (each with the ring's 8-byte
+/// header).
 pub const TRACE_BYTES: u32 = 2 << 20;
 /// Bytes of the applied revision (a git commit id) kept in the metadata map.
 pub const REVISION_LEN: usize = 64;
@@ -75,7 +77,8 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// (`TRACE`, `TRACE_ON`, `TRACE_DROPS`) and `HEALTH_EXCLUDED`, retired
 /// `BACKEND_STATS` (connects only, never reset), and gave meaning to bytes that were padding
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
-/// what 2's maps hold means the same in 3.
+/// what 2's maps hold means the same in 3. (3 grew over several commits before any of them
+/// was released; every released build has 1, 2 or 3 as it stands here.)
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
@@ -102,8 +105,8 @@ pub mod affinity {
     pub const HIT: u32 = 0;
     /// A client had no entry, or one older than the timeout: a backend was chosen afresh.
     pub const MISS: u32 = 1;
-    /// An entry named a backend no longer usable (gone from the service, or in
-    /// maintenance): deleted, and a backend chosen afresh.
+    /// An entry named a backend no longer usable (gone from the service, in maintenance,
+    /// or unhealthy): deleted, and a backend chosen afresh.
     pub const DROPPED: u32 = 2;
     /// Number of counters.
     pub const COUNT: u32 = 3;
@@ -248,7 +251,8 @@ pub mod trace {
     pub const CONNECT: u8 = 0;
     /// `sendto()`/`sendmsg()` to a VIP on an unconnected UDP socket, translated.
     pub const SENDMSG: u8 = 1;
-    /// A reply's source translated back to the VIP (`recvfrom()`/`recvmsg()`).
+    /// A reply's source translated back to the VIP (`recvfrom()`/`recvmsg()`); `reconciler
+    /// trace` calls it `reverse`.
     pub const RECVMSG: u8 = 2;
     /// `getpeername()` translated back to the VIP.
     pub const GETPEERNAME: u8 = 3;
@@ -362,6 +366,16 @@ pub struct BackendCounters {
     pub reverse: u64,
 }
 
+impl core::ops::Add for BackendCounters {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        BackendCounters {
+            translations: self.translations + other.translations,
+            reverse: self.reverse + other.reverse,
+        }
+    }
+}
+
 /// Value of the per-CPU `SERVICE_COUNTS` array, indexed by service ID: refusals by reason
 /// (host byte order). Zeroed, like the backends', before a new service takes an ID.
 #[repr(C)]
@@ -373,6 +387,17 @@ pub struct ServiceCounters {
     pub inconsistent_set: u64,
     /// Reverse entries found stale (the service or the backend gone) and deleted.
     pub stale_reverse_entry: u64,
+}
+
+impl core::ops::Add for ServiceCounters {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        ServiceCounters {
+            no_backend: self.no_backend + other.no_backend,
+            inconsistent_set: self.inconsistent_set + other.inconsistent_set,
+            stale_reverse_entry: self.stale_reverse_entry + other.stale_reverse_entry,
+        }
+    }
 }
 
 /// The one entry of `METADATA`: what user space needs to know about the maps that the BPF

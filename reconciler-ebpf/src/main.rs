@@ -53,7 +53,8 @@ static ACTIVE_SET: Array<u32, 1> = Array::new();
 static SERVICES: HashMap<ServiceKey, ServiceValue, { both_sets(MAX_SERVICES) }, BPF_F_NO_PREALLOC> =
     HashMap::new();
 
-/// Slot -> backend ID. A service's slots hold each active backend `weight` times.
+/// Slot -> backend ID: a random service's slots hold each usable backend `weight` times, a
+/// Maglev service's are its table.
 #[btf_map]
 static SLOTS: HashMap<SlotKey, u32, { both_sets(MAX_SLOTS) }, BPF_F_NO_PREALLOC> = HashMap::new();
 
@@ -122,18 +123,14 @@ static SERVICE_NAMES: HashMap<u32, ServiceName, { MAX_SERVICES as usize }, BPF_F
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the helper has no preconditions.
-    let random = unsafe { bpf_get_prandom_u32() };
     let address = sock4_address(&ctx);
-    lb_translate(&ctx, trace::CONNECT, address, random, |b| sock4_set_backend(&ctx, b))
+    lb_translate(&ctx, trace::CONNECT, address, |b| sock4_set_backend(&ctx, b))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the helper has no preconditions.
-    let random = unsafe { bpf_get_prandom_u32() };
     let address = sock6_address(&ctx);
-    lb_translate(&ctx, trace::CONNECT, address, random, |b| sock6_set_backend(&ctx, b))
+    lb_translate(&ctx, trace::CONNECT, address, |b| sock6_set_backend(&ctx, b))
 }
 
 /// `sendto()`/`sendmsg()` with an address, on an unconnected UDP socket: one backend per
@@ -141,16 +138,14 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// service's backends stay the same.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    let choice = hash64(sock_cookie(&ctx));
     let address = sock4_address(&ctx);
-    lb_translate(&ctx, trace::SENDMSG, address, choice, |b| sock4_set_backend(&ctx, b))
+    lb_translate(&ctx, trace::SENDMSG, address, |b| sock4_set_backend(&ctx, b))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    let choice = hash64(sock_cookie(&ctx));
     let address = sock6_address(&ctx);
-    lb_translate(&ctx, trace::SENDMSG, address, choice, |b| sock6_set_backend(&ctx, b))
+    lb_translate(&ctx, trace::SENDMSG, address, |b| sock6_set_backend(&ctx, b))
 }
 
 /// The source address a UDP `recvfrom()`/`recvmsg()` reports: a backend's becomes the VIP.
@@ -179,18 +174,16 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     lb_reverse(&ctx, trace::GETPEERNAME, address, |vip, port| sock6_set_address(&ctx, vip, port))
 }
 
-/// The common body of the connect and sendmsg hooks: the backend chosen by `choice` (a
-/// 32-bit number, random or per socket) goes to `rewrite`, and the translation is recorded
-/// for the replies.
+/// The common body of the connect and sendmsg hooks (`kind`): the chosen backend goes to
+/// `rewrite`, and the translation is recorded for the replies.
 #[inline(always)]
 fn lb_translate(
     ctx: &SockAddrContext,
     kind: u8,
     (addr, port, protocol): (Addr, u16, u8),
-    choice: u32,
     rewrite: impl FnOnce(&Backend),
 ) -> i32 {
-    match lb_select(ctx, &addr, port, protocol, choice) {
+    match lb_select(ctx, kind, &addr, port, protocol) {
         Selection::NotAService => ALLOW,
         Selection::Refused { reason, service_id } => {
             let seen = Seen { kind: trace::REFUSED, reason: reason as u8, service_id, protocol };
@@ -283,16 +276,10 @@ enum Selection {
 }
 
 /// Chooses a backend for (`addr`, `port`, `protocol`), and counts it: the client's affinity
-/// entry's if it holds, else the slot that `choice` (random, `random_slot`) or the client
-/// (Maglev, `maglev::client_slot`) picks.
+/// entry's if it holds, else the slot that `lb_choice` (random) or the client (Maglev,
+/// `maglev::client_slot`) picks.
 #[inline(always)]
-fn lb_select(
-    ctx: &SockAddrContext,
-    addr: &Addr,
-    port: u16,
-    protocol: u8,
-    choice: u32,
-) -> Selection {
+fn lb_select(ctx: &SockAddrContext, kind: u8, addr: &Addr, port: u16, protocol: u8) -> Selection {
     let set = lb_active_set();
     let key = ServiceKey { addr: *addr, port, protocol, set };
     // SAFETY: entries are only ever written in the standby set, which no program reads.
@@ -317,7 +304,7 @@ fn lb_select(
     let slot = if service.algorithm == ALGORITHM_MAGLEV {
         maglev::client_slot(lb_client(ctx, service.maglev_client), service.slot_count)
     } else {
-        random_slot(choice, service.slot_count)
+        random_slot(lb_choice(ctx, kind), service.slot_count)
     };
     let slot = SlotKey { service_id, slot, set, _pad: [0; 3] };
     // SAFETY: as above, this set is not written while it is active.
@@ -375,6 +362,19 @@ fn lb_affinity(key: &AffinityKey, service: &ServiceValue, set: u8) -> Option<(Ba
             lb_count_affinity(affinity::DROPPED);
             None
         }
+    }
+}
+
+/// The 32-bit number a random service's slot comes from, read only when one is needed: for
+/// a connect a random one, for a datagram a hash of its socket's cookie (so one unconnected
+/// socket keeps one backend while the service's backends stay the same).
+#[inline(always)]
+fn lb_choice(ctx: &SockAddrContext, kind: u8) -> u32 {
+    if kind == trace::SENDMSG {
+        hash64(sock_cookie(ctx))
+    } else {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_get_prandom_u32() }
     }
 }
 

@@ -107,11 +107,7 @@ pub fn compile_with_health(
         let spec = &service.spec;
         for port in &spec.ports {
             let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };
-            let label = format!(
-                "{}/{}",
-                service.metadata.name,
-                port.name.clone().unwrap_or_else(|| port.port.to_string())
-            );
+            let label = service.label(port);
             if let Some(first) = owners.insert(frontend, label.clone()) {
                 return Err(CompileError::DuplicateFrontend { frontend, first, second: label });
             }
@@ -211,6 +207,15 @@ pub fn compile_with_health(
                     maglev_table(chosen, size)
                 }
             };
+            // Checked again on what was laid out: a fallback's weights, or a Maglev table
+            // grown for a fallback, are not the service's own.
+            if slots.len() > MAX_SLOTS_PER_SERVICE as usize {
+                return Err(CompileError::TooManySlots {
+                    service: label,
+                    slots: slots.len() as u64,
+                    max: MAX_SLOTS_PER_SERVICE,
+                });
+            }
             for (slot, backend_id) in slots.iter().enumerate() {
                 desired.slots.insert((id, slot as u32), *backend_id);
             }

@@ -128,6 +128,15 @@ pub struct Backend {
     pub state: BackendState,
 }
 
+impl Service {
+    /// The name of the frontend on `port`, as plans and metrics show it: `name/port-name`,
+    /// or `name/80` for an unnamed port.
+    pub fn label(&self, port: &Port) -> String {
+        let port = port.name.clone().unwrap_or_else(|| port.port.to_string());
+        format!("{}/{port}", self.metadata.name)
+    }
+}
+
 impl Backend {
     /// Where this backend is reached for `port`: its address, and its own port, else the
     /// port's `targetPort`, else the port itself.

@@ -422,7 +422,7 @@ pub fn hand_written_service_exists(pin_path: &Path, set: u8) -> Result<bool> {
 }
 
 /// Programs one data plane attaches: connect, sendmsg, recvmsg and getpeername, v4 and v6.
-pub const DATA_PLANE_PROGRAMS: usize = 8;
+pub const DATA_PLANE_PROGRAMS: usize = dataplane::PROGRAMS.len();
 
 /// Programs attached to `cgroup`, as `bpftool` sees them (an independent check).
 pub fn attached_programs(cgroup: &Path) -> Result<usize> {

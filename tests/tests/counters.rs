@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
+use reconciler::dataplane::Dataplane;
 use reconciler_tests::gitops::Setup;
 use serde_json::Value;
 
@@ -113,6 +114,13 @@ for _ in range(4):
     assert_eq!(services["dns/dns"]["no_backend"], 4, "{services:?}");
 
     // b12 goes; b13 comes and takes b12's freed ID: it starts from zero.
+    let id_of = |addr: &str| -> Result<u32> {
+        let live = Dataplane::open(setup.sandbox.pin_path())?.read_live()?.state;
+        let addr: std::net::SocketAddr = addr.parse()?;
+        let found = live.backends.iter().find(|(_, b)| b.addr == addr);
+        Ok(*found.with_context(|| format!("no backend {addr}"))?.0)
+    };
+    let b12_id = id_of("127.0.0.12:8080")?;
     setup.repo.write("services/all.yaml", definitions(&["127.0.0.11"], "maintenance"));
     setup.repo.commit("b12 goes");
     setup.expect(0, "apply", &[])?;
@@ -121,6 +129,7 @@ for _ in range(4):
         .write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.13"], "maintenance"));
     setup.repo.commit("b13 comes");
     setup.expect(0, "apply", &[])?;
+    assert_eq!(id_of("127.0.0.13:8080")?, b12_id, "b13 did not take b12's freed ID");
     let (backends, _) = counters(&setup)?;
     assert_eq!(backends["127.0.0.13:8080"], (0, 0), "{backends:?}");
     let b11_before = backends["127.0.0.11:8080"].0;

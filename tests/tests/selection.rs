@@ -151,10 +151,14 @@ fn draining_keeps_its_clients_and_maintenance_or_removal_drops_them() -> Result<
     let dropped = count(&events(&setup)?, "affinity_dropped")? - dropped_before;
     assert_eq!(dropped, on_b1.len() as u64, "dropped entries");
 
-    // Removed from git: the same for b2's clients.
+    // Removed from git: the same for b2's clients, whose entries are dropped (counted).
+    let on_b2 = after.values().filter(|b| *b == "b2").count() as u64;
+    let dropped_before = count(&events(&setup)?, "affinity_dropped")?;
     commit_and_apply(&setup, &web(&[(1, "state: maintenance"), (3, "")], affinity), "b2 goes")?;
     let last = one_backend_each(&setup.sandbox.connect_from_cgroups(VIP, 1, &first)?)?;
     assert!(last.values().all(|b| b == "b3"), "{last:?}");
+    let dropped = count(&events(&setup)?, "affinity_dropped")? - dropped_before;
+    assert_eq!(dropped, on_b2, "dropped entries of b2's clients");
     Ok(())
 }
 

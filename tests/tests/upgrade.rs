@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     EbpfLoader,
 };
@@ -54,16 +54,8 @@ const LAYOUT2: Layout = Layout {
         "REVERSE",
         "EVENTS",
     ],
-    programs: &[
-        "connect4",
-        "connect6",
-        "sendmsg4",
-        "sendmsg6",
-        "recvmsg4",
-        "recvmsg6",
-        "getpeername4",
-        "getpeername6",
-    ],
+    // Layout 2 attached every program this build has.
+    programs: &dataplane::PROGRAMS,
 };
 
 fn v4(addr: SocketAddr) -> Result<(u32, u16)> {
@@ -147,8 +139,8 @@ fn map_id(pin: &Path, name: &str) -> Result<u32> {
 
 #[test]
 fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    let attached = ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
-    upgrade_under_load(&LAYOUT1, &attached)
+    // Every program beyond layout 1's two connect hooks.
+    upgrade_under_load(&LAYOUT1, &dataplane::PROGRAMS[2..])
 }
 
 #[test]
@@ -175,7 +167,21 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
     let stop = scratch.path().join("stop");
     let probes: Vec<_> =
         (0..3).map(|_| sandbox.spawn_probe_until(&stop, "10.96.0.10:80")).collect::<Result<_>>()?;
+    // The upgrade happens while connects flow: they go through the old programs (counted in
+    // the old layout's BACKEND_STATS) before it, and through the new ones after it.
+    let old_stats = MapData::from_pin(sandbox.pin_path().join("BACKEND_STATS"))?;
+    let old_stats: PerCpuArray<MapData, u64> = Map::from_map_data(old_stats)?.try_into()?;
+    wait_for("connects through the old programs", Duration::from_secs(10), || {
+        let counted = old_stats.get(&1, 0).ok()?.iter().sum::<u64>();
+        (counted > 0).then_some(())
+    })?;
     let upgraded = dataplane::upgrade(sandbox.pin_path());
+    if upgraded.is_ok() {
+        wait_for("connects through the new programs", Duration::from_secs(10), || {
+            let counted = Dataplane::open(sandbox.pin_path()).ok()?.backend_counters([1]).ok()?;
+            (counted.get(&1)?.translations > 0).then_some(())
+        })?;
+    }
     std::fs::write(&stop, "")?;
     let results: Vec<_> = probes.into_iter().map(|p| p.wait()).collect::<Result<_>>()?;
     let upgraded = upgraded?.context("nothing was upgraded")?;

@@ -79,11 +79,7 @@ impl Health {
         for service in &desired.services {
             let Some(check) = &service.spec.health_check else { continue };
             for port in &service.spec.ports {
-                let label = format!(
-                    "{}/{}",
-                    service.metadata.name,
-                    port.name.clone().unwrap_or_else(|| port.port.to_string())
-                );
+                let label = service.label(port);
                 if service.spec.fallback.is_none() {
                     without_fallback.insert(label.clone());
                 }

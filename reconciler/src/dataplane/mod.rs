@@ -64,7 +64,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/re
 /// Where the data plane is pinned unless told otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
 
-const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 8] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -670,17 +670,7 @@ impl Dataplane {
         &self,
         ids: impl IntoIterator<Item = u32>,
     ) -> Result<BTreeMap<u32, BackendCounters>> {
-        ids.into_iter()
-            .map(|id| {
-                let values =
-                    self.backend_counts.get(&id, 0).map_err(map_err("reading BACKEND_COUNTS"))?;
-                let sum = values.iter().fold(BackendCounters::default(), |a, v| BackendCounters {
-                    translations: a.translations + v.translations,
-                    reverse: a.reverse + v.reverse,
-                });
-                Ok((id, sum))
-            })
-            .collect()
+        per_cpu_sums(&self.backend_counts, ids, "reading BACKEND_COUNTS")
     }
 
     /// The refusal counters of services `ids`, summed over CPUs.
@@ -688,18 +678,7 @@ impl Dataplane {
         &self,
         ids: impl IntoIterator<Item = u32>,
     ) -> Result<BTreeMap<u32, ServiceCounters>> {
-        ids.into_iter()
-            .map(|id| {
-                let values =
-                    self.service_counts.get(&id, 0).map_err(map_err("reading SERVICE_COUNTS"))?;
-                let sum = values.iter().fold(ServiceCounters::default(), |a, v| ServiceCounters {
-                    no_backend: a.no_backend + v.no_backend,
-                    inconsistent_set: a.inconsistent_set + v.inconsistent_set,
-                    stale_reverse_entry: a.stale_reverse_entry + v.stale_reverse_entry,
-                });
-                Ok((id, sum))
-            })
-            .collect()
+        per_cpu_sums(&self.service_counts, ids, "reading SERVICE_COUNTS")
     }
 
     /// Zeroes the counters of the backend and service IDs that `desired` gives to new owners
@@ -709,14 +688,10 @@ impl Dataplane {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_err("counting CPUs")(e))?;
         let live_services: BTreeSet<u32> = live.services.values().map(|s| s.id).collect();
         for id in desired.services.values().map(|s| s.id).filter(|id| !live_services.contains(id)) {
-            let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])
-                .map_err(io_err("zeroing SERVICE_COUNTS"))?;
-            self.service_counts.set(id, zero, 0).map_err(map_err("zeroing SERVICE_COUNTS"))?;
+            zero_per_cpu(&mut self.service_counts, id, cpus, "zeroing SERVICE_COUNTS")?;
         }
         for id in desired.backends.keys().filter(|id| !live.backends.contains_key(id)) {
-            let zero = PerCpuValues::try_from(vec![BackendCounters::default(); cpus])
-                .map_err(io_err("zeroing BACKEND_COUNTS"))?;
-            self.backend_counts.set(*id, zero, 0).map_err(map_err("zeroing BACKEND_COUNTS"))?;
+            zero_per_cpu(&mut self.backend_counts, *id, cpus, "zeroing BACKEND_COUNTS")?;
         }
         Ok(())
     }
@@ -950,6 +925,31 @@ impl Dataplane {
         batches.health.write(&self.health).map_err(what("HEALTH_EXCLUDED"))?;
         Ok(batches.len())
     }
+}
+
+/// The values of `ids` in a per-CPU array, summed over CPUs.
+fn per_cpu_sums<T: aya::Pod + Default + core::ops::Add<Output = T>>(
+    map: &PerCpuArray<MapData, T>,
+    ids: impl IntoIterator<Item = u32>,
+    what: &'static str,
+) -> Result<BTreeMap<u32, T>> {
+    ids.into_iter()
+        .map(|id| {
+            let values = map.get(&id, 0).map_err(map_err(what))?;
+            Ok((id, values.iter().fold(T::default(), |sum, v| sum + *v)))
+        })
+        .collect()
+}
+
+/// Sets entry `id` of a per-CPU array to zero on all `cpus`.
+fn zero_per_cpu<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    id: u32,
+    cpus: usize,
+    what: &'static str,
+) -> Result<()> {
+    let zero = PerCpuValues::try_from(vec![T::default(); cpus]).map_err(io_err(what))?;
+    map.set(id, zero, 0).map_err(map_err(what))
 }
 
 /// Upserts and deletes for one map.
