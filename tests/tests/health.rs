@@ -169,8 +169,12 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     for i in 11..=13 {
         daemon.wait_health(&sandbox, &format!("127.0.0.{i}:8080"), false)?;
     }
-    let live = Dataplane::open(sandbox.pin_path())?.read_live()?.state;
-    assert!(live.backends.values().all(|b| b.state == BackendState::Active), "{live:?}");
+    // The last transition's apply follows the status by a moment: wait for it.
+    wait_for("every backend back in the maps (fail open)", Duration::from_secs(15), || {
+        let live = Dataplane::open(sandbox.pin_path()).ok()?.read_live().ok()?.state;
+        live.backends.values().all(|b| b.state == BackendState::Active).then_some(())
+    })
+    .with_context(|| daemon.log())?;
     assert_eq!(daemon.status(&sandbox)?.health_failing_open, ["web/http"]);
     assert!(daemon.log().contains("keeping them all (fail open)"), "{}", daemon.log());
     // One returns: it takes every connect.
