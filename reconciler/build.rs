@@ -1,6 +1,8 @@
 //! Builds the BPF object from `reconciler-ebpf` (nightly, bpfel-unknown-none, bpf-linker) into
-//! OUT_DIR, where `dataplane` embeds it with `include_bytes_aligned!`.
-use std::path::Path;
+//! OUT_DIR, where `dataplane` embeds it with `include_bytes_aligned!`; and names this build
+//! by the content of its sources (`RECONCILER_BUILD_ID`), which keys the incremental path's
+//! caches: a build whose validation or compile rules differ never reads another's.
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use aya_build::{build_ebpf, Package, Toolchain};
@@ -10,6 +12,16 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = Path::new(&manifest_dir).join("../reconciler-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to reconciler-ebpf")?;
     println!("cargo:rerun-if-changed=../reconciler-common/src");
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=../schema");
+    let manifest = Path::new(&manifest_dir);
+    let build_id = source_digest(&[
+        manifest.join("src"),
+        manifest.join("../reconciler-common/src"),
+        manifest.join("../schema"),
+        manifest.join("../Cargo.lock"),
+    ])?;
+    println!("cargo:rustc-env=RECONCILER_BUILD_ID={build_id}");
     // aya-build relays every line of the nested cargo as a build-script warning; without
     // its "Compiling ..." lines only real warnings and errors are left.
     std::env::set_var("CARGO_TERM_QUIET", "true");
@@ -22,4 +34,32 @@ fn main() -> anyhow::Result<()> {
         Toolchain::default(),
     )
     .context("building the BPF programs; run `make setup` first (nightly, rust-src, bpf-linker)")
+}
+
+/// SHA-256 over the contents of every file under `roots` and their paths relative to their
+/// root, in sorted order, as 16 hex digits (enough to tell builds apart; no security boundary).
+fn source_digest(roots: &[PathBuf]) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for root in roots {
+        let mut files = Vec::new();
+        let mut pending = vec![root.clone()];
+        while let Some(path) = pending.pop() {
+            if path.is_dir() {
+                let entries = std::fs::read_dir(&path).with_context(|| path.display().to_string())?;
+                for entry in entries {
+                    pending.push(entry?.path());
+                }
+            } else {
+                files.push(path);
+            }
+        }
+        files.sort();
+        for file in files {
+            let relative = file.strip_prefix(root).unwrap_or(&file);
+            hasher.update(relative.to_string_lossy().as_bytes());
+            hasher.update(std::fs::read(&file).with_context(|| file.display().to_string())?);
+        }
+    }
+    Ok(hasher.finalize().iter().take(8).map(|byte| format!("{byte:02x}")).collect())
 }

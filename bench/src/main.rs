@@ -200,7 +200,7 @@ fn compiled(services: &[Service]) -> Result<MapState> {
 /// against `live` (so IDs and slots are kept where they can be).
 pub fn compiled_with(services: &[Service], last_spec: &str, live: &MapState) -> Result<MapState> {
     let text = yaml_with(services, last_spec);
-    let file = SourceFile { path: "bench.yaml".into(), text };
+    let file = SourceFile::new("bench.yaml", text);
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
     let located = validate::validate(&snapshot, &validate::Policy::default())
         .map_err(|d| anyhow::anyhow!("bench definitions invalid: {}", d[0]))?;

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| -> Corpus {
         }
     }
     let snapshot = Snapshot {
-        files: vec![SourceFile { path: "fuzz.yaml".into(), text: text.into() }],
+        files: vec![SourceFile::new("fuzz.yaml", text)],
         ..Default::default()
     };
     check(validate(&snapshot, &Policy::default()));

@@ -1,18 +1,21 @@
 //! The reconcile pipeline, shared by `plan`, `apply` and the daemon: source -> validate ->
 //! compile (against the live state) -> plan -> apply.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
+use reconciler_common::MAX_SLOTS;
+
 use crate::{
     compile::{compile, compile_with_health, CompileError},
     dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
+    memo::{Memo, Record},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
     source::{self, GitSpec, Snapshot, SourceError, SourceSpec},
-    validate::{validate, Diagnostic, Policy},
+    validate::{validate, validate_reusing, Diagnostic, Policy},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,11 @@ pub enum Error {
     #[error("the saved plan is for {planned}, not {given}; pass --pin-path {planned}")]
     OtherPinPath { planned: String, given: String },
     #[error(
+        "the maps at {pin_path} no longer hold what the plan was made against for the \
+         services it changes (changed by hand?); run `reconciler plan` again"
+    )]
+    Unconfirmed { pin_path: String },
+    #[error(
         "refusing to destroy every service ({destroy}) for definitions that define none: an \
          empty or mistyped source path looks like this; if it is meant, apply with \
          --allow-destroy-all (the daemon: policy.allowDestroyAll: true)"
@@ -66,11 +74,79 @@ pub struct Desired {
     /// Where they came from, for people (`git://host/repo.git@main`, a directory).
     pub source: String,
     pub services: Vec<Service>,
+    /// For a git source: where the files are and which blob each is, for the incremental
+    /// path.
+    pub tree: Option<Tree>,
+}
+
+/// A git revision's definition files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tree {
+    /// The repository and subdirectory they came from (the incremental path diffs trees of
+    /// one source only).
+    pub source: String,
+    /// Path -> blob id.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Tree {
+    fn of(spec: &SourceSpec, snapshot: &Snapshot) -> Option<Tree> {
+        let files = snapshot
+            .files
+            .iter()
+            .map(|file| Some((file.path.clone(), file.blob.clone()?)))
+            .collect::<Option<_>>()?;
+        Some(Tree { source: Tree::source_of(spec)?, files })
+    }
+
+    /// [`Tree::source`] for `spec`: `None` for a directory.
+    pub fn source_of(spec: &SourceSpec) -> Option<String> {
+        let SourceSpec::Git(git) = spec else { return None };
+        let subdir = git.subdir.as_deref().unwrap_or(Path::new("")).display();
+        Some(format!("{} path {subdir}", git.url))
+    }
 }
 
 /// Fetches `spec` and validates every file of it.
 pub fn load(spec: &SourceSpec, policy: &Policy) -> Result<Desired, Error> {
-    validated(source::fetch(spec)?, describe(spec), policy)
+    let snapshot = source::fetch(spec)?;
+    let tree = Tree::of(spec, &snapshot);
+    Ok(Desired { tree, ..validated(snapshot, describe(spec), policy)? })
+}
+
+/// [`load`], reading and parsing only the files whose blobs `memo` has no parse of, and
+/// adding the parses of those to it. The rules across files run over all of them.
+pub fn load_reusing(spec: &SourceSpec, policy: &Policy, memo: &mut Memo) -> Result<Desired, Error> {
+    let snapshot = source::fetch_reusing(spec, &|blob| memo.parsed.contains_key(blob))?;
+    let located = match validate_reusing(&snapshot, policy, &memo.parsed) {
+        Ok(located) => located,
+        Err(diagnostics) => {
+            // A reused file's services have no positions: the report reads every file again.
+            if let (SourceSpec::Git(git), Some(revision)) = (spec, &snapshot.revision) {
+                if snapshot.files.iter().any(|file| file.reused) {
+                    let whole = source::snapshot_at(git, revision)?;
+                    return validated(whole, describe(spec), policy);
+                }
+            }
+            return Err(Error::Invalid { revision: snapshot.revision, diagnostics });
+        }
+    };
+    let mut by_file: BTreeMap<&str, Vec<Service>> = BTreeMap::new();
+    for l in &located {
+        by_file.entry(l.file.as_str()).or_default().push(l.service.clone());
+    }
+    for file in snapshot.files.iter().filter(|file| !file.reused) {
+        if let Some(blob) = &file.blob {
+            let services = by_file.remove(file.path.as_str()).unwrap_or_default();
+            memo.parsed.insert(blob.clone(), services);
+        }
+    }
+    Ok(Desired {
+        tree: Tree::of(spec, &snapshot),
+        revision: snapshot.revision,
+        source: describe(spec),
+        services: located.into_iter().map(|l| l.service).collect(),
+    })
 }
 
 /// Another revision of the repository `load` fetched (for `plan --against REV`).
@@ -85,6 +161,7 @@ pub fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<
             revision: snapshot.revision,
             source,
             services: located.into_iter().map(|l| l.service).collect(),
+            tree: None,
         }),
         Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
     }
@@ -146,6 +223,149 @@ pub fn plan_with_health(
     Ok(make_plan(context, live_state, compiled))
 }
 
+/// The plan from the live state at `pin_path` to `desired`: by the incremental path when
+/// `memo` records the live generation (see [`plan_touched`]), else, or with `refresh`, by
+/// reading all of it ([`plan`]).
+pub fn plan_reusing(
+    desired: &Desired,
+    pin_path: &Path,
+    memo: &Memo,
+    refresh: bool,
+) -> Result<Plan, Error> {
+    if !refresh {
+        if let Some(plan) = plan_touched(desired, pin_path, memo)? {
+            return Ok(plan);
+        }
+    }
+    plan(desired, pin_path)
+}
+
+/// The incremental path: when the maps are at the generation and revision `memo` recorded,
+/// with a clean standby and no health exclusions, the services that differ between the
+/// recorded revision's files and `desired`'s (by the parses of the files that changed) are
+/// compiled against the recorded state, and their entries are read from both sets to confirm
+/// the record. `None` when any of that does not hold: the caller takes the full path.
+///
+/// Hand edits to entries of services that did not change are not seen here; `plan --refresh`
+/// reads everything.
+pub fn plan_touched(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Option<Plan>, Error> {
+    let (Some(record), Some(tree), Some(revision)) = (&memo.record, &desired.tree, &desired.revision)
+    else {
+        return Ok(None);
+    };
+    let pin = pin_path.display().to_string();
+    // An empty repository is for the full path to judge (it refuses to destroy everything).
+    if record.pin_path != pin
+        || record.source != tree.source
+        || !record.state.health_excluded.is_empty()
+        || desired.services.is_empty()
+        || !dataplane::is_installed(pin_path)
+    {
+        return Ok(None);
+    }
+    let dataplane = Dataplane::open(pin_path)?;
+    let status = dataplane.status()?;
+    if status.generation != record.generation
+        || status.revision.as_deref() != Some(record.revision.as_str())
+        || status.standby_dirty
+    {
+        return Ok(None);
+    }
+    let Some(touched) = touched_services(record, tree, memo) else {
+        return Ok(None);
+    };
+    let services: Vec<Service> = desired
+        .services
+        .iter()
+        .filter(|s| touched.contains(s.metadata.name.as_str()))
+        .cloned()
+        .collect();
+    let before = record.state.of_services(&touched);
+    let after = compile_with_health(&services, &record.state, &BTreeSet::new())?;
+    let slots = record.state.slots.len() - before.slots.len() + after.slots.len();
+    if slots > MAX_SLOTS as usize {
+        return Err(CompileError::Capacity { what: "slots", count: slots, max: MAX_SLOTS }.into());
+    }
+    if !dataplane.confirm(&before, &after)? {
+        return Ok(None);
+    }
+    let context = PlanContext {
+        revision: Some(revision.clone()),
+        source: desired.source.clone(),
+        pin_path: pin,
+        install: false,
+        generation: status.generation,
+        live_revision: status.revision,
+        against: false,
+        health_changed: false,
+    };
+    let mut plan = make_plan(context, &before, after);
+    plan.touched = Some(before);
+    Ok(Some(plan))
+}
+
+/// The names of the services that differ between the recorded revision and `tree`: only
+/// files whose blob changed can hold one (a service defined once on each side that moved
+/// between files changed both files). `None` when `memo` lacks the parse of a changed file.
+fn touched_services<'a>(record: &'a Record, tree: &'a Tree, memo: &'a Memo) -> Option<BTreeSet<&'a str>> {
+    let changed = |from: &'a BTreeMap<String, String>, to: &BTreeMap<String, String>| {
+        let mut services: BTreeMap<&'a str, &'a Service> = BTreeMap::new();
+        for (path, blob) in from {
+            if to.get(path) != Some(blob) {
+                for service in memo.parsed.get(blob)? {
+                    services.insert(service.metadata.name.as_str(), service);
+                }
+            }
+        }
+        Some(services)
+    };
+    let old = changed(&record.files, &tree.files)?;
+    let new = changed(&tree.files, &record.files)?;
+    let names = old.keys().chain(new.keys()).copied();
+    Some(names.filter(|name| old.get(name) != new.get(name)).collect())
+}
+
+/// What `memo` learns from `plan` (made from `desired`) being applied with `report`: the maps
+/// now hold its desired state (over the recorded one, for an incremental plan).
+pub fn remember_apply(memo: &mut Memo, desired: &Desired, plan: &Plan, report: &ApplyReport) {
+    let record = memo.record.take();
+    let (Some(tree), Some(revision)) = (&desired.tree, &plan.context.revision) else { return };
+    let state = match (&plan.touched, record) {
+        (None, _) => plan.desired.clone(),
+        (Some(before), Some(record)) => record.state.replaced(before, &plan.desired),
+        (Some(_), None) => return,
+    };
+    memo.record = Some(Record {
+        pin_path: plan.context.pin_path.clone(),
+        generation: report.generation,
+        revision: revision.clone(),
+        source: tree.source.clone(),
+        files: tree.files.clone(),
+        state,
+    });
+}
+
+/// What `memo` learns from a full `plan` (made from `desired`) that is not applied: when it
+/// found the maps holding its revision and nothing to change, they hold its desired state.
+pub fn remember_plan(memo: &mut Memo, desired: &Desired, plan: &Plan) {
+    let (Some(tree), Some(revision)) = (&desired.tree, &plan.context.revision) else { return };
+    if plan.touched.is_some()
+        || plan.context.install
+        || plan.entry_changes > 0
+        || plan.context.live_revision.as_ref() != Some(revision)
+    {
+        return;
+    }
+    memo.record = Some(Record {
+        pin_path: plan.context.pin_path.clone(),
+        generation: plan.context.generation,
+        revision: revision.clone(),
+        source: tree.source.clone(),
+        files: tree.files.clone(),
+        state: plan.desired.clone(),
+    });
+}
+
 /// The plan between two revisions, with no data plane at all (for pull-request review):
 /// `base` compiled from nothing is the "live" side.
 pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
@@ -195,14 +415,18 @@ pub fn apply(
     };
     // The generation is checked under the apply's lock: a plan made against generation N is
     // applied only to generation N.
-    match dataplane.apply(
-        &plan.desired,
-        plan.context.revision.as_deref(),
-        Some(plan.context.generation),
-    ) {
+    let revision = plan.context.revision.as_deref();
+    let applied = match &plan.touched {
+        Some(recorded) => {
+            dataplane.apply_touched(recorded, &plan.desired, revision, plan.context.generation)
+        }
+        None => dataplane.apply(&plan.desired, revision, Some(plan.context.generation)),
+    };
+    match applied {
         Err(DataplaneError::GenerationMoved { expected, found }) => {
             Err(Error::StalePlan { pin_path: given, planned: expected, live: found })
         }
+        Err(DataplaneError::NotAsRecorded) => Err(Error::Unconfirmed { pin_path: given }),
         other => Ok(other?),
     }
 }

@@ -7,6 +7,7 @@ pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod limits;
+pub mod memo;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -2,12 +2,12 @@
 //! `kind: Service`. `validate` reads them from YAML; the schema admits exactly these fields.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 // The data plane's own enums: their serde names are the YAML spellings.
 pub use crate::dataplane::{Algorithm, BackendState, Client, Protocol};
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Service {
     pub api_version: String,
@@ -16,7 +16,7 @@ pub struct Service {
     pub spec: ServiceSpec,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     pub name: String,
@@ -24,7 +24,7 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     #[serde(deserialize_with = "canonical_ip")]
@@ -45,7 +45,7 @@ pub struct ServiceSpec {
 }
 
 /// How the daemon probes each backend (`spec.healthCheck`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheck {
     #[serde(default)]
@@ -69,7 +69,7 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthProtocol {
     /// A TCP connect that succeeds.
@@ -91,7 +91,7 @@ fn three() -> u32 {
     3
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Port {
     #[serde(default)]
@@ -114,7 +114,7 @@ fn tcp() -> Protocol {
     Protocol::Tcp
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     #[serde(deserialize_with = "canonical_ip")]
@@ -149,7 +149,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancing {
     #[serde(default)]
@@ -162,7 +162,7 @@ pub struct LoadBalancing {
     pub table_size: Option<u32>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SessionAffinity {
     pub timeout_seconds: u32,

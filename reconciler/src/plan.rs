@@ -80,7 +80,13 @@ pub struct Plan {
     /// Map writes the apply will make (both sets, the flip and the metadata).
     pub map_writes: usize,
     /// The desired map state; kept in saved plans, so apply writes exactly what was shown.
+    /// With `touched`: the desired entries of the touched services only.
     pub desired: MapState,
+    /// An incremental plan's scope: what both sets hold of the services it touches (the
+    /// apply confirms it); `None`: the plan covers every entry. Never saved: `plan --out`
+    /// makes a full plan.
+    #[serde(skip)]
+    pub touched: Option<MapState>,
 }
 
 impl Plan {
@@ -90,7 +96,11 @@ impl Plan {
 
     /// Every live service goes and none comes: what an empty or mistyped source looks like.
     pub fn destroys_everything(&self) -> bool {
-        !self.context.against && self.summary.destroy > 0 && self.desired.services.is_empty()
+        // An incremental plan is made only for definitions with services.
+        self.touched.is_none()
+            && !self.context.against
+            && self.summary.destroy > 0
+            && self.desired.services.is_empty()
     }
 
     /// The live maps differ from what their recorded revision put there.
@@ -123,6 +133,11 @@ pub enum SavedPlanError {
 /// The file `plan --out` writes: the plan's JSON with a `checksum` (SHA-256) of everything
 /// else, so a plan edited by hand or cut short is refused instead of applied as written.
 pub fn to_saved(plan: &Plan) -> Result<String, serde_json::Error> {
+    if plan.touched.is_some() {
+        return Err(serde::ser::Error::custom(
+            "an incremental plan is not saved (its desired state is partial); plan with --refresh",
+        ));
+    }
     let mut value = serde_json::to_value(plan)?;
     let checksum = checksum_of(&value)?;
     if let Some(object) = value.as_object_mut() {
@@ -216,6 +231,7 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         services,
         summary,
         desired,
+        touched: None,
     }
 }
 
@@ -313,6 +329,14 @@ pub fn render_text(plan: &Plan) -> String {
             "Live: {} (generation {}, applied revision {applied})",
             plan.context.pin_path, plan.context.generation
         );
+        if let Some(touched) = &plan.touched {
+            let _ = writeln!(
+                out,
+                "Read: the live entries of the changed services only ({}); the rest is as \
+                 that apply recorded it (`--refresh` reads every entry)",
+                touched.services.len() + touched.slots.len() + touched.backends.len()
+            );
+        }
     }
     if !plan.desired.health_excluded.is_empty() {
         let list: Vec<String> =

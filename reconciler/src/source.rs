@@ -62,7 +62,20 @@ pub struct SourceFile {
     /// (e.g. "services/team-a/web.yaml"), the directory as given joined with the relative path
     /// for Dir (e.g. "examples/policies/team-web/web.yaml").
     pub path: String,
+    /// The file's text; empty when `reused`.
     pub text: String,
+    /// The git blob id (the content's address) of a file read from git.
+    pub blob: Option<String>,
+    /// Not read: the caller already holds what this blob validates to (see
+    /// [`fetch_reusing`]).
+    pub reused: bool,
+}
+
+impl SourceFile {
+    /// A file read from anywhere but git.
+    pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
+        SourceFile { path: path.into(), text: text.into(), blob: None, reused: false }
+    }
 }
 
 /// A definition file that was not read, or a path that was skipped.
@@ -103,12 +116,18 @@ impl SourceError {
 
 /// Fetches (git) or reads (dir) and returns one snapshot.
 pub fn fetch(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
+    fetch_reusing(spec, &|_| false)
+}
+
+/// [`fetch`], leaving unread (`reused`) the git blobs that `known` (by blob id) says the
+/// caller already holds; the limits still count them.
+pub fn fetch_reusing(spec: &SourceSpec, known: &dyn Fn(&str) -> bool) -> Result<Snapshot, SourceError> {
     match spec {
         SourceSpec::Dir(dir) => read_paths(std::slice::from_ref(dir)),
         SourceSpec::Git(git) => with_cache(git, |cache| {
             cache.fetch(git)?;
             let commit = cache.resolve(git.reference.as_deref())?;
-            cache.snapshot(commit, git.subdir.as_deref())
+            cache.snapshot(commit, git.subdir.as_deref(), known)
         }),
     }
 }
@@ -124,7 +143,7 @@ pub fn snapshot_at(spec: &GitSpec, rev: &str) -> Result<Snapshot, SourceError> {
             }
             resolved => resolved?,
         };
-        cache.snapshot(commit, spec.subdir.as_deref())
+        cache.snapshot(commit, spec.subdir.as_deref(), &|_| false)
     })
 }
 
@@ -240,11 +259,16 @@ impl Collector {
         true
     }
 
-    fn push(&mut self, path: String, bytes: Vec<u8>) {
+    fn push(&mut self, path: String, bytes: Vec<u8>, blob: Option<String>) {
         match String::from_utf8(bytes) {
-            Ok(text) => self.snapshot.files.push(SourceFile { path, text }),
+            Ok(text) => self.snapshot.files.push(SourceFile { path, text, blob, reused: false }),
             Err(_) => self.problem(&path, "not UTF-8"),
         }
+    }
+
+    fn push_reused(&mut self, path: String, blob: String) {
+        let file = SourceFile { path, text: String::new(), blob: Some(blob), reused: true };
+        self.snapshot.files.push(file);
     }
 
     fn finish(mut self, revision: Option<String>) -> Snapshot {
@@ -342,7 +366,7 @@ fn read_file(path: &Path, collector: &mut Collector) -> Result<(), SourceError> 
         collector.problem(&shown, limits::too_large(bytes.len() as u64));
         return Ok(());
     }
-    collector.push(shown, bytes);
+    collector.push(shown, bytes, None);
     Ok(())
 }
 
@@ -433,12 +457,17 @@ impl Cache {
         }
     }
 
-    fn snapshot(&self, commit: Oid, subdir: Option<&Path>) -> Result<Snapshot, SourceError> {
+    fn snapshot(
+        &self,
+        commit: Oid,
+        subdir: Option<&Path>,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, SourceError> {
         let revision = commit.to_string();
         let root =
             self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(self.cache_error())?;
         let Some(subdir) = subdir else {
-            return self.files(root, "", &revision);
+            return self.files(root, "", &revision, known);
         };
         let not_found = || SourceError::SubdirNotFound {
             subdir: subdir.to_owned(),
@@ -456,18 +485,24 @@ impl Cache {
         }
         let prefix = parts.join("/");
         if prefix.is_empty() {
-            return self.files(root, "", &revision);
+            return self.files(root, "", &revision, known);
         }
         let entry = root.get_path(Path::new(&prefix)).map_err(|_| not_found())?;
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(not_found());
         }
         let tree = self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
-        self.files(tree, &prefix, &revision)
+        self.files(tree, &prefix, &revision, known)
     }
 
     /// Every definition file under `tree`, without recursion (a hostile tree can be deep).
-    fn files(&self, tree: Tree, prefix: &str, revision: &str) -> Result<Snapshot, SourceError> {
+    fn files(
+        &self,
+        tree: Tree,
+        prefix: &str,
+        revision: &str,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, SourceError> {
         let mut collector = Collector::default();
         let odb = self.repo.odb().map_err(self.cache_error())?;
         let mut pending = vec![(tree, prefix.to_owned())];
@@ -492,9 +527,14 @@ impl Cache {
                         // The header gives the size without loading the blob.
                         let (size, _) = odb.read_header(entry.id()).map_err(self.cache_error())?;
                         if collector.admit(&path, size as u64) {
-                            let blob =
-                                self.repo.find_blob(entry.id()).map_err(self.cache_error())?;
-                            collector.push(path, blob.content().to_vec());
+                            let id = entry.id().to_string();
+                            if known(&id) {
+                                collector.push_reused(path, id);
+                            } else {
+                                let blob =
+                                    self.repo.find_blob(entry.id()).map_err(self.cache_error())?;
+                                collector.push(path, blob.content().to_vec(), Some(id));
+                            }
                         }
                     }
                     // Other files, and submodules (commits of other repositories).

@@ -161,12 +161,35 @@ impl Schema {
 /// Validates every document of every file of `snapshot`; returns the services, or every
 /// problem found (the files it could not read among them).
 pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Vec<Diagnostic>> {
+    validate_reusing(snapshot, policy, &BTreeMap::new())
+}
+
+/// [`validate`], taking the services of each `reused` file of `snapshot` from `parsed` (by
+/// blob id: what that file validated to on its own, schema and model, in an earlier run)
+/// instead of parsing it. The rules across files run over all of them as always. Diagnostics
+/// of a reused service have no position: validate without reuse for the report.
+pub fn validate_reusing(
+    snapshot: &Snapshot,
+    policy: &Policy,
+    parsed: &BTreeMap<String, Vec<Service>>,
+) -> Result<Vec<Located>, Vec<Diagnostic>> {
     let start = Position { line: 1, column: 1 };
     let mut diagnostics: Vec<Diagnostic> =
         snapshot.problems.iter().map(|p| at(&p.path, start, "", p.message.clone())).collect();
     let mut services = Vec::new();
     let mut nodes = limits::MAX_NODES;
     for file in &snapshot.files {
+        if file.reused {
+            match file.blob.as_ref().and_then(|blob| parsed.get(blob)) {
+                Some(known) => services.extend(known.iter().map(|service| Located {
+                    service: service.clone(),
+                    file: file.path.clone(),
+                    document: Document::nowhere(),
+                })),
+                None => diagnostics.push(at(&file.path, start, "", "not read".into())),
+            }
+            continue;
+        }
         let documents = match yaml::parse_within(&file.text, &mut nodes) {
             Ok(documents) => documents,
             Err(e) => {
@@ -597,7 +620,7 @@ spec:
     fn check(files: &[(&str, &str)], policy: &Policy) -> Result<Vec<Located>, Vec<String>> {
         let files = files
             .iter()
-            .map(|(path, text)| SourceFile { path: (*path).into(), text: (*text).into() })
+            .map(|(path, text)| SourceFile::new(*path, *text))
             .collect();
         let snapshot = Snapshot { files, ..Snapshot::default() };
         validate(&snapshot, policy).map_err(|ds| ds.iter().map(ToString::to_string).collect())

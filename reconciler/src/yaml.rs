@@ -64,6 +64,13 @@ impl Document {
         Document { value: Value::Null, places: self.places }
     }
 
+    /// A document of no value whose every node is at 1:1: for a service read back from a
+    /// cache, whose positions are not kept.
+    pub fn nowhere() -> Document {
+        let start = Position { line: 1, column: 1 };
+        Document { value: Value::Null, places: Place { at: start, children: Children::None } }
+    }
+
     /// Where the value at `pointer` starts, or its nearest ancestor's if it does not exist.
     pub fn value_position(&self, pointer: &str) -> Position {
         let mut place = &self.places;

@@ -314,7 +314,7 @@ fn the_documented_configurations_are_valid() {
 
     // And the README's service example is a valid service.
     let service = readme_block("## Service definitions", "apiVersion:");
-    let file = SourceFile { path: "README.md".into(), text: service };
+    let file = SourceFile::new("README.md", service);
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
     let result = reconciler::validate::validate(&snapshot, &Default::default());
     assert!(result.is_ok(), "{:?}", result.err());

@@ -126,12 +126,16 @@ fn an_entry_written_by_hand_is_drift_and_apply_removes_it() -> Result<()> {
     let active = setup.status()?["active_set"].as_u64().context("active_set")? as u8;
     add_service_by_hand(setup.sandbox.pin_path(), active)?;
 
-    let plan = setup.expect(2, "plan", &["--detailed-exitcode"])?;
+    // A default plan reads only what changed since the recorded apply (nothing): the README
+    // says so. --refresh reads every entry.
+    let plan = setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    assert!(plan.contains("No changes."), "{plan}");
+    let plan = setup.expect(2, "plan", &["--detailed-exitcode", "--refresh"])?;
     assert!(plan.contains("Drift: the live maps differ"), "{plan}");
     assert!(plan.contains("- service \"(unnamed service 999)\""), "{plan}");
     assert!(plan.contains("10.96.9.9"), "{plan}");
-    setup.expect(0, "apply", &[])?;
-    let plan = setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    setup.expect(0, "apply", &["--refresh"])?;
+    let plan = setup.expect(0, "plan", &["--detailed-exitcode", "--refresh"])?;
     assert!(plan.contains("No changes."), "{plan}");
     Ok(())
 }

@@ -12,7 +12,7 @@ use reconciler_common::LAYOUT_VERSION;
 
 use super::{
     plan::{invalid_to_report, public_json},
-    Output, ReconcileArgs,
+    MemoFile, Output, ReconcileArgs,
 };
 
 #[derive(Args)]
@@ -52,13 +52,20 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut attempt = 1;
+    let mut memo = None;
     let (plan, report) = loop {
         let plan = match &args.plan_file {
             Some(file) => read_saved(file)?,
             None => {
                 let spec = args.target.source.spec()?;
-                let desired = invalid_to_report(apply::load(&spec, &args.target.node_policy()?))?;
-                apply::plan(&desired, pin_path)?
+                let (file, desired) = memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
+                let policy = args.target.node_policy()?;
+                let loaded = invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
+                // After a lost race, the maps are not what the memo recorded: read them all.
+                let refresh = args.target.refresh || attempt > 1;
+                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh)?;
+                *desired = Some(loaded);
+                plan
             }
         };
         if args.output == Output::Text {
@@ -68,13 +75,13 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         match applied {
             // A plan made just now lost a race with another apply (the daemon's, say): plan
             // again from what that apply left. A saved plan is refused instead, as promised.
-            Err(Error::StalePlan { .. } | Error::StaleInstall { .. })
+            Err(Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. })
                 if args.plan_file.is_none() && attempt < ATTEMPTS =>
             {
                 attempt += 1;
                 eprintln!("Another apply changed the data plane while this one was planning; planning again.");
             }
-            Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. }))
+            Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. }))
                 if args.plan_file.is_none() =>
             {
                 anyhow::bail!("{ATTEMPTS} plans in a row were overtaken by other applies: {e}")
@@ -82,6 +89,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             other => break (plan, other?),
         }
     };
+    if let Some((file, Some(desired))) = &mut memo {
+        apply::remember_apply(&mut file.memo, desired, &plan, &report);
+        file.save(desired);
+    }
     if let Some(error) = &report.sockets_error {
         eprintln!("warning: the maps are applied, but {error}");
     }

@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reconciler::{
+    apply::{Desired, Tree},
     dataplane::DEFAULT_PIN_PATH,
+    memo::Memo,
     node,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{parse_range, Policy},
@@ -150,6 +152,10 @@ pub struct ReconcileArgs {
     /// VIP equal to an address of one of the node's interfaces is refused.
     #[arg(long, value_name = "IP,...", value_delimiter = ',')]
     allow_local_vips: Vec<IpAddr>,
+    /// Read every entry of the live maps, so hand edits anywhere show (by default only the
+    /// services that changed since the recorded apply are read; see the README).
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 impl ReconcileArgs {
@@ -160,6 +166,37 @@ impl ReconcileArgs {
                 .context("listing this node's addresses")?,
             ..self.policy.policy()
         })
+    }
+}
+
+/// The incremental path's memo of a git source and data plane, in the cache directory.
+pub struct MemoFile {
+    path: Option<PathBuf>,
+    pub memo: Memo,
+}
+
+impl MemoFile {
+    /// The memo for `spec` and `pin_path` (none for a directory); a damaged one is ignored,
+    /// with a warning, and rewritten at the end.
+    pub fn open(spec: &SourceSpec, pin_path: &std::path::Path) -> MemoFile {
+        let path = match (spec, Tree::source_of(spec)) {
+            (SourceSpec::Git(git), Some(source)) => Some(Memo::path(&git.cache_dir, pin_path, &source)),
+            _ => None,
+        };
+        let (memo, problem) = path.as_deref().map_or_else(|| (Memo::default(), None), Memo::load);
+        if let Some(problem) = problem {
+            eprintln!("warning: {problem}; reading everything instead, and rewriting it");
+        }
+        MemoFile { path, memo }
+    }
+
+    /// Writes the memo back, keeping the parses `desired`'s files and the record need.
+    pub fn save(&mut self, desired: &Desired) {
+        let (Some(path), Some(tree)) = (&self.path, &desired.tree) else { return };
+        self.memo.trim(&tree.files);
+        if let Err(e) = self.memo.save(path) {
+            eprintln!("warning: not saved, the next run reads everything: {e}");
+        }
     }
 }
 

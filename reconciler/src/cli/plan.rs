@@ -9,7 +9,7 @@ use reconciler::{
     source::SourceSpec,
 };
 
-use super::{Output, ReconcileArgs};
+use super::{MemoFile, Output, ReconcileArgs};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -42,8 +42,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             apply::plan_between(&base, &head)?
         }
         _ => {
-            let head = invalid_to_report(apply::load(&spec, &args.target.node_policy()?))?;
-            apply::plan(&head, &args.target.pin.pin_path)?
+            let pin_path = &args.target.pin.pin_path;
+            let mut memo = MemoFile::open(&spec, pin_path);
+            let policy = args.target.node_policy()?;
+            let head = invalid_to_report(apply::load_reusing(&spec, &policy, &mut memo.memo))?;
+            // A saved plan holds the whole desired state: made by reading everything.
+            let refresh = args.target.refresh || args.out.is_some();
+            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh)?;
+            apply::remember_plan(&mut memo.memo, &head, &plan);
+            memo.save(&head);
+            plan
         }
     };
     if let Some(out) = &args.out {

@@ -10,6 +10,7 @@ use std::{
 
 use aya::{maps::MapData, Pod};
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -31,12 +32,21 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+/// The element member of `union bpf_attr` (map_fd, then 8-aligned key, value, flags).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf<Attr>(command: libc::c_long, attr: &mut Attr) -> io::Result<()> {
     // SAFETY: attr is a valid bpf_attr prefix whose pointers reference live buffers of the
     // sizes its count says; the kernel writes only through them and into attr.count.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, command, attr as *mut BatchAttr, size_of::<BatchAttr>())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut Attr, size_of::<Attr>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -46,6 +56,31 @@ fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 
 fn map_fd(map: &MapData) -> u32 {
     map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// The value of each of `keys` in hash map `map` (`None`: no such entry), one syscall each:
+/// for a few keys, where reading the whole map would cost more.
+pub(crate) fn lookup_each<K: Pod, V: Pod>(
+    map: &MapData,
+    keys: impl IntoIterator<Item = K>,
+) -> io::Result<Vec<(K, Option<V>)>> {
+    let mut found = Vec::new();
+    for key in keys {
+        let mut value = std::mem::MaybeUninit::<V>::zeroed();
+        let mut attr = ElemAttr {
+            map_fd: map_fd(map),
+            key: &key as *const K as u64,
+            value: value.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            // SAFETY: V is Pod, so any bytes (zeroes, or what the kernel wrote) are a V.
+            Ok(()) => found.push((key, Some(unsafe { value.assume_init() }))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => found.push((key, None)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
 }
 
 /// Every entry of hash map `map`.

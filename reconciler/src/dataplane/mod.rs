@@ -188,6 +188,11 @@ pub enum DataplaneError {
     ProgramMaps { id: u32, error: ProgramError },
     #[error("the live generation is {found}, not the expected {expected}")]
     GenerationMoved { expected: u64, found: u64 },
+    #[error(
+        "the maps do not hold what the incremental plan recorded for the services it touches \
+         (changed by hand, or an apply was interrupted)"
+    )]
+    NotAsRecorded,
     #[error("waiting for an RCU grace period (membarrier): {0}")]
     Membarrier(io::Error),
     #[error("{0}")]
@@ -665,6 +670,57 @@ impl Dataplane {
         Ok(sets)
     }
 
+    /// What sets `first` and the other hold under the keys of `a` and `b`, `[first, other]`,
+    /// one lookup per key and set; the health map whole.
+    fn read_entries(&self, first: u8, a: &MapState, b: &MapState) -> Result<[MapState; 2]> {
+        let frontends: BTreeSet<Frontend> = a.services.keys().chain(b.services.keys()).copied().collect();
+        let slots: BTreeSet<(u32, u32)> = a.slots.keys().chain(b.slots.keys()).copied().collect();
+        let backends: BTreeSet<u32> = a.backends.keys().chain(b.backends.keys()).copied().collect();
+        let names: BTreeSet<u32> = a.names.keys().chain(b.names.keys()).copied().collect();
+        let read_error = |name: &str| io_err(format!("reading {name}"));
+        let mut sets = [MapState::default(), MapState::default()];
+        for (index, set) in [first, first ^ 1].into_iter().enumerate() {
+            let state = &mut sets[index];
+            let keys = frontends.iter().map(|f| state::service_key(f, set));
+            for (key, value) in batch::lookup_each::<_, ServiceValue>(&self.services, keys)
+                .map_err(read_error("SERVICES"))?
+            {
+                if let (Some(frontend), Some(value)) = (state::frontend_of(&key), value) {
+                    state.services.insert(frontend, state::service_entry(&value));
+                }
+            }
+            let keys = slots.iter().map(|slot| state::slot_key(*slot, set));
+            for (key, value) in
+                batch::lookup_each::<_, u32>(&self.slots, keys).map_err(read_error("SLOTS"))?
+            {
+                if let Some(backend) = value {
+                    state.slots.insert((key.service_id, key.slot), backend);
+                }
+            }
+            let keys = backends.iter().map(|id| state::backend_key(*id, set));
+            for (key, value) in batch::lookup_each::<_, Backend>(&self.backends, keys)
+                .map_err(read_error("BACKENDS"))?
+            {
+                if let Some(value) = value {
+                    state.backends.insert(key.backend_id, state::backend_entry(&value));
+                }
+            }
+            for (id, value) in batch::lookup_each::<_, ServiceName>(&self.names, names.iter().copied())
+                .map_err(read_error("SERVICE_NAMES"))?
+            {
+                if let Some(value) = value {
+                    state.names.insert(id, state::name_of(&value));
+                }
+            }
+            state.health_excluded = batch::lookup_all::<HealthKey, u32>(&self.health)
+                .map_err(read_error("HEALTH_EXCLUDED"))?
+                .iter()
+                .map(|(key, _)| state::health_addr(key))
+                .collect();
+        }
+        Ok(sets)
+    }
+
     /// The counters of backends `ids`, summed over CPUs.
     pub fn backend_counters(
         &self,
@@ -753,6 +809,42 @@ impl Dataplane {
         revision: Option<&str>,
         expected_generation: Option<u64>,
     ) -> Result<ApplyReport> {
+        self.apply_within(None, desired, revision, expected_generation)
+    }
+
+    /// [`apply`](Self::apply) confined to the entries of some services (the incremental
+    /// path): `recorded` is what both sets hold of them at `expected_generation`, as the
+    /// caller recorded it, and `desired` what they become. Reads only those entries, and
+    /// refuses (writing nothing) unless both sets hold exactly `recorded` of them and the
+    /// standby is clean; entries of other services are neither read nor touched.
+    pub fn apply_touched(
+        &mut self,
+        recorded: &MapState,
+        desired: &MapState,
+        revision: Option<&str>,
+        expected_generation: u64,
+    ) -> Result<ApplyReport> {
+        self.apply_within(Some(recorded), desired, revision, Some(expected_generation))
+    }
+
+    /// Both sets' entries under the keys of `recorded` and `desired`, `[active, standby]`,
+    /// with the (small) health map whole, and whether they are what `recorded` says.
+    pub fn confirm(&self, recorded: &MapState, desired: &MapState) -> Result<bool> {
+        let status = self.status()?;
+        if status.standby_dirty {
+            return Ok(false);
+        }
+        let sets = self.read_entries(status.active_set, recorded, desired)?;
+        Ok(sets.iter().all(|set| set == recorded))
+    }
+
+    fn apply_within(
+        &mut self,
+        recorded: Option<&MapState>,
+        desired: &MapState,
+        revision: Option<&str>,
+        expected_generation: Option<u64>,
+    ) -> Result<ApplyReport> {
         if revision.is_some_and(|r| r.len() > REVISION_LEN) {
             return Err(DataplaneError::Invalid(format!(
                 "revision is longer than {REVISION_LEN} bytes"
@@ -763,13 +855,24 @@ impl Dataplane {
         if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
             return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
         }
-        if metadata.standby_dirty != 0 {
-            // An earlier apply stopped after its flip, maybe before its wait: wait now.
-            wait_for_readers()?;
-        }
         let active = self.read_active_set()?;
         let standby = active ^ 1;
-        let [live, standby_content] = self.read_sets(active)?;
+        let [live, standby_content] = match recorded {
+            None => {
+                if metadata.standby_dirty != 0 {
+                    // An earlier apply stopped after its flip, maybe before its wait: wait now.
+                    wait_for_readers()?;
+                }
+                self.read_sets(active)?
+            }
+            Some(recorded) => {
+                let sets = self.read_entries(active, recorded, desired)?;
+                if metadata.standby_dirty != 0 || sets.iter().any(|set| set != recorded) {
+                    return Err(DataplaneError::NotAsRecorded);
+                }
+                sets
+            }
+        };
 
         let changes = live.changes_to(desired);
         let revision_changed = revision.is_some_and(|r| {

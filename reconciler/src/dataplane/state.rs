@@ -249,6 +249,50 @@ impl MapState {
         }
         changes
     }
+    /// The entries of the services named in `names` (by the service part of their frontend
+    /// names), with no health exclusions.
+    pub fn of_services(&self, names: &BTreeSet<&str>) -> MapState {
+        let ids: BTreeSet<u32> = self
+            .names
+            .iter()
+            .filter(|(_, label)| label.rsplit_once('/').is_some_and(|(name, _)| names.contains(name)))
+            .map(|(id, _)| *id)
+            .collect();
+        MapState {
+            services: self.services.iter().filter(|(_, s)| ids.contains(&s.id)).map(|(k, v)| (*k, *v)).collect(),
+            slots: self.slots.iter().filter(|((id, _), _)| ids.contains(id)).map(|(k, v)| (*k, *v)).collect(),
+            backends: self
+                .backends
+                .iter()
+                .filter(|(_, b)| ids.contains(&b.service_id))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            names: self.names.iter().filter(|(id, _)| ids.contains(id)).map(|(k, v)| (*k, v.clone())).collect(),
+            health_excluded: BTreeSet::new(),
+        }
+    }
+
+    /// `self` with the entries of `before` replaced by those of `after` (an incremental
+    /// apply's result).
+    pub fn replaced(mut self, before: &MapState, after: &MapState) -> MapState {
+        for key in before.services.keys() {
+            self.services.remove(key);
+        }
+        for key in before.slots.keys() {
+            self.slots.remove(key);
+        }
+        for key in before.backends.keys() {
+            self.backends.remove(key);
+        }
+        for key in before.names.keys() {
+            self.names.remove(key);
+        }
+        self.services.extend(after.services.iter().map(|(k, v)| (*k, *v)));
+        self.slots.extend(after.slots.iter().map(|(k, v)| (*k, *v)));
+        self.backends.extend(after.backends.iter().map(|(k, v)| (*k, *v)));
+        self.names.extend(after.names.iter().map(|(k, v)| (*k, v.clone())));
+        self
+    }
 }
 
 fn diff_maps<K: Ord + Clone, V: PartialEq + Clone>(

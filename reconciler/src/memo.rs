@@ -1,0 +1,140 @@
+//! What the incremental path (`apply::plan_reusing`) reuses between runs: what each git blob
+//! validated to on its own, and the map state the last apply left.
+//!
+//! Both are keyed by content and by this build: parse results by blob id, the record by the
+//! generation and revision the maps themselves record, and the whole by `BUILD_ID` (a digest
+//! of this build's sources), so a build whose rules differ never reads them. The CLI keeps
+//! them in a file under the cache directory, the daemon in memory. A file that is damaged,
+//! cut short or another build's is ignored and rebuilt, never trusted; and what it records
+//! of the maps is confirmed against the maps before anything is written.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::{dataplane::MapState, model::Service};
+
+/// A digest of the sources this binary was built from (see `build.rs`).
+pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");
+
+/// The file's first bytes; then the build ID, the SHA-256 of the rest, and the rest.
+const MAGIC: &[u8; 16] = b"reconciler-memo\n";
+
+/// A memo file larger than this is no memo of ours (a repository at the limits of
+/// `crate::limits` makes far less).
+const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// What one run leaves for the next.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Memo {
+    /// Blob id -> the services that file validated to on its own (schema and model).
+    pub parsed: BTreeMap<String, Vec<Service>>,
+    /// The state of the maps after the last apply (or a plan that found them unchanged).
+    pub record: Option<Record>,
+}
+
+/// What both map sets held, as of one generation of one data plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub pin_path: String,
+    pub generation: u64,
+    /// The commit applied.
+    pub revision: String,
+    /// Where it came from: [`crate::apply::Tree::source`].
+    pub source: String,
+    /// Its definition files: path -> blob id.
+    pub files: BTreeMap<String, String>,
+    /// Both sets' entries (they are equal after an apply) and the health exclusions.
+    pub state: MapState,
+}
+
+/// Why a memo file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoError {
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{}: {reason}; ignored", path.display())]
+    Unusable { path: PathBuf, reason: &'static str },
+    #[error("{}: {error}", path.display())]
+    Encode { path: PathBuf, error: postcard::Error },
+}
+
+impl Memo {
+    /// The memo file for the data plane at `pin_path` fed from `source`, under `cache_dir`.
+    pub fn path(cache_dir: &Path, pin_path: &Path, source: &str) -> PathBuf {
+        let key = sha2::Sha256::digest(format!("{}\0{source}", pin_path.display()).as_bytes());
+        let name: String = key.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        cache_dir.join("memo").join(format!("{name}.bin"))
+    }
+
+    /// The memo at `path`: empty if there is none, and empty with the reason if it cannot be
+    /// trusted (the caller says so and goes on: it is only a cache).
+    pub fn load(path: &Path) -> (Memo, Option<MemoError>) {
+        match Self::read(path) {
+            Ok(memo) => (memo, None),
+            Err(MemoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                (Memo::default(), None)
+            }
+            Err(e) => (Memo::default(), Some(e)),
+        }
+    }
+
+    fn read(path: &Path) -> Result<Memo, MemoError> {
+        let io = |error| MemoError::Io { path: path.to_owned(), error };
+        let unusable = |reason| MemoError::Unusable { path: path.to_owned(), reason };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(unusable("larger than any memo"));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let header = MAGIC.len() + BUILD_ID.len() + 32;
+        if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(unusable("not a memo file"));
+        }
+        let (build, rest) = bytes[MAGIC.len()..].split_at(BUILD_ID.len());
+        if build != BUILD_ID.as_bytes() {
+            return Err(unusable("written by another build"));
+        }
+        let (checksum, body) = rest.split_at(32);
+        if sha2::Sha256::digest(body).as_slice() != checksum {
+            return Err(unusable("damaged (checksum mismatch)"));
+        }
+        postcard::from_bytes(body).map_err(|_| unusable("damaged (does not decode)"))
+    }
+
+    /// Writes the memo to `path` atomically (a new file renamed over the old one).
+    pub fn save(&self, path: &Path) -> Result<(), MemoError> {
+        let io = |error| MemoError::Io { path: path.to_owned(), error };
+        let body = postcard::to_stdvec(self)
+            .map_err(|error| MemoError::Encode { path: path.to_owned(), error })?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let partial = path.with_extension(format!("partial.{}", std::process::id()));
+        let written = std::fs::File::create(&partial).and_then(|mut file| {
+            file.write_all(MAGIC)?;
+            file.write_all(BUILD_ID.as_bytes())?;
+            file.write_all(&sha2::Sha256::digest(&body))?;
+            file.write_all(&body)
+        });
+        match written.and_then(|()| std::fs::rename(&partial, path)) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(io(error))
+            }
+        }
+    }
+
+    /// Keeps only the parse results of `files` and of the recorded revision's files (the two
+    /// sides of the next diff).
+    pub fn trim(&mut self, files: &BTreeMap<String, String>) {
+        let recorded = self.record.iter().flat_map(|r| r.files.values());
+        let keep: std::collections::BTreeSet<&String> = files.values().chain(recorded).collect();
+        self.parsed.retain(|blob, _| keep.contains(blob));
+    }
+}
