@@ -630,6 +630,13 @@ impl Dataplane {
         Ok(LiveState { state, status })
     }
 
+    /// The metadata and both sets, `[active, standby]`, every entry.
+    pub fn read_both_sets(&self) -> Result<(Status, [MapState; 2])> {
+        let status = self.status()?;
+        let sets = self.read_sets(status.active_set)?;
+        Ok((status, sets))
+    }
+
     /// Both sets, `[set first, the other]`, in one pass over each map. Entries that no build
     /// of ours writes (an unknown protocol) are skipped here and so are replaced by an apply.
     fn read_sets(&self, first: u8) -> Result<[MapState; 2]> {
