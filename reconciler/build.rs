@@ -46,7 +46,8 @@ fn source_digest(roots: &[PathBuf]) -> anyhow::Result<String> {
         let mut pending = vec![root.clone()];
         while let Some(path) = pending.pop() {
             if path.is_dir() {
-                let entries = std::fs::read_dir(&path).with_context(|| path.display().to_string())?;
+                let entries =
+                    std::fs::read_dir(&path).with_context(|| path.display().to_string())?;
                 for entry in entries {
                     pending.push(entry?.path());
                 }

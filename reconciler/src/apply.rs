@@ -139,6 +139,7 @@ pub fn load_reusing(spec: &SourceSpec, policy: &Policy, memo: &mut Memo) -> Resu
         if let Some(blob) = &file.blob {
             let services = by_file.remove(file.path.as_str()).unwrap_or_default();
             memo.parsed.insert(blob.clone(), services);
+            memo.changed = true;
         }
     }
     Ok(Desired {
@@ -248,8 +249,13 @@ pub fn plan_reusing(
 ///
 /// Hand edits to entries of services that did not change are not seen here; `plan --refresh`
 /// reads everything.
-pub fn plan_touched(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Option<Plan>, Error> {
-    let (Some(record), Some(tree), Some(revision)) = (&memo.record, &desired.tree, &desired.revision)
+pub fn plan_touched(
+    desired: &Desired,
+    pin_path: &Path,
+    memo: &Memo,
+) -> Result<Option<Plan>, Error> {
+    let (Some(record), Some(tree), Some(revision)) =
+        (&memo.record, &desired.tree, &desired.revision)
     else {
         return Ok(None);
     };
@@ -307,7 +313,11 @@ pub fn plan_touched(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<O
 /// The names of the services that differ between the recorded revision and `tree`: only
 /// files whose blob changed can hold one (a service defined once on each side that moved
 /// between files changed both files). `None` when `memo` lacks the parse of a changed file.
-fn touched_services<'a>(record: &'a Record, tree: &'a Tree, memo: &'a Memo) -> Option<BTreeSet<&'a str>> {
+fn touched_services<'a>(
+    record: &'a Record,
+    tree: &'a Tree,
+    memo: &'a Memo,
+) -> Option<BTreeSet<&'a str>> {
     let changed = |from: &'a BTreeMap<String, String>, to: &BTreeMap<String, String>| {
         let mut services: BTreeMap<&'a str, &'a Service> = BTreeMap::new();
         for (path, blob) in from {
@@ -335,6 +345,7 @@ pub fn remember_apply(memo: &mut Memo, desired: &Desired, plan: &Plan, report: &
         (Some(before), Some(record)) => record.state.replaced(before, &plan.desired),
         (Some(_), None) => return,
     };
+    memo.changed = true;
     memo.record = Some(Record {
         pin_path: plan.context.pin_path.clone(),
         generation: report.generation,
@@ -356,14 +367,18 @@ pub fn remember_plan(memo: &mut Memo, desired: &Desired, plan: &Plan) {
     {
         return;
     }
-    memo.record = Some(Record {
+    let record = Record {
         pin_path: plan.context.pin_path.clone(),
         generation: plan.context.generation,
         revision: revision.clone(),
         source: tree.source.clone(),
         files: tree.files.clone(),
         state: plan.desired.clone(),
-    });
+    };
+    if memo.record.as_ref() != Some(&record) {
+        memo.record = Some(record);
+        memo.changed = true;
+    }
 }
 
 /// The plan between two revisions, with no data plane at all (for pull-request review):

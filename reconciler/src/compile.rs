@@ -97,8 +97,21 @@ pub fn compile_with_health(
     let mut desired = MapState::default();
     let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), MAX_SERVICES);
     let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), MAX_BACKENDS);
-    let live_backend_ids: BTreeMap<(u32, SocketAddr), u32> =
-        live.backends.iter().map(|(id, b)| ((b.service_id, b.addr), *id)).collect();
+    // The live backends of the services compiled here only: an incremental compile of one
+    // service against 100 000 live backends indexes its own ten.
+    let compiled: BTreeSet<u32> = services
+        .iter()
+        .flat_map(|s| s.spec.ports.iter().map(|p| (s.spec.vip, p)))
+        .filter_map(|(vip, p)| {
+            live.services.get(&Frontend { vip, port: p.port, protocol: p.protocol }).map(|e| e.id)
+        })
+        .collect();
+    let live_backend_ids: BTreeMap<(u32, SocketAddr), u32> = live
+        .backends
+        .iter()
+        .filter(|(_, b)| compiled.contains(&b.service_id))
+        .map(|(id, b)| ((b.service_id, b.addr), *id))
+        .collect();
     let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
     let by_name: BTreeMap<&str, &Service> =
         services.iter().map(|s| (s.metadata.name.as_str(), s)).collect();
@@ -317,25 +330,40 @@ fn maglev_table(mut backends: Vec<(u32, SocketAddr, u32)>, size: u32) -> Vec<u32
 /// Hands out the smallest IDs in `1..max` that the live state does not use, so an ID freed
 /// by this apply is not reused by it (counters and slots of the old owner stay apart).
 struct IdAllocator {
-    used: BTreeSet<u32>,
+    /// The live IDs, sorted; IDs handed out are above every one passed so far.
+    used: Vec<u32>,
+    /// How many of `used` are below `next`.
+    passed: usize,
     next: u32,
+    allocated: usize,
     max: u32,
 }
 
 impl IdAllocator {
     fn new(live: impl Iterator<Item = u32>, max: u32) -> Self {
-        Self { used: live.collect(), next: 1, max }
+        let mut used: Vec<u32> = live.collect();
+        used.sort_unstable();
+        used.dedup();
+        Self { used, passed: 0, next: 1, allocated: 0, max }
     }
 
     fn allocate(&mut self, what: &'static str) -> Result<u32, CompileError> {
-        while self.used.contains(&self.next) {
+        loop {
+            while self.used.get(self.passed).is_some_and(|&id| id < self.next) {
+                self.passed += 1;
+            }
+            if self.used.get(self.passed) != Some(&self.next) {
+                break;
+            }
             self.next += 1;
         }
         if self.next >= self.max {
-            return Err(CompileError::Capacity { what, count: self.used.len() + 1, max: self.max });
+            let count = self.used.len() + self.allocated + 1;
+            return Err(CompileError::Capacity { what, count, max: self.max });
         }
-        self.used.insert(self.next);
-        Ok(self.next)
+        self.allocated += 1;
+        self.next += 1;
+        Ok(self.next - 1)
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Memo {
     pub parsed: BTreeMap<String, Vec<Service>>,
     /// The state of the maps after the last apply (or a plan that found them unchanged).
     pub record: Option<Record>,
+    /// Whether anything was learned since it was loaded (what is unchanged is not written).
+    #[serde(skip)]
+    pub changed: bool,
 }
 
 /// What both map sets held, as of one generation of one data plane.
@@ -135,6 +138,8 @@ impl Memo {
     pub fn trim(&mut self, files: &BTreeMap<String, String>) {
         let recorded = self.record.iter().flat_map(|r| r.files.values());
         let keep: std::collections::BTreeSet<&String> = files.values().chain(recorded).collect();
+        let before = self.parsed.len();
         self.parsed.retain(|blob, _| keep.contains(blob));
+        self.changed |= self.parsed.len() != before;
     }
 }

@@ -4,7 +4,7 @@
 //! Both sides are read back from map states into the same [`ServiceView`], so what the plan
 //! shows is what the maps hold, including entries someone wrote by hand (drift).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::IpAddr,
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
-use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, BackendState, MapState};
+use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, BackendState, Change, MapState};
 
 /// Version of the plan JSON (`--output json` and saved plans).
 pub const FORMAT_VERSION: u32 = 1;
@@ -196,11 +196,24 @@ pub struct PlanContext {
 
 /// The plan that turns `live` into `desired`.
 pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Plan {
-    let before = views(live);
-    let after = views(&desired);
+    let changes = live.changes_to(&desired);
+    // Only a service with a changed entry can look different: the others' views are not
+    // built (for 10 000 services that would format every backend twice).
+    let ids = changed_services(live, &desired, &changes);
+    let names: BTreeSet<&str> = ids
+        .iter()
+        .flat_map(|id| [live.names.get(id), desired.names.get(id)])
+        .flatten()
+        .filter_map(|label| label.rsplit_once('/').map(|(name, _)| name))
+        .collect();
+    let mut all = live.ids_named(&names);
+    all.extend(desired.ids_named(&names));
+    all.extend(ids);
+    let before = views(&live.restricted(&all));
+    let after = views(&desired.restricted(&all));
     let mut services = Vec::new();
     let mut summary = Summary::default();
-    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for name in names {
         let (old, new) = (before.get(name), after.get(name));
         let action = match (old, new) {
@@ -221,7 +234,6 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
             after: new.cloned(),
         });
     }
-    let changes = live.changes_to(&desired);
     let revision_changed = context.revision.is_some() && context.revision != context.live_revision;
     Plan {
         format_version: FORMAT_VERSION,
@@ -233,6 +245,29 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         desired,
         touched: None,
     }
+}
+
+/// The service IDs that `changes` (from `live` to `desired`) touch an entry of.
+fn changed_services(live: &MapState, desired: &MapState, changes: &[Change]) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::Service(frontend, _) => {
+                ids.extend(live.services.get(frontend).map(|s| s.id));
+                ids.extend(desired.services.get(frontend).map(|s| s.id));
+            }
+            Change::Slot((id, _), _) | Change::Name(id, _) => {
+                ids.insert(*id);
+            }
+            Change::Backend(id, _) => {
+                ids.extend(live.backends.get(id).map(|b| b.service_id));
+                ids.extend(desired.backends.get(id).map(|b| b.service_id));
+            }
+            // A health exclusion shows through its backend's state, a backend change.
+            Change::Health(..) => {}
+        }
+    }
+    ids
 }
 
 /// Every service of a map state, by name (`web` for frontends named `web/http`, ...).

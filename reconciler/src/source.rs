@@ -121,7 +121,10 @@ pub fn fetch(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
 
 /// [`fetch`], leaving unread (`reused`) the git blobs that `known` (by blob id) says the
 /// caller already holds; the limits still count them.
-pub fn fetch_reusing(spec: &SourceSpec, known: &dyn Fn(&str) -> bool) -> Result<Snapshot, SourceError> {
+pub fn fetch_reusing(
+    spec: &SourceSpec,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Snapshot, SourceError> {
     match spec {
         SourceSpec::Dir(dir) => read_paths(std::slice::from_ref(dir)),
         SourceSpec::Git(git) => with_cache(git, |cache| {

@@ -618,10 +618,7 @@ spec:
 ";
 
     fn check(files: &[(&str, &str)], policy: &Policy) -> Result<Vec<Located>, Vec<String>> {
-        let files = files
-            .iter()
-            .map(|(path, text)| SourceFile::new(*path, *text))
-            .collect();
+        let files = files.iter().map(|(path, text)| SourceFile::new(*path, *text)).collect();
         let snapshot = Snapshot { files, ..Snapshot::default() };
         validate(&snapshot, policy).map_err(|ds| ds.iter().map(ToString::to_string).collect())
     }

@@ -94,7 +94,8 @@ impl World {
         self.next_id += 1;
         let id = self.next_id;
         let count = 1 + rng.below(4) as u8;
-        let backends: Vec<_> = (1..=count).map(|o| (o, 1 + rng.below(3) as u32, "active")).collect();
+        let backends: Vec<_> =
+            (1..=count).map(|o| (o, 1 + rng.below(3) as u32, "active")).collect();
         self.services.push(Svc {
             name: format!("svc-{id}"),
             vip: id,

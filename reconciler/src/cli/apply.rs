@@ -58,9 +58,11 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             Some(file) => read_saved(file)?,
             None => {
                 let spec = args.target.source.spec()?;
-                let (file, desired) = memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
+                let (file, desired) =
+                    memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
                 let policy = args.target.node_policy()?;
-                let loaded = invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
+                let loaded =
+                    invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
                 // After a lost race, the maps are not what the memo recorded: read them all.
                 let refresh = args.target.refresh || attempt > 1;
                 let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh)?;
@@ -75,15 +77,17 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         match applied {
             // A plan made just now lost a race with another apply (the daemon's, say): plan
             // again from what that apply left. A saved plan is refused instead, as promised.
-            Err(Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. })
-                if args.plan_file.is_none() && attempt < ATTEMPTS =>
-            {
+            Err(
+                Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. },
+            ) if args.plan_file.is_none() && attempt < ATTEMPTS => {
                 attempt += 1;
                 eprintln!("Another apply changed the data plane while this one was planning; planning again.");
             }
-            Err(e @ (Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. }))
-                if args.plan_file.is_none() =>
-            {
+            Err(
+                e @ (Error::StalePlan { .. }
+                | Error::StaleInstall { .. }
+                | Error::Unconfirmed { .. }),
+            ) if args.plan_file.is_none() => {
                 anyhow::bail!("{ATTEMPTS} plans in a row were overtaken by other applies: {e}")
             }
             other => break (plan, other?),

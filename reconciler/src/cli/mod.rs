@@ -180,7 +180,9 @@ impl MemoFile {
     /// with a warning, and rewritten at the end.
     pub fn open(spec: &SourceSpec, pin_path: &std::path::Path) -> MemoFile {
         let path = match (spec, Tree::source_of(spec)) {
-            (SourceSpec::Git(git), Some(source)) => Some(Memo::path(&git.cache_dir, pin_path, &source)),
+            (SourceSpec::Git(git), Some(source)) => {
+                Some(Memo::path(&git.cache_dir, pin_path, &source))
+            }
             _ => None,
         };
         let (memo, problem) = path.as_deref().map_or_else(|| (Memo::default(), None), Memo::load);
@@ -194,6 +196,9 @@ impl MemoFile {
     pub fn save(&mut self, desired: &Desired) {
         let (Some(path), Some(tree)) = (&self.path, &desired.tree) else { return };
         self.memo.trim(&tree.files);
+        if !self.memo.changed {
+            return;
+        }
         if let Err(e) = self.memo.save(path) {
             eprintln!("warning: not saved, the next run reads everything: {e}");
         }

@@ -626,39 +626,45 @@ impl Dataplane {
     /// The active set's content and the metadata.
     pub fn read_live(&self) -> Result<LiveState> {
         let status = self.status()?;
-        let [state, _] = self.read_sets(status.active_set)?;
+        let [state, _] = self.read_sets(status.active_set, false)?;
         Ok(LiveState { state, status })
     }
 
     /// The metadata and both sets, `[active, standby]`, every entry.
     pub fn read_both_sets(&self) -> Result<(Status, [MapState; 2])> {
         let status = self.status()?;
-        let sets = self.read_sets(status.active_set)?;
+        let sets = self.read_sets(status.active_set, true)?;
         Ok((status, sets))
     }
 
-    /// Both sets, `[set first, the other]`, in one pass over each map. Entries that no build
-    /// of ours writes (an unknown protocol) are skipped here and so are replaced by an apply.
-    fn read_sets(&self, first: u8) -> Result<[MapState; 2]> {
+    /// Set `first` and, with `other_too`, the other (else it is left empty), `[first,
+    /// other]`, in one pass over each map. Entries that no build of ours writes (an unknown
+    /// protocol) are skipped here and so are replaced by an apply.
+    fn read_sets(&self, first: u8, other_too: bool) -> Result<[MapState; 2]> {
         let mut sets = [MapState::default(), MapState::default()];
-        let index = |set: u8| usize::from(set != first);
+        // The index into `sets` of an entry of `set`, if that set is wanted.
+        let index = |set: u8| Some(usize::from(set != first)).filter(|&i| i == 0 || other_too);
         let read_error = |name: &str| io_err(format!("reading {name}"));
         for (key, value) in batch::lookup_all::<ServiceKey, ServiceValue>(&self.services)
             .map_err(read_error("SERVICES"))?
         {
-            if let Some(frontend) = state::frontend_of(&key) {
-                sets[index(key.set)].services.insert(frontend, state::service_entry(&value));
+            if let (Some(frontend), Some(i)) = (state::frontend_of(&key), index(key.set)) {
+                sets[i].services.insert(frontend, state::service_entry(&value));
             }
         }
         for (key, backend) in
             batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read_error("SLOTS"))?
         {
-            sets[index(key.set)].slots.insert((key.service_id, key.slot), backend);
+            if let Some(i) = index(key.set) {
+                sets[i].slots.insert((key.service_id, key.slot), backend);
+            }
         }
         for (key, value) in batch::lookup_all::<BackendKey, Backend>(&self.backends)
             .map_err(read_error("BACKENDS"))?
         {
-            sets[index(key.set)].backends.insert(key.backend_id, state::backend_entry(&value));
+            if let Some(i) = index(key.set) {
+                sets[i].backends.insert(key.backend_id, state::backend_entry(&value));
+            }
         }
         let names: BTreeMap<u32, String> = batch::lookup_all::<u32, ServiceName>(&self.names)
             .map_err(read_error("SERVICE_NAMES"))?
@@ -670,17 +676,20 @@ impl Dataplane {
             .iter()
             .map(|(key, _)| state::health_addr(key))
             .collect();
-        sets[0].names = names.clone();
-        sets[1].names = names;
-        sets[0].health_excluded = health.clone();
-        sets[1].health_excluded = health;
+        if other_too {
+            sets[1].names = names.clone();
+            sets[1].health_excluded = health.clone();
+        }
+        sets[0].names = names;
+        sets[0].health_excluded = health;
         Ok(sets)
     }
 
     /// What sets `first` and the other hold under the keys of `a` and `b`, `[first, other]`,
     /// one lookup per key and set; the health map whole.
     fn read_entries(&self, first: u8, a: &MapState, b: &MapState) -> Result<[MapState; 2]> {
-        let frontends: BTreeSet<Frontend> = a.services.keys().chain(b.services.keys()).copied().collect();
+        let frontends: BTreeSet<Frontend> =
+            a.services.keys().chain(b.services.keys()).copied().collect();
         let slots: BTreeSet<(u32, u32)> = a.slots.keys().chain(b.slots.keys()).copied().collect();
         let backends: BTreeSet<u32> = a.backends.keys().chain(b.backends.keys()).copied().collect();
         let names: BTreeSet<u32> = a.names.keys().chain(b.names.keys()).copied().collect();
@@ -712,8 +721,9 @@ impl Dataplane {
                     state.backends.insert(key.backend_id, state::backend_entry(&value));
                 }
             }
-            for (id, value) in batch::lookup_each::<_, ServiceName>(&self.names, names.iter().copied())
-                .map_err(read_error("SERVICE_NAMES"))?
+            for (id, value) in
+                batch::lookup_each::<_, ServiceName>(&self.names, names.iter().copied())
+                    .map_err(read_error("SERVICE_NAMES"))?
             {
                 if let Some(value) = value {
                     state.names.insert(id, state::name_of(&value));
@@ -870,7 +880,7 @@ impl Dataplane {
                     // An earlier apply stopped after its flip, maybe before its wait: wait now.
                     wait_for_readers()?;
                 }
-                self.read_sets(active)?
+                self.read_sets(active, true)?
             }
             Some(recorded) => {
                 let sets = self.read_entries(active, recorded, desired)?;

@@ -252,22 +252,42 @@ impl MapState {
     /// The entries of the services named in `names` (by the service part of their frontend
     /// names), with no health exclusions.
     pub fn of_services(&self, names: &BTreeSet<&str>) -> MapState {
-        let ids: BTreeSet<u32> = self
-            .names
-            .iter()
-            .filter(|(_, label)| label.rsplit_once('/').is_some_and(|(name, _)| names.contains(name)))
-            .map(|(id, _)| *id)
-            .collect();
+        self.restricted(&self.ids_named(names))
+    }
+
+    /// The service IDs whose frontend names name one of `names`.
+    pub fn ids_named(&self, names: &BTreeSet<&str>) -> BTreeSet<u32> {
+        let named = |label: &String| label.rsplit_once('/').is_some_and(|(n, _)| names.contains(n));
+        self.names.iter().filter(|(_, label)| named(label)).map(|(id, _)| *id).collect()
+    }
+
+    /// The entries of service IDs `ids`, with no health exclusions.
+    pub fn restricted(&self, ids: &BTreeSet<u32>) -> MapState {
         MapState {
-            services: self.services.iter().filter(|(_, s)| ids.contains(&s.id)).map(|(k, v)| (*k, *v)).collect(),
-            slots: self.slots.iter().filter(|((id, _), _)| ids.contains(id)).map(|(k, v)| (*k, *v)).collect(),
+            services: self
+                .services
+                .iter()
+                .filter(|(_, s)| ids.contains(&s.id))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            slots: self
+                .slots
+                .iter()
+                .filter(|((id, _), _)| ids.contains(id))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
             backends: self
                 .backends
                 .iter()
                 .filter(|(_, b)| ids.contains(&b.service_id))
                 .map(|(k, v)| (*k, *v))
                 .collect(),
-            names: self.names.iter().filter(|(id, _)| ids.contains(id)).map(|(k, v)| (*k, v.clone())).collect(),
+            names: self
+                .names
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             health_excluded: BTreeSet::new(),
         }
     }
