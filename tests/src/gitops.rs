@@ -73,3 +73,16 @@ pub fn map_writes(output: &str) -> Result<u64> {
     let at = words.iter().position(|w| *w == "writes;").context("no `writes;`")?;
     Ok(words[at - 2].parse()?)
 }
+
+/// A service definition (one `http` port, 80 to 8080) with `backends` as (address, weight),
+/// as its own YAML document.
+pub fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {
+    let mut text = format!(
+        "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
+         spec:\n  vip: {vip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n  backends:\n"
+    );
+    for (addr, weight) in backends {
+        text.push_str(&format!("    - {{address: {addr}, weight: {weight}}}\n"));
+    }
+    text
+}

@@ -14,7 +14,11 @@ use reconciler::{
     source::{GitSpec, SourceSpec},
     validate::Policy,
 };
-use reconciler_tests::{git::Repo, Sandbox};
+use reconciler_tests::{
+    git::Repo,
+    gitops::{service, Setup},
+    Sandbox,
+};
 
 /// Sequences in the property test, and commits in each.
 const SEQUENCES: u64 = 200;
@@ -294,5 +298,148 @@ fn incremental_and_full_paths_leave_the_same_maps_over_200_random_sequences() ->
         "only {} of {valid_commits} plans were incremental",
         incremental.incremental_plans
     );
+    Ok(())
+}
+
+/// The memo file of `setup` (there is one per data plane and source).
+fn memo_file(setup: &Setup) -> Result<std::path::PathBuf> {
+    let dir = setup.cache.path().join("memo");
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    ensure!(files.len() == 1, "memo files in {}: {files:?}", dir.display());
+    Ok(files.remove(0))
+}
+
+/// A repository with services `web` and `api`, applied, and a second commit that changes
+/// one backend of `web` (not yet applied); returns the setup.
+fn applied_with_a_change_pending(test: &str) -> Result<Setup> {
+    let setup = Setup::new(test)?;
+    let api = service("api", "10.96.0.20", &[("127.0.0.21", 1), ("127.0.0.22", 1)]);
+    setup.repo.write("services/api.yaml", &api);
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("web and api");
+    setup.expect(0, "apply", &[])?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.12", 2)]));
+    setup.repo.commit("web: another backend");
+    Ok(setup)
+}
+
+/// `plan` of the pending change, checked against `plan --refresh`; whether it was
+/// incremental.
+fn plan_matches_refresh(setup: &Setup) -> Result<bool> {
+    let plan = setup.run("plan", &["--detailed-exitcode"])?;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    ensure!(plan.status.code() == Some(2), "{text}\n{}", String::from_utf8_lossy(&plan.stderr));
+    let full = setup.expect(2, "plan", &["--detailed-exitcode", "--refresh"])?;
+    let without_read =
+        |t: &str| t.lines().filter(|l| !l.starts_with("Read: ")).collect::<Vec<_>>().join("\n");
+    ensure!(without_read(&text) == without_read(&full), "{text}\n---\n{full}");
+    ensure!(text.contains("~ service \"web\""), "{text}");
+    Ok(text.contains("\nRead: "))
+}
+
+#[test]
+fn a_damaged_or_foreign_memo_is_ignored_and_rewritten() -> Result<()> {
+    let setup = applied_with_a_change_pending("memo-damaged")?;
+    ensure!(plan_matches_refresh(&setup)?, "the first plan after an apply is incremental");
+    let file = memo_file(&setup)?;
+    let good = std::fs::read(&file)?;
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    let mut other_build = good.clone();
+    other_build[16] ^= 0x01;
+    for (what, bytes) in [
+        ("one byte flipped", flipped),
+        ("cut short", good[..good.len() / 3].to_vec()),
+        ("not a memo at all", b"garbage".to_vec()),
+        ("another build's", other_build),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&file, &bytes)?;
+        let plan = setup.run("plan", &["--detailed-exitcode"])?;
+        let (out, err) =
+            (String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+        ensure!(plan.status.code() == Some(2), "{what}: {out}\n{err}");
+        ensure!(!out.contains("\nRead: "), "{what}: a damaged memo was used:\n{out}");
+        ensure!(err.contains("warning: ") && err.contains("ignored"), "{what}: {err}");
+        ensure!(out.contains("~ service \"web\""), "{what}: {out}");
+    }
+    setup.expect(0, "apply", &[])?;
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.13", 1)]));
+    setup.repo.commit("web: a third backend");
+    ensure!(plan_matches_refresh(&setup)?, "the memo an apply rewrote is used again");
+    Ok(())
+}
+
+#[test]
+fn a_memo_that_lies_about_the_changed_services_is_caught_before_any_write() -> Result<()> {
+    let setup = applied_with_a_change_pending("memo-lies")?;
+    let file = memo_file(&setup)?;
+    let (mut memo, problem) = Memo::load(&file);
+    ensure!(problem.is_none(), "{problem:?}");
+    // A well-formed memo whose record says web's backend is elsewhere: the maps say not.
+    let record = memo.record.as_mut().ok_or_else(|| anyhow::anyhow!("no record"))?;
+    for backend in record.state.backends.values_mut() {
+        if backend.addr.ip().to_string() == "127.0.0.11" {
+            backend.addr.set_ip("127.0.0.99".parse()?);
+        }
+    }
+    memo.save(&file)?;
+    ensure!(!plan_matches_refresh(&setup)?, "the lying record was not caught by the plan");
+    let applied = setup.expect(0, "apply", &[])?;
+    ensure!(applied.contains("Apply complete! Services: 0 added, 1 changed"), "{applied}");
+    let after = setup.expect(0, "plan", &["--detailed-exitcode", "--refresh"])?;
+    ensure!(after.contains("No changes."), "{after}");
+    Ok(())
+}
+
+#[test]
+fn an_apply_by_someone_else_sends_the_next_plan_down_the_full_path() -> Result<()> {
+    let setup = applied_with_a_change_pending("memo-moved")?;
+    // Another cache directory, so another memo: its apply moves the generation.
+    let other_cache = tempfile::tempdir()?;
+    let mut command = std::process::Command::new(reconciler_tests::reconciler_path()?);
+    command.args(["apply", "--repo", &setup.repo.url(), "--path", "services"]);
+    command.arg("--cache-dir").arg(other_cache.path());
+    command.arg("--pin-path").arg(setup.sandbox.pin_path());
+    let output = command.output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let plan = setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    ensure!(plan.contains("No changes.") && !plan.contains("\nRead: "), "{plan}");
+    // That full plan found the maps as the commit says: the memo records them again.
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.14", 1)]));
+    setup.repo.commit("web: yet another backend");
+    ensure!(plan_matches_refresh(&setup)?, "the plan after a full one is incremental again");
+    Ok(())
+}
+
+#[test]
+fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> Result<()> {
+    let setup = applied_with_a_change_pending("memo-apply-guard")?;
+    let spec = SourceSpec::Git(GitSpec {
+        url: setup.repo.url(),
+        reference: None,
+        subdir: Some("services".into()),
+        cache_dir: setup.cache.path().to_owned(),
+        ssh_key: None,
+    });
+    let pin_path = setup.sandbox.pin_path();
+    let (mut memo, problem) = Memo::load(&memo_file(&setup)?);
+    ensure!(problem.is_none(), "{problem:?}");
+    let desired = apply::load_reusing(&spec, &Policy::default(), &mut memo)?;
+    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, false)?;
+    let touched = plan.touched.as_mut().ok_or_else(|| anyhow::anyhow!("not incremental"))?;
+    // As if web's entries had changed between plan and apply (by hand, at the same
+    // generation): the apply reads them again under its lock.
+    for backend in touched.backends.values_mut() {
+        backend.addr.set_port(9999);
+    }
+    let before = Dataplane::open(pin_path)?.read_both_sets()?;
+    match apply::apply(&plan, pin_path, None, false) {
+        Err(Error::Unconfirmed { .. }) => {}
+        other => anyhow::bail!("applied against entries it did not confirm: {other:?}"),
+    }
+    ensure!(Dataplane::open(pin_path)?.read_both_sets()? == before, "the apply wrote something");
     Ok(())
 }

@@ -6,21 +6,9 @@ use std::{collections::BTreeSet, process::Command};
 use anyhow::{ensure, Context as _, Result};
 use reconciler_tests::{
     add_service_by_hand,
-    gitops::{map_writes, Setup},
+    gitops::{map_writes, service, Setup},
     reconciler_path, DATA_PLANE_PROGRAMS,
 };
-
-/// One TCP service, `name`, on `vip`:80 with backends at `addrs` (port 8080), `weight` each.
-fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {
-    let mut text = format!(
-        "---\napiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
-         spec:\n  vip: {vip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n  backends:\n"
-    );
-    for (addr, weight) in backends {
-        text.push_str(&format!("    - {{address: {addr}, weight: {weight}}}\n"));
-    }
-    text
-}
 
 fn names(set: &[&str]) -> BTreeSet<String> {
     set.iter().map(|s| s.to_string()).collect()
