@@ -118,6 +118,17 @@ pub fn load(spec: &SourceSpec, policy: &Policy) -> Result<Desired, Error> {
 /// adding the parses of those to it. The rules across files run over all of them.
 pub fn load_reusing(spec: &SourceSpec, policy: &Policy, memo: &mut Memo) -> Result<Desired, Error> {
     let snapshot = source::fetch_reusing(spec, &|blob| memo.parsed.contains_key(blob))?;
+    validated_reusing(spec, snapshot, policy, memo)
+}
+
+/// Validates a snapshot that [`source::fetch_reusing`] made of `spec` with the parses `memo`
+/// holds, as [`load_reusing`] does.
+pub fn validated_reusing(
+    spec: &SourceSpec,
+    snapshot: Snapshot,
+    policy: &Policy,
+    memo: &mut Memo,
+) -> Result<Desired, Error> {
     let located = match validate_reusing(&snapshot, policy, &memo.parsed) {
         Ok(located) => located,
         Err(diagnostics) => {
@@ -227,18 +238,21 @@ pub fn plan_with_health(
 /// The plan from the live state at `pin_path` to `desired`: by the incremental path when
 /// `memo` records the live generation (see [`plan_touched`]), else, or with `refresh`, by
 /// reading all of it ([`plan`]).
+///
+/// `health`, as for [`plan_with_health`]: while it excludes any backend, the full path.
 pub fn plan_reusing(
     desired: &Desired,
     pin_path: &Path,
     memo: &Memo,
     refresh: bool,
+    health: Option<&BTreeSet<SocketAddr>>,
 ) -> Result<Plan, Error> {
-    if !refresh {
+    if !refresh && health.is_none_or(BTreeSet::is_empty) {
         if let Some(plan) = plan_touched(desired, pin_path, memo)? {
             return Ok(plan);
         }
     }
-    plan(desired, pin_path)
+    plan_with_health(desired, pin_path, health)
 }
 
 /// The incremental path: when the maps are at the generation and revision `memo` recorded,

@@ -198,6 +198,8 @@ fn a_new_commit_is_applied_within_an_interval() -> Result<()> {
     // One interval (1 s, ±10% jitter) plus the run itself, on a loaded 2-core machine.
     assert!(pushed.elapsed() < Duration::from_secs(3), "took {:?}", pushed.elapsed());
     assert_eq!(world.reached()?, ["b12"]);
+    // The interval's runs read every entry (they look for drift).
+    assert_eq!(world.status()?["last_plan"], "full");
     Ok(())
 }
 
@@ -205,12 +207,15 @@ fn a_new_commit_is_applied_within_an_interval() -> Result<()> {
 fn post_reconcile_applies_at_once() -> Result<()> {
     let mut world = World::new("d-webhook", "1h", "heal")?;
     world.start()?;
+    // The first run installs, reading everything; a run asked for takes the incremental path.
+    assert_eq!(world.status()?["last_plan"], "full");
     let commit = world.push(&service("10.96.0.10", "127.0.0.13"))?;
     // With an hour's interval nothing would happen on its own.
     let (code, _) = request(&world.listen, "POST", "/reconcile")?;
     assert_eq!(code, 202);
     world.wait_applied(&commit, Duration::from_secs(5))?;
     assert_eq!(world.reached()?, ["b13"]);
+    assert_eq!(world.status()?["last_plan"], "incremental");
     Ok(())
 }
 

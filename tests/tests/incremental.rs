@@ -208,7 +208,7 @@ impl Side {
         };
         let pin_path = self.sandbox.pin_path();
         let plan = match &self.memo {
-            Some(memo) => apply::plan_reusing(&desired, pin_path, memo, false)?,
+            Some(memo) => apply::plan_reusing(&desired, pin_path, memo, false, None)?,
             None => apply::plan(&desired, pin_path)?,
         };
         self.incremental_plans += usize::from(plan.touched.is_some());
@@ -428,7 +428,7 @@ fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> R
     let (mut memo, problem) = Memo::load(&memo_file(&setup)?);
     ensure!(problem.is_none(), "{problem:?}");
     let desired = apply::load_reusing(&spec, &Policy::default(), &mut memo)?;
-    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, false)?;
+    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, false, None)?;
     let touched = plan.touched.as_mut().ok_or_else(|| anyhow::anyhow!("not incremental"))?;
     // As if web's entries had changed between plan and apply (by hand, at the same
     // generation): the apply reads them again under its lock.

@@ -65,7 +65,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                     invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
                 // After a lost race, the maps are not what the memo recorded: read them all.
                 let refresh = args.target.refresh || attempt > 1;
-                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh)?;
+                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh, None)?;
                 *desired = Some(loaded);
                 plan
             }

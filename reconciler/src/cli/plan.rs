@@ -48,7 +48,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             let head = invalid_to_report(apply::load_reusing(&spec, &policy, &mut memo.memo))?;
             // A saved plan holds the whole desired state: made by reading everything.
             let refresh = args.target.refresh || args.out.is_some();
-            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh)?;
+            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh, None)?;
             apply::remember_plan(&mut memo.memo, &head, &plan);
             memo.save(&head);
             plan

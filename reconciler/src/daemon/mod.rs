@@ -32,6 +32,7 @@ use tracing::{error, info, warn};
 use crate::{
     apply::{self, Desired, Error},
     dataplane::{ApplyReport, Dataplane},
+    memo::Memo,
     metrics::Metrics,
     node,
     plan::Plan,
@@ -73,6 +74,11 @@ pub struct DaemonStatus {
     /// keep them all (fail open).
     #[serde(default)]
     pub health_failing_open: Vec<String>,
+    /// How the last run's plan read the maps: `incremental` (a run asked for by a webhook or
+    /// a health transition: the changed services' entries) or `full` (every entry, as every
+    /// interval's run does to find drift).
+    #[serde(default)]
+    pub last_plan: Option<String>,
 }
 
 /// State shared between the reconcile loop and the HTTP endpoint.
@@ -105,6 +111,11 @@ struct Memory {
     journal: Journal,
     /// The backends the health checks took out, as of this run.
     health_excluded: std::collections::BTreeSet<std::net::SocketAddr>,
+    /// What the incremental path reuses: parses by blob, the state the last apply left.
+    memo: Memo,
+    /// This run reads every live entry (the interval's runs, which look for drift); runs
+    /// asked for (a webhook, a health transition) take the incremental path.
+    refresh: bool,
 }
 
 impl Memory {
@@ -116,6 +127,8 @@ impl Memory {
             consecutive_errors: 0,
             journal: Journal::open(&config.source.cache_dir, &source, &config.pin_path),
             health_excluded: Default::default(),
+            memo: Memo::default(),
+            refresh: true,
         }
     }
 }
@@ -163,6 +176,20 @@ enum Outcome {
 }
 
 impl Outcome {
+    fn plan(&self) -> Option<&Plan> {
+        match self {
+            Outcome::Applied { plan, .. }
+            | Outcome::Unchanged { plan }
+            | Outcome::DriftHealed { plan, .. }
+            | Outcome::HealthApplied { plan, .. }
+            | Outcome::DriftReported { plan }
+            | Outcome::LastGood { plan } => Some(plan),
+            Outcome::Rejected { .. }
+            | Outcome::StillRejected { .. }
+            | Outcome::Transient { .. } => None,
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Outcome::Applied { .. } => "applied",
@@ -238,9 +265,13 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             delay = delay.min(record(&shared, &config, &mut memory, outcome, took));
         }
 
+        memory.refresh = true;
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shared.trigger.notified() => info!("reconcile requested"),
+            () = shared.trigger.notified() => {
+                info!("reconcile requested");
+                memory.refresh = false;
+            }
             _ = hangup.recv() => match reload(config_file) {
                 // Moving the data plane would leave the old one attached, and running first:
                 // refused whole, never half-applied.
@@ -360,7 +391,8 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         Err(e) => return Outcome::Transient { error: format!("upgrading the data plane: {e}") },
     }
     let spec = config.source_spec();
-    let snapshot = match source::fetch(&spec) {
+    let parsed = &memory.memo.parsed;
+    let snapshot = match source::fetch_reusing(&spec, &|blob| parsed.contains_key(blob)) {
         Ok(snapshot) => snapshot,
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
@@ -387,7 +419,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
                 // Before the work: if it kills the process, the journal remembers.
                 memory.journal.start(revision);
             }
-            apply::validated(snapshot, apply::describe(&spec), &policy)
+            apply::validated_reusing(&spec, snapshot, &policy, &mut memory.memo)
         }
     };
     let desired = match validated {
@@ -399,8 +431,10 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         }
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
+    let health = Some(&memory.health_excluded);
     let plan =
-        match apply::plan_with_health(&desired, &config.pin_path, Some(&memory.health_excluded)) {
+        match apply::plan_reusing(&desired, &config.pin_path, &memory.memo, memory.refresh, health)
+        {
             Ok(plan) => plan,
             Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
             Err(e) => return Outcome::Transient { error: e.to_string() },
@@ -412,12 +446,17 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         return Outcome::DriftReported { plan: Box::new(plan) };
     }
     if !plan.has_changes() {
+        apply::remember_plan(&mut memory.memo, &desired, &plan);
         memory.last_good = Some(desired);
         return Outcome::Unchanged { plan: Box::new(plan) };
     }
     match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
     {
         Ok(report) => {
+            apply::remember_apply(&mut memory.memo, &desired, &plan, &report);
+            if let Some(tree) = &desired.tree {
+                memory.memo.trim(&tree.files);
+            }
             memory.last_good = Some(desired);
             if new_revision {
                 Outcome::Applied { plan: Box::new(plan), report }
@@ -495,6 +534,10 @@ fn record(
     }
     let mut status = shared.status();
     status.last_reconcile_at = Some(now_text.clone());
+    if let Some(plan) = outcome.plan() {
+        let read = if plan.touched.is_some() { "incremental" } else { "full" };
+        status.last_plan = Some(read.to_owned());
+    }
     let mut transient = false;
     match outcome {
         Outcome::Applied { plan, report } => {
