@@ -23,14 +23,13 @@ use crate::kube::{self, Protocol, Service};
 
 const BACKENDS: usize = 10;
 
-/// A finished child process: wall time, peak resident memory, standard output.
+/// A finished child process: wall time and standard output.
 struct Run {
     seconds: f64,
-    max_rss_kib: i64,
     stdout: String,
 }
 
-/// Runs `command` to completion, measuring its wall time and peak memory (from wait4).
+/// Runs `command` to completion, measuring its wall time.
 fn timed(command: &mut Command, input: Option<&str>) -> Result<Run> {
     let started = Instant::now();
     let mut child = command
@@ -46,18 +45,26 @@ fn timed(command: &mut Command, input: Option<&str>) -> Result<Run> {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().context("stdout")?, &mut stdout)?;
     std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it in for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for the child we spawned, which nothing else reaps.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let status = child.wait()?;
     let seconds = started.elapsed().as_secs_f64();
-    ensure!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
-    ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{command:?} failed: {stderr}"
-    );
-    Ok(Run { seconds, max_rss_kib: usage.ru_maxrss, stdout })
+    ensure!(status.success(), "{command:?} failed: {stderr}");
+    Ok(Run { seconds, stdout })
+}
+
+/// `reconciler ARGS` run by GNU time (apt `time`), which writes the peak resident memory to
+/// `rss_file`. Not wait4's figure for our own child: Linux starts a child's maximum RSS at
+/// its parent's (the mm copied at fork), and this process holds 10 000 compiled services.
+fn reconciler_command(args: &[&str], rss_file: &std::path::Path) -> Result<Command> {
+    let mut command = Command::new("time");
+    command.args(["--format", "%M", "--output"]).arg(rss_file).arg(reconciler_path()?).args(args);
+    Ok(command)
+}
+
+/// The peak resident memory, in MiB, that GNU time wrote to `rss_file`.
+fn peak_rss_mib(rss_file: &std::path::Path) -> Result<f64> {
+    let text = std::fs::read_to_string(rss_file)?;
+    let kib: f64 = text.trim().parse().with_context(|| format!("GNU time wrote {text:?}"))?;
+    Ok(kib / 1024.0)
 }
 
 /// The number in "... in N map writes" of plan or apply output.
@@ -95,6 +102,66 @@ fn commit(repo: &Repo, services: &[Service], message: &str) -> String {
         repo.write(&format!("services/team-{file:02}.yaml"), text);
     }
     repo.commit(message)
+}
+
+/// The daemon on the data plane of a fresh sandbox, following branch `live` of `repo`: set
+/// to `commits[0]` and applied, then moved to each commit in turn, each announced by
+/// `POST /reconcile`. Returns the median time from the POST to `/status` showing the commit
+/// applied, and the daemon's resident memory after the last.
+fn daemon_webhook(repo: &Repo, commits: [&str; 2], dir: &std::path::Path) -> Result<(f64, f64)> {
+    use reconciler::daemon::http::request;
+    let sandbox = Sandbox::new("bench-daemon")?;
+    std::fs::create_dir_all(dir)?;
+    repo.git(&["branch", "-f", "live", commits[0]]);
+    let listen = format!("127.0.0.1:{}", reconciler_tests::git::free_port());
+    let config = format!(
+        "source:\n  url: {}\n  ref: live\n  path: services\n  interval: 1h\n  cacheDir: {}\n\
+         dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n",
+        repo.url(),
+        dir.join("cache").display(),
+        sandbox.cgroup().display(),
+        sandbox.pin_path().display()
+    );
+    std::fs::write(dir.join("node.yaml"), config)?;
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let mut daemon = reconciler_tests::Running(
+        Command::new(reconciler_path()?)
+            .args(["daemon", "--config"])
+            .arg(dir.join("node.yaml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let applied = |commit: &str, limit: std::time::Duration| {
+        reconciler_tests::wait_for(&format!("the daemon to apply {commit}"), limit, || {
+            let (code, body) = request(&listen, "GET", "/status").ok()?;
+            let status: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && status["applied_revision"] == commit).then_some(())
+        })
+    };
+    applied(commits[0], std::time::Duration::from_secs(120))?;
+    let mut times = Vec::new();
+    for commit in [commits[1], commits[0], commits[1]] {
+        repo.git(&["branch", "-f", "live", commit]);
+        let started = Instant::now();
+        let (code, _) = request(&listen, "POST", "/reconcile")?;
+        ensure!(code == 202, "POST /reconcile: {code}");
+        applied(commit, std::time::Duration::from_secs(30))?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let (_, body) = request(&listen, "GET", "/status")?;
+    let status: Value = serde_json::from_str(&body)?;
+    ensure!(status["last_plan"] == "incremental", "the daemon's last plan: {status}");
+    let vm = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id()))?;
+    let rss_kib: f64 = vm
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    // SAFETY: signalling our own child, by its PID.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    daemon.0.wait()?;
+    Ok((median(times), rss_kib / 1024.0))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -140,10 +207,10 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
 
         // reconciler, end to end through the CLI, into a fresh data plane.
         let sandbox = Sandbox::new("bench-control")?;
+        let rss_file = work.path().join("peak-rss");
         let cli = |args: &[&str], reference: &str| {
-            let mut command = Command::new(reconciler_path()?);
+            let mut command = reconciler_command(args, &rss_file)?;
             command
-                .args(args)
                 .args(["--repo", &repo.url(), "--path", "services", "--ref", reference])
                 .arg("--cache-dir")
                 .arg(&cache)
@@ -157,16 +224,34 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let cold = cli(&["apply"], &commit_a)?;
         record("cold_apply_s", cold.seconds);
         record("cold_apply_map_writes", map_writes(&cold.stdout)? as f64);
-        record("cold_apply_peak_rss_mib", cold.max_rss_kib as f64 / 1024.0);
+        record("cold_apply_peak_rss_mib", peak_rss_mib(&rss_file)?);
+        // The incremental path (the memo the cold apply left), then the full one, forth and
+        // back between the two commits.
         let plan = cli(&["plan"], &commit_b)?;
+        ensure!(plan.stdout.contains("\nRead: "), "not incremental:\n{}", plan.stdout);
         record("one_backend_plan_s", plan.seconds);
         let applied = cli(&["apply"], &commit_b)?;
         record("one_backend_apply_s", applied.seconds);
         record("one_backend_map_writes", map_writes(&applied.stdout)? as f64);
+        record("one_backend_apply_peak_rss_mib", peak_rss_mib(&rss_file)?);
         let unchanged = cli(&["plan", "--detailed-exitcode"], &commit_b)?;
         ensure!(unchanged.stdout.contains("No changes."), "{}", unchanged.stdout);
         record("no_change_plan_s", unchanged.seconds);
+        let refreshed = cli(&["plan", "--detailed-exitcode", "--refresh"], &commit_b)?;
+        ensure!(refreshed.stdout.contains("No changes."), "{}", refreshed.stdout);
+        record("no_change_plan_refresh_s", refreshed.seconds);
+        let full = cli(&["apply", "--refresh"], &commit_a)?;
+        ensure!(!full.stdout.contains("\nRead: "), "incremental:\n{}", full.stdout);
+        record("one_backend_apply_refresh_s", full.seconds);
         drop(sandbox);
+
+        let (webhook, rss) = daemon_webhook(
+            &repo,
+            [&commit_a, &commit_b],
+            &work.path().join(format!("daemon-{round}")),
+        )?;
+        record("daemon_webhook_s", webhook);
+        record("daemon_steady_rss_mib", rss);
 
         // The data plane's share alone, in process: install + apply of the compiled state, and
         // the one-backend change (read both sets, diff, write, flip, RCU wait, sync).
@@ -184,6 +269,15 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let report = dataplane.apply(&state_b, None, None)?;
         record("dataplane_one_backend_apply_s", started.elapsed().as_secs_f64());
         record("dataplane_one_backend_map_writes", report.map_writes as f64);
+        // And back, by the incremental path: only the changed service's entries are read.
+        let name = format!("svc-{changed_index}");
+        let touched: Vec<_> =
+            desired_a.services.iter().filter(|s| s.metadata.name == name).cloned().collect();
+        let before = state_b.of_services(&[name.as_str()].into());
+        let after = compile(&touched, &state_b)?;
+        let started = Instant::now();
+        dataplane.apply_touched(&before, &after, None, report.generation)?;
+        record("dataplane_one_backend_incremental_s", started.elapsed().as_secs_f64());
         drop(dataplane);
         drop(sandbox);
 
@@ -280,6 +374,8 @@ pub fn table(value: &Value) -> String {
     let cold_cache = ms(value, "validate_compile_cold_cache_s");
     let rss = number(value, "cold_apply_peak_rss_mib");
     let plan_alone = ms(value, "one_backend_plan_s");
+    let one_rss = number(value, "one_backend_apply_peak_rss_mib");
+    let daemon_rss = number(value, "daemon_steady_rss_mib");
     for (label, ours, writes, baselines) in [
         (
             format!("validate + compile from git (warm cache; cold {cold_cache})"),
@@ -294,12 +390,25 @@ pub fn table(value: &Value) -> String {
             full,
         ),
         (
-            format!("one-backend change: apply (plan alone {plan_alone})"),
+            format!("one-backend change: apply (incremental; plan alone {plan_alone}, peak RSS {one_rss} MiB)"),
             "one_backend_apply_s",
             Some("one_backend_map_writes"),
             one,
         ),
-        ("no-change plan".into(), "no_change_plan_s", None, None),
+        (
+            "one-backend change: apply --refresh (the full path)".into(),
+            "one_backend_apply_refresh_s",
+            None,
+            one,
+        ),
+        ("no-change plan (incremental)".into(), "no_change_plan_s", None, None),
+        ("no-change plan --refresh".into(), "no_change_plan_refresh_s", None, None),
+        (
+            format!("daemon: POST /reconcile to the new revision live (steady RSS {daemon_rss} MiB)"),
+            "daemon_webhook_s",
+            None,
+            one,
+        ),
         (
             "data plane alone: cold apply of the compiled state".into(),
             "dataplane_cold_apply_s",
@@ -307,9 +416,15 @@ pub fn table(value: &Value) -> String {
             full,
         ),
         (
-            "data plane alone: one-backend change".into(),
+            "data plane alone: one-backend change (reading both sets)".into(),
             "dataplane_one_backend_apply_s",
             Some("dataplane_one_backend_map_writes"),
+            one,
+        ),
+        (
+            "data plane alone: one-backend change (incremental: its entries only)".into(),
+            "dataplane_one_backend_incremental_s",
+            None,
             one,
         ),
     ] {
@@ -333,9 +448,12 @@ mod tests {
             text.contains("| cold apply (peak RSS 5 MiB) | 1000 ms | 43 | 4000 ms | 8000 ms | 0.25 | 0.12 |\n"),
             "{text}"
         );
-        assert!(text.contains("| no-change plan | 500 ms |  |  |  |  |  |\n"), "{text}");
         assert!(
-            text.contains("| one-backend change: apply (plan alone -) | - | - | - | - | - | - |\n")
+            text.contains("| no-change plan (incremental) | 500 ms |  |  |  |  |  |\n"),
+            "{text}"
         );
+        assert!(text.contains(
+            "| one-backend change: apply (incremental; plan alone -, peak RSS - MiB) | - | - | - | - | - | - |\n"
+        ));
     }
 }

@@ -349,11 +349,12 @@ fn touched_services<'a>(
     Some(names.filter(|name| old.get(name) != new.get(name)).collect())
 }
 
-/// What `memo` learns from `plan` (made from `desired`) being applied with `report`: the maps
-/// now hold its desired state (over the recorded one, for an incremental plan).
-pub fn remember_apply(memo: &mut Memo, desired: &Desired, plan: &Plan, report: &ApplyReport) {
+/// What `memo` learns from `plan` (made from the definitions in `tree`) being applied with
+/// `report`: the maps now hold its desired state (over the recorded one, for an incremental
+/// plan).
+pub fn remember_apply(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan, report: &ApplyReport) {
     let record = memo.record.take();
-    let (Some(tree), Some(revision)) = (&desired.tree, &plan.context.revision) else { return };
+    let (Some(tree), Some(revision)) = (tree, &plan.context.revision) else { return };
     let state = match (&plan.touched, record) {
         (None, _) => plan.desired.clone(),
         (Some(before), Some(record)) => record.state.replaced(before, &plan.desired),
@@ -370,10 +371,11 @@ pub fn remember_apply(memo: &mut Memo, desired: &Desired, plan: &Plan, report: &
     });
 }
 
-/// What `memo` learns from a full `plan` (made from `desired`) that is not applied: when it
-/// found the maps holding its revision and nothing to change, they hold its desired state.
-pub fn remember_plan(memo: &mut Memo, desired: &Desired, plan: &Plan) {
-    let (Some(tree), Some(revision)) = (&desired.tree, &plan.context.revision) else { return };
+/// What `memo` learns from a full `plan` (made from the definitions in `tree`) that is not
+/// applied: when it found the maps holding its revision and nothing to change, they hold its
+/// desired state.
+pub fn remember_plan(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan) {
+    let (Some(tree), Some(revision)) = (tree, &plan.context.revision) else { return };
     if plan.touched.is_some()
         || plan.context.install
         || plan.entry_changes > 0

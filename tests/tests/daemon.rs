@@ -206,6 +206,10 @@ fn a_new_commit_is_applied_within_an_interval() -> Result<()> {
 #[test]
 fn post_reconcile_applies_at_once() -> Result<()> {
     let mut world = World::new("d-webhook", "1h", "heal")?;
+    let api = service("10.96.0.20", "127.0.0.12").replace("name: web", "name: api");
+    world.work.write("services/api.yaml", api);
+    world.work.commit("api");
+    world.work.git(&["push", "-q", "origin", "main"]);
     world.start()?;
     // The first run installs, reading everything; a run asked for takes the incremental path.
     assert_eq!(world.status()?["last_plan"], "full");
@@ -215,7 +219,10 @@ fn post_reconcile_applies_at_once() -> Result<()> {
     assert_eq!(code, 202);
     world.wait_applied(&commit, Duration::from_secs(5))?;
     assert_eq!(world.reached()?, ["b13"]);
-    assert_eq!(world.status()?["last_plan"], "incremental");
+    let status = world.status()?;
+    assert_eq!(status["last_plan"], "incremental");
+    // Counted from the whole state, not the plan's part of it (web only).
+    assert_eq!((status["services"].as_u64(), status["backends"].as_u64()), (Some(2), Some(2)));
     Ok(())
 }
 

@@ -214,7 +214,7 @@ impl Side {
         self.incremental_plans += usize::from(plan.touched.is_some());
         let report = apply::apply(&plan, pin_path, Some(self.sandbox.cgroup()), true)?;
         if let Some(memo) = &mut self.memo {
-            apply::remember_apply(memo, &desired, &plan, &report);
+            apply::remember_apply(memo, desired.tree.as_ref(), &plan, &report);
             if let Some(tree) = &desired.tree {
                 memo.trim(&tree.files);
             }

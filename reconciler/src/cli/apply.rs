@@ -58,7 +58,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             Some(file) => read_saved(file)?,
             None => {
                 let spec = args.target.source.spec()?;
-                let (file, desired) =
+                let (file, tree) =
                     memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
                 let policy = args.target.node_policy()?;
                 let loaded =
@@ -66,7 +66,8 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 // After a lost race, the maps are not what the memo recorded: read them all.
                 let refresh = args.target.refresh || attempt > 1;
                 let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh, None)?;
-                *desired = Some(loaded);
+                // The services are in the plan now; only where they came from is kept.
+                *tree = loaded.tree;
                 plan
             }
         };
@@ -93,9 +94,9 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             other => break (plan, other?),
         }
     };
-    if let Some((file, Some(desired))) = &mut memo {
-        apply::remember_apply(&mut file.memo, desired, &plan, &report);
-        file.save(desired);
+    if let Some((file, tree)) = &mut memo {
+        apply::remember_apply(&mut file.memo, tree.as_ref(), &plan, &report);
+        file.save(tree.as_ref());
     }
     if let Some(error) = &report.sockets_error {
         eprintln!("warning: the maps are applied, but {error}");

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reconciler::{
-    apply::{Desired, Tree},
+    apply::Tree,
     dataplane::DEFAULT_PIN_PATH,
     memo::Memo,
     node,
@@ -192,9 +192,9 @@ impl MemoFile {
         MemoFile { path, memo }
     }
 
-    /// Writes the memo back, keeping the parses `desired`'s files and the record need.
-    pub fn save(&mut self, desired: &Desired) {
-        let (Some(path), Some(tree)) = (&self.path, &desired.tree) else { return };
+    /// Writes the memo back, keeping the parses that `tree`'s files and the record need.
+    pub fn save(&mut self, tree: Option<&Tree>) {
+        let (Some(path), Some(tree)) = (&self.path, tree) else { return };
         self.memo.trim(&tree.files);
         if !self.memo.changed {
             return;

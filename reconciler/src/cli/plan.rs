@@ -49,8 +49,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             // A saved plan holds the whole desired state: made by reading everything.
             let refresh = args.target.refresh || args.out.is_some();
             let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh, None)?;
-            apply::remember_plan(&mut memo.memo, &head, &plan);
-            memo.save(&head);
+            apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
+            memo.save(head.tree.as_ref());
             plan
         }
     };

@@ -896,8 +896,17 @@ impl Dataplane {
             usize::from(metadata.revision_len) != r.len()
                 || &metadata.revision[..r.len()] != r.as_bytes()
         });
-        let standby_changes: Vec<Change> =
-            standby_content.changes_to(desired).into_iter().filter(Change::is_versioned).collect();
+        let versioned: Vec<&Change> = changes.iter().filter(|c| c.is_versioned()).collect();
+        // The standby normally equals the live set (every apply ends so): then its changes are
+        // the live set's, not computed (and held) twice.
+        let standby_own: Option<Vec<Change>> = (standby_content != live).then(|| {
+            standby_content.changes_to(desired).into_iter().filter(Change::is_versioned).collect()
+        });
+        drop(standby_content);
+        let standby_changes: Vec<&Change> = match &standby_own {
+            Some(own) => own.iter().collect(),
+            None => versioned.clone(),
+        };
         if changes.is_empty() && standby_changes.is_empty() && !revision_changed {
             return Ok(ApplyReport { generation: metadata.generation, ..ApplyReport::default() });
         }
@@ -905,12 +914,11 @@ impl Dataplane {
         self.reset_counters_of_new_ids(&live, desired)?;
         let mut writes = 0;
         metadata.generation += 1;
-        let versioned: Vec<&Change> = changes.iter().filter(|c| c.is_versioned()).collect();
         if !versioned.is_empty() || !standby_changes.is_empty() {
             metadata.standby_dirty = 1;
             self.write_metadata(&metadata)?;
             writes += 1;
-            writes += self.write_changes(standby_changes.iter(), standby)?;
+            writes += self.write_changes(standby_changes.iter().copied(), standby)?;
             self.active_set
                 .set(0, u32::from(standby), 0)
                 .map_err(map_err("flipping ACTIVE_SET"))?;
