@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use reconciler_common::MAX_SLOTS;
@@ -73,7 +74,7 @@ pub struct Desired {
     pub revision: Option<String>,
     /// Where they came from, for people (`git://host/repo.git@main`, a directory).
     pub source: String,
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// For a git source: where the files are and which blob each is, for the incremental
     /// path.
     pub tree: Option<Tree>,
@@ -142,17 +143,20 @@ pub fn validated_reusing(
             return Err(Error::Invalid { revision: snapshot.revision, diagnostics });
         }
     };
-    let mut by_file: BTreeMap<&str, Vec<Service>> = BTreeMap::new();
+    // What the files read this time (not the reused ones) parsed to, by blob, for the next run.
+    let mut by_path: BTreeMap<&str, (&String, Vec<Arc<Service>>)> = snapshot
+        .files
+        .iter()
+        .filter(|file| !file.reused)
+        .filter_map(|file| Some((file.path.as_str(), (file.blob.as_ref()?, Vec::new()))))
+        .collect();
     for l in &located {
-        by_file.entry(l.file.as_str()).or_default().push(l.service.clone());
-    }
-    for file in snapshot.files.iter().filter(|file| !file.reused) {
-        if let Some(blob) = &file.blob {
-            let services = by_file.remove(file.path.as_str()).unwrap_or_default();
-            memo.parsed.insert(blob.clone(), services);
-            memo.changed = true;
+        if let Some((_, services)) = by_path.get_mut(l.file.as_str()) {
+            services.push(Arc::clone(&l.service));
         }
     }
+    memo.changed |= !by_path.is_empty();
+    memo.parsed.extend(by_path.into_values().map(|(blob, services)| (blob.clone(), services)));
     Ok(Desired {
         tree: Tree::of(spec, &snapshot),
         revision: snapshot.revision,
@@ -294,7 +298,7 @@ pub fn plan_touched(
     let Some(touched) = touched_services(record, tree, memo) else {
         return Ok(None);
     };
-    let services: Vec<Service> = desired
+    let services: Vec<Arc<Service>> = desired
         .services
         .iter()
         .filter(|s| touched.contains(s.metadata.name.as_str()))
@@ -424,6 +428,17 @@ pub fn apply(
     cgroup: Option<&Path>,
     allow_destroy_all: bool,
 ) -> Result<ApplyReport, Error> {
+    apply_loaded(plan, pin_path, cgroup, allow_destroy_all, None)
+}
+
+/// [`apply`], installing (if it does) with the BPF object `loaded` ahead.
+pub fn apply_loaded(
+    plan: &Plan,
+    pin_path: &Path,
+    cgroup: Option<&Path>,
+    allow_destroy_all: bool,
+    loaded: Option<dataplane::Loaded>,
+) -> Result<ApplyReport, Error> {
     if plan.destroys_everything() && !allow_destroy_all {
         return Err(Error::DestroyAll { destroy: plan.summary.destroy });
     }
@@ -442,7 +457,7 @@ pub fn apply(
             Some(cgroup) => cgroup.to_owned(),
             None => dataplane::default_cgroup()?,
         };
-        Dataplane::install(pin_path, &cgroup)?
+        Dataplane::install_loaded(pin_path, &cgroup, loaded)?
     };
     // The generation is checked under the apply's lock: a plan made against generation N is
     // applied only to generation N.

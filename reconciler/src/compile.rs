@@ -7,6 +7,7 @@
 //! (`reconciler_common::maglev`), a function of its backends alone, so the diff of two tables
 //! is what an apply writes: about M/N slots when one of N backends goes.
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
 };
@@ -81,7 +82,10 @@ pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
 /// The desired map state for `services`, reusing IDs and slot positions from `live`, and
 /// keeping the health exclusions `live` records (so a plan made by hand neither undoes the
 /// daemon's health checks nor shows them as drift).
-pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, CompileError> {
+pub fn compile<S: Borrow<Service>>(
+    services: &[S],
+    live: &MapState,
+) -> Result<MapState, CompileError> {
     compile_with_health(services, live, &live.health_excluded)
 }
 
@@ -89,8 +93,8 @@ pub fn compile(services: &[Service], live: &MapState) -> Result<MapState, Compil
 /// them (their state `unhealthy`). A service whose usable backends are all excluded keeps
 /// them all instead (fails open): a health check that is wrong, or a network blip on the
 /// prober's side, never empties a service by itself.
-pub fn compile_with_health(
-    services: &[Service],
+pub fn compile_with_health<S: Borrow<Service>>(
+    services: &[S],
     live: &MapState,
     excluded: &BTreeSet<SocketAddr>,
 ) -> Result<MapState, CompileError> {
@@ -99,6 +103,7 @@ pub fn compile_with_health(
     let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), MAX_BACKENDS);
     // The live backends of the services compiled here only: an incremental compile of one
     // service against 100 000 live backends indexes its own ten.
+    let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
     let compiled: BTreeSet<u32> = services
         .iter()
         .flat_map(|s| s.spec.ports.iter().map(|p| (s.spec.vip, p)))
@@ -114,9 +119,9 @@ pub fn compile_with_health(
         .collect();
     let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
     let by_name: BTreeMap<&str, &Service> =
-        services.iter().map(|s| (s.metadata.name.as_str(), s)).collect();
+        services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect();
 
-    for service in services {
+    for &service in &services {
         let spec = &service.spec;
         for port in &spec.ports {
             let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };

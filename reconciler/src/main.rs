@@ -4,6 +4,19 @@
 //! definition or a stale plan; 2 `plan --detailed-exitcode` found changes.
 mod cli;
 
+/// mimalloc rather than glibc's malloc: parsing and compiling 10 000 services is mostly
+/// allocation, and with prompt purging (below) the resident memory is what is held, not
+/// what a full read of the maps once freed (glibc keeps most of that, fragmented).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (v2 and v3), which libmimalloc-sys does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // Free pages go back to the kernel at once instead of after a delay: a cold apply's
+    // peak, and the daemon's memory between runs, stay near what is live.
+    // SAFETY: sets a global allocator option; any value is valid.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     cli::run()
 }

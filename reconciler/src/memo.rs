@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,8 +32,9 @@ const MAX_FILE_BYTES: u64 = 1 << 30;
 /// What one run leaves for the next.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Memo {
-    /// Blob id -> the services that file validated to on its own (schema and model).
-    pub parsed: BTreeMap<String, Vec<Service>>,
+    /// Blob id -> the services that file validated to on its own (schema and model); shared
+    /// with the definitions of every run that reuses them, not copied.
+    pub parsed: BTreeMap<String, Vec<Arc<Service>>>,
     /// The state of the maps after the last apply (or a plan that found them unchanged).
     pub record: Option<Record>,
     /// Whether anything was learned since it was loaded (what is unchanged is not written).

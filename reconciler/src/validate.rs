@@ -6,10 +6,10 @@
 //! Addresses are compared in the one form the maps store: the model reads `::ffff:a.b.c.d`
 //! as `a.b.c.d`, so two spellings of one address are one address here too.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
 };
 
 use ipnet::IpNet;
@@ -73,7 +73,7 @@ pub fn parse_range(text: &str) -> Result<IpNet, String> {
 /// A valid service and where it was defined.
 #[derive(Clone, Debug)]
 pub struct Located {
-    pub service: Service,
+    pub service: Arc<Service>,
     pub file: String,
     document: Document,
 }
@@ -171,7 +171,7 @@ pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Ve
 pub fn validate_reusing(
     snapshot: &Snapshot,
     policy: &Policy,
-    parsed: &BTreeMap<String, Vec<Service>>,
+    parsed: &BTreeMap<String, Vec<Arc<Service>>>,
 ) -> Result<Vec<Located>, Vec<Diagnostic>> {
     let start = Position { line: 1, column: 1 };
     let mut diagnostics: Vec<Diagnostic> =
@@ -182,7 +182,7 @@ pub fn validate_reusing(
         if file.reused {
             match file.blob.as_ref().and_then(|blob| parsed.get(blob)) {
                 Some(known) => services.extend(known.iter().map(|service| Located {
-                    service: service.clone(),
+                    service: Arc::clone(service),
                     file: file.path.clone(),
                     document: Document::nowhere(),
                 })),
@@ -208,6 +208,7 @@ pub fn validate_reusing(
                     // The typed service is what is kept; of the document, only where its
                     // nodes are (for diagnostics): the tree of values is most of its memory.
                     let document = document.positions_only();
+                    let service = Arc::new(service);
                     services.push(Located { service, file: file.path.clone(), document })
                 }
                 // What the schema admits but the model cannot hold, such as `weight: 1.0`
@@ -318,11 +319,14 @@ fn show(value: Option<&serde_json::Value>) -> String {
 
 /// The rules across documents and files.
 fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Diagnostic>) {
-    let mut names: BTreeMap<&str, &Located> = BTreeMap::new();
-    let mut frontends: BTreeMap<(IpAddr, u16, Protocol), &Located> = BTreeMap::new();
-    let vips: BTreeMap<IpAddr, &Located> =
+    // Hash maps: these run over every service of the repository on every plan, the
+    // incremental one included; which entry is "first" follows the services' order.
+    let mut names: HashMap<&str, &Located> = HashMap::with_capacity(services.len());
+    let mut frontends: HashMap<(IpAddr, u16, Protocol), &Located> =
+        HashMap::with_capacity(services.len());
+    let vips: HashMap<IpAddr, &Located> =
         services.iter().rev().map(|l| (l.service.spec.vip, l)).collect();
-    let by_name: BTreeMap<&str, &Located> =
+    let by_name: HashMap<&str, &Located> =
         services.iter().rev().map(|l| (l.service.metadata.name.as_str(), l)).collect();
     let (mut frontend_count, mut backend_count, mut slot_count) = (0usize, 0usize, 0u64);
     let mut over_capacity = BTreeSet::new();
@@ -509,7 +513,7 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
 /// Why `fallback` cannot be the fallback of service `name`, if it cannot: it must exist, be
 /// another service of the same address family, and not lead back to `name`.
 fn fallback_problem(
-    by_name: &BTreeMap<&str, &Located>,
+    by_name: &HashMap<&str, &Located>,
     name: &str,
     fallback: &str,
 ) -> Option<String> {

@@ -51,6 +51,9 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             if upgraded.attached.is_empty() { "none".into() } else { upgraded.attached.join(", ") },
         );
     }
+    // A first install loads the BPF object (maps, verifier) on another core meanwhile.
+    let mut loading = (args.plan_file.is_none() && !dataplane::is_installed(pin_path))
+        .then(|| std::thread::spawn(dataplane::Loaded::load));
     let mut attempt = 1;
     let mut memo = None;
     let (plan, report) = loop {
@@ -74,7 +77,15 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         if args.output == Output::Text {
             print!("{}", render_text(&plan));
         }
-        let applied = apply::apply(&plan, pin_path, args.cgroup.as_deref(), args.allow_destroy_all);
+        // A load that failed is done again by the install, which reports why.
+        let loaded = loading.take().and_then(|thread| thread.join().ok()?.ok());
+        let applied = apply::apply_loaded(
+            &plan,
+            pin_path,
+            args.cgroup.as_deref(),
+            args.allow_destroy_all,
+            loaded,
+        );
         match applied {
             // A plan made just now lost a race with another apply (the daemon's, say): plan
             // again from what that apply left. A saved plan is refused instead, as promised.

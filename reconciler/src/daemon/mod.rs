@@ -254,13 +254,6 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         })
         .await?;
         memory = returned;
-        // glibc keeps what a run freed (a full read of 10 000 services peaks near 100 MiB) for
-        // the process; handing it back makes the resident memory between runs what is held.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
         if let Some(good) = &memory.last_good {
             shared.health.update(good);
         }

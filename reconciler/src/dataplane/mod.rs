@@ -392,7 +392,9 @@ fn attach_and_pin(
         .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
         .try_into()
         .map_err(|error| DataplaneError::Program { program: name, error })?;
-    program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+    if program.fd().is_err() {
+        program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+    }
     // aya attaches through a BPF link, which the kernel always attaches as one of many
     // (other tools' programs keep running) and which takes no mode flags: anything but the
     // default (0) is EINVAL.
@@ -450,6 +452,29 @@ macro_rules! typed_map {
     };
 }
 
+/// The BPF object loaded, its maps created and its programs verified, but nothing pinned or
+/// attached: most of an install's time (the per-CPU counter arrays alone are a quarter
+/// million per-CPU allocations), so a first apply does it on another core while it validates
+/// the definitions. Dropped unused, it leaves nothing behind.
+pub struct Loaded(aya::Ebpf);
+
+impl Loaded {
+    pub fn load() -> Result<Loaded> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    DataplaneError::Invalid(format!("the BPF object has no program {name}"))
+                })?
+                .try_into()
+                .map_err(|error| DataplaneError::Program { program: name, error })?;
+            program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+        }
+        Ok(Loaded(ebpf))
+    }
+}
+
 impl Dataplane {
     /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
     /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
@@ -458,6 +483,11 @@ impl Dataplane {
     /// (see `pindir`). Refuses a cgroup that has another data plane attached (see
     /// `ours::check_cgroup`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
+        Self::install_loaded(pin_path, cgroup, None)
+    }
+
+    /// [`install`](Self::install) with the object `loaded` ahead, if given.
+    pub fn install_loaded(pin_path: &Path, cgroup: &Path, loaded: Option<Loaded>) -> Result<Self> {
         let requested = cgroup_id(cgroup)?;
         // Held throughout: installs at two pin paths on one cgroup at once take turns, so the
         // second sees the first's programs and is refused (one data plane per cgroup).
@@ -493,7 +523,10 @@ impl Dataplane {
         // from nothing.
         remove_pins(pin_path)?;
 
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut ebpf = match loaded {
+            Some(loaded) => loaded.0,
+            None => EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?,
+        };
         for name in MAPS {
             let map = ebpf.map(name).ok_or_else(|| {
                 DataplaneError::Invalid(format!("the BPF object has no map {name}"))
