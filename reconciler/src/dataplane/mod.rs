@@ -380,13 +380,11 @@ pub fn wait_for_readers() -> Result<()> {
     Ok(())
 }
 
-/// Loads program `name` of `ebpf`, attaches it to the cgroup `cgroup_dir` and pins its link.
-fn attach_and_pin(
-    ebpf: &mut aya::Ebpf,
+/// Program `name` of `ebpf`, loaded into the kernel (verified) unless it already is.
+fn loaded_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
     name: &'static str,
-    cgroup_dir: &fs::File,
-    pin_path: &Path,
-) -> Result<()> {
+) -> Result<&'a mut CgroupSockAddr> {
     let program: &mut CgroupSockAddr = ebpf
         .program_mut(name)
         .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
@@ -395,6 +393,17 @@ fn attach_and_pin(
     if program.fd().is_err() {
         program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
     }
+    Ok(program)
+}
+
+/// Loads program `name` of `ebpf`, attaches it to the cgroup `cgroup_dir` and pins its link.
+fn attach_and_pin(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    cgroup_dir: &fs::File,
+    pin_path: &Path,
+) -> Result<()> {
+    let program = loaded_program(ebpf, name)?;
     // aya attaches through a BPF link, which the kernel always attaches as one of many
     // (other tools' programs keep running) and which takes no mode flags: anything but the
     // default (0) is EINVAL.
@@ -462,14 +471,7 @@ impl Loaded {
     pub fn load() -> Result<Loaded> {
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| {
-                    DataplaneError::Invalid(format!("the BPF object has no program {name}"))
-                })?
-                .try_into()
-                .map_err(|error| DataplaneError::Program { program: name, error })?;
-            program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+            loaded_program(&mut ebpf, name)?;
         }
         Ok(Loaded(ebpf))
     }

@@ -263,31 +263,18 @@ impl MapState {
 
     /// The entries of service IDs `ids`, with no health exclusions.
     pub fn restricted(&self, ids: &BTreeSet<u32>) -> MapState {
+        /// The entries of `map` that `keep` keeps.
+        fn kept<K: Ord + Clone, V: Clone>(
+            map: &BTreeMap<K, V>,
+            keep: impl Fn(&K, &V) -> bool,
+        ) -> BTreeMap<K, V> {
+            map.iter().filter(|(k, v)| keep(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
         MapState {
-            services: self
-                .services
-                .iter()
-                .filter(|(_, s)| ids.contains(&s.id))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            slots: self
-                .slots
-                .iter()
-                .filter(|((id, _), _)| ids.contains(id))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            backends: self
-                .backends
-                .iter()
-                .filter(|(_, b)| ids.contains(&b.service_id))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            names: self
-                .names
-                .iter()
-                .filter(|(id, _)| ids.contains(id))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
+            services: kept(&self.services, |_, s| ids.contains(&s.id)),
+            slots: kept(&self.slots, |(id, _), _| ids.contains(id)),
+            backends: kept(&self.backends, |_, b| ids.contains(&b.service_id)),
+            names: kept(&self.names, |id, _| ids.contains(id)),
             health_excluded: BTreeSet::new(),
         }
     }
@@ -295,22 +282,20 @@ impl MapState {
     /// `self` with the entries of `before` replaced by those of `after` (an incremental
     /// apply's result).
     pub fn replaced(mut self, before: &MapState, after: &MapState) -> MapState {
-        for key in before.services.keys() {
-            self.services.remove(key);
+        fn replace<K: Ord + Clone, V: Clone>(
+            map: &mut BTreeMap<K, V>,
+            before: &BTreeMap<K, V>,
+            after: &BTreeMap<K, V>,
+        ) {
+            for key in before.keys() {
+                map.remove(key);
+            }
+            map.extend(after.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        for key in before.slots.keys() {
-            self.slots.remove(key);
-        }
-        for key in before.backends.keys() {
-            self.backends.remove(key);
-        }
-        for key in before.names.keys() {
-            self.names.remove(key);
-        }
-        self.services.extend(after.services.iter().map(|(k, v)| (*k, *v)));
-        self.slots.extend(after.slots.iter().map(|(k, v)| (*k, *v)));
-        self.backends.extend(after.backends.iter().map(|(k, v)| (*k, *v)));
-        self.names.extend(after.names.iter().map(|(k, v)| (*k, v.clone())));
+        replace(&mut self.services, &before.services, &after.services);
+        replace(&mut self.slots, &before.slots, &after.slots);
+        replace(&mut self.backends, &before.backends, &after.backends);
+        replace(&mut self.names, &before.names, &after.names);
         self
     }
 }

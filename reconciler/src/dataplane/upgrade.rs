@@ -23,13 +23,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{maps::MapData, programs::CgroupSockAddr, EbpfLoader};
+use aya::{maps::MapData, EbpfLoader};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use reconciler_common::LAYOUT_VERSION;
 
 use super::{
-    attach_and_pin, default_cgroup, io_err, link_pin, lock, map_err, metadata_map, pindir,
-    pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
+    attach_and_pin, default_cgroup, io_err, link_pin, loaded_program, lock, map_err, metadata_map,
+    pindir, pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -95,14 +95,7 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
             upgraded.attached.push(name);
             continue;
         }
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                DataplaneError::Invalid(format!("the BPF object has no program {name}"))
-            })?
-            .try_into()
-            .map_err(|error| DataplaneError::Program { program: name, error })?;
-        program.load().map_err(|error| DataplaneError::Program { program: name, error })?;
+        let program = loaded_program(&mut ebpf, name)?;
         let fd = program.fd().map_err(|error| DataplaneError::Program { program: name, error })?;
         replace_program(&link_pin(pin_path, name), fd.as_fd())
             .map_err(io_err(format!("replacing the program of link_{name}")))?;
