@@ -360,7 +360,7 @@ pub fn remember_apply(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan, report:
     let record = memo.record.take();
     let (Some(tree), Some(revision)) = (tree, &plan.context.revision) else { return };
     let state = match (&plan.touched, record) {
-        (None, _) => plan.desired.clone(),
+        (None, _) => plan.desired.packed(),
         (Some(before), Some(record)) => record.state.replaced(before, &plan.desired),
         (Some(_), None) => return,
     };
@@ -393,7 +393,7 @@ pub fn remember_plan(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan) {
         revision: revision.clone(),
         source: tree.source.clone(),
         files: tree.files.clone(),
-        state: plan.desired.clone(),
+        state: plan.desired.packed(),
     };
     if memo.record.as_ref() != Some(&record) {
         memo.record = Some(record);

@@ -254,6 +254,13 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         })
         .await?;
         memory = returned;
+        // What C libraries (libgit2 inflating a revision's blobs, OpenSSL) freed in glibc's
+        // heap goes back to the kernel; Rust's own allocations are mimalloc's (the binary's).
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         if let Some(good) = &memory.last_good {
             shared.health.update(good);
         }

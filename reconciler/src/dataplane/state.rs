@@ -279,6 +279,23 @@ impl MapState {
         }
     }
 
+    /// A copy whose ordered maps are built in bulk from their sorted entries, so every node
+    /// is full: maps grown by inserts in key order leave their nodes half empty, and a copy
+    /// kept for long (the memo's record: 220 000 entries for 10 000 services) costs twice the
+    /// memory it needs.
+    pub fn packed(&self) -> MapState {
+        fn packed<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>) -> BTreeMap<K, V> {
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        MapState {
+            services: packed(&self.services),
+            slots: packed(&self.slots),
+            backends: packed(&self.backends),
+            names: packed(&self.names),
+            health_excluded: self.health_excluded.iter().copied().collect(),
+        }
+    }
+
     /// `self` with the entries of `before` replaced by those of `after` (an incremental
     /// apply's result).
     pub fn replaced(mut self, before: &MapState, after: &MapState) -> MapState {
