@@ -387,16 +387,27 @@ pub fn remember_plan(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan) {
     {
         return;
     }
-    let record = Record {
-        pin_path: plan.context.pin_path.clone(),
-        generation: plan.context.generation,
-        revision: revision.clone(),
-        source: tree.source.clone(),
-        files: tree.files.clone(),
-        state: plan.desired.packed(),
-    };
-    if memo.record.as_ref() != Some(&record) {
-        memo.record = Some(record);
+    let pin_path = &plan.context.pin_path;
+    let known = memo.record.as_ref().is_some_and(|r| {
+        (&r.pin_path, r.generation, &r.revision, &r.source, &r.files, &r.state)
+            == (
+                pin_path,
+                plan.context.generation,
+                revision,
+                &tree.source,
+                &tree.files,
+                &plan.desired,
+            )
+    });
+    if !known {
+        memo.record = Some(Record {
+            pin_path: pin_path.clone(),
+            generation: plan.context.generation,
+            revision: revision.clone(),
+            source: tree.source.clone(),
+            files: tree.files.clone(),
+            state: plan.desired.packed(),
+        });
         memo.changed = true;
     }
 }
