@@ -132,19 +132,14 @@ fn daemon_webhook(repo: &Repo, commits: [&str; 2], dir: &std::path::Path) -> Res
             .stderr(log)
             .spawn()?,
     );
-    // Polled every 2 ms (the tests' wait_for polls every 50 ms, too coarse to time this).
-    let applied = |commit: &str, limit: std::time::Duration| -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = request(&listen, "GET", "/status").ok();
-            let status: Option<Value> =
-                status.and_then(|(_, body)| serde_json::from_str(&body).ok());
-            if status.is_some_and(|s| s["applied_revision"] == commit) {
-                return Ok(());
-            }
-            ensure!(Instant::now() < deadline, "the daemon did not apply {commit} in {limit:?}");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+    // Polled every 2 ms: the tests' 50 ms is too coarse to time this.
+    let applied = |commit: &str, limit: std::time::Duration| {
+        let every = std::time::Duration::from_millis(2);
+        reconciler_tests::wait_for_every(every, &format!("{commit} applied"), limit, || {
+            let (_, body) = request(&listen, "GET", "/status").ok()?;
+            let status: Value = serde_json::from_str(&body).ok()?;
+            (status["applied_revision"] == commit).then_some(())
+        })
     };
     applied(commits[0], std::time::Duration::from_secs(120))?;
     let mut times = Vec::new();

@@ -7,10 +7,8 @@ use std::{
     sync::Arc,
 };
 
-use reconciler_common::MAX_SLOTS;
-
 use crate::{
-    compile::{compile, compile_with_health, CompileError},
+    compile::{self, compile, compile_with_health, CompileError},
     dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
     memo::{Memo, Record},
     model::Service,
@@ -135,7 +133,7 @@ pub fn validated_reusing(
         Err(diagnostics) => {
             // A reused file's services have no positions: the report reads every file again.
             if let (SourceSpec::Git(git), Some(revision)) = (spec, &snapshot.revision) {
-                if snapshot.files.iter().any(|file| file.reused) {
+                if snapshot.files.iter().any(|file| file.text.is_none()) {
                     let whole = source::snapshot_at(git, revision)?;
                     return validated(whole, describe(spec), policy);
                 }
@@ -143,11 +141,11 @@ pub fn validated_reusing(
             return Err(Error::Invalid { revision: snapshot.revision, diagnostics });
         }
     };
-    // What the files read this time (not the reused ones) parsed to, by blob, for the next run.
+    // What the files read this time parsed to, by blob, for the next run.
     let mut by_path: BTreeMap<&str, (&String, Vec<Arc<Service>>)> = snapshot
         .files
         .iter()
-        .filter(|file| !file.reused)
+        .filter(|file| file.text.is_some())
         .filter_map(|file| Some((file.path.as_str(), (file.blob.as_ref()?, Vec::new()))))
         .collect();
     for l in &located {
@@ -289,9 +287,9 @@ pub fn plan_touched(
     }
     let dataplane = Dataplane::open(pin_path)?;
     let status = dataplane.status()?;
+    // A dirty standby is for `confirm` to find, below.
     if status.generation != record.generation
         || status.revision.as_deref() != Some(record.revision.as_str())
-        || status.standby_dirty
     {
         return Ok(None);
     }
@@ -306,10 +304,8 @@ pub fn plan_touched(
         .collect();
     let before = record.state.of_services(&touched);
     let after = compile_with_health(&services, &record.state, &BTreeSet::new())?;
-    let slots = record.state.slots.len() - before.slots.len() + after.slots.len();
-    if slots > MAX_SLOTS as usize {
-        return Err(CompileError::Capacity { what: "slots", count: slots, max: MAX_SLOTS }.into());
-    }
+    // The set's total, which the compile of the touched services alone cannot see.
+    compile::slot_capacity(record.state.slots.len() - before.slots.len() + after.slots.len())?;
     if !dataplane.confirm(&before, &after)? {
         return Ok(None);
     }
@@ -364,15 +360,7 @@ pub fn remember_apply(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan, report:
         (Some(before), Some(record)) => record.state.replaced(before, &plan.desired),
         (Some(_), None) => return,
     };
-    memo.changed = true;
-    memo.record = Some(Record {
-        pin_path: plan.context.pin_path.clone(),
-        generation: report.generation,
-        revision: revision.clone(),
-        source: tree.source.clone(),
-        files: tree.files.clone(),
-        state,
-    });
+    memo.remember(record_of(plan, tree, revision, report.generation, state), &tree.files);
 }
 
 /// What `memo` learns from a full `plan` (made from the definitions in `tree`) that is not
@@ -385,30 +373,36 @@ pub fn remember_plan(memo: &mut Memo, tree: Option<&Tree>, plan: &Plan) {
         || plan.entry_changes > 0
         || plan.context.live_revision.as_ref() != Some(revision)
     {
+        memo.trim(&tree.files);
         return;
     }
-    let pin_path = &plan.context.pin_path;
+    // Compared first: packing 220 000 entries only to find them recorded already is waste.
     let known = memo.record.as_ref().is_some_and(|r| {
-        (&r.pin_path, r.generation, &r.revision, &r.source, &r.files, &r.state)
-            == (
-                pin_path,
-                plan.context.generation,
-                revision,
-                &tree.source,
-                &tree.files,
-                &plan.desired,
-            )
+        r.generation == plan.context.generation
+            && &r.revision == revision
+            && r.pin_path == plan.context.pin_path
+            && r.source == tree.source
+            && r.files == tree.files
+            && r.state == plan.desired
     });
-    if !known {
-        memo.record = Some(Record {
-            pin_path: pin_path.clone(),
-            generation: plan.context.generation,
-            revision: revision.clone(),
-            source: tree.source.clone(),
-            files: tree.files.clone(),
-            state: plan.desired.packed(),
-        });
-        memo.changed = true;
+    if known {
+        memo.trim(&tree.files);
+    } else {
+        let record =
+            record_of(plan, tree, revision, plan.context.generation, plan.desired.packed());
+        memo.remember(record, &tree.files);
+    }
+}
+
+/// The record of the maps holding `state` at `generation`, from `plan` and `tree`.
+fn record_of(plan: &Plan, tree: &Tree, revision: &str, generation: u64, state: MapState) -> Record {
+    Record {
+        pin_path: plan.context.pin_path.clone(),
+        generation,
+        revision: revision.to_owned(),
+        source: tree.source.clone(),
+        files: tree.files.clone(),
+        state,
     }
 }
 

@@ -255,14 +255,16 @@ pub fn compile_with_health<S: Borrow<Service>>(
     // Exclusions of addresses that are no backend any more lapse.
     let listed: BTreeSet<SocketAddr> = desired.backends.values().map(|b| b.addr).collect();
     desired.health_excluded = excluded.intersection(&listed).copied().collect();
-    if desired.slots.len() > MAX_SLOTS as usize {
-        return Err(CompileError::Capacity {
-            what: "slots",
-            count: desired.slots.len(),
-            max: MAX_SLOTS,
-        });
-    }
+    slot_capacity(desired.slots.len())?;
     Ok(desired)
+}
+
+/// Whether a map set of `slots` selection slots fits the data plane.
+pub(crate) fn slot_capacity(slots: usize) -> Result<(), CompileError> {
+    if slots > MAX_SLOTS as usize {
+        return Err(CompileError::Capacity { what: "slots", count: slots, max: MAX_SLOTS });
+    }
+    Ok(())
 }
 
 /// Slot -> backend for a service whose backends fill `quotas` slots each: a slot that

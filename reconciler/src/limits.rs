@@ -18,6 +18,9 @@ pub const MAX_NODES: usize = 2_000_000;
 pub const MAX_DIAGNOSTICS: usize = 1_000;
 /// Bytes of a saved plan file (its desired state holds every map entry).
 pub const MAX_PLAN_BYTES: u64 = 256 << 20;
+/// Bytes of a memo file of the incremental path (`memo`): a repository at the limits above
+/// makes far less; a larger file is no memo of ours.
+pub const MAX_MEMO_BYTES: u64 = 1 << 30;
 
 /// The message for a file of `size` bytes over [`MAX_FILE_BYTES`].
 pub fn too_large(size: u64) -> String {
@@ -35,12 +38,18 @@ pub fn mib(bytes: u64) -> String {
 /// The text of the file at `path`, read only up to `max` bytes: a larger file is an
 /// `InvalidData` error, whatever its size, without reading the rest.
 pub fn read_to_string(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read(path, max)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The bytes of the file at `path`, read only up to `max` bytes, as [`read_to_string`].
+pub fn read(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(max + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         let message = format!("larger than {} ({max} bytes), the most this file may be", mib(max));
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
     }
-    Ok(text)
+    Ok(bytes)
 }

@@ -17,17 +17,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::{dataplane::MapState, model::Service};
+use crate::{dataplane::MapState, limits, model::Service};
 
 /// A digest of the sources this binary was built from (see `build.rs`).
 pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");
 
 /// The file's first bytes; then the build ID, the SHA-256 of the rest, and the rest.
 const MAGIC: &[u8; 16] = b"reconciler-memo\n";
-
-/// A memo file larger than this is no memo of ours (a repository at the limits of
-/// `crate::limits` makes far less).
-const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// What one run leaves for the next.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -91,11 +87,7 @@ impl Memo {
     fn read(path: &Path) -> Result<Memo, MemoError> {
         let io = |error| MemoError::Io { path: path.to_owned(), error };
         let unusable = |reason| MemoError::Unusable { path: path.to_owned(), reason };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > MAX_FILE_BYTES {
-            return Err(unusable("larger than any memo"));
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = limits::read(path, limits::MAX_MEMO_BYTES).map_err(io)?;
         let header = MAGIC.len() + BUILD_ID.len() + 32;
         if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
             return Err(unusable("not a memo file"));
@@ -133,6 +125,13 @@ impl Memo {
                 Err(io(error))
             }
         }
+    }
+
+    /// Records `record`, and keeps the parses its files and `files` need.
+    pub fn remember(&mut self, record: Record, files: &BTreeMap<String, String>) {
+        self.record = Some(record);
+        self.changed = true;
+        self.trim(files);
     }
 
     /// Keeps only the parse results of `files` and of the recorded revision's files (the two

@@ -137,6 +137,12 @@ impl Service {
     }
 }
 
+/// A frontend's name split back into (service, port name): the inverse of
+/// [`Service::label`].
+pub fn split_label(label: &str) -> Option<(&str, &str)> {
+    label.rsplit_once('/')
+}
+
 impl Backend {
     /// Where this backend is reached for `port`: its address, and its own port, else the
     /// port's `targetPort`, else the port itself.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
 use crate::dataplane::{predicted_writes, Algorithm, BackendEntry, BackendState, Change, MapState};
+use crate::model::split_label;
 
 /// Version of the plan JSON (`--output json` and saved plans).
 pub const FORMAT_VERSION: u32 = 1;
@@ -204,7 +205,7 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         .iter()
         .flat_map(|id| [live.names.get(id), desired.names.get(id)])
         .flatten()
-        .filter_map(|label| label.rsplit_once('/').map(|(name, _)| name))
+        .filter_map(|label| split_label(label).map(|(name, _)| name))
         .collect();
     let mut all = live.ids_named(&names);
     all.extend(desired.ids_named(&names));
@@ -279,7 +280,7 @@ pub fn views(state: &MapState) -> BTreeMap<String, ServiceView> {
     let mut views: BTreeMap<String, ServiceView> = BTreeMap::new();
     let mut port_counts: BTreeMap<String, usize> = BTreeMap::new();
     let label = |id: u32| -> (String, String) {
-        match state.names.get(&id).and_then(|n| n.rsplit_once('/')) {
+        match state.names.get(&id).and_then(|n| split_label(n)) {
             Some((service, port)) => (service.to_owned(), port.to_owned()),
             None => (format!("(unnamed service {id})"), String::new()),
         }

@@ -62,19 +62,17 @@ pub struct SourceFile {
     /// (e.g. "services/team-a/web.yaml"), the directory as given joined with the relative path
     /// for Dir (e.g. "examples/policies/team-web/web.yaml").
     pub path: String,
-    /// The file's text; empty when `reused`.
-    pub text: String,
+    /// The file's text; `None` when it was not read because the caller already holds what
+    /// its blob validates to (see [`fetch_reusing`]).
+    pub text: Option<String>,
     /// The git blob id (the content's address) of a file read from git.
     pub blob: Option<String>,
-    /// Not read: the caller already holds what this blob validates to (see
-    /// [`fetch_reusing`]).
-    pub reused: bool,
 }
 
 impl SourceFile {
     /// A file read from anywhere but git.
     pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
-        SourceFile { path: path.into(), text: text.into(), blob: None, reused: false }
+        SourceFile { path: path.into(), text: Some(text.into()), blob: None }
     }
 }
 
@@ -119,7 +117,7 @@ pub fn fetch(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
     fetch_reusing(spec, &|_| false)
 }
 
-/// [`fetch`], leaving unread (`reused`) the git blobs that `known` (by blob id) says the
+/// [`fetch`], leaving unread (no `text`) the git blobs that `known` (by blob id) says the
 /// caller already holds; the limits still count them.
 pub fn fetch_reusing(
     spec: &SourceSpec,
@@ -264,14 +262,13 @@ impl Collector {
 
     fn push(&mut self, path: String, bytes: Vec<u8>, blob: Option<String>) {
         match String::from_utf8(bytes) {
-            Ok(text) => self.snapshot.files.push(SourceFile { path, text, blob, reused: false }),
+            Ok(text) => self.snapshot.files.push(SourceFile { path, text: Some(text), blob }),
             Err(_) => self.problem(&path, "not UTF-8"),
         }
     }
 
     fn push_reused(&mut self, path: String, blob: String) {
-        let file = SourceFile { path, text: String::new(), blob: Some(blob), reused: true };
-        self.snapshot.files.push(file);
+        self.snapshot.files.push(SourceFile { path, text: None, blob: Some(blob) });
     }
 
     fn finish(mut self, revision: Option<String>) -> Snapshot {

@@ -164,7 +164,7 @@ pub fn validate(snapshot: &Snapshot, policy: &Policy) -> Result<Vec<Located>, Ve
     validate_reusing(snapshot, policy, &BTreeMap::new())
 }
 
-/// [`validate`], taking the services of each `reused` file of `snapshot` from `parsed` (by
+/// [`validate`], taking the services of each unread file of `snapshot` from `parsed` (by
 /// blob id: what that file validated to on its own, schema and model, in an earlier run)
 /// instead of parsing it. The rules across files run over all of them as always. Diagnostics
 /// of a reused service have no position: validate without reuse for the report.
@@ -179,7 +179,7 @@ pub fn validate_reusing(
     let mut services = Vec::new();
     let mut nodes = limits::MAX_NODES;
     for file in &snapshot.files {
-        if file.reused {
+        let Some(text) = &file.text else {
             match file.blob.as_ref().and_then(|blob| parsed.get(blob)) {
                 Some(known) => services.extend(known.iter().map(|service| Located {
                     service: Arc::clone(service),
@@ -189,8 +189,8 @@ pub fn validate_reusing(
                 None => diagnostics.push(at(&file.path, start, "", "not read".into())),
             }
             continue;
-        }
-        let documents = match yaml::parse_within(&file.text, &mut nodes) {
+        };
+        let documents = match yaml::parse_within(text, &mut nodes) {
             Ok(documents) => documents,
             Err(e) => {
                 diagnostics.push(at(&file.path, e.position, "", e.message));

@@ -36,8 +36,18 @@ use reconciler::dataplane::{
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
 
-/// Polls `check` until it returns `Some`, for at most `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> Result<T> {
+    wait_for_every(Duration::from_millis(50), what, limit, check)
+}
+
+/// [`wait_for`], polling every `every` (the bench times what it waits for).
+pub fn wait_for_every<T>(
+    every: Duration,
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
@@ -46,7 +56,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         if Instant::now() > deadline {
             bail!("timed out after {limit:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 

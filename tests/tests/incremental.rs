@@ -215,9 +215,6 @@ impl Side {
         let report = apply::apply(&plan, pin_path, Some(self.sandbox.cgroup()), true)?;
         if let Some(memo) = &mut self.memo {
             apply::remember_apply(memo, desired.tree.as_ref(), &plan, &report);
-            if let Some(tree) = &desired.tree {
-                memo.trim(&tree.files);
-            }
         }
         Ok(Ok(plan))
     }
@@ -265,13 +262,7 @@ fn incremental_and_full_paths_leave_the_same_maps_over_200_random_sequences() ->
                 change
             };
             history.push(message);
-            let spec = SourceSpec::Git(GitSpec {
-                url: repo.url(),
-                reference: None,
-                subdir: Some("services".into()),
-                cache_dir: cache.path().to_owned(),
-                ssh_key: None,
-            });
+            let spec = services_of(&repo, cache.path());
             let context = || format!("seed {seed}, after: {}", history.join("; "));
             let (a, b) = (incremental.reconcile(&spec)?, full.reconcile(&spec)?);
             match (&a, &b) {
@@ -299,6 +290,24 @@ fn incremental_and_full_paths_leave_the_same_maps_over_200_random_sequences() ->
         incremental.incremental_plans
     );
     Ok(())
+}
+
+/// The `services/` directory of `repo`'s default branch, fetched into `cache`.
+fn services_of(repo: &Repo, cache: &std::path::Path) -> SourceSpec {
+    SourceSpec::Git(GitSpec {
+        url: repo.url(),
+        reference: None,
+        subdir: Some("services".into()),
+        cache_dir: cache.to_owned(),
+        ssh_key: None,
+    })
+}
+
+/// The memo in `file`, which must be usable.
+fn load_memo(file: &std::path::Path) -> Result<Memo> {
+    let (memo, problem) = Memo::load(file);
+    ensure!(problem.is_none(), "{problem:?}");
+    Ok(memo)
 }
 
 /// The memo file of `setup` (there is one per data plane and source).
@@ -376,8 +385,7 @@ fn a_damaged_or_foreign_memo_is_ignored_and_rewritten() -> Result<()> {
 fn a_memo_that_lies_about_the_changed_services_is_caught_before_any_write() -> Result<()> {
     let setup = applied_with_a_change_pending("memo-lies")?;
     let file = memo_file(&setup)?;
-    let (mut memo, problem) = Memo::load(&file);
-    ensure!(problem.is_none(), "{problem:?}");
+    let mut memo = load_memo(&file)?;
     // A well-formed memo whose record says web's backend is elsewhere: the maps say not.
     let record = memo.record.as_mut().ok_or_else(|| anyhow::anyhow!("no record"))?;
     for backend in record.state.backends.values_mut() {
@@ -417,16 +425,9 @@ fn an_apply_by_someone_else_sends_the_next_plan_down_the_full_path() -> Result<(
 #[test]
 fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> Result<()> {
     let setup = applied_with_a_change_pending("memo-apply-guard")?;
-    let spec = SourceSpec::Git(GitSpec {
-        url: setup.repo.url(),
-        reference: None,
-        subdir: Some("services".into()),
-        cache_dir: setup.cache.path().to_owned(),
-        ssh_key: None,
-    });
+    let spec = services_of(&setup.repo, setup.cache.path());
     let pin_path = setup.sandbox.pin_path();
-    let (mut memo, problem) = Memo::load(&memo_file(&setup)?);
-    ensure!(problem.is_none(), "{problem:?}");
+    let mut memo = load_memo(&memo_file(&setup)?)?;
     let desired = apply::load_reusing(&spec, &Policy::default(), &mut memo)?;
     let mut plan = apply::plan_reusing(&desired, pin_path, &memo, false, None)?;
     let touched = plan.touched.as_mut().ok_or_else(|| anyhow::anyhow!("not incremental"))?;

@@ -107,7 +107,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some((file, tree)) = &mut memo {
         apply::remember_apply(&mut file.memo, tree.as_ref(), &plan, &report);
-        file.save(tree.as_ref());
+        file.save();
     }
     if let Some(error) = &report.sockets_error {
         eprintln!("warning: the maps are applied, but {error}");

@@ -192,13 +192,9 @@ impl MemoFile {
         MemoFile { path, memo }
     }
 
-    /// Writes the memo back, keeping the parses that `tree`'s files and the record need.
-    pub fn save(&mut self, tree: Option<&Tree>) {
-        let (Some(path), Some(tree)) = (&self.path, tree) else { return };
-        self.memo.trim(&tree.files);
-        if !self.memo.changed {
-            return;
-        }
+    /// Writes the memo back if it learned anything.
+    pub fn save(&self) {
+        let Some(path) = self.path.as_ref().filter(|_| self.memo.changed) else { return };
         if let Err(e) = self.memo.save(path) {
             eprintln!("warning: not saved, the next run reads everything: {e}");
         }

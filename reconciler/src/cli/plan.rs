@@ -50,7 +50,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             let refresh = args.target.refresh || args.out.is_some();
             let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh, None)?;
             apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
-            memo.save(head.tree.as_ref());
+            memo.save();
             plan
         }
     };

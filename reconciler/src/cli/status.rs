@@ -181,7 +181,7 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
         "Entries:            {} services, {} backends; generation {}",
         status.services, status.backends, status.generation
     );
-    println!("Last plan read:     {} entries", status.last_plan.as_deref().unwrap_or("-"));
+    println!("Last plan read:     {}", status.last_plan.as_deref().unwrap_or("-"));
     if !status.health.is_empty() {
         println!("Health:");
     }

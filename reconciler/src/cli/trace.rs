@@ -8,9 +8,12 @@ use std::{
 };
 
 use clap::Args;
-use reconciler::dataplane::{
-    trace::{Event, Tracer},
-    Dataplane,
+use reconciler::{
+    dataplane::{
+        trace::{Event, Tracer},
+        Dataplane,
+    },
+    model::split_label,
 };
 
 use super::{Output, PinArgs};
@@ -90,7 +93,7 @@ fn wanted(
     service: &str,
 ) -> bool {
     let service_ok = args.service.as_deref().is_none_or(|wanted| {
-        service == wanted || service.rsplit_once('/').is_some_and(|(name, _)| name == wanted)
+        service == wanted || split_label(service).is_some_and(|(name, _)| name == wanted)
     });
     let vip_ok = vip.is_none_or(|(ip, port)| {
         event.vip.ip() == ip && port.is_none_or(|p| p == event.vip.port())

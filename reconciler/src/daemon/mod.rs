@@ -113,9 +113,6 @@ struct Memory {
     health_excluded: std::collections::BTreeSet<std::net::SocketAddr>,
     /// What the incremental path reuses: parses by blob, the state the last apply left.
     memo: Memo,
-    /// This run reads every live entry (the interval's runs, which look for drift); runs
-    /// asked for (a webhook, a health transition) take the incremental path.
-    refresh: bool,
 }
 
 impl Memory {
@@ -128,7 +125,6 @@ impl Memory {
             journal: Journal::open(&config.source.cache_dir, &source, &config.pin_path),
             health_excluded: Default::default(),
             memo: Memo::default(),
-            refresh: true,
         }
     }
 }
@@ -244,12 +240,15 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         show_failure(&mut shared.status(), failure);
     }
     let mut config = Arc::new(config);
+    // The interval's runs (and the first) read every live entry, to find drift; runs asked
+    // for (a webhook, a health transition) take the incremental path.
+    let mut refresh = true;
     loop {
         let started = Instant::now();
         let run_config = Arc::clone(&config);
         memory.health_excluded = shared.health.excluded();
         let (outcomes, returned) = tokio::task::spawn_blocking(move || {
-            let outcomes = reconcile(&run_config, &mut memory);
+            let outcomes = reconcile(&run_config, &mut memory, refresh);
             (outcomes, memory)
         })
         .await?;
@@ -272,12 +271,12 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             delay = delay.min(record(&shared, &config, &mut memory, outcome, took));
         }
 
-        memory.refresh = true;
+        refresh = true;
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shared.trigger.notified() => {
                 info!("reconcile requested");
-                memory.refresh = false;
+                refresh = false;
             }
             _ = hangup.recv() => match reload(config_file) {
                 // Moving the data plane would leave the old one attached, and running first:
@@ -356,8 +355,8 @@ fn reload(config_file: &Path) -> Option<Config> {
 }
 
 /// One run: what happened to the fetched commit, then (while it is bad) to drift.
-fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
-    let outcome = reconcile_commit(config, memory);
+fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome> {
+    let outcome = reconcile_commit(config, memory, refresh);
     match &outcome {
         Outcome::Rejected { revision: Some(revision), error, diagnostics } => {
             memory.journal.failed(Failure {
@@ -385,7 +384,8 @@ fn reconcile(config: &Config, memory: &mut Memory) -> Vec<Outcome> {
 }
 
 /// Fetch, validate, plan, apply: the fetched commit's part of a run.
-fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
+/// With `refresh`, the plan reads every live entry.
+fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outcome {
     // A data plane of an older build (at start, say) is upgraded in place before it is read.
     match crate::dataplane::upgrade(&config.pin_path) {
         Ok(Some(upgraded)) => info!(
@@ -439,13 +439,12 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
     let health = Some(&memory.health_excluded);
-    let plan =
-        match apply::plan_reusing(&desired, &config.pin_path, &memory.memo, memory.refresh, health)
-        {
-            Ok(plan) => plan,
-            Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
-            Err(e) => return Outcome::Transient { error: e.to_string() },
-        };
+    let plan = match apply::plan_reusing(&desired, &config.pin_path, &memory.memo, refresh, health)
+    {
+        Ok(plan) => plan,
+        Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
+        Err(e) => return Outcome::Transient { error: e.to_string() },
+    };
     let new_revision = plan.context.install || plan.context.revision != plan.context.live_revision;
     let health_only = !new_revision && plan.context.health_changed;
     if !new_revision && !health_only && plan.map_writes > 0 && config.drift == DriftMode::Report {
@@ -461,9 +460,6 @@ fn reconcile_commit(config: &Config, memory: &mut Memory) -> Outcome {
     {
         Ok(report) => {
             apply::remember_apply(&mut memory.memo, desired.tree.as_ref(), &plan, &report);
-            if let Some(tree) = &desired.tree {
-                memory.memo.trim(&tree.files);
-            }
             memory.last_good = Some(desired);
             if new_revision {
                 Outcome::Applied { plan: Box::new(plan), report }

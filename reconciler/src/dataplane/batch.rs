@@ -59,7 +59,9 @@ fn map_fd(map: &MapData) -> u32 {
 }
 
 /// The value of each of `keys` in hash map `map` (`None`: no such entry), one syscall each:
-/// for a few keys, where reading the whole map would cost more.
+/// for a few keys, where reading the whole map would cost more. (aya's typed `HashMap::get`
+/// needs the map wrapped as an aya `Map` it owns; these are kept as bare `MapData` for the
+/// batch calls.)
 pub(crate) fn lookup_each<K: Pod, V: Pod>(
     map: &MapData,
     keys: impl IntoIterator<Item = K>,

@@ -706,11 +706,7 @@ impl Dataplane {
             .iter()
             .map(|(id, value)| (*id, state::name_of(value)))
             .collect();
-        let health: BTreeSet<SocketAddr> = batch::lookup_all::<HealthKey, u32>(&self.health)
-            .map_err(read_error("HEALTH_EXCLUDED"))?
-            .iter()
-            .map(|(key, _)| state::health_addr(key))
-            .collect();
+        let health = self.read_health()?;
         if other_too {
             sets[1].names = names.clone();
             sets[1].health_excluded = health.clone();
@@ -718,6 +714,32 @@ impl Dataplane {
         sets[0].names = names;
         sets[0].health_excluded = health;
         Ok(sets)
+    }
+
+    /// `HEALTH_EXCLUDED`, which is not versioned: the same for both sets.
+    fn read_health(&self) -> Result<BTreeSet<SocketAddr>> {
+        Ok(batch::lookup_all::<HealthKey, u32>(&self.health)
+            .map_err(io_err("reading HEALTH_EXCLUDED"))?
+            .iter()
+            .map(|(key, _)| state::health_addr(key))
+            .collect())
+    }
+
+    /// Both sets' entries under the keys of `recorded` and `desired` (`[active, standby]`,
+    /// with the health map), if they are what `recorded` says and the standby is clean
+    /// (`standby_dirty` as the metadata says); `None` otherwise.
+    fn read_recorded(
+        &self,
+        active: u8,
+        standby_dirty: bool,
+        recorded: &MapState,
+        desired: &MapState,
+    ) -> Result<Option<[MapState; 2]>> {
+        if standby_dirty {
+            return Ok(None);
+        }
+        let sets = self.read_entries(active, recorded, desired)?;
+        Ok(sets.iter().all(|set| set == recorded).then_some(sets))
     }
 
     /// What sets `first` and the other hold under the keys of `a` and `b`, `[first, other]`,
@@ -729,6 +751,7 @@ impl Dataplane {
         let backends: BTreeSet<u32> = a.backends.keys().chain(b.backends.keys()).copied().collect();
         let names: BTreeSet<u32> = a.names.keys().chain(b.names.keys()).copied().collect();
         let read_error = |name: &str| io_err(format!("reading {name}"));
+        let health = self.read_health()?;
         let mut sets = [MapState::default(), MapState::default()];
         for (index, set) in [first, first ^ 1].into_iter().enumerate() {
             let state = &mut sets[index];
@@ -764,11 +787,7 @@ impl Dataplane {
                     state.names.insert(id, state::name_of(&value));
                 }
             }
-            state.health_excluded = batch::lookup_all::<HealthKey, u32>(&self.health)
-                .map_err(read_error("HEALTH_EXCLUDED"))?
-                .iter()
-                .map(|(key, _)| state::health_addr(key))
-                .collect();
+            state.health_excluded = health.clone();
         }
         Ok(sets)
     }
@@ -879,15 +898,13 @@ impl Dataplane {
         self.apply_within(Some(recorded), desired, revision, Some(expected_generation))
     }
 
-    /// Both sets' entries under the keys of `recorded` and `desired`, `[active, standby]`,
-    /// with the (small) health map whole, and whether they are what `recorded` says.
+    /// Whether both sets hold `recorded` under its keys and those of `desired`, with a clean
+    /// standby: what [`apply_touched`](Self::apply_touched) checks again under its lock.
     pub fn confirm(&self, recorded: &MapState, desired: &MapState) -> Result<bool> {
         let status = self.status()?;
-        if status.standby_dirty {
-            return Ok(false);
-        }
-        let sets = self.read_entries(status.active_set, recorded, desired)?;
-        Ok(sets.iter().all(|set| set == recorded))
+        let sets =
+            self.read_recorded(status.active_set, status.standby_dirty, recorded, desired)?;
+        Ok(sets.is_some())
     }
 
     fn apply_within(
@@ -917,13 +934,9 @@ impl Dataplane {
                 }
                 self.read_sets(active, true)?
             }
-            Some(recorded) => {
-                let sets = self.read_entries(active, recorded, desired)?;
-                if metadata.standby_dirty != 0 || sets.iter().any(|set| set != recorded) {
-                    return Err(DataplaneError::NotAsRecorded);
-                }
-                sets
-            }
+            Some(recorded) => self
+                .read_recorded(active, metadata.standby_dirty != 0, recorded, desired)?
+                .ok_or(DataplaneError::NotAsRecorded)?,
         };
 
         let changes = live.changes_to(desired);

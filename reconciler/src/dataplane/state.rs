@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::split_label;
+
 use reconciler_common::{
     ipv4_of_mapped, Addr, Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue,
     SlotKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
@@ -257,24 +259,17 @@ impl MapState {
 
     /// The service IDs whose frontend names name one of `names`.
     pub fn ids_named(&self, names: &BTreeSet<&str>) -> BTreeSet<u32> {
-        let named = |label: &String| label.rsplit_once('/').is_some_and(|(n, _)| names.contains(n));
+        let named = |label: &String| split_label(label).is_some_and(|(n, _)| names.contains(n));
         self.names.iter().filter(|(_, label)| named(label)).map(|(id, _)| *id).collect()
     }
 
-    /// The entries of service IDs `ids`, with no health exclusions.
+    /// The entries of service IDs `ids`, with no health exclusions (packed, as below).
     pub fn restricted(&self, ids: &BTreeSet<u32>) -> MapState {
-        /// The entries of `map` that `keep` keeps.
-        fn kept<K: Ord + Clone, V: Clone>(
-            map: &BTreeMap<K, V>,
-            keep: impl Fn(&K, &V) -> bool,
-        ) -> BTreeMap<K, V> {
-            map.iter().filter(|(k, v)| keep(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect()
-        }
         MapState {
-            services: kept(&self.services, |_, s| ids.contains(&s.id)),
-            slots: kept(&self.slots, |(id, _), _| ids.contains(id)),
-            backends: kept(&self.backends, |_, b| ids.contains(&b.service_id)),
-            names: kept(&self.names, |id, _| ids.contains(id)),
+            services: copied_where(&self.services, |_, s| ids.contains(&s.id)),
+            slots: copied_where(&self.slots, |(id, _), _| ids.contains(id)),
+            backends: copied_where(&self.backends, |_, b| ids.contains(&b.service_id)),
+            names: copied_where(&self.names, |id, _| ids.contains(id)),
             health_excluded: BTreeSet::new(),
         }
     }
@@ -284,15 +279,12 @@ impl MapState {
     /// kept for long (the memo's record: 220 000 entries for 10 000 services) costs twice the
     /// memory it needs.
     pub fn packed(&self) -> MapState {
-        fn packed<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>) -> BTreeMap<K, V> {
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        }
         MapState {
-            services: packed(&self.services),
-            slots: packed(&self.slots),
-            backends: packed(&self.backends),
-            names: packed(&self.names),
-            health_excluded: self.health_excluded.iter().copied().collect(),
+            services: copied_where(&self.services, |_, _| true),
+            slots: copied_where(&self.slots, |_, _| true),
+            backends: copied_where(&self.backends, |_, _| true),
+            names: copied_where(&self.names, |_, _| true),
+            health_excluded: self.health_excluded.clone(),
         }
     }
 
@@ -315,6 +307,15 @@ impl MapState {
         replace(&mut self.names, &before.names, &after.names);
         self
     }
+}
+
+/// The entries of `map` that `keep` keeps, in a map built in bulk (`collect` of sorted
+/// entries fills every node).
+fn copied_where<K: Ord + Clone, V: Clone>(
+    map: &BTreeMap<K, V>,
+    keep: impl Fn(&K, &V) -> bool,
+) -> BTreeMap<K, V> {
+    map.iter().filter(|(k, v)| keep(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn diff_maps<K: Ord + Clone, V: PartialEq + Clone>(
