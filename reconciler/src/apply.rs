@@ -455,18 +455,21 @@ pub fn apply_loaded(
     if plan.context.install == installed {
         return Err(Error::StaleInstall { pin_path: given, planned: plan.context.install });
     }
-    let mut dataplane = if installed {
-        Dataplane::open(pin_path)?
+    let revision = plan.context.revision.as_deref();
+    let (mut dataplane, first) = if installed {
+        (Dataplane::open(pin_path)?, None)
     } else {
         let cgroup: PathBuf = match cgroup {
             Some(cgroup) => cgroup.to_owned(),
             None => dataplane::default_cgroup()?,
         };
-        Dataplane::install_loaded(pin_path, &cgroup, loaded)?
+        Dataplane::install_loaded(pin_path, &cgroup, loaded, Some((&plan.desired, revision)))?
     };
+    if let Some(report) = first {
+        return Ok(report);
+    }
     // The generation is checked under the apply's lock: a plan made against generation N is
     // applied only to generation N.
-    let revision = plan.context.revision.as_deref();
     let applied = match &plan.touched {
         Some(recorded) => {
             dataplane.apply_touched(recorded, &plan.desired, revision, plan.context.generation)

@@ -18,5 +18,12 @@ fn main() -> std::process::ExitCode {
     // peak, and the daemon's memory between runs, stay near what is live.
     // SAFETY: sets a global allocator option; any value is valid.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // No transparent huge pages: the kernel zeroes a whole 2 MiB page for a region barely
+    // used, and again after each purge. Measured at 10 000 services: a cold apply 0.15 s
+    // faster with a peak 10 MiB lower, a full plan 5 MiB lower.
+    // (mimalloc advises them for its arenas, reserved before main runs; this flag is checked
+    // at each fault.)
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     cli::run()
 }

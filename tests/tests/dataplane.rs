@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{Dataplane, Uninstalled};
+use reconciler_common::MAX_SERVICES;
 use reconciler_tests::{
     attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
     DATA_PLANE_PROGRAMS,
@@ -622,5 +623,73 @@ fn an_install_that_stopped_before_all_its_links_is_completed_in_place() -> Resul
     assert_eq!(dataplane.read_live()?.status.generation, 1);
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     assert_eq!(reconciler::dataplane::upgrade(sandbox.pin_path())?, None);
+    Ok(())
+}
+
+#[test]
+fn a_first_install_fills_both_sets_before_attaching_as_an_apply_would() -> Result<()> {
+    let mut sandbox = Sandbox::new("fill")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let desired = one_service("10.96.0.10:80", &[&backend.to_string()])?;
+    let (dataplane, report) = Dataplane::install_loaded(
+        sandbox.pin_path(),
+        sandbox.cgroup(),
+        None,
+        Some((&desired, Some("r1"))),
+    )?;
+    let report = report.context("a first install applies what it is given")?;
+    // The same writes, generation and end state as installing and then applying.
+    let versioned = desired.services.len() + desired.slots.len() + desired.backends.len();
+    assert_eq!(report.map_writes, 2 * versioned + desired.names.len() + 3);
+    assert_eq!(report.generation, 1);
+    let (status, [active, standby]) = dataplane.read_both_sets()?;
+    assert_eq!((status.active_set, status.standby_dirty), (1, false));
+    assert_eq!(status.revision.as_deref(), Some("r1"));
+    assert_eq!(active, desired);
+    assert_eq!(standby.services, desired.services);
+    assert_eq!(standby.slots, desired.slots);
+    assert_eq!(standby.backends, desired.backends);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
+
+    // An install that finds a complete one applies nothing: the caller applies as usual.
+    let (_, again) = Dataplane::install_loaded(
+        sandbox.pin_path(),
+        sandbox.cgroup(),
+        None,
+        Some((&desired, None)),
+    )?;
+    assert!(again.is_none());
+    Ok(())
+}
+
+#[test]
+fn a_first_install_that_fails_while_filling_attaches_nothing_and_the_next_starts_over() -> Result<()>
+{
+    let mut sandbox = Sandbox::new("fill-fails")?;
+    let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
+    let good = one_service("10.96.0.10:80", &[&backend.to_string()])?;
+    // One name more than SERVICE_NAMES holds: the sets are written, then the names fail.
+    let mut too_many = good.clone();
+    for id in 2..=MAX_SERVICES + 1 {
+        too_many.names.insert(id, format!("s{id}"));
+    }
+    let failed = Dataplane::install_loaded(
+        sandbox.pin_path(),
+        sandbox.cgroup(),
+        None,
+        Some((&too_many, None)),
+    );
+    ensure!(failed.is_err(), "a fill beyond SERVICE_NAMES' capacity succeeded");
+    assert_eq!(sandbox.attached_programs()?, 0, "programs attached over half-filled maps");
+
+    let (dataplane, report) =
+        Dataplane::install_loaded(sandbox.pin_path(), sandbox.cgroup(), None, Some((&good, None)))?;
+    assert_eq!(report.map(|r| r.generation), Some(1), "the next install started over");
+    let (_, [active, standby]) = dataplane.read_both_sets()?;
+    assert_eq!(active, good);
+    assert_eq!(standby.backends, good.backends);
+    assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())
 }

@@ -69,6 +69,9 @@ pub fn run() -> ExitCode {
         // SAFETY: setting a signal disposition before any other thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    if matches!(cli.command, Command::Validate(_) | Command::Plan(_) | Command::Apply(_)) {
+        reconciler::source::start_git_early();
+    }
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),

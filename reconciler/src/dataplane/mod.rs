@@ -39,7 +39,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
     programs::{
         links::{FdLink, LinkType, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, ProgramError,
@@ -461,6 +461,15 @@ macro_rules! typed_map {
     };
 }
 
+/// Whether programs may be reading the maps while an apply writes them.
+#[derive(Clone, Copy)]
+enum Readers {
+    /// Attached: the standby set is written, flipped to and waited for before the other.
+    Maybe,
+    /// A first install, before its programs are attached: both sets are written at once.
+    NotYet,
+}
+
 /// The BPF object loaded, its maps created and its programs verified, but nothing pinned or
 /// attached: most of an install's time (the per-CPU counter arrays alone are a quarter
 /// million per-CPU allocations), so a first apply does it on another core while it validates
@@ -485,11 +494,20 @@ impl Dataplane {
     /// (see `pindir`). Refuses a cgroup that has another data plane attached (see
     /// `ours::check_cgroup`).
     pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
-        Self::install_loaded(pin_path, cgroup, None)
+        Ok(Self::install_loaded(pin_path, cgroup, None, None)?.0)
     }
 
-    /// [`install`](Self::install) with the object `loaded` ahead, if given.
-    pub fn install_loaded(pin_path: &Path, cgroup: &Path, loaded: Option<Loaded>) -> Result<Self> {
+    /// [`install`](Self::install) with the object `loaded` ahead, if given, and `first`
+    /// (the desired state and its revision) applied before the programs are attached, so
+    /// that both sets are written at once (no program reads them yet). Returns that apply's
+    /// report; `None` when a complete install was there already (another process's, say):
+    /// then nothing is applied.
+    pub fn install_loaded(
+        pin_path: &Path,
+        cgroup: &Path,
+        loaded: Option<Loaded>,
+        first: Option<(&MapState, Option<&str>)>,
+    ) -> Result<(Self, Option<ApplyReport>)> {
         let requested = cgroup_id(cgroup)?;
         // Held throughout: installs at two pin paths on one cgroup at once take turns, so the
         // second sees the first's programs and is refused (one data plane per cgroup).
@@ -511,7 +529,7 @@ impl Dataplane {
                 });
             }
             ours::check_cgroup(&cgroup_dir, cgroup, pin_path, pinned_active_set(pin_path))?;
-            return Ok(dataplane);
+            return Ok((dataplane, None));
         }
         // Programs of an unfinished install here are its own, and go with its pins below.
         let own = pinned_active_set(pin_path);
@@ -550,11 +568,18 @@ impl Dataplane {
             _pad2: [0; 7],
         };
         dataplane.write_metadata(&metadata)?;
+        // A crash from here until the links are pinned leaves an unfinished install, which
+        // the next one removes (above).
+        let report = first
+            .map(|(desired, revision)| {
+                dataplane.apply_locked(None, desired, revision, None, Readers::NotYet)
+            })
+            .transpose()?;
 
         for name in PROGRAMS {
             attach_and_pin(&mut ebpf, name, &cgroup_dir, pin_path)?;
         }
-        Ok(dataplane)
+        Ok((dataplane, report))
     }
 
     /// Opens the data plane pinned at `pin_path`; refuses a pin directory that others could
@@ -814,13 +839,28 @@ impl Dataplane {
     fn reset_counters_of_new_ids(&mut self, live: &MapState, desired: &MapState) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_err("counting CPUs")(e))?;
         let live_services: BTreeSet<u32> = live.services.values().map(|s| s.id).collect();
-        for id in desired.services.values().map(|s| s.id).filter(|id| !live_services.contains(id)) {
-            zero_per_cpu(&mut self.service_counts, id, cpus, "zeroing SERVICE_COUNTS")?;
-        }
-        for id in desired.backends.keys().filter(|id| !live.backends.contains_key(id)) {
-            zero_per_cpu(&mut self.backend_counts, *id, cpus, "zeroing BACKEND_COUNTS")?;
-        }
-        Ok(())
+        let new_services: Vec<u32> = desired
+            .services
+            .values()
+            .map(|s| s.id)
+            .filter(|id| !live_services.contains(id))
+            .collect();
+        batch::zero_per_cpu(
+            self.service_counts.map(),
+            &new_services,
+            size_of::<ServiceCounters>(),
+            cpus,
+        )
+        .map_err(io_err("zeroing SERVICE_COUNTS"))?;
+        let new_backends: Vec<u32> =
+            desired.backends.keys().copied().filter(|id| !live.backends.contains_key(id)).collect();
+        batch::zero_per_cpu(
+            self.backend_counts.map(),
+            &new_backends,
+            size_of::<BackendCounters>(),
+            cpus,
+        )
+        .map_err(io_err("zeroing BACKEND_COUNTS"))
     }
 
     /// What the programs counted besides choosing backends, by `event::*` reason, summed
@@ -914,12 +954,24 @@ impl Dataplane {
         revision: Option<&str>,
         expected_generation: Option<u64>,
     ) -> Result<ApplyReport> {
+        let _lock = lock(&self.pin_path)?;
+        self.apply_locked(recorded, desired, revision, expected_generation, Readers::Maybe)
+    }
+
+    /// [`apply_within`](Self::apply_within) with the pin directory locked by the caller.
+    fn apply_locked(
+        &mut self,
+        recorded: Option<&MapState>,
+        desired: &MapState,
+        revision: Option<&str>,
+        expected_generation: Option<u64>,
+        readers: Readers,
+    ) -> Result<ApplyReport> {
         if revision.is_some_and(|r| r.len() > REVISION_LEN) {
             return Err(DataplaneError::Invalid(format!(
                 "revision is longer than {REVISION_LEN} bytes"
             )));
         }
-        let _lock = lock(&self.pin_path)?;
         let mut metadata = self.read_metadata()?;
         if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
             return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
@@ -966,13 +1018,30 @@ impl Dataplane {
             metadata.standby_dirty = 1;
             self.write_metadata(&metadata)?;
             writes += 1;
-            writes += self.write_changes(standby_changes.iter().copied(), standby)?;
-            self.active_set
-                .set(0, u32::from(standby), 0)
-                .map_err(map_err("flipping ACTIVE_SET"))?;
+            match readers {
+                Readers::Maybe => {
+                    writes += self.write_changes(standby_changes.iter().copied(), standby)?;
+                    self.flip_to(standby)?;
+                    wait_for_readers()?;
+                    writes += self.write_changes(versioned.iter().copied(), active)?;
+                }
+                Readers::NotYet => {
+                    // Each set on its own core: the kernel's hash inserts are most of a
+                    // first install's writes.
+                    let (standby_writes, active_writes) = std::thread::scope(|scope| {
+                        let standby_side = scope
+                            .spawn(|| self.write_changes(standby_changes.iter().copied(), standby));
+                        let active_writes = self.write_changes(versioned.iter().copied(), active);
+                        let standby_writes = standby_side
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        (standby_writes, active_writes)
+                    });
+                    writes += standby_writes? + active_writes?;
+                    self.flip_to(standby)?;
+                }
+            }
             writes += 1;
-            wait_for_readers()?;
-            writes += self.write_changes(versioned.iter().copied(), active)?;
             metadata.standby_dirty = 0;
         }
         writes += self.write_changes(changes.iter().filter(|c| !c.is_versioned()), active)?;
@@ -997,6 +1066,10 @@ impl Dataplane {
             sockets_destroyed,
             sockets_error,
         })
+    }
+
+    fn flip_to(&mut self, set: u8) -> Result<()> {
+        self.active_set.set(0, u32::from(set), 0).map_err(map_err("flipping ACTIVE_SET"))
     }
 
     /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
@@ -1115,17 +1188,6 @@ fn per_cpu_sums<T: aya::Pod + Default + core::ops::Add<Output = T>>(
             Ok((id, values.iter().fold(T::default(), |sum, v| sum + *v)))
         })
         .collect()
-}
-
-/// Sets entry `id` of a per-CPU array to zero on all `cpus`.
-fn zero_per_cpu<T: aya::Pod + Default>(
-    map: &mut PerCpuArray<MapData, T>,
-    id: u32,
-    cpus: usize,
-    what: &'static str,
-) -> Result<()> {
-    let zero = PerCpuValues::try_from(vec![T::default(); cpus]).map_err(io_err(what))?;
-    map.set(id, zero, 0).map_err(map_err(what))
 }
 
 /// Upserts and deletes for one map.
