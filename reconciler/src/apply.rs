@@ -3,8 +3,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    panic,
     path::{Path, PathBuf},
     sync::Arc,
+    thread,
 };
 
 use crate::{
@@ -206,6 +208,38 @@ pub fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
     Ok(Some(Dataplane::open(pin_path)?.read_live()?))
 }
 
+/// How much of the live maps a plan reads.
+pub enum Reading {
+    /// The entries of the services that changed, when the memo allows it; else everything.
+    Changed,
+    /// Every entry.
+    Everything,
+    /// Every entry, read on another thread since before the definitions were loaded: a
+    /// full read does not depend on them, and on a second core it costs no wall time.
+    Ahead(thread::JoinHandle<Result<Option<LiveState>, Error>>),
+}
+
+impl Reading {
+    /// Everything with `refresh`, else the changed services' entries.
+    pub fn refresh(refresh: bool) -> Self {
+        if refresh {
+            Reading::Everything
+        } else {
+            Reading::Changed
+        }
+    }
+
+    /// With `refresh`, every entry, starting now on another thread (call it before loading
+    /// the definitions); else the changed services' entries.
+    pub fn ahead(refresh: bool, pin_path: &Path) -> Self {
+        if !refresh {
+            return Reading::Changed;
+        }
+        let pin_path = pin_path.to_owned();
+        Reading::Ahead(thread::spawn(move || read_live(&pin_path)))
+    }
+}
+
 /// The plan from the live state at `pin_path` to `desired`, keeping the health exclusions
 /// the data plane records.
 pub fn plan(desired: &Desired, pin_path: &Path) -> Result<Plan, Error> {
@@ -219,7 +253,16 @@ pub fn plan_with_health(
     pin_path: &Path,
     health: Option<&BTreeSet<SocketAddr>>,
 ) -> Result<Plan, Error> {
-    let live = read_live(pin_path)?;
+    plan_from_live(desired, pin_path, health, read_live(pin_path)?)
+}
+
+/// [`plan_with_health`] from `live`, the state read at `pin_path`.
+fn plan_from_live(
+    desired: &Desired,
+    pin_path: &Path,
+    health: Option<&BTreeSet<SocketAddr>>,
+    live: Option<LiveState>,
+) -> Result<Plan, Error> {
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
     let excluded = health.unwrap_or(&live_state.health_excluded);
@@ -238,23 +281,32 @@ pub fn plan_with_health(
 }
 
 /// The plan from the live state at `pin_path` to `desired`: by the incremental path when
-/// `memo` records the live generation (see [`plan_touched`]), else, or with `refresh`, by
-/// reading all of it ([`plan`]).
+/// `memo` records the live generation (see [`plan_touched`]), else, or when `reading` says
+/// everything, by reading all of it ([`plan`]).
 ///
 /// `health`, as for [`plan_with_health`]: while it excludes any backend, the full path.
 pub fn plan_reusing(
     desired: &Desired,
     pin_path: &Path,
     memo: &Memo,
-    refresh: bool,
+    reading: Reading,
     health: Option<&BTreeSet<SocketAddr>>,
 ) -> Result<Plan, Error> {
-    if !refresh && health.is_none_or(BTreeSet::is_empty) {
-        if let Some(plan) = plan_touched(desired, pin_path, memo)? {
-            return Ok(plan);
+    let live = match reading {
+        Reading::Changed => {
+            if health.is_none_or(BTreeSet::is_empty) {
+                if let Some(plan) = plan_touched(desired, pin_path, memo)? {
+                    return Ok(plan);
+                }
+            }
+            read_live(pin_path)?
         }
-    }
-    plan_with_health(desired, pin_path, health)
+        Reading::Everything => read_live(pin_path)?,
+        Reading::Ahead(reader) => {
+            reader.join().unwrap_or_else(|panic| panic::resume_unwind(panic))?
+        }
+    };
+    plan_from_live(desired, pin_path, health, live)
 }
 
 /// The incremental path: when the maps are at the generation and revision `memo` recorded,

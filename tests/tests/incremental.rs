@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use reconciler::{
-    apply::{self, Desired, Error},
+    apply::{self, Desired, Error, Reading},
     dataplane::{Dataplane, MapState, Status},
     memo::Memo,
     plan::{render_text, Plan},
@@ -208,7 +208,7 @@ impl Side {
         };
         let pin_path = self.sandbox.pin_path();
         let plan = match &self.memo {
-            Some(memo) => apply::plan_reusing(&desired, pin_path, memo, false, None)?,
+            Some(memo) => apply::plan_reusing(&desired, pin_path, memo, Reading::Changed, None)?,
             None => apply::plan(&desired, pin_path)?,
         };
         self.incremental_plans += usize::from(plan.touched.is_some());
@@ -429,7 +429,7 @@ fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> R
     let pin_path = setup.sandbox.pin_path();
     let mut memo = load_memo(&memo_file(&setup)?)?;
     let desired = apply::load_reusing(&spec, &Policy::default(), &mut memo)?;
-    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, false, None)?;
+    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, Reading::Changed, None)?;
     let touched = plan.touched.as_mut().ok_or_else(|| anyhow::anyhow!("not incremental"))?;
     // As if web's entries had changed between plan and apply (by hand, at the same
     // generation): the apply reads them again under its lock.

@@ -61,14 +61,14 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             Some(file) => read_saved(file)?,
             None => {
                 let spec = args.target.source.spec()?;
+                // After a lost race, the maps are not what the memo recorded: read them all.
+                let reading = apply::Reading::ahead(args.target.refresh || attempt > 1, pin_path);
                 let (file, tree) =
                     memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
                 let policy = args.target.node_policy()?;
                 let loaded =
                     invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
-                // After a lost race, the maps are not what the memo recorded: read them all.
-                let refresh = args.target.refresh || attempt > 1;
-                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, refresh, None)?;
+                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, reading, None)?;
                 // The services are in the plan now; only where they came from is kept.
                 *tree = loaded.tree;
                 plan

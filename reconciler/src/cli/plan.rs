@@ -43,12 +43,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {
             let pin_path = &args.target.pin.pin_path;
+            // A saved plan holds the whole desired state: made by reading everything.
+            let reading =
+                apply::Reading::ahead(args.target.refresh || args.out.is_some(), pin_path);
             let mut memo = MemoFile::open(&spec, pin_path);
             let policy = args.target.node_policy()?;
             let head = invalid_to_report(apply::load_reusing(&spec, &policy, &mut memo.memo))?;
-            // A saved plan holds the whole desired state: made by reading everything.
-            let refresh = args.target.refresh || args.out.is_some();
-            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, refresh, None)?;
+            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, reading, None)?;
             apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
             memo.save();
             plan

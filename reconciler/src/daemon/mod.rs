@@ -30,7 +30,7 @@ use tokio::{net::TcpListener, signal::unix, sync::Notify};
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, Desired, Error},
+    apply::{self, Desired, Error, Reading},
     dataplane::{ApplyReport, Dataplane, MapState},
     memo::Memo,
     metrics::Metrics,
@@ -439,8 +439,13 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
     let health = Some(&memory.health_excluded);
-    let plan = match apply::plan_reusing(&desired, &config.pin_path, &memory.memo, refresh, health)
-    {
+    let plan = match apply::plan_reusing(
+        &desired,
+        &config.pin_path,
+        &memory.memo,
+        Reading::refresh(refresh),
+        health,
+    ) {
         Ok(plan) => plan,
         Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
         Err(e) => return Outcome::Transient { error: e.to_string() },
