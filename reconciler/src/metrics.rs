@@ -43,6 +43,7 @@ pub struct Metrics {
     sockets_destroyed: Counter,
     backend_up: Family<Label, Gauge>,
     health_transitions: Family<Label, Counter>,
+    webhook_requests: Family<Label, Counter>,
 }
 
 impl Metrics {
@@ -123,6 +124,12 @@ impl Default for Metrics {
             "Times a backend went down or came back up, by its health check",
             health_transitions.clone(),
         );
+        let webhook_requests = Family::<Label, Counter>::default();
+        registry.register(
+            "reconciler_webhook_requests",
+            "POST /reconcile requests, by result (accepted, unauthorized, too_large, unreadable)",
+            webhook_requests.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
@@ -137,6 +144,7 @@ impl Default for Metrics {
             sockets_destroyed,
             backend_up,
             health_transitions,
+            webhook_requests,
         }
     }
 }
@@ -151,6 +159,11 @@ impl Metrics {
     /// Counts an outcome that is part of a run already observed (drift after a bad commit).
     pub fn count(&self, result: &'static str) {
         self.reconciles.get_or_create(&vec![("result", result.to_owned())]).inc();
+    }
+
+    /// Counts one `POST /reconcile` that ended with `result`.
+    pub fn webhook_request(&self, result: &'static str) {
+        self.webhook_requests.get_or_create(&vec![("result", result.to_owned())]).inc();
     }
 
     /// Counts what an apply wrote and destroyed.

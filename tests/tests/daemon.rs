@@ -436,9 +436,12 @@ fn the_http_endpoint_reads_bodies_and_outlasts_idle_and_slow_clients() -> Result
     wait_for("the triggered run", Duration::from_secs(10), || {
         (runs(&world).ok()? > before).then_some(())
     })?;
-    // Too long a body is refused, not read for ever.
-    let huge = "x".repeat(http::MAX_BODY + 1);
-    assert_eq!(raw_request(&world.listen, post(&huge).as_bytes())?, 413);
+    // Too long a body is refused unread.
+    let huge = format!(
+        "POST /reconcile HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        http::MAX_BODY + 1
+    );
+    assert_eq!(raw_request(&world.listen, huge.as_bytes())?, 413);
 
     // 1 000 idle connections, and /healthz still answers.
     let idle: Vec<TcpStream> =
@@ -725,5 +728,156 @@ fn the_daemon_refuses_a_vip_that_is_its_nodes_address_unless_allowed() -> Result
     })
     .with_context(log)?;
     assert_eq!(sandbox.probe_tcp("10.96.0.50:80", 5)?.replies.get("b11"), Some(&5));
+    Ok(())
+}
+
+impl World {
+    /// Adds `webhook.secretFile` (holding `secret`) to the configuration.
+    fn require_webhook_secret(&self, secret: &str) -> Result<()> {
+        let file = self.dir.path().join("webhook-secret");
+        std::fs::write(&file, format!("{secret}\n"))?;
+        let mut config = std::fs::read_to_string(self.config_path())?;
+        config.push_str(&format!("webhook:\n  secretFile: {}\n", file.display()));
+        Ok(std::fs::write(self.config_path(), config)?)
+    }
+
+    /// Reconcile runs so far, once no run is under way or asked for.
+    fn runs_when_idle(&self) -> Result<f64> {
+        wait_for("the daemon to be idle", Duration::from_secs(20), || {
+            let status = self.status().ok()?;
+            (status["running"] == false && status["run_requested"] == false).then_some(())
+        })
+        .with_context(|| self.log())?;
+        let metrics = self.metrics()?;
+        Ok(sample(&metrics, "reconciler_reconcile_duration_seconds_count").unwrap_or(0.0))
+    }
+}
+
+/// `POST /reconcile` with `headers` and `body`; the status code of the answer.
+fn post_webhook(listen: &str, headers: &[(&str, &str)], body: &str) -> Result<u16> {
+    let mut request = format!(
+        "POST /reconcile HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    raw_request(listen, request.as_bytes())
+}
+
+/// GitHub's `X-Hub-Signature-256` value for `body` under `secret`.
+fn github_signature(secret: &str, body: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run() -> Result<()> {
+    const SECRET: &str = "correct horse battery staple";
+    let mut world = World::new("d-webhook", "1h", "heal")?;
+    world.require_webhook_secret(SECRET)?;
+    world.start()?;
+    let before = world.runs_when_idle()?;
+    let commit = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let forged = github_signature("another secret", body);
+    let refused: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("X-Hub-Signature-256", &forged)],
+        &[("X-Hub-Signature-256", "sha256=not-hex")],
+        &[("X-Hub-Signature", "sha1=0000000000000000000000000000000000000000")],
+        &[("X-Gitlab-Token", "correct horse")],
+    ];
+    for headers in refused {
+        assert_eq!(post_webhook(&world.listen, headers, body)?, 401, "{headers:?}");
+    }
+    // The signature covers the body: a signed body changed on the way is refused.
+    let signed = github_signature(SECRET, body);
+    let altered = body.replace("main", "evil");
+    assert_eq!(post_webhook(&world.listen, &[("X-Hub-Signature-256", &signed)], &altered)?, 401);
+    assert_eq!(
+        sample(&world.metrics()?, "reconciler_webhook_requests_total{result=\"unauthorized\"}"),
+        Some(6.0)
+    );
+    assert_eq!(world.runs_when_idle()?, before, "a refused webhook triggered a run");
+
+    assert_eq!(post_webhook(&world.listen, &[("X-Hub-Signature-256", &signed)], body)?, 202);
+    world.wait_applied(&commit, Duration::from_secs(10))?;
+    assert_eq!(world.runs_when_idle()?, before + 1.0);
+
+    let commit = world.push(&service("10.96.0.10", "127.0.0.13"))?;
+    assert_eq!(post_webhook(&world.listen, &[("X-Gitlab-Token", SECRET)], "{}")?, 202);
+    world.wait_applied(&commit, Duration::from_secs(10))?;
+    assert_eq!(world.runs_when_idle()?, before + 2.0);
+    assert_eq!(
+        sample(&world.metrics()?, "reconciler_webhook_requests_total{result=\"accepted\"}"),
+        Some(2.0)
+    );
+    assert_eq!(world.reached()?, ["b13"]);
+    Ok(())
+}
+
+#[test]
+fn webhooks_arriving_during_a_run_become_one_more_run() -> Result<()> {
+    let mut world = World::new("d-coalesce", "1h", "heal")?;
+    world.start()?;
+    let before = world.runs_when_idle()?;
+    // Holding the fetch cache's lock holds the next run in its fetch.
+    let cache = world.dir.path().join("cache");
+    let lock_path = std::fs::read_dir(&cache)?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .find(|path| path.extension().is_some_and(|e| e == "lock"))
+        .context("the cache has no lock file")?;
+    let lock = std::fs::File::open(&lock_path)?;
+    lock.lock()?;
+    assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    wait_for("the run to start", Duration::from_secs(10), || {
+        (world.status().ok()?["running"] == true).then_some(())
+    })?;
+    for _ in 0..20 {
+        assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    }
+    assert_eq!(world.status()?["run_requested"], true);
+    drop(lock);
+    assert_eq!(world.runs_when_idle()?, before + 2.0, "the held run and one more");
+    Ok(())
+}
+
+#[test]
+fn healthz_answers_under_1000_idle_connections_at_a_1024_file_limit() -> Result<()> {
+    let mut world = World::new("d-crowd", "1h", "heal")?;
+    world.start_with_open_files(1024)?;
+    let pid = world.daemon.as_ref().context("no daemon")?.id();
+    // This process needs its 1 000 descriptors too.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    ensure!(
+        limit.rlim_cur > 1100,
+        "this test needs 1 100 open files, the limit is {}",
+        limit.rlim_cur
+    );
+    let idle: Vec<TcpStream> =
+        (0..1000).map(|_| TcpStream::connect(&world.listen)).collect::<std::io::Result<_>>()?;
+    assert_eq!(request(&world.listen, "GET", "/healthz")?, (200, "ok\n".to_owned()));
+    // The crowd holds no more than the bound: the oldest connections were closed for newer.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    ensure!(
+        open <= http::MAX_CONNECTIONS + 64,
+        "the daemon holds {open} descriptors with 1 000 idle clients (bound {})",
+        http::MAX_CONNECTIONS
+    );
+    drop(idle);
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
+use super::webhook::Secret;
 use crate::{
     dataplane::DEFAULT_PIN_PATH,
     source::{default_cache_dir, GitSpec, SourceSpec},
@@ -50,6 +51,8 @@ pub struct Config {
     pub allow_destroy_all: bool,
     pub listen: SocketAddr,
     pub drift: DriftMode,
+    /// `webhook.secretFile`'s secret: `POST /reconcile` must be signed with it.
+    pub webhook_secret: Option<Secret>,
 }
 
 impl Config {
@@ -69,6 +72,13 @@ struct RawConfig {
     listen: Option<String>,
     #[serde(default)]
     drift: DriftMode,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWebhook {
+    secret_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +175,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             ),
         }
     }
+    let webhook_secret = raw.webhook.and_then(|webhook| {
+        Secret::read(&webhook.secret_file)
+            .map_err(|message| error("/webhook/secretFile", message))
+            .ok()
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -187,6 +202,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         allow_destroy_all: raw.policy.allow_destroy_all,
         listen,
         drift: raw.drift,
+        webhook_secret,
     })
 }
 
@@ -266,6 +282,25 @@ drift: heal
             errors("listen: 127.0.0.1:1\n"),
             ["node.yaml:1:1: \"source\" is a required property"]
         );
+    }
+
+    #[test]
+    fn the_webhook_secret_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text =
+            format!("source: {{url: /srv/services}}\nwebhook:\n  secretFile: {}\n", file.display());
+        let config = parse("node.yaml", &text).unwrap();
+        assert_eq!(config.webhook_secret, Some(Secret::read(&file).unwrap()));
+        assert!(format!("{config:?}").contains("Secret(..)"), "the secret is never printed");
+        let missing = text.replace("secret\n", "nothing-here\n");
+        let found = errors(&missing);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("node.yaml:3:15: webhook.secretFile: reading "), "{found:?}");
+        std::fs::write(&file, "\n").unwrap();
+        let found = errors(&text);
+        assert!(found[0].ends_with("is empty"), "{found:?}");
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! The daemon's HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, `/status`;
 //! `POST /reconcile`. axum routes the requests; each connection is served by hyper's HTTP/1
 //! with a header read timeout and an overall deadline, so slow and idle clients cannot hold
-//! connections for ever, and the accept loop backs off on errors (EMFILE repeats until a
-//! descriptor is freed: retrying at once would spin).
-use std::{io, sync::Arc, time::Duration};
+//! connections for ever; at most [`MAX_CONNECTIONS`] are open, the oldest closed to make room
+//! for a new one, so idle clients cannot keep out a probe of `/healthz`; and the accept loop
+//! backs off on errors (EMFILE repeats until a descriptor is freed: retrying at once would
+//! spin).
+use std::{collections::VecDeque, io, sync::Arc, time::Duration};
 
 use axum::{
-    body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    body::Body,
+    extract::State,
     http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{get, post},
     Json, Router,
 };
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
@@ -20,10 +23,16 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::{DaemonStatus, Shared};
+use super::{webhook::Refused, DaemonStatus, Shared};
 
-/// Request bodies longer than this are refused (413); a webhook's fits.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Webhook bodies longer than this are refused (413). GitHub caps its deliveries at 25 MB;
+/// a body is signed as it arrives, never held whole.
+pub const MAX_BODY: u64 = 32 * 1024 * 1024;
+/// Open connections at most. Well under systemd's default soft limit of 1024 descriptors,
+/// with room for the daemon's own (maps, git, health checks).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request's headers may take this much buffer at most.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// A client must send a request's headers within this long, also between requests on a
 /// kept-alive connection.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +49,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(ready))
         .route("/status", get(status))
         .route("/reconcile", post(reconcile))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 
@@ -68,16 +76,65 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
     Json(status)
 }
 
-/// A webhook's body is read (so the client sees an answer, not a reset) and not used.
-async fn reconcile(State(shared): State<Arc<Shared>>, _body: Bytes) -> (StatusCode, &'static str) {
-    shared.trigger.notify_one();
-    (StatusCode::ACCEPTED, "reconcile triggered\n")
+/// A webhook: authenticated when `webhook.secretFile` is set (see `webhook`), then one run
+/// asked for. Its body is read (so the client sees an answer, not a reset) and otherwise
+/// not used: the run fetches the branch itself.
+async fn reconcile(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, &'static str) {
+    let (code, result, message) = match read_webhook(&shared, &headers, body).await {
+        Ok(()) => {
+            shared.request_run();
+            (StatusCode::ACCEPTED, "accepted", "reconcile triggered\n")
+        }
+        Err(refusal) => refusal,
+    };
+    shared.metrics().webhook_request(result);
+    (code, message)
+}
+
+/// Why a webhook is refused: its status, the metric's label, the answer.
+type Refusal = (StatusCode, &'static str, &'static str);
+
+async fn read_webhook(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+    const TOO_LARGE: Refusal =
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the body is over 32 MiB\n");
+    let unauthorized =
+        |refused: Refused| (StatusCode::UNAUTHORIZED, "unauthorized", refused.message());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|length: u64| length > MAX_BODY) {
+        return Err(TOO_LARGE);
+    }
+    let mut check = match shared.webhook_secret() {
+        Some(secret) => Some(secret.check(headers).map_err(unauthorized)?),
+        None => None,
+    };
+    let mut body = Limited::new(body, MAX_BODY as usize);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let (Some(check), Some(data)) = (check.as_mut(), frame.data_ref()) {
+                    check.update(data);
+                }
+            }
+            Err(e) if e.is::<LengthLimitError>() => return Err(TOO_LARGE),
+            Err(_) => {
+                return Err((StatusCode::BAD_REQUEST, "unreadable", "the body could not be read\n"))
+            }
+        }
+    }
+    check.map_or(Ok(()), |check| check.finish().map_err(unauthorized))
 }
 
 /// Serves `listener` until the daemon ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = router(shared);
     let mut backoff = ACCEPT_BACKOFF.0;
+    // Oldest first. A probe after a thousand idle connections is served: each new connection
+    // past the bound closes the oldest, which such a crowd's are.
+    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
@@ -91,14 +148,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        open.retain(|connection| !connection.is_finished());
+        if open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
         let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
         });
+        open.push_back(connection.abort_handle());
     }
 }
 

@@ -18,10 +18,11 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod webhook;
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -79,6 +80,13 @@ pub struct DaemonStatus {
     /// interval's run does to find drift).
     #[serde(default)]
     pub last_plan: Option<String>,
+    /// A run is under way.
+    #[serde(default)]
+    pub running: bool,
+    /// A run was asked for (`POST /reconcile`, a health transition) and has not started:
+    /// however many ask meanwhile, it is one run.
+    #[serde(default)]
+    pub run_requested: bool,
 }
 
 /// State shared between the reconcile loop and the HTTP endpoint.
@@ -87,9 +95,24 @@ pub struct Shared {
     metrics: Metrics,
     trigger: Notify,
     health: Arc<health::Health>,
+    webhook_secret: RwLock<Option<webhook::Secret>>,
 }
 
 impl Shared {
+    /// Asks for a run: one more after the one under way, however many ask.
+    fn request_run(&self) {
+        self.status().run_requested = true;
+        self.trigger.notify_one();
+    }
+
+    fn webhook_secret(&self) -> Option<webhook::Secret> {
+        self.webhook_secret.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn set_webhook_secret(&self, secret: Option<webhook::Secret>) {
+        *self.webhook_secret.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = secret;
+    }
+
     fn status(&self) -> MutexGuard<'_, DaemonStatus> {
         self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -217,13 +240,21 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         metrics: Metrics::for_dataplane(config.pin_path.clone()),
         trigger: Notify::new(),
         health: Arc::new(health::Health::default()),
+        webhook_secret: RwLock::new(config.webhook_secret.clone()),
     });
+    if config.webhook_secret.is_none() && !config.listen.ip().is_loopback() {
+        warn!(
+            listen = %config.listen,
+            "POST /reconcile is open to anyone who can reach this address: set \
+             webhook.secretFile"
+        );
+    }
     let on_change = {
         let shared = Arc::clone(&shared);
         Arc::new(move |backend: std::net::SocketAddr, up: bool| {
             shared.metrics().health_transition(backend, up);
             // The exclusions changed: apply them now, not at the next interval.
-            shared.trigger.notify_one();
+            shared.request_run();
         })
     };
     tokio::spawn(health::run(Arc::clone(&shared.health), on_change));
@@ -247,6 +278,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         let started = Instant::now();
         let run_config = Arc::clone(&config);
         memory.health_excluded = shared.health.excluded();
+        shared.status().running = true;
         let (outcomes, returned) = tokio::task::spawn_blocking(move || {
             let outcomes = reconcile(&run_config, &mut memory, refresh);
             (outcomes, memory)
@@ -270,11 +302,19 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             let took = (i == 0).then_some(took);
             delay = delay.min(record(&shared, &config, &mut memory, outcome, took));
         }
+        // After the record: who sees the run ended sees what it did.
+        shared.status().running = false;
 
         refresh = true;
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shared.trigger.notified() => {
+                // Both at once: whoever reads the status never sees the asked-for run neither
+                // asked for nor under way.
+                let mut status = shared.status();
+                status.running = true;
+                status.run_requested = false;
+                drop(status);
                 info!("reconcile requested");
                 refresh = false;
             }
@@ -295,6 +335,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
                         warn!(listen = %new.listen, "a new listen address takes effect on restart");
                     }
                     shared.status().drift = new.drift;
+                    shared.set_webhook_secret(new.webhook_secret.clone());
                     if new.source != config.source {
                         memory.journal = Memory::new(&new).journal;
                     }
