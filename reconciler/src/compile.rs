@@ -19,14 +19,14 @@ use crate::{
     model::{BackendState, Port, Service, ServiceSpec},
 };
 
+/// Services (VIP, port, protocol) the data plane holds: their IDs run from 1 (0 is "none" in
+/// the maps) to one below the maps' size. `validate` refuses a repository over it.
+pub const SERVICE_CAPACITY: u32 = MAX_SERVICES - 1;
+/// Backends (per service port) the data plane holds, likewise.
+pub const BACKEND_CAPACITY: u32 = MAX_BACKENDS - 1;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("services {first} and {second} both claim {frontend}")]
-    DuplicateFrontend { frontend: Frontend, first: String, second: String },
-    #[error("service {service} lists backend {backend} twice")]
-    DuplicateBackend { service: String, backend: SocketAddr },
-    #[error("service {service}: backend {backend} is not of the VIP's address family")]
-    MixedFamilies { service: String, backend: SocketAddr },
     #[error("service {service}: backend weights add up to {slots}, more than {max}")]
     TooManySlots { service: String, slots: u64, max: u32 },
     #[error("service {service}: Maglev table size {size} {problem}")]
@@ -99,8 +99,9 @@ pub fn compile_with_health<S: Borrow<Service>>(
     excluded: &BTreeSet<SocketAddr>,
 ) -> Result<MapState, CompileError> {
     let mut desired = MapState::default();
-    let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), MAX_SERVICES);
-    let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), MAX_BACKENDS);
+    let mut service_ids =
+        IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY);
+    let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), BACKEND_CAPACITY);
     // The live backends of the services compiled here only: an incremental compile of one
     // service against 100 000 live backends indexes its own ten.
     let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
@@ -117,7 +118,6 @@ pub fn compile_with_health<S: Borrow<Service>>(
         .filter(|(_, b)| compiled.contains(&b.service_id))
         .map(|(id, b)| ((b.service_id, b.addr), *id))
         .collect();
-    let mut owners: BTreeMap<Frontend, String> = BTreeMap::new();
     let by_name: BTreeMap<&str, &Service> =
         services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect();
 
@@ -126,9 +126,6 @@ pub fn compile_with_health<S: Borrow<Service>>(
         for port in &spec.ports {
             let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };
             let label = service.label(port);
-            if let Some(first) = owners.insert(frontend, label.clone()) {
-                return Err(CompileError::DuplicateFrontend { frontend, first, second: label });
-            }
             let live_entry = live.services.get(&frontend);
             let id = match live_entry {
                 Some(entry) => entry.id,
@@ -139,13 +136,9 @@ pub fn compile_with_health<S: Borrow<Service>>(
             let mut ids = Vec::with_capacity(spec.backends.len());
             let mut seen = BTreeSet::new();
             for backend in &spec.backends {
+                // Validated: no backend twice for a port, one address family.
                 let addr = backend.address_for(port);
-                if !seen.insert(addr) {
-                    return Err(CompileError::DuplicateBackend { service: label, backend: addr });
-                }
-                if addr.is_ipv4() != spec.vip.is_ipv4() {
-                    return Err(CompileError::MixedFamilies { service: label, backend: addr });
-                }
+                seen.insert(addr);
                 let backend_id = match live_backend_ids.get(&(id, addr)) {
                     Some(&known) => known,
                     None => backend_ids.allocate("backends")?,
@@ -343,15 +336,16 @@ struct IdAllocator {
     passed: usize,
     next: u32,
     allocated: usize,
-    max: u32,
+    /// The highest ID, and so the number of IDs.
+    capacity: u32,
 }
 
 impl IdAllocator {
-    fn new(live: impl Iterator<Item = u32>, max: u32) -> Self {
+    fn new(live: impl Iterator<Item = u32>, capacity: u32) -> Self {
         let mut used: Vec<u32> = live.collect();
         used.sort_unstable();
         used.dedup();
-        Self { used, passed: 0, next: 1, allocated: 0, max }
+        Self { used, passed: 0, next: 1, allocated: 0, capacity }
     }
 
     fn allocate(&mut self, what: &'static str) -> Result<u32, CompileError> {
@@ -364,9 +358,9 @@ impl IdAllocator {
             }
             self.next += 1;
         }
-        if self.next >= self.max {
+        if self.next > self.capacity {
             let count = self.used.len() + self.allocated + 1;
-            return Err(CompileError::Capacity { what, count, max: self.max });
+            return Err(CompileError::Capacity { what, count, max: self.capacity });
         }
         self.allocated += 1;
         self.next += 1;
@@ -543,14 +537,19 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_frontends_and_mixed_families_are_refused() {
-        let a = service("a", "10.96.0.10", &[("10.1.0.1", 1)]);
-        let b = service("b", "10.96.0.10", &[("10.1.0.2", 1)]);
-        let err = compile(&[a.clone(), b], &MapState::default()).unwrap_err();
-        assert!(matches!(err, CompileError::DuplicateFrontend { .. }), "{err}");
-        let mixed = service("m", "10.96.0.11", &[("fd00::1", 1)]);
-        let err = compile(&[mixed], &MapState::default()).unwrap_err();
-        assert!(matches!(err, CompileError::MixedFamilies { .. }), "{err}");
+    fn ids_run_from_one_to_the_capacity_validate_checks_and_no_further() {
+        let mut ids = IdAllocator::new([5].into_iter(), 8);
+        let got: Vec<u32> = (0..7).map(|_| ids.allocate("backends").unwrap()).collect();
+        assert_eq!(got, [1, 2, 3, 4, 6, 7, 8]);
+        let full = CompileError::Capacity { what: "backends", count: 9, max: 8 };
+        assert_eq!(ids.allocate("backends"), Err(full));
+        // The number `validate` refuses a repository over.
+        let mut ids = IdAllocator::new(std::iter::empty(), SERVICE_CAPACITY);
+        for _ in 0..SERVICE_CAPACITY {
+            ids.allocate("services").unwrap();
+        }
+        assert!(ids.allocate("services").is_err());
+        assert_eq!(SERVICE_CAPACITY, 65_535);
     }
 
     #[test]

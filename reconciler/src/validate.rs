@@ -14,11 +14,11 @@ use std::{
 
 use ipnet::IpNet;
 use jsonschema::{error::ValidationErrorKind, Validator};
-use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
+use reconciler_common::{maglev, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    compile,
+    compile::{self, BACKEND_CAPACITY, SERVICE_CAPACITY},
     dataplane::{Algorithm, Protocol},
     limits,
     model::Service,
@@ -437,12 +437,20 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
                     ),
                 ));
             }
-            if !seen.insert((backend.address, backend.port)) {
+            // Compared where they are reached (`address_for`, as compile resolves them):
+            // `{address: X}` and `{address: X, port: <targetPort>}` are one backend.
+            if let Some((_, port)) = spec
+                .ports
+                .iter()
+                .enumerate()
+                .find(|(j, port)| !seen.insert((*j, backend.address_for(port))))
+            {
                 out.push(located.diagnostic(
                     &format!("{pointer}/address"),
                     format!(
-                        "backend {} is listed twice",
-                        show_backend(backend.address, backend.port)
+                        "backend {} is listed twice (for port {})",
+                        backend.address_for(port),
+                        port.port
                     ),
                 ));
             }
@@ -496,8 +504,8 @@ fn semantic_diagnostics(services: &[Located], policy: &Policy, out: &mut Vec<Dia
         slot_count += slots * spec.ports.len() as u64;
 
         for (what, count, max) in [
-            ("services (VIP, port, protocol)", frontend_count as u64, u64::from(MAX_SERVICES)),
-            ("backends (per port)", backend_count as u64, u64::from(MAX_BACKENDS) - 1),
+            ("services (VIP, port, protocol)", frontend_count as u64, u64::from(SERVICE_CAPACITY)),
+            ("backends (per port)", backend_count as u64, u64::from(BACKEND_CAPACITY)),
             ("selection slots (weights, per port)", slot_count, u64::from(MAX_SLOTS)),
         ] {
             if count > max && over_capacity.insert(what) {
@@ -595,13 +603,6 @@ fn family(ip: IpAddr) -> &'static str {
         "IPv4"
     } else {
         "IPv6"
-    }
-}
-
-fn show_backend(address: IpAddr, port: Option<u16>) -> String {
-    match port {
-        Some(port) => SocketAddr::new(address, port).to_string(),
-        None => address.to_string(),
     }
 }
 

@@ -299,8 +299,14 @@ fn readme_block(heading: &str, starting: &str) -> String {
 fn the_documented_configurations_are_valid() {
     use reconciler::daemon::config;
     let readme = readme_block("## The daemon", "source:");
+    // The secret file it names, here in a directory of the test's.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let readme = readme.replace("/etc/reconciler/webhook-secret", &secret.display().to_string());
     let parsed = config::parse("README.md", &readme).unwrap();
     assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
+    assert!(parsed.webhook_secret.is_some());
 
     // The ConfigMap of the DaemonSet carries a configuration too.
     let manifest =
