@@ -99,8 +99,7 @@ pub fn compile_with_health<S: Borrow<Service>>(
     excluded: &BTreeSet<SocketAddr>,
 ) -> Result<MapState, CompileError> {
     let mut desired = MapState::default();
-    let mut service_ids =
-        IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY);
+    let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY);
     let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), BACKEND_CAPACITY);
     // The live backends of the services compiled here only: an incremental compile of one
     // service against 100 000 live backends indexes its own ten.

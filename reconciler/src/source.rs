@@ -105,10 +105,22 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Whether trying again later may succeed (network, servers, disks) as opposed to a
-    /// problem with what the repository or the spec says.
+    /// Whether trying again soon may succeed (network, servers, disks, the local cache) as
+    /// opposed to a problem with what the repository or the spec says, which only a new
+    /// commit or configuration changes.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Fetch { .. } | SourceError::Io { .. })
+        matches!(
+            self,
+            SourceError::Fetch { .. } | SourceError::Io { .. } | SourceError::Cache { .. }
+        )
+    }
+
+    /// The revision a permanent error is about, when it is about one.
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            SourceError::SubdirNotFound { revision, .. } => Some(revision),
+            _ => None,
+        }
     }
 }
 

@@ -881,3 +881,31 @@ fn healthz_answers_under_1000_idle_connections_at_a_1024_file_limit() -> Result<
     drop(idle);
     Ok(())
 }
+
+#[test]
+fn a_commit_the_source_cannot_read_is_a_failed_revision_not_retried() -> Result<()> {
+    let mut world = World::new("d-permanent", "1h", "heal")?;
+    world.start()?;
+    // The configured `path: services` is gone from this commit: no retry can mend it.
+    world.work.git(&["mv", "services", "moved"]);
+    let commit = world.work.commit("move the services away");
+    world.work.git(&["push", "-q", "origin", "main"]);
+    assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    world.runs_when_idle()?;
+    let status = world.status()?;
+    assert_eq!(status["failed_revision"], commit.as_str(), "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("subdirectory `services` not found"), "{status}");
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"rejected\"}"), Some(1.0));
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"error\"}"), None);
+
+    // Asked again, the commit is fetched but not tried again.
+    assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    world.runs_when_idle()?;
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"skipped\"}"), Some(1.0));
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"rejected\"}"), Some(1.0));
+    assert_eq!(world.reached()?, ["b11"]);
+    Ok(())
+}

@@ -442,7 +442,16 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
     let parsed = &memory.memo.parsed;
     let snapshot = match source::fetch_reusing(&spec, &|blob| parsed.contains_key(blob)) {
         Ok(snapshot) => snapshot,
-        Err(e) => return Outcome::Transient { error: e.to_string() },
+        Err(e) if e.is_transient() => return Outcome::Transient { error: e.to_string() },
+        // A ref that names nothing, a subdirectory a commit lacks: reported, and tried again
+        // at the interval (a new commit may mend it), not at the backoff's pace.
+        Err(e) => {
+            let revision = e.revision().map(str::to_owned);
+            if revision.is_some() && revision == memory.failed_revision {
+                return Outcome::StillRejected { revision };
+            }
+            return reject(memory, revision, e.to_string());
+        }
     };
     if snapshot.revision.is_some() && snapshot.revision == memory.failed_revision {
         return Outcome::StillRejected { revision: snapshot.revision };
