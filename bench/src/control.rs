@@ -113,7 +113,7 @@ fn daemon_webhook(repo: &Repo, commits: [&str; 2], dir: &std::path::Path) -> Res
     let sandbox = Sandbox::new("bench-daemon")?;
     std::fs::create_dir_all(dir)?;
     repo.git(&["branch", "-f", "live", commits[0]]);
-    let listen = format!("127.0.0.1:{}", reconciler_tests::git::free_port());
+    let listen = format!("{}:9469", reconciler_tests::git::loopback_address());
     let config = format!(
         "source:\n  url: {}\n  ref: live\n  path: services\n  interval: 1h\n  cacheDir: {}\n\
          dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n",

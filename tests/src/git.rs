@@ -1,9 +1,10 @@
 //! Real git repositories for tests: working repositories made with the git CLI in temporary
 //! directories, bare remotes, and a `git daemon` on 127.0.0.1.
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -90,20 +91,24 @@ impl Repo {
 /// A `git daemon` child process, killed (by its PID) when dropped, also when a test fails.
 pub struct Daemon {
     child: Child,
-    pub port: u16,
+    pub address: IpAddr,
 }
 
+/// The port `git daemon` serves on, at an address of the test's own.
+pub const GIT_PORT: u16 = 9418;
+
 impl Daemon {
-    /// Serves the repositories under `base` at git://127.0.0.1:`port`/, once it accepts
-    /// connects.
-    pub fn start(base: &Path, port: u16) -> Daemon {
+    /// Serves the repositories under `base` at git://`address`/ (see [`loopback_address`]),
+    /// once it accepts connects.
+    pub fn start(base: &Path, address: IpAddr) -> Daemon {
         // The daemon binary itself: `git daemon` runs it as a child of `git`, which a kill of
         // the PID we hold would leave running.
         let exec_path = git(base, &["--exec-path"]);
         let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .args(["--reuseaddr", "--export-all"])
+            .arg(format!("--listen={address}"))
             .arg(format!("--base-path={}", base.display()))
-            .arg(format!("--port={port}"))
+            .arg(format!("--port={GIT_PORT}"))
             .arg(base)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,15 +116,20 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting git daemon");
-        let mut daemon = Daemon { child, port };
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut daemon = Daemon { child, address };
+        let socket = SocketAddr::new(address, GIT_PORT);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        while TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_err() {
             assert!(daemon.child.try_wait().ok().flatten().is_none(), "git daemon exited");
-            assert!(Instant::now() < deadline, "git daemon not listening on {address} after 10 s");
+            assert!(Instant::now() < deadline, "git daemon not listening on {socket} after 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
         daemon
+    }
+
+    /// The URL of repository `name` (a path under the base).
+    pub fn url(&self, name: &str) -> String {
+        format!("git://{}:{GIT_PORT}/{name}", self.address)
     }
 
     pub fn stop(&mut self) {
@@ -135,10 +145,13 @@ impl Drop for Daemon {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+/// A loopback address of this process's own, another at each call. Servers of concurrent
+/// tests listen on fixed ports at addresses of their own, so none races another for a port
+/// (as picking a port that was free a moment ago does). All of 127.0.0.0/8 reaches `lo`.
+pub fn loopback_address() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Test binaries run one after another; the PID keeps a leftover of another apart.
+    let process = (std::process::id() % 200) as u8 + 50;
+    IpAddr::V4(Ipv4Addr::new(127, process, (n / 250) as u8, (n % 250) as u8 + 1))
 }

@@ -8,7 +8,7 @@ use std::{
 
 use reconciler::source::{Snapshot, SourceFile};
 use reconciler_tests::{
-    git::{free_port, Daemon, Repo},
+    git::{loopback_address, Daemon, Repo},
     reconciler_path,
 };
 use tempfile::TempDir;
@@ -264,8 +264,8 @@ fn plan_follows_branches_tags_and_commits_over_git_daemon_and_a_bare_remote() {
     work.bare_clone(served.path(), "services.git");
     work.git(&["push", "-q", "origin", "--tags", "main", "canary"]);
 
-    let daemon = Daemon::start(served.path(), free_port());
-    let url = format!("git://127.0.0.1:{}/services.git", daemon.port);
+    let daemon = Daemon::start(served.path(), loopback_address());
+    let url = daemon.url("services.git");
     let cache = cache.path().display().to_string();
     let common = ["--path", "services", "--cache-dir", &cache, "--pin-path", NO_INSTALL];
     let with = |reference: Option<&str>| {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use reconciler_tests::{
-    git::{free_port, Daemon, Repo},
+    git::{loopback_address, Daemon, Repo},
     reconciler_path,
 };
 use tempfile::TempDir;
@@ -92,8 +92,8 @@ fn a_50_mb_file_is_refused_in_bounded_memory_from_a_directory_and_from_git() {
     let commit = repo.commit("big");
     let served = tempfile::tempdir().unwrap();
     repo.bare_clone(served.path(), "services.git");
-    let daemon = Daemon::start(served.path(), free_port());
-    let url = format!("git://127.0.0.1:{}/services.git", daemon.port);
+    let daemon = Daemon::start(served.path(), loopback_address());
+    let url = daemon.url("services.git");
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().display().to_string();
     let args = ["plan", "--repo", &url, "--cache-dir", &cache_dir, "--pin-path", NO_INSTALL];

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use reconciler::source::{fetch, snapshot_at, GitSpec, Snapshot, SourceError, SourceSpec};
-use reconciler_tests::git::{free_port, Daemon, Repo};
+use reconciler_tests::git::{loopback_address, Daemon, Repo};
 use tempfile::tempdir;
 
 /// A spec for `url` reading `services/`, with its own cache.
@@ -220,12 +220,12 @@ fn git_daemon_source_fails_transiently_while_the_server_is_down() {
     let head = work.commit("first");
     let served = tempdir().unwrap();
     work.bare_clone(served.path(), "repo.git");
-    let port = free_port();
-    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let address = loopback_address();
+    let url = format!("git://{address}:{}/repo.git", reconciler_tests::git::GIT_PORT);
     let cache = tempdir().unwrap();
     let spec = spec(&url, cache.path());
 
-    let mut daemon = Daemon::start(served.path(), port);
+    let mut daemon = Daemon::start(served.path(), address);
     let snapshot = fetch_git(&spec).unwrap();
     assert_eq!((revision(&snapshot), paths(&snapshot)), (head.as_str(), vec!["services/web.yaml"]));
 
@@ -236,7 +236,7 @@ fn git_daemon_source_fails_transiently_while_the_server_is_down() {
     // What was fetched stays readable from the cache.
     assert_eq!(revision(&snapshot_at(&spec, &head).unwrap()), head);
 
-    let _daemon = Daemon::start(served.path(), port);
+    let _daemon = Daemon::start(served.path(), address);
     assert_eq!(revision(&fetch_git(&spec).unwrap()), head);
 }
 

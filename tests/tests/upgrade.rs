@@ -263,7 +263,7 @@ fn the_daemon_upgrades_a_layout_1_data_plane_at_start() -> Result<()> {
     install_old(&LAYOUT1, &sandbox, vip, backend)?;
     let repo = web_repo(vip, backend)?;
     let dir = tempfile::tempdir()?;
-    let listen = format!("127.0.0.1:{}", reconciler_tests::git::free_port());
+    let listen = format!("{}:9469", reconciler_tests::git::loopback_address());
     let config = dir.path().join("node.yaml");
     std::fs::write(
         &config,
