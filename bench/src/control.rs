@@ -197,6 +197,7 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
             subdir: Some("services".into()),
             cache_dir: cache.clone(),
             ssh_key: None,
+            verify: None,
         };
         let spec = SourceSpec::Git(git.clone());
         for name in ["validate_compile_cold_cache_s", "validate_compile_s"] {

@@ -15,4 +15,5 @@ pub mod plan;
 pub mod source;
 pub mod time;
 pub mod validate;
+pub mod verify;
 pub mod yaml;

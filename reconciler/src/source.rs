@@ -11,7 +11,10 @@
 //! fetches, and submodules (their entries are skipped).
 use std::path::{Component, Path, PathBuf};
 
-use crate::limits;
+use crate::{
+    limits,
+    verify::{Mode, Signed, Unverified, Verify},
+};
 
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, FileMode, ObjectType,
@@ -39,6 +42,8 @@ pub struct GitSpec {
     pub cache_dir: PathBuf,
     /// ssh private key file; without it ssh uses the ssh agent.
     pub ssh_key: Option<PathBuf>,
+    /// Who must have signed the commit (or a tag of it) for it to be read at all.
+    pub verify: Option<Verify>,
 }
 
 /// The definition files of one revision.
@@ -102,6 +107,8 @@ pub enum SourceError {
     SubdirNotFound { subdir: PathBuf, revision: String },
     #[error("{}: neither a regular file nor a directory", path.display())]
     NotAFile { path: PathBuf },
+    #[error("commit {revision} is not verified: {reason}")]
+    Unverified { revision: String, reason: Unverified },
 }
 
 impl SourceError {
@@ -118,7 +125,8 @@ impl SourceError {
     /// The revision a permanent error is about, when it is about one.
     pub fn revision(&self) -> Option<&str> {
         match self {
-            SourceError::SubdirNotFound { revision, .. } => Some(revision),
+            SourceError::SubdirNotFound { revision, .. }
+            | SourceError::Unverified { revision, .. } => Some(revision),
             _ => None,
         }
     }
@@ -149,6 +157,9 @@ pub fn fetch_reusing(
         SourceSpec::Git(git) => with_cache(git, |cache| {
             cache.fetch(git)?;
             let commit = cache.resolve(git.reference.as_deref())?;
+            if let Some(verify) = &git.verify {
+                cache.verify(commit, verify)?;
+            }
             cache.snapshot(commit, git.subdir.as_deref(), known)
         }),
     }
@@ -219,6 +230,13 @@ fn lock_cache(path: &Path) -> Result<std::fs::File, SourceError> {
         .map_err(io_error(&lock_path))?;
     file.lock().map_err(io_error(&lock_path))?;
     Ok(file)
+}
+
+/// A signed tag object's content, split into what is signed and the armored signature git
+/// appends to the message.
+fn split_signature(raw: &[u8]) -> Option<(&[u8], &str)> {
+    let start = raw.windows(12).rposition(|w| w == b"\n-----BEGIN ")? + 1;
+    Some((&raw[..start], std::str::from_utf8(&raw[start..]).ok()?))
 }
 
 /// The default cache directory: $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else
@@ -440,6 +458,68 @@ impl Cache {
     }
 
     /// A branch, else a tag, else a commit id or unique prefix; None is the remote's HEAD.
+    /// Whether `commit` (or, in tag mode, an annotated tag pointing at it) is signed as
+    /// `verify` asks (see `verify`).
+    fn verify(&self, commit: Oid, verify: &Verify) -> Result<(), SourceError> {
+        let refused =
+            |reason: Unverified| SourceError::Unverified { revision: commit.to_string(), reason };
+        match verify.mode {
+            Mode::Head => {
+                let (signature, data) = match self.repo.extract_signature(&commit, None) {
+                    Ok(found) => found,
+                    Err(e) if e.code() == ErrorCode::NotFound => {
+                        return Err(refused(Unverified::Unsigned));
+                    }
+                    Err(e) => return Err(self.cache_error()(e)),
+                };
+                let committer = self
+                    .repo
+                    .find_commit(commit)
+                    .map_err(self.cache_error())?
+                    .committer()
+                    .to_owned();
+                let signed = Signed {
+                    signature: std::str::from_utf8(&signature).unwrap_or_default(),
+                    data: &data,
+                    email: committer.email().unwrap_or_default(),
+                    time: committer.when().seconds(),
+                };
+                verify.signers.check(&signed).map(drop).map_err(refused)
+            }
+            Mode::Tag => {
+                let odb = self.repo.odb().map_err(self.cache_error())?;
+                let mut refusal = None;
+                let tags = self.repo.references_glob("refs/tags/*").map_err(self.cache_error())?;
+                for reference in tags.flatten() {
+                    // Lightweight tags carry no signature; they are not tag objects.
+                    let Ok(tag) = reference.peel_to_tag() else { continue };
+                    if tag.target_id() != commit {
+                        continue;
+                    }
+                    let raw = odb.read(tag.id()).map_err(self.cache_error())?;
+                    let Some((data, signature)) = split_signature(raw.data()) else {
+                        refusal.get_or_insert(Unverified::Unsigned);
+                        continue;
+                    };
+                    let tagger = tag.tagger().map(|t| t.to_owned());
+                    let signed = Signed {
+                        signature,
+                        data,
+                        email: tagger.as_ref().and_then(|t| t.email().ok()).unwrap_or_default(),
+                        time: tagger.as_ref().map_or(0, |t| t.when().seconds()),
+                    };
+                    match verify.signers.check(&signed) {
+                        Ok(_) => return Ok(()),
+                        Err(reason) => {
+                            refusal.get_or_insert(reason);
+                        }
+                    }
+                }
+                Err(refused(refusal.unwrap_or(Unverified::NoSignedTag)))
+            }
+        }
+    }
+
     fn resolve(&self, reference: Option<&str>) -> Result<Oid, SourceError> {
         let Some(reference) = reference else {
             return match self.repo.find_reference(REMOTE_HEAD) {

@@ -79,6 +79,22 @@ impl Repo {
         self.git(&["rev-parse", "HEAD"])
     }
 
+    /// Commits everything, signed with the SSH private key `key` (`git commit -S` with
+    /// `gpg.format=ssh`), as committer test@example.com.
+    pub fn commit_signed(&self, message: &str, key: &Path) -> String {
+        self.git(&["add", "-A"]);
+        let signing_key = format!("user.signingkey={}", key.display());
+        let sign = ["-c", "gpg.format=ssh", "-c", &signing_key];
+        self.git(&[&sign[..], &["commit", "-q", "--allow-empty", "-S", "-m", message]].concat());
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Tags HEAD `name` with an annotated tag signed by the SSH private key `key`.
+    pub fn tag_signed(&self, name: &str, key: &Path) {
+        let signing_key = format!("user.signingkey={}", key.display());
+        self.git(&["-c", "gpg.format=ssh", "-c", &signing_key, "tag", "-s", "-m", name, name]);
+    }
+
     /// A bare clone in `dir/name`, made the `origin` this repository pushes to.
     pub fn bare_clone(&self, dir: &Path, name: &str) -> PathBuf {
         let bare = dir.join(name);
@@ -143,6 +159,20 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A new ed25519 key pair `dir/name` (and `.pub`), without a passphrase, made by ssh-keygen;
+/// returns the private key's path and the public key's line (`ssh-ed25519 AAAA... name`).
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .expect("running ssh-keygen (make setup installs openssh-client)");
+    assert!(status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("the public key");
+    (path, public.trim().to_owned())
 }
 
 /// A loopback address of this process's own, another at each call. Servers of concurrent

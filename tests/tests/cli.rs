@@ -304,9 +304,14 @@ fn the_documented_configurations_are_valid() {
     let secret = dir.path().join("webhook-secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let readme = readme.replace("/etc/reconciler/webhook-secret", &secret.display().to_string());
+    let signers = dir.path().join("allowed_signers");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
+    std::fs::write(&signers, format!("alice@example.com {key}\n")).unwrap();
+    let readme = readme.replace("/etc/reconciler/allowed_signers", &signers.display().to_string());
     let parsed = config::parse("README.md", &readme).unwrap();
     assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
     assert!(parsed.webhook_secret.is_some());
+    assert!(parsed.source.verify.is_some());
 
     // The ConfigMap of the DaemonSet carries a configuration too.
     let manifest =
@@ -324,4 +329,139 @@ fn the_documented_configurations_are_valid() {
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
     let result = reconciler::validate::validate(&snapshot, &Default::default());
     assert!(result.is_ok(), "{:?}", result.err());
+}
+
+/// A repository whose services/ holds one service, and key pairs `alice` and `mallory`.
+struct Signers {
+    repo: Repo,
+    keys: TempDir,
+    alice: (PathBuf, String),
+    mallory: (PathBuf, String),
+}
+
+impl Signers {
+    fn new() -> Signers {
+        let keys = tempfile::tempdir().unwrap();
+        let alice = reconciler_tests::git::ssh_key(keys.path(), "alice");
+        let mallory = reconciler_tests::git::ssh_key(keys.path(), "mallory");
+        let repo = Repo::new();
+        repo.write("services/web.yaml", WEB);
+        Signers { repo, keys, alice, mallory }
+    }
+
+    /// An allowed-signers file of `lines`; its path.
+    fn allowed(&self, lines: &[String]) -> String {
+        let path = self.keys.path().join("allowed_signers");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path.display().to_string()
+    }
+
+    /// `plan` of the repository's `reference` with `--allowed-signers FILE` and `extra`.
+    fn plan(&self, allowed: &str, extra: &[&str]) -> Output {
+        let cache = tempfile::tempdir().unwrap();
+        let (url, cache) = (self.repo.url(), cache.path().display().to_string());
+        let args = [
+            "plan",
+            "--repo",
+            &url,
+            "--path",
+            "services",
+            "--cache-dir",
+            &cache,
+            "--pin-path",
+            NO_INSTALL,
+            "--allowed-signers",
+            allowed,
+        ];
+        reconciler(&[&args[..], extra].concat())
+    }
+}
+
+const WEB: &str = "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n\
+    spec:\n  vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+    backends:\n    - {address: 10.1.0.11}\n";
+
+fn refused_because(output: &Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not verified: ") && stderr.contains(why), "{why}: {stderr}");
+}
+
+#[test]
+fn signed_commits_pass_and_every_other_commit_is_refused_saying_why() {
+    let s = Signers::new();
+    let alice = &s.alice.1;
+    let mallory = &s.mallory.1;
+    let only_alice = s.allowed(&[format!("test@example.com namespaces=\"git\" {alice}")]);
+
+    s.repo.commit("unsigned");
+    refused_because(&s.plan(&only_alice, &[]), "it is not signed");
+
+    let signed = s.repo.commit_signed("signed by alice", &s.alice.0);
+    let output = s.plan(&only_alice, &["--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["revision"], signed.as_str());
+
+    // The key is not listed at all; listed for another principal; not for git; expired
+    // before the commit; not yet valid.
+    let cases = [
+        (vec![format!("test@example.com {mallory}")], "which the allowed signers do not list"),
+        (
+            vec![format!("someone@example.com {alice}")],
+            "for other principals than its author test@example.com",
+        ),
+        (
+            vec![format!("test@example.com namespaces=\"file\" {alice}")],
+            "do not allow in namespace `git`",
+        ),
+        (
+            vec![format!("test@example.com valid-before=20200101Z {alice}")],
+            "outside the key's validity",
+        ),
+        (
+            vec![format!("test@example.com valid-after=29990101Z {alice}")],
+            "outside the key's validity",
+        ),
+    ];
+    for (lines, why) in cases {
+        refused_because(&s.plan(&s.allowed(&lines), &[]), why);
+    }
+    // A wildcard principal and a window around now pass.
+    let window = s.allowed(&[format!(
+        "*@example.com,!mallory@example.com valid-after=20200101Z,valid-before=29990101Z {alice}"
+    )]);
+    assert_eq!(s.plan(&window, &[]).status.code(), Some(0));
+
+    // Alice's signature copied onto other content.
+    let raw = s.repo.git(&["cat-file", "commit", &signed]) + "\n";
+    let forged_file = s.keys.path().join("forged");
+    std::fs::write(&forged_file, raw.replace("signed by alice", "signed by alice, honest"))
+        .unwrap();
+    let forged_path = forged_file.display().to_string();
+    let forged = s.repo.git(&["hash-object", "-t", "commit", "-w", &forged_path]);
+    s.repo.git(&["update-ref", "refs/heads/main", &forged]);
+    refused_because(&s.plan(&only_alice, &[]), "does not match its content");
+    s.repo.git(&["update-ref", "refs/heads/main", &signed]);
+
+    // Signed by mallory, whom the file does not list.
+    s.repo.write("services/web.yaml", WEB.replace("10.1.0.11", "10.1.0.66"));
+    s.repo.commit_signed("signed by mallory", &s.mallory.0);
+    refused_because(&s.plan(&only_alice, &[]), "which the allowed signers do not list");
+}
+
+#[test]
+fn in_tag_mode_a_signed_tag_must_point_at_the_commit() {
+    let s = Signers::new();
+    let only_alice = s.allowed(&[format!("test@example.com {}", s.alice.1)]);
+    s.repo.commit("unsigned, to be tagged");
+    let tag_mode = ["--verify-mode", "tag"];
+    refused_because(&s.plan(&only_alice, &tag_mode), "no annotated tag points at it");
+    s.repo.tag_signed("v1-by-mallory", &s.mallory.0);
+    refused_because(&s.plan(&only_alice, &tag_mode), "which the allowed signers do not list");
+    s.repo.tag_signed("v1", &s.alice.0);
+    let output = s.plan(&only_alice, &tag_mode);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    // The commit itself is unsigned: head mode refuses it.
+    refused_because(&s.plan(&only_alice, &[]), "it is not signed");
 }

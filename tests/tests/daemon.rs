@@ -909,3 +909,41 @@ fn a_commit_the_source_cannot_read_is_a_failed_revision_not_retried() -> Result<
     assert_eq!(world.reached()?, ["b11"]);
     Ok(())
 }
+
+#[test]
+fn with_source_verify_an_unsigned_commit_is_refused_and_the_last_good_stays() -> Result<()> {
+    let mut world = World::new("d-signed", "1h", "heal")?;
+    let keys = tempfile::tempdir()?;
+    let (alice, alice_public) = reconciler_tests::git::ssh_key(keys.path(), "alice");
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("test@example.com {alice_public}\n"))?;
+    let signed = world.work.commit_signed("signed by alice", &alice);
+    world.work.git(&["push", "-q", "origin", "main"]);
+    let config = std::fs::read_to_string(world.config_path())?.replace(
+        "  path: services\n",
+        &format!("  path: services\n  verify:\n    allowedSigners: {}\n", allowed.display()),
+    );
+    std::fs::write(world.config_path(), config)?;
+    world.start()?;
+    assert_eq!(world.status()?["applied_revision"], signed.as_str());
+
+    let unsigned = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    world.runs_when_idle()?;
+    let status = world.status()?;
+    assert_eq!(status["failed_revision"], unsigned.as_str(), "{status}");
+    assert_eq!(status["applied_revision"], signed.as_str(), "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("is not verified: it is not signed"), "{status}");
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"unverified\"}"), Some(1.0));
+    assert_eq!(world.reached()?, ["b11"]);
+
+    world.work.write("services/web.yaml", service("10.96.0.10", "127.0.0.13"));
+    let good = world.work.commit_signed("signed again", &alice);
+    world.work.git(&["push", "-q", "origin", "main"]);
+    assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+    world.wait_applied(&good, Duration::from_secs(10))?;
+    assert_eq!(world.reached()?, ["b13"]);
+    Ok(())
+}

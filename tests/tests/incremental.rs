@@ -300,6 +300,7 @@ fn services_of(repo: &Repo, cache: &std::path::Path) -> SourceSpec {
         subdir: Some("services".into()),
         cache_dir: cache.to_owned(),
         ssh_key: None,
+        verify: None,
     })
 }
 

@@ -14,6 +14,7 @@ fn spec(url: &str, cache: &Path) -> GitSpec {
         subdir: Some("services".into()),
         cache_dir: cache.to_owned(),
         ssh_key: None,
+        verify: None,
     }
 }
 

@@ -19,6 +19,7 @@ use reconciler::{
     node,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{parse_range, Policy},
+    verify::{AllowedSigners, Mode, Verify},
 };
 
 #[derive(Parser)]
@@ -118,6 +119,14 @@ pub struct SourceArgs {
     /// ssh private key for ssh URLs (default: the ssh agent).
     #[arg(long, value_name = "FILE")]
     ssh_key: Option<PathBuf>,
+    /// Refuse the commit unless it is signed by a key this SSH allowed-signers file lists
+    /// for its committer (git's gpg.ssh.allowedSignersFile format).
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    allowed_signers: Option<PathBuf>,
+    /// With --allowed-signers: what must be signed, the commit (`head`) or an annotated tag
+    /// pointing at it (`tag`).
+    #[arg(long, value_name = "head|tag", requires = "allowed_signers", default_value = "head")]
+    verify_mode: Mode,
 }
 
 impl SourceArgs {
@@ -135,6 +144,13 @@ impl SourceArgs {
                 subdir: self.path.clone(),
                 cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
                 ssh_key: self.ssh_key.clone(),
+                verify: match &self.allowed_signers {
+                    Some(file) => Some(Verify {
+                        mode: self.verify_mode,
+                        signers: AllowedSigners::read(file).map_err(anyhow::Error::msg)?,
+                    }),
+                    None => None,
+                },
             })),
             (None, Some(dir)) => Ok(SourceSpec::Dir(dir.clone())),
             _ => anyhow::bail!("say where the definitions are: --repo URL|PATH or --dir DIR"),

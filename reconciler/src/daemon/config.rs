@@ -14,6 +14,7 @@ use crate::{
     dataplane::DEFAULT_PIN_PATH,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{at, parse_range, Diagnostic, Policy, Schema},
+    verify::{AllowedSigners, Mode, Verify},
     yaml,
 };
 
@@ -91,6 +92,15 @@ struct RawSource {
     interval: Option<String>,
     cache_dir: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
+    verify: Option<RawVerify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawVerify {
+    #[serde(default)]
+    mode: Mode,
+    allowed_signers: PathBuf,
 }
 
 #[derive(Default, Deserialize)]
@@ -175,6 +185,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             ),
         }
     }
+    let verify = raw.source.verify.and_then(|verify| {
+        let signers = AllowedSigners::read(&verify.allowed_signers)
+            .map_err(|message| error("/source/verify/allowedSigners", message))
+            .ok()?;
+        Some(Verify { mode: verify.mode, signers })
+    });
     let webhook_secret = raw.webhook.and_then(|webhook| {
         Secret::read(&webhook.secret_file)
             .map_err(|message| error("/webhook/secretFile", message))
@@ -190,6 +206,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             subdir: raw.source.path,
             cache_dir: raw.source.cache_dir.unwrap_or_else(default_cache_dir),
             ssh_key: raw.source.ssh_key,
+            verify,
         },
         interval,
         cgroup: raw.dataplane.cgroup,
@@ -301,6 +318,29 @@ drift: heal
         std::fs::write(&file, "\n").unwrap();
         let found = errors(&text);
         assert!(found[0].ends_with("is empty"), "{found:?}");
+    }
+
+    #[test]
+    fn source_verify_reads_its_allowed_signers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allowed_signers");
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
+        std::fs::write(&file, format!("alice@example.com {key}\n")).unwrap();
+        let text = format!(
+            "source:\n  url: /srv/services\n  verify:\n    mode: tag\n    allowedSigners: {}\n",
+            file.display()
+        );
+        let config = parse("node.yaml", &text).unwrap();
+        assert_eq!(config.source.verify.map(|v| v.mode), Some(Mode::Tag));
+        std::fs::write(&file, "alice@example.com ssh-ed25519 garbage\n").unwrap();
+        let found = errors(&text);
+        assert!(
+            found[0].starts_with("node.yaml:5:21: source.verify.allowedSigners: "),
+            "{found:?}"
+        );
+        assert!(found[0].contains("allowed_signers:1: the key cannot be read"), "{found:?}");
+        assert!(errors(&text.replace("mode: tag", "mode: all"))[0].contains("source.verify.mode"));
     }
 
     #[test]

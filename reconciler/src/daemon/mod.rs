@@ -178,11 +178,14 @@ enum Outcome {
     LastGood {
         plan: Box<Plan>,
     },
-    /// The fetched commit is bad (invalid, or its apply failed); the data plane is unchanged.
+    /// The fetched commit is bad (invalid, unverified, or its apply failed); the data plane
+    /// is unchanged.
     Rejected {
         revision: Option<String>,
         error: String,
         diagnostics: Vec<Diagnostic>,
+        /// No allowed signer signed it (`source.verify`): counted as `unverified`.
+        unverified: bool,
     },
     /// The fetched commit already failed; nothing was tried.
     StillRejected {
@@ -217,6 +220,7 @@ impl Outcome {
             Outcome::HealthApplied { .. } => "health_applied",
             Outcome::DriftReported { .. } => "drift_reported",
             Outcome::LastGood { .. } => "last_good",
+            Outcome::Rejected { unverified: true, .. } => "unverified",
             Outcome::Rejected { .. } => "rejected",
             Outcome::StillRejected { .. } => "skipped",
             Outcome::Transient { .. } => "error",
@@ -399,7 +403,7 @@ fn reload(config_file: &Path) -> Option<Config> {
 fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome> {
     let outcome = reconcile_commit(config, memory, refresh);
     match &outcome {
-        Outcome::Rejected { revision: Some(revision), error, diagnostics } => {
+        Outcome::Rejected { revision: Some(revision), error, diagnostics, .. } => {
             memory.journal.failed(Failure {
                 revision: revision.clone(),
                 error: error.clone(),
@@ -450,7 +454,8 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
             if revision.is_some() && revision == memory.failed_revision {
                 return Outcome::StillRejected { revision };
             }
-            return reject(memory, revision, e.to_string());
+            let unverified = matches!(e, source::SourceError::Unverified { .. });
+            return reject(memory, revision, e.to_string(), unverified);
         }
     };
     if snapshot.revision.is_some() && snapshot.revision == memory.failed_revision {
@@ -484,7 +489,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         Err(Error::Invalid { revision, diagnostics }) => {
             memory.failed_revision = revision.clone();
             let error = format!("{} invalid definition(s)", diagnostics.len());
-            return Outcome::Rejected { revision, error, diagnostics };
+            return Outcome::Rejected { revision, error, diagnostics, unverified: false };
         }
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
@@ -497,7 +502,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         health,
     ) {
         Ok(plan) => plan,
-        Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string()),
+        Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string(), false),
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
     let new_revision = plan.context.install || plan.context.revision != plan.context.live_revision;
@@ -529,13 +534,18 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
             Outcome::Transient { error: e.to_string() }
         }
         Err(Error::Dataplane(e)) => Outcome::Transient { error: e.to_string() },
-        Err(e) => reject(memory, desired.revision, e.to_string()),
+        Err(e) => reject(memory, desired.revision, e.to_string(), false),
     }
 }
 
-fn reject(memory: &mut Memory, revision: Option<String>, error: String) -> Outcome {
+fn reject(
+    memory: &mut Memory,
+    revision: Option<String>,
+    error: String,
+    unverified: bool,
+) -> Outcome {
     memory.failed_revision = revision.clone();
-    Outcome::Rejected { revision, error, diagnostics: Vec::new() }
+    Outcome::Rejected { revision, error, diagnostics: Vec::new(), unverified }
 }
 
 /// While the fetched commit is held back: drift of the live maps from the last good
@@ -657,7 +667,7 @@ fn record(
             metrics.drift_entries.set(plan.entry_changes as i64);
             status.drift_entries = plan.entry_changes;
         }
-        Outcome::Rejected { revision, error, diagnostics } => {
+        Outcome::Rejected { revision, error, diagnostics, .. } => {
             error!(
                 revision = revision.as_deref().unwrap_or("-"),
                 "{error}; the data plane stays at the last good revision"

@@ -27,7 +27,8 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// The secret in `path`, without the line end an editor leaves.
     pub fn read(path: &Path) -> Result<Secret, String> {
-        let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let text = crate::limits::read(path, crate::limits::MAX_FILE_BYTES as u64)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let secret = text.trim_ascii_end();
         if secret.is_empty() {
             return Err(format!("{} is empty", path.display()));

@@ -1,0 +1,408 @@
+//! Signed commits: which commits may steer the data plane. With `source.verify` (or
+//! `--allowed-signers`), a commit is applied only when it (`mode: head`), or an annotated tag
+//! pointing at it (`mode: tag`), carries a good SSH signature by a key that an allowed-signers
+//! file lists (git's `gpg.ssh.allowedSignersFile` format, see ssh-keygen(1)), for the signer's
+//! email, in the `git` namespace, at the time the signature claims. Unlike Flux, principals
+//! and validity windows count: a key listed for alice@example.com does not vouch for a commit
+//! whose committer is bob@example.com, and a key past its `valid-before` vouches for nothing
+//! signed after it.
+use std::{fmt, path::Path};
+
+use ssh_key::{public::KeyData, HashAlg, PublicKey, SshSig};
+
+/// The namespace git signs commits and tags in.
+const GIT_NAMESPACE: &str = "git";
+
+/// What must be signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The commit itself.
+    #[default]
+    Head,
+    /// An annotated tag pointing at the commit (any one of them).
+    Tag,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Mode, String> {
+        match text {
+            "head" => Ok(Mode::Head),
+            "tag" => Ok(Mode::Tag),
+            other => Err(format!("`{other}` is neither `head` nor `tag`")),
+        }
+    }
+}
+
+/// How commits are verified: the mode and who may sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verify {
+    pub mode: Mode,
+    pub signers: AllowedSigners,
+}
+
+/// An allowed-signers file, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedSigners {
+    /// Where it was read from, for messages.
+    pub file: String,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    line: usize,
+    /// The principals pattern-list (emails, `*` and `?` wildcards, `!` negations).
+    principals: String,
+    /// The `namespaces=` pattern-list; any namespace without one.
+    namespaces: Option<String>,
+    /// `valid-after=` and `valid-before=`, in Unix seconds.
+    valid_after: Option<i64>,
+    valid_before: Option<i64>,
+    key: KeyData,
+}
+
+/// A signature being checked: the armored text, the bytes it signs, and who and when the
+/// signed object says made it (a commit's committer, a tag's tagger).
+pub struct Signed<'a> {
+    pub signature: &'a str,
+    pub data: &'a [u8],
+    pub email: &'a str,
+    pub time: i64,
+}
+
+/// Why a commit was not accepted. Shown in `/status` and errors, counted as `unverified`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unverified {
+    Unsigned,
+    NoSignedTag,
+    NotSsh,
+    Malformed(String),
+    WrongNamespace(String),
+    UnknownKey { fingerprint: String },
+    OtherPrincipal { fingerprint: String, email: String, line: usize },
+    NotForGit { fingerprint: String, line: usize },
+    OutsideValidity { fingerprint: String, time: i64, line: usize },
+    BadSignature { fingerprint: String },
+}
+
+impl fmt::Display for Unverified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unverified::Unsigned => write!(f, "it is not signed"),
+            Unverified::NoSignedTag => write!(f, "no annotated tag points at it"),
+            Unverified::NotSsh => {
+                write!(
+                    f,
+                    "its signature is not an SSH signature (OpenPGP and X.509 are not accepted)"
+                )
+            }
+            Unverified::Malformed(e) => write!(f, "its signature cannot be read: {e}"),
+            Unverified::WrongNamespace(n) => {
+                write!(f, "it is signed for namespace `{n}`, not `{GIT_NAMESPACE}`")
+            }
+            Unverified::UnknownKey { fingerprint } => {
+                write!(
+                    f,
+                    "it is signed by key {fingerprint}, which the allowed signers do not list"
+                )
+            }
+            Unverified::OtherPrincipal { fingerprint, email, line } => write!(
+                f,
+                "it is signed by key {fingerprint}, which the allowed signers list (line {line}) \
+                 for other principals than its author {email}"
+            ),
+            Unverified::NotForGit { fingerprint, line } => write!(
+                f,
+                "it is signed by key {fingerprint}, which the allowed signers (line {line}) do not \
+                 allow in namespace `{GIT_NAMESPACE}`"
+            ),
+            Unverified::OutsideValidity { fingerprint, time, line } => write!(
+                f,
+                "it is signed by key {fingerprint} at {}, outside the key's validity (line {line})",
+                jiff::Timestamp::from_second(*time)
+                    .map_or_else(|_| time.to_string(), |t| t.to_string())
+            ),
+            Unverified::BadSignature { fingerprint } => {
+                write!(f, "its signature by key {fingerprint} does not match its content")
+            }
+        }
+    }
+}
+
+impl AllowedSigners {
+    /// Reads and parses the allowed-signers file at `path`.
+    pub fn read(path: &Path) -> Result<AllowedSigners, String> {
+        let text = crate::limits::read_to_string(path, crate::limits::MAX_FILE_BYTES as u64)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        AllowedSigners::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses `text`, an allowed-signers file; an error names `file` and the line.
+    pub fn parse(file: &str, text: &str) -> Result<AllowedSigners, String> {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let number = index + 1;
+            let entry = parse_entry(number, line)
+                .map_err(|message| format!("{file}:{number}: {message}"))?;
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            return Err(format!("{file}: lists no signer"));
+        }
+        Ok(AllowedSigners { file: file.to_owned(), entries })
+    }
+
+    /// Checks `signed`; on success, the key's fingerprint.
+    pub fn check(&self, signed: &Signed<'_>) -> Result<String, Unverified> {
+        if !signed.signature.trim_start().starts_with("-----BEGIN SSH SIGNATURE-----") {
+            return Err(Unverified::NotSsh);
+        }
+        let signature =
+            SshSig::from_pem(signed.signature).map_err(|e| Unverified::Malformed(e.to_string()))?;
+        if signature.namespace() != GIT_NAMESPACE {
+            return Err(Unverified::WrongNamespace(signature.namespace().to_owned()));
+        }
+        let key = PublicKey::from(signature.public_key().clone());
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let listed: Vec<&Entry> =
+            self.entries.iter().filter(|e| &e.key == signature.public_key()).collect();
+        // A key may be listed on several lines; the first that allows this signer decides.
+        let mut refusal = None;
+        for entry in &listed {
+            let why = if !patterns_match(&entry.principals, signed.email) {
+                Unverified::OtherPrincipal {
+                    fingerprint: fingerprint.clone(),
+                    email: signed.email.to_owned(),
+                    line: entry.line,
+                }
+            } else if !entry.namespaces.as_deref().is_none_or(|n| patterns_match(n, GIT_NAMESPACE))
+            {
+                Unverified::NotForGit { fingerprint: fingerprint.clone(), line: entry.line }
+            } else if entry.valid_after.is_some_and(|after| signed.time < after)
+                || entry.valid_before.is_some_and(|before| signed.time > before)
+            {
+                Unverified::OutsideValidity {
+                    fingerprint: fingerprint.clone(),
+                    time: signed.time,
+                    line: entry.line,
+                }
+            } else {
+                return key
+                    .verify(GIT_NAMESPACE, signed.data, &signature)
+                    .map(|()| fingerprint.clone())
+                    .map_err(|_| Unverified::BadSignature { fingerprint: fingerprint.clone() });
+            };
+            refusal.get_or_insert(why);
+        }
+        Err(refusal.unwrap_or(Unverified::UnknownKey { fingerprint }))
+    }
+}
+
+fn parse_entry(line: usize, text: &str) -> Result<Entry, String> {
+    let fields = split_fields(text)?;
+    let [principals, rest @ ..] = fields.as_slice() else {
+        return Err("expected principals, options, key type and key".into());
+    };
+    let (options, key) = match rest {
+        [first, ..] if is_key_type(first) => (None, rest),
+        [options, key @ ..] => (Some(options.as_str()), key),
+        [] => return Err("no key after the principals".into()),
+    };
+    let [key_type, base64, ..] = key else {
+        return Err("expected a key type and a base64 key".into());
+    };
+    let key = PublicKey::from_openssh(&format!("{key_type} {base64}"))
+        .map_err(|e| format!("the key cannot be read: {e}"))?;
+    let mut entry = Entry {
+        line,
+        principals: principals.clone(),
+        namespaces: None,
+        valid_after: None,
+        valid_before: None,
+        key: key.key_data().clone(),
+    };
+    for option in options.map(split_options).transpose()?.into_iter().flatten() {
+        let (name, value) = match option.split_once('=') {
+            Some((name, value)) => (name.to_ascii_lowercase(), Some(value.trim_matches('"'))),
+            None => (option.to_ascii_lowercase(), None),
+        };
+        match (name.as_str(), value) {
+            ("namespaces", Some(value)) => entry.namespaces = Some(value.to_owned()),
+            ("valid-after", Some(value)) => entry.valid_after = Some(parse_time(value)?),
+            ("valid-before", Some(value)) => entry.valid_before = Some(parse_time(value)?),
+            ("cert-authority", None) => {
+                return Err("cert-authority (keys signed by a certificate authority) is not supported; list the signers' keys".into())
+            }
+            _ => return Err(format!("unknown option `{option}`")),
+        }
+    }
+    Ok(entry)
+}
+
+fn is_key_type(field: &str) -> bool {
+    field.starts_with("ssh-") || field.starts_with("ecdsa-") || field.starts_with("sk-")
+}
+
+/// Space-separated fields, where spaces inside double quotes do not separate.
+fn split_fields(text: &str) -> Result<Vec<String>, String> {
+    let mut fields: Vec<String> = split_outside_quotes(text, char::is_whitespace)?
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .collect();
+    // A quoted principals field is its content.
+    if let Some(first) = fields.first_mut() {
+        *first = first.trim_matches('"').to_owned();
+    }
+    Ok(fields)
+}
+
+/// Comma-separated options, where commas inside double quotes do not separate.
+fn split_options(text: &str) -> Result<Vec<String>, String> {
+    split_outside_quotes(text, |c| c == ',')
+}
+
+/// `text` split at the characters `separates` says, except inside double quotes (kept).
+fn split_outside_quotes(
+    text: &str,
+    separates: impl Fn(char) -> bool,
+) -> Result<Vec<String>, String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for c in text.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        match parts.last_mut() {
+            Some(_) if separates(c) && !quoted => parts.push(String::new()),
+            Some(part) => part.push(c),
+            None => {}
+        }
+    }
+    if quoted {
+        return Err("a double quote is not closed".into());
+    }
+    Ok(parts)
+}
+
+/// `YYYYMMDD[Z]` or `YYYYMMDDHHMM[SS][Z]`: UTC with `Z`, else the system's time zone (as
+/// ssh-keygen reads it).
+fn parse_time(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not a time as YYYYMMDD[HHMM[SS]][Z]");
+    let (digits, utc) = match text.strip_suffix(['Z', 'z']) {
+        Some(digits) => (digits, true),
+        None => (text, false),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![8, 12, 14].contains(&digits.len()) {
+        return Err(bad());
+    }
+    // Digits only, so every slice parses; a missing one (no time, no seconds) is 0.
+    let number = |range: std::ops::Range<usize>| -> i8 {
+        digits.get(range).and_then(|d| d.parse().ok()).unwrap_or(0)
+    };
+    let year: i16 = digits[..4].parse().map_err(|_| bad())?;
+    let civil = jiff::civil::DateTime::new(
+        year,
+        number(4..6),
+        number(6..8),
+        number(8..10),
+        number(10..12),
+        number(12..14),
+        0,
+    )
+    .map_err(|_| bad())?;
+    let zone = if utc { jiff::tz::TimeZone::UTC } else { jiff::tz::TimeZone::system() };
+    let zoned = civil.to_zoned(zone).map_err(|_| bad())?;
+    Ok(zoned.timestamp().as_second())
+}
+
+/// Whether `value` matches the pattern-list `list` (ssh_config(5) PATTERNS): some pattern
+/// matches, and no negated (`!`) one does.
+fn patterns_match(list: &str, value: &str) -> bool {
+    let mut matched = false;
+    for pattern in list.split(',').map(str::trim) {
+        match pattern.strip_prefix('!') {
+            Some(negated) if wildcard_match(negated, value) => return false,
+            Some(_) => {}
+            None => matched |= wildcard_match(pattern, value),
+        }
+    }
+    matched
+}
+
+/// `*` (any run) and `?` (any one character) wildcards, case-sensitive.
+fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let (pattern, value): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), value.chars().collect());
+    // Backtracking over the last `*` only: linear in practice, never exponential.
+    let (mut p, mut v, mut star, mut mark) = (0, 0, None, 0);
+    while v < value.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == value[v]) {
+            p += 1;
+            v += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            mark = v;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            v = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
+
+    #[test]
+    fn lines_with_options_quotes_and_comments_parse() {
+        let text = format!(
+            "# who may sign\n\n\"alice@example.com,bob@example.com\" {KEY} laptop\n\
+             *@example.org namespaces=\"git,file\",valid-after=20260101,valid-before=\"20270101Z\" {KEY}\n"
+        );
+        let signers = AllowedSigners::parse("signers", &text).unwrap();
+        assert_eq!(signers.entries.len(), 2);
+        assert_eq!(signers.entries[0].principals, "alice@example.com,bob@example.com");
+        assert_eq!(signers.entries[1].namespaces.as_deref(), Some("git,file"));
+        assert_eq!(signers.entries[1].valid_before, Some(1_798_761_600));
+        assert_eq!(signers.entries[1].line, 4);
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_and_line() {
+        let err = |text: &str| AllowedSigners::parse("signers", text).unwrap_err();
+        assert_eq!(err(""), "signers: lists no signer");
+        assert!(err(&format!("a@b cert-authority {KEY}")).starts_with("signers:1: cert-authority"));
+        assert!(
+            err(&format!("\na@b valid-before=tomorrow {KEY}")).starts_with("signers:2: `tomorrow`")
+        );
+        assert!(err("a@b ssh-ed25519 not-base64").starts_with("signers:1: the key cannot be read"));
+        assert!(err(&format!("a@b verify-required {KEY}")).contains("unknown option"));
+    }
+
+    #[test]
+    fn pattern_lists_match_as_ssh_does() {
+        assert!(patterns_match("alice@example.com", "alice@example.com"));
+        assert!(!patterns_match("alice@example.com", "bob@example.com"));
+        assert!(patterns_match("*@example.com,!mallory@example.com", "bob@example.com"));
+        assert!(!patterns_match("*@example.com,!mallory@example.com", "mallory@example.com"));
+        assert!(patterns_match("git,file", "git"));
+        assert!(!patterns_match("file", "git"));
+        assert!(patterns_match("a?c*", "abcdef"));
+        assert!(!patterns_match("*.example.com", "example.com"));
+    }
+}
