@@ -22,14 +22,14 @@ use git2::{
 };
 
 /// Where service definitions come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
     /// A plain directory, read as it is (no git).
     Dir(PathBuf),
     Git(GitSpec),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GitSpec {
     /// A local path (absolute or relative; a working repo or a bare one), file://, git://,
     /// https://, ssh://, or scp-like user@host:path.
@@ -484,7 +484,7 @@ impl Cache {
                     email: committer.email().unwrap_or_default(),
                     time: committer.when().seconds(),
                 };
-                verify.signers.check(&signed).map(drop).map_err(refused)
+                verify.check(&signed).map(drop).map_err(refused)
             }
             Mode::Tag => {
                 let odb = self.repo.odb().map_err(self.cache_error())?;
@@ -508,7 +508,7 @@ impl Cache {
                         email: tagger.as_ref().and_then(|t| t.email().ok()).unwrap_or_default(),
                         time: tagger.as_ref().map_or(0, |t| t.when().seconds()),
                     };
-                    match verify.signers.check(&signed) {
+                    match verify.check(&signed) {
                         Ok(_) => return Ok(()),
                         Err(reason) => {
                             refusal.get_or_insert(reason);

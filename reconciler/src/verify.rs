@@ -1,13 +1,18 @@
 //! Signed commits: which commits may steer the data plane. With `source.verify` (or
-//! `--allowed-signers`), a commit is applied only when it (`mode: head`), or an annotated tag
-//! pointing at it (`mode: tag`), carries a good SSH signature by a key that an allowed-signers
-//! file lists (git's `gpg.ssh.allowedSignersFile` format, see ssh-keygen(1)), for the signer's
-//! email, in the `git` namespace, at the time the signature claims. Unlike Flux, principals
-//! and validity windows count: a key listed for alice@example.com does not vouch for a commit
-//! whose committer is bob@example.com, and a key past its `valid-before` vouches for nothing
-//! signed after it.
+//! `--allowed-signers`/`--keyring`), a commit is applied only when it (`mode: head`), or an
+//! annotated tag pointing at it (`mode: tag`), carries a good signature: SSH, by a key that an
+//! allowed-signers file lists (git's `gpg.ssh.allowedSignersFile` format, see ssh-keygen(1))
+//! for the signer's email, in the `git` namespace, at the time the signature claims; or
+//! OpenPGP, by a key of a keyring one of whose user IDs is the signer's email. Unlike Flux,
+//! principals and validity windows count: a key listed for alice@example.com does not vouch
+//! for a commit whose committer is bob@example.com, and a key past its `valid-before` vouches
+//! for nothing signed after it.
 use std::{fmt, path::Path};
 
+use pgp::{
+    composed::{Deserializable as _, DetachedSignature, SignedPublicKey},
+    types::KeyDetails as _,
+};
 use ssh_key::{public::KeyData, HashAlg, PublicKey, SshSig};
 
 /// The namespace git signs commits and tags in.
@@ -36,11 +41,119 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// How commits are verified: the mode and who may sign.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How commits are verified: the mode and who may sign (at least one of the two).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Verify {
     pub mode: Mode,
-    pub signers: AllowedSigners,
+    pub signers: Option<AllowedSigners>,
+    pub keyring: Option<Keyring>,
+}
+
+impl Verify {
+    /// Checks `signed` by the kind of its signature; on success, the key's fingerprint.
+    pub fn check(&self, signed: &Signed<'_>) -> Result<String, Unverified> {
+        let armor = signed.signature.trim_start();
+        if armor.starts_with("-----BEGIN SSH SIGNATURE-----") {
+            self.signers
+                .as_ref()
+                .ok_or(Unverified::NoVerifier("SSH", "allowedSigners"))?
+                .check(signed)
+        } else if armor.starts_with("-----BEGIN PGP SIGNATURE-----") {
+            self.keyring.as_ref().ok_or(Unverified::NoVerifier("OpenPGP", "keyring"))?.check(signed)
+        } else {
+            Err(Unverified::OtherKind)
+        }
+    }
+}
+
+/// OpenPGP public keys, parsed (an armored keyring, as `gpg --export --armor` writes it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Keyring {
+    /// Where it was read from, for messages.
+    pub file: String,
+    keys: Vec<SignedPublicKey>,
+}
+
+impl Keyring {
+    /// Reads and parses the keyring at `path`.
+    pub fn read(path: &Path) -> Result<Keyring, String> {
+        read_and_parse(path, Keyring::parse)
+    }
+
+    /// Parses `text`, armored public keys (one block of several, or several blocks one
+    /// after another); each key's self-signatures must verify.
+    pub fn parse(file: &str, text: &str) -> Result<Keyring, String> {
+        const BLOCK: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+        let mut keys = Vec::new();
+        for block in text.match_indices(BLOCK).map(|(start, _)| &text[start..]) {
+            let end = block[BLOCK.len()..].find(BLOCK).map_or(block.len(), |e| e + BLOCK.len());
+            let (parsed, _) = SignedPublicKey::from_armor_many(&block.as_bytes()[..end])
+                .map_err(|e| format!("{file}: not an armored OpenPGP keyring: {e}"))?;
+            for key in parsed {
+                let key = key.map_err(|e| format!("{file}: a key cannot be read: {e}"))?;
+                key.verify_bindings().map_err(|e| {
+                    format!("{file}: key {} is not self-signed: {e}", key.fingerprint())
+                })?;
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!("{file}: holds no public key"));
+        }
+        Ok(Keyring { file: file.to_owned(), keys })
+    }
+
+    fn check(&self, signed: &Signed<'_>) -> Result<String, Unverified> {
+        let (signature, _) = DetachedSignature::from_string(signed.signature)
+            .map_err(|e| Unverified::Malformed(e.to_string()))?;
+        let signature = &signature.signature;
+        let fingerprints = signature.issuer_fingerprint();
+        let ids = signature.issuer_key_id();
+        let issued = |fingerprint: pgp::types::Fingerprint, id: pgp::types::KeyId| {
+            fingerprints.contains(&&fingerprint) || ids.contains(&&id)
+        };
+        for key in &self.keys {
+            let fingerprint = key.fingerprint().to_string();
+            let author = key.details.users.iter().any(|user| {
+                let id = String::from_utf8_lossy(user.id.id());
+                email_of(&id).eq_ignore_ascii_case(signed.email)
+            });
+            let verified = if issued(key.fingerprint(), key.legacy_key_id()) {
+                signature.verify(&key.primary_key, signed.data)
+            } else if let Some(subkey) = key
+                .public_subkeys
+                .iter()
+                .find(|s| issued(s.key.fingerprint(), s.key.legacy_key_id()))
+            {
+                signature.verify(&subkey.key, signed.data)
+            } else {
+                continue;
+            };
+            if !author {
+                return Err(Unverified::NotForAuthor {
+                    fingerprint,
+                    email: signed.email.to_owned(),
+                });
+            }
+            return verified
+                .map(|()| fingerprint.clone())
+                .map_err(|_| Unverified::BadSignature { fingerprint });
+        }
+        let issuer = fingerprints
+            .first()
+            .map(ToString::to_string)
+            .or_else(|| ids.first().map(ToString::to_string))
+            .unwrap_or_else(|| "(none named)".into());
+        Err(Unverified::NotInKeyring { fingerprint: issuer })
+    }
+}
+
+/// The email of an OpenPGP user ID (`Name <email>`, or a bare email).
+fn email_of(user_id: &str) -> &str {
+    match (user_id.rfind('<'), user_id.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &user_id[open + 1..close],
+        _ => user_id.trim(),
+    }
 }
 
 /// An allowed-signers file, parsed.
@@ -78,7 +191,10 @@ pub struct Signed<'a> {
 pub enum Unverified {
     Unsigned,
     NoSignedTag,
-    NotSsh,
+    OtherKind,
+    NoVerifier(&'static str, &'static str),
+    NotInKeyring { fingerprint: String },
+    NotForAuthor { fingerprint: String, email: String },
     Malformed(String),
     WrongNamespace(String),
     UnknownKey { fingerprint: String },
@@ -93,12 +209,23 @@ impl fmt::Display for Unverified {
         match self {
             Unverified::Unsigned => write!(f, "it is not signed"),
             Unverified::NoSignedTag => write!(f, "no annotated tag points at it"),
-            Unverified::NotSsh => {
+            Unverified::OtherKind => {
+                write!(f, "its signature is neither SSH nor OpenPGP (X.509 is not accepted)")
+            }
+            Unverified::NoVerifier(kind, setting) => {
+                write!(f, "it has an {kind} signature, and no {setting} is given to check it")
+            }
+            Unverified::NotInKeyring { fingerprint } => {
                 write!(
                     f,
-                    "its signature is not an SSH signature (OpenPGP and X.509 are not accepted)"
+                    "it is signed by OpenPGP key {fingerprint}, which the keyring does not hold"
                 )
             }
+            Unverified::NotForAuthor { fingerprint, email } => write!(
+                f,
+                "it is signed by OpenPGP key {fingerprint}, none of whose user IDs is its author \
+                 {email}"
+            ),
             Unverified::Malformed(e) => write!(f, "its signature cannot be read: {e}"),
             Unverified::WrongNamespace(n) => {
                 write!(f, "it is signed for namespace `{n}`, not `{GIT_NAMESPACE}`")
@@ -135,9 +262,7 @@ impl fmt::Display for Unverified {
 impl AllowedSigners {
     /// Reads and parses the allowed-signers file at `path`.
     pub fn read(path: &Path) -> Result<AllowedSigners, String> {
-        let text = crate::limits::read_to_string(path, crate::limits::MAX_FILE_BYTES as u64)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        AllowedSigners::parse(&path.display().to_string(), &text)
+        read_and_parse(path, AllowedSigners::parse)
     }
 
     /// Parses `text`, an allowed-signers file; an error names `file` and the line.
@@ -160,10 +285,7 @@ impl AllowedSigners {
     }
 
     /// Checks `signed`; on success, the key's fingerprint.
-    pub fn check(&self, signed: &Signed<'_>) -> Result<String, Unverified> {
-        if !signed.signature.trim_start().starts_with("-----BEGIN SSH SIGNATURE-----") {
-            return Err(Unverified::NotSsh);
-        }
+    fn check(&self, signed: &Signed<'_>) -> Result<String, Unverified> {
         let signature =
             SshSig::from_pem(signed.signature).map_err(|e| Unverified::Malformed(e.to_string()))?;
         if signature.namespace() != GIT_NAMESPACE {
@@ -203,6 +325,13 @@ impl AllowedSigners {
         }
         Err(refusal.unwrap_or(Unverified::UnknownKey { fingerprint }))
     }
+}
+
+/// The file at `path` (at most `MAX_FILE_BYTES`), parsed by `parse` (given its name).
+fn read_and_parse<T>(path: &Path, parse: fn(&str, &str) -> Result<T, String>) -> Result<T, String> {
+    let text = crate::limits::read_to_string(path, crate::limits::MAX_FILE_BYTES as u64)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    parse(&path.display().to_string(), &text)
 }
 
 fn parse_entry(line: usize, text: &str) -> Result<Entry, String> {

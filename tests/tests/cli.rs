@@ -308,10 +308,15 @@ fn the_documented_configurations_are_valid() {
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
     std::fs::write(&signers, format!("alice@example.com {key}\n")).unwrap();
     let readme = readme.replace("/etc/reconciler/allowed_signers", &signers.display().to_string());
+    let gpg = reconciler_tests::git::Gpg::new("alice@example.com");
+    let keyring = dir.path().join("keyring.asc");
+    std::fs::write(&keyring, gpg.public_key()).unwrap();
+    let readme = readme.replace("/etc/reconciler/keyring.asc", &keyring.display().to_string());
     let parsed = config::parse("README.md", &readme).unwrap();
     assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
     assert!(parsed.webhook_secret.is_some());
-    assert!(parsed.source.verify.is_some());
+    let verify = parsed.source.verify.expect("source.verify");
+    assert!(verify.signers.is_some() && verify.keyring.is_some());
 
     // The ConfigMap of the DaemonSet carries a configuration too.
     let manifest =
@@ -464,4 +469,31 @@ fn in_tag_mode_a_signed_tag_must_point_at_the_commit() {
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     // The commit itself is unsigned: head mode refuses it.
     refused_because(&s.plan(&only_alice, &[]), "it is not signed");
+}
+
+#[test]
+fn openpgp_signed_commits_are_checked_against_the_keyring() {
+    let s = Signers::new();
+    let ours = reconciler_tests::git::Gpg::new("test@example.com");
+    let theirs = reconciler_tests::git::Gpg::new("test@example.com");
+    let stranger = reconciler_tests::git::Gpg::new("someone@example.com");
+    let keyring = s.keys.path().join("keyring.asc");
+    std::fs::write(&keyring, ours.public_key() + &stranger.public_key()).unwrap();
+    let keyring = keyring.display().to_string();
+    let plan =
+        |extra: &[&str]| s.plan(&s.allowed(&[format!("test@example.com {}", s.alice.1)]), extra);
+    let with_keyring = ["--keyring", keyring.as_str()];
+
+    let signed = ours.commit_signed(&s.repo, "signed with our OpenPGP key");
+    let output = plan(&[&with_keyring[..], &["--output", "json"]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let planned: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(planned["revision"], signed.as_str());
+    // Only the allowed-signers file given: an OpenPGP signature has nothing to check it.
+    refused_because(&plan(&[]), "no keyring is given to check it");
+
+    theirs.commit_signed(&s.repo, "signed by a key the keyring does not hold");
+    refused_because(&plan(&with_keyring), "which the keyring does not hold");
+    stranger.commit_signed(&s.repo, "signed by a key held for another email");
+    refused_because(&plan(&with_keyring), "none of whose user IDs is its author test@example.com");
 }

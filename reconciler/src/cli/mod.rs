@@ -19,7 +19,7 @@ use reconciler::{
     node,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{parse_range, Policy},
-    verify::{AllowedSigners, Mode, Verify},
+    verify::{AllowedSigners, Keyring, Mode, Verify},
 };
 
 #[derive(Parser)]
@@ -123,13 +123,30 @@ pub struct SourceArgs {
     /// for its committer (git's gpg.ssh.allowedSignersFile format).
     #[arg(long, value_name = "FILE", requires = "repo")]
     allowed_signers: Option<PathBuf>,
-    /// With --allowed-signers: what must be signed, the commit (`head`) or an annotated tag
-    /// pointing at it (`tag`).
-    #[arg(long, value_name = "head|tag", requires = "allowed_signers", default_value = "head")]
+    /// Refuse the commit unless it is signed (OpenPGP) by a key of this armored keyring one of
+    /// whose user IDs is its committer's email.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    keyring: Option<PathBuf>,
+    /// With --allowed-signers or --keyring: what must be signed, the commit (`head`) or an
+    /// annotated tag pointing at it (`tag`).
+    #[arg(long, value_name = "head|tag", default_value = "head")]
     verify_mode: Mode,
 }
 
 impl SourceArgs {
+    fn verify(&self) -> anyhow::Result<Option<Verify>> {
+        if self.allowed_signers.is_none() && self.keyring.is_none() {
+            return Ok(None);
+        }
+        let signers = self.allowed_signers.as_deref().map(AllowedSigners::read).transpose();
+        let keyring = self.keyring.as_deref().map(Keyring::read).transpose();
+        Ok(Some(Verify {
+            mode: self.verify_mode,
+            signers: signers.map_err(anyhow::Error::msg)?,
+            keyring: keyring.map_err(anyhow::Error::msg)?,
+        }))
+    }
+
     pub fn spec(&self) -> anyhow::Result<SourceSpec> {
         if self.dir.is_some() {
             let git_only = [("--ref", self.reference.is_some()), ("--path", self.path.is_some())];
@@ -144,13 +161,7 @@ impl SourceArgs {
                 subdir: self.path.clone(),
                 cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
                 ssh_key: self.ssh_key.clone(),
-                verify: match &self.allowed_signers {
-                    Some(file) => Some(Verify {
-                        mode: self.verify_mode,
-                        signers: AllowedSigners::read(file).map_err(anyhow::Error::msg)?,
-                    }),
-                    None => None,
-                },
+                verify: self.verify()?,
             })),
             (None, Some(dir)) => Ok(SourceSpec::Dir(dir.clone())),
             _ => anyhow::bail!("say where the definitions are: --repo URL|PATH or --dir DIR"),

@@ -14,7 +14,7 @@ use crate::{
     dataplane::DEFAULT_PIN_PATH,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{at, parse_range, Diagnostic, Policy, Schema},
-    verify::{AllowedSigners, Mode, Verify},
+    verify::{AllowedSigners, Keyring, Mode, Verify},
     yaml,
 };
 
@@ -100,7 +100,8 @@ struct RawSource {
 struct RawVerify {
     #[serde(default)]
     mode: Mode,
-    allowed_signers: PathBuf,
+    allowed_signers: Option<PathBuf>,
+    keyring: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -185,11 +186,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             ),
         }
     }
-    let verify = raw.source.verify.and_then(|verify| {
-        let signers = AllowedSigners::read(&verify.allowed_signers)
-            .map_err(|message| error("/source/verify/allowedSigners", message))
-            .ok()?;
-        Some(Verify { mode: verify.mode, signers })
+    let verify = raw.source.verify.map(|verify| {
+        let signers = verify.allowed_signers.and_then(|file| {
+            let read = AllowedSigners::read(&file);
+            read.map_err(|message| error("/source/verify/allowedSigners", message)).ok()
+        });
+        let keyring = verify.keyring.and_then(|file| {
+            Keyring::read(&file).map_err(|message| error("/source/verify/keyring", message)).ok()
+        });
+        Verify { mode: verify.mode, signers, keyring }
     });
     let webhook_secret = raw.webhook.and_then(|webhook| {
         Secret::read(&webhook.secret_file)
