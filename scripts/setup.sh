@@ -19,8 +19,9 @@ need_root() {
 # bind9-dnsutils (dig): a real DNS server and client behind a UDP VIP in tests and the demo;
 # prometheus: its `promtool check metrics` checks the daemon's /metrics in the tests (the
 # package's server is not started); time (GNU time): peak memory of the CLI in `make bench`;
-# openssh-client and gnupg: ssh-keygen and gpg sign commits in the signed-commit tests.
-APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg)
+# openssh-client and gnupg: ssh-keygen and gpg sign commits in the signed-commit tests;
+# strace: kills applies at each of their writes in the crash tests.
+APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1007,7 +1007,13 @@ impl Dataplane {
             Some(own) => own.iter().collect(),
             None => versioned.clone(),
         };
-        if changes.is_empty() && standby_changes.is_empty() && !revision_changed {
+        // A dirty mark with both sets already as desired (an apply killed after its last
+        // entry write, before its final metadata) still takes this apply to clear it.
+        if changes.is_empty()
+            && standby_changes.is_empty()
+            && !revision_changed
+            && metadata.standby_dirty == 0
+        {
             return Ok(ApplyReport { generation: metadata.generation, ..ApplyReport::default() });
         }
 
@@ -1042,8 +1048,9 @@ impl Dataplane {
                 }
             }
             writes += 1;
-            metadata.standby_dirty = 0;
         }
+        // Both sets hold `desired` now, whether written here or found so.
+        metadata.standby_dirty = 0;
         writes += self.write_changes(changes.iter().filter(|c| !c.is_versioned()), active)?;
         if let Some(revision) = revision {
             metadata.revision = [0; REVISION_LEN];
