@@ -12,12 +12,14 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = Path::new(&manifest_dir).join("../reconciler-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to reconciler-ebpf")?;
     println!("cargo:rerun-if-changed=../reconciler-common/src");
+    println!("cargo:rerun-if-changed=../reconciler-core/src");
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=../schema");
     let manifest = Path::new(&manifest_dir);
     let build_id = source_digest(&[
         manifest.join("src"),
         manifest.join("../reconciler-common/src"),
+        manifest.join("../reconciler-core/src"),
         manifest.join("../schema"),
         manifest.join("../Cargo.lock"),
     ])?;

@@ -1,19 +1,13 @@
 //! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
 //!
-//! One module per step of the pipeline; `dataplane` is the only one that touches BPF.
+//! The pure pipeline (source, validation, compile, plan) is `reconciler-core`, re-exported
+//! here; this crate adds what touches BPF (`dataplane`) and what runs it (`apply`, `daemon`).
+pub use reconciler_core::{compile, limits, model, node, plan, source, validate, verify, yaml};
+
 pub mod apply;
-pub mod compile;
 pub mod counters;
 pub mod daemon;
 pub mod dataplane;
-pub mod limits;
 pub mod memo;
 pub mod metrics;
-pub mod model;
-pub mod node;
-pub mod plan;
-pub mod source;
 pub mod time;
-pub mod validate;
-pub mod verify;
-pub mod yaml;

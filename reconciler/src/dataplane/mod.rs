@@ -51,10 +51,11 @@ use reconciler_common::{
     Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue,
     SlotKey, LAYOUT_VERSION, PROTO_UDP, REVISION_LEN,
 };
-pub(crate) use state::addr_to_words;
-pub use state::{
-    Algorithm, BackendEntry, BackendState, Change, Client, Frontend, MapState, Protocol,
-    ServiceEntry,
+// The typed content lives with the pure pipeline, which compiles it; here it is read and
+// written.
+pub use reconciler_core::state::{
+    predicted_writes, Algorithm, BackendEntry, BackendState, Change, Client, Frontend, MapState,
+    Protocol, ServiceEntry,
 };
 pub use upgrade::{upgrade, Upgraded};
 
@@ -229,20 +230,6 @@ pub struct ApplyReport {
     pub sockets_destroyed: usize,
     /// Why destroying those sockets failed, if it did; the maps are applied all the same.
     pub sockets_error: Option<String>,
-}
-
-/// The map writes [`Dataplane::apply`] makes for `changes` (live -> desired) when the standby
-/// set equals the live one, as it does after every completed apply.
-pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
-    let versioned = changes.iter().filter(|c| c.is_versioned()).count();
-    let unversioned = changes.len() - versioned;
-    match (versioned, unversioned, revision_changed) {
-        (0, 0, false) => 0,
-        // The names, then one metadata write.
-        (0, _, _) => unversioned + 1,
-        // Dirty mark, both sets, flip, names, final metadata.
-        _ => 2 * versioned + unversioned + 3,
-    }
 }
 
 /// The programs' `EVENTS` counters (see `reconciler_common::event` for each reason).

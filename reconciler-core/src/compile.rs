@@ -15,8 +15,8 @@ use std::{
 use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
-    dataplane::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
     model::{BackendState, Port, Service, ServiceSpec},
+    state::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
 };
 
 /// Services (VIP, port, protocol) the data plane holds: their IDs run from 1 (0 is "none" in
@@ -252,7 +252,7 @@ pub fn compile_with_health<S: Borrow<Service>>(
 }
 
 /// Whether a map set of `slots` selection slots fits the data plane.
-pub(crate) fn slot_capacity(slots: usize) -> Result<(), CompileError> {
+pub fn slot_capacity(slots: usize) -> Result<(), CompileError> {
     if slots > MAX_SLOTS as usize {
         return Err(CompileError::Capacity { what: "slots", count: slots, max: MAX_SLOTS });
     }
@@ -314,7 +314,7 @@ fn fallback_backends(
 /// sorted by their key first, so every node builds the same table from the same backends.
 fn maglev_table(mut backends: Vec<(u32, SocketAddr, u32)>, size: u32) -> Vec<u32> {
     let key = |addr: &SocketAddr| {
-        maglev::backend_key(&crate::dataplane::addr_to_words(addr.ip()), addr.port().to_be())
+        maglev::backend_key(&crate::state::addr_to_words(addr.ip()), addr.port().to_be())
     };
     backends.sort_by_key(|(_, addr, _)| key(addr));
     let mut fillers: Vec<maglev::Filler> = backends

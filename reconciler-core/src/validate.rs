@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compile::{self, BACKEND_CAPACITY, SERVICE_CAPACITY},
-    dataplane::{Algorithm, Protocol},
     limits,
     model::Service,
     node::LocalAddress,
     source::Snapshot,
+    state::{Algorithm, Protocol},
     yaml::{self, Document, Position},
 };
 
@@ -89,7 +89,7 @@ impl Located {
     }
 }
 
-pub(crate) fn at(file: &str, position: Position, pointer: &str, message: String) -> Diagnostic {
+pub fn at(file: &str, position: Position, pointer: &str, message: String) -> Diagnostic {
     Diagnostic {
         file: file.to_owned(),
         line: position.line,
@@ -117,7 +117,7 @@ fn field_name(pointer: &str) -> String {
 }
 
 /// An embedded JSON Schema, compiled on first use.
-pub(crate) struct Schema {
+pub struct Schema {
     name: &'static str,
     text: &'static str,
     compiled: OnceLock<Result<Validator, String>>,
@@ -126,7 +126,7 @@ pub(crate) struct Schema {
 static SERVICE_SCHEMA: Schema = Schema::new("schema/service.schema.json", SCHEMA);
 
 impl Schema {
-    pub(crate) const fn new(name: &'static str, text: &'static str) -> Self {
+    pub const fn new(name: &'static str, text: &'static str) -> Self {
         Schema { name, text, compiled: OnceLock::new() }
     }
 
@@ -145,11 +145,7 @@ impl Schema {
     }
 
     /// Every way `document` (of `file`) breaks the schema.
-    pub(crate) fn check(
-        &self,
-        file: &str,
-        document: &Document,
-    ) -> Result<Vec<Diagnostic>, Diagnostic> {
+    pub fn check(&self, file: &str, document: &Document) -> Result<Vec<Diagnostic>, Diagnostic> {
         let mut diagnostics = Vec::new();
         for error in self.validator()?.iter_errors(&document.value) {
             schema_diagnostics(file, document, &error, &mut diagnostics);

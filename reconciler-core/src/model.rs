@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 // The data plane's own enums: their serde names are the YAML spellings.
-pub use crate::dataplane::{Algorithm, BackendState, Client, Protocol};
+pub use crate::state::{Algorithm, BackendState, Client, Protocol};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
