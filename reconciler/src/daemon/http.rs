@@ -77,8 +77,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
 }
 
 /// A webhook: authenticated when `webhook.secretFile` is set (see `webhook`), then one run
-/// asked for. Its body is read (so the client sees an answer, not a reset) and otherwise
-/// not used: the run fetches the branch itself.
+/// asked for. The body of a request not refused by its headers is read to the end (so the
+/// client sees an answer, not a reset) and otherwise not used: the run fetches the branch
+/// itself, so a webhook cannot choose what is applied.
 async fn reconcile(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
