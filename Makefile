@@ -23,6 +23,8 @@ test: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	# The validate-only build (no data plane): what CI users install.
+	$(CARGO) clippy -p reconciler --no-default-features -- -D warnings
 	# The BPF crate builds only for the BPF target, with nightly and build-std.
 	cd reconciler-ebpf && $(CARGO) +nightly clippy --target bpfel-unknown-none \
 		-Z build-std=core --bins -- -D warnings

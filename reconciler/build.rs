@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use aya_build::{build_ebpf, Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
@@ -24,6 +23,19 @@ fn main() -> anyhow::Result<()> {
         manifest.join("../Cargo.lock"),
     ])?;
     println!("cargo:rustc-env=RECONCILER_BUILD_ID={build_id}");
+    build_bpf_object(ebpf_dir)
+}
+
+/// A validate-only build (`--no-default-features`) has no data plane: no BPF object, no
+/// nightly, no bpf-linker.
+#[cfg(not(feature = "dataplane"))]
+fn build_bpf_object(_: &str) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(feature = "dataplane")]
+fn build_bpf_object(ebpf_dir: &str) -> anyhow::Result<()> {
+    use aya_build::{build_ebpf, Package, Toolchain};
     // aya-build relays every line of the nested cargo as a build-script warning; without
     // its "Compiling ..." lines only real warnings and errors are left.
     std::env::set_var("CARGO_TERM_QUIET", "true");

@@ -13,6 +13,9 @@ use crate::model::split_label;
 
 use reconciler_common::{Addr, PROTO_TCP, PROTO_UDP};
 
+/// Where the data plane's maps are pinned unless told otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
+
 /// A transport protocol a service listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

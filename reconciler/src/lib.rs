@@ -2,12 +2,21 @@
 //!
 //! The pure pipeline (source, validation, compile, plan) is `reconciler-core`, re-exported
 //! here; this crate adds what touches BPF (`dataplane`) and what runs it (`apply`, `daemon`).
-pub use reconciler_core::{compile, limits, model, node, plan, source, validate, verify, yaml};
+pub use reconciler_core::{
+    compile, limits, model, node, plan, source, state, validate, verify, yaml,
+};
 
-pub mod apply;
-pub mod counters;
-pub mod daemon;
-pub mod dataplane;
 pub mod memo;
-pub mod metrics;
+pub mod pipeline;
 pub mod time;
+
+#[cfg(feature = "dataplane")]
+pub mod apply;
+#[cfg(feature = "dataplane")]
+pub mod counters;
+#[cfg(feature = "dataplane")]
+pub mod daemon;
+#[cfg(feature = "dataplane")]
+pub mod dataplane;
+#[cfg(feature = "dataplane")]
+pub mod metrics;

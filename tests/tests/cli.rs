@@ -497,3 +497,97 @@ fn openpgp_signed_commits_are_checked_against_the_keyring() {
     stranger.commit_signed(&s.repo, "signed by a key held for another email");
     refused_because(&plan(&with_keyring), "none of whose user IDs is its author test@example.com");
 }
+
+/// Builds `reconciler` without the data plane (`--no-default-features`) with stable Rust and
+/// no bpf-linker within reach, into `target/validate-only` (kept: later runs are incremental);
+/// the binary's path.
+fn validate_only_build() -> PathBuf {
+    let workspace = manifest_dir().join("..");
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    // A PATH with cargo and rustc (rustup's proxies) and the system's tools, and nothing else
+    // of ~/.cargo/bin: bpf-linker is out of reach.
+    let tools = tempfile::tempdir().unwrap();
+    for tool in ["cargo", "rustc"] {
+        std::os::unix::fs::symlink(home.join(".cargo/bin").join(tool), tools.path().join(tool))
+            .unwrap();
+    }
+    let target = workspace.join("target/validate-only");
+    let output = Command::new("cargo")
+        .current_dir(&workspace)
+        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", tools.path().display()))
+        .env("RUSTUP_TOOLCHAIN", "stable")
+        .args(["build", "--quiet", "-p", "reconciler", "--no-default-features", "--target-dir"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    target.join("debug/reconciler")
+}
+
+#[test]
+fn a_build_without_the_data_plane_validates_and_plans_between_revisions() {
+    let binary = validate_only_build();
+    let run = |args: &[&str]| {
+        Command::new(&binary).current_dir(manifest_dir()).args(args).output().unwrap()
+    };
+
+    let help = stdout(&run(&["--help"]));
+    assert!(help.contains("validate") && help.contains("plan"), "{help}");
+    let commands: Vec<&str> =
+        help.lines().filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next()).collect();
+    assert!(!commands.contains(&"apply") && !commands.contains(&"daemon"), "{help}");
+    assert_eq!(run(&["apply"]).status.code(), Some(1));
+
+    let valid = run(&["validate", "../examples/policies"]);
+    assert_eq!(valid.status.code(), Some(0), "{}", String::from_utf8_lossy(&valid.stderr));
+    let invalid = run(&["validate", "--format", "github", "invalid/duplicate-backend.yaml"]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(stdout(&invalid).contains("::error file=invalid/duplicate-backend.yaml,line=11"));
+
+    let repo = Repo::new();
+    repo.write("services/web.yaml", WEB);
+    let base = repo.commit("web");
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.write("services/web.yaml", WEB.replace("10.1.0.11", "10.1.0.12"));
+    repo.commit("another backend");
+    let cache = tempfile::tempdir().unwrap();
+    let (url, cache) = (repo.url(), cache.path().display().to_string());
+    let source = ["--repo", &url, "--path", "services", "--cache-dir", &cache];
+    let plan =
+        run(&[&["plan"], &source[..], &["--against", &base, "--detailed-exitcode"]].concat());
+    assert_eq!(plan.status.code(), Some(2), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(
+        stdout(&plan).contains("10.1.0.11:8080 weight=1 -> 10.1.0.12:8080"),
+        "{}",
+        stdout(&plan)
+    );
+    let live = run(&[&["plan"], &source[..]].concat());
+    assert_eq!(live.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&live.stderr).contains("built without the data plane"));
+
+    // The pre-commit hooks of examples/ci/, as they are written, in this repository.
+    let hooks =
+        std::fs::read_to_string(manifest_dir().join("../examples/ci/pre-commit-config.yaml"))
+            .unwrap();
+    let entries: Vec<&str> =
+        hooks.lines().filter_map(|l| l.trim().strip_prefix("entry: reconciler ")).collect();
+    assert_eq!(entries.len(), 2, "{hooks}");
+    let home = tempfile::tempdir().unwrap();
+    for entry in entries {
+        let output = Command::new(&binary)
+            .current_dir(repo.path())
+            .env("XDG_CACHE_HOME", home.path())
+            .args(entry.split_whitespace())
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{entry}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if entry.contains("--against") {
+            assert!(stdout(&output).contains("-> 10.1.0.12:8080"), "{entry}: {}", stdout(&output));
+        }
+    }
+}

@@ -1,23 +1,25 @@
-//! Command-line parsing and the parts the subcommands share.
+//! Command-line parsing and the parts the subcommands share. A build without the
+//! `dataplane` feature has `validate` and `plan --against` only.
+#[cfg(feature = "dataplane")]
 mod apply;
+#[cfg(feature = "dataplane")]
 mod daemon;
 mod plan;
+#[cfg(feature = "dataplane")]
 mod status;
+#[cfg(feature = "dataplane")]
 mod trace;
+#[cfg(feature = "dataplane")]
 mod uninstall;
 mod validate;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reconciler::{
-    apply::Tree,
-    dataplane::DEFAULT_PIN_PATH,
-    memo::Memo,
-    node,
     source::{default_cache_dir, GitSpec, SourceSpec},
+    state::DEFAULT_PIN_PATH,
     validate::{parse_range, Policy},
     verify::{AllowedSigners, Keyring, Mode, Verify},
 };
@@ -38,16 +40,21 @@ enum Command {
     /// Check service definitions (schema and rules); needs no privileges.
     Validate(validate::ValidateArgs),
     /// Show what apply would change in the live maps.
-    Plan(plan::PlanArgs),
+    Plan(Box<plan::PlanArgs>),
     /// Make the live maps match the definitions (or a saved plan).
-    Apply(apply::ApplyArgs),
+    #[cfg(feature = "dataplane")]
+    Apply(Box<apply::ApplyArgs>),
     /// Keep the data plane in step with the repository, continuously.
+    #[cfg(feature = "dataplane")]
     Daemon(daemon::DaemonArgs),
     /// Show the applied revision, generation and counts (or a running daemon's status).
+    #[cfg(feature = "dataplane")]
     Status(status::StatusArgs),
     /// Detach the programs and remove every pinned map and link.
+    #[cfg(feature = "dataplane")]
     Uninstall(uninstall::UninstallArgs),
     /// Stream the data plane's translations as they happen, until Ctrl-C.
+    #[cfg(feature = "dataplane")]
     Trace(trace::TraceArgs),
 }
 
@@ -64,22 +71,36 @@ pub fn run() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(FAILURE) } else { ExitCode::SUCCESS };
         }
     };
-    if !matches!(cli.command, Command::Daemon(_)) {
+    let (daemon, reads_git) = match &cli.command {
+        Command::Validate(_) | Command::Plan(_) => (false, true),
+        #[cfg(feature = "dataplane")]
+        Command::Apply(_) => (false, true),
+        #[cfg(feature = "dataplane")]
+        Command::Daemon(_) => (true, false),
+        #[cfg(feature = "dataplane")]
+        _ => (false, false),
+    };
+    if !daemon {
         // Like other Unix tools, end quietly when the reader of our output goes away
         // (`reconciler plan | head`). The daemon keeps Rust's default: SIGPIPE ignored.
         // SAFETY: setting a signal disposition before any other thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    if matches!(cli.command, Command::Validate(_) | Command::Plan(_) | Command::Apply(_)) {
+    if reads_git {
         reconciler::source::start_git_early();
     }
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
-        Command::Plan(args) => plan::run(args),
-        Command::Apply(args) => apply::run(args),
+        Command::Plan(args) => plan::run(*args),
+        #[cfg(feature = "dataplane")]
+        Command::Apply(args) => apply::run(*args),
+        #[cfg(feature = "dataplane")]
         Command::Daemon(args) => daemon::run(args),
+        #[cfg(feature = "dataplane")]
         Command::Status(args) => status::run(args),
+        #[cfg(feature = "dataplane")]
         Command::Uninstall(args) => uninstall::run(args),
+        #[cfg(feature = "dataplane")]
         Command::Trace(args) => trace::run(args),
     };
     match result {
@@ -188,27 +209,31 @@ pub struct ReconcileArgs {
     pub refresh: bool,
 }
 
+#[cfg(feature = "dataplane")]
 impl ReconcileArgs {
     /// The rules for this node: the policy plus the node's own addresses.
     pub fn node_policy(&self) -> anyhow::Result<Policy> {
         Ok(Policy {
-            local_addresses: node::local_addresses(&self.allow_local_vips)
-                .context("listing this node's addresses")?,
+            local_addresses: reconciler::node::local_addresses(&self.allow_local_vips)
+                .map_err(|e| anyhow::anyhow!("listing this node's addresses: {e}"))?,
             ..self.policy.policy()
         })
     }
 }
 
 /// The incremental path's memo of a git source and data plane, in the cache directory.
+#[cfg(feature = "dataplane")]
 pub struct MemoFile {
     path: Option<PathBuf>,
-    pub memo: Memo,
+    pub memo: reconciler::memo::Memo,
 }
 
+#[cfg(feature = "dataplane")]
 impl MemoFile {
     /// The memo for `spec` and `pin_path` (none for a directory); a damaged one is ignored,
     /// with a warning, and rewritten at the end.
     pub fn open(spec: &SourceSpec, pin_path: &std::path::Path) -> MemoFile {
+        use reconciler::{memo::Memo, pipeline::Tree};
         let path = match (spec, Tree::source_of(spec)) {
             (SourceSpec::Git(git), Some(source)) => {
                 Some(Memo::path(&git.cache_dir, pin_path, &source))

@@ -3,13 +3,15 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
+#[cfg(feature = "dataplane")]
+use reconciler::apply;
 use reconciler::{
-    apply::{self, Error},
+    pipeline::{self, Error},
     plan::{render_text, to_saved, Plan},
     source::SourceSpec,
 };
 
-use super::{MemoFile, Output, ReconcileArgs};
+use super::{Output, ReconcileArgs};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -37,23 +39,11 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         // Two revisions, no data plane: the node's own addresses play no part.
         (Some(rev), SourceSpec::Git(git)) => {
             let policy = args.target.policy.policy();
-            let head = invalid_to_report(apply::load(&spec, &policy))?;
-            let base = invalid_to_report(apply::load_at(git, rev, &policy))?;
-            apply::plan_between(&base, &head)?
+            let head = invalid_to_report(pipeline::load(&spec, &policy))?;
+            let base = invalid_to_report(pipeline::load_at(git, rev, &policy))?;
+            pipeline::plan_between(&base, &head)?
         }
-        _ => {
-            let pin_path = &args.target.pin.pin_path;
-            // A saved plan holds the whole desired state: made by reading everything.
-            let reading =
-                apply::Reading::ahead(args.target.refresh || args.out.is_some(), pin_path);
-            let mut memo = MemoFile::open(&spec, pin_path);
-            let policy = args.target.node_policy()?;
-            let head = invalid_to_report(apply::load_reusing(&spec, &policy, &mut memo.memo))?;
-            let plan = apply::plan_reusing(&head, pin_path, &memo.memo, reading, None)?;
-            apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
-            memo.save();
-            plan
-        }
+        _ => against_live(&args, &spec)?,
     };
     if let Some(out) = &args.out {
         let json = to_saved(&plan)?;
@@ -76,6 +66,29 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         (true, true) => ExitCode::from(2),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// The plan from the live maps at `--pin-path` to the definitions.
+#[cfg(feature = "dataplane")]
+fn against_live(args: &PlanArgs, spec: &SourceSpec) -> anyhow::Result<Plan> {
+    let pin_path = &args.target.pin.pin_path;
+    // A saved plan holds the whole desired state: made by reading everything.
+    let reading = apply::Reading::ahead(args.target.refresh || args.out.is_some(), pin_path);
+    let mut memo = super::MemoFile::open(spec, pin_path);
+    let policy = args.target.node_policy()?;
+    let head = invalid_to_report(apply::load_reusing(spec, &policy, &mut memo.memo))?;
+    let plan = apply::plan_reusing(&head, pin_path, &memo.memo, reading, None)?;
+    apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
+    memo.save();
+    Ok(plan)
+}
+
+#[cfg(not(feature = "dataplane"))]
+fn against_live(_: &PlanArgs, _: &SourceSpec) -> anyhow::Result<Plan> {
+    anyhow::bail!(
+        "this reconciler is built without the data plane (--no-default-features): it plans \
+         between two revisions, `plan --repo URL --against REV`, and validates"
+    )
 }
 
 /// The plan for people and CI: everything but the desired map entries (kept in `--out`).

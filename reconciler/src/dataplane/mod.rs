@@ -62,8 +62,7 @@ pub use upgrade::{upgrade, Upgraded};
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
 
-/// Where the data plane is pinned unless told otherwise.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reconciler";
+pub use reconciler_core::state::DEFAULT_PIN_PATH;
 
 pub const PROGRAMS: [&str; 8] = [
     "connect4",
