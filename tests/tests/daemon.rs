@@ -4,7 +4,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -88,19 +87,12 @@ impl World {
         self.start_with(Command::new(reconciler_path()?))
     }
 
-    /// Starts the daemon with at most `files` open files (soft and hard limit).
+    /// Starts the daemon with at most `files` open files (soft and hard limit), as
+    /// `prlimit --nofile=FILES:FILES` does (it sets the limit, then runs the daemon in its
+    /// place, under its PID).
     fn start_with_open_files(&mut self, files: u64) -> Result<()> {
-        let mut command = Command::new(reconciler_path()?);
-        // SAFETY: the closure runs between fork and exec and makes one raw syscall.
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--nofile={files}:{files}")).arg("--").arg(reconciler_path()?);
         self.start_with(command)
     }
 
