@@ -113,28 +113,29 @@ impl Keyring {
             fingerprints.contains(&&fingerprint) || ids.contains(&&id)
         };
         for key in &self.keys {
+            let primary = issued(key.fingerprint(), key.legacy_key_id());
+            let subkey = key
+                .public_subkeys
+                .iter()
+                .find(|s| !primary && issued(s.key.fingerprint(), s.key.legacy_key_id()));
+            if !primary && subkey.is_none() {
+                continue;
+            }
             let fingerprint = key.fingerprint().to_string();
             let author = key.details.users.iter().any(|user| {
                 let id = String::from_utf8_lossy(user.id.id());
                 email_of(&id).eq_ignore_ascii_case(signed.email)
             });
-            let verified = if issued(key.fingerprint(), key.legacy_key_id()) {
-                signature.verify(&key.primary_key, signed.data)
-            } else if let Some(subkey) = key
-                .public_subkeys
-                .iter()
-                .find(|s| issued(s.key.fingerprint(), s.key.legacy_key_id()))
-            {
-                signature.verify(&subkey.key, signed.data)
-            } else {
-                continue;
-            };
             if !author {
                 return Err(Unverified::NotForAuthor {
                     fingerprint,
                     email: signed.email.to_owned(),
                 });
             }
+            let verified = match subkey {
+                Some(subkey) => signature.verify(&subkey.key, signed.data),
+                None => signature.verify(&key.primary_key, signed.data),
+            };
             return verified
                 .map(|()| fingerprint.clone())
                 .map_err(|_| Unverified::BadSignature { fingerprint });

@@ -139,6 +139,11 @@ struct Memory {
 }
 
 impl Memory {
+    /// Whether `revision` is the one that failed (and is not to be tried again).
+    fn already_failed(&self, revision: &Option<String>) -> bool {
+        revision.is_some() && *revision == self.failed_revision
+    }
+
     fn new(config: &Config) -> Memory {
         let source = apply::describe(&config.source_spec());
         Memory {
@@ -451,14 +456,14 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         // at the interval (a new commit may mend it), not at the backoff's pace.
         Err(e) => {
             let revision = e.revision().map(str::to_owned);
-            if revision.is_some() && revision == memory.failed_revision {
+            if memory.already_failed(&revision) {
                 return Outcome::StillRejected { revision };
             }
             let unverified = matches!(e, source::SourceError::Unverified { .. });
             return reject(memory, revision, e.to_string(), unverified);
         }
     };
-    if snapshot.revision.is_some() && snapshot.revision == memory.failed_revision {
+    if memory.already_failed(&snapshot.revision) {
         return Outcome::StillRejected { revision: snapshot.revision };
     }
     // The commit the data plane already holds was validated when it was applied: at each
