@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::{
-    apply,
     compile::compile,
     dataplane::{Dataplane, MapState},
+    pipeline::Session,
     source::{GitSpec, SourceSpec},
     validate::Policy,
 };
@@ -202,7 +202,7 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let spec = SourceSpec::Git(git.clone());
         for name in ["validate_compile_cold_cache_s", "validate_compile_s"] {
             let started = Instant::now();
-            let desired = apply::load(&spec, &Policy::default())?;
+            let desired = Session::new(spec.clone(), "", Policy::default()).load()?;
             let state = compile(&desired.services, &MapState::default())?;
             ensure!(state.services.len() == count, "compiled {} services", state.services.len());
             record(name, started.elapsed().as_secs_f64());
@@ -259,14 +259,14 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         // The data plane's share alone, in process: install + apply of the compiled state, and
         // the one-backend change (read both sets, diff, write, flip, RCU wait, sync).
         let sandbox = Sandbox::new("bench-dataplane")?;
-        let desired_a = apply::load(&spec, &Policy::default())?;
+        let desired_a = Session::new(spec.clone(), "", Policy::default()).load()?;
         let state_a = compile(&desired_a.services, &MapState::default())?;
         let started = Instant::now();
         let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
         dataplane.apply(&state_a, None, None)?;
         record("dataplane_cold_apply_s", started.elapsed().as_secs_f64());
         let spec_b = SourceSpec::Git(GitSpec { reference: Some(commit_b.clone()), ..git });
-        let desired_b = apply::load(&spec_b, &Policy::default())?;
+        let desired_b = Session::new(spec_b, "", Policy::default()).load()?;
         let state_b = compile(&desired_b.services, &state_a)?;
         let started = Instant::now();
         let report = dataplane.apply(&state_b, None, None)?;

@@ -1,7 +1,8 @@
 //! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
 //!
 //! The pure pipeline (source, validation, compile, plan) is `reconciler-core`, re-exported
-//! here; this crate adds what touches BPF (`dataplane`) and what runs it (`apply`, `daemon`).
+//! here; this crate adds the session that runs it (`pipeline`), what touches BPF
+//! (`dataplane`) and the daemon.
 pub use reconciler_core::{
     compile, limits, model, node, plan, source, state, validate, verify, yaml,
 };
@@ -10,8 +11,6 @@ pub mod memo;
 pub mod pipeline;
 pub mod time;
 
-#[cfg(feature = "dataplane")]
-pub mod apply;
 #[cfg(feature = "dataplane")]
 pub mod counters;
 #[cfg(feature = "dataplane")]

@@ -1,4 +1,4 @@
-//! What the incremental path (`apply::plan_reusing`) reuses between runs: what each git blob
+//! What the incremental path (`pipeline`'s `incremental`) reuses between runs: what each git blob
 //! validated to on its own, and the map state the last apply left.
 //!
 //! Both are keyed by content and by this build: parse results by blob id, the record by the
@@ -45,7 +45,7 @@ pub struct Record {
     pub generation: u64,
     /// The commit applied.
     pub revision: String,
-    /// Where it came from: [`crate::apply::Tree::source`].
+    /// Where it came from: [`crate::pipeline::Tree::source`].
     pub source: String,
     /// Its definition files: path -> blob id.
     pub files: BTreeMap<String, String>,

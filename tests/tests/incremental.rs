@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use reconciler::{
-    apply::{self, Desired, Error, Reading},
     dataplane::{Dataplane, MapState, Status},
     memo::Memo,
+    pipeline::{ApplyOptions, Error, PlanOptions, Session},
     plan::{render_text, Plan},
     source::{GitSpec, SourceSpec},
     validate::Policy,
@@ -195,27 +195,35 @@ struct Side {
 impl Side {
     /// Plans and applies `spec`; returns the plan, or the error for an invalid commit.
     fn reconcile(&mut self, spec: &SourceSpec) -> Result<std::result::Result<Plan, Error>> {
-        let policy = Policy::default();
-        let desired: Desired = match &mut self.memo {
-            Some(memo) => match apply::load_reusing(spec, &policy, memo) {
-                Ok(desired) => desired,
-                Err(e) => return Ok(Err(e)),
-            },
-            None => match apply::load(spec, &policy) {
-                Ok(desired) => desired,
-                Err(e) => return Ok(Err(e)),
-            },
-        };
+        let incremental = self.memo.is_some();
+        // The full path: a session with an empty memo, reading everything, dropped after.
+        let memo = self.memo.take().unwrap_or_default();
         let pin_path = self.sandbox.pin_path();
-        let plan = match &self.memo {
-            Some(memo) => apply::plan_reusing(&desired, pin_path, memo, Reading::Changed, None)?,
-            None => apply::plan(&desired, pin_path)?,
-        };
-        self.incremental_plans += usize::from(plan.touched.is_some());
-        let report = apply::apply(&plan, pin_path, Some(self.sandbox.cgroup()), true)?;
-        if let Some(memo) = &mut self.memo {
-            apply::remember_apply(memo, desired.tree.as_ref(), &plan, &report);
+        let mut session = Session::new(spec.clone(), pin_path, Policy::default()).with_memo(memo);
+        let result = self.reconcile_in(&mut session, !incremental);
+        if incremental {
+            self.memo = Some(session.into_memo());
         }
+        result
+    }
+
+    fn reconcile_in(
+        &mut self,
+        session: &mut Session,
+        refresh: bool,
+    ) -> Result<std::result::Result<Plan, Error>> {
+        let desired = match session.load() {
+            Ok(desired) => desired,
+            Err(e) => return Ok(Err(e)),
+        };
+        let plan = session.plan(&desired, PlanOptions::refresh(refresh))?;
+        self.incremental_plans += usize::from(plan.touched.is_some());
+        let options = ApplyOptions {
+            cgroup: Some(self.sandbox.cgroup().to_owned()),
+            allow_destroy_all: true,
+            loaded: None,
+        };
+        session.apply(&plan, Some(&desired), options)?;
         Ok(Ok(plan))
     }
 
@@ -428,9 +436,10 @@ fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> R
     let setup = applied_with_a_change_pending("memo-apply-guard")?;
     let spec = services_of(&setup.repo, setup.cache.path());
     let pin_path = setup.sandbox.pin_path();
-    let mut memo = load_memo(&memo_file(&setup)?)?;
-    let desired = apply::load_reusing(&spec, &Policy::default(), &mut memo)?;
-    let mut plan = apply::plan_reusing(&desired, pin_path, &memo, Reading::Changed, None)?;
+    let memo = load_memo(&memo_file(&setup)?)?;
+    let mut session = Session::new(spec, pin_path, Policy::default()).with_memo(memo);
+    let desired = session.load()?;
+    let mut plan = session.plan(&desired, PlanOptions::refresh(false))?;
     let touched = plan.touched.as_mut().ok_or_else(|| anyhow::anyhow!("not incremental"))?;
     // As if web's entries had changed between plan and apply (by hand, at the same
     // generation): the apply reads them again under its lock.
@@ -438,7 +447,7 @@ fn an_incremental_apply_whose_entries_moved_since_the_plan_writes_nothing() -> R
         backend.addr.set_port(9999);
     }
     let before = Dataplane::open(pin_path)?.read_both_sets()?;
-    match apply::apply(&plan, pin_path, None, false) {
+    match session.apply(&plan, None, ApplyOptions::default()) {
         Err(Error::Unconfirmed { .. }) => {}
         other => anyhow::bail!("applied against entries it did not confirm: {other:?}"),
     }

@@ -1,18 +1,22 @@
 //! `reconciler apply [PLANFILE]`: make the live maps match, atomically.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::Args;
 use reconciler::{
-    apply::{self, Error},
-    dataplane, limits,
+    dataplane::{self, ApplyReport},
+    limits,
+    pipeline::{self, ApplyOptions, Error, PlanOptions, Reading},
     plan::{from_saved, render_text, Plan},
 };
 use reconciler_common::LAYOUT_VERSION;
 
 use super::{
     plan::{invalid_to_report, public_json},
-    MemoFile, Output, ReconcileArgs,
+    Output, ReconcileArgs,
 };
 
 #[derive(Args)]
@@ -39,8 +43,23 @@ pub struct ApplyArgs {
 const ATTEMPTS: usize = 3;
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let pin_path = &args.target.pin.pin_path;
-    // A data plane of an older build is brought up to this one before anything is planned.
+    upgrade(&args.target.pin.pin_path)?;
+    let (plan, report) = match &args.plan_file {
+        Some(file) => apply_saved(&args, file)?,
+        None => plan_and_apply(&args)?,
+    };
+    if let Some(error) = &report.sockets_error {
+        eprintln!("warning: the maps are applied, but {error}");
+    }
+    match args.output {
+        Output::Json => print_json(&plan, &report)?,
+        Output::Text => print_text(&plan, &report),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A data plane of an older build is brought up to this one before anything is planned.
+fn upgrade(pin_path: &Path) -> anyhow::Result<()> {
     if let Some(upgraded) = dataplane::upgrade(pin_path)? {
         eprintln!(
             "Upgraded the data plane at {} in place from layout {} to {LAYOUT_VERSION} \
@@ -51,79 +70,82 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             if upgraded.attached.is_empty() { "none".into() } else { upgraded.attached.join(", ") },
         );
     }
+    Ok(())
+}
+
+/// Applies the saved plan in `file` exactly, or refuses it if the live state moved.
+fn apply_saved(args: &ApplyArgs, file: &Path) -> anyhow::Result<(Plan, ApplyReport)> {
+    let plan = read_saved(file)?;
+    if args.output == Output::Text {
+        print!("{}", render_text(&plan));
+    }
+    let report = pipeline::apply_saved(&plan, &args.target.pin.pin_path, options(args, None))?;
+    Ok((plan, report))
+}
+
+/// Plans from the definitions and applies; a plan that lost a race with another apply (the
+/// daemon's, say) is made again from what that apply left.
+fn plan_and_apply(args: &ApplyArgs) -> anyhow::Result<(Plan, ApplyReport)> {
+    let pin_path = &args.target.pin.pin_path;
     // A first install loads the BPF object (maps, verifier) on another core meanwhile.
-    let mut loading = (args.plan_file.is_none() && !dataplane::is_installed(pin_path))
-        .then(|| std::thread::spawn(dataplane::Loaded::load));
+    let mut loading =
+        (!dataplane::is_installed(pin_path)).then(|| std::thread::spawn(dataplane::Loaded::load));
+    let (mut session, memo_file) = args.target.session(args.target.source.spec()?)?;
     let mut attempt = 1;
-    let mut memo = None;
-    let (plan, report) = loop {
-        let plan = match &args.plan_file {
-            Some(file) => read_saved(file)?,
-            None => {
-                let spec = args.target.source.spec()?;
-                // After a lost race, the maps are not what the memo recorded: read them all.
-                let reading = apply::Reading::ahead(args.target.refresh || attempt > 1, pin_path);
-                let (file, tree) =
-                    memo.get_or_insert_with(|| (MemoFile::open(&spec, pin_path), None));
-                let policy = args.target.node_policy()?;
-                let loaded =
-                    invalid_to_report(apply::load_reusing(&spec, &policy, &mut file.memo))?;
-                let plan = apply::plan_reusing(&loaded, pin_path, &file.memo, reading, None)?;
-                // The services are in the plan now; only where they came from is kept.
-                *tree = loaded.tree;
-                plan
-            }
-        };
+    loop {
+        // After a lost race, the maps are not what the memo recorded: read them all.
+        let reading = Reading::ahead(args.target.refresh || attempt > 1, pin_path);
+        let desired = invalid_to_report(session.load())?;
+        let plan = session.plan(&desired, PlanOptions { reading, health: None })?;
         if args.output == Output::Text {
             print!("{}", render_text(&plan));
         }
         // A load that failed is done again by the install, which reports why.
         let loaded = loading.take().and_then(|thread| thread.join().ok()?.ok());
-        let applied = apply::apply_loaded(
-            &plan,
-            pin_path,
-            args.cgroup.as_deref(),
-            args.allow_destroy_all,
-            loaded,
-        );
-        match applied {
-            // A plan made just now lost a race with another apply (the daemon's, say): plan
-            // again from what that apply left. A saved plan is refused instead, as promised.
-            Err(
-                Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. },
-            ) if args.plan_file.is_none() && attempt < ATTEMPTS => {
+        match session.apply(&plan, Some(&desired), options(args, loaded)) {
+            Err(e) if is_stale(&e) && attempt < ATTEMPTS => {
                 attempt += 1;
                 eprintln!("Another apply changed the data plane while this one was planning; planning again.");
             }
-            Err(
-                e @ (Error::StalePlan { .. }
-                | Error::StaleInstall { .. }
-                | Error::Unconfirmed { .. }),
-            ) if args.plan_file.is_none() => {
+            Err(e) if is_stale(&e) => {
                 anyhow::bail!("{ATTEMPTS} plans in a row were overtaken by other applies: {e}")
             }
-            other => break (plan, other?),
+            applied => {
+                let report = applied?;
+                memo_file.save(session.memo());
+                return Ok((plan, report));
+            }
         }
-    };
-    if let Some((file, tree)) = &mut memo {
-        apply::remember_apply(&mut file.memo, tree.as_ref(), &plan, &report);
-        file.save();
     }
-    if let Some(error) = &report.sockets_error {
-        eprintln!("warning: the maps are applied, but {error}");
-    }
-    if args.output == Output::Json {
-        let mut value = public_json(&plan)?;
-        value["result"] = serde_json::json!({
-            "changes": report.changes,
-            "map_writes": report.map_writes,
-            "generation": report.generation,
-            "sockets_destroyed": report.sockets_destroyed,
-            "sockets_error": report.sockets_error,
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+}
+
+/// Whether `error` says another apply went through between the plan and its apply.
+fn is_stale(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::StalePlan { .. } | Error::StaleInstall { .. } | Error::Unconfirmed { .. }
+    )
+}
+
+fn options(args: &ApplyArgs, loaded: Option<dataplane::Loaded>) -> ApplyOptions {
+    ApplyOptions { cgroup: args.cgroup.clone(), allow_destroy_all: args.allow_destroy_all, loaded }
+}
+
+/// The plan and the result as one JSON document.
+fn print_json(plan: &Plan, report: &ApplyReport) -> anyhow::Result<()> {
+    let mut value = public_json(plan)?;
+    value["result"] = serde_json::json!({
+        "changes": report.changes,
+        "map_writes": report.map_writes,
+        "generation": report.generation,
+        "sockets_destroyed": report.sockets_destroyed,
+        "sockets_error": report.sockets_error,
+    });
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn print_text(plan: &Plan, report: &ApplyReport) {
     let s = plan.summary;
     println!(
         "\nApply complete! Services: {} added, {} changed, {} destroyed.",
@@ -143,11 +165,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             report.sockets_destroyed
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A plan file, refused if it is larger than any plan could be or fails its checksum.
-fn read_saved(file: &std::path::Path) -> anyhow::Result<Plan> {
+fn read_saved(file: &Path) -> anyhow::Result<Plan> {
     let text = limits::read_to_string(file, limits::MAX_PLAN_BYTES)
         .with_context(|| format!("reading {}", file.display()))?;
     from_saved(&text).with_context(|| format!("{}", file.display()))

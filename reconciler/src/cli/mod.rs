@@ -60,6 +60,8 @@ enum Command {
 
 /// Exit code for errors (and invalid definitions).
 const FAILURE: u8 = 1;
+/// Exit code of `plan --detailed-exitcode` when something would change.
+const CHANGES: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -221,18 +223,32 @@ impl ReconcileArgs {
     }
 }
 
-/// The incremental path's memo of a git source and data plane, in the cache directory.
+#[cfg(feature = "dataplane")]
+impl ReconcileArgs {
+    /// The session for these arguments, with the memo of its source and data plane (see
+    /// [`MemoFile`]).
+    pub fn session(
+        &self,
+        spec: SourceSpec,
+    ) -> anyhow::Result<(reconciler::pipeline::Session, MemoFile)> {
+        let (file, memo) = MemoFile::open(&spec, &self.pin.pin_path);
+        let session =
+            reconciler::pipeline::Session::new(spec, &self.pin.pin_path, self.node_policy()?);
+        Ok((session.with_memo(memo), file))
+    }
+}
+
+/// The incremental path's memo file of a git source and data plane, in the cache directory.
 #[cfg(feature = "dataplane")]
 pub struct MemoFile {
     path: Option<PathBuf>,
-    pub memo: reconciler::memo::Memo,
 }
 
 #[cfg(feature = "dataplane")]
 impl MemoFile {
     /// The memo for `spec` and `pin_path` (none for a directory); a damaged one is ignored,
     /// with a warning, and rewritten at the end.
-    pub fn open(spec: &SourceSpec, pin_path: &std::path::Path) -> MemoFile {
+    fn open(spec: &SourceSpec, pin_path: &std::path::Path) -> (MemoFile, reconciler::memo::Memo) {
         use reconciler::{memo::Memo, pipeline::Tree};
         let path = match (spec, Tree::source_of(spec)) {
             (SourceSpec::Git(git), Some(source)) => {
@@ -244,13 +260,13 @@ impl MemoFile {
         if let Some(problem) = problem {
             eprintln!("warning: {problem}; reading everything instead, and rewriting it");
         }
-        MemoFile { path, memo }
+        (MemoFile { path }, memo)
     }
 
-    /// Writes the memo back if it learned anything.
-    pub fn save(&self) {
-        let Some(path) = self.path.as_ref().filter(|_| self.memo.changed) else { return };
-        if let Err(e) = self.memo.save(path) {
+    /// Writes `memo` back if it learned anything.
+    pub fn save(&self, memo: &reconciler::memo::Memo) {
+        let Some(path) = self.path.as_ref().filter(|_| memo.changed) else { return };
+        if let Err(e) = memo.save(path) {
             eprintln!("warning: not saved, the next run reads everything: {e}");
         }
     }

@@ -3,10 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
-#[cfg(feature = "dataplane")]
-use reconciler::apply;
 use reconciler::{
-    pipeline::{self, Error},
+    pipeline::{self, Error, Session},
     plan::{render_text, to_saved, Plan},
     source::SourceSpec,
 };
@@ -35,15 +33,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if args.against.is_some() && !matches!(spec, SourceSpec::Git(_)) {
         anyhow::bail!("--against compares two revisions of a git repository (--repo), not --dir");
     }
-    let plan = match (&args.against, &spec) {
+    let plan = match &args.against {
         // Two revisions, no data plane: the node's own addresses play no part.
-        (Some(rev), SourceSpec::Git(git)) => {
+        Some(rev) => {
             let policy = args.target.policy.policy();
-            let head = invalid_to_report(pipeline::load(&spec, &policy))?;
-            let base = invalid_to_report(pipeline::load_at(git, rev, &policy))?;
+            let mut session = Session::new(spec, &args.target.pin.pin_path, policy);
+            let head = invalid_to_report(session.load())?;
+            let base = invalid_to_report(session.load_at(rev))?;
             pipeline::plan_between(&base, &head)?
         }
-        _ => against_live(&args, &spec)?,
+        None => against_live(&args, spec)?,
     };
     if let Some(out) = &args.out {
         let json = to_saved(&plan)?;
@@ -63,28 +62,26 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&public_json(&plan)?)?),
     }
     Ok(match (args.detailed_exitcode, plan.has_changes()) {
-        (true, true) => ExitCode::from(2),
+        (true, true) => ExitCode::from(super::CHANGES),
         _ => ExitCode::SUCCESS,
     })
 }
 
 /// The plan from the live maps at `--pin-path` to the definitions.
 #[cfg(feature = "dataplane")]
-fn against_live(args: &PlanArgs, spec: &SourceSpec) -> anyhow::Result<Plan> {
-    let pin_path = &args.target.pin.pin_path;
+fn against_live(args: &PlanArgs, spec: SourceSpec) -> anyhow::Result<Plan> {
     // A saved plan holds the whole desired state: made by reading everything.
-    let reading = apply::Reading::ahead(args.target.refresh || args.out.is_some(), pin_path);
-    let mut memo = super::MemoFile::open(spec, pin_path);
-    let policy = args.target.node_policy()?;
-    let head = invalid_to_report(apply::load_reusing(spec, &policy, &mut memo.memo))?;
-    let plan = apply::plan_reusing(&head, pin_path, &memo.memo, reading, None)?;
-    apply::remember_plan(&mut memo.memo, head.tree.as_ref(), &plan);
-    memo.save();
+    let refresh = args.target.refresh || args.out.is_some();
+    let reading = pipeline::Reading::ahead(refresh, &args.target.pin.pin_path);
+    let (mut session, memo_file) = args.target.session(spec)?;
+    let head = invalid_to_report(session.load())?;
+    let plan = session.plan(&head, pipeline::PlanOptions { reading, health: None })?;
+    memo_file.save(session.memo());
     Ok(plan)
 }
 
 #[cfg(not(feature = "dataplane"))]
-fn against_live(_: &PlanArgs, _: &SourceSpec) -> anyhow::Result<Plan> {
+fn against_live(_: &PlanArgs, _: SourceSpec) -> anyhow::Result<Plan> {
     anyhow::bail!(
         "this reconciler is built without the data plane (--no-default-features): it plans \
          between two revisions, `plan --repo URL --against REV`, and validates"

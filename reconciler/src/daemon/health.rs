@@ -20,8 +20,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    apply::Desired,
     model::{BackendState, HealthCheck, HealthProtocol},
+    pipeline::Desired,
     time::rfc3339_utc,
 };
 

@@ -31,11 +31,10 @@ use tokio::{net::TcpListener, signal::unix, sync::Notify};
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, Desired, Error, Reading},
     dataplane::{ApplyReport, Dataplane, MapState},
-    memo::Memo,
     metrics::Metrics,
     node,
+    pipeline::{describe, ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
     plan::Plan,
     source,
     time::rfc3339_utc,
@@ -134,8 +133,9 @@ struct Memory {
     journal: Journal,
     /// The backends the health checks took out, as of this run.
     health_excluded: std::collections::BTreeSet<std::net::SocketAddr>,
-    /// What the incremental path reuses: parses by blob, the state the last apply left.
-    memo: Memo,
+    /// The pipeline, with what the incremental path reuses (parses by blob, the state the
+    /// last apply left) in its memo.
+    session: Session,
 }
 
 impl Memory {
@@ -145,16 +145,22 @@ impl Memory {
     }
 
     fn new(config: &Config) -> Memory {
-        let source = apply::describe(&config.source_spec());
+        let session = session(config);
         Memory {
             last_good: None,
             failed_revision: None,
             consecutive_errors: 0,
-            journal: Journal::open(&config.source.cache_dir, &source, &config.pin_path),
+            journal: Journal::open(&config.source.cache_dir, &session.source(), &config.pin_path),
             health_excluded: Default::default(),
-            memo: Memo::default(),
+            session,
         }
     }
+}
+
+/// The pipeline for `config`'s source and data plane, with the configured policy (each run
+/// adds the node's own addresses) and an empty memo.
+fn session(config: &Config) -> Session {
+    Session::new(config.source_spec(), &config.pin_path, config.policy.clone())
 }
 
 /// How one run ended.
@@ -242,7 +248,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         status: Mutex::new(DaemonStatus {
             format_version: 1,
-            source: apply::describe(&config.source_spec()),
+            source: describe(&config.source_spec()),
             drift: config.drift,
             ..DaemonStatus::default()
         }),
@@ -271,7 +277,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let mut hangup = unix::signal(unix::SignalKind::hangup())?;
     let mut terminate = unix::signal(unix::SignalKind::terminate())?;
     let mut interrupt = unix::signal(unix::SignalKind::interrupt())?;
-    info!(listen = %config.listen, source = %apply::describe(&config.source_spec()), "daemon started");
+    info!(listen = %config.listen, source = %describe(&config.source_spec()), "daemon started");
 
     let mut memory = Memory::new(&config);
     if let Some(failure) = memory.journal.failure(&rfc3339_utc(unix_now() as u64)) {
@@ -348,6 +354,9 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
                     if new.source != config.source {
                         memory.journal = Memory::new(&new).journal;
                     }
+                    // The memo is keyed by source and revision: it stays good.
+                    let memo = std::mem::replace(&mut memory.session, session(&new)).into_memo();
+                    memory.session = session(&new).with_memo(memo);
                     config = Arc::new(new);
                     // A new policy may accept what the old one refused, or refuse what it
                     // accepted: validate again.
@@ -447,9 +456,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         Ok(None) => {}
         Err(e) => return Outcome::Transient { error: format!("upgrading the data plane: {e}") },
     }
-    let spec = config.source_spec();
-    let parsed = &memory.memo.parsed;
-    let snapshot = match source::fetch_reusing(&spec, &|blob| parsed.contains_key(blob)) {
+    let snapshot = match memory.session.fetch() {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_transient() => return Outcome::Transient { error: e.to_string() },
         // A ref that names nothing, a subdirectory a commit lacks: reported, and tried again
@@ -471,10 +478,12 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
     let known = memory.last_good.as_ref().filter(|good| {
         good.revision.is_some()
             && good.revision == snapshot.revision
-            && good.source == apply::describe(&spec)
+            && good.source == memory.session.source()
     });
-    let policy = match node::local_addresses(&config.allow_local_vips) {
-        Ok(local_addresses) => Policy { local_addresses, ..config.policy.clone() },
+    match node::local_addresses(&config.allow_local_vips) {
+        Ok(local_addresses) => {
+            memory.session.set_policy(Policy { local_addresses, ..config.policy.clone() })
+        }
         Err(e) => {
             return Outcome::Transient { error: format!("listing this node's addresses: {e}") }
         }
@@ -486,7 +495,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
                 // Before the work: if it kills the process, the journal remembers.
                 memory.journal.start(revision);
             }
-            apply::validated_reusing(&spec, snapshot, &policy, &mut memory.memo)
+            memory.session.validate(snapshot)
         }
     };
     let desired = match validated {
@@ -498,14 +507,9 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         }
         Err(e) => return Outcome::Transient { error: e.to_string() },
     };
-    let health = Some(&memory.health_excluded);
-    let plan = match apply::plan_reusing(
-        &desired,
-        &config.pin_path,
-        &memory.memo,
-        Reading::refresh(refresh),
-        health,
-    ) {
+    let reading = if refresh { Reading::Everything } else { Reading::Changed };
+    let options = PlanOptions { reading, health: Some(memory.health_excluded.clone()) };
+    let plan = match memory.session.plan(&desired, options) {
         Ok(plan) => plan,
         Err(Error::Compile(e)) => return reject(memory, desired.revision, e.to_string(), false),
         Err(e) => return Outcome::Transient { error: e.to_string() },
@@ -517,14 +521,11 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         return Outcome::DriftReported { plan: Box::new(plan) };
     }
     if !plan.has_changes() {
-        apply::remember_plan(&mut memory.memo, desired.tree.as_ref(), &plan);
         memory.last_good = Some(desired);
         return Outcome::Unchanged { plan: Box::new(plan) };
     }
-    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
-    {
+    match memory.session.apply(&plan, Some(&desired), apply_options(config)) {
         Ok(report) => {
-            apply::remember_apply(&mut memory.memo, desired.tree.as_ref(), &plan, &report);
             memory.last_good = Some(desired);
             if new_revision {
                 Outcome::Applied { plan: Box::new(plan), report }
@@ -540,6 +541,14 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
         }
         Err(Error::Dataplane(e)) => Outcome::Transient { error: e.to_string() },
         Err(e) => reject(memory, desired.revision, e.to_string(), false),
+    }
+}
+
+fn apply_options(config: &Config) -> ApplyOptions {
+    ApplyOptions {
+        cgroup: config.cgroup.clone(),
+        allow_destroy_all: config.allow_destroy_all,
+        loaded: None,
     }
 }
 
@@ -560,14 +569,12 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         // After a restart: the definitions of the revision the maps record.
         let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
         let revision = live.revision?;
-        memory.last_good = apply::load_at(&config.source, &revision, &config.policy).ok();
+        memory.last_good = memory.session.load_at(&revision).ok();
     }
-    let plan = apply::plan_with_health(
-        memory.last_good.as_ref()?,
-        &config.pin_path,
-        Some(&memory.health_excluded),
-    )
-    .ok()?;
+    let good = memory.last_good.as_ref()?;
+    let options =
+        PlanOptions { reading: Reading::Everything, health: Some(memory.health_excluded.clone()) };
+    let plan = memory.session.plan(good, options).ok()?;
     if plan.context.install {
         return None;
     }
@@ -577,8 +584,7 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     if config.drift == DriftMode::Report {
         return Some(Outcome::DriftReported { plan: Box::new(plan) });
     }
-    match apply::apply(&plan, &config.pin_path, config.cgroup.as_deref(), config.allow_destroy_all)
-    {
+    match memory.session.apply(&plan, Some(good), apply_options(config)) {
         Ok(report) => Some(Outcome::DriftHealed { plan: Box::new(plan), report }),
         Err(e) => Some(Outcome::Transient { error: e.to_string() }),
     }
@@ -725,7 +731,7 @@ fn show_failure(status: &mut DaemonStatus, failure: &Failure) {
 /// Every entry the maps hold once `plan` is applied: its desired state, or for an
 /// incremental plan the memo's record of the whole.
 fn whole<'a>(plan: &'a Plan, memory: &'a Memory) -> &'a MapState {
-    match (&plan.touched, &memory.memo.record) {
+    match (&plan.touched, &memory.session.memo().record) {
         (Some(_), Some(record)) => &record.state,
         _ => &plan.desired,
     }

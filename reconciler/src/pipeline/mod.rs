@@ -1,17 +1,36 @@
-//! The pure half of the reconcile pipeline: source -> validate, into [`Desired`], and the
-//! plan between two revisions (`plan --against`). The half that reads and writes the data
-//! plane is `apply`; this one builds without it (`--no-default-features`).
+//! The reconcile pipeline, in one place: a [`Session`] loads the definitions (source ->
+//! validate, into [`Desired`]), plans them against the live maps (read -> compile -> diff ->
+//! plan) and applies the plan, remembering what the incremental path reuses next time.
+//! `reconciler plan`, `reconciler apply` and the daemon all run it and nothing below it.
+//!
+//! - `session`: the session and its loading half (pure; the validate-only build has it);
+//! - `live`: planning against the live maps and applying (the `dataplane` feature);
+//! - `incremental`: the plan from the memo's record and the changed services' entries;
+//! - `remember`: what the memo learns from a plan or an apply.
+//!
+//! [`plan_between`] plans between two revisions with no data plane (`plan --against`).
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use crate::{
     compile::{compile, CompileError},
-    memo::Memo,
     model::Service,
     plan::{make_plan, Plan, PlanContext},
-    source::{self, GitSpec, Snapshot, SourceError, SourceSpec},
+    source::{Snapshot, SourceError, SourceSpec},
     state::MapState,
-    validate::{validate, validate_reusing, Diagnostic, Policy},
+    validate::Diagnostic,
 };
+
+#[cfg(feature = "dataplane")]
+mod incremental;
+#[cfg(feature = "dataplane")]
+mod live;
+#[cfg(feature = "dataplane")]
+mod remember;
+mod session;
+
+#[cfg(feature = "dataplane")]
+pub use live::{apply_saved, ApplyOptions, PlanOptions, Reading};
+pub use session::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +62,8 @@ pub enum Error {
          services it changes (changed by hand?); run `reconciler plan` again"
     )]
     Unconfirmed { pin_path: String },
+    #[error("--against compares revisions of a git repository, and {} is a directory", .dir.display())]
+    NotARepository { dir: std::path::PathBuf },
     #[error(
         "refusing to destroy every service ({destroy}) for definitions that define none: an \
          empty or mistyped source path looks like this; if it is meant, apply with \
@@ -100,81 +121,6 @@ impl Tree {
         let SourceSpec::Git(git) = spec else { return None };
         let subdir = git.subdir.as_deref().unwrap_or(Path::new("")).display();
         Some(format!("{} path {subdir}", git.url))
-    }
-}
-
-/// Fetches `spec` and validates every file of it.
-pub fn load(spec: &SourceSpec, policy: &Policy) -> Result<Desired, Error> {
-    let snapshot = source::fetch(spec)?;
-    let tree = Tree::of(spec, &snapshot);
-    Ok(Desired { tree, ..validated(snapshot, describe(spec), policy)? })
-}
-
-/// [`load`], reading and parsing only the files whose blobs `memo` has no parse of, and
-/// adding the parses of those to it. The rules across files run over all of them.
-pub fn load_reusing(spec: &SourceSpec, policy: &Policy, memo: &mut Memo) -> Result<Desired, Error> {
-    let snapshot = source::fetch_reusing(spec, &|blob| memo.parsed.contains_key(blob))?;
-    validated_reusing(spec, snapshot, policy, memo)
-}
-
-/// Validates a snapshot that [`source::fetch_reusing`] made of `spec` with the parses `memo`
-/// holds, as [`load_reusing`] does.
-pub fn validated_reusing(
-    spec: &SourceSpec,
-    snapshot: Snapshot,
-    policy: &Policy,
-    memo: &mut Memo,
-) -> Result<Desired, Error> {
-    let located = match validate_reusing(&snapshot, policy, &memo.parsed) {
-        Ok(located) => located,
-        Err(diagnostics) => {
-            // A reused file's services have no positions: the report reads every file again.
-            if let (SourceSpec::Git(git), Some(revision)) = (spec, &snapshot.revision) {
-                if snapshot.files.iter().any(|file| file.text.is_none()) {
-                    let whole = source::snapshot_at(git, revision)?;
-                    return validated(whole, describe(spec), policy);
-                }
-            }
-            return Err(Error::Invalid { revision: snapshot.revision, diagnostics });
-        }
-    };
-    // What the files read this time parsed to, by blob, for the next run.
-    let mut by_path: BTreeMap<&str, (&String, Vec<Arc<Service>>)> = snapshot
-        .files
-        .iter()
-        .filter(|file| file.text.is_some())
-        .filter_map(|file| Some((file.path.as_str(), (file.blob.as_ref()?, Vec::new()))))
-        .collect();
-    for l in &located {
-        if let Some((_, services)) = by_path.get_mut(l.file.as_str()) {
-            services.push(Arc::clone(&l.service));
-        }
-    }
-    memo.changed |= !by_path.is_empty();
-    memo.parsed.extend(by_path.into_values().map(|(blob, services)| (blob.clone(), services)));
-    Ok(Desired {
-        tree: Tree::of(spec, &snapshot),
-        revision: snapshot.revision,
-        source: describe(spec),
-        services: located.into_iter().map(|l| l.service).collect(),
-    })
-}
-
-/// Another revision of the repository `load` fetched (for `plan --against REV`).
-pub fn load_at(spec: &GitSpec, rev: &str, policy: &Policy) -> Result<Desired, Error> {
-    validated(source::snapshot_at(spec, rev)?, format!("{} ({rev})", spec.url), policy)
-}
-
-/// Validates a fetched snapshot; `source` says where it came from, for people.
-pub fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
-    match validate(&snapshot, policy) {
-        Ok(located) => Ok(Desired {
-            revision: snapshot.revision,
-            source,
-            services: located.into_iter().map(|l| l.service).collect(),
-            tree: None,
-        }),
-        Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
     }
 }
 

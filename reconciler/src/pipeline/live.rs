@@ -1,0 +1,211 @@
+//! The session's half that reads and writes the data plane: the plan from the live maps and
+//! its apply, each followed by what the memo learns from it.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    panic,
+    path::{Path, PathBuf},
+    thread,
+};
+
+use super::{incremental, remember, Desired, Error, Session};
+use crate::{
+    compile::compile_with_health,
+    dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, Loaded, MapState},
+    plan::{make_plan, Plan, PlanContext},
+};
+
+/// How much of the live maps a plan reads.
+pub enum Reading {
+    /// The entries of the services that changed, when the memo allows it; else everything.
+    Changed,
+    /// Every entry.
+    Everything,
+    /// Every entry, read on another thread since before the definitions were loaded: a
+    /// full read does not depend on them, and on a second core it costs no wall time.
+    Ahead(thread::JoinHandle<Result<Option<LiveState>, Error>>),
+}
+
+/// How [`Session::plan`] plans.
+pub struct PlanOptions {
+    pub reading: Reading,
+    /// The backends the daemon's health checks exclude, instead of those the data plane
+    /// records; while it excludes any, every entry is read.
+    pub health: Option<BTreeSet<SocketAddr>>,
+}
+
+impl Reading {
+    /// With `refresh`, every entry of the data plane at `pin_path`, read from now on
+    /// another thread (call it before loading the definitions); else the changed services'
+    /// entries.
+    pub fn ahead(refresh: bool, pin_path: &Path) -> Reading {
+        if !refresh {
+            return Reading::Changed;
+        }
+        let pin_path = pin_path.to_owned();
+        Reading::Ahead(thread::spawn(move || read_live(&pin_path)))
+    }
+}
+
+impl PlanOptions {
+    /// Every entry with `refresh`, else the changed services' entries; the recorded health
+    /// exclusions.
+    pub fn refresh(refresh: bool) -> PlanOptions {
+        let reading = if refresh { Reading::Everything } else { Reading::Changed };
+        PlanOptions { reading, health: None }
+    }
+}
+
+/// How [`Session::apply`] applies.
+#[derive(Default)]
+pub struct ApplyOptions {
+    /// The cgroup v2 directory a first install attaches to (default: the cgroup2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Apply a plan that destroys every service and defines none.
+    pub allow_destroy_all: bool,
+    /// The BPF object, loaded ahead for a first install.
+    pub loaded: Option<Loaded>,
+}
+
+impl Session {
+    /// The plan from the live maps to `desired`: by the incremental path when the memo
+    /// records the live generation and `options` allow it, else from every live entry. The
+    /// memo learns from it (see `remember`).
+    pub fn plan(&mut self, desired: &Desired, options: PlanOptions) -> Result<Plan, Error> {
+        let health = options.health.as_ref();
+        let live = match options.reading {
+            Reading::Changed => {
+                if health.is_none_or(BTreeSet::is_empty) {
+                    if let Some(plan) = incremental::plan(desired, &self.pin_path, &self.memo)? {
+                        remember::plan(&mut self.memo, desired.tree.as_ref(), &plan);
+                        return Ok(plan);
+                    }
+                }
+                read_live(&self.pin_path)?
+            }
+            Reading::Everything => read_live(&self.pin_path)?,
+            Reading::Ahead(reader) => {
+                reader.join().unwrap_or_else(|panic| panic::resume_unwind(panic))?
+            }
+        };
+        let plan = plan_from_live(desired, &self.pin_path, health, live)?;
+        remember::plan(&mut self.memo, desired.tree.as_ref(), &plan);
+        Ok(plan)
+    }
+
+    /// Applies `plan`, made from `desired` (`None` for a saved plan), installing the data
+    /// plane if the plan says none is installed; the memo learns what the maps now hold.
+    /// Refuses a plan the live state has moved away from, and one that destroys every
+    /// service unless `options` allow it.
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        desired: Option<&Desired>,
+        options: ApplyOptions,
+    ) -> Result<ApplyReport, Error> {
+        let report = apply(plan, &self.pin_path, options)?;
+        let tree = desired.and_then(|d| d.tree.as_ref());
+        remember::apply(&mut self.memo, tree, plan, &report);
+        Ok(report)
+    }
+}
+
+/// Applies a saved plan exactly, to the data plane at `pin_path` it was made for: no source,
+/// no memo (see [`Session::apply`]).
+pub fn apply_saved(
+    plan: &Plan,
+    pin_path: &Path,
+    options: ApplyOptions,
+) -> Result<ApplyReport, Error> {
+    apply(plan, pin_path, options)
+}
+
+/// The live state at `pin_path`, or `None` when no data plane is installed there.
+fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
+    if !dataplane::is_installed(pin_path) {
+        return Ok(None);
+    }
+    Ok(Some(Dataplane::open(pin_path)?.read_live()?))
+}
+
+/// The plan from `live`, the state read at `pin_path`, to `desired`, with the health
+/// exclusions `health` when given, else those `live` records.
+fn plan_from_live(
+    desired: &Desired,
+    pin_path: &Path,
+    health: Option<&BTreeSet<SocketAddr>>,
+    live: Option<LiveState>,
+) -> Result<Plan, Error> {
+    let empty = MapState::default();
+    let live_state = live.as_ref().map_or(&empty, |l| &l.state);
+    let excluded = health.unwrap_or(&live_state.health_excluded);
+    let compiled = compile_with_health(&desired.services, live_state, excluded)?;
+    let context = PlanContext {
+        revision: desired.revision.clone(),
+        source: desired.source.clone(),
+        pin_path: pin_path.display().to_string(),
+        install: live.is_none(),
+        generation: live.as_ref().map_or(0, |l| l.status.generation),
+        live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
+        against: false,
+        health_changed: compiled.health_excluded != live_state.health_excluded,
+    };
+    Ok(make_plan(context, live_state, compiled))
+}
+
+/// Applies `plan` to the data plane at `pin_path` (see [`Session::apply`]).
+fn apply(plan: &Plan, pin_path: &Path, options: ApplyOptions) -> Result<ApplyReport, Error> {
+    if plan.destroys_everything() && !options.allow_destroy_all {
+        return Err(Error::DestroyAll { destroy: plan.summary.destroy });
+    }
+    let given = pin_path.display().to_string();
+    if plan.context.pin_path != given {
+        return Err(Error::OtherPinPath { planned: plan.context.pin_path.clone(), given });
+    }
+    let installed = dataplane::is_installed(pin_path);
+    if plan.context.install == installed {
+        return Err(Error::StaleInstall { pin_path: given, planned: plan.context.install });
+    }
+    let revision = plan.context.revision.as_deref();
+    if !installed {
+        let cgroup = match options.cgroup {
+            Some(cgroup) => cgroup,
+            None => dataplane::default_cgroup()?,
+        };
+        let first = Some((&plan.desired, revision));
+        let (mut dataplane, report) =
+            Dataplane::install_loaded(pin_path, &cgroup, options.loaded, first)?;
+        if let Some(report) = report {
+            return Ok(report);
+        }
+        // A complete install was there already (another process's): apply to it.
+        return applied(given, apply_to(&mut dataplane, plan));
+    }
+    applied(given, apply_to(&mut Dataplane::open(pin_path)?, plan))
+}
+
+/// Writes `plan` into `dataplane`. The generation is checked under the apply's lock: a plan
+/// made against generation N is applied only to generation N.
+fn apply_to(dataplane: &mut Dataplane, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
+    let revision = plan.context.revision.as_deref();
+    match &plan.touched {
+        Some(recorded) => {
+            dataplane.apply_touched(recorded, &plan.desired, revision, plan.context.generation)
+        }
+        None => dataplane.apply(&plan.desired, revision, Some(plan.context.generation)),
+    }
+}
+
+/// The errors of an apply to the data plane at `pin_path` that say the plan is stale.
+fn applied(
+    pin_path: String,
+    result: Result<ApplyReport, DataplaneError>,
+) -> Result<ApplyReport, Error> {
+    match result {
+        Err(DataplaneError::GenerationMoved { expected, found }) => {
+            Err(Error::StalePlan { pin_path, planned: expected, live: found })
+        }
+        Err(DataplaneError::NotAsRecorded) => Err(Error::Unconfirmed { pin_path }),
+        other => Ok(other?),
+    }
+}

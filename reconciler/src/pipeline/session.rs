@@ -1,0 +1,142 @@
+//! The session: what one reconcile works with (where the definitions come from, the rules,
+//! the data plane, the memo), and its loading half, which needs no data plane.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{describe, Desired, Error, Tree};
+use crate::{
+    memo::Memo,
+    model::Service,
+    source::{self, Snapshot, SourceSpec},
+    validate::{validate, validate_reusing, Policy},
+};
+
+/// One reconcile target: the definitions' source and rules, the data plane at `pin_path`,
+/// and the memo the incremental path reuses (the CLI keeps it in a file between runs, the
+/// daemon in memory).
+pub struct Session {
+    pub(super) spec: SourceSpec,
+    pub(super) pin_path: PathBuf,
+    policy: Policy,
+    pub(super) memo: Memo,
+}
+
+impl Session {
+    /// A session with an empty memo (every file is read and parsed).
+    pub fn new(spec: SourceSpec, pin_path: impl Into<PathBuf>, policy: Policy) -> Session {
+        Session { spec, pin_path: pin_path.into(), policy, memo: Memo::default() }
+    }
+
+    /// The session, reusing `memo` (parses by blob, the record of the maps).
+    pub fn with_memo(self, memo: Memo) -> Session {
+        Session { memo, ..self }
+    }
+
+    pub fn memo(&self) -> &Memo {
+        &self.memo
+    }
+
+    /// The memo, for the next session.
+    pub fn into_memo(self) -> Memo {
+        self.memo
+    }
+
+    /// The rules from now on (the daemon adds the node's addresses at each run).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    /// Where the definitions come from, for people.
+    pub fn source(&self) -> String {
+        describe(&self.spec)
+    }
+
+    /// Fetches the definitions, reading only the files whose blobs the memo has no parse of.
+    pub fn fetch(&self) -> Result<Snapshot, source::SourceError> {
+        source::fetch_reusing(&self.spec, &|blob| self.memo.parsed.contains_key(blob))
+    }
+
+    /// Fetches and validates the definitions (see [`fetch`](Self::fetch) and
+    /// [`validate`](Self::validate)).
+    pub fn load(&mut self) -> Result<Desired, Error> {
+        let snapshot = self.fetch()?;
+        self.validate(snapshot)
+    }
+
+    /// Validates `snapshot`, which [`fetch`](Self::fetch) made, with the parses the memo
+    /// holds, and adds the parses of the files read this time to it. The rules across files
+    /// run over all of them.
+    pub fn validate(&mut self, snapshot: Snapshot) -> Result<Desired, Error> {
+        let located = match validate_reusing(&snapshot, &self.policy, &self.memo.parsed) {
+            Ok(located) => located,
+            Err(diagnostics) => return self.invalid(snapshot, diagnostics),
+        };
+        // What the files read this time parsed to, by blob, for the next run.
+        let mut by_path: BTreeMap<&str, (&String, Vec<Arc<Service>>)> = snapshot
+            .files
+            .iter()
+            .filter(|file| file.text.is_some())
+            .filter_map(|file| Some((file.path.as_str(), (file.blob.as_ref()?, Vec::new()))))
+            .collect();
+        for l in &located {
+            if let Some((_, services)) = by_path.get_mut(l.file.as_str()) {
+                services.push(Arc::clone(&l.service));
+            }
+        }
+        self.memo.changed |= !by_path.is_empty();
+        let parsed = by_path.into_values().map(|(blob, services)| (blob.clone(), services));
+        self.memo.parsed.extend(parsed);
+        Ok(Desired {
+            tree: Tree::of(&self.spec, &snapshot),
+            revision: snapshot.revision,
+            source: self.source(),
+            services: located.into_iter().map(|l| l.service).collect(),
+        })
+    }
+
+    /// A snapshot that failed validation: a reused file's services have no positions, so
+    /// the report reads every file again.
+    fn invalid(
+        &self,
+        snapshot: Snapshot,
+        diagnostics: Vec<crate::validate::Diagnostic>,
+    ) -> Result<Desired, Error> {
+        if let (SourceSpec::Git(git), Some(revision)) = (&self.spec, &snapshot.revision) {
+            if snapshot.files.iter().any(|file| file.text.is_none()) {
+                let whole = source::snapshot_at(git, revision)?;
+                return validated(whole, self.source(), &self.policy);
+            }
+        }
+        Err(Error::Invalid { revision: snapshot.revision, diagnostics })
+    }
+
+    /// Another revision of the repository (for `plan --against REV`, and the daemon's
+    /// last good revision after a restart), every file read.
+    pub fn load_at(&self, rev: &str) -> Result<Desired, Error> {
+        let git = match &self.spec {
+            SourceSpec::Git(git) => git,
+            SourceSpec::Dir(dir) => return Err(Error::NotARepository { dir: dir.clone() }),
+        };
+        validated(source::snapshot_at(git, rev)?, format!("{} ({rev})", git.url), &self.policy)
+    }
+}
+
+/// Validates a fetched snapshot; `source` says where it came from, for people.
+fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
+    match validate(&snapshot, policy) {
+        Ok(located) => Ok(Desired {
+            revision: snapshot.revision,
+            source,
+            services: located.into_iter().map(|l| l.service).collect(),
+            tree: None,
+        }),
+        Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
+    }
+}
