@@ -6,9 +6,9 @@ pub use reconciler_core::{
     compile, limits, model, node, plan, source, state, validate, verify, yaml,
 };
 
+pub mod clock;
 pub mod memo;
 pub mod pipeline;
-pub mod time;
 
 #[cfg(feature = "dataplane")]
 pub mod apply;

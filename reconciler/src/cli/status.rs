@@ -3,9 +3,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use reconciler::{
+    clock::rfc3339_utc,
     daemon::{DaemonStatus, DriftMode},
     dataplane::{self, Dataplane},
-    time::rfc3339_utc,
 };
 use serde_json::json;
 

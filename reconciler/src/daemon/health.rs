@@ -21,8 +21,8 @@ use tracing::{info, warn};
 
 use crate::{
     apply::Desired,
+    clock,
     model::{BackendState, HealthCheck, HealthProtocol},
-    time::rfc3339_utc,
 };
 
 /// Probes in flight at once, over all targets.
@@ -167,7 +167,7 @@ impl Health {
                 target.successes += 1;
                 if !target.up && target.successes >= target.check.healthy_threshold {
                     target.up = true;
-                    target.since = Some(now_text());
+                    target.since = Some(clock::now_rfc3339());
                     return Some(true);
                 }
             }
@@ -177,7 +177,7 @@ impl Health {
                 target.last_error = Some(error);
                 if target.up && target.failures >= target.check.unhealthy_threshold {
                     target.up = false;
-                    target.since = Some(now_text());
+                    target.since = Some(clock::now_rfc3339());
                     return Some(false);
                 }
             }
@@ -273,8 +273,4 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
 fn jitter(interval: Duration) -> Duration {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     interval.mul_f64(0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2)
-}
-
-fn now_text() -> String {
-    rfc3339_utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }

@@ -32,13 +32,13 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, Desired, Error, Reading},
+    clock::{self, rfc3339_utc},
     dataplane::{ApplyReport, Dataplane, MapState},
     memo::Memo,
     metrics::Metrics,
     node,
     plan::Plan,
     source,
-    time::rfc3339_utc,
     validate::{Diagnostic, Policy},
 };
 pub use config::{Config, DriftMode};
@@ -274,7 +274,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     info!(listen = %config.listen, source = %apply::describe(&config.source_spec()), "daemon started");
 
     let mut memory = Memory::new(&config);
-    if let Some(failure) = memory.journal.failure(&rfc3339_utc(unix_now() as u64)) {
+    if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
         error!(revision = failure.revision, "{}; failed before this start", failure.error);
         memory.failed_revision = Some(failure.revision.clone());
         show_failure(&mut shared.status(), failure);
@@ -413,7 +413,7 @@ fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome
                 revision: revision.clone(),
                 error: error.clone(),
                 diagnostics: diagnostics.clone(),
-                at: rfc3339_utc(unix_now() as u64),
+                at: clock::now_rfc3339(),
             })
         }
         Outcome::Rejected { revision: None, .. } | Outcome::StillRejected { .. } => {}
@@ -584,10 +584,6 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Logs the outcome, updates status and metrics, and says how long to wait for the next run.
 fn record(
     shared: &Shared,
@@ -596,8 +592,9 @@ fn record(
     outcome: Outcome,
     took: Option<Duration>,
 ) -> Duration {
-    let now = unix_now();
-    let now_text = rfc3339_utc(now as u64);
+    let since_epoch = clock::now_unix();
+    let now = since_epoch.as_secs_f64();
+    let now_text = rfc3339_utc(since_epoch.as_secs());
     let metrics = shared.metrics();
     match (took, &outcome) {
         (Some(took), _) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
