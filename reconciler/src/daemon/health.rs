@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use super::backoff::jittered;
 use crate::{
     apply::Desired,
     clock,
@@ -110,7 +111,7 @@ impl Health {
                 up: true,
                 since: None,
                 last_error: None,
-                next_due: now + jitter(Duration::from_secs(u64::from(check.interval_seconds))),
+                next_due: now + jittered(Duration::from_secs(u64::from(check.interval_seconds))),
                 in_flight: false,
             });
             target.check = check;
@@ -159,8 +160,8 @@ impl Health {
         let mut targets = self.targets();
         let target = targets.get_mut(&addr)?;
         target.in_flight = false;
-        target.next_due =
-            Instant::now() + jitter(Duration::from_secs(u64::from(target.check.interval_seconds)));
+        target.next_due = Instant::now()
+            + jittered(Duration::from_secs(u64::from(target.check.interval_seconds)));
         match result {
             Ok(()) => {
                 target.failures = 0;
@@ -267,10 +268,4 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     } else {
         Err(format!("{addr} answered {status}"))
     }
-}
-
-/// `interval` ± 10%, so the probes of many targets spread out.
-fn jitter(interval: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    interval.mul_f64(0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2)
 }

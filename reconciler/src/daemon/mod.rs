@@ -8,12 +8,13 @@
 //!   stays at the last good commit, and the failed commit is not tried again until another
 //!   one arrives (or the configuration is reloaded);
 //! - fetch and data plane errors are retried with capped exponential backoff (1 s, 2 s, ...
-//!   up to the interval) while the data plane keeps serving;
+//!   up to the interval, with jitter: see [`backoff`]) while the data plane keeps serving;
 //! - drift (live maps that differ from the applied commit) is logged, counted and, with
 //!   `drift: heal`, repaired by the same atomic apply;
 //! - on start the pinned data plane is adopted: if it already holds the commit, nothing is
 //!   written. A failed commit stays failed across restarts (see [`journal`]). SIGTERM/SIGINT
 //!   stop the daemon and leave the data plane serving.
+mod backoff;
 pub mod config;
 pub mod health;
 pub mod http;
@@ -23,7 +24,7 @@ pub mod webhook;
 use std::{
     path::Path,
     sync::{Arc, Mutex, MutexGuard, RwLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -701,11 +702,10 @@ fn record(
     }
     if transient {
         memory.consecutive_errors += 1;
-        let backoff = Duration::from_secs(1) * 2u32.saturating_pow(memory.consecutive_errors - 1);
-        backoff.min(config.interval)
+        backoff::retry(memory.consecutive_errors, config.interval)
     } else {
         memory.consecutive_errors = 0;
-        jittered(config.interval)
+        backoff::jittered(config.interval)
     }
 }
 
@@ -758,12 +758,4 @@ fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, entries: &
         status.generation = live.generation;
         status.applied_at = live.applied_at_unix.map(rfc3339_utc);
     }
-}
-
-/// `interval` ± 10%, so a fleet of nodes does not fetch in lockstep.
-fn jittered(interval: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    // The clock's nanoseconds are random enough to spread nodes apart.
-    let factor = 0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2;
-    interval.mul_f64(factor)
 }
