@@ -122,18 +122,21 @@ struct RawPolicy {
     allow_destroy_all: bool,
 }
 
-/// Parses a duration such as `500ms`, `30s`, `5m`, `1h`.
+/// The units a duration may have: Go's (and so Flux's) down to milliseconds, as the
+/// schema's `$defs/duration` says.
+const DURATION_UNITS: [&str; 4] = ["ms", "s", "m", "h"];
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `1h30m` or Flux's `10m0s`: whole numbers,
+/// each followed by a unit of [`DURATION_UNITS`], with no spaces.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        "h" => number.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
+    // humantime does the sums and refuses an empty text, a number without a unit and an
+    // overflow; but it also takes units and spaces the schema refuses (`10d`, `1 hour`), so
+    // the text's units are checked first, for the two to accept the same durations.
+    let mut units = text.split(|c: char| c.is_ascii_digit()).filter(|unit| !unit.is_empty());
+    if !units.all(|unit| DURATION_UNITS.contains(&unit)) {
+        return None;
     }
+    humantime::parse_duration(text).ok()
 }
 
 /// Reads and checks the configuration in `text` (from `file`).
@@ -278,7 +281,7 @@ drift: heal
     fn errors_name_the_field_and_its_place() {
         assert_eq!(
             errors(&FULL.replace("interval: 30s", "interval: 30 seconds")),
-            ["node.yaml:6:13: source.interval: \"30 seconds\" does not match \"^[0-9]+(ms|s|m|h)$\""]
+            ["node.yaml:6:13: source.interval: \"30 seconds\" does not match \"^([0-9]+(ms|s|m|h))+$\""]
         );
         assert_eq!(
             errors(&FULL.replace("drift: heal", "drift: fix")),
@@ -355,5 +358,38 @@ drift: heal
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("10d"), None);
+    }
+
+    #[test]
+    fn compound_durations_parse_as_flux_writes_them() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10m0s"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
+    }
+
+    #[test]
+    fn what_is_not_a_duration_is_refused() {
+        for text in ["", "10", "5x", "-1s", "1.5h", "1h 30m", "30 seconds", "1hour", "1d"] {
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+        // More seconds than a Duration holds.
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+
+    #[test]
+    fn the_schema_takes_the_durations_the_parser_takes() {
+        let interval = |text: &str| FULL.replace("interval: 30s", &format!("interval: {text}"));
+        let config = parse("node.yaml", &interval("10m0s")).unwrap();
+        assert_eq!(config.interval, Duration::from_secs(600));
+        assert_eq!(parse("node.yaml", &interval("1h30m")).unwrap().interval.as_secs(), 5400);
+        assert_eq!(
+            errors(&interval("50ms")),
+            ["node.yaml:6:13: source.interval: `50ms` is not a duration of at least 100ms"]
+        );
+        for text in ["\"10\"", "5x", "-1s", "1d", "\"\""] {
+            let found = errors(&interval(text));
+            assert!(found[0].contains("does not match"), "{text}: {found:?}");
+        }
     }
 }
