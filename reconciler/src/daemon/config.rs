@@ -201,7 +201,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     });
     let webhook_secret = raw.webhook.and_then(|webhook| {
         Secret::read(&webhook.secret_file)
-            .map_err(|message| error("/webhook/secretFile", message))
+            .map_err(|e| error("/webhook/secretFile", e.to_string()))
             .ok()
     });
     if !errors.is_empty() {
