@@ -18,5 +18,3 @@ pub mod counters;
 pub mod daemon;
 #[cfg(feature = "dataplane")]
 pub mod dataplane;
-#[cfg(feature = "dataplane")]
-pub mod metrics;

@@ -19,6 +19,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod webhook;
 
 use std::{
@@ -36,7 +37,6 @@ use crate::{
     clock::{self, rfc3339_utc},
     dataplane::{ApplyReport, Dataplane, MapState},
     memo::Memo,
-    metrics::Metrics,
     node,
     plan::Plan,
     source,
@@ -44,6 +44,7 @@ use crate::{
 };
 pub use config::{Config, DriftMode};
 use journal::{Failure, Journal};
+use metrics::Metrics;
 
 /// What `/status` shows, and `reconciler status --daemon` reads back.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
