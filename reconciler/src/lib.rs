@@ -7,9 +7,9 @@ pub use reconciler_core::{
     compile, limits, model, node, plan, source, state, validate, verify, yaml,
 };
 
+pub mod clock;
 pub mod memo;
 pub mod pipeline;
-pub mod time;
 
 #[cfg(feature = "dataplane")]
 pub mod counters;
@@ -17,5 +17,3 @@ pub mod counters;
 pub mod daemon;
 #[cfg(feature = "dataplane")]
 pub mod dataplane;
-#[cfg(feature = "dataplane")]
-pub mod metrics;

@@ -1,11 +1,12 @@
 //! `reconciler status`: what the live maps say about themselves.
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use clap::Args;
 use reconciler::{
+    clock::rfc3339_utc,
+    counters::Counters,
     daemon::{DaemonStatus, DriftMode},
-    dataplane::{self, Dataplane},
-    time::rfc3339_utc,
+    dataplane::{self, Dataplane, Events, LiveState, MapState},
 };
 use serde_json::json;
 
@@ -40,87 +41,115 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let dataplane = Dataplane::open(pin_path)?;
-    let live = dataplane.read_live()?;
-    let events = dataplane.events()?;
-    let status = &live.status;
-    let state = &live.state;
-    // Clients holding a backend, per service with affinity, by the service's name.
-    let affinity_entries = dataplane.affinity_entries(state)?;
-    let affinity: Vec<(String, usize)> = state
-        .services
-        .values()
-        .filter(|s| s.affinity_timeout_secs > 0)
-        .map(|s| {
-            let name = state.names.get(&s.id).cloned().unwrap_or_else(|| format!("#{}", s.id));
-            (name, affinity_entries.get(&s.id).copied().unwrap_or(0))
-        })
-        .collect();
-    let counters =
-        if args.counters { Some(reconciler::counters::read(&dataplane, state)?) } else { None };
+    let report = Report::read(pin_path, args.counters)?;
     match args.output {
-        Output::Text => {
-            println!("Data plane:   {} (cgroup id {})", pin_path.display(), status.cgroup_id);
-            println!("Revision:     {}", status.revision.as_deref().unwrap_or("none applied"));
-            println!("Generation:   {}", status.generation);
-            match status.applied_at_unix {
-                Some(t) => println!("Applied at:   {}", rfc3339_utc(t)),
-                None => println!("Applied at:   never"),
-            }
-            println!(
-                "Entries:      {} services, {} backends, {} slots (active set {}{})",
-                state.services.len(),
-                state.backends.len(),
-                state.slots.len(),
-                status.active_set,
-                if status.standby_dirty { ", standby being repaired" } else { "" }
-            );
-            println!(
-                "Refused:      {} with no backend, {} slot misses, {} backend misses",
-                events.no_backend, events.slot_miss, events.backend_miss
-            );
-            println!(
-                "Replies:      {} stale reverse entries dropped, {} translations not recorded",
-                events.reverse_stale, events.reverse_full
-            );
-            println!(
-                "Affinity:     {} hits, {} misses, {} entries dropped",
-                events.affinity_hits, events.affinity_misses, events.affinity_dropped
-            );
-            for (name, clients) in &affinity {
-                println!("  {name}: {clients} client(s) holding a backend within the timeout");
-            }
-            if let Some(counters) = &counters {
-                print_counters(counters);
-            }
-        }
-        Output::Json => {
-            let report = json!({
-                "format_version": 1,
-                "installed": true,
-                "pin_path": pin_path,
-                "revision": status.revision,
-                "generation": status.generation,
-                "applied_at": status.applied_at_unix.map(rfc3339_utc),
-                "applied_at_unix": status.applied_at_unix,
-                "cgroup_id": status.cgroup_id,
-                "active_set": status.active_set,
-                "standby_dirty": status.standby_dirty,
-                "services": state.services.len(),
-                "backends": state.backends.len(),
-                "slots": state.slots.len(),
-                "events": events,
-                "affinity_entries": affinity.into_iter().map(|(name, n)| (name, json!(n))).collect::<serde_json::Map<_, _>>(),
-                "counters": counters,
-            });
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
+        Output::Text => report.print_text(),
+        Output::Json => report.print_json()?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the maps at a pin path say, read once for either output.
+struct Report<'a> {
+    pin_path: &'a Path,
+    live: LiveState,
+    events: Events,
+    /// Clients holding a backend, per service with affinity, by the service's name.
+    affinity: Vec<(String, usize)>,
+    /// With `--counters`.
+    counters: Option<Counters>,
+}
+
+impl<'a> Report<'a> {
+    fn read(pin_path: &'a Path, with_counters: bool) -> anyhow::Result<Report<'a>> {
+        let dataplane = Dataplane::open(pin_path)?;
+        let live = dataplane.read_live()?;
+        let events = dataplane.events()?;
+        let affinity = affinity(&dataplane, &live.state)?;
+        let counters = if with_counters {
+            Some(reconciler::counters::read(&dataplane, &live.state)?)
+        } else {
+            None
+        };
+        Ok(Report { pin_path, live, events, affinity, counters })
+    }
+
+    fn print_text(&self) {
+        let (status, state, events) = (&self.live.status, &self.live.state, &self.events);
+        println!("Data plane:   {} (cgroup id {})", self.pin_path.display(), status.cgroup_id);
+        println!("Revision:     {}", status.revision.as_deref().unwrap_or("none applied"));
+        println!("Generation:   {}", status.generation);
+        match status.applied_at_unix {
+            Some(t) => println!("Applied at:   {}", rfc3339_utc(t)),
+            None => println!("Applied at:   never"),
+        }
+        println!(
+            "Entries:      {} services, {} backends, {} slots (active set {}{})",
+            state.services.len(),
+            state.backends.len(),
+            state.slots.len(),
+            status.active_set,
+            if status.standby_dirty { ", standby being repaired" } else { "" }
+        );
+        println!(
+            "Refused:      {} with no backend, {} slot misses, {} backend misses",
+            events.no_backend, events.slot_miss, events.backend_miss
+        );
+        println!(
+            "Replies:      {} stale reverse entries dropped, {} translations not recorded",
+            events.reverse_stale, events.reverse_full
+        );
+        println!(
+            "Affinity:     {} hits, {} misses, {} entries dropped",
+            events.affinity_hits, events.affinity_misses, events.affinity_dropped
+        );
+        for (name, clients) in &self.affinity {
+            println!("  {name}: {clients} client(s) holding a backend within the timeout");
+        }
+        if let Some(counters) = &self.counters {
+            print_counters(counters);
+        }
+    }
+
+    fn print_json(&self) -> anyhow::Result<()> {
+        let (status, state) = (&self.live.status, &self.live.state);
+        let affinity: serde_json::Map<_, _> =
+            self.affinity.iter().map(|(name, n)| (name.clone(), json!(n))).collect();
+        let report = json!({
+            "format_version": 1,
+            "installed": true,
+            "pin_path": self.pin_path,
+            "revision": status.revision,
+            "generation": status.generation,
+            "applied_at": status.applied_at_unix.map(rfc3339_utc),
+            "applied_at_unix": status.applied_at_unix,
+            "cgroup_id": status.cgroup_id,
+            "active_set": status.active_set,
+            "standby_dirty": status.standby_dirty,
+            "services": state.services.len(),
+            "backends": state.backends.len(),
+            "slots": state.slots.len(),
+            "events": self.events,
+            "affinity_entries": affinity,
+            "counters": self.counters,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(())
+    }
+}
+
+/// Clients holding a backend within the timeout, per service with affinity, by name.
+fn affinity(dataplane: &Dataplane, state: &MapState) -> anyhow::Result<Vec<(String, usize)>> {
+    let entries = dataplane.affinity_entries(state)?;
+    let named = state.services.values().filter(|s| s.affinity_timeout_secs > 0).map(|s| {
+        let name = state.names.get(&s.id).cloned().unwrap_or_else(|| format!("#{}", s.id));
+        (name, entries.get(&s.id).copied().unwrap_or(0))
+    });
+    Ok(named.collect())
+}
+
 /// Counters since each service's and backend's ID was assigned.
-fn print_counters(counters: &reconciler::counters::Counters) {
+fn print_counters(counters: &Counters) {
     println!("Counters (since each ID was assigned):");
     for service in &counters.services {
         println!(

@@ -102,7 +102,7 @@ fn wanted(
 }
 
 fn print(output: &Output, event: &Event, service: &str) -> anyhow::Result<()> {
-    let time = reconciler::time::monotonic_to_rfc3339(event.monotonic_ns);
+    let time = reconciler::clock::monotonic_to_rfc3339(event.monotonic_ns);
     match output {
         Output::Json => {
             let mut value = serde_json::to_value(event)?;

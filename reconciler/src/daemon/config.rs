@@ -2,6 +2,7 @@
 //! Checked against `schema/daemon-config.schema.json`, then for what a schema cannot say
 //! (durations, CIDR ranges, the listen address); every error names file, line and field.
 use std::{
+    fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -24,6 +25,8 @@ static CONFIG_SCHEMA: Schema = Schema::new(
 );
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// The shortest interval: a shorter one would have the daemon fetch in a busy loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
 
 /// What to do about live maps that differ from the applied commit.
@@ -122,89 +125,92 @@ struct RawPolicy {
     allow_destroy_all: bool,
 }
 
-/// Parses a duration such as `500ms`, `30s`, `5m`, `1h`.
+/// The units a duration may have: Go's (and so Flux's) down to milliseconds, as the
+/// schema's `$defs/duration` says.
+const DURATION_UNITS: [&str; 4] = ["ms", "s", "m", "h"];
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `1h30m` or Flux's `10m0s`: whole numbers,
+/// each followed by a unit of [`DURATION_UNITS`], with no spaces.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        "h" => number.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
+    // humantime does the sums and refuses an empty text, a number without a unit and an
+    // overflow; but it also takes units and spaces the schema refuses (`10d`, `1 hour`), so
+    // the text's units are checked first, for the two to accept the same durations.
+    let mut units = text.split(|c: char| c.is_ascii_digit()).filter(|unit| !unit.is_empty());
+    if !units.all(|unit| DURATION_UNITS.contains(&unit)) {
+        return None;
     }
+    humantime::parse_duration(text).ok()
 }
 
 /// Reads and checks the configuration in `text` (from `file`).
 pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let document = one_document(file, text)?;
+    let raw = raw_config(file, &document)?;
+    let mut problems = Problems { file, document: &document, found: Vec::new() };
+    let config = resolve(raw, &mut problems);
+    if problems.found.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems.found)
+    }
+}
+
+/// The one YAML document in `text`.
+fn one_document(file: &str, text: &str) -> Result<yaml::Document, Vec<Diagnostic>> {
     let documents = yaml::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
-    let [document] = documents.as_slice() else {
+    let [document] = <[_; 1]>::try_from(documents).map_err(|documents| {
         let message = format!("expected one YAML document, found {}", documents.len());
-        return Err(vec![at(file, yaml::Position { line: 1, column: 1 }, "", message)]);
-    };
+        vec![at(file, yaml::Position { line: 1, column: 1 }, "", message)]
+    })?;
+    Ok(document)
+}
+
+/// `document` checked against the schema, then read into its shape.
+fn raw_config(file: &str, document: &yaml::Document) -> Result<RawConfig, Vec<Diagnostic>> {
     let problems = CONFIG_SCHEMA.check(file, document).map_err(|d| vec![d])?;
     if !problems.is_empty() {
         return Err(problems);
     }
-    let raw: RawConfig = serde_json::from_value(document.value.clone())
-        .map_err(|e| vec![at(file, document.value_position(""), "", e.to_string())])?;
-    let mut errors = Vec::new();
-    let mut error = |pointer: &str, message: String| {
-        errors.push(at(file, document.value_position(pointer), pointer, message));
-    };
+    serde_json::from_value(document.value.clone())
+        .map_err(|e| vec![at(file, document.value_position(""), "", e.to_string())])
+}
 
-    let interval = match raw.source.interval.as_deref() {
-        None => DEFAULT_INTERVAL,
-        Some(text) => match parse_duration(text) {
-            Some(d) if d >= Duration::from_millis(100) => d,
-            _ => {
-                error("/source/interval", format!("`{text}` is not a duration of at least 100ms"));
-                DEFAULT_INTERVAL
-            }
-        },
-    };
-    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        error("/listen", format!("`{listen_text}` is not HOST:PORT with an IP address"));
-        SocketAddr::from(([127, 0, 0, 1], 9469))
-    });
-    let mut ranges = Vec::new();
-    for (i, text) in raw.policy.allowed_vips.iter().flatten().enumerate() {
-        match parse_range(text) {
-            Ok(range) => ranges.push(range),
-            Err(message) => error(&format!("/policy/allowedVIPs/{i}"), message),
-        }
-    }
-    let mut allow_local_vips = Vec::new();
-    for (i, text) in raw.policy.allow_local_vips.iter().enumerate() {
-        match text.parse::<IpAddr>() {
-            Ok(ip) => allow_local_vips.push(ip),
-            Err(_) => error(
-                &format!("/policy/allowLocalVIPs/{i}"),
-                format!("`{text}` is not an IPv4 or IPv6 address"),
-            ),
-        }
-    }
-    let verify = raw.source.verify.map(|verify| {
-        let signers = verify.allowed_signers.and_then(|file| {
-            let read = AllowedSigners::read(&file);
-            read.map_err(|message| error("/source/verify/allowedSigners", message)).ok()
-        });
-        let keyring = verify.keyring.and_then(|file| {
-            Keyring::read(&file).map_err(|message| error("/source/verify/keyring", message)).ok()
-        });
-        Verify { mode: verify.mode, signers, keyring }
-    });
-    let webhook_secret = raw.webhook.and_then(|webhook| {
-        Secret::read(&webhook.secret_file)
-            .map_err(|message| error("/webhook/secretFile", message))
+/// What a schema cannot say is wrong with a configuration, each at its place in the file.
+struct Problems<'a> {
+    file: &'a str,
+    document: &'a yaml::Document,
+    found: Vec<Diagnostic>,
+}
+
+impl Problems<'_> {
+    /// `result`'s value; or, noting its error at `pointer`, `None`.
+    fn check<T>(&mut self, pointer: &str, result: Result<T, impl fmt::Display>) -> Option<T> {
+        result
+            .map_err(|message| {
+                let place = self.document.value_position(pointer);
+                self.found.push(at(self.file, place, pointer, message.to_string()));
+            })
             .ok()
-    });
-    if !errors.is_empty() {
-        return Err(errors);
     }
-    Ok(Config {
+}
+
+/// The configuration `raw` says, with every default filled in. A field with an error holds a
+/// stand-in: a configuration with any `problems` is refused whole.
+fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
+    // Checked in a fixed order, the order the errors are listed in.
+    let interval = interval(raw.source.interval.as_deref(), problems);
+    let listen = listen(raw.listen.as_deref(), problems);
+    let allowed_vips = raw
+        .policy
+        .allowed_vips
+        .map(|texts| parse_each(&texts, "/policy/allowedVIPs", parse_range, problems));
+    let allow_local_vips =
+        parse_each(&raw.policy.allow_local_vips, "/policy/allowLocalVIPs", local_vip, problems);
+    let verify = raw.source.verify.map(|verify| read_keys(verify, problems));
+    let webhook_secret = raw.webhook.and_then(|webhook| {
+        problems.check("/webhook/secretFile", Secret::read(&webhook.secret_file))
+    });
+    Config {
         source: GitSpec {
             url: raw.source.url,
             reference: raw.source.reference,
@@ -216,16 +222,60 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         interval,
         cgroup: raw.dataplane.cgroup,
         pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
-        policy: Policy {
-            allowed_vips: raw.policy.allowed_vips.map(|_| ranges),
-            ..Policy::default()
-        },
+        policy: Policy { allowed_vips, ..Policy::default() },
         allow_local_vips,
         allow_destroy_all: raw.policy.allow_destroy_all,
         listen,
         drift: raw.drift,
         webhook_secret,
-    })
+    }
+}
+
+/// `source.interval`, if it is given: a duration of at least 100ms.
+fn interval(text: Option<&str>, problems: &mut Problems) -> Duration {
+    let Some(text) = text else { return DEFAULT_INTERVAL };
+    let interval = parse_duration(text)
+        .filter(|interval| *interval >= MIN_INTERVAL)
+        .ok_or_else(|| format!("`{text}` is not a duration of at least 100ms"));
+    problems.check("/source/interval", interval).unwrap_or(DEFAULT_INTERVAL)
+}
+
+/// `listen`: an IP address and port.
+fn listen(text: Option<&str>, problems: &mut Problems) -> SocketAddr {
+    let text = text.unwrap_or(DEFAULT_LISTEN);
+    let listen = text
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("`{text}` is not HOST:PORT with an IP address"));
+    problems.check("/listen", listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9469)))
+}
+
+/// An address of `policy.allowLocalVIPs`.
+fn local_vip(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))
+}
+
+/// Each of the list `texts` (at `pointer`) parsed; the ones that do not parse are problems.
+fn parse_each<T>(
+    texts: &[String],
+    pointer: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    problems: &mut Problems,
+) -> Vec<T> {
+    texts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| problems.check(&format!("{pointer}/{i}"), parse(text)))
+        .collect()
+}
+
+/// `source.verify`, with the keys of the files it names.
+fn read_keys(raw: RawVerify, problems: &mut Problems) -> Verify {
+    let signers = raw.allowed_signers.and_then(|file| {
+        problems.check("/source/verify/allowedSigners", AllowedSigners::read(&file))
+    });
+    let keyring =
+        raw.keyring.and_then(|file| problems.check("/source/verify/keyring", Keyring::read(&file)));
+    Verify { mode: raw.mode, signers, keyring }
 }
 
 #[cfg(test)]
@@ -278,7 +328,7 @@ drift: heal
     fn errors_name_the_field_and_its_place() {
         assert_eq!(
             errors(&FULL.replace("interval: 30s", "interval: 30 seconds")),
-            ["node.yaml:6:13: source.interval: \"30 seconds\" does not match \"^[0-9]+(ms|s|m|h)$\""]
+            ["node.yaml:6:13: source.interval: \"30 seconds\" does not match \"^([0-9]+(ms|s|m|h))+$\""]
         );
         assert_eq!(
             errors(&FULL.replace("drift: heal", "drift: fix")),
@@ -304,6 +354,17 @@ drift: heal
             errors("listen: 127.0.0.1:1\n"),
             ["node.yaml:1:1: \"source\" is a required property"]
         );
+    }
+
+    #[test]
+    fn every_error_is_listed_each_at_its_place() {
+        let text = FULL
+            .replace("interval: 30s", "interval: 50ms")
+            .replace("listen: 127.0.0.1:9469", "listen: localhost:9469")
+            .replace("10.96.0.0/12", "10.96.0.0/40");
+        let places: Vec<String> =
+            errors(&text).iter().map(|e| e.split(": ").next().unwrap().to_owned()).collect();
+        assert_eq!(places, ["node.yaml:6:13", "node.yaml:14:9", "node.yaml:11:17"]);
     }
 
     #[test]
@@ -355,5 +416,38 @@ drift: heal
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("10d"), None);
+    }
+
+    #[test]
+    fn compound_durations_parse_as_flux_writes_them() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10m0s"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
+    }
+
+    #[test]
+    fn what_is_not_a_duration_is_refused() {
+        for text in ["", "10", "5x", "-1s", "1.5h", "1h 30m", "30 seconds", "1hour", "1d"] {
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+        // More seconds than a Duration holds.
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+
+    #[test]
+    fn the_schema_takes_the_durations_the_parser_takes() {
+        let interval = |text: &str| FULL.replace("interval: 30s", &format!("interval: {text}"));
+        let config = parse("node.yaml", &interval("10m0s")).unwrap();
+        assert_eq!(config.interval, Duration::from_secs(600));
+        assert_eq!(parse("node.yaml", &interval("1h30m")).unwrap().interval.as_secs(), 5400);
+        assert_eq!(
+            errors(&interval("50ms")),
+            ["node.yaml:6:13: source.interval: `50ms` is not a duration of at least 100ms"]
+        );
+        for text in ["\"10\"", "5x", "-1s", "1d", "\"\""] {
+            let found = errors(&interval(text));
+            assert!(found[0].contains("does not match"), "{text}: {found:?}");
+        }
     }
 }

@@ -6,9 +6,10 @@
 //! through the usual atomic apply, and that the data plane records (`HEALTH_EXCLUDED`).
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use super::backoff::jittered;
 use crate::{
+    clock,
     model::{BackendState, HealthCheck, HealthProtocol},
     pipeline::Desired,
-    time::rfc3339_utc,
 };
 
 /// Probes in flight at once, over all targets.
@@ -110,7 +112,7 @@ impl Health {
                 up: true,
                 since: None,
                 last_error: None,
-                next_due: now + jitter(Duration::from_secs(u64::from(check.interval_seconds))),
+                next_due: now + jittered(Duration::from_secs(u64::from(check.interval_seconds))),
                 in_flight: false,
             });
             target.check = check;
@@ -155,29 +157,29 @@ impl Health {
     }
 
     /// Counts one probe's result; `Some(up)` when the target changed state.
-    fn record(&self, addr: SocketAddr, result: Result<(), String>) -> Option<bool> {
+    fn record(&self, addr: SocketAddr, result: &Result<(), ProbeError>) -> Option<bool> {
         let mut targets = self.targets();
         let target = targets.get_mut(&addr)?;
         target.in_flight = false;
-        target.next_due =
-            Instant::now() + jitter(Duration::from_secs(u64::from(target.check.interval_seconds)));
+        target.next_due = Instant::now()
+            + jittered(Duration::from_secs(u64::from(target.check.interval_seconds)));
         match result {
             Ok(()) => {
                 target.failures = 0;
                 target.successes += 1;
                 if !target.up && target.successes >= target.check.healthy_threshold {
                     target.up = true;
-                    target.since = Some(now_text());
+                    target.since = Some(clock::now_rfc3339());
                     return Some(true);
                 }
             }
             Err(error) => {
                 target.successes = 0;
                 target.failures += 1;
-                target.last_error = Some(error);
+                target.last_error = Some(error.to_string());
                 if target.up && target.failures >= target.check.unhealthy_threshold {
                     target.up = false;
-                    target.since = Some(now_text());
+                    target.since = Some(clock::now_rfc3339());
                     return Some(false);
                 }
             }
@@ -200,6 +202,23 @@ impl Health {
     }
 }
 
+/// Why a probe failed, as `/status` shows it (the backend's `last_error`).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("connecting to {addr}: {error}")]
+    Connect { addr: SocketAddr, error: io::Error },
+    #[error("sending to {addr}: {error}")]
+    Send { addr: SocketAddr, error: io::Error },
+    #[error("reading from {addr}: {error}")]
+    Read { addr: SocketAddr, error: io::Error },
+    #[error("{addr} answered no HTTP status line")]
+    NoStatusLine { addr: SocketAddr },
+    #[error("{addr} answered {status}")]
+    Status { addr: SocketAddr, status: u16 },
+    #[error("no answer within {timeout:?}")]
+    Timeout { timeout: Duration },
+}
+
 /// Probes due targets for ever; `changed(addr, up, services)` is called once per transition.
 pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Send + Sync>) {
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
@@ -209,27 +228,9 @@ pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Se
                 (Arc::clone(&health), Arc::clone(&changed), Arc::clone(&slots));
             tokio::spawn(async move {
                 let Ok(_slot) = slots.acquire().await else { return };
-                let timeout = Duration::from_millis(u64::from(check.timeout_millis));
-                let result = match tokio::time::timeout(timeout, probe(probe_addr, &check)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {timeout:?}")),
-                };
-                if let Some(up) = health.record(addr, result.clone()) {
-                    for service in health.failing_open() {
-                        warn!(
-                            service,
-                            "every backend fails its health check; keeping them all (fail open)"
-                        );
-                    }
-                    if up {
-                        info!(backend = %addr, "backend healthy again; back in");
-                    } else {
-                        warn!(
-                            backend = %addr,
-                            error = result.err().unwrap_or_default(),
-                            "backend unhealthy; taken out"
-                        );
-                    }
+                let result = probe_in_time(probe_addr, &check).await;
+                if let Some(up) = health.record(addr, &result) {
+                    log_transition(&health, addr, up, result.err());
                     changed(addr, up);
                 }
             });
@@ -238,26 +239,49 @@ pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Se
     }
 }
 
+/// Logs that `addr` went up or down (`error` says why it went down), and the services that
+/// are left with no healthy backend.
+fn log_transition(health: &Health, addr: SocketAddr, up: bool, error: Option<ProbeError>) {
+    for service in health.failing_open() {
+        warn!(service, "every backend fails its health check; keeping them all (fail open)");
+    }
+    if up {
+        info!(backend = %addr, "backend healthy again; back in");
+    } else {
+        // A String, not the error: logged as a quoted value, as it always was.
+        let error = error.map(|e| e.to_string()).unwrap_or_default();
+        warn!(backend = %addr, error, "backend unhealthy; taken out");
+    }
+}
+
+/// [`probe`] within the check's timeout.
+async fn probe_in_time(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let timeout = Duration::from_millis(u64::from(check.timeout_millis));
+    tokio::time::timeout(timeout, probe(addr, check))
+        .await
+        .unwrap_or(Err(ProbeError::Timeout { timeout }))
+}
+
 /// One probe of `addr`: a TCP connect, or an HTTP GET answered as `check` expects.
-async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
     let mut stream =
-        TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        TcpStream::connect(addr).await.map_err(|error| ProbeError::Connect { addr, error })?;
     if check.protocol == HealthProtocol::Tcp {
         return Ok(());
     }
     let path = check.path.as_deref().unwrap_or("/");
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: reconciler\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending to {addr}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|error| ProbeError::Send { addr, error })?;
     // The status line is all we need: "HTTP/1.1 200 OK".
     let mut head = [0u8; 64];
-    let n = stream.read(&mut head).await.map_err(|e| format!("reading from {addr}: {e}"))?;
+    let n = stream.read(&mut head).await.map_err(|error| ProbeError::Read { addr, error })?;
     let line = String::from_utf8_lossy(&head[..n]);
     let status: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("{addr} answered no HTTP status line"))?;
+        .ok_or(ProbeError::NoStatusLine { addr })?;
     let good = match check.expect_status {
         Some(expected) => status == expected,
         None => (200..400).contains(&status),
@@ -265,16 +289,31 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     if good {
         Ok(())
     } else {
-        Err(format!("{addr} answered {status}"))
+        Err(ProbeError::Status { addr, status })
     }
 }
 
-/// `interval` ± 10%, so the probes of many targets spread out.
-fn jitter(interval: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    interval.mul_f64(0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn now_text() -> String {
-    rfc3339_utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    #[test]
+    fn probe_errors_say_what_they_said_as_strings() {
+        let addr: SocketAddr = "192.0.2.1:8080".parse().unwrap();
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (ProbeError::Connect { addr, error: refused() }, format!("connecting to {addr}: ")),
+            (ProbeError::Send { addr, error: refused() }, format!("sending to {addr}: ")),
+            (ProbeError::Read { addr, error: refused() }, format!("reading from {addr}: ")),
+        ];
+        for (error, prefix) in cases {
+            assert_eq!(error.to_string(), format!("{prefix}{}", refused()));
+        }
+        let no_line = ProbeError::NoStatusLine { addr };
+        assert_eq!(no_line.to_string(), "192.0.2.1:8080 answered no HTTP status line");
+        let status = ProbeError::Status { addr, status: 503 };
+        assert_eq!(status.to_string(), "192.0.2.1:8080 answered 503");
+        let timeout = ProbeError::Timeout { timeout: Duration::from_millis(500) };
+        assert_eq!(timeout.to_string(), "no answer within 500ms");
+    }
 }

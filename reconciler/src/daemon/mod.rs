@@ -8,22 +8,24 @@
 //!   stays at the last good commit, and the failed commit is not tried again until another
 //!   one arrives (or the configuration is reloaded);
 //! - fetch and data plane errors are retried with capped exponential backoff (1 s, 2 s, ...
-//!   up to the interval) while the data plane keeps serving;
+//!   up to the interval, with jitter: see [`backoff`]) while the data plane keeps serving;
 //! - drift (live maps that differ from the applied commit) is logged, counted and, with
 //!   `drift: heal`, repaired by the same atomic apply;
 //! - on start the pinned data plane is adopted: if it already holds the commit, nothing is
 //!   written. A failed commit stays failed across restarts (see [`journal`]). SIGTERM/SIGINT
 //!   stop the daemon and leave the data plane serving.
+mod backoff;
 pub mod config;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod webhook;
 
 use std::{
     path::Path,
     sync::{Arc, Mutex, MutexGuard, RwLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,17 +33,17 @@ use tokio::{net::TcpListener, signal::unix, sync::Notify};
 use tracing::{error, info, warn};
 
 use crate::{
+    clock::{self, rfc3339_utc},
     dataplane::{ApplyReport, Dataplane, MapState},
-    metrics::Metrics,
     node,
     pipeline::{describe, ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
     plan::Plan,
     source,
-    time::rfc3339_utc,
     validate::{Diagnostic, Policy},
 };
 pub use config::{Config, DriftMode};
 use journal::{Failure, Journal};
+use metrics::Metrics;
 
 /// What `/status` shows, and `reconciler status --daemon` reads back.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -280,7 +282,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     info!(listen = %config.listen, source = %describe(&config.source_spec()), "daemon started");
 
     let mut memory = Memory::new(&config);
-    if let Some(failure) = memory.journal.failure(&rfc3339_utc(unix_now() as u64)) {
+    if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
         error!(revision = failure.revision, "{}; failed before this start", failure.error);
         memory.failed_revision = Some(failure.revision.clone());
         show_failure(&mut shared.status(), failure);
@@ -422,7 +424,7 @@ fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome
                 revision: revision.clone(),
                 error: error.clone(),
                 diagnostics: diagnostics.clone(),
-                at: rfc3339_utc(unix_now() as u64),
+                at: clock::now_rfc3339(),
             })
         }
         Outcome::Rejected { revision: None, .. } | Outcome::StillRejected { .. } => {}
@@ -590,10 +592,6 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Logs the outcome, updates status and metrics, and says how long to wait for the next run.
 fn record(
     shared: &Shared,
@@ -602,8 +600,9 @@ fn record(
     outcome: Outcome,
     took: Option<Duration>,
 ) -> Duration {
-    let now = unix_now();
-    let now_text = rfc3339_utc(now as u64);
+    let since_epoch = clock::now_unix();
+    let now = since_epoch.as_secs_f64();
+    let now_text = rfc3339_utc(since_epoch.as_secs());
     let metrics = shared.metrics();
     match (took, &outcome) {
         (Some(took), _) => metrics.observe_reconcile(outcome.label(), took.as_secs_f64()),
@@ -710,11 +709,10 @@ fn record(
     }
     if transient {
         memory.consecutive_errors += 1;
-        let backoff = Duration::from_secs(1) * 2u32.saturating_pow(memory.consecutive_errors - 1);
-        backoff.min(config.interval)
+        backoff::retry(memory.consecutive_errors, config.interval)
     } else {
         memory.consecutive_errors = 0;
-        jittered(config.interval)
+        backoff::jittered(config.interval)
     }
 }
 
@@ -767,12 +765,4 @@ fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, entries: &
         status.generation = live.generation;
         status.applied_at = live.applied_at_unix.map(rfc3339_utc);
     }
-}
-
-/// `interval` ± 10%, so a fleet of nodes does not fetch in lockstep.
-fn jittered(interval: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    // The clock's nanoseconds are random enough to spread nodes apart.
-    let factor = 0.9 + f64::from(nanos % 1000) / 1000.0 * 0.2;
-    interval.mul_f64(factor)
 }

@@ -2,7 +2,10 @@
 //! GitHub's `X-Hub-Signature-256: sha256=<hex>` (HMAC-SHA256 of the body, keyed by the
 //! secret) or GitLab's `X-Gitlab-Token: <secret>`; anything else is refused (401) and
 //! triggers nothing. Both are compared in constant time.
-use std::{fmt, path::Path};
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+};
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac as _};
@@ -13,6 +16,15 @@ use subtle::ConstantTimeEq as _;
 pub const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
 /// The header GitLab sends the webhook's secret token in.
 pub const GITLAB_TOKEN: &str = "x-gitlab-token";
+
+/// Why `webhook.secretFile` gives no secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("reading {}: {error}", path.display())]
+    Unreadable { path: PathBuf, error: io::Error },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
 
 /// A webhook secret, read from its file. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -26,12 +38,12 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     /// The secret in `path`, without the line end an editor leaves.
-    pub fn read(path: &Path) -> Result<Secret, String> {
+    pub fn read(path: &Path) -> Result<Secret, SecretError> {
         let text = crate::limits::read(path, crate::limits::MAX_FILE_BYTES as u64)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            .map_err(|error| SecretError::Unreadable { path: path.to_owned(), error })?;
         let secret = text.trim_ascii_end();
         if secret.is_empty() {
-            return Err(format!("{} is empty", path.display()));
+            return Err(SecretError::Empty { path: path.to_owned() });
         }
         Ok(Secret(secret.to_vec()))
     }

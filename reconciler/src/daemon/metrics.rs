@@ -15,6 +15,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::health::BackendHealth;
+
 /// OpenMetrics text, which Prometheus asks for first (`Accept`).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The Prometheus text format (0.0.4), for everything else (`curl`, `promtool`).
@@ -57,95 +59,106 @@ impl Metrics {
 }
 
 impl Default for Metrics {
+    /// Every metric at zero, registered in the order a scrape lists them.
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let reconciles = Family::<Label, Counter>::default();
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            duration: Histogram::new(DURATION_BUCKETS),
+            last_apply_success: Gauge::default(),
+            applied_revision: Family::default(),
+            drift_entries: Gauge::default(),
+            services: Gauge::default(),
+            backends: Gauge::default(),
+            map_writes: Counter::default(),
+            sockets_destroyed: Counter::default(),
+            backend_up: Family::default(),
+            health_transitions: Family::default(),
+            webhook_requests: Family::default(),
+        };
+        metrics.register_runs();
+        metrics.register_dataplane();
+        metrics.register_health_and_webhooks();
+        metrics.registry.register_collector(Box::new(ProcessCollector));
+        metrics
+    }
+}
+
+impl Metrics {
+    /// What the runs did: how many, how long, what they applied.
+    fn register_runs(&mut self) {
+        let registry = &mut self.registry;
         // Counters are registered without `_total`; the encoder appends it.
-        registry.register("reconciler_reconcile", "Reconcile runs, by result", reconciles.clone());
-        let duration = Histogram::new(DURATION_BUCKETS);
+        registry.register(
+            "reconciler_reconcile",
+            "Reconcile runs, by result",
+            self.reconciles.clone(),
+        );
         registry.register(
             "reconciler_reconcile_duration_seconds",
             "Time a reconcile run took, fetch to apply",
-            duration.clone(),
+            self.duration.clone(),
         );
-        let last_apply_success = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "reconciler_last_apply_success_timestamp_seconds",
             "When the last successful apply (or check) ended; 0 before the first",
-            last_apply_success.clone(),
+            self.last_apply_success.clone(),
         );
-        let applied_revision = Family::<Label, Gauge>::default();
         registry.register(
             "reconciler_applied_revision_info",
             "The revision the data plane holds (1 for that revision)",
-            applied_revision.clone(),
+            self.applied_revision.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
-        let drift_entries = gauge(
-            &mut registry,
+    }
+
+    /// What the data plane holds and what applies wrote to it.
+    fn register_dataplane(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
             "reconciler_drift_entries",
             "Live map entries that differ from the applied revision, at the last check",
+            self.drift_entries.clone(),
         );
-        let services = gauge(
-            &mut registry,
+        registry.register(
             "reconciler_services",
             "Services (VIP, port, protocol) in the data plane",
+            self.services.clone(),
         );
-        let backends = gauge(
-            &mut registry,
+        registry.register(
             "reconciler_backends",
             "Backends (per service port) in the data plane",
+            self.backends.clone(),
         );
-        let map_writes = Counter::default();
         registry.register(
             "reconciler_map_writes",
             "BPF map writes made by applies",
-            map_writes.clone(),
+            self.map_writes.clone(),
         );
-        let sockets_destroyed = Counter::default();
         registry.register(
             "reconciler_sockets_destroyed",
             "Connected UDP sockets destroyed because an apply removed their backend",
-            sockets_destroyed.clone(),
+            self.sockets_destroyed.clone(),
         );
-        let backend_up = Family::<Label, Gauge>::default();
+    }
+
+    /// The health checks' verdicts, and who asked for runs.
+    fn register_health_and_webhooks(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "reconciler_backend_up",
             "1 while a backend passes its health check, 0 while it is taken out",
-            backend_up.clone(),
+            self.backend_up.clone(),
         );
-        let health_transitions = Family::<Label, Counter>::default();
         registry.register(
             "reconciler_backend_health_transitions",
             "Times a backend went down or came back up, by its health check",
-            health_transitions.clone(),
+            self.health_transitions.clone(),
         );
-        let webhook_requests = Family::<Label, Counter>::default();
         registry.register(
             "reconciler_webhook_requests",
             "POST /reconcile requests, by result (accepted, unauthorized, too_large, unreadable)",
-            webhook_requests.clone(),
+            self.webhook_requests.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
-        Metrics {
-            registry,
-            reconciles,
-            duration,
-            last_apply_success,
-            applied_revision,
-            drift_entries,
-            services,
-            backends,
-            map_writes,
-            sockets_destroyed,
-            backend_up,
-            health_transitions,
-            webhook_requests,
-        }
     }
 }
 
@@ -188,7 +201,7 @@ impl Metrics {
     }
 
     /// Sets `reconciler_backend_up` to `health` (one series per service and backend).
-    pub fn backend_health(&self, health: &[crate::daemon::health::BackendHealth]) {
+    pub fn backend_health(&self, health: &[BackendHealth]) {
         self.backend_up.clear();
         for backend in health {
             for service in &backend.services {

@@ -1,5 +1,17 @@
-//! Timestamps for people and machines: RFC 3339 in UTC (humantime).
+//! The wall clock, for people and machines: time since the Unix epoch, and RFC 3339 in UTC
+//! (humantime, which also parses the daemon's durations).
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Time since the Unix epoch; zero on a clock set before it (a timestamp of 0 reads as
+/// "never", not as an error to handle everywhere).
+pub fn now_unix() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Now, as `2026-11-22T03:15:54Z`.
+pub fn now_rfc3339() -> String {
+    rfc3339_utc(now_unix().as_secs())
+}
 
 /// `secs` since the Unix epoch as `2026-11-22T03:15:54Z`.
 pub fn rfc3339_utc(secs: u64) -> String {
@@ -27,6 +39,15 @@ mod tests {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_795_317_394), "2026-11-22T03:16:34Z");
+    }
+
+    #[test]
+    fn now_is_the_system_clock() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let now = now_unix();
+        assert!(now >= before && now - before < Duration::from_secs(60), "{now:?}");
+        let text = now_rfc3339();
+        assert!(text.ends_with('Z') && text.len() == "2026-11-22T03:16:34Z".len(), "{text}");
     }
 
     #[test]
