@@ -28,8 +28,12 @@ use aya_obj::generated::{bpf_attr, bpf_cmd};
 use reconciler_common::LAYOUT_VERSION;
 
 use super::{
-    attach_and_pin, default_cgroup, io_err, link_pin, loaded_program, lock, map_err, metadata_map,
-    pindir, pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
+    error::{io_err, map_err, DataplaneError, Result},
+    pins::{
+        self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
+    },
+    programs::{attach_and_pin, loaded_program},
+    MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -46,10 +50,10 @@ pub struct Upgraded {
 /// Brings the data plane at `pin_path` up to this build (see the module docs); `None` when
 /// it already is, or when none is installed there.
 pub fn upgrade(pin_path: &Path) -> Result<Option<Upgraded>> {
-    if !super::is_installed(pin_path) {
+    if !is_installed(pin_path) {
         return Ok(None);
     }
-    pindir::check(pin_path)?;
+    pins::check_dir(pin_path)?;
     let _lock = lock(pin_path)?;
     upgrade_locked(pin_path)
 }
