@@ -176,9 +176,7 @@ impl Dataplane {
         readers: Readers,
     ) -> Result<ApplyReport> {
         if revision.is_some_and(|r| r.len() > REVISION_LEN) {
-            return Err(DataplaneError::Invalid(format!(
-                "revision is longer than {REVISION_LEN} bytes"
-            )));
+            return Err(DataplaneError::RevisionTooLong);
         }
         let mut metadata = self.read_metadata()?;
         if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {

@@ -2,7 +2,12 @@
 //! reads.
 use std::{io, path::PathBuf};
 
-use aya::{maps::MapError, programs::ProgramError};
+use aya::{
+    maps::MapError,
+    pin::PinError,
+    programs::{links::LinkError, ProgramError},
+};
+use reconciler_common::REVISION_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -94,8 +99,34 @@ pub enum DataplaneError {
     NotAsRecorded,
     #[error("waiting for an RCU grace period (membarrier): {0}")]
     Membarrier(io::Error),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{} contains a NUL byte", .path.display())]
+    NulInPath { path: PathBuf },
+    #[error("the BPF object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the BPF object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("parsing the BPF object: {0}")]
+    ParseObject(aya_obj::ParseError),
+    #[error("link of {program} is not a BPF link: {error}")]
+    NotALink { program: &'static str, error: LinkError },
+    #[error("{what}: {error}")]
+    Pin { what: String, error: PinError },
+    #[error("revision is longer than {} bytes", REVISION_LEN)]
+    RevisionTooLong,
+    #[error("{} has links but no readable METADATA", .path.display())]
+    NoMetadata { path: PathBuf },
+    #[error(
+        "pinned map {name} ({pinned}) differs from this build's ({wanted}), and no \
+         migration exists for it"
+    )]
+    MapShapeChanged { name: &'static str, pinned: String, wanted: String },
+    #[error("no cgroup with ID {id} (the data plane's) exists")]
+    NoCgroupWithId { id: u64 },
+    #[error(
+        "another `reconciler trace` (PID {pid}) is tracing this data plane; one tracer at a \
+         time reads its events"
+    )]
+    TracerRunning { pid: u32 },
 }
 
 pub(super) type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -112,4 +143,63 @@ pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Datap
 pub(super) fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let what = what.into();
     move |error| DataplaneError::Map { what, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::{pin::PinError, programs::links::LinkError};
+    use reconciler_common::REVISION_LEN;
+
+    use super::DataplaneError::*;
+
+    /// These replaced `Invalid(String)`, whose messages users and scripts have seen: each
+    /// keeps the text it had.
+    #[test]
+    fn the_named_errors_keep_the_texts_of_invalid() {
+        let texts = [
+            (NulInPath { path: "/a\0b".into() }.to_string(), "/a\0b contains a NUL byte".into()),
+            (
+                MissingProgram { name: "connect4" }.to_string(),
+                "the BPF object has no program connect4".into(),
+            ),
+            (MissingMap { name: "SLOTS" }.to_string(), "the BPF object has no map SLOTS".into()),
+            (
+                NotALink { program: "connect4", error: LinkError::InvalidLink }.to_string(),
+                format!("link of connect4 is not a BPF link: {}", LinkError::InvalidLink),
+            ),
+            (
+                Pin {
+                    what: "pinning map SLOTS".into(),
+                    error: PinError::NoFd { name: "SLOTS".into() },
+                }
+                .to_string(),
+                format!("pinning map SLOTS: {}", PinError::NoFd { name: "SLOTS".into() }),
+            ),
+            (RevisionTooLong.to_string(), format!("revision is longer than {REVISION_LEN} bytes")),
+            (
+                NoMetadata { path: "/sys/fs/bpf/x".into() }.to_string(),
+                "/sys/fs/bpf/x has links but no readable METADATA".into(),
+            ),
+            (
+                MapShapeChanged { name: "SLOTS", pinned: "p".into(), wanted: "w".into() }
+                    .to_string(),
+                "pinned map SLOTS (p) differs from this build's (w), and no migration exists \
+                 for it"
+                    .into(),
+            ),
+            (
+                NoCgroupWithId { id: 7 }.to_string(),
+                "no cgroup with ID 7 (the data plane's) exists".into(),
+            ),
+            (
+                TracerRunning { pid: 42 }.to_string(),
+                "another `reconciler trace` (PID 42) is tracing this data plane; one tracer at \
+                 a time reads its events"
+                    .into(),
+            ),
+        ];
+        for (text, expected) in texts {
+            assert_eq!(text, expected);
+        }
+    }
 }

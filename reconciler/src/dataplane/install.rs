@@ -111,11 +111,11 @@ impl Dataplane {
             None => EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?,
         };
         for name in MAPS {
-            let map = ebpf.map(name).ok_or_else(|| {
-                DataplaneError::Invalid(format!("the BPF object has no map {name}"))
+            let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
+            map.pin(pin_path.join(name)).map_err(|error| DataplaneError::Pin {
+                what: format!("pinning map {name}"),
+                error,
             })?;
-            map.pin(pin_path.join(name))
-                .map_err(|e| DataplaneError::Invalid(format!("pinning map {name}: {e}")))?;
         }
         let mut dataplane = Self::open_maps(pin_path)?;
         dataplane.active_set.set(0, 0, 0).map_err(map_err("initialising ACTIVE_SET"))?;

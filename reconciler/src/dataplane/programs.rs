@@ -16,7 +16,7 @@ pub(super) fn loaded_program<'a>(
 ) -> Result<&'a mut CgroupSockAddr> {
     let program: &mut CgroupSockAddr = ebpf
         .program_mut(name)
-        .ok_or_else(|| DataplaneError::Invalid(format!("the BPF object has no program {name}")))?
+        .ok_or(DataplaneError::MissingProgram { name })?
         .try_into()
         .map_err(|error| DataplaneError::Program { program: name, error })?;
     if program.fd().is_err() {
@@ -42,10 +42,9 @@ pub(super) fn attach_and_pin(
     let link = program
         .take_link(link_id)
         .map_err(|error| DataplaneError::Program { program: name, error })?;
-    let link: FdLink = link
-        .try_into()
-        .map_err(|e| DataplaneError::Invalid(format!("link of {name} is not a BPF link: {e}")))?;
+    let link: FdLink =
+        link.try_into().map_err(|error| DataplaneError::NotALink { program: name, error })?;
     link.pin(link_pin(pin_path, name))
-        .map_err(|e| DataplaneError::Invalid(format!("pinning link of {name}: {e}")))?;
+        .map_err(|error| DataplaneError::Pin { what: format!("pinning link of {name}"), error })?;
     Ok(())
 }

@@ -55,10 +55,7 @@ impl Tracer {
         let mut on: Array<MapData, u32> = typed_map(pin_path, "TRACE_ON")?;
         let running = on.get(&0, 0).map_err(map_err("reading TRACE_ON"))?;
         if running != 0 && Path::new(&format!("/proc/{running}")).exists() {
-            return Err(DataplaneError::Invalid(format!(
-                "another `reconciler trace` (PID {running}) is tracing this data plane; one \
-                 tracer at a time reads its events"
-            )));
+            return Err(DataplaneError::TracerRunning { pid: running });
         }
         let ring: RingBuf<MapData> = typed_map(pin_path, "TRACE")?;
         let drops: PerCpuArray<MapData, u64> = typed_map(pin_path, "TRACE_DROPS")?;
