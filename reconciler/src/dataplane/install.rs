@@ -15,7 +15,7 @@ use super::{
     ours,
     pins::{
         self, cgroup_id, check_pins, is_installed, lock, map_data, metadata_map, pinned_active_set,
-        remove_pins, statfs_type, typed_map, BPF_FS_MAGIC,
+        remove_pins, statfs_type, typed_map,
     },
     programs::{attach_and_pin, loaded_program},
     upgrade, Dataplane, MAPS, OBJECT, PROGRAMS,
@@ -194,7 +194,7 @@ impl Dataplane {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Uninstalled::NothingThere),
             meta => meta.map_err(io_err(format!("stat {}", pin_path.display())))?,
         };
-        if statfs_type(pin_path)? != BPF_FS_MAGIC {
+        if statfs_type(pin_path)? != libc::BPF_FS_MAGIC {
             return Err(DataplaneError::UninstallNotBpffs { path: pin_path.to_owned() });
         }
         if !meta.is_dir() {

@@ -24,9 +24,6 @@ use super::{
     ours, MAPS, PROGRAMS, RETIRED_MAPS,
 };
 
-pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// Every map name a data plane of ours may have pinned.
 fn pinned_map_names() -> impl Iterator<Item = &'static str> {
     MAPS.into_iter().chain(RETIRED_MAPS)
@@ -43,7 +40,11 @@ pub(super) fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
     pin_path.join(format!("link_{program}"))
 }
 
-pub(super) fn statfs_type(path: &Path) -> Result<i64> {
+/// The filesystem type (`f_type`) of `path`, to compare with libc's `*_MAGIC` constants.
+/// On glibc targets `f_type` has their type (`long`), so they compare as they are; a cast
+/// to a wider type would sign-extend a magic with its top bit set (bpffs' `0xcafe4a11`)
+/// where `long` is 32 bits, and it would never match.
+pub(super) fn statfs_type(path: &Path) -> Result<libc::c_long> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| DataplaneError::NulInPath { path: path.to_owned() })?;
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
@@ -51,12 +52,12 @@ pub(super) fn statfs_type(path: &Path) -> Result<i64> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
         return Err(io_err(format!("statfs {}", path.display()))(io::Error::last_os_error()));
     }
-    Ok(buf.f_type as i64)
+    Ok(buf.f_type)
 }
 
 /// The cgroup ID the kernel uses for `path`: the cgroup directory's inode number.
 pub(super) fn cgroup_id(path: &Path) -> Result<u64> {
-    if statfs_type(path)? != CGROUP2_SUPER_MAGIC {
+    if statfs_type(path)? != libc::CGROUP2_SUPER_MAGIC {
         return Err(DataplaneError::NotCgroup2 { path: path.to_owned() });
     }
     let meta = fs::metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
@@ -213,7 +214,7 @@ pub(super) fn create_dir(pin_path: &Path) -> Result<bool> {
     let existing = absolute.ancestors().nth(missing.len()).unwrap_or(Path::new("/"));
     let existing =
         fs::canonicalize(existing).map_err(io_err(format!("resolving {}", existing.display())))?;
-    if statfs_type(&existing)? != BPF_FS_MAGIC {
+    if statfs_type(&existing)? != libc::BPF_FS_MAGIC {
         return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
     }
     check_ancestors(pin_path, &existing)?;
@@ -240,7 +241,7 @@ pub(super) fn create_dir(pin_path: &Path) -> Result<bool> {
 pub(super) fn check_dir(pin_path: &Path) -> Result<()> {
     let real =
         fs::canonicalize(pin_path).map_err(io_err(format!("resolving {}", pin_path.display())))?;
-    if statfs_type(&real)? != BPF_FS_MAGIC {
+    if statfs_type(&real)? != libc::BPF_FS_MAGIC {
         return Err(DataplaneError::NotBpffs { path: pin_path.to_owned() });
     }
     let euid = euid();
@@ -274,7 +275,7 @@ fn check_ancestors(pin_path: &Path, dir: &Path) -> Result<()> {
     for ancestor in dir.ancestors() {
         // The bpffs mount point cannot be renamed (EBUSY), so nothing above it can move the
         // pin directory.
-        if statfs_type(ancestor)? != BPF_FS_MAGIC {
+        if statfs_type(ancestor)? != libc::BPF_FS_MAGIC {
             break;
         }
         let meta = metadata(ancestor)?;
