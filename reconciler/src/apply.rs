@@ -319,7 +319,10 @@ pub fn apply_loaded(
             Some(cgroup) => cgroup.to_owned(),
             None => dataplane::default_cgroup()?,
         };
-        Dataplane::install_loaded(pin_path, &cgroup, loaded, Some((&plan.desired, revision)))?
+        dataplane::Install::new(pin_path, &cgroup)
+            .loaded(loaded)
+            .fill(&plan.desired, revision)
+            .run()?
     };
     if let Some(report) = first {
         return Ok(report);

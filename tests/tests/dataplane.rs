@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, Uninstalled};
+use reconciler::dataplane::{Dataplane, Install, Uninstalled};
 use reconciler_common::MAX_SERVICES;
 use reconciler_tests::{
     attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
@@ -631,12 +631,8 @@ fn a_first_install_fills_both_sets_before_attaching_as_an_apply_would() -> Resul
     let mut sandbox = Sandbox::new("fill")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let desired = one_service("10.96.0.10:80", &[&backend.to_string()])?;
-    let (dataplane, report) = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&desired, Some("r1"))),
-    )?;
+    let (dataplane, report) =
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&desired, Some("r1")).run()?;
     let report = report.context("a first install applies what it is given")?;
     // The same writes, generation and end state as installing and then applying.
     let versioned = desired.services.len() + desired.slots.len() + desired.backends.len();
@@ -653,12 +649,8 @@ fn a_first_install_fills_both_sets_before_attaching_as_an_apply_would() -> Resul
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
 
     // An install that finds a complete one applies nothing: the caller applies as usual.
-    let (_, again) = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&desired, None)),
-    )?;
+    let (_, again) =
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&desired, None).run()?;
     assert!(again.is_none());
     Ok(())
 }
@@ -674,17 +666,12 @@ fn a_first_install_that_fails_while_filling_attaches_nothing_and_the_next_starts
     for id in 2..=MAX_SERVICES + 1 {
         too_many.names.insert(id, format!("s{id}"));
     }
-    let failed = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&too_many, None)),
-    );
+    let failed = Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&too_many, None).run();
     ensure!(failed.is_err(), "a fill beyond SERVICE_NAMES' capacity succeeded");
     assert_eq!(sandbox.attached_programs()?, 0, "programs attached over half-filled maps");
 
     let (dataplane, report) =
-        Dataplane::install_loaded(sandbox.pin_path(), sandbox.cgroup(), None, Some((&good, None)))?;
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&good, None).run()?;
     assert_eq!(report.map(|r| r.generation), Some(1), "the next install started over");
     let (_, [active, standby]) = dataplane.read_both_sets()?;
     assert_eq!(active, good);

@@ -49,67 +49,141 @@ impl Loaded {
     }
 }
 
-impl Dataplane {
-    /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
-    /// `cgroup`. An existing complete install at `pin_path` is reused as it is.
+/// An install, set up as aya's `EbpfLoader` is: [`new`](Self::new) says where, the options
+/// say how, [`run`](Self::run) does it. [`Dataplane::install`] is the plain case.
+///
+/// ```no_run
+/// # fn example(
+/// #     pin_path: &std::path::Path,
+/// #     cgroup: &std::path::Path,
+/// #     desired: &reconciler::state::MapState,
+/// # ) -> Result<(), reconciler::dataplane::DataplaneError> {
+/// use reconciler::dataplane::{Install, Loaded};
+///
+/// // Loading takes most of an install's time: start it, validate meanwhile.
+/// let loading = std::thread::spawn(Loaded::load);
+/// let loaded = loading.join().expect("the loading thread panicked")?;
+/// let (dataplane, report) =
+///     Install::new(pin_path, cgroup).loaded(Some(loaded)).fill(desired, Some("r1")).run()?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "an install does nothing until it runs"]
+pub struct Install<'a> {
+    pin_path: &'a Path,
+    cgroup: &'a Path,
+    loaded: Option<Loaded>,
+    fill: Option<(&'a MapState, Option<&'a str>)>,
+}
+
+impl<'a> Install<'a> {
+    /// An install of the data plane with its pins under `pin_path`, its programs attached to
+    /// the cgroup v2 directory `cgroup`.
+    pub fn new(pin_path: &'a Path, cgroup: &'a Path) -> Self {
+        Install { pin_path, cgroup, loaded: None, fill: None }
+    }
+
+    /// The BPF object loaded ahead ([`Loaded::load`], on another thread, say), if it was;
+    /// without it, [`run`](Self::run) loads the object itself.
+    pub fn loaded(mut self, loaded: Option<Loaded>) -> Self {
+        self.loaded = loaded;
+        self
+    }
+
+    /// Applies `desired`, recording `revision`, before the programs are attached: both sets
+    /// are written at once, as no program reads them yet. The report is [`run`](Self::run)'s.
+    pub fn fill(mut self, desired: &'a MapState, revision: Option<&'a str>) -> Self {
+        self.fill = Some((desired, revision));
+        self
+    }
+
+    /// Loads the programs, pins maps and links under the pin path and attaches the programs
+    /// to the cgroup. An existing complete install at the pin path is reused as it is (after
+    /// an upgrade to this build, if it needs one); then nothing is filled, and the report is
+    /// `None`, as it is without [`fill`](Self::fill).
     ///
     /// Creates the pin directory with mode 0700 and refuses one that others could change
     /// (see `pins`). Refuses a cgroup that has another data plane attached (see
     /// `ours::check_cgroup`).
-    pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
-        Ok(Self::install_loaded(pin_path, cgroup, None, None)?.0)
-    }
-
-    /// [`install`](Self::install) with the object `loaded` ahead, if given, and `first`
-    /// (the desired state and its revision) applied before the programs are attached, so
-    /// that both sets are written at once (no program reads them yet). Returns that apply's
-    /// report; `None` when a complete install was there already (another process's, say):
-    /// then nothing is applied.
-    pub fn install_loaded(
-        pin_path: &Path,
-        cgroup: &Path,
-        loaded: Option<Loaded>,
-        first: Option<(&MapState, Option<&str>)>,
-    ) -> Result<(Self, Option<ApplyReport>)> {
-        let requested = cgroup_id(cgroup)?;
+    pub fn run(self) -> Result<(Dataplane, Option<ApplyReport>)> {
+        let requested = cgroup_id(self.cgroup)?;
         // Held throughout: installs at two pin paths on one cgroup at once take turns, so the
         // second sees the first's programs and is refused (one data plane per cgroup).
-        let cgroup_dir = lock(cgroup)?;
-        let created = pins::create_dir(pin_path)?;
-        pins::check_dir(pin_path)?;
+        let cgroup_dir = lock(self.cgroup)?;
+        let created = pins::create_dir(self.pin_path)?;
+        pins::check_dir(self.pin_path)?;
         // Held until the links are pinned: a concurrent install at this pin path waits here,
         // then finds a complete install to reuse instead of pinning over this one's maps.
-        let _lock = lock(pin_path)?;
-        if is_installed(pin_path) {
-            upgrade::upgrade_locked(pin_path)?;
-            let dataplane = Self::open(pin_path)?;
-            let installed = dataplane.read_metadata()?.cgroup_id;
-            if installed != requested {
-                return Err(DataplaneError::OtherCgroup {
-                    path: pin_path.to_owned(),
-                    installed,
-                    requested,
-                });
-            }
-            ours::check_cgroup(&cgroup_dir, cgroup, pin_path, pinned_active_set(pin_path))?;
-            return Ok((dataplane, None));
+        let _lock = lock(self.pin_path)?;
+        if is_installed(self.pin_path) {
+            return Ok((self.reuse(&cgroup_dir, requested)?, None));
         }
+        self.start_afresh(&cgroup_dir, created)?;
+        let mut ebpf = match self.loaded {
+            Some(loaded) => loaded.0,
+            None => EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?,
+        };
+        let mut dataplane = Dataplane::pin_maps(&ebpf, self.pin_path, requested)?;
+        // A crash from here until the links are pinned leaves an unfinished install, which
+        // the next one removes (`start_afresh`).
+        let report = match self.fill {
+            Some((desired, revision)) => {
+                Some(dataplane.apply_locked(None, desired, revision, None, Readers::NotYet)?)
+            }
+            None => None,
+        };
+        for name in PROGRAMS {
+            attach_and_pin(&mut ebpf, name, &cgroup_dir, self.pin_path)?;
+        }
+        Ok((dataplane, report))
+    }
+
+    /// The complete install found at the pin path, brought up to this build, if it is on the
+    /// cgroup asked for (`requested`, its ID) and alone there.
+    fn reuse(&self, cgroup_dir: &fs::File, requested: u64) -> Result<Dataplane> {
+        upgrade::upgrade_locked(self.pin_path)?;
+        let dataplane = Dataplane::open(self.pin_path)?;
+        let installed = dataplane.read_metadata()?.cgroup_id;
+        if installed != requested {
+            return Err(DataplaneError::OtherCgroup {
+                path: self.pin_path.to_owned(),
+                installed,
+                requested,
+            });
+        }
+        let own = pinned_active_set(self.pin_path);
+        ours::check_cgroup(cgroup_dir, self.cgroup, self.pin_path, own)?;
+        Ok(dataplane)
+    }
+
+    /// Refuses a cgroup that another data plane has (removing the pin directory again if
+    /// this install `created` it), then removes what an unfinished install left at the pin
+    /// path.
+    fn start_afresh(&self, cgroup_dir: &fs::File, created: bool) -> Result<()> {
         // Programs of an unfinished install here are its own, and go with its pins below.
-        let own = pinned_active_set(pin_path);
-        if let Err(e) = ours::check_cgroup(&cgroup_dir, cgroup, pin_path, own) {
+        let own = pinned_active_set(self.pin_path);
+        if let Err(e) = ours::check_cgroup(cgroup_dir, self.cgroup, self.pin_path, own) {
             if created {
-                let _ = fs::remove_dir(pin_path);
+                let _ = fs::remove_dir(self.pin_path);
             }
             return Err(e);
         }
         // Pins without all links are left by an install that did not finish; start again
         // from nothing.
-        remove_pins(pin_path)?;
+        remove_pins(self.pin_path)
+    }
+}
 
-        let mut ebpf = match loaded {
-            Some(loaded) => loaded.0,
-            None => EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?,
-        };
+impl Dataplane {
+    /// Loads the programs, pins maps and links under `pin_path` and attaches the programs to
+    /// `cgroup`: [`Install`] with no option, the report left out.
+    pub fn install(pin_path: &Path, cgroup: &Path) -> Result<Self> {
+        Ok(Install::new(pin_path, cgroup).run()?.0)
+    }
+
+    /// Pins the maps of `ebpf` under `pin_path` and opens them, as a new install on the cgroup
+    /// whose ID is `cgroup_id`: set 0 active, generation 0, no revision.
+    fn pin_maps(ebpf: &aya::Ebpf, pin_path: &Path, cgroup_id: u64) -> Result<Self> {
         for name in MAPS {
             let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
             map.pin(pin_path.join(name)).map_err(|error| DataplaneError::Pin {
@@ -119,30 +193,18 @@ impl Dataplane {
         }
         let mut dataplane = Self::open_maps(pin_path)?;
         dataplane.active_set.set(0, 0, 0).map_err(map_err("initialising ACTIVE_SET"))?;
-        let metadata = Metadata {
+        dataplane.write_metadata(&Metadata {
             layout_version: LAYOUT_VERSION,
             standby_dirty: 0,
             _pad: [0; 3],
             generation: 0,
-            cgroup_id: requested,
+            cgroup_id,
             applied_at_unix: 0,
             revision: [0; REVISION_LEN],
             revision_len: 0,
             _pad2: [0; 7],
-        };
-        dataplane.write_metadata(&metadata)?;
-        // A crash from here until the links are pinned leaves an unfinished install, which
-        // the next one removes (above).
-        let report = first
-            .map(|(desired, revision)| {
-                dataplane.apply_locked(None, desired, revision, None, Readers::NotYet)
-            })
-            .transpose()?;
-
-        for name in PROGRAMS {
-            attach_and_pin(&mut ebpf, name, &cgroup_dir, pin_path)?;
-        }
-        Ok((dataplane, report))
+        })?;
+        Ok(dataplane)
     }
 
     /// Opens the data plane pinned at `pin_path`; refuses a pin directory that others could

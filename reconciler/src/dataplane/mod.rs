@@ -46,7 +46,7 @@ pub use reconciler_core::state::{
 
 pub use apply::{wait_for_readers, ApplyReport};
 pub use error::DataplaneError;
-pub use install::{Loaded, Uninstalled};
+pub use install::{Install, Loaded, Uninstalled};
 pub use pins::{default_cgroup, is_installed};
 pub use read::{Events, LiveState, Status};
 pub use upgrade::{upgrade, Upgraded};
