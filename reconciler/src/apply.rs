@@ -329,12 +329,15 @@ pub fn apply_loaded(
     }
     // The generation is checked under the apply's lock: a plan made against generation N is
     // applied only to generation N.
-    let applied = match &plan.touched {
-        Some(recorded) => {
-            dataplane.apply_touched(recorded, &plan.desired, revision, plan.context.generation)
-        }
-        None => dataplane.apply(&plan.desired, revision, Some(plan.context.generation)),
+    let to = dataplane::ApplyTo {
+        revision,
+        expected_generation: Some(plan.context.generation),
+        scope: plan
+            .touched
+            .as_ref()
+            .map_or(dataplane::Scope::Everything, dataplane::Scope::Recorded),
     };
+    let applied = dataplane.apply(&plan.desired, to);
     match applied {
         Err(DataplaneError::GenerationMoved { expected, found }) => {
             Err(Error::StalePlan { pin_path: given, planned: expected, live: found })

@@ -23,10 +23,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use aya::maps::{IterableMap as _, MapData};
+use aya::maps::IterableMap as _;
 use reconciler_common::{
-    Backend, BackendCounters, BackendKey, HealthKey, Metadata, ReverseKey, ReverseValue,
-    ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, PROTO_UDP, REVISION_LEN,
+    BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP, REVISION_LEN,
 };
 use reconciler_core::state::{Change, MapState};
 
@@ -36,6 +35,49 @@ use super::{
     pins::lock,
     Dataplane,
 };
+
+/// How to apply a desired state, besides the state itself: what to record, what to expect,
+/// and which entries to read. The default records no revision, expects no generation and
+/// reads everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyTo<'a> {
+    /// Recorded in `METADATA` as applied; `None` keeps the revision recorded there.
+    pub revision: Option<&'a str>,
+    /// Refuses the apply, writing nothing ([`DataplaneError::GenerationMoved`]), unless the
+    /// live generation is this one: a plan made against generation N applies only to N.
+    pub expected_generation: Option<u64>,
+    /// Which entries the apply reads, and so which it may change.
+    pub scope: Scope<'a>,
+}
+
+/// Which entries an apply reads, and so which it may change.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Scope<'a> {
+    /// Both sets whole: whatever the desired state does not hold is deleted.
+    #[default]
+    Everything,
+    /// The entries of some services (the incremental path): this is what both sets hold of
+    /// them, as the caller recorded it at [`ApplyTo::expected_generation`] (which this scope
+    /// requires), and the desired state is what they become. Only the entries under the keys
+    /// of these two are read; the apply refuses, writing nothing
+    /// ([`DataplaneError::NotAsRecorded`]), unless both sets hold exactly the record and the
+    /// standby is clean. Entries of other services are neither read nor touched.
+    Recorded(&'a MapState),
+}
+
+impl ApplyTo<'_> {
+    /// Refuses what no apply can do: record a revision longer than `METADATA` holds, or
+    /// trust a record without the generation it was made at.
+    fn check(&self) -> Result<()> {
+        if self.revision.is_some_and(|r| r.len() > REVISION_LEN) {
+            return Err(DataplaneError::RevisionTooLong);
+        }
+        if matches!(self.scope, Scope::Recorded(_)) && self.expected_generation.is_none() {
+            return Err(DataplaneError::RecordedWithoutGeneration);
+        }
+        Ok(())
+    }
+}
 
 /// What an apply did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,14 +116,269 @@ pub fn wait_for_readers() -> Result<()> {
 
 /// Whether programs may be reading the maps while an apply writes them.
 #[derive(Clone, Copy)]
-pub(super) enum Readers {
+enum Readers {
     /// Attached: the standby set is written, flipped to and waited for before the other.
     Maybe,
     /// A first install, before its programs are attached: both sets are written at once.
     NotYet,
 }
 
+/// An apply under way: what it read at its start, what it changes, what it has written.
+struct Pending {
+    /// As read at the start, then as the apply updates it.
+    metadata: Metadata,
+    /// The set that was live at the start; the other is the standby.
+    active: u8,
+    /// The live set's content, as far as the apply's scope reads it.
+    live: MapState,
+    /// From the live set to the desired state.
+    changes: Vec<Change>,
+    /// The standby's own versioned changes, when its content differs from the live set's;
+    /// `None` when they are the live set's, as they normally are (every apply ends so), so
+    /// that they are not computed and held twice.
+    standby_own: Option<Vec<Change>>,
+    /// Map elements written or deleted so far (see [`ApplyReport::map_writes`]).
+    writes: usize,
+}
+
+impl Pending {
+    fn standby(&self) -> u8 {
+        self.active ^ 1
+    }
+
+    /// The changes to versioned entries (those of one set), which the old set needs.
+    fn versioned(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.is_versioned())
+    }
+
+    /// The changes to versioned entries that the standby needs.
+    fn standby_changes(&self) -> Vec<&Change> {
+        match &self.standby_own {
+            Some(own) => own.iter().collect(),
+            None => self.versioned().collect(),
+        }
+    }
+
+    /// Whether either set needs a versioned change, and so the steps up to the flip.
+    fn changes_sets(&self) -> bool {
+        self.versioned().next().is_some()
+            || self.standby_own.as_ref().is_some_and(|own| !own.is_empty())
+    }
+
+    /// Whether there is nothing to do: no change to either set, `revision` (if any)
+    /// recorded already, a clean standby. A dirty mark with both sets already as desired (an
+    /// apply killed after its last entry write, before its final metadata) still takes an
+    /// apply to clear it.
+    fn nothing_to_do(&self, revision: Option<&str>) -> bool {
+        let metadata = &self.metadata;
+        let revision_changed = revision.is_some_and(|r| {
+            usize::from(metadata.revision_len) != r.len()
+                || &metadata.revision[..r.len()] != r.as_bytes()
+        });
+        self.changes.is_empty()
+            && self.standby_own.as_ref().is_none_or(Vec::is_empty)
+            && !revision_changed
+            && metadata.standby_dirty == 0
+    }
+}
+
 impl Dataplane {
+    /// Makes the live state equal `desired`, within `to.scope`, by the apply protocol (see
+    /// `dataplane/apply.rs`), and records `to.revision` as applied. Writes nothing when
+    /// nothing differs; refuses, writing nothing, what [`ApplyTo`] and [`Scope`] say it does.
+    ///
+    /// Holds an exclusive `flock` on the pin directory throughout, so two reconcilers (a
+    /// daemon and a manual apply, say) never interleave their writes to the standby set.
+    pub fn apply(&mut self, desired: &MapState, to: ApplyTo<'_>) -> Result<ApplyReport> {
+        let _lock = lock(&self.pin_path)?;
+        self.apply_locked(desired, &to, Readers::Maybe)
+    }
+
+    /// Whether both sets hold `recorded` under its keys and those of `desired`, with a clean
+    /// standby: what an apply with [`Scope::Recorded`] checks again under its lock.
+    pub fn confirm(&self, recorded: &MapState, desired: &MapState) -> Result<bool> {
+        let status = self.status()?;
+        let sets =
+            self.read_recorded(status.active_set, status.standby_dirty, recorded, desired)?;
+        Ok(sets.is_some())
+    }
+
+    /// Applies `desired` to the maps of a new install, whose programs are not attached yet,
+    /// so both sets are written at once; the caller holds the pin directory's lock.
+    pub(super) fn fill(
+        &mut self,
+        desired: &MapState,
+        revision: Option<&str>,
+    ) -> Result<ApplyReport> {
+        self.apply_locked(desired, &ApplyTo { revision, ..ApplyTo::default() }, Readers::NotYet)
+    }
+
+    /// The apply protocol (see the module docs), with the pin directory locked by the caller.
+    fn apply_locked(
+        &mut self,
+        desired: &MapState,
+        to: &ApplyTo<'_>,
+        readers: Readers,
+    ) -> Result<ApplyReport> {
+        to.check()?;
+        let mut pending = self.begin(desired, to)?;
+        if pending.nothing_to_do(to.revision) {
+            let generation = pending.metadata.generation;
+            return Ok(ApplyReport { generation, ..ApplyReport::default() });
+        }
+        self.reset_counters_of_new_ids(&pending.live, desired)?;
+        // Every apply that writes is a generation, also one that only records a revision.
+        pending.metadata.generation += 1;
+        if pending.changes_sets() {
+            self.mark_standby_dirty(&mut pending)?; // 1.
+            match readers {
+                Readers::Maybe => {
+                    self.write_standby(&mut pending)?; // 2.
+                    self.flip(&mut pending)?; // 3.
+                    wait_for_readers()?; // 4.
+                    self.write_old_set(&mut pending)?; // 5.
+                }
+                // No program reads either set: 2. and 5. at once, then 3.; 4. has no one to
+                // wait for.
+                Readers::NotYet => {
+                    self.write_both_sets(&mut pending)?;
+                    self.flip(&mut pending)?;
+                }
+            }
+        }
+        self.mark_standby_clean(&mut pending, to.revision)?; // 5., the end.
+        Ok(self.report(pending, desired))
+    }
+
+    /// What the apply starts from: the metadata, the live set and the changes from it and
+    /// from the standby to `desired`, as far as `to.scope` reads them. Refuses a live
+    /// generation other than the expected one.
+    fn begin(&self, desired: &MapState, to: &ApplyTo<'_>) -> Result<Pending> {
+        let metadata = self.read_metadata()?;
+        if let Some(expected) = to.expected_generation.filter(|g| *g != metadata.generation) {
+            return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
+        }
+        let active = self.read_active_set()?;
+        let [live, standby] =
+            self.read_scope(to.scope, active, metadata.standby_dirty != 0, desired)?;
+        let changes = live.changes_to(desired);
+        let standby_own = (standby != live).then(|| {
+            standby.changes_to(desired).into_iter().filter(Change::is_versioned).collect()
+        });
+        Ok(Pending { metadata, active, live, changes, standby_own, writes: 0 })
+    }
+
+    /// Both sets as far as `scope` reads them, `[active, standby]`; for
+    /// [`Scope::Recorded`], only if they hold the record.
+    fn read_scope(
+        &self,
+        scope: Scope<'_>,
+        active: u8,
+        standby_dirty: bool,
+        desired: &MapState,
+    ) -> Result<[MapState; 2]> {
+        match scope {
+            Scope::Everything => {
+                if standby_dirty {
+                    // An earlier apply stopped after its flip, maybe before its wait: wait now.
+                    wait_for_readers()?;
+                }
+                self.read_sets(active, true)
+            }
+            Scope::Recorded(recorded) => self
+                .read_recorded(active, standby_dirty, recorded, desired)?
+                .ok_or(DataplaneError::NotAsRecorded),
+        }
+    }
+
+    /// Step 1: marks the standby dirty, with the new generation, so that the next apply
+    /// after a crash from here on repairs the standby.
+    fn mark_standby_dirty(&mut self, pending: &mut Pending) -> Result<()> {
+        pending.metadata.standby_dirty = 1;
+        self.write_metadata(&pending.metadata)?;
+        pending.writes += 1;
+        Ok(())
+    }
+
+    /// Step 2: writes the standby set until it equals the desired state.
+    fn write_standby(&self, pending: &mut Pending) -> Result<()> {
+        let changes = pending.standby_changes();
+        let written = self.write_changes(changes.into_iter(), pending.standby())?;
+        pending.writes += written;
+        Ok(())
+    }
+
+    /// Step 3: flips `ACTIVE_SET[0]` to the standby; every connect from now on reads it.
+    fn flip(&mut self, pending: &mut Pending) -> Result<()> {
+        let standby = u32::from(pending.standby());
+        self.active_set.set(0, standby, 0).map_err(map_err("flipping ACTIVE_SET"))?;
+        pending.writes += 1;
+        Ok(())
+    }
+
+    /// Step 5: writes the old set, which no program reads now, until it equals the desired
+    /// state too.
+    fn write_old_set(&self, pending: &mut Pending) -> Result<()> {
+        let written = self.write_changes(pending.versioned(), pending.active)?;
+        pending.writes += written;
+        Ok(())
+    }
+
+    /// Steps 2 and 5 at once, for an install whose programs are not attached yet: each set
+    /// on its own core, as the kernel's hash inserts are most of a first install's writes.
+    fn write_both_sets(&self, pending: &mut Pending) -> Result<()> {
+        let read: &Pending = pending;
+        let (standby_writes, active_writes) = std::thread::scope(|scope| {
+            let standby_side = scope
+                .spawn(|| self.write_changes(read.standby_changes().into_iter(), read.standby()));
+            let active_writes = self.write_changes(read.versioned(), read.active);
+            let standby_writes =
+                standby_side.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (standby_writes, active_writes)
+        });
+        pending.writes += standby_writes? + active_writes?;
+        Ok(())
+    }
+
+    /// The end of step 5, as both sets hold the desired state now (written here or found
+    /// so): the entries they share (names, health), then the metadata, with the standby
+    /// clean, `revision` if given and the time of the apply.
+    fn mark_standby_clean(&mut self, pending: &mut Pending, revision: Option<&str>) -> Result<()> {
+        let shared = pending.changes.iter().filter(|c| !c.is_versioned());
+        let written = self.write_changes(shared, pending.active)?;
+        pending.writes += written;
+        let metadata = &mut pending.metadata;
+        metadata.standby_dirty = 0;
+        if let Some(revision) = revision {
+            metadata.revision = [0; REVISION_LEN];
+            metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
+            metadata.revision_len = revision.len() as u8;
+        }
+        metadata.applied_at_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.write_metadata(&pending.metadata)?;
+        pending.writes += 1;
+        Ok(())
+    }
+
+    /// The report of the apply `pending` to `desired`, once the connected UDP sockets of the
+    /// backends it took away are destroyed: a failure there is reported, not returned, as
+    /// the maps are applied all the same.
+    fn report(&self, pending: Pending, desired: &MapState) -> ApplyReport {
+        let (sockets_destroyed, sockets_error) =
+            match self.forget_removed_backends(&pending.live, desired) {
+                Ok(destroyed) => (destroyed, None),
+                Err(e) => (0, Some(e.to_string())),
+            };
+        ApplyReport {
+            changes: pending.changes.len(),
+            map_writes: pending.writes,
+            generation: pending.metadata.generation,
+            sockets_destroyed,
+            sockets_error,
+        }
+    }
+
     pub(super) fn write_metadata(&mut self, metadata: &Metadata) -> Result<()> {
         self.metadata.set(0, metadata, 0).map_err(map_err("writing METADATA"))
     }
@@ -114,175 +411,6 @@ impl Dataplane {
             cpus,
         )
         .map_err(io_err("zeroing BACKEND_COUNTS"))
-    }
-
-    /// Makes the live state equal `desired` (see the module docs for the protocol) and
-    /// records `revision` as applied. Writes nothing when nothing differs. With
-    /// `expected_generation`, refuses (writing nothing) if the live generation is another.
-    ///
-    /// Holds an exclusive `flock` on the pin directory throughout, so two reconcilers (a
-    /// daemon and a manual apply, say) never interleave their writes to the standby set.
-    pub fn apply(
-        &mut self,
-        desired: &MapState,
-        revision: Option<&str>,
-        expected_generation: Option<u64>,
-    ) -> Result<ApplyReport> {
-        self.apply_within(None, desired, revision, expected_generation)
-    }
-
-    /// [`apply`](Self::apply) confined to the entries of some services (the incremental
-    /// path): `recorded` is what both sets hold of them at `expected_generation`, as the
-    /// caller recorded it, and `desired` what they become. Reads only those entries, and
-    /// refuses (writing nothing) unless both sets hold exactly `recorded` of them and the
-    /// standby is clean; entries of other services are neither read nor touched.
-    pub fn apply_touched(
-        &mut self,
-        recorded: &MapState,
-        desired: &MapState,
-        revision: Option<&str>,
-        expected_generation: u64,
-    ) -> Result<ApplyReport> {
-        self.apply_within(Some(recorded), desired, revision, Some(expected_generation))
-    }
-
-    /// Whether both sets hold `recorded` under its keys and those of `desired`, with a clean
-    /// standby: what [`apply_touched`](Self::apply_touched) checks again under its lock.
-    pub fn confirm(&self, recorded: &MapState, desired: &MapState) -> Result<bool> {
-        let status = self.status()?;
-        let sets =
-            self.read_recorded(status.active_set, status.standby_dirty, recorded, desired)?;
-        Ok(sets.is_some())
-    }
-
-    fn apply_within(
-        &mut self,
-        recorded: Option<&MapState>,
-        desired: &MapState,
-        revision: Option<&str>,
-        expected_generation: Option<u64>,
-    ) -> Result<ApplyReport> {
-        let _lock = lock(&self.pin_path)?;
-        self.apply_locked(recorded, desired, revision, expected_generation, Readers::Maybe)
-    }
-
-    /// [`apply_within`](Self::apply_within) with the pin directory locked by the caller.
-    pub(super) fn apply_locked(
-        &mut self,
-        recorded: Option<&MapState>,
-        desired: &MapState,
-        revision: Option<&str>,
-        expected_generation: Option<u64>,
-        readers: Readers,
-    ) -> Result<ApplyReport> {
-        if revision.is_some_and(|r| r.len() > REVISION_LEN) {
-            return Err(DataplaneError::RevisionTooLong);
-        }
-        let mut metadata = self.read_metadata()?;
-        if let Some(expected) = expected_generation.filter(|g| *g != metadata.generation) {
-            return Err(DataplaneError::GenerationMoved { expected, found: metadata.generation });
-        }
-        let active = self.read_active_set()?;
-        let standby = active ^ 1;
-        let [live, standby_content] = match recorded {
-            None => {
-                if metadata.standby_dirty != 0 {
-                    // An earlier apply stopped after its flip, maybe before its wait: wait now.
-                    wait_for_readers()?;
-                }
-                self.read_sets(active, true)?
-            }
-            Some(recorded) => self
-                .read_recorded(active, metadata.standby_dirty != 0, recorded, desired)?
-                .ok_or(DataplaneError::NotAsRecorded)?,
-        };
-
-        let changes = live.changes_to(desired);
-        let revision_changed = revision.is_some_and(|r| {
-            usize::from(metadata.revision_len) != r.len()
-                || &metadata.revision[..r.len()] != r.as_bytes()
-        });
-        let versioned: Vec<&Change> = changes.iter().filter(|c| c.is_versioned()).collect();
-        // The standby normally equals the live set (every apply ends so): then its changes are
-        // the live set's, not computed (and held) twice.
-        let standby_own: Option<Vec<Change>> = (standby_content != live).then(|| {
-            standby_content.changes_to(desired).into_iter().filter(Change::is_versioned).collect()
-        });
-        drop(standby_content);
-        let standby_changes: Vec<&Change> = match &standby_own {
-            Some(own) => own.iter().collect(),
-            None => versioned.clone(),
-        };
-        // A dirty mark with both sets already as desired (an apply killed after its last
-        // entry write, before its final metadata) still takes this apply to clear it.
-        if changes.is_empty()
-            && standby_changes.is_empty()
-            && !revision_changed
-            && metadata.standby_dirty == 0
-        {
-            return Ok(ApplyReport { generation: metadata.generation, ..ApplyReport::default() });
-        }
-
-        self.reset_counters_of_new_ids(&live, desired)?;
-        let mut writes = 0;
-        metadata.generation += 1;
-        if !versioned.is_empty() || !standby_changes.is_empty() {
-            metadata.standby_dirty = 1;
-            self.write_metadata(&metadata)?;
-            writes += 1;
-            match readers {
-                Readers::Maybe => {
-                    writes += self.write_changes(standby_changes.iter().copied(), standby)?;
-                    self.flip_to(standby)?;
-                    wait_for_readers()?;
-                    writes += self.write_changes(versioned.iter().copied(), active)?;
-                }
-                Readers::NotYet => {
-                    // Each set on its own core: the kernel's hash inserts are most of a
-                    // first install's writes.
-                    let (standby_writes, active_writes) = std::thread::scope(|scope| {
-                        let standby_side = scope
-                            .spawn(|| self.write_changes(standby_changes.iter().copied(), standby));
-                        let active_writes = self.write_changes(versioned.iter().copied(), active);
-                        let standby_writes = standby_side
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                        (standby_writes, active_writes)
-                    });
-                    writes += standby_writes? + active_writes?;
-                    self.flip_to(standby)?;
-                }
-            }
-            writes += 1;
-        }
-        // Both sets hold `desired` now, whether written here or found so.
-        metadata.standby_dirty = 0;
-        writes += self.write_changes(changes.iter().filter(|c| !c.is_versioned()), active)?;
-        if let Some(revision) = revision {
-            metadata.revision = [0; REVISION_LEN];
-            metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
-            metadata.revision_len = revision.len() as u8;
-        }
-        metadata.applied_at_unix =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.write_metadata(&metadata)?;
-        writes += 1;
-        let (sockets_destroyed, sockets_error) = match self.forget_removed_backends(&live, desired)
-        {
-            Ok(destroyed) => (destroyed, None),
-            Err(e) => (0, Some(e.to_string())),
-        };
-        Ok(ApplyReport {
-            changes: changes.len(),
-            map_writes: writes,
-            generation: metadata.generation,
-            sockets_destroyed,
-            sockets_error,
-        })
-    }
-
-    fn flip_to(&mut self, set: u8) -> Result<()> {
-        self.active_set.set(0, u32::from(set), 0).map_err(map_err("flipping ACTIVE_SET"))
     }
 
     /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
@@ -332,98 +460,28 @@ impl Dataplane {
         destroy::connected_udp_sockets(&udp)
             .map_err(io_err("destroying the connected UDP sockets of removed backends"))
     }
-
-    /// Writes `changes` into map set `set` (names ignore the set), in batches per map;
-    /// returns how many entries were written or deleted. Deleting an entry that is not there
-    /// is not an error: the entry is gone either way.
-    fn write_changes<'a>(
-        &self,
-        changes: impl Iterator<Item = &'a Change>,
-        set: u8,
-    ) -> Result<usize> {
-        let mut batches = Batches::default();
-        for change in changes {
-            match change {
-                Change::Service(frontend, value) => {
-                    let key = encode::service_key(frontend, set);
-                    match value {
-                        Some(entry) => batches.services.0.push((key, encode::service_value(entry))),
-                        None => batches.services.1.push(key),
-                    }
-                }
-                Change::Slot(slot, value) => {
-                    let key = encode::slot_key(*slot, set);
-                    match value {
-                        Some(backend) => batches.slots.0.push((key, *backend)),
-                        None => batches.slots.1.push(key),
-                    }
-                }
-                Change::Backend(id, value) => {
-                    let key = encode::backend_key(*id, set);
-                    match value {
-                        Some(entry) => batches.backends.0.push((key, encode::backend_value(entry))),
-                        None => batches.backends.1.push(key),
-                    }
-                }
-                Change::Name(id, value) => match value {
-                    Some(name) => batches.names.0.push((*id, encode::name_value(name))),
-                    None => batches.names.1.push(*id),
-                },
-                Change::Health(addr, excluded) => {
-                    let key = encode::health_key(addr);
-                    if *excluded {
-                        batches.health.0.push((key, 1));
-                    } else {
-                        batches.health.1.push(key);
-                    }
-                }
-            }
-        }
-        let what = |map: &str| io_err(format!("writing {map} (set {set})"));
-        batches.services.write(&self.services).map_err(what("SERVICES"))?;
-        batches.slots.write(&self.slots).map_err(what("SLOTS"))?;
-        batches.backends.write(&self.backends).map_err(what("BACKENDS"))?;
-        batches.names.write(&self.names).map_err(what("SERVICE_NAMES"))?;
-        batches.health.write(&self.health).map_err(what("HEALTH_EXCLUDED"))?;
-        Ok(batches.len())
-    }
 }
 
-/// Upserts and deletes for one map.
-struct MapBatch<K, V>(Vec<(K, V)>, Vec<K>);
+#[cfg(test)]
+mod tests {
+    use reconciler_common::REVISION_LEN;
+    use reconciler_core::state::MapState;
 
-impl<K, V> Default for MapBatch<K, V> {
-    fn default() -> Self {
-        MapBatch(Vec::new(), Vec::new())
-    }
-}
+    use super::{ApplyTo, DataplaneError, Scope};
 
-impl<K: aya::Pod, V: aya::Pod> MapBatch<K, V> {
-    fn write(&self, map: &MapData) -> io::Result<()> {
-        batch::update_all(map, &self.0)?;
-        batch::delete_all(map, &self.1)
-    }
+    #[test]
+    fn an_apply_refuses_what_none_can_do_before_it_reads_anything() {
+        let long = "r".repeat(REVISION_LEN + 1);
+        let to = ApplyTo { revision: Some(&long), ..ApplyTo::default() };
+        assert!(matches!(to.check(), Err(DataplaneError::RevisionTooLong)));
+        let full = "r".repeat(REVISION_LEN);
+        assert!(ApplyTo { revision: Some(&full), ..ApplyTo::default() }.check().is_ok());
 
-    fn len(&self) -> usize {
-        self.0.len() + self.1.len()
-    }
-}
-
-#[derive(Default)]
-struct Batches {
-    services: MapBatch<ServiceKey, ServiceValue>,
-    slots: MapBatch<SlotKey, u32>,
-    backends: MapBatch<BackendKey, Backend>,
-    names: MapBatch<u32, ServiceName>,
-    health: MapBatch<HealthKey, u32>,
-}
-
-impl Batches {
-    fn len(&self) -> usize {
-        self.services.len()
-            + self.slots.len()
-            + self.backends.len()
-            + self.names.len()
-            + self.health.len()
+        let recorded = MapState::default();
+        let scope = Scope::Recorded(&recorded);
+        let to = ApplyTo { scope, ..ApplyTo::default() };
+        assert!(matches!(to.check(), Err(DataplaneError::RecordedWithoutGeneration)));
+        assert!(ApplyTo { expected_generation: Some(3), scope, ..to }.check().is_ok());
+        assert!(ApplyTo::default().check().is_ok());
     }
 }

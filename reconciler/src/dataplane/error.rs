@@ -97,6 +97,8 @@ pub enum DataplaneError {
          (changed by hand, or an apply was interrupted)"
     )]
     NotAsRecorded,
+    #[error("an apply confined to recorded entries needs the generation they were recorded at")]
+    RecordedWithoutGeneration,
     #[error("waiting for an RCU grace period (membarrier): {0}")]
     Membarrier(io::Error),
     #[error("{} contains a NUL byte", .path.display())]

@@ -10,7 +10,7 @@ use reconciler_common::{Metadata, LAYOUT_VERSION, REVISION_LEN};
 use reconciler_core::state::MapState;
 
 use super::{
-    apply::{ApplyReport, Readers},
+    apply::ApplyReport,
     error::{io_err, map_err, DataplaneError, Result},
     ours,
     pins::{
@@ -127,9 +127,7 @@ impl<'a> Install<'a> {
         // A crash from here until the links are pinned leaves an unfinished install, which
         // the next one removes (`start_afresh`).
         let report = match self.fill {
-            Some((desired, revision)) => {
-                Some(dataplane.apply_locked(None, desired, revision, None, Readers::NotYet)?)
-            }
+            Some((desired, revision)) => Some(dataplane.fill(desired, revision)?),
             None => None,
         };
         for name in PROGRAMS {

@@ -17,6 +17,7 @@
 //! - `programs`: loading, attaching and pinning the programs;
 //! - `ours`: telling this project's programs from others' on a cgroup;
 //! - `encode`: the typed content to and from the map entries the programs read;
+//! - `write`: writing changes into one set, in batches per map;
 //! - `batch`: batched hash map reads and writes (bpf(2) directly);
 //! - `destroy`: destroying connected UDP sockets whose backend an apply took away;
 //! - `error`: [`DataplaneError`].
@@ -32,6 +33,7 @@ mod programs;
 mod read;
 pub mod trace;
 mod upgrade;
+mod write;
 
 use std::path::PathBuf;
 
@@ -44,7 +46,7 @@ pub use reconciler_core::state::{
     Protocol, ServiceEntry,
 };
 
-pub use apply::{wait_for_readers, ApplyReport};
+pub use apply::{wait_for_readers, ApplyReport, ApplyTo, Scope};
 pub use error::DataplaneError;
 pub use install::{Install, Loaded, Uninstalled};
 pub use pins::{default_cgroup, is_installed};
