@@ -12,8 +12,9 @@ use anyhow::{ensure, Context as _, Result};
 use reconciler::{
     apply,
     compile::compile,
-    dataplane::{ApplyTo, Dataplane, MapState, Scope},
+    dataplane::{ApplyTo, Dataplane, Scope},
     source::{GitSpec, SourceSpec},
+    state::MapState,
     validate::Policy,
 };
 use reconciler_tests::{git::Repo, reconciler_path, Sandbox};

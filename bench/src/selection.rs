@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use reconciler::dataplane::{ApplyTo, Dataplane, MapState};
+use reconciler::{
+    dataplane::{ApplyTo, Dataplane},
+    state::MapState,
+};
 use reconciler_tests::Sandbox;
 use serde_json::{json, Value};
 

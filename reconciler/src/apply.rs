@@ -16,10 +16,11 @@ pub use crate::pipeline::{
 };
 use crate::{
     compile::{self, compile_with_health},
-    dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
+    dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState},
     memo::{Memo, Record},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
+    state::MapState,
 };
 
 /// The live state at `pin_path`, or `None` when no data plane is installed there.

@@ -29,9 +29,11 @@ pub mod git;
 pub mod gitops;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{
-    self, Algorithm, ApplyTo, BackendEntry, BackendState, Client, Dataplane, Frontend, MapState,
-    Protocol, ServiceEntry,
+use reconciler::{
+    dataplane::{self, ApplyTo, Dataplane},
+    state::{
+        Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, Protocol, ServiceEntry,
+    },
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use anyhow::{ensure, Result};
 use reconciler::{
     apply::{self, Desired, Error, Reading},
-    dataplane::{Dataplane, MapState, Status},
+    dataplane::{Dataplane, Status},
     memo::Memo,
     plan::{render_text, Plan},
     source::{GitSpec, SourceSpec},
+    state::MapState,
     validate::Policy,
 };
 use reconciler_tests::{

@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::{ApplyTo, MapState, Protocol};
+use reconciler::{
+    dataplane::ApplyTo,
+    state::{MapState, Protocol},
+};
 use reconciler_tests::{one_service, Running, Sandbox};
 
 /// `one_service` for UDP.

@@ -32,12 +32,13 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, Desired, Error, Reading},
-    dataplane::{ApplyReport, Dataplane, MapState},
+    dataplane::{ApplyReport, Dataplane},
     memo::Memo,
     metrics::Metrics,
     node,
     plan::Plan,
     source,
+    state::MapState,
     time::rfc3339_utc,
     validate::{Diagnostic, Policy},
 };

@@ -39,12 +39,6 @@ use std::path::PathBuf;
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{BackendCounters, Metadata, ServiceCounters};
-// The typed content lives with the pure pipeline, which compiles it; here it is read and
-// written.
-pub use reconciler_core::state::{
-    predicted_writes, Algorithm, BackendEntry, BackendState, Change, Client, Frontend, MapState,
-    Protocol, ServiceEntry,
-};
 
 pub use apply::{wait_for_readers, ApplyReport, ApplyTo, Scope};
 pub use error::DataplaneError;
@@ -55,8 +49,6 @@ pub use upgrade::{upgrade, Upgraded};
 
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
-
-pub use reconciler_core::state::DEFAULT_PIN_PATH;
 
 pub const PROGRAMS: [&str; 8] = [
     "connect4",
