@@ -101,7 +101,7 @@ pub enum DataplaneError {
     RecordedWithoutGeneration,
     #[error("waiting for an RCU grace period (membarrier): {0}")]
     Membarrier(io::Error),
-    #[error("{} contains a NUL byte", .path.display())]
+    #[error("{path} contains a NUL byte")]
     NulInPath { path: PathBuf },
     #[error("the BPF object has no program {name}")]
     MissingProgram { name: &'static str },
@@ -115,7 +115,7 @@ pub enum DataplaneError {
     Pin { what: String, error: PinError },
     #[error("revision is longer than {} bytes", REVISION_LEN)]
     RevisionTooLong,
-    #[error("{} has links but no readable METADATA", .path.display())]
+    #[error("{path} has links but no readable METADATA")]
     NoMetadata { path: PathBuf },
     #[error(
         "pinned map {name} ({pinned}) differs from this build's ({wanted}), and no \
@@ -137,11 +137,13 @@ fn pinned_at(other: &Option<PathBuf>) -> String {
     other.as_ref().map(|dir| format!(", pinned at {}", dir.display())).unwrap_or_default()
 }
 
+/// For `map_err`: an I/O error, with what failed.
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
     move |error| DataplaneError::Io { what, error }
 }
 
+/// For `map_err`: a map error, with what failed.
 pub(super) fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let what = what.into();
     move |error| DataplaneError::Map { what, error }
