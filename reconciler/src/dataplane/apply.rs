@@ -416,8 +416,8 @@ impl Dataplane {
     /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
     /// (or moved) are deleted, and the connected UDP sockets they name are destroyed (see
     /// `destroy`); a backend put in maintenance or found unhealthy loses its UDP entries and
-    /// sockets alike (its
-    /// TCP connections are the backend's to end). Returns how many sockets were destroyed.
+    /// sockets alike (its TCP connections are the backend's to end). Returns how many sockets
+    /// were destroyed.
     fn forget_removed_backends(&self, live: &MapState, desired: &MapState) -> Result<usize> {
         let mut removed = BTreeSet::new();
         let mut to_maintenance = BTreeSet::new();

@@ -47,6 +47,7 @@ pub(super) fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
 pub(super) fn statfs_type(path: &Path) -> Result<libc::c_long> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| DataplaneError::NulInPath { path: path.to_owned() })?;
+    // SAFETY: statfs is plain data, for which all zeroes is a valid value.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and buf is a valid statfs buffer.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
