@@ -11,9 +11,10 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use reconciler::{
     compile::compile,
-    dataplane::{Dataplane, MapState},
+    dataplane::{ApplyTo, Dataplane, Scope},
     pipeline::Session,
     source::{GitSpec, SourceSpec},
+    state::MapState,
     validate::Policy,
 };
 use reconciler_tests::{git::Repo, reconciler_path, Sandbox};
@@ -263,13 +264,13 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let state_a = compile(&desired_a.services, &MapState::default())?;
         let started = Instant::now();
         let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
-        dataplane.apply(&state_a, None, None)?;
+        dataplane.apply(&state_a, ApplyTo::default())?;
         record("dataplane_cold_apply_s", started.elapsed().as_secs_f64());
         let spec_b = SourceSpec::Git(GitSpec { reference: Some(commit_b.clone()), ..git });
         let desired_b = Session::new(spec_b, "", Policy::default()).load()?;
         let state_b = compile(&desired_b.services, &state_a)?;
         let started = Instant::now();
-        let report = dataplane.apply(&state_b, None, None)?;
+        let report = dataplane.apply(&state_b, ApplyTo::default())?;
         record("dataplane_one_backend_apply_s", started.elapsed().as_secs_f64());
         record("dataplane_one_backend_map_writes", report.map_writes as f64);
         // And back, by the incremental path: only the changed service's entries are read.
@@ -279,7 +280,14 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let before = state_b.of_services(&[name.as_str()].into());
         let after = compile(&touched, &state_b)?;
         let started = Instant::now();
-        dataplane.apply_touched(&before, &after, None, report.generation)?;
+        dataplane.apply(
+            &after,
+            ApplyTo {
+                revision: None,
+                expected_generation: Some(report.generation),
+                scope: Scope::Recorded(&before),
+            },
+        )?;
         record("dataplane_one_backend_incremental_s", started.elapsed().as_secs_f64());
         drop(dataplane);
         drop(sandbox);

@@ -13,7 +13,10 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState};
+use reconciler::{
+    dataplane::{ApplyTo, Dataplane},
+    state::MapState,
+};
 use reconciler_tests::{probe_path, Sandbox};
 use serde_json::Value;
 
@@ -291,7 +294,7 @@ fn measure_observed<T>(
         Path::Direct => measured.endpoints.join(","),
         Path::Reconciler => {
             let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
-            dataplane.apply(state, None, None)?;
+            dataplane.apply(state, ApplyTo::default())?;
             vip
         }
         Path::Iptables | Path::Nftables => {

@@ -17,8 +17,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 use anyhow::{bail, Context as _, Result};
 use reconciler::{
     compile::compile,
-    dataplane::MapState,
     source::{Snapshot, SourceFile},
+    state::MapState,
     validate,
 };
 use serde_json::json;

@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use reconciler::dataplane::{Dataplane, MapState};
+use reconciler::{
+    dataplane::{ApplyTo, Dataplane},
+    state::MapState,
+};
 use reconciler_tests::Sandbox;
 use serde_json::{json, Value};
 
@@ -136,7 +139,7 @@ fn one_backend_change(rounds: usize) -> Result<Value> {
         let sandbox = Sandbox::new("bench-selection")?;
         let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
         let full = compiled_with(&service(&ten), spec, &MapState::default())?;
-        dataplane.apply(&full, None, None)?;
+        dataplane.apply(&full, ApplyTo::default())?;
         let mut figures: Vec<(&str, Vec<f64>, usize)> = Vec::new();
         let mut live = full;
         for _ in 0..rounds {
@@ -149,7 +152,7 @@ fn one_backend_change(rounds: usize) -> Result<Value> {
             for (change, endpoints) in changes {
                 let desired = compiled_with(&service(endpoints), spec, &live)?;
                 let started = Instant::now();
-                let report = dataplane.apply(&desired, None, None)?;
+                let report = dataplane.apply(&desired, ApplyTo::default())?;
                 let millis = started.elapsed().as_secs_f64() * 1000.0;
                 match figures.iter_mut().find(|(name, ..)| *name == change) {
                     Some((_, all, _)) => all.push(millis),

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
-use crate::dataplane::{Dataplane, DataplaneError, MapState, Protocol};
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    state::{MapState, Protocol},
+};
 
 /// One service's refusals, by reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

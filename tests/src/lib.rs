@@ -29,9 +29,11 @@ pub mod git;
 pub mod gitops;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{
-    self, Algorithm, BackendEntry, BackendState, Client, Dataplane, Frontend, MapState, Protocol,
-    ServiceEntry,
+use reconciler::{
+    dataplane::{self, ApplyTo, Dataplane},
+    state::{
+        Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, Protocol, ServiceEntry,
+    },
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
@@ -344,7 +346,7 @@ impl Sandbox {
     /// Installs the data plane on the sandbox and applies `desired` to it.
     pub fn install(&self, desired: &MapState) -> Result<Dataplane> {
         let mut dataplane = Dataplane::install(&self.pin_path, &self.cgroup)?;
-        dataplane.apply(desired, None, None)?;
+        dataplane.apply(desired, ApplyTo::default())?;
         Ok(dataplane)
     }
 

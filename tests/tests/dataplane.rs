@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::dataplane::{Dataplane, Uninstalled};
+use reconciler::dataplane::{ApplyTo, Dataplane, Install, Uninstalled};
 use reconciler_common::MAX_SERVICES;
 use reconciler_tests::{
     attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
@@ -167,7 +167,8 @@ fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
 
     // Same IDs, new addresses: 2 backend entries change, nothing else.
     let desired = one_service("10.96.0.10:80", &[&new[0], &new[1]])?;
-    let report = dataplane.apply(&desired, Some("swap"), None)?;
+    let report =
+        dataplane.apply(&desired, ApplyTo { revision: Some("swap"), ..ApplyTo::default() })?;
     assert_eq!(report.changes, 2);
     // Each change into both sets, plus dirty mark, flip and final metadata.
     assert_eq!(report.map_writes, 2 * 2 + 3);
@@ -185,12 +186,16 @@ fn an_apply_that_swaps_the_backends_writes_only_what_changed() -> Result<()> {
     assert_eq!(live.status.revision.as_deref(), Some("swap"));
 
     // Applying the same state again writes nothing.
-    let again = dataplane.apply(&desired, Some("swap"), None)?;
+    let again =
+        dataplane.apply(&desired, ApplyTo { revision: Some("swap"), ..ApplyTo::default() })?;
     assert_eq!((again.changes, again.map_writes), (0, 0));
 
     // Growing to three backends adds one backend, one slot, and changes the slot count.
     let grown = one_service("10.96.0.10:80", &[&new[0], &new[1], &old[0]])?;
-    let report = dataplane.apply(&grown, None, Some(report.generation))?;
+    let report = dataplane.apply(
+        &grown,
+        ApplyTo { expected_generation: Some(report.generation), ..ApplyTo::default() },
+    )?;
     assert_eq!(report.changes, 3);
     assert_eq!(report.map_writes, 2 * 3 + 3);
     Ok(())
@@ -248,7 +253,15 @@ fn a_stale_expected_generation_writes_nothing() -> Result<()> {
     let mut dataplane = sandbox.install(&one_service("10.96.0.10:80", &["127.0.0.1:1"])?)?;
     let before = dataplane.read_live()?;
     let other = one_service("10.96.0.10:80", &["127.0.0.1:2"])?;
-    let err = dataplane.apply(&other, None, Some(before.status.generation + 1)).err();
+    let err = dataplane
+        .apply(
+            &other,
+            ApplyTo {
+                expected_generation: Some(before.status.generation + 1),
+                ..ApplyTo::default()
+            },
+        )
+        .err();
     assert!(err.as_ref().is_some_and(|e| e.to_string().contains("live generation")), "{err:?}");
     let after = dataplane.read_live()?;
     assert_eq!((after.state, after.status), (before.state, before.status));
@@ -271,7 +284,7 @@ fn concurrent_appliers_never_leave_the_sets_apart() -> Result<()> {
             std::thread::spawn(move || -> Result<()> {
                 let mut dataplane = Dataplane::open(&pin_path)?;
                 for _ in 0..20 {
-                    dataplane.apply(&state, None, None)?;
+                    dataplane.apply(&state, ApplyTo::default())?;
                 }
                 Ok(())
             })
@@ -286,7 +299,7 @@ fn concurrent_appliers_never_leave_the_sets_apart() -> Result<()> {
     let live = dataplane.read_live()?;
     assert!(!live.status.standby_dirty);
     assert!(states.contains(&live.state), "{:?}", live.state);
-    assert_eq!(dataplane.apply(&live.state, None, None)?.map_writes, 0);
+    assert_eq!(dataplane.apply(&live.state, ApplyTo::default())?.map_writes, 0);
     Ok(())
 }
 
@@ -305,7 +318,7 @@ fn states_larger_than_one_batch_round_trip() -> Result<()> {
     // And back down: 19 998 deletes in batches, in both sets.
     let small = one_service("10.96.0.10:80", &["127.0.0.1:1", "127.0.0.1:2"])?;
     let mut dataplane = dataplane;
-    let report = dataplane.apply(&small, None, None)?;
+    let report = dataplane.apply(&small, ApplyTo::default())?;
     assert_eq!(report.changes, 19_999);
     assert_eq!(dataplane.read_live()?.state, small);
     Ok(())
@@ -631,12 +644,8 @@ fn a_first_install_fills_both_sets_before_attaching_as_an_apply_would() -> Resul
     let mut sandbox = Sandbox::new("fill")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     let desired = one_service("10.96.0.10:80", &[&backend.to_string()])?;
-    let (dataplane, report) = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&desired, Some("r1"))),
-    )?;
+    let (dataplane, report) =
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&desired, Some("r1")).run()?;
     let report = report.context("a first install applies what it is given")?;
     // The same writes, generation and end state as installing and then applying.
     let versioned = desired.services.len() + desired.slots.len() + desired.backends.len();
@@ -653,12 +662,8 @@ fn a_first_install_fills_both_sets_before_attaching_as_an_apply_would() -> Resul
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
 
     // An install that finds a complete one applies nothing: the caller applies as usual.
-    let (_, again) = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&desired, None)),
-    )?;
+    let (_, again) =
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&desired, None).run()?;
     assert!(again.is_none());
     Ok(())
 }
@@ -674,17 +679,12 @@ fn a_first_install_that_fails_while_filling_attaches_nothing_and_the_next_starts
     for id in 2..=MAX_SERVICES + 1 {
         too_many.names.insert(id, format!("s{id}"));
     }
-    let failed = Dataplane::install_loaded(
-        sandbox.pin_path(),
-        sandbox.cgroup(),
-        None,
-        Some((&too_many, None)),
-    );
+    let failed = Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&too_many, None).run();
     ensure!(failed.is_err(), "a fill beyond SERVICE_NAMES' capacity succeeded");
     assert_eq!(sandbox.attached_programs()?, 0, "programs attached over half-filled maps");
 
     let (dataplane, report) =
-        Dataplane::install_loaded(sandbox.pin_path(), sandbox.cgroup(), None, Some((&good, None)))?;
+        Install::new(sandbox.pin_path(), sandbox.cgroup()).fill(&good, None).run()?;
     assert_eq!(report.map(|r| r.generation), Some(1), "the next install started over");
     let (_, [active, standby]) = dataplane.read_both_sets()?;
     assert_eq!(active, good);

@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use reconciler::{
     daemon::{http::request, DaemonStatus},
-    dataplane::{BackendState, Dataplane},
+    dataplane::Dataplane,
+    state::BackendState,
 };
 use reconciler_tests::{git::Repo, reconciler_path, wait_for, Sandbox};
 use tempfile::TempDir;

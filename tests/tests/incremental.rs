@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use reconciler::{
-    dataplane::{Dataplane, MapState, Status},
+    dataplane::{Dataplane, Status},
     memo::Memo,
     pipeline::{ApplyOptions, Error, PlanOptions, Session},
     plan::{render_text, Plan},
     source::{GitSpec, SourceSpec},
+    state::MapState,
     validate::Policy,
 };
 use reconciler_tests::{

@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::{MapState, Protocol};
+use reconciler::{
+    dataplane::ApplyTo,
+    state::{MapState, Protocol},
+};
 use reconciler_tests::{one_service, Running, Sandbox};
 
 /// `one_service` for UDP.
@@ -354,7 +357,7 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     let entry = moved.backends.remove(&1).context("backend 1")?;
     moved.backends.insert(2, entry);
     moved.slots.insert((1, 0), 2);
-    let report = dataplane.apply(&moved, None, None)?;
+    let report = dataplane.apply(&moved, ApplyTo::default())?;
     assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
 
     let rest = client.finish()?;

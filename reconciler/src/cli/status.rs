@@ -6,7 +6,8 @@ use reconciler::{
     clock::rfc3339_utc,
     counters::Counters,
     daemon::{DaemonStatus, DriftMode},
-    dataplane::{self, Dataplane, Events, LiveState, MapState},
+    dataplane::{self, Dataplane, Events, LiveState},
+    state::MapState,
 };
 use serde_json::json;
 

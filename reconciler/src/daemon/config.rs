@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::webhook::Secret;
 use crate::{
-    dataplane::DEFAULT_PIN_PATH,
     source::{default_cache_dir, GitSpec, SourceSpec},
+    state::DEFAULT_PIN_PATH,
     validate::{at, parse_range, Diagnostic, Policy, Schema},
     verify::{AllowedSigners, Keyring, Mode, Verify},
     yaml,

@@ -34,11 +34,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     clock::{self, rfc3339_utc},
-    dataplane::{ApplyReport, Dataplane, MapState},
+    dataplane::{ApplyReport, Dataplane},
     node,
     pipeline::{describe, ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
     plan::Plan,
     source,
+    state::MapState,
     validate::{Diagnostic, Policy},
 };
 pub use config::{Config, DriftMode};

@@ -14,7 +14,7 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 
-use super::{io_err, map_err, DataplaneError, Result};
+use super::error::{io_err, map_err, DataplaneError, Result};
 
 /// One data plane per cgroup. Two on one cgroup both run on every connect, in the order they
 /// were attached: the older rewrites the VIP to one of its backends, and the newer then sees

@@ -13,7 +13,13 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use reconciler_common::{event, trace, TraceEvent, PROTO_UDP};
 use serde::Serialize;
 
-use super::{map_err, open_map, state, DataplaneError, Protocol, Result};
+use reconciler_core::state::Protocol;
+
+use super::{
+    encode,
+    error::{map_err, DataplaneError, Result},
+    pins::typed_map,
+};
 
 /// A running tracer: the ring buffer, and the flag it set.
 pub struct Tracer {
@@ -46,22 +52,13 @@ pub struct Event {
 impl Tracer {
     /// Starts tracing the data plane at `pin_path`; refused while another tracer runs.
     pub fn start(pin_path: &Path) -> Result<Tracer> {
-        let mut on: Array<MapData, u32> = open_map(pin_path, "TRACE_ON")?
-            .try_into()
-            .map_err(map_err("map TRACE_ON has an unexpected type"))?;
+        let mut on: Array<MapData, u32> = typed_map(pin_path, "TRACE_ON")?;
         let running = on.get(&0, 0).map_err(map_err("reading TRACE_ON"))?;
         if running != 0 && Path::new(&format!("/proc/{running}")).exists() {
-            return Err(DataplaneError::Invalid(format!(
-                "another `reconciler trace` (PID {running}) is tracing this data plane; one \
-                 tracer at a time reads its events"
-            )));
+            return Err(DataplaneError::TracerRunning { pid: running });
         }
-        let ring: RingBuf<MapData> = open_map(pin_path, "TRACE")?
-            .try_into()
-            .map_err(map_err("map TRACE has an unexpected type"))?;
-        let drops: PerCpuArray<MapData, u64> = open_map(pin_path, "TRACE_DROPS")?
-            .try_into()
-            .map_err(map_err("map TRACE_DROPS has an unexpected type"))?;
+        let ring: RingBuf<MapData> = typed_map(pin_path, "TRACE")?;
+        let drops: PerCpuArray<MapData, u64> = typed_map(pin_path, "TRACE_DROPS")?;
         let pid = std::process::id();
         on.set(0, pid, 0).map_err(map_err("writing TRACE_ON"))?;
         Ok(Tracer { ring, on, drops, pid })
@@ -107,7 +104,7 @@ impl From<&TraceEvent> for Event {
     fn from(raw: &TraceEvent) -> Event {
         let end = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
         let address =
-            |words, port: u16| SocketAddr::new(state::words_to_addr(words), u16::from_be(port));
+            |words, port: u16| SocketAddr::new(encode::words_to_addr(words), u16::from_be(port));
         Event {
             monotonic_ns: raw.time_ns,
             pid: raw.pid,

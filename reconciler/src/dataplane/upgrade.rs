@@ -28,8 +28,12 @@ use aya_obj::generated::{bpf_attr, bpf_cmd};
 use reconciler_common::LAYOUT_VERSION;
 
 use super::{
-    attach_and_pin, default_cgroup, io_err, link_pin, loaded_program, lock, map_err, metadata_map,
-    pindir, pinned_layout_version, DataplaneError, Result, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
+    error::{io_err, map_err, DataplaneError, Result},
+    pins::{
+        self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
+    },
+    programs::{attach_and_pin, loaded_program},
+    MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -46,22 +50,18 @@ pub struct Upgraded {
 /// Brings the data plane at `pin_path` up to this build (see the module docs); `None` when
 /// it already is, or when none is installed there.
 pub fn upgrade(pin_path: &Path) -> Result<Option<Upgraded>> {
-    if !super::is_installed(pin_path) {
+    if !is_installed(pin_path) {
         return Ok(None);
     }
-    pindir::check(pin_path)?;
+    pins::check_dir(pin_path)?;
     let _lock = lock(pin_path)?;
     upgrade_locked(pin_path)
 }
 
 /// [`upgrade`], for a caller that holds the pin directory's lock.
 pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
-    let from_layout = pinned_layout_version(pin_path).ok_or_else(|| {
-        DataplaneError::Invalid(format!(
-            "{} has links but no readable METADATA",
-            pin_path.display()
-        ))
-    })?;
+    let from_layout = pinned_layout_version(pin_path)
+        .ok_or_else(|| DataplaneError::NoMetadata { path: pin_path.to_owned() })?;
     let missing: Vec<&'static str> =
         PROGRAMS.iter().copied().filter(|p| !link_pin(pin_path, p).exists()).collect();
     if from_layout == LAYOUT_VERSION && missing.is_empty() {
@@ -87,10 +87,8 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
     let cgroup = if missing.is_empty() { None } else { Some(cgroup_of(record.cgroup_id)?) };
     let mut upgraded = Upgraded { from_layout, replaced: Vec::new(), attached: Vec::new() };
     for name in PROGRAMS {
-        if missing.contains(&name) {
-            let cgroup = cgroup.as_ref().ok_or_else(|| {
-                DataplaneError::Invalid("no cgroup for the hooks to attach".into())
-            })?;
+        // `cgroup` was found above whenever a hook is missing.
+        if let Some(cgroup) = cgroup.as_ref().filter(|_| missing.contains(&name)) {
             attach_and_pin(&mut ebpf, name, cgroup, pin_path)?;
             upgraded.attached.push(name);
             continue;
@@ -118,8 +116,7 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
 /// Refuses to reuse a pinned map whose key size, value size or capacity differs from this
 /// build's definition of it: the new programs would read a map they were not built for.
 fn check_reused_maps(pin_path: &Path) -> Result<()> {
-    let object = aya_obj::Object::parse(OBJECT)
-        .map_err(|e| DataplaneError::Invalid(format!("parsing the BPF object: {e}")))?;
+    let object = aya_obj::Object::parse(OBJECT).map_err(DataplaneError::ParseObject)?;
     for name in MAPS {
         let pin = pin_path.join(name);
         let Some(definition) = object.maps.get(name).filter(|_| pin.exists()) else {
@@ -127,17 +124,14 @@ fn check_reused_maps(pin_path: &Path) -> Result<()> {
         };
         let info = MapData::from_pin(&pin)
             .and_then(|map| map.info())
-            .map_err(|e| DataplaneError::Invalid(format!("reading pinned map {name}: {e}")))?;
+            .map_err(map_err(format!("reading pinned map {name}")))?;
         let shape =
             |key, value, entries| format!("key {key} B, value {value} B, {entries} entries");
         let pinned = shape(info.key_size(), info.value_size(), info.max_entries());
         let wanted =
             shape(definition.key_size(), definition.value_size(), definition.max_entries());
         if pinned != wanted {
-            return Err(DataplaneError::Invalid(format!(
-                "pinned map {name} ({pinned}) differs from this build's ({wanted}), and no \
-                 migration exists for it"
-            )));
+            return Err(DataplaneError::MapShapeChanged { name, pinned, wanted });
         }
     }
     Ok(())
@@ -159,7 +153,7 @@ fn cgroup_of(id: u64) -> Result<fs::File> {
             }
         }
     }
-    Err(DataplaneError::Invalid(format!("no cgroup with ID {id} (the data plane's) exists")))
+    Err(DataplaneError::NoCgroupWithId { id })
 }
 
 /// `BPF_LINK_UPDATE` of the link pinned at `pin` to `program` (aya 0.14 keeps its wrapper

@@ -11,8 +11,11 @@ use std::{
 use super::{incremental, remember, Desired, Error, Session};
 use crate::{
     compile::compile_with_health,
-    dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, Loaded, MapState},
+    dataplane::{
+        self, ApplyReport, ApplyTo, Dataplane, DataplaneError, Install, LiveState, Loaded, Scope,
+    },
     plan::{make_plan, Plan, PlanContext},
+    state::MapState,
 };
 
 /// How much of the live maps a plan reads.
@@ -172,9 +175,10 @@ fn apply(plan: &Plan, pin_path: &Path, options: ApplyOptions) -> Result<ApplyRep
             Some(cgroup) => cgroup,
             None => dataplane::default_cgroup()?,
         };
-        let first = Some((&plan.desired, revision));
-        let (mut dataplane, report) =
-            Dataplane::install_loaded(pin_path, &cgroup, options.loaded, first)?;
+        let (mut dataplane, report) = Install::new(pin_path, &cgroup)
+            .loaded(options.loaded)
+            .fill(&plan.desired, revision)
+            .run()?;
         if let Some(report) = report {
             return Ok(report);
         }
@@ -187,13 +191,12 @@ fn apply(plan: &Plan, pin_path: &Path, options: ApplyOptions) -> Result<ApplyRep
 /// Writes `plan` into `dataplane`. The generation is checked under the apply's lock: a plan
 /// made against generation N is applied only to generation N.
 fn apply_to(dataplane: &mut Dataplane, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
-    let revision = plan.context.revision.as_deref();
-    match &plan.touched {
-        Some(recorded) => {
-            dataplane.apply_touched(recorded, &plan.desired, revision, plan.context.generation)
-        }
-        None => dataplane.apply(&plan.desired, revision, Some(plan.context.generation)),
-    }
+    let to = ApplyTo {
+        revision: plan.context.revision.as_deref(),
+        expected_generation: Some(plan.context.generation),
+        scope: plan.touched.as_ref().map_or(Scope::Everything, Scope::Recorded),
+    };
+    dataplane.apply(&plan.desired, to)
 }
 
 /// The errors of an apply to the data plane at `pin_path` that say the plan is stale.

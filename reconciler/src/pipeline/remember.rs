@@ -2,9 +2,10 @@
 //! the parses the next diff needs.
 use super::Tree;
 use crate::{
-    dataplane::{ApplyReport, MapState},
+    dataplane::ApplyReport,
     memo::{Memo, Record},
     plan::Plan,
+    state::MapState,
 };
 
 /// What `memo` learns from `plan` (made from the definitions in `tree`) being applied with

@@ -31,7 +31,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use reconciler::dataplane::Dataplane;
+use reconciler::dataplane::{ApplyTo, Dataplane};
 use reconciler_tests::{answer, errno_name, one_service, request};
 
 fn main() -> Result<()> {
@@ -62,7 +62,7 @@ fn main() -> Result<()> {
         ),
         ["install", pin, cgroup, frontend, backends @ ..] => {
             let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
-            dataplane.apply(&one_service(frontend, backends)?, None, None)?;
+            dataplane.apply(&one_service(frontend, backends)?, ApplyTo::default())?;
             Ok(())
         }
         _ => bail!(

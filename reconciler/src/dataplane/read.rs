@@ -1,0 +1,293 @@
+//! Reading the data plane: the metadata, both sets (whole, or under some keys), the counters,
+//! the events and the session affinity entries. Nothing here writes.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use reconciler_common::{
+    affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey,
+    Metadata, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
+};
+use reconciler_core::state::{Frontend, MapState};
+
+use super::{
+    batch, encode,
+    error::{io_err, map_err, Result},
+    Dataplane,
+};
+
+/// The programs' `EVENTS` counters (see `reconciler_common::event` for each reason).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Events {
+    /// Connects and datagrams to a service with no usable backend, refused.
+    pub no_backend: u64,
+    /// Refused because a slot was missing from the live set.
+    pub slot_miss: u64,
+    /// Refused because a backend was missing from the live set.
+    pub backend_miss: u64,
+    /// Reverse entries found stale (service or backend gone) and deleted.
+    pub reverse_stale: u64,
+    /// Translations that could not be recorded for the replies.
+    pub reverse_full: u64,
+    /// Connects that a session affinity entry sent to its backend.
+    pub affinity_hits: u64,
+    /// Connects of clients with no affinity entry, or an expired one.
+    pub affinity_misses: u64,
+    /// Affinity entries deleted because their backend was gone or in maintenance.
+    pub affinity_dropped: u64,
+}
+
+/// What the metadata map says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub generation: u64,
+    pub revision: Option<String>,
+    pub applied_at_unix: Option<u64>,
+    pub cgroup_id: u64,
+    pub active_set: u8,
+    pub standby_dirty: bool,
+}
+
+/// The live state: the active set's content and the metadata.
+#[derive(Clone, Debug)]
+pub struct LiveState {
+    pub state: MapState,
+    pub status: Status,
+}
+
+impl Dataplane {
+    pub(super) fn read_metadata(&self) -> Result<Metadata> {
+        self.metadata.get(&0, 0).map_err(map_err("reading METADATA"))
+    }
+
+    pub(super) fn read_active_set(&self) -> Result<u8> {
+        let set = self.active_set.get(&0, 0).map_err(map_err("reading ACTIVE_SET"))?;
+        Ok((set & 1) as u8)
+    }
+
+    /// The metadata, in readable form.
+    pub fn status(&self) -> Result<Status> {
+        let metadata = self.read_metadata()?;
+        let revision_len = usize::from(metadata.revision_len).min(REVISION_LEN);
+        Ok(Status {
+            generation: metadata.generation,
+            revision: (revision_len > 0)
+                .then(|| String::from_utf8_lossy(&metadata.revision[..revision_len]).into_owned()),
+            applied_at_unix: (metadata.applied_at_unix > 0).then_some(metadata.applied_at_unix),
+            cgroup_id: metadata.cgroup_id,
+            active_set: self.read_active_set()?,
+            standby_dirty: metadata.standby_dirty != 0,
+        })
+    }
+
+    /// The active set's content and the metadata.
+    pub fn read_live(&self) -> Result<LiveState> {
+        let status = self.status()?;
+        let [state, _] = self.read_sets(status.active_set, false)?;
+        Ok(LiveState { state, status })
+    }
+
+    /// The metadata and both sets, `[active, standby]`, every entry.
+    pub fn read_both_sets(&self) -> Result<(Status, [MapState; 2])> {
+        let status = self.status()?;
+        let sets = self.read_sets(status.active_set, true)?;
+        Ok((status, sets))
+    }
+
+    /// Set `first` and, with `other_too`, the other (else it is left empty), `[first,
+    /// other]`, in one pass over each map. Entries that no build of ours writes (an unknown
+    /// protocol) are skipped here and so are replaced by an apply.
+    pub(super) fn read_sets(&self, first: u8, other_too: bool) -> Result<[MapState; 2]> {
+        let mut sets = [MapState::default(), MapState::default()];
+        // The index into `sets` of an entry of `set`, if that set is wanted.
+        let index = |set: u8| Some(usize::from(set != first)).filter(|&i| i == 0 || other_too);
+        let read_error = |name: &str| io_err(format!("reading {name}"));
+        for (key, value) in batch::lookup_all::<ServiceKey, ServiceValue>(&self.services)
+            .map_err(read_error("SERVICES"))?
+        {
+            if let (Some(frontend), Some(i)) = (encode::frontend_of(&key), index(key.set)) {
+                sets[i].services.insert(frontend, encode::service_entry(&value));
+            }
+        }
+        for (key, backend) in
+            batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read_error("SLOTS"))?
+        {
+            if let Some(i) = index(key.set) {
+                sets[i].slots.insert((key.service_id, key.slot), backend);
+            }
+        }
+        for (key, value) in batch::lookup_all::<BackendKey, Backend>(&self.backends)
+            .map_err(read_error("BACKENDS"))?
+        {
+            if let Some(i) = index(key.set) {
+                sets[i].backends.insert(key.backend_id, encode::backend_entry(&value));
+            }
+        }
+        let names: BTreeMap<u32, String> = batch::lookup_all::<u32, ServiceName>(&self.names)
+            .map_err(read_error("SERVICE_NAMES"))?
+            .iter()
+            .map(|(id, value)| (*id, encode::name_of(value)))
+            .collect();
+        let health = self.read_health()?;
+        if other_too {
+            sets[1].names = names.clone();
+            sets[1].health_excluded = health.clone();
+        }
+        sets[0].names = names;
+        sets[0].health_excluded = health;
+        Ok(sets)
+    }
+
+    /// `HEALTH_EXCLUDED`, which is not versioned: the same for both sets.
+    fn read_health(&self) -> Result<BTreeSet<SocketAddr>> {
+        Ok(batch::lookup_all::<HealthKey, u32>(&self.health)
+            .map_err(io_err("reading HEALTH_EXCLUDED"))?
+            .iter()
+            .map(|(key, _)| encode::health_addr(key))
+            .collect())
+    }
+
+    /// Both sets' entries under the keys of `recorded` and `desired` (`[active, standby]`,
+    /// with the health map), if they are what `recorded` says and the standby is clean
+    /// (`standby_dirty` as the metadata says); `None` otherwise.
+    pub(super) fn read_recorded(
+        &self,
+        active: u8,
+        standby_dirty: bool,
+        recorded: &MapState,
+        desired: &MapState,
+    ) -> Result<Option<[MapState; 2]>> {
+        if standby_dirty {
+            return Ok(None);
+        }
+        let sets = self.read_entries(active, recorded, desired)?;
+        Ok(sets.iter().all(|set| set == recorded).then_some(sets))
+    }
+
+    /// What sets `first` and the other hold under the keys of `a` and `b`, `[first, other]`,
+    /// one lookup per key and set; the health map whole.
+    fn read_entries(&self, first: u8, a: &MapState, b: &MapState) -> Result<[MapState; 2]> {
+        let frontends: BTreeSet<Frontend> =
+            a.services.keys().chain(b.services.keys()).copied().collect();
+        let slots: BTreeSet<(u32, u32)> = a.slots.keys().chain(b.slots.keys()).copied().collect();
+        let backends: BTreeSet<u32> = a.backends.keys().chain(b.backends.keys()).copied().collect();
+        let names: BTreeSet<u32> = a.names.keys().chain(b.names.keys()).copied().collect();
+        let read_error = |name: &str| io_err(format!("reading {name}"));
+        let health = self.read_health()?;
+        let mut sets = [MapState::default(), MapState::default()];
+        for (index, set) in [first, first ^ 1].into_iter().enumerate() {
+            let state = &mut sets[index];
+            let keys = frontends.iter().map(|f| encode::service_key(f, set));
+            for (key, value) in batch::lookup_each::<_, ServiceValue>(&self.services, keys)
+                .map_err(read_error("SERVICES"))?
+            {
+                if let (Some(frontend), Some(value)) = (encode::frontend_of(&key), value) {
+                    state.services.insert(frontend, encode::service_entry(&value));
+                }
+            }
+            let keys = slots.iter().map(|slot| encode::slot_key(*slot, set));
+            for (key, value) in
+                batch::lookup_each::<_, u32>(&self.slots, keys).map_err(read_error("SLOTS"))?
+            {
+                if let Some(backend) = value {
+                    state.slots.insert((key.service_id, key.slot), backend);
+                }
+            }
+            let keys = backends.iter().map(|id| encode::backend_key(*id, set));
+            for (key, value) in batch::lookup_each::<_, Backend>(&self.backends, keys)
+                .map_err(read_error("BACKENDS"))?
+            {
+                if let Some(value) = value {
+                    state.backends.insert(key.backend_id, encode::backend_entry(&value));
+                }
+            }
+            for (id, value) in
+                batch::lookup_each::<_, ServiceName>(&self.names, names.iter().copied())
+                    .map_err(read_error("SERVICE_NAMES"))?
+            {
+                if let Some(value) = value {
+                    state.names.insert(id, encode::name_of(&value));
+                }
+            }
+            state.health_excluded = health.clone();
+        }
+        Ok(sets)
+    }
+
+    /// The counters of backends `ids`, summed over CPUs.
+    pub fn backend_counters(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<BTreeMap<u32, BackendCounters>> {
+        per_cpu_sums(&self.backend_counts, ids, "reading BACKEND_COUNTS")
+    }
+
+    /// The refusal counters of services `ids`, summed over CPUs.
+    pub fn service_counters(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<BTreeMap<u32, ServiceCounters>> {
+        per_cpu_sums(&self.service_counts, ids, "reading SERVICE_COUNTS")
+    }
+
+    /// What the programs counted besides choosing backends, by `event::*` reason, summed
+    /// over CPUs.
+    pub fn events(&self) -> Result<Events> {
+        let sum = |map: &PerCpuArray<MapData, u64>, index: u32, name: &'static str| {
+            map.get(&index, 0).map(|values| values.iter().sum::<u64>()).map_err(map_err(name))
+        };
+        let event = |reason| sum(&self.events, reason, "reading EVENTS");
+        let affinity = |what| sum(&self.affinity_events, what, "reading AFFINITY_EVENTS");
+        Ok(Events {
+            no_backend: event(event::NO_BACKEND)?,
+            slot_miss: event(event::SLOT_MISS)?,
+            backend_miss: event(event::BACKEND_MISS)?,
+            reverse_stale: event(event::REVERSE_STALE)?,
+            reverse_full: event(event::REVERSE_FULL)?,
+            affinity_hits: affinity(affinity::HIT)?,
+            affinity_misses: affinity(affinity::MISS)?,
+            affinity_dropped: affinity(affinity::DROPPED)?,
+        })
+    }
+
+    /// Session affinity entries still within their service's timeout, per service ID (as
+    /// `live`'s services say it; services without affinity have none).
+    pub fn affinity_entries(&self, live: &MapState) -> Result<BTreeMap<u32, usize>> {
+        let timeouts: BTreeMap<u32, u64> = live
+            .services
+            .values()
+            .map(|s| (s.id, u64::from(s.affinity_timeout_secs) * 1_000_000_000))
+            .collect();
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec into `now`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64;
+        let mut counts = BTreeMap::new();
+        for (key, value) in batch::lookup_all::<AffinityKey, AffinityValue>(&self.affinity)
+            .map_err(io_err("reading AFFINITY"))?
+        {
+            let timeout = timeouts.get(&key.service_id).copied().unwrap_or(0);
+            if now.saturating_sub(value.last_used_ns) <= timeout {
+                *counts.entry(key.service_id).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// The values of `ids` in a per-CPU array, summed over CPUs.
+fn per_cpu_sums<T: aya::Pod + Default + core::ops::Add<Output = T>>(
+    map: &PerCpuArray<MapData, T>,
+    ids: impl IntoIterator<Item = u32>,
+    what: &'static str,
+) -> Result<BTreeMap<u32, T>> {
+    ids.into_iter()
+        .map(|id| {
+            let values = map.get(&id, 0).map_err(map_err(what))?;
+            Ok((id, values.iter().fold(T::default(), |sum, v| sum + *v)))
+        })
+        .collect()
+}
