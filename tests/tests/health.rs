@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use reconciler::{
-    daemon::{http::request, DaemonStatus},
+    daemon::{http::request, status::DaemonStatus},
     dataplane::Dataplane,
     state::BackendState,
 };

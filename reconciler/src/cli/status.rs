@@ -5,7 +5,7 @@ use clap::Args;
 use reconciler::{
     clock::rfc3339_utc,
     counters::Counters,
-    daemon::{DaemonStatus, DriftMode},
+    daemon::{config::DriftMode, status::DaemonStatus},
     dataplane::{self, Dataplane, Events, LiveState},
     state::MapState,
 };

@@ -23,7 +23,10 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::{webhook::Refused, DaemonStatus, Shared};
+use super::{
+    status::{DaemonStatus, Shared},
+    webhook::Refused,
+};
 
 /// Webhook bodies longer than this are refused (413). GitHub caps its deliveries at 25 MB;
 /// a body is signed as it arrives, never held whole.

@@ -1,0 +1,254 @@
+//! One run of the daemon, through the pipeline (`crate::pipeline::Session`): upgrade, fetch,
+//! validate, plan, and apply when `decide` says so; then, while the fetched commit is held
+//! back, the drift check of the last good revision.
+use std::{collections::BTreeSet, net::SocketAddr};
+
+use tracing::info;
+
+use super::{
+    config::Config,
+    decide::{self, Decision, Facts, HeldBack, Why},
+    journal::{Failure, Journal},
+    outcome::{self, Outcome, Trouble},
+};
+use crate::{
+    clock,
+    dataplane::{self, Dataplane},
+    node,
+    pipeline::{ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
+    plan::Plan,
+    source::Snapshot,
+    validate::Policy,
+};
+
+/// What the loop remembers between runs.
+pub(super) struct Memory {
+    /// The definitions the data plane holds, for drift checks while newer commits fail.
+    pub last_good: Option<Desired>,
+    /// A revision that failed validation or apply; not tried again.
+    pub failed_revision: Option<String>,
+    /// Transient failures in a row, for the backoff.
+    pub consecutive_errors: u32,
+    /// What survives a restart.
+    pub journal: Journal,
+    /// The backends the health checks took out, as of this run.
+    pub health_excluded: BTreeSet<SocketAddr>,
+    /// The pipeline, with what the incremental path reuses (parses by blob, the state the
+    /// last apply left) in its memo.
+    pub session: Session,
+}
+
+impl Memory {
+    pub(super) fn new(config: &Config) -> Memory {
+        let session = session(config);
+        Memory {
+            last_good: None,
+            failed_revision: None,
+            consecutive_errors: 0,
+            journal: Journal::open(&config.source.cache_dir, &session.source(), &config.pin_path),
+            health_excluded: BTreeSet::new(),
+            session,
+        }
+    }
+
+    /// After a configuration reload: a new policy may accept what the old one refused, or
+    /// refuse what it accepted, so everything is validated again; the memo, keyed by source
+    /// and revision, stays good.
+    pub(super) fn reload(&mut self, old: &Config, new: &Config) {
+        if new.source != old.source {
+            self.journal = Memory::new(new).journal;
+        }
+        let memo = std::mem::replace(&mut self.session, session(new)).into_memo();
+        self.session = session(new).with_memo(memo);
+        self.failed_revision = None;
+        self.last_good = None;
+        self.journal.clear();
+    }
+
+    fn reject(&mut self, revision: Option<String>, error: Error) -> Outcome {
+        self.failed_revision = revision.clone();
+        Outcome::Rejected { revision, error }
+    }
+}
+
+/// The pipeline for `config`'s source and data plane, with the configured policy (each run
+/// adds the node's own addresses) and an empty memo.
+fn session(config: &Config) -> Session {
+    Session::new(config.source_spec(), &config.pin_path, config.policy.clone())
+}
+
+/// One run: what happened to the fetched commit, then (while it is held back) to drift.
+/// With `refresh`, the plan reads every live entry.
+pub(super) fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome> {
+    let outcome = reconcile_commit(config, memory, refresh);
+    journal(&mut memory.journal, &outcome);
+    let drift = if outcome.holds_back() { check_drift(config, memory) } else { None };
+    std::iter::once(outcome).chain(drift).collect()
+}
+
+/// What the journal keeps of `outcome`, for the next start.
+fn journal(journal: &mut Journal, outcome: &Outcome) {
+    match outcome {
+        Outcome::Rejected { revision: Some(revision), error } => journal.failed(Failure {
+            revision: revision.clone(),
+            error: outcome::refusal_text(error),
+            diagnostics: outcome::diagnostics(error).to_vec(),
+            at: clock::now_rfc3339(),
+        }),
+        Outcome::Rejected { revision: None, .. } | Outcome::StillRejected { .. } => {}
+        Outcome::Transient { .. } => journal.interrupted(),
+        Outcome::Applied { .. }
+        | Outcome::Unchanged { .. }
+        | Outcome::DriftHealed { .. }
+        | Outcome::HealthApplied { .. }
+        | Outcome::DriftReported { .. }
+        | Outcome::LastGood { .. } => journal.clear(),
+    }
+}
+
+/// Fetch, validate, plan, apply: the fetched commit's part of a run.
+fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outcome {
+    if let Err(error) = upgrade(config) {
+        return Outcome::Transient { error };
+    }
+    let snapshot = match memory.session.fetch() {
+        Ok(snapshot) => snapshot,
+        Err(e) if e.is_transient() => return Outcome::Transient { error: e.into() },
+        // A ref that names nothing, a subdirectory a commit lacks: reported, and tried again
+        // at the interval (a new commit may mend it), not at the backoff's pace.
+        Err(e) => {
+            let revision = e.revision().map(str::to_owned);
+            if decide::already_failed(&revision, &memory.failed_revision) {
+                return Outcome::StillRejected { revision };
+            }
+            return memory.reject(revision, e.into());
+        }
+    };
+    if decide::already_failed(&snapshot.revision, &memory.failed_revision) {
+        return Outcome::StillRejected { revision: snapshot.revision };
+    }
+    match desired(config, memory, snapshot) {
+        Ok(desired) => plan_and_apply(config, memory, desired, refresh),
+        Err(outcome) => *outcome,
+    }
+}
+
+/// A data plane of an older build (at start, say) is upgraded in place before it is read.
+fn upgrade(config: &Config) -> Result<(), Trouble> {
+    let upgraded = dataplane::upgrade(&config.pin_path).map_err(Trouble::Upgrade)?;
+    if let Some(upgraded) = upgraded {
+        info!(
+            from_layout = upgraded.from_layout,
+            replaced = ?upgraded.replaced,
+            attached = ?upgraded.attached,
+            "upgraded the data plane in place"
+        );
+    }
+    Ok(())
+}
+
+/// The validated definitions of `snapshot`, under this node's rules.
+fn desired(
+    config: &Config,
+    memory: &mut Memory,
+    snapshot: Snapshot,
+) -> Result<Desired, Box<Outcome>> {
+    // The commit the data plane already holds was validated when it was applied: at each
+    // interval only drift is to be checked, not the definitions again.
+    let known = memory.last_good.as_ref().filter(|good| {
+        good.revision.is_some()
+            && good.revision == snapshot.revision
+            && good.source == memory.session.source()
+    });
+    let local_addresses = node::local_addresses(&config.allow_local_vips)
+        .map_err(|e| Outcome::Transient { error: Trouble::Addresses(e) })
+        .map_err(Box::new)?;
+    memory.session.set_policy(Policy { local_addresses, ..config.policy.clone() });
+    if let Some(good) = known {
+        return Ok(good.clone());
+    }
+    if let Some(revision) = &snapshot.revision {
+        // Before the work: if it kills the process, the journal remembers.
+        memory.journal.start(revision);
+    }
+    memory.session.validate(snapshot).map_err(|error| {
+        let Error::Invalid { revision, .. } = &error else {
+            return Box::new(Outcome::Transient { error: error.into() });
+        };
+        let revision = revision.clone();
+        Box::new(memory.reject(revision, error))
+    })
+}
+
+/// Plans `desired` against the live maps and applies it when [`decide::decide`] says so.
+fn plan_and_apply(
+    config: &Config,
+    memory: &mut Memory,
+    desired: Desired,
+    refresh: bool,
+) -> Outcome {
+    let reading = if refresh { Reading::Everything } else { Reading::Changed };
+    let options = PlanOptions { reading, health: Some(memory.health_excluded.clone()) };
+    let plan = match memory.session.plan(&desired, options) {
+        Ok(plan) => Box::new(plan),
+        Err(e) if decide::plan_refuses_commit(&e) => return memory.reject(desired.revision, e),
+        Err(e) => return Outcome::Transient { error: e.into() },
+    };
+    let why = match decide::decide(Facts::of(&plan), config.drift) {
+        Decision::Apply(why) => why,
+        Decision::ReportDrift => {
+            memory.last_good = Some(desired);
+            return Outcome::DriftReported { plan };
+        }
+        Decision::Keep => {
+            memory.last_good = Some(desired);
+            return Outcome::Unchanged { plan };
+        }
+    };
+    match memory.session.apply(&plan, Some(&desired), apply_options(config)) {
+        Ok(report) => {
+            memory.last_good = Some(desired);
+            match why {
+                Why::NewRevision => Outcome::Applied { plan, report },
+                Why::Health => Outcome::HealthApplied { plan, report },
+                Why::Drift => Outcome::DriftHealed { plan, report },
+            }
+        }
+        Err(e) if decide::apply_refuses_commit(&e) => memory.reject(desired.revision, e),
+        // Someone else applied in between, or the data plane is in trouble: not this
+        // commit's fault; look again soon.
+        Err(e) => Outcome::Transient { error: e.into() },
+    }
+}
+
+fn apply_options(config: &Config) -> ApplyOptions {
+    ApplyOptions {
+        cgroup: config.cgroup.clone(),
+        allow_destroy_all: config.allow_destroy_all,
+        loaded: None,
+    }
+}
+
+/// While the fetched commit is held back: drift of the live maps from the last good
+/// definitions. `None` when there is nothing to compare with.
+fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
+    if memory.last_good.is_none() {
+        // After a restart: the definitions of the revision the maps record.
+        let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
+        let revision = live.revision?;
+        memory.last_good = memory.session.load_at(&revision).ok();
+    }
+    let good = memory.last_good.as_ref()?;
+    let reading = Reading::Everything;
+    let options = PlanOptions { reading, health: Some(memory.health_excluded.clone()) };
+    let plan: Box<Plan> = Box::new(memory.session.plan(good, options).ok()?);
+    Some(match decide::held_back(Facts::of(&plan), config.drift)? {
+        HeldBack::Holding => Outcome::LastGood { plan },
+        HeldBack::ReportDrift => Outcome::DriftReported { plan },
+        HeldBack::HealDrift => match memory.session.apply(&plan, Some(good), apply_options(config))
+        {
+            Ok(report) => Outcome::DriftHealed { plan, report },
+            Err(e) => Outcome::Transient { error: e.into() },
+        },
+    })
+}

@@ -1,0 +1,121 @@
+//! What the daemon shows of itself (`/status`, read back by `reconciler status --daemon`),
+//! and the state the reconcile loop shares with the HTTP endpoint and the health checks.
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{
+    config::{Config, DriftMode},
+    health::{BackendHealth, Health},
+    journal::Failure,
+    metrics::Metrics,
+    webhook::Secret,
+};
+use crate::{pipeline::describe, validate::Diagnostic};
+
+/// What `/status` shows, and `reconciler status --daemon` reads back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub format_version: u32,
+    pub source: String,
+    /// A reconcile has succeeded since the daemon started.
+    pub ready: bool,
+    pub applied_revision: Option<String>,
+    pub applied_at: Option<String>,
+    /// The last revision fetched and looked at, good or bad.
+    pub attempted_revision: Option<String>,
+    pub attempted_at: Option<String>,
+    /// The last run's error, if it failed; cleared by a successful run.
+    pub last_error: Option<String>,
+    /// Validation errors of `failed_revision`, each with file, line and field.
+    pub errors: Vec<Diagnostic>,
+    /// A revision that failed and will not be tried again until a new one arrives.
+    pub failed_revision: Option<String>,
+    pub drift: DriftMode,
+    pub drift_entries: usize,
+    pub services: usize,
+    pub backends: usize,
+    pub generation: u64,
+    pub last_reconcile_at: Option<String>,
+    /// Every backend with a health check: up or down, since when, the last error.
+    #[serde(default)]
+    pub health: Vec<BackendHealth>,
+    /// Services whose every backend fails its health check, and that have no fallback: they
+    /// keep them all (fail open).
+    #[serde(default)]
+    pub health_failing_open: Vec<String>,
+    /// How the last run's plan read the maps: `incremental` (a run asked for by a webhook or
+    /// a health transition: the changed services' entries) or `full` (every entry, as every
+    /// interval's run does to find drift).
+    #[serde(default)]
+    pub last_plan: Option<String>,
+    /// A run is under way.
+    #[serde(default)]
+    pub running: bool,
+    /// A run was asked for (`POST /reconcile`, a health transition) and has not started:
+    /// however many ask meanwhile, it is one run.
+    #[serde(default)]
+    pub run_requested: bool,
+}
+
+/// State shared between the reconcile loop and the HTTP endpoint.
+pub struct Shared {
+    status: Mutex<DaemonStatus>,
+    metrics: Metrics,
+    /// Wakes the loop for a run asked for.
+    pub(super) trigger: Notify,
+    pub(super) health: Arc<Health>,
+    webhook_secret: RwLock<Option<Secret>>,
+}
+
+impl Shared {
+    /// Asks for a run: one more after the one under way, however many ask.
+    pub(super) fn request_run(&self) {
+        self.status().run_requested = true;
+        self.trigger.notify_one();
+    }
+
+    pub(super) fn webhook_secret(&self) -> Option<Secret> {
+        self.webhook_secret.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(super) fn set_webhook_secret(&self, secret: Option<Secret>) {
+        *self.webhook_secret.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = secret;
+    }
+
+    pub(super) fn status(&self) -> MutexGuard<'_, DaemonStatus> {
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Shared {
+    /// The state of a daemon starting with `config`.
+    pub(super) fn new(config: &Config) -> Shared {
+        Shared {
+            status: Mutex::new(DaemonStatus {
+                format_version: 1,
+                source: describe(&config.source_spec()),
+                drift: config.drift,
+                ..DaemonStatus::default()
+            }),
+            metrics: Metrics::for_dataplane(config.pin_path.clone()),
+            trigger: Notify::new(),
+            health: Arc::new(Health::default()),
+            webhook_secret: RwLock::new(config.webhook_secret.clone()),
+        }
+    }
+}
+
+/// A revision that failed before this start, as the run that refused it showed it.
+pub(super) fn show_failure(status: &mut DaemonStatus, failure: &Failure) {
+    status.attempted_revision = Some(failure.revision.clone());
+    status.attempted_at = Some(failure.at.clone());
+    status.failed_revision = Some(failure.revision.clone());
+    status.last_error = Some(failure.error.clone());
+    status.errors = failure.diagnostics.clone();
+}
