@@ -15,8 +15,8 @@ use std::{
 use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
-    model::{BackendState, Port, Service, ServiceSpec},
-    state::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
+    model::{Port, Service, ServiceSpec},
+    state::{Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, ServiceEntry},
 };
 
 /// Services (VIP, port, protocol) the data plane holds: their IDs run from 1 (0 is "none" in

@@ -13,8 +13,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
-use crate::model::split_label;
-use crate::state::{predicted_writes, Algorithm, BackendEntry, BackendState, Change, MapState};
+use crate::state::{
+    predicted_writes, split_label, Algorithm, BackendEntry, BackendState, Change, MapState,
+};
 
 /// Version of the plan JSON (`--output json` and saved plans).
 pub const FORMAT_VERSION: u32 = 1;

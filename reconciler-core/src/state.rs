@@ -1,6 +1,10 @@
 //! The data plane's content as typed Rust values, and the entry-level changes between two
 //! contents. Desired state (compiled from service definitions) and live state (read from the
 //! maps) are both a [`MapState`], so one diff serves plan, apply, drift and crash repair.
+//!
+//! The vocabulary the maps and the definitions share (protocols, algorithms, clients, backend
+//! states, frontend names) is defined here, at the bottom of the crate: `model` reads it
+//! from YAML, and nothing here imports another module of the crate.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -8,8 +12,6 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::split_label;
 
 use reconciler_common::{Addr, PROTO_TCP, PROTO_UDP};
 
@@ -63,6 +65,18 @@ impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", SocketAddr::new(self.vip, self.port), self.protocol)
     }
+}
+
+/// A frontend's name as the names map holds it: `service/port`, the port by its name or
+/// number (see `model::Service::label`).
+pub fn frontend_label(service: &str, port: &str) -> String {
+    format!("{service}/{port}")
+}
+
+/// A frontend's name split back into (service, port name): the inverse of
+/// [`frontend_label`].
+pub fn split_label(label: &str) -> Option<(&str, &str)> {
+    label.rsplit_once('/')
 }
 
 /// How a backend is chosen for a new connection.

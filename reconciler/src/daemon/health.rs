@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use crate::{
     apply::Desired,
-    model::{BackendState, HealthCheck, HealthProtocol},
+    model::{HealthCheck, HealthProtocol},
+    state::BackendState,
     time::rfc3339_utc,
 };
 
