@@ -13,8 +13,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
-use crate::state::{
-    predicted_writes, split_label, Algorithm, BackendEntry, BackendState, Change, MapState,
+use crate::{
+    diff::{predicted_writes, Change},
+    state::{split_label, Algorithm, BackendEntry, BackendState, MapState},
 };
 
 /// Version of the plan JSON (`--output json` and saved plans).

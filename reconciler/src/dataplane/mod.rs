@@ -53,9 +53,9 @@ use reconciler_common::{
 };
 // The typed content lives with the pure pipeline, which compiles it; here it is read and
 // written.
+pub use reconciler_core::diff::{predicted_writes, Change};
 pub use reconciler_core::state::{
-    predicted_writes, Algorithm, BackendEntry, BackendState, Change, Client, Frontend, MapState,
-    Protocol, ServiceEntry,
+    Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, Protocol, ServiceEntry,
 };
 pub use upgrade::{upgrade, Upgraded};
 
