@@ -379,7 +379,7 @@ mod tests {
              spec:\n  vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends:\n{}\n",
             backends.join("\n")
         );
-        let doc = crate::yaml::parse(&text).unwrap().remove(0);
+        let doc = crate::load::parse(&text).unwrap().remove(0);
         serde_json::from_value(doc.value).unwrap()
     }
 

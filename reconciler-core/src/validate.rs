@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compile::{self, BACKEND_CAPACITY, SERVICE_CAPACITY},
     limits,
+    load::{self, Document, Position},
     model::Service,
     node::LocalAddress,
     source::Snapshot,
     state::{Algorithm, Protocol},
-    yaml::{self, Document, Position},
 };
 
 /// The schema every service document must satisfy.
@@ -186,7 +186,7 @@ pub fn validate_reusing(
             }
             continue;
         };
-        let documents = match yaml::parse_within(text, &mut nodes) {
+        let documents = match load::parse_within(text, &mut nodes) {
             Ok(documents) => documents,
             Err(e) => {
                 diagnostics.push(at(&file.path, e.position, "", e.message));

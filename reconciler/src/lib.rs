@@ -3,7 +3,7 @@
 //! The pure pipeline (source, validation, compile, plan) is `reconciler-core`, re-exported
 //! here; this crate adds what touches BPF (`dataplane`) and what runs it (`apply`, `daemon`).
 pub use reconciler_core::{
-    compile, diff, limits, model, node, plan, source, state, validate, verify, yaml,
+    compile, diff, limits, load, model, node, plan, source, state, validate, verify,
 };
 
 pub mod memo;

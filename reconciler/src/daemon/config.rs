@@ -12,10 +12,10 @@ use serde::Deserialize;
 use super::webhook::Secret;
 use crate::{
     dataplane::DEFAULT_PIN_PATH,
+    load,
     source::{default_cache_dir, GitSpec, SourceSpec},
     validate::{at, parse_range, Diagnostic, Policy, Schema},
     verify::{AllowedSigners, Keyring, Mode, Verify},
-    yaml,
 };
 
 static CONFIG_SCHEMA: Schema = Schema::new(
@@ -138,10 +138,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Reads and checks the configuration in `text` (from `file`).
 pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
-    let documents = yaml::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
+    let documents = load::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
     let [document] = documents.as_slice() else {
         let message = format!("expected one YAML document, found {}", documents.len());
-        return Err(vec![at(file, yaml::Position { line: 1, column: 1 }, "", message)]);
+        return Err(vec![at(file, load::Position { line: 1, column: 1 }, "", message)]);
     };
     let problems = CONFIG_SCHEMA.check(file, document).map_err(|d| vec![d])?;
     if !problems.is_empty() {

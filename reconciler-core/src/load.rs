@@ -1,6 +1,7 @@
-//! YAML documents as JSON values, with the line and column of every node, so each error can
-//! name the file, line, column and field it is about. (serde_yaml keeps no positions for
-//! values, so the events of yaml-rust2's parser are turned into values here.)
+//! The load step: reads YAML documents with positions, as JSON values with the line and
+//! column of every node, so each error can name the file, line, column and field it is about.
+//! (serde_yaml keeps no positions for values, so the events of yaml-rust2's parser are turned
+//! into values here.)
 //!
 //! Scalars follow the YAML 1.2 core schema: plain `null`/`~`/empty, `true`/`false`, integers
 //! and floats become JSON null, bools and numbers; everything else, and every quoted scalar,
@@ -9,8 +10,8 @@
 //! Hostile input is refused before it costs memory or stack: a text over
 //! [`limits::MAX_FILE_BYTES`], nesting deeper than [`limits::MAX_DEPTH`], and anchors and
 //! aliases outright (service definitions never need them, and an alias bomb of a few hundred
-//! bytes expands to gigabytes). Events are pulled from the parser one by one: its own
-//! `load` recurses once per nesting level and overflows the stack on deep input.
+//! bytes expands to gigabytes). Events are pulled from the parser one by one: yaml-rust2's
+//! own loader recurses once per nesting level and overflows the stack on deep input.
 use crate::limits;
 
 use serde_json::{Map, Number, Value};
