@@ -15,7 +15,7 @@ pub use crate::pipeline::{
     Error, Tree,
 };
 use crate::{
-    compile::{self, compile_with_health},
+    compile::{self, compile},
     dataplane::{self, ApplyReport, Dataplane, DataplaneError, LiveState, MapState},
     memo::{Memo, Record},
     model::Service,
@@ -88,7 +88,7 @@ fn plan_from_live(
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
     let excluded = health.unwrap_or(&live_state.health_excluded);
-    let compiled = compile_with_health(&desired.services, live_state, excluded)?;
+    let compiled = compile(&desired.services, live_state, excluded)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),
@@ -177,7 +177,7 @@ pub fn plan_touched(
         .cloned()
         .collect();
     let before = record.state.of_services(&touched);
-    let after = compile_with_health(&services, &record.state, &BTreeSet::new())?;
+    let after = compile(&services, &record.state, &BTreeSet::new())?;
     // The set's total, which the compile of the touched services alone cannot see.
     compile::slot_capacity(record.state.slots.len() - before.slots.len() + after.slots.len())?;
     if !dataplane.confirm(&before, &after)? {

@@ -1,7 +1,11 @@
 //! The pure half of the reconcile pipeline: source -> validate, into [`Desired`], and the
 //! plan between two revisions (`plan --against`). The half that reads and writes the data
 //! plane is `apply`; this one builds without it (`--no-default-features`).
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::Arc,
+};
 
 use crate::{
     compile::{compile, CompileError},
@@ -198,8 +202,8 @@ pub fn describe(spec: &SourceSpec) -> String {
 /// The plan between two revisions, with no data plane at all (for pull-request review):
 /// `base` compiled from nothing is the "live" side.
 pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
-    let base_state = compile(&base.services, &MapState::default())?;
-    let head_state = compile(&head.services, &base_state)?;
+    let base_state = compile(&base.services, &MapState::default(), &BTreeSet::new())?;
+    let head_state = compile(&head.services, &base_state, &base_state.health_excluded)?;
     let context = PlanContext {
         revision: head.revision.clone(),
         source: head.source.clone(),
