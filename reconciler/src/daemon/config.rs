@@ -173,7 +173,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     for (i, text) in raw.policy.allowed_vips.iter().flatten().enumerate() {
         match parse_range(text) {
             Ok(range) => ranges.push(range),
-            Err(message) => error(&format!("/policy/allowedVIPs/{i}"), message),
+            Err(e) => error(&format!("/policy/allowedVIPs/{i}"), e.to_string()),
         }
     }
     let mut allow_local_vips = Vec::new();
