@@ -189,10 +189,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let verify = raw.source.verify.map(|verify| {
         let signers = verify.allowed_signers.and_then(|file| {
             let read = AllowedSigners::read(&file);
-            read.map_err(|message| error("/source/verify/allowedSigners", message)).ok()
+            read.map_err(|e| error("/source/verify/allowedSigners", e.to_string())).ok()
         });
         let keyring = verify.keyring.and_then(|file| {
-            Keyring::read(&file).map_err(|message| error("/source/verify/keyring", message)).ok()
+            Keyring::read(&file).map_err(|e| error("/source/verify/keyring", e.to_string())).ok()
         });
         Verify { mode: verify.mode, signers, keyring }
     });
