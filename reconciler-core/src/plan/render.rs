@@ -7,7 +7,10 @@ use std::{
 
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
-use super::{Action, Plan, ServicePlan, ServiceView};
+use super::{
+    make::{Action, Plan, ServicePlan},
+    view::ServiceView,
+};
 
 // Writing to a String cannot fail: the `fmt::Result`s of `writeln!` below are ignored.
 

@@ -1,5 +1,5 @@
 //! The file `plan --out` writes and `apply PLANFILE` reads: the plan's JSON with a checksum.
-use super::{Plan, FORMAT_VERSION};
+use super::make::{Plan, FORMAT_VERSION};
 
 /// Why a saved plan file is refused.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ fn checksum_of(value: &serde_json::Value) -> Result<String, serde_json::Error> {
 mod tests {
     use super::*;
     use crate::{
-        plan::{make_plan, PlanContext},
+        plan::make::{make_plan, PlanContext},
         state::MapState,
     };
 

@@ -7,7 +7,10 @@ use git2::{
     Repository,
 };
 
-use super::{io_error, GitSpec, SourceError};
+use super::{
+    error::{io_error, SourceError},
+    spec::GitSpec,
+};
 
 /// Runs `work` on the cache of `spec`'s URL while holding that cache's lock, so concurrent
 /// processes sharing a cache directory take turns instead of failing on git's lock files.

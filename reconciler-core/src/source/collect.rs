@@ -3,7 +3,7 @@
 //! [`crate::limits`].
 use std::path::Path;
 
-use super::{FileProblem, Snapshot, SourceFile};
+use super::snapshot::{FileProblem, Snapshot, SourceFile};
 use crate::limits;
 
 /// `.yaml` or `.yml`, in any case (`web.YAML` is a definition file too, not silently skipped).

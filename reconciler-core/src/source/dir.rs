@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     collect::{is_yaml, Collector, LINK_NOT_FOLLOWED},
-    io_error, Snapshot, SourceError,
+    error::{io_error, SourceError},
+    snapshot::Snapshot,
 };
 use crate::limits;
 

@@ -10,132 +10,24 @@
 //! `ProxyCommand`), passphrase-protected key files, client certificates, shallow or partial
 //! fetches, and submodules (their entries are skipped).
 //!
-//! Here: the spec, the snapshot, the errors and the entry points; `dir` reads directories,
-//! `cache` keeps and fetches a URL's bare repository, `signature` checks that a commit is
-//! signed, `tree` reads a commit's files, and `collect` bounds what both readers read.
-use std::path::{Path, PathBuf};
-
-use crate::verify::{Unverified, Verify};
-
+//! Here: the entry points. `spec` says what a source is, `snapshot` what it yields, `error`
+//! why it failed; `dir` reads directories, `cache` keeps and fetches a URL's bare repository,
+//! `signature` checks that a commit is signed, `tree` reads a commit's files, and `collect`
+//! bounds what both readers read.
 mod cache;
 mod collect;
 mod dir;
+mod error;
 mod signature;
+mod snapshot;
+mod spec;
 mod tree;
 
 use cache::with_cache;
 pub use dir::read_paths;
-
-/// Where service definitions come from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum SourceSpec {
-    /// A plain directory, read as it is (no git).
-    Dir(PathBuf),
-    Git(GitSpec),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct GitSpec {
-    /// A local path (absolute or relative; a working repo or a bare one), file://, git://,
-    /// https://, ssh://, or scp-like user@host:path.
-    pub url: String,
-    /// Branch, tag or commit id (full or abbreviated hex). None = the remote's HEAD.
-    pub reference: Option<String>,
-    /// Only files under this subdirectory of the repository (e.g. "services"); None = whole tree.
-    pub subdir: Option<PathBuf>,
-    /// Directory holding the fetch caches (one bare repository per URL, created on demand).
-    pub cache_dir: PathBuf,
-    /// ssh private key file; without it ssh uses the ssh agent.
-    pub ssh_key: Option<PathBuf>,
-    /// Who must have signed the commit (or a tag of it) for it to be read at all.
-    pub verify: Option<Verify>,
-}
-
-/// The definition files of one revision.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The full commit id (40 or 64 hex chars) for git; None for a Dir source.
-    pub revision: Option<String>,
-    /// The .yaml/.yml files under the subdir (recursively), sorted by path.
-    pub files: Vec<SourceFile>,
-    /// Definition files that were not read, and why (a symbolic link, over a limit, not
-    /// UTF-8); validation reports each, so a revision with any is invalid.
-    pub problems: Vec<FileProblem>,
-    /// What a directory reader passed over, and why: symbolic links that are not definition
-    /// files (never followed), and other filesystems mounted inside the tree (not entered).
-    pub skipped: Vec<FileProblem>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceFile {
-    /// Path as people should see it in error messages: relative to the repository root for git
-    /// (e.g. "services/team-a/web.yaml"), the directory as given joined with the relative path
-    /// for Dir (e.g. "examples/policies/team-web/web.yaml").
-    pub path: String,
-    /// The file's text; `None` when it was not read because the caller already holds what
-    /// its blob validates to (see [`fetch_reusing`]).
-    pub text: Option<String>,
-    /// The git blob id (the content's address) of a file read from git.
-    pub blob: Option<String>,
-}
-
-impl SourceFile {
-    /// A file read from anywhere but git.
-    pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
-        SourceFile { path: path.into(), text: Some(text.into()), blob: None }
-    }
-}
-
-/// A definition file that was not read, or a path that was skipped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileProblem {
-    pub path: String,
-    pub message: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    // The causes are part of the message, not `#[source]`s: a chain would print them twice.
-    #[error("fetching {url}: {error}")]
-    Fetch { url: String, error: git2::Error },
-    #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error("git cache {}: {error}", path.display())]
-    Cache { path: PathBuf, error: git2::Error },
-    #[error("{url} has no commit at HEAD (an empty repository, or its default branch has none)")]
-    Empty { url: String },
-    #[error("ref `{reference}` is neither a branch, a tag nor a commit of {url}")]
-    UnknownRef { reference: String, url: String },
-    #[error("ref `{reference}` is a commit id prefix shared by several objects of {url}")]
-    AmbiguousRef { reference: String, url: String },
-    #[error("subdirectory `{}` not found at {revision}", subdir.display())]
-    SubdirNotFound { subdir: PathBuf, revision: String },
-    #[error("{}: neither a regular file nor a directory", path.display())]
-    NotAFile { path: PathBuf },
-    #[error("commit {revision} is not verified: {reason}")]
-    Unverified { revision: String, reason: Unverified },
-}
-
-impl SourceError {
-    /// Whether trying again soon may succeed (network, servers, disks, the local cache) as
-    /// opposed to a problem with what the repository or the spec says, which only a new
-    /// commit or configuration changes.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SourceError::Fetch { .. } | SourceError::Io { .. } | SourceError::Cache { .. }
-        )
-    }
-
-    /// The revision a permanent error is about, when it is about one.
-    pub fn revision(&self) -> Option<&str> {
-        match self {
-            SourceError::SubdirNotFound { revision, .. }
-            | SourceError::Unverified { revision, .. } => Some(revision),
-            _ => None,
-        }
-    }
-}
+pub use error::SourceError;
+pub use snapshot::{FileProblem, Snapshot, SourceFile};
+pub use spec::{default_cache_dir, GitSpec, SourceSpec};
 
 /// Starts libgit2 on another thread. Its initialisation loads the system's CA certificates
 /// for https remotes (~30 ms, even for a local repository); begun at launch, it overlaps
@@ -183,20 +75,4 @@ pub fn snapshot_at(spec: &GitSpec, rev: &str) -> Result<Snapshot, SourceError> {
         };
         cache.snapshot(commit, spec.subdir.as_deref(), &|_| false)
     })
-}
-
-/// The default cache directory: $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else
-/// $HOME/.cache/reconciler, else /var/cache/reconciler.
-pub fn default_cache_dir() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("RECONCILER_CACHE_DIR")
-        .or_else(|| var("XDG_CACHE_HOME").map(|dir| dir.join("reconciler")))
-        .or_else(|| var("HOME").map(|dir| dir.join(".cache/reconciler")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/reconciler"))
-}
-
-/// The error of an I/O failure at `path`.
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
-    let path = path.to_owned();
-    |error| SourceError::Io { path, error }
 }

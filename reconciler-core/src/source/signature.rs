@@ -2,7 +2,7 @@
 //! an annotated tag's that points at it (`mode: tag`); the signatures are checked by `verify`.
 use git2::{ErrorCode, Oid};
 
-use super::{cache::Cache, SourceError};
+use super::{cache::Cache, error::SourceError};
 use crate::verify::{Mode, Signed, Unverified, Verify};
 
 impl Cache {

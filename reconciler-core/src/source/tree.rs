@@ -6,7 +6,8 @@ use git2::{FileMode, ObjectType, Oid, Tree};
 use super::{
     cache::Cache,
     collect::{is_yaml, Collector, LINK_NOT_FOLLOWED},
-    Snapshot, SourceError,
+    error::SourceError,
+    snapshot::Snapshot,
 };
 
 impl Cache {

@@ -6,58 +6,28 @@
 //! Addresses are compared in the one form the maps store: the model reads `::ffff:a.b.c.d`
 //! as `a.b.c.d`, so two spellings of one address are one address here too.
 //!
-//! Here: reading the files into services; the schema check is in `schema`, the rules across
-//! files (one function each) in `rules`.
-use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
+//! Here: reading the files into services. Diagnostics, and services with their place, are
+//! in `diagnostic`; the schema check in `schema`; the rules across files (one function each)
+//! and the policy they follow in `rules`.
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use crate::{
     limits,
     load::{self, Document, Position},
     model::Service,
-    node::LocalAddress,
     source::{Snapshot, SourceFile},
 };
 
+mod diagnostic;
 mod rules;
 mod schema;
 
+pub use diagnostic::{at, Diagnostic, Located};
+pub use rules::Policy;
 use schema::SERVICE_SCHEMA;
 pub use schema::{Schema, SCHEMA};
-
-/// One problem, at one place.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Diagnostic {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    /// The field, as `spec.backends[1].weight`; empty for the whole document.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// What the semantic rules may additionally require.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// When set, every VIP must lie in one of these ranges.
-    pub allowed_vips: Option<Vec<IpNet>>,
-    /// This node's own addresses, which no VIP may take (a VIP is rewritten for every process
-    /// in the cgroup, so it would hijack connects to the node itself). Empty where validation
-    /// does not run on the node, as in CI.
-    pub local_addresses: Vec<LocalAddress>,
-}
 
 /// Text that [`parse_range`] does not read as a range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,53 +42,6 @@ pub fn parse_range(text: &str) -> Result<IpNet, RangeError> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| RangeError { text: text.to_owned() })
-}
-
-/// A valid service and where it was defined.
-#[derive(Clone, Debug)]
-pub struct Located {
-    pub service: Arc<Service>,
-    pub file: String,
-    document: Document,
-}
-
-impl Located {
-    fn diagnostic(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
-        at(&self.file, self.document.value_position(pointer), pointer, message.into())
-    }
-
-    /// `file:line` of the service's name, for messages that point at another definition.
-    fn origin(&self) -> String {
-        format!("{}:{}", self.file, self.document.value_position("/metadata/name").line)
-    }
-}
-
-/// A diagnostic of `file` at `position`, about the field at `pointer` (a JSON pointer).
-pub fn at(file: &str, position: Position, pointer: &str, message: String) -> Diagnostic {
-    Diagnostic {
-        file: file.to_owned(),
-        line: position.line,
-        column: position.column,
-        field: field_name(pointer),
-        message,
-    }
-}
-
-/// `/spec/backends/1/weight` -> `spec.backends[1].weight`.
-fn field_name(pointer: &str) -> String {
-    let mut field = String::new();
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        if segment.chars().all(|c| c.is_ascii_digit()) && !segment.is_empty() {
-            field.push_str(&format!("[{segment}]"));
-        } else {
-            if !field.is_empty() {
-                field.push('.');
-            }
-            field.push_str(&segment);
-        }
-    }
-    field
 }
 
 /// Validates every document of every file of `snapshot`; returns the services, or every
@@ -260,6 +183,7 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::LocalAddress;
 
     const GOOD: &str = "apiVersion: reconciler.dev/v1alpha1
 kind: Service

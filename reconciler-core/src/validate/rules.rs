@@ -1,6 +1,7 @@
 //! The rules across documents and files, which a schema cannot say: names and frontends
 //! unique, VIPs and backends real addresses of one family, fields that apply to one algorithm
-//! or protocol only, fallbacks, and the data plane's capacities. One function per rule.
+//! or protocol only, fallbacks, and the data plane's capacities. One function per rule; the
+//! policy they follow is [`Policy`].
 use std::{
     collections::{hash_map::Entry, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
@@ -9,12 +10,24 @@ use std::{
 use ipnet::IpNet;
 use reconciler_common::{maglev, MAX_SLOTS};
 
-use super::{Diagnostic, Located, Policy};
+use super::diagnostic::{Diagnostic, Located};
 use crate::{
     compile::{self, CompileError, BACKEND_CAPACITY, SERVICE_CAPACITY},
     model::HealthProtocol,
+    node::LocalAddress,
     state::{Algorithm, Protocol},
 };
+
+/// What the semantic rules may additionally require.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// When set, every VIP must lie in one of these ranges.
+    pub allowed_vips: Option<Vec<IpNet>>,
+    /// This node's own addresses, which no VIP may take (a VIP is rewritten for every process
+    /// in the cgroup, so it would hijack connects to the node itself). Empty where validation
+    /// does not run on the node, as in CI.
+    pub local_addresses: Vec<LocalAddress>,
+}
 
 /// Every rule over every service of `services`, in their order: of two services that
 /// collide, the later one is reported.

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use jsonschema::{error::ValidationErrorKind, Validator};
 
-use super::{at, Diagnostic};
+use super::diagnostic::{at, Diagnostic};
 use crate::load::{Document, Position};
 
 /// The schema every service document must satisfy.
