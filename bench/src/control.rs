@@ -3,6 +3,7 @@
 //! and to plan when nothing changed; against `iptables-restore` and `nft -f` of the rule sets
 //! kube-proxy would write for the same services, full and for the one-service change.
 use std::{
+    collections::BTreeSet,
     io::Write as _,
     process::{Command, Stdio},
     time::Instant,
@@ -204,7 +205,7 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         for name in ["validate_compile_cold_cache_s", "validate_compile_s"] {
             let started = Instant::now();
             let desired = Session::new(spec.clone(), "", Policy::default()).load()?;
-            let state = compile(&desired.services, &MapState::default())?;
+            let state = compile(&desired.services, &MapState::default(), &BTreeSet::new())?;
             ensure!(state.services.len() == count, "compiled {} services", state.services.len());
             record(name, started.elapsed().as_secs_f64());
         }
@@ -261,14 +262,14 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         // the one-backend change (read both sets, diff, write, flip, RCU wait, sync).
         let sandbox = Sandbox::new("bench-dataplane")?;
         let desired_a = Session::new(spec.clone(), "", Policy::default()).load()?;
-        let state_a = compile(&desired_a.services, &MapState::default())?;
+        let state_a = compile(&desired_a.services, &MapState::default(), &BTreeSet::new())?;
         let started = Instant::now();
         let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
         dataplane.apply(&state_a, ApplyTo::default())?;
         record("dataplane_cold_apply_s", started.elapsed().as_secs_f64());
         let spec_b = SourceSpec::Git(GitSpec { reference: Some(commit_b.clone()), ..git });
         let desired_b = Session::new(spec_b, "", Policy::default()).load()?;
-        let state_b = compile(&desired_b.services, &state_a)?;
+        let state_b = compile(&desired_b.services, &state_a, &state_a.health_excluded)?;
         let started = Instant::now();
         let report = dataplane.apply(&state_b, ApplyTo::default())?;
         record("dataplane_one_backend_apply_s", started.elapsed().as_secs_f64());
@@ -278,7 +279,7 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let touched: Vec<_> =
             desired_a.services.iter().filter(|s| s.metadata.name == name).cloned().collect();
         let before = state_b.of_services(&[name.as_str()].into());
-        let after = compile(&touched, &state_b)?;
+        let after = compile(&touched, &state_b, &state_b.health_excluded)?;
         let started = Instant::now();
         dataplane.apply(
             &after,

@@ -205,7 +205,7 @@ pub fn compiled_with(services: &[Service], last_spec: &str, live: &MapState) -> 
     let located = validate::validate(&snapshot, &validate::Policy::default())
         .map_err(|d| anyhow::anyhow!("bench definitions invalid: {}", d[0]))?;
     let services: Vec<_> = located.into_iter().map(|l| l.service).collect();
-    Ok(compile(&services, live)?)
+    Ok(compile(&services, live, &live.health_excluded)?)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

@@ -5,16 +5,16 @@
 
 use libfuzzer_sys::{fuzz_target, Corpus};
 use reconciler::{
+    load,
     source::{Snapshot, SourceFile},
     validate::{validate, Diagnostic, Policy},
-    yaml,
 };
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let Ok(text) = std::str::from_utf8(data) else {
         return Corpus::Reject;
     };
-    match yaml::parse(text) {
+    match load::parse(text) {
         Ok(documents) => {
             for document in &documents {
                 let _ = document.value_position("/spec/backends/0/address");

@@ -15,8 +15,8 @@ use std::{
 use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
-    model::{BackendState, Port, Service, ServiceSpec},
-    state::{Algorithm, BackendEntry, Client, Frontend, MapState, ServiceEntry},
+    model::{Port, Service, ServiceSpec},
+    state::{Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, ServiceEntry},
 };
 
 /// Services (VIP, port, protocol) the data plane holds: their IDs run from 1 (0 is "none" in
@@ -79,176 +79,25 @@ pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
     }
 }
 
-/// The desired map state for `services`, reusing IDs and slot positions from `live`, and
-/// keeping the health exclusions `live` records (so a plan made by hand neither undoes the
-/// daemon's health checks nor shows them as drift).
+/// The desired map state for `services`, reusing IDs and slot positions from `live`, with the
+/// backend addresses `excluded` taken out of every service that lists them (their state
+/// `unhealthy`). `&live.health_excluded` keeps the exclusions `live` records, so a plan made
+/// by hand neither undoes the daemon's health checks nor shows them as drift. A service whose
+/// usable backends are all excluded keeps them all instead (fails open): a health check that
+/// is wrong, or a network blip on the prober's side, never empties a service by itself.
 pub fn compile<S: Borrow<Service>>(
-    services: &[S],
-    live: &MapState,
-) -> Result<MapState, CompileError> {
-    compile_with_health(services, live, &live.health_excluded)
-}
-
-/// [`compile`] with the backend addresses `excluded` taken out of every service that lists
-/// them (their state `unhealthy`). A service whose usable backends are all excluded keeps
-/// them all instead (fails open): a health check that is wrong, or a network blip on the
-/// prober's side, never empties a service by itself.
-pub fn compile_with_health<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
     excluded: &BTreeSet<SocketAddr>,
 ) -> Result<MapState, CompileError> {
-    let mut desired = MapState::default();
-    let mut service_ids = IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY);
-    let mut backend_ids = IdAllocator::new(live.backends.keys().copied(), BACKEND_CAPACITY);
-    // The live backends of the services compiled here only: an incremental compile of one
-    // service against 100 000 live backends indexes its own ten.
     let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
-    let compiled: BTreeSet<u32> = services
-        .iter()
-        .flat_map(|s| s.spec.ports.iter().map(|p| (s.spec.vip, p)))
-        .filter_map(|(vip, p)| {
-            live.services.get(&Frontend { vip, port: p.port, protocol: p.protocol }).map(|e| e.id)
-        })
-        .collect();
-    let live_backend_ids: BTreeMap<(u32, SocketAddr), u32> = live
-        .backends
-        .iter()
-        .filter(|(_, b)| compiled.contains(&b.service_id))
-        .map(|(id, b)| ((b.service_id, b.addr), *id))
-        .collect();
-    let by_name: BTreeMap<&str, &Service> =
-        services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect();
-
+    let mut compiler = Compiler::new(&services, live, excluded);
     for &service in &services {
-        let spec = &service.spec;
-        for port in &spec.ports {
-            let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };
-            let label = service.label(port);
-            let live_entry = live.services.get(&frontend);
-            let id = match live_entry {
-                Some(entry) => entry.id,
-                None => service_ids.allocate("services")?,
-            };
-
-            // Backend IDs, in the spec's order.
-            let mut ids = Vec::with_capacity(spec.backends.len());
-            let mut seen = BTreeSet::new();
-            for backend in &spec.backends {
-                // Validated: no backend twice for a port, one address family.
-                let addr = backend.address_for(port);
-                seen.insert(addr);
-                let backend_id = match live_backend_ids.get(&(id, addr)) {
-                    Some(&known) => known,
-                    None => backend_ids.allocate("backends")?,
-                };
-                desired.backends.insert(
-                    backend_id,
-                    BackendEntry { addr, service_id: id, state: backend.state },
-                );
-                ids.push((backend_id, addr));
-            }
-            // The backends that take clients: (ID, address, weight).
-            let healthy = usable_among(spec, |i| !excluded.contains(&ids[i].1));
-            let fallback = match healthy.is_empty() && !usable_backends(spec).is_empty() {
-                true => fallback_backends(&by_name, service, port, excluded),
-                false => None,
-            };
-            let mut chosen: Vec<(u32, SocketAddr, u32)> = Vec::new();
-            if let Some(fallback) = &fallback {
-                for &(addr, weight) in fallback {
-                    if seen.contains(&addr) {
-                        continue;
-                    }
-                    let backend_id = match live_backend_ids.get(&(id, addr)) {
-                        Some(&known) => known,
-                        None => backend_ids.allocate("backends")?,
-                    };
-                    let entry = BackendEntry { addr, service_id: id, state: BackendState::Active };
-                    desired.backends.insert(backend_id, entry);
-                    chosen.push((backend_id, addr, weight));
-                }
-            } else {
-                // No healthy backend and no fallback: all stay in (fail open).
-                let usable =
-                    if healthy.is_empty() { usable_backends(spec) } else { healthy.clone() };
-                chosen =
-                    usable.iter().map(|&i| (ids[i].0, ids[i].1, spec.backends[i].weight)).collect();
-            }
-            if !healthy.is_empty() || fallback.is_some() {
-                for (backend_id, addr) in &ids {
-                    if let (true, Some(entry)) =
-                        (excluded.contains(addr), desired.backends.get_mut(backend_id))
-                    {
-                        entry.state = BackendState::Unhealthy;
-                    }
-                }
-            }
-            let slot_total = slots_needed(spec);
-            if slot_total > u64::from(MAX_SLOTS_PER_SERVICE) {
-                return Err(CompileError::TooManySlots {
-                    service: label,
-                    slots: slot_total,
-                    max: MAX_SLOTS_PER_SERVICE,
-                });
-            }
-            let slots = match spec.load_balancing.algorithm {
-                Algorithm::Random => {
-                    let live_slots: Vec<u32> = match live_entry {
-                        Some(entry) => (0..entry.slot_count)
-                            .map(|slot| live.slots.get(&(id, slot)).copied().unwrap_or(u32::MAX))
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    let quotas = chosen.iter().map(|&(id, _, weight)| (id, weight));
-                    let order: Vec<u32> = chosen.iter().map(|&(id, ..)| id).collect();
-                    layout_slots(&live_slots, quotas.collect(), &order)
-                }
-                Algorithm::Maglev if chosen.is_empty() => Vec::new(),
-                Algorithm::Maglev => {
-                    let mut size = table_size(spec);
-                    if let Some(problem) = maglev::table_size_problem(size, ids.len() as u32) {
-                        return Err(CompileError::TableSize { service: label, size, problem });
-                    }
-                    // A fallback with more backends than this table has slots: its own size.
-                    if size < chosen.len() as u32 {
-                        size = maglev::default_table_size(chosen.len() as u32);
-                    }
-                    maglev_table(chosen, size)
-                }
-            };
-            // Checked again on what was laid out: a fallback's weights, or a Maglev table
-            // grown for a fallback, are not the service's own.
-            if slots.len() > MAX_SLOTS_PER_SERVICE as usize {
-                return Err(CompileError::TooManySlots {
-                    service: label,
-                    slots: slots.len() as u64,
-                    max: MAX_SLOTS_PER_SERVICE,
-                });
-            }
-            for (slot, backend_id) in slots.iter().enumerate() {
-                desired.slots.insert((id, slot as u32), *backend_id);
-            }
-            let affinity = spec.session_affinity.as_ref();
-            desired.services.insert(
-                frontend,
-                ServiceEntry {
-                    id,
-                    slot_count: slots.len() as u32,
-                    algorithm: spec.load_balancing.algorithm,
-                    maglev_client: spec.load_balancing.client.unwrap_or_default(),
-                    affinity_timeout_secs: affinity.map_or(0, |a| a.timeout_seconds),
-                    affinity_client: affinity.map_or(Client::Cgroup, |a| a.client),
-                },
-            );
-            desired.names.insert(id, label);
+        for port in &service.spec.ports {
+            compiler.frontend(service, port)?;
         }
     }
-    // Exclusions of addresses that are no backend any more lapse.
-    let listed: BTreeSet<SocketAddr> = desired.backends.values().map(|b| b.addr).collect();
-    desired.health_excluded = excluded.intersection(&listed).copied().collect();
-    slot_capacity(desired.slots.len())?;
-    Ok(desired)
+    compiler.finish()
 }
 
 /// Whether a map set of `slots` selection slots fits the data plane.
@@ -257,6 +106,241 @@ pub fn slot_capacity(slots: usize) -> Result<(), CompileError> {
         return Err(CompileError::Capacity { what: "slots", count: slots, max: MAX_SLOTS });
     }
     Ok(())
+}
+
+/// Whether `slots` selection slots of one service fit the data plane
+/// (`MAX_SLOTS_PER_SERVICE`). The one check of that limit: `validate` makes it on the
+/// definitions, `compile` on each frontend before and after laying out its slots.
+pub(crate) fn service_slot_capacity(service: &str, slots: u64) -> Result<(), CompileError> {
+    if slots > u64::from(MAX_SLOTS_PER_SERVICE) {
+        let service = service.to_owned();
+        return Err(CompileError::TooManySlots { service, slots, max: MAX_SLOTS_PER_SERVICE });
+    }
+    Ok(())
+}
+
+/// A backend that takes clients: its ID, address and weight.
+type Chosen = (u32, SocketAddr, u32);
+
+/// One compile: the desired state as the frontends are lowered one by one, and the IDs they
+/// keep or take.
+struct Compiler<'a> {
+    live: &'a MapState,
+    excluded: &'a BTreeSet<SocketAddr>,
+    /// Every service compiled, by name: where fallbacks are found.
+    by_name: BTreeMap<&'a str, &'a Service>,
+    /// The live backend IDs by (service ID, address), of the services compiled here only: an
+    /// incremental compile of one service against 100 000 live backends indexes its own ten.
+    live_backend_ids: BTreeMap<(u32, SocketAddr), u32>,
+    service_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    desired: MapState,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(
+        services: &[&'a Service],
+        live: &'a MapState,
+        excluded: &'a BTreeSet<SocketAddr>,
+    ) -> Self {
+        let compiled: BTreeSet<u32> = services
+            .iter()
+            .flat_map(|s| s.spec.ports.iter().map(|p| (s.spec.vip, p)))
+            .filter_map(|(vip, p)| {
+                live.services
+                    .get(&Frontend { vip, port: p.port, protocol: p.protocol })
+                    .map(|e| e.id)
+            })
+            .collect();
+        let live_backend_ids = live
+            .backends
+            .iter()
+            .filter(|(_, b)| compiled.contains(&b.service_id))
+            .map(|(id, b)| ((b.service_id, b.addr), *id))
+            .collect();
+        Compiler {
+            live,
+            excluded,
+            by_name: services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect(),
+            live_backend_ids,
+            service_ids: IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY),
+            backend_ids: IdAllocator::new(live.backends.keys().copied(), BACKEND_CAPACITY),
+            desired: MapState::default(),
+        }
+    }
+
+    /// Lowers `service` on `port`: its service entry, backends, slots and name.
+    fn frontend(&mut self, service: &Service, port: &Port) -> Result<(), CompileError> {
+        let (spec, live) = (&service.spec, self.live);
+        let frontend = Frontend { vip: spec.vip, port: port.port, protocol: port.protocol };
+        let label = service.label(port);
+        let live_entry = live.services.get(&frontend);
+        let id = match live_entry {
+            Some(entry) => entry.id,
+            None => self.service_ids.allocate("services")?,
+        };
+        let own = self.own_backends(spec, port, id)?;
+        let chosen = self.chosen_backends(service, port, id, &own)?;
+        service_slot_capacity(&label, slots_needed(spec))?;
+        let slots = match spec.load_balancing.algorithm {
+            Algorithm::Random => {
+                random_slots(&live_entry.map_or_else(Vec::new, |e| live_slots(live, e)), &chosen)
+            }
+            Algorithm::Maglev if chosen.is_empty() => Vec::new(),
+            Algorithm::Maglev => maglev_slots(spec, &label, own.len(), chosen)?,
+        };
+        // Checked again on what was laid out: a fallback's weights, or a Maglev table grown
+        // for a fallback, are not the service's own.
+        service_slot_capacity(&label, slots.len() as u64)?;
+        for (slot, backend_id) in slots.iter().enumerate() {
+            self.desired.slots.insert((id, slot as u32), *backend_id);
+        }
+        self.desired.services.insert(frontend, service_entry(spec, id, slots.len() as u32));
+        self.desired.names.insert(id, label);
+        Ok(())
+    }
+
+    /// The backends `spec` lists, in its order, as (ID, address) on `port`, entered as
+    /// backends of service `id`.
+    fn own_backends(
+        &mut self,
+        spec: &ServiceSpec,
+        port: &Port,
+        id: u32,
+    ) -> Result<Vec<(u32, SocketAddr)>, CompileError> {
+        let mut own = Vec::with_capacity(spec.backends.len());
+        for backend in &spec.backends {
+            // Validated: no backend twice for a port, one address family.
+            let addr = backend.address_for(port);
+            let backend_id = self.backend_id(id, addr)?;
+            let entry = BackendEntry { addr, service_id: id, state: backend.state };
+            self.desired.backends.insert(backend_id, entry);
+            own.push((backend_id, addr));
+        }
+        Ok(own)
+    }
+
+    /// The ID of service `id`'s backend at `addr`: its live one, else a new one.
+    fn backend_id(&mut self, id: u32, addr: SocketAddr) -> Result<u32, CompileError> {
+        match self.live_backend_ids.get(&(id, addr)) {
+            Some(&known) => Ok(known),
+            None => self.backend_ids.allocate("backends"),
+        }
+    }
+
+    /// The backends that take the clients of `service` (ID `id`) on `port`: its healthy
+    /// usable ones; while it has none, its fallback's healthy ones; without those, all its
+    /// usable ones (fail open). Unless it failed open, its excluded backends are unhealthy.
+    fn chosen_backends(
+        &mut self,
+        service: &Service,
+        port: &Port,
+        id: u32,
+        own: &[(u32, SocketAddr)],
+    ) -> Result<Vec<Chosen>, CompileError> {
+        let (spec, excluded) = (&service.spec, self.excluded);
+        let healthy = usable_among(spec, |i| !excluded.contains(&own[i].1));
+        let fallback = match healthy.is_empty() && !usable_backends(spec).is_empty() {
+            true => fallback_backends(&self.by_name, service, port, excluded),
+            false => None,
+        };
+        let failed_open = healthy.is_empty() && fallback.is_none();
+        let chosen = match fallback {
+            Some(fallback) => self.fallback_entries(id, own, &fallback)?,
+            None => {
+                let usable = if failed_open { usable_backends(spec) } else { healthy };
+                usable.iter().map(|&i| (own[i].0, own[i].1, spec.backends[i].weight)).collect()
+            }
+        };
+        if !failed_open {
+            self.mark_unhealthy(own);
+        }
+        Ok(chosen)
+    }
+
+    /// The `fallback` backends (address, weight) that service `id` does not list itself,
+    /// entered as its own (active).
+    fn fallback_entries(
+        &mut self,
+        id: u32,
+        own: &[(u32, SocketAddr)],
+        fallback: &[(SocketAddr, u32)],
+    ) -> Result<Vec<Chosen>, CompileError> {
+        let listed: BTreeSet<SocketAddr> = own.iter().map(|&(_, addr)| addr).collect();
+        let mut chosen = Vec::new();
+        for &(addr, weight) in fallback.iter().filter(|(addr, _)| !listed.contains(addr)) {
+            let backend_id = self.backend_id(id, addr)?;
+            let entry = BackendEntry { addr, service_id: id, state: BackendState::Active };
+            self.desired.backends.insert(backend_id, entry);
+            chosen.push((backend_id, addr, weight));
+        }
+        Ok(chosen)
+    }
+
+    /// Marks the backends of `own` that are excluded unhealthy.
+    fn mark_unhealthy(&mut self, own: &[(u32, SocketAddr)]) {
+        for (backend_id, _) in own.iter().filter(|(_, addr)| self.excluded.contains(addr)) {
+            if let Some(entry) = self.desired.backends.get_mut(backend_id) {
+                entry.state = BackendState::Unhealthy;
+            }
+        }
+    }
+
+    /// The desired state, once every frontend is in: exclusions of addresses that are no
+    /// backend any more lapse, and the slots of all services must fit the data plane.
+    fn finish(mut self) -> Result<MapState, CompileError> {
+        let listed: BTreeSet<SocketAddr> = self.desired.backends.values().map(|b| b.addr).collect();
+        self.desired.health_excluded = self.excluded.intersection(&listed).copied().collect();
+        slot_capacity(self.desired.slots.len())?;
+        Ok(self.desired)
+    }
+}
+
+/// The live slots of the service of `entry` (`u32::MAX` where one is missing).
+fn live_slots(live: &MapState, entry: &ServiceEntry) -> Vec<u32> {
+    (0..entry.slot_count)
+        .map(|slot| live.slots.get(&(entry.id, slot)).copied().unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// The slots of a `random` service: each chosen backend fills its weight in slots, keeping
+/// the `live` slots it already holds.
+fn random_slots(live: &[u32], chosen: &[Chosen]) -> Vec<u32> {
+    let quotas = chosen.iter().map(|&(id, _, weight)| (id, weight)).collect();
+    let order: Vec<u32> = chosen.iter().map(|&(id, ..)| id).collect();
+    layout_slots(live, quotas, &order)
+}
+
+/// The Maglev table of `spec` over `chosen`, of its size for the `listed` backends it lists,
+/// or larger for a fallback with more backends than that.
+fn maglev_slots(
+    spec: &ServiceSpec,
+    label: &str,
+    listed: usize,
+    chosen: Vec<Chosen>,
+) -> Result<Vec<u32>, CompileError> {
+    let mut size = table_size(spec);
+    if let Some(problem) = maglev::table_size_problem(size, listed as u32) {
+        return Err(CompileError::TableSize { service: label.to_owned(), size, problem });
+    }
+    // A fallback with more backends than this table has slots: its own size.
+    if size < chosen.len() as u32 {
+        size = maglev::default_table_size(chosen.len() as u32);
+    }
+    Ok(maglev_table(chosen, size))
+}
+
+/// The service entry of `spec` on one frontend: ID `id`, `slot_count` slots.
+fn service_entry(spec: &ServiceSpec, id: u32, slot_count: u32) -> ServiceEntry {
+    let affinity = spec.session_affinity.as_ref();
+    ServiceEntry {
+        id,
+        slot_count,
+        algorithm: spec.load_balancing.algorithm,
+        maglev_client: spec.load_balancing.client.unwrap_or_default(),
+        affinity_timeout_secs: affinity.map_or(0, |a| a.timeout_seconds),
+        affinity_client: affinity.map_or(Client::Cgroup, |a| a.client),
+    }
 }
 
 /// Slot -> backend for a service whose backends fill `quotas` slots each: a slot that
@@ -312,7 +396,7 @@ fn fallback_backends(
 
 /// The Maglev table of `size` slots over `backends` (ID, address, weight), as backend IDs:
 /// sorted by their key first, so every node builds the same table from the same backends.
-fn maglev_table(mut backends: Vec<(u32, SocketAddr, u32)>, size: u32) -> Vec<u32> {
+fn maglev_table(mut backends: Vec<Chosen>, size: u32) -> Vec<u32> {
     let key = |addr: &SocketAddr| {
         maglev::backend_key(&crate::state::addr_to_words(addr.ip()), addr.port().to_be())
     };
@@ -379,7 +463,7 @@ mod tests {
              spec:\n  vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends:\n{}\n",
             backends.join("\n")
         );
-        let doc = crate::yaml::parse(&text).unwrap().remove(0);
+        let doc = crate::load::parse(&text).unwrap().remove(0);
         serde_json::from_value(doc.value).unwrap()
     }
 
@@ -387,7 +471,7 @@ mod tests {
     fn slots_follow_weights_and_draining_backends_get_none() {
         let mut web = service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 3)]);
         web.spec.backends[0].state = BackendState::Draining;
-        let state = compile(&[web], &MapState::default()).unwrap();
+        let state = compile(&[web], &MapState::default(), &BTreeSet::new()).unwrap();
         let entry = state.services.values().next().unwrap();
         assert_eq!(entry.slot_count, 3);
         assert_eq!(state.backends.len(), 2, "draining backends stay known");
@@ -402,8 +486,8 @@ mod tests {
             service("a", "10.96.0.10", &[("10.1.0.1", 2), ("10.1.0.2", 1)]),
             service("b", "fd00::10", &[("fd00::1", 1)]),
         ];
-        let first = compile(&services, &MapState::default()).unwrap();
-        let second = compile(&services, &first).unwrap();
+        let first = compile(&services, &MapState::default(), &BTreeSet::new()).unwrap();
+        let second = compile(&services, &first, &first.health_excluded).unwrap();
         assert_eq!(first, second);
     }
 
@@ -413,12 +497,12 @@ mod tests {
             [service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)])];
         let after =
             [service("web", "10.96.0.10", &[("10.1.0.1", 3), ("10.1.0.2", 1), ("10.1.0.3", 1)])];
-        let live = compile(&before, &MapState::default()).unwrap();
-        let desired = compile(&after, &live).unwrap();
+        let live = compile(&before, &MapState::default(), &BTreeSet::new()).unwrap();
+        let desired = compile(&after, &live, &live.health_excluded).unwrap();
         // Two new slots and the slot count: nothing else moves.
         assert_eq!(live.changes_to(&desired).len(), 3);
         // And back down: two slots go, the count changes.
-        let back = compile(&before, &desired).unwrap();
+        let back = compile(&before, &desired, &desired.health_excluded).unwrap();
         assert_eq!(desired.changes_to(&back).len(), 3);
     }
 
@@ -427,8 +511,8 @@ mod tests {
         let before =
             [service("web", "10.96.0.10", &[("10.1.0.1", 2), ("10.1.0.2", 2), ("10.1.0.3", 2)])];
         let after = [service("web", "10.96.0.10", &[("10.1.0.2", 2), ("10.1.0.3", 2)])];
-        let live = compile(&before, &MapState::default()).unwrap();
-        let desired = compile(&after, &live).unwrap();
+        let live = compile(&before, &MapState::default(), &BTreeSet::new()).unwrap();
+        let desired = compile(&after, &live, &live.health_excluded).unwrap();
         let kept: Vec<_> =
             desired.slots.iter().filter(|(k, v)| live.slots.get(k) == Some(v)).collect();
         // 4 slots survive; of the 6, 2 deleted (count shrinks), the first backend's 2
@@ -452,11 +536,11 @@ mod tests {
             web.spec.load_balancing.algorithm = Algorithm::Maglev;
             web
         };
-        let live = compile(&[with(10)], &MapState::default()).unwrap();
+        let live = compile(&[with(10)], &MapState::default(), &BTreeSet::new()).unwrap();
         let entry = *live.services.values().next().unwrap();
         // The default size holds from 9 to 16 backends.
         assert_eq!(entry.slot_count, 1601);
-        let desired = compile(&[with(9)], &live).unwrap();
+        let desired = compile(&[with(9)], &live, &live.health_excluded).unwrap();
         let changes = live.changes_to(&desired);
         let share = 1601 / 10;
         // Its slots, the others' few moves (2-4% at this size), and its backend entry.
@@ -472,8 +556,8 @@ mod tests {
     fn health_exclusions_take_backends_out_and_persist_until_lifted() {
         let web = [service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 1)])];
         let down: SocketAddr = "10.1.0.2:8080".parse().unwrap();
-        let live = compile(&web, &MapState::default()).unwrap();
-        let excluded = compile_with_health(&web, &live, &BTreeSet::from([down])).unwrap();
+        let live = compile(&web, &MapState::default(), &BTreeSet::new()).unwrap();
+        let excluded = compile(&web, &live, &BTreeSet::from([down])).unwrap();
         let state_of = |state: &MapState, addr: SocketAddr| {
             state.backends.iter().find(|(_, b)| b.addr == addr).map(|(id, b)| (*id, b.state))
         };
@@ -482,21 +566,20 @@ mod tests {
         assert!(excluded.slots.values().all(|b| *b != id), "an excluded backend has slots");
         assert_eq!(excluded.health_excluded, BTreeSet::from([down]));
         // A plan by hand (compile against the live state) keeps the overlay: no changes.
-        assert!(excluded.changes_to(&compile(&web, &excluded).unwrap()).is_empty());
+        assert!(excluded
+            .changes_to(&compile(&web, &excluded, &excluded.health_excluded).unwrap())
+            .is_empty());
         // Lifted: back in.
-        let lifted = compile_with_health(&web, &excluded, &BTreeSet::new()).unwrap();
+        let lifted = compile(&web, &excluded, &BTreeSet::new()).unwrap();
         assert_eq!(lifted, live);
         // Every backend down: the service keeps them all (fails open).
         let all = BTreeSet::from([down, "10.1.0.1:8080".parse().unwrap()]);
-        let open = compile_with_health(&web, &live, &all).unwrap();
+        let open = compile(&web, &live, &all).unwrap();
         assert_eq!(open.slots, live.slots);
         assert!(open.backends.values().all(|b| b.state == BackendState::Active));
         // An exclusion of an address no service lists lapses.
         let gone: SocketAddr = "10.9.9.9:8080".parse().unwrap();
-        assert!(compile_with_health(&web, &live, &BTreeSet::from([gone]))
-            .unwrap()
-            .health_excluded
-            .is_empty());
+        assert!(compile(&web, &live, &BTreeSet::from([gone])).unwrap().health_excluded.is_empty());
     }
 
     #[test]
@@ -505,9 +588,9 @@ mod tests {
         web.spec.fallback = Some("dr".into());
         let dr = service("dr", "10.96.0.20", &[("10.2.0.1", 1), ("10.2.0.2", 3)]);
         let services = [web, dr];
-        let live = compile(&services, &MapState::default()).unwrap();
+        let live = compile(&services, &MapState::default(), &BTreeSet::new()).unwrap();
         let down = BTreeSet::from(["10.1.0.1:8080".parse().unwrap()]);
-        let state = compile_with_health(&services, &live, &down).unwrap();
+        let state = compile(&services, &live, &down).unwrap();
         let web_id = state.names.iter().find(|(_, n)| *n == "web/80").map(|(id, _)| *id).unwrap();
         let web_backends: BTreeMap<SocketAddr, (u32, BackendState)> = state
             .backends
@@ -528,7 +611,7 @@ mod tests {
             "10.2.0.1:8080".parse().unwrap(),
             "10.2.0.2:8080".parse().unwrap(),
         ]);
-        let open = compile_with_health(&services, &live, &all).unwrap();
+        let open = compile(&services, &live, &all).unwrap();
         let web_slots: BTreeSet<u32> =
             open.slots.iter().filter(|((s, _), _)| *s == web_id).map(|(_, b)| *b).collect();
         let own = live.backends.iter().find(|(_, b)| b.service_id == web_id).map(|(id, _)| *id);
@@ -554,9 +637,9 @@ mod tests {
     #[test]
     fn new_ids_skip_ids_the_live_state_still_uses() {
         let a = service("a", "10.96.0.10", &[("10.1.0.1", 1)]);
-        let live = compile(&[a], &MapState::default()).unwrap();
+        let live = compile(&[a], &MapState::default(), &BTreeSet::new()).unwrap();
         let b = service("b", "10.96.0.20", &[("10.1.0.9", 1)]);
-        let desired = compile(&[b], &live).unwrap();
+        let desired = compile(&[b], &live, &live.health_excluded).unwrap();
         let old: BTreeSet<u32> = live.backends.keys().copied().collect();
         assert!(desired.backends.keys().all(|id| !old.contains(id)));
         assert!(desired

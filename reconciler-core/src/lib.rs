@@ -1,10 +1,12 @@
 //! The pure pipeline of reconciler, from a repository to the content the data plane should
-//! hold: where definitions come from (`source`, `verify`), how they are read (`yaml`) and
+//! hold: where definitions come from (`source`, `verify`), how they are read (`load`) and
 //! checked (`validate`, against `model`), what they compile to (`compile`, into `state`), and
-//! how that differs from what is live (`plan`). No BPF here: `reconciler validate` and
-//! `plan --against` build from this crate alone on stable Rust.
+//! how that differs from what is live (`diff`, shown by `plan`). No BPF here: `reconciler
+//! validate` and `plan --against` build from this crate alone on stable Rust.
 pub mod compile;
+pub mod diff;
 pub mod limits;
+pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
@@ -12,4 +14,3 @@ pub mod source;
 pub mod state;
 pub mod validate;
 pub mod verify;
-pub mod yaml;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 // The data plane's own enums: their serde names are the YAML spellings.
-pub use crate::state::{Algorithm, BackendState, Client, Protocol};
+use crate::state::{frontend_label, Algorithm, BackendState, Client, Protocol};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -133,14 +133,8 @@ impl Service {
     /// or `name/80` for an unnamed port.
     pub fn label(&self, port: &Port) -> String {
         let port = port.name.clone().unwrap_or_else(|| port.port.to_string());
-        format!("{}/{port}", self.metadata.name)
+        frontend_label(&self.metadata.name, &port)
     }
-}
-
-/// A frontend's name split back into (service, port name): the inverse of
-/// [`Service::label`].
-pub fn split_label(label: &str) -> Option<(&str, &str)> {
-    label.rsplit_once('/')
 }
 
 impl Backend {

@@ -7,7 +7,7 @@
 //! principals and validity windows count: a key listed for alice@example.com does not vouch
 //! for a commit whose committer is bob@example.com, and a key past its `valid-before` vouches
 //! for nothing signed after it.
-use std::{fmt, path::Path};
+use std::path::{Path, PathBuf};
 
 use pgp::{
     composed::{Deserializable as _, DetachedSignature, SignedPublicKey},
@@ -30,15 +30,63 @@ pub enum Mode {
 }
 
 impl std::str::FromStr for Mode {
-    type Err = String;
+    type Err = VerifyError;
 
-    fn from_str(text: &str) -> Result<Mode, String> {
+    fn from_str(text: &str) -> Result<Mode, VerifyError> {
         match text {
             "head" => Ok(Mode::Head),
             "tag" => Ok(Mode::Tag),
-            other => Err(format!("`{other}` is neither `head` nor `tag`")),
+            other => Err(VerifyError::UnknownMode(other.to_owned())),
         }
     }
+}
+
+/// Why the verification settings cannot be used: a mode that is none, or an allowed-signers
+/// file or keyring that cannot be read.
+// The causes are part of the message, not `#[source]`s: a chain would print them twice. pgp's
+// errors are boxed: they are large, and every result of this module would carry their size.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("`{0}` is neither `head` nor `tag`")]
+    UnknownMode(String),
+    #[error("reading {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{file}: not an armored OpenPGP keyring: {error}")]
+    NotAKeyring { file: String, error: Box<pgp::errors::Error> },
+    #[error("{file}: a key cannot be read: {error}")]
+    UnreadableKey { file: String, error: Box<pgp::errors::Error> },
+    #[error("{file}: key {fingerprint} is not self-signed: {error}")]
+    NotSelfSigned { file: String, fingerprint: String, error: Box<pgp::errors::Error> },
+    #[error("{file}: holds no public key")]
+    NoPublicKey { file: String },
+    #[error("{file}:{line}: {problem}")]
+    BadLine { file: String, line: usize, problem: LineProblem },
+    #[error("{file}: lists no signer")]
+    NoSigner { file: String },
+}
+
+/// What is wrong with one line of an allowed-signers file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineProblem {
+    #[error("expected principals, options, key type and key")]
+    NoPrincipals,
+    #[error("no key after the principals")]
+    NoKey,
+    #[error("expected a key type and a base64 key")]
+    NoKeyTypeAndKey,
+    #[error("the key cannot be read: {0}")]
+    UnreadableKey(ssh_key::Error),
+    #[error(
+        "cert-authority (keys signed by a certificate authority) is not supported; list the \
+         signers' keys"
+    )]
+    CertAuthority,
+    #[error("unknown option `{0}`")]
+    UnknownOption(String),
+    #[error("`{0}` is not a time as YYYYMMDD[HHMM[SS]][Z]")]
+    BadTime(String),
+    #[error("a double quote is not closed")]
+    UnclosedQuote,
 }
 
 /// How commits are verified: the mode and who may sign (at least one of the two).
@@ -76,29 +124,34 @@ pub struct Keyring {
 
 impl Keyring {
     /// Reads and parses the keyring at `path`.
-    pub fn read(path: &Path) -> Result<Keyring, String> {
+    pub fn read(path: &Path) -> Result<Keyring, VerifyError> {
         read_and_parse(path, Keyring::parse)
     }
 
     /// Parses `text`, armored public keys (one block of several, or several blocks one
     /// after another); each key's self-signatures must verify.
-    pub fn parse(file: &str, text: &str) -> Result<Keyring, String> {
+    pub fn parse(file: &str, text: &str) -> Result<Keyring, VerifyError> {
         const BLOCK: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
         let mut keys = Vec::new();
         for block in text.match_indices(BLOCK).map(|(start, _)| &text[start..]) {
             let end = block[BLOCK.len()..].find(BLOCK).map_or(block.len(), |e| e + BLOCK.len());
             let (parsed, _) = SignedPublicKey::from_armor_many(&block.as_bytes()[..end])
-                .map_err(|e| format!("{file}: not an armored OpenPGP keyring: {e}"))?;
+                .map_err(|e| VerifyError::NotAKeyring { file: file.to_owned(), error: e.into() })?;
             for key in parsed {
-                let key = key.map_err(|e| format!("{file}: a key cannot be read: {e}"))?;
-                key.verify_bindings().map_err(|e| {
-                    format!("{file}: key {} is not self-signed: {e}", key.fingerprint())
+                let key = key.map_err(|e| VerifyError::UnreadableKey {
+                    file: file.to_owned(),
+                    error: e.into(),
+                })?;
+                key.verify_bindings().map_err(|e| VerifyError::NotSelfSigned {
+                    file: file.to_owned(),
+                    fingerprint: key.fingerprint().to_string(),
+                    error: e.into(),
                 })?;
                 keys.push(key);
             }
         }
         if keys.is_empty() {
-            return Err(format!("{file}: holds no public key"));
+            return Err(VerifyError::NoPublicKey { file: file.to_owned() });
         }
         Ok(Keyring { file: file.to_owned(), keys })
     }
@@ -188,86 +241,60 @@ pub struct Signed<'a> {
 }
 
 /// Why a commit was not accepted. Shown in `/status` and errors, counted as `unverified`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unverified {
+    #[error("it is not signed")]
     Unsigned,
+    #[error("no annotated tag points at it")]
     NoSignedTag,
+    #[error("its signature is neither SSH nor OpenPGP (X.509 is not accepted)")]
     OtherKind,
+    #[error("it has an {0} signature, and no {1} is given to check it")]
     NoVerifier(&'static str, &'static str),
+    #[error("it is signed by OpenPGP key {fingerprint}, which the keyring does not hold")]
     NotInKeyring { fingerprint: String },
+    #[error(
+        "it is signed by OpenPGP key {fingerprint}, none of whose user IDs is its author {email}"
+    )]
     NotForAuthor { fingerprint: String, email: String },
+    #[error("its signature cannot be read: {0}")]
     Malformed(String),
+    #[error("it is signed for namespace `{0}`, not `{GIT_NAMESPACE}`")]
     WrongNamespace(String),
+    #[error("it is signed by key {fingerprint}, which the allowed signers do not list")]
     UnknownKey { fingerprint: String },
+    #[error(
+        "it is signed by key {fingerprint}, which the allowed signers list (line {line}) for \
+         other principals than its author {email}"
+    )]
     OtherPrincipal { fingerprint: String, email: String, line: usize },
+    #[error(
+        "it is signed by key {fingerprint}, which the allowed signers (line {line}) do not allow \
+         in namespace `{GIT_NAMESPACE}`"
+    )]
     NotForGit { fingerprint: String, line: usize },
+    #[error(
+        "it is signed by key {fingerprint} at {}, outside the key's validity (line {line})",
+        show_time(*time)
+    )]
     OutsideValidity { fingerprint: String, time: i64, line: usize },
+    #[error("its signature by key {fingerprint} does not match its content")]
     BadSignature { fingerprint: String },
 }
 
-impl fmt::Display for Unverified {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unverified::Unsigned => write!(f, "it is not signed"),
-            Unverified::NoSignedTag => write!(f, "no annotated tag points at it"),
-            Unverified::OtherKind => {
-                write!(f, "its signature is neither SSH nor OpenPGP (X.509 is not accepted)")
-            }
-            Unverified::NoVerifier(kind, setting) => {
-                write!(f, "it has an {kind} signature, and no {setting} is given to check it")
-            }
-            Unverified::NotInKeyring { fingerprint } => {
-                write!(
-                    f,
-                    "it is signed by OpenPGP key {fingerprint}, which the keyring does not hold"
-                )
-            }
-            Unverified::NotForAuthor { fingerprint, email } => write!(
-                f,
-                "it is signed by OpenPGP key {fingerprint}, none of whose user IDs is its author \
-                 {email}"
-            ),
-            Unverified::Malformed(e) => write!(f, "its signature cannot be read: {e}"),
-            Unverified::WrongNamespace(n) => {
-                write!(f, "it is signed for namespace `{n}`, not `{GIT_NAMESPACE}`")
-            }
-            Unverified::UnknownKey { fingerprint } => {
-                write!(
-                    f,
-                    "it is signed by key {fingerprint}, which the allowed signers do not list"
-                )
-            }
-            Unverified::OtherPrincipal { fingerprint, email, line } => write!(
-                f,
-                "it is signed by key {fingerprint}, which the allowed signers list (line {line}) \
-                 for other principals than its author {email}"
-            ),
-            Unverified::NotForGit { fingerprint, line } => write!(
-                f,
-                "it is signed by key {fingerprint}, which the allowed signers (line {line}) do not \
-                 allow in namespace `{GIT_NAMESPACE}`"
-            ),
-            Unverified::OutsideValidity { fingerprint, time, line } => write!(
-                f,
-                "it is signed by key {fingerprint} at {}, outside the key's validity (line {line})",
-                jiff::Timestamp::from_second(*time)
-                    .map_or_else(|_| time.to_string(), |t| t.to_string())
-            ),
-            Unverified::BadSignature { fingerprint } => {
-                write!(f, "its signature by key {fingerprint} does not match its content")
-            }
-        }
-    }
+/// Unix seconds as an RFC 3339 time (the number itself if out of range).
+fn show_time(time: i64) -> String {
+    jiff::Timestamp::from_second(time).map_or_else(|_| time.to_string(), |t| t.to_string())
 }
 
 impl AllowedSigners {
     /// Reads and parses the allowed-signers file at `path`.
-    pub fn read(path: &Path) -> Result<AllowedSigners, String> {
+    pub fn read(path: &Path) -> Result<AllowedSigners, VerifyError> {
         read_and_parse(path, AllowedSigners::parse)
     }
 
     /// Parses `text`, an allowed-signers file; an error names `file` and the line.
-    pub fn parse(file: &str, text: &str) -> Result<AllowedSigners, String> {
+    pub fn parse(file: &str, text: &str) -> Result<AllowedSigners, VerifyError> {
         let mut entries = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -275,12 +302,15 @@ impl AllowedSigners {
                 continue;
             }
             let number = index + 1;
-            let entry = parse_entry(number, line)
-                .map_err(|message| format!("{file}:{number}: {message}"))?;
+            let entry = parse_entry(number, line).map_err(|problem| VerifyError::BadLine {
+                file: file.to_owned(),
+                line: number,
+                problem,
+            })?;
             entries.push(entry);
         }
         if entries.is_empty() {
-            return Err(format!("{file}: lists no signer"));
+            return Err(VerifyError::NoSigner { file: file.to_owned() });
         }
         Ok(AllowedSigners { file: file.to_owned(), entries })
     }
@@ -329,27 +359,30 @@ impl AllowedSigners {
 }
 
 /// The file at `path` (at most `MAX_FILE_BYTES`), parsed by `parse` (given its name).
-fn read_and_parse<T>(path: &Path, parse: fn(&str, &str) -> Result<T, String>) -> Result<T, String> {
+fn read_and_parse<T>(
+    path: &Path,
+    parse: fn(&str, &str) -> Result<T, VerifyError>,
+) -> Result<T, VerifyError> {
     let text = crate::limits::read_to_string(path, crate::limits::MAX_FILE_BYTES as u64)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(|error| VerifyError::Read { path: path.to_owned(), error })?;
     parse(&path.display().to_string(), &text)
 }
 
-fn parse_entry(line: usize, text: &str) -> Result<Entry, String> {
+fn parse_entry(line: usize, text: &str) -> Result<Entry, LineProblem> {
     let fields = split_fields(text)?;
     let [principals, rest @ ..] = fields.as_slice() else {
-        return Err("expected principals, options, key type and key".into());
+        return Err(LineProblem::NoPrincipals);
     };
     let (options, key) = match rest {
         [first, ..] if is_key_type(first) => (None, rest),
         [options, key @ ..] => (Some(options.as_str()), key),
-        [] => return Err("no key after the principals".into()),
+        [] => return Err(LineProblem::NoKey),
     };
     let [key_type, base64, ..] = key else {
-        return Err("expected a key type and a base64 key".into());
+        return Err(LineProblem::NoKeyTypeAndKey);
     };
     let key = PublicKey::from_openssh(&format!("{key_type} {base64}"))
-        .map_err(|e| format!("the key cannot be read: {e}"))?;
+        .map_err(LineProblem::UnreadableKey)?;
     let mut entry = Entry {
         line,
         principals: principals.clone(),
@@ -367,10 +400,8 @@ fn parse_entry(line: usize, text: &str) -> Result<Entry, String> {
             ("namespaces", Some(value)) => entry.namespaces = Some(value.to_owned()),
             ("valid-after", Some(value)) => entry.valid_after = Some(parse_time(value)?),
             ("valid-before", Some(value)) => entry.valid_before = Some(parse_time(value)?),
-            ("cert-authority", None) => {
-                return Err("cert-authority (keys signed by a certificate authority) is not supported; list the signers' keys".into())
-            }
-            _ => return Err(format!("unknown option `{option}`")),
+            ("cert-authority", None) => return Err(LineProblem::CertAuthority),
+            _ => return Err(LineProblem::UnknownOption(option)),
         }
     }
     Ok(entry)
@@ -381,7 +412,7 @@ fn is_key_type(field: &str) -> bool {
 }
 
 /// Space-separated fields, where spaces inside double quotes do not separate.
-fn split_fields(text: &str) -> Result<Vec<String>, String> {
+fn split_fields(text: &str) -> Result<Vec<String>, LineProblem> {
     let mut fields: Vec<String> = split_outside_quotes(text, char::is_whitespace)?
         .into_iter()
         .filter(|f| !f.is_empty())
@@ -394,7 +425,7 @@ fn split_fields(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// Comma-separated options, where commas inside double quotes do not separate.
-fn split_options(text: &str) -> Result<Vec<String>, String> {
+fn split_options(text: &str) -> Result<Vec<String>, LineProblem> {
     split_outside_quotes(text, |c| c == ',')
 }
 
@@ -402,7 +433,7 @@ fn split_options(text: &str) -> Result<Vec<String>, String> {
 fn split_outside_quotes(
     text: &str,
     separates: impl Fn(char) -> bool,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, LineProblem> {
     let mut parts = vec![String::new()];
     let mut quoted = false;
     for c in text.chars() {
@@ -416,15 +447,15 @@ fn split_outside_quotes(
         }
     }
     if quoted {
-        return Err("a double quote is not closed".into());
+        return Err(LineProblem::UnclosedQuote);
     }
     Ok(parts)
 }
 
 /// `YYYYMMDD[Z]` or `YYYYMMDDHHMM[SS][Z]`: UTC with `Z`, else the system's time zone (as
 /// ssh-keygen reads it).
-fn parse_time(text: &str) -> Result<i64, String> {
-    let bad = || format!("`{text}` is not a time as YYYYMMDD[HHMM[SS]][Z]");
+fn parse_time(text: &str) -> Result<i64, LineProblem> {
+    let bad = || LineProblem::BadTime(text.to_owned());
     let (digits, utc) = match text.strip_suffix(['Z', 'z']) {
         Some(digits) => (digits, true),
         None => (text, false),
@@ -514,7 +545,7 @@ mod tests {
 
     #[test]
     fn bad_lines_name_the_file_and_line() {
-        let err = |text: &str| AllowedSigners::parse("signers", text).unwrap_err();
+        let err = |text: &str| AllowedSigners::parse("signers", text).unwrap_err().to_string();
         assert_eq!(err(""), "signers: lists no signer");
         assert!(err(&format!("a@b cert-authority {KEY}")).starts_with("signers:1: cert-authority"));
         assert!(

@@ -4,7 +4,7 @@
 //! here; this crate adds the session that runs it (`pipeline`), what touches BPF
 //! (`dataplane`) and the daemon.
 pub use reconciler_core::{
-    compile, limits, model, node, plan, source, state, validate, verify, yaml,
+    compile, diff, limits, load, model, node, plan, source, state, validate, verify,
 };
 
 pub mod clock;

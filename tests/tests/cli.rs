@@ -322,7 +322,7 @@ fn the_documented_configurations_are_valid() {
     let manifest =
         std::fs::read_to_string(manifest_dir().join("../deploy/kubernetes/daemonset.yaml"))
             .unwrap();
-    let documents = reconciler::yaml::parse(&manifest).unwrap();
+    let documents = reconciler::load::parse(&manifest).unwrap();
     let config_map = documents.iter().find(|d| d.value["kind"] == "ConfigMap").unwrap();
     let text = config_map.value["data"]["config.yaml"].as_str().unwrap();
     let parsed = config::parse("daemonset.yaml", text).unwrap();

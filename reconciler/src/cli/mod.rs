@@ -163,11 +163,7 @@ impl SourceArgs {
         }
         let signers = self.allowed_signers.as_deref().map(AllowedSigners::read).transpose();
         let keyring = self.keyring.as_deref().map(Keyring::read).transpose();
-        Ok(Some(Verify {
-            mode: self.verify_mode,
-            signers: signers.map_err(anyhow::Error::msg)?,
-            keyring: keyring.map_err(anyhow::Error::msg)?,
-        }))
+        Ok(Some(Verify { mode: self.verify_mode, signers: signers?, keyring: keyring? }))
     }
 
     pub fn spec(&self) -> anyhow::Result<SourceSpec> {

@@ -13,7 +13,7 @@ use reconciler::{
         trace::{Event, Tracer},
         Dataplane,
     },
-    model::split_label,
+    state::split_label,
 };
 
 use super::{Output, PinArgs};

@@ -12,11 +12,11 @@ use serde::Deserialize;
 
 use super::webhook::Secret;
 use crate::{
+    load,
     source::{default_cache_dir, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
     validate::{at, parse_range, Diagnostic, Policy, Schema},
     verify::{AllowedSigners, Keyring, Mode, Verify},
-    yaml,
 };
 
 static CONFIG_SCHEMA: Schema = Schema::new(
@@ -156,17 +156,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
 }
 
 /// The one YAML document in `text`.
-fn one_document(file: &str, text: &str) -> Result<yaml::Document, Vec<Diagnostic>> {
-    let documents = yaml::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
+fn one_document(file: &str, text: &str) -> Result<load::Document, Vec<Diagnostic>> {
+    let documents = load::parse(text).map_err(|e| vec![at(file, e.position, "", e.message)])?;
     let [document] = <[_; 1]>::try_from(documents).map_err(|documents| {
         let message = format!("expected one YAML document, found {}", documents.len());
-        vec![at(file, yaml::Position { line: 1, column: 1 }, "", message)]
+        vec![at(file, load::Position { line: 1, column: 1 }, "", message)]
     })?;
     Ok(document)
 }
 
 /// `document` checked against the schema, then read into its shape.
-fn raw_config(file: &str, document: &yaml::Document) -> Result<RawConfig, Vec<Diagnostic>> {
+fn raw_config(file: &str, document: &load::Document) -> Result<RawConfig, Vec<Diagnostic>> {
     let problems = CONFIG_SCHEMA.check(file, document).map_err(|d| vec![d])?;
     if !problems.is_empty() {
         return Err(problems);
@@ -178,7 +178,7 @@ fn raw_config(file: &str, document: &yaml::Document) -> Result<RawConfig, Vec<Di
 /// What a schema cannot say is wrong with a configuration, each at its place in the file.
 struct Problems<'a> {
     file: &'a str,
-    document: &'a yaml::Document,
+    document: &'a load::Document,
     found: Vec<Diagnostic>,
 }
 
@@ -236,29 +236,38 @@ fn interval(text: Option<&str>, problems: &mut Problems) -> Duration {
     let Some(text) = text else { return DEFAULT_INTERVAL };
     let interval = parse_duration(text)
         .filter(|interval| *interval >= MIN_INTERVAL)
-        .ok_or_else(|| format!("`{text}` is not a duration of at least 100ms"));
+        .ok_or_else(|| FieldError::Interval(text.to_owned()));
     problems.check("/source/interval", interval).unwrap_or(DEFAULT_INTERVAL)
 }
 
 /// `listen`: an IP address and port.
 fn listen(text: Option<&str>, problems: &mut Problems) -> SocketAddr {
     let text = text.unwrap_or(DEFAULT_LISTEN);
-    let listen = text
-        .parse::<SocketAddr>()
-        .map_err(|_| format!("`{text}` is not HOST:PORT with an IP address"));
+    let listen = text.parse::<SocketAddr>().map_err(|_| FieldError::Listen(text.to_owned()));
     problems.check("/listen", listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9469)))
 }
 
 /// An address of `policy.allowLocalVIPs`.
-fn local_vip(text: &str) -> Result<IpAddr, String> {
-    text.parse().map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))
+fn local_vip(text: &str) -> Result<IpAddr, FieldError> {
+    text.parse().map_err(|_| FieldError::LocalVip(text.to_owned()))
+}
+
+/// What is wrong with a field that the schema lets through.
+#[derive(Debug, thiserror::Error)]
+enum FieldError {
+    #[error("`{0}` is not a duration of at least 100ms")]
+    Interval(String),
+    #[error("`{0}` is not HOST:PORT with an IP address")]
+    Listen(String),
+    #[error("`{0}` is not an IPv4 or IPv6 address")]
+    LocalVip(String),
 }
 
 /// Each of the list `texts` (at `pointer`) parsed; the ones that do not parse are problems.
-fn parse_each<T>(
+fn parse_each<T, E: fmt::Display>(
     texts: &[String],
     pointer: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, E>,
     problems: &mut Problems,
 ) -> Vec<T> {
     texts

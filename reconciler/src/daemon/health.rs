@@ -23,8 +23,9 @@ use tracing::{info, warn};
 use super::backoff::jittered;
 use crate::{
     clock,
-    model::{BackendState, HealthCheck, HealthProtocol},
+    model::{HealthCheck, HealthProtocol},
     pipeline::Desired,
+    state::BackendState,
 };
 
 /// Probes in flight at once, over all targets.

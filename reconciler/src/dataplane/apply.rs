@@ -27,7 +27,7 @@ use aya::maps::IterableMap as _;
 use reconciler_common::{
     BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP, REVISION_LEN,
 };
-use reconciler_core::state::{Change, MapState};
+use reconciler_core::{diff::Change, state::MapState};
 
 use super::{
     batch, destroy, encode,

@@ -6,7 +6,7 @@ use aya::maps::MapData;
 use reconciler_common::{
     Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
 };
-use reconciler_core::state::Change;
+use reconciler_core::diff::Change;
 
 use super::{
     batch, encode,

@@ -8,7 +8,7 @@ use std::{
 
 use super::{Desired, Error, Tree};
 use crate::{
-    compile::{self, compile_with_health},
+    compile::{self, compile},
     dataplane::{self, Dataplane},
     memo::{Memo, Record},
     model::Service,
@@ -57,7 +57,7 @@ pub(super) fn plan(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Op
         .cloned()
         .collect();
     let before = record.state.of_services(&touched);
-    let after = compile_with_health(&services, &record.state, &BTreeSet::new())?;
+    let after = compile(&services, &record.state, &BTreeSet::new())?;
     // The set's total, which the compile of the touched services alone cannot see.
     compile::slot_capacity(record.state.slots.len() - before.slots.len() + after.slots.len())?;
     if !dataplane.confirm(&before, &after)? {

@@ -10,7 +10,7 @@ use std::{
 
 use super::{incremental, remember, Desired, Error, Session};
 use crate::{
-    compile::compile_with_health,
+    compile::compile,
     dataplane::{
         self, ApplyReport, ApplyTo, Dataplane, DataplaneError, Install, LiveState, Loaded, Scope,
     },
@@ -142,7 +142,7 @@ fn plan_from_live(
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
     let excluded = health.unwrap_or(&live_state.health_excluded);
-    let compiled = compile_with_health(&desired.services, live_state, excluded)?;
+    let compiled = compile(&desired.services, live_state, excluded)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),

@@ -9,7 +9,11 @@
 //! - `remember`: what the memo learns from a plan or an apply.
 //!
 //! [`plan_between`] plans between two revisions with no data plane (`plan --against`).
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::Arc,
+};
 
 use crate::{
     compile::{compile, CompileError},
@@ -144,8 +148,8 @@ pub fn describe(spec: &SourceSpec) -> String {
 /// The plan between two revisions, with no data plane at all (for pull-request review):
 /// `base` compiled from nothing is the "live" side.
 pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
-    let base_state = compile(&base.services, &MapState::default())?;
-    let head_state = compile(&head.services, &base_state)?;
+    let base_state = compile(&base.services, &MapState::default(), &BTreeSet::new())?;
+    let head_state = compile(&head.services, &base_state, &base_state.health_excluded)?;
     let context = PlanContext {
         revision: head.revision.clone(),
         source: head.source.clone(),

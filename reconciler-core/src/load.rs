@@ -1,6 +1,7 @@
-//! YAML documents as JSON values, with the line and column of every node, so each error can
-//! name the file, line, column and field it is about. (serde_yaml keeps no positions for
-//! values, so the events of yaml-rust2's parser are turned into values here.)
+//! The load step: reads YAML documents with positions, as JSON values with the line and
+//! column of every node, so each error can name the file, line, column and field it is about.
+//! (serde_yaml keeps no positions for values, so the events of yaml-rust2's parser are turned
+//! into values here.)
 //!
 //! Scalars follow the YAML 1.2 core schema: plain `null`/`~`/empty, `true`/`false`, integers
 //! and floats become JSON null, bools and numbers; everything else, and every quoted scalar,
@@ -9,8 +10,8 @@
 //! Hostile input is refused before it costs memory or stack: a text over
 //! [`limits::MAX_FILE_BYTES`], nesting deeper than [`limits::MAX_DEPTH`], and anchors and
 //! aliases outright (service definitions never need them, and an alias bomb of a few hundred
-//! bytes expands to gigabytes). Events are pulled from the parser one by one: its own
-//! `load` recurses once per nesting level and overflows the stack on deep input.
+//! bytes expands to gigabytes). Events are pulled from the parser one by one: yaml-rust2's
+//! own loader recurses once per nesting level and overflows the stack on deep input.
 use crate::limits;
 
 use serde_json::{Map, Number, Value};
@@ -219,17 +220,10 @@ impl Builder {
     }
 
     fn on_event(&mut self, event: Event, mark: Marker) {
-        if matches!(event, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..)) {
-            if self.budget == 0 {
-                let message = format!(
-                    "more than {} YAML nodes in the definitions; the data plane's capacity \
-                     needs far fewer",
-                    limits::MAX_NODES
-                );
-                self.fail(mark, message);
-                return;
-            }
-            self.budget -= 1;
+        let makes_node =
+            matches!(event, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..));
+        if makes_node && !self.take_node(mark) {
+            return;
         }
         let at = Position::of(&mark);
         match event {
@@ -244,56 +238,80 @@ impl Builder {
             Event::Scalar(text, style, _, _tag) if !self.expects_key() => {
                 self.complete(scalar(text, style), Place { at, children: Children::None });
             }
-            Event::Scalar(text, ..) => {
-                let Some(Open::Mapping { map, at: start, pending_key, .. }) = self.stack.last_mut()
-                else {
-                    return;
-                };
-                if map.contains_key(&text) {
-                    let message = format!("duplicate key `{text}`");
-                    self.fail(mark, message);
-                    return;
-                }
-                // A block mapping's start mark can lie past its first key: the mapping
-                // starts where its first key does.
-                *start = (*start).min(at);
-                *pending_key = Some((text, at));
-            }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                if self.expects_key() {
-                    self.fail(mark, "a mapping key must be a plain string".into());
-                    return;
-                }
-                if self.stack.len() >= limits::MAX_DEPTH {
-                    self.fail(mark, nested_too_deep());
-                    return;
-                }
-                self.stack.push(if matches!(event, Event::MappingStart(..)) {
-                    Open::Mapping { map: Map::new(), at, places: Vec::new(), pending_key: None }
-                } else {
-                    Open::Sequence { items: Vec::new(), at, places: Vec::new() }
-                });
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                let (value, place) = match self.stack.pop() {
-                    Some(Open::Mapping { map, at, places, .. }) => {
-                        let children = Children::Mapping(places.into_boxed_slice());
-                        (Value::Object(map), Place { at, children })
-                    }
-                    Some(Open::Sequence { items, at, places }) => {
-                        let children = Children::Sequence(places.into_boxed_slice());
-                        (Value::Array(items), Place { at, children })
-                    }
-                    None => return,
-                };
-                self.complete(value, place);
-            }
+            Event::Scalar(text, ..) => self.key(text, at, mark),
+            Event::MappingStart(..) => self.open(true, at, mark),
+            Event::SequenceStart(..) => self.open(false, at, mark),
+            Event::MappingEnd | Event::SequenceEnd => self.close(),
             Event::StreamStart
             | Event::StreamEnd
             | Event::DocumentStart
             | Event::DocumentEnd
             | Event::Nothing => {}
         }
+    }
+
+    /// Takes one node from the budget; `false` (and the error) when none is left.
+    fn take_node(&mut self, mark: Marker) -> bool {
+        if self.budget == 0 {
+            let message = format!(
+                "more than {} YAML nodes in the definitions; the data plane's capacity \
+                 needs far fewer",
+                limits::MAX_NODES
+            );
+            self.fail(mark, message);
+            return false;
+        }
+        self.budget -= 1;
+        true
+    }
+
+    /// A key of the innermost mapping, at `at`: its value comes next.
+    fn key(&mut self, text: String, at: Position, mark: Marker) {
+        let Some(Open::Mapping { map, at: start, pending_key, .. }) = self.stack.last_mut() else {
+            return;
+        };
+        if map.contains_key(&text) {
+            let message = format!("duplicate key `{text}`");
+            self.fail(mark, message);
+            return;
+        }
+        // A block mapping's start mark can lie past its first key: the mapping
+        // starts where its first key does.
+        *start = (*start).min(at);
+        *pending_key = Some((text, at));
+    }
+
+    /// A mapping (else a sequence) that starts at `at`.
+    fn open(&mut self, mapping: bool, at: Position, mark: Marker) {
+        if self.expects_key() {
+            self.fail(mark, "a mapping key must be a plain string".into());
+            return;
+        }
+        if self.stack.len() >= limits::MAX_DEPTH {
+            self.fail(mark, nested_too_deep());
+            return;
+        }
+        self.stack.push(if mapping {
+            Open::Mapping { map: Map::new(), at, places: Vec::new(), pending_key: None }
+        } else {
+            Open::Sequence { items: Vec::new(), at, places: Vec::new() }
+        });
+    }
+
+    /// The innermost mapping or sequence ends: a value of its parent.
+    fn close(&mut self) {
+        let (value, place) = match self.stack.pop() {
+            Some(Open::Mapping { map, at, places, .. }) => {
+                let children = Children::Mapping(places.into_boxed_slice());
+                (Value::Object(map), Place { at, children })
+            }
+            Some(Open::Sequence { items, at, places }) => {
+                let children = Children::Sequence(places.into_boxed_slice());
+                (Value::Array(items), Place { at, children })
+            }
+            None => return,
+        };
+        self.complete(value, place);
     }
 }
 

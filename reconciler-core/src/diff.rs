@@ -1,0 +1,128 @@
+//! The diff step: the entry-level changes that turn one [`MapState`] into another, and the
+//! map writes an apply makes for them. Desired and live state are both a `MapState`, so this
+//! one comparison serves plan, apply, drift and crash repair.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use crate::state::{BackendEntry, Frontend, MapState, ServiceEntry};
+
+/// One map entry to write (`value: Some`) or delete (`value: None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Service(Frontend, Option<ServiceEntry>),
+    Slot((u32, u32), Option<u32>),
+    Backend(u32, Option<BackendEntry>),
+    Name(u32, Option<String>),
+    /// A health exclusion recorded (`true`) or lifted.
+    Health(SocketAddr, bool),
+}
+
+impl Change {
+    /// Whether the entry lives in the versioned maps (written to both sets) or not.
+    pub fn is_versioned(&self) -> bool {
+        !matches!(self, Change::Name(..) | Change::Health(..))
+    }
+}
+
+// A method of the state it compares, defined here so that `state` knows nothing of diffs.
+impl MapState {
+    /// The entry writes and deletes that turn `self` into `desired`, versioned maps first.
+    pub fn changes_to(&self, desired: &MapState) -> Vec<Change> {
+        let mut changes = Vec::new();
+        diff_maps(&self.services, &desired.services, Change::Service, &mut changes);
+        diff_maps(&self.slots, &desired.slots, Change::Slot, &mut changes);
+        diff_maps(&self.backends, &desired.backends, Change::Backend, &mut changes);
+        diff_maps(&self.names, &desired.names, Change::Name, &mut changes);
+        for addr in desired.health_excluded.difference(&self.health_excluded) {
+            changes.push(Change::Health(*addr, true));
+        }
+        for addr in self.health_excluded.difference(&desired.health_excluded) {
+            changes.push(Change::Health(*addr, false));
+        }
+        changes
+    }
+}
+
+fn diff_maps<K: Ord + Clone, V: PartialEq + Clone>(
+    live: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    change: impl Fn(K, Option<V>) -> Change,
+    out: &mut Vec<Change>,
+) {
+    for (key, value) in desired {
+        if live.get(key) != Some(value) {
+            out.push(change(key.clone(), Some(value.clone())));
+        }
+    }
+    for key in live.keys() {
+        if !desired.contains_key(key) {
+            out.push(change(key.clone(), None));
+        }
+    }
+}
+
+/// The map writes the data plane's apply makes for `changes` (live -> desired) when the standby
+/// set equals the live one, as it does after every completed apply.
+pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
+    let versioned = changes.iter().filter(|c| c.is_versioned()).count();
+    let unversioned = changes.len() - versioned;
+    match (versioned, unversioned, revision_changed) {
+        (0, 0, false) => 0,
+        // The names, then one metadata write.
+        (0, _, _) => unversioned + 1,
+        // Dirty mark, both sets, flip, names, final metadata.
+        _ => 2 * versioned + unversioned + 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Algorithm, BackendState, Client, Protocol};
+
+    fn frontend(vip: &str, port: u16) -> Frontend {
+        Frontend { vip: vip.parse().unwrap(), port, protocol: Protocol::Tcp }
+    }
+
+    #[test]
+    fn changes_cover_adds_updates_and_deletes_and_nothing_else() {
+        let entry = |id, slots| ServiceEntry {
+            id,
+            slot_count: slots,
+            algorithm: Algorithm::Random,
+            maglev_client: Client::Cgroup,
+            affinity_timeout_secs: 0,
+            affinity_client: Client::Cgroup,
+        };
+        let mut live = MapState::default();
+        live.services.insert(frontend("10.0.0.1", 80), entry(1, 2));
+        live.services.insert(frontend("10.0.0.2", 80), entry(2, 1));
+        live.slots.insert((1, 0), 10);
+        live.slots.insert((1, 1), 11);
+        let backend = |addr: &str| BackendEntry {
+            addr: addr.parse().unwrap(),
+            service_id: 1,
+            state: BackendState::Active,
+        };
+        live.backends.insert(10, backend("127.0.0.1:1"));
+        live.backends.insert(11, backend("127.0.0.1:2"));
+
+        let mut desired = live.clone();
+        assert!(live.changes_to(&desired).is_empty());
+
+        desired.services.remove(&frontend("10.0.0.2", 80));
+        desired.slots.insert((1, 1), 10);
+        desired.backends.remove(&11);
+        desired.names.insert(1, "web".into());
+        let changes = live.changes_to(&desired);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Service(frontend("10.0.0.2", 80), None),
+                Change::Slot((1, 1), Some(10)),
+                Change::Backend(11, None),
+                Change::Name(1, Some("web".into())),
+            ]
+        );
+        assert_eq!(changes.iter().filter(|c| c.is_versioned()).count(), 3);
+    }
+}

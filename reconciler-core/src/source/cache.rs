@@ -1,0 +1,202 @@
+//! The bare repository that caches one URL: opened (or rebuilt) under a lock, fetched into,
+//! and asked which commit a reference names.
+use std::path::{Path, PathBuf};
+
+use git2::{
+    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks,
+    Repository,
+};
+
+use super::{
+    error::{io_error, SourceError},
+    spec::GitSpec,
+};
+
+/// Runs `work` on the cache of `spec`'s URL while holding that cache's lock, so concurrent
+/// processes sharing a cache directory take turns instead of failing on git's lock files.
+///
+/// A cache that fails in a way the repository's content cannot explain (a broken object, ref
+/// or config, or a fetch error that a corrupt local repository also causes) is rebuilt once
+/// from nothing, beside the old one; the rebuilt one replaces it only if it works, so a git
+/// server that is down costs a second failed fetch, never the cache.
+pub(super) fn with_cache<T>(
+    spec: &GitSpec,
+    work: impl Fn(&Cache) -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    let url = absolute_url(&spec.url)?;
+    let path = spec.cache_dir.join(cache_name(&url));
+    let _lock = lock_cache(&path)?;
+    let first = Cache::open(url.clone(), path.clone()).and_then(|cache| work(&cache));
+    match first {
+        Err(SourceError::Fetch { .. } | SourceError::Cache { .. }) if path.exists() => {}
+        // Missing content, unknown refs, network trouble on a fresh cache: not the cache's fault.
+        done => return done,
+    }
+    let rebuilt = path.with_extension("rebuild");
+    let _ = std::fs::remove_dir_all(&rebuilt);
+    match Cache::open(url, rebuilt.clone()).and_then(|cache| work(&cache)) {
+        Ok(value) => {
+            let replace = std::fs::remove_dir_all(&path)
+                .and_then(|()| std::fs::rename(&rebuilt, &path))
+                .map_err(io_error(&path));
+            replace.map(|()| value)
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&rebuilt);
+            first
+        }
+    }
+}
+
+/// Blocks until this process holds the lock of the cache at `path` (a file beside it).
+fn lock_cache(path: &Path) -> Result<std::fs::File, SourceError> {
+    let lock_path = path.with_extension("lock");
+    if let Some(parent) = lock_path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    file.lock().map_err(io_error(&lock_path))?;
+    Ok(file)
+}
+
+/// The bare repository caching one URL.
+pub(super) struct Cache {
+    pub(super) repo: Repository,
+    /// The URL as libgit2 gets it (local paths made absolute).
+    url: String,
+    path: PathBuf,
+}
+
+/// Where the remote's HEAD lands, so `reference: None` follows the remote's default branch.
+const REMOTE_HEAD: &str = "refs/remotes/origin/HEAD";
+
+impl Cache {
+    fn open(url: String, path: PathBuf) -> Result<Cache, SourceError> {
+        let repo = match Repository::open_bare(&path) {
+            Err(e) if e.code() == ErrorCode::NotFound => Repository::init_bare(&path),
+            opened => opened,
+        }
+        .map_err(|error| SourceError::Cache { path: path.clone(), error })?;
+        Ok(Cache { repo, url, path })
+    }
+
+    pub(super) fn cache_error(&self) -> impl Fn(git2::Error) -> SourceError + '_ {
+        |error| SourceError::Cache { path: self.path.clone(), error }
+    }
+
+    pub(super) fn fetch(&self, spec: &GitSpec) -> Result<(), SourceError> {
+        let fetch_error = |error| SourceError::Fetch { url: self.url.clone(), error };
+        let mut remote = self.repo.remote_anonymous(&self.url).map_err(fetch_error)?;
+        let mut options = FetchOptions::new();
+        // Forced refspecs follow force-pushes; pruning forgets deleted branches and tags.
+        options
+            .remote_callbacks(callbacks(spec.ssh_key.as_deref()))
+            .prune(FetchPrune::On)
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        let refspecs = [
+            "+refs/heads/*:refs/remotes/origin/*",
+            "+refs/tags/*:refs/tags/*",
+            &format!("+HEAD:{REMOTE_HEAD}"),
+        ];
+        remote.fetch(&refspecs, Some(&mut options), None).map_err(fetch_error)
+    }
+
+    /// A branch, else a tag, else a commit id or unique prefix; None is the remote's HEAD.
+    pub(super) fn resolve(&self, reference: Option<&str>) -> Result<Oid, SourceError> {
+        let Some(reference) = reference else {
+            return match self.repo.find_reference(REMOTE_HEAD) {
+                Ok(head) => head.peel_to_commit().map(|c| c.id()).map_err(self.cache_error()),
+                Err(e) if e.code() == ErrorCode::NotFound => {
+                    Err(SourceError::Empty { url: self.url.clone() })
+                }
+                Err(e) => Err(self.cache_error()(e)),
+            };
+        };
+        for name in [format!("refs/remotes/origin/{reference}"), format!("refs/tags/{reference}")] {
+            match self.repo.find_reference(&name) {
+                Ok(found) => {
+                    return found.peel_to_commit().map(|c| c.id()).map_err(self.cache_error())
+                }
+                // Not a valid ref name (e.g. "a..b") is as good as not found.
+                Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => {}
+                Err(e) => return Err(self.cache_error()(e)),
+            }
+        }
+        let unknown =
+            || SourceError::UnknownRef { reference: reference.to_owned(), url: self.url.clone() };
+        let hex =
+            (4..=64).contains(&reference.len()) && reference.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex {
+            return Err(unknown());
+        }
+        match self.repo.find_commit_by_prefix(reference) {
+            Ok(commit) => Ok(commit.id()),
+            Err(e) if e.code() == ErrorCode::Ambiguous => Err(SourceError::AmbiguousRef {
+                reference: reference.to_owned(),
+                url: self.url.clone(),
+            }),
+            // Not found, the id of a tree or blob, or too long for this repository's ids.
+            Err(_) => Err(unknown()),
+        }
+    }
+}
+
+/// libgit2 needs absolute paths for local remotes; URLs (`scheme://`) and scp-like
+/// `host:path` (a colon before the first slash, as git decides) pass unchanged.
+fn absolute_url(url: &str) -> Result<String, SourceError> {
+    if url.split('/').next().is_some_and(|first| first.contains(':')) {
+        return Ok(url.to_owned());
+    }
+    std::path::absolute(url)
+        .map(|path| path.to_string_lossy().into_owned())
+        .map_err(|error| SourceError::Io { path: url.into(), error })
+}
+
+/// A readable tail of the URL plus a hash of all of it, so distinct URLs never share a cache.
+fn cache_name(url: &str) -> String {
+    // FNV-1a 64: stable across Rust versions and platforms, unlike std's DefaultHasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let words: Vec<&str> = url
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|word| !word.is_empty())
+        .collect();
+    let readable = words.join("-");
+    // ASCII only, so any byte offset is a char boundary.
+    let tail = &readable[readable.len().saturating_sub(40)..];
+    format!("{}-{hash:016x}", tail.trim_start_matches(['-', '.']))
+}
+
+/// ssh: the key file if given, else the agent; https: git's credential helpers.
+fn callbacks(ssh_key: Option<&Path>) -> RemoteCallbacks<'_> {
+    let mut callbacks = RemoteCallbacks::new();
+    // libgit2 asks again after every rejected credential; give up rather than loop forever.
+    let mut attempts = 0;
+    callbacks.credentials(move |url, username, allowed| {
+        attempts += 1;
+        if attempts > 3 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        if allowed.contains(CredentialType::USERNAME) {
+            Cred::username(username.unwrap_or("git"))
+        } else if allowed.contains(CredentialType::SSH_KEY) {
+            let username = username.unwrap_or("git");
+            match ssh_key {
+                Some(key) => Cred::ssh_key(username, None, key, None),
+                None => Cred::ssh_key_from_agent(username),
+            }
+        } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            Cred::credential_helper(&git2::Config::open_default()?, url, username)
+        } else {
+            Cred::default()
+        }
+    });
+    callbacks
+}

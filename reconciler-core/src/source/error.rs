@@ -1,0 +1,54 @@
+//! Why a source could not be read, and whether trying again may help.
+use std::path::{Path, PathBuf};
+
+use crate::verify::Unverified;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    // The causes are part of the message, not `#[source]`s: a chain would print them twice.
+    #[error("fetching {url}: {error}")]
+    Fetch { url: String, error: git2::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("git cache {}: {error}", path.display())]
+    Cache { path: PathBuf, error: git2::Error },
+    #[error("{url} has no commit at HEAD (an empty repository, or its default branch has none)")]
+    Empty { url: String },
+    #[error("ref `{reference}` is neither a branch, a tag nor a commit of {url}")]
+    UnknownRef { reference: String, url: String },
+    #[error("ref `{reference}` is a commit id prefix shared by several objects of {url}")]
+    AmbiguousRef { reference: String, url: String },
+    #[error("subdirectory `{}` not found at {revision}", subdir.display())]
+    SubdirNotFound { subdir: PathBuf, revision: String },
+    #[error("{}: neither a regular file nor a directory", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("commit {revision} is not verified: {reason}")]
+    Unverified { revision: String, reason: Unverified },
+}
+
+impl SourceError {
+    /// Whether trying again soon may succeed (network, servers, disks, the local cache) as
+    /// opposed to a problem with what the repository or the spec says, which only a new
+    /// commit or configuration changes.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Fetch { .. } | SourceError::Io { .. } | SourceError::Cache { .. }
+        )
+    }
+
+    /// The revision a permanent error is about, when it is about one.
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            SourceError::SubdirNotFound { revision, .. }
+            | SourceError::Unverified { revision, .. } => Some(revision),
+            _ => None,
+        }
+    }
+}
+
+/// The error of an I/O failure at `path`.
+pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
+    let path = path.to_owned();
+    |error| SourceError::Io { path, error }
+}

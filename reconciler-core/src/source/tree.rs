@@ -1,0 +1,101 @@
+//! Reading a snapshot from a commit's tree in the cache, never from a working copy.
+use std::path::{Component, Path};
+
+use git2::{FileMode, ObjectType, Oid, Tree};
+
+use super::{
+    cache::Cache,
+    collect::{is_yaml, Collector, LINK_NOT_FOLLOWED},
+    error::SourceError,
+    snapshot::Snapshot,
+};
+
+impl Cache {
+    pub(super) fn snapshot(
+        &self,
+        commit: Oid,
+        subdir: Option<&Path>,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, SourceError> {
+        let revision = commit.to_string();
+        let root =
+            self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(self.cache_error())?;
+        let Some(subdir) = subdir else {
+            return self.files(root, "", &revision, known);
+        };
+        let not_found = || SourceError::SubdirNotFound {
+            subdir: subdir.to_owned(),
+            revision: revision.clone(),
+        };
+        // Spelled as git spells paths, whatever the spec's spelling ("./services/").
+        let mut parts = Vec::new();
+        for component in subdir.components() {
+            match component {
+                Component::Normal(name) => parts.push(name.to_string_lossy()),
+                Component::CurDir => {}
+                // `..` or `/` never names a directory of the tree.
+                _ => return Err(not_found()),
+            }
+        }
+        let prefix = parts.join("/");
+        if prefix.is_empty() {
+            return self.files(root, "", &revision, known);
+        }
+        let entry = root.get_path(Path::new(&prefix)).map_err(|_| not_found())?;
+        if entry.kind() != Some(ObjectType::Tree) {
+            return Err(not_found());
+        }
+        let tree = self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
+        self.files(tree, &prefix, &revision, known)
+    }
+
+    /// Every definition file under `tree`, without recursion (a hostile tree can be deep).
+    fn files(
+        &self,
+        tree: Tree,
+        prefix: &str,
+        revision: &str,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, SourceError> {
+        let mut collector = Collector::default();
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let mut pending = vec![(tree, prefix.to_owned())];
+        while let Some((tree, prefix)) = pending.pop() {
+            for entry in tree.iter() {
+                let name = String::from_utf8_lossy(entry.name_bytes());
+                let path =
+                    if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
+                match entry.kind() {
+                    Some(ObjectType::Tree) => {
+                        let subtree =
+                            self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
+                        pending.push((subtree, path));
+                    }
+                    Some(ObjectType::Blob) if is_yaml(&path) => {
+                        // A link's blob is its target's name; skipping it would silently drop
+                        // services.
+                        if entry.filemode() == i32::from(FileMode::Link) {
+                            collector.problem(&path, LINK_NOT_FOLLOWED);
+                            continue;
+                        }
+                        // The header gives the size without loading the blob.
+                        let (size, _) = odb.read_header(entry.id()).map_err(self.cache_error())?;
+                        if collector.admit(&path, size as u64) {
+                            let id = entry.id().to_string();
+                            if known(&id) {
+                                collector.push_reused(path, id);
+                            } else {
+                                let blob =
+                                    self.repo.find_blob(entry.id()).map_err(self.cache_error())?;
+                                collector.push(path, blob.content().to_vec(), Some(id));
+                            }
+                        }
+                    }
+                    // Other files, and submodules (commits of other repositories).
+                    _ => {}
+                }
+            }
+        }
+        Ok(collector.finish(Some(revision.to_owned())))
+    }
+}
