@@ -11,9 +11,11 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::{
-    compile::compile,
     dataplane::{ApplyTo, Dataplane, Scope},
     pipeline::Session,
+};
+use reconciler_core::{
+    compile::compile,
     source::{GitSpec, SourceSpec},
     state::MapState,
     validate::Policy,

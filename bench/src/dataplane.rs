@@ -13,10 +13,8 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::{
-    dataplane::{ApplyTo, Dataplane},
-    state::MapState,
-};
+use reconciler::dataplane::{ApplyTo, Dataplane};
+use reconciler_core::state::MapState;
 use reconciler_tests::{probe_path, Sandbox};
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 //! address, protocol and port -> per-service chains -> per-endpoint DNAT chains).
 use std::fmt::Write as _;
 
-pub use reconciler::state::Protocol;
+pub use reconciler_core::state::Protocol;
 
 /// A service as the baselines see it: one VIP:port/protocol and its endpoints.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ mod selection;
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use reconciler::{
+use reconciler_core::{
     compile::compile,
     source::{Snapshot, SourceFile},
     state::MapState,

@@ -6,10 +6,8 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use reconciler::{
-    dataplane::{ApplyTo, Dataplane},
-    state::MapState,
-};
+use reconciler::dataplane::{ApplyTo, Dataplane};
+use reconciler_core::state::MapState;
 use reconciler_tests::Sandbox;
 use serde_json::{json, Value};
 

@@ -4,11 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::{fuzz_target, Corpus};
-use reconciler::{
-    load,
-    source::{Snapshot, SourceFile},
-    validate::{validate, Diagnostic, Policy},
-};
+use reconciler_core::{load, source::{Snapshot, SourceFile}, validate::{validate, Diagnostic, Policy}};
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -33,7 +29,7 @@ fuzz_target!(|data: &[u8]| -> Corpus {
     // The rules a policy adds: allowed VIP ranges and the node's own addresses.
     let policy = Policy {
         allowed_vips: Some(vec!["10.96.0.0/12".parse().unwrap(), "fd00:96::/64".parse().unwrap()]),
-        local_addresses: vec![reconciler::node::LocalAddress {
+        local_addresses: vec![reconciler_core::node::LocalAddress {
             address: "10.96.0.1".parse().unwrap(),
             interface: "eth0".into(),
         }],

@@ -6,10 +6,8 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
-use crate::{
-    dataplane::{Dataplane, DataplaneError},
-    state::{MapState, Protocol},
-};
+use crate::dataplane::{Dataplane, DataplaneError};
+use reconciler_core::state::{MapState, Protocol};
 
 /// One service's refusals, by reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,11 +1,9 @@
 //! reconciler: keeps an eBPF socket-level load balancer in step with service definitions.
 //!
-//! The pure pipeline (source, validation, compile, plan) is `reconciler-core`, re-exported
-//! here; this crate adds the session that runs it (`pipeline`), what touches BPF
-//! (`dataplane`) and the daemon.
-pub use reconciler_core::{
-    compile, diff, limits, load, model, node, plan, source, state, validate, verify,
-};
+//! The pure steps (source, load, validate, compile, diff, plan) are `reconciler-core`'s;
+//! this crate adds the session that runs them in order (`pipeline`), what touches BPF
+//! (`dataplane`) and the daemon. Each type has one path: core types are imported from
+//! `reconciler_core`, never through this crate.
 
 pub mod clock;
 pub mod memo;

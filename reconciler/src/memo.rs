@@ -17,7 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::{limits, model::Service, state::MapState};
+use reconciler_core::{limits, model::Service, state::MapState};
 
 /// A digest of the sources this binary was built from (see `build.rs`).
 pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");

@@ -27,13 +27,12 @@ use std::{
 
 pub mod git;
 pub mod gitops;
+pub mod source;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use reconciler::{
-    dataplane::{self, ApplyTo, Dataplane},
-    state::{
-        Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, Protocol, ServiceEntry,
-    },
+use reconciler::dataplane::{self, ApplyTo, Dataplane};
+use reconciler_core::state::{
+    Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, Protocol, ServiceEntry,
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Output},
 };
 
-use reconciler::source::{Snapshot, SourceFile};
+use reconciler_core::source::{Snapshot, SourceFile};
 use reconciler_tests::{
     git::{loopback_address, Daemon, Repo},
     reconciler_path,
@@ -322,7 +322,7 @@ fn the_documented_configurations_are_valid() {
     let manifest =
         std::fs::read_to_string(manifest_dir().join("../deploy/kubernetes/daemonset.yaml"))
             .unwrap();
-    let documents = reconciler::load::parse(&manifest).unwrap();
+    let documents = reconciler_core::load::parse(&manifest).unwrap();
     let config_map = documents.iter().find(|d| d.value["kind"] == "ConfigMap").unwrap();
     let text = config_map.value["data"]["config.yaml"].as_str().unwrap();
     let parsed = config::parse("daemonset.yaml", text).unwrap();
@@ -332,7 +332,7 @@ fn the_documented_configurations_are_valid() {
     let service = readme_block("## Service definitions", "apiVersion:");
     let file = SourceFile::new("README.md", service);
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
-    let result = reconciler::validate::validate(&snapshot, &Default::default());
+    let result = reconciler_core::validate::validate(&snapshot, &Default::default());
     assert!(result.is_ok(), "{:?}", result.err());
 }
 

@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use reconciler::{
     daemon::{http::request, status::DaemonStatus},
     dataplane::Dataplane,
-    state::BackendState,
 };
+use reconciler_core::state::BackendState;
 use reconciler_tests::{git::Repo, reconciler_path, wait_for, Sandbox};
 use tempfile::TempDir;
 

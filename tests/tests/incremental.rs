@@ -10,6 +10,8 @@ use reconciler::{
     dataplane::{Dataplane, Status},
     memo::Memo,
     pipeline::{ApplyOptions, Error, PlanOptions, Session},
+};
+use reconciler_core::{
     plan::{render_text, Plan},
     source::{GitSpec, SourceSpec},
     state::MapState,

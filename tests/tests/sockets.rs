@@ -4,10 +4,8 @@
 use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::{
-    dataplane::ApplyTo,
-    state::{MapState, Protocol},
-};
+use reconciler::dataplane::ApplyTo;
+use reconciler_core::state::{MapState, Protocol};
 use reconciler_tests::{one_service, Running, Sandbox};
 
 /// `one_service` for UDP.

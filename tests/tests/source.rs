@@ -2,7 +2,7 @@
 //! `git://` (a `git daemon` on 127.0.0.1), branches, tags, commits, force-pushes, and the errors.
 use std::path::Path;
 
-use reconciler::source::{fetch, snapshot_at, GitSpec, Snapshot, SourceError, SourceSpec};
+use reconciler_core::source::{fetch, snapshot_at, GitSpec, Snapshot, SourceError, SourceSpec};
 use reconciler_tests::git::{loopback_address, Daemon, Repo};
 use tempfile::tempdir;
 

@@ -14,7 +14,17 @@ pub const SCHEMA: &str = include_str!("../../../schema/service.schema.json");
 pub struct Schema {
     name: &'static str,
     text: &'static str,
-    compiled: OnceLock<Result<Validator, String>>,
+    compiled: OnceLock<Result<Validator, SchemaError>>,
+}
+
+/// Why an embedded schema does not compile: a bug of this build, shown as a diagnostic of
+/// the schema's file.
+#[derive(Debug, thiserror::Error)]
+enum SchemaError {
+    #[error("embedded schema: {0}")]
+    Json(serde_json::Error),
+    #[error("embedded schema: {0}")]
+    Schema(Box<jsonschema::ValidationError<'static>>),
 }
 
 pub(super) static SERVICE_SCHEMA: Schema = Schema::new("schema/service.schema.json", SCHEMA);
@@ -27,15 +37,15 @@ impl Schema {
     fn validator(&self) -> Result<&Validator, Diagnostic> {
         let compiled = self.compiled.get_or_init(|| {
             let schema: serde_json::Value =
-                serde_json::from_str(self.text).map_err(|e| format!("embedded schema: {e}"))?;
+                serde_json::from_str(self.text).map_err(SchemaError::Json)?;
             jsonschema::options()
                 .should_validate_formats(true)
                 .build(&schema)
-                .map_err(|e| format!("embedded schema: {e}"))
+                .map_err(|e| SchemaError::Schema(Box::new(e)))
         });
         compiled
             .as_ref()
-            .map_err(|message| at(self.name, Position { line: 1, column: 1 }, "", message.clone()))
+            .map_err(|error| at(self.name, Position { line: 1, column: 1 }, "", error.to_string()))
     }
 
     /// Every way `document` (of `file`) breaks the schema.

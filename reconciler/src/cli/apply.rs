@@ -8,11 +8,13 @@ use anyhow::Context as _;
 use clap::Args;
 use reconciler::{
     dataplane::{self, ApplyReport},
-    limits,
     pipeline::{self, ApplyOptions, Error, PlanOptions, Reading},
-    plan::{from_saved, render_text, Plan},
 };
 use reconciler_common::LAYOUT_VERSION;
+use reconciler_core::{
+    limits,
+    plan::{from_saved, render_text, Plan},
+};
 
 use super::{
     plan::{invalid_to_report, public_json},

@@ -3,10 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use reconciler::{
-    daemon::{self, config},
-    limits,
-};
+use reconciler::daemon::{self, config};
+use reconciler_core::limits;
 
 #[derive(Args)]
 pub struct DaemonArgs {

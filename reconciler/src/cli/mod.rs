@@ -17,7 +17,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use reconciler::{
+use reconciler_core::{
     source::{default_cache_dir, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
     validate::{parse_range, Policy},
@@ -89,7 +89,7 @@ pub fn run() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     if reads_git {
-        reconciler::source::start_git_early();
+        reconciler_core::source::start_git_early();
     }
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
@@ -212,7 +212,7 @@ impl ReconcileArgs {
     /// The rules for this node: the policy plus the node's own addresses.
     pub fn node_policy(&self) -> anyhow::Result<Policy> {
         Ok(Policy {
-            local_addresses: reconciler::node::local_addresses(&self.allow_local_vips)
+            local_addresses: reconciler_core::node::local_addresses(&self.allow_local_vips)
                 .map_err(|e| anyhow::anyhow!("listing this node's addresses: {e}"))?,
             ..self.policy.policy()
         })

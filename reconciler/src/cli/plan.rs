@@ -3,8 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
-use reconciler::{
-    pipeline::{self, Error, Session},
+use reconciler::pipeline::{self, Error, Session};
+use reconciler_core::{
     plan::{render_text, to_saved, Plan},
     source::SourceSpec,
 };

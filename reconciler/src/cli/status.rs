@@ -7,8 +7,8 @@ use reconciler::{
     counters::Counters,
     daemon::{config::DriftMode, status::DaemonStatus},
     dataplane::{self, Dataplane, Events, LiveState},
-    state::MapState,
 };
+use reconciler_core::state::MapState;
 use serde_json::json;
 
 use super::{Output, PinArgs};

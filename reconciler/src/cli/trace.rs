@@ -8,13 +8,11 @@ use std::{
 };
 
 use clap::Args;
-use reconciler::{
-    dataplane::{
-        trace::{Event, Tracer},
-        Dataplane,
-    },
-    state::split_label,
+use reconciler::dataplane::{
+    trace::{Event, Tracer},
+    Dataplane,
 };
+use reconciler_core::state::split_label;
 
 use super::{Output, PinArgs};
 

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, ValueEnum};
-use reconciler::{
+use reconciler_core::{
     source,
     validate::{validate, Diagnostic},
 };

@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 
 use super::webhook::Secret;
-use crate::{
+use reconciler_core::{
     load,
     source::{default_cache_dir, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::{backoff, config::DriftMode};
-use crate::{pipeline::Error, plan::Plan};
+use crate::pipeline::Error;
+use reconciler_core::plan::Plan;
 
 /// What a plan says, as far as the decisions go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,7 +131,8 @@ pub(super) fn next_wait(transient: bool, failures: &mut u32, interval: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compile::CompileError, dataplane::DataplaneError};
+    use crate::dataplane::DataplaneError;
+    use reconciler_core::compile::CompileError;
 
     /// The maps hold the commit, nothing to change.
     const HELD: Facts = Facts {

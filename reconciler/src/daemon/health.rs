@@ -21,10 +21,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::backoff::jittered;
-use crate::{
-    clock,
+use crate::{clock, pipeline::Desired};
+use reconciler_core::{
     model::{HealthCheck, HealthProtocol},
-    pipeline::Desired,
     state::BackendState,
 };
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::Diagnostic;
+use reconciler_core::validate::Diagnostic;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -56,12 +56,15 @@ impl Journal {
             pin_path: pin_path.clone(),
             ..Contents::default()
         };
-        let read = crate::limits::read_to_string(&path, crate::limits::MAX_FILE_BYTES as u64)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Contents>(&text).ok())
-            .filter(|c| {
-                c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
-            });
+        let read = reconciler_core::limits::read_to_string(
+            &path,
+            reconciler_core::limits::MAX_FILE_BYTES as u64,
+        )
+        .ok()
+        .and_then(|text| serde_json::from_str::<Contents>(&text).ok())
+        .filter(|c| {
+            c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
+        });
         Journal { path, contents: read.unwrap_or(fresh) }
     }
 

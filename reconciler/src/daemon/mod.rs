@@ -231,14 +231,16 @@ fn raise_open_file_limit() {
 
 fn read_config(config_file: &Path) -> Option<Config> {
     let file = config_file.display().to_string();
-    let text =
-        match crate::limits::read_to_string(config_file, crate::limits::MAX_FILE_BYTES as u64) {
-            Ok(text) => text,
-            Err(e) => {
-                error!(file, "reading the configuration: {e}");
-                return None;
-            }
-        };
+    let text = match reconciler_core::limits::read_to_string(
+        config_file,
+        reconciler_core::limits::MAX_FILE_BYTES as u64,
+    ) {
+        Ok(text) => text,
+        Err(e) => {
+            error!(file, "reading the configuration: {e}");
+            return None;
+        }
+    };
     match config::parse(&file, &text) {
         Ok(config) => Some(config),
         Err(diagnostics) => {

@@ -2,10 +2,8 @@
 use crate::{
     dataplane::{ApplyReport, DataplaneError},
     pipeline,
-    plan::Plan,
-    source::SourceError,
-    validate::Diagnostic,
 };
+use reconciler_core::{plan::Plan, source::SourceError, validate::Diagnostic};
 
 /// How one part of a run ended: the fetched commit's, or (while it is held back) the last
 /// good revision's drift check.

@@ -14,12 +14,9 @@ use super::{
 use crate::{
     clock,
     dataplane::{self, Dataplane},
-    node,
     pipeline::{ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
-    plan::Plan,
-    source::Snapshot,
-    validate::Policy,
 };
+use reconciler_core::{node, plan::Plan, source::Snapshot, validate::Policy};
 
 /// What the loop remembers between runs.
 pub(super) struct Memory {

@@ -15,9 +15,8 @@ use super::{
 use crate::{
     clock::{self, rfc3339_utc},
     dataplane::Dataplane,
-    plan::Plan,
-    state::MapState,
 };
+use reconciler_core::{plan::Plan, state::MapState};
 
 /// Logs `outcome`, updates metrics and status, and says how long to wait for the next run.
 /// `took` is the run's time for the fetched commit's outcome (which counts the run), `None`

@@ -12,7 +12,8 @@ use super::{
     metrics::Metrics,
     webhook::Secret,
 };
-use crate::{pipeline::describe, validate::Diagnostic};
+use crate::pipeline::describe;
+use reconciler_core::validate::Diagnostic;
 
 /// What `/status` shows, and `reconciler status --daemon` reads back.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -39,8 +39,9 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// The secret in `path`, without the line end an editor leaves.
     pub fn read(path: &Path) -> Result<Secret, SecretError> {
-        let text = crate::limits::read(path, crate::limits::MAX_FILE_BYTES as u64)
-            .map_err(|error| SecretError::Unreadable { path: path.to_owned(), error })?;
+        let text =
+            reconciler_core::limits::read(path, reconciler_core::limits::MAX_FILE_BYTES as u64)
+                .map_err(|error| SecretError::Unreadable { path: path.to_owned(), error })?;
         let secret = text.trim_ascii_end();
         if secret.is_empty() {
             return Err(SecretError::Empty { path: path.to_owned() });

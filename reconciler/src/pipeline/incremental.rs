@@ -8,9 +8,11 @@ use std::{
 
 use super::{Desired, Error, Tree};
 use crate::{
-    compile::{self, compile},
     dataplane::{self, Dataplane},
     memo::{Memo, Record},
+};
+use reconciler_core::{
+    compile::{self, compile},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
 };

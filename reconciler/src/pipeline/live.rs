@@ -9,11 +9,11 @@ use std::{
 };
 
 use super::{incremental, remember, Desired, Error, Session};
-use crate::{
+use crate::dataplane::{
+    self, ApplyReport, ApplyTo, Dataplane, DataplaneError, Install, LiveState, Loaded, Scope,
+};
+use reconciler_core::{
     compile::compile,
-    dataplane::{
-        self, ApplyReport, ApplyTo, Dataplane, DataplaneError, Install, LiveState, Loaded, Scope,
-    },
     plan::{make_plan, Plan, PlanContext},
     state::MapState,
 };

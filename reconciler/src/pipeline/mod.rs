@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{
+use reconciler_core::{
     compile::{compile, CompileError},
     model::Service,
     plan::{make_plan, Plan, PlanContext},

@@ -4,9 +4,8 @@ use super::Tree;
 use crate::{
     dataplane::ApplyReport,
     memo::{Memo, Record},
-    plan::Plan,
-    state::MapState,
 };
+use reconciler_core::{plan::Plan, state::MapState};
 
 /// What `memo` learns from `plan` (made from the definitions in `tree`) being applied with
 /// `report`: the maps now hold its desired state (over the recorded one, for an incremental

@@ -7,8 +7,8 @@ use std::{
 };
 
 use super::{describe, Desired, Error, Tree};
-use crate::{
-    memo::Memo,
+use crate::memo::Memo;
+use reconciler_core::{
     model::Service,
     source::{self, Snapshot, SourceSpec},
     validate::{validate, validate_reusing, Policy},
@@ -106,7 +106,7 @@ impl Session {
     fn invalid(
         &self,
         snapshot: Snapshot,
-        diagnostics: Vec<crate::validate::Diagnostic>,
+        diagnostics: Vec<reconciler_core::validate::Diagnostic>,
     ) -> Result<Desired, Error> {
         if let (SourceSpec::Git(git), Some(revision)) = (&self.spec, &snapshot.revision) {
             if snapshot.files.iter().any(|file| file.text.is_none()) {
