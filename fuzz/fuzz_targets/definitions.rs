@@ -4,7 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::{fuzz_target, Corpus};
-use reconciler_core::{load, source::{Snapshot, SourceFile}, validate::{validate, Diagnostic, Policy}};
+use reconciler_core::{
+    load,
+    source::{Snapshot, SourceFile},
+    validate::{validate, Diagnostic, Policy},
+};
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -21,10 +25,8 @@ fuzz_target!(|data: &[u8]| -> Corpus {
             assert!(error.position.line >= 1 && error.position.column >= 1, "{error:?}");
         }
     }
-    let snapshot = Snapshot {
-        files: vec![SourceFile::new("fuzz.yaml", text)],
-        ..Default::default()
-    };
+    let snapshot =
+        Snapshot { files: vec![SourceFile::new("fuzz.yaml", text)], ..Default::default() };
     check(validate(&snapshot, &Policy::default()));
     // The rules a policy adds: allowed VIP ranges and the node's own addresses.
     let policy = Policy {

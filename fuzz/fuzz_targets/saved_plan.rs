@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::{fuzz_target, Corpus};
-use reconciler_core::{plan::{self, Plan, SavedPlanError}};
+use reconciler_core::plan::{self, Plan, SavedPlanError};
 use serde_json::Value;
 use sha2::Digest as _;
 

@@ -92,11 +92,10 @@ fn plan_and_apply(args: &ApplyArgs) -> anyhow::Result<(Plan, ApplyReport)> {
     // A first install loads the BPF object (maps, verifier) on another core meanwhile.
     let mut loading =
         (!dataplane::is_installed(pin_path)).then(|| std::thread::spawn(dataplane::Loaded::load));
+    let mut reading = Reading::ahead(args.target.refresh, pin_path);
     let (mut session, memo_file) = args.target.session(args.target.source.spec()?)?;
     let mut attempt = 1;
     loop {
-        // After a lost race, the maps are not what the memo recorded: read them all.
-        let reading = Reading::ahead(args.target.refresh || attempt > 1, pin_path);
         let desired = invalid_to_report(session.load())?;
         let plan = session.plan(&desired, PlanOptions { reading, health: None })?;
         if args.output == Output::Text {
@@ -108,6 +107,8 @@ fn plan_and_apply(args: &ApplyArgs) -> anyhow::Result<(Plan, ApplyReport)> {
             Err(e) if is_stale(&e) && attempt < ATTEMPTS => {
                 attempt += 1;
                 eprintln!("Another apply changed the data plane while this one was planning; planning again.");
+                // The maps are not what the memo recorded: read them all.
+                reading = Reading::ahead(true, pin_path);
             }
             Err(e) if is_stale(&e) => {
                 anyhow::bail!("{ATTEMPTS} plans in a row were overtaken by other applies: {e}")

@@ -2,7 +2,7 @@
 //! `healthCheck`, once per interval (concurrently, at most `MAX_PROBES` at a time, each
 //! target's schedule jittered). A backend failing `unhealthyThreshold` probes in a row is
 //! excluded; `healthyThreshold` successes in a row bring it back. The exclusions are an
-//! overlay on the definitions (`compile_with_health`) that the next reconcile applies
+//! overlay on the definitions (`compile`'s `excluded`) that the next reconcile applies
 //! through the usual atomic apply, and that the data plane records (`HEALTH_EXCLUDED`).
 use std::{
     collections::{BTreeMap, BTreeSet},
