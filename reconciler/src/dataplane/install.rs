@@ -56,7 +56,7 @@ impl Loaded {
 /// # fn example(
 /// #     pin_path: &std::path::Path,
 /// #     cgroup: &std::path::Path,
-/// #     desired: &reconciler::state::MapState,
+/// #     desired: &reconciler_core::state::MapState,
 /// # ) -> Result<(), reconciler::dataplane::DataplaneError> {
 /// use reconciler::dataplane::{Install, Loaded};
 ///
