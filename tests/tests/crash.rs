@@ -1,7 +1,8 @@
 //! Crash-safe applies: the real `reconciler apply` killed (SIGKILL, by strace's syscall fault
 //! injection) at each write of its write phase and at its RCU wait, while clients connect.
 //! After every kill the data plane serves one whole state, a plan says which, and the next
-//! apply repairs the standby set the killed one left dirty.
+//! apply repairs the standby set the killed one left dirty. And the RCU wait holds where
+//! `membarrier` fails (`nohz_full` kernels): applies succeed with it failing `EINVAL`.
 use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
@@ -36,6 +37,15 @@ fn apply_traced(setup: &Setup, commit: &str, strace_args: &[&str]) -> Result<std
     let mut strace = Command::new("strace");
     strace.args(["-f", "-qq"]).args(strace_args).arg(reconciler_path()?);
     setup.run_as(strace, "apply", &["--ref", commit, "--refresh"])
+}
+
+/// The position (from 1) among `calls` of the RCU wait: the first update after the creation
+/// of a map of maps.
+fn grace_wait(calls: &[&str]) -> Option<usize> {
+    let created = calls.iter().position(|call| call.contains("BPF_MAP_TYPE_ARRAY_OF_MAPS"))?;
+    let update =
+        calls[created..].iter().position(|call| call.contains("bpf(BPF_MAP_UPDATE_ELEM,"))?;
+    Some(created + update + 1)
 }
 
 /// Which of `commits` plan as "No changes." against the live maps (the entries match; a killed
@@ -85,6 +95,9 @@ fn an_apply_killed_at_any_write_leaves_one_whole_state_and_the_next_repairs_it()
         .map(|(i, _)| i + 1)
         .collect();
     ensure!(writes.len() >= 10, "only {} writes found in:\n{text}", writes.len());
+    // The RCU wait is a write too: the update of a map of maps made for it (see `grace`).
+    let wait = grace_wait(&calls).context("no map-of-maps update (the RCU wait) in the apply")?;
+    ensure!(writes.contains(&wait), "the RCU wait (call {wait}) is not among {writes:?}");
     setup.expect(0, "apply", &["--ref", &state_a])?;
 
     let stop = setup.cache.path().join("stop");
@@ -92,10 +105,9 @@ fn an_apply_killed_at_any_write_leaves_one_whole_state_and_the_next_repairs_it()
         .into_iter()
         .map(|vip| setup.sandbox.spawn_probe_until(&stop, vip))
         .collect::<Result<_>>()?;
-    // Kill points: every write, then the RCU wait (the membarrier after the flip).
-    let mut kills: Vec<String> =
+    // Kill points: every write, the RCU wait among them.
+    let kills: Vec<String> =
         writes.iter().map(|n| format!("inject=bpf:signal=KILL:when={n}")).collect();
-    kills.push("inject=membarrier:signal=KILL:when=1".into());
     let (mut from, mut to) = (state_a.as_str(), state_b.as_str());
     for kill in &kills {
         let output = apply_traced(&setup, to, &["-o", "/dev/null", "-e", kill])?;
@@ -133,5 +145,37 @@ fn an_apply_killed_at_any_write_leaves_one_whole_state_and_the_next_repairs_it()
         seen.extend(result.replies.into_keys());
     }
     ensure!(seen.iter().all(|name| name == "a" || name == "b"), "reached {seen:?}");
+    Ok(())
+}
+
+#[test]
+fn applies_wait_for_readers_where_membarrier_fails() -> Result<()> {
+    let mut setup = Setup::new("grace")?;
+    setup.sandbox.serve_tcp("127.0.0.13:8080", "a")?;
+    setup.sandbox.serve_tcp("127.0.0.14:8080", "b")?;
+    let state_a = commit_state(&setup, "127.0.0.13");
+    let state_b = commit_state(&setup, "127.0.0.14");
+    setup.expect(0, "apply", &["--ref", &state_a])?;
+    let stop = setup.cache.path().join("stop");
+    let probe = setup.sandbox.spawn_probe_until(&stop, "10.96.3.7:80")?;
+    // As on a kernel booted with nohz_full: membarrier(MEMBARRIER_CMD_GLOBAL) is EINVAL.
+    let log = setup.cache.path().join("grace.strace");
+    let log_arg = log.display().to_string();
+    let args = ["-e", "trace=bpf,membarrier", "-e", "inject=membarrier:error=EINVAL", "-o"];
+    let mut strace_args = args.to_vec();
+    strace_args.push(&log_arg);
+    for state in [&state_b, &state_a, &state_b] {
+        let output = apply_traced(&setup, state, &strace_args)?;
+        ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        ensure!(unchanged(&setup, &[&state_a, &state_b])? == [state.clone()], "after {state}");
+        let text = std::fs::read_to_string(&log)?;
+        let calls: Vec<&str> = text.lines().collect();
+        ensure!(grace_wait(&calls).is_some(), "the apply to {state} did not wait:\n{text}");
+    }
+    std::fs::write(&stop, "")?;
+    let result = probe.wait()?;
+    ensure!(result.errors.is_empty(), "a connect failed during the applies: {result:?}");
+    ensure!(result.total() > 0, "the probe made no connects");
+    ensure!(result.replies.keys().all(|name| name == "a" || name == "b"), "{result:?}");
     Ok(())
 }

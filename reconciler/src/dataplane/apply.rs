@@ -8,7 +8,7 @@
 //! 1. mark the standby dirty in `METADATA` (and bump the generation);
 //! 2. write the standby set until it equals the desired state;
 //! 3. flip `ACTIVE_SET[0]`: every connect from now on reads the new set;
-//! 4. wait for an RCU grace period ([`wait_for_readers`]): connects that read the old pointer
+//! 4. wait for an RCU grace period (`grace`): connects that read the old pointer
 //!    have finished, so the old set has no readers;
 //! 5. write the old set until it equals the desired state too, and mark the standby clean.
 //!
@@ -18,7 +18,6 @@
 //! which rewrites the standby from its real content.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io,
     net::SocketAddr,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -32,6 +31,7 @@ use reconciler_core::{diff::Change, state::MapState};
 use super::{
     batch, destroy, encode,
     error::{io_err, map_err, DataplaneError, Result},
+    grace::wait_for_readers,
     pins::lock,
     Dataplane,
 };
@@ -93,25 +93,6 @@ pub struct ApplyReport {
     pub sockets_destroyed: usize,
     /// Why destroying those sockets failed, if it did; the maps are applied all the same.
     pub sockets_error: Option<String>,
-}
-
-/// Waits until no BPF program run that started before this call is still running.
-///
-/// cgroup sock_addr programs run inside `rcu_read_lock()` (`bpf_prog_run_array_cg`), and a
-/// program reads `ACTIVE_SET` once and uses that set until it returns. `membarrier(
-/// MEMBARRIER_CMD_GLOBAL)` calls `synchronize_rcu()`, which returns only after every RCU
-/// read-side section that was running has ended; so after it, no program can still be
-/// reading the set that was active before the flip. (On a one-CPU machine the kernel skips
-/// the call: there, a non-preemptible reader cannot be running while we are.)
-pub fn wait_for_readers() -> Result<()> {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier takes no pointers.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
-    if rc != 0 {
-        return Err(DataplaneError::Membarrier(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Whether programs may be reading the maps while an apply writes them.

@@ -4,16 +4,13 @@
 //! has no batch API, so these call bpf(2) directly.
 use std::{
     io,
-    mem::size_of,
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
 use aya::{maps::MapData, Pod};
+use aya_obj::generated::bpf_cmd;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+use super::sys;
 
 /// Entries per syscall.
 const CHUNK: usize = 8192;
@@ -43,15 +40,8 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf<Attr>(command: libc::c_long, attr: &mut Attr) -> io::Result<()> {
-    // SAFETY: attr is a valid bpf_attr prefix whose pointers reference live buffers of the
-    // sizes its count says; the kernel writes only through them and into attr.count.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut Attr, size_of::<Attr>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+fn bpf<Attr>(command: bpf_cmd, attr: &mut Attr) -> io::Result<()> {
+    sys::bpf(command, attr).map(|_| ())
 }
 
 fn map_fd(map: &MapData) -> u32 {
@@ -75,7 +65,7 @@ pub(crate) fn lookup_each<K: Pod, V: Pod>(
             value: value.as_mut_ptr() as u64,
             ..ElemAttr::default()
         };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        match bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
             // SAFETY: V is Pod, so any bytes (zeroes, or what the kernel wrote) are a V.
             Ok(()) => found.push((key, Some(unsafe { value.assume_init() }))),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => found.push((key, None)),
@@ -103,7 +93,7 @@ pub(crate) fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)
             map_fd: map_fd(map),
             ..BatchAttr::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
         let filled = (attr.count as usize).min(CHUNK);
         // SAFETY: the kernel wrote `filled` keys and values into the buffers.
         unsafe {
@@ -134,7 +124,7 @@ pub(crate) fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> i
             map_fd: map_fd(map),
             ..BatchAttr::default()
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr)?;
     }
     Ok(())
 }
@@ -158,7 +148,7 @@ pub(crate) fn zero_per_cpu(
             map_fd: map_fd(map),
             ..BatchAttr::default()
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr)?;
     }
     Ok(())
 }
@@ -174,7 +164,7 @@ pub(crate) fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
             map_fd: map_fd(map),
             ..BatchAttr::default()
         };
-        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+        match bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) {
             Ok(()) => rest = &rest[chunk.len()..],
             // A missing key stops the batch at that key: skip it and go on.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {

@@ -99,8 +99,8 @@ pub enum DataplaneError {
     NotAsRecorded,
     #[error("an apply confined to recorded entries needs the generation they were recorded at")]
     RecordedWithoutGeneration,
-    #[error("waiting for an RCU grace period (membarrier): {0}")]
-    Membarrier(io::Error),
+    #[error("waiting for an RCU grace period ({what}): {error}")]
+    GracePeriod { what: &'static str, error: io::Error },
     #[error("{path} contains a NUL byte")]
     NulInPath { path: PathBuf },
     #[error("the BPF object has no program {name}")]

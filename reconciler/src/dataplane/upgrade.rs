@@ -33,7 +33,7 @@ use super::{
         self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
     },
     programs::{attach_and_pin, loaded_program},
-    MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
+    sys, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -164,29 +164,12 @@ fn replace_program(pin: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: bpf_attr is plain data; zero is "no flags, no options" for every command.
     let mut attr: bpf_attr = unsafe { mem::zeroed() };
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
-    let link = sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    let link = sys::bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     let link = unsafe { OwnedFd::from_raw_fd(link) };
     // SAFETY: as above.
     let mut attr: bpf_attr = unsafe { mem::zeroed() };
     attr.link_update.link_fd = link.as_raw_fd() as u32;
     attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_raw_fd() as u32;
-    sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
-}
-
-fn sys_bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
-    // SAFETY: `attr` is a bpf_attr set up for `command`; any pointer in it (a path) outlives
-    // the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command as libc::c_long,
-            attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc as i32)
+    sys::bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }
