@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::{
-    dataplane::{ApplyTo, Dataplane, Scope},
+    dataplane::{ApplyTo, Dataplane, Scope, LARGE_HOST_CPUS},
     pipeline::Session,
 };
 use reconciler_core::{
@@ -269,6 +269,12 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
         let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
         dataplane.apply(&state_a, ApplyTo::default())?;
         record("dataplane_cold_apply_s", started.elapsed().as_secs_f64());
+        // The kernel memory the maps lock, here and on a large host (issue 20: ≤ 64 MiB at
+        // 256 possible CPUs, at the default capacity).
+        let footprint = dataplane.footprint()?;
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        record("dataplane_memory_mib", mib(footprint.memory()));
+        record("dataplane_memory_large_host_mib", mib(footprint.memory_at(LARGE_HOST_CPUS)));
         let spec_b = SourceSpec::Git(GitSpec { reference: Some(commit_b.clone()), ..git });
         let desired_b = Session::new(spec_b, "", Policy::default()).load()?;
         let state_b = compile(&desired_b.services, &state_a, &state_a.health_excluded)?;
@@ -444,6 +450,12 @@ pub fn table(value: &Value) -> String {
     ] {
         out.push_str(&row(value, &label, ours, writes, baselines));
     }
+    out.push_str(&format!(
+        "\nKernel memory the data plane's maps lock with these services: {} MiB here, {} MiB \
+         with {LARGE_HOST_CPUS} possible CPUs (per-CPU maps scale with them; target ≤ 64).\n",
+        number(value, "dataplane_memory_mib"),
+        number(value, "dataplane_memory_large_host_mib"),
+    ));
     out
 }
 

@@ -139,3 +139,72 @@ for _ in range(4):
     assert_eq!(backends["127.0.0.11:8080"].0 - b11_before, result.replies["b11"]);
     Ok(())
 }
+
+/// What `bpftool -j map show pinned PATH` says of a map: (type, max_entries, bytes_memlock).
+fn bpftool_map(path: &std::path::Path) -> Result<(String, u64, u64)> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()
+        .context("running bpftool (make setup installs it)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let map: Value = serde_json::from_slice(&output.stdout)?;
+    let number = |key: &str| map[key].as_u64().with_context(|| format!("{key} in {map}"));
+    Ok((
+        map["type"].as_str().context("type")?.to_owned(),
+        number("max_entries")?,
+        number("bytes_memlock")?,
+    ))
+}
+
+#[test]
+fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<()> {
+    let mut setup = Setup::new("footprint")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.repo.write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.12"], "active"));
+    setup.repo.commit("web and dns");
+    setup.expect(0, "apply", &[])?;
+    let connected = setup.sandbox.probe_tcp("10.96.0.10:80", 10)?;
+    let memory = setup.status()?["memory"].clone();
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let (first, last) = possible.trim().split_once('-').unwrap_or(("0", possible.trim()));
+    let possible_cpus = last.parse::<u64>()? - first.parse::<u64>()? + 1;
+    assert_eq!(memory["possible_cpus"], possible_cpus);
+    let maps = memory["maps"].as_array().context("maps")?;
+    assert_eq!(maps.len(), 16, "{memory}");
+    let (mut here, mut large) = (0, 0);
+    for map in maps {
+        let name = map["name"].as_str().context("name")?;
+        let (kind, capacity, memlock) = bpftool_map(&setup.sandbox.pin_path().join(name))?;
+        assert_eq!(
+            (map["kind"].as_str(), map["capacity"].as_u64()),
+            (Some(kind.as_str()), Some(capacity)),
+            "{name}"
+        );
+        assert_eq!(map["memory_bytes"], memlock, "{name}: bpftool says {memlock} bytes");
+        let per_cpu = kind.starts_with("percpu");
+        assert_eq!(map["per_cpu"], per_cpu, "{name}");
+        let at_large = if per_cpu { memlock * 256 / possible_cpus } else { memlock };
+        assert_eq!(map["memory_bytes_at_large_host"], at_large, "{name}");
+        (here, large) = (here + memlock, large + at_large);
+    }
+    assert_eq!(
+        (memory["bytes"].as_u64(), memory["bytes_at_large_host"].as_u64()),
+        (Some(here), Some(large))
+    );
+    // Fill: both sets of web's and dns's frontends and of their three backends, two names;
+    // a reverse entry per connect that was translated (each a socket of its own).
+    let entries =
+        |name: &str| maps.iter().find(|m| m["name"] == name).and_then(|m| m["entries"].as_u64());
+    assert_eq!(
+        [entries("SERVICES"), entries("BACKENDS"), entries("SERVICE_NAMES")],
+        [Some(4), Some(6), Some(2)]
+    );
+    assert_eq!(entries("REVERSE"), Some(connected.total()), "{connected:?}");
+    assert_eq!(entries("ACTIVE_SET"), None, "an array has no fill of its own");
+    Ok(())
+}

@@ -6,7 +6,7 @@ use reconciler::{
     clock::rfc3339_utc,
     counters::Counters,
     daemon::{config::DriftMode, status::DaemonStatus},
-    dataplane::{self, Dataplane, Events, LiveState},
+    dataplane::{self, Dataplane, Events, Footprint, LiveState, LARGE_HOST_CPUS},
 };
 use reconciler_core::state::MapState;
 use serde_json::json;
@@ -59,6 +59,8 @@ struct Report<'a> {
     affinity: Vec<(String, usize)>,
     /// With `--counters`.
     counters: Option<Counters>,
+    /// Each map's capacity, fill and memory.
+    footprint: Footprint,
 }
 
 impl<'a> Report<'a> {
@@ -72,7 +74,8 @@ impl<'a> Report<'a> {
         } else {
             None
         };
-        Ok(Report { pin_path, live, events, affinity, counters })
+        let footprint = dataplane.footprint()?;
+        Ok(Report { pin_path, live, events, affinity, counters, footprint })
     }
 
     fn print_text(&self) {
@@ -107,6 +110,7 @@ impl<'a> Report<'a> {
         for (name, clients) in &self.affinity {
             println!("  {name}: {clients} client(s) holding a backend within the timeout");
         }
+        print_footprint(&self.footprint);
         if let Some(counters) = &self.counters {
             print_counters(counters);
         }
@@ -133,6 +137,7 @@ impl<'a> Report<'a> {
             "events": self.events,
             "affinity_entries": affinity,
             "counters": self.counters,
+            "memory": footprint_json(&self.footprint),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
@@ -147,6 +152,55 @@ fn affinity(dataplane: &Dataplane, state: &MapState) -> anyhow::Result<Vec<(Stri
         (name, entries.get(&s.id).copied().unwrap_or(0))
     });
     Ok(named.collect())
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// Each map's capacity, fill and the kernel memory it locks, here and on a large host.
+fn print_footprint(footprint: &Footprint) {
+    let (here, large) = (footprint.memory(), footprint.memory_at(LARGE_HOST_CPUS));
+    println!(
+        "Memory:       {:.1} MiB locked by the maps here ({} possible CPUs), {:.1} MiB with \
+         {LARGE_HOST_CPUS}",
+        here as f64 / MIB,
+        footprint.possible_cpus,
+        large as f64 / MIB
+    );
+    for map in &footprint.maps {
+        let fill = match map.entries {
+            Some(entries) => format!("{entries} of {}", map.capacity),
+            None => format!("{} preallocated", map.capacity),
+        };
+        let per_cpu = if map.per_cpu { " per CPU" } else { "" };
+        println!(
+            "  {:<16} {:<13} {:>24}{per_cpu:<8} {:>9.1} MiB",
+            map.name,
+            map.kind,
+            fill,
+            map.memory_bytes as f64 / MIB
+        );
+    }
+}
+
+/// The footprint as `status --output json` shows it.
+fn footprint_json(footprint: &Footprint) -> serde_json::Value {
+    let possible = footprint.possible_cpus;
+    let maps: Vec<serde_json::Value> = footprint
+        .maps
+        .iter()
+        .map(|map| {
+            let mut value = json!(map);
+            value["memory_bytes_at_large_host"] = json!(map.memory_at(LARGE_HOST_CPUS, possible));
+            value
+        })
+        .collect();
+    json!({
+        "possible_cpus": possible,
+        "bytes": footprint.memory(),
+        "large_host_cpus": LARGE_HOST_CPUS,
+        "bytes_at_large_host": footprint.memory_at(LARGE_HOST_CPUS),
+        "maps": maps,
+    })
 }
 
 /// Counters since each service's and backend's ID was assigned.

@@ -26,6 +26,7 @@ mod batch;
 mod destroy;
 mod encode;
 mod error;
+mod footprint;
 mod grace;
 mod install;
 mod ours;
@@ -44,6 +45,7 @@ use reconciler_common::{BackendCounters, Metadata, ServiceCounters};
 
 pub use apply::{ApplyReport, ApplyTo, Scope};
 pub use error::DataplaneError;
+pub use footprint::{Footprint, MapFootprint, LARGE_HOST_CPUS};
 pub use install::{Install, Loaded, Uninstalled};
 pub use pins::{default_cgroup, is_installed};
 pub use read::{Events, LiveState, Status};
