@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make fuzz`: runs the cargo fuzz targets in fuzz/ for FUZZ_SECONDS seconds each (default 60):
-#   definitions    service definition files: yaml::parse and validate::validate
+#   definitions    service definition files: load::parse and validate::validate
 #   daemon_config  the daemon's configuration: daemon::config::parse
 #   saved_plan     saved plan files: plan::from_saved, render_text, to_saved round trip
 # FUZZ_TARGETS="definitions saved_plan" runs only those. Exits non-zero if any target finds a

@@ -328,7 +328,7 @@ impl Sandbox {
     }
 
     /// Starts the probe client inside the sandbox, connecting to `target` until `stop_file`
-    /// exists; [`ProbeResult::wait`] collects what it saw.
+    /// exists; [`RunningProbe::wait`] collects what it saw.
     pub fn spawn_probe_until(&self, stop_file: &Path, target: &str) -> Result<RunningProbe> {
         let child = self
             .command(probe_path()?)?

@@ -130,7 +130,7 @@ struct RawPolicy {
 const DURATION_UNITS: [&str; 4] = ["ms", "s", "m", "h"];
 
 /// Parses a duration such as `500ms`, `30s`, `5m`, `1h30m` or Flux's `10m0s`: whole numbers,
-/// each followed by a unit of [`DURATION_UNITS`], with no spaces.
+/// each followed by a unit of `DURATION_UNITS`, with no spaces.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     // humantime does the sums and refuses an empty text, a number without a unit and an
     // overflow; but it also takes units and spaces the schema refuses (`10d`, `1 hour`), so

@@ -8,7 +8,7 @@
 //!   stays at the last good commit, and the failed commit is not tried again until another
 //!   one arrives (or the configuration is reloaded);
 //! - fetch and data plane errors are retried with capped exponential backoff (1 s, 2 s, ...
-//!   up to the interval, with jitter: see [`backoff`]) while the data plane keeps serving;
+//!   up to the interval, with jitter: see `backoff`) while the data plane keeps serving;
 //! - drift (live maps that differ from the applied commit) is logged, counted and, with
 //!   `drift: heal`, repaired by the same atomic apply;
 //! - on start the pinned data plane is adopted: if it already holds the commit, nothing is

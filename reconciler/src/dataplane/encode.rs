@@ -1,4 +1,4 @@
-//! Conversions between the typed content ([`MapState`]'s values) and the map entries the
+//! Conversions between the typed content ([`MapState`](reconciler_core::state::MapState)'s values) and the map entries the
 //! programs read (`reconciler_common`'s `#[repr(C)]` keys and values).
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 

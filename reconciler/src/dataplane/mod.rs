@@ -10,15 +10,16 @@
 //! - `install`: install (load, pin, attach), open from the pins, uninstall;
 //! - `upgrade`: bring a data plane pinned by an older build up to this one, in place;
 //! - `apply`: the apply protocol, which writes a desired state without a connect seeing half
-//!   of it;
+//!   of it; `grace`: its RCU wait (an update of a map of maps);
 //! - `read`: the metadata, the sets, the counters, the events, the affinity entries;
+//! - `footprint`: each map's capacity, fill and the kernel memory it locks;
 //! - `trace`: `reconciler trace`'s side of the `TRACE` ring buffer;
 //! - `pins`: the pin directory (who may change it, its lock) and the pins in it;
 //! - `programs`: loading, attaching and pinning the programs;
 //! - `ours`: telling this project's programs from others' on a cgroup;
 //! - `encode`: the typed content to and from the map entries the programs read;
 //! - `write`: writing changes into one set, in batches per map;
-//! - `batch`: batched hash map reads and writes (bpf(2) directly);
+//! - `batch`: batched hash map reads and writes; `sys`: bpf(2) for what aya does not do;
 //! - `destroy`: destroying connected UDP sockets whose backend an apply took away;
 //! - `error`: [`DataplaneError`].
 mod apply;

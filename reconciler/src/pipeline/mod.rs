@@ -1,7 +1,7 @@
 //! The reconcile pipeline, in one place: a [`Session`] loads the definitions (source ->
 //! validate, into [`Desired`]), plans them against the live maps (read -> compile -> diff ->
 //! plan) and applies the plan, remembering what the incremental path reuses next time.
-//! `reconciler plan`, `reconciler apply` and the daemon all run it and nothing below it.
+//! `reconciler plan`, `reconciler apply` and the daemon load, plan and apply only through it.
 //!
 //! - `session`: the session and its loading half (pure; the validate-only build has it);
 //! - `live`: planning against the live maps and applying (the `dataplane` feature);
