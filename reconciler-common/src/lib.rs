@@ -78,8 +78,12 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// `BACKEND_STATS` (connects only, never reset), and gave meaning to bytes that were padding
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
 /// what 2's maps hold means the same in 3. (3 grew over several commits before any of them
-/// was released; every released build has 1, 2 or 3 as it stands here.)
-pub const LAYOUT_VERSION: u32 = 3;
+/// was released; every released build has 1, 2 or 3 as it stands here.) 4 added `EXCLUDED`
+/// (cgroup subtrees never translated); the maps of 3 are unchanged in 4.
+pub const LAYOUT_VERSION: u32 = 4;
+
+/// Entries of `EXCLUDED`: cgroup subtrees whose processes are never translated.
+pub const MAX_EXCLUDED: u32 = 16;
 
 /// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
 /// backend, each a reason a syscall was refused or a translation was not made.
@@ -426,6 +430,21 @@ pub struct Metadata {
     pub _pad2: [u8; 7],
 }
 
+/// An entry of the `EXCLUDED` array: a cgroup subtree whose processes' connects and
+/// datagrams to a VIP go on untouched (a service-mesh sidecar, a VM runtime). Entries are
+/// filled from index 0; the first whose `cgroup_id` is 0 ends the list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExcludedCgroup {
+    /// The subtree's root: its cgroup ID, the directory's inode (host byte order).
+    pub cgroup_id: u64,
+    /// Its depth below the cgroup2 root (0 is the root), as `bpf_get_current_ancestor_cgroup_id`
+    /// counts (host byte order).
+    pub level: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
 /// Value of `SERVICE_NAMES`, keyed by service ID: the name people gave the service. Only
 /// user space reads it, to show plans by name.
 #[repr(C)]
@@ -467,6 +486,7 @@ mod pod {
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for HealthKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ExcludedCgroup {}
 }
 
 #[cfg(test)]

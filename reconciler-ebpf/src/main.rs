@@ -14,8 +14,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_ns, bpf_set_retval,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
         },
     },
     macros::{btf_map, cgroup_sock_addr},
@@ -23,10 +23,10 @@ use aya_ebpf::{
 };
 use reconciler_common::{
     affinity, event, hash64, ipv4_mapped, ipv4_of_mapped, maglev, random_slot, trace, Addr,
-    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey, Metadata,
-    ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    TraceEvent, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT, TRACE_BYTES,
+    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, ExcludedCgroup, HealthKey,
+    Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, TraceEvent, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_EXCLUDED, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, SET_COUNT, TRACE_BYTES,
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -120,6 +120,11 @@ static HEALTH_EXCLUDED: HashMap<HealthKey, u32, { MAX_BACKENDS as usize }, BPF_F
 #[btf_map]
 static SERVICE_NAMES: HashMap<u32, ServiceName, { MAX_SERVICES as usize }, BPF_F_NO_PREALLOC> =
     HashMap::new();
+
+/// Cgroup subtrees whose processes are never translated (`dataplane.exclude`), filled from
+/// index 0 by user space; not versioned (an apply never changes it, the configuration does).
+#[btf_map]
+static EXCLUDED: Array<ExcludedCgroup, { MAX_EXCLUDED as usize }> = Array::new();
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -286,6 +291,10 @@ fn lb_select(ctx: &SockAddrContext, kind: u8, addr: &Addr, port: u16, protocol: 
     let Some(&service) = (unsafe { SERVICES.get(key) }) else {
         return Selection::NotAService;
     };
+    // Checked only for a VIP: other connects pay nothing for it.
+    if lb_excluded() {
+        return Selection::NotAService;
+    }
     if service.slot_count == 0 {
         return Selection::Refused { reason: event::NO_BACKEND, service_id: service.service_id };
     }
@@ -389,6 +398,25 @@ fn lb_client(ctx: &SockAddrContext, kind: u8) -> u64 {
         // SAFETY: the helper has no preconditions; it reads the current task's cgroup.
         unsafe { bpf_get_current_cgroup_id() }
     }
+}
+
+/// Whether the calling process is in a cgroup subtree of `EXCLUDED`: its ancestor at the
+/// subtree's level is the subtree's root.
+#[inline(always)]
+fn lb_excluded() -> bool {
+    for index in 0..MAX_EXCLUDED {
+        let Some(entry) = EXCLUDED.get(index) else { return false };
+        if entry.cgroup_id == 0 {
+            return false;
+        }
+        // SAFETY: the helper has no preconditions; a level deeper than the process's
+        // cgroup gives 0, which no entry holds.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(entry.level as i32) };
+        if ancestor == entry.cgroup_id {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

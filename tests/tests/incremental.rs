@@ -224,7 +224,7 @@ impl Side {
         let options = ApplyOptions {
             cgroup: Some(self.sandbox.cgroup().to_owned()),
             allow_destroy_all: true,
-            loaded: None,
+            ..ApplyOptions::default()
         };
         session.apply(&plan, Some(&desired), options)?;
         Ok(Ok(plan))

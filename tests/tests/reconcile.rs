@@ -361,3 +361,49 @@ fn a_commit_that_removes_a_backend_ends_the_connected_udp_sockets_sent_to_it() -
     assert_eq!(client.finish()?, ["ECONNABORTED"]);
     Ok(())
 }
+
+#[test]
+fn an_excluded_cgroup_reaches_the_vip_untouched_while_its_sibling_is_translated() -> Result<()> {
+    let mut setup = Setup::new("exclude")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "backend")?;
+    // The VIP itself answers in the namespace, so an untouched connect shows where it went.
+    setup.sandbox.run(&["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"])?;
+    setup.sandbox.serve_tcp("10.96.0.10:80", "vip")?;
+    let clients = setup.sandbox.client_cgroups(2)?;
+    let (excluded, sibling) = (&clients[0], &clients[1]);
+    setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.11", 1)]));
+    setup.repo.commit("web");
+    let excluded_arg = excluded.display().to_string();
+    setup.expect(0, "apply", &["--exclude-cgroup", &excluded_arg])?;
+    let status = setup.status()?;
+    ensure!(status["excluded"].as_array().map(Vec::len) == Some(1), "{status}");
+
+    // A process in the excluded subtree's child too: the subtree, not the one directory.
+    let grandchild = excluded.join("sidecar");
+    std::fs::create_dir(&grandchild)?;
+    let replies = setup.sandbox.connect_from_cgroups(
+        "10.96.0.10:80",
+        5,
+        &[excluded.clone(), grandchild.clone(), sibling.clone()],
+    );
+    std::fs::remove_dir(&grandchild)?;
+    let replies: Vec<Vec<String>> = replies?.into_iter().map(|r| r.replies).collect();
+    ensure!(
+        replies
+            == [
+                vec!["vip".to_owned(); 5],
+                vec!["vip".to_owned(); 5],
+                vec!["backend".to_owned(); 5]
+            ],
+        "{replies:?}"
+    );
+
+    // An apply without the flag keeps the list; an empty list translates everyone again.
+    setup.expect(0, "apply", &[])?;
+    ensure!(setup.status()?["excluded"].as_array().map(Vec::len) == Some(1));
+    setup.expect(0, "apply", &["--no-exclude"])?;
+    let replies =
+        setup.sandbox.connect_from_cgroups("10.96.0.10:80", 3, std::slice::from_ref(excluded))?;
+    ensure!(replies[0].replies == ["backend"; 3], "{replies:?}");
+    Ok(())
+}

@@ -11,8 +11,8 @@ use aya::{
 };
 use reconciler::dataplane::{self, Dataplane, Upgraded};
 use reconciler_common::{
-    ipv4_mapped, Backend, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey, LAYOUT_VERSION,
-    PROTO_TCP, REVISION_LEN,
+    ipv4_mapped, Backend, BackendCounters, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey,
+    LAYOUT_VERSION, PROTO_TCP, REVISION_LEN,
 };
 use reconciler_tests::{one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
 
@@ -57,6 +57,43 @@ const LAYOUT2: Layout = Layout {
     // Layout 2 attached every program this build has.
     programs: &dataplane::PROGRAMS,
 };
+
+const LAYOUT3: Layout = Layout {
+    version: 3,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout3.o"),
+    maps: &[
+        "ACTIVE_SET",
+        "SERVICES",
+        "SLOTS",
+        "BACKENDS",
+        "BACKEND_COUNTS",
+        "SERVICE_COUNTS",
+        "METADATA",
+        "SERVICE_NAMES",
+        "REVERSE",
+        "EVENTS",
+        "AFFINITY",
+        "AFFINITY_EVENTS",
+        "TRACE",
+        "TRACE_ON",
+        "TRACE_DROPS",
+        "HEALTH_EXCLUDED",
+    ],
+    programs: &dataplane::PROGRAMS,
+};
+
+/// Translations to backend 1 that `layout`'s own programs counted: in `BACKEND_STATS`
+/// before layout 3, in `BACKEND_COUNTS` since.
+fn old_translations(layout: &Layout, pin: &Path) -> Result<u64> {
+    if layout.version < 3 {
+        let stats = MapData::from_pin(pin.join("BACKEND_STATS"))?;
+        let stats: PerCpuArray<MapData, u64> = Map::from_map_data(stats)?.try_into()?;
+        return Ok(stats.get(&1, 0)?.iter().sum());
+    }
+    let counts = MapData::from_pin(pin.join("BACKEND_COUNTS"))?;
+    let counts: PerCpuArray<MapData, BackendCounters> = Map::from_map_data(counts)?.try_into()?;
+    Ok(counts.get(&1, 0)?.iter().map(|c| c.translations).sum())
+}
 
 fn v4(addr: SocketAddr) -> Result<(u32, u16)> {
     let SocketAddr::V4(addr) = addr else { anyhow::bail!("{addr} is not IPv4") };
@@ -148,6 +185,11 @@ fn a_layout_2_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
     upgrade_under_load(&LAYOUT2, &[])
 }
 
+#[test]
+fn a_layout_3_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    upgrade_under_load(&LAYOUT3, &[])
+}
+
 /// Installs `layout`, upgrades it while three clients connect, and checks that no connect
 /// failed, that every old hook's program was replaced and the `attached` ones added, and that
 /// the maps and their state are the same.
@@ -167,19 +209,20 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
     let stop = scratch.path().join("stop");
     let probes: Vec<_> =
         (0..3).map(|_| sandbox.spawn_probe_until(&stop, "10.96.0.10:80")).collect::<Result<_>>()?;
-    // The upgrade happens while connects flow: they go through the old programs (counted in
-    // the old layout's BACKEND_STATS) before it, and through the new ones after it.
-    let old_stats = MapData::from_pin(sandbox.pin_path().join("BACKEND_STATS"))?;
-    let old_stats: PerCpuArray<MapData, u64> = Map::from_map_data(old_stats)?.try_into()?;
+    // The upgrade happens while connects flow: they go through the old programs (counted by
+    // the old layout) before it, and through the new ones after it.
     wait_for("connects through the old programs", Duration::from_secs(10), || {
-        let counted = old_stats.get(&1, 0).ok()?.iter().sum::<u64>();
-        (counted > 0).then_some(())
+        (old_translations(layout, sandbox.pin_path()).ok()? > 0).then_some(())
     })?;
     let upgraded = dataplane::upgrade(sandbox.pin_path());
     if upgraded.is_ok() {
-        wait_for("connects through the new programs", Duration::from_secs(10), || {
+        let translations = || -> Option<u64> {
             let counted = Dataplane::open(sandbox.pin_path()).ok()?.backend_counters([1]).ok()?;
-            (counted.get(&1)?.translations > 0).then_some(())
+            Some(counted.get(&1)?.translations)
+        };
+        let at_upgrade = translations().unwrap_or(0);
+        wait_for("connects through the new programs", Duration::from_secs(10), || {
+            (translations()? > at_upgrade).then_some(())
         })?;
     }
     std::fs::write(&stop, "")?;

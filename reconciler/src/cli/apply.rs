@@ -35,6 +35,14 @@ pub struct ApplyArgs {
     /// Apply even if the plan destroys every service and defines none (an empty source).
     #[arg(long)]
     allow_destroy_all: bool,
+    /// Cgroup v2 directories whose processes (and their descendants') connects are never
+    /// translated (comma-separated or repeated; up to 16); they replace the data plane's list.
+    /// Without it the list stays as it is.
+    #[arg(long, value_name = "DIR,...", value_delimiter = ',')]
+    exclude_cgroup: Option<Vec<PathBuf>>,
+    /// Empty the list of cgroups never translated: every process is translated again.
+    #[arg(long, conflicts_with = "exclude_cgroup")]
+    no_exclude: bool,
     /// `json`: the plan and the result as one JSON document (`format_version` 1).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -131,7 +139,12 @@ fn is_stale(error: &Error) -> bool {
 }
 
 fn options(args: &ApplyArgs, loaded: Option<dataplane::Loaded>) -> ApplyOptions {
-    ApplyOptions { cgroup: args.cgroup.clone(), allow_destroy_all: args.allow_destroy_all, loaded }
+    ApplyOptions {
+        cgroup: args.cgroup.clone(),
+        allow_destroy_all: args.allow_destroy_all,
+        loaded,
+        exclude: if args.no_exclude { Some(Vec::new()) } else { args.exclude_cgroup.clone() },
+    }
 }
 
 /// The plan and the result as one JSON document.

@@ -8,6 +8,7 @@ use reconciler::{
     daemon::{config::DriftMode, status::DaemonStatus},
     dataplane::{self, Dataplane, Events, Footprint, LiveState, LARGE_HOST_CPUS},
 };
+use reconciler_common::ExcludedCgroup;
 use reconciler_core::state::MapState;
 use serde_json::json;
 
@@ -61,6 +62,8 @@ struct Report<'a> {
     counters: Option<Counters>,
     /// Each map's capacity, fill and memory.
     footprint: Footprint,
+    /// The cgroup subtrees never translated.
+    excluded: Vec<ExcludedCgroup>,
 }
 
 impl<'a> Report<'a> {
@@ -75,7 +78,8 @@ impl<'a> Report<'a> {
             None
         };
         let footprint = dataplane.footprint()?;
-        Ok(Report { pin_path, live, events, affinity, counters, footprint })
+        let excluded = dataplane.excluded()?;
+        Ok(Report { pin_path, live, events, affinity, counters, footprint, excluded })
     }
 
     fn print_text(&self) {
@@ -110,6 +114,11 @@ impl<'a> Report<'a> {
         for (name, clients) in &self.affinity {
             println!("  {name}: {clients} client(s) holding a backend within the timeout");
         }
+        let excluded: Vec<String> =
+            self.excluded.iter().map(|e| format!("{} (level {})", e.cgroup_id, e.level)).collect();
+        if !excluded.is_empty() {
+            println!("Excluded:     cgroup subtrees {}", excluded.join(", "));
+        }
         print_footprint(&self.footprint);
         if let Some(counters) = &self.counters {
             print_counters(counters);
@@ -138,6 +147,11 @@ impl<'a> Report<'a> {
             "affinity_entries": affinity,
             "counters": self.counters,
             "memory": footprint_json(&self.footprint),
+            "excluded": self
+                .excluded
+                .iter()
+                .map(|e| json!({"cgroup_id": e.cgroup_id, "level": e.level}))
+                .collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())

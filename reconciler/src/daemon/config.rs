@@ -47,6 +47,8 @@ pub struct Config {
     pub interval: Duration,
     pub cgroup: Option<PathBuf>,
     pub pin_path: PathBuf,
+    /// `dataplane.exclude`: cgroup subtrees whose processes are never translated.
+    pub exclude: Vec<PathBuf>,
     /// The rules from the configuration; the node's own addresses are added at each run.
     pub policy: Policy,
     /// `policy.allowLocalVIPs`: addresses of this node that may nevertheless be VIPs.
@@ -112,6 +114,8 @@ struct RawVerify {
 struct RawDataplane {
     cgroup: Option<PathBuf>,
     pin_path: Option<PathBuf>,
+    #[serde(default)]
+    exclude: Vec<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -221,6 +225,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         },
         interval,
         cgroup: raw.dataplane.cgroup,
+        exclude: raw.dataplane.exclude,
         pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
         policy: Policy { allowed_vips, ..Policy::default() },
         allow_local_vips,
@@ -331,6 +336,10 @@ drift: heal
         assert_eq!(config.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(config.policy.allowed_vips, None);
         assert_eq!(config.cgroup, None);
+        assert!(config.exclude.is_empty());
+        let text = "source: {url: /srv/services}\ndataplane: {exclude: [/sys/fs/cgroup/mesh]}\n";
+        let config = parse("node.yaml", text).unwrap();
+        assert_eq!(config.exclude, [PathBuf::from("/sys/fs/cgroup/mesh")]);
     }
 
     #[test]

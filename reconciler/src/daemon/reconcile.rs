@@ -3,7 +3,7 @@
 //! back, the drift check of the last good revision.
 use std::{collections::BTreeSet, net::SocketAddr};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     config::Config,
@@ -108,6 +108,7 @@ fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outc
     if let Err(error) = upgrade(config) {
         return Outcome::Transient { error };
     }
+    exclude(config);
     let snapshot = match memory.session.fetch() {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_transient() => return Outcome::Transient { error: e.into() },
@@ -142,6 +143,21 @@ fn upgrade(config: &Config) -> Result<(), Trouble> {
         );
     }
     Ok(())
+}
+
+/// The configuration's `dataplane.exclude` on an installed data plane (a first install
+/// writes it as it installs): at every run, so a reloaded configuration takes effect without
+/// a commit. A path that is no cgroup is logged, and the run goes on.
+fn exclude(config: &Config) {
+    if !dataplane::is_installed(&config.pin_path) {
+        return;
+    }
+    let excluded = Dataplane::open(&config.pin_path).and_then(|mut d| d.exclude(&config.exclude));
+    match excluded {
+        Ok(true) => info!(cgroups = ?config.exclude, "excluded cgroups from translation"),
+        Ok(false) => {}
+        Err(e) => warn!("dataplane.exclude not applied: {e}"),
+    }
 }
 
 /// The validated definitions of `snapshot`, under this node's rules.
@@ -223,6 +239,7 @@ fn apply_options(config: &Config) -> ApplyOptions {
         cgroup: config.cgroup.clone(),
         allow_destroy_all: config.allow_destroy_all,
         loaded: None,
+        exclude: Some(config.exclude.clone()),
     }
 }
 

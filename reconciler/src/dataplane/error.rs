@@ -99,6 +99,8 @@ pub enum DataplaneError {
     NotAsRecorded,
     #[error("an apply confined to recorded entries needs the generation they were recorded at")]
     RecordedWithoutGeneration,
+    #[error("{count} cgroups to exclude from translation; the data plane holds at most {max}")]
+    TooManyExcluded { count: usize, max: u32 },
     #[error("the kernel does not say how much memory map {map} locks (no memlock in fdinfo)")]
     NoMemlock { map: &'static str },
     #[error("waiting for an RCU grace period ({what}): {error}")]

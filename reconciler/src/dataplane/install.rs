@@ -240,6 +240,7 @@ impl Dataplane {
             metadata: typed_map(pin_path, "METADATA")?,
             names: map_data(pin_path, "SERVICE_NAMES")?,
             health: map_data(pin_path, "HEALTH_EXCLUDED")?,
+            excluded: typed_map(pin_path, "EXCLUDED")?,
         })
     }
 

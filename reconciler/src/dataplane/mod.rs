@@ -13,6 +13,7 @@
 //!   of it; `grace`: its RCU wait (an update of a map of maps);
 //! - `read`: the metadata, the sets, the counters, the events, the affinity entries;
 //! - `footprint`: each map's capacity, fill and the kernel memory it locks;
+//! - `exclude`: the cgroup subtrees the programs never translate;
 //! - `trace`: `reconciler trace`'s side of the `TRACE` ring buffer;
 //! - `pins`: the pin directory (who may change it, its lock) and the pins in it;
 //! - `programs`: loading, attaching and pinning the programs;
@@ -27,6 +28,7 @@ mod batch;
 mod destroy;
 mod encode;
 mod error;
+mod exclude;
 mod footprint;
 mod grace;
 mod install;
@@ -42,7 +44,7 @@ mod write;
 use std::path::PathBuf;
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use reconciler_common::{BackendCounters, Metadata, ServiceCounters};
+use reconciler_common::{BackendCounters, ExcludedCgroup, Metadata, ServiceCounters};
 
 pub use apply::{ApplyReport, ApplyTo, Scope};
 pub use error::DataplaneError;
@@ -65,7 +67,7 @@ pub const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 16] = [
+const MAPS: [&str; 17] = [
     "ACTIVE_SET",
     "SERVICES",
     "SLOTS",
@@ -82,6 +84,7 @@ const MAPS: [&str; 16] = [
     "TRACE_ON",
     "TRACE_DROPS",
     "HEALTH_EXCLUDED",
+    "EXCLUDED",
 ];
 /// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`):
 /// still recognised as ours, removed by an upgrade once no program reads them, and by
@@ -105,4 +108,5 @@ pub struct Dataplane {
     metadata: Array<MapData, Metadata>,
     names: MapData,
     health: MapData,
+    excluded: Array<MapData, ExcludedCgroup>,
 }

@@ -67,17 +67,21 @@ pub(super) fn cgroup_id(path: &Path) -> Result<u64> {
 
 /// The mount point of the first cgroup2 filesystem in /proc/self/mounts.
 pub fn default_cgroup() -> Result<PathBuf> {
+    cgroup2_mounts()?.into_iter().next().ok_or(DataplaneError::NoCgroup2Mount)
+}
+
+/// The mount points of the cgroup2 filesystems in /proc/self/mounts, in its order.
+pub(super) fn cgroup2_mounts() -> Result<Vec<PathBuf>> {
     let mounts =
         fs::read_to_string("/proc/self/mounts").map_err(io_err("reading /proc/self/mounts"))?;
-    mounts
+    Ok(mounts
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
             (fstype == "cgroup2").then(|| PathBuf::from(dir))
         })
-        .next()
-        .ok_or(DataplaneError::NoCgroup2Mount)
+        .collect())
 }
 
 /// The `METADATA` map pinned at `pin_path`.

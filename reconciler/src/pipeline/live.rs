@@ -68,6 +68,8 @@ pub struct ApplyOptions {
     pub allow_destroy_all: bool,
     /// The BPF object, loaded ahead for a first install.
     pub loaded: Option<Loaded>,
+    /// The cgroup subtrees never to translate, from now on (`None`: as they are).
+    pub exclude: Option<Vec<PathBuf>>,
 }
 
 impl Session {
@@ -169,23 +171,35 @@ fn apply(plan: &Plan, pin_path: &Path, options: ApplyOptions) -> Result<ApplyRep
     if plan.context.install == installed {
         return Err(Error::StaleInstall { pin_path: given, planned: plan.context.install });
     }
-    let revision = plan.context.revision.as_deref();
-    if !installed {
+    let mut dataplane = if installed {
+        Dataplane::open(pin_path)?
+    } else {
         let cgroup = match options.cgroup {
             Some(cgroup) => cgroup,
             None => dataplane::default_cgroup()?,
         };
-        let (mut dataplane, report) = Install::new(pin_path, &cgroup)
+        let (dataplane, report) = Install::new(pin_path, &cgroup)
             .loaded(options.loaded)
-            .fill(&plan.desired, revision)
+            .fill(&plan.desired, plan.context.revision.as_deref())
             .run()?;
         if let Some(report) = report {
+            exclude(dataplane, options.exclude.as_deref())?;
             return Ok(report);
         }
         // A complete install was there already (another process's): apply to it.
-        return applied(given, apply_to(&mut dataplane, plan));
+        dataplane
+    };
+    let report = applied(given, apply_to(&mut dataplane, plan))?;
+    exclude(dataplane, options.exclude.as_deref())?;
+    Ok(report)
+}
+
+/// Makes the data plane exclude exactly `cgroups` from translation, when given.
+fn exclude(mut dataplane: Dataplane, cgroups: Option<&[PathBuf]>) -> Result<(), Error> {
+    if let Some(cgroups) = cgroups {
+        dataplane.exclude(cgroups)?;
     }
-    applied(given, apply_to(&mut Dataplane::open(pin_path)?, plan))
+    Ok(())
 }
 
 /// Writes `plan` into `dataplane`. The generation is checked under the apply's lock: a plan
