@@ -115,17 +115,31 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
         send(&socket, NLM_F_REQUEST | NLM_F_ACK, message)?;
         receive(&socket, |message: NetlinkMessage<SockDiagDestroy>| match message.payload {
             NetlinkPayload::Error(e) => {
-                // An ACK is an error message without an error; a socket that closed
-                // meanwhile (ENOENT) needs no destroying.
-                if e.code.is_none() {
-                    destroyed += 1;
-                }
+                destroyed += usize::from(destroy_answer(e.code)?);
                 Ok(true)
             }
             _ => Ok(false),
         })?;
     }
     Ok(destroyed)
+}
+
+/// What the kernel's answer to one `SOCK_DESTROY` says: destroyed (an ACK, an error message
+/// without an error), or already gone (`ENOENT`: it closed meanwhile). Anything else is an
+/// error, never a silent no-op: above all `EOPNOTSUPP`, a kernel built without
+/// `CONFIG_INET_DIAG_DESTROY`, where the sockets of removed backends stay connected to them.
+fn destroy_answer(code: Option<std::num::NonZeroI32>) -> io::Result<bool> {
+    let Some(code) = code else { return Ok(true) };
+    let error = io::Error::from_raw_os_error(-code.get());
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        Some(libc::EOPNOTSUPP) => Err(io::Error::new(
+            error.kind(),
+            "this kernel cannot destroy sockets (built without CONFIG_INET_DIAG_DESTROY): \
+             connected UDP sockets of removed backends keep sending to them",
+        )),
+        _ => Err(io::Error::new(error.kind(), format!("SOCK_DESTROY: {error}"))),
+    }
 }
 
 /// The kernel's socket cookie from `inet_diag_sockid.idiag_cookie`: two host-order 32-bit
@@ -179,5 +193,23 @@ where
             }
             offset += length;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_destroy_is_an_error_not_a_socket_already_gone() {
+        let code = |errno: i32| NonZeroI32::new(-errno);
+        assert!(destroy_answer(None).unwrap());
+        assert!(!destroy_answer(code(libc::ENOENT)).unwrap());
+        let unsupported = destroy_answer(code(libc::EOPNOTSUPP)).unwrap_err().to_string();
+        assert!(unsupported.contains("CONFIG_INET_DIAG_DESTROY"), "{unsupported}");
+        let denied = destroy_answer(code(libc::EPERM)).unwrap_err().to_string();
+        assert!(denied.starts_with("SOCK_DESTROY: "), "{denied}");
     }
 }
