@@ -203,21 +203,33 @@ fn find_use(code: &str) -> Option<usize> {
 
 /// The paths of a use tree (`a::{b, c::{d, e as f}, g::*}` -> `a::b`, `a::c::d`, ...).
 fn expand(tree: &str) -> Vec<Vec<String>> {
-    let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
+    let tree = without_renames(tree);
     let mut paths = Vec::new();
     expand_into(&tree, &[], &mut paths);
     paths
 }
 
+/// `tree` without white space and without its renames (`e as f`: `e`).
+fn without_renames(tree: &str) -> String {
+    let mut out = String::new();
+    let mut tokens = tree.split_whitespace();
+    while let Some(token) = tokens.next() {
+        if token == "as" {
+            // The new name, and whatever punctuation is stuck to it.
+            let renamed = tokens.next().unwrap_or_default();
+            out.extend(renamed.chars().filter(|c| !(c.is_alphanumeric() || *c == '_')));
+        } else {
+            out.push_str(token);
+        }
+    }
+    out
+}
+
 fn expand_into(tree: &str, prefix: &[String], paths: &mut Vec<Vec<String>>) {
     let Some(open) = tree.find('{') else {
-        let path = tree.split(" as ").next().unwrap_or(tree).split("as").next().unwrap_or(tree);
         let mut full = prefix.to_vec();
-        full.extend(
-            path.split("::")
-                .filter(|s| !s.is_empty() && *s != "*" && *s != "self")
-                .map(str::to_owned),
-        );
+        let segments = tree.split("::").filter(|s| !s.is_empty() && *s != "*" && *s != "self");
+        full.extend(segments.map(str::to_owned));
         paths.push(full);
         return;
     };

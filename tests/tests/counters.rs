@@ -169,7 +169,10 @@ fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<(
     setup.repo.commit("web and dns");
     setup.expect(0, "apply", &[])?;
     let connected = setup.sandbox.probe_tcp("10.96.0.10:80", 10)?;
-    let memory = setup.status()?["memory"].clone();
+    let status = setup.status()?;
+    // This kernel destroys sockets on request (CONFIG_INET_DIAG_DESTROY).
+    assert_eq!(status["socket_destroy_supported"], true);
+    let memory = status["memory"].clone();
     let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
     let (first, last) = possible.trim().split_once('-').unwrap_or(("0", possible.trim()));
     let possible_cpus = last.parse::<u64>()? - first.parse::<u64>()? + 1;

@@ -532,6 +532,8 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
         assert!(sample(&metrics, name).is_some(), "no {name} in\n{metrics}");
     }
     assert_eq!(sample(&metrics, "reconciler_services"), Some(1.0));
+    // This kernel destroys sockets (CONFIG_INET_DIAG_DESTROY): the daemon asked it at start.
+    assert_eq!(sample(&metrics, "reconciler_socket_destroy_supported"), Some(1.0), "{metrics}");
     assert_eq!(request(&world.listen, "GET", "/healthz")?.0, 200);
     assert_eq!(request(&world.listen, "GET", "/readyz")?.0, 200);
     assert_eq!(request(&world.listen, "GET", "/nope")?.0, 404);

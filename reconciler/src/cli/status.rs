@@ -64,6 +64,8 @@ struct Report<'a> {
     footprint: Footprint,
     /// The cgroup subtrees never translated.
     excluded: Vec<ExcludedCgroup>,
+    /// Whether the kernel destroys the sockets of removed backends.
+    socket_destroy: bool,
 }
 
 impl<'a> Report<'a> {
@@ -79,7 +81,18 @@ impl<'a> Report<'a> {
         };
         let footprint = dataplane.footprint()?;
         let excluded = dataplane.excluded()?;
-        Ok(Report { pin_path, live, events, affinity, counters, footprint, excluded })
+        let socket_destroy = dataplane::socket_destroy_supported()
+            .map_err(|e| anyhow::anyhow!("asking the kernel to destroy a socket: {e}"))?;
+        Ok(Report {
+            pin_path,
+            live,
+            events,
+            affinity,
+            counters,
+            footprint,
+            excluded,
+            socket_destroy,
+        })
     }
 
     fn print_text(&self) {
@@ -119,6 +132,12 @@ impl<'a> Report<'a> {
         if !excluded.is_empty() {
             println!("Excluded:     cgroup subtrees {}", excluded.join(", "));
         }
+        if !self.socket_destroy {
+            println!(
+                "Sockets:      this kernel cannot destroy sockets (no CONFIG_INET_DIAG_DESTROY): \
+                 connected UDP sockets of removed backends keep sending to them"
+            );
+        }
         print_footprint(&self.footprint);
         if let Some(counters) = &self.counters {
             print_counters(counters);
@@ -147,6 +166,7 @@ impl<'a> Report<'a> {
             "affinity_entries": affinity,
             "counters": self.counters,
             "memory": footprint_json(&self.footprint),
+            "socket_destroy_supported": self.socket_destroy,
             "excluded": self
                 .excluded
                 .iter()

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub backends: Gauge,
     map_writes: Counter,
     sockets_destroyed: Counter,
+    /// 1 when this kernel destroys sockets on request, 0 when it cannot (checked at start).
+    pub socket_destroy_supported: Gauge,
     backend_up: Family<Label, Gauge>,
     health_transitions: Family<Label, Counter>,
     webhook_requests: Family<Label, Counter>,
@@ -72,6 +74,7 @@ impl Default for Metrics {
             backends: Gauge::default(),
             map_writes: Counter::default(),
             sockets_destroyed: Counter::default(),
+            socket_destroy_supported: Gauge::default(),
             backend_up: Family::default(),
             health_transitions: Family::default(),
             webhook_requests: Family::default(),
@@ -138,6 +141,12 @@ impl Metrics {
             "reconciler_sockets_destroyed",
             "Connected UDP sockets destroyed because an apply removed their backend",
             self.sockets_destroyed.clone(),
+        );
+        registry.register(
+            "reconciler_socket_destroy_supported",
+            "1 if this kernel destroys sockets on request (CONFIG_INET_DIAG_DESTROY), 0 if the \
+             sockets of removed backends stay connected to them",
+            self.socket_destroy_supported.clone(),
         );
     }
 

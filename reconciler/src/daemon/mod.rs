@@ -71,6 +71,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
     })?;
     let shared = Arc::new(Shared::new(&config));
+    check_socket_destroy(&shared);
     start_tasks(&shared, &config, listener);
     let mut signals = Signals {
         hangup: unix::signal(SignalKind::hangup())?,
@@ -101,6 +102,24 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     }
     info!("daemon stopped; the data plane keeps serving");
     Ok(())
+}
+
+/// Whether the kernel destroys the sockets of removed backends: a gauge, and a warning that
+/// says what is lost when it cannot.
+fn check_socket_destroy(shared: &Shared) {
+    match crate::dataplane::socket_destroy_supported() {
+        Ok(supported) => {
+            shared.metrics().socket_destroy_supported.set(i64::from(supported));
+            if !supported {
+                warn!(
+                    "this kernel cannot destroy sockets (built without \
+                     CONFIG_INET_DIAG_DESTROY): connected UDP sockets of removed backends keep \
+                     sending to them until they reconnect"
+                );
+            }
+        }
+        Err(e) => warn!("could not tell whether this kernel destroys sockets: {e}"),
+    }
 }
 
 /// The health checks and the HTTP endpoint, as tasks of their own.

@@ -73,10 +73,43 @@ fn network_namespaces() -> io::Result<Vec<fs::File>> {
     Ok(namespaces)
 }
 
-fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+/// Whether this kernel destroys sockets on request: it is asked to destroy a connected UDP
+/// socket of this process's own, on loopback (a UDP connect sends nothing). `false` where it
+/// answers `EOPNOTSUPP` (built without `CONFIG_INET_DIAG_DESTROY`) or has no `sock_diag`.
+pub fn supported() -> io::Result<bool> {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    probe.connect("127.0.0.1:9")?;
+    let (local, peer) = (probe.local_addr()?, probe.peer_addr()?);
+    let socket = match diag_socket() {
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => return Ok(false),
+        socket => socket?,
+    };
+    let socket_id = SocketId {
+        source_port: local.port(),
+        destination_port: peer.port(),
+        source_address: local.ip(),
+        destination_address: peer.ip(),
+        interface_id: 0,
+        // All ones: no cookie to match, the 4-tuple names the socket.
+        cookie: [0xff; 8],
+    };
+    match destroy_one(&socket, AF_INET, socket_id)? {
+        Answer::Destroyed | Answer::Gone => Ok(true),
+        Answer::Unsupported => Ok(false),
+        Answer::Refused(error) => Err(error),
+    }
+}
+
+/// A `sock_diag` netlink socket of this thread's network namespace.
+fn diag_socket() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+    let socket = diag_socket()?;
     let mut doomed = Vec::new();
     for family in [AF_INET, AF_INET6] {
         let request = InetRequest {
@@ -104,41 +137,70 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
     }
     let mut destroyed = 0;
     for (family, socket_id) in doomed {
-        let request = InetRequest {
-            family,
-            protocol: IPPROTO_UDP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id,
-        };
-        let message = SockDiagDestroy::new(SockDiagMessage::InetRequest(request));
-        send(&socket, NLM_F_REQUEST | NLM_F_ACK, message)?;
-        receive(&socket, |message: NetlinkMessage<SockDiagDestroy>| match message.payload {
-            NetlinkPayload::Error(e) => {
-                destroyed += usize::from(destroy_answer(e.code)?);
-                Ok(true)
-            }
-            _ => Ok(false),
-        })?;
+        destroyed += usize::from(self::destroyed(destroy_one(&socket, family, socket_id)?)?);
     }
     Ok(destroyed)
 }
 
-/// What the kernel's answer to one `SOCK_DESTROY` says: destroyed (an ACK, an error message
-/// without an error), or already gone (`ENOENT`: it closed meanwhile). Anything else is an
-/// error, never a silent no-op: above all `EOPNOTSUPP`, a kernel built without
-/// `CONFIG_INET_DIAG_DESTROY`, where the sockets of removed backends stay connected to them.
-fn destroy_answer(code: Option<std::num::NonZeroI32>) -> io::Result<bool> {
-    let Some(code) = code else { return Ok(true) };
-    let error = io::Error::from_raw_os_error(-code.get());
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => Ok(false),
-        Some(libc::EOPNOTSUPP) => Err(io::Error::new(
-            error.kind(),
+/// Asks the kernel to destroy the UDP socket `socket_id` of `family`; its answer.
+fn destroy_one(socket: &Socket, family: u8, socket_id: SocketId) -> io::Result<Answer> {
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_UDP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id,
+    };
+    let message = SockDiagDestroy::new(SockDiagMessage::InetRequest(request));
+    send(socket, NLM_F_REQUEST | NLM_F_ACK, message)?;
+    let mut code = None;
+    receive(socket, |message: NetlinkMessage<SockDiagDestroy>| match message.payload {
+        NetlinkPayload::Error(e) => {
+            code = e.code;
+            Ok(true)
+        }
+        _ => Ok(false),
+    })?;
+    Ok(answer(code))
+}
+
+/// The kernel's answer to one `SOCK_DESTROY`.
+#[derive(Debug)]
+enum Answer {
+    /// An ACK (an error message without an error).
+    Destroyed,
+    /// `ENOENT`: the socket closed meanwhile.
+    Gone,
+    /// `EOPNOTSUPP`: a kernel built without `CONFIG_INET_DIAG_DESTROY`.
+    Unsupported,
+    /// Any other error.
+    Refused(io::Error),
+}
+
+fn answer(code: Option<std::num::NonZeroI32>) -> Answer {
+    match code.map(|code| -code.get()) {
+        None => Answer::Destroyed,
+        Some(libc::ENOENT) => Answer::Gone,
+        Some(libc::EOPNOTSUPP) => Answer::Unsupported,
+        Some(errno) => Answer::Refused(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Whether an answer in an apply destroyed the socket; anything but a socket gone is an
+/// error, never a silent no-op: where the kernel cannot destroy, connected UDP sockets of
+/// removed backends keep sending to them, and the apply says so.
+fn destroyed(answer: Answer) -> io::Result<bool> {
+    match answer {
+        Answer::Destroyed => Ok(true),
+        Answer::Gone => Ok(false),
+        Answer::Unsupported => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
             "this kernel cannot destroy sockets (built without CONFIG_INET_DIAG_DESTROY): \
              connected UDP sockets of removed backends keep sending to them",
         )),
-        _ => Err(io::Error::new(error.kind(), format!("SOCK_DESTROY: {error}"))),
+        Answer::Refused(error) => {
+            Err(io::Error::new(error.kind(), format!("SOCK_DESTROY: {error}")))
+        }
     }
 }
 
@@ -205,11 +267,12 @@ mod tests {
     #[test]
     fn a_refused_destroy_is_an_error_not_a_socket_already_gone() {
         let code = |errno: i32| NonZeroI32::new(-errno);
-        assert!(destroy_answer(None).unwrap());
-        assert!(!destroy_answer(code(libc::ENOENT)).unwrap());
-        let unsupported = destroy_answer(code(libc::EOPNOTSUPP)).unwrap_err().to_string();
+        assert!(destroyed(answer(None)).unwrap());
+        assert!(!destroyed(answer(code(libc::ENOENT))).unwrap());
+        assert!(matches!(answer(code(libc::EOPNOTSUPP)), Answer::Unsupported));
+        let unsupported = destroyed(answer(code(libc::EOPNOTSUPP))).unwrap_err().to_string();
         assert!(unsupported.contains("CONFIG_INET_DIAG_DESTROY"), "{unsupported}");
-        let denied = destroy_answer(code(libc::EPERM)).unwrap_err().to_string();
+        let denied = destroyed(answer(code(libc::EPERM))).unwrap_err().to_string();
         assert!(denied.starts_with("SOCK_DESTROY: "), "{denied}");
     }
 }

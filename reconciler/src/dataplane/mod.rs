@@ -47,6 +47,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{BackendCounters, ExcludedCgroup, Metadata, ServiceCounters};
 
 pub use apply::{ApplyReport, ApplyTo, Scope};
+pub use destroy::supported as socket_destroy_supported;
 pub use error::DataplaneError;
 pub use footprint::{Footprint, MapFootprint, LARGE_HOST_CPUS};
 pub use install::{Install, Loaded, Uninstalled};
