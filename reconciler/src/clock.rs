@@ -18,14 +18,18 @@ pub fn rfc3339_utc(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// A `CLOCK_MONOTONIC` instant (`bpf_ktime_get_ns()`, in ns) as wall-clock time with
-/// milliseconds, by the clocks' offset now.
-pub fn monotonic_to_rfc3339(monotonic_ns: u64) -> String {
+/// `CLOCK_MONOTONIC` now, in ns: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns_now() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into `now`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now_ns = (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64;
-    let age = Duration::from_nanos(now_ns.saturating_sub(monotonic_ns));
+    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
+}
+
+/// A `CLOCK_MONOTONIC` instant (`bpf_ktime_get_ns()`, in ns) as wall-clock time with
+/// milliseconds, by the clocks' offset now.
+pub fn monotonic_to_rfc3339(monotonic_ns: u64) -> String {
+    let age = Duration::from_nanos(monotonic_ns_now().saturating_sub(monotonic_ns));
     let at = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
     humantime::format_rfc3339_millis(at).to_string()
 }

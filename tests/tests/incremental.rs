@@ -205,7 +205,7 @@ impl Side {
         let mut session = Session::new(spec.clone(), pin_path, Policy::default()).with_memo(memo);
         let result = self.reconcile_in(&mut session, !incremental);
         if incremental {
-            self.memo = Some(session.into_memo());
+            self.memo = Some(session.take_memo());
         }
         result
     }

@@ -64,8 +64,9 @@ struct Report<'a> {
     footprint: Footprint,
     /// The cgroup subtrees never translated.
     excluded: Vec<ExcludedCgroup>,
-    /// Whether the kernel destroys the sockets of removed backends.
-    socket_destroy: bool,
+    /// Whether the kernel destroys the sockets of removed backends (`None`: the question
+    /// failed, as the daemon's start only warns of it).
+    socket_destroy: Option<bool>,
 }
 
 impl<'a> Report<'a> {
@@ -81,8 +82,7 @@ impl<'a> Report<'a> {
         };
         let footprint = dataplane.footprint()?;
         let excluded = dataplane.excluded()?;
-        let socket_destroy = dataplane::socket_destroy_supported()
-            .map_err(|e| anyhow::anyhow!("asking the kernel to destroy a socket: {e}"))?;
+        let socket_destroy = dataplane::socket_destroy_supported().ok();
         Ok(Report {
             pin_path,
             live,
@@ -132,7 +132,10 @@ impl<'a> Report<'a> {
         if !excluded.is_empty() {
             println!("Excluded:     cgroup subtrees {}", excluded.join(", "));
         }
-        if !self.socket_destroy {
+        if self.socket_destroy.is_none() {
+            println!("Sockets:      could not ask the kernel whether it destroys sockets");
+        }
+        if self.socket_destroy == Some(false) {
             println!(
                 "Sockets:      this kernel cannot destroy sockets (no CONFIG_INET_DIAG_DESTROY): \
                  connected UDP sockets of removed backends keep sending to them"

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     clock,
     dataplane::{self, Dataplane},
-    pipeline::{ApplyOptions, Desired, Error, PlanOptions, Reading, Session},
+    pipeline::{ApplyOptions, Desired, Error, PlanOptions, Session},
 };
 use reconciler_core::{node, plan::Plan, source::Snapshot, validate::Policy};
 
@@ -55,8 +55,7 @@ impl Memory {
         if new.source != old.source {
             self.journal = Memory::new(new).journal;
         }
-        let memo = std::mem::replace(&mut self.session, session(new)).into_memo();
-        self.session = session(new).with_memo(memo);
+        self.session = session(new).with_memo(self.session.take_memo());
         self.failed_revision = None;
         self.last_good = None;
         self.journal.clear();
@@ -200,8 +199,8 @@ fn plan_and_apply(
     desired: Desired,
     refresh: bool,
 ) -> Outcome {
-    let reading = if refresh { Reading::Everything } else { Reading::Changed };
-    let options = PlanOptions { reading, health: Some(memory.health_excluded.clone()) };
+    let health = Some(memory.health_excluded.clone());
+    let options = PlanOptions { health, ..PlanOptions::refresh(refresh) };
     let plan = match memory.session.plan(&desired, options) {
         Ok(plan) => Box::new(plan),
         Err(e) if decide::plan_refuses_commit(&e) => return memory.reject(desired.revision, e),
@@ -235,11 +234,14 @@ fn plan_and_apply(
 }
 
 fn apply_options(config: &Config) -> ApplyOptions {
+    // An installed data plane has this run's exclusions already (`exclude`); a first install
+    // writes them as it installs.
+    let installed = dataplane::is_installed(&config.pin_path);
     ApplyOptions {
         cgroup: config.cgroup.clone(),
         allow_destroy_all: config.allow_destroy_all,
         loaded: None,
-        exclude: Some(config.exclude.clone()),
+        exclude: (!installed).then(|| config.exclude.clone()),
     }
 }
 
@@ -253,8 +255,8 @@ fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         memory.last_good = memory.session.load_at(&revision).ok();
     }
     let good = memory.last_good.as_ref()?;
-    let reading = Reading::Everything;
-    let options = PlanOptions { reading, health: Some(memory.health_excluded.clone()) };
+    let health = Some(memory.health_excluded.clone());
+    let options = PlanOptions { health, ..PlanOptions::refresh(true) };
     let plan: Box<Plan> = Box::new(memory.session.plan(good, options).ok()?);
     Some(match decide::held_back(Facts::of(&plan), config.drift)? {
         HeldBack::Holding => Outcome::LastGood { plan },

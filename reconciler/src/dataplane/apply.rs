@@ -19,7 +19,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::IterableMap as _;
@@ -335,8 +334,7 @@ impl Dataplane {
             metadata.revision[..revision.len()].copy_from_slice(revision.as_bytes());
             metadata.revision_len = revision.len() as u8;
         }
-        metadata.applied_at_unix =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        metadata.applied_at_unix = crate::clock::now_unix().as_secs();
         self.write_metadata(&pending.metadata)?;
         pending.writes += 1;
         Ok(())

@@ -78,6 +78,24 @@ pub(crate) fn lookup_each<K: Pod, V: Pod>(
 /// Every entry of hash map `map`.
 pub(crate) fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     let mut entries = Vec::new();
+    lookup_chunks(map, |keys: &mut Vec<K>, values: &mut Vec<V>| {
+        entries.extend(keys.drain(..).zip(values.drain(..)));
+    })?;
+    Ok(entries)
+}
+
+/// How many entries hash map `map` holds, read in batches without keeping them.
+pub(crate) fn count<K: Pod, V: Pod>(map: &MapData) -> io::Result<usize> {
+    let mut count = 0;
+    lookup_chunks(map, |keys: &mut Vec<K>, _: &mut Vec<V>| count += keys.len())?;
+    Ok(count)
+}
+
+/// Reads hash map `map` in batches of up to `CHUNK` entries, handing each batch to `take`.
+fn lookup_chunks<K: Pod, V: Pod>(
+    map: &MapData,
+    mut take: impl FnMut(&mut Vec<K>, &mut Vec<V>),
+) -> io::Result<()> {
     let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
     let mut values: Vec<V> = Vec::with_capacity(CHUNK);
     // For hash maps the batch token is a bucket index (u32).
@@ -100,11 +118,11 @@ pub(crate) fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)
             keys.set_len(filled);
             values.set_len(filled);
         }
-        entries.extend(keys.drain(..).zip(values.drain(..)));
+        take(&mut keys, &mut values);
         match result {
             Ok(()) => {}
             // ENOENT: the last buckets were read.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
         token_in = token_out;

@@ -135,11 +135,18 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
             _ => Ok(false),
         })?;
     }
-    let mut destroyed = 0;
+    // Every socket is tried, whatever an earlier one's answer: their REVERSE entries are gone,
+    // so no later apply tries them again. The first refusal is the error.
+    let (mut destroyed, mut first_error) = (0, None);
     for (family, socket_id) in doomed {
-        destroyed += usize::from(self::destroyed(destroy_one(&socket, family, socket_id)?)?);
+        match destroy_one(&socket, family, socket_id).and_then(self::destroyed) {
+            Ok(done) => destroyed += usize::from(done),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(destroyed)
+    first_error.map_or(Ok(destroyed), Err)
 }
 
 /// Asks the kernel to destroy the UDP socket `socket_id` of `family`; its answer.

@@ -9,7 +9,7 @@ use reconciler_common::{ExcludedCgroup, MAX_EXCLUDED};
 
 use super::{
     error::{io_err, map_err, DataplaneError, Result},
-    pins::{cgroup2_mounts, cgroup_id},
+    pins::{cgroup2_mounts, cgroup_id, lock},
     Dataplane,
 };
 
@@ -24,8 +24,12 @@ impl Dataplane {
                 max: MAX_EXCLUDED,
             });
         }
-        let mut wanted = cgroups.iter().map(|dir| entry(dir)).collect::<Result<Vec<_>>>()?;
+        let mounts = cgroup2_mounts()?;
+        let mut wanted =
+            cgroups.iter().map(|dir| entry(dir, &mounts)).collect::<Result<Vec<_>>>()?;
         wanted.resize(MAX_EXCLUDED as usize, ExcludedCgroup::default());
+        // Under the apply's lock: a daemon's run and an `apply --exclude-cgroup` take turns.
+        let _lock = lock(&self.pin_path)?;
         let current = self.excluded_entries()?;
         if current == wanted {
             return Ok(false);
@@ -54,15 +58,15 @@ impl Dataplane {
 }
 
 /// The `EXCLUDED` entry of the subtree rooted at `dir`.
-fn entry(dir: &Path) -> Result<ExcludedCgroup> {
-    Ok(ExcludedCgroup { cgroup_id: cgroup_id(dir)?, level: level(dir)?, _pad: 0 })
+fn entry(dir: &Path, mounts: &[PathBuf]) -> Result<ExcludedCgroup> {
+    Ok(ExcludedCgroup { cgroup_id: cgroup_id(dir)?, level: level(dir, mounts)?, _pad: 0 })
 }
 
-/// How deep `dir` lies below the root of its cgroup2 mount (the root is 0).
-fn level(dir: &Path) -> Result<u32> {
+/// How deep `dir` lies below the root of its cgroup2 mount, one of `mounts` (the root is 0).
+fn level(dir: &Path, mounts: &[PathBuf]) -> Result<u32> {
     let real = dir.canonicalize().map_err(io_err(format!("resolving {}", dir.display())))?;
-    let mount = cgroup2_mounts()?
-        .into_iter()
+    let mount = mounts
+        .iter()
         .filter(|mount| real.starts_with(mount))
         .max_by_key(|mount| mount.components().count())
         .ok_or_else(|| DataplaneError::NotCgroup2 { path: dir.to_owned() })?;

@@ -103,25 +103,23 @@ impl Dataplane {
     fn entries(&self, name: &str) -> Result<Option<usize>> {
         let read = |name: &str| io_err(format!("reading {name}"));
         let count = match name {
-            "SERVICES" => batch::lookup_all::<ServiceKey, ServiceValue>(&self.services)
-                .map_err(read(name))?
-                .len(),
-            "SLOTS" => batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read(name))?.len(),
+            "SERVICES" => {
+                batch::count::<ServiceKey, ServiceValue>(&self.services).map_err(read(name))?
+            }
+            "SLOTS" => batch::count::<SlotKey, u32>(&self.slots).map_err(read(name))?,
             "BACKENDS" => {
-                batch::lookup_all::<BackendKey, Backend>(&self.backends).map_err(read(name))?.len()
+                batch::count::<BackendKey, Backend>(&self.backends).map_err(read(name))?
             }
-            "SERVICE_NAMES" => {
-                batch::lookup_all::<u32, ServiceName>(&self.names).map_err(read(name))?.len()
-            }
+            "SERVICE_NAMES" => batch::count::<u32, ServiceName>(&self.names).map_err(read(name))?,
             "HEALTH_EXCLUDED" => {
-                batch::lookup_all::<HealthKey, u32>(&self.health).map_err(read(name))?.len()
+                batch::count::<HealthKey, u32>(&self.health).map_err(read(name))?
             }
-            "REVERSE" => batch::lookup_all::<ReverseKey, ReverseValue>(&self.reverse)
-                .map_err(read(name))?
-                .len(),
-            "AFFINITY" => batch::lookup_all::<AffinityKey, AffinityValue>(&self.affinity)
-                .map_err(read(name))?
-                .len(),
+            "REVERSE" => {
+                batch::count::<ReverseKey, ReverseValue>(&self.reverse).map_err(read(name))?
+            }
+            "AFFINITY" => {
+                batch::count::<AffinityKey, AffinityValue>(&self.affinity).map_err(read(name))?
+            }
             _ => return Ok(None),
         };
         Ok(Some(count))

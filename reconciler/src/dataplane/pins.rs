@@ -61,7 +61,7 @@ pub(super) fn cgroup_id(path: &Path) -> Result<u64> {
     if statfs_type(path)? != libc::CGROUP2_SUPER_MAGIC {
         return Err(DataplaneError::NotCgroup2 { path: path.to_owned() });
     }
-    let meta = fs::metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
+    let meta = metadata(path)?;
     Ok(meta.ino())
 }
 
@@ -308,6 +308,6 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn metadata(path: &Path) -> Result<fs::Metadata> {
+pub(super) fn metadata(path: &Path) -> Result<fs::Metadata> {
     fs::metadata(path).map_err(io_err(format!("stat {}", path.display())))
 }

@@ -260,11 +260,7 @@ impl Dataplane {
             .values()
             .map(|s| (s.id, u64::from(s.affinity_timeout_secs) * 1_000_000_000))
             .collect();
-        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes one timespec into `now`.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let now = (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64;
+        let now = crate::clock::monotonic_ns_now();
         let mut counts = BTreeMap::new();
         for (key, value) in batch::lookup_all::<AffinityKey, AffinityValue>(&self.affinity)
             .map_err(io_err("reading AFFINITY"))?

@@ -142,7 +142,7 @@ fn cgroup_of(id: u64) -> Result<fs::File> {
     let root = default_cgroup()?;
     let mut pending = vec![root];
     while let Some(dir) = pending.pop() {
-        let meta = fs::metadata(&dir).map_err(io_err(format!("stat {}", dir.display())))?;
+        let meta = pins::metadata(&dir)?;
         if meta.ino() == id {
             return fs::File::open(&dir).map_err(io_err(format!("opening {}", dir.display())));
         }

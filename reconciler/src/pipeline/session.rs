@@ -39,9 +39,9 @@ impl Session {
         &self.memo
     }
 
-    /// The memo, for the next session.
-    pub fn into_memo(self) -> Memo {
-        self.memo
+    /// The memo, for the next session; this one's is empty from now on.
+    pub fn take_memo(&mut self) -> Memo {
+        std::mem::take(&mut self.memo)
     }
 
     /// The rules from now on (the daemon adds the node's addresses at each run).
@@ -49,6 +49,7 @@ impl Session {
         self.policy = policy;
     }
 
+    /// The data plane this session plans against and applies to.
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
     }
