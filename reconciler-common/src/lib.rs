@@ -21,9 +21,10 @@ pub const MAX_SLOTS: u32 = 1_048_576;
 /// Selection slots of one service: the weights of its usable backends (random), or its
 /// Maglev table.
 pub const MAX_SLOTS_PER_SERVICE: u32 = 65_536;
-/// Entries of `REVERSE`, the LRU map of translated sockets (one per socket and backend):
-/// replies and `getpeername()` of older sockets fall back to the backend's address once
-/// their entry is evicted.
+/// Entries of `REVERSE`, the LRU map of the datagram translations an unconnected socket's
+/// record no longer holds (it talked to another VIP since): such a reply falls back to the
+/// backend's address once its entry is evicted. Connected sockets never need it: their
+/// translation lives in their own storage (`SocketRecord`).
 pub const MAX_REVERSE: u32 = 262_144;
 /// Entries of `AFFINITY`, the LRU map of (service, client) -> backend for services with
 /// session affinity: when it is full, the least recently used client loses its backend.
@@ -79,11 +80,19 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// (`ServiceValue::maglev_client`/`affinity_client`, `Backend::state`), which 2 wrote as 0:
 /// what 2's maps hold means the same in 3. (3 grew over several commits before any of them
 /// was released; every released build has 1, 2 or 3 as it stands here.) 4 added `EXCLUDED`
-/// (cgroup subtrees never translated); the maps of 3 are unchanged in 4.
-pub const LAYOUT_VERSION: u32 = 4;
+/// (cgroup subtrees never translated); the maps of 3 are unchanged in 4. 5 added `SOCKETS`
+/// (each translated socket's record, in its socket-local storage) and `VIPS` (every VIP
+/// address, so a port or protocol no service defines is refused), and grew `EVENTS` from 5
+/// to [`EVENT_SLOTS`] entries (an upgrade copies the counts over, see
+/// `reconciler::dataplane::upgrade`).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Entries of `EXCLUDED`: cgroup subtrees whose processes are never translated.
 pub const MAX_EXCLUDED: u32 = 16;
+
+/// Entries of the per-CPU `EVENTS` array: more than `event::COUNT`, so a new reason needs
+/// no change of the map's shape.
+pub const EVENT_SLOTS: u32 = 16;
 
 /// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
 /// backend, each a reason a syscall was refused or a translation was not made.
@@ -97,10 +106,14 @@ pub mod event {
     /// A reply or `getpeername()` whose `REVERSE` entry named a service or backend that is
     /// no longer live: the entry was deleted and the address left as it was.
     pub const REVERSE_STALE: u32 = 3;
-    /// A translation that could not be recorded in `REVERSE` (the map refused the update).
+    /// A translation that could not be recorded (the socket's storage could not be
+    /// allocated, or for a datagram `REVERSE` refused the update too): refused, as its
+    /// replies and `getpeername()` would show the backend.
     pub const REVERSE_FULL: u32 = 4;
+    /// A known VIP on a port or protocol no service defines: refused, never sent on.
+    pub const UNKNOWN_PORT: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indexes of the per-CPU `AFFINITY_EVENTS` counters.
@@ -214,6 +227,73 @@ pub struct Backend {
     /// The service this backend belongs to (host byte order): reverse and affinity entries
     /// hold only while their backend still belongs to their service.
     pub service_id: u32,
+}
+
+/// Key of `VIPS`: an address that is the VIP of at least one service, in one map set. A
+/// connect or datagram to it that matches no service is refused (`event::UNKNOWN_PORT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// The VIP; see [`Addr`] (network byte order).
+    pub addr: Addr,
+    /// Map set, 0 or 1.
+    pub set: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+/// `SocketRecord::kind`: no record (a zeroed value).
+pub const RECORD_NONE: u8 = 0;
+/// `SocketRecord::kind`: the socket's `connect()` to a VIP; it holds for the socket's life
+/// (until it connects again).
+pub const RECORD_CONNECTED: u8 = 1;
+/// `SocketRecord::kind`: the last datagram an unconnected socket sent to a VIP; its next one
+/// to that service goes to the same backend while the backend stays usable.
+pub const RECORD_DATAGRAM: u8 = 2;
+
+/// Value of `SOCKETS`, socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) that the kernel frees
+/// with its socket: what a socket the data plane translated asked for and got. Replies and
+/// `getpeername()` from `backend` show `vip` again, and an apply finds the connected UDP
+/// sockets of a removed backend through it (the `udp_records` socket iterator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketRecord {
+    /// The VIP; see [`Addr`] (network byte order).
+    pub vip: Addr,
+    /// The backend; see [`Addr`] (network byte order).
+    pub backend: Addr,
+    /// The VIP's port, network byte order.
+    pub vip_port: u16,
+    /// The backend's port, network byte order.
+    pub backend_port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// `RECORD_*`.
+    pub kind: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+    /// Stable service ID (host byte order).
+    pub service_id: u32,
+    /// Stable backend ID (host byte order).
+    pub backend_id: u32,
+}
+
+/// What the `udp_records` socket iterator writes for each connected UDP socket of its
+/// network namespace that has a `RECORD_CONNECTED` record: the sockets an apply may have to
+/// destroy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectedUdp {
+    /// The socket's cookie (host byte order).
+    pub cookie: u64,
+    /// `SocketRecord::backend`; see [`Addr`] (network byte order).
+    pub backend: Addr,
+    /// `SocketRecord::backend_port`, network byte order.
+    pub backend_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+    /// `SocketRecord::backend_id` (host byte order).
+    pub backend_id: u32,
 }
 
 /// Key of `REVERSE`: a socket (by its cookie) and the backend the data plane sent it to.
@@ -487,6 +567,9 @@ mod pod {
     unsafe impl aya::Pod for HealthKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for ExcludedCgroup {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for SocketRecord {}
+    unsafe impl aya::Pod for ConnectedUdp {}
 }
 
 #[cfg(test)]
@@ -510,6 +593,9 @@ mod tests {
         assert_eq!(size_of::<ServiceName>(), NAME_LEN + 1 + 7);
         assert_eq!(size_of::<ReverseKey>(), 8 + 16 + 2 + 6);
         assert_eq!(size_of::<ReverseValue>(), 16 + 2 + 1 + 1 + 4 + 4);
+        assert_eq!(size_of::<VipKey>(), 16 + 1 + 3);
+        assert_eq!(size_of::<ConnectedUdp>(), 8 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<SocketRecord>(), 16 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4);
         assert!(align_of::<Metadata>() <= 8);
     }
 

@@ -1,7 +1,10 @@
 //! The diff step: the entry-level changes that turn one [`MapState`] into another, and the
 //! map writes an apply makes for them. Desired and live state are both a `MapState`, so this
 //! one comparison serves plan, apply, drift and crash repair.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::state::{BackendEntry, Frontend, MapState, ServiceEntry};
 
@@ -14,6 +17,8 @@ pub enum Change {
     Name(u32, Option<String>),
     /// A health exclusion recorded (`true`) or lifted.
     Health(SocketAddr, bool),
+    /// A VIP address added (`true`) or gone (`MapState::vips`).
+    Vip(IpAddr, bool),
 }
 
 impl Change {
@@ -31,6 +36,9 @@ impl MapState {
         diff_maps(&self.services, &desired.services, Change::Service, &mut changes);
         diff_maps(&self.slots, &desired.slots, Change::Slot, &mut changes);
         diff_maps(&self.backends, &desired.backends, Change::Backend, &mut changes);
+        let (live_vips, desired_vips) = (self.vips(), desired.vips());
+        changes.extend(desired_vips.difference(&live_vips).map(|vip| Change::Vip(*vip, true)));
+        changes.extend(live_vips.difference(&desired_vips).map(|vip| Change::Vip(*vip, false)));
         diff_maps(&self.names, &desired.names, Change::Name, &mut changes);
         for addr in desired.health_excluded.difference(&self.health_excluded) {
             changes.push(Change::Health(*addr, true));
@@ -120,9 +128,23 @@ mod tests {
                 Change::Service(frontend("10.0.0.2", 80), None),
                 Change::Slot((1, 1), Some(10)),
                 Change::Backend(11, None),
+                Change::Vip("10.0.0.2".parse().unwrap(), false),
                 Change::Name(1, Some("web".into())),
             ]
         );
-        assert_eq!(changes.iter().filter(|c| c.is_versioned()).count(), 3);
+        assert_eq!(changes.iter().filter(|c| c.is_versioned()).count(), 4);
+
+        // A VIP stays while any port or protocol of it is a service.
+        let mut other_port = live.clone();
+        other_port.services.insert(frontend("10.0.0.2", 81), entry(3, 1));
+        let mut desired = other_port.clone();
+        desired.services.remove(&frontend("10.0.0.2", 80));
+        assert_eq!(
+            other_port.changes_to(&desired),
+            vec![Change::Service(frontend("10.0.0.2", 80), None)]
+        );
+        let added = MapState::default().changes_to(&desired);
+        let vips: Vec<&Change> = added.iter().filter(|c| matches!(c, Change::Vip(..))).collect();
+        assert_eq!(vips.len(), 2, "{added:?}");
     }
 }

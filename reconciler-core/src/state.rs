@@ -231,6 +231,12 @@ mod as_pairs {
 }
 
 impl MapState {
+    /// Every VIP address (`VIPS`): the addresses of the frontends, of any port and protocol.
+    /// Derived from `services`, so it is never out of step with them.
+    pub fn vips(&self) -> BTreeSet<IpAddr> {
+        self.services.keys().map(|frontend| frontend.vip).collect()
+    }
+
     /// The entries of the services named in `names` (by the service part of their frontend
     /// names), with no health exclusions.
     pub fn of_services(&self, names: &BTreeSet<&str>) -> MapState {

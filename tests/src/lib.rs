@@ -497,6 +497,12 @@ impl Session {
         Ok(line.trim().to_owned())
     }
 
+    /// Lets the client go on (a line on its stdin) and reads the next line it prints.
+    pub fn go_on(&mut self) -> Result<String> {
+        self.child.0.stdin.as_mut().context("the client's stdin")?.write_all(b"\n")?;
+        self.line()
+    }
+
     /// Lets the client go on (a line on its stdin); it prints the rest and ends.
     pub fn finish(mut self) -> Result<Vec<String>> {
         self.child.0.stdin.as_mut().context("the client's stdin")?.write_all(b"\n")?;

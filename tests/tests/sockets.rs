@@ -171,14 +171,14 @@ fn getpeername_of_connected_udp_and_tcp_sockets_is_the_vip_over_ipv6() -> Result
 }
 
 #[test]
-fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() -> Result<()> {
-    let mut sandbox = Sandbox::new("stale")?;
+fn a_connected_socket_shows_the_vip_as_its_peer_for_its_whole_life() -> Result<()> {
+    let mut sandbox = Sandbox::new("peerlife")?;
     let b1 = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
     let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&b1])?)?;
     let active = dataplane.status()?.active_set;
     // A TCP socket connected through the VIP asks for its peer, before and after its
-    // backend disappears from the live set behind user space's back (applies also delete
-    // the entries of the backends they remove; this is the programs' own check).
+    // backend disappears from the live set behind user space's back: its record is its own,
+    // so it still names the VIP the application connected to.
     let script = format!(
         "{PRELUDE}
 t = socket.create_connection((host, port), timeout=5)
@@ -193,12 +193,57 @@ print(show(t.getpeername()), flush=True)
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
     delete_by_hand(&sandbox, "BACKENDS", &key)?;
-    assert_eq!(client.finish()?, [b1], "a stale entry still translated");
+    assert_eq!(client.finish()?, ["10.96.0.10:80"]);
+    Ok(())
+}
+
+#[test]
+fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() -> Result<()> {
+    let mut sandbox = Sandbox::new("stale")?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
+    // Two UDP services, one backend each (IDs 1 and 11).
+    let mut desired = udp_service("10.96.0.53:53", &[&b1])?;
+    let second = udp_service("10.96.0.54:53", &[&b2])?;
+    for (frontend, mut entry) in second.services {
+        entry.id = 2;
+        desired.services.insert(frontend, entry);
+    }
+    desired.slots.insert((2, 0), 11);
+    for (_, mut backend) in second.backends {
+        backend.service_id = 2;
+        desired.backends.insert(11, backend);
+    }
+    desired.names.insert(2, "second".into());
+    let dataplane = sandbox.install(&desired)?;
+    let active = dataplane.status()?.active_set;
+    // One unconnected socket talks to both VIPs: its record holds the second, `REVERSE` the
+    // first. Then b1 leaves the live set behind user space's back, and the socket sends to
+    // b1's own address: the reply is b1's, and the stale entry must not make it the VIP's.
+    let script = "
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for target in [('10.96.0.53', 53), ('10.96.0.54', 53)]:
+    s.sendto(b'q', target)
+    data, source = s.recvfrom(512)
+    print(data.decode().strip(), f'{source[0]}:{source[1]}', flush=True)
+sys.stdin.readline()
+s.sendto(b'q', ('127.0.0.11', 5300))
+data, source = s.recvfrom(512)
+print(data.decode().strip(), f'{source[0]}:{source[1]}', flush=True)
+";
+    let mut client = sandbox.python_session(script, &[])?;
+    assert_eq!([client.line()?, client.line()?], ["b1 10.96.0.53:53", "b2 10.96.0.54:53"]);
+
+    let mut key = 1u32.to_le_bytes().to_vec();
+    key.extend([active, 0, 0, 0]);
+    delete_by_hand(&sandbox, "BACKENDS", &key)?;
+    assert_eq!(client.finish()?, [format!("b1 {b1}")], "a stale entry still translated");
     assert_eq!(dataplane.events()?.reverse_stale, 1);
     Ok(())
 }
 
-/// Deletes one entry of a pinned map with bpftool, as an operator (or a bug) might.
 fn delete_by_hand(sandbox: &Sandbox, map: &str, key: &[u8]) -> Result<()> {
     let status = Command::new("bpftool")
         .args(["map", "delete", "pinned"])
@@ -362,5 +407,139 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     // The socket's pending error reaches the next receive; after it the socket is no longer
     // connected, so a send without an address fails too: the client connects again.
     assert_eq!(rest, ["connected ECONNABORTED", "connected EDESTADDRREQ", "unconnected b2"]);
+    Ok(())
+}
+
+/// Packets the sandbox sent to `daddr`, by the nftables counter `vip_leak_counters` set up.
+fn packets_sent_to(sandbox: &Sandbox, daddr: &str) -> Result<u64> {
+    let output =
+        sandbox.command_in_netns("nft").args(["-j", "list", "table", "ip", "leak"]).output()?;
+    ensure!(output.status.success(), "nft: {}", String::from_utf8_lossy(&output.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let rules = listing["nftables"].as_array().context("nft -j output")?;
+    for rule in rules.iter().filter_map(|item| item.get("rule")) {
+        let expr = rule["expr"].as_array().context("rule expressions")?;
+        let matches = expr.iter().any(|e| e["match"]["right"] == daddr);
+        if let Some(counter) = expr.iter().find_map(|e| e.get("counter")).filter(|_| matches) {
+            return counter["packets"].as_u64().context("counter packets");
+        }
+    }
+    anyhow::bail!("no counter for {daddr}")
+}
+
+/// A default route out of the sandbox through a veth, with an nftables counter per
+/// destination on the way out: what would leave the node.
+fn vip_leak_counters(sandbox: &Sandbox, daddrs: &[&str]) -> Result<()> {
+    for argv in [
+        &["ip", "link", "add", "out0", "type", "veth", "peer", "name", "out0p"][..],
+        &["ip", "addr", "add", "192.0.2.1/24", "dev", "out0"],
+        &["ip", "link", "set", "out0", "up"],
+        &["ip", "link", "set", "out0p", "up"],
+        // A neighbour entry, so the gateway needs no ARP before a packet can leave.
+        &["ip", "neigh", "add", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "out0"],
+        &["ip", "route", "add", "default", "via", "192.0.2.2", "dev", "out0"],
+        &["nft", "add", "table", "ip", "leak"],
+        &["nft", "add", "chain", "ip", "leak", "out", "{ type filter hook output priority 0 ; }"],
+    ] {
+        sandbox.run(argv)?;
+    }
+    for daddr in daddrs {
+        sandbox
+            .run(&["nft", "add", "rule", "ip", "leak", "out", "ip", "daddr", daddr, "counter"])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_vip_is_closed_on_every_port_and_protocol_no_service_defines() -> Result<()> {
+    let mut sandbox = Sandbox::new("unknown-port")?;
+    let backend = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
+    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&backend])?)?;
+    vip_leak_counters(&sandbox, &["10.96.0.10", "10.96.0.99"])?;
+    // TCP to another port of the VIP, UDP to its TCP port and to another port: refused at
+    // once. UDP to an address that is no VIP leaves, as it should (the counter's control).
+    let script = "
+import socket, errno
+def outcome(call):
+    try:
+        call()
+        return 'sent'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.settimeout(3)
+print('tcp 81', outcome(lambda: t.connect(('10.96.0.10', 81))))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print('udp 80', outcome(lambda: u.sendto(b'q', ('10.96.0.10', 80))))
+print('udp 81', outcome(lambda: u.sendto(b'q', ('10.96.0.10', 81))))
+print('other', outcome(lambda: u.sendto(b'q', ('10.96.0.99', 80))))
+";
+    let lines = python(&sandbox, script, &[])?;
+    assert_eq!(
+        lines,
+        ["tcp 81 ECONNREFUSED", "udp 80 ECONNREFUSED", "udp 81 ECONNREFUSED", "other sent"]
+    );
+    assert_eq!(packets_sent_to(&sandbox, "10.96.0.10")?, 0, "a packet left for the VIP");
+    assert_eq!(packets_sent_to(&sandbox, "10.96.0.99")?, 1);
+    assert_eq!(dataplane.events()?.unknown_port, 3);
+    // The service's own port still works.
+    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 3)?.replies.get("b1"), Some(&3));
+    Ok(())
+}
+
+#[test]
+fn unconnected_udp_sockets_keep_their_backend_while_it_stays_usable() -> Result<()> {
+    let mut sandbox = Sandbox::new("udp-keep")?;
+    let vip = "10.96.0.53:53";
+    let b: Vec<String> = (1..=3)
+        .map(|i| {
+            Ok(sandbox.serve_udp(&format!("127.0.0.1{i}:5300"), &format!("b{i}"))?.to_string())
+        })
+        .collect::<Result<_>>()?;
+    let two = udp_service(vip, &[&b[0], &b[1]])?;
+    let mut dataplane = sandbox.install(&two)?;
+    // 40 unconnected sockets; at each step every one sends a datagram to the VIP and the
+    // client prints the backend that answered each, in socket order.
+    let script = "
+import socket, sys
+sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(40)]
+def round():
+    names = []
+    for s in sockets:
+        s.settimeout(5)
+        s.sendto(b'q', ('10.96.0.53', 53))
+        names.append(s.recvfrom(512)[0].decode().strip())
+    print(' '.join(names), flush=True)
+round()
+for line in sys.stdin:
+    round()
+";
+    let mut client = sandbox.python_session(script, &[])?;
+    let first: Vec<String> = client.line()?.split(' ').map(str::to_owned).collect();
+    assert_eq!(first.len(), 40);
+    assert!(first.iter().any(|n| n == "b1") && first.iter().any(|n| n == "b2"), "{first:?}");
+
+    // A third backend: no socket moves.
+    let three = udp_service(vip, &[&b[0], &b[1], &b[2]])?;
+    dataplane.apply(&three, ApplyTo::default())?;
+    let second: Vec<String> = client.go_on()?.split(' ').map(str::to_owned).collect();
+    assert_eq!(second, first, "sockets moved when a backend was added");
+
+    // b1 leaves: its sockets move, and only they.
+    let mut without_b1 = three.clone();
+    without_b1.backends.remove(&1);
+    without_b1.slots = [((1, 0), 2), ((1, 1), 3)].into();
+    for entry in without_b1.services.values_mut() {
+        entry.slot_count = 2;
+    }
+    dataplane.apply(&without_b1, ApplyTo::default())?;
+    let third: Vec<String> = client.go_on()?.split(' ').map(str::to_owned).collect();
+    for (before, after) in first.iter().zip(&third) {
+        if before == "b1" {
+            assert_ne!(after, "b1", "{third:?}");
+        } else {
+            assert_eq!(after, before, "a socket of a backend that stayed moved: {third:?}");
+        }
+    }
     Ok(())
 }

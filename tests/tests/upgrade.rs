@@ -5,14 +5,14 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     EbpfLoader,
 };
 use reconciler::dataplane::{self, Dataplane, Upgraded};
 use reconciler_common::{
-    ipv4_mapped, Backend, BackendCounters, BackendKey, Metadata, ServiceKey, ServiceValue, SlotKey,
-    LAYOUT_VERSION, PROTO_TCP, REVISION_LEN,
+    event, ipv4_mapped, Backend, BackendCounters, BackendKey, Metadata, ServiceKey, ServiceValue,
+    SlotKey, LAYOUT_VERSION, PROTO_TCP, REVISION_LEN,
 };
 use reconciler_tests::{one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
 
@@ -58,29 +58,57 @@ const LAYOUT2: Layout = Layout {
     programs: &dataplane::PROGRAMS,
 };
 
+/// Layout 3's maps; layout 4 added `EXCLUDED`.
+const LAYOUT3_MAPS: [&str; 16] = [
+    "ACTIVE_SET",
+    "SERVICES",
+    "SLOTS",
+    "BACKENDS",
+    "BACKEND_COUNTS",
+    "SERVICE_COUNTS",
+    "METADATA",
+    "SERVICE_NAMES",
+    "REVERSE",
+    "EVENTS",
+    "AFFINITY",
+    "AFFINITY_EVENTS",
+    "TRACE",
+    "TRACE_ON",
+    "TRACE_DROPS",
+    "HEALTH_EXCLUDED",
+];
+
+/// `base` and `extra` after it.
+const fn appended<const N: usize, const M: usize>(
+    base: [&'static str; N],
+    extra: &'static str,
+) -> [&'static str; M] {
+    let mut all = [extra; M];
+    let mut index = 0;
+    while index < N {
+        all[index] = base[index];
+        index += 1;
+    }
+    all
+}
+
 const LAYOUT3: Layout = Layout {
     version: 3,
     object: include_bytes!("../fixtures/reconciler-ebpf-layout3.o"),
-    maps: &[
-        "ACTIVE_SET",
-        "SERVICES",
-        "SLOTS",
-        "BACKENDS",
-        "BACKEND_COUNTS",
-        "SERVICE_COUNTS",
-        "METADATA",
-        "SERVICE_NAMES",
-        "REVERSE",
-        "EVENTS",
-        "AFFINITY",
-        "AFFINITY_EVENTS",
-        "TRACE",
-        "TRACE_ON",
-        "TRACE_DROPS",
-        "HEALTH_EXCLUDED",
-    ],
+    maps: &LAYOUT3_MAPS,
     programs: &dataplane::PROGRAMS,
 };
+
+const LAYOUT4: Layout = Layout {
+    version: 4,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout4.o"),
+    maps: &appended::<16, 17>(LAYOUT3_MAPS, "EXCLUDED"),
+    programs: &dataplane::PROGRAMS,
+};
+
+/// Refusals for want of a backend that `install_old` writes into an old `EVENTS`, which the
+/// upgrade must carry over.
+const OLD_NO_BACKEND: u64 = 7;
 
 /// Translations to backend 1 that `layout`'s own programs counted: in `BACKEND_STATS`
 /// before layout 3, in `BACKEND_COUNTS` since.
@@ -159,6 +187,14 @@ fn install_old(
         _pad2: [0; 7],
     };
     metadata.set(0, record, 0)?;
+    if layout.maps.contains(&"EVENTS") {
+        let mut events: PerCpuArray<&mut MapData, u64> =
+            ebpf.map_mut("EVENTS").context("EVENTS")?.try_into()?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut values = vec![0; cpus];
+        values[0] = OLD_NO_BACKEND;
+        events.set(event::NO_BACKEND, PerCpuValues::try_from(values)?, 0)?;
+    }
     let cgroup = std::fs::File::open(sandbox.cgroup())?;
     for name in layout.programs {
         let program: &mut CgroupSockAddr = ebpf.program_mut(name).context(name)?.try_into()?;
@@ -188,6 +224,11 @@ fn a_layout_2_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
 #[test]
 fn a_layout_3_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
     upgrade_under_load(&LAYOUT3, &[])
+}
+
+#[test]
+fn a_layout_4_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    upgrade_under_load(&LAYOUT4, &[])
 }
 
 /// Installs `layout`, upgrades it while three clients connect, and checks that no connect
@@ -245,6 +286,15 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
     // upgrade has nothing to do.
     assert_eq!(map_id(sandbox.pin_path(), "SERVICES")?, services_before);
     assert!(!sandbox.pin_path().join("BACKEND_STATS").exists(), "the retired map is pinned");
+    assert!(!sandbox.pin_path().join("EVENTS_OUTGROWN").exists(), "the outgrown map is pinned");
+    // The old counts carried over into the grown EVENTS, and VIPS filled from SERVICES: the
+    // VIP is closed on its other ports.
+    let carried = if layout.maps.contains(&"EVENTS") { OLD_NO_BACKEND } else { 0 };
+    let upgraded_dataplane = Dataplane::open(sandbox.pin_path())?;
+    assert_eq!(upgraded_dataplane.events()?.no_backend, carried);
+    let other_port = sandbox.probe_tcp("10.96.0.10:81", 2)?;
+    assert_eq!(other_port.errors.get("ECONNREFUSED"), Some(&2), "{other_port:?}");
+    assert_eq!(upgraded_dataplane.events()?.unknown_port, 2);
     assert_eq!(sandbox.attached_programs()?, DATA_PLANE_PROGRAMS);
     let live = Dataplane::open(sandbox.pin_path())?.read_live()?;
     let mut expected = one_service("10.96.0.10:80", &[&backend.to_string()])?;
@@ -347,19 +397,19 @@ fn a_pinned_map_whose_shape_changed_is_not_reused() -> Result<()> {
     let mut sandbox = Sandbox::new("upgrade-shape")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     install_old(&LAYOUT2, &sandbox, "10.96.0.10:80".parse()?, backend)?;
-    // EVENTS as some other build might have made it: 3 counters instead of 5.
+    // EVENTS as some other build might have made it: 4-byte counters instead of 8.
     let events = sandbox.pin_path().join("EVENTS");
     std::fs::remove_file(&events)?;
     let output = std::process::Command::new("bpftool")
         .args(["map", "create"])
         .arg(&events)
-        .args(["type", "percpu_array", "key", "4", "value", "8", "entries", "3", "name", "EVENTS"])
+        .args(["type", "percpu_array", "key", "4", "value", "4", "entries", "5", "name", "EVENTS"])
         .output()
         .context("running bpftool (installed by `make setup`)")?;
     ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
     let err = dataplane::upgrade(sandbox.pin_path()).err().context("upgraded a changed map")?;
     let message = err.to_string();
-    assert!(message.contains("pinned map EVENTS (key 4 B, value 8 B, 3 entries)"), "{message}");
+    assert!(message.contains("pinned map EVENTS (key 4 B, value 4 B, 5 entries)"), "{message}");
     // Refused before anything was replaced: the old programs still serve.
     assert_eq!(sandbox.attached_programs()?, LAYOUT2.programs.len());
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));

@@ -172,8 +172,9 @@ fn changed_services(live: &MapState, desired: &MapState, changes: &[Change]) -> 
                 ids.extend(live.backends.get(id).map(|b| b.service_id));
                 ids.extend(desired.backends.get(id).map(|b| b.service_id));
             }
-            // A health exclusion shows through its backend's state, a backend change.
-            Change::Health(..) => {}
+            // A health exclusion shows through its backend's state, a backend change; a VIP
+            // through its services'.
+            Change::Health(..) | Change::Vip(..) => {}
         }
     }
     ids

@@ -113,13 +113,15 @@ impl<'a> Report<'a> {
             if status.standby_dirty { ", standby being repaired" } else { "" }
         );
         println!(
-            "Refused:      {} with no backend, {} slot misses, {} backend misses",
-            events.no_backend, events.slot_miss, events.backend_miss
+            "Refused:      {} with no backend, {} slot misses, {} backend misses, {} to an \
+             unknown port, {} not recordable",
+            events.no_backend,
+            events.slot_miss,
+            events.backend_miss,
+            events.unknown_port,
+            events.reverse_full
         );
-        println!(
-            "Replies:      {} stale reverse entries dropped, {} translations not recorded",
-            events.reverse_stale, events.reverse_full
-        );
+        println!("Replies:      {} stale reverse entries dropped", events.reverse_stale);
         println!(
             "Affinity:     {} hits, {} misses, {} entries dropped",
             events.affinity_hits, events.affinity_misses, events.affinity_dropped

@@ -16,10 +16,7 @@
 //! and the standby is free of readers when the next apply starts. A crash in steps 2-5 leaves
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
-};
+use std::collections::BTreeSet;
 
 use aya::maps::IterableMap as _;
 use reconciler_common::{
@@ -28,7 +25,7 @@ use reconciler_common::{
 use reconciler_core::{diff::Change, state::MapState};
 
 use super::{
-    batch, destroy, encode,
+    batch, destroy,
     error::{io_err, map_err, DataplaneError, Result},
     grace::wait_for_readers,
     pins::lock,
@@ -392,11 +389,11 @@ impl Dataplane {
         .map_err(io_err("zeroing BACKEND_COUNTS"))
     }
 
-    /// After an apply from `live` to `desired`: the reverse entries of backends that are gone
-    /// (or moved) are deleted, and the connected UDP sockets they name are destroyed (see
-    /// `destroy`); a backend put in maintenance or found unhealthy loses its UDP entries and
-    /// sockets alike (its TCP connections are the backend's to end). Returns how many sockets
-    /// were destroyed.
+    /// After an apply from `live` to `desired`: the `REVERSE` entries of backends that are
+    /// gone (or moved) are deleted, and the connected UDP sockets whose record names them are
+    /// destroyed (see `destroy`); a backend put in maintenance or found unhealthy loses its
+    /// UDP entries and sockets alike (its TCP connections are the backend's to end). Returns
+    /// how many sockets were destroyed.
     fn forget_removed_backends(&self, live: &MapState, desired: &MapState) -> Result<usize> {
         let mut removed = BTreeSet::new();
         let mut to_maintenance = BTreeSet::new();
@@ -417,27 +414,17 @@ impl Dataplane {
         }
         let entries = batch::lookup_all::<ReverseKey, ReverseValue>(&self.reverse)
             .map_err(io_err("reading REVERSE"))?;
-        let stale: Vec<(ReverseKey, ReverseValue)> = entries
+        let stale: Vec<ReverseKey> = entries
             .into_iter()
             .filter(|(_, value)| {
                 removed.contains(&value.backend_id)
                     || (to_maintenance.contains(&value.backend_id) && value.protocol == PROTO_UDP)
             })
+            .map(|(key, _)| key)
             .collect();
-        let udp: BTreeMap<u64, SocketAddr> = stale
-            .iter()
-            .filter(|(_, value)| value.protocol == PROTO_UDP)
-            .map(|(key, _)| {
-                (
-                    key.cookie,
-                    SocketAddr::new(encode::words_to_addr(&key.addr), u16::from_be(key.port)),
-                )
-            })
-            .collect();
-        let keys: Vec<ReverseKey> = stale.into_iter().map(|(key, _)| key).collect();
-        batch::delete_all(&self.reverse, &keys).map_err(io_err("deleting from REVERSE"))?;
-        destroy::connected_udp_sockets(&udp)
-            .map_err(io_err("destroying the connected UDP sockets of removed backends"))
+        batch::delete_all(&self.reverse, &stale).map_err(io_err("deleting from REVERSE"))?;
+        let doomed: BTreeSet<u32> = removed.union(&to_maintenance).copied().collect();
+        destroy::connected_udp_sockets(&self.pin_path, &doomed)
     }
 }
 

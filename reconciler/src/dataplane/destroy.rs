@@ -4,17 +4,25 @@
 //! most reported pain of Cilium's socket LB). Unconnected sockets are left alone (their next
 //! `sendto()` is translated afresh) and so are TCP sockets (the backend's RST ends them).
 //!
-//! How: netlink `SOCK_DESTROY` over `inet_diag` (`CONFIG_INET_DIAG_DESTROY`), not the
-//! `bpf_sock_destroy` kfunc from a socket iterator: it needs no further BPF program, link or
-//! verifier-visible state, and it names one socket exactly (its 4-tuple and cookie), so a
-//! socket that happens to share an address is never hit. Both see one network namespace at a
-//! time, so every namespace with a process in it is visited; sockets are matched by the
-//! cookie the data plane recorded in `REVERSE`, which is unique on the machine.
+//! How: the `udp_records` socket iterator (`records`) lists the connected UDP sockets of a
+//! network namespace whose record (`SOCKETS`, the socket's own storage) names a backend, with
+//! their cookies; netlink `SOCK_DESTROY` over `inet_diag` (`CONFIG_INET_DIAG_DESTROY`)
+//! destroys those whose backend is doomed, named exactly by 4-tuple and cookie. The record
+//! lives with the socket, so no number of other translations in between can hide one (an
+//! LRU could). `sock_diag` itself cannot read socket storage of UDP sockets (the kernel
+//! fills `INET_DIAG_SK_BPF_STORAGES` for TCP only), and the iterator cannot destroy: the
+//! `bpf_sock_destroy` kfunc needs kfunc relocations, which aya 0.14 does not make. Both
+//! see one network namespace at a time, so every namespace with a process in it is
+//! visited.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     net::SocketAddr,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsRawFd as _, BorrowedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
 };
 
 use netlink_packet_core::{
@@ -27,28 +35,59 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
-/// Destroys the UDP sockets among `targets` (socket cookie -> the backend it was connected
-/// to) that are still connected to that backend, in every network namespace; returns how
-/// many were destroyed.
-pub(super) fn connected_udp_sockets(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+use super::{
+    encode,
+    error::{io_err, Result},
+    records::{self, UdpRecords},
+};
+
+/// Destroys the connected UDP sockets whose record (`SOCKETS`, in the data plane pinned at
+/// `pin_path`) names one of the backend IDs `doomed` and that are still connected to that
+/// backend, in every network namespace; returns how many were destroyed.
+pub(super) fn connected_udp_sockets(pin_path: &Path, doomed: &BTreeSet<u32>) -> Result<usize> {
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let records = UdpRecords::load(pin_path)?;
+    let mut destroyed = 0;
+    let namespaces = network_namespaces().map_err(io_err("listing network namespaces"))?;
+    for namespace in namespaces {
+        let link = records.link();
+        // setns() changes the calling thread's namespace only: a thread of its own.
+        destroyed += std::thread::scope(|scope| {
+            scope
+                .spawn(|| in_namespace(&namespace, link, doomed))
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the socket-destroying thread panicked")))
+        })
+        .map_err(io_err("destroying the connected UDP sockets of removed backends"))?;
+    }
+    Ok(destroyed)
+}
+
+/// In a thread of its own: enters `namespace`, reads its connected UDP sockets' records
+/// through `link` and destroys the doomed ones.
+fn in_namespace(
+    namespace: &fs::File,
+    link: BorrowedFd<'_>,
+    doomed: &BTreeSet<u32>,
+) -> io::Result<usize> {
+    // SAFETY: a file descriptor of a network namespace, open for the call.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let targets: BTreeMap<u64, SocketAddr> = records::read(link)?
+        .into_iter()
+        .filter(|found| doomed.contains(&found.backend_id))
+        .map(|found| {
+            let backend = encode::words_to_addr(&found.backend);
+            (found.cookie, canonical(SocketAddr::new(backend, u16::from_be(found.backend_port))))
+        })
+        .collect();
     if targets.is_empty() {
         return Ok(0);
     }
-    let mut destroyed = 0;
-    for namespace in network_namespaces()? {
-        let targets = targets.clone();
-        // setns() changes the calling thread's namespace only: a thread of its own.
-        destroyed += std::thread::spawn(move || -> io::Result<usize> {
-            // SAFETY: a file descriptor of a network namespace, owned for the call.
-            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            in_this_namespace(&targets)
-        })
-        .join()
-        .map_err(|_| io::Error::other("the socket-destroying thread panicked"))??;
-    }
-    Ok(destroyed)
+    in_this_namespace(&targets)
 }
 
 /// One open `/proc/PID/ns/net` per network namespace that has a process in it. Opened while
@@ -108,6 +147,8 @@ fn diag_socket() -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Destroys the UDP sockets among `targets` (socket cookie -> the backend it was connected
+/// to) that are still connected to that backend, in this thread's network namespace.
 fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
     let socket = diag_socket()?;
     let mut doomed = Vec::new();
@@ -116,16 +157,15 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
             family,
             protocol: IPPROTO_UDP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
+            states: StateFlags::ESTABLISHED,
             socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
         };
         send(&socket, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request))?;
         receive(&socket, |message: NetlinkMessage<SockDiagMessage>| match message.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                 let id = &response.header.socket_id;
-                let peer =
-                    SocketAddr::new(id.destination_address.to_canonical(), id.destination_port);
-                if targets.get(&cookie(&id.cookie)) == Some(&canonical(peer)) {
+                let peer = canonical(SocketAddr::new(id.destination_address, id.destination_port));
+                if targets.get(&cookie(&id.cookie)) == Some(&peer) {
                     doomed.push((response.header.family, id.clone()));
                 }
                 Ok(false)
@@ -135,8 +175,7 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
             _ => Ok(false),
         })?;
     }
-    // Every socket is tried, whatever an earlier one's answer: their REVERSE entries are gone,
-    // so no later apply tries them again. The first refusal is the error.
+    // Every socket is tried, whatever an earlier one's answer. The first refusal is the error.
     let (mut destroyed, mut first_error) = (0, None);
     for (family, socket_id) in doomed {
         match destroy_one(&socket, family, socket_id).and_then(self::destroyed) {

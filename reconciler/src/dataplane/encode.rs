@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use reconciler_common::{
     ipv4_of_mapped, Addr, Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue,
-    SlotKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
+    SlotKey, VipKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
     BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN,
 };
 use reconciler_core::state::{
@@ -131,6 +131,10 @@ pub(crate) fn name_value(name: &str) -> ServiceName {
     let mut value = ServiceName { name: [0; NAME_LEN], len: end as u8, _pad: [0; 7] };
     value.name[..end].copy_from_slice(&name.as_bytes()[..end]);
     value
+}
+
+pub(crate) fn vip_key(vip: IpAddr, set: u8) -> VipKey {
+    VipKey { addr: addr_to_words(vip), set, _pad: [0; 3] }
 }
 
 pub(crate) fn health_key(addr: &SocketAddr) -> HealthKey {

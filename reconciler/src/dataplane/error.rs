@@ -84,6 +84,11 @@ pub enum DataplaneError {
     Map { what: String, error: MapError },
     #[error("loading the BPF programs: {0}")]
     Load(aya::EbpfError),
+    #[error(
+        "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF), which the \
+         socket iterator that finds connected UDP sockets needs: {0}"
+    )]
+    Btf(aya::BtfError),
     #[error("program {program}: {error}")]
     Program { program: &'static str, error: ProgramError },
     #[error("listing the loaded BPF programs: {0}")]

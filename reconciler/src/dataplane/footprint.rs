@@ -10,7 +10,7 @@ use std::{
 use aya::maps::{MapData, MapType};
 use reconciler_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, HealthKey, ReverseKey, ReverseValue,
-    ServiceKey, ServiceName, ServiceValue, SlotKey,
+    ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
 };
 
 use super::{
@@ -50,9 +50,11 @@ pub struct MapFootprint {
     /// The map's type, as bpftool names it (`hash`, `lru_hash`, `array`, `percpu_array`,
     /// `ringbuf`).
     pub kind: &'static str,
-    /// Entries it can hold (for a ring buffer, bytes).
+    /// Entries it can hold (for a ring buffer, bytes; 0 for socket storage, one entry per
+    /// socket).
     pub capacity: u32,
-    /// Entries it holds; `None` for arrays (every entry exists) and ring buffers.
+    /// Entries it holds; `None` for arrays (every entry exists), ring buffers and socket
+    /// storage (its entries live with the sockets, charged to them).
     pub entries: Option<usize>,
     /// Kernel memory it locks, in bytes.
     pub memory_bytes: u64,
@@ -106,6 +108,7 @@ impl Dataplane {
             "SERVICES" => {
                 batch::count::<ServiceKey, ServiceValue>(&self.services).map_err(read(name))?
             }
+            "VIPS" => batch::count::<VipKey, u32>(&self.vips).map_err(read(name))?,
             "SLOTS" => batch::count::<SlotKey, u32>(&self.slots).map_err(read(name))?,
             "BACKENDS" => {
                 batch::count::<BackendKey, Backend>(&self.backends).map_err(read(name))?
@@ -146,6 +149,7 @@ fn kind_name(kind: MapType) -> &'static str {
         MapType::PerCpuHash => "percpu_hash",
         MapType::LruPerCpuHash => "lru_percpu_hash",
         MapType::RingBuf => "ringbuf",
+        MapType::SkStorage => "sk_storage",
         _ => "other",
     }
 }

@@ -229,6 +229,7 @@ impl Dataplane {
             pin_path: pin_path.to_owned(),
             active_set: typed_map(pin_path, "ACTIVE_SET")?,
             services: map_data(pin_path, "SERVICES")?,
+            vips: map_data(pin_path, "VIPS")?,
             slots: map_data(pin_path, "SLOTS")?,
             backends: map_data(pin_path, "BACKENDS")?,
             backend_counts: typed_map(pin_path, "BACKEND_COUNTS")?,

@@ -9,6 +9,7 @@
 //!
 //! - `install`: install (load, pin, attach), open from the pins, uninstall;
 //! - `upgrade`: bring a data plane pinned by an older build up to this one, in place;
+//!   `migrate`: the maps it changes (a grown counter array, a derived map filled);
 //! - `apply`: the apply protocol, which writes a desired state without a connect seeing half
 //!   of it; `grace`: its RCU wait (an update of a map of maps);
 //! - `read`: the metadata, the sets, the counters, the events, the affinity entries;
@@ -21,7 +22,8 @@
 //! - `encode`: the typed content to and from the map entries the programs read;
 //! - `write`: writing changes into one set, in batches per map;
 //! - `batch`: batched hash map reads and writes; `sys`: bpf(2) for what aya does not do;
-//! - `destroy`: destroying connected UDP sockets whose backend an apply took away;
+//! - `destroy`: destroying connected UDP sockets whose backend an apply took away, found by
+//!   the `udp_records` socket iterator (`records`);
 //! - `error`: [`DataplaneError`].
 mod apply;
 mod batch;
@@ -32,10 +34,12 @@ mod exclude;
 mod footprint;
 mod grace;
 mod install;
+mod migrate;
 mod ours;
 mod pins;
 mod programs;
 mod read;
+mod records;
 mod sys;
 pub mod trace;
 mod upgrade;
@@ -68,15 +72,17 @@ pub const PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
-const MAPS: [&str; 17] = [
+const MAPS: [&str; 19] = [
     "ACTIVE_SET",
     "SERVICES",
+    "VIPS",
     "SLOTS",
     "BACKENDS",
     "BACKEND_COUNTS",
     "SERVICE_COUNTS",
     "METADATA",
     "SERVICE_NAMES",
+    "SOCKETS",
     "REVERSE",
     "EVENTS",
     "AFFINITY",
@@ -87,10 +93,10 @@ const MAPS: [&str; 17] = [
     "HEALTH_EXCLUDED",
     "EXCLUDED",
 ];
-/// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`):
-/// still recognised as ours, removed by an upgrade once no program reads them, and by
-/// uninstall.
-const RETIRED_MAPS: [&str; 1] = ["BACKEND_STATS"];
+/// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`; 5
+/// outgrew the first `EVENTS`, see `migrate`): still recognised as ours, removed by an
+/// upgrade once no program reads them, and by uninstall.
+const RETIRED_MAPS: [&str; 2] = ["BACKEND_STATS", "EVENTS_OUTGROWN"];
 
 /// An installed data plane, opened from its pins.
 pub struct Dataplane {
@@ -98,6 +104,7 @@ pub struct Dataplane {
     active_set: Array<MapData, u32>,
     // The hash maps are read and written in batches (see `batch`), so they stay untyped.
     services: MapData,
+    vips: MapData,
     slots: MapData,
     backends: MapData,
     backend_counts: PerCpuArray<MapData, BackendCounters>,

@@ -29,8 +29,10 @@ pub struct Events {
     pub backend_miss: u64,
     /// Reverse entries found stale (service or backend gone) and deleted.
     pub reverse_stale: u64,
-    /// Translations that could not be recorded for the replies.
+    /// Translations that could not be recorded for the replies: refused.
     pub reverse_full: u64,
+    /// Connects and datagrams to a VIP on a port or protocol no service defines: refused.
+    pub unknown_port: u64,
     /// Connects that a session affinity entry sent to its backend.
     pub affinity_hits: u64,
     /// Connects of clients with no affinity entry, or an expired one.
@@ -246,6 +248,7 @@ impl Dataplane {
             backend_miss: event(event::BACKEND_MISS)?,
             reverse_stale: event(event::REVERSE_STALE)?,
             reverse_full: event(event::REVERSE_FULL)?,
+            unknown_port: event(event::UNKNOWN_PORT)?,
             affinity_hits: affinity(affinity::HIT)?,
             affinity_misses: affinity(affinity::MISS)?,
             affinity_dropped: affinity(affinity::DROPPED)?,

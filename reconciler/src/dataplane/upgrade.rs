@@ -5,9 +5,10 @@
 //! 1. The maps: every pinned map is reused as it is (the new object is loaded against the
 //!    pins, `EbpfLoader::map_pin_path`), and the maps this build adds are created and pinned
 //!    then, so they exist before any program that reads them runs. Each reused map is
-//!    checked against this build's definition first (aya reuses a pin as it finds it): a
-//!    layout change to an existing map would need a migration step here; none has happened
-//!    yet (layouts only add maps, or give meaning to bytes that were zero padding).
+//!    checked against this build's definition first (aya reuses a pin as it finds it). The
+//!    one change to an existing map so far, a counter array grown (`EVENTS` in layout 5), is
+//!    migrated by `migrate`: the old pin set aside, a new map created, the counts copied; and
+//!    a map derived from another (`VIPS` from `SERVICES`) is filled before step 2.
 //! 2. The programs: each hook that has a pinned link gets the new program through
 //!    `BPF_LINK_UPDATE`, which swaps the program in one step (a connect runs the old program
 //!    or the new one, never none); each hook without one is attached and its link pinned.
@@ -20,19 +21,20 @@ use std::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
-    path::{Path, PathBuf},
+    path::Path,
 };
 
-use aya::{maps::MapData, EbpfLoader};
+use aya::maps::MapData;
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use reconciler_common::LAYOUT_VERSION;
 
 use super::{
     error::{io_err, map_err, DataplaneError, Result},
+    migrate,
     pins::{
         self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
     },
-    programs::{attach_and_pin, loaded_program},
+    programs::{attach_and_pin, load_against_pins, loaded_program},
     sys, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
@@ -74,13 +76,11 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
             expected: LAYOUT_VERSION,
         });
     }
+    migrate::set_aside_outgrown(pin_path)?;
     check_reused_maps(pin_path)?;
-    let mut loader = EbpfLoader::new();
-    let pins: Vec<PathBuf> = MAPS.iter().map(|name| pin_path.join(name)).collect();
-    for (name, pin) in MAPS.iter().zip(&pins) {
-        loader.map_pin_path(name, pin.as_path());
-    }
-    let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+    let mut ebpf = load_against_pins(pin_path)?;
+    migrate::copy_outgrown_counts(pin_path)?;
+    migrate::fill_vips(pin_path)?;
 
     let mut metadata = metadata_map(pin_path)?;
     let mut record = metadata.get(&0, 0).map_err(map_err("reading METADATA"))?;

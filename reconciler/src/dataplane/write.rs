@@ -4,7 +4,7 @@ use std::io;
 
 use aya::maps::MapData;
 use reconciler_common::{
-    Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
 };
 use reconciler_core::diff::Change;
 
@@ -47,6 +47,14 @@ impl Dataplane {
                         None => batches.backends.1.push(key),
                     }
                 }
+                Change::Vip(vip, present) => {
+                    let key = encode::vip_key(*vip, set);
+                    if *present {
+                        batches.vips.0.push((key, 1));
+                    } else {
+                        batches.vips.1.push(key);
+                    }
+                }
                 Change::Name(id, value) => match value {
                     Some(name) => batches.names.0.push((*id, encode::name_value(name))),
                     None => batches.names.1.push(*id),
@@ -63,6 +71,7 @@ impl Dataplane {
         }
         let what = |map: &str| io_err(format!("writing {map} (set {set})"));
         batches.services.write(&self.services).map_err(what("SERVICES"))?;
+        batches.vips.write(&self.vips).map_err(what("VIPS"))?;
         batches.slots.write(&self.slots).map_err(what("SLOTS"))?;
         batches.backends.write(&self.backends).map_err(what("BACKENDS"))?;
         batches.names.write(&self.names).map_err(what("SERVICE_NAMES"))?;
@@ -94,6 +103,7 @@ impl<K: aya::Pod, V: aya::Pod> MapBatch<K, V> {
 #[derive(Default)]
 struct Batches {
     services: MapBatch<ServiceKey, ServiceValue>,
+    vips: MapBatch<VipKey, u32>,
     slots: MapBatch<SlotKey, u32>,
     backends: MapBatch<BackendKey, Backend>,
     names: MapBatch<u32, ServiceName>,
@@ -103,6 +113,7 @@ struct Batches {
 impl Batches {
     fn len(&self) -> usize {
         self.services.len()
+            + self.vips.len()
             + self.slots.len()
             + self.backends.len()
             + self.names.len()

@@ -21,7 +21,8 @@ use reconciler_core::{
 /// with a clean standby and no health exclusions, the services that differ between the
 /// recorded revision's files and `desired`'s (by the parses of the files that changed) are
 /// compiled against the recorded state, and their entries are read from both sets to confirm
-/// the record. `None` when any of that does not hold: the caller takes the full path.
+/// the record. `None` when any of that does not hold, or when they give up a VIP address:
+/// the caller takes the full path.
 ///
 /// Hand edits to entries of services that did not change are not seen here; `plan --refresh`
 /// reads everything.
@@ -60,6 +61,11 @@ pub(super) fn plan(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Op
         .collect();
     let before = record.state.of_services(&touched);
     let after = compile(&services, &record.state, &BTreeSet::new())?;
+    // A VIP the touched services give up may still be another service's: only the full
+    // path, which sees every service, may delete it from `VIPS`.
+    if !before.vips().is_subset(&after.vips()) {
+        return Ok(None);
+    }
     // The set's total, which the compile of the touched services alone cannot see.
     compile::slot_capacity(record.state.slots.len() - before.slots.len() + after.slots.len())?;
     if !dataplane.confirm(&before, &after)? {
