@@ -543,3 +543,52 @@ for line in sys.stdin:
     }
     Ok(())
 }
+
+#[test]
+fn a_connected_udp_socket_keeps_its_record_through_a_million_and_a_half_translations() -> Result<()>
+{
+    let mut sandbox = Sandbox::new("record-life")?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
+    let vip = "10.96.0.53:53";
+    let mut dataplane = sandbox.install(&udp_service(vip, &[&b1])?)?;
+    let script = format!(
+        "{PRELUDE}
+import errno
+c = socket.socket(family, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect((host, port))
+c.send(b'q')
+print(c.recv(512).decode().strip(), show(c.getpeername()), flush=True)
+sys.stdin.readline()
+print(show(c.getpeername()), flush=True)
+sys.stdin.readline()
+try:
+    print(c.recv(512))
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+"
+    );
+    let (host, port) = host_and_port(vip)?;
+    let mut client = sandbox.python_session(&script, &[host, port])?;
+    assert_eq!(client.line()?, format!("b1 {vip}"));
+
+    // 1.5 million translations by other sockets (Cilium's LRU forgets the first socket's
+    // after 400 000 of them, here as there).
+    let output = sandbox
+        .command(reconciler_tests::probe_path()?)?
+        .args(["udp-connects", vip, "1500000"])
+        .output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(client.go_on()?, vip, "getpeername() lost the VIP");
+
+    // b1 leaves the service: the socket is found by its own record and destroyed.
+    let mut moved = udp_service(vip, &[&b2])?;
+    let entry = moved.backends.remove(&1).context("backend 1")?;
+    moved.backends.insert(2, entry);
+    moved.slots.insert((1, 0), 2);
+    let report = dataplane.apply(&moved, ApplyTo::default())?;
+    assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
+    assert_eq!(client.finish()?, ["ECONNABORTED"]);
+    Ok(())
+}

@@ -20,6 +20,8 @@
 //!                                   address (the next in turn) with `send_to`, then
 //!                                   `recv_from`s the reply, which must come from that address;
 //!                                   prints JSON as `load` does, with round_trips
+//!   probe udp-connects ADDR COUNT   COUNT UDP sockets, each connect()ed to ADDR and closed;
+//!                                   prints `connected N` (and exits non-zero on a failure)
 //!   probe install PIN CGROUP VIP:PORT BACKEND...
 //!                                   installs the data plane with one TCP service and exits
 use std::{
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
             threads.parse().context("THREADS")?,
             Duration::from_millis(millis.parse().context("MILLIS")?),
         ),
+        ["udp-connects", target, count] => udp_connects(target, count.parse().context("COUNT")?),
         ["install", pin, cgroup, frontend, backends @ ..] => {
             let mut dataplane = Dataplane::install(Path::new(pin), Path::new(cgroup))?;
             dataplane.apply(&one_service(frontend, backends)?, ApplyTo::default())?;
@@ -67,10 +70,26 @@ fn main() -> Result<()> {
         }
         _ => bail!(
             "usage: probe tcp ADDR COUNT | probe tcp-until FILE ADDR | probe tcp-from-cgroups ADDR COUNT CGROUP... | probe serve ADDR NAME | \
-             probe load ADDR[,ADDR...] THREADS MILLIS | probe udp-rr ADDR[,ADDR...] THREADS MILLIS | \
+             probe load ADDR[,ADDR...] THREADS MILLIS | probe udp-rr ADDR[,ADDR...] THREADS MILLIS | probe udp-connects ADDR COUNT | \
              probe install PIN CGROUP VIP:PORT BACKEND..."
         ),
     }
+}
+
+/// `count` UDP sockets connected to `target` one after another, each closed at once: as
+/// many translations, each recorded with its own socket.
+fn udp_connects(target: &str, count: u64) -> Result<()> {
+    let target: SocketAddr = target.parse().context("ADDR")?;
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    for done in 0..count {
+        let socket = UdpSocket::bind(local).context("bind")?;
+        socket.connect(target).with_context(|| format!("connect {done} to {target}"))?;
+    }
+    println!("connected {count}");
+    Ok(())
 }
 
 /// Connects to `target` until `stop` says so, then prints the tally.
