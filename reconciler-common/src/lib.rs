@@ -84,8 +84,11 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// (each translated socket's record, in its socket-local storage) and `VIPS` (every VIP
 /// address, so a port or protocol no service defines is refused), and grew `EVENTS` from 5
 /// to [`EVENT_SLOTS`] entries (an upgrade copies the counts over, see
-/// `reconciler::dataplane::upgrade`).
-pub const LAYOUT_VERSION: u32 = 5;
+/// `reconciler::dataplane::upgrade`). 6 replaced the per-CPU `BACKEND_COUNTS` and
+/// `SERVICE_COUNTS` (a value per CPU for every ID: 1.8 GiB on 256 CPUs) with
+/// `BACKEND_TOTALS` and `SERVICE_TOTALS`, one value per ID added to atomically; an
+/// upgrade copies the old sums over.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Entries of `EXCLUDED`: cgroup subtrees whose processes are never translated.
 pub const MAX_EXCLUDED: u32 = 16;
@@ -204,7 +207,7 @@ pub struct SlotKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
-    /// Stable backend ID (host byte order), kept across applies; indexes `BACKEND_COUNTS`.
+    /// Stable backend ID (host byte order), kept across applies; indexes `BACKEND_TOTALS`.
     pub backend_id: u32,
     /// Map set, 0 or 1.
     pub set: u8,
@@ -436,9 +439,10 @@ pub const fn hash64(value: u64) -> u32 {
     fmix64(value) as u32
 }
 
-/// Value of the per-CPU `BACKEND_COUNTS` array, indexed by backend ID. Not versioned: IDs
-/// are stable, so a counter follows its backend across applies; user space zeroes an ID's
-/// counters before a new backend takes it.
+/// Value of the `BACKEND_TOTALS` array, indexed by backend ID: one value for all CPUs,
+/// which the programs add to atomically. Not versioned: IDs are stable, so a counter follows
+/// its backend across applies; user space zeroes an ID's counters before a new backend takes
+/// it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendCounters {
@@ -460,8 +464,9 @@ impl core::ops::Add for BackendCounters {
     }
 }
 
-/// Value of the per-CPU `SERVICE_COUNTS` array, indexed by service ID: refusals by reason
-/// (host byte order). Zeroed, like the backends', before a new service takes an ID.
+/// Value of the `SERVICE_TOTALS` array, indexed by service ID: refusals by reason (host
+/// byte order), added to atomically. Zeroed, like the backends', before a new service takes
+/// an ID.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceCounters {

@@ -1,30 +1,55 @@
 //! Counting and tracing what the programs do, and refusing a syscall.
+use core::mem::offset_of;
+
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_set_retval},
 };
-use reconciler_common::{event, trace, Addr, BackendCounters, ServiceCounters, TraceEvent};
+use reconciler_common::{event, trace, Addr, ServiceCounters, TraceEvent};
 
 use crate::{
-    AFFINITY_EVENTS, BACKEND_COUNTS, EVENTS, REJECT, SERVICE_COUNTS, TRACE, TRACE_DROPS, TRACE_ON,
+    AFFINITY_EVENTS, BACKEND_TOTALS, EVENTS, REJECT, SERVICE_TOTALS, TRACE, TRACE_DROPS, TRACE_ON,
 };
 
 const ECONNREFUSED: i32 = 111;
 
+/// Adds one to the counter at `field` (an `offset_of!(BackendCounters, ..)`) of backend
+/// `backend_id`.
 #[inline(always)]
-pub(crate) fn lb_count_backend(backend_id: u32, count: impl FnOnce(&mut BackendCounters)) {
-    if let Some(counters) = BACKEND_COUNTS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU value, and this program cannot be preempted by itself on one CPU.
-        count(unsafe { &mut *counters });
+pub(crate) fn lb_count_backend(backend_id: u32, field: usize) {
+    if let Some(counters) = BACKEND_TOTALS.get_ptr_mut(backend_id) {
+        // SAFETY: `field` is the offset of a u64 field, inside the value and aligned.
+        lb_add_one(unsafe { counters.cast::<u8>().add(field).cast::<u64>() });
     }
 }
 
+/// Adds one to the counter at `field` (an `offset_of!(ServiceCounters, ..)`) of service
+/// `service_id`.
 #[inline(always)]
-pub(crate) fn lb_count_service(service_id: u32, count: impl FnOnce(&mut ServiceCounters)) {
-    if let Some(counters) = SERVICE_COUNTS.get_ptr_mut(service_id) {
-        // SAFETY: per-CPU value, as in lb_count_backend.
-        count(unsafe { &mut *counters });
+pub(crate) fn lb_count_service(service_id: u32, field: usize) {
+    if let Some(counters) = SERVICE_TOTALS.get_ptr_mut(service_id) {
+        // SAFETY: as in lb_count_backend.
+        lb_add_one(unsafe { counters.cast::<u8>().add(field).cast::<u64>() });
     }
+}
+
+/// One atomic add (`BPF_ATOMIC | BPF_ADD` without fetch, which every kernel with BPF has):
+/// these counters hold one value for all CPUs, so their memory does not grow with them; a
+/// connect pays a cache line shared with the other CPUs counting the same backend. Written
+/// in assembly: the BPF target has no `AtomicU64::fetch_add` (it lacks compare-and-swap).
+#[inline(always)]
+fn lb_add_one(counter: *mut u64) {
+    // SAFETY: an array value stays valid for the program run, and is only ever changed
+    // through atomic adds (user space writes it only before its ID is given out); the
+    // instruction reads and writes those 8 aligned bytes only.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({counter} + 0) += {one}",
+            counter = in(reg) counter,
+            one = in(reg) 1u64,
+            options(nostack),
+        )
+    };
 }
 
 /// What a trace event says besides the addresses.
@@ -48,7 +73,7 @@ pub(crate) fn lb_trace(
     }
     let Some(mut entry) = TRACE.reserve(0) else {
         if let Some(drops) = TRACE_DROPS.get_ptr_mut(0) {
-            // SAFETY: per-CPU value, as in lb_count_backend.
+            // SAFETY: a per-CPU value, and this program cannot be preempted by itself on one CPU.
             unsafe { *drops += 1 };
         }
         return;
@@ -76,7 +101,7 @@ pub(crate) fn lb_trace(
 #[inline(always)]
 pub(crate) fn lb_count_affinity(what: u32) {
     if let Some(count) = AFFINITY_EVENTS.get_ptr_mut(what) {
-        // SAFETY: per-CPU value, as in lb_count_backend.
+        // SAFETY: a per-CPU value, and this program cannot be preempted by itself on one CPU.
         unsafe { *count += 1 };
     }
 }
@@ -84,7 +109,7 @@ pub(crate) fn lb_count_affinity(what: u32) {
 #[inline(always)]
 pub(crate) fn lb_count(reason: u32) {
     if let Some(count) = EVENTS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU value, as in lb_count_backend.
+        // SAFETY: a per-CPU value, and this program cannot be preempted by itself on one CPU.
         unsafe { *count += 1 };
     }
 }
@@ -108,9 +133,9 @@ pub(crate) fn lb_refuse(
 pub(crate) fn refuse(reason: u32, service_id: u32) -> i32 {
     lb_count(reason);
     if reason == event::NO_BACKEND {
-        lb_count_service(service_id, |c| c.no_backend += 1);
+        lb_count_service(service_id, offset_of!(ServiceCounters, no_backend));
     } else if reason == event::SLOT_MISS || reason == event::BACKEND_MISS {
-        lb_count_service(service_id, |c| c.inconsistent_set += 1);
+        lb_count_service(service_id, offset_of!(ServiceCounters, inconsistent_set));
     }
     // SAFETY: bpf_set_retval is allowed in cgroup sock_addr programs (Linux 5.18+).
     unsafe { bpf_set_retval(-ECONNREFUSED) };

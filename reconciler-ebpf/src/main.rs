@@ -9,11 +9,15 @@
 //! their reason counted (fail closed): no packet ever leaves for a VIP address.
 #![no_std]
 #![no_main]
+// Inline assembly for the BPF target (one atomic add, see `count`), as aya-ebpf itself uses.
+#![feature(asm_experimental_arch)]
 
 mod count;
 mod iter;
 mod select;
 mod sock;
+
+use core::mem::offset_of;
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
@@ -75,11 +79,11 @@ static BACKENDS: HashMap<BackendKey, Backend, { both_sets(MAX_BACKENDS) }, BPF_F
 
 /// Per-backend counters, by stable backend ID (zeroed by user space before an ID is reused).
 #[btf_map]
-static BACKEND_COUNTS: PerCpuArray<BackendCounters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+static BACKEND_TOTALS: Array<BackendCounters, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Per-service refusals by reason, by stable service ID (zeroed likewise).
 #[btf_map]
-static SERVICE_COUNTS: PerCpuArray<ServiceCounters, { MAX_SERVICES as usize }> = PerCpuArray::new();
+static SERVICE_TOTALS: Array<ServiceCounters, { MAX_SERVICES as usize }> = Array::new();
 
 /// Each translated socket's record (`SocketRecord`), in the socket's own storage: the kernel
 /// frees it with the socket, and no other socket can evict it (an LRU shared by all sockets
@@ -248,7 +252,7 @@ fn lb_translate(
         return lb_refuse(event::REVERSE_FULL, service_id, protocol, (&addr, port));
     }
     rewrite(&backend);
-    lb_count_backend(backend_id, |c| c.translations += 1);
+    lb_count_backend(backend_id, offset_of!(BackendCounters, translations));
     let seen = Seen { kind, reason: 0, service_id, protocol };
     lb_trace(seen, (&addr, port), (&backend.addr, backend.port));
     ALLOW
@@ -322,7 +326,7 @@ fn lb_reverse(
 ) -> i32 {
     if let Some(record) = lb_recorded(ctx, &addr, port) {
         rewrite(&record.vip, record.vip_port);
-        lb_count_backend(record.backend_id, |c| c.reverse += 1);
+        lb_count_backend(record.backend_id, offset_of!(BackendCounters, reverse));
         let seen =
             Seen { kind, reason: 0, service_id: record.service_id, protocol: record.protocol };
         lb_trace(seen, (&record.vip, record.vip_port), (&addr, port));
@@ -335,13 +339,13 @@ fn lb_reverse(
     };
     if lb_still_serves(&entry, &addr, port) {
         rewrite(&entry.vip, entry.port);
-        lb_count_backend(entry.backend_id, |c| c.reverse += 1);
+        lb_count_backend(entry.backend_id, offset_of!(BackendCounters, reverse));
         let seen = Seen { kind, reason: 0, service_id: entry.service_id, protocol: entry.protocol };
         lb_trace(seen, (&entry.vip, entry.port), (&addr, port));
     } else {
         let _ = REVERSE.remove(key);
         lb_count(event::REVERSE_STALE);
-        lb_count_service(entry.service_id, |c| c.stale_reverse_entry += 1);
+        lb_count_service(entry.service_id, offset_of!(ServiceCounters, stale_reverse_entry));
     }
     ALLOW
 }

@@ -505,6 +505,12 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     assert_eq!(sample(&metrics, connections), Some(13.0), "{metrics}");
     let refusals = "reconciler_service_refusals_total{service=\"web/http\",reason=\"no_backend\"}";
     assert_eq!(sample(&metrics, refusals), Some(0.0), "{metrics}");
+    // A port of the VIP that no service defines: refused, counted under its own reason.
+    let other_port = world.sandbox.probe_tcp("10.96.0.10:81", 2)?;
+    assert_eq!(other_port.errors.get("ECONNREFUSED"), Some(&2), "{other_port:?}");
+    let metrics = world.metrics()?;
+    let unknown_port = "reconciler_refusals_total{reason=\"unknown_port\"}";
+    assert_eq!(sample(&metrics, unknown_port), Some(2.0), "{metrics}");
     promtool_check(&metrics).with_context(|| metrics.clone())?;
     // A scraper that asks for OpenMetrics (Prometheus does) gets it.
     let mut stream = TcpStream::connect(&world.listen)?;

@@ -99,10 +99,19 @@ const LAYOUT3: Layout = Layout {
     programs: &dataplane::PROGRAMS,
 };
 
+const LAYOUT4_MAPS: [&str; 17] = appended(LAYOUT3_MAPS, "EXCLUDED");
+
 const LAYOUT4: Layout = Layout {
     version: 4,
     object: include_bytes!("../fixtures/reconciler-ebpf-layout4.o"),
-    maps: &appended::<16, 17>(LAYOUT3_MAPS, "EXCLUDED"),
+    maps: &LAYOUT4_MAPS,
+    programs: &dataplane::PROGRAMS,
+};
+
+const LAYOUT5: Layout = Layout {
+    version: 5,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout5.o"),
+    maps: &appended::<18, 19>(appended(LAYOUT4_MAPS, "VIPS"), "SOCKETS"),
     programs: &dataplane::PROGRAMS,
 };
 
@@ -231,6 +240,11 @@ fn a_layout_4_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
     upgrade_under_load(&LAYOUT4, &[])
 }
 
+#[test]
+fn a_layout_5_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    upgrade_under_load(&LAYOUT5, &[])
+}
+
 /// Installs `layout`, upgrades it while three clients connect, and checks that no connect
 /// failed, that every old hook's program was replaced and the `attached` ones added, and that
 /// the maps and their state are the same.
@@ -255,6 +269,7 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
     wait_for("connects through the old programs", Duration::from_secs(10), || {
         (old_translations(layout, sandbox.pin_path()).ok()? > 0).then_some(())
     })?;
+    let counted_before = old_translations(layout, sandbox.pin_path())?;
     let upgraded = dataplane::upgrade(sandbox.pin_path());
     if upgraded.is_ok() {
         let translations = || -> Option<u64> {
@@ -262,6 +277,10 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
             Some(counted.get(&1)?.translations)
         };
         let at_upgrade = translations().unwrap_or(0);
+        // The old programs' counts carried over (layout 1 and 2 counted elsewhere).
+        if layout.version >= 3 {
+            ensure!(at_upgrade >= counted_before, "{at_upgrade} < {counted_before} counted");
+        }
         wait_for("connects through the new programs", Duration::from_secs(10), || {
             (translations()? > at_upgrade).then_some(())
         })?;
@@ -285,8 +304,9 @@ fn upgrade_under_load(layout: &Layout, attached: &[&'static str]) -> Result<()> 
     // The same maps, the same state, all hooks, the retired map's pin gone; and a second
     // upgrade has nothing to do.
     assert_eq!(map_id(sandbox.pin_path(), "SERVICES")?, services_before);
-    assert!(!sandbox.pin_path().join("BACKEND_STATS").exists(), "the retired map is pinned");
-    assert!(!sandbox.pin_path().join("EVENTS_OUTGROWN").exists(), "the outgrown map is pinned");
+    for retired in ["BACKEND_STATS", "EVENTS_OUTGROWN", "BACKEND_COUNTS", "SERVICE_COUNTS"] {
+        assert!(!sandbox.pin_path().join(retired).exists(), "the retired {retired} is pinned");
+    }
     // The old counts carried over into the grown EVENTS, and VIPS filled from SERVICES: the
     // VIP is closed on its other ports.
     let carried = if layout.maps.contains(&"EVENTS") { OLD_NO_BACKEND } else { 0 };

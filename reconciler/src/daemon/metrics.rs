@@ -279,10 +279,11 @@ impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
             let live = dataplane.read_live()?;
-            crate::counters::read(&dataplane, &live.state)
+            Ok((crate::counters::read(&dataplane, &live.state)?, dataplane.events()?))
         });
         // Before the first install there is nothing to count; a scrape shows the rest.
-        let Ok(counters) = read else { return Ok(()) };
+        let Ok((counters, events)) = read else { return Ok(()) };
+        encode_refusals(&mut encoder, &events)?;
         let mut family = encoder.encode_descriptor(
             "reconciler_backend_connections",
             "Connects and datagrams sent to a backend, since its ID was assigned",
@@ -327,6 +328,31 @@ impl Collector for DataplaneCollector {
         }
         Ok(())
     }
+}
+
+/// `reconciler_refusals_total{reason}`: every connect and datagram the programs refused, by
+/// reason, including those no service can be charged with (`unknown_port`).
+fn encode_refusals(
+    encoder: &mut DescriptorEncoder,
+    events: &crate::dataplane::Events,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "reconciler_refusals",
+        "Connects and datagrams to a VIP refused (ECONNREFUSED), by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, count) in [
+        ("no_backend", events.no_backend),
+        ("slot_miss", events.slot_miss),
+        ("backend_miss", events.backend_miss),
+        ("reverse_full", events.reverse_full),
+        ("unknown_port", events.unknown_port),
+    ] {
+        let labels: Label = vec![("reason", reason.to_owned())];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// `process_*` metrics, as the Prometheus client libraries export them, read from /proc at

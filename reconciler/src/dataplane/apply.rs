@@ -363,30 +363,23 @@ impl Dataplane {
     /// (IDs `live` does not hold): an ID freed by an earlier apply keeps its old counts
     /// otherwise. Done before the new owners are written, so no count of theirs is lost.
     fn reset_counters_of_new_ids(&mut self, live: &MapState, desired: &MapState) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_err("counting CPUs")(e))?;
         let live_services: BTreeSet<u32> = live.services.values().map(|s| s.id).collect();
-        let new_services: Vec<u32> = desired
+        let new_services: Vec<(u32, ServiceCounters)> = desired
             .services
             .values()
-            .map(|s| s.id)
-            .filter(|id| !live_services.contains(id))
+            .filter(|s| !live_services.contains(&s.id))
+            .map(|s| (s.id, ServiceCounters::default()))
             .collect();
-        batch::zero_per_cpu(
-            self.service_counts.map(),
-            &new_services,
-            size_of::<ServiceCounters>(),
-            cpus,
-        )
-        .map_err(io_err("zeroing SERVICE_COUNTS"))?;
-        let new_backends: Vec<u32> =
-            desired.backends.keys().copied().filter(|id| !live.backends.contains_key(id)).collect();
-        batch::zero_per_cpu(
-            self.backend_counts.map(),
-            &new_backends,
-            size_of::<BackendCounters>(),
-            cpus,
-        )
-        .map_err(io_err("zeroing BACKEND_COUNTS"))
+        batch::update_all(self.service_counters.map(), &new_services)
+            .map_err(io_err("zeroing SERVICE_TOTALS"))?;
+        let new_backends: Vec<(u32, BackendCounters)> = desired
+            .backends
+            .keys()
+            .filter(|id| !live.backends.contains_key(id))
+            .map(|id| (*id, BackendCounters::default()))
+            .collect();
+        batch::update_all(self.backend_counters.map(), &new_backends)
+            .map_err(io_err("zeroing BACKEND_TOTALS"))
     }
 
     /// After an apply from `live` to `desired`: the `REVERSE` entries of backends that are

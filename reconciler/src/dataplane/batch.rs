@@ -130,7 +130,7 @@ fn lookup_chunks<K: Pod, V: Pod>(
     }
 }
 
-/// Writes every `(key, value)` into hash map `map` (creating or replacing).
+/// Writes every `(key, value)` into `map`, a hash map (creating or replacing) or an array.
 pub(crate) fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Result<()> {
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
@@ -138,30 +138,6 @@ pub(crate) fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> i
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
             values: values.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: map_fd(map),
-            ..BatchAttr::default()
-        };
-        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr)?;
-    }
-    Ok(())
-}
-
-/// Sets entries `indexes` of per-CPU array `map`, whose elements are `value_size` bytes, to
-/// zero on every possible CPU. (A per-CPU value in a syscall is one 8-byte-aligned element
-/// per possible CPU; arrays take batches like hash maps.)
-pub(crate) fn zero_per_cpu(
-    map: &MapData,
-    indexes: &[u32],
-    value_size: usize,
-    possible_cpus: usize,
-) -> io::Result<()> {
-    let per_index = value_size.next_multiple_of(8) * possible_cpus;
-    let zeroes = vec![0u8; per_index * indexes.len().min(CHUNK)];
-    for chunk in indexes.chunks(CHUNK) {
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            values: zeroes.as_ptr() as u64,
             count: chunk.len() as u32,
             map_fd: map_fd(map),
             ..BatchAttr::default()

@@ -1,22 +1,23 @@
-//! The two migrations an upgrade makes besides swapping programs: a map whose capacity a
-//! layout grew gets a new map with the old counts copied over, and a map a layout derives
-//! from another is filled before any program reads it.
-use std::{fs, path::Path};
+//! The migrations an upgrade makes besides swapping programs: a map whose capacity a layout
+//! grew gets a new map with the old counts copied over, counters a layout moved to other
+//! maps are copied into them, and a map a layout derives from another is filled before any
+//! program reads it.
+use std::{collections::BTreeSet, fs, ops::Add, path::Path};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use reconciler_common::{ServiceKey, ServiceValue, VipKey};
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuValues},
+    Pod,
+};
+use reconciler_common::{
+    Backend, BackendCounters, BackendKey, ServiceCounters, ServiceKey, ServiceValue, VipKey,
+};
 
 use super::{
     batch,
     error::{io_err, map_err, Result},
     pins::{map_data, typed_map},
-    OBJECT,
+    GROWN_MAPS, OBJECT,
 };
-
-/// Per-CPU counter arrays whose capacity a layout grew (`EVENTS`: 5 entries to 16 in layout
-/// 5), each with the name its outgrown pin waits under until its counts are copied and no
-/// program reads it (listed in `RETIRED_MAPS`, so the upgrade removes it at the end).
-pub(super) const GROWN_MAPS: [(&str, &str); 1] = [("EVENTS", "EVENTS_OUTGROWN")];
 
 /// Step 1, before loading: moves the pin of each grown map that still has its old capacity
 /// aside, so the load creates the new one under its name. The programs that run keep the
@@ -66,7 +67,49 @@ pub(super) fn copy_outgrown_counts(pin_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Step 3, before the programs are replaced: `VIPS` holds the address of every `SERVICES`
+/// Step 3, before the programs are replaced: the counters layout 6 moved from per-CPU
+/// arrays (`BACKEND_COUNTS`, `SERVICE_COUNTS`) to arrays of one value per ID
+/// (`BACKEND_TOTALS`, `SERVICE_TOTALS`): each ID in use (in either set) gets its old sum.
+/// Written over, so a repeat after a crash counts nothing twice; as in step 2, what the old
+/// programs count until their replacement is not carried over.
+pub(super) fn copy_moved_counters(pin_path: &Path) -> Result<()> {
+    if !pin_path.join("BACKEND_COUNTS").exists() {
+        return Ok(());
+    }
+    let backends = map_data(pin_path, "BACKENDS")?;
+    let backend_ids: BTreeSet<u32> = batch::lookup_all::<BackendKey, Backend>(&backends)
+        .map_err(io_err("reading BACKENDS"))?
+        .into_iter()
+        .map(|(key, _)| key.backend_id)
+        .collect();
+    let services = map_data(pin_path, "SERVICES")?;
+    let service_ids: BTreeSet<u32> = batch::lookup_all::<ServiceKey, ServiceValue>(&services)
+        .map_err(io_err("reading SERVICES"))?
+        .into_iter()
+        .map(|(_, value)| value.service_id)
+        .collect();
+    copy_sums::<BackendCounters>(pin_path, ("BACKEND_COUNTS", "BACKEND_TOTALS"), &backend_ids)?;
+    copy_sums::<ServiceCounters>(pin_path, ("SERVICE_COUNTS", "SERVICE_TOTALS"), &service_ids)
+}
+
+/// Writes the sum over CPUs of each of `ids` in per-CPU array `from` into array `to`.
+fn copy_sums<T: Pod + Default + Add<Output = T>>(
+    pin_path: &Path,
+    (from, to): (&str, &str),
+    ids: &BTreeSet<u32>,
+) -> Result<()> {
+    let old: PerCpuArray<MapData, T> = typed_map(pin_path, from)?;
+    let sums = ids
+        .iter()
+        .map(|id| {
+            let values = old.get(id, 0).map_err(map_err(format!("reading {from}")))?;
+            Ok((*id, values.iter().fold(T::default(), |sum, value| sum + *value)))
+        })
+        .collect::<Result<Vec<(u32, T)>>>()?;
+    batch::update_all(&map_data(pin_path, to)?, &sums).map_err(io_err(format!("writing {to}")))
+}
+
+/// Step 4, before the programs are replaced: `VIPS` holds the address of every `SERVICES`
 /// entry, in its set (an older layout had no `VIPS`; a new program that found it empty would
 /// let a connect to a VIP's other ports go on). Idempotent.
 pub(super) fn fill_vips(pin_path: &Path) -> Result<()> {

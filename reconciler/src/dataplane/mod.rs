@@ -78,8 +78,8 @@ const MAPS: [&str; 19] = [
     "VIPS",
     "SLOTS",
     "BACKENDS",
-    "BACKEND_COUNTS",
-    "SERVICE_COUNTS",
+    "BACKEND_TOTALS",
+    "SERVICE_TOTALS",
     "METADATA",
     "SERVICE_NAMES",
     "SOCKETS",
@@ -93,10 +93,18 @@ const MAPS: [&str; 19] = [
     "HEALTH_EXCLUDED",
     "EXCLUDED",
 ];
+/// Per-CPU counter arrays whose capacity a layout grew (`EVENTS`: 5 entries to 16 in layout
+/// 5), each with the name its outgrown pin waits under until its counts are copied and no
+/// program reads it (listed in `RETIRED_MAPS`, so the upgrade removes it at the end; the
+/// map itself keeps its name). See `migrate`.
+const GROWN_MAPS: [(&str, &str); 1] = [("EVENTS", "EVENTS_OUTGROWN")];
+
 /// Maps an older layout pinned that this build no longer has (3 retired `BACKEND_STATS`; 5
-/// outgrew the first `EVENTS`, see `migrate`): still recognised as ours, removed by an
-/// upgrade once no program reads them, and by uninstall.
-const RETIRED_MAPS: [&str; 2] = ["BACKEND_STATS", "EVENTS_OUTGROWN"];
+/// outgrew the first `EVENTS`; 6 replaced the per-CPU `BACKEND_COUNTS` and `SERVICE_COUNTS`,
+/// see `migrate`): still recognised as ours, removed by an upgrade once no program reads
+/// them, and by uninstall.
+const RETIRED_MAPS: [&str; 4] =
+    ["BACKEND_STATS", "EVENTS_OUTGROWN", "BACKEND_COUNTS", "SERVICE_COUNTS"];
 
 /// An installed data plane, opened from its pins.
 pub struct Dataplane {
@@ -107,8 +115,8 @@ pub struct Dataplane {
     vips: MapData,
     slots: MapData,
     backends: MapData,
-    backend_counts: PerCpuArray<MapData, BackendCounters>,
-    service_counts: PerCpuArray<MapData, ServiceCounters>,
+    backend_counters: Array<MapData, BackendCounters>,
+    service_counters: Array<MapData, ServiceCounters>,
     events: PerCpuArray<MapData, u64>,
     reverse: MapData,
     affinity: MapData,
@@ -117,4 +125,18 @@ pub struct Dataplane {
     names: MapData,
     health: MapData,
     excluded: Array<MapData, ExcludedCgroup>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAPS, RETIRED_MAPS};
+
+    #[test]
+    fn every_map_name_fits_the_kernels_name_field() {
+        // BPF_OBJ_NAME_LEN is 16 with the NUL: a longer name is cut, and its pin no longer
+        // matches the map's name (what uninstall checks).
+        for name in MAPS.iter().chain(RETIRED_MAPS.iter()) {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
 }

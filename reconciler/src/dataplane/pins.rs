@@ -21,7 +21,7 @@ use reconciler_common::Metadata;
 
 use super::{
     error::{io_err, map_err, DataplaneError, Result},
-    ours, MAPS, PROGRAMS, RETIRED_MAPS,
+    ours, GROWN_MAPS, MAPS, PROGRAMS, RETIRED_MAPS,
 };
 
 /// Every map name a data plane of ours may have pinned.
@@ -146,7 +146,10 @@ pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .map_err(|e| foreign(&path, format!("not a BPF map: {e}")))?;
-        if info.name_as_str() != Some(name) {
+        // A map set aside by an upgrade keeps its own name (the kernel's, at most 15 bytes).
+        let own_name =
+            GROWN_MAPS.iter().find(|(_, aside)| *aside == name).map_or(name, |(own, _)| own);
+        if info.name_as_str() != Some(own_name) {
             let found = String::from_utf8_lossy(info.name());
             return Err(foreign(&path, format!("a map named {found:?}")));
         }

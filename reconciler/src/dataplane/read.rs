@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
 };
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{
     affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey,
     Metadata, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
@@ -218,20 +218,20 @@ impl Dataplane {
         Ok(sets)
     }
 
-    /// The counters of backends `ids`, summed over CPUs.
+    /// The counters of backends `ids`.
     pub fn backend_counters(
         &self,
         ids: impl IntoIterator<Item = u32>,
     ) -> Result<BTreeMap<u32, BackendCounters>> {
-        per_cpu_sums(&self.backend_counts, ids, "reading BACKEND_COUNTS")
+        values_of(&self.backend_counters, ids, "reading BACKEND_TOTALS")
     }
 
-    /// The refusal counters of services `ids`, summed over CPUs.
+    /// The refusal counters of services `ids`.
     pub fn service_counters(
         &self,
         ids: impl IntoIterator<Item = u32>,
     ) -> Result<BTreeMap<u32, ServiceCounters>> {
-        per_cpu_sums(&self.service_counts, ids, "reading SERVICE_COUNTS")
+        values_of(&self.service_counters, ids, "reading SERVICE_TOTALS")
     }
 
     /// What the programs counted besides choosing backends, by `event::*` reason, summed
@@ -278,15 +278,10 @@ impl Dataplane {
 }
 
 /// The values of `ids` in a per-CPU array, summed over CPUs.
-fn per_cpu_sums<T: aya::Pod + Default + core::ops::Add<Output = T>>(
-    map: &PerCpuArray<MapData, T>,
+fn values_of<T: aya::Pod>(
+    map: &Array<MapData, T>,
     ids: impl IntoIterator<Item = u32>,
     what: &'static str,
 ) -> Result<BTreeMap<u32, T>> {
-    ids.into_iter()
-        .map(|id| {
-            let values = map.get(&id, 0).map_err(map_err(what))?;
-            Ok((id, values.iter().fold(T::default(), |sum, v| sum + *v)))
-        })
-        .collect()
+    ids.into_iter().map(|id| Ok((id, map.get(&id, 0).map_err(map_err(what))?))).collect()
 }

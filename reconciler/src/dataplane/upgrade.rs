@@ -6,9 +6,10 @@
 //!    pins, `EbpfLoader::map_pin_path`), and the maps this build adds are created and pinned
 //!    then, so they exist before any program that reads them runs. Each reused map is
 //!    checked against this build's definition first (aya reuses a pin as it finds it). The
-//!    one change to an existing map so far, a counter array grown (`EVENTS` in layout 5), is
-//!    migrated by `migrate`: the old pin set aside, a new map created, the counts copied; and
-//!    a map derived from another (`VIPS` from `SERVICES`) is filled before step 2.
+//!    changes to existing maps are migrated by `migrate`: a counter array grown (`EVENTS` in
+//!    layout 5: the old pin set aside, a new map created, the counts copied), counters moved
+//!    to new maps (layout 6: the sums copied), and a map derived from another (`VIPS` from
+//!    `SERVICES`) filled, all before step 2.
 //! 2. The programs: each hook that has a pinned link gets the new program through
 //!    `BPF_LINK_UPDATE`, which swaps the program in one step (a connect runs the old program
 //!    or the new one, never none); each hook without one is attached and its link pinned.
@@ -80,6 +81,7 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
     check_reused_maps(pin_path)?;
     let mut ebpf = load_against_pins(pin_path)?;
     migrate::copy_outgrown_counts(pin_path)?;
+    migrate::copy_moved_counters(pin_path)?;
     migrate::fill_vips(pin_path)?;
 
     let mut metadata = metadata_map(pin_path)?;
