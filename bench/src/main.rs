@@ -10,6 +10,7 @@
 mod control;
 mod dataplane;
 mod kube;
+mod memory;
 mod selection;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};

@@ -199,6 +199,8 @@ fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<(
         (memory["bytes"].as_u64(), memory["bytes_at_large_host"].as_u64()),
         (Some(here), Some(large))
     );
+    // At the default capacity the maps lock at most 64 MiB on a host of 256 CPUs.
+    assert!(large <= 64 << 20, "{large} bytes at 256 CPUs: {memory}");
     // Fill: both sets of web's and dns's frontends, VIPs and three backends, two names; no
     // reverse entry for the connects, whose records live with their sockets.
     let entries =
@@ -211,5 +213,72 @@ fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<(
     assert_eq!(entries("REVERSE"), Some(0), "{connected:?}");
     assert_eq!(entries("SOCKETS"), None, "socket storage lives with the sockets");
     assert_eq!(entries("ACTIVE_SET"), None, "an array has no fill of its own");
+    Ok(())
+}
+
+#[test]
+fn the_capacity_is_set_at_install_kept_and_never_changed_silently() -> Result<()> {
+    let mut setup = Setup::new("capacity")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.repo.write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.12"], "active"));
+    setup.repo.commit("web and dns");
+    // Three slots (web's two, dns's one) do not fit two: refused before anything is made.
+    let output = setup.run("apply", &["--capacity", "slots=2"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.code() == Some(1), "{stderr}");
+    anyhow::ensure!(stderr.contains("slots: 3 is more than the data plane holds (2)"), "{stderr}");
+    anyhow::ensure!(!setup.sandbox.pin_path().exists(), "a refused apply installed");
+
+    let capacity = "services=8,backends=16,slots=64";
+    setup.expect(0, "apply", &["--capacity", capacity])?;
+    let status = setup.status()?;
+    let maps = status["memory"]["maps"].as_array().context("maps")?;
+    let size = |name: &str| maps.iter().find(|m| m["name"] == name).map(|m| m["capacity"].clone());
+    for (name, entries) in [
+        ("SERVICES", 16),
+        ("VIPS", 16),
+        ("SERVICE_TOTALS", 8),
+        ("BACKENDS", 32),
+        ("BACKEND_TOTALS", 16),
+        ("SLOTS", 128),
+        ("REVERSE", 65_536),
+    ] {
+        assert_eq!(size(name), Some(Value::from(entries)), "{name}");
+    }
+    // Translated: to b11, or refused by the other backend, which does not listen.
+    let result = setup.sandbox.probe_tcp("10.96.0.10:80", 4)?;
+    let translated = result.total() == 4 && result.errors.keys().all(|e| e == "ECONNREFUSED");
+    anyhow::ensure!(translated && result.replies.len() <= 1, "{result:?}");
+
+    // The same capacity, or none (the installed one is kept), applies; another is refused,
+    // naming what to run, and changes nothing.
+    setup.expect(0, "apply", &["--capacity", capacity])?;
+    setup.expect(0, "plan", &[])?;
+    let output = setup.run("apply", &["--capacity", "services=9"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.code() == Some(1), "{stderr}");
+    anyhow::ensure!(
+        stderr.contains(
+            "was installed with capacity services=8,backends=16,slots=64,connections=65536,\
+             affinity=65536, and services=9,backends=32768,slots=131072,connections=65536,\
+             affinity=65536 is asked for"
+        ) && stderr.contains("reconciler uninstall --pin-path"),
+        "{stderr}"
+    );
+    assert_eq!(setup.status()?, status, "a refused apply changed the maps");
+
+    // A repository over the installed capacity: 15 backends for web and dns's one are more
+    // than 16 - 1.
+    let many: Vec<String> = (11..26).map(|i| format!("127.0.0.{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    setup.repo.write("services/all.yaml", definitions(&many, "active"));
+    setup.repo.commit("web: fifteen backends");
+    let output = setup.run("apply", &[])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.code() == Some(1), "{stderr}");
+    anyhow::ensure!(
+        stderr.contains("backends: 16 is more than the data plane holds (15)"),
+        "{stderr}"
+    );
     Ok(())
 }

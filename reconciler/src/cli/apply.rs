@@ -98,8 +98,9 @@ fn apply_saved(args: &ApplyArgs, file: &Path) -> anyhow::Result<(Plan, ApplyRepo
 fn plan_and_apply(args: &ApplyArgs) -> anyhow::Result<(Plan, ApplyReport)> {
     let pin_path = &args.target.pin.pin_path;
     // A first install loads the BPF object (maps, verifier) on another core meanwhile.
-    let mut loading =
-        (!dataplane::is_installed(pin_path)).then(|| std::thread::spawn(dataplane::Loaded::load));
+    let capacity = args.target.capacity.unwrap_or_default();
+    let mut loading = (!dataplane::is_installed(pin_path))
+        .then(|| std::thread::spawn(move || dataplane::Loaded::load(&capacity)));
     let mut reading = Reading::ahead(args.target.refresh, pin_path);
     let (mut session, memo_file) = args.target.session(args.target.source.spec()?)?;
     let mut attempt = 1;
@@ -144,6 +145,7 @@ fn options(args: &ApplyArgs, loaded: Option<dataplane::Loaded>) -> ApplyOptions 
         allow_destroy_all: args.allow_destroy_all,
         loaded,
         exclude: if args.no_exclude { Some(Vec::new()) } else { args.exclude_cgroup.clone() },
+        capacity: args.target.capacity,
     }
 }
 

@@ -205,6 +205,11 @@ pub struct ReconcileArgs {
     /// services that changed since the recorded apply are read; see the README).
     #[arg(long)]
     pub refresh: bool,
+    /// The maps' capacity, set at install: `services=N,backends=N,slots=N,connections=N,
+    /// affinity=N` (those not given keep their defaults; see the README). An installed data
+    /// plane must have it; without it, it keeps its own.
+    #[arg(long, value_name = "NAME=COUNT,...")]
+    pub capacity: Option<reconciler_core::capacity::Capacity>,
 }
 
 #[cfg(feature = "dataplane")]
@@ -230,7 +235,7 @@ impl ReconcileArgs {
         let (file, memo) = MemoFile::open(&spec, &self.pin.pin_path);
         let session =
             reconciler::pipeline::Session::new(spec, &self.pin.pin_path, self.node_policy()?);
-        Ok((session.with_memo(memo), file))
+        Ok((session.with_memo(memo).with_capacity(self.capacity), file))
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::webhook::Secret;
 use reconciler_core::{
+    capacity::Capacity,
     load,
     source::{default_cache_dir, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
@@ -49,6 +50,9 @@ pub struct Config {
     pub pin_path: PathBuf,
     /// `dataplane.exclude`: cgroup subtrees whose processes are never translated.
     pub exclude: Vec<PathBuf>,
+    /// `dataplane.capacity`: the maps' capacity at install (`None`: the installed one, or
+    /// the default).
+    pub capacity: Option<Capacity>,
     /// The rules from the configuration; the node's own addresses are added at each run.
     pub policy: Policy,
     /// `policy.allowLocalVIPs`: addresses of this node that may nevertheless be VIPs.
@@ -116,6 +120,7 @@ struct RawDataplane {
     pin_path: Option<PathBuf>,
     #[serde(default)]
     exclude: Vec<PathBuf>,
+    capacity: Option<Capacity>,
 }
 
 #[derive(Default, Deserialize)]
@@ -204,6 +209,10 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
     // Checked in a fixed order, the order the errors are listed in.
     let interval = interval(raw.source.interval.as_deref(), problems);
     let listen = listen(raw.listen.as_deref(), problems);
+    let capacity = raw
+        .dataplane
+        .capacity
+        .and_then(|c| problems.check("/dataplane/capacity", c.check().map(|()| c)));
     let allowed_vips = raw
         .policy
         .allowed_vips
@@ -226,6 +235,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         interval,
         cgroup: raw.dataplane.cgroup,
         exclude: raw.dataplane.exclude,
+        capacity,
         pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
         policy: Policy { allowed_vips, ..Policy::default() },
         allow_local_vips,
@@ -340,6 +350,22 @@ drift: heal
         let text = "source: {url: /srv/services}\ndataplane: {exclude: [/sys/fs/cgroup/mesh]}\n";
         let config = parse("node.yaml", text).unwrap();
         assert_eq!(config.exclude, [PathBuf::from("/sys/fs/cgroup/mesh")]);
+        assert_eq!(config.capacity, None);
+    }
+
+    #[test]
+    fn a_capacity_keeps_the_defaults_of_the_figures_it_leaves_out() {
+        let text = "source: {url: /srv/services}\ndataplane: {capacity: {services: 100}}\n";
+        let config = parse("node.yaml", text).unwrap();
+        let expected = Capacity { services: 100, ..reconciler_core::capacity::DEFAULT };
+        assert_eq!(config.capacity, Some(expected));
+        let text = "source: {url: /srv/services}\ndataplane: {capacity: {services: 1}}\n";
+        assert_eq!(
+            errors(text),
+            ["node.yaml:2:34: dataplane.capacity.services: 1 is less than the minimum of 2"]
+        );
+        let text = "source: {url: /srv/services}\ndataplane: {capacity: {sockets: 1}}\n";
+        assert_eq!(errors(text).len(), 1, "{:?}", errors(text));
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Memory {
 /// adds the node's own addresses) and an empty memo.
 fn session(config: &Config) -> Session {
     Session::new(config.source_spec(), &config.pin_path, config.policy.clone())
+        .with_capacity(config.capacity)
 }
 
 /// One run: what happened to the fetched commit, then (while it is held back) to drift.
@@ -242,6 +243,7 @@ fn apply_options(config: &Config) -> ApplyOptions {
         allow_destroy_all: config.allow_destroy_all,
         loaded: None,
         exclude: (!installed).then(|| config.exclude.clone()),
+        capacity: config.capacity,
     }
 }
 

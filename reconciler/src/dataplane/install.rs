@@ -5,9 +5,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::EbpfLoader;
 use reconciler_common::{Metadata, LAYOUT_VERSION, REVISION_LEN};
-use reconciler_core::state::MapState;
+use reconciler_core::{
+    capacity::{Capacity, DEFAULT},
+    state::MapState,
+};
 
 use super::{
     apply::ApplyReport,
@@ -18,6 +20,7 @@ use super::{
         remove_pins, statfs_type, typed_map,
     },
     programs::{attach_and_pin, loaded_program},
+    sizes::sized_loader,
     upgrade, Dataplane, MAPS, OBJECT, PROGRAMS,
 };
 
@@ -33,19 +36,18 @@ pub enum Uninstalled {
     KeptDirectory { others: Vec<PathBuf> },
 }
 
-/// The BPF object loaded, its maps created and its programs verified, but nothing pinned or
-/// attached: most of an install's time (the per-CPU counter arrays alone are a quarter
-/// million per-CPU allocations), so a first apply does it on another core while it validates
-/// the definitions. Dropped unused, it leaves nothing behind.
-pub struct Loaded(aya::Ebpf);
+/// The BPF object loaded, its maps created at a capacity and its programs verified, but
+/// nothing pinned or attached: a good part of an install's time, so a first apply does it on
+/// another core while it validates the definitions. Dropped unused, it leaves nothing behind.
+pub struct Loaded(aya::Ebpf, Capacity);
 
 impl Loaded {
-    pub fn load() -> Result<Loaded> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
+    pub fn load(capacity: &Capacity) -> Result<Loaded> {
+        let mut ebpf = sized_loader(capacity).load(OBJECT).map_err(DataplaneError::Load)?;
         for name in PROGRAMS {
             loaded_program(&mut ebpf, name)?;
         }
-        Ok(Loaded(ebpf))
+        Ok(Loaded(ebpf, *capacity))
     }
 }
 
@@ -61,7 +63,7 @@ impl Loaded {
 /// use reconciler::dataplane::{Install, Loaded};
 ///
 /// // Loading takes most of an install's time: start it, validate meanwhile.
-/// let loading = std::thread::spawn(Loaded::load);
+/// let loading = std::thread::spawn(|| Loaded::load(&reconciler_core::capacity::DEFAULT));
 /// let loaded = loading.join().expect("the loading thread panicked")?;
 /// let (dataplane, report) =
 ///     Install::new(pin_path, cgroup).loaded(Some(loaded)).fill(desired, Some("r1")).run()?;
@@ -73,6 +75,7 @@ pub struct Install<'a> {
     pin_path: &'a Path,
     cgroup: &'a Path,
     loaded: Option<Loaded>,
+    capacity: Capacity,
     fill: Option<(&'a MapState, Option<&'a str>)>,
 }
 
@@ -80,7 +83,14 @@ impl<'a> Install<'a> {
     /// An install of the data plane with its pins under `pin_path`, its programs attached to
     /// the cgroup v2 directory `cgroup`.
     pub fn new(pin_path: &'a Path, cgroup: &'a Path) -> Self {
-        Install { pin_path, cgroup, loaded: None, fill: None }
+        Install { pin_path, cgroup, loaded: None, capacity: DEFAULT, fill: None }
+    }
+
+    /// The maps' capacity (default: [`DEFAULT`]); an object [`loaded`](Self::loaded) ahead
+    /// at another one is loaded again at this one.
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     /// The BPF object loaded ahead ([`Loaded::load`], on another thread, say), if it was;
@@ -120,8 +130,8 @@ impl<'a> Install<'a> {
         }
         self.start_afresh(&cgroup_dir, created)?;
         let mut ebpf = match self.loaded {
-            Some(loaded) => loaded.0,
-            None => EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?,
+            Some(Loaded(ebpf, capacity)) if capacity == self.capacity => ebpf,
+            _ => sized_loader(&self.capacity).load(OBJECT).map_err(DataplaneError::Load)?,
         };
         let mut dataplane = Dataplane::pin_maps(&ebpf, self.pin_path, requested)?;
         // A crash from here until the links are pinned leaves an unfinished install, which

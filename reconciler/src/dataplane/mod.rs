@@ -13,7 +13,8 @@
 //! - `apply`: the apply protocol, which writes a desired state without a connect seeing half
 //!   of it; `grace`: its RCU wait (an update of a map of maps);
 //! - `read`: the metadata, the sets, the counters, the events, the affinity entries;
-//! - `footprint`: each map's capacity, fill and the kernel memory it locks;
+//! - `footprint`: each map's capacity, fill and the kernel memory it locks; `sizes`: which
+//!   map each figure of the configured capacity sizes;
 //! - `exclude`: the cgroup subtrees the programs never translate;
 //! - `trace`: `reconciler trace`'s side of the `TRACE` ring buffer;
 //! - `pins`: the pin directory (who may change it, its lock) and the pins in it;
@@ -40,6 +41,7 @@ mod pins;
 mod programs;
 mod read;
 mod records;
+mod sizes;
 mod sys;
 pub mod trace;
 mod upgrade;

@@ -7,13 +7,14 @@ use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
 use super::{
     error::{DataplaneError, Result},
     pins::link_pin,
-    MAPS, OBJECT,
+    sizes, MAPS, OBJECT,
 };
 
 /// The BPF object with every map taken from its pin under `pin_path` (aya reuses a pin it
-/// finds, and creates and pins a map whose pin is missing): no program is loaded yet.
+/// finds, and creates and pins a map whose pin is missing, at the installed capacity): no
+/// program is loaded yet.
 pub(super) fn load_against_pins(pin_path: &Path) -> Result<aya::Ebpf> {
-    let mut loader = aya::EbpfLoader::new();
+    let mut loader = sizes::sized_loader(&sizes::installed(pin_path)?);
     let pins: Vec<std::path::PathBuf> = MAPS.iter().map(|name| pin_path.join(name)).collect();
     for (name, pin) in MAPS.iter().zip(&pins) {
         loader.map_pin_path(name, pin.as_path());

@@ -10,12 +10,15 @@ use reconciler_common::{
     affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey,
     Metadata, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
 };
-use reconciler_core::state::{Frontend, MapState};
+use reconciler_core::{
+    capacity::Capacity,
+    state::{Frontend, MapState},
+};
 
 use super::{
     batch, encode,
     error::{io_err, map_err, Result},
-    Dataplane,
+    sizes, Dataplane,
 };
 
 /// The programs' `EVENTS` counters (see `reconciler_common::event` for each reason).
@@ -50,6 +53,8 @@ pub struct Status {
     pub cgroup_id: u64,
     pub active_set: u8,
     pub standby_dirty: bool,
+    /// What the maps hold, read from their sizes.
+    pub capacity: Capacity,
 }
 
 /// The live state: the active set's content and the metadata.
@@ -81,6 +86,7 @@ impl Dataplane {
             cgroup_id: metadata.cgroup_id,
             active_set: self.read_active_set()?,
             standby_dirty: metadata.standby_dirty != 0,
+            capacity: sizes::installed(&self.pin_path)?,
         })
     }
 

@@ -36,7 +36,7 @@ use super::{
         self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
     },
     programs::{attach_and_pin, load_against_pins, loaded_program},
-    sys, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
+    sizes, sys, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
 /// What an upgrade did.
@@ -119,6 +119,8 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
 /// build's definition of it: the new programs would read a map they were not built for.
 fn check_reused_maps(pin_path: &Path) -> Result<()> {
     let object = aya_obj::Object::parse(OBJECT).map_err(DataplaneError::ParseObject)?;
+    // The maps sized by the capacity are checked against the installed one.
+    let sized = sizes::map_sizes(&sizes::installed(pin_path)?);
     for name in MAPS {
         let pin = pin_path.join(name);
         let Some(definition) = object.maps.get(name).filter(|_| pin.exists()) else {
@@ -130,8 +132,11 @@ fn check_reused_maps(pin_path: &Path) -> Result<()> {
         let shape =
             |key, value, entries| format!("key {key} B, value {value} B, {entries} entries");
         let pinned = shape(info.key_size(), info.value_size(), info.max_entries());
-        let wanted =
-            shape(definition.key_size(), definition.value_size(), definition.max_entries());
+        let entries = sized
+            .iter()
+            .find(|(sized, _)| *sized == name)
+            .map_or(definition.max_entries(), |(_, entries)| *entries);
+        let wanted = shape(definition.key_size(), definition.value_size(), entries);
         if pinned != wanted {
             return Err(DataplaneError::MapShapeChanged { name, pinned, wanted });
         }

@@ -12,6 +12,7 @@ use crate::{
     memo::{Memo, Record},
 };
 use reconciler_core::{
+    capacity::Capacity,
     compile::{self, compile},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
@@ -26,7 +27,12 @@ use reconciler_core::{
 ///
 /// Hand edits to entries of services that did not change are not seen here; `plan --refresh`
 /// reads everything.
-pub(super) fn plan(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Option<Plan>, Error> {
+pub(super) fn plan(
+    desired: &Desired,
+    pin_path: &Path,
+    memo: &Memo,
+    configured: Option<Capacity>,
+) -> Result<Option<Plan>, Error> {
     let (Some(record), Some(tree), Some(revision)) =
         (&memo.record, &desired.tree, &desired.revision)
     else {
@@ -44,8 +50,10 @@ pub(super) fn plan(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Op
     }
     let dataplane = Dataplane::open(pin_path)?;
     let status = dataplane.status()?;
-    // A dirty standby is for `confirm` to find, below.
-    if status.generation != record.generation
+    // A dirty standby is for `confirm` to find, below; another capacity asked for, for the
+    // full path to refuse.
+    if configured.is_some_and(|c| c != status.capacity)
+        || status.generation != record.generation
         || status.revision.as_deref() != Some(record.revision.as_str())
     {
         return Ok(None);
@@ -66,8 +74,12 @@ pub(super) fn plan(desired: &Desired, pin_path: &Path, memo: &Memo) -> Result<Op
     if !before.vips().is_subset(&after.vips()) {
         return Ok(None);
     }
-    // The set's total, which the compile of the touched services alone cannot see.
-    compile::slot_capacity(record.state.slots.len() - before.slots.len() + after.slots.len())?;
+    // The touched services' IDs (new ones are above the others'), and the set's total of
+    // slots, which the compile of the touched services alone cannot see.
+    status.capacity.fits_ids(&after)?;
+    let slots = record.state.slots.len() - before.slots.len() + after.slots.len();
+    compile::slot_capacity(slots)?;
+    status.capacity.fits_slots(slots)?;
     if !dataplane.confirm(&before, &after)? {
         return Ok(None);
     }

@@ -13,6 +13,7 @@ use crate::dataplane::{
     self, ApplyReport, ApplyTo, Dataplane, DataplaneError, Install, LiveState, Loaded, Scope,
 };
 use reconciler_core::{
+    capacity::{Capacity, DEFAULT},
     compile::compile,
     plan::{make_plan, Plan, PlanContext},
     state::MapState,
@@ -70,6 +71,8 @@ pub struct ApplyOptions {
     pub loaded: Option<Loaded>,
     /// The cgroup subtrees never to translate, from now on (`None`: as they are).
     pub exclude: Option<Vec<PathBuf>>,
+    /// A first install's capacity (default: [`DEFAULT`]); the session's, if it has one.
+    pub capacity: Option<Capacity>,
 }
 
 impl Session {
@@ -81,7 +84,10 @@ impl Session {
         let live = match options.reading {
             Reading::Changed => {
                 if health.is_none_or(BTreeSet::is_empty) {
-                    if let Some(plan) = incremental::plan(desired, &self.pin_path, &self.memo)? {
+                    let memo = &self.memo;
+                    if let Some(plan) =
+                        incremental::plan(desired, &self.pin_path, memo, self.capacity)?
+                    {
                         remember::plan(&mut self.memo, desired.tree.as_ref(), &plan);
                         return Ok(plan);
                     }
@@ -93,7 +99,9 @@ impl Session {
                 reader.join().unwrap_or_else(|panic| panic::resume_unwind(panic))?
             }
         };
+        let capacity = capacity_for(&self.pin_path, live.as_ref(), self.capacity)?;
         let plan = plan_from_live(desired, &self.pin_path, health, live)?;
+        capacity.fits(&plan.desired)?;
         remember::plan(&mut self.memo, desired.tree.as_ref(), &plan);
         Ok(plan)
     }
@@ -108,6 +116,7 @@ impl Session {
         desired: Option<&Desired>,
         options: ApplyOptions,
     ) -> Result<ApplyReport, Error> {
+        let options = ApplyOptions { capacity: options.capacity.or(self.capacity), ..options };
         let report = apply(plan, &self.pin_path, options)?;
         let tree = desired.and_then(|d| d.tree.as_ref());
         remember::apply(&mut self.memo, tree, plan, &report);
@@ -123,6 +132,23 @@ pub fn apply_saved(
     options: ApplyOptions,
 ) -> Result<ApplyReport, Error> {
     apply(plan, pin_path, options)
+}
+
+/// The capacity a plan must fit: the installed data plane's (`live`), which `configured`, if
+/// given, must be; else `configured`, else the default.
+fn capacity_for(
+    pin_path: &Path,
+    live: Option<&LiveState>,
+    configured: Option<Capacity>,
+) -> Result<Capacity, Error> {
+    match (live.map(|l| l.status.capacity), configured) {
+        (Some(installed), Some(configured)) if installed != configured => {
+            let pin_path = pin_path.display().to_string();
+            Err(Error::CapacityChanged { pin_path, installed, configured })
+        }
+        (Some(installed), _) => Ok(installed),
+        (None, configured) => Ok(configured.unwrap_or(DEFAULT)),
+    }
 }
 
 /// The live state at `pin_path`, or `None` when no data plane is installed there.
@@ -178,7 +204,11 @@ fn apply(plan: &Plan, pin_path: &Path, options: ApplyOptions) -> Result<ApplyRep
             Some(cgroup) => cgroup,
             None => dataplane::default_cgroup()?,
         };
+        let capacity = options.capacity.unwrap_or(DEFAULT);
+        // A saved plan was made for the capacity asked for then.
+        capacity.fits(&plan.desired)?;
         let (dataplane, report) = Install::new(pin_path, &cgroup)
+            .capacity(capacity)
             .loaded(options.loaded)
             .fill(&plan.desired, plan.context.revision.as_deref())
             .run()?;

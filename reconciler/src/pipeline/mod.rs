@@ -74,6 +74,17 @@ pub enum Error {
          --allow-destroy-all (the daemon: policy.allowDestroyAll: true)"
     )]
     DestroyAll { destroy: usize },
+    #[error(
+        "the data plane at {pin_path} was installed with capacity {installed}, and \
+         {configured} is asked for: a capacity is set at install. Leave it unset to keep \
+         the installed one; to change it, `reconciler uninstall --pin-path {pin_path}` and \
+         apply again (connects to VIPs are not translated in between)"
+    )]
+    CapacityChanged {
+        pin_path: String,
+        installed: reconciler_core::capacity::Capacity,
+        configured: reconciler_core::capacity::Capacity,
+    },
 }
 
 fn revision_label(revision: &Option<String>) -> String {

@@ -8,6 +8,8 @@ use std::{
 
 use super::{describe, Desired, Error, Tree};
 use crate::memo::Memo;
+#[cfg(feature = "dataplane")]
+use reconciler_core::capacity::Capacity;
 use reconciler_core::{
     model::Service,
     source::{self, Snapshot, SourceSpec},
@@ -22,12 +24,29 @@ pub struct Session {
     pub(super) pin_path: PathBuf,
     policy: Policy,
     pub(super) memo: Memo,
+    /// The capacity asked for (`dataplane.capacity`, `--capacity`): a first install's; an
+    /// installed data plane must have it. `None`: the installed one, or the default.
+    #[cfg(feature = "dataplane")]
+    pub(super) capacity: Option<Capacity>,
 }
 
 impl Session {
     /// A session with an empty memo (every file is read and parsed).
     pub fn new(spec: SourceSpec, pin_path: impl Into<PathBuf>, policy: Policy) -> Session {
-        Session { spec, pin_path: pin_path.into(), policy, memo: Memo::default() }
+        Session {
+            spec,
+            pin_path: pin_path.into(),
+            policy,
+            memo: Memo::default(),
+            #[cfg(feature = "dataplane")]
+            capacity: None,
+        }
+    }
+
+    /// The session, asking for `capacity` (see [`Session`]'s field).
+    #[cfg(feature = "dataplane")]
+    pub fn with_capacity(self, capacity: Option<Capacity>) -> Session {
+        Session { capacity, ..self }
     }
 
     /// The session, reusing `memo` (parses by blob, the record of the maps).
