@@ -390,8 +390,14 @@ fn fifty_thousand_services_validate_and_plan_within_512_mib_or_are_refused_namin
     assert!(output.status.success(), "{}", both(&output));
     assert!(stdout(&output).contains("OK: 50000 service(s)"), "{}", both(&output));
     let pin = format!("/sys/fs/bpf/reconciler-test-none-{}", std::process::id());
-    let output =
-        reconciler_within(HALF_GIB, dir.path(), &["plan", "--dir", "fits", "--pin-path", &pin]);
+    let plan = ["plan", "--dir", "fits", "--pin-path", &pin];
+    // The default capacity holds 16 383 services: the plan says which figure to raise.
+    let output = reconciler_within(HALF_GIB, dir.path(), &plan);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let refusal = "services: 50000 is more than the data plane holds (16383)";
+    assert!(both(&output).contains(refusal), "{}", both(&output));
+    let capacity = ["--capacity", "services=65536,backends=131072,slots=131072"];
+    let output = reconciler_within(HALF_GIB, dir.path(), &[&plan[..], &capacity[..]].concat());
     assert!(output.status.success(), "{}", both(&output));
     assert!(stdout(&output).contains("Plan: 50000 to add"), "{}", both(&output));
     // With 10 backends each they do not (500 000 backends): refused, saying which capacity.
