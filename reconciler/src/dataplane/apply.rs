@@ -16,7 +16,10 @@
 //! and the standby is free of readers when the next apply starts. A crash in steps 2-5 leaves
 //! the dirty mark; the next apply waits for a grace period first, then proceeds as usual,
 //! which rewrites the standby from its real content.
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use aya::maps::IterableMap as _;
 use reconciler_common::{
@@ -416,7 +419,10 @@ impl Dataplane {
             .map(|(key, _)| key)
             .collect();
         batch::delete_all(&self.reverse, &stale).map_err(io_err("deleting from REVERSE"))?;
-        let doomed: BTreeSet<u32> = removed.union(&to_maintenance).copied().collect();
+        let doomed: BTreeMap<u32, SocketAddr> = removed
+            .union(&to_maintenance)
+            .filter_map(|id| Some((*id, live.backends.get(id)?.addr)))
+            .collect();
         destroy::connected_udp_sockets(&self.pin_path, &doomed)
     }
 }

@@ -42,15 +42,23 @@ use super::{
 };
 
 /// Destroys the connected UDP sockets whose record (`SOCKETS`, in the data plane pinned at
-/// `pin_path`) names one of the backend IDs `doomed` and that are still connected to that
-/// backend, in every network namespace; returns how many were destroyed.
-pub(super) fn connected_udp_sockets(pin_path: &Path, doomed: &BTreeSet<u32>) -> Result<usize> {
-    if doomed.is_empty() {
+/// `pin_path`) names one of the backend IDs `doomed` (ID -> address) and that are still
+/// connected to that backend, in every network namespace; returns how many were destroyed.
+pub(super) fn connected_udp_sockets(
+    pin_path: &Path,
+    doomed: &BTreeMap<u32, SocketAddr>,
+) -> Result<usize> {
+    let namespaces = network_namespaces().map_err(io_err("listing network namespaces"))?;
+    // Loading the iterator (the kernel's BTF, the verifier) costs far more than a dump: only
+    // when some socket is connected to a doomed backend's address is it worth it.
+    let addresses: BTreeSet<SocketAddr> = doomed.values().map(|a| canonical(*a)).collect();
+    if !any_connected_to(&namespaces, &addresses)? {
         return Ok(0);
     }
+    let ids: BTreeSet<u32> = doomed.keys().copied().collect();
+    let doomed = &ids;
     let records = UdpRecords::load(pin_path)?;
     let mut destroyed = 0;
-    let namespaces = network_namespaces().map_err(io_err("listing network namespaces"))?;
     for namespace in namespaces {
         let link = records.link();
         // setns() changes the calling thread's namespace only: a thread of its own.
@@ -65,6 +73,39 @@ pub(super) fn connected_udp_sockets(pin_path: &Path, doomed: &BTreeSet<u32>) -> 
     Ok(destroyed)
 }
 
+/// Whether a UDP socket in any of `namespaces` is connected to one of `addresses`.
+fn any_connected_to(namespaces: &[fs::File], addresses: &BTreeSet<SocketAddr>) -> Result<bool> {
+    if addresses.is_empty() {
+        return Ok(false);
+    }
+    for namespace in namespaces {
+        let found = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> io::Result<bool> {
+                    enter(namespace)?;
+                    let socket = diag_socket()?;
+                    Ok(connected_udp(&socket)?.iter().any(|(_, _, peer)| addresses.contains(peer)))
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the socket-listing thread panicked")))
+        })
+        .map_err(io_err("listing the connected UDP sockets"))?;
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Moves the calling thread into the network namespace `namespace`.
+fn enter(namespace: &fs::File) -> io::Result<()> {
+    // SAFETY: a file descriptor of a network namespace, open for the call.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// In a thread of its own: enters `namespace`, reads its connected UDP sockets' records
 /// through `link` and destroys the doomed ones.
 fn in_namespace(
@@ -72,10 +113,7 @@ fn in_namespace(
     link: BorrowedFd<'_>,
     doomed: &BTreeSet<u32>,
 ) -> io::Result<usize> {
-    // SAFETY: a file descriptor of a network namespace, open for the call.
-    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    enter(namespace)?;
     let targets: BTreeMap<u64, SocketAddr> = records::read(link)?
         .into_iter()
         .filter(|found| doomed.contains(&found.backend_id))
@@ -151,30 +189,11 @@ fn diag_socket() -> io::Result<Socket> {
 /// to) that are still connected to that backend, in this thread's network namespace.
 fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
     let socket = diag_socket()?;
-    let mut doomed = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        let request = InetRequest {
-            family,
-            protocol: IPPROTO_UDP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::ESTABLISHED,
-            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
-        };
-        send(&socket, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request))?;
-        receive(&socket, |message: NetlinkMessage<SockDiagMessage>| match message.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                let id = &response.header.socket_id;
-                let peer = canonical(SocketAddr::new(id.destination_address, id.destination_port));
-                if targets.get(&cookie(&id.cookie)) == Some(&peer) {
-                    doomed.push((response.header.family, id.clone()));
-                }
-                Ok(false)
-            }
-            NetlinkPayload::Done(_) => Ok(true),
-            NetlinkPayload::Error(e) => Err(io::Error::other(format!("sock_diag dump: {e:?}"))),
-            _ => Ok(false),
-        })?;
-    }
+    let doomed: Vec<(u8, SocketId)> = connected_udp(&socket)?
+        .into_iter()
+        .filter(|(_, id, peer)| targets.get(&cookie(&id.cookie)) == Some(peer))
+        .map(|(family, id, _)| (family, id))
+        .collect();
     // Every socket is tried, whatever an earlier one's answer. The first refusal is the error.
     let (mut destroyed, mut first_error) = (0, None);
     for (family, socket_id) in doomed {
@@ -186,6 +205,33 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
         }
     }
     first_error.map_or(Ok(destroyed), Err)
+}
+
+/// The connected UDP sockets of this thread's network namespace: family, ID and peer.
+fn connected_udp(socket: &Socket) -> io::Result<Vec<(u8, SocketId, SocketAddr)>> {
+    let mut found = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        let request = InetRequest {
+            family,
+            protocol: IPPROTO_UDP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::ESTABLISHED,
+            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+        };
+        send(socket, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request))?;
+        receive(socket, |message: NetlinkMessage<SockDiagMessage>| match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                let id = response.header.socket_id;
+                let peer = canonical(SocketAddr::new(id.destination_address, id.destination_port));
+                found.push((response.header.family, id, peer));
+                Ok(false)
+            }
+            NetlinkPayload::Done(_) => Ok(true),
+            NetlinkPayload::Error(e) => Err(io::Error::other(format!("sock_diag dump: {e:?}"))),
+            _ => Ok(false),
+        })?;
+    }
+    Ok(found)
 }
 
 /// Asks the kernel to destroy the UDP socket `socket_id` of `family`; its answer.
