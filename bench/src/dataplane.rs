@@ -26,6 +26,9 @@ pub enum Path {
     Reconciler,
     Iptables,
     Nftables,
+    /// Reconciler installed, the client going to the backends themselves: what the programs
+    /// cost traffic that is not to a VIP (every connect on a node pays it).
+    NotAVip,
 }
 
 impl Path {
@@ -35,6 +38,7 @@ impl Path {
             Path::Reconciler => "reconciler",
             Path::Iptables => "iptables",
             Path::Nftables => "nftables",
+            Path::NotAVip => "not-a-vip",
         }
     }
 
@@ -45,6 +49,7 @@ impl Path {
             Path::Reconciler => 'b',
             Path::Iptables => 'c',
             Path::Nftables => 'd',
+            Path::NotAVip => 'e',
         }
     }
 }
@@ -161,11 +166,13 @@ pub fn measure(
         .map(|(sample, ())| sample)
 }
 
-/// `measure` through reconciler with the kernel's BPF run-time statistics on
-/// (`BPF_ENABLE_STATS`, which times every program run: it slows the path, so these runs are
-/// not the ones the rates come from): what each of the data plane's programs costs per run.
+/// `measure` through `path` (reconciler, or past it) with the kernel's BPF run-time
+/// statistics on (`BPF_ENABLE_STATS`, which times every program run: it slows the path, so
+/// these runs are not the ones the rates come from): what each of the data plane's programs
+/// costs per run.
 pub fn hook_costs(
     workload: Workload,
+    path: Path,
     services: &[Service],
     state: &MapState,
     load: Load,
@@ -174,7 +181,7 @@ pub fn hook_costs(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
     let (sample, runs) =
-        measure_observed(workload, Path::Reconciler, services, state, load, |sandbox, probe| {
+        measure_observed(workload, path, services, state, load, |sandbox, probe| {
             let ours = linked_programs(sandbox.pin_path())?;
             let before = program_runs(&ours)?;
             probe()?;
@@ -290,10 +297,14 @@ fn measure_observed<T>(
     let target = match path {
         // The client itself takes the same backends in turn.
         Path::Direct => measured.endpoints.join(","),
-        Path::Reconciler => {
+        Path::Reconciler | Path::NotAVip => {
             let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
             dataplane.apply(state, ApplyTo::default())?;
-            vip
+            if path == Path::Reconciler {
+                vip
+            } else {
+                measured.endpoints.join(",")
+            }
         }
         Path::Iptables | Path::Nftables => {
             // Per-packet NAT happens after routing: the VIP needs a route, with a source.
@@ -383,19 +394,21 @@ mod tests {
     }
 
     /// The program costs name the hooks a UDP round trip runs, once each per round trip (the
-    /// servers are outside the data plane's cgroup), and only those.
+    /// servers are outside the data plane's cgroup), and only those; to a VIP and past it.
     #[test]
     fn hook_costs_are_per_datagram() -> Result<()> {
         let services = crate::services(3, 2, Protocol::Udp);
         let state = crate::compiled(&services)?;
         let load = Load { threads: 2, millis: 200 };
-        let costs = hook_costs(Workload::UdpRequestResponse, &services, &state, load)?;
-        let mut programs: Vec<_> = costs.iter().map(|c| c.program.as_str()).collect();
-        programs.sort_unstable();
-        assert_eq!(programs, ["recvmsg4", "sendmsg4"], "{costs:?}");
-        for cost in &costs {
-            assert!((cost.runs_per_operation - 1.0).abs() < 0.01, "{cost:?}");
-            assert!(cost.ns_per_run > 0.0, "{cost:?}");
+        for path in [Path::Reconciler, Path::NotAVip] {
+            let costs = hook_costs(Workload::UdpRequestResponse, path, &services, &state, load)?;
+            let mut programs: Vec<_> = costs.iter().map(|c| c.program.as_str()).collect();
+            programs.sort_unstable();
+            assert_eq!(programs, ["recvmsg4", "sendmsg4"], "{path:?}: {costs:?}");
+            for cost in &costs {
+                assert!((cost.runs_per_operation - 1.0).abs() < 0.01, "{path:?}: {cost:?}");
+                assert!(cost.ns_per_run > 0.0, "{path:?}: {cost:?}");
+            }
         }
         Ok(())
     }

@@ -322,11 +322,27 @@ fn data_plane(plan: &Plan, workload: Workload, counts: &[usize]) -> Result<serde
     println!();
     let largest = *counts.iter().max().context("no service counts")?;
     let services = services(largest, 2, workload.protocol());
-    let costs = dataplane::hook_costs(workload, &services, &compiled(&services)?, plan.load)?;
+    let compiled = compiled(&services)?;
+    let mut costs = dataplane::hook_costs(
+        workload,
+        dataplane::Path::Reconciler,
+        &services,
+        &compiled,
+        plan.load,
+    )?;
+    // The same programs on traffic that is not to a VIP: what every connect on the node pays,
+    // and the floor of what these statistics can show on this machine.
+    for mut cost in
+        dataplane::hook_costs(workload, dataplane::Path::NotAVip, &services, &compiled, plan.load)?
+    {
+        cost.program.push_str(", not to a VIP");
+        costs.push(cost);
+    }
     println!(
         "What reconciler's programs cost (one more measurement through reconciler at {largest} \
-         services, with the kernel's BPF run-time statistics on; they time every run and slow \
-         it, so the rates above come from runs without them):\n"
+         services, and one to the backends themselves with the programs attached, with the \
+         kernel's BPF run-time statistics on; they time every run and slow it, so the rates \
+         above come from runs without them):\n"
     );
     println!("| program | runs per {} | ns per run |\n|---|---:|---:|", workload.operation());
     for cost in &costs {

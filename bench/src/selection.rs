@@ -79,7 +79,13 @@ pub fn run(rounds: usize, load: Load) -> Result<Value> {
     let connect_ns: Vec<f64> = states
         .iter()
         .map(|state| {
-            let costs = dataplane::hook_costs(Workload::TcpConnections, &one, state, load)?;
+            let costs = dataplane::hook_costs(
+                Workload::TcpConnections,
+                Path::Reconciler,
+                &one,
+                state,
+                load,
+            )?;
             let connect = costs.iter().find(|c| c.program == "connect4");
             Ok(connect.context("connect4 did not run")?.ns_per_run)
         })

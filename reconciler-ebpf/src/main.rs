@@ -230,13 +230,16 @@ fn lb_translate(
     (addr, port, protocol): (Addr, u16, u8),
     rewrite: impl FnOnce(&Backend),
 ) -> i32 {
-    let (backend, service_id, backend_id) = match lb_select(ctx, kind, &addr, port, protocol) {
-        Selection::NotAService => return ALLOW,
-        Selection::Refused { reason, service_id } => {
-            return lb_refuse(reason, service_id, protocol, (&addr, port));
-        }
-        Selection::Backend { backend, service_id, backend_id } => (backend, service_id, backend_id),
-    };
+    let (backend, service_id, backend_id, stored) =
+        match lb_select(ctx, kind, &addr, port, protocol) {
+            Selection::NotAService => return ALLOW,
+            Selection::Refused { reason, service_id } => {
+                return lb_refuse(reason, service_id, protocol, (&addr, port));
+            }
+            Selection::Backend { backend, service_id, backend_id, stored } => {
+                (backend, service_id, backend_id, stored)
+            }
+        };
     let record = SocketRecord {
         vip: addr,
         backend: backend.addr,
@@ -248,7 +251,7 @@ fn lb_translate(
         service_id,
         backend_id,
     };
-    if !lb_record(ctx, &record) {
+    if !lb_record(ctx, stored, &record) {
         return lb_refuse(event::REVERSE_FULL, service_id, protocol, (&addr, port));
     }
     rewrite(&backend);
@@ -258,16 +261,20 @@ fn lb_translate(
     ALLOW
 }
 
-/// Keeps `record` for the socket's replies and `getpeername()`, in the socket's storage: a
-/// connect's for the socket's life, a datagram's until the socket sends to another service
-/// (the one it replaces moves to `REVERSE`, for replies still on their way). A datagram on a
-/// connected socket, or on one without storage, goes to `REVERSE` alone. Whether it was kept.
+/// Keeps `record` for the socket's replies and `getpeername()`, in the socket's storage
+/// (`stored` if it was fetched, else fetched here): a connect's for the socket's life, a
+/// datagram's until the socket sends to another service (the one it replaces moves to
+/// `REVERSE`, for replies still on their way). A datagram on a connected socket, or on one
+/// without storage, goes to `REVERSE` alone. Whether it was kept.
 #[inline(always)]
-fn lb_record(ctx: &SockAddrContext, record: &SocketRecord) -> bool {
-    // SAFETY: the context's socket is a full socket, held for the syscall.
-    let stored = unsafe { SOCKETS.get_or_insert_ptr_mut(ctx, None) };
+fn lb_record(ctx: &SockAddrContext, mut stored: *mut SocketRecord, record: &SocketRecord) -> bool {
     if stored.is_null() {
-        // The kernel could not allocate the storage (memory).
+        // SAFETY: the context's socket is a full socket, held for the syscall.
+        stored = unsafe { SOCKETS.get_or_insert_ptr_mut(ctx, None) };
+    }
+    if stored.is_null() {
+        // The kernel could not allocate the storage (memory, or the socket's option memory,
+        // `net.core.optmem_max`, which socket storage is charged against).
         return record.kind == RECORD_DATAGRAM && lb_keep_reverse(ctx, record);
     }
     // SAFETY: socket storage stays valid for this program run; copied at once.

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use reconciler_common::{
     affinity, event, hash64, maglev, random_slot, trace, Addr, AffinityKey, AffinityValue, Backend,
-    BackendKey, ServiceKey, ServiceValue, SlotKey, VipKey, ALGORITHM_MAGLEV, BACKEND_MAINTENANCE,
-    CLIENT_NETNS, MAX_EXCLUDED, RECORD_DATAGRAM,
+    BackendKey, ServiceKey, ServiceValue, SlotKey, SocketRecord, VipKey, ALGORITHM_MAGLEV,
+    BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_EXCLUDED, RECORD_DATAGRAM,
 };
 
 use crate::{
@@ -31,6 +31,8 @@ pub(crate) enum Selection {
         backend: Backend,
         service_id: u32,
         backend_id: u32,
+        /// The socket's record if it was fetched (a datagram's), else null.
+        stored: *mut SocketRecord,
     },
 }
 
@@ -59,9 +61,14 @@ pub(crate) fn lb_select(
         return Selection::Refused { reason: event::NO_BACKEND, service_id: service.service_id };
     }
     let service_id = service.service_id;
+    let mut stored = core::ptr::null_mut();
     if kind == trace::SENDMSG {
-        if let Some((backend, backend_id)) = lb_kept(ctx, service_id, set) {
-            return Selection::Backend { backend, service_id, backend_id };
+        // Fetched once, created if missing: it is read for the kept backend and written
+        // with the new translation.
+        // SAFETY: the context's socket is a full socket, held for the syscall.
+        stored = unsafe { SOCKETS.get_or_insert_ptr_mut(ctx, None) };
+        if let Some((backend, backend_id)) = lb_kept(stored, service_id, set) {
+            return Selection::Backend { backend, service_id, backend_id, stored };
         }
     }
     let affinity = if service.affinity_timeout_secs == 0 {
@@ -70,7 +77,7 @@ pub(crate) fn lb_select(
         let key =
             AffinityKey { service_id, _pad: 0, client: lb_client(ctx, service.affinity_client) };
         if let Some((backend, backend_id)) = lb_affinity(&key, &service, set) {
-            return Selection::Backend { backend, service_id, backend_id };
+            return Selection::Backend { backend, service_id, backend_id, stored };
         }
         Some(key)
     };
@@ -96,7 +103,7 @@ pub(crate) fn lb_select(
         // affinity until its next connect, and the connect goes on.
         let _ = AFFINITY.insert(key, AffinityValue { last_used_ns, backend_id, _pad: 0 }, 0);
     }
-    Selection::Backend { backend, service_id, backend_id }
+    Selection::Backend { backend, service_id, backend_id, stored }
 }
 
 /// An address without a service on this port and protocol: refused if it is a VIP (of
@@ -111,14 +118,12 @@ pub(crate) fn lb_not_a_service(addr: &Addr, set: u8) -> Selection {
     }
 }
 
-/// The backend the last datagram of this socket to `service_id` went to, if the record
-/// holds it and it is still usable: one of the service's in the live set, active or
-/// draining (not in maintenance, not taken out by health). So adding a backend moves no
-/// unconnected socket, and removing one moves only its own.
+/// The backend the last datagram of this socket to `service_id` went to, if its record
+/// `stored` (or null) holds it and it is still usable: one of the service's in the live set,
+/// active or draining (not in maintenance, not taken out by health). So adding a backend
+/// moves no unconnected socket, and removing one moves only its own.
 #[inline(always)]
-pub(crate) fn lb_kept(ctx: &SockAddrContext, service_id: u32, set: u8) -> Option<(Backend, u32)> {
-    // SAFETY: as in lb_record.
-    let stored = unsafe { SOCKETS.get_ptr_mut(ctx) };
+fn lb_kept(stored: *mut SocketRecord, service_id: u32, set: u8) -> Option<(Backend, u32)> {
     if stored.is_null() {
         return None;
     }

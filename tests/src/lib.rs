@@ -349,6 +349,30 @@ impl Sandbox {
         Ok(dataplane)
     }
 
+    /// Runs a Python client inside the sandbox; returns its stdout lines.
+    pub fn python_lines(&self, script: &str, args: &[&str]) -> Result<Vec<String>> {
+        let output = self.command("python3")?.arg("-c").arg(script).args(args).output()?;
+        ensure!(
+            output.status.success(),
+            "python client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
+    }
+
+    /// Deletes `key` (bytes) from the sandbox's pinned map `map` with bpftool, as a bug or a
+    /// hand would.
+    pub fn delete_by_hand(&self, map: &str, key: &[u8]) -> Result<()> {
+        let status = Command::new("bpftool")
+            .args(["map", "delete", "pinned"])
+            .arg(self.pin_path.join(map))
+            .arg("key")
+            .args(key.iter().map(u8::to_string))
+            .status()?;
+        ensure!(status.success(), "bpftool map delete failed");
+        Ok(())
+    }
+
     /// Starts a Python client inside the sandbox, running `script` with `args`, that talks
     /// line by line: see [`Session`].
     pub fn python_session(&self, script: &str, args: &[&str]) -> Result<Session> {
@@ -647,6 +671,20 @@ pub fn answer(mut stream: std::net::TcpStream, name: &str) -> std::io::Result<()
         }
     }
     stream.write_all(format!("{name}\n").as_bytes())
+}
+
+/// [`one_service`] over UDP.
+pub fn one_udp_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
+    let mut state = one_service(frontend, backends)?;
+    state.services = state
+        .services
+        .into_iter()
+        .map(|(mut frontend, entry)| {
+            frontend.protocol = Protocol::Udp;
+            (frontend, entry)
+        })
+        .collect();
+    Ok(state)
 }
 
 /// A desired state with one TCP service `frontend` ("VIP:PORT") whose backends are

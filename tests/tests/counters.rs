@@ -213,6 +213,11 @@ fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<(
     assert_eq!(entries("REVERSE"), Some(0), "{connected:?}");
     assert_eq!(entries("SOCKETS"), None, "socket storage lives with the sockets");
     assert_eq!(entries("ACTIVE_SET"), None, "an array has no fill of its own");
+    // The text says so too, rather than a capacity socket storage does not have.
+    let text = setup.expect(0, "status", &[])?;
+    let sockets =
+        text.lines().find(|l| l.trim_start().starts_with("SOCKETS")).context("SOCKETS")?;
+    assert!(sockets.contains("one per socket"), "{text}");
     Ok(())
 }
 

@@ -1,37 +1,11 @@
 //! Socket semantics through a VIP, seen by real clients in the real kernel: unconnected UDP
 //! (`sendto()`/`recvfrom()`), connected UDP and TCP (`getpeername()`), IPv4 and IPv6, the
 //! reverse entries checked against the live set, and fail-closed lookups.
-use std::{collections::BTreeSet, process::Command};
+use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::dataplane::ApplyTo;
-use reconciler_core::state::{MapState, Protocol};
-use reconciler_tests::{one_service, Running, Sandbox};
-
-/// `one_service` for UDP.
-fn udp_service(frontend: &str, backends: &[&str]) -> Result<MapState> {
-    let mut state = one_service(frontend, backends)?;
-    state.services = state
-        .services
-        .into_iter()
-        .map(|(mut frontend, entry)| {
-            frontend.protocol = Protocol::Udp;
-            (frontend, entry)
-        })
-        .collect();
-    Ok(state)
-}
-
-/// Runs a Python client inside the sandbox; returns its stdout lines.
-fn python(sandbox: &Sandbox, script: &str, args: &[&str]) -> Result<Vec<String>> {
-    let output = sandbox.command("python3")?.arg("-c").arg(script).args(args).output()?;
-    ensure!(
-        output.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
-}
+use reconciler_tests::{one_service, one_udp_service, Running, Sandbox};
 
 const PRELUDE: &str = "
 import socket, sys
@@ -77,7 +51,7 @@ fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandb
         sandbox.serve_tcp(backend, &name)?;
     }
     let refs = &backends[..];
-    let mut desired = udp_service(vip, refs)?;
+    let mut desired = one_udp_service(vip, refs)?;
     // The same VIP and port over TCP, with the same backends (service ID 2).
     let tcp = one_service(vip, refs)?;
     for (frontend, mut entry) in tcp.services {
@@ -109,7 +83,7 @@ fn unconnected_udp_replies_come_from_the_vip(
 ) -> Result<()> {
     let sandbox = udp_and_tcp_world(test, vip, backends)?;
     let (host, port) = host_and_port(vip)?;
-    let lines = python(&sandbox, &format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "40"])?;
+    let lines = sandbox.python_lines(&format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "40"])?;
     assert_eq!(lines.len(), 120, "{lines:?}");
     let mut per_socket_backends = Vec::new();
     for socket in lines.chunks(3) {
@@ -127,7 +101,7 @@ fn unconnected_udp_replies_come_from_the_vip(
     assert_eq!(spread.len(), 3, "{per_socket_backends:?}");
     // A reply from an address that is no VIP is untouched.
     let (host, port) = host_and_port(backends[0])?;
-    let lines = python(&sandbox, &format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "1"])?;
+    let lines = sandbox.python_lines(&format!("{PRELUDE}{UNCONNECTED}"), &[host, port, "1"])?;
     assert_eq!(lines, vec![format!("b1 {}", backends[0]); 3]);
     Ok(())
 }
@@ -149,7 +123,7 @@ fn unconnected_udp_over_ipv6_is_answered_from_the_vip_by_one_backend_per_socket(
 fn connected_sockets_see_the_vip(test: &str, vip: &str, backends: [&str; 3]) -> Result<()> {
     let sandbox = udp_and_tcp_world(test, vip, backends)?;
     let (host, port) = host_and_port(vip)?;
-    let lines = python(&sandbox, &format!("{PRELUDE}{CONNECTED}"), &[host, port])?;
+    let lines = sandbox.python_lines(&format!("{PRELUDE}{CONNECTED}"), &[host, port])?;
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0], format!("udp-peer {vip}"));
     assert!(
@@ -192,7 +166,7 @@ print(show(t.getpeername()), flush=True)
 
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
-    delete_by_hand(&sandbox, "BACKENDS", &key)?;
+    sandbox.delete_by_hand("BACKENDS", &key)?;
     assert_eq!(client.finish()?, ["10.96.0.10:80"]);
     Ok(())
 }
@@ -203,8 +177,8 @@ fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() 
     let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
     let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
     // Two UDP services, one backend each (IDs 1 and 11).
-    let mut desired = udp_service("10.96.0.53:53", &[&b1])?;
-    let second = udp_service("10.96.0.54:53", &[&b2])?;
+    let mut desired = one_udp_service("10.96.0.53:53", &[&b1])?;
+    let second = one_udp_service("10.96.0.54:53", &[&b2])?;
     for (frontend, mut entry) in second.services {
         entry.id = 2;
         desired.services.insert(frontend, entry);
@@ -238,69 +212,9 @@ print(data.decode().strip(), f'{source[0]}:{source[1]}', flush=True)
 
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
-    delete_by_hand(&sandbox, "BACKENDS", &key)?;
+    sandbox.delete_by_hand("BACKENDS", &key)?;
     assert_eq!(client.finish()?, [format!("b1 {b1}")], "a stale entry still translated");
     assert_eq!(dataplane.events()?.reverse_stale, 1);
-    Ok(())
-}
-
-fn delete_by_hand(sandbox: &Sandbox, map: &str, key: &[u8]) -> Result<()> {
-    let status = Command::new("bpftool")
-        .args(["map", "delete", "pinned"])
-        .arg(sandbox.pin_path().join(map))
-        .arg("key")
-        .args(key.iter().map(u8::to_string))
-        .status()?;
-    ensure!(status.success(), "bpftool map delete failed");
-    Ok(())
-}
-
-#[test]
-fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Result<()> {
-    let mut sandbox = Sandbox::new("fail-closed")?;
-    let backend = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
-    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&backend])?)?;
-    let active = dataplane.status()?.active_set;
-    let sent_before = sandbox.lo_tx_packets()?;
-
-    // SLOTS key: service 1, slot 0, the active set.
-    let mut slot = 1u32.to_le_bytes().to_vec();
-    slot.extend(0u32.to_le_bytes());
-    slot.extend([active, 0, 0, 0]);
-    delete_by_hand(&sandbox, "SLOTS", &slot)?;
-    let result = sandbox.probe_tcp("10.96.0.10:80", 4)?;
-    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&4), "{result:?}");
-    assert_eq!(dataplane.events()?.slot_miss, 4);
-
-    // With the slot back, the backend missing instead.
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(sandbox.pin_path().join("SLOTS"))
-        .arg("key")
-        .args(slot.iter().map(u8::to_string))
-        .arg("value")
-        .args(1u32.to_le_bytes().iter().map(u8::to_string))
-        .status()?;
-    ensure!(status.success(), "bpftool map update failed");
-    let mut key = 1u32.to_le_bytes().to_vec();
-    key.extend([active, 0, 0, 0]);
-    delete_by_hand(&sandbox, "BACKENDS", &key)?;
-    let result = sandbox.probe_tcp("10.96.0.10:80", 3)?;
-    assert_eq!(result.errors.get("ECONNREFUSED"), Some(&3), "{result:?}");
-    assert_eq!(dataplane.events()?.backend_miss, 3);
-    // Refused before any packet: nothing left for the VIP (or anywhere).
-    assert_eq!(sandbox.lo_tx_packets()?, sent_before);
-    // `reconciler status` shows the reasons.
-    let output = Command::new(reconciler_tests::reconciler_path()?)
-        .args(["status", "--output", "json", "--pin-path"])
-        .arg(sandbox.pin_path())
-        .output()?;
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    assert_eq!(
-        (&status["events"]["slot_miss"], &status["events"]["backend_miss"]),
-        (&4.into(), &3.into()),
-        "{status}"
-    );
     Ok(())
 }
 
@@ -322,7 +236,7 @@ fn dig_through_a_udp_vip(test: &str, vip: &str, listen: &str) -> Result<()> {
         .spawn()
         .context("starting dnsmasq (installed by `make setup`)")?;
     let _dnsmasq = Running(dnsmasq);
-    sandbox.install(&udp_service(vip, &[&backend])?)?;
+    sandbox.install(&one_udp_service(vip, &[&backend])?)?;
     let (host, _) = host_and_port(vip)?;
     // dnsmasq may still be binding: a few tries, each with dig's own short timeout.
     let mut last = String::new();
@@ -367,7 +281,7 @@ fn stale_connected_udp_is_destroyed(test: &str, vip: &str, backends: [&str; 3]) 
     let mut sandbox = Sandbox::new(test)?;
     let b1 = sandbox.serve_udp(backends[0], "b1")?.to_string();
     let b2 = sandbox.serve_udp(backends[1], "b2")?.to_string();
-    let mut dataplane = sandbox.install(&udp_service(vip, &[&b1])?)?;
+    let mut dataplane = sandbox.install(&one_udp_service(vip, &[&b1])?)?;
     // A connected socket and an unconnected one, both talking to b1 through the VIP; then
     // b1 leaves the service and b2 takes its place; then each talks again.
     let script = format!(
@@ -396,7 +310,7 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     let mut client = sandbox.python_session(&script, &[host, port])?;
     assert_eq!([client.line()?, client.line()?], ["connected b1", "unconnected b1"]);
 
-    let mut moved = udp_service(vip, &[&b2])?;
+    let mut moved = one_udp_service(vip, &[&b2])?;
     let entry = moved.backends.remove(&1).context("backend 1")?;
     moved.backends.insert(2, entry);
     moved.slots.insert((1, 0), 2);
@@ -410,83 +324,6 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     Ok(())
 }
 
-/// Packets the sandbox sent to `daddr`, by the nftables counter `vip_leak_counters` set up.
-fn packets_sent_to(sandbox: &Sandbox, daddr: &str) -> Result<u64> {
-    let output =
-        sandbox.command_in_netns("nft").args(["-j", "list", "table", "ip", "leak"]).output()?;
-    ensure!(output.status.success(), "nft: {}", String::from_utf8_lossy(&output.stderr));
-    let listing: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let rules = listing["nftables"].as_array().context("nft -j output")?;
-    for rule in rules.iter().filter_map(|item| item.get("rule")) {
-        let expr = rule["expr"].as_array().context("rule expressions")?;
-        let matches = expr.iter().any(|e| e["match"]["right"] == daddr);
-        if let Some(counter) = expr.iter().find_map(|e| e.get("counter")).filter(|_| matches) {
-            return counter["packets"].as_u64().context("counter packets");
-        }
-    }
-    anyhow::bail!("no counter for {daddr}")
-}
-
-/// A default route out of the sandbox through a veth, with an nftables counter per
-/// destination on the way out: what would leave the node.
-fn vip_leak_counters(sandbox: &Sandbox, daddrs: &[&str]) -> Result<()> {
-    for argv in [
-        &["ip", "link", "add", "out0", "type", "veth", "peer", "name", "out0p"][..],
-        &["ip", "addr", "add", "192.0.2.1/24", "dev", "out0"],
-        &["ip", "link", "set", "out0", "up"],
-        &["ip", "link", "set", "out0p", "up"],
-        // A neighbour entry, so the gateway needs no ARP before a packet can leave.
-        &["ip", "neigh", "add", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "out0"],
-        &["ip", "route", "add", "default", "via", "192.0.2.2", "dev", "out0"],
-        &["nft", "add", "table", "ip", "leak"],
-        &["nft", "add", "chain", "ip", "leak", "out", "{ type filter hook output priority 0 ; }"],
-    ] {
-        sandbox.run(argv)?;
-    }
-    for daddr in daddrs {
-        sandbox
-            .run(&["nft", "add", "rule", "ip", "leak", "out", "ip", "daddr", daddr, "counter"])?;
-    }
-    Ok(())
-}
-
-#[test]
-fn a_vip_is_closed_on_every_port_and_protocol_no_service_defines() -> Result<()> {
-    let mut sandbox = Sandbox::new("unknown-port")?;
-    let backend = sandbox.serve_tcp("127.0.0.11:8080", "b1")?.to_string();
-    let dataplane = sandbox.install(&one_service("10.96.0.10:80", &[&backend])?)?;
-    vip_leak_counters(&sandbox, &["10.96.0.10", "10.96.0.99"])?;
-    // TCP to another port of the VIP, UDP to its TCP port and to another port: refused at
-    // once. UDP to an address that is no VIP leaves, as it should (the counter's control).
-    let script = "
-import socket, errno
-def outcome(call):
-    try:
-        call()
-        return 'sent'
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-t.settimeout(3)
-print('tcp 81', outcome(lambda: t.connect(('10.96.0.10', 81))))
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-print('udp 80', outcome(lambda: u.sendto(b'q', ('10.96.0.10', 80))))
-print('udp 81', outcome(lambda: u.sendto(b'q', ('10.96.0.10', 81))))
-print('other', outcome(lambda: u.sendto(b'q', ('10.96.0.99', 80))))
-";
-    let lines = python(&sandbox, script, &[])?;
-    assert_eq!(
-        lines,
-        ["tcp 81 ECONNREFUSED", "udp 80 ECONNREFUSED", "udp 81 ECONNREFUSED", "other sent"]
-    );
-    assert_eq!(packets_sent_to(&sandbox, "10.96.0.10")?, 0, "a packet left for the VIP");
-    assert_eq!(packets_sent_to(&sandbox, "10.96.0.99")?, 1);
-    assert_eq!(dataplane.events()?.unknown_port, 3);
-    // The service's own port still works.
-    assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 3)?.replies.get("b1"), Some(&3));
-    Ok(())
-}
-
 #[test]
 fn unconnected_udp_sockets_keep_their_backend_while_it_stays_usable() -> Result<()> {
     let mut sandbox = Sandbox::new("udp-keep")?;
@@ -496,7 +333,7 @@ fn unconnected_udp_sockets_keep_their_backend_while_it_stays_usable() -> Result<
             Ok(sandbox.serve_udp(&format!("127.0.0.1{i}:5300"), &format!("b{i}"))?.to_string())
         })
         .collect::<Result<_>>()?;
-    let two = udp_service(vip, &[&b[0], &b[1]])?;
+    let two = one_udp_service(vip, &[&b[0], &b[1]])?;
     let mut dataplane = sandbox.install(&two)?;
     // 40 unconnected sockets; at each step every one sends a datagram to the VIP and the
     // client prints the backend that answered each, in socket order.
@@ -520,7 +357,7 @@ for line in sys.stdin:
     assert!(first.iter().any(|n| n == "b1") && first.iter().any(|n| n == "b2"), "{first:?}");
 
     // A third backend: no socket moves.
-    let three = udp_service(vip, &[&b[0], &b[1], &b[2]])?;
+    let three = one_udp_service(vip, &[&b[0], &b[1], &b[2]])?;
     dataplane.apply(&three, ApplyTo::default())?;
     let second: Vec<String> = client.go_on()?.split(' ').map(str::to_owned).collect();
     assert_eq!(second, first, "sockets moved when a backend was added");
@@ -551,7 +388,7 @@ fn a_connected_udp_socket_keeps_its_record_through_a_million_and_a_half_translat
     let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
     let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
     let vip = "10.96.0.53:53";
-    let mut dataplane = sandbox.install(&udp_service(vip, &[&b1])?)?;
+    let mut dataplane = sandbox.install(&one_udp_service(vip, &[&b1])?)?;
     let script = format!(
         "{PRELUDE}
 import errno
@@ -583,7 +420,7 @@ except OSError as e:
     assert_eq!(client.go_on()?, vip, "getpeername() lost the VIP");
 
     // b1 leaves the service: the socket is found by its own record and destroyed.
-    let mut moved = udp_service(vip, &[&b2])?;
+    let mut moved = one_udp_service(vip, &[&b2])?;
     let entry = moved.backends.remove(&1).context("backend 1")?;
     moved.backends.insert(2, entry);
     moved.slots.insert((1, 0), 2);

@@ -208,6 +208,8 @@ fn print_footprint(footprint: &Footprint) {
     for map in &footprint.maps {
         let fill = match map.entries {
             Some(entries) => format!("{entries} of {}", map.capacity),
+            // Socket storage has no capacity: one entry per socket, freed with it.
+            None if map.kind == "sk_storage" => "one per socket".to_string(),
             None => format!("{} preallocated", map.capacity),
         };
         let per_cpu = if map.per_cpu { " per CPU" } else { "" };

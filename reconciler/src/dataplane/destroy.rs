@@ -50,21 +50,23 @@ pub(super) fn connected_udp_sockets(
 ) -> Result<usize> {
     let namespaces = network_namespaces().map_err(io_err("listing network namespaces"))?;
     // Loading the iterator (the kernel's BTF, the verifier) costs far more than a dump: only
-    // when some socket is connected to a doomed backend's address is it worth it.
+    // namespaces where some socket is connected to a doomed backend's address are read.
+    // The set is flipped already, so no socket connects to a doomed backend after the dump.
     let addresses: BTreeSet<SocketAddr> = doomed.values().map(|a| canonical(*a)).collect();
-    if !any_connected_to(&namespaces, &addresses)? {
+    let candidates = connected_to(&namespaces, &addresses)?;
+    if candidates.is_empty() {
         return Ok(0);
     }
     let ids: BTreeSet<u32> = doomed.keys().copied().collect();
     let doomed = &ids;
     let records = UdpRecords::load(pin_path)?;
     let mut destroyed = 0;
-    for namespace in namespaces {
+    for (namespace, sockets) in candidates {
         let link = records.link();
         // setns() changes the calling thread's namespace only: a thread of its own.
         destroyed += std::thread::scope(|scope| {
             scope
-                .spawn(|| in_namespace(&namespace, link, doomed))
+                .spawn(|| in_namespace(namespace, link, doomed, sockets))
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the socket-destroying thread panicked")))
         })
@@ -73,28 +75,37 @@ pub(super) fn connected_udp_sockets(
     Ok(destroyed)
 }
 
-/// Whether a UDP socket in any of `namespaces` is connected to one of `addresses`.
-fn any_connected_to(namespaces: &[fs::File], addresses: &BTreeSet<SocketAddr>) -> Result<bool> {
+/// A connected UDP socket: its family, ID and peer.
+type Connected = (u8, SocketId, SocketAddr);
+
+/// The namespaces among `namespaces` with UDP sockets connected to one of `addresses`, and
+/// those sockets.
+fn connected_to<'n>(
+    namespaces: &'n [fs::File],
+    addresses: &BTreeSet<SocketAddr>,
+) -> Result<Vec<(&'n fs::File, Vec<Connected>)>> {
+    let mut candidates = Vec::new();
     if addresses.is_empty() {
-        return Ok(false);
+        return Ok(candidates);
     }
     for namespace in namespaces {
-        let found = std::thread::scope(|scope| {
+        let sockets = std::thread::scope(|scope| {
             scope
-                .spawn(|| -> io::Result<bool> {
+                .spawn(|| -> io::Result<Vec<Connected>> {
                     enter(namespace)?;
-                    let socket = diag_socket()?;
-                    Ok(connected_udp(&socket)?.iter().any(|(_, _, peer)| addresses.contains(peer)))
+                    let mut sockets = connected_udp(&diag_socket()?)?;
+                    sockets.retain(|(_, _, peer)| addresses.contains(peer));
+                    Ok(sockets)
                 })
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the socket-listing thread panicked")))
         })
         .map_err(io_err("listing the connected UDP sockets"))?;
-        if found {
-            return Ok(true);
+        if !sockets.is_empty() {
+            candidates.push((namespace, sockets));
         }
     }
-    Ok(false)
+    Ok(candidates)
 }
 
 /// Moves the calling thread into the network namespace `namespace`.
@@ -107,11 +118,12 @@ fn enter(namespace: &fs::File) -> io::Result<()> {
 }
 
 /// In a thread of its own: enters `namespace`, reads its connected UDP sockets' records
-/// through `link` and destroys the doomed ones.
+/// through `link` and destroys those of `sockets` whose record names a doomed backend.
 fn in_namespace(
     namespace: &fs::File,
     link: BorrowedFd<'_>,
     doomed: &BTreeSet<u32>,
+    sockets: Vec<Connected>,
 ) -> io::Result<usize> {
     enter(namespace)?;
     let targets: BTreeMap<u64, SocketAddr> = records::read(link)?
@@ -125,7 +137,7 @@ fn in_namespace(
     if targets.is_empty() {
         return Ok(0);
     }
-    in_this_namespace(&targets)
+    in_this_namespace(&targets, sockets)
 }
 
 /// One open `/proc/PID/ns/net` per network namespace that has a process in it. Opened while
@@ -186,10 +198,14 @@ fn diag_socket() -> io::Result<Socket> {
 }
 
 /// Destroys the UDP sockets among `targets` (socket cookie -> the backend it was connected
-/// to) that are still connected to that backend, in this thread's network namespace.
-fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
+/// to) that `sockets` lists still connected to that backend, in this thread's network
+/// namespace.
+fn in_this_namespace(
+    targets: &BTreeMap<u64, SocketAddr>,
+    sockets: Vec<Connected>,
+) -> io::Result<usize> {
     let socket = diag_socket()?;
-    let doomed: Vec<(u8, SocketId)> = connected_udp(&socket)?
+    let doomed: Vec<(u8, SocketId)> = sockets
         .into_iter()
         .filter(|(_, id, peer)| targets.get(&cookie(&id.cookie)) == Some(peer))
         .map(|(family, id, _)| (family, id))
@@ -207,8 +223,8 @@ fn in_this_namespace(targets: &BTreeMap<u64, SocketAddr>) -> io::Result<usize> {
     first_error.map_or(Ok(destroyed), Err)
 }
 
-/// The connected UDP sockets of this thread's network namespace: family, ID and peer.
-fn connected_udp(socket: &Socket) -> io::Result<Vec<(u8, SocketId, SocketAddr)>> {
+/// The connected UDP sockets of this thread's network namespace.
+fn connected_udp(socket: &Socket) -> io::Result<Vec<Connected>> {
     let mut found = Vec::new();
     for family in [AF_INET, AF_INET6] {
         let request = InetRequest {

@@ -76,20 +76,22 @@ pub(super) fn copy_moved_counters(pin_path: &Path) -> Result<()> {
     if !pin_path.join("BACKEND_COUNTS").exists() {
         return Ok(());
     }
-    let backends = map_data(pin_path, "BACKENDS")?;
-    let backend_ids: BTreeSet<u32> = batch::lookup_all::<BackendKey, Backend>(&backends)
-        .map_err(io_err("reading BACKENDS"))?
-        .into_iter()
-        .map(|(key, _)| key.backend_id)
-        .collect();
-    let services = map_data(pin_path, "SERVICES")?;
-    let service_ids: BTreeSet<u32> = batch::lookup_all::<ServiceKey, ServiceValue>(&services)
-        .map_err(io_err("reading SERVICES"))?
-        .into_iter()
-        .map(|(_, value)| value.service_id)
-        .collect();
+    let backend_ids = ids_in(pin_path, "BACKENDS", |key: &BackendKey, _: &Backend| key.backend_id)?;
+    let service_ids =
+        ids_in(pin_path, "SERVICES", |_: &ServiceKey, value: &ServiceValue| value.service_id)?;
     copy_sums::<BackendCounters>(pin_path, ("BACKEND_COUNTS", "BACKEND_TOTALS"), &backend_ids)?;
     copy_sums::<ServiceCounters>(pin_path, ("SERVICE_COUNTS", "SERVICE_TOTALS"), &service_ids)
+}
+
+/// The IDs (`id_of` an entry) in use in hash map `name`, in either set.
+fn ids_in<K: Pod, V: Pod>(
+    pin_path: &Path,
+    name: &str,
+    id_of: impl Fn(&K, &V) -> u32,
+) -> Result<BTreeSet<u32>> {
+    let entries = batch::lookup_all::<K, V>(&map_data(pin_path, name)?)
+        .map_err(io_err(format!("reading {name}")))?;
+    Ok(entries.iter().map(|(key, value)| id_of(key, value)).collect())
 }
 
 /// Writes the sum over CPUs of each of `ids` in per-CPU array `from` into array `to`.

@@ -86,7 +86,22 @@ impl Dataplane {
             cgroup_id: metadata.cgroup_id,
             active_set: self.read_active_set()?,
             standby_dirty: metadata.standby_dirty != 0,
-            capacity: sizes::installed(&self.pin_path)?,
+            capacity: self.capacity()?,
+        })
+    }
+
+    /// The capacity the open maps hold (no pin opened again: status is read on every run).
+    fn capacity(&self) -> Result<Capacity> {
+        sizes::capacity_from(|name| {
+            let map = match name {
+                "SERVICES" => &self.services,
+                "BACKENDS" => &self.backends,
+                "SLOTS" => &self.slots,
+                "REVERSE" => &self.reverse,
+                "AFFINITY" => &self.affinity,
+                _ => return Ok(None),
+            };
+            sizes::max_entries(map, name).map(Some)
         })
     }
 

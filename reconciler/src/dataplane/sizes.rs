@@ -3,7 +3,7 @@
 //! pinned maps (the one record of it).
 use std::path::Path;
 
-use aya::EbpfLoader;
+use aya::{maps::MapData, EbpfLoader};
 use reconciler_common::SET_COUNT;
 use reconciler_core::capacity::{Capacity, MAXIMUM};
 
@@ -38,19 +38,23 @@ pub(super) fn sized_loader(capacity: &Capacity) -> EbpfLoader<'static> {
     loader
 }
 
-/// The capacity of the data plane pinned at `pin_path`: its maps' sizes. (Builds before the
-/// capacity could be set made every map at [`MAXIMUM`]; so are the maps an older layout
-/// lacks, which an upgrade then creates.)
+/// The capacity of the data plane pinned at `pin_path`: its maps' sizes.
 pub(super) fn installed(pin_path: &Path) -> Result<Capacity> {
+    capacity_from(|name| {
+        if !pin_path.join(name).exists() {
+            return Ok(None);
+        }
+        max_entries(&map_data(pin_path, name)?, name).map(Some)
+    })
+}
+
+/// The capacity that maps of these sizes hold: `max_entries(name)` is the size of the map
+/// `name`, or `None` where there is none. (Builds before the capacity could be set made every
+/// map at [`MAXIMUM`]; so are the maps an older layout lacks, which an upgrade then creates.)
+pub(super) fn capacity_from(max_entries: impl Fn(&str) -> Result<Option<u32>>) -> Result<Capacity> {
     let sets = u32::from(SET_COUNT);
     let entries = |name: &str, per_set: u32, otherwise: u32| -> Result<u32> {
-        if !pin_path.join(name).exists() {
-            return Ok(otherwise);
-        }
-        let info = map_data(pin_path, name)?
-            .info()
-            .map_err(map_err(format!("reading the size of {name}")))?;
-        Ok(info.max_entries() / per_set)
+        Ok(max_entries(name)?.map_or(otherwise, |entries| entries / per_set))
     };
     Ok(Capacity {
         services: entries("SERVICES", sets, MAXIMUM.services)?,
@@ -59,4 +63,10 @@ pub(super) fn installed(pin_path: &Path) -> Result<Capacity> {
         connections: entries("REVERSE", 1, MAXIMUM.connections)?,
         affinity: entries("AFFINITY", 1, MAXIMUM.affinity)?,
     })
+}
+
+/// The size of the open map `name`.
+pub(super) fn max_entries(map: &MapData, name: &str) -> Result<u32> {
+    let info = map.info().map_err(map_err(format!("reading the size of {name}")))?;
+    Ok(info.max_entries())
 }
