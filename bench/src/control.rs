@@ -17,7 +17,7 @@ use reconciler::{
 use reconciler_core::{
     capacity,
     compile::compile,
-    source::{GitSpec, SourceSpec},
+    source::{FetchTimeouts, GitSpec, SourceSpec},
     state::MapState,
     validate::Policy,
 };
@@ -207,6 +207,7 @@ pub fn run(rounds: usize, count: usize) -> Result<Value> {
             cache_dir: cache.clone(),
             ssh_key: None,
             verify: None,
+            timeouts: FetchTimeouts::default(),
         };
         let spec = SourceSpec::Git(git.clone());
         for name in ["validate_compile_cold_cache_s", "validate_compile_s"] {

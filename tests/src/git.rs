@@ -126,10 +126,23 @@ impl Daemon {
     /// Serves the repositories under `base` at git://`address`/ (see [`loopback_address`]),
     /// once it accepts connects.
     pub fn start(base: &Path, address: IpAddr) -> Daemon {
+        let reachable =
+            |socket| TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_ok();
+        Daemon::start_with(base, address, Command::new, reachable)
+    }
+
+    /// [`start`](Self::start), its command made by `command` (another network namespace,
+    /// say) and its readiness told by `reachable`.
+    pub fn start_with(
+        base: &Path,
+        address: IpAddr,
+        command: impl FnOnce(PathBuf) -> Command,
+        reachable: impl Fn(SocketAddr) -> bool,
+    ) -> Daemon {
         // The daemon binary itself: `git daemon` runs it as a child of `git`, which a kill of
         // the PID we hold would leave running.
         let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+        let child = command(Path::new(&exec_path).join("git-daemon"))
             .args(["--reuseaddr", "--export-all"])
             .arg(format!("--listen={address}"))
             .arg(format!("--base-path={}", base.display()))
@@ -144,12 +157,21 @@ impl Daemon {
         let mut daemon = Daemon { child, address };
         let socket = SocketAddr::new(address, GIT_PORT);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_err() {
+        while !reachable(socket) {
             assert!(daemon.child.try_wait().ok().flatten().is_none(), "git daemon exited");
             assert!(Instant::now() < deadline, "git daemon not listening on {socket} after 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
         daemon
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the server: stopped, the kernel still
+    /// accepts connections for it, and nobody answers: a git server that hangs.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling the PID of a child we started and have not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signalling git daemon: {}", std::io::Error::last_os_error());
     }
 
     /// The URL of repository `name` (a path under the base).

@@ -14,7 +14,10 @@ use reconciler::{
     dataplane::Dataplane,
 };
 use reconciler_core::state::BackendState;
-use reconciler_tests::{git::Repo, reconciler_path, wait_for, Sandbox};
+use reconciler_tests::{
+    git::{self, Repo},
+    reconciler_path, wait_for, Sandbox,
+};
 use tempfile::TempDir;
 
 const VIP: &str = "10.96.0.10:80";
@@ -47,12 +50,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(sandbox: &Sandbox, repo: &Path) -> Result<Daemon> {
+        Daemon::start_with(sandbox, &repo.display().to_string(), "  interval: 60s\n")
+    }
+
+    /// The daemon reading `url`, with `source` lines added to its `source` settings.
+    fn start_with(sandbox: &Sandbox, url: &str, source: &str) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let listen = "127.0.0.1:9469".to_owned();
         let config = format!(
-            "source:\n  url: {}\n  path: services\n  interval: 60s\n  cacheDir: {}\n\
+            "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
              dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n",
-            repo.display(),
             dir.path().join("cache").display(),
             sandbox.cgroup().display(),
             sandbox.pin_path().display()
@@ -221,5 +228,63 @@ fn a_service_with_no_healthy_backend_falls_back_to_another() -> Result<()> {
         let result = sandbox.probe_tcp(VIP, 30).ok()?;
         (result.errors.is_empty() && result.replies.keys().all(|k| k == "b12")).then_some(())
     })?;
+    Ok(())
+}
+
+/// A git server that accepts and never answers holds no failover back: the fetch hangs (shown
+/// in `/status`) until `source.timeout`, while a dead backend is taken out at once; the
+/// server back, a new commit lands.
+#[test]
+fn a_git_server_that_hangs_delays_new_commits_never_failover() -> Result<()> {
+    let mut sandbox = Sandbox::new("hung-git")?;
+    for i in 11..=13 {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let work = Repo::new();
+    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12"]));
+    work.commit("web");
+    let served = tempfile::tempdir()?;
+    work.bare_clone(served.path(), "services.git");
+    // `git daemon` in the sandbox's namespace, where the daemon fetches from.
+    let address = "127.0.0.1".parse()?;
+    let git = git::Daemon::start_with(
+        served.path(),
+        address,
+        |program| sandbox.command_in_netns(program),
+        |socket| sandbox.in_netns(move || Ok(std::net::TcpStream::connect(socket)?)).is_ok(),
+    );
+    let source = "  interval: 1s\n  timeout: 8s\n  connectTimeout: 1s\n";
+    let daemon = Daemon::start_with(&sandbox, &git.url("services.git"), source)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+
+    git.pause(true);
+    let hanging = wait_for("a fetch that hangs", Duration::from_secs(10), || {
+        daemon.status(&sandbox).ok()?.fetching_since
+    })
+    .with_context(|| daemon.log())?;
+    sandbox.stop_server("127.0.0.12:8080")?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11"]));
+    let status = daemon.status(&sandbox)?;
+    assert_eq!(status.fetching_since.as_ref(), Some(&hanging), "the fetch is the same one");
+    assert!(status.failed_revision.is_none(), "{status:?}");
+    // The fetch gives up at the timeout, and says so.
+    wait_for("the fetch to time out", Duration::from_secs(15), || {
+        let error = daemon.status(&sandbox).ok()?.last_error?;
+        error.contains("not done within 8s").then_some(())
+    })
+    .with_context(|| daemon.log())?;
+
+    // The server back: a new commit is applied.
+    git.pause(false);
+    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12", "127.0.0.13"]));
+    let commit = work.commit("web on three");
+    work.git(&["push", "-q", "origin", "HEAD"]);
+    wait_for("the new commit", Duration::from_secs(30), || {
+        let status = daemon.status(&sandbox).ok()?;
+        (status.applied_revision.as_deref() == Some(commit.as_str())).then_some(())
+    })
+    .with_context(|| daemon.log())?;
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b13"]));
     Ok(())
 }

@@ -13,7 +13,7 @@ use reconciler::{
 };
 use reconciler_core::{
     plan::{render_text, Plan},
-    source::{GitSpec, SourceSpec},
+    source::{FetchTimeouts, GitSpec, SourceSpec},
     state::MapState,
     validate::Policy,
 };
@@ -312,6 +312,7 @@ fn services_of(repo: &Repo, cache: &std::path::Path) -> SourceSpec {
         cache_dir: cache.to_owned(),
         ssh_key: None,
         verify: None,
+        timeouts: FetchTimeouts::default(),
     })
 }
 

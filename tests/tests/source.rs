@@ -2,7 +2,9 @@
 //! `git://` (a `git daemon` on 127.0.0.1), branches, tags, commits, force-pushes, and the errors.
 use std::path::Path;
 
-use reconciler_core::source::{fetch, snapshot_at, GitSpec, Snapshot, SourceError, SourceSpec};
+use reconciler_core::source::{
+    fetch, snapshot_at, FetchTimeouts, GitSpec, Snapshot, SourceError, SourceSpec,
+};
 use reconciler_tests::git::{loopback_address, Daemon, Repo};
 use tempfile::tempdir;
 
@@ -15,6 +17,7 @@ fn spec(url: &str, cache: &Path) -> GitSpec {
         cache_dir: cache.to_owned(),
         ssh_key: None,
         verify: None,
+        timeouts: FetchTimeouts::default(),
     }
 }
 

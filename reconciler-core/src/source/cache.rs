@@ -1,6 +1,9 @@
 //! The bare repository that caches one URL: opened (or rebuilt) under a lock, fetched into,
 //! and asked which commit a reference names.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks,
@@ -9,7 +12,7 @@ use git2::{
 
 use super::{
     error::{io_error, SourceError},
-    spec::GitSpec,
+    spec::{FetchTimeouts, GitSpec},
 };
 
 /// Runs `work` on the cache of `spec`'s URL while holding that cache's lock, so concurrent
@@ -89,13 +92,24 @@ impl Cache {
         |error| SourceError::Cache { path: self.path.clone(), error }
     }
 
+    /// Fetches every branch and tag, within `spec.timeouts`: the progress callbacks end a
+    /// fetch that is still going when `total` has passed (a server that trickles), and
+    /// libgit2 gives up on a connect or a read as [`set_server_timeouts`] said.
     pub(super) fn fetch(&self, spec: &GitSpec) -> Result<(), SourceError> {
-        let fetch_error = |error| SourceError::Fetch { url: self.url.clone(), error };
+        let timeouts = spec.timeouts;
+        let deadline = Instant::now() + timeouts.total;
+        let fetch_error = |error| match Instant::now() >= deadline {
+            true => SourceError::Timeout { url: self.url.clone(), after: timeouts.total },
+            false => SourceError::Fetch { url: self.url.clone(), error },
+        };
         let mut remote = self.repo.remote_anonymous(&self.url).map_err(fetch_error)?;
+        let mut callbacks = callbacks(spec.ssh_key.as_deref());
+        callbacks.transfer_progress(move |_| Instant::now() < deadline);
+        callbacks.sideband_progress(move |_| Instant::now() < deadline);
         let mut options = FetchOptions::new();
         // Forced refspecs follow force-pushes; pruning forgets deleted branches and tags.
         options
-            .remote_callbacks(callbacks(spec.ssh_key.as_deref()))
+            .remote_callbacks(callbacks)
             .prune(FetchPrune::On)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
@@ -144,6 +158,23 @@ impl Cache {
             // Not found, the id of a tree or blob, or too long for this repository's ids.
             Err(_) => Err(unknown()),
         }
+    }
+}
+
+/// Sets libgit2's connect timeout to `timeouts.connect` and its timeout of any one read
+/// or write to `timeouts.total`, for every fetch of this process (without them a server that
+/// accepts and never answers holds a fetch for ever).
+///
+/// # Safety
+///
+/// libgit2 keeps these in globals without synchronisation: call it before any other thread
+/// of the process starts.
+pub unsafe fn set_server_timeouts(timeouts: FetchTimeouts) {
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: as the caller promises. They cannot fail (git2's own words).
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis(timeouts.connect));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(millis(timeouts.total));
     }
 }
 

@@ -8,6 +8,8 @@ pub enum SourceError {
     // The causes are part of the message, not `#[source]`s: a chain would print them twice.
     #[error("fetching {url}: {error}")]
     Fetch { url: String, error: git2::Error },
+    #[error("fetching {url}: not done within {after:?} (source.timeout)")]
+    Timeout { url: String, after: std::time::Duration },
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: std::io::Error },
     #[error("git cache {}: {error}", path.display())]
@@ -33,7 +35,10 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Fetch { .. } | SourceError::Io { .. } | SourceError::Cache { .. }
+            SourceError::Fetch { .. }
+                | SourceError::Timeout { .. }
+                | SourceError::Io { .. }
+                | SourceError::Cache { .. }
         )
     }
 

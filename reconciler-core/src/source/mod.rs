@@ -23,11 +23,12 @@ mod snapshot;
 mod spec;
 mod tree;
 
+pub use cache::set_server_timeouts;
 use cache::with_cache;
 pub use dir::read_paths;
 pub use error::SourceError;
 pub use snapshot::{FileProblem, Snapshot, SourceFile};
-pub use spec::{default_cache_dir, GitSpec, SourceSpec};
+pub use spec::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec};
 
 /// Starts libgit2 on another thread. Its initialisation loads the system's CA certificates
 /// for https remotes (~30 ms, even for a local repository); begun at launch, it overlaps
@@ -65,9 +66,19 @@ pub fn fetch_reusing(
 /// For a Git spec: the snapshot of another revision `rev` (branch, tag or commit) of the same
 /// repository, read from the cache that `fetch` filled; fetches first if `rev` is not there.
 pub fn snapshot_at(spec: &GitSpec, rev: &str) -> Result<Snapshot, SourceError> {
+    snapshot_from_cache(spec, rev, true)
+}
+
+/// [`snapshot_at`] from the cache alone, never from the network: for what must not wait on
+/// a git server (the daemon's health changes, planned from the revision the maps record).
+pub fn cached_snapshot_at(spec: &GitSpec, rev: &str) -> Result<Snapshot, SourceError> {
+    snapshot_from_cache(spec, rev, false)
+}
+
+fn snapshot_from_cache(spec: &GitSpec, rev: &str, fetch: bool) -> Result<Snapshot, SourceError> {
     with_cache(spec, |cache| {
         let commit = match cache.resolve(Some(rev)) {
-            Err(SourceError::UnknownRef { .. }) => {
+            Err(SourceError::UnknownRef { .. }) if fetch => {
                 cache.fetch(spec)?;
                 cache.resolve(Some(rev))?
             }

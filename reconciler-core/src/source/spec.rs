@@ -1,11 +1,13 @@
 //! What a source is: a directory, or a git repository with a reference, a subdirectory, a
 //! cache and who must have signed its commits.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::verify::Verify;
 
 /// Where service definitions come from.
 #[derive(Clone, Debug, PartialEq)]
+// One per session, never in a collection: the size of `Git` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SourceSpec {
     /// A plain directory, read as it is (no git).
     Dir(PathBuf),
@@ -27,6 +29,25 @@ pub struct GitSpec {
     pub ssh_key: Option<PathBuf>,
     /// Who must have signed the commit (or a tag of it) for it to be read at all.
     pub verify: Option<Verify>,
+    /// How long a fetch may take.
+    pub timeouts: FetchTimeouts,
+}
+
+/// How long a fetch may wait: a git server that accepts and never answers must not hold a
+/// fetch (and whoever waits for it) for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchTimeouts {
+    /// To connect to the server.
+    pub connect: Duration,
+    /// For the whole fetch; also the longest a single read from the server may wait.
+    pub total: Duration,
+}
+
+impl Default for FetchTimeouts {
+    /// 10 s to connect, 60 s in all (Flux's default timeout for a GitRepository).
+    fn default() -> Self {
+        FetchTimeouts { connect: Duration::from_secs(10), total: Duration::from_secs(60) }
+    }
 }
 
 /// The default cache directory: $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else

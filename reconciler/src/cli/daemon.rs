@@ -49,6 +49,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    // SAFETY: no other thread exists yet (logging starts none; the runtime starts below).
+    unsafe { reconciler_core::source::set_server_timeouts(config.source.timeouts) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,7 +18,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reconciler_core::{
-    source::{default_cache_dir, GitSpec, SourceSpec},
+    source::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
     validate::{parse_range, Policy},
     verify::{AllowedSigners, Keyring, Mode, Verify},
@@ -89,6 +89,8 @@ pub fn run() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     if reads_git {
+        // SAFETY: no other thread exists yet.
+        unsafe { reconciler_core::source::set_server_timeouts(FetchTimeouts::default()) };
         reconciler_core::source::start_git_early();
     }
     let result = match cli.command {
@@ -181,6 +183,7 @@ impl SourceArgs {
                 cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
                 ssh_key: self.ssh_key.clone(),
                 verify: self.verify()?,
+                timeouts: FetchTimeouts::default(),
             })),
             (None, Some(dir)) => Ok(SourceSpec::Dir(dir.clone())),
             _ => anyhow::bail!("say where the definitions are: --repo URL|PATH or --dir DIR"),

@@ -14,7 +14,7 @@ use super::webhook::Secret;
 use reconciler_core::{
     capacity::Capacity,
     load,
-    source::{default_cache_dir, GitSpec, SourceSpec},
+    source::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
     validate::{at, parse_range, Diagnostic, Policy, Schema},
     verify::{AllowedSigners, Keyring, Mode, Verify},
@@ -26,8 +26,9 @@ static CONFIG_SCHEMA: Schema = Schema::new(
 );
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// The shortest interval: a shorter one would have the daemon fetch in a busy loop.
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest interval or timeout: a shorter interval would have the daemon fetch in a
+/// busy loop, a shorter timeout end every fetch.
+const MIN_DURATION: Duration = Duration::from_millis(100);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
 
 /// What to do about live maps that differ from the applied commit.
@@ -102,6 +103,8 @@ struct RawSource {
     cache_dir: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
     verify: Option<RawVerify>,
+    timeout: Option<String>,
+    connect_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -207,7 +210,18 @@ impl Problems<'_> {
 /// stand-in: a configuration with any `problems` is refused whole.
 fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
     // Checked in a fixed order, the order the errors are listed in.
-    let interval = interval(raw.source.interval.as_deref(), problems);
+    let interval =
+        duration(raw.source.interval.as_deref(), "/source/interval", DEFAULT_INTERVAL, problems);
+    let defaults = FetchTimeouts::default();
+    let timeouts = FetchTimeouts {
+        total: duration(raw.source.timeout.as_deref(), "/source/timeout", defaults.total, problems),
+        connect: duration(
+            raw.source.connect_timeout.as_deref(),
+            "/source/connectTimeout",
+            defaults.connect,
+            problems,
+        ),
+    };
     let listen = listen(raw.listen.as_deref(), problems);
     let capacity = raw
         .dataplane
@@ -231,6 +245,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
             cache_dir: raw.source.cache_dir.unwrap_or_else(default_cache_dir),
             ssh_key: raw.source.ssh_key,
             verify,
+            timeouts,
         },
         interval,
         cgroup: raw.dataplane.cgroup,
@@ -246,13 +261,18 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
     }
 }
 
-/// `source.interval`, if it is given: a duration of at least 100ms.
-fn interval(text: Option<&str>, problems: &mut Problems) -> Duration {
-    let Some(text) = text else { return DEFAULT_INTERVAL };
-    let interval = parse_duration(text)
-        .filter(|interval| *interval >= MIN_INTERVAL)
-        .ok_or_else(|| FieldError::Interval(text.to_owned()));
-    problems.check("/source/interval", interval).unwrap_or(DEFAULT_INTERVAL)
+/// The duration at `pointer`, if it is given: at least 100ms; else `default`.
+fn duration(
+    text: Option<&str>,
+    pointer: &str,
+    default: Duration,
+    problems: &mut Problems,
+) -> Duration {
+    let Some(text) = text else { return default };
+    let duration = parse_duration(text)
+        .filter(|duration| *duration >= MIN_DURATION)
+        .ok_or_else(|| FieldError::Duration(text.to_owned()));
+    problems.check(pointer, duration).unwrap_or(default)
 }
 
 /// `listen`: an IP address and port.
@@ -271,7 +291,7 @@ fn local_vip(text: &str) -> Result<IpAddr, FieldError> {
 #[derive(Debug, thiserror::Error)]
 enum FieldError {
     #[error("`{0}` is not a duration of at least 100ms")]
-    Interval(String),
+    Duration(String),
     #[error("`{0}` is not HOST:PORT with an IP address")]
     Listen(String),
     #[error("`{0}` is not an IPv4 or IPv6 address")]
@@ -351,6 +371,25 @@ drift: heal
         let config = parse("node.yaml", text).unwrap();
         assert_eq!(config.exclude, [PathBuf::from("/sys/fs/cgroup/mesh")]);
         assert_eq!(config.capacity, None);
+    }
+
+    #[test]
+    fn fetch_timeouts_default_to_60s_and_10s_and_are_checked_at_their_place() {
+        let config = parse("node.yaml", "source: {url: /srv/services}\n").unwrap();
+        assert_eq!(config.source.timeouts, FetchTimeouts::default());
+        assert_eq!(
+            (config.source.timeouts.total, config.source.timeouts.connect),
+            (Duration::from_secs(60), Duration::from_secs(10))
+        );
+        let text = "source:\n  url: /srv/services\n  timeout: 2m\n  connectTimeout: 500ms\n";
+        let timeouts = parse("node.yaml", text).unwrap().source.timeouts;
+        assert_eq!(timeouts.total, Duration::from_secs(120));
+        assert_eq!(timeouts.connect, Duration::from_millis(500));
+        let text = "source:\n  url: /srv/services\n  timeout: 10ms\n";
+        assert_eq!(
+            errors(text),
+            ["node.yaml:3:12: source.timeout: `10ms` is not a duration of at least 100ms"]
+        );
     }
 
     #[test]

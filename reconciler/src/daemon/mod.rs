@@ -3,7 +3,9 @@
 //!
 //! Every interval (with ±10% jitter), at once on `POST /reconcile`, and after SIGHUP reloads
 //! the configuration, one run: fetch, validate, plan, apply if needed, through the same
-//! pipeline as `plan`/`apply` (`crate::pipeline::Session`). Then:
+//! pipeline as `plan`/`apply` (`crate::pipeline::Session`). The fetch runs on a thread of its
+//! own, within `source.timeout`; a health transition meanwhile is applied at once from the
+//! revision the data plane holds (`reconcile::overlay`), never waiting for git. Then:
 //! - a commit that fails validation or apply is never applied, in part or whole; the data plane
 //!   stays at the last good commit, and the failed commit is not tried again until another
 //!   one arrives (or the configuration is reloaded);
@@ -36,6 +38,8 @@ pub mod webhook;
 
 use std::{path::Path, sync::Arc, time::Instant};
 
+use reconciler_core::source::{Snapshot, SourceError};
+
 use tokio::{
     net::TcpListener,
     signal::unix::{self, Signal, SignalKind},
@@ -58,10 +62,22 @@ struct Signals {
 enum Woken {
     /// The interval passed: a full run, which reads every live entry to find drift.
     Interval,
-    /// A run was asked for (a webhook, a health transition): the incremental path.
+    /// A run was asked for (a webhook): the incremental path.
     Asked,
+    /// A health check changed state: the overlay, without fetching.
+    Health,
+    /// The fetch under way ended (or its thread panicked).
+    Fetched(Result<Result<Snapshot, SourceError>, tokio::task::JoinError>),
     Reload,
     Stop,
+}
+
+/// A fetch under way, on a thread of its own, so that health changes are applied while a
+/// git server takes its time.
+struct Fetching {
+    task: tokio::task::JoinHandle<Result<Snapshot, SourceError>>,
+    /// Whether the run it starts reads every live entry (an interval's run does).
+    refresh: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_file` is read again on SIGHUP.
@@ -86,19 +102,37 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         status::show_failure(&mut shared.status(), failure);
     }
     let mut config = Arc::new(config);
-    // The interval's runs (and the first) read every live entry, to find drift; runs asked
-    // for (a webhook, a health transition) take the incremental path.
-    let mut refresh = true;
+    memory = adopt(&shared, &config, memory).await?;
+    // The first run, and every interval's, reads every live entry, to find drift; runs asked
+    // for (a webhook) take the incremental path.
+    let mut fetching = Some(start_fetch(&shared, &memory, true));
+    let mut next_run = Instant::now() + config.interval;
+    // A run asked for while a fetch is under way: after it, one more.
+    let mut again = false;
     loop {
-        let delay;
-        (memory, delay) = run_once(&shared, &config, memory, refresh).await?;
-        refresh = true;
-        match wait(&shared, &mut signals, delay).await {
-            Woken::Interval => {}
-            Woken::Asked => refresh = false,
+        match wait(&shared, &mut signals, next_run, &mut fetching).await {
+            Woken::Fetched(fetched) => {
+                // A panic of the fetching thread is a bug: the daemon stops, as on any other.
+                let fetched = fetched?;
+                let refresh = fetching.take().is_some_and(|f| f.refresh);
+                let delay;
+                (memory, delay) = run_once(&shared, &config, memory, fetched, refresh).await?;
+                next_run = Instant::now() + delay;
+                if std::mem::take(&mut again) {
+                    fetching = Some(start_fetch(&shared, &memory, false));
+                }
+            }
+            // The fetch under way brings what the interval wanted; its run sets the next.
+            Woken::Interval if fetching.is_some() => next_run = Instant::now() + config.interval,
+            // A webhook during a fetch may announce a commit the fetch missed: one more.
+            Woken::Asked if fetching.is_some() => again = true,
+            Woken::Interval => fetching = Some(start_fetch(&shared, &memory, true)),
+            Woken::Asked => fetching = Some(start_fetch(&shared, &memory, false)),
+            Woken::Health => memory = run_overlay(&shared, &config, memory).await?,
             Woken::Reload => reload(config_file, &shared, &mut config, &mut memory),
             Woken::Stop => break,
         }
+        shared.status().running = fetching.is_some();
     }
     info!("daemon stopped; the data plane keeps serving");
     Ok(())
@@ -135,28 +169,60 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
         let shared = Arc::clone(shared);
         Arc::new(move |backend: std::net::SocketAddr, up: bool| {
             shared.metrics().health_transition(backend, up);
-            // The exclusions changed: apply them now, not at the next interval.
-            shared.request_run();
+            // The exclusions changed: apply them now, without waiting for a fetch.
+            shared.health_changed.notify_one();
         })
     };
     tokio::spawn(health::run(Arc::clone(&shared.health), on_change));
     tokio::spawn(http::serve(listener, Arc::clone(shared)));
 }
 
-/// One run, off the async threads, and its report; returns the memory and the wait before
-/// the next run.
+/// Starts fetching the source on a thread of its own (see [`Fetching`]); `/status` shows
+/// since when.
+fn start_fetch(shared: &Shared, memory: &Memory, refresh: bool) -> Fetching {
+    let mut status = shared.status();
+    status.running = true;
+    status.run_requested = false;
+    status.fetching_since = Some(clock::now_rfc3339());
+    Fetching { task: tokio::task::spawn_blocking(memory.session.fetcher()), refresh }
+}
+
+/// Before the first fetch: the definitions of the revision the maps hold, from the git
+/// cache, so that health checks start (and their changes apply) however long the git server
+/// takes to answer.
+async fn adopt(
+    shared: &Shared,
+    config: &Arc<Config>,
+    mut memory: Memory,
+) -> anyhow::Result<Memory> {
+    let run_config = Arc::clone(config);
+    memory = tokio::task::spawn_blocking(move || {
+        reconcile::last_good(&run_config, &mut memory);
+        memory
+    })
+    .await?;
+    if let Some(good) = &memory.last_good {
+        shared.health.update(good);
+    }
+    Ok(memory)
+}
+
+/// The run of what a fetch returned, off the async threads, and its report; returns the
+/// memory and the wait before the next run.
 async fn run_once(
     shared: &Shared,
     config: &Arc<Config>,
     mut memory: Memory,
+    fetched: Result<Snapshot, SourceError>,
     refresh: bool,
 ) -> anyhow::Result<(Memory, std::time::Duration)> {
     let started = Instant::now();
+    shared.status().fetching_since = None;
+    shared.status().running = true;
     let run_config = Arc::clone(config);
     memory.health_excluded = shared.health.excluded();
-    shared.status().running = true;
     let (outcomes, mut memory) = tokio::task::spawn_blocking(move || {
-        let outcomes = reconcile::reconcile(&run_config, &mut memory, refresh);
+        let outcomes = reconcile::reconcile(&run_config, &mut memory, fetched, refresh);
         (outcomes, memory)
     })
     .await?;
@@ -177,22 +243,49 @@ async fn run_once(
         let took = (i == 0).then_some(took);
         delay = delay.min(report::record(shared, config, &mut memory, outcome, took));
     }
-    // After the record: who sees the run ended sees what it did.
-    shared.status().running = false;
     Ok((memory, delay))
 }
 
-/// Waits `delay`, or less if a run is asked for or a signal comes.
-async fn wait(shared: &Shared, signals: &mut Signals, delay: std::time::Duration) -> Woken {
+/// The health overlay on the last good revision (see [`reconcile::overlay`]), off the async
+/// threads, and its report.
+async fn run_overlay(
+    shared: &Shared,
+    config: &Arc<Config>,
+    mut memory: Memory,
+) -> anyhow::Result<Memory> {
+    let run_config = Arc::clone(config);
+    memory.health_excluded = shared.health.excluded();
+    shared.status().running = true;
+    let (outcome, mut memory) = tokio::task::spawn_blocking(move || {
+        let outcome = reconcile::overlay(&run_config, &mut memory);
+        (outcome, memory)
+    })
+    .await?;
+    if let Some(outcome) = outcome {
+        report::record(shared, config, &mut memory, outcome, None);
+    }
+    Ok(memory)
+}
+
+/// Waits until `next_run`, or less if a run is asked for, a health check changes, the
+/// fetch under way ends or a signal comes.
+async fn wait(
+    shared: &Shared,
+    signals: &mut Signals,
+    next_run: Instant,
+    fetching: &mut Option<Fetching>,
+) -> Woken {
+    let fetched = async {
+        match fetching.as_mut() {
+            Some(fetching) => (&mut fetching.task).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        () = tokio::time::sleep(delay) => Woken::Interval,
+        () = tokio::time::sleep_until(next_run.into()) => Woken::Interval,
+        joined = fetched => Woken::Fetched(joined),
+        () = shared.health_changed.notified() => Woken::Health,
         () = shared.trigger.notified() => {
-            // Both at once: whoever reads the status never sees the asked-for run neither
-            // asked for nor under way.
-            let mut status = shared.status();
-            status.running = true;
-            status.run_requested = false;
-            drop(status);
             info!("reconcile requested");
             Woken::Asked
         }

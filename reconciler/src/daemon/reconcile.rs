@@ -1,6 +1,8 @@
-//! One run of the daemon, through the pipeline (`crate::pipeline::Session`): upgrade, fetch,
-//! validate, plan, and apply when `decide` says so; then, while the fetched commit is held
-//! back, the drift check of the last good revision.
+//! One run of the daemon, through the pipeline (`crate::pipeline::Session`): with a fetched
+//! commit, upgrade, validate, plan, and apply when `decide` says so; then, while the fetched
+//! commit is held back, the drift check of the last good revision. Or, on a health
+//! transition, the health overlay alone ([`overlay`]), planned from the last good revision
+//! without fetching: a git server that hangs delays new commits, never failover.
 use std::{collections::BTreeSet, net::SocketAddr};
 
 use tracing::{info, warn};
@@ -16,7 +18,12 @@ use crate::{
     dataplane::{self, Dataplane},
     pipeline::{ApplyOptions, Desired, Error, PlanOptions, Session},
 };
-use reconciler_core::{node, plan::Plan, source::Snapshot, validate::Policy};
+use reconciler_core::{
+    node,
+    plan::Plan,
+    source::{Snapshot, SourceError},
+    validate::Policy,
+};
 
 /// What the loop remembers between runs.
 pub(super) struct Memory {
@@ -74,10 +81,15 @@ fn session(config: &Config) -> Session {
         .with_capacity(config.capacity)
 }
 
-/// One run: what happened to the fetched commit, then (while it is held back) to drift.
-/// With `refresh`, the plan reads every live entry.
-pub(super) fn reconcile(config: &Config, memory: &mut Memory, refresh: bool) -> Vec<Outcome> {
-    let outcome = reconcile_commit(config, memory, refresh);
+/// One run with what a fetch returned: what happened to the fetched commit, then (while it
+/// is held back) to drift. With `refresh`, the plan reads every live entry.
+pub(super) fn reconcile(
+    config: &Config,
+    memory: &mut Memory,
+    fetched: Result<Snapshot, SourceError>,
+    refresh: bool,
+) -> Vec<Outcome> {
+    let outcome = reconcile_commit(config, memory, fetched, refresh);
     journal(&mut memory.journal, &outcome);
     let drift = if outcome.holds_back() { check_drift(config, memory) } else { None };
     std::iter::once(outcome).chain(drift).collect()
@@ -103,13 +115,18 @@ fn journal(journal: &mut Journal, outcome: &Outcome) {
     }
 }
 
-/// Fetch, validate, plan, apply: the fetched commit's part of a run.
-fn reconcile_commit(config: &Config, memory: &mut Memory, refresh: bool) -> Outcome {
+/// Validate, plan, apply: the fetched commit's part of a run.
+fn reconcile_commit(
+    config: &Config,
+    memory: &mut Memory,
+    fetched: Result<Snapshot, SourceError>,
+    refresh: bool,
+) -> Outcome {
     if let Err(error) = upgrade(config) {
         return Outcome::Transient { error };
     }
     exclude(config);
-    let snapshot = match memory.session.fetch() {
+    let snapshot = match fetched {
         Ok(snapshot) => snapshot,
         Err(e) if e.is_transient() => return Outcome::Transient { error: e.into() },
         // A ref that names nothing, a subdirectory a commit lacks: reported, and tried again
@@ -247,16 +264,47 @@ fn apply_options(config: &Config) -> ApplyOptions {
     }
 }
 
+/// The health overlay (the backends the checks took out, and the fallbacks that take their
+/// place) on the last good revision, applied at once: no fetch, no validation of anything
+/// new. Health never fails a revision: every error here is trouble, retried at the next
+/// transition or run. `None`: nothing to do (no good revision yet, or the maps hold another
+/// revision than it, which the next commit run sorts out).
+pub(super) fn overlay(config: &Config, memory: &mut Memory) -> Option<Outcome> {
+    if let Err(error) = upgrade(config) {
+        return Some(Outcome::Transient { error });
+    }
+    let good = last_good(config, memory)?.clone();
+    let health = Some(memory.health_excluded.clone());
+    let options = PlanOptions { health, ..PlanOptions::refresh(false) };
+    let plan = match memory.session.plan(&good, options) {
+        Ok(plan) => Box::new(plan),
+        Err(e) => return Some(Outcome::Transient { error: e.into() }),
+    };
+    if decide::decide(Facts::of(&plan), config.drift) != Decision::Apply(Why::Health) {
+        return None;
+    }
+    Some(match memory.session.apply(&plan, Some(&good), apply_options(config)) {
+        Ok(report) => Outcome::HealthApplied { plan, report },
+        Err(e) => Outcome::Transient { error: e.into() },
+    })
+}
+
+/// The definitions the data plane holds: the last good ones, or after a restart those of
+/// the revision the maps record, read from the git cache (never the network).
+pub(super) fn last_good<'m>(config: &Config, memory: &'m mut Memory) -> Option<&'m Desired> {
+    if memory.last_good.is_none() {
+        let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
+        let revision = live.revision?;
+        memory.last_good = memory.session.load_cached_at(&revision).ok();
+    }
+    memory.last_good.as_ref()
+}
+
 /// While the fetched commit is held back: drift of the live maps from the last good
 /// definitions. `None` when there is nothing to compare with.
 fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
-    if memory.last_good.is_none() {
-        // After a restart: the definitions of the revision the maps record.
-        let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
-        let revision = live.revision?;
-        memory.last_good = memory.session.load_at(&revision).ok();
-    }
-    let good = memory.last_good.as_ref()?;
+    let good = last_good(config, memory)?.clone();
+    let good = &good;
     let health = Some(memory.health_excluded.clone());
     let options = PlanOptions { health, ..PlanOptions::refresh(true) };
     let plan: Box<Plan> = Box::new(memory.session.plan(good, options).ok()?);

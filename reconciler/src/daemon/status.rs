@@ -51,9 +51,14 @@ pub struct DaemonStatus {
     /// interval's run does to find drift).
     #[serde(default)]
     pub last_plan: Option<String>,
-    /// A run is under way.
+    /// A run is under way (fetching, or applying what was fetched or a health change).
     #[serde(default)]
     pub running: bool,
+    /// Since when the fetch under way has been fetching (RFC 3339), if one is: a git server
+    /// that is slow or hangs shows here (until `source.timeout`), and delays only new
+    /// commits; health changes are applied meanwhile.
+    #[serde(default)]
+    pub fetching_since: Option<String>,
     /// A run was asked for (`POST /reconcile`, a health transition) and has not started:
     /// however many ask meanwhile, it is one run.
     #[serde(default)]
@@ -66,6 +71,8 @@ pub struct Shared {
     metrics: Metrics,
     /// Wakes the loop for a run asked for.
     pub(super) trigger: Notify,
+    /// Wakes the loop for a health change, applied without fetching.
+    pub(super) health_changed: Notify,
     pub(super) health: Arc<Health>,
     webhook_secret: RwLock<Option<Secret>>,
 }
@@ -106,6 +113,7 @@ impl Shared {
             }),
             metrics: Metrics::for_dataplane(config.pin_path.clone()),
             trigger: Notify::new(),
+            health_changed: Notify::new(),
             health: Arc::new(Health::default()),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }

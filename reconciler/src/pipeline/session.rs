@@ -1,7 +1,7 @@
 //! The session: what one reconcile works with (where the definitions come from, the rules,
 //! the data plane, the memo), and its loading half, which needs no data plane.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -12,7 +12,7 @@ use crate::memo::Memo;
 use reconciler_core::capacity::Capacity;
 use reconciler_core::{
     model::Service,
-    source::{self, Snapshot, SourceSpec},
+    source::{self, GitSpec, Snapshot, SourceSpec},
     validate::{validate, validate_reusing, Policy},
 };
 
@@ -80,7 +80,18 @@ impl Session {
 
     /// Fetches the definitions, reading only the files whose blobs the memo has no parse of.
     pub fn fetch(&self) -> Result<Snapshot, source::SourceError> {
-        source::fetch_reusing(&self.spec, &|blob| self.memo.parsed.contains_key(blob))
+        self.fetcher()()
+    }
+
+    /// [`fetch`](Self::fetch), to run on another thread while this session goes on (the
+    /// daemon applies health changes meanwhile). A blob the memo forgets before the snapshot
+    /// is validated is read again then.
+    pub fn fetcher(
+        &self,
+    ) -> impl FnOnce() -> Result<Snapshot, source::SourceError> + Send + 'static {
+        let spec = self.spec.clone();
+        let known: BTreeSet<String> = self.memo.parsed.keys().cloned().collect();
+        move || source::fetch_reusing(&spec, &|blob| known.contains(blob))
     }
 
     /// Fetches and validates the definitions (see [`fetch`](Self::fetch) and
@@ -137,14 +148,28 @@ impl Session {
         Err(Error::Invalid { revision: snapshot.revision, diagnostics })
     }
 
-    /// Another revision of the repository (for `plan --against REV`, and the daemon's
-    /// last good revision after a restart), every file read.
+    /// Another revision of the repository (for `plan --against REV`), every file read;
+    /// fetched if the cache lacks it.
     pub fn load_at(&self, rev: &str) -> Result<Desired, Error> {
+        self.load_revision(rev, source::snapshot_at)
+    }
+
+    /// [`load_at`](Self::load_at) from the cache alone (the daemon's last good revision
+    /// after a restart: what it plans health changes from, which must not wait on git).
+    pub fn load_cached_at(&self, rev: &str) -> Result<Desired, Error> {
+        self.load_revision(rev, source::cached_snapshot_at)
+    }
+
+    fn load_revision(
+        &self,
+        rev: &str,
+        snapshot_at: fn(&GitSpec, &str) -> Result<Snapshot, source::SourceError>,
+    ) -> Result<Desired, Error> {
         let git = match &self.spec {
             SourceSpec::Git(git) => git,
             SourceSpec::Dir(dir) => return Err(Error::NotARepository { dir: dir.clone() }),
         };
-        validated(source::snapshot_at(git, rev)?, format!("{} ({rev})", git.url), &self.policy)
+        validated(snapshot_at(git, rev)?, format!("{} ({rev})", git.url), &self.policy)
     }
 }
 
