@@ -90,14 +90,28 @@ pub fn compile<S: Borrow<Service>>(
     live: &MapState,
     excluded: &BTreeSet<SocketAddr>,
 ) -> Result<MapState, CompileError> {
+    let (state, _) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
+    slot_capacity(state.slots.len())?;
+    Ok(state)
+}
+
+/// [`compile`], without the check of the slots of all services, the services labelled in
+/// `no_fallback` failing open rather than taking their fallback's backends; with the labels
+/// of the services that took a fallback's and the slots each has beyond its own.
+pub(crate) fn compile_allowing<S: Borrow<Service>>(
+    services: &[S],
+    live: &MapState,
+    excluded: &BTreeSet<SocketAddr>,
+    no_fallback: &BTreeSet<String>,
+) -> Result<(MapState, Vec<(String, u64)>), CompileError> {
     let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
-    let mut compiler = Compiler::new(&services, live, excluded);
+    let mut compiler = Compiler::new(&services, live, excluded, no_fallback);
     for &service in &services {
         for port in &service.spec.ports {
             compiler.frontend(service, port)?;
         }
     }
-    compiler.finish()
+    Ok(compiler.finish())
 }
 
 /// Whether a map set of `slots` selection slots fits the data plane.
@@ -127,6 +141,11 @@ type Chosen = (u32, SocketAddr, u32);
 struct Compiler<'a> {
     live: &'a MapState,
     excluded: &'a BTreeSet<SocketAddr>,
+    /// Services (labels) that fail open rather than take their fallback's backends.
+    no_fallback: &'a BTreeSet<String>,
+    /// Services (labels) that took their fallback's backends, with their slots beyond
+    /// their own.
+    took_fallback: Vec<(String, u64)>,
     /// Every service compiled, by name: where fallbacks are found.
     by_name: BTreeMap<&'a str, &'a Service>,
     /// The live backend IDs by (service ID, address), of the services compiled here only: an
@@ -142,6 +161,7 @@ impl<'a> Compiler<'a> {
         services: &[&'a Service],
         live: &'a MapState,
         excluded: &'a BTreeSet<SocketAddr>,
+        no_fallback: &'a BTreeSet<String>,
     ) -> Self {
         let compiled: BTreeSet<u32> = services
             .iter()
@@ -161,6 +181,8 @@ impl<'a> Compiler<'a> {
         Compiler {
             live,
             excluded,
+            no_fallback,
+            took_fallback: Vec::new(),
             by_name: services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect(),
             live_backend_ids,
             service_ids: IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY),
@@ -180,7 +202,7 @@ impl<'a> Compiler<'a> {
             None => self.service_ids.allocate("services")?,
         };
         let own = self.own_backends(spec, port, id)?;
-        let chosen = self.chosen_backends(service, port, id, &own)?;
+        let (chosen, fell_back) = self.chosen_backends(service, port, id, &own)?;
         service_slot_capacity(&label, slots_needed(spec))?;
         let slots = match spec.load_balancing.algorithm {
             Algorithm::Random => {
@@ -192,6 +214,10 @@ impl<'a> Compiler<'a> {
         // Checked again on what was laid out: a fallback's weights, or a Maglev table grown
         // for a fallback, are not the service's own.
         service_slot_capacity(&label, slots.len() as u64)?;
+        if fell_back {
+            let beyond = (slots.len() as u64).saturating_sub(slots_needed(spec));
+            self.took_fallback.push((label.clone(), beyond));
+        }
         for (slot, backend_id) in slots.iter().enumerate() {
             self.desired.slots.insert((id, slot as u32), *backend_id);
         }
@@ -229,21 +255,24 @@ impl<'a> Compiler<'a> {
     }
 
     /// The backends that take the clients of `service` (ID `id`) on `port`: its healthy
-    /// usable ones; while it has none, its fallback's healthy ones; without those, all its
-    /// usable ones (fail open). Unless it failed open, its excluded backends are unhealthy.
+    /// usable ones; while it has none, its fallback's healthy ones (unless it is one of
+    /// `no_fallback`); without those, all its usable ones (fail open). Unless it failed open,
+    /// its excluded backends are unhealthy. And whether they are a fallback's.
     fn chosen_backends(
         &mut self,
         service: &Service,
         port: &Port,
         id: u32,
         own: &[(u32, SocketAddr)],
-    ) -> Result<Vec<Chosen>, CompileError> {
+    ) -> Result<(Vec<Chosen>, bool), CompileError> {
         let (spec, excluded) = (&service.spec, self.excluded);
         let healthy = usable_among(spec, |i| !excluded.contains(&own[i].1));
+        let may_fall_back = !self.no_fallback.contains(&service.label(port));
         let fallback = match healthy.is_empty() && !usable_backends(spec).is_empty() {
-            true => fallback_backends(&self.by_name, service, port, excluded),
-            false => None,
+            true if may_fall_back => fallback_backends(&self.by_name, service, port, excluded),
+            _ => None,
         };
+        let fell_back = fallback.is_some();
         let failed_open = healthy.is_empty() && fallback.is_none();
         let chosen = match fallback {
             Some(fallback) => self.fallback_entries(id, own, &fallback)?,
@@ -255,7 +284,7 @@ impl<'a> Compiler<'a> {
         if !failed_open {
             self.mark_unhealthy(own);
         }
-        Ok(chosen)
+        Ok((chosen, fell_back))
     }
 
     /// The `fallback` backends (address, weight) that service `id` does not list itself,
@@ -286,13 +315,12 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// The desired state, once every frontend is in: exclusions of addresses that are no
-    /// backend any more lapse, and the slots of all services must fit the data plane.
-    fn finish(mut self) -> Result<MapState, CompileError> {
+    /// The desired state, once every frontend is in (exclusions of addresses that are no
+    /// backend any more lapse), and the services that took a fallback's backends.
+    fn finish(mut self) -> (MapState, Vec<(String, u64)>) {
         let listed: BTreeSet<SocketAddr> = self.desired.backends.values().map(|b| b.addr).collect();
         self.desired.health_excluded = self.excluded.intersection(&listed).copied().collect();
-        slot_capacity(self.desired.slots.len())?;
-        Ok(self.desired)
+        (self.desired, self.took_fallback)
     }
 }
 
@@ -375,11 +403,7 @@ fn fallback_backends(
     let mut next = service.spec.fallback.as_deref();
     while let Some(name) = next.filter(|name| visited.insert(name)) {
         let other = by_name.get(name)?;
-        let same_protocol = other.spec.ports.iter().filter(|p| p.protocol == port.protocol);
-        let other_port = same_protocol
-            .clone()
-            .find(|p| p.port == port.port)
-            .or_else(|| same_protocol.clone().next())?;
+        let other_port = fallback_port(other, port)?;
         let spec = &other.spec;
         let healthy =
             usable_among(spec, |i| !excluded.contains(&spec.backends[i].address_for(other_port)));
@@ -392,6 +416,13 @@ fn fallback_backends(
         next = spec.fallback.as_deref();
     }
     None
+}
+
+/// The port of fallback service `other` that takes over `port`: the one of the same number
+/// and protocol, else its first of the protocol.
+pub(crate) fn fallback_port<'a>(other: &'a Service, port: &Port) -> Option<&'a Port> {
+    let mut same_protocol = other.spec.ports.iter().filter(|p| p.protocol == port.protocol);
+    same_protocol.clone().find(|p| p.port == port.port).or_else(|| same_protocol.next())
 }
 
 /// The Maglev table of `size` slots over `backends` (ID, address, weight), as backend IDs:

@@ -6,6 +6,7 @@
 pub mod capacity;
 pub mod compile;
 pub mod diff;
+pub mod failover;
 pub mod limits;
 pub mod load;
 pub mod model;

@@ -288,3 +288,110 @@ fn a_git_server_that_hangs_delays_new_commits_never_failover() -> Result<()> {
     assert_eq!(settled(&sandbox)?, names(&["b11", "b13"]));
     Ok(())
 }
+
+/// `s1`..`s3` (VIPs 10.96.0.1..3) share one backend, 127.0.0.11, each falling back to `dr`
+/// (one backend of weight 400); with `with_s` false, `dr` alone.
+fn shared_backend_and_dr(with_s: bool) -> String {
+    let check = "healthCheck: {intervalSeconds: 1, timeoutMillis: 500, unhealthyThreshold: 2, \
+                 healthyThreshold: 1}";
+    let mut text = String::new();
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: s{i}}}\n\
+             spec:\n  vip: 10.96.0.{i}\n  ports: [{{port: 80, targetPort: 8080}}]\n  \
+             fallback: dr\n  {check}\n  backends: [{{address: 127.0.0.11}}]\n---\n"
+        ));
+    }
+    if !with_s {
+        text.clear();
+    }
+    text.push_str(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: dr}\nspec:\n  \
+         vip: 10.96.0.20\n  ports: [{port: 80, targetPort: 8080}]\n  \
+         backends: [{address: 127.0.0.21, weight: 400}]\n",
+    );
+    text
+}
+
+/// A revision whose failovers would not fit the data plane's capacity (applied by hand,
+/// validated without knowing it): when the shared backend dies, the daemon takes as many
+/// fallbacks as fit, the others keep their own (fail open), says which, and never marks the
+/// revision failed; a new revision like it is refused at validation, naming the services.
+#[test]
+fn failovers_that_would_overflow_the_capacity_are_held_back_never_a_failed_revision() -> Result<()>
+{
+    let mut sandbox = Sandbox::new("failover-cap")?;
+    sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    sandbox.serve_tcp("127.0.0.21:8080", "b21")?;
+    let work = Repo::new();
+    let served = tempfile::tempdir()?;
+    work.write("services/all.yaml", shared_backend_and_dr(false));
+    work.commit("dr");
+    let bare = work.bare_clone(served.path(), "services.git");
+    let apply = |extra: &[&str]| -> Result<()> {
+        let output = std::process::Command::new(reconciler_path()?)
+            .args(["apply", "--repo"])
+            .arg(&bare)
+            .args(["--path", "services", "--cache-dir"])
+            .arg(served.path().join("cli-cache"))
+            .arg("--pin-path")
+            .arg(sandbox.pin_path())
+            .arg("--cgroup")
+            .arg(sandbox.cgroup())
+            .args(extra)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::ensure!(output.status.success(), "apply {extra:?}: {stderr}");
+        Ok(())
+    };
+    // Installed with room for 1 000 slots; then s1..s3 by a hand that does not say it: 403
+    // slots of their own fit, 1 600 with every fallback taken would not.
+    apply(&["--capacity", "slots=1000"])?;
+    work.write("services/all.yaml", shared_backend_and_dr(true));
+    let revision = work.commit("s1..s3 falling back to dr");
+    work.git(&["push", "-q", "origin", "HEAD"]);
+    apply(&[])?;
+    let daemon = Daemon::start(&sandbox, &bare)?;
+
+    sandbox.stop_server("127.0.0.11:8080")?;
+    daemon.wait_health(&sandbox, "127.0.0.11:8080", false)?;
+    let status = wait_for("failovers held back", Duration::from_secs(15), || {
+        let status = daemon.status(&sandbox).ok()?;
+        (!status.failover_held_back.is_empty()).then_some(status)
+    })
+    .with_context(|| daemon.log())?;
+    // 400 (dr) + 400 (one falls back) + 1 + 1 (two keep their own) fit in 1 000.
+    assert_eq!(status.failover_held_back.len(), 2, "{status:?}");
+    assert_eq!(status.failed_revision, None, "{status:?}");
+    assert_eq!(status.applied_revision.as_deref(), Some(revision.as_str()));
+    let reached: Vec<bool> = (1..=3)
+        .map(|i| {
+            let result = sandbox.probe_tcp(&format!("10.96.0.{i}:80"), 5)?;
+            Ok(result.replies.get("b21") == Some(&5))
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(reached.iter().filter(|r| **r).count(), 1, "{reached:?}");
+    assert!(daemon.log().contains("their fallbacks would not fit"), "{}", daemon.log());
+
+    // A new revision that could overflow so is refused, naming the services; nothing changes.
+    work.write(
+        "services/all.yaml",
+        shared_backend_and_dr(true).replace("weight: 400", "weight: 401"),
+    );
+    let refused = work.commit("dr heavier");
+    work.git(&["push", "-q", "origin", "HEAD"]);
+    let listen = daemon.listen.clone();
+    sandbox.in_netns(move || Ok(request(&listen, "POST", "/reconcile")?.0))?;
+    let status = wait_for("the new revision refused", Duration::from_secs(15), || {
+        let status = daemon.status(&sandbox).ok()?;
+        (status.failed_revision.as_deref() == Some(refused.as_str())).then_some(status)
+    })
+    .with_context(|| daemon.log())?;
+    let errors: Vec<String> = status.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors.iter().any(|e| e.contains("spec.fallback") && e.contains("s1 (+")),
+        "{errors:?}"
+    );
+    assert_eq!(status.applied_revision.as_deref(), Some(revision.as_str()));
+    Ok(())
+}

@@ -101,6 +101,11 @@ pub struct PlanContext {
     /// The health exclusions change (the daemon's checks), whatever else does.
     #[serde(default)]
     pub health_changed: bool,
+    /// Services (`name/port`) whose backends are all excluded and that fail open rather
+    /// than take their fallback's, as the fallbacks would not fit the data plane's capacity
+    /// (`failover::compile_within`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_held_back: Vec<String>,
 }
 
 /// The plan that turns `live` into `desired`.

@@ -80,6 +80,14 @@ fn render_notes(out: &mut String, plan: &Plan) {
             list.join(", ")
         );
     }
+    if !plan.context.failover_held_back.is_empty() {
+        let _ = writeln!(
+            out,
+            "Failover held back (every backend down; the fallback's would not fit the data \
+             plane's capacity, so they keep their own, failing open): {}",
+            plan.context.failover_held_back.join(", ")
+        );
+    }
     if plan.is_drift() {
         let _ = writeln!(
             out,

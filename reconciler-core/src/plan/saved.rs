@@ -72,6 +72,7 @@ mod tests {
     fn plan() -> Plan {
         let context = PlanContext {
             health_changed: false,
+            failover_held_back: Vec::new(),
             revision: Some("abc".into()),
             source: "test".into(),
             pin_path: "/sys/fs/bpf/x".into(),

@@ -183,7 +183,7 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::LocalAddress;
+    use crate::{capacity::Capacity, node::LocalAddress};
 
     const GOOD: &str = "apiVersion: reconciler.dev/v1alpha1
 kind: Service
@@ -238,6 +238,47 @@ spec:
                 "b.yaml:9:17: spec.backends[1].address: backend 10.96.0.10 is the VIP of service `web`: a backend must be a real address",
             ]
         );
+    }
+
+    /// Sixteen services sharing one backend, each falling back to `f` (one backend of weight
+    /// 65 536): 16 + 65 536 slots of their own, 17 × 65 536 if that backend dies.
+    fn sixteen_falling_back_to_f() -> String {
+        let mut text = String::new();
+        for i in 1..=16 {
+            text.push_str(&format!(
+                "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: s{i}}}\n\
+                 spec:\n  vip: 10.96.0.{i}\n  ports: [{{port: 80}}]\n  fallback: f\n  \
+                 backends: [{{address: 10.1.0.1}}]\n---\n"
+            ));
+        }
+        text.push_str(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: f}\nspec:\n  \
+             vip: 10.96.1.1\n  ports: [{port: 80}]\n  backends: [{address: 10.2.0.1, weight: 65536}]\n",
+        );
+        text
+    }
+
+    #[test]
+    fn a_repository_whose_failover_could_overflow_the_capacity_is_refused_naming_services() {
+        let text = sixteen_falling_back_to_f();
+        let errors = check(&[("all.yaml", &text)], &Policy::default()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "all.yaml:7:13: spec.fallback: if the services with a fallback lost their \
+                 backends at once, the repository would need 1114112 selection slots, 65552 of \
+                 its own and 1048560 for failover (s1 (+65535), s2 (+65535)"
+            ),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("and 11 more); the data plane holds 1048576"), "{errors:?}");
+        // A node's own capacity counts where it is known.
+        let small = Capacity { slots: 100_000, ..crate::capacity::DEFAULT };
+        let eight: String = text.split("---\n").skip(8).collect::<Vec<_>>().join("---\n");
+        assert!(check(&[("all.yaml", &eight)], &Policy::default()).is_ok());
+        let policy = Policy { capacity: Some(small), ..Policy::default() };
+        let errors = check(&[("all.yaml", &eight)], &policy).unwrap_err();
+        assert!(errors[0].contains("the data plane holds 100000"), "{errors:?}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use reconciler_common::{maglev, MAX_SLOTS};
 
 use super::diagnostic::{Diagnostic, Located};
 use crate::{
+    capacity::Capacity,
     compile::{self, CompileError, BACKEND_CAPACITY, SERVICE_CAPACITY},
+    failover::{self, Need},
     model::HealthProtocol,
     node::LocalAddress,
     state::{Algorithm, Protocol},
@@ -27,6 +29,9 @@ pub struct Policy {
     /// in the cgroup, so it would hijack connects to the node itself). Empty where validation
     /// does not run on the node, as in CI.
     pub local_addresses: Vec<LocalAddress>,
+    /// The node's capacity, which the repository must fit, failovers included; `None`
+    /// where it is not known (CI): the most any node can have.
+    pub capacity: Option<Capacity>,
 }
 
 /// Every rule over every service of `services`, in their order: of two services that
@@ -54,8 +59,10 @@ pub(super) fn semantic_diagnostics(
         http_only_fields(located, out);
         let slots = compile::slots_needed(&located.service.spec);
         slots_per_service(located, slots, out);
-        capacities(located, slots, &mut seen.totals, out);
+        let limits = Limits::of(policy);
+        capacities(located, &seen.by_name, &limits, &mut seen.totals, out);
     }
+    failover_capacities(&seen.totals, &Limits::of(policy), out);
 }
 
 /// What the rules remember across services. Hash maps: the rules run over every service of
@@ -70,7 +77,7 @@ struct Seen<'a> {
     vips: HashMap<IpAddr, &'a Located>,
     /// The first service of each name, of all services.
     by_name: HashMap<&'a str, &'a Located>,
-    totals: Totals,
+    totals: Totals<'a>,
 }
 
 impl<'a> Seen<'a> {
@@ -89,11 +96,40 @@ impl<'a> Seen<'a> {
 /// The data plane's entries the services so far need, and the capacities already reported
 /// as exceeded (each once, at the service that exceeds it).
 #[derive(Default)]
-struct Totals {
+struct Totals<'a> {
     frontends: u64,
     backends: u64,
     slots: u64,
+    /// Backends and slots if every service with a fallback lost its own backends at once.
+    failover: Need,
+    /// The services whose fallback adds to their needs, with what it adds.
+    failing_over: Vec<(&'a Located, Need)>,
     reported: BTreeSet<&'static str>,
+}
+
+/// The entries the data plane holds: the node's capacity, else the most any node can have.
+struct Limits {
+    services: u64,
+    backends: u64,
+    slots: u64,
+}
+
+impl Limits {
+    fn of(policy: &Policy) -> Limits {
+        match policy.capacity {
+            // IDs run from 1: one fewer service and backend fit than the maps' sizes.
+            Some(c) => Limits {
+                services: u64::from(c.services - 1),
+                backends: u64::from(c.backends - 1),
+                slots: u64::from(c.slots),
+            },
+            None => Limits {
+                services: u64::from(SERVICE_CAPACITY),
+                backends: u64::from(BACKEND_CAPACITY),
+                slots: u64::from(MAX_SLOTS),
+            },
+        }
+    }
 }
 
 fn unique_name<'a>(
@@ -334,18 +370,34 @@ fn slots_per_service(located: &Located, slots: u64, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// The entries of the services so far, this one with its `slots` per port included, against
-/// what the data plane holds.
-fn capacities(located: &Located, slots: u64, totals: &mut Totals, out: &mut Vec<Diagnostic>) {
-    let spec = &located.service.spec;
-    let ports = spec.ports.len() as u64;
-    totals.frontends += ports;
-    totals.backends += spec.backends.len() as u64 * ports;
-    totals.slots += slots * ports;
+/// The entries of the services so far, this one's included, against what the data plane
+/// holds; and what they would be if their fallbacks took over.
+fn capacities<'a>(
+    located: &'a Located,
+    by_name: &HashMap<&str, &'a Located>,
+    limits: &Limits,
+    totals: &mut Totals<'a>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let service = &located.service;
+    for port in &service.spec.ports {
+        let lookup = |name: &str| by_name.get(name).map(|l| &*l.service);
+        let (own, worst) = failover::worst_case(service, port, lookup);
+        totals.frontends += 1;
+        totals.backends += own.backends;
+        totals.slots += own.slots;
+        totals.failover.backends += worst.backends;
+        totals.failover.slots += worst.slots;
+        if worst != own {
+            let adds =
+                Need { slots: worst.slots - own.slots, backends: worst.backends - own.backends };
+            totals.failing_over.push((located, adds));
+        }
+    }
     for (what, count, max) in [
-        ("services (VIP, port, protocol)", totals.frontends, u64::from(SERVICE_CAPACITY)),
-        ("backends (per port)", totals.backends, u64::from(BACKEND_CAPACITY)),
-        ("selection slots (weights, per port)", totals.slots, u64::from(MAX_SLOTS)),
+        ("services (VIP, port, protocol)", totals.frontends, limits.services),
+        ("backends (per port)", totals.backends, limits.backends),
+        ("selection slots (weights, per port)", totals.slots, limits.slots),
     ] {
         if count > max && totals.reported.insert(what) {
             out.push(located.diagnostic(
@@ -353,6 +405,55 @@ fn capacities(located: &Located, slots: u64, totals: &mut Totals, out: &mut Vec<
                 format!("with this service the repository defines {count} {what}; the data plane holds {max}"),
             ));
         }
+    }
+}
+
+/// A repository that fits with every service on its own backends, but would not if the
+/// services with a fallback lost theirs at once (their fallbacks taking over): refused at
+/// the service whose failover adds the most, naming those that add.
+fn failover_capacities(totals: &Totals, limits: &Limits, out: &mut Vec<Diagnostic>) {
+    let backends: fn(&Need) -> u64 = |need| need.backends;
+    let slots: fn(&Need) -> u64 = |need| need.slots;
+    for (what, own, worst, max, adds) in [
+        (
+            "backends (per port)",
+            totals.backends,
+            totals.failover.backends,
+            limits.backends,
+            backends,
+        ),
+        ("selection slots", totals.slots, totals.failover.slots, limits.slots, slots),
+    ] {
+        if own > max || worst <= max {
+            continue;
+        }
+        let mut adding: Vec<(&Located, u64)> = totals
+            .failing_over
+            .iter()
+            .map(|(l, n)| (*l, adds(n)))
+            .filter(|(_, a)| *a > 0)
+            .collect();
+        adding.sort_by_key(|a| std::cmp::Reverse(a.1));
+        let Some(&(most, _)) = adding.first() else { continue };
+        let mut names: Vec<String> = adding
+            .iter()
+            .take(5)
+            .map(|(l, a)| format!("{} (+{a})", l.service.metadata.name))
+            .collect();
+        if adding.len() > 5 {
+            names.push(format!("and {} more", adding.len() - 5));
+        }
+        out.push(most.diagnostic(
+            "/spec/fallback",
+            format!(
+                "if the services with a fallback lost their backends at once, the repository \
+                 would need {worst} {what}, {own} of its own and {} for failover ({}); the data \
+                 plane holds {max}: give the fallbacks fewer backends or weights, or point fewer \
+                 services at them",
+                worst - own,
+                names.join(", ")
+            ),
+        ));
     }
 }
 

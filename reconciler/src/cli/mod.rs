@@ -217,11 +217,13 @@ pub struct ReconcileArgs {
 
 #[cfg(feature = "dataplane")]
 impl ReconcileArgs {
-    /// The rules for this node: the policy plus the node's own addresses.
+    /// The rules for this node: the policy plus the node's own addresses, and the capacity
+    /// asked for (failovers must fit it).
     pub fn node_policy(&self) -> anyhow::Result<Policy> {
         Ok(Policy {
             local_addresses: reconciler_core::node::local_addresses(&self.allow_local_vips)
                 .map_err(|e| anyhow::anyhow!("listing this node's addresses: {e}"))?,
+            capacity: self.capacity,
             ..self.policy.policy()
         })
     }

@@ -19,6 +19,7 @@ use crate::{
     pipeline::{ApplyOptions, Desired, Error, PlanOptions, Session},
 };
 use reconciler_core::{
+    capacity::Capacity,
     node,
     plan::Plan,
     source::{Snapshot, SourceError},
@@ -193,7 +194,11 @@ fn desired(
     let local_addresses = node::local_addresses(&config.allow_local_vips)
         .map_err(|e| Outcome::Transient { error: Trouble::Addresses(e) })
         .map_err(Box::new)?;
-    memory.session.set_policy(Policy { local_addresses, ..config.policy.clone() });
+    // A revision the data plane already holds is adopted as it is (applied by `reconciler
+    // apply`, say): if its failovers would not fit, health's overlay holds them back.
+    let held = live_revision(config).is_some_and(|live| Some(&live) == snapshot.revision.as_ref());
+    let capacity = (!held).then(|| node_capacity(config));
+    memory.session.set_policy(Policy { local_addresses, capacity, ..config.policy.clone() });
     if let Some(good) = known {
         return Ok(good.clone());
     }
@@ -210,6 +215,25 @@ fn desired(
     })
 }
 
+/// The capacity a new revision must fit, failovers included: the installed data plane's,
+/// else the configured one (which a first install takes), else the default.
+fn node_capacity(config: &Config) -> Capacity {
+    let installed = installed_status(config).map(|status| status.capacity);
+    installed.or(config.capacity).unwrap_or_default()
+}
+
+/// The revision the installed data plane records, if any.
+fn live_revision(config: &Config) -> Option<String> {
+    installed_status(config)?.revision
+}
+
+fn installed_status(config: &Config) -> Option<dataplane::Status> {
+    if !dataplane::is_installed(&config.pin_path) {
+        return None;
+    }
+    Dataplane::open(&config.pin_path).and_then(|d| d.status()).ok()
+}
+
 /// Plans `desired` against the live maps and applies it when [`decide::decide`] says so.
 fn plan_and_apply(
     config: &Config,
@@ -219,9 +243,14 @@ fn plan_and_apply(
 ) -> Outcome {
     let health = Some(memory.health_excluded.clone());
     let options = PlanOptions { health, ..PlanOptions::refresh(refresh) };
+    // The revision the data plane holds was good: what fails now (with health's overlay,
+    // say) is trouble, never its fault.
+    let applied = memory.last_good.as_ref().is_some_and(|good| good.revision == desired.revision);
     let plan = match memory.session.plan(&desired, options) {
         Ok(plan) => Box::new(plan),
-        Err(e) if decide::plan_refuses_commit(&e) => return memory.reject(desired.revision, e),
+        Err(e) if decide::plan_refuses_commit(&e) && !applied => {
+            return memory.reject(desired.revision, e)
+        }
         Err(e) => return Outcome::Transient { error: e.into() },
     };
     let why = match decide::decide(Facts::of(&plan), config.drift) {
@@ -244,7 +273,9 @@ fn plan_and_apply(
                 Why::Drift => Outcome::DriftHealed { plan, report },
             }
         }
-        Err(e) if decide::apply_refuses_commit(&e) => memory.reject(desired.revision, e),
+        Err(e) if decide::apply_refuses_commit(&e) && !applied => {
+            memory.reject(desired.revision, e)
+        }
         // Someone else applied in between, or the data plane is in trouble: not this
         // commit's fault; look again soon.
         Err(e) => Outcome::Transient { error: e.into() },
@@ -293,9 +324,7 @@ pub(super) fn overlay(config: &Config, memory: &mut Memory) -> Option<Outcome> {
 /// the revision the maps record, read from the git cache (never the network).
 pub(super) fn last_good<'m>(config: &Config, memory: &'m mut Memory) -> Option<&'m Desired> {
     if memory.last_good.is_none() {
-        let live = Dataplane::open(&config.pin_path).ok()?.status().ok()?;
-        let revision = live.revision?;
-        memory.last_good = memory.session.load_cached_at(&revision).ok();
+        memory.last_good = memory.session.load_cached_at(&live_revision(config)?).ok();
     }
     memory.last_good.as_ref()
 }

@@ -50,6 +50,15 @@ fn whole<'a>(plan: &'a Plan, recorded: Option<&'a MapState>) -> &'a MapState {
 }
 
 fn log(outcome: &Outcome) {
+    if let Some(held_back) = outcome.plan().map(|p| &p.context.failover_held_back) {
+        if !held_back.is_empty() {
+            warn!(
+                services = held_back.join(","),
+                "every backend of these services is down and their fallbacks would not fit \
+                 the data plane's capacity: they keep their own (fail open)"
+            );
+        }
+    }
     match outcome {
         Outcome::Applied { plan, report } => {
             info!(
@@ -123,6 +132,7 @@ fn show(
     if let Some(plan) = outcome.plan() {
         let read = if plan.touched.is_some() { "incremental" } else { "full" };
         status.last_plan = Some(read.to_owned());
+        status.failover_held_back.clone_from(&plan.context.failover_held_back);
     }
     match outcome {
         Outcome::Applied { plan, report } => {

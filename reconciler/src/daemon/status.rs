@@ -46,6 +46,10 @@ pub struct DaemonStatus {
     /// keep them all (fail open).
     #[serde(default)]
     pub health_failing_open: Vec<String>,
+    /// Services whose every backend is down and whose fallback's backends would not fit the
+    /// data plane's capacity: they keep their own (fail open) instead.
+    #[serde(default)]
+    pub failover_held_back: Vec<String>,
     /// How the last run's plan read the maps: `incremental` (a run asked for by a webhook or
     /// a health transition: the changed services' entries) or `full` (every entry, as every
     /// interval's run does to find drift).

@@ -92,6 +92,7 @@ pub(super) fn plan(
         live_revision: status.revision,
         against: false,
         health_changed: false,
+        failover_held_back: Vec::new(),
     };
     let mut plan = make_plan(context, &before, after);
     plan.touched = Some(before);

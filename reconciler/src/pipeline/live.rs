@@ -14,7 +14,7 @@ use crate::dataplane::{
 };
 use reconciler_core::{
     capacity::{Capacity, DEFAULT},
-    compile::compile,
+    failover::compile_within,
     plan::{make_plan, Plan, PlanContext},
     state::MapState,
 };
@@ -100,8 +100,7 @@ impl Session {
             }
         };
         let capacity = capacity_for(&self.pin_path, live.as_ref(), self.capacity)?;
-        let plan = plan_from_live(desired, &self.pin_path, health, live)?;
-        capacity.fits(&plan.desired)?;
+        let plan = plan_from_live(desired, &self.pin_path, health, live, &capacity)?;
         remember::plan(&mut self.memo, desired.tree.as_ref(), &plan);
         Ok(plan)
     }
@@ -160,17 +159,20 @@ fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
 }
 
 /// The plan from `live`, the state read at `pin_path`, to `desired`, with the health
-/// exclusions `health` when given, else those `live` records.
+/// exclusions `health` when given, else those `live` records; fitting `capacity` (the
+/// health overlay holds fallbacks back where they would not fit).
 fn plan_from_live(
     desired: &Desired,
     pin_path: &Path,
     health: Option<&BTreeSet<SocketAddr>>,
     live: Option<LiveState>,
+    capacity: &Capacity,
 ) -> Result<Plan, Error> {
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
     let excluded = health.unwrap_or(&live_state.health_excluded);
-    let compiled = compile(&desired.services, live_state, excluded)?;
+    let (compiled, failover_held_back) =
+        compile_within(&desired.services, live_state, excluded, capacity)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),
@@ -180,6 +182,7 @@ fn plan_from_live(
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
         against: false,
         health_changed: compiled.health_excluded != live_state.health_excluded,
+        failover_held_back,
     };
     Ok(make_plan(context, live_state, compiled))
 }

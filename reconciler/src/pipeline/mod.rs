@@ -170,6 +170,7 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
         live_revision: base.revision.clone(),
         against: true,
         health_changed: false,
+        failover_held_back: Vec::new(),
     };
     Ok(make_plan(context, &base_state, head_state))
 }

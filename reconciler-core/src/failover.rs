@@ -1,0 +1,166 @@
+//! Failover against the capacities: what a service's `fallback` can add to the maps when its
+//! own backends are all down (the worst case, which `validate` counts), and what a compile
+//! does when health exclusions would make fallbacks overflow the data plane anyway (the
+//! services that would take a fallback fail open instead: they keep their own backends).
+use std::{borrow::Borrow, collections::BTreeSet, net::SocketAddr};
+
+use reconciler_common::maglev;
+
+use crate::{
+    capacity::Capacity,
+    compile::{
+        compile_allowing, fallback_port, slots_needed, table_size, usable_backends, CompileError,
+    },
+    model::{Port, Service},
+    state::{Algorithm, MapState},
+};
+
+/// The most one service port can hold: slots and backend entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Need {
+    pub slots: u64,
+    pub backends: u64,
+}
+
+/// What `service` on `port` needs with its own backends, and at most (all of them down, the
+/// first service along its `fallback` chain with backends taking over, each in turn: any
+/// of them can be the one): `(own, worst)`. `lookup` finds a service by name.
+pub fn worst_case<'a>(
+    service: &'a Service,
+    port: &Port,
+    lookup: impl Fn(&str) -> Option<&'a Service>,
+) -> (Need, Need) {
+    let spec = &service.spec;
+    let own = Need { slots: slots_needed(spec), backends: spec.backends.len() as u64 };
+    let listed: BTreeSet<SocketAddr> = spec.backends.iter().map(|b| b.address_for(port)).collect();
+    let mut worst = own;
+    let mut visited = BTreeSet::from([service.metadata.name.as_str()]);
+    let mut next = spec.fallback.as_deref();
+    while let Some(other) = next.filter(|name| visited.insert(name)).and_then(&lookup) {
+        let Some(other_port) = fallback_port(other, port) else { break };
+        let taken: Vec<u32> = usable_backends(&other.spec)
+            .into_iter()
+            .map(|i| &other.spec.backends[i])
+            .filter(|b| !listed.contains(&b.address_for(other_port)))
+            .map(|b| b.weight)
+            .collect();
+        let slots = match spec.load_balancing.algorithm {
+            Algorithm::Random => taken.iter().map(|&w| u64::from(w)).sum(),
+            // The service's own table, grown for a fallback with more backends than slots.
+            Algorithm::Maglev if taken.is_empty() => 0,
+            Algorithm::Maglev => {
+                let size = table_size(spec);
+                let n = taken.len() as u32;
+                u64::from(if size < n { maglev::default_table_size(n) } else { size })
+            }
+        };
+        worst.slots = worst.slots.max(slots);
+        worst.backends = worst.backends.max(own.backends + taken.len() as u64);
+        next = other.spec.fallback.as_deref();
+    }
+    (own, worst)
+}
+
+/// The desired state, as [`compile`](crate::compile::compile) makes it, fitting `capacity`:
+/// when the health exclusions would have fallbacks overflow it, the services taking the
+/// largest fallbacks fail open instead (they keep their own backends), as few as make it
+/// fit; their names are returned. Never needed for a repository `validate` passed with this
+/// capacity, unless backends were freed and taken in one apply.
+pub fn compile_within<S: Borrow<Service>>(
+    services: &[S],
+    live: &MapState,
+    excluded: &BTreeSet<SocketAddr>,
+    capacity: &Capacity,
+) -> Result<(MapState, Vec<String>), CompileError> {
+    let (state, mut took) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
+    let Err(error) = capacity.fits(&state) else { return Ok((state, Vec::new())) };
+    if took.is_empty() {
+        return Err(error);
+    }
+    // Largest first: the fewest services that make up for the slots over the capacity; if
+    // that is not enough (backend IDs), every one.
+    took.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let over = state.slots.len().saturating_sub(capacity.slots as usize) as u64;
+    let (mut made_up, mut few) = (0, BTreeSet::new());
+    for (label, beyond) in &took {
+        if made_up >= over && over > 0 {
+            break;
+        }
+        made_up += beyond;
+        few.insert(label.clone());
+    }
+    let all: BTreeSet<String> = took.into_iter().map(|(label, _)| label).collect();
+    for open in [few, all] {
+        let (state, _) = compile_allowing(services, live, excluded, &open)?;
+        if capacity.fits(&state).is_ok() {
+            return Ok((state, open.into_iter().collect()));
+        }
+    }
+    Err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::DEFAULT;
+
+    fn service(name: &str, vip: &str, backends: &[(&str, u32)], fallback: Option<&str>) -> Service {
+        let backends: Vec<String> =
+            backends.iter().map(|(a, w)| format!("    - {{address: {a}, weight: {w}}}")).collect();
+        let fallback = fallback.map_or(String::new(), |f| format!("  fallback: {f}\n"));
+        let text = format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec:\n  vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n{fallback}  \
+             backends:\n{}\n",
+            backends.join("\n")
+        );
+        let doc = crate::load::parse(&text).unwrap().remove(0);
+        serde_json::from_value(doc.value).unwrap()
+    }
+
+    /// Sixteen services of one backend each, falling back to `dr`, one backend of `weight`.
+    fn sixteen_and_dr(weight: u32) -> Vec<Service> {
+        let mut services: Vec<Service> = (1..=16)
+            .map(|i| {
+                let name = format!("s{i}");
+                service(&name, &format!("10.96.0.{i}"), &[("10.1.0.1", 1)], Some("dr"))
+            })
+            .collect();
+        services.push(service("dr", "10.96.1.1", &[("10.2.0.1", weight)], None));
+        services
+    }
+
+    #[test]
+    fn the_worst_case_is_the_largest_service_along_the_fallback_chain() {
+        let services = sixteen_and_dr(65_536);
+        let lookup = |name: &str| services.iter().find(|s| s.metadata.name == name);
+        let port = &services[0].spec.ports[0];
+        let (own, worst) = worst_case(&services[0], port, lookup);
+        assert_eq!(own, Need { slots: 1, backends: 1 });
+        assert_eq!(worst, Need { slots: 65_536, backends: 2 });
+        // dr has no fallback: its worst is its own.
+        let (own, worst) = worst_case(&services[16], port, lookup);
+        assert_eq!(own, worst);
+    }
+
+    #[test]
+    fn fallbacks_that_would_overflow_fail_open_instead_largest_first() {
+        let services = sixteen_and_dr(1_000);
+        // s1..s16 share 10.1.0.1: all down at once, every one takes dr's 1 000 slots.
+        let excluded = BTreeSet::from(["10.1.0.1:8080".parse().unwrap()]);
+        let capacity = Capacity { slots: 10_000, ..DEFAULT };
+        let (state, failed_open) =
+            compile_within(&services, &MapState::default(), &excluded, &capacity).unwrap();
+        assert!(capacity.fits(&state).is_ok());
+        // 17 000 slots needed, 10 000 held: each that fails open keeps 1 slot for 1 000, so
+        // 8 of the 16 do (7 would leave 10 007), and 8 fall back.
+        assert_eq!(failed_open.len(), 8, "{failed_open:?}");
+        assert_eq!(state.slots.len(), 8 * 1_000 + 1_000 + 8);
+        // Within the capacity nothing is held back.
+        let roomy = Capacity { slots: 20_000, ..DEFAULT };
+        let (state, failed_open) =
+            compile_within(&services, &MapState::default(), &excluded, &roomy).unwrap();
+        assert!(failed_open.is_empty());
+        assert_eq!(state.slots.len(), 17 * 1_000);
+    }
+}
