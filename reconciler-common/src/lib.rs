@@ -379,8 +379,10 @@ pub struct TraceEvent {
     pub comm: [u8; 16],
 }
 
-/// Key of `HEALTH_EXCLUDED` (user space only): a backend address that its health check
-/// took out of every service that lists it; the value is 1.
+/// Key of `HEALTH_EXCLUDED` (user space only): a backend address that a service's health
+/// check took out of that service; the value is 1. (Layouts up to 6 wrote `service_id` 0,
+/// then padding: the address was out of every service listing it, as a reader still takes
+/// such an entry. The key's size never changed.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HealthKey {
@@ -389,7 +391,9 @@ pub struct HealthKey {
     /// Network byte order.
     pub port: u16,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The service (stable ID) the backend was taken out of; 0: every service listing it.
+    pub service_id: u32,
 }
 
 /// Key of `AFFINITY`: a client of a service.

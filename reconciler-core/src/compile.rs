@@ -16,7 +16,10 @@ use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS
 
 use crate::{
     model::{Port, Service, ServiceSpec},
-    state::{Algorithm, BackendEntry, BackendState, Client, Frontend, MapState, ServiceEntry},
+    state::{
+        excluded_of, Algorithm, BackendEntry, BackendState, Client, Exclusion, Frontend, MapState,
+        ServiceEntry,
+    },
 };
 
 /// Services (VIP, port, protocol) the data plane holds: their IDs run from 1 (0 is "none" in
@@ -88,7 +91,7 @@ pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
 pub fn compile<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<SocketAddr>,
+    excluded: &BTreeSet<Exclusion>,
 ) -> Result<MapState, CompileError> {
     let (state, _) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
     slot_capacity(state.slots.len())?;
@@ -101,7 +104,7 @@ pub fn compile<S: Borrow<Service>>(
 pub(crate) fn compile_allowing<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<SocketAddr>,
+    excluded: &BTreeSet<Exclusion>,
     no_fallback: &BTreeSet<String>,
 ) -> Result<(MapState, Vec<(String, u64)>), CompileError> {
     let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
@@ -140,7 +143,7 @@ type Chosen = (u32, SocketAddr, u32);
 /// keep or take.
 struct Compiler<'a> {
     live: &'a MapState,
-    excluded: &'a BTreeSet<SocketAddr>,
+    excluded: &'a BTreeSet<Exclusion>,
     /// Services (labels) that fail open rather than take their fallback's backends.
     no_fallback: &'a BTreeSet<String>,
     /// Services (labels) that took their fallback's backends, with their slots beyond
@@ -160,7 +163,7 @@ impl<'a> Compiler<'a> {
     fn new(
         services: &[&'a Service],
         live: &'a MapState,
-        excluded: &'a BTreeSet<SocketAddr>,
+        excluded: &'a BTreeSet<Exclusion>,
         no_fallback: &'a BTreeSet<String>,
     ) -> Self {
         let compiled: BTreeSet<u32> = services
@@ -266,8 +269,10 @@ impl<'a> Compiler<'a> {
         own: &[(u32, SocketAddr)],
     ) -> Result<(Vec<Chosen>, bool), CompileError> {
         let (spec, excluded) = (&service.spec, self.excluded);
-        let healthy = usable_among(spec, |i| !excluded.contains(&own[i].1));
-        let may_fall_back = !self.no_fallback.contains(&service.label(port));
+        let label = service.label(port);
+        let down = excluded_of(excluded, &label);
+        let healthy = usable_among(spec, |i| !down.contains(&own[i].1));
+        let may_fall_back = !self.no_fallback.contains(&label);
         let fallback = match healthy.is_empty() && !usable_backends(spec).is_empty() {
             true if may_fall_back => fallback_backends(&self.by_name, service, port, excluded),
             _ => None,
@@ -282,7 +287,7 @@ impl<'a> Compiler<'a> {
             }
         };
         if !failed_open {
-            self.mark_unhealthy(own);
+            self.mark_unhealthy(own, &down);
         }
         Ok((chosen, fell_back))
     }
@@ -306,9 +311,9 @@ impl<'a> Compiler<'a> {
         Ok(chosen)
     }
 
-    /// Marks the backends of `own` that are excluded unhealthy.
-    fn mark_unhealthy(&mut self, own: &[(u32, SocketAddr)]) {
-        for (backend_id, _) in own.iter().filter(|(_, addr)| self.excluded.contains(addr)) {
+    /// Marks the backends of `own` that are `down` unhealthy.
+    fn mark_unhealthy(&mut self, own: &[(u32, SocketAddr)], down: &BTreeSet<SocketAddr>) {
+        for (backend_id, _) in own.iter().filter(|(_, addr)| down.contains(addr)) {
             if let Some(entry) = self.desired.backends.get_mut(backend_id) {
                 entry.state = BackendState::Unhealthy;
             }
@@ -318,8 +323,13 @@ impl<'a> Compiler<'a> {
     /// The desired state, once every frontend is in (exclusions of addresses that are no
     /// backend any more lapse), and the services that took a fallback's backends.
     fn finish(mut self) -> (MapState, Vec<(String, u64)>) {
-        let listed: BTreeSet<SocketAddr> = self.desired.backends.values().map(|b| b.addr).collect();
-        self.desired.health_excluded = self.excluded.intersection(&listed).copied().collect();
+        let desired = &self.desired;
+        let listed: BTreeSet<Exclusion> = desired
+            .backends
+            .values()
+            .filter_map(|b| Some((desired.names.get(&b.service_id)?.clone(), b.addr)))
+            .collect();
+        self.desired.health_excluded = self.excluded.intersection(&listed).cloned().collect();
         (self.desired, self.took_fallback)
     }
 }
@@ -397,7 +407,7 @@ fn fallback_backends(
     by_name: &BTreeMap<&str, &Service>,
     service: &Service,
     port: &Port,
-    excluded: &BTreeSet<SocketAddr>,
+    excluded: &BTreeSet<Exclusion>,
 ) -> Option<Vec<(SocketAddr, u32)>> {
     let mut visited = BTreeSet::from([service.metadata.name.as_str()]);
     let mut next = service.spec.fallback.as_deref();
@@ -405,8 +415,9 @@ fn fallback_backends(
         let other = by_name.get(name)?;
         let other_port = fallback_port(other, port)?;
         let spec = &other.spec;
+        let down = excluded_of(excluded, &other.label(other_port));
         let healthy =
-            usable_among(spec, |i| !excluded.contains(&spec.backends[i].address_for(other_port)));
+            usable_among(spec, |i| !down.contains(&spec.backends[i].address_for(other_port)));
         if !healthy.is_empty() {
             let backends = healthy
                 .iter()
@@ -588,14 +599,15 @@ mod tests {
         let web = [service("web", "10.96.0.10", &[("10.1.0.1", 1), ("10.1.0.2", 1)])];
         let down: SocketAddr = "10.1.0.2:8080".parse().unwrap();
         let live = compile(&web, &MapState::default(), &BTreeSet::new()).unwrap();
-        let excluded = compile(&web, &live, &BTreeSet::from([down])).unwrap();
+        let web_down = ("web/80".to_owned(), down);
+        let excluded = compile(&web, &live, &BTreeSet::from([web_down.clone()])).unwrap();
         let state_of = |state: &MapState, addr: SocketAddr| {
             state.backends.iter().find(|(_, b)| b.addr == addr).map(|(id, b)| (*id, b.state))
         };
         let (id, state) = state_of(&excluded, down).unwrap();
         assert_eq!(state, BackendState::Unhealthy);
         assert!(excluded.slots.values().all(|b| *b != id), "an excluded backend has slots");
-        assert_eq!(excluded.health_excluded, BTreeSet::from([down]));
+        assert_eq!(excluded.health_excluded, BTreeSet::from([web_down.clone()]));
         // A plan by hand (compile against the live state) keeps the overlay: no changes.
         assert!(excluded
             .changes_to(&compile(&web, &excluded, &excluded.health_excluded).unwrap())
@@ -604,13 +616,18 @@ mod tests {
         let lifted = compile(&web, &excluded, &BTreeSet::new()).unwrap();
         assert_eq!(lifted, live);
         // Every backend down: the service keeps them all (fails open).
-        let all = BTreeSet::from([down, "10.1.0.1:8080".parse().unwrap()]);
+        let all =
+            BTreeSet::from([web_down, ("web/80".to_owned(), "10.1.0.1:8080".parse().unwrap())]);
         let open = compile(&web, &live, &all).unwrap();
         assert_eq!(open.slots, live.slots);
         assert!(open.backends.values().all(|b| b.state == BackendState::Active));
         // An exclusion of an address no service lists lapses.
         let gone: SocketAddr = "10.9.9.9:8080".parse().unwrap();
-        assert!(compile(&web, &live, &BTreeSet::from([gone])).unwrap().health_excluded.is_empty());
+        let gone = BTreeSet::from([("web/80".to_owned(), gone)]);
+        assert!(compile(&web, &live, &gone).unwrap().health_excluded.is_empty());
+        // An exclusion judged by another service's check leaves this one's backend in.
+        let others = BTreeSet::from([("api/80".to_owned(), down)]);
+        assert_eq!(compile(&web, &live, &others).unwrap(), live);
     }
 
     #[test]
@@ -620,7 +637,7 @@ mod tests {
         let dr = service("dr", "10.96.0.20", &[("10.2.0.1", 1), ("10.2.0.2", 3)]);
         let services = [web, dr];
         let live = compile(&services, &MapState::default(), &BTreeSet::new()).unwrap();
-        let down = BTreeSet::from(["10.1.0.1:8080".parse().unwrap()]);
+        let down = BTreeSet::from([("web/80".to_owned(), "10.1.0.1:8080".parse().unwrap())]);
         let state = compile(&services, &live, &down).unwrap();
         let web_id = state.names.iter().find(|(_, n)| *n == "web/80").map(|(id, _)| *id).unwrap();
         let web_backends: BTreeMap<SocketAddr, (u32, BackendState)> = state
@@ -638,9 +655,9 @@ mod tests {
         assert_eq!(slots.iter().filter(|b| **b == heavy).count(), 3);
         // The fallback down too: web keeps its own (fails open).
         let all = BTreeSet::from([
-            "10.1.0.1:8080".parse().unwrap(),
-            "10.2.0.1:8080".parse().unwrap(),
-            "10.2.0.2:8080".parse().unwrap(),
+            ("web/80".to_owned(), "10.1.0.1:8080".parse().unwrap()),
+            ("dr/80".to_owned(), "10.2.0.1:8080".parse().unwrap()),
+            ("dr/80".to_owned(), "10.2.0.2:8080".parse().unwrap()),
         ]);
         let open = compile(&services, &live, &all).unwrap();
         let web_slots: BTreeSet<u32> =

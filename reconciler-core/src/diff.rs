@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use crate::state::{BackendEntry, Frontend, MapState, ServiceEntry};
+use crate::state::{BackendEntry, Exclusion, Frontend, MapState, ServiceEntry};
 
 /// One map entry to write (`value: Some`) or delete (`value: None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,8 +15,8 @@ pub enum Change {
     Slot((u32, u32), Option<u32>),
     Backend(u32, Option<BackendEntry>),
     Name(u32, Option<String>),
-    /// A health exclusion recorded (`true`) or lifted.
-    Health(SocketAddr, bool),
+    /// A health exclusion of (service ID, backend address) recorded (`true`) or lifted.
+    Health(u32, SocketAddr, bool),
     /// A VIP address added (`true`) or gone (`MapState::vips`).
     Vip(IpAddr, bool),
 }
@@ -40,13 +40,25 @@ impl MapState {
         changes.extend(desired_vips.difference(&live_vips).map(|vip| Change::Vip(*vip, true)));
         changes.extend(live_vips.difference(&desired_vips).map(|vip| Change::Vip(*vip, false)));
         diff_maps(&self.names, &desired.names, Change::Name, &mut changes);
-        for addr in desired.health_excluded.difference(&self.health_excluded) {
-            changes.push(Change::Health(*addr, true));
-        }
-        for addr in self.health_excluded.difference(&desired.health_excluded) {
-            changes.push(Change::Health(*addr, false));
-        }
+        health_changes(self, desired, &mut changes);
         changes
+    }
+}
+
+/// The exclusions `desired` records and `live` does not (by `desired`'s service IDs), and
+/// those it lifts (by `live`'s).
+fn health_changes(live: &MapState, desired: &MapState, changes: &mut Vec<Change>) {
+    for (from, to, recorded) in [(live, desired, true), (desired, live, false)] {
+        let added: Vec<&Exclusion> = to.health_excluded.difference(&from.health_excluded).collect();
+        if added.is_empty() {
+            continue;
+        }
+        let ids: BTreeMap<&str, u32> = to.names.iter().map(|(id, l)| (l.as_str(), *id)).collect();
+        for (label, addr) in added {
+            if let Some(&id) = ids.get(label.as_str()) {
+                changes.push(Change::Health(id, *addr, recorded));
+            }
+        }
     }
 }
 

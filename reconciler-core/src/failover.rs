@@ -12,7 +12,7 @@ use crate::{
         compile_allowing, fallback_port, slots_needed, table_size, usable_backends, CompileError,
     },
     model::{Port, Service},
-    state::{Algorithm, MapState},
+    state::{Algorithm, Exclusion, MapState},
 };
 
 /// The most one service port can hold: slots and backend entries.
@@ -69,7 +69,7 @@ pub fn worst_case<'a>(
 pub fn compile_within<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<SocketAddr>,
+    excluded: &BTreeSet<Exclusion>,
     capacity: &Capacity,
 ) -> Result<(MapState, Vec<String>), CompileError> {
     let (state, mut took) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
@@ -147,7 +147,9 @@ mod tests {
     fn fallbacks_that_would_overflow_fail_open_instead_largest_first() {
         let services = sixteen_and_dr(1_000);
         // s1..s16 share 10.1.0.1: all down at once, every one takes dr's 1 000 slots.
-        let excluded = BTreeSet::from(["10.1.0.1:8080".parse().unwrap()]);
+        let shared: SocketAddr = "10.1.0.1:8080".parse().unwrap();
+        let excluded: BTreeSet<Exclusion> =
+            (1..=16).map(|i| (format!("s{i}/80"), shared)).collect();
         let capacity = Capacity { slots: 10_000, ..DEFAULT };
         let (state, failed_open) =
             compile_within(&services, &MapState::default(), &excluded, &capacity).unwrap();

@@ -202,10 +202,27 @@ pub struct MapState {
     /// Service ID -> name.
     #[serde(with = "as_pairs")]
     pub names: BTreeMap<u32, String>,
-    /// Backend addresses the daemon's health checks took out (`HEALTH_EXCLUDED`): an overlay
-    /// on the definitions that the data plane records, so a plan made by hand keeps it.
+    /// The backends the daemon's health checks took out, each of one service
+    /// (`HEALTH_EXCLUDED`): an overlay on the definitions that the data plane records, so a
+    /// plan made by hand keeps it, and a restart starts from it.
     #[serde(default)]
-    pub health_excluded: BTreeSet<SocketAddr>,
+    pub health_excluded: BTreeSet<Exclusion>,
+}
+
+/// A backend that a service's health check took out of that service: (the service's label,
+/// `name/port`; the backend's address). A backend several services list is judged by each
+/// one's own check.
+pub type Exclusion = (String, SocketAddr);
+
+/// The backends of `excluded` taken out of the service labelled `label`.
+pub fn excluded_of(excluded: &BTreeSet<Exclusion>, label: &str) -> BTreeSet<SocketAddr> {
+    // The least address of all: tuples sort by label first, then address (V4 before V6).
+    let least = SocketAddr::from(([0, 0, 0, 0], 0));
+    excluded
+        .range((label.to_owned(), least)..)
+        .take_while(|(l, _)| l == label)
+        .map(|(_, addr)| *addr)
+        .collect()
 }
 
 mod as_pairs {

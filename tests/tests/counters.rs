@@ -227,11 +227,17 @@ fn the_capacity_is_set_at_install_kept_and_never_changed_silently() -> Result<()
     setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
     setup.repo.write("services/all.yaml", definitions(&["127.0.0.11", "127.0.0.12"], "active"));
     setup.repo.commit("web and dns");
-    // Three slots (web's two, dns's one) do not fit two: refused before anything is made.
+    // Three slots (web's two, dns's one) do not fit two: refused at validation, naming the
+    // file and line, before anything is made.
     let output = setup.run("apply", &["--capacity", "slots=2"])?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     anyhow::ensure!(output.status.code() == Some(1), "{stderr}");
-    anyhow::ensure!(stderr.contains("slots: 3 is more than the data plane holds (2)"), "{stderr}");
+    anyhow::ensure!(
+        stderr.contains("services/all.yaml:")
+            && stderr
+                .contains("defines 3 selection slots (weights, per port); the data plane holds 2"),
+        "{stderr}"
+    );
     anyhow::ensure!(!setup.sandbox.pin_path().exists(), "a refused apply installed");
 
     let capacity = "services=8,backends=16,slots=64";

@@ -395,3 +395,96 @@ fn failovers_that_would_overflow_the_capacity_are_held_back_never_a_failed_revis
     assert_eq!(status.applied_revision.as_deref(), Some(revision.as_str()));
     Ok(())
 }
+
+/// A service on 10.96.0.`n`:80 named `name`, of `backends`, with `check` (flow YAML).
+fn checked(name: &str, n: u8, backends: &[&str], check: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("{{address: {b}}}")).collect();
+    format!(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  \
+         vip: 10.96.0.{n}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n  \
+         healthCheck: {{{check}, intervalSeconds: 1, timeoutMillis: 500, unhealthyThreshold: 2, \
+         healthyThreshold: 1}}\n  backends: [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// A backend two services list with different checks is judged by each for itself: `a`'s
+/// check (port 9000, where 127.0.0.11 does not listen) takes it out of `a`, while `b`'s
+/// (the backend's own port) keeps it in `b`; `/status` shows both verdicts.
+#[test]
+fn each_service_judges_a_shared_backend_by_its_own_check() -> Result<()> {
+    let mut sandbox = Sandbox::new("per-service")?;
+    sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    sandbox.serve_tcp("127.0.0.12:8080", "b12")?;
+    sandbox.serve_tcp("127.0.0.12:9000", "check")?;
+    let work = Repo::new();
+    let a = checked("a", 1, &["127.0.0.11", "127.0.0.12"], "port: 9000");
+    let b = checked("b", 2, &["127.0.0.11"], "protocol: tcp");
+    work.write("services/all.yaml", format!("{a}---\n{b}"));
+    work.commit("a and b share 127.0.0.11");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    let shared: std::net::SocketAddr = "127.0.0.11:8080".parse()?;
+    let status = wait_for("a's verdict on 127.0.0.11", Duration::from_secs(15), || {
+        let status = daemon.status(&sandbox).ok()?;
+        status.health.iter().any(|h| h.backend == shared && !h.up).then_some(status)
+    })
+    .with_context(|| daemon.log())?;
+    let verdicts: BTreeSet<(Vec<String>, bool)> = status
+        .health
+        .iter()
+        .filter(|h| h.backend == shared)
+        .map(|h| (h.services.clone(), h.up))
+        .collect();
+    assert_eq!(
+        verdicts,
+        BTreeSet::from([(vec!["a/http".to_owned()], false), (vec!["b/http".to_owned()], true)])
+    );
+    wait_for("a without 127.0.0.11", Duration::from_secs(15), || {
+        let result = sandbox.probe_tcp("10.96.0.1:80", 20).ok()?;
+        (result.replies.get("b12") == Some(&20)).then_some(())
+    })
+    .with_context(|| daemon.log())?;
+    assert_eq!(sandbox.probe_tcp("10.96.0.2:80", 20)?.replies.get("b11"), Some(&20));
+    Ok(())
+}
+
+/// A restart keeps what the checks knew: the exclusions the data plane recorded hold from
+/// the first run on, until probes say otherwise; not one connect fails across it.
+#[test]
+fn a_restart_never_lets_a_dead_backend_back_in() -> Result<()> {
+    let mut sandbox = Sandbox::new("health-restart")?;
+    for i in 11..=12 {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let work = Repo::new();
+    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12"]));
+    work.commit("web");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    sandbox.stop_server("127.0.0.12:8080")?;
+    daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
+    assert_eq!(settled(&sandbox)?, names(&["b11"]));
+
+    let stop = served.path().join("stop");
+    let probe = sandbox.spawn_probe_until(&stop, VIP)?;
+    drop(daemon);
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    // Kept out from the start; then the restarted daemon's own probe confirms it.
+    let dead: std::net::SocketAddr = "127.0.0.12:8080".parse()?;
+    wait_for("the restarted daemon's probe of 127.0.0.12", Duration::from_secs(10), || {
+        let status = daemon.status(&sandbox).ok()?;
+        let h = status.health.iter().find(|h| h.backend == dead && !h.up)?;
+        let error = h.last_error.as_deref()?;
+        (!error.contains("before the daemon started")).then_some(())
+    })
+    .with_context(|| daemon.log())?;
+    std::fs::write(&stop, "")?;
+    let result = probe.wait()?;
+    assert!(result.total() > 0, "{result:?}");
+    assert!(result.errors.is_empty(), "connects failed across the restart: {result:?}");
+    assert!(daemon.log().contains("kept until probed"), "{}", daemon.log());
+    Ok(())
+}

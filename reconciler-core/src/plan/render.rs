@@ -72,7 +72,7 @@ fn render_source(out: &mut String, plan: &Plan) {
 fn render_notes(out: &mut String, plan: &Plan) {
     if !plan.desired.health_excluded.is_empty() {
         let list: Vec<String> =
-            plan.desired.health_excluded.iter().map(ToString::to_string).collect();
+            plan.desired.health_excluded.iter().map(|(s, addr)| format!("{addr} ({s})")).collect();
         let _ = writeln!(
             out,
             "Health exclusions (failing their health checks, taken out by the daemon; not \

@@ -24,18 +24,19 @@ use super::backoff::jittered;
 use crate::{clock, pipeline::Desired};
 use reconciler_core::{
     model::{HealthCheck, HealthProtocol},
-    state::BackendState,
+    state::{BackendState, Exclusion},
 };
 
 /// Probes in flight at once, over all targets.
 const MAX_PROBES: usize = 32;
 
-/// One backend's health, as `/status` shows it.
+/// One backend's health under one check, as `/status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendHealth {
     /// The backend (address and target port), as the maps hold it.
     pub backend: SocketAddr,
-    /// The services (`name/port`) that list it with a health check.
+    /// The services (`name/port`) whose check this is, each judging the backend for itself:
+    /// a backend listed by services with different checks has an entry per check.
     pub services: Vec<String>,
     pub up: bool,
     /// When it last went up or down (RFC 3339), if it has.
@@ -43,12 +44,16 @@ pub struct BackendHealth {
     pub last_error: Option<String>,
 }
 
-/// A target: what to probe and what the probes said.
+/// What is probed: the address a probe connects to, and the check (its settings as text).
+/// A backend that services list with different checks is probed once per check; services
+/// with the same check share its probes.
+type TargetKey = (SocketAddr, String);
+
+/// A target: its check, whom its verdict judges, and what the probes said.
 struct Target {
     check: HealthCheck,
-    /// Where the probe connects: the backend's address, the check's port.
-    probe: SocketAddr,
-    services: BTreeSet<String>,
+    /// The (service, backend) pairs it judges.
+    judges: BTreeSet<Exclusion>,
     failures: u32,
     successes: u32,
     up: bool,
@@ -61,144 +66,189 @@ struct Target {
 /// Every target's health, shared by the prober, the reconcile loop and `/status`.
 #[derive(Default)]
 pub struct Health {
-    targets: Mutex<BTreeMap<SocketAddr, Target>>,
+    targets: Mutex<BTreeMap<TargetKey, Target>>,
     /// The services (`name/port`) with a health check and no fallback: when all their
     /// backends are down they keep them all (fail open), which is reported.
     without_fallback: Mutex<BTreeSet<String>>,
+    /// What the data plane recorded as taken out before this start (`HEALTH_EXCLUDED`):
+    /// excluded until a target judges it, and such a target starts down, its probes to
+    /// confirm: a restart never lets a dead backend back in.
+    recorded: Mutex<BTreeSet<Exclusion>>,
+}
+
+/// A mutex's guard, even if a thread panicked holding it (the data stays consistent: every
+/// change under these locks is one assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Health {
-    fn targets(&self) -> MutexGuard<'_, BTreeMap<SocketAddr, Target>> {
-        self.targets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Starts from the exclusions the data plane recorded (see `recorded`).
+    pub fn seed(&self, recorded: BTreeSet<Exclusion>) {
+        *lock(&self.recorded) = recorded;
     }
 
     /// Sets the targets from `desired`: new ones start up (a backend is trusted until its
-    /// probes say otherwise), known ones keep their state, gone ones are dropped.
+    /// probes say otherwise) unless recorded as down, known ones keep their state, gone ones
+    /// are dropped.
     pub fn update(&self, desired: &Desired) {
-        let mut wanted: BTreeMap<SocketAddr, (HealthCheck, SocketAddr, BTreeSet<String>)> =
-            BTreeMap::new();
-        let mut without_fallback = BTreeSet::new();
-        for service in &desired.services {
-            let Some(check) = &service.spec.health_check else { continue };
-            for port in &service.spec.ports {
-                let label = service.label(port);
-                if service.spec.fallback.is_none() {
-                    without_fallback.insert(label.clone());
-                }
-                for backend in &service.spec.backends {
-                    if backend.state == BackendState::Maintenance {
-                        continue;
-                    }
-                    let addr = backend.address_for(port);
-                    let probe = SocketAddr::new(backend.address, check.port.unwrap_or(addr.port()));
-                    let entry = wanted
-                        .entry(addr)
-                        .or_insert_with(|| (check.clone(), probe, BTreeSet::new()));
-                    entry.2.insert(label.clone());
-                }
-            }
-        }
-        *self.without_fallback.lock().unwrap_or_else(|p| p.into_inner()) = without_fallback;
-        let mut targets = self.targets();
-        targets.retain(|addr, _| wanted.contains_key(addr));
+        let (wanted, without_fallback) = wanted_targets(desired);
+        *lock(&self.without_fallback) = without_fallback;
+        let mut recorded = lock(&self.recorded);
+        let mut targets = lock(&self.targets);
+        targets.retain(|key, _| wanted.contains_key(key));
         let now = Instant::now();
-        for (addr, (check, probe, services)) in wanted {
-            let target = targets.entry(addr).or_insert_with(|| Target {
-                check: check.clone(),
-                probe,
-                services: BTreeSet::new(),
-                failures: 0,
-                successes: 0,
-                up: true,
-                since: None,
-                last_error: None,
-                next_due: now + jittered(Duration::from_secs(u64::from(check.interval_seconds))),
-                in_flight: false,
+        for (key, (check, judges)) in wanted {
+            let target = targets.entry(key).or_insert_with(|| {
+                let down = judges.iter().any(|pair| recorded.contains(pair));
+                new_target(&check, down, now)
             });
+            recorded.retain(|pair| !judges.contains(pair));
             target.check = check;
-            target.probe = probe;
-            target.services = services;
+            target.judges = judges;
         }
     }
 
-    /// The backends that are down: the overlay the next reconcile applies.
-    pub fn excluded(&self) -> BTreeSet<SocketAddr> {
-        self.targets().iter().filter(|(_, t)| !t.up).map(|(addr, _)| *addr).collect()
+    /// The (service, backend) pairs that are down: the overlay the next reconcile applies.
+    pub fn excluded(&self) -> BTreeSet<Exclusion> {
+        let mut excluded = lock(&self.recorded).clone();
+        let targets = lock(&self.targets);
+        excluded.extend(targets.values().filter(|t| !t.up).flat_map(|t| t.judges.iter().cloned()));
+        excluded
     }
 
     /// The services without a fallback whose every checked backend is down: they keep them
     /// all (fail open).
     pub fn failing_open(&self) -> Vec<String> {
-        let without_fallback =
-            self.without_fallback.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let targets = self.targets();
+        let without_fallback = lock(&self.without_fallback).clone();
+        let targets = lock(&self.targets);
+        // Per service: whether any of its backends is up.
+        let mut any_up: BTreeMap<&str, bool> = BTreeMap::new();
+        for target in targets.values() {
+            for (service, _) in &target.judges {
+                *any_up.entry(service).or_default() |= target.up;
+            }
+        }
         without_fallback
             .into_iter()
-            .filter(|service| {
-                let mut of_service = targets.values().filter(|t| t.services.contains(service));
-                let first = of_service.next();
-                first.is_some_and(|t| !t.up) && of_service.all(|t| !t.up)
-            })
+            .filter(|service| any_up.get(service.as_str()) == Some(&false))
             .collect()
     }
 
-    /// Every target's health, for `/status`.
+    /// Every target's health, per backend it judges, for `/status`.
     pub fn report(&self) -> Vec<BackendHealth> {
-        self.targets()
-            .iter()
-            .map(|(addr, t)| BackendHealth {
-                backend: *addr,
-                services: t.services.iter().cloned().collect(),
+        let targets = lock(&self.targets);
+        let mut report = Vec::new();
+        for t in targets.values() {
+            let mut by_backend: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
+            for (service, backend) in &t.judges {
+                by_backend.entry(*backend).or_default().push(service.clone());
+            }
+            report.extend(by_backend.into_iter().map(|(backend, services)| BackendHealth {
+                backend,
+                services,
                 up: t.up,
                 since: t.since.clone(),
                 last_error: t.last_error.clone(),
-            })
-            .collect()
+            }));
+        }
+        report
     }
 
-    /// Counts one probe's result; `Some(up)` when the target changed state.
-    fn record(&self, addr: SocketAddr, result: &Result<(), ProbeError>) -> Option<bool> {
-        let mut targets = self.targets();
-        let target = targets.get_mut(&addr)?;
+    /// Counts one probe's result; when the target changed state, `Some` of its new state and
+    /// the backends it judges.
+    fn record(
+        &self,
+        key: &TargetKey,
+        result: &Result<(), ProbeError>,
+    ) -> Option<(bool, BTreeSet<SocketAddr>)> {
+        let mut targets = lock(&self.targets);
+        let target = targets.get_mut(key)?;
         target.in_flight = false;
         target.next_due = Instant::now()
             + jittered(Duration::from_secs(u64::from(target.check.interval_seconds)));
-        match result {
+        let changed = match result {
             Ok(()) => {
                 target.failures = 0;
                 target.successes += 1;
-                if !target.up && target.successes >= target.check.healthy_threshold {
-                    target.up = true;
-                    target.since = Some(clock::now_rfc3339());
-                    return Some(true);
-                }
+                !target.up && target.successes >= target.check.healthy_threshold
             }
             Err(error) => {
                 target.successes = 0;
                 target.failures += 1;
                 target.last_error = Some(error.to_string());
-                if target.up && target.failures >= target.check.unhealthy_threshold {
-                    target.up = false;
-                    target.since = Some(clock::now_rfc3339());
-                    return Some(false);
-                }
+                target.up && target.failures >= target.check.unhealthy_threshold
             }
+        };
+        if !changed {
+            return None;
         }
-        None
+        target.up = !target.up;
+        target.since = Some(clock::now_rfc3339());
+        Some((target.up, target.judges.iter().map(|(_, backend)| *backend).collect()))
     }
 
     /// The targets due now, marked in flight.
-    fn due(&self) -> Vec<(SocketAddr, SocketAddr, HealthCheck)> {
+    fn due(&self) -> Vec<(TargetKey, HealthCheck)> {
         let now = Instant::now();
-        let mut targets = self.targets();
+        let mut targets = lock(&self.targets);
         targets
             .iter_mut()
             .filter(|(_, t)| !t.in_flight && t.next_due <= now)
-            .map(|(addr, t)| {
+            .map(|(key, t)| {
                 t.in_flight = true;
-                (*addr, t.probe, t.check.clone())
+                (key.clone(), t.check.clone())
             })
             .collect()
+    }
+}
+
+/// Targets by key: each one's check, and whom it judges.
+type Wanted = BTreeMap<TargetKey, (HealthCheck, BTreeSet<Exclusion>)>;
+
+/// The targets `desired` asks for, and the services (`name/port`) with a check and no
+/// fallback.
+fn wanted_targets(desired: &Desired) -> (Wanted, BTreeSet<String>) {
+    let mut wanted = Wanted::new();
+    let mut without_fallback = BTreeSet::new();
+    for service in &desired.services {
+        let Some(check) = &service.spec.health_check else { continue };
+        let settings = format!("{check:?}");
+        for port in &service.spec.ports {
+            let label = service.label(port);
+            if service.spec.fallback.is_none() {
+                without_fallback.insert(label.clone());
+            }
+            for backend in &service.spec.backends {
+                if backend.state == BackendState::Maintenance {
+                    continue;
+                }
+                let addr = backend.address_for(port);
+                let probe = SocketAddr::new(backend.address, check.port.unwrap_or(addr.port()));
+                let entry = wanted
+                    .entry((probe, settings.clone()))
+                    .or_insert_with(|| (check.clone(), BTreeSet::new()));
+                entry.1.insert((label.clone(), addr));
+            }
+        }
+    }
+    (wanted, without_fallback)
+}
+
+/// A new target of `check`: up, or `down` as the data plane recorded (its first probe due
+/// at once, to confirm); else its first probe within an interval (jittered).
+fn new_target(check: &HealthCheck, down: bool, now: Instant) -> Target {
+    let interval = Duration::from_secs(u64::from(check.interval_seconds));
+    Target {
+        check: check.clone(),
+        judges: BTreeSet::new(),
+        failures: if down { check.unhealthy_threshold } else { 0 },
+        successes: 0,
+        up: !down,
+        since: None,
+        last_error: down.then(|| "taken out before the daemon started; probing".to_owned()),
+        next_due: if down { now } else { now + jittered(interval) },
+        in_flight: false,
     }
 }
 
@@ -219,19 +269,22 @@ enum ProbeError {
     Timeout { timeout: Duration },
 }
 
-/// Probes due targets for ever; `changed(addr, up, services)` is called once per transition.
+/// Probes due targets for ever; `changed(backend, up)` is called once per transition, for
+/// each backend the target judges.
 pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Send + Sync>) {
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
     loop {
-        for (addr, probe_addr, check) in health.due() {
+        for (key, check) in health.due() {
             let (health, changed, slots) =
                 (Arc::clone(&health), Arc::clone(&changed), Arc::clone(&slots));
             tokio::spawn(async move {
                 let Ok(_slot) = slots.acquire().await else { return };
-                let result = probe_in_time(probe_addr, &check).await;
-                if let Some(up) = health.record(addr, &result) {
-                    log_transition(&health, addr, up, result.err());
-                    changed(addr, up);
+                let result = probe_in_time(key.0, &check).await;
+                if let Some((up, backends)) = health.record(&key, &result) {
+                    log_transition(&health, key.0, up, result.err());
+                    for backend in backends {
+                        changed(backend, up);
+                    }
                 }
             });
         }
@@ -239,8 +292,8 @@ pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Se
     }
 }
 
-/// Logs that `addr` went up or down (`error` says why it went down), and the services that
-/// are left with no healthy backend.
+/// Logs that the target probed at `addr` went up or down (`error` says why it went down),
+/// and the services that are left with no healthy backend.
 fn log_transition(health: &Health, addr: SocketAddr, up: bool, error: Option<ProbeError>) {
     for service in health.failing_open() {
         warn!(service, "every backend fails its health check; keeping them all (fail open)");

@@ -187,20 +187,29 @@ fn start_fetch(shared: &Shared, memory: &Memory, refresh: bool) -> Fetching {
     Fetching { task: tokio::task::spawn_blocking(memory.session.fetcher()), refresh }
 }
 
-/// Before the first fetch: the definitions of the revision the maps hold, from the git
-/// cache, so that health checks start (and their changes apply) however long the git server
-/// takes to answer.
+/// Before the first fetch: the health exclusions the data plane recorded (a restart keeps
+/// them until probes say otherwise), and the definitions of the revision the maps hold, from
+/// the git cache, so that health checks start (and their changes apply) however long the
+/// git server takes to answer.
 async fn adopt(
     shared: &Shared,
     config: &Arc<Config>,
     mut memory: Memory,
 ) -> anyhow::Result<Memory> {
     let run_config = Arc::clone(config);
-    memory = tokio::task::spawn_blocking(move || {
+    let recorded;
+    (memory, recorded) = tokio::task::spawn_blocking(move || {
         reconcile::last_good(&run_config, &mut memory);
-        memory
+        (memory, reconcile::recorded_exclusions(&run_config))
     })
     .await?;
+    if !recorded.is_empty() {
+        info!(
+            pairs = recorded.len(),
+            "health exclusions recorded before this start kept until probed"
+        );
+    }
+    shared.health.seed(recorded);
     if let Some(good) = &memory.last_good {
         shared.health.update(good);
     }

@@ -3,7 +3,7 @@
 //! commit is held back, the drift check of the last good revision. Or, on a health
 //! transition, the health overlay alone ([`overlay`]), planned from the last good revision
 //! without fetching: a git server that hangs delays new commits, never failover.
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use reconciler_core::{
     node,
     plan::Plan,
     source::{Snapshot, SourceError},
+    state::Exclusion,
     validate::Policy,
 };
 
@@ -36,8 +37,8 @@ pub(super) struct Memory {
     pub consecutive_errors: u32,
     /// What survives a restart.
     pub journal: Journal,
-    /// The backends the health checks took out, as of this run.
-    pub health_excluded: BTreeSet<SocketAddr>,
+    /// The (service, backend) pairs the health checks took out, as of this run.
+    pub health_excluded: BTreeSet<Exclusion>,
     /// The pipeline, with what the incremental path reuses (parses by blob, the state the
     /// last apply left) in its memo.
     pub session: Session,
@@ -220,6 +221,16 @@ fn desired(
 fn node_capacity(config: &Config) -> Capacity {
     let installed = installed_status(config).map(|status| status.capacity);
     installed.or(config.capacity).unwrap_or_default()
+}
+
+/// The exclusions the installed data plane records (`HEALTH_EXCLUDED`): where a restart
+/// starts from. None if it cannot be read (the run will say why).
+pub(super) fn recorded_exclusions(config: &Config) -> BTreeSet<Exclusion> {
+    if !dataplane::is_installed(&config.pin_path) {
+        return BTreeSet::new();
+    }
+    let live = Dataplane::open(&config.pin_path).and_then(|d| d.read_live());
+    live.map(|live| live.state.health_excluded).unwrap_or_default()
 }
 
 /// The revision the installed data plane records, if any.

@@ -77,7 +77,7 @@ fn log(outcome: &Outcome) {
         }
         Outcome::HealthApplied { plan, report } => {
             let excluded: Vec<String> =
-                plan.desired.health_excluded.iter().map(ToString::to_string).collect();
+                plan.desired.health_excluded.iter().map(|(s, a)| format!("{a} ({s})")).collect();
             info!(
                 excluded = excluded.join(","),
                 map_writes = report.map_writes,

@@ -137,12 +137,14 @@ pub(crate) fn vip_key(vip: IpAddr, set: u8) -> VipKey {
     VipKey { addr: addr_to_words(vip), set, _pad: [0; 3] }
 }
 
-pub(crate) fn health_key(addr: &SocketAddr) -> HealthKey {
-    HealthKey { addr: addr_to_words(addr.ip()), port: addr.port().to_be(), _pad: [0; 6] }
+pub(crate) fn health_key(service_id: u32, addr: &SocketAddr) -> HealthKey {
+    let (addr, port) = (addr_to_words(addr.ip()), addr.port().to_be());
+    HealthKey { addr, port, _pad: [0; 2], service_id }
 }
 
-pub(crate) fn health_addr(key: &HealthKey) -> SocketAddr {
-    SocketAddr::new(words_to_addr(&key.addr), u16::from_be(key.port))
+/// The (service ID, backend address) of a `HEALTH_EXCLUDED` key; ID 0 is every service.
+pub(crate) fn health_entry(key: &HealthKey) -> (u32, SocketAddr) {
+    (key.service_id, SocketAddr::new(words_to_addr(&key.addr), u16::from_be(key.port)))
 }
 
 pub(crate) fn name_of(value: &ServiceName) -> String {

@@ -12,7 +12,7 @@ use reconciler_common::{
 };
 use reconciler_core::{
     capacity::Capacity,
-    state::{Frontend, MapState},
+    state::{Exclusion, Frontend, MapState},
 };
 
 use super::{
@@ -156,19 +156,20 @@ impl Dataplane {
         let health = self.read_health()?;
         if other_too {
             sets[1].names = names.clone();
-            sets[1].health_excluded = health.clone();
+            sets[1].health_excluded = exclusions(&health, &sets[1]);
         }
         sets[0].names = names;
-        sets[0].health_excluded = health;
+        sets[0].health_excluded = exclusions(&health, &sets[0]);
         Ok(sets)
     }
 
-    /// `HEALTH_EXCLUDED`, which is not versioned: the same for both sets.
-    fn read_health(&self) -> Result<BTreeSet<SocketAddr>> {
+    /// `HEALTH_EXCLUDED`, which is not versioned: the same for both sets, as (service ID,
+    /// backend address) pairs (see [`exclusions`]).
+    pub(super) fn read_health(&self) -> Result<BTreeSet<(u32, SocketAddr)>> {
         Ok(batch::lookup_all::<HealthKey, u32>(&self.health)
             .map_err(io_err("reading HEALTH_EXCLUDED"))?
             .iter()
-            .map(|(key, _)| encode::health_addr(key))
+            .map(|(key, _)| encode::health_entry(key))
             .collect())
     }
 
@@ -234,7 +235,7 @@ impl Dataplane {
                     state.names.insert(id, encode::name_of(&value));
                 }
             }
-            state.health_excluded = health.clone();
+            state.health_excluded = exclusions(&health, state);
         }
         Ok(sets)
     }
@@ -305,4 +306,26 @@ fn values_of<T: aya::Pod>(
     what: &'static str,
 ) -> Result<BTreeMap<u32, T>> {
     ids.into_iter().map(|id| Ok((id, map.get(&id, 0).map_err(map_err(what))?))).collect()
+}
+
+/// `HEALTH_EXCLUDED`'s pairs (`raw`) as the exclusions of `state`'s services, by label. ID 0
+/// (an older build's entry) is every service of `state` listing the address. A service
+/// whose name `state` lacks shows as `#ID`, so that it never compares equal to a state that
+/// has it.
+fn exclusions(raw: &BTreeSet<(u32, SocketAddr)>, state: &MapState) -> BTreeSet<Exclusion> {
+    let label = |id: u32| state.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let mut found = BTreeSet::new();
+    for &(id, addr) in raw {
+        if id != 0 {
+            found.insert((label(id), addr));
+            continue;
+        }
+        let listing: Vec<u32> =
+            state.backends.values().filter(|b| b.addr == addr).map(|b| b.service_id).collect();
+        found.extend(listing.iter().map(|&id| (label(id), addr)));
+        if listing.is_empty() {
+            found.insert((label(0), addr));
+        }
+    }
+    found
 }

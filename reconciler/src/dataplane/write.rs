@@ -59,8 +59,8 @@ impl Dataplane {
                     Some(name) => batches.names.0.push((*id, encode::name_value(name))),
                     None => batches.names.1.push(*id),
                 },
-                Change::Health(addr, excluded) => {
-                    let key = encode::health_key(addr);
+                Change::Health(service_id, addr, excluded) => {
+                    let key = encode::health_key(*service_id, addr);
                     if *excluded {
                         batches.health.0.push((key, 1));
                     } else {

@@ -2,7 +2,6 @@
 //! its apply, each followed by what the memo learns from it.
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     panic,
     path::{Path, PathBuf},
     thread,
@@ -16,7 +15,7 @@ use reconciler_core::{
     capacity::{Capacity, DEFAULT},
     failover::compile_within,
     plan::{make_plan, Plan, PlanContext},
-    state::MapState,
+    state::{Exclusion, MapState},
 };
 
 /// How much of the live maps a plan reads.
@@ -35,7 +34,7 @@ pub struct PlanOptions {
     pub reading: Reading,
     /// The backends the daemon's health checks exclude, instead of those the data plane
     /// records; while it excludes any, every entry is read.
-    pub health: Option<BTreeSet<SocketAddr>>,
+    pub health: Option<BTreeSet<Exclusion>>,
 }
 
 impl Reading {
@@ -164,7 +163,7 @@ fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
 fn plan_from_live(
     desired: &Desired,
     pin_path: &Path,
-    health: Option<&BTreeSet<SocketAddr>>,
+    health: Option<&BTreeSet<Exclusion>>,
     live: Option<LiveState>,
     capacity: &Capacity,
 ) -> Result<Plan, Error> {
