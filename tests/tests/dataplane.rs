@@ -694,3 +694,30 @@ fn a_first_install_that_fails_while_filling_attaches_nothing_and_the_next_starts
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));
     Ok(())
 }
+
+/// A `HEALTH_EXCLUDED` entry of a build before per-service verdicts (service ID 0, in what
+/// was padding) still means every service listing the address; lifting it deletes it.
+#[test]
+fn an_older_health_exclusion_means_every_service_listing_the_backend() -> Result<()> {
+    let sandbox = Sandbox::new("older-health")?;
+    let mut dataplane = sandbox.install(&one_service("10.96.0.10:80", &["127.0.0.11:8080"])?)?;
+    // ::ffff:127.0.0.11, port 8080 (network order), padding, service ID 0.
+    let mut key = vec![0u8; 10];
+    key.extend([0xff, 0xff, 127, 0, 0, 11, 0x1f, 0x90, 0, 0, 0, 0, 0, 0]);
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(sandbox.pin_path().join("HEALTH_EXCLUDED"))
+        .arg("key")
+        .args(key.iter().map(u8::to_string))
+        .arg("value")
+        .args(1u32.to_le_bytes().iter().map(u8::to_string))
+        .status()?;
+    anyhow::ensure!(status.success(), "bpftool map update failed");
+    let backend: std::net::SocketAddr = "127.0.0.11:8080".parse()?;
+    let live = dataplane.read_live()?.state;
+    assert_eq!(live.health_excluded, BTreeSet::from([("test".to_owned(), backend)]));
+    // Lifted (the desired state records none): the entry is gone.
+    dataplane.apply(&one_service("10.96.0.10:80", &["127.0.0.11:8080"])?, ApplyTo::default())?;
+    assert!(dataplane.read_live()?.state.health_excluded.is_empty());
+    Ok(())
+}

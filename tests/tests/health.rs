@@ -488,3 +488,85 @@ fn a_restart_never_lets_a_dead_backend_back_in() -> Result<()> {
     assert!(daemon.log().contains("kept until probed"), "{}", daemon.log());
     Ok(())
 }
+
+/// A backend that flaps is held out longer each time it goes down again (an ejection
+/// multiplier, as Envoy's): the second time, once it passes again, it stays out for five
+/// intervals before it is back in; each transition is logged once.
+#[test]
+fn a_flapping_backend_is_held_out_longer_each_time() -> Result<()> {
+    let mut sandbox = Sandbox::new("flap")?;
+    for i in 11..=12 {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let work = Repo::new();
+    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12"]));
+    work.commit("web");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    let flapping = "127.0.0.12:8080";
+    // Down and back: the first time, back in at its first passing probe.
+    sandbox.stop_server(flapping)?;
+    daemon.wait_health(&sandbox, flapping, false)?;
+    sandbox.serve_tcp(flapping, "b12")?;
+    daemon.wait_health(&sandbox, flapping, true)?;
+    // Down again: once it passes, it is held out for 5 intervals (5 s here).
+    sandbox.stop_server(flapping)?;
+    daemon.wait_health(&sandbox, flapping, false)?;
+    sandbox.serve_tcp(flapping, "b12")?;
+    let back = std::time::Instant::now();
+    daemon.wait_health(&sandbox, flapping, true)?;
+    let held = back.elapsed();
+    assert!(held >= Duration::from_secs(3), "held out only {held:?}");
+    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+    let log = daemon.log();
+    assert_eq!(log.matches("backend unhealthy; taken out").count(), 2, "{log}");
+    assert_eq!(log.matches("backend healthy again; back in").count(), 2, "{log}");
+    Ok(())
+}
+
+/// Health checks at a smaller scale than `make bench`'s: 30 services of 10 backends, none
+/// listening (refused at once), are all known down within `unhealthyThreshold` ×
+/// `intervalSeconds` (2 s) + the first probe's jitter (1.1 s) + 2 s; the log says each
+/// transition once, or in a summary line past 20 a second.
+#[test]
+fn three_hundred_refused_targets_are_all_known_within_two_intervals_and_two_seconds() -> Result<()>
+{
+    let sandbox = Sandbox::new("health-scale")?;
+    let work = Repo::new();
+    let mut text = String::new();
+    for s in 0..30u32 {
+        let backends: Vec<String> = (0..10)
+            .map(|b| format!("127.0.{}.{}", 1 + (s * 10 + b) / 250, 1 + (s * 10 + b) % 250))
+            .collect();
+        let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+        text.push_str(
+            &checked(&format!("s{s}"), 0, &refs, "protocol: tcp")
+                .replace("vip: 10.96.0.0", &format!("vip: 10.96.1.{}", s + 1)),
+        );
+        text.push_str("---\n");
+    }
+    work.write("services/all.yaml", text.trim_end_matches("---\n"));
+    work.commit("30 services of 10 dead backends");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    let started = std::time::Instant::now();
+    let status = wait_for("every target known down", Duration::from_secs(15), || {
+        let status = daemon.status(&sandbox).ok()?;
+        (status.health.len() == 300 && status.health.iter().all(|h| !h.up)).then_some(status)
+    })
+    .with_context(|| daemon.log())?;
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(5_100), "all 300 known after {took:?}");
+    assert_eq!(status.health_failing_open.len(), 30, "{:?}", status.health_failing_open);
+    // The summary of the lines held back comes at the end of their second.
+    let log = wait_for("the summary line", Duration::from_secs(5), || {
+        let log = daemon.log();
+        log.contains("more health transitions in the last second").then_some(log)
+    })
+    .with_context(|| daemon.log())?;
+    let lines = log.matches("backend unhealthy; taken out").count();
+    assert!(lines < 300, "{lines} transition lines");
+    Ok(())
+}

@@ -109,8 +109,10 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let mut next_run = Instant::now() + config.interval;
     // A run asked for while a fetch is under way: after it, one more.
     let mut again = false;
+    // Health changes after one is applied wait for this, to be applied together.
+    let mut health_after = Instant::now();
     loop {
-        match wait(&shared, &mut signals, next_run, &mut fetching).await {
+        match wait(&shared, &mut signals, (next_run, health_after), &mut fetching).await {
             Woken::Fetched(fetched) => {
                 // A panic of the fetching thread is a bug: the daemon stops, as on any other.
                 let fetched = fetched?;
@@ -128,7 +130,10 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             Woken::Asked if fetching.is_some() => again = true,
             Woken::Interval => fetching = Some(start_fetch(&shared, &memory, true)),
             Woken::Asked => fetching = Some(start_fetch(&shared, &memory, false)),
-            Woken::Health => memory = run_overlay(&shared, &config, memory).await?,
+            Woken::Health => {
+                memory = run_overlay(&shared, &config, memory).await?;
+                health_after = Instant::now() + HEALTH_BATCH;
+            }
             Woken::Reload => reload(config_file, &shared, &mut config, &mut memory),
             Woken::Stop => break,
         }
@@ -276,14 +281,23 @@ async fn run_overlay(
     Ok(memory)
 }
 
-/// Waits until `next_run`, or less if a run is asked for, a health check changes, the
-/// fetch under way ends or a signal comes.
+/// The least time between two applies of health changes: the first change is applied at
+/// once, those that follow within this wait and go together (thousands of flapping backends
+/// make one apply a second, not one each).
+const HEALTH_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until `next_run`, or less if a run is asked for, a health check changes (heeded
+/// from `health_after` on), the fetch under way ends or a signal comes.
 async fn wait(
     shared: &Shared,
     signals: &mut Signals,
-    next_run: Instant,
+    (next_run, health_after): (Instant, Instant),
     fetching: &mut Option<Fetching>,
 ) -> Woken {
+    let health = async {
+        tokio::time::sleep_until(health_after.into()).await;
+        shared.health_changed.notified().await;
+    };
     let fetched = async {
         match fetching.as_mut() {
             Some(fetching) => (&mut fetching.task).await,
@@ -293,7 +307,7 @@ async fn wait(
     tokio::select! {
         () = tokio::time::sleep_until(next_run.into()) => Woken::Interval,
         joined = fetched => Woken::Fetched(joined),
-        () = shared.health_changed.notified() => Woken::Health,
+        () = health => Woken::Health,
         () = shared.trigger.notified() => {
             info!("reconcile requested");
             Woken::Asked

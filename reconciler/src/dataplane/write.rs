@@ -65,6 +65,10 @@ impl Dataplane {
                         batches.health.0.push((key, 1));
                     } else {
                         batches.health.1.push(key);
+                        // An older build's entry for every service listing the address goes
+                        // too (not counted: it is rarely there); what it still meant for
+                        // others is written anew by the next plan, which finds it missing.
+                        batches.older_health.push(encode::health_key(0, addr));
                     }
                 }
             }
@@ -76,6 +80,7 @@ impl Dataplane {
         batches.backends.write(&self.backends).map_err(what("BACKENDS"))?;
         batches.names.write(&self.names).map_err(what("SERVICE_NAMES"))?;
         batches.health.write(&self.health).map_err(what("HEALTH_EXCLUDED"))?;
+        batch::delete_all(&self.health, &batches.older_health).map_err(what("HEALTH_EXCLUDED"))?;
         Ok(batches.len())
     }
 }
@@ -108,6 +113,8 @@ struct Batches {
     backends: MapBatch<BackendKey, Backend>,
     names: MapBatch<u32, ServiceName>,
     health: MapBatch<HealthKey, u32>,
+    /// `HEALTH_EXCLUDED` entries of an older build (service ID 0) to delete.
+    older_health: Vec<HealthKey>,
 }
 
 impl Batches {
