@@ -114,6 +114,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A repository whose `services/web.yaml` is `text`, committed, and its bare clone (in the
+/// returned directory) that the daemon reads.
+fn served_repo(text: &str) -> Result<(Repo, tempfile::TempDir, std::path::PathBuf)> {
+    let work = Repo::new();
+    work.write("services/web.yaml", text);
+    work.commit("services");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    Ok((work, served, bare))
+}
+
 /// Waits until a batch of connects through the VIP fails none, and returns who answered.
 fn settled(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
     wait_for("connects that all succeed", Duration::from_secs(15), || {
@@ -458,11 +469,7 @@ fn a_restart_never_lets_a_dead_backend_back_in() -> Result<()> {
     for i in 11..=12 {
         sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
     }
-    let work = Repo::new();
-    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12"]));
-    work.commit("web");
-    let served = tempfile::tempdir()?;
-    let bare = work.bare_clone(served.path(), "services.git");
+    let (_work, served, bare) = served_repo(&web(&["127.0.0.11", "127.0.0.12"]))?;
     let daemon = Daemon::start(&sandbox, &bare)?;
     sandbox.stop_server("127.0.0.12:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
@@ -498,11 +505,7 @@ fn a_flapping_backend_is_held_out_longer_each_time() -> Result<()> {
     for i in 11..=12 {
         sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
     }
-    let work = Repo::new();
-    work.write("services/web.yaml", web(&["127.0.0.11", "127.0.0.12"]));
-    work.commit("web");
-    let served = tempfile::tempdir()?;
-    let bare = work.bare_clone(served.path(), "services.git");
+    let (_work, _served, bare) = served_repo(&web(&["127.0.0.11", "127.0.0.12"]))?;
     let daemon = Daemon::start(&sandbox, &bare)?;
     let flapping = "127.0.0.12:8080";
     // Down and back: the first time, back in at its first passing probe.
