@@ -59,7 +59,8 @@ impl Daemon {
         let listen = "127.0.0.1:9469".to_owned();
         let config = format!(
             "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
-             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n",
+             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n\
+             policy: {{allowLocalHealthChecks: [127.0.0.0/8]}}\n",
             dir.path().join("cache").display(),
             sandbox.cgroup().display(),
             sandbox.pin_path().display()
@@ -159,7 +160,8 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     assert!(result.errors.is_empty(), "{result:?}");
     // Git is still the desired state: a plan by hand shows the exclusion, and no change.
     let plan = std::process::Command::new(reconciler_path()?)
-        .args(["plan", "--detailed-exitcode", "--repo"])
+        .args(["plan", "--detailed-exitcode", "--allow-local-health-checks", "127.0.0.0/8"])
+        .arg("--repo")
         .arg(&bare)
         .args(["--path", "services", "--cache-dir"])
         .arg(served.path().join("cli-cache"))
@@ -341,7 +343,7 @@ fn failovers_that_would_overflow_the_capacity_are_held_back_never_a_failed_revis
     let bare = work.bare_clone(served.path(), "services.git");
     let apply = |extra: &[&str]| -> Result<()> {
         let output = std::process::Command::new(reconciler_path()?)
-            .args(["apply", "--repo"])
+            .args(["apply", "--allow-local-health-checks", "127.0.0.0/8", "--repo"])
             .arg(&bare)
             .args(["--path", "services", "--cache-dir"])
             .arg(served.path().join("cli-cache"))
@@ -571,5 +573,63 @@ fn three_hundred_refused_targets_are_all_known_within_two_intervals_and_two_seco
     .with_context(|| daemon.log())?;
     let lines = log.matches("backend unhealthy; taken out").count();
     assert!(lines < 300, "{lines} transition lines");
+    Ok(())
+}
+
+/// An HTTP server on `addr` in the sandbox that answers each request with a `200 OK`, written
+/// `piece` bytes at a time, `pause` apart; it runs until the test process ends.
+fn serve_http_in_pieces(
+    sandbox: &Sandbox,
+    addr: &str,
+    piece: usize,
+    pause: Duration,
+) -> Result<std::thread::JoinHandle<()>> {
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let listener = sandbox.in_netns(move || Ok(std::net::TcpListener::bind(addr)?))?;
+    Ok(std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read as _, Write as _};
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                for chunk in answer.chunks(piece) {
+                    if stream.write_all(chunk).is_err() {
+                        return;
+                    }
+                    // The server's own pace, which the probe must wait out.
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+    }))
+}
+
+/// The HTTP probe reads the status line however it arrives: in two writes 50 ms apart, or a
+/// byte every 10 ms, it is a pass; an answer with no status line is a failure, shown in
+/// `/status` by its kind, without addresses.
+#[test]
+fn the_http_probe_reads_a_status_line_that_arrives_in_pieces() -> Result<()> {
+    let mut sandbox = Sandbox::new("http-pieces")?;
+    let _two = serve_http_in_pieces(&sandbox, "127.0.0.11:8080", 9, Duration::from_millis(50))?;
+    let _bytes = serve_http_in_pieces(&sandbox, "127.0.0.12:8080", 1, Duration::from_millis(10))?;
+    sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
+    let check = "protocol: http, path: /healthz";
+    let text = checked("web", 10, &["127.0.0.11", "127.0.0.12", "127.0.0.13"], check);
+    let (_work, _served, bare) = served_repo(&text)?;
+    let daemon = Daemon::start(&sandbox, &bare)?;
+    // Down after two failed probes; the other two, probed as often, never failed one.
+    daemon.wait_health(&sandbox, "127.0.0.13:8080", false)?;
+    let status = daemon.status(&sandbox)?;
+    for h in &status.health {
+        let pieces = h.backend.ip().to_string() != "127.0.0.13";
+        assert_eq!(h.up, pieces, "{h:?}");
+        if !pieces {
+            assert_eq!(h.last_error.as_deref(), Some("no HTTP status line"), "{h:?}");
+        } else {
+            assert_eq!(h.last_error, None, "{h:?}");
+        }
+    }
     Ok(())
 }

@@ -282,6 +282,50 @@ spec:
     }
 
     #[test]
+    fn health_checks_never_go_to_link_local_addresses_or_the_node_unless_allowed() {
+        let checked =
+            GOOD.replace("10.1.0.11", "169.254.169.254").replace("10.1.0.12", "127.0.0.1").replace(
+                "  backends:",
+                "  healthCheck: {protocol: http, path: /latest/meta-data}\n  backends:",
+            );
+        let errors = check(&[("web.yaml", &checked)], &Policy::default()).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "web.yaml:9:17: spec.backends[0].address: backend 169.254.169.254 is link-local: a health check is never sent there",
+                "web.yaml:10:17: spec.backends[1].address: backend 127.0.0.1 is this node's own (loopback or an interface's): a health check is sent there only if policy.allowLocalHealthChecks (--allow-local-health-checks) lists it",
+            ]
+        );
+        let loopback = checked.replace("169.254.169.254", "10.1.0.11");
+        let allowed = Policy {
+            allow_local_health_checks: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Policy::default()
+        };
+        assert!(check(&[("web.yaml", &loopback)], &allowed).is_ok());
+        // Without a check, a loopback backend is no probe target.
+        assert!(check(
+            &[("web.yaml", &GOOD.replace("10.1.0.12", "127.0.0.1"))],
+            &Policy::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_health_check_of_a_udp_only_service_names_a_tcp_port() {
+        let udp = GOOD
+            .replace("port: 80,", "port: 53, protocol: UDP,")
+            .replace("  backends:", "  healthCheck: {protocol: tcp}\n  backends:");
+        let errors = check(&[("dns.yaml", &udp)], &Policy::default()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("spec.healthCheck: a health check connects over TCP"),
+            "{errors:?}"
+        );
+        let with_port = udp.replace("{protocol: tcp}", "{protocol: tcp, port: 8053}");
+        assert!(check(&[("dns.yaml", &with_port)], &Policy::default()).is_ok());
+    }
+
+    #[test]
     fn the_policy_limits_vips() {
         let policy = Policy {
             allowed_vips: Some(vec![

@@ -32,6 +32,9 @@ pub struct Policy {
     /// The node's capacity, which the repository must fit, failovers included; `None`
     /// where it is not known (CI): the most any node can have.
     pub capacity: Option<Capacity>,
+    /// Loopback and node addresses that health checks may nevertheless probe
+    /// (`policy.allowLocalHealthChecks`); by default a check never probes the node itself.
+    pub allow_local_health_checks: Vec<IpNet>,
 }
 
 /// Every rule over every service of `services`, in their order: of two services that
@@ -57,6 +60,8 @@ pub(super) fn semantic_diagnostics(
         maglev_only_fields(located, out);
         valid_fallback(located, &seen.by_name, out);
         http_only_fields(located, out);
+        health_check_reaches(located, out);
+        health_check_targets(located, policy, out);
         let slots = compile::slots_needed(&located.service.spec);
         slots_per_service(located, slots, out);
         let limits = Limits::of(policy);
@@ -350,6 +355,55 @@ fn http_only_fields(located: &Located, out: &mut Vec<Diagnostic>) {
             [("path", check.path.is_some()), ("expectStatus", check.expect_status.is_some())];
         let only = "`protocol: http` health checks only";
         fields_only_for(located, "/spec/healthCheck", &given, only, out);
+    }
+}
+
+/// A `tcp`/`http` check connects over TCP: on a service of UDP ports only, it must name a
+/// TCP port (`healthCheck.port`), or it probes a port the backends do not answer on.
+fn health_check_reaches(located: &Located, out: &mut Vec<Diagnostic>) {
+    let spec = &located.service.spec;
+    let Some(check) = &spec.health_check else { return };
+    if check.port.is_none() && spec.ports.iter().all(|p| p.protocol == Protocol::Udp) {
+        let message = "a health check connects over TCP to each backend's target port, and \
+                       this service has UDP ports only: set healthCheck.port to a TCP port its \
+                       backends answer on";
+        out.push(located.diagnostic("/spec/healthCheck", message));
+    }
+}
+
+/// Health checks go only where a backend may be, and not to this node itself: never to a
+/// link-local address (169.254.0.0/16 holds cloud metadata); to a loopback or node address
+/// only when `policy.allowLocalHealthChecks` lists it (else a commit could have the root
+/// daemon send requests to the node's own services).
+fn health_check_targets(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic>) {
+    if located.service.spec.health_check.is_none() {
+        return;
+    }
+    for (i, backend) in located.service.spec.backends.iter().enumerate() {
+        let address = backend.address;
+        let allowed = || policy.allow_local_health_checks.iter().any(|r| r.contains(&address));
+        let local =
+            address.is_loopback() || policy.local_addresses.iter().any(|l| l.address == address);
+        let problem = if is_link_local(address) {
+            "is link-local: a health check is never sent there".to_owned()
+        } else if local && !allowed() {
+            "is this node's own (loopback or an interface's): a health check is sent there \
+             only if policy.allowLocalHealthChecks (--allow-local-health-checks) lists it"
+                .to_owned()
+        } else {
+            continue;
+        };
+        out.push(located.diagnostic(
+            &format!("/spec/backends/{i}/address"),
+            format!("backend {address} {problem}"),
+        ));
+    }
+}
+
+fn is_link_local(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 

@@ -292,10 +292,18 @@ pub struct PolicyArgs {
     /// Every VIP must lie in one of these CIDR ranges (comma-separated).
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_range)]
     allowed_vips: Option<Vec<IpNet>>,
+    /// Loopback and node addresses (CIDR ranges, comma-separated) that health checks may
+    /// nevertheless probe; by default a check never probes the node itself.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_range)]
+    allow_local_health_checks: Vec<IpNet>,
 }
 
 impl PolicyArgs {
     pub fn policy(&self) -> Policy {
-        Policy { allowed_vips: self.allowed_vips.clone(), ..Policy::default() }
+        Policy {
+            allowed_vips: self.allowed_vips.clone(),
+            allow_local_health_checks: self.allow_local_health_checks.clone(),
+            ..Policy::default()
+        }
     }
 }

@@ -135,6 +135,8 @@ struct RawPolicy {
     allow_local_vips: Vec<String>,
     #[serde(rename = "allowDestroyAll", default)]
     allow_destroy_all: bool,
+    #[serde(rename = "allowLocalHealthChecks", default)]
+    allow_local_health_checks: Vec<String>,
 }
 
 /// The units a duration may have: Go's (and so Flux's) down to milliseconds, as the
@@ -233,6 +235,12 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|texts| parse_each(&texts, "/policy/allowedVIPs", parse_range, problems));
     let allow_local_vips =
         parse_each(&raw.policy.allow_local_vips, "/policy/allowLocalVIPs", local_vip, problems);
+    let allow_local_health_checks = parse_each(
+        &raw.policy.allow_local_health_checks,
+        "/policy/allowLocalHealthChecks",
+        parse_range,
+        problems,
+    );
     let verify = raw.source.verify.map(|verify| read_keys(verify, problems));
     let webhook_secret = raw.webhook.and_then(|webhook| {
         problems.check("/webhook/secretFile", Secret::read(&webhook.secret_file))
@@ -252,7 +260,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         exclude: raw.dataplane.exclude,
         capacity,
         pin_path: raw.dataplane.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
-        policy: Policy { allowed_vips, ..Policy::default() },
+        policy: Policy { allowed_vips, allow_local_health_checks, ..Policy::default() },
         allow_local_vips,
         allow_destroy_all: raw.policy.allow_destroy_all,
         listen,

@@ -3,9 +3,12 @@
 use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::TcpStream,
 };
+
+/// The longest status line read: `HTTP/1.1 200 ` and a reason phrase, with room to spare.
+const MAX_STATUS_LINE: u64 = 256;
 
 use reconciler_core::model::{HealthCheck, HealthProtocol};
 
@@ -24,6 +27,26 @@ pub(super) enum ProbeError {
     Status { addr: SocketAddr, status: u16 },
     #[error("no answer within {timeout:?}")]
     Timeout { timeout: Duration },
+}
+
+impl ProbeError {
+    /// What kind of failure it was, without addresses or the system's words: what `/status`
+    /// shows (the log has the whole error), so that it reads as a verdict, not as a scan of
+    /// which ports answer.
+    pub(super) fn class(&self) -> String {
+        match self {
+            ProbeError::Connect { error, .. } => match error.kind() {
+                io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                io::ErrorKind::TimedOut => "connect timed out".into(),
+                _ => "connect failed".into(),
+            },
+            ProbeError::Send { .. } => "send failed".into(),
+            ProbeError::Read { .. } => "read failed".into(),
+            ProbeError::NoStatusLine { .. } => "no HTTP status line".into(),
+            ProbeError::Status { status, .. } => format!("HTTP status {status}"),
+            ProbeError::Timeout { timeout } => format!("no answer within {timeout:?}"),
+        }
+    }
 }
 
 /// [`probe`] within the check's timeout.
@@ -45,13 +68,18 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> 
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: reconciler\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|error| ProbeError::Send { addr, error })?;
-    // The status line is all we need: "HTTP/1.1 200 OK".
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).await.map_err(|error| ProbeError::Read { addr, error })?;
-    let line = String::from_utf8_lossy(&head[..n]);
+    // The status line is all we need ("HTTP/1.1 200 OK\r\n"), however the server writes it
+    // (in pieces, a byte at a time): read to its end, at most `MAX_STATUS_LINE` bytes,
+    // within the probe's timeout.
+    let mut line = Vec::new();
+    BufReader::new(stream.take(MAX_STATUS_LINE))
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|error| ProbeError::Read { addr, error })?;
+    let line = String::from_utf8_lossy(&line);
     let status: u16 = line
-        .split_whitespace()
-        .nth(1)
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
         .ok_or(ProbeError::NoStatusLine { addr })?;
     let good = match check.expect_status {
@@ -87,5 +115,10 @@ mod tests {
         assert_eq!(status.to_string(), "192.0.2.1:8080 answered 503");
         let timeout = ProbeError::Timeout { timeout: Duration::from_millis(500) };
         assert_eq!(timeout.to_string(), "no answer within 500ms");
+        // What /status shows: the kind, no address.
+        let refused = ProbeError::Connect { addr, error: refused() };
+        assert_eq!(refused.class(), "connection refused");
+        assert_eq!(status.class(), "HTTP status 503");
+        assert_eq!(timeout.class(), "no answer within 500ms");
     }
 }

@@ -75,7 +75,7 @@ impl Target {
             Err(error) => {
                 self.successes = 0;
                 self.failures += 1;
-                self.last_error = Some(error.to_string());
+                self.last_error = Some(error.class());
                 self.up && self.failures >= self.check.unhealthy_threshold
             }
         }
@@ -106,6 +106,7 @@ pub(super) struct Transition {
     pub probe: SocketAddr,
     /// The backends it judges.
     pub backends: BTreeSet<SocketAddr>,
+    /// Why it went down, in full (for the log).
     pub error: Option<String>,
     /// Services that started (`true`) or stopped failing open with it.
     pub fail_open: Vec<(String, bool)>,
@@ -218,7 +219,7 @@ impl Targets {
         let (up, services): (bool, Vec<String>) =
             (target.up, target.judges.iter().map(|(s, _)| s.clone()).collect());
         let backends = target.judges.iter().map(|(_, b)| *b).collect();
-        let error = (!up).then(|| target.last_error.clone()).flatten();
+        let error = result.as_ref().err().map(ToString::to_string);
         let mut fail_open = Vec::new();
         for service in services {
             let counts = self.services.entry(service.clone()).or_default();
