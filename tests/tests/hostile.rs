@@ -8,6 +8,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use reconciler_core::limits;
 use reconciler_tests::{
     git::{loopback_address, Daemon, Repo},
     reconciler_path,
@@ -343,20 +344,20 @@ fn huge_configuration_and_plan_files_are_refused_unread() {
 
 #[test]
 fn many_nodes_across_files_are_refused_before_they_exhaust_memory() {
-    // Three files under the size limit, each of a million one-character items: over the
-    // two million nodes a revision may hold, and 70 MiB of items parsed if nothing stopped it.
+    // Thirteen files under the size limit, each of a million one-character items: over the
+    // nodes a revision may hold (what the largest capacity needs, 12 582 912), and 52 MiB of
+    // items parsed if nothing stopped it.
     let dir = tempfile::tempdir().unwrap();
     let items = "- 1\n".repeat(1_000_000);
-    for name in ["a.yaml", "b.yaml", "c.yaml"] {
+    let names: Vec<String> = ('a'..='m').map(|c| format!("{c}.yaml")).collect();
+    for name in &names {
         std::fs::write(dir.path().join(name), &items).unwrap();
     }
     let output = reconciler_within(256 << 20, dir.path(), &["validate", "."]);
     assert_eq!(output.status.code(), Some(1), "{}", both(&output));
     let text = stdout(&output);
-    assert!(
-        text.contains("./b.yaml:999999:3: more than 2000000 YAML nodes in the definitions"),
-        "{text}"
-    );
+    let refusal = format!("more than {} YAML nodes in the definitions", limits::MAX_NODES);
+    assert!(text.contains("./m.yaml:") && text.contains(&refusal), "{text}");
 }
 
 /// `count` services with `backends` backends each, in files of 500.
