@@ -492,6 +492,26 @@ fn promtool_check(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// `metrics.perBackend: false`: no series per backend, the rest as ever.
+#[test]
+fn metrics_per_backend_can_be_left_out() -> Result<()> {
+    let mut world = World::new("d-metrics-lean", "1h", "heal")?;
+    let mut config = std::fs::read_to_string(world.config_path())?;
+    config.push_str("metrics:\n  perBackend: false\n");
+    std::fs::write(world.config_path(), config)?;
+    world.start()?;
+    let result = world.sandbox.probe_tcp("10.96.0.10:80", 3)?;
+    assert_eq!(result.replies.get("b11"), Some(&3), "{result:?}");
+    let metrics = world.metrics()?;
+    assert!(!metrics.contains("reconciler_backend_connections"), "{metrics}");
+    assert!(!metrics.contains("reconciler_backend_reverse_translations"), "{metrics}");
+    let refusals = "reconciler_service_refusals_total{service=\"web/http\",reason=\"no_backend\"}";
+    assert_eq!(sample(&metrics, refusals), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "reconciler_backends"), Some(1.0), "{metrics}");
+    promtool_check(&metrics).with_context(|| metrics.clone())?;
+    Ok(())
+}
+
 #[test]
 fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let mut world = World::new("d-metrics", "300ms", "heal")?;

@@ -64,6 +64,9 @@ pub struct Config {
     pub drift: DriftMode,
     /// `webhook.secretFile`'s secret: `POST /reconcile` must be signed with it.
     pub webhook_secret: Option<Secret>,
+    /// `metrics.perBackend`: `/metrics` has series per backend (at 260 000 backends, tens of
+    /// MB a scrape); without, per service and node only.
+    pub metrics_per_backend: bool,
 }
 
 impl Config {
@@ -84,6 +87,25 @@ struct RawConfig {
     #[serde(default)]
     drift: DriftMode,
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMetrics {
+    #[serde(default = "yes")]
+    per_backend: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics { per_backend: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -266,6 +288,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         listen,
         drift: raw.drift,
         webhook_secret,
+        metrics_per_backend: raw.metrics.per_backend,
     }
 }
 

@@ -55,13 +55,46 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// How long a rendered `/metrics` answers every scraper, if it took at least
+/// `METRICS_SLOW` to render: at capacity a render reads every counter of the maps (a second
+/// at 260 000 backends), and scrapers in a loop would otherwise take the daemon's CPU; a
+/// small node renders afresh for each scrape.
+const METRICS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const METRICS_SLOW: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// OpenMetrics to a scraper that asks for it (Prometheus does), the Prometheus text format to
-/// anything else.
+/// anything else. Rendered off the async threads (it reads the maps), once per
+/// `METRICS_FRESH` and format whoever asks: a scraper that comes meanwhile waits for the
+/// render under way, or takes the last one.
 async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    shared.metrics().backend_health(&shared.health.report());
-    let (kind, body) = shared.metrics().render(accept.contains("application/openmetrics-text"));
-    ([(header::CONTENT_TYPE, kind)], body)
+    let openmetrics = accept.contains("application/openmetrics-text");
+    let mut cache = shared.metrics_cache.lock().await;
+    let slot = &mut cache[usize::from(openmetrics)];
+    let rendered = match slot {
+        Some((at, took, rendered)) if *took >= METRICS_SLOW && at.elapsed() < METRICS_FRESH => {
+            Arc::clone(rendered)
+        }
+        _ => {
+            let started = std::time::Instant::now();
+            let from = Arc::clone(&shared);
+            let render = move || {
+                from.metrics().backend_health(&from.health.report());
+                from.metrics().render(openmetrics)
+            };
+            let Ok(fresh) = tokio::task::spawn_blocking(render).await else {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    String::new(),
+                );
+            };
+            let fresh = Arc::new(fresh);
+            *slot = Some((started, started.elapsed(), Arc::clone(&fresh)));
+            fresh
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, rendered.0)], rendered.1.clone())
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {

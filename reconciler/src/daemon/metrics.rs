@@ -48,14 +48,17 @@ pub struct Metrics {
     backend_up: Family<Label, Gauge>,
     health_transitions: Family<Label, Counter>,
     webhook_requests: Family<Label, Counter>,
+    /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
+    per_backend: bool,
 }
 
 impl Metrics {
     /// The daemon's metrics, with the counters of the data plane pinned at `pin_path`, read
-    /// from its maps at each scrape.
-    pub fn for_dataplane(pin_path: PathBuf) -> Self {
-        let mut metrics = Metrics::default();
-        metrics.registry.register_collector(Box::new(DataplaneCollector { pin_path }));
+    /// from its maps at each scrape; the series per backend only if `per_backend`.
+    pub fn for_dataplane(pin_path: PathBuf, per_backend: bool) -> Self {
+        let mut metrics = Metrics { per_backend, ..Metrics::default() };
+        let collector = DataplaneCollector { pin_path, per_backend };
+        metrics.registry.register_collector(Box::new(collector));
         metrics
     }
 }
@@ -78,6 +81,7 @@ impl Default for Metrics {
             backend_up: Family::default(),
             health_transitions: Family::default(),
             webhook_requests: Family::default(),
+            per_backend: true,
         };
         metrics.register_runs();
         metrics.register_dataplane();
@@ -212,6 +216,9 @@ impl Metrics {
     /// Sets `reconciler_backend_up` to `health` (one series per service and backend).
     pub fn backend_health(&self, health: &[BackendHealth]) {
         self.backend_up.clear();
+        if !self.per_backend {
+            return;
+        }
         for backend in health {
             for service in &backend.services {
                 let labels = vec![
@@ -273,6 +280,7 @@ fn label_value(value: &str) -> String {
 #[derive(Debug)]
 struct DataplaneCollector {
     pin_path: PathBuf,
+    per_backend: bool,
 }
 
 impl Collector for DataplaneCollector {
@@ -284,6 +292,10 @@ impl Collector for DataplaneCollector {
         // Before the first install there is nothing to count; a scrape shows the rest.
         let Ok((counters, events)) = read else { return Ok(()) };
         encode_refusals(&mut encoder, &events)?;
+        encode_service_refusals(&mut encoder, &counters)?;
+        if !self.per_backend {
+            return Ok(());
+        }
         let mut family = encoder.encode_descriptor(
             "reconciler_backend_connections",
             "Connects and datagrams sent to a backend, since its ID was assigned",
@@ -309,25 +321,33 @@ impl Collector for DataplaneCollector {
                 vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
             ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
         }
-        let mut family = encoder.encode_descriptor(
-            "reconciler_service_refusals",
-            "Connects and datagrams refused, or replies left untranslated, by reason",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &counters.services {
-            for (reason, count) in [
-                ("no_backend", s.no_backend),
-                ("inconsistent_set", s.inconsistent_set),
-                ("stale_reverse_entry", s.stale_reverse_entry),
-            ] {
-                let labels: Label =
-                    vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
-                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-            }
-        }
         Ok(())
     }
+}
+
+/// `reconciler_service_refusals_total{service,reason}`.
+fn encode_service_refusals(
+    encoder: &mut DescriptorEncoder,
+    counters: &crate::counters::Counters,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "reconciler_service_refusals",
+        "Connects and datagrams refused, or replies left untranslated, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &counters.services {
+        for (reason, count) in [
+            ("no_backend", s.no_backend),
+            ("inconsistent_set", s.inconsistent_set),
+            ("stale_reverse_entry", s.stale_reverse_entry),
+        ] {
+            let labels: Label =
+                vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `reconciler_refusals_total{reason}`: every connect and datagram the programs refused, by
