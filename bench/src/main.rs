@@ -1,6 +1,6 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
-//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|selection|control]
+//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|selection|control|health]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -9,6 +9,7 @@
 //! removes; nothing connects outside them.
 mod control;
 mod dataplane;
+mod health;
 mod kube;
 mod memory;
 mod selection;
@@ -46,10 +47,12 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().context("--json FILE")?.into(),
-            "--only" => only = Some(args.next().context("--only data|tcp|udp|selection|control")?),
+            "--only" => {
+                only = Some(args.next().context("--only data|tcp|udp|selection|control|health")?)
+            }
             _ => bail!(
                 "usage: reconciler-bench [--quick] [--json FILE] \
-                 [--only data|tcp|udp|selection|control]"
+                 [--only data|tcp|udp|selection|control|health]"
             ),
         }
     }
@@ -108,6 +111,7 @@ fn main() -> Result<()> {
     if wanted("control") {
         println!("{}", control::table(&control));
     }
+    let health = if wanted("health") { health::run(quick)? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
         "udp_data_plane": udp,
         "selection": selection,
         "control_plane": control,
+        "health": health,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(dir) = json_path.parent() {

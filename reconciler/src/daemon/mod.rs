@@ -78,6 +78,8 @@ struct Fetching {
     task: tokio::task::JoinHandle<Result<Snapshot, SourceError>>,
     /// Whether the run it starts reads every live entry (an interval's run does).
     refresh: bool,
+    /// A reload came while it fetched: what it brings is not used.
+    stale: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_file` is read again on SIGHUP.
@@ -113,6 +115,10 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let mut health_after = Instant::now();
     loop {
         match wait(&shared, &mut signals, (next_run, health_after), &mut fetching).await {
+            // Fetched under the configuration a reload replaced: fetched again.
+            Woken::Fetched(_) if fetching.as_ref().is_some_and(|f| f.stale) => {
+                fetching = Some(start_fetch(&shared, &memory, true));
+            }
             Woken::Fetched(fetched) => {
                 // A panic of the fetching thread is a bug: the daemon stops, as on any other.
                 let fetched = fetched?;
@@ -134,7 +140,12 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
                 memory = run_overlay(&shared, &config, memory).await?;
                 health_after = Instant::now() + HEALTH_BATCH;
             }
-            Woken::Reload => reload(config_file, &shared, &mut config, &mut memory),
+            Woken::Reload => {
+                reload(config_file, &shared, &mut config, &mut memory);
+                if let Some(fetching) = fetching.as_mut() {
+                    fetching.stale = true;
+                }
+            }
             Woken::Stop => break,
         }
         shared.status().running = fetching.is_some();
@@ -189,7 +200,8 @@ fn start_fetch(shared: &Shared, memory: &Memory, refresh: bool) -> Fetching {
     status.running = true;
     status.run_requested = false;
     status.fetching_since = Some(clock::now_rfc3339());
-    Fetching { task: tokio::task::spawn_blocking(memory.session.fetcher()), refresh }
+    let task = tokio::task::spawn_blocking(memory.session.fetcher());
+    Fetching { task, refresh, stale: false }
 }
 
 /// Before the first fetch: the health exclusions the data plane recorded (a restart keeps
