@@ -210,7 +210,10 @@ impl Targets {
     ) -> Option<Transition> {
         let target = self.by_key.get_mut(key)?;
         target.in_flight = false;
-        target.next_due = now + jittered(interval(&target.check));
+        // An interval from when this probe was due, not from its end: a probe that waits out
+        // its timeout does not stretch the target's period (the bound on when a dead
+        // backend is known counts whole intervals).
+        target.next_due = (target.next_due + jittered(interval(&target.check))).max(now);
         self.schedule.insert((target.next_due, key.clone()));
         if !target.count(result, now) {
             return None;
@@ -317,11 +320,14 @@ mod tests {
     #[test]
     fn due_targets_leave_the_schedule_until_their_result_is_in() {
         let (mut targets, key) = shared();
-        let later = Instant::now() + Duration::from_secs(2);
-        assert_eq!(targets.due(later).len(), 1);
-        assert!(targets.due(later).is_empty(), "in flight");
-        targets.record(&key, &Ok(()), later);
-        assert!(targets.due(later).is_empty(), "next one an interval on");
-        assert_eq!(targets.due(later + Duration::from_secs(2)).len(), 1);
+        let due_at = targets.by_key[&key].next_due;
+        assert!(targets.due(due_at - Duration::from_millis(1)).is_empty());
+        assert_eq!(targets.due(due_at).len(), 1);
+        assert!(targets.due(due_at).is_empty(), "in flight");
+        // Its result in half a second later: the next one is due an interval (±10%) after
+        // this one was, not after its result.
+        targets.record(&key, &Ok(()), due_at + Duration::from_millis(500));
+        assert!(targets.due(due_at + Duration::from_millis(850)).is_empty());
+        assert_eq!(targets.due(due_at + Duration::from_millis(1_100)).len(), 1);
     }
 }
