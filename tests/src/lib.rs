@@ -373,6 +373,21 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Writes `key` -> `value` (bytes) into the sandbox's pinned map `map` with bpftool, as
+    /// a hand would.
+    pub fn update_by_hand(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let status = Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(self.pin_path.join(map))
+            .arg("key")
+            .args(key.iter().map(u8::to_string))
+            .arg("value")
+            .args(value.iter().map(u8::to_string))
+            .status()?;
+        ensure!(status.success(), "bpftool map update failed");
+        Ok(())
+    }
+
     /// Starts a Python client inside the sandbox, running `script` with `args`, that talks
     /// line by line: see [`Session`].
     pub fn python_session(&self, script: &str, args: &[&str]) -> Result<Session> {

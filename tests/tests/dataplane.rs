@@ -704,15 +704,7 @@ fn an_older_health_exclusion_means_every_service_listing_the_backend() -> Result
     // ::ffff:127.0.0.11, port 8080 (network order), padding, service ID 0.
     let mut key = vec![0u8; 10];
     key.extend([0xff, 0xff, 127, 0, 0, 11, 0x1f, 0x90, 0, 0, 0, 0, 0, 0]);
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(sandbox.pin_path().join("HEALTH_EXCLUDED"))
-        .arg("key")
-        .args(key.iter().map(u8::to_string))
-        .arg("value")
-        .args(1u32.to_le_bytes().iter().map(u8::to_string))
-        .status()?;
-    anyhow::ensure!(status.success(), "bpftool map update failed");
+    sandbox.update_by_hand("HEALTH_EXCLUDED", &key, &1u32.to_le_bytes())?;
     let backend: std::net::SocketAddr = "127.0.0.11:8080".parse()?;
     let live = dataplane.read_live()?.state;
     assert_eq!(live.health_excluded, BTreeSet::from([("test".to_owned(), backend)]));

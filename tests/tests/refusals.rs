@@ -26,15 +26,7 @@ fn a_known_vip_whose_slot_or_backend_is_missing_is_refused_not_sent_on() -> Resu
     assert_eq!(dataplane.events()?.slot_miss, 4);
 
     // With the slot back, the backend missing instead.
-    let status = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(sandbox.pin_path().join("SLOTS"))
-        .arg("key")
-        .args(slot.iter().map(u8::to_string))
-        .arg("value")
-        .args(1u32.to_le_bytes().iter().map(u8::to_string))
-        .status()?;
-    ensure!(status.success(), "bpftool map update failed");
+    sandbox.update_by_hand("SLOTS", &slot, &1u32.to_le_bytes())?;
     let mut key = 1u32.to_le_bytes().to_vec();
     key.extend([active, 0, 0, 0]);
     sandbox.delete_by_hand("BACKENDS", &key)?;

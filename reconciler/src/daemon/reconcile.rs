@@ -197,8 +197,10 @@ fn desired(
         .map_err(Box::new)?;
     // A revision the data plane already holds is adopted as it is (applied by `reconciler
     // apply`, say): if its failovers would not fit, health's overlay holds them back.
-    let held = live_revision(config).is_some_and(|live| Some(&live) == snapshot.revision.as_ref());
-    let capacity = (!held).then(|| node_capacity(config));
+    let installed = installed_status(config);
+    let live = installed.as_ref().and_then(|status| status.revision.as_ref());
+    let held = live.is_some_and(|live| Some(live) == snapshot.revision.as_ref());
+    let capacity = (!held).then(|| node_capacity(config, installed.as_ref()));
     memory.session.set_policy(Policy { local_addresses, capacity, ..config.policy.clone() });
     if let Some(good) = known {
         return Ok(good.clone());
@@ -216,11 +218,10 @@ fn desired(
     })
 }
 
-/// The capacity a new revision must fit, failovers included: the installed data plane's,
+/// The capacity a new revision must fit, failovers included: the `installed` data plane's,
 /// else the configured one (which a first install takes), else the default.
-fn node_capacity(config: &Config) -> Capacity {
-    let installed = installed_status(config).map(|status| status.capacity);
-    installed.or(config.capacity).unwrap_or_default()
+fn node_capacity(config: &Config, installed: Option<&dataplane::Status>) -> Capacity {
+    installed.map(|status| status.capacity).or(config.capacity).unwrap_or_default()
 }
 
 /// The exclusions the installed data plane records (`HEALTH_EXCLUDED`): where a restart
