@@ -6,7 +6,10 @@ use std::{fmt, str::FromStr};
 use reconciler_common::{MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS};
 use serde::Deserialize;
 
-use crate::{compile::CompileError, state::MapState};
+use crate::{
+    compile::{self, CompileError},
+    state::MapState,
+};
 
 /// The capacity of each kind of entry, per map set where the maps hold two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -96,16 +99,12 @@ impl Capacity {
 
     /// [`fits`](Self::fits) for the service and backend IDs of `state` alone.
     pub fn fits_ids(&self, state: &MapState) -> Result<(), CompileError> {
-        let highest = |ids: &mut dyn Iterator<Item = u32>| ids.max().map_or(0, |id| id as usize);
-        for (what, count, max) in [
-            ("services", highest(&mut state.services.values().map(|s| s.id)), self.services - 1),
-            ("backends", highest(&mut state.backends.keys().copied()), self.backends - 1),
-        ] {
-            if count > max as usize {
-                return Err(CompileError::Capacity { what, count, max });
-            }
-        }
-        Ok(())
+        compile::ids_fit(state, self.highest_ids())
+    }
+
+    /// The highest service and backend IDs that fit.
+    pub(crate) fn highest_ids(&self) -> (u32, u32) {
+        (self.services - 1, self.backends - 1)
     }
 
     /// Whether a map set of `slots` selection slots fits.

@@ -15,6 +15,7 @@ use std::{
 use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
+    ids::{self, IdAllocator},
     model::{Port, Service, ServiceSpec},
     state::{
         excluded_of, Algorithm, BackendEntry, BackendState, Client, Exclusion, Frontend, MapState,
@@ -82,26 +83,53 @@ pub(crate) fn slots_needed(spec: &ServiceSpec) -> u64 {
     }
 }
 
-/// The desired map state for `services`, reusing IDs and slot positions from `live`, with the
-/// backend addresses `excluded` taken out of every service that lists them (their state
-/// `unhealthy`). `&live.health_excluded` keeps the exclusions `live` records, so a plan made
-/// by hand neither undoes the daemon's health checks nor shows them as drift. A service whose
-/// usable backends are all excluded keeps them all instead (fails open): a health check that
-/// is wrong, or a network blip on the prober's side, never empties a service by itself.
+/// The desired map state for `services`, every service there is, reusing IDs and slot
+/// positions from `live`, with the backend addresses `excluded` taken out of every service
+/// that lists them (their state `unhealthy`). `&live.health_excluded` keeps the exclusions
+/// `live` records, so a plan made by hand neither undoes the daemon's health checks nor
+/// shows them as drift. A service whose usable backends are all excluded keeps them all
+/// instead (fails open): a health check that is wrong, or a network blip on the prober's
+/// side, never empties a service by itself.
 pub fn compile<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
     excluded: &BTreeSet<Exclusion>,
 ) -> Result<MapState, CompileError> {
-    let (state, _) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
+    let highest = (SERVICE_CAPACITY, BACKEND_CAPACITY);
+    let (state, _) = compile_allowing(services, live, excluded, &BTreeSet::new(), highest)?;
+    ids_fit(&state, highest)?;
     slot_capacity(state.slots.len())?;
     Ok(state)
 }
 
-/// [`compile`], without the check of the slots of all services, the services labelled in
+/// The map state of some of the services of `live`, the others staying as they are there:
+/// so their new IDs are ones no service of `live` uses, whatever the capacity; the caller
+/// checks them (no exclusions, no fallback given way).
+pub fn compile_part<S: Borrow<Service>>(
+    services: &[S],
+    live: &MapState,
+) -> Result<MapState, CompileError> {
+    Ok(compile_services(services, live, &BTreeSet::new(), &BTreeSet::new())?.0)
+}
+
+/// [`compile`], without the checks of the IDs and the slots of all services, for a data
+/// plane whose highest IDs are `highest` (services, backends), the services labelled in
 /// `no_fallback` failing open rather than taking their fallback's backends; with the labels
 /// of the services that took a fallback's and the slots each has beyond its own.
 pub(crate) fn compile_allowing<S: Borrow<Service>>(
+    services: &[S],
+    live: &MapState,
+    excluded: &BTreeSet<Exclusion>,
+    no_fallback: &BTreeSet<String>,
+    highest: (u32, u32),
+) -> Result<(MapState, Vec<(String, u64)>), CompileError> {
+    let (mut state, took) = compile_services(services, live, excluded, no_fallback)?;
+    ids::reuse_freed(&mut state, highest.0, highest.1);
+    Ok((state, took))
+}
+
+/// Every frontend of `services` compiled, new IDs avoiding `live`'s.
+fn compile_services<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
     excluded: &BTreeSet<Exclusion>,
@@ -115,6 +143,26 @@ pub(crate) fn compile_allowing<S: Borrow<Service>>(
         }
     }
     Ok(compiler.finish())
+}
+
+/// Whether the service and backend IDs of `state` are within `highest` (services, backends):
+/// they index the counter arrays, so no more entries fit than the highest ID. The error
+/// names the entries over it, or else the ID over it.
+pub(crate) fn ids_fit(state: &MapState, highest: (u32, u32)) -> Result<(), CompileError> {
+    let services = state.services.values().map(|s| s.id).max().unwrap_or(0);
+    let backends = state.backends.keys().copied().max().unwrap_or(0);
+    for (what, count, highest_id, max) in [
+        ("services", state.services.len(), services, highest.0),
+        ("backends", state.backends.len(), backends, highest.1),
+    ] {
+        let count = match count > max as usize {
+            true => count,
+            false if highest_id > max => highest_id as usize,
+            false => continue,
+        };
+        return Err(CompileError::Capacity { what, count, max });
+    }
+    Ok(())
 }
 
 /// Whether a map set of `slots` selection slots fits the data plane.
@@ -188,8 +236,8 @@ impl<'a> Compiler<'a> {
             took_fallback: Vec::new(),
             by_name: services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect(),
             live_backend_ids,
-            service_ids: IdAllocator::new(live.services.values().map(|s| s.id), SERVICE_CAPACITY),
-            backend_ids: IdAllocator::new(live.backends.keys().copied(), BACKEND_CAPACITY),
+            service_ids: IdAllocator::new(live.services.values().map(|s| s.id)),
+            backend_ids: IdAllocator::new(live.backends.keys().copied()),
             desired: MapState::default(),
         }
     }
@@ -202,10 +250,10 @@ impl<'a> Compiler<'a> {
         let live_entry = live.services.get(&frontend);
         let id = match live_entry {
             Some(entry) => entry.id,
-            None => self.service_ids.allocate("services")?,
+            None => self.service_ids.allocate(),
         };
-        let own = self.own_backends(spec, port, id)?;
-        let (chosen, fell_back) = self.chosen_backends(service, port, id, &own)?;
+        let own = self.own_backends(spec, port, id);
+        let (chosen, fell_back) = self.chosen_backends(service, port, id, &own);
         service_slot_capacity(&label, slots_needed(spec))?;
         let slots = match spec.load_balancing.algorithm {
             Algorithm::Random => {
@@ -231,29 +279,24 @@ impl<'a> Compiler<'a> {
 
     /// The backends `spec` lists, in its order, as (ID, address) on `port`, entered as
     /// backends of service `id`.
-    fn own_backends(
-        &mut self,
-        spec: &ServiceSpec,
-        port: &Port,
-        id: u32,
-    ) -> Result<Vec<(u32, SocketAddr)>, CompileError> {
+    fn own_backends(&mut self, spec: &ServiceSpec, port: &Port, id: u32) -> Vec<(u32, SocketAddr)> {
         let mut own = Vec::with_capacity(spec.backends.len());
         for backend in &spec.backends {
             // Validated: no backend twice for a port, one address family.
             let addr = backend.address_for(port);
-            let backend_id = self.backend_id(id, addr)?;
+            let backend_id = self.backend_id(id, addr);
             let entry = BackendEntry { addr, service_id: id, state: backend.state };
             self.desired.backends.insert(backend_id, entry);
             own.push((backend_id, addr));
         }
-        Ok(own)
+        own
     }
 
     /// The ID of service `id`'s backend at `addr`: its live one, else a new one.
-    fn backend_id(&mut self, id: u32, addr: SocketAddr) -> Result<u32, CompileError> {
+    fn backend_id(&mut self, id: u32, addr: SocketAddr) -> u32 {
         match self.live_backend_ids.get(&(id, addr)) {
-            Some(&known) => Ok(known),
-            None => self.backend_ids.allocate("backends"),
+            Some(&known) => known,
+            None => self.backend_ids.allocate(),
         }
     }
 
@@ -267,7 +310,7 @@ impl<'a> Compiler<'a> {
         port: &Port,
         id: u32,
         own: &[(u32, SocketAddr)],
-    ) -> Result<(Vec<Chosen>, bool), CompileError> {
+    ) -> (Vec<Chosen>, bool) {
         let (spec, excluded) = (&service.spec, self.excluded);
         let label = service.label(port);
         let down = excluded_of(excluded, &label);
@@ -280,7 +323,7 @@ impl<'a> Compiler<'a> {
         let fell_back = fallback.is_some();
         let failed_open = healthy.is_empty() && fallback.is_none();
         let chosen = match fallback {
-            Some(fallback) => self.fallback_entries(id, own, &fallback)?,
+            Some(fallback) => self.fallback_entries(id, own, &fallback),
             None => {
                 let usable = if failed_open { usable_backends(spec) } else { healthy };
                 usable.iter().map(|&i| (own[i].0, own[i].1, spec.backends[i].weight)).collect()
@@ -289,7 +332,7 @@ impl<'a> Compiler<'a> {
         if !failed_open {
             self.mark_unhealthy(own, &down);
         }
-        Ok((chosen, fell_back))
+        (chosen, fell_back)
     }
 
     /// The `fallback` backends (address, weight) that service `id` does not list itself,
@@ -299,16 +342,16 @@ impl<'a> Compiler<'a> {
         id: u32,
         own: &[(u32, SocketAddr)],
         fallback: &[(SocketAddr, u32)],
-    ) -> Result<Vec<Chosen>, CompileError> {
+    ) -> Vec<Chosen> {
         let listed: BTreeSet<SocketAddr> = own.iter().map(|&(_, addr)| addr).collect();
         let mut chosen = Vec::new();
         for &(addr, weight) in fallback.iter().filter(|(addr, _)| !listed.contains(addr)) {
-            let backend_id = self.backend_id(id, addr)?;
+            let backend_id = self.backend_id(id, addr);
             let entry = BackendEntry { addr, service_id: id, state: BackendState::Active };
             self.desired.backends.insert(backend_id, entry);
             chosen.push((backend_id, addr, weight));
         }
-        Ok(chosen)
+        chosen
     }
 
     /// Marks the backends of `own` that are `down` unhealthy.
@@ -450,47 +493,6 @@ fn maglev_table(mut backends: Vec<Chosen>, size: u32) -> Vec<u32> {
     let mut table = vec![0; size as usize];
     maglev::fill(&mut table, &mut fillers);
     table.iter().map(|&index| backends.get(index as usize).map_or(u32::MAX, |b| b.0)).collect()
-}
-
-/// Hands out the smallest IDs in `1..max` that the live state does not use, so an ID freed
-/// by this apply is not reused by it (counters and slots of the old owner stay apart).
-struct IdAllocator {
-    /// The live IDs, sorted; IDs handed out are above every one passed so far.
-    used: Vec<u32>,
-    /// How many of `used` are below `next`.
-    passed: usize,
-    next: u32,
-    allocated: usize,
-    /// The highest ID, and so the number of IDs.
-    capacity: u32,
-}
-
-impl IdAllocator {
-    fn new(live: impl Iterator<Item = u32>, capacity: u32) -> Self {
-        let mut used: Vec<u32> = live.collect();
-        used.sort_unstable();
-        used.dedup();
-        Self { used, passed: 0, next: 1, allocated: 0, capacity }
-    }
-
-    fn allocate(&mut self, what: &'static str) -> Result<u32, CompileError> {
-        loop {
-            while self.used.get(self.passed).is_some_and(|&id| id < self.next) {
-                self.passed += 1;
-            }
-            if self.used.get(self.passed) != Some(&self.next) {
-                break;
-            }
-            self.next += 1;
-        }
-        if self.next > self.capacity {
-            let count = self.used.len() + self.allocated + 1;
-            return Err(CompileError::Capacity { what, count, max: self.capacity });
-        }
-        self.allocated += 1;
-        self.next += 1;
-        Ok(self.next - 1)
-    }
 }
 
 #[cfg(test)]
@@ -664,22 +666,6 @@ mod tests {
             open.slots.iter().filter(|((s, _), _)| *s == web_id).map(|(_, b)| *b).collect();
         let own = live.backends.iter().find(|(_, b)| b.service_id == web_id).map(|(id, _)| *id);
         assert_eq!(web_slots, BTreeSet::from([own.unwrap()]));
-    }
-
-    #[test]
-    fn ids_run_from_one_to_the_capacity_validate_checks_and_no_further() {
-        let mut ids = IdAllocator::new([5].into_iter(), 8);
-        let got: Vec<u32> = (0..7).map(|_| ids.allocate("backends").unwrap()).collect();
-        assert_eq!(got, [1, 2, 3, 4, 6, 7, 8]);
-        let full = CompileError::Capacity { what: "backends", count: 9, max: 8 };
-        assert_eq!(ids.allocate("backends"), Err(full));
-        // The number `validate` refuses a repository over.
-        let mut ids = IdAllocator::new(std::iter::empty(), SERVICE_CAPACITY);
-        for _ in 0..SERVICE_CAPACITY {
-            ids.allocate("services").unwrap();
-        }
-        assert!(ids.allocate("services").is_err());
-        assert_eq!(SERVICE_CAPACITY, 65_535);
     }
 
     #[test]

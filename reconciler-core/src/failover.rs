@@ -65,14 +65,15 @@ pub fn worst_case<'a>(
 /// when the health exclusions would have fallbacks overflow it, the services taking the
 /// largest fallbacks fail open instead (they keep their own backends), as few as make it
 /// fit; their names are returned. Never needed for a repository `validate` passed with this
-/// capacity, unless backends were freed and taken in one apply.
+/// capacity.
 pub fn compile_within<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
     excluded: &BTreeSet<Exclusion>,
     capacity: &Capacity,
 ) -> Result<(MapState, Vec<String>), CompileError> {
-    let (state, mut took) = compile_allowing(services, live, excluded, &BTreeSet::new())?;
+    let highest = capacity.highest_ids();
+    let (state, mut took) = compile_allowing(services, live, excluded, &BTreeSet::new(), highest)?;
     let Err(error) = capacity.fits(&state) else { return Ok((state, Vec::new())) };
     if took.is_empty() {
         return Err(error);
@@ -91,7 +92,7 @@ pub fn compile_within<S: Borrow<Service>>(
     }
     let all: BTreeSet<String> = took.into_iter().map(|(label, _)| label).collect();
     for open in [few, all] {
-        let (state, _) = compile_allowing(services, live, excluded, &open)?;
+        let (state, _) = compile_allowing(services, live, excluded, &open, highest)?;
         if capacity.fits(&state).is_ok() {
             return Ok((state, open.into_iter().collect()));
         }
@@ -164,5 +165,30 @@ mod tests {
             compile_within(&services, &MapState::default(), &excluded, &roomy).unwrap();
         assert!(failed_open.is_empty());
         assert_eq!(state.slots.len(), 17 * 1_000);
+    }
+
+    #[test]
+    fn a_full_data_plane_takes_a_replaced_backend_and_a_moved_service() {
+        // 3 services of 2 backends: full at services=4, backends=7 (IDs from 1).
+        let three = |vip_of_c: &str, last_backend: &str| {
+            vec![
+                service("a", "10.96.0.1", &[("10.1.0.1", 1), ("10.1.0.2", 1)], None),
+                service("b", "10.96.0.2", &[("10.1.0.3", 1), ("10.1.0.4", 1)], None),
+                service("c", vip_of_c, &[("10.1.0.5", 1), (last_backend, 1)], None),
+            ]
+        };
+        let capacity = Capacity { services: 4, backends: 7, ..DEFAULT };
+        let none = BTreeSet::new();
+        let full =
+            compile_within(&three("10.96.0.3", "10.1.0.6"), &MapState::default(), &none, &capacity)
+                .unwrap()
+                .0;
+        for next in [three("10.96.0.3", "10.1.0.7"), three("10.96.0.9", "10.1.0.6")] {
+            let (state, _) = compile_within(&next, &full, &none, &capacity).unwrap();
+            assert!(capacity.fits(&state).is_ok());
+            let services: BTreeSet<u32> = state.services.values().map(|s| s.id).collect();
+            assert_eq!(services, BTreeSet::from([1, 2, 3]));
+            assert_eq!(state.backends.keys().copied().max(), Some(6));
+        }
     }
 }

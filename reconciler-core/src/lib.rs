@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod compile;
 pub mod diff;
 pub mod failover;
+mod ids;
 pub mod limits;
 pub mod load;
 pub mod model;

@@ -293,3 +293,51 @@ fn the_capacity_is_set_at_install_kept_and_never_changed_silently() -> Result<()
     );
     Ok(())
 }
+
+/// `web` at `vip`, port 80, with `backends` on port 8080.
+fn web_at(vip: &str, backends: &[&str]) -> String {
+    let backends: Vec<String> = backends.iter().map(|b| format!("{{address: {b}}}")).collect();
+    format!(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  \
+         vip: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n  backends: [{}]\n",
+        backends.join(", ")
+    )
+}
+
+#[test]
+fn a_full_data_plane_applies_a_replaced_backend_and_a_moved_service() -> Result<()> {
+    let mut setup = Setup::new("fullcap")?;
+    for (addr, name) in [("127.0.0.11:8080", "b11"), ("127.0.0.12:8080", "b12")] {
+        setup.sandbox.serve_tcp(addr, name)?;
+    }
+    setup.sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
+    // One service and two backends fill services=2, backends=3 (IDs from 1).
+    setup.repo.write("services/web.yaml", web_at("10.96.0.10", &["127.0.0.11", "127.0.0.12"]));
+    setup.repo.commit("web");
+    setup.expect(0, "apply", &["--capacity", "services=2,backends=3,slots=64"])?;
+    let before = setup.sandbox.probe_tcp("10.96.0.10:80", 8)?;
+    anyhow::ensure!(before.replies.values().sum::<u64>() == 8, "{before:?}");
+
+    // b12 replaced by b13: its ID is the one free, so it starts from b12's counts, zeroed.
+    setup.repo.write("services/web.yaml", web_at("10.96.0.10", &["127.0.0.11", "127.0.0.13"]));
+    setup.repo.commit("web: b13 for b12");
+    setup.expect(0, "apply", &[])?;
+    let after = setup.sandbox.probe_tcp("10.96.0.10:80", 12)?;
+    anyhow::ensure!(after.replies.values().sum::<u64>() == 12, "{after:?}");
+    anyhow::ensure!(!after.replies.contains_key("b12"), "{after:?}");
+    let (backends, _) = counters(&setup)?;
+    let b13 = after.replies.get("b13").copied().unwrap_or(0);
+    assert_eq!(backends.get("127.0.0.13:8080").map(|c| c.0), Some(b13), "{backends:?}");
+
+    // web moved to another VIP: a new service, with the IDs the old one frees.
+    setup.repo.write("services/web.yaml", web_at("10.96.0.11", &["127.0.0.11", "127.0.0.13"]));
+    setup.repo.commit("web: moved");
+    setup.expect(0, "apply", &[])?;
+    let moved = setup.sandbox.probe_tcp("10.96.0.11:80", 8)?;
+    anyhow::ensure!(moved.replies.values().sum::<u64>() == 8, "{moved:?}");
+    let (backends, _) = counters(&setup)?;
+    let total: u64 = backends.values().map(|c| c.0).sum();
+    assert_eq!(total, 8, "the moved service's counters start from zero: {backends:?}");
+    setup.expect(0, "plan", &["--detailed-exitcode"])?;
+    Ok(())
+}

@@ -25,7 +25,10 @@ use aya::maps::IterableMap as _;
 use reconciler_common::{
     BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP, REVISION_LEN,
 };
-use reconciler_core::{diff::Change, state::MapState};
+use reconciler_core::{
+    diff::Change,
+    state::{Frontend, MapState},
+};
 
 use super::{
     batch, destroy,
@@ -206,7 +209,6 @@ impl Dataplane {
             let generation = pending.metadata.generation;
             return Ok(ApplyReport { generation, ..ApplyReport::default() });
         }
-        self.reset_counters_of_new_ids(&pending.live, desired)?;
         // Every apply that writes is a generation, also one that only records a revision.
         pending.metadata.generation += 1;
         if pending.changes_sets() {
@@ -214,6 +216,7 @@ impl Dataplane {
             match readers {
                 Readers::Maybe => {
                     self.write_standby(&mut pending)?; // 2.
+                    self.reset_counters_of_new_owners(&pending.live, desired)?;
                     self.flip(&mut pending)?; // 3.
                     wait_for_readers()?; // 4.
                     self.write_old_set(&mut pending)?; // 5.
@@ -222,6 +225,7 @@ impl Dataplane {
                 // wait for.
                 Readers::NotYet => {
                     self.write_both_sets(&mut pending)?;
+                    self.reset_counters_of_new_owners(&pending.live, desired)?;
                     self.flip(&mut pending)?;
                 }
             }
@@ -363,23 +367,34 @@ impl Dataplane {
     }
 
     /// Zeroes the counters of the backend and service IDs that `desired` gives to new owners
-    /// (IDs `live` does not hold): an ID freed by an earlier apply keeps its old counts
-    /// otherwise. Done before the new owners are written, so no count of theirs is lost.
-    fn reset_counters_of_new_ids(&mut self, live: &MapState, desired: &MapState) -> Result<()> {
-        let live_services: BTreeSet<u32> = live.services.values().map(|s| s.id).collect();
+    /// (IDs `live` does not hold, or holds for another frontend, or another address or
+    /// service's frontend): an ID freed by an earlier apply keeps its old counts otherwise.
+    /// Done after the standby is written and right before the flip: an ID a full data plane
+    /// frees and takes in one apply (`reconciler_core::ids`) counts for its old owner until
+    /// then, and what the old owner counts in the flip's grace period goes to the new one.
+    fn reset_counters_of_new_owners(&mut self, live: &MapState, desired: &MapState) -> Result<()> {
         let new_services: Vec<(u32, ServiceCounters)> = desired
             .services
-            .values()
-            .filter(|s| !live_services.contains(&s.id))
-            .map(|s| (s.id, ServiceCounters::default()))
+            .iter()
+            .filter(|(frontend, s)| live.services.get(frontend).is_none_or(|l| l.id != s.id))
+            .map(|(_, s)| (s.id, ServiceCounters::default()))
             .collect();
         batch::update_all(self.service_counters.map(), &new_services)
             .map_err(io_err("zeroing SERVICE_TOTALS"))?;
+        let frontends = |state: &MapState| -> BTreeMap<u32, Frontend> {
+            state.services.iter().map(|(frontend, s)| (s.id, *frontend)).collect()
+        };
+        let (live_frontends, desired_frontends) = (frontends(live), frontends(desired));
         let new_backends: Vec<(u32, BackendCounters)> = desired
             .backends
-            .keys()
-            .filter(|id| !live.backends.contains_key(id))
-            .map(|id| (*id, BackendCounters::default()))
+            .iter()
+            .filter(|(id, b)| {
+                live.backends.get(id).is_none_or(|l| {
+                    l.addr != b.addr
+                        || live_frontends.get(&l.service_id) != desired_frontends.get(&b.service_id)
+                })
+            })
+            .map(|(id, _)| (*id, BackendCounters::default()))
             .collect();
         batch::update_all(self.backend_counters.map(), &new_backends)
             .map_err(io_err("zeroing BACKEND_TOTALS"))

@@ -95,9 +95,12 @@ impl<K, V> Default for MapBatch<K, V> {
 }
 
 impl<K: aya::Pod, V: aya::Pod> MapBatch<K, V> {
+    /// Deletes first: a set holds as many entries as the capacity, so an apply that replaces
+    /// entries of a full one must make room before it adds. (No program reads what is
+    /// written here but names and health exclusions, which they never look up.)
     fn write(&self, map: &MapData) -> io::Result<()> {
-        batch::update_all(map, &self.0)?;
-        batch::delete_all(map, &self.1)
+        batch::delete_all(map, &self.1)?;
+        batch::update_all(map, &self.0)
     }
 
     fn len(&self) -> usize {

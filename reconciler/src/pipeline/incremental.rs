@@ -13,7 +13,7 @@ use crate::{
 };
 use reconciler_core::{
     capacity::Capacity,
-    compile::{self, compile},
+    compile::{self, compile_part},
     model::Service,
     plan::{make_plan, Plan, PlanContext},
 };
@@ -68,15 +68,18 @@ pub(super) fn plan(
         .cloned()
         .collect();
     let before = record.state.of_services(&touched);
-    let after = compile(&services, &record.state, &BTreeSet::new())?;
+    let after = compile_part(&services, &record.state)?;
     // A VIP the touched services give up may still be another service's: only the full
     // path, which sees every service, may delete it from `VIPS`.
     if !before.vips().is_subset(&after.vips()) {
         return Ok(None);
     }
-    // The touched services' IDs (new ones are above the others'), and the set's total of
-    // slots, which the compile of the touched services alone cannot see.
-    status.capacity.fits_ids(&after)?;
+    // The touched services' new IDs avoid every live one, so a data plane near full may
+    // need an ID this apply frees: the full path, which sees every service, reuses those.
+    if status.capacity.fits_ids(&after).is_err() {
+        return Ok(None);
+    }
+    // The set's total of slots, which the compile of the touched services alone cannot see.
     let slots = record.state.slots.len() - before.slots.len() + after.slots.len();
     compile::slot_capacity(slots)?;
     status.capacity.fits_slots(slots)?;
