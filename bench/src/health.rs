@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use reconciler::daemon::{http::request, status::DaemonStatus};
-use reconciler_tests::{git::Repo, reconciler_path, Running, Sandbox};
+use reconciler_tests::Sandbox;
 use serde_json::{json, Value};
+
+use crate::daemon::{cpu_seconds, BenchDaemon, Extra};
 
 /// The checks' settings: the defaults (5 s, 1 s, three failures).
 const INTERVAL_S: f64 = 5.0;
@@ -87,38 +89,14 @@ fn measure(case: &Case) -> Result<Value> {
     let sandbox = Sandbox::new("bench-health")?;
     // Silent targets: routed to `lo`, where no address answers them.
     sandbox.run(&["ip", "route", "add", "10.77.0.0/16", "dev", "lo"])?;
-    let work = Repo::new();
-    work.write("services/all.yaml", definitions(case));
-    work.commit("targets");
-    let served = tempfile::tempdir()?;
-    let bare = work.bare_clone(served.path(), "services.git");
     let listen = "127.0.0.1:9469";
-    let config = format!(
-        "source:\n  url: {}\n  path: services\n  interval: 1h\n  cacheDir: {}\n\
-         dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n\
-         policy: {{allowLocalHealthChecks: [127.0.0.0/8]}}\n",
-        bare.display(),
-        served.path().join("cache").display(),
-        sandbox.cgroup().display(),
-        sandbox.pin_path().display()
-    );
-    std::fs::write(served.path().join("node.yaml"), config)?;
-    let log = std::fs::File::create(served.path().join("daemon.log"))?;
-    let daemon = Running(
-        sandbox
-            .command_in_netns(reconciler_path()?)
-            .args(["daemon", "--log-level", "warn", "--config"])
-            .arg(served.path().join("node.yaml"))
-            .stderr(log)
-            .spawn()?,
-    );
-    let pid = daemon.0.id();
+    let daemon = BenchDaemon::start(&sandbox, &[definitions(case)], listen, Extra::default())?;
+    let pid = daemon.pid();
     let bound = UNHEALTHY * INTERVAL_S + if case.silent { TIMEOUT_S } else { 0.0 } + 2.0;
     let targets = case.targets;
     let (ready_at, known_s, latencies) = sandbox.in_netns(move || watch(listen, targets))?;
     let cpu = cpu_seconds(pid)?;
-    drop(daemon);
-    let log = std::fs::read_to_string(served.path().join("daemon.log")).unwrap_or_default();
+    let log = daemon.stop();
     let known_s = known_s.with_context(|| format!("not every target known in 60 s: {log}"))?;
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
@@ -167,21 +145,4 @@ fn watch(listen: &str, targets: usize) -> Result<(f64, Option<f64>, Vec<f64>)> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok((ready_at.map_or(0.0, |r| (r - start).as_secs_f64()), None, latencies))
-}
-
-/// The CPU time (user and system) process `pid` has used, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .context("utime, stime")?
-        .iter()
-        .filter_map(|f| f.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
 }

@@ -1,6 +1,7 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
-//!   reconciler-bench [--quick] [--json FILE] [--only data|tcp|udp|selection|control|health]
+//!   reconciler-bench [--quick] [--json FILE]
+//!                    [--only data|tcp|udp|selection|control|health|flap|scrape]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -8,10 +9,13 @@
 //! machines are shared and noisy. Everything runs in network namespaces the bench creates and
 //! removes; nothing connects outside them.
 mod control;
+mod daemon;
 mod dataplane;
+mod flap;
 mod health;
 mod kube;
 mod memory;
+mod scrape;
 mod selection;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
@@ -27,6 +31,9 @@ use serde_json::json;
 
 use dataplane::{Load, Sample, Workload};
 use kube::{Protocol, Service};
+
+/// What `--only` takes.
+const PARTS: &str = "--only data|tcp|udp|selection|control|health|flap|scrape";
 
 /// Sizes and repetitions of one run.
 struct Plan {
@@ -47,13 +54,8 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().context("--json FILE")?.into(),
-            "--only" => {
-                only = Some(args.next().context("--only data|tcp|udp|selection|control|health")?)
-            }
-            _ => bail!(
-                "usage: reconciler-bench [--quick] [--json FILE] \
-                 [--only data|tcp|udp|selection|control|health]"
-            ),
+            "--only" => only = Some(args.next().context(PARTS)?),
+            _ => bail!("usage: reconciler-bench [--quick] [--json FILE] [{PARTS}]"),
         }
     }
     reconciler_tests::require_root()?;
@@ -112,6 +114,8 @@ fn main() -> Result<()> {
         println!("{}", control::table(&control));
     }
     let health = if wanted("health") { health::run(quick)? } else { json!(null) };
+    let flap = if wanted("flap") { flap::run(quick)? } else { json!(null) };
+    let scrape = if wanted("scrape") { scrape::run(quick)? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
@@ -124,6 +128,8 @@ fn main() -> Result<()> {
         "selection": selection,
         "control_plane": control,
         "health": health,
+        "flap": flap,
+        "scrape": scrape,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(dir) = json_path.parent() {

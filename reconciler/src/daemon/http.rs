@@ -5,13 +5,18 @@
 //! for a new one, so idle clients cannot keep out a probe of `/healthz`; and the accept loop
 //! backs off on errors (EMFILE repeats until a descriptor is freed: retrying at once would
 //! spin).
-use std::{collections::VecDeque, io, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     extract::State,
-    http::{header, HeaderMap, StatusCode},
-    response::IntoResponse,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
@@ -24,6 +29,7 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use super::{
+    exposition,
     status::{DaemonStatus, Shared},
     webhook::Refused,
 };
@@ -55,46 +61,81 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// How long a rendered `/metrics` answers every scraper, if it took at least
-/// `METRICS_SLOW` to render: at capacity a render reads every counter of the maps (a second
-/// at 260 000 backends), and scrapers in a loop would otherwise take the daemon's CPU; a
-/// small node renders afresh for each scrape.
-const METRICS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
-const METRICS_SLOW: std::time::Duration = std::time::Duration::from_millis(10);
+/// A rendered `/metrics` answers every scraper for `METRICS_REUSE` times as long as it took
+/// to render (at least `METRICS_FRESH`), from the end of its render, if that took at least
+/// `METRICS_SLOW`: at capacity a render reads every counter of the maps (a second and more at
+/// 260 000 backends), and scrapers in a loop would otherwise keep a core rendering; a small
+/// node renders afresh for each scrape.
+const METRICS_FRESH: Duration = Duration::from_secs(1);
+const METRICS_REUSE: u32 = 4;
+const METRICS_SLOW: Duration = Duration::from_millis(10);
 
 /// OpenMetrics to a scraper that asks for it (Prometheus does), the Prometheus text format to
-/// anything else. Rendered off the async threads (it reads the maps), once per
-/// `METRICS_FRESH` and format whoever asks: a scraper that comes meanwhile waits for the
-/// render under way, or takes the last one.
-async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let openmetrics = accept.contains("application/openmetrics-text");
+/// anything else; gzipped if it accepts that (Prometheus does). Rendered off the async
+/// threads (it reads the maps), at most once per freshness period (above) for each format
+/// and encoding, whoever asks: a scraper that comes meanwhile waits for the render under way,
+/// or takes the last one. Each answer shares the rendered page (no copy per scraper).
+async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let header_text = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let openmetrics = header_text(header::ACCEPT).contains("application/openmetrics-text");
+    let gzip = exposition::accepts_gzip(header_text(header::ACCEPT_ENCODING));
     let mut cache = shared.metrics_cache.lock().await;
-    let slot = &mut cache[usize::from(openmetrics)];
-    let rendered = match slot {
-        Some((at, took, rendered)) if *took >= METRICS_SLOW && at.elapsed() < METRICS_FRESH => {
-            Arc::clone(rendered)
-        }
-        _ => {
-            let started = std::time::Instant::now();
-            let from = Arc::clone(&shared);
-            let render = move || {
-                from.metrics().backend_health(&from.health.report());
-                from.metrics().render(openmetrics)
-            };
-            let Ok(fresh) = tokio::task::spawn_blocking(render).await else {
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    [(header::CONTENT_TYPE, "text/plain")],
-                    String::new(),
-                );
-            };
-            let fresh = Arc::new(fresh);
-            *slot = Some((started, started.elapsed(), Arc::clone(&fresh)));
-            fresh
-        }
+    let kind = usize::from(openmetrics) * 2 + usize::from(gzip);
+    if let Some(last) = cache.pages[kind].as_ref().filter(|last| last.fresh()) {
+        return last.response(gzip);
+    }
+    // Stale pages go before a render: at capacity a plain page is tens of megabytes.
+    for page in &mut cache.pages {
+        page.take_if(|page| !page.fresh());
+    }
+    let size_hint = cache.sizes[kind];
+    let started = Instant::now();
+    let from = Arc::clone(&shared);
+    let render = move || {
+        from.metrics().backend_health(&from.health.report());
+        from.metrics().render(openmetrics, gzip, size_hint)
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, rendered.0)], rendered.1.clone())
+    let Ok(Ok((content_type, page))) = tokio::task::spawn_blocking(render).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    cache.sizes[kind] = page.len();
+    let (at, took, page) = (Instant::now(), started.elapsed(), page.into());
+    cache.pages[kind].insert(RenderedMetrics { at, took, content_type, page }).response(gzip)
+}
+
+/// The last `/metrics` pages rendered, per format (Prometheus text, OpenMetrics) and encoding
+/// (plain, gzip), while they are fresh, and the size of each.
+#[derive(Default)]
+pub(super) struct MetricsCache {
+    pages: [Option<RenderedMetrics>; 4],
+    sizes: [usize; 4],
+}
+
+/// A rendered `/metrics`: when it was done, how long it took, its content type and its bytes.
+struct RenderedMetrics {
+    at: Instant,
+    took: Duration,
+    content_type: &'static str,
+    page: Bytes,
+}
+
+impl RenderedMetrics {
+    /// Whether it still answers every scraper (see `METRICS_FRESH`).
+    fn fresh(&self) -> bool {
+        self.took >= METRICS_SLOW
+            && self.at.elapsed() < METRICS_FRESH.max(self.took * METRICS_REUSE)
+    }
+
+    /// The answer to a scrape, which shares the page.
+    fn response(&self, gzip: bool) -> Response {
+        let mut response = (StatusCode::OK, self.page.clone()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        if gzip {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        response
+    }
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {

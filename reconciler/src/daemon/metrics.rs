@@ -1,6 +1,6 @@
 //! The daemon's metrics: a `prometheus-client` registry, exposed in the OpenMetrics text
 //! format, with the usual `process_*` metrics read from /proc at each scrape.
-use std::{path::PathBuf, sync::atomic::AtomicU64};
+use std::{io, path::PathBuf, sync::atomic::AtomicU64};
 
 use prometheus_client::{
     collector::Collector,
@@ -15,7 +15,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::health::BackendHealth;
+use super::{
+    exposition::{PrometheusText, Sink},
+    health::BackendHealth,
+};
 
 /// OpenMetrics text, which Prometheus asks for first (`Accept`).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -230,43 +233,25 @@ impl Metrics {
         }
     }
 
-    /// Every metric, in OpenMetrics text if `openmetrics`, else in the Prometheus text format;
-    /// with the content type to send.
-    pub fn render(&self, openmetrics: bool) -> (&'static str, String) {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = text::encode(&mut out, &self.registry);
+    /// Every metric, in OpenMetrics text if `openmetrics`, else in the Prometheus text format,
+    /// gzipped if `gzip`; with the content type to send. `size_hint`: the size of the last
+    /// page, so that a page of tens of megabytes is allocated once, not grown by doubling.
+    pub fn render(
+        &self,
+        openmetrics: bool,
+        gzip: bool,
+        size_hint: usize,
+    ) -> io::Result<(&'static str, Vec<u8>)> {
+        let failed = |_| io::Error::other("encoding the metrics");
+        let mut sink = Sink::new(gzip, size_hint);
         if openmetrics {
-            (OPENMETRICS, out)
-        } else {
-            (PROMETHEUS_TEXT, prometheus_text(&out))
+            text::encode(&mut sink, &self.registry).map_err(failed)?;
+            return Ok((OPENMETRICS, sink.finish()?));
         }
+        let mut converted = PrometheusText::new(sink);
+        text::encode(&mut converted, &self.registry).map_err(failed)?;
+        Ok((PROMETHEUS_TEXT, converted.finish().map_err(failed)?.finish()?))
     }
-}
-
-/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: the two differ, for what
-/// prometheus-client writes, in that OpenMetrics names a counter family without its `_total`
-/// (which its samples carry) and ends with `# EOF`. prometheus-client writes only
-/// OpenMetrics; the older format is what `promtool check metrics` and most tools read.
-fn prometheus_text(openmetrics: &str) -> String {
-    let mut lines: Vec<String> = Vec::new();
-    for line in openmetrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix("# TYPE ").and_then(|t| t.strip_suffix(" counter")) {
-            let help = format!("# HELP {name} ");
-            if let Some(last) = lines.last_mut().filter(|l| l.starts_with(&help)) {
-                *last = format!("# HELP {name}_total {}", &last[help.len()..]);
-            }
-            lines.push(format!("# TYPE {name}_total counter"));
-            continue;
-        }
-        lines.push(line.to_owned());
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
 }
 
 /// `value` escaped for a label: prometheus-client 0.24 writes label values as they are, so a
@@ -286,7 +271,7 @@ struct DataplaneCollector {
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
-            let live = dataplane.read_live()?;
+            let live = dataplane.read_live_members()?;
             Ok((crate::counters::read(&dataplane, &live.state)?, dataplane.events()?))
         });
         // Before the first install there is nothing to count; a scrape shows the rest.
@@ -450,11 +435,15 @@ mod tests {
             sockets_destroyed: 0,
             sockets_error: None,
         });
-        let (kind, openmetrics) = metrics.render(true);
+        let page = |openmetrics| {
+            let (kind, page) = metrics.render(openmetrics, false, 0).unwrap();
+            (kind, String::from_utf8(page).unwrap())
+        };
+        let (kind, openmetrics) = page(true);
         assert_eq!(kind, OPENMETRICS);
         assert!(openmetrics.contains("# TYPE reconciler_reconcile counter\n"), "{openmetrics}");
         assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
-        let (kind, text) = metrics.render(false);
+        let (kind, text) = page(false);
         assert_eq!(kind, PROMETHEUS_TEXT);
         assert!(text.contains("reconciler_reconcile_total{result=\"applied\"} 1\n"), "{text}");
         assert!(text.contains("# HELP reconciler_reconcile_total Reconcile runs"), "{text}");
@@ -473,7 +462,7 @@ mod tests {
         assert!(text.contains("process_cpu_seconds_total "));
         // A new revision replaces the old one.
         metrics.applied(Some("next"), 1_700_000_001.0);
-        let (_, text) = metrics.render(false);
+        let (_, text) = page(false);
         assert!(!text.contains("abc"), "{text}");
     }
 }

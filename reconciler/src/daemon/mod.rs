@@ -26,6 +26,7 @@
 mod backoff;
 pub mod config;
 mod decide;
+mod exposition;
 pub mod health;
 pub mod http;
 pub mod journal;

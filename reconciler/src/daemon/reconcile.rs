@@ -230,7 +230,7 @@ pub(super) fn recorded_exclusions(config: &Config) -> BTreeSet<Exclusion> {
     if !dataplane::is_installed(&config.pin_path) {
         return BTreeSet::new();
     }
-    let live = Dataplane::open(&config.pin_path).and_then(|d| d.read_live());
+    let live = Dataplane::open(&config.pin_path).and_then(|d| d.read_live_members());
     live.map(|live| live.state.health_excluded).unwrap_or_default()
 }
 

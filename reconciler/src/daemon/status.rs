@@ -69,10 +69,6 @@ pub struct DaemonStatus {
     pub run_requested: bool,
 }
 
-/// A rendered `/metrics`: when, how long it took, its content type and its text.
-pub(super) type RenderedMetrics =
-    (std::time::Instant, std::time::Duration, Arc<(&'static str, String)>);
-
 /// State shared between the reconcile loop and the HTTP endpoint.
 pub struct Shared {
     status: Mutex<DaemonStatus>,
@@ -81,8 +77,8 @@ pub struct Shared {
     pub(super) trigger: Notify,
     /// Wakes the loop for a health change, applied without fetching.
     pub(super) health_changed: Notify,
-    /// The last `/metrics` rendered, per format (Prometheus text, OpenMetrics), and when.
-    pub(super) metrics_cache: tokio::sync::Mutex<[Option<RenderedMetrics>; 2]>,
+    /// The last `/metrics` pages rendered.
+    pub(super) metrics_cache: tokio::sync::Mutex<super::http::MetricsCache>,
     pub(super) health: Arc<Health>,
     webhook_secret: RwLock<Option<Secret>>,
 }
@@ -124,7 +120,7 @@ impl Shared {
             metrics: Metrics::for_dataplane(config.pin_path.clone(), config.metrics_per_backend),
             trigger: Notify::new(),
             health_changed: Notify::new(),
-            metrics_cache: tokio::sync::Mutex::new([None, None]),
+            metrics_cache: tokio::sync::Mutex::default(),
             health: Arc::new(Health::default()),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }

@@ -35,6 +35,7 @@ use super::{
     error::{io_err, map_err, DataplaneError, Result},
     grace::wait_for_readers,
     pins::lock,
+    read::Sets,
     Dataplane,
 };
 
@@ -267,7 +268,7 @@ impl Dataplane {
                     // An earlier apply stopped after its flip, maybe before its wait: wait now.
                     wait_for_readers()?;
                 }
-                self.read_sets(active, true)
+                self.read_sets(active, Sets::Both)
             }
             Scope::Recorded(recorded) => self
                 .read_recorded(active, standby_dirty, recorded, desired)?

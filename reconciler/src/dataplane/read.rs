@@ -64,6 +64,17 @@ pub struct LiveState {
     pub status: Status,
 }
 
+/// What [`Dataplane::read_sets`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sets {
+    /// The first set whole.
+    Active,
+    /// Both sets whole.
+    Both,
+    /// The first set without its slots.
+    ActiveWithoutSlots,
+}
+
 impl Dataplane {
     pub(super) fn read_metadata(&self) -> Result<Metadata> {
         self.metadata.get(&0, 0).map_err(map_err("reading METADATA"))
@@ -108,21 +119,31 @@ impl Dataplane {
     /// The active set's content and the metadata.
     pub fn read_live(&self) -> Result<LiveState> {
         let status = self.status()?;
-        let [state, _] = self.read_sets(status.active_set, false)?;
+        let [state, _] = self.read_sets(status.active_set, Sets::Active)?;
+        Ok(LiveState { state, status })
+    }
+
+    /// [`read_live`](Self::read_live) without the slots (empty): what names the IDs of
+    /// services and backends and says which are excluded, for a fraction of the memory at
+    /// capacity (a metrics scrape, a start).
+    pub fn read_live_members(&self) -> Result<LiveState> {
+        let status = self.status()?;
+        let [state, _] = self.read_sets(status.active_set, Sets::ActiveWithoutSlots)?;
         Ok(LiveState { state, status })
     }
 
     /// The metadata and both sets, `[active, standby]`, every entry.
     pub fn read_both_sets(&self) -> Result<(Status, [MapState; 2])> {
         let status = self.status()?;
-        let sets = self.read_sets(status.active_set, true)?;
+        let sets = self.read_sets(status.active_set, Sets::Both)?;
         Ok((status, sets))
     }
 
-    /// Set `first` and, with `other_too`, the other (else it is left empty), `[first,
+    /// Set `first` and, as `what` says, the other (else it is left empty), `[first,
     /// other]`, in one pass over each map. Entries that no build of ours writes (an unknown
     /// protocol) are skipped here and so are replaced by an apply.
-    pub(super) fn read_sets(&self, first: u8, other_too: bool) -> Result<[MapState; 2]> {
+    pub(super) fn read_sets(&self, first: u8, what: Sets) -> Result<[MapState; 2]> {
+        let other_too = what == Sets::Both;
         let mut sets = [MapState::default(), MapState::default()];
         // The index into `sets` of an entry of `set`, if that set is wanted.
         let index = |set: u8| Some(usize::from(set != first)).filter(|&i| i == 0 || other_too);
@@ -134,9 +155,11 @@ impl Dataplane {
                 sets[i].services.insert(frontend, encode::service_entry(&value));
             }
         }
-        for (key, backend) in
-            batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read_error("SLOTS"))?
-        {
+        let slots = match what {
+            Sets::ActiveWithoutSlots => Vec::new(),
+            _ => batch::lookup_all::<SlotKey, u32>(&self.slots).map_err(read_error("SLOTS"))?,
+        };
+        for (key, backend) in slots {
             if let Some(i) = index(key.set) {
                 sets[i].slots.insert((key.service_id, key.slot), backend);
             }
