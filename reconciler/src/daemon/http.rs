@@ -13,9 +13,9 @@ use std::{
 };
 
 use axum::{
-    body::{Body, Bytes},
+    body::Body,
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -30,6 +30,7 @@ use tracing::warn;
 
 use super::{
     exposition,
+    metrics_cache::Kind,
     status::{DaemonStatus, Shared},
     webhook::Refused,
 };
@@ -61,34 +62,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// A rendered `/metrics` answers every scraper for `METRICS_REUSE` times as long as it took
-/// to render (at least `METRICS_FRESH`), from the end of its render, if that took at least
-/// `METRICS_SLOW`: at capacity a render reads every counter of the maps (a second and more at
-/// 260 000 backends), and scrapers in a loop would otherwise keep a core rendering; a small
-/// node renders afresh for each scrape.
-const METRICS_FRESH: Duration = Duration::from_secs(1);
-const METRICS_REUSE: u32 = 4;
-const METRICS_SLOW: Duration = Duration::from_millis(10);
-
 /// OpenMetrics to a scraper that asks for it (Prometheus does), the Prometheus text format to
 /// anything else; gzipped if it accepts that (Prometheus does). Rendered off the async
-/// threads (it reads the maps), at most once per freshness period (above) for each format
-/// and encoding, whoever asks: a scraper that comes meanwhile waits for the render under way,
+/// threads (it reads the maps), at most once per freshness period (`metrics_cache`) for
+/// each format and encoding, whoever asks: a scraper that comes meanwhile waits for the render under way,
 /// or takes the last one. Each answer shares the rendered page (no copy per scraper).
 async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let header_text = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let openmetrics = header_text(header::ACCEPT).contains("application/openmetrics-text");
     let gzip = exposition::accepts_gzip(header_text(header::ACCEPT_ENCODING));
     let mut cache = shared.metrics_cache.lock().await;
-    let kind = usize::from(openmetrics) * 2 + usize::from(gzip);
-    if let Some(last) = cache.pages[kind].as_ref().filter(|last| last.fresh()) {
-        return last.response(gzip);
+    let kind = Kind { openmetrics, gzip };
+    if let Some(fresh) = cache.fresh(kind) {
+        return fresh;
     }
-    // Stale pages go before a render: at capacity a plain page is tens of megabytes.
-    for page in &mut cache.pages {
-        page.take_if(|page| !page.fresh());
-    }
-    let size_hint = cache.sizes[kind];
+    let size_hint = cache.make_room(kind);
     let started = Instant::now();
     let from = Arc::clone(&shared);
     let render = move || {
@@ -98,44 +86,7 @@ async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     let Ok(Ok((content_type, page))) = tokio::task::spawn_blocking(render).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    cache.sizes[kind] = page.len();
-    let (at, took, page) = (Instant::now(), started.elapsed(), page.into());
-    cache.pages[kind].insert(RenderedMetrics { at, took, content_type, page }).response(gzip)
-}
-
-/// The last `/metrics` pages rendered, per format (Prometheus text, OpenMetrics) and encoding
-/// (plain, gzip), while they are fresh, and the size of each.
-#[derive(Default)]
-pub(super) struct MetricsCache {
-    pages: [Option<RenderedMetrics>; 4],
-    sizes: [usize; 4],
-}
-
-/// A rendered `/metrics`: when it was done, how long it took, its content type and its bytes.
-struct RenderedMetrics {
-    at: Instant,
-    took: Duration,
-    content_type: &'static str,
-    page: Bytes,
-}
-
-impl RenderedMetrics {
-    /// Whether it still answers every scraper (see `METRICS_FRESH`).
-    fn fresh(&self) -> bool {
-        self.took >= METRICS_SLOW
-            && self.at.elapsed() < METRICS_FRESH.max(self.took * METRICS_REUSE)
-    }
-
-    /// The answer to a scrape, which shares the page.
-    fn response(&self, gzip: bool) -> Response {
-        let mut response = (StatusCode::OK, self.page.clone()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        if gzip {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-        response
-    }
+    cache.keep(kind, started.elapsed(), content_type, page)
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {

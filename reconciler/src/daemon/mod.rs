@@ -31,6 +31,7 @@ pub mod health;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+mod metrics_cache;
 mod outcome;
 mod reconcile;
 mod report;

@@ -78,7 +78,7 @@ pub struct Shared {
     /// Wakes the loop for a health change, applied without fetching.
     pub(super) health_changed: Notify,
     /// The last `/metrics` pages rendered.
-    pub(super) metrics_cache: tokio::sync::Mutex<super::http::MetricsCache>,
+    pub(super) metrics_cache: tokio::sync::Mutex<super::metrics_cache::MetricsCache>,
     pub(super) health: Arc<Health>,
     webhook_secret: RwLock<Option<Secret>>,
 }
