@@ -1,9 +1,8 @@
 //! Damping: 3 000 services share 4 backends whose listeners go away and come back every
 //! second, each at its own phase, checked every second with thresholds 1/1 (every probe a
-//! verdict). Undamped, each transition was a full apply of every service (issue 21: 99
-//! applies and 534 419 map writes in 30 s, a quarter of a core). Measured per 30 s from when
-//! the daemon is ready: the transitions the checks saw, the health applies, their map writes
-//! and the daemon's CPU.
+//! verdict), with the hold-down and without it (`ejectionIntervals` 5, the default, and 0),
+//! in the same run. Measured per 30 s from when the daemon is ready: the transitions the
+//! checks saw, the health applies, their map writes and the daemon's CPU.
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
@@ -24,32 +23,36 @@ pub fn run(quick: bool) -> Result<Value> {
     println!("## Damping: backends that flap\n");
     println!(
         "{services} services sharing 4 backends whose listeners close and reopen every second, \
-         each at its own phase; TCP checks every second, thresholds 1/1; per 30 s from when the \
-         daemon is ready. Issue 21 measured, undamped, at 3 000 services: 99 applies and \
-         534 419 map writes in 30 s, a quarter of a core.\n"
+         each at its own phase (120 changes in 30 s); TCP checks every second, thresholds 1/1; \
+         per 30 s from when the daemon is ready; with the hold-down (`ejectionIntervals: 5`, \
+         the default) and without (0), transitions within a second batched either way.\n"
     );
-    let rows = measure(services)?;
     println!(
-        "| services | seconds | transitions seen | health applies | map writes | daemon CPU (s) \
-         |\n|---:|---|---:|---:|---:|---:|"
+        "| hold-down | seconds | transitions seen | health applies | map writes | daemon CPU \
+         (s) |\n|---|---|---:|---:|---:|---:|"
     );
-    for row in &rows {
-        let figure = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "| {services} | {}-{} | {:.0} | {:.0} | {:.0} | {:.1} |",
-            row["from_s"],
-            row["to_s"],
-            figure("transitions"),
-            figure("applies"),
-            figure("map_writes"),
-            figure("daemon_cpu_s"),
-        );
+    let mut all = Vec::new();
+    for ejection_intervals in [5, 0] {
+        for row in measure(services, ejection_intervals)? {
+            let figure = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {}-{} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                if ejection_intervals > 0 { "5 intervals" } else { "none" },
+                row["from_s"],
+                row["to_s"],
+                figure("transitions"),
+                figure("applies"),
+                figure("map_writes"),
+                figure("daemon_cpu_s"),
+            );
+            all.push(row);
+        }
     }
     println!();
-    Ok(json!({ "rows": rows }))
+    Ok(json!({ "services": services, "rows": all }))
 }
 
-fn definitions(services: usize) -> String {
+fn definitions(services: usize, ejection_intervals: u32) -> String {
     let backends: Vec<String> = BACKENDS.iter().map(|b| format!("{{address: {b}}}")).collect();
     let backends = backends.join(", ");
     (0..services)
@@ -58,7 +61,8 @@ fn definitions(services: usize) -> String {
                 "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: s{s}}}\n\
                  spec:\n  vip: 10.96.{}.{}\n  ports: [{{port: 80, targetPort: 8080}}]\n  \
                  healthCheck: {{protocol: tcp, intervalSeconds: 1, healthyThreshold: 1, \
-                 unhealthyThreshold: 1}}\n  backends: [{backends}]\n---\n",
+                 unhealthyThreshold: 1, ejectionIntervals: {ejection_intervals}}}\n  \
+                 backends: [{backends}]\n---\n",
                 s / 250,
                 s % 250 + 1,
             )
@@ -88,13 +92,14 @@ while True:
     time.sleep(0.01)
 "#;
 
-fn measure(services: usize) -> Result<Vec<Value>> {
+fn measure(services: usize, ejection_intervals: u32) -> Result<Vec<Value>> {
     let sandbox = Sandbox::new("bench-flap")?;
     let _flapper =
         Running(sandbox.command_in_netns("python3").arg("-c").arg(FLAPPER).args(BACKENDS).spawn()?);
     let listen = "127.0.0.1:9470";
     let extra = Extra { top: "metrics: {perBackend: false}\n", ..Extra::default() };
-    let daemon = BenchDaemon::start(&sandbox, &[definitions(services)], listen, extra)?;
+    let daemon =
+        BenchDaemon::start(&sandbox, &[definitions(services, ejection_intervals)], listen, extra)?;
     let pid = daemon.pid();
     let figures = sandbox.in_netns(move || each_window(listen, pid));
     let log = daemon.stop();
@@ -108,7 +113,7 @@ fn measure(services: usize) -> Result<Vec<Value>> {
                     - pair[0].get(name).copied().unwrap_or(0.0)
             };
             json!({
-                "services": services,
+                "ejection_intervals": ejection_intervals,
                 "from_s": index as u64 * WINDOW.as_secs(),
                 "to_s": (index as u64 + 1) * WINDOW.as_secs(),
                 "transitions": delta("reconciler_backend_health_transitions_total"),

@@ -1,7 +1,7 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
 //!   reconciler-bench [--quick] [--json FILE]
-//!                    [--only data|tcp|udp|selection|control|health|flap|scrape]
+//!                    [--only data|tcp|udp|selection|control|health|flap|scrape|largest]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -14,6 +14,7 @@ mod dataplane;
 mod flap;
 mod health;
 mod kube;
+mod largest;
 mod memory;
 mod scrape;
 mod selection;
@@ -33,7 +34,7 @@ use dataplane::{Load, Sample, Workload};
 use kube::{Protocol, Service};
 
 /// What `--only` takes.
-const PARTS: &str = "--only data|tcp|udp|selection|control|health|flap|scrape";
+const PARTS: &str = "--only data|tcp|udp|selection|control|health|flap|scrape|largest";
 
 /// Sizes and repetitions of one run.
 struct Plan {
@@ -116,6 +117,7 @@ fn main() -> Result<()> {
     let health = if wanted("health") { health::run(quick)? } else { json!(null) };
     let flap = if wanted("flap") { flap::run(quick)? } else { json!(null) };
     let scrape = if wanted("scrape") { scrape::run(quick)? } else { json!(null) };
+    let largest = if wanted("largest") { largest::run(quick)? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
@@ -130,6 +132,7 @@ fn main() -> Result<()> {
         "health": health,
         "flap": flap,
         "scrape": scrape,
+        "largest": largest,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(dir) = json_path.parent() {

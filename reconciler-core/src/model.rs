@@ -67,6 +67,10 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     #[serde(default = "one")]
     pub healthy_threshold: u32,
+    /// Intervals a backend that comes back is held out for, per ejection before the last
+    /// (Envoy's base ejection time, in intervals); 0: no hold-down.
+    #[serde(default = "five")]
+    pub ejection_intervals: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use reconciler_core::{model::HealthCheck, state::Exclusion};
 
 /// Ejections a flapping target's hold-down counts at most.
 const MAX_EJECTIONS: u32 = 10;
-/// Intervals of hold-down per ejection after the first, and of health that forgive one.
-const HOLD_INTERVALS: u32 = 5;
+/// Intervals of health that forgive one ejection.
+const FORGIVE_INTERVALS: u32 = 5;
 
 /// A target: its check, whom its verdict judges, and what the probes said.
 struct Target {
@@ -66,7 +66,7 @@ impl Target {
             Ok(()) => {
                 self.failures = 0;
                 self.successes += 1;
-                if self.up && now >= self.forgiven_at + interval * HOLD_INTERVALS {
+                if self.up && now >= self.forgiven_at + interval * FORGIVE_INTERVALS {
                     self.ejections = self.ejections.saturating_sub(1);
                     self.forgiven_at = now;
                 }
@@ -89,7 +89,8 @@ impl Target {
             self.forgiven_at = now;
         } else {
             self.ejections = (self.ejections + 1).min(MAX_EJECTIONS);
-            let hold = interval(&self.check) * HOLD_INTERVALS * (self.ejections - 1);
+            let per_ejection = interval(&self.check) * self.check.ejection_intervals;
+            let hold = per_ejection * (self.ejections - 1);
             self.held_until = now + hold;
         }
     }
@@ -275,12 +276,17 @@ mod tests {
 
     /// One target judging `a/http` and `b/http` at 10.1.0.1:8080; `a` has no fallback.
     fn shared() -> (Targets, TargetKey) {
+        shared_with(check())
+    }
+
+    /// [`shared`], with `check`.
+    fn shared_with(check: HealthCheck) -> (Targets, TargetKey) {
         let backend: SocketAddr = "10.1.0.1:8080".parse().unwrap();
-        let key = (backend, format!("{:?}", check()));
+        let key = (backend, format!("{check:?}"));
         let judges =
             BTreeSet::from([("a/http".to_owned(), backend), ("b/http".to_owned(), backend)]);
         let mut targets = Targets::default();
-        let wanted = Wanted::from([(key.clone(), (check(), judges))]);
+        let wanted = Wanted::from([(key.clone(), (check, judges))]);
         targets.update(wanted, BTreeSet::from(["a/http".to_owned()]));
         (targets, key)
     }
@@ -315,6 +321,16 @@ mod tests {
         let t1 = t0 + Duration::from_secs(12);
         assert!(targets.record(&key, &refused(), t1).is_some());
         assert!(targets.record(&key, &Ok(()), t1 + Duration::from_secs(5)).is_some());
+    }
+
+    #[test]
+    fn ejection_intervals_zero_holds_nothing_back() {
+        let (mut targets, key) = shared_with(HealthCheck { ejection_intervals: 0, ..check() });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(targets.record(&key, &refused(), t0).is_some());
+            assert!(targets.record(&key, &Ok(()), t0).is_some(), "back at once");
+        }
     }
 
     #[test]
