@@ -271,7 +271,11 @@ struct DataplaneCollector {
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
-            let live = dataplane.read_live_members()?;
+            let mut live = dataplane.read_live_members()?;
+            if !self.per_backend {
+                // Their counters are not read either: a scrape of a full node stays small.
+                live.state.backends.clear();
+            }
             Ok((crate::counters::read(&dataplane, &live.state)?, dataplane.events()?))
         });
         // Before the first install there is nothing to count; a scrape shows the rest.
