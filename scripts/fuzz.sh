@@ -84,9 +84,15 @@ if [ -x target/debug/reconciler ]; then
 fi
 
 # --- build and run ------------------------------------------------------------------------
+# The committed fuzz/Cargo.lock is what is built (cargo fuzz has no --locked: cargo metadata
+# checks it first), so a run leaves the tree as it found it.
+(cd fuzz && cargo +nightly metadata --locked --format-version 1 >/dev/null) ||
+    die "fuzz/Cargo.lock does not match the workspace's dependencies; update it with" \
+        "'(cd fuzz && cargo +nightly metadata --format-version 1 >/dev/null)' and commit it"
 # -a: debug assertions and overflow checks, so an arithmetic overflow is a crash too.
 log "building the fuzz targets (cargo +nightly fuzz build, release with debug assertions)"
 (cd fuzz && cargo +nightly fuzz build -O -a)
+git diff --quiet -- fuzz/Cargo.lock || die "the fuzz build changed fuzz/Cargo.lock"
 
 mkdir -p "$LOGS"
 failed=()

@@ -418,8 +418,24 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
     /// Stable backend ID (host byte order).
     pub backend_id: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// [`backend_fingerprint`] of the backend's address and port (host byte order): the
+    /// entry holds only for that backend, not for a later one that takes its freed ID. 0 in
+    /// an entry of an older build, which holds by the ID alone.
+    pub backend_fingerprint: u32,
+}
+
+/// A 32-bit hash of a backend's address and port (as `Backend` holds them), never 0 (see
+/// [`AffinityValue::backend_fingerprint`]).
+#[inline(always)]
+pub const fn backend_fingerprint(addr: &Addr, port: u16) -> u32 {
+    let high = ((addr[0] as u64) << 32) | addr[1] as u64;
+    let low = ((addr[2] as u64) << 32) | addr[3] as u64;
+    let hash = fmix64(high ^ fmix64(low ^ port as u64)) as u32;
+    if hash == 0 {
+        1
+    } else {
+        hash
+    }
 }
 
 /// The murmur3 64-bit finaliser: every input bit affects every output bit, so consecutive
@@ -606,6 +622,15 @@ mod tests {
         assert_eq!(size_of::<ConnectedUdp>(), 8 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<SocketRecord>(), 16 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4);
         assert!(align_of::<Metadata>() <= 8);
+    }
+
+    #[test]
+    fn backend_fingerprints_tell_backends_apart_and_are_never_zero() {
+        let a = ipv4_mapped(0x0a01_0001);
+        let b = ipv4_mapped(0x0a01_0002);
+        assert_ne!(backend_fingerprint(&a, 8080), backend_fingerprint(&b, 8080));
+        assert_ne!(backend_fingerprint(&a, 8080), backend_fingerprint(&a, 8081));
+        assert!((0..10_000u32).all(|i| backend_fingerprint(&ipv4_mapped(i), 80) != 0));
     }
 
     #[test]

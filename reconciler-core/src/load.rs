@@ -5,7 +5,8 @@
 //!
 //! Scalars follow the YAML 1.2 core schema: plain `null`/`~`/empty, `true`/`false`, integers
 //! and floats become JSON null, bools and numbers; everything else, and every quoted scalar,
-//! is a string. Duplicate keys are errors.
+//! is a string. Integers are decimal only (`0x10`, `010` are strings, which a numeric field
+//! refuses at its place); tags (`!!str`) are refused. Duplicate keys are errors.
 //!
 //! Hostile input is refused before it costs memory or stack: a text over
 //! [`limits::MAX_FILE_BYTES`], nesting deeper than [`limits::MAX_DEPTH`], and anchors and
@@ -235,7 +236,10 @@ impl Builder {
                 self.fail(mark, NO_ANCHORS.into())
             }
             Event::Alias(_) => self.fail(mark, NO_ANCHORS.into()),
-            Event::Scalar(text, style, _, _tag) if !self.expects_key() => {
+            Event::Scalar(_, _, _, Some(_))
+            | Event::MappingStart(_, Some(_))
+            | Event::SequenceStart(_, Some(_)) => self.fail(mark, NO_TAGS.into()),
+            Event::Scalar(text, style, _, None) if !self.expects_key() => {
                 self.complete(scalar(text, style), Place { at, children: Children::None });
             }
             Event::Scalar(text, ..) => self.key(text, at, mark),
@@ -318,6 +322,9 @@ impl Builder {
 const NO_ANCHORS: &str = "YAML anchors (`&name`) and aliases (`*name`) are not supported in \
                           reconciler files; write the value out";
 
+const NO_TAGS: &str = "YAML tags (`!!str`, `!!int`, `!name`) are not supported in reconciler \
+                       files: a value's type is its field's (quote a number to make it a string)";
+
 fn nested_too_deep() -> String {
     format!(
         "nested more than {} levels deep; service definitions need a handful",
@@ -338,6 +345,10 @@ fn scalar(text: String, style: TScalarStyle) -> Value {
     if let Some(number) = integer(&text) {
         return Value::Number(number);
     }
+    // Digits that are no decimal integer (`010`) are no float either.
+    if text.trim_start_matches(['-', '+']).bytes().all(|b| b.is_ascii_digit()) {
+        return Value::String(text);
+    }
     if text.chars().next().is_some_and(|c| c.is_ascii_digit() || "+-.".contains(c)) {
         if let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
             return Value::Number(number);
@@ -352,17 +363,16 @@ fn integer(text: &str) -> Option<Number> {
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
-    let (radix, digits) = if let Some(hex) = digits.strip_prefix("0x") {
-        (16, hex)
-    } else if let Some(octal) = digits.strip_prefix("0o") {
-        (8, octal)
-    } else {
-        (10, digits)
-    };
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+    // Decimal only, without leading zeros: `0x10`, `0o10` and `010` (octal in YAML 1.1, the
+    // 1.2 core schema's decimal) are strings, so a field that wants a number says so at its
+    // place rather than reading what the writer may not have meant.
+    if digits.is_empty()
+        || !digits.chars().all(|c| c.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
-    let magnitude = i128::from_str_radix(digits, radix).ok()?;
+    let magnitude: i128 = digits.parse().ok()?;
     let value = if negative { -magnitude } else { magnitude };
     if let Ok(v) = u64::try_from(value) {
         Some(Number::from(v))
@@ -379,10 +389,12 @@ mod tests {
     #[test]
     fn values_follow_the_core_schema() {
         let docs =
-            parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 10.96.0.10\ng: 0x1f\nh: -3\n").unwrap();
+            parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 10.96.0.10\ng: 0x1f\nh: -3\ni: 010\n")
+                .unwrap();
         assert_eq!(
             docs[0].value,
-            json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": "10.96.0.10", "g": 31, "h": -3})
+            json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": "10.96.0.10",
+                   "g": "0x1f", "h": -3, "i": "010"})
         );
     }
 
@@ -414,6 +426,15 @@ mod tests {
         assert!(err.message.contains("anchors"), "{err:?}");
         let err = parse("a: [1]\nb: *a\n").unwrap_err();
         assert!(err.position.line == 2 || err.message.contains("anchor"), "{err:?}");
+    }
+
+    #[test]
+    fn tags_are_refused_where_they_stand() {
+        for text in ["a: !!str 80\n", "a: !!int '80'\n", "a: !!map {b: 1}\n", "a: !x [1]\n"] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.position.line, 1, "{text}");
+            assert!(err.message.contains("YAML tags"), "{err:?}");
+        }
     }
 
     #[test]

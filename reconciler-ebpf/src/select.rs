@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use reconciler_common::{
-    affinity, event, hash64, maglev, random_slot, trace, Addr, AffinityKey, AffinityValue, Backend,
-    BackendKey, ServiceKey, ServiceValue, SlotKey, SocketRecord, VipKey, ALGORITHM_MAGLEV,
-    BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_EXCLUDED, RECORD_DATAGRAM,
+    affinity, backend_fingerprint, event, hash64, maglev, random_slot, trace, Addr, AffinityKey,
+    AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SlotKey, SocketRecord, VipKey,
+    ALGORITHM_MAGLEV, BACKEND_MAINTENANCE, CLIENT_NETNS, MAX_EXCLUDED, RECORD_DATAGRAM,
 };
 
 use crate::{
@@ -101,7 +101,9 @@ pub(crate) fn lb_select(
         let last_used_ns = unsafe { bpf_ktime_get_ns() };
         // A full LRU map evicts its oldest entry; a failure leaves this client without
         // affinity until its next connect, and the connect goes on.
-        let _ = AFFINITY.insert(key, AffinityValue { last_used_ns, backend_id, _pad: 0 }, 0);
+        let backend_fingerprint = backend_fingerprint(&backend.addr, backend.port);
+        let value = AffinityValue { last_used_ns, backend_id, backend_fingerprint };
+        let _ = AFFINITY.insert(key, value, 0);
     }
     Selection::Backend { backend, service_id, backend_id, stored }
 }
@@ -143,7 +145,8 @@ fn lb_kept(stored: *mut SocketRecord, service_id: u32, set: u8) -> Option<(Backe
 }
 
 /// The backend of the affinity entry `key`, if it holds: used within the service's timeout,
-/// and its backend still one of the service's in the live set, active or draining (draining
+/// and its backend the one it was made for (not one that took a removed backend's ID) and
+/// still one of the service's in the live set, active or draining (draining
 /// keeps its clients: that is what draining is for; maintenance and unhealthy do not). A use
 /// renews it; an entry whose backend is no longer usable is deleted.
 #[inline(always)]
@@ -160,7 +163,8 @@ pub(crate) fn lb_affinity(
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: an LRU map element stays valid for this program run (RCU); a concurrent
     // update of the same entry by another CPU writes whole values of the same client.
-    let AffinityValue { last_used_ns, backend_id, .. } = unsafe { *entry };
+    let AffinityValue { last_used_ns, backend_id, backend_fingerprint: made_for } =
+        unsafe { *entry };
     if now.wrapping_sub(last_used_ns) > u64::from(service.affinity_timeout_secs) * 1_000_000_000 {
         lb_count_affinity(affinity::MISS);
         return None;
@@ -169,7 +173,9 @@ pub(crate) fn lb_affinity(
     // SAFETY: entries are only ever written in the standby set, which no program reads.
     match unsafe { BACKENDS.get(backend_key) } {
         Some(&backend)
-            if backend.service_id == service.service_id && backend.state < BACKEND_MAINTENANCE =>
+            if backend.service_id == service.service_id
+                && backend.state < BACKEND_MAINTENANCE
+                && lb_made_for(made_for, &backend) =>
         {
             // SAFETY: as above; one aligned 8-byte store.
             unsafe { (*entry).last_used_ns = now };
@@ -182,6 +188,13 @@ pub(crate) fn lb_affinity(
             None
         }
     }
+}
+
+/// Whether an affinity entry of fingerprint `made_for` was made for `backend`: not for a
+/// backend that took the ID of a removed one (an entry of an older build, 0, holds by ID).
+#[inline(always)]
+fn lb_made_for(made_for: u32, backend: &Backend) -> bool {
+    made_for == 0 || made_for == backend_fingerprint(&backend.addr, backend.port)
 }
 
 /// The 32-bit number a random service's slot comes from, read only when one is needed: for

@@ -901,6 +901,48 @@ fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run(
     Ok(())
 }
 
+/// Ten signed deliveries that send their headers, then wait while a client without the
+/// secret opens twice as many connections as the daemon keeps: the crowd closes its own
+/// connections, never a delivery, and each delivery's body, sent after, is accepted.
+#[test]
+fn signed_webhook_deliveries_are_never_crowded_out() -> Result<()> {
+    const SECRET: &str = "correct horse battery staple";
+    let mut world = World::new("d-webhook-crowd", "1h", "heal")?;
+    world.require_webhook_secret(SECRET)?;
+    world.start()?;
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let signature = github_signature(SECRET, body);
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(&world.listen)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let headers = format!(
+            "POST /reconcile HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+             X-Hub-Signature-256: {signature}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(headers.as_bytes())?;
+        // hyper says `100 Continue` when the handler reads the body: its headers are checked.
+        let mut interim = [0_u8; 25];
+        stream.read_exact(&mut interim)?;
+        ensure!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{interim:?}");
+        deliveries.push(stream);
+    }
+    let crowd: Vec<TcpStream> = (0..2 * http::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(&world.listen))
+        .collect::<Result<_, _>>()?;
+    // Accepted in order: once a request after the crowd is answered, all of it was accepted.
+    assert_eq!(request(&world.listen, "GET", "/healthz")?.0, 200);
+    for mut delivery in deliveries {
+        delivery.write_all(body.as_bytes())?;
+        let mut answer = [0_u8; 12];
+        delivery.read_exact(&mut answer)?;
+        assert_eq!(&answer, b"HTTP/1.1 202", "a delivery was crowded out");
+    }
+    drop(crowd);
+    Ok(())
+}
+
 #[test]
 fn webhooks_arriving_during_a_run_become_one_more_run() -> Result<()> {
     let mut world = World::new("d-coalesce", "1h", "heal")?;

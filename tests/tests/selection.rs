@@ -162,6 +162,35 @@ fn draining_keeps_its_clients_and_maintenance_or_removal_drops_them() -> Result<
     Ok(())
 }
 
+/// An affinity entry holds only for the backend it was made for: b1 removed, then b3 added
+/// with b1's freed ID, b1's idle clients are not taken to b3 by their entries (dropped,
+/// counted), and b2's keep b2.
+#[test]
+fn affinity_never_follows_a_reused_backend_id() -> Result<()> {
+    let mut setup = Setup::new("affinity-reuse")?;
+    serve(&mut setup, 1..=3)?;
+    let affinity = "  sessionAffinity: {timeoutSeconds: 300}\n";
+    commit_and_apply(&setup, &web(&[(1, ""), (2, "")], affinity), "web")?;
+    let clients = setup.sandbox.client_cgroups(30)?;
+    let chosen = one_backend_each(&setup.sandbox.connect_from_cgroups(VIP, 1, &clients)?)?;
+    let on_b1 = chosen.values().filter(|b| *b == "b1").count() as u64;
+    ensure!(on_b1 > 0 && on_b1 < 30, "30 clients over two backends: {chosen:?}");
+    commit_and_apply(&setup, &web(&[(2, "")], affinity), "b1 goes")?;
+    commit_and_apply(&setup, &web(&[(2, ""), (3, "")], affinity), "b3 comes")?;
+    let before = events(&setup)?;
+    let after = one_backend_each(&setup.sandbox.connect_from_cgroups(VIP, 1, &clients)?)?;
+    let events = events(&setup)?;
+    let delta = |key: &str| -> Result<u64> { Ok(count(&events, key)? - count(&before, key)?) };
+    assert_eq!(delta("affinity_dropped")?, on_b1, "{events}");
+    assert_eq!(delta("affinity_hits")?, 30 - on_b1, "{events}");
+    for (client, backend) in &chosen {
+        if backend == "b2" {
+            assert_eq!(&after[client], "b2", "a client of b2 moved");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn affinity_lapses_after_the_timeout_without_a_connect() -> Result<()> {
     let mut setup = Setup::new("affinity-timeout")?;

@@ -301,6 +301,21 @@ fn empty_repository_is_a_clear_error() {
 }
 
 #[test]
+fn a_missing_repository_path_says_so() {
+    let cache = tempdir().unwrap();
+    let missing = cache.path().join("no-such-repo");
+    let file_url = format!("file://{}", missing.display());
+    for url in [missing.display().to_string(), file_url] {
+        let err = fetch_git(&spec(&url, cache.path())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("fetching {url}: no such repository (nothing at that path)")
+        );
+        assert!(err.is_transient(), "a path may yet be mounted");
+    }
+}
+
+#[test]
 fn missing_subdir_is_a_clear_error() {
     let repo = Repo::new();
     repo.write("services/web.yaml", "v: 1\n");

@@ -4,11 +4,12 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, Map, MapData};
-use reconciler_tests::{gitops::Setup, reconciler_path};
+use reconciler_tests::{gitops::Setup, reconciler_path, wait_for};
 use serde_json::Value;
 
 const DEFINITIONS: &str = "
@@ -60,9 +61,14 @@ impl Trace {
     }
 
     /// Ctrl-C, then every event it printed.
-    fn stop(mut self) -> Result<Vec<Value>> {
+    fn stop(self) -> Result<Vec<Value>> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// `signal`, then every event it printed.
+    fn stop_with(mut self, signal: i32) -> Result<Vec<Value>> {
         // SAFETY: signalling the PID of a child we started and have not reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.0.id() as i32, signal) };
         let stdout = self.0.stdout.take().context("trace's stdout")?;
         let events = BufReader::new(stdout)
             .lines()
@@ -79,6 +85,13 @@ impl Drop for Trace {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// What `TRACE_ON` holds: 0 when no tracer runs.
+fn trace_on(setup: &Setup) -> Result<u32> {
+    let on = MapData::from_pin(setup.sandbox.pin_path().join("TRACE_ON"))?;
+    let on: Array<MapData, u32> = Map::from_map_data(on)?.try_into()?;
+    Ok(on.get(&0, 0)?)
 }
 
 fn of<'a>(events: &'a [Value], kind: &str, service: &str) -> Vec<&'a Value> {
@@ -142,9 +155,7 @@ u.close()
     assert_eq!(of(&events, "getpeername", "web/http").len(), 1, "{events:#?}");
 
     // The event path is off again: the flag holds no tracer.
-    let on = MapData::from_pin(setup.sandbox.pin_path().join("TRACE_ON"))?;
-    let on: Array<MapData, u32> = Map::from_map_data(on)?.try_into()?;
-    assert_eq!(on.get(&0, 0)?, 0);
+    assert_eq!(trace_on(&setup)?, 0);
 
     // Filters: only the web service's events.
     let trace = Trace::start(&setup, &["--service", "web"])?;
@@ -153,5 +164,37 @@ u.close()
     let events = trace.stop()?;
     assert_eq!(events.len(), 3, "{events:#?}");
     assert!(events.iter().all(|e| e["service"] == "web/http"), "{events:#?}");
+    Ok(())
+}
+
+/// SIGTERM and SIGHUP end a trace as Ctrl-C does; a reader that goes away (`| head -1`)
+/// ends it too, quietly; each time the event path is off again.
+#[test]
+fn every_way_a_trace_ends_turns_the_event_path_off() -> Result<()> {
+    let mut setup = Setup::new("trace-ends")?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
+    setup.repo.write("services/all.yaml", DEFINITIONS);
+    setup.repo.commit("services");
+    setup.expect(0, "apply", &[])?;
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let trace = Trace::start(&setup, &[])?;
+        setup.sandbox.probe_tcp("10.96.0.10:80", 2)?;
+        assert_eq!(trace.stop_with(signal)?.len(), 2, "signal {signal}");
+        assert_eq!(trace_on(&setup)?, 0, "signal {signal}");
+    }
+    let mut trace = Trace::start(&setup, &[])?;
+    setup.sandbox.probe_tcp("10.96.0.10:80", 1)?;
+    let stdout = trace.0.stdout.take().context("trace's stdout")?;
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first)?;
+    ensure!(first.contains("connect"), "{first}");
+    // The reader is gone; the next event's write fails, and the trace ends.
+    let status = wait_for("the trace to end", Duration::from_secs(10), || {
+        setup.sandbox.probe_tcp("10.96.0.10:80", 1).ok()?;
+        trace.0.try_wait().ok()?
+    })?;
+    ensure!(status.success(), "trace ended with {status}");
+    assert_eq!(trace_on(&setup)?, 0);
     Ok(())
 }

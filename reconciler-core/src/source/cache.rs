@@ -102,6 +102,12 @@ impl Cache {
             true => SourceError::Timeout { url: self.url.clone(), after: timeouts.total },
             false => SourceError::Fetch { url: self.url.clone(), error },
         };
+        // libgit2 takes a missing local path for a URL it cannot parse ("unsupported URL
+        // protocol"); a path that may yet be mounted stays a transient error.
+        let local = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        if local.starts_with('/') && !Path::new(local).exists() {
+            return Err(SourceError::NoSuchRepository { url: self.url.clone() });
+        }
         let mut remote = self.repo.remote_anonymous(&self.url).map_err(fetch_error)?;
         let mut callbacks = callbacks(spec.ssh_key.as_deref());
         callbacks.transfer_progress(move |_| Instant::now() < deadline);

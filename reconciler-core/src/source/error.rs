@@ -8,6 +8,8 @@ pub enum SourceError {
     // The causes are part of the message, not `#[source]`s: a chain would print them twice.
     #[error("fetching {url}: {error}")]
     Fetch { url: String, error: git2::Error },
+    #[error("fetching {url}: no such repository (nothing at that path)")]
+    NoSuchRepository { url: String },
     #[error("fetching {url}: not done within {after:?} (source.timeout)")]
     Timeout { url: String, after: std::time::Duration },
     #[error("{}: {error}", path.display())]
@@ -36,6 +38,7 @@ impl SourceError {
         matches!(
             self,
             SourceError::Fetch { .. }
+                | SourceError::NoSuchRepository { .. }
                 | SourceError::Timeout { .. }
                 | SourceError::Io { .. }
                 | SourceError::Cache { .. }

@@ -73,18 +73,21 @@ pub fn run() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(FAILURE) } else { ExitCode::SUCCESS };
         }
     };
-    let (daemon, reads_git) = match &cli.command {
+    // Whether the process keeps Rust's default, SIGPIPE ignored, and whether it reads git.
+    let (ignores_sigpipe, reads_git) = match &cli.command {
         Command::Validate(_) | Command::Plan(_) => (false, true),
         #[cfg(feature = "dataplane")]
         Command::Apply(_) => (false, true),
+        // The daemon lives on; `trace` must clear its flag on the way out, so it ends on the
+        // write error instead (`reconciler trace | head`).
         #[cfg(feature = "dataplane")]
-        Command::Daemon(_) => (true, false),
+        Command::Daemon(_) | Command::Trace(_) => (true, false),
         #[cfg(feature = "dataplane")]
         _ => (false, false),
     };
-    if !daemon {
+    if !ignores_sigpipe {
         // Like other Unix tools, end quietly when the reader of our output goes away
-        // (`reconciler plan | head`). The daemon keeps Rust's default: SIGPIPE ignored.
+        // (`reconciler plan | head`).
         // SAFETY: setting a signal disposition before any other thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -1,6 +1,7 @@
 //! `reconciler trace`: the data plane's translations as they happen, one line (or JSON object)
-//! each, until Ctrl-C (or SIGTERM).
+//! each, until Ctrl-C (or SIGTERM, SIGHUP, or its reader going away: `| head`).
 use std::{
+    io::Write as _,
     net::IpAddr,
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -30,7 +31,8 @@ pub struct TraceArgs {
     output: Output,
 }
 
-/// Set by SIGINT/SIGTERM: the loop ends, and the tracer clears its flag on the way out.
+/// Set by SIGINT, SIGTERM, SIGHUP or a closed stdout: the loop ends, and the tracer clears
+/// its flag on the way out.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn stop(_: libc::c_int) {
@@ -45,6 +47,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     unsafe {
         libc::signal(libc::SIGINT, stop as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, stop as *const () as libc::sighandler_t);
     }
     let mut tracer = Tracer::start(pin_path)?;
     let dropped_at_start = tracer.dropped()?;
@@ -61,8 +64,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             let service = names.get(&event.service_id).cloned().unwrap_or_default();
-            if wanted(&args, vip, &event, &service) {
-                print(&args.output, &event, &service)?;
+            if wanted(&args, vip, &event, &service) && print(&args.output, &event, &service)? {
+                // The reader went away (`| head`): the end, as for Ctrl-C.
+                STOP.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -99,27 +103,33 @@ fn wanted(
     service_ok && vip_ok
 }
 
-fn print(output: &Output, event: &Event, service: &str) -> anyhow::Result<()> {
+/// Writes `event`; whether stdout is closed (its reader gone), which ends the trace.
+fn print(output: &Output, event: &Event, service: &str) -> anyhow::Result<bool> {
     let time = reconciler::clock::monotonic_to_rfc3339(event.monotonic_ns);
-    match output {
+    let line = match output {
         Output::Json => {
             let mut value = serde_json::to_value(event)?;
             if let Some(object) = value.as_object_mut() {
                 object.insert("time".into(), time.into());
                 object.insert("service".into(), service.into());
             }
-            println!("{value}");
+            value.to_string()
         }
         Output::Text => {
             let target = match (event.backend, event.reason) {
                 (Some(backend), _) => backend.to_string(),
                 (None, reason) => format!("refused ({})", reason.unwrap_or("?")),
             };
-            println!(
+            format!(
                 "{time} pid {} ({}) cgroup {} {} {} -> {target} {service} {}",
                 event.pid, event.comm, event.cgroup_id, event.protocol, event.vip, event.event
-            );
+            )
         }
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }

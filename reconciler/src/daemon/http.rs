@@ -2,13 +2,17 @@
 //! `POST /reconcile`. axum routes the requests; each connection is served by hyper's HTTP/1
 //! with a header read timeout and an overall deadline, so slow and idle clients cannot hold
 //! connections for ever; at most [`MAX_CONNECTIONS`] are open, the oldest closed to make room
-//! for a new one, so idle clients cannot keep out a probe of `/healthz`; and the accept loop
+//! for a new one (one carrying a signed webhook delivery only when all are), so idle clients
+//! cannot keep out a probe of `/healthz` nor crowd out a delivery; and the accept loop
 //! backs off on errors (EMFILE repeats until a descriptor is freed: retrying at once would
 //! spin).
 use std::{
     collections::VecDeque,
     io,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -18,7 +22,7 @@ use axum::{
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper_util::{
@@ -52,7 +56,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// The routes, over the state they read.
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -110,15 +114,19 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
 /// itself, so a webhook cannot choose what is applied.
 async fn reconcile(
     State(shared): State<Arc<Shared>>,
+    Extension(delivering): Extension<Delivering>,
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, &'static str) {
-    let (code, result, message) = match read_webhook(&shared, &headers, body).await {
+    let (code, result, message) = match read_webhook(&shared, &headers, body, &delivering).await {
         Ok(()) => {
             shared.request_run();
             (StatusCode::ACCEPTED, "accepted", "reconcile triggered\n")
         }
-        Err(refusal) => refusal,
+        Err(refusal) => {
+            delivering.set(false);
+            refusal
+        }
     };
     shared.metrics().webhook_request(result);
     (code, message)
@@ -127,7 +135,12 @@ async fn reconcile(
 /// Why a webhook is refused: its status, the metric's label, the answer.
 type Refusal = (StatusCode, &'static str, &'static str);
 
-async fn read_webhook(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+async fn read_webhook(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    delivering: &Delivering,
+) -> Result<(), Refusal> {
     const TOO_LARGE: Refusal =
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the body is over 32 MiB\n");
     let unauthorized =
@@ -140,6 +153,7 @@ async fn read_webhook(shared: &Shared, headers: &HeaderMap, body: Body) -> Resul
         Some(secret) => Some(secret.check(headers).map_err(unauthorized)?),
         None => None,
     };
+    delivering.set(check.is_some());
     let mut body = Limited::new(body, MAX_BODY as usize);
     while let Some(frame) = body.frame().await {
         match frame {
@@ -162,8 +176,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = router(shared);
     let mut backoff = ACCEPT_BACKOFF.0;
     // Oldest first. A probe after a thousand idle connections is served: each new connection
-    // past the bound closes the oldest, which such a crowd's are.
-    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
+    // past the bound closes the oldest that carries no signed webhook delivery.
+    let mut open: VecDeque<Open> = VecDeque::new();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
@@ -177,13 +191,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        open.retain(|connection| !connection.is_finished());
+        open.retain(|connection| !connection.task.is_finished());
         if open.len() >= MAX_CONNECTIONS {
-            if let Some(oldest) = open.pop_front() {
-                oldest.abort();
+            // Unauthenticated connections go first: a crowd of them cannot close a delivery.
+            let victim = open.iter().position(|c| !c.delivering.is_set()).unwrap_or(0);
+            if let Some(victim) = open.remove(victim) {
+                victim.task.abort();
             }
         }
-        let service = TowerToHyperService::new(app.clone());
+        let delivering = Delivering::default();
+        let service = TowerToHyperService::new(app.clone().layer(Extension(delivering.clone())));
         let connection = tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -192,7 +209,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
         });
-        open.push_back(connection.abort_handle());
+        open.push_back(Open { task: connection.abort_handle(), delivering });
+    }
+}
+
+/// An open connection: its task, and whether it carries a signed webhook delivery.
+struct Open {
+    task: tokio::task::AbortHandle,
+    delivering: Delivering,
+}
+
+/// Set while a connection's webhook delivery has passed the check of its headers (a
+/// signature to verify against the body, or a GitLab token that matched), and after it
+/// passed the whole check; cleared when a delivery fails it. Such a connection is closed to
+/// make room only when every open connection is one.
+#[derive(Clone, Default)]
+struct Delivering(Arc<AtomicBool>);
+
+impl Delivering {
+    fn set(&self, delivering: bool) {
+        self.0.store(delivering, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
