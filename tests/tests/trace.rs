@@ -94,18 +94,24 @@ fn trace_on(setup: &Setup) -> Result<u32> {
     Ok(on.get(&0, 0)?)
 }
 
+/// A sandbox named `name` with `DEFINITIONS` applied and web's and dns's backends serving.
+fn applied(name: &str) -> Result<Setup> {
+    let mut setup = Setup::new(name)?;
+    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
+    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
+    setup.repo.write("services/all.yaml", DEFINITIONS);
+    setup.repo.commit("services");
+    setup.expect(0, "apply", &[])?;
+    Ok(setup)
+}
+
 fn of<'a>(events: &'a [Value], kind: &str, service: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind && e["service"] == service).collect()
 }
 
 #[test]
 fn trace_shows_every_translation_while_it_runs_and_stops_cleanly() -> Result<()> {
-    let mut setup = Setup::new("trace")?;
-    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
-    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
-    setup.repo.write("services/all.yaml", DEFINITIONS);
-    setup.repo.commit("services");
-    setup.expect(0, "apply", &[])?;
+    let setup = applied("trace")?;
 
     let trace = Trace::start(&setup, &[])?;
     let result = setup.sandbox.probe_tcp("10.96.0.10:80", 7)?;
@@ -171,12 +177,7 @@ u.close()
 /// ends it too, quietly; each time the event path is off again.
 #[test]
 fn every_way_a_trace_ends_turns_the_event_path_off() -> Result<()> {
-    let mut setup = Setup::new("trace-ends")?;
-    setup.sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
-    setup.sandbox.serve_udp("127.0.0.21:5300", "d21")?;
-    setup.repo.write("services/all.yaml", DEFINITIONS);
-    setup.repo.commit("services");
-    setup.expect(0, "apply", &[])?;
+    let setup = applied("trace-ends")?;
     for signal in [libc::SIGTERM, libc::SIGHUP] {
         let trace = Trace::start(&setup, &[])?;
         setup.sandbox.probe_tcp("10.96.0.10:80", 2)?;
@@ -196,5 +197,69 @@ fn every_way_a_trace_ends_turns_the_event_path_off() -> Result<()> {
     })?;
     ensure!(status.success(), "trace ended with {status}");
     assert_eq!(trace_on(&setup)?, 0);
+    Ok(())
+}
+
+/// A tracer killed in a PID namespace of its own leaves its flag, PID 1: `status` says it is
+/// stale (PID 1 is alive here, yet no tracer runs). Of two tracers started together, exactly
+/// one runs and takes the stale flag over; the other is refused.
+#[test]
+fn a_killed_tracers_flag_is_stale_and_only_one_tracer_runs() -> Result<()> {
+    let setup = applied("trace-stale")?;
+    // In a PID namespace of its own, where it is PID 1 (so is init here), killed with it.
+    let mut killed = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(reconciler_path()?)
+        .args(["trace", "--pin-path"])
+        .arg(setup.sandbox.pin_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running unshare (util-linux)")?;
+    let mut line = String::new();
+    BufReader::new(killed.stderr.take().context("stderr")?).read_line(&mut line)?;
+    ensure!(line.starts_with("Tracing"), "trace said {line:?}");
+    killed.kill()?;
+    killed.wait()?;
+    assert_eq!(trace_on(&setup)?, 1);
+    // The tracer dies of its parent's death (`--kill-child`), just after it.
+    let stale = serde_json::json!({"state": "stale", "pid": 1});
+    wait_for("the killed tracer's flag to be stale", Duration::from_secs(10), || {
+        setup.status().ok().filter(|s| s["trace"] == stale)
+    })?;
+
+    let pair: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(reconciler_path()?)
+                .args(["trace", "--output", "json", "--pin-path"])
+                .arg(setup.sandbox.pin_path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(Into::into)
+        })
+        .collect::<Result<_>>()?;
+    let mut runner = None;
+    let mut refusals = Vec::new();
+    for mut child in pair {
+        let stderr = child.stderr.take().context("trace's stderr")?;
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line)?;
+        if line.starts_with("Tracing") {
+            runner = Some(Trace(child));
+        } else {
+            refusals.push((child.wait()?, line));
+        }
+    }
+    let runner = runner.with_context(|| format!("neither tracer runs: {refusals:?}"))?;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let (status, line) = &refusals[0];
+    assert_eq!(status.code(), Some(1), "{line}");
+    assert!(line.contains("another `reconciler trace`"), "{line}");
+    let status = setup.status()?;
+    assert_eq!(status["trace"]["state"], "running", "{status}");
+    setup.sandbox.probe_tcp("10.96.0.10:80", 1)?;
+    assert_eq!(runner.stop()?.len(), 1);
+    assert_eq!(setup.status()?["trace"]["state"], "off");
     Ok(())
 }

@@ -6,7 +6,9 @@ use reconciler::{
     clock::rfc3339_utc,
     counters::Counters,
     daemon::{config::DriftMode, status::DaemonStatus},
-    dataplane::{self, Dataplane, Events, Footprint, LiveState, LARGE_HOST_CPUS},
+    dataplane::{
+        self, trace::TraceState, Dataplane, Events, Footprint, LiveState, LARGE_HOST_CPUS,
+    },
 };
 use reconciler_common::ExcludedCgroup;
 use reconciler_core::state::MapState;
@@ -67,6 +69,8 @@ struct Report<'a> {
     /// Whether the kernel destroys the sockets of removed backends (`None`: the question
     /// failed, as the daemon's start only warns of it).
     socket_destroy: Option<bool>,
+    /// Whom the event path is on for.
+    trace: TraceState,
 }
 
 impl<'a> Report<'a> {
@@ -83,6 +87,7 @@ impl<'a> Report<'a> {
         let footprint = dataplane.footprint()?;
         let excluded = dataplane.excluded()?;
         let socket_destroy = dataplane::socket_destroy_supported().ok();
+        let trace = dataplane::trace::trace_state(pin_path)?;
         Ok(Report {
             pin_path,
             live,
@@ -92,6 +97,7 @@ impl<'a> Report<'a> {
             footprint,
             excluded,
             socket_destroy,
+            trace,
         })
     }
 
@@ -143,6 +149,16 @@ impl<'a> Report<'a> {
                  connected UDP sockets of removed backends keep sending to them"
             );
         }
+        match self.trace {
+            TraceState::Off => {}
+            TraceState::Running { pid } => {
+                println!("Trace:        on, for the tracer of PID {pid}")
+            }
+            TraceState::Stale { pid } => println!(
+                "Trace:        on for PID {pid}, which no longer runs (killed?): events are \
+                 written for nobody until the next `reconciler trace` takes over"
+            ),
+        }
         print_footprint(&self.footprint);
         if let Some(counters) = &self.counters {
             print_counters(counters);
@@ -172,6 +188,7 @@ impl<'a> Report<'a> {
             "counters": self.counters,
             "memory": footprint_json(&self.footprint),
             "socket_destroy_supported": self.socket_destroy,
+            "trace": self.trace,
             "excluded": self
                 .excluded
                 .iter()

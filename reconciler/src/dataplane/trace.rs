@@ -1,9 +1,16 @@
 //! `reconciler trace`'s side of the `TRACE` ring buffer: one tracer at a time announces itself
 //! in `TRACE_ON` (its PID; the programs skip the event path while it is 0), reads events as
-//! they come, and clears `TRACE_ON` when it ends. A tracer that died without clearing it
-//! leaves its PID there: the programs keep writing into a ring nobody reads (each event
-//! dropped, counted) until the next tracer takes over.
+//! they come, and clears `TRACE_ON` when it ends.
+//!
+//! Which tracer runs is not told by the PID (a tracer in a PID namespace of its own is PID
+//! 1 there, and a dead one's PID is reused) but by a lock the kernel drops with its holder:
+//! a running tracer holds `flock` on its own open of the `TRACE_ON` pin. So of two tracers
+//! started together exactly one runs, and a flag left by a tracer that was killed is known
+//! stale (`status` says so) and taken over by the next tracer. (A pin opens only for a map
+//! with BTF; for an older build's map without, the PID decides, as it did then.)
 use std::{
+    fs::File,
+    io,
     net::SocketAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
@@ -21,12 +28,58 @@ use super::{
     pins::typed_map,
 };
 
-/// A running tracer: the ring buffer, and the flag it set.
+/// A running tracer: the ring buffer, the flag it set and the lock that says it runs.
 pub struct Tracer {
     ring: RingBuf<MapData>,
     on: Array<MapData, u32>,
     drops: PerCpuArray<MapData, u64>,
     pid: u32,
+    _lock: Option<File>,
+}
+
+/// Whom the event path is on for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TraceState {
+    /// No tracer: the programs skip the event path.
+    Off,
+    /// A tracer runs.
+    Running { pid: u32 },
+    /// The flag of a tracer that ended without clearing it (killed): the programs write
+    /// events nobody reads until the next tracer takes over.
+    Stale { pid: u32 },
+}
+
+/// Whom the event path of the data plane at `pin_path` is on for.
+pub fn trace_state(pin_path: &Path) -> Result<TraceState> {
+    let on: Array<MapData, u32> = typed_map(pin_path, "TRACE_ON")?;
+    let pid = on.get(&0, 0).map_err(map_err("reading TRACE_ON"))?;
+    if pid == 0 {
+        return Ok(TraceState::Off);
+    }
+    let running = match lock_file(pin_path) {
+        Some(file) => !try_lock(&file, libc::LOCK_SH),
+        None => Path::new(&format!("/proc/{pid}")).exists(),
+    };
+    Ok(if running { TraceState::Running { pid } } else { TraceState::Stale { pid } })
+}
+
+/// A new open of the `TRACE_ON` pin, to lock; `None` where the pin does not open (a map
+/// without BTF, of an older build).
+fn lock_file(pin_path: &Path) -> Option<File> {
+    File::open(pin_path.join("TRACE_ON")).ok()
+}
+
+/// Whether `flock(operation)` on `file` was granted at once.
+fn try_lock(file: &File, operation: libc::c_int) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let granted = unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0;
+    if !granted {
+        let error = io::Error::last_os_error();
+        // Anything but "held by another" (no locks on this file system): not ours to judge.
+        return error.kind() != io::ErrorKind::WouldBlock;
+    }
+    true
 }
 
 /// One translation, as `reconciler trace` shows it.
@@ -50,18 +103,26 @@ pub struct Event {
 }
 
 impl Tracer {
-    /// Starts tracing the data plane at `pin_path`; refused while another tracer runs.
+    /// Starts tracing the data plane at `pin_path`; refused while another tracer runs. A
+    /// stale flag (its tracer killed) is taken over.
     pub fn start(pin_path: &Path) -> Result<Tracer> {
         let mut on: Array<MapData, u32> = typed_map(pin_path, "TRACE_ON")?;
         let running = on.get(&0, 0).map_err(map_err("reading TRACE_ON"))?;
-        if running != 0 && Path::new(&format!("/proc/{running}")).exists() {
-            return Err(DataplaneError::TracerRunning { pid: running });
+        let lock = lock_file(pin_path);
+        let refused = match &lock {
+            Some(file) => !try_lock(file, libc::LOCK_EX),
+            None => running != 0 && Path::new(&format!("/proc/{running}")).exists(),
+        };
+        if refused {
+            // Read again: a tracer that won the lock just now has written its PID since.
+            let pid = on.get(&0, 0).unwrap_or(running);
+            return Err(DataplaneError::TracerRunning { pid });
         }
         let ring: RingBuf<MapData> = typed_map(pin_path, "TRACE")?;
         let drops: PerCpuArray<MapData, u64> = typed_map(pin_path, "TRACE_DROPS")?;
         let pid = std::process::id();
         on.set(0, pid, 0).map_err(map_err("writing TRACE_ON"))?;
-        Ok(Tracer { ring, on, drops, pid })
+        Ok(Tracer { ring, on, drops, pid, _lock: lock })
     }
 
     /// The events waiting in the ring, oldest first (none if it is empty).
