@@ -13,6 +13,7 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
+pub mod private_dir;
 pub mod source;
 pub mod state;
 pub mod validate;

@@ -9,7 +9,6 @@
 //! of the maps is confirmed against the maps before anything is written.
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -17,7 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use reconciler_core::{limits, model::Service, state::MapState};
+use reconciler_core::{limits, model::Service, private_dir, state::MapState};
 
 /// A digest of the sources this binary was built from (see `build.rs`).
 pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");
@@ -87,6 +86,9 @@ impl Memo {
     fn read(path: &Path) -> Result<Memo, MemoError> {
         let io = |error| MemoError::Io { path: path.to_owned(), error };
         let unusable = |reason| MemoError::Unusable { path: path.to_owned(), reason };
+        if let Some(dir) = path.parent().filter(|dir| dir.exists()) {
+            private_dir::check(dir).map_err(|_| unusable("in a directory others can change"))?;
+        }
         let bytes = limits::read(path, limits::MAX_MEMO_BYTES).map_err(io)?;
         let header = MAGIC.len() + BUILD_ID.len() + 32;
         if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
@@ -103,28 +105,21 @@ impl Memo {
         postcard::from_bytes(body).map_err(|_| unusable("damaged (does not decode)"))
     }
 
-    /// Writes the memo to `path` atomically (a new file renamed over the old one).
+    /// Writes the memo to `path` atomically (a new file renamed over the old one), in a
+    /// directory only this user can change (`private_dir`).
     pub fn save(&self, path: &Path) -> Result<(), MemoError> {
         let io = |error| MemoError::Io { path: path.to_owned(), error };
         let body = postcard::to_stdvec(self)
             .map_err(|error| MemoError::Encode { path: path.to_owned(), error })?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            private_dir::ensure(dir).map_err(|e| io(std::io::Error::other(e)))?;
         }
-        let partial = path.with_extension(format!("partial.{}", std::process::id()));
-        let written = std::fs::File::create(&partial).and_then(|mut file| {
-            file.write_all(MAGIC)?;
-            file.write_all(BUILD_ID.as_bytes())?;
-            file.write_all(&sha2::Sha256::digest(&body))?;
-            file.write_all(&body)
-        });
-        match written.and_then(|()| std::fs::rename(&partial, path)) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let _ = std::fs::remove_file(&partial);
-                Err(io(error))
-            }
-        }
+        let mut bytes = Vec::with_capacity(MAGIC.len() + BUILD_ID.len() + 32 + body.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(BUILD_ID.as_bytes());
+        bytes.extend_from_slice(&sha2::Sha256::digest(&body));
+        bytes.extend_from_slice(&body);
+        private_dir::write_atomically(path, &bytes).map_err(io)
     }
 
     /// Records `record`, and keeps the parses its files and `files` need.

@@ -407,3 +407,31 @@ fn fifty_thousand_services_validate_and_plan_within_512_mib_or_are_refused_namin
     assert_eq!(output.status.code(), Some(1), "{}", both(&output));
     assert!(stdout(&output).contains("the data plane holds"), "{}", both(&output));
 }
+
+/// A cache directory another user made first (in a shared place, say `/tmp/reconciler`) is
+/// refused, naming its owner, before anything is read from it or written into it: a link
+/// planted there where a memo would be written is never followed.
+#[test]
+fn a_cache_directory_another_user_owns_is_refused_and_nothing_is_written_there() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = Repo::new();
+    repo.write("services/web.yaml", SERVICE);
+    repo.commit("web");
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let precious = root.path().join("precious");
+    std::fs::write(&precious, "precious").unwrap();
+    std::os::unix::fs::symlink(&precious, cache.join("memo")).unwrap();
+    let cache_dir = cache.display().to_string();
+    let args = ["plan", "--repo", &repo.url(), "--cache-dir", &cache_dir, "--pin-path", NO_INSTALL];
+    let output = reconciler(root.path(), &args);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let owner = format!("cache directory {cache_dir}: owned by uid 65534, not by this user");
+    assert!(both(&output).contains(&owner), "{}", both(&output));
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(entries.len(), 1, "only the planted link: {entries:?}");
+}

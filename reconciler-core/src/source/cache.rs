@@ -27,6 +27,7 @@ pub(super) fn with_cache<T>(
     work: impl Fn(&Cache) -> Result<T, SourceError>,
 ) -> Result<T, SourceError> {
     let url = absolute_url(&spec.url)?;
+    crate::private_dir::ensure(&spec.cache_dir).map_err(SourceError::CacheDir)?;
     let path = spec.cache_dir.join(cache_name(&url));
     let _lock = lock_cache(&path)?;
     let first = Cache::open(url.clone(), path.clone()).and_then(|cache| work(&cache));

@@ -14,6 +14,8 @@ pub enum SourceError {
     Timeout { url: String, after: std::time::Duration },
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: std::io::Error },
+    #[error("cache directory {0}")]
+    CacheDir(crate::private_dir::PrivateDirError),
     #[error("git cache {}: {error}", path.display())]
     Cache { path: PathBuf, error: git2::Error },
     #[error("{url} has no commit at HEAD (an empty repository, or its default branch has none)")]
@@ -41,6 +43,7 @@ impl SourceError {
                 | SourceError::NoSuchRepository { .. }
                 | SourceError::Timeout { .. }
                 | SourceError::Io { .. }
+                | SourceError::CacheDir(_)
                 | SourceError::Cache { .. }
         )
     }

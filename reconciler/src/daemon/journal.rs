@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use reconciler_core::validate::Diagnostic;
+use reconciler_core::{private_dir, validate::Diagnostic};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -56,15 +56,21 @@ impl Journal {
             pin_path: pin_path.clone(),
             ..Contents::default()
         };
-        let read = reconciler_core::limits::read_to_string(
-            &path,
-            reconciler_core::limits::MAX_FILE_BYTES as u64,
-        )
-        .ok()
-        .and_then(|text| serde_json::from_str::<Contents>(&text).ok())
-        .filter(|c| {
-            c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
-        });
+        // A journal in a directory others can change is theirs, not ours: not read.
+        let private = path.parent().is_some_and(|dir| private_dir::check(dir).is_ok());
+        let read = private
+            .then(|| {
+                reconciler_core::limits::read_to_string(
+                    &path,
+                    reconciler_core::limits::MAX_FILE_BYTES as u64,
+                )
+                .ok()
+            })
+            .flatten()
+            .and_then(|text| serde_json::from_str::<Contents>(&text).ok())
+            .filter(|c| {
+                c.format_version == FORMAT_VERSION && c.source == source && c.pin_path == pin_path
+            });
         Journal { path, contents: read.unwrap_or(fresh) }
     }
 
@@ -125,17 +131,15 @@ impl Journal {
         }
     }
 
-    /// Writes the journal whole (a new file renamed over the old), so a crash never leaves
-    /// half of one. A journal that cannot be written is logged, not fatal: it only makes a
-    /// restart forget.
+    /// Writes the journal whole (a new file renamed over the old, in a directory only this
+    /// user can change, never through a planted link), so a crash never leaves half of one.
+    /// A journal that cannot be written is logged, not fatal: it only makes a restart forget.
     fn save(&self) {
         let write = || -> std::io::Result<()> {
             if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
+                private_dir::ensure(dir).map_err(std::io::Error::other)?;
             }
-            let partial = self.path.with_extension("json.partial");
-            std::fs::write(&partial, serde_json::to_vec_pretty(&self.contents)?)?;
-            std::fs::rename(&partial, &self.path)
+            private_dir::write_atomically(&self.path, &serde_json::to_vec_pretty(&self.contents)?)
         };
         if let Err(e) = write() {
             tracing::warn!(path = %self.path.display(), "writing the daemon's journal: {e}");
@@ -195,5 +199,28 @@ mod tests {
         let other =
             Journal::open(dir.path(), "git://y/other.git", Path::new("/sys/fs/bpf/reconciler"));
         assert_eq!(other.contents.attempt, None);
+    }
+
+    #[test]
+    fn a_journal_in_a_directory_another_user_owns_is_neither_read_nor_written() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shared");
+        std::fs::create_dir(&dir).unwrap();
+        open(&dir).start("abc");
+        open(&dir).start("abc");
+        // Someone else's directory (made first, say in /tmp), with that journal in it and a
+        // link planted where the next write would go.
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let precious = root.path().join("precious");
+        std::fs::write(&precious, "precious").unwrap();
+        let path = open(&dir).path;
+        let partial = path.with_extension(format!("partial.{}", std::process::id()));
+        std::os::unix::fs::symlink(&precious, partial).unwrap();
+        let mut journal = open(&dir);
+        assert_eq!(journal.failure("t"), None, "a planted journal was believed");
+        journal.start("def");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
     }
 }
