@@ -245,6 +245,8 @@ pub struct Signed<'a> {
 pub enum Unverified {
     #[error("it is not signed")]
     Unsigned,
+    #[error("{what} is {size} bytes; at most {max} are checked (a signature is a few KiB)")]
+    TooLarge { what: &'static str, size: usize, max: usize },
     #[error("no annotated tag points at it")]
     NoSignedTag,
     #[error("its signature is neither SSH nor OpenPGP (X.509 is not accepted)")]

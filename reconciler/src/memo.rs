@@ -9,6 +9,7 @@
 //! of the maps is confirmed against the maps before anything is written.
 use std::{
     collections::BTreeMap,
+    io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -89,16 +90,22 @@ impl Memo {
         if let Some(dir) = path.parent().filter(|dir| dir.exists()) {
             private_dir::check(dir).map_err(|_| unusable("in a directory others can change"))?;
         }
-        let bytes = limits::read(path, limits::MAX_MEMO_BYTES).map_err(io)?;
-        let header = MAGIC.len() + BUILD_ID.len() + 32;
-        if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
+        // The header first: a file that is no memo of this build is not read on.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut header = vec![0; MAGIC.len() + BUILD_ID.len() + 32];
+        if file.read_exact(&mut header).is_err() || &header[..MAGIC.len()] != MAGIC {
             return Err(unusable("not a memo file"));
         }
-        let (build, rest) = bytes[MAGIC.len()..].split_at(BUILD_ID.len());
+        let (build, checksum) = header[MAGIC.len()..].split_at(BUILD_ID.len());
         if build != BUILD_ID.as_bytes() {
             return Err(unusable("written by another build"));
         }
-        let (checksum, body) = rest.split_at(32);
+        let mut body = Vec::new();
+        file.take(limits::MAX_MEMO_BYTES + 1).read_to_end(&mut body).map_err(io)?;
+        if body.len() as u64 > limits::MAX_MEMO_BYTES {
+            return Err(unusable("larger than any memo"));
+        }
+        let body = &body[..];
         if sha2::Sha256::digest(body).as_slice() != checksum {
             return Err(unusable("damaged (checksum mismatch)"));
         }

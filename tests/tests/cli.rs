@@ -455,6 +455,32 @@ fn signed_commits_pass_and_every_other_commit_is_refused_saying_why() {
     refused_because(&s.plan(&only_alice, &[]), "which the allowed signers do not list");
 }
 
+/// A signature block over 64 KiB is refused unparsed, and a commit object over 1 MiB unread:
+/// a pushed commit with a huge `gpgsig` header costs a check nothing.
+#[test]
+fn huge_signatures_are_refused_before_they_are_parsed() {
+    let s = Signers::new();
+    let alice = &s.alice.1;
+    let only_alice = s.allowed(&[format!("test@example.com namespaces=\"git\" {alice}")]);
+    let signed = s.repo.commit_signed("signed by alice", &s.alice.0);
+    let raw = s.repo.git(&["cat-file", "commit", &signed]) + "\n";
+    // The signature's armor, padded: each continuation line of a header starts with a space.
+    let (head, rest) = raw.split_once("-----END SSH SIGNATURE-----").unwrap();
+    for (lines, why) in [(1_500, "its signature is"), (20_000, "the commit object is")] {
+        let padding = " AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+            .repeat(lines);
+        let huge = format!("{head}{padding} -----END SSH SIGNATURE-----{rest}");
+        let file = s.keys.path().join("huge");
+        std::fs::write(&file, huge).unwrap();
+        let object =
+            s.repo.git(&["hash-object", "-t", "commit", "-w", &file.display().to_string()]);
+        s.repo.git(&["update-ref", "refs/heads/main", &object]);
+        refused_because(&s.plan(&only_alice, &[]), why);
+    }
+    let stderr = String::from_utf8_lossy(&s.plan(&only_alice, &[]).stderr).into_owned();
+    assert!(stderr.contains("at most 1048576 are checked"), "{stderr}");
+}
+
 #[test]
 fn in_tag_mode_a_signed_tag_must_point_at_the_commit() {
     let s = Signers::new();

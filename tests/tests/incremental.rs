@@ -387,6 +387,11 @@ fn a_damaged_or_foreign_memo_is_ignored_and_rewritten() -> Result<()> {
         ensure!(err.contains("warning: ") && err.contains("ignored"), "{what}: {err}");
         ensure!(out.contains("~ service \"web\""), "{what}: {out}");
     }
+    // 1.5 GiB of zeros (sparse): refused by its first bytes, not read whole.
+    std::fs::File::create(&file)?.set_len(3 << 29)?;
+    let plan = setup.run("plan", &[])?;
+    let err = String::from_utf8_lossy(&plan.stderr);
+    ensure!(err.contains("not a memo file; ignored"), "{err}");
     setup.expect(0, "apply", &[])?;
     setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.13", 1)]));
     setup.repo.commit("web: a third backend");

@@ -3,7 +3,10 @@
 use git2::{ErrorCode, Oid};
 
 use super::{cache::Cache, error::SourceError};
-use crate::verify::{Mode, Signed, Unverified, Verify};
+use crate::{
+    limits::{MAX_SIGNATURE_BYTES, MAX_SIGNED_OBJECT_BYTES},
+    verify::{Mode, Signed, Unverified, Verify},
+};
 
 impl Cache {
     /// Whether `commit` (or, in tag mode, an annotated tag pointing at it) is signed as
@@ -17,6 +20,7 @@ impl Cache {
 
     /// The commit's own signature, by its committer.
     fn verify_commit(&self, commit: Oid, verify: &Verify) -> Result<(), SourceError> {
+        self.refuse_large(commit, "the commit object")?;
         let (signature, data) = match self.repo.extract_signature(&commit, None) {
             Ok(found) => found,
             Err(e) if e.code() == ErrorCode::NotFound => {
@@ -26,6 +30,7 @@ impl Cache {
         };
         let committer =
             self.repo.find_commit(commit).map_err(self.cache_error())?.committer().to_owned();
+        signature_within_limit(commit, signature.len())?;
         let signed = Signed {
             signature: std::str::from_utf8(&signature).unwrap_or_default(),
             data: &data,
@@ -47,11 +52,22 @@ impl Cache {
             if tag.target_id() != commit {
                 continue;
             }
+            let (size, _) = odb.read_header(tag.id()).map_err(self.cache_error())?;
+            if size > MAX_SIGNED_OBJECT_BYTES {
+                let max = MAX_SIGNED_OBJECT_BYTES;
+                refusal.get_or_insert(Unverified::TooLarge { what: "the tag object", size, max });
+                continue;
+            }
             let raw = odb.read(tag.id()).map_err(self.cache_error())?;
             let Some((data, signature)) = split_signature(raw.data()) else {
                 refusal.get_or_insert(Unverified::Unsigned);
                 continue;
             };
+            if signature.len() > MAX_SIGNATURE_BYTES {
+                let (size, max) = (signature.len(), MAX_SIGNATURE_BYTES);
+                refusal.get_or_insert(Unverified::TooLarge { what: "its signature", size, max });
+                continue;
+            }
             let tagger = tag.tagger().map(|t| t.to_owned());
             let signed = Signed {
                 signature,
@@ -68,6 +84,28 @@ impl Cache {
         }
         Err(refused(commit, refusal.unwrap_or(Unverified::NoSignedTag)))
     }
+}
+
+impl Cache {
+    /// Refuses `object` unread when its header says it is over [`MAX_SIGNED_OBJECT_BYTES`].
+    fn refuse_large(&self, object: Oid, what: &'static str) -> Result<(), SourceError> {
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let (size, _) = odb.read_header(object).map_err(self.cache_error())?;
+        if size > MAX_SIGNED_OBJECT_BYTES {
+            let max = MAX_SIGNED_OBJECT_BYTES;
+            return Err(refused(object, Unverified::TooLarge { what, size, max }));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses `commit` when its signature block is over [`MAX_SIGNATURE_BYTES`], unparsed.
+fn signature_within_limit(commit: Oid, size: usize) -> Result<(), SourceError> {
+    if size > MAX_SIGNATURE_BYTES {
+        let max = MAX_SIGNATURE_BYTES;
+        return Err(refused(commit, Unverified::TooLarge { what: "its signature", size, max }));
+    }
+    Ok(())
 }
 
 /// The error for `commit`, refused for `reason`.
