@@ -98,6 +98,37 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// The 32-byte key in `path` (in a directory that passed [`check`]: 32 bytes, readable by
+/// this user alone), made from the kernel's random numbers if there is none. Two processes
+/// making it at once agree: the file is linked into place only if none is there.
+pub fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut key = [0_u8; 32];
+    match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(mut file) => {
+            let meta = file.metadata()?;
+            if !meta.is_file() || meta.len() != 32 || meta.mode() & 0o077 != 0 {
+                let message = format!("{}: not a key (32 bytes, mode 0600)", path.display());
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+            }
+            file.read_exact(&mut key)?;
+            return Ok(key);
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let partial = path.with_extension(format!("partial.{}", std::process::id()));
+    write_atomically(&partial, &key)?;
+    let linked = fs::hard_link(&partial, path);
+    let _ = fs::remove_file(&partial);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => node_key(path),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
@@ -135,5 +166,16 @@ mod tests {
         fs::remove_file(&partial).unwrap();
         write_atomically(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn the_node_key_is_made_once_and_kept_private() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("node.key");
+        let key = node_key(&path).unwrap();
+        assert_eq!(node_key(&path).unwrap(), key);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(node_key(&path).is_err(), "a key others may read is no key");
     }
 }

@@ -5,8 +5,14 @@
 //! generation and revision the maps themselves record, and the whole by `BUILD_ID` (a digest
 //! of this build's sources), so a build whose rules differ never reads them. The CLI keeps
 //! them in a file under the cache directory, the daemon in memory. A file that is damaged,
-//! cut short or another build's is ignored and rebuilt, never trusted; and what it records
-//! of the maps is confirmed against the maps before anything is written.
+//! cut short, another build's or not authenticated is ignored and rebuilt, never trusted;
+//! and what it records of the maps is confirmed against the maps before anything is written.
+//!
+//! The file is authenticated by an HMAC-SHA256 under this node's key (`node.key` beside it,
+//! 32 random bytes, readable by this user alone: `private_dir::node_key`): parse results are
+//! trusted by blob id, so a memo edited with its checksum recomputed would otherwise put
+//! content that no signed commit holds into an apply. One copied from another node, or
+//! written by anyone without the key, is ignored.
 use std::{
     collections::BTreeMap,
     io::Read as _,
@@ -14,15 +20,16 @@ use std::{
     sync::Arc,
 };
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
+use sha2::{Digest as _, Sha256};
 
 use reconciler_core::{limits, model::Service, private_dir, state::MapState};
 
 /// A digest of the sources this binary was built from (see `build.rs`).
 pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");
 
-/// The file's first bytes; then the build ID, the SHA-256 of the rest, and the rest.
+/// The file's first bytes; then the build ID, the HMAC-SHA256 of the rest, and the rest.
 const MAGIC: &[u8; 16] = b"reconciler-memo\n";
 
 /// What one run leaves for the next.
@@ -96,18 +103,19 @@ impl Memo {
         if file.read_exact(&mut header).is_err() || &header[..MAGIC.len()] != MAGIC {
             return Err(unusable("not a memo file"));
         }
-        let (build, checksum) = header[MAGIC.len()..].split_at(BUILD_ID.len());
+        let (build, tag) = header[MAGIC.len()..].split_at(BUILD_ID.len());
         if build != BUILD_ID.as_bytes() {
             return Err(unusable("written by another build"));
         }
+        let key = node_key(path).map_err(io)?;
         let mut body = Vec::new();
         file.take(limits::MAX_MEMO_BYTES + 1).read_to_end(&mut body).map_err(io)?;
         if body.len() as u64 > limits::MAX_MEMO_BYTES {
             return Err(unusable("larger than any memo"));
         }
         let body = &body[..];
-        if sha2::Sha256::digest(body).as_slice() != checksum {
-            return Err(unusable("damaged (checksum mismatch)"));
+        if authenticator(&key, body).map_err(io)?.verify_slice(tag).is_err() {
+            return Err(unusable("damaged, or not written on this node (its HMAC does not match)"));
         }
         postcard::from_bytes(body).map_err(|_| unusable("damaged (does not decode)"))
     }
@@ -124,7 +132,8 @@ impl Memo {
         let mut bytes = Vec::with_capacity(MAGIC.len() + BUILD_ID.len() + 32 + body.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(BUILD_ID.as_bytes());
-        bytes.extend_from_slice(&sha2::Sha256::digest(&body));
+        let key = node_key(path).map_err(io)?;
+        bytes.extend_from_slice(&authenticator(&key, &body).map_err(io)?.finalize().into_bytes());
         bytes.extend_from_slice(&body);
         private_dir::write_atomically(path, &bytes).map_err(io)
     }
@@ -145,4 +154,18 @@ impl Memo {
         self.parsed.retain(|blob, _| keep.contains(blob));
         self.changed |= self.parsed.len() != before;
     }
+}
+
+/// This node's key for the memo at `path`: `node.key` in its directory, made on first use.
+fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    private_dir::ensure(dir).map_err(std::io::Error::other)?;
+    private_dir::node_key(&dir.join("node.key"))
+}
+
+/// The HMAC-SHA256 of `body` under `key`, to finish or verify.
+fn authenticator(key: &[u8; 32], body: &[u8]) -> std::io::Result<Hmac<Sha256>> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(std::io::Error::other)?;
+    mac.update(body);
+    Ok(mac)
 }

@@ -326,8 +326,10 @@ fn load_memo(file: &std::path::Path) -> Result<Memo> {
 /// The memo file of `setup` (there is one per data plane and source).
 fn memo_file(setup: &Setup) -> Result<std::path::PathBuf> {
     let dir = setup.cache.path().join("memo");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .filter(|p| p.as_ref().map_or(true, |p| p.extension().is_some_and(|x| x == "bin")))
+        .collect::<Result<_, _>>()?;
     ensure!(files.len() == 1, "memo files in {}: {files:?}", dir.display());
     Ok(files.remove(0))
 }
@@ -396,6 +398,38 @@ fn a_damaged_or_foreign_memo_is_ignored_and_rewritten() -> Result<()> {
     setup.repo.write("services/web.yaml", service("web", "10.96.0.10", &[("127.0.0.13", 1)]));
     setup.repo.commit("web: a third backend");
     ensure!(plan_matches_refresh(&setup)?, "the memo an apply rewrote is used again");
+    Ok(())
+}
+
+/// A well-formed memo that says web's file parsed to another backend, written without this
+/// node's key (by the same code on another node, so its checksum is right): ignored, with a
+/// warning, and what the commit holds is planned and applied.
+#[test]
+fn a_memo_written_without_the_nodes_key_is_ignored() -> Result<()> {
+    let setup = applied_with_a_change_pending("memo-forged")?;
+    ensure!(plan_matches_refresh(&setup)?, "the first plan after an apply is incremental");
+    let file = memo_file(&setup)?;
+    let mut memo = load_memo(&file)?;
+    for services in memo.parsed.values_mut() {
+        for service in services.iter_mut().filter(|s| s.metadata.name == "web") {
+            let mut forged = (**service).clone();
+            for backend in &mut forged.spec.backends {
+                backend.address = "127.0.0.66".parse()?;
+            }
+            *service = std::sync::Arc::new(forged);
+        }
+    }
+    let elsewhere = tempfile::tempdir()?;
+    let forged = elsewhere.path().join("memo.bin");
+    memo.save(&forged)?;
+    std::fs::copy(&forged, &file)?;
+    let plan = setup.run("plan", &["--detailed-exitcode"])?;
+    let (out, err) = (String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+    ensure!(err.contains("not written on this node") && err.contains("ignored"), "{err}");
+    ensure!(!out.contains("127.0.0.66") && out.contains("127.0.0.12"), "{out}");
+    setup.expect(0, "apply", &[])?;
+    let after = setup.expect(0, "plan", &["--detailed-exitcode", "--refresh"])?;
+    ensure!(after.contains("No changes."), "{after}");
     Ok(())
 }
 
