@@ -69,8 +69,8 @@ fn router(shared: Arc<Shared>) -> Router {
 /// OpenMetrics to a scraper that asks for it (Prometheus does), the Prometheus text format to
 /// anything else; gzipped if it accepts that (Prometheus does). Rendered off the async
 /// threads (it reads the maps), at most once per freshness period (`metrics_cache`) for
-/// each format and encoding, whoever asks: a scraper that comes meanwhile waits for the render under way,
-/// or takes the last one. Each answer shares the rendered page (no copy per scraper).
+/// each format and encoding, whoever asks: a scraper that comes meanwhile waits for the
+/// render under way, or takes the last one. Each answer shares the rendered page.
 async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let header_text = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let openmetrics = header_text(header::ACCEPT).contains("application/openmetrics-text");
