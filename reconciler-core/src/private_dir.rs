@@ -80,22 +80,28 @@ pub fn check(dir: &Path) -> Result<(), PrivateDirError> {
 /// a symbolic link or over anything there) renamed over it. `path`'s directory must have
 /// passed [`check`].
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    beside(path, bytes, |partial| fs::rename(partial, path))
+}
+
+/// Writes `bytes` into a new file beside `path` (mode 0600; anything already there, a
+/// planted link, is an error and left alone), then `place`s it; the new file is removed
+/// unless `place` moved it.
+fn beside(
+    path: &Path,
+    bytes: &[u8],
+    place: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::io::Write as _;
     let partial = path.with_extension(format!("partial.{}", std::process::id()));
-    // Anything already there (a planted link) is an error, left alone.
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&partial)?;
-    match file.write_all(bytes).and_then(|()| fs::rename(&partial, path)) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let _ = fs::remove_file(&partial);
-            Err(error)
-        }
-    }
+    let placed = file.write_all(bytes).and_then(|()| place(&partial));
+    let _ = fs::remove_file(&partial);
+    placed
 }
 
 /// The 32-byte key in `path` (in a directory that passed [`check`]: 32 bytes, readable by
@@ -118,11 +124,7 @@ pub fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
         Err(error) => return Err(error),
     }
     fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-    let partial = path.with_extension(format!("partial.{}", std::process::id()));
-    write_atomically(&partial, &key)?;
-    let linked = fs::hard_link(&partial, path);
-    let _ = fs::remove_file(&partial);
-    match linked {
+    match beside(path, &key, |partial| fs::hard_link(partial, path)) {
         Ok(()) => Ok(key),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => node_key(path),
         Err(error) => Err(error),

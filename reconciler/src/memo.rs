@@ -156,11 +156,10 @@ impl Memo {
     }
 }
 
-/// This node's key for the memo at `path`: `node.key` in its directory, made on first use.
+/// This node's key for the memo at `path`: `node.key` in its directory (which the caller
+/// checked, or made, private), made on first use.
 fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    private_dir::ensure(dir).map_err(std::io::Error::other)?;
-    private_dir::node_key(&dir.join("node.key"))
+    private_dir::node_key(&path.with_file_name("node.key"))
 }
 
 /// The HMAC-SHA256 of `body` under `key`, to finish or verify.
