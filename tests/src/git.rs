@@ -17,7 +17,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// git in `dir` with the fixed identity and no configuration of the user's or the system's.
-fn git_command(dir: &Path) -> Command {
+pub(crate) fn git_command(dir: &Path) -> Command {
     let mut command = Command::new("git");
     command
         .current_dir(dir)
@@ -32,7 +32,7 @@ fn git_command(dir: &Path) -> Command {
 }
 
 /// Runs `command` (git `args` in `dir`); its trimmed stdout, or a panic saying why not.
-fn run_git(command: &mut Command, dir: &Path, args: &[&str]) -> String {
+pub(crate) fn run_git(command: &mut Command, dir: &Path, args: &[&str]) -> String {
     let output = command.output().expect("running git (installed by `make setup`)");
     assert!(
         output.status.success(),
@@ -206,72 +206,11 @@ pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, public.trim().to_owned())
 }
 
-/// An OpenPGP key for `Test <email>` in a GnuPG home of its own. The gpg-agent that gpg
-/// starts for that home is stopped when this is dropped, also when a test fails.
-pub struct Gpg {
-    home: TempDir,
-    pub fingerprint: String,
-}
-
-impl Gpg {
-    pub fn new(email: &str) -> Gpg {
-        let home = tempdir().expect("a GnuPG home");
-        let mut gpg = Gpg { home, fingerprint: String::new() };
-        let user = format!("Test <{email}>");
-        gpg.run(&["--passphrase", "", "--quick-gen-key", &user, "ed25519", "sign", "never"]);
-        let listing = gpg.run(&["--with-colons", "--list-keys", email]);
-        let fingerprint = listing
-            .lines()
-            .find_map(|line| line.strip_prefix("fpr:::::::::")?.split(':').next())
-            .expect("the new key's fingerprint")
-            .to_owned();
-        gpg.fingerprint = fingerprint;
-        gpg
-    }
-
-    /// gpg with `args` in this home, in batch mode; its stdout.
-    fn run(&self, args: &[&str]) -> String {
-        let output = Command::new("gpg")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--batch", "--pinentry-mode", "loopback"])
-            .args(args)
-            .output()
-            .expect("running gpg (make setup installs gnupg)");
-        assert!(
-            output.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// The armored public key, as `gpg --export --armor` writes it.
-    pub fn public_key(&self) -> String {
-        self.run(&["--armor", "--export", &self.fingerprint])
-    }
-
-    /// Commits everything in `repo`, signed with this key (`git commit -S`).
-    pub fn commit_signed(&self, repo: &Repo, message: &str) -> String {
-        repo.git(&["add", "-A"]);
-        let signing_key = format!("user.signingkey={}", self.fingerprint);
-        let args = ["-c", &signing_key, "commit", "-q", "--allow-empty", "-S", "-m", message];
-        let mut command = git_command(repo.path());
-        command.env("GNUPGHOME", self.home.path()).args(args);
-        run_git(&mut command, repo.path(), &args);
-        repo.git(&["rev-parse", "HEAD"])
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--kill", "gpg-agent"])
-            .status();
-    }
-}
+/// One service, `web`: a VIP, one port, one backend; what the repositories of tests hold.
+pub const WEB_SERVICE: &str =
+    "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n\
+    spec:\n  vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+    backends:\n    - {address: 10.1.0.11}\n";
 
 /// A loopback address of this process's own, another at each call. Servers of concurrent
 /// tests listen on fixed ports at addresses of their own, so none races another for a port

@@ -27,6 +27,7 @@ use std::{
 
 pub mod git;
 pub mod gitops;
+pub mod gpg;
 pub mod source;
 
 use anyhow::{bail, ensure, Context as _, Result};

@@ -8,7 +8,7 @@ use std::{
 
 use reconciler_core::source::{Snapshot, SourceFile};
 use reconciler_tests::{
-    git::{loopback_address, Daemon, Repo},
+    git::{loopback_address, Daemon, Repo, WEB_SERVICE},
     reconciler_path,
 };
 use tempfile::TempDir;
@@ -308,7 +308,7 @@ fn the_documented_configurations_are_valid() {
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
     std::fs::write(&signers, format!("alice@example.com {key}\n")).unwrap();
     let readme = readme.replace("/etc/reconciler/allowed_signers", &signers.display().to_string());
-    let gpg = reconciler_tests::git::Gpg::new("alice@example.com");
+    let gpg = reconciler_tests::gpg::Gpg::new("alice@example.com");
     let keyring = dir.path().join("keyring.asc");
     std::fs::write(&keyring, gpg.public_key()).unwrap();
     let readme = readme.replace("/etc/reconciler/keyring.asc", &keyring.display().to_string());
@@ -334,194 +334,6 @@ fn the_documented_configurations_are_valid() {
     let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
     let result = reconciler_core::validate::validate(&snapshot, &Default::default());
     assert!(result.is_ok(), "{:?}", result.err());
-}
-
-/// A repository whose services/ holds one service, and key pairs `alice` and `mallory`.
-struct Signers {
-    repo: Repo,
-    keys: TempDir,
-    alice: (PathBuf, String),
-    mallory: (PathBuf, String),
-}
-
-impl Signers {
-    fn new() -> Signers {
-        let keys = tempfile::tempdir().unwrap();
-        let alice = reconciler_tests::git::ssh_key(keys.path(), "alice");
-        let mallory = reconciler_tests::git::ssh_key(keys.path(), "mallory");
-        let repo = Repo::new();
-        repo.write("services/web.yaml", WEB);
-        Signers { repo, keys, alice, mallory }
-    }
-
-    /// An allowed-signers file of `lines`; its path.
-    fn allowed(&self, lines: &[String]) -> String {
-        let path = self.keys.path().join("allowed_signers");
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        path.display().to_string()
-    }
-
-    /// `plan` of the repository's `reference` with `--allowed-signers FILE` and `extra`.
-    fn plan(&self, allowed: &str, extra: &[&str]) -> Output {
-        let cache = tempfile::tempdir().unwrap();
-        let (url, cache) = (self.repo.url(), cache.path().display().to_string());
-        let args = [
-            "plan",
-            "--repo",
-            &url,
-            "--path",
-            "services",
-            "--cache-dir",
-            &cache,
-            "--pin-path",
-            NO_INSTALL,
-            "--allowed-signers",
-            allowed,
-        ];
-        reconciler(&[&args[..], extra].concat())
-    }
-}
-
-const WEB: &str = "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n\
-    spec:\n  vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
-    backends:\n    - {address: 10.1.0.11}\n";
-
-fn refused_because(output: &Output, why: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("is not verified: ") && stderr.contains(why), "{why}: {stderr}");
-}
-
-#[test]
-fn signed_commits_pass_and_every_other_commit_is_refused_saying_why() {
-    let s = Signers::new();
-    let alice = &s.alice.1;
-    let mallory = &s.mallory.1;
-    let only_alice = s.allowed(&[format!("test@example.com namespaces=\"git\" {alice}")]);
-
-    s.repo.commit("unsigned");
-    refused_because(&s.plan(&only_alice, &[]), "it is not signed");
-
-    let signed = s.repo.commit_signed("signed by alice", &s.alice.0);
-    let output = s.plan(&only_alice, &["--output", "json"]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(plan["revision"], signed.as_str());
-
-    // The key is not listed at all; listed for another principal; not for git; expired
-    // before the commit; not yet valid.
-    let cases = [
-        (vec![format!("test@example.com {mallory}")], "which the allowed signers do not list"),
-        (
-            vec![format!("someone@example.com {alice}")],
-            "for other principals than its author test@example.com",
-        ),
-        (
-            vec![format!("test@example.com namespaces=\"file\" {alice}")],
-            "do not allow in namespace `git`",
-        ),
-        (
-            vec![format!("test@example.com valid-before=20200101Z {alice}")],
-            "outside the key's validity",
-        ),
-        (
-            vec![format!("test@example.com valid-after=29990101Z {alice}")],
-            "outside the key's validity",
-        ),
-    ];
-    for (lines, why) in cases {
-        refused_because(&s.plan(&s.allowed(&lines), &[]), why);
-    }
-    // A wildcard principal and a window around now pass.
-    let window = s.allowed(&[format!(
-        "*@example.com,!mallory@example.com valid-after=20200101Z,valid-before=29990101Z {alice}"
-    )]);
-    assert_eq!(s.plan(&window, &[]).status.code(), Some(0));
-
-    // Alice's signature copied onto other content.
-    let raw = s.repo.git(&["cat-file", "commit", &signed]) + "\n";
-    let forged_file = s.keys.path().join("forged");
-    std::fs::write(&forged_file, raw.replace("signed by alice", "signed by alice, honest"))
-        .unwrap();
-    let forged_path = forged_file.display().to_string();
-    let forged = s.repo.git(&["hash-object", "-t", "commit", "-w", &forged_path]);
-    s.repo.git(&["update-ref", "refs/heads/main", &forged]);
-    refused_because(&s.plan(&only_alice, &[]), "does not match its content");
-    s.repo.git(&["update-ref", "refs/heads/main", &signed]);
-
-    // Signed by mallory, whom the file does not list.
-    s.repo.write("services/web.yaml", WEB.replace("10.1.0.11", "10.1.0.66"));
-    s.repo.commit_signed("signed by mallory", &s.mallory.0);
-    refused_because(&s.plan(&only_alice, &[]), "which the allowed signers do not list");
-}
-
-/// A signature block over 64 KiB is refused unparsed, and a commit object over 1 MiB unread:
-/// a pushed commit with a huge `gpgsig` header costs a check nothing.
-#[test]
-fn huge_signatures_are_refused_before_they_are_parsed() {
-    let s = Signers::new();
-    let alice = &s.alice.1;
-    let only_alice = s.allowed(&[format!("test@example.com namespaces=\"git\" {alice}")]);
-    let signed = s.repo.commit_signed("signed by alice", &s.alice.0);
-    let raw = s.repo.git(&["cat-file", "commit", &signed]) + "\n";
-    // The signature's armor, padded: each continuation line of a header starts with a space.
-    let (head, rest) = raw.split_once("-----END SSH SIGNATURE-----").unwrap();
-    for (lines, why) in [(1_500, "its signature is"), (20_000, "the commit object is")] {
-        let padding = " AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
-            .repeat(lines);
-        let huge = format!("{head}{padding} -----END SSH SIGNATURE-----{rest}");
-        let file = s.keys.path().join("huge");
-        std::fs::write(&file, huge).unwrap();
-        let object =
-            s.repo.git(&["hash-object", "-t", "commit", "-w", &file.display().to_string()]);
-        s.repo.git(&["update-ref", "refs/heads/main", &object]);
-        refused_because(&s.plan(&only_alice, &[]), why);
-    }
-    let stderr = String::from_utf8_lossy(&s.plan(&only_alice, &[]).stderr).into_owned();
-    assert!(stderr.contains("at most 1048576 are checked"), "{stderr}");
-}
-
-#[test]
-fn in_tag_mode_a_signed_tag_must_point_at_the_commit() {
-    let s = Signers::new();
-    let only_alice = s.allowed(&[format!("test@example.com {}", s.alice.1)]);
-    s.repo.commit("unsigned, to be tagged");
-    let tag_mode = ["--verify-mode", "tag"];
-    refused_because(&s.plan(&only_alice, &tag_mode), "no annotated tag points at it");
-    s.repo.tag_signed("v1-by-mallory", &s.mallory.0);
-    refused_because(&s.plan(&only_alice, &tag_mode), "which the allowed signers do not list");
-    s.repo.tag_signed("v1", &s.alice.0);
-    let output = s.plan(&only_alice, &tag_mode);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    // The commit itself is unsigned: head mode refuses it.
-    refused_because(&s.plan(&only_alice, &[]), "it is not signed");
-}
-
-#[test]
-fn openpgp_signed_commits_are_checked_against_the_keyring() {
-    let s = Signers::new();
-    let ours = reconciler_tests::git::Gpg::new("test@example.com");
-    let theirs = reconciler_tests::git::Gpg::new("test@example.com");
-    let stranger = reconciler_tests::git::Gpg::new("someone@example.com");
-    let keyring = s.keys.path().join("keyring.asc");
-    std::fs::write(&keyring, ours.public_key() + &stranger.public_key()).unwrap();
-    let keyring = keyring.display().to_string();
-    let plan =
-        |extra: &[&str]| s.plan(&s.allowed(&[format!("test@example.com {}", s.alice.1)]), extra);
-    let with_keyring = ["--keyring", keyring.as_str()];
-
-    let signed = ours.commit_signed(&s.repo, "signed with our OpenPGP key");
-    let output = plan(&[&with_keyring[..], &["--output", "json"]].concat());
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    let planned: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(planned["revision"], signed.as_str());
-    // Only the allowed-signers file given: an OpenPGP signature has nothing to check it.
-    refused_because(&plan(&[]), "no keyring is given to check it");
-
-    theirs.commit_signed(&s.repo, "signed by a key the keyring does not hold");
-    refused_because(&plan(&with_keyring), "which the keyring does not hold");
-    stranger.commit_signed(&s.repo, "signed by a key held for another email");
-    refused_because(&plan(&with_keyring), "none of whose user IDs is its author test@example.com");
 }
 
 /// Builds `reconciler` without the data plane (`--no-default-features`) with stable Rust and
@@ -571,10 +383,10 @@ fn a_build_without_the_data_plane_validates_and_plans_between_revisions() {
     assert!(stdout(&invalid).contains("::error file=invalid/duplicate-backend.yaml,line=11"));
 
     let repo = Repo::new();
-    repo.write("services/web.yaml", WEB);
+    repo.write("services/web.yaml", WEB_SERVICE);
     let base = repo.commit("web");
     repo.git(&["checkout", "-q", "-b", "feature"]);
-    repo.write("services/web.yaml", WEB.replace("10.1.0.11", "10.1.0.12"));
+    repo.write("services/web.yaml", WEB_SERVICE.replace("10.1.0.11", "10.1.0.12"));
     repo.commit("another backend");
     let cache = tempfile::tempdir().unwrap();
     let (url, cache) = (repo.url(), cache.path().display().to_string());
