@@ -1057,6 +1057,18 @@ fn with_source_verify_an_unsigned_commit_is_refused_and_the_last_good_stays() ->
     let metrics = world.metrics()?;
     assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"unverified\"}"), Some(1.0));
     assert_eq!(world.reached()?, ["b11"]);
+    // The good commit and the unsigned one were checked; fetched again, the unsigned one is
+    // refused from memory, not read and checked again.
+    let checks = "reconciler_signature_checks_total";
+    assert_eq!(sample(&metrics, checks), Some(2.0));
+    for _ in 0..2 {
+        assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
+        world.runs_when_idle()?;
+    }
+    let metrics = world.metrics()?;
+    assert_eq!(sample(&metrics, "reconciler_reconcile_total{result=\"skipped\"}"), Some(2.0));
+    assert_eq!(sample(&metrics, checks), Some(2.0));
+    assert_eq!(world.status()?["failed_revision"], unsigned.as_str());
 
     world.work.write("services/web.yaml", service("10.96.0.10", "127.0.0.13"));
     let good = world.work.commit_signed("signed again", &alice);
@@ -1064,5 +1076,6 @@ fn with_source_verify_an_unsigned_commit_is_refused_and_the_last_good_stays() ->
     assert_eq!(post_webhook(&world.listen, &[], "{}")?, 202);
     world.wait_applied(&good, Duration::from_secs(10))?;
     assert_eq!(world.reached()?, ["b13"]);
+    assert_eq!(sample(&world.metrics()?, checks), Some(3.0));
     Ok(())
 }

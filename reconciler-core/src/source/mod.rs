@@ -27,6 +27,7 @@ pub use cache::set_server_timeouts;
 use cache::with_cache;
 pub use dir::read_paths;
 pub use error::SourceError;
+pub use signature::signature_checks;
 pub use snapshot::{FileProblem, Snapshot, SourceFile};
 pub use spec::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec};
 

@@ -1,5 +1,10 @@
 //! Whether a commit is signed as `source.verify` asks: its own signature (`mode: head`), or
 //! an annotated tag's that points at it (`mode: tag`); the signatures are checked by `verify`.
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex, PoisonError,
+};
+
 use git2::{ErrorCode, Oid};
 
 use super::{cache::Cache, error::SourceError};
@@ -8,14 +13,74 @@ use crate::{
     verify::{Mode, Signed, Unverified, Verify},
 };
 
+/// The last refusal: a fetch that finds the same commit (in tag mode, with the same tags)
+/// under the same settings refuses it again unchecked, until another commit arrives. A check
+/// reads objects up to [`MAX_SIGNED_OBJECT_BYTES`] and parses signatures, and the daemon
+/// fetches at every interval. One per process: a daemon follows one source.
+static LAST_REFUSAL: Mutex<Option<Refusal>> = Mutex::new(None);
+
+/// Commits (or, in tag mode, commits' tags) this process has checked, refusals it remembered
+/// not counted.
+static CHECKS: AtomicU64 = AtomicU64::new(0);
+
+struct Refusal {
+    commit: Oid,
+    tags: Vec<Oid>,
+    verify: Verify,
+    reason: Unverified,
+}
+
+/// How many commits this process has checked the signatures of (a refusal remembered from an
+/// earlier fetch is not checked again, and not counted).
+pub fn signature_checks() -> u64 {
+    CHECKS.load(Ordering::Relaxed)
+}
+
 impl Cache {
     /// Whether `commit` (or, in tag mode, an annotated tag pointing at it) is signed as
-    /// `verify` asks.
+    /// `verify` asks; a commit refused at an earlier fetch is refused again unchecked.
     pub(super) fn verify(&self, commit: Oid, verify: &Verify) -> Result<(), SourceError> {
-        match verify.mode {
-            Mode::Head => self.verify_commit(commit, verify),
-            Mode::Tag => self.verify_tags(commit, verify),
+        let tags = match verify.mode {
+            Mode::Head => Vec::new(),
+            Mode::Tag => self.tags_pointing_at(commit)?,
+        };
+        let mut last = LAST_REFUSAL.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = last.as_ref() {
+            if known.commit == commit && known.tags == tags && known.verify == *verify {
+                return Err(refused(commit, known.reason.clone()));
+            }
         }
+        CHECKS.fetch_add(1, Ordering::Relaxed);
+        let checked = match verify.mode {
+            Mode::Head => self.verify_commit(commit, verify),
+            Mode::Tag => self.verify_tags(commit, &tags, verify),
+        };
+        if let Err(SourceError::Unverified { reason, .. }) = &checked {
+            let reason = reason.clone();
+            *last = Some(Refusal { commit, tags, verify: verify.clone(), reason });
+        }
+        checked
+    }
+
+    /// The annotated tags pointing at `commit`, by id. Lightweight tags are no tag objects
+    /// and carry no signature; a tag object over [`MAX_SIGNED_OBJECT_BYTES`] (its size from
+    /// its header) is left unread, as it could vouch for nothing.
+    fn tags_pointing_at(&self, commit: Oid) -> Result<Vec<Oid>, SourceError> {
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let references = self.repo.references_glob("refs/tags/*").map_err(self.cache_error())?;
+        let mut tags = Vec::new();
+        for id in references.flatten().filter_map(|reference| reference.target()) {
+            let (size, kind) = odb.read_header(id).map_err(self.cache_error())?;
+            if kind != git2::ObjectType::Tag || size > MAX_SIGNED_OBJECT_BYTES {
+                continue;
+            }
+            let tag = self.repo.find_tag(id).map_err(self.cache_error())?;
+            if tag.target_id() == commit {
+                tags.push(id);
+            }
+        }
+        tags.sort();
+        Ok(tags)
     }
 
     /// The commit's own signature, by its committer.
@@ -40,24 +105,14 @@ impl Cache {
         verify.check(&signed).map(drop).map_err(|reason| refused(commit, reason))
     }
 
-    /// The signatures of the annotated tags pointing at the commit, by their taggers: one
-    /// good one is enough; else the first tag's reason counts.
-    fn verify_tags(&self, commit: Oid, verify: &Verify) -> Result<(), SourceError> {
+    /// The signatures of `tags` (those pointing at the commit), by their taggers: one good
+    /// one is enough; else the first tag's reason counts.
+    fn verify_tags(&self, commit: Oid, tags: &[Oid], verify: &Verify) -> Result<(), SourceError> {
         let odb = self.repo.odb().map_err(self.cache_error())?;
         let mut refusal = None;
-        let tags = self.repo.references_glob("refs/tags/*").map_err(self.cache_error())?;
-        for reference in tags.flatten() {
-            // Lightweight tags carry no signature; they are not tag objects.
-            let Ok(tag) = reference.peel_to_tag() else { continue };
-            if tag.target_id() != commit {
-                continue;
-            }
-            let (size, _) = odb.read_header(tag.id()).map_err(self.cache_error())?;
-            if size > MAX_SIGNED_OBJECT_BYTES {
-                let max = MAX_SIGNED_OBJECT_BYTES;
-                refusal.get_or_insert(Unverified::TooLarge { what: "the tag object", size, max });
-                continue;
-            }
+        // Each within the size limit (`tags_pointing_at`).
+        for &id in tags {
+            let tag = self.repo.find_tag(id).map_err(self.cache_error())?;
             let raw = odb.read(tag.id()).map_err(self.cache_error())?;
             let Some((data, signature)) = split_signature(raw.data()) else {
                 refusal.get_or_insert(Unverified::Unsigned);

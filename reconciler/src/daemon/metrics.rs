@@ -89,6 +89,7 @@ impl Default for Metrics {
         metrics.register_runs();
         metrics.register_dataplane();
         metrics.register_health_and_webhooks();
+        metrics.registry.register_collector(Box::new(SignatureChecks));
         metrics.registry.register_collector(Box::new(ProcessCollector));
         metrics
     }
@@ -362,6 +363,21 @@ fn encode_refusals(
         ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// `reconciler_signature_checks_total`, read from the source's own count at each scrape (the
+/// checks happen inside a fetch, where no metrics handle reaches).
+#[derive(Debug)]
+struct SignatureChecks;
+
+impl Collector for SignatureChecks {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(reconciler_core::source::signature_checks());
+        let help = "Commits whose signatures were checked (a refusal remembered from an \
+                    earlier fetch is not checked again)";
+        let metric = "reconciler_signature_checks";
+        counter.encode(encoder.encode_descriptor(metric, help, None, counter.metric_type())?)
+    }
 }
 
 /// `process_*` metrics, as the Prometheus client libraries export them, read from /proc at
