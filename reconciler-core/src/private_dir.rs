@@ -109,26 +109,31 @@ fn beside(
 /// making it at once agree: the file is linked into place only if none is there.
 pub fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
     use std::io::Read as _;
-    let mut key = [0_u8; 32];
-    match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
-        Ok(mut file) => {
-            let meta = file.metadata()?;
-            if !meta.is_file() || meta.len() != 32 || meta.mode() & 0o077 != 0 {
-                let message = format!("{}: not a key (32 bytes, mode 0600)", path.display());
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
-            }
-            file.read_exact(&mut key)?;
-            return Ok(key);
-        }
+    match existing_node_key(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+        found => return found,
     }
+    let mut key = [0_u8; 32];
     fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
     match beside(path, &key, |partial| fs::hard_link(partial, path)) {
         Ok(()) => Ok(key),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => node_key(path),
         Err(error) => Err(error),
     }
+}
+
+/// The key [`node_key`] made in `path`, never a new one (`NotFound` if there is none).
+pub fn existing_node_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != 32 || meta.mode() & 0o077 != 0 {
+        let message = format!("{}: not a key (32 bytes, mode 0600)", path.display());
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    }
+    let mut key = [0_u8; 32];
+    file.read_exact(&mut key)?;
+    Ok(key)
 }
 
 #[cfg(test)]

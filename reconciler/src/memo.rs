@@ -26,6 +26,9 @@ use sha2::{Digest as _, Sha256};
 
 use reconciler_core::{limits, model::Service, private_dir, state::MapState};
 
+/// The directory under the cache directory that holds memo files and the node's key.
+const MEMO_DIR: &str = "memo";
+
 /// A digest of the sources this binary was built from (see `build.rs`).
 pub const BUILD_ID: &str = env!("RECONCILER_BUILD_ID");
 
@@ -76,7 +79,7 @@ impl Memo {
     pub fn path(cache_dir: &Path, pin_path: &Path, source: &str) -> PathBuf {
         let key = sha2::Sha256::digest(format!("{}\0{source}", pin_path.display()).as_bytes());
         let name: String = key.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        cache_dir.join("memo").join(format!("{name}.bin"))
+        cache_dir.join(MEMO_DIR).join(format!("{name}.bin"))
     }
 
     /// The memo at `path`: empty if there is none, and empty with the reason if it cannot be
@@ -156,10 +159,35 @@ impl Memo {
     }
 }
 
+/// The file of this node's key, in the memo directory.
+const NODE_KEY_FILE: &str = "node.key";
+
 /// This node's key for the memo at `path`: `node.key` in its directory (which the caller
 /// checked, or made, private), made on first use.
 fn node_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    private_dir::node_key(&path.with_file_name("node.key"))
+    private_dir::node_key(&path.with_file_name(NODE_KEY_FILE))
+}
+
+/// This node's key under `cache_dir` (the one memo files there are authenticated with), made
+/// on first use, its directory made private; saved plans are signed with it too.
+pub fn node_key_in(cache_dir: &Path) -> std::io::Result<[u8; 32]> {
+    let dir = cache_dir.join(MEMO_DIR);
+    private_dir::ensure(&dir).map_err(std::io::Error::other)?;
+    private_dir::node_key(&dir.join(NODE_KEY_FILE))
+}
+
+/// [`node_key_in`], if this node has made one (None if not: nothing was signed with it), in a
+/// directory only this user can change.
+pub fn existing_node_key_in(cache_dir: &Path) -> std::io::Result<Option<[u8; 32]>> {
+    let dir = cache_dir.join(MEMO_DIR);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    private_dir::check(&dir).map_err(std::io::Error::other)?;
+    match private_dir::existing_node_key(&dir.join(NODE_KEY_FILE)) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        found => found.map(Some),
+    }
 }
 
 /// The HMAC-SHA256 of `body` under `key`, to finish or verify.

@@ -36,6 +36,9 @@ impl Setup {
         command.arg(subcommand);
         if matches!(subcommand, "plan" | "apply") && !saved_plan {
             command.args(["--repo", &self.repo.url(), "--path", "services"]);
+        }
+        // A saved plan is signed with the key under the cache directory, and checked with it.
+        if matches!(subcommand, "plan" | "apply") {
             command.arg("--cache-dir").arg(self.cache.path());
         }
         if subcommand == "apply" {

@@ -285,6 +285,53 @@ fn a_saved_plan_edited_by_hand_is_refused() {
     assert!(!Path::new(NO_INSTALL).exists(), "the edited plan was applied");
 }
 
+/// The scenario of issue 22: a saved plan edited so that clients reach another backend, its
+/// checksum recomputed. Refused, as is a plan made on another node (another cache directory,
+/// so another key) and one whose signature is taken out; nothing is installed.
+#[test]
+fn a_saved_plan_edited_with_its_checksum_recomputed_or_made_elsewhere_is_refused() {
+    use sha2::Digest as _;
+    let repo = service_repo();
+    let (node, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("plan.json");
+    let output = plan(&repo, node.path()).arg("--out").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(saved["signature"].as_str().unwrap().starts_with("hmac-sha256:"), "{saved}");
+
+    let apply = |cache: &Path| {
+        let args = ["apply", "plan.json", "--pin-path", NO_INSTALL, "--cache-dir"];
+        let output = reconciler(dir.path(), &[&args[..], &[cache.to_str().unwrap()]].concat());
+        assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+        assert!(!Path::new(NO_INSTALL).exists(), "a refused plan was applied");
+        both(&output)
+    };
+    let write = |value: &serde_json::Value| std::fs::write(&file, value.to_string()).unwrap();
+    // Made with another node's key.
+    assert!(apply(elsewhere.path()).contains("signature is not this node's"));
+
+    // Edited, with the checksum as `to_saved` computes it (over the rest, compact JSON).
+    let mut edited = serde_json::from_str::<serde_json::Value>(
+        &saved.to_string().replace("10.1.0.11", "10.1.0.66"),
+    )
+    .unwrap();
+    let object = edited.as_object_mut().unwrap();
+    let signature = object.remove("signature").unwrap();
+    object.remove("checksum");
+    let digest = sha2::Sha256::digest(edited.to_string().as_bytes());
+    let checksum: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    edited["checksum"] = format!("sha256:{checksum}").into();
+    write(&edited);
+    assert!(apply(node.path()).contains("not signed"), "a plan without its signature");
+    edited["signature"] = signature;
+    write(&edited);
+    let refused = apply(node.path());
+    assert!(refused.contains("signature is not this node's"), "{refused}");
+    assert!(refused.contains("reconciler apply --repo"), "{refused}");
+}
+
 #[test]
 fn git_only_flags_with_a_directory_are_errors_not_ignored() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,5 +13,5 @@ mod view;
 
 pub use make::{make_plan, Action, Plan, PlanContext, ServicePlan, Summary, FORMAT_VERSION};
 pub use render::render_text;
-pub use saved::{from_saved, to_saved, SavedPlanError};
+pub use saved::{from_saved, to_saved, NodeKey, SavedPlanError};
 pub use view::{views, ServiceView};

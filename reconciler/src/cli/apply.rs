@@ -85,7 +85,7 @@ fn upgrade(pin_path: &Path) -> anyhow::Result<()> {
 
 /// Applies the saved plan in `file` exactly, or refuses it if the live state moved.
 fn apply_saved(args: &ApplyArgs, file: &Path) -> anyhow::Result<(Plan, ApplyReport)> {
-    let plan = read_saved(file)?;
+    let plan = read_saved(file, &args.target.source.cache_dir())?;
     if args.output == Output::Text {
         print!("{}", render_text(&plan));
     }
@@ -185,9 +185,12 @@ fn print_text(plan: &Plan, report: &ApplyReport) {
     }
 }
 
-/// A plan file, refused if it is larger than any plan could be or fails its checksum.
-fn read_saved(file: &Path) -> anyhow::Result<Plan> {
+/// A plan file, refused if it is larger than any plan could be, fails its checksum, or was
+/// not signed with this node's key (the one under the cache directory).
+fn read_saved(file: &Path, cache_dir: &Path) -> anyhow::Result<Plan> {
     let text = limits::read_to_string(file, limits::MAX_PLAN_BYTES)
         .with_context(|| format!("reading {}", file.display()))?;
-    from_saved(&text).with_context(|| format!("{}", file.display()))
+    let key = reconciler::memo::existing_node_key_in(cache_dir)
+        .with_context(|| format!("this node's key under {}", cache_dir.display()))?;
+    from_saved(&text, key.as_ref()).with_context(|| format!("{}", file.display()))
 }

@@ -162,6 +162,11 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// `--cache-dir`, or the default.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+
     fn verify(&self) -> anyhow::Result<Option<Verify>> {
         if self.allowed_signers.is_none() && self.keyring.is_none() {
             return Ok(None);
@@ -183,7 +188,7 @@ impl SourceArgs {
                 url: url.clone(),
                 reference: self.reference.clone(),
                 subdir: self.path.clone(),
-                cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+                cache_dir: self.cache_dir(),
                 ssh_key: self.ssh_key.clone(),
                 verify: self.verify()?,
                 timeouts: FetchTimeouts::default(),

@@ -45,7 +45,14 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         None => against_live(&args, spec)?,
     };
     if let Some(out) = &args.out {
-        let json = to_saved(&plan)?;
+        let key = reconciler::memo::node_key_in(&args.target.source.cache_dir());
+        if let Err(error) = &key {
+            eprintln!(
+                "warning: the plan is saved unsigned, and `apply` will refuse it: this node's \
+                 key: {error}"
+            );
+        }
+        let json = to_saved(&plan, key.as_ref().ok())?;
         std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
     }
     match args.output {
