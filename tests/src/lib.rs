@@ -475,6 +475,27 @@ pub fn hand_written_service_exists(pin_path: &Path, set: u8) -> Result<bool> {
 /// Programs one data plane attaches: connect, sendmsg, recvmsg and getpeername, v4 and v6.
 pub const DATA_PLANE_PROGRAMS: usize = dataplane::PROGRAMS.len();
 
+/// Runs `bpftool` with `args` (to make and pin maps and links the way another tool would).
+pub fn bpftool(args: &[&str]) -> Result<()> {
+    let output = Command::new("bpftool")
+        .args(args)
+        .output()
+        .context("running bpftool (installed by `make setup`)")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "bpftool {args:?}: {stderr}");
+    Ok(())
+}
+
+/// A file or empty directory a test made, removed when this is dropped (also when the test
+/// fails).
+pub struct Remove(pub PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
+    }
+}
+
 /// Programs attached to `cgroup`, as `bpftool` sees them (an independent check).
 pub fn attached_programs(cgroup: &Path) -> Result<usize> {
     let output = Command::new("bpftool")

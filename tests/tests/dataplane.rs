@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use reconciler::dataplane::{ApplyTo, Dataplane, Install, Uninstalled};
 use reconciler_common::MAX_SERVICES;
 use reconciler_tests::{
-    attached_programs, one_service, probe_path, reconciler_path, require_root, Sandbox,
+    attached_programs, one_service, probe_path, reconciler_path, require_root, Remove, Sandbox,
     DATA_PLANE_PROGRAMS,
 };
 
@@ -49,14 +49,6 @@ impl Drop for PinPath {
 
 /// Removes a file or an empty directory on drop, also when the test fails; declare it after
 /// the sandbox so it goes first.
-struct Remove(PathBuf);
-
-impl Drop for Remove {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
-    }
-}
-
 fn names(set: &[&str]) -> BTreeSet<String> {
     set.iter().map(|s| s.to_string()).collect()
 }

@@ -14,7 +14,7 @@ use reconciler_common::{
     event, ipv4_mapped, Backend, BackendCounters, BackendKey, Metadata, ServiceKey, ServiceValue,
     SlotKey, LAYOUT_VERSION, PROTO_TCP, REVISION_LEN,
 };
-use reconciler_tests::{one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
+use reconciler_tests::{bpftool, one_service, wait_for, Sandbox, DATA_PLANE_PROGRAMS};
 
 /// A layout this project has shipped: its number, the object its build loaded, its maps and
 /// its programs.
@@ -417,19 +417,24 @@ fn a_pinned_map_whose_shape_changed_is_not_reused() -> Result<()> {
     let mut sandbox = Sandbox::new("upgrade-shape")?;
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     install_old(&LAYOUT2, &sandbox, "10.96.0.10:80".parse()?, backend)?;
-    // EVENTS as some other build might have made it: 4-byte counters instead of 8.
-    let events = sandbox.pin_path().join("EVENTS");
-    std::fs::remove_file(&events)?;
-    let output = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&events)
-        .args(["type", "percpu_array", "key", "4", "value", "4", "entries", "5", "name", "EVENTS"])
-        .output()
-        .context("running bpftool (installed by `make setup`)")?;
-    ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    // SERVICE_NAMES (which only user space reads) as some other build might have made it:
+    // 4-byte names. (A map the programs use, replaced, is another's: `foreign_pins`.)
+    let names = sandbox.pin_path().join("SERVICE_NAMES");
+    std::fs::remove_file(&names)?;
+    bpftool(
+        &[
+            &["map", "create"],
+            &[names.to_str().context("path")?][..],
+            &["type", "hash", "key", "4", "value", "4", "entries", "5", "name", "SERVICE_NAMES"],
+        ]
+        .concat(),
+    )?;
     let err = dataplane::upgrade(sandbox.pin_path()).err().context("upgraded a changed map")?;
     let message = err.to_string();
-    assert!(message.contains("pinned map EVENTS (key 4 B, value 4 B, 5 entries)"), "{message}");
+    assert!(
+        message.contains("pinned map SERVICE_NAMES (key 4 B, value 4 B, 5 entries)"),
+        "{message}"
+    );
     // Refused before anything was replaced: the old programs still serve.
     assert_eq!(sandbox.attached_programs()?, LAYOUT2.programs.len());
     assert_eq!(sandbox.probe_tcp("10.96.0.10:80", 5)?.replies.get("b1"), Some(&5));

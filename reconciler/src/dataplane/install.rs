@@ -177,7 +177,8 @@ impl<'a> Install<'a> {
             return Err(e);
         }
         // Pins without all links are left by an install that did not finish; start again
-        // from nothing.
+        // from nothing, once they are known to be its own.
+        pins::check_leftovers(self.pin_path)?;
         remove_pins(self.pin_path)
     }
 }

@@ -52,8 +52,11 @@ pub(super) fn check_cgroup(
             )))?,
         );
     }
-    let others: BTreeMap<u32, u32> =
-        programs(&attached)?.into_iter().filter(|(_, set)| Some(*set) != own).collect();
+    let others: BTreeMap<u32, u32> = programs(&attached)?
+        .into_iter()
+        .map(|(id, maps)| (id, maps.active_set))
+        .filter(|(_, set)| Some(*set) != own)
+        .collect();
     let Some(&active_set) = others.values().next() else {
         return Ok(());
     };
@@ -111,12 +114,19 @@ fn pinned_beside(pin_path: &Path, active_set: u32) -> Option<PathBuf> {
     })
 }
 
-/// Of the programs `ids`, those of a reconciler data plane, each with the ID of its
-/// `ACTIVE_SET` map, which tells one data plane from another. A program is ours if it uses
-/// maps named `ACTIVE_SET` and `SERVICES` (`METADATA` would be more telling, but only user
-/// space uses it, so the programs do not reference it). Programs unloaded meanwhile are
-/// left out.
-pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u32>> {
+/// The maps a data plane's program uses: the ID of its `ACTIVE_SET` (which tells one data
+/// plane from another) and the IDs of all its maps, by the kernel's name of each.
+#[derive(Debug)]
+pub(super) struct ProgramMaps {
+    pub active_set: u32,
+    pub by_name: BTreeMap<String, u32>,
+}
+
+/// Of the programs `ids`, those of a reconciler data plane, each with its maps. A program is
+/// ours if it uses maps named `ACTIVE_SET` and `SERVICES` (`METADATA` would be more telling,
+/// but only user space uses it, so the programs do not reference it). Programs unloaded
+/// meanwhile are left out.
+pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, ProgramMaps>> {
     let mut ours = BTreeMap::new();
     let mut seen = 0;
     let mut failure = None;
@@ -134,26 +144,48 @@ pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u32>> {
             continue;
         }
         seen += 1;
-        let map_ids = info
-            .map_ids()
-            .map_err(|error| DataplaneError::ProgramMaps { id: info.id(), error })?
-            .unwrap_or_default();
-        let (mut active_set, mut services) = (None, false);
-        for map_id in map_ids {
-            let map = MapInfo::from_id(map_id)
-                .map_err(map_err(format!("reading map {map_id} of program {}", info.id())))?;
-            match map.name_as_str() {
-                Some("ACTIVE_SET") => active_set = Some(map_id),
-                Some("SERVICES") => services = true,
-                _ => {}
-            }
-        }
-        if let (Some(active_set), true) = (active_set, services) {
-            ours.insert(info.id(), active_set);
+        let by_name = maps_of(&info)?;
+        if let (Some(&active_set), true) =
+            (by_name.get("ACTIVE_SET"), by_name.contains_key("SERVICES"))
+        {
+            ours.insert(info.id(), ProgramMaps { active_set, by_name });
         }
     }
     match failure {
         Some(source) if seen < ids.len() => Err(DataplaneError::ProgramList(source)),
         _ => Ok(ours),
     }
+}
+
+/// The maps program `info` uses, by name.
+fn maps_of(info: &aya::programs::ProgramInfo) -> Result<BTreeMap<String, u32>> {
+    let map_ids = info
+        .map_ids()
+        .map_err(|error| DataplaneError::ProgramMaps { id: info.id(), error })?
+        .unwrap_or_default();
+    let mut by_name = BTreeMap::new();
+    for map_id in map_ids {
+        let map = MapInfo::from_id(map_id)
+            .map_err(map_err(format!("reading map {map_id} of program {}", info.id())))?;
+        by_name.insert(String::from_utf8_lossy(map.name()).into_owned(), map_id);
+    }
+    Ok(by_name)
+}
+
+/// A loaded program other than `linked` that uses one of the maps `pinned` (IDs), with that
+/// map's ID: the maps of an install that stopped early are used by its linked programs alone
+/// (the others went with the process that loaded them), so such a map is someone else's.
+pub(super) fn used_elsewhere(pinned: &BTreeSet<u32>, linked: &BTreeSet<u32>) -> Option<(u32, u32)> {
+    for info in loaded_programs() {
+        // A program unloaded since it was listed uses nothing.
+        let Ok(info) = info else { continue };
+        if linked.contains(&info.id()) {
+            continue;
+        }
+        let Ok(Some(map_ids)) = info.map_ids() else { continue };
+        if let Some(map) = map_ids.into_iter().find(|id| pinned.contains(id)) {
+            return Some((info.id(), map));
+        }
+    }
+    None
 }

@@ -8,6 +8,7 @@
 //! above it on the bpffs must belong to root or this user and be writable by nobody else
 //! unless it has the sticky bit (which stops others renaming what is not theirs).
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -124,20 +125,57 @@ pub(super) fn typed_map<T: TryFrom<Map, Error = MapError>>(
         .map_err(map_err(format!("map {name} has an unexpected type")))
 }
 
-/// Makes sure that everything under `pin_path` named as a data plane's pins is one, and that
-/// the directory holds a data plane: a `METADATA` map of this build's layout, or a link. Map
-/// pins must be maps of their name; link pins must be cgroup links of reconciler programs.
-/// Returns the links, open, with their pin paths.
+/// Makes sure that everything under `pin_path` named as a data plane's pins is this data
+/// plane's, and that the directory holds a data plane: a `METADATA` map of this build's
+/// layout, or a link. Map pins must be maps of their name; link pins must be cgroup links of
+/// reconciler programs whose `ACTIVE_SET` is the one pinned here, and every map those
+/// programs use under one of our names must be the one pinned under it. Returns the links,
+/// open, with their pin paths.
 pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
-    let foreign = |pin: &Path, reason: String| DataplaneError::ForeignPin {
-        path: pin_path.to_owned(),
-        pin: pin.to_owned(),
-        reason,
+    let maps = check_map_pins(pin_path)?;
+    let links = check_link_pins(pin_path, &maps)?;
+    if !maps.metadata && links.is_empty() {
+        return Err(DataplaneError::NoDataplane { path: pin_path.to_owned() });
+    }
+    Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
+}
+
+/// Before a new install removes what one that stopped early left at `pin_path`: every pin
+/// with one of our names is ours as [`check_pins`] says, and no program but those linked here
+/// uses a map pinned here (a map of a data plane elsewhere, pinned here too, is never
+/// replaced).
+pub(super) fn check_leftovers(pin_path: &Path) -> Result<()> {
+    let maps = check_map_pins(pin_path)?;
+    let links = check_link_pins(pin_path, &maps)?;
+    let pinned: BTreeSet<u32> = maps.ids.values().map(|(_, id)| *id).collect();
+    if pinned.is_empty() {
+        return Ok(());
+    }
+    let linked: BTreeSet<u32> = links.iter().map(|(_, _, program)| *program).collect();
+    let Some((program, map)) = ours::used_elsewhere(&pinned, &linked) else {
+        return Ok(());
     };
-    // Whatever has one of our names, dangling symbolic links too, since remove_pins removes
-    // it.
-    let present = |path: &Path| fs::symlink_metadata(path).is_ok();
-    let mut metadata = false;
+    let pin = maps.ids.iter().find(|(_, (_, id))| *id == map).map(|(pin, _)| pin_path.join(pin));
+    Err(DataplaneError::ForeignPin {
+        path: pin_path.to_owned(),
+        pin: pin.unwrap_or_else(|| pin_path.to_owned()),
+        reason: format!(
+            "map {map}, which program {program} uses and no link here attaches: another data \
+             plane's or another tool's, not left by an install of this directory"
+        ),
+    })
+}
+
+/// The maps pinned under our names: by pin name, the kernel's name and ID of each; and
+/// whether `METADATA` is this build's.
+struct PinnedMaps {
+    ids: BTreeMap<&'static str, (String, u32)>,
+    metadata: bool,
+}
+
+/// Refuses a pin under one of our map names that is not a map of that name.
+fn check_map_pins(pin_path: &Path) -> Result<PinnedMaps> {
+    let mut maps = PinnedMaps { ids: BTreeMap::new(), metadata: false };
     for name in pinned_map_names() {
         let path = pin_path.join(name);
         if !present(&path) {
@@ -145,16 +183,23 @@ pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
         }
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
-            .map_err(|e| foreign(&path, format!("not a BPF map: {e}")))?;
+            .map_err(|e| foreign(pin_path, &path, format!("not a BPF map: {e}")))?;
         // A map set aside by an upgrade keeps its own name (the kernel's, at most 15 bytes).
         let own_name =
             GROWN_MAPS.iter().find(|(_, aside)| *aside == name).map_or(name, |(own, _)| own);
         if info.name_as_str() != Some(own_name) {
             let found = String::from_utf8_lossy(info.name());
-            return Err(foreign(&path, format!("a map named {found:?}")));
+            return Err(foreign(pin_path, &path, format!("a map named {found:?}")));
         }
-        metadata |= name == "METADATA" && info.value_size() as usize == size_of::<Metadata>();
+        maps.metadata |= name == "METADATA" && info.value_size() as usize == size_of::<Metadata>();
+        maps.ids.insert(name, (own_name.to_owned(), info.id()));
     }
+    Ok(maps)
+}
+
+/// Refuses a link pin that is not a cgroup link of this data plane's program (see
+/// [`check_pins`]); the links, open, with their pin paths and program IDs.
+fn check_link_pins(pin_path: &Path, maps: &PinnedMaps) -> Result<Vec<(PathBuf, FdLink, u32)>> {
     let mut links = Vec::new();
     for name in PROGRAMS {
         let path = link_pin(pin_path, name);
@@ -163,22 +208,76 @@ pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
         }
         let link = FdLink::from(
             PinnedLink::from_pin(&path)
-                .map_err(|e| foreign(&path, format!("not a BPF object: {e}")))?,
+                .map_err(|e| foreign(pin_path, &path, format!("not a BPF object: {e}")))?,
         );
-        let info = link.info().map_err(|e| foreign(&path, format!("not a BPF link: {e}")))?;
+        let info =
+            link.info().map_err(|e| foreign(pin_path, &path, format!("not a BPF link: {e}")))?;
         if !matches!(info.link_type(), Ok(LinkType::Cgroup)) {
-            return Err(foreign(&path, "not a cgroup link".into()));
+            return Err(foreign(pin_path, &path, "not a cgroup link".into()));
         }
         links.push((path, link, info.program_id()));
     }
     let programs = ours::programs(&links.iter().map(|(_, _, program)| *program).collect())?;
-    if let Some((path, _, program)) = links.iter().find(|(_, _, p)| !programs.contains_key(p)) {
-        return Err(foreign(path, format!("a link of program {program}, which is not ours")));
+    for (path, _, program) in &links {
+        let Some(used) = programs.get(program) else {
+            let reason = format!("a link of program {program}, which is not ours");
+            return Err(foreign(pin_path, path, reason));
+        };
+        if let Some(error) = not_this_data_planes(pin_path, (path, *program), used, maps) {
+            return Err(error);
+        }
     }
-    if !metadata && links.is_empty() {
-        return Err(DataplaneError::NoDataplane { path: pin_path.to_owned() });
+    Ok(links)
+}
+
+/// Why the link at `path` of program `program`, which uses `used`, is not this data plane's
+/// (whose maps are `pinned`), as the error naming the pin that is not: the link, when its
+/// program has another `ACTIVE_SET`; the map pin, when the program uses another map under
+/// that pin's name (a map an upgrade set aside counts under its own name).
+fn not_this_data_planes(
+    pin_path: &Path,
+    (path, program): (&Path, u32),
+    used: &ours::ProgramMaps,
+    pinned: &PinnedMaps,
+) -> Option<DataplaneError> {
+    let pinned_as = |name: &str| -> BTreeMap<&'static str, u32> {
+        pinned
+            .ids
+            .iter()
+            .filter(|(_, (own, _))| own == name)
+            .map(|(pin, (_, id))| (*pin, *id))
+            .collect()
+    };
+    if !pinned_as("ACTIVE_SET").values().any(|&id| id == used.active_set) {
+        let reason = format!(
+            "a link of program {program} of another data plane (its ACTIVE_SET is map {}, not \
+             the one pinned here)",
+            used.active_set
+        );
+        return Some(foreign(pin_path, path, reason));
     }
-    Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
+    used.by_name.iter().find_map(|(name, id)| {
+        let pins = pinned_as(name);
+        let (pin, other) = pins.iter().next()?;
+        (!pins.values().any(|p| p == id)).then(|| {
+            let reason = format!(
+                "map {other}, but the programs linked here use map {id} as {name}: another's \
+                 map, never reused or replaced"
+            );
+            foreign(pin_path, &pin_path.join(pin), reason)
+        })
+    })
+}
+
+/// Whether anything is at `path`: dangling symbolic links too, since `remove_pins` removes
+/// whatever has one of our names.
+fn present(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// The error for `pin` under `pin_path`, not ours for `reason`.
+fn foreign(pin_path: &Path, pin: &Path, reason: String) -> DataplaneError {
+    DataplaneError::ForeignPin { path: pin_path.to_owned(), pin: pin.to_owned(), reason }
 }
 
 /// Blocks until this open file description holds the exclusive lock (`flock`) on the

@@ -77,6 +77,8 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
             expected: LAYOUT_VERSION,
         });
     }
+    // Links and maps pinned here by anyone else are never replaced or reused.
+    pins::check_pins(pin_path)?;
     migrate::set_aside_outgrown(pin_path)?;
     check_reused_maps(pin_path)?;
     let mut ebpf = load_against_pins(pin_path)?;
