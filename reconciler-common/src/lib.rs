@@ -97,40 +97,9 @@ pub const MAX_EXCLUDED: u32 = 16;
 /// no change of the map's shape.
 pub const EVENT_SLOTS: u32 = 16;
 
-/// Indexes of the per-CPU `EVENTS` counters: what the programs did besides choosing a
-/// backend, each a reason a syscall was refused or a translation was not made.
-pub mod event {
-    /// A connect or sendmsg to a service with no usable backend: refused (ECONNREFUSED).
-    pub const NO_BACKEND: u32 = 0;
-    /// A known VIP whose slot was missing from the live set: refused, never sent on.
-    pub const SLOT_MISS: u32 = 1;
-    /// A known VIP whose chosen backend was missing from the live set: refused.
-    pub const BACKEND_MISS: u32 = 2;
-    /// A reply or `getpeername()` whose `REVERSE` entry named a service or backend that is
-    /// no longer live: the entry was deleted and the address left as it was.
-    pub const REVERSE_STALE: u32 = 3;
-    /// A translation that could not be recorded (the socket's storage could not be
-    /// allocated, or for a datagram `REVERSE` refused the update too): refused, as its
-    /// replies and `getpeername()` would show the backend.
-    pub const REVERSE_FULL: u32 = 4;
-    /// A known VIP on a port or protocol no service defines: refused, never sent on.
-    pub const UNKNOWN_PORT: u32 = 5;
-    /// Number of counters.
-    pub const COUNT: u32 = 6;
-}
+pub mod event;
 
-/// Indexes of the per-CPU `AFFINITY_EVENTS` counters.
-pub mod affinity {
-    /// A client of a service with affinity got the backend its entry names.
-    pub const HIT: u32 = 0;
-    /// A client had no entry, or one older than the timeout: a backend was chosen afresh.
-    pub const MISS: u32 = 1;
-    /// An entry named a backend no longer usable (gone from the service, in maintenance,
-    /// or unhealthy): deleted, and a backend chosen afresh.
-    pub const DROPPED: u32 = 2;
-    /// Number of counters.
-    pub const COUNT: u32 = 3;
-}
+pub mod affinity;
 
 /// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
 /// `struct bpf_sock_addr::user_ip6`). IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a

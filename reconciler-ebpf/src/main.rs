@@ -20,6 +20,7 @@ mod sock;
 use core::mem::offset_of;
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
@@ -232,7 +233,12 @@ fn lb_translate(
 ) -> i32 {
     let (backend, service_id, backend_id, stored) =
         match lb_select(ctx, kind, &addr, port, protocol) {
-            Selection::NotAService => return ALLOW,
+            Selection::NotAService => {
+                if kind == trace::CONNECT {
+                    lb_forget(ctx);
+                }
+                return ALLOW;
+            }
             Selection::Refused { reason, service_id } => {
                 return lb_refuse(reason, service_id, protocol, (&addr, port));
             }
@@ -297,7 +303,28 @@ fn lb_record(ctx: &SockAddrContext, mut stored: *mut SocketRecord, record: &Sock
     true
 }
 
-/// Keeps `record` in `REVERSE`, keyed by the socket and the backend; whether it is there.
+/// A socket connected straight to an address that is no VIP is the application's own: its
+/// record (of an earlier connect or datagram through a VIP) goes, so its replies and
+/// `getpeername()` show what it connected to, and no apply destroys it for a backend that
+/// leaves. One storage lookup, which for a socket without storage is a null pointer test.
+#[inline(always)]
+fn lb_forget(ctx: &SockAddrContext) {
+    // SAFETY: as in lb_record; without F_CREATE, a socket without a record gets null.
+    let stored = unsafe { SOCKETS.get_ptr_mut(ctx) };
+    if stored.is_null() {
+        return;
+    }
+    // SAFETY: as in lb_record (a connect holds the socket's lock).
+    unsafe {
+        if (*stored).kind != RECORD_NONE {
+            (*stored).kind = RECORD_NONE;
+        }
+    }
+}
+
+/// Keeps `record` in `REVERSE`, keyed by the socket and the backend; whether it is there. A
+/// new entry is counted (`REVERSE_ADDED`): with the deletions, it tells how many entries the
+/// LRU evicted to make room, which it does without a word.
 #[inline(always)]
 fn lb_keep_reverse(ctx: &SockAddrContext, record: &SocketRecord) -> bool {
     let key = ReverseKey {
@@ -315,8 +342,15 @@ fn lb_keep_reverse(ctx: &SockAddrContext, record: &SocketRecord) -> bool {
         backend_id: record.backend_id,
     };
     // SAFETY: REVERSE is not versioned; a value read here is compared at once.
-    let kept = unsafe { REVERSE.get(key) } == Some(&value);
-    kept || REVERSE.insert(key, value, 0).is_ok()
+    if unsafe { REVERSE.get(key) } == Some(&value) {
+        return true;
+    }
+    if REVERSE.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+        lb_count(event::REVERSE_ADDED);
+        return true;
+    }
+    // There (with another value), or made there meanwhile: replaced.
+    REVERSE.insert(key, value, 0).is_ok()
 }
 
 /// The common body of the recvmsg and getpeername hooks: an address that is the backend of

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context as _, Result};
-use reconciler::dataplane::ApplyTo;
+use reconciler::dataplane::{ApplyTo, Dataplane};
+use reconciler_core::state::MapState;
 use reconciler_tests::{one_service, one_udp_service, Running, Sandbox};
 
 const PRELUDE: &str = "
@@ -51,21 +52,9 @@ fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandb
         sandbox.serve_tcp(backend, &name)?;
     }
     let refs = &backends[..];
-    let mut desired = one_udp_service(vip, refs)?;
     // The same VIP and port over TCP, with the same backends (service ID 2).
-    let tcp = one_service(vip, refs)?;
-    for (frontend, mut entry) in tcp.services {
-        entry.id = 2;
-        desired.services.insert(frontend, entry);
-    }
-    for ((_, slot), backend) in tcp.slots {
-        desired.slots.insert((2, slot), backend + 10);
-    }
-    for (id, mut backend) in tcp.backends {
-        backend.service_id = 2;
-        desired.backends.insert(id + 10, backend);
-    }
-    desired.names.insert(2, "test-tcp".into());
+    let desired =
+        with_second_service(one_udp_service(vip, refs)?, one_service(vip, refs)?, 2, "test-tcp");
     sandbox.install(&desired)?;
     Ok(sandbox)
 }
@@ -74,6 +63,46 @@ fn udp_and_tcp_world(test: &str, vip: &str, backends: [&str; 3]) -> Result<Sandb
 fn host_and_port(vip: &str) -> Result<(&str, &str)> {
     let (host, port) = vip.rsplit_once(':').context("VIP:PORT")?;
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// `desired` with `other`'s services added as service `id` (named `name`), their backends'
+/// IDs 10 up.
+fn with_second_service(mut desired: MapState, other: MapState, id: u32, name: &str) -> MapState {
+    for (frontend, mut entry) in other.services {
+        entry.id = id;
+        desired.services.insert(frontend, entry);
+    }
+    for ((_, slot), backend) in other.slots {
+        desired.slots.insert((id, slot), backend + 10);
+    }
+    for (backend_id, mut backend) in other.backends {
+        backend.service_id = id;
+        desired.backends.insert(backend_id + 10, backend);
+    }
+    desired.names.insert(id, name.into());
+    desired
+}
+
+/// One UDP service at `vip` whose backend 1 left, backend 2 at `backend` in its place.
+fn replaced_by(vip: &str, backend: &str) -> Result<MapState> {
+    let mut moved = one_udp_service(vip, &[backend])?;
+    let entry = moved.backends.remove(&1).context("backend 1")?;
+    moved.backends.insert(2, entry);
+    moved.slots.insert((1, 0), 2);
+    Ok(moved)
+}
+
+/// The VIP of [`udp_service_of_b1`].
+const UDP_VIP: &str = "10.96.0.53:53";
+
+/// A sandbox serving UDP as b1 and b2 (their addresses), and a data plane whose one service,
+/// UDP at [`UDP_VIP`], has b1 alone.
+fn udp_service_of_b1(test: &str) -> Result<(Sandbox, [String; 2], Dataplane)> {
+    let mut sandbox = Sandbox::new(test)?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
+    let dataplane = sandbox.install(&one_udp_service(UDP_VIP, &[&b1])?)?;
+    Ok((sandbox, [b1, b2], dataplane))
 }
 
 fn unconnected_udp_replies_come_from_the_vip(
@@ -177,18 +206,9 @@ fn a_reverse_entry_whose_backend_left_the_live_set_is_not_used_and_is_counted() 
     let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
     let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
     // Two UDP services, one backend each (IDs 1 and 11).
-    let mut desired = one_udp_service("10.96.0.53:53", &[&b1])?;
-    let second = one_udp_service("10.96.0.54:53", &[&b2])?;
-    for (frontend, mut entry) in second.services {
-        entry.id = 2;
-        desired.services.insert(frontend, entry);
-    }
-    desired.slots.insert((2, 0), 11);
-    for (_, mut backend) in second.backends {
-        backend.service_id = 2;
-        desired.backends.insert(11, backend);
-    }
-    desired.names.insert(2, "second".into());
+    let first = one_udp_service("10.96.0.53:53", &[&b1])?;
+    let desired =
+        with_second_service(first, one_udp_service("10.96.0.54:53", &[&b2])?, 2, "second");
     let dataplane = sandbox.install(&desired)?;
     let active = dataplane.status()?.active_set;
     // One unconnected socket talks to both VIPs: its record holds the second, `REVERSE` the
@@ -310,10 +330,7 @@ print('unconnected', u.recvfrom(512)[0].decode().strip(), flush=True)
     let mut client = sandbox.python_session(&script, &[host, port])?;
     assert_eq!([client.line()?, client.line()?], ["connected b1", "unconnected b1"]);
 
-    let mut moved = one_udp_service(vip, &[&b2])?;
-    let entry = moved.backends.remove(&1).context("backend 1")?;
-    moved.backends.insert(2, entry);
-    moved.slots.insert((1, 0), 2);
+    let moved = replaced_by(vip, &b2)?;
     let report = dataplane.apply(&moved, ApplyTo::default())?;
     assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
 
@@ -384,11 +401,8 @@ for line in sys.stdin:
 #[test]
 fn a_connected_udp_socket_keeps_its_record_through_a_million_and_a_half_translations() -> Result<()>
 {
-    let mut sandbox = Sandbox::new("record-life")?;
-    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
-    let b2 = sandbox.serve_udp("127.0.0.12:5300", "b2")?.to_string();
-    let vip = "10.96.0.53:53";
-    let mut dataplane = sandbox.install(&one_udp_service(vip, &[&b1])?)?;
+    let (sandbox, [_, b2], mut dataplane) = udp_service_of_b1("record-life")?;
+    let vip = UDP_VIP;
     let script = format!(
         "{PRELUDE}
 import errno
@@ -420,12 +434,160 @@ except OSError as e:
     assert_eq!(client.go_on()?, vip, "getpeername() lost the VIP");
 
     // b1 leaves the service: the socket is found by its own record and destroyed.
-    let mut moved = one_udp_service(vip, &[&b2])?;
-    let entry = moved.backends.remove(&1).context("backend 1")?;
-    moved.backends.insert(2, entry);
-    moved.slots.insert((1, 0), 2);
+    let moved = replaced_by(vip, &b2)?;
     let report = dataplane.apply(&moved, ApplyTo::default())?;
     assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
     assert_eq!(client.finish()?, ["ECONNABORTED"]);
+    Ok(())
+}
+
+/// A client that takes a namespace of its own (`unshare`), where it answers as b1 at
+/// 127.0.0.11:5300 itself, connects a UDP socket through the VIP there, and moves on to yet
+/// another namespace: the socket's namespace keeps no task, mount or file, only the socket.
+const MOVED_AWAY: &str = "
+import ctypes, errno, socket, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def new_namespace():
+    if libc.unshare(0x40000000) != 0:
+        raise OSError(ctypes.get_errno(), 'unshare(CLONE_NEWNET)')
+    subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)
+new_namespace()
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(('127.0.0.11', 5300))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect((sys.argv[1], int(sys.argv[2])))
+c.send(b'q')
+_, peer = server.recvfrom(512)
+server.sendto(b'b1', peer)
+server.close()
+print(c.recv(512).decode(), flush=True)
+new_namespace()
+sys.stdin.readline()
+try:
+    print(c.recv(512))
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+";
+
+/// Issue 22: a connected UDP socket in a network namespace no process is in any more (its
+/// process moved away, keeping the socket) is found through the socket and destroyed.
+#[test]
+fn a_connected_udp_socket_whose_namespace_has_no_process_is_destroyed() -> Result<()> {
+    let sandbox = Sandbox::new("udp-moved-away")?;
+    let vip = "10.96.0.53:53";
+    let mut dataplane = sandbox.install(&one_udp_service(vip, &["127.0.0.11:5300"])?)?;
+    let (host, port) = host_and_port(vip)?;
+    let mut client = sandbox.python_session(MOVED_AWAY, &[host, port])?;
+    assert_eq!(client.line()?, "b1");
+
+    let moved = replaced_by(vip, "127.0.0.12:5300")?;
+    let report = dataplane.apply(&moved, ApplyTo::default())?;
+    assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (1, None));
+    assert_eq!(client.finish()?, ["ECONNABORTED"]);
+    Ok(())
+}
+
+/// Issue 22: a socket that talked through the VIP and then connected straight to a backend is
+/// the application's own: its replies and `getpeername()` show the backend, and it is not
+/// destroyed when that backend leaves the service.
+#[test]
+fn a_socket_connected_straight_to_a_backend_after_the_vip_is_left_alone() -> Result<()> {
+    let (sandbox, [b1, b2], mut dataplane) = udp_service_of_b1("udp-direct")?;
+    let vip = UDP_VIP;
+    let script = format!(
+        "{PRELUDE}
+backend = (sys.argv[3], int(sys.argv[4]))
+u = socket.socket(family, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b'q', (host, port))
+data, source = u.recvfrom(512)
+print('sent to the vip', data.decode().strip(), show(source), flush=True)
+u.connect(backend)
+u.send(b'q')
+data, source = u.recvfrom(512)
+print('then direct', data.decode().strip(), show(source), show(u.getpeername()), flush=True)
+c = socket.socket(family, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect((host, port))
+print('connected to the vip', show(c.getpeername()), flush=True)
+c.connect(backend)
+c.send(b'q')
+data, source = c.recvfrom(512)
+print('then direct', data.decode().strip(), show(source), show(c.getpeername()), flush=True)
+sys.stdin.readline()
+for s in (u, c):
+    s.send(b'q')
+    data, source = s.recvfrom(512)
+    print('after', data.decode().strip(), show(source))
+"
+    );
+    let (host, port) = host_and_port(vip)?;
+    let (b1_host, b1_port) = host_and_port(&b1)?;
+    let mut client = sandbox.python_session(&script, &[host, port, b1_host, b1_port])?;
+    let lines = [client.line()?, client.line()?, client.line()?, client.line()?];
+    let direct = format!("then direct b1 {b1} {b1}");
+    assert_eq!(
+        lines,
+        [
+            format!("sent to the vip b1 {vip}"),
+            direct.clone(),
+            format!("connected to the vip {vip}"),
+            direct
+        ]
+    );
+
+    let moved = replaced_by(vip, &b2)?;
+    let report = dataplane.apply(&moved, ApplyTo::default())?;
+    assert_eq!((report.sockets_destroyed, report.sockets_error.as_deref()), (0, None));
+    let after = format!("after b1 {b1}");
+    assert_eq!(client.finish()?, [after.clone(), after]);
+    Ok(())
+}
+
+/// Issue 22: `REVERSE` entries the LRU evicts to make room are counted, and `status` shows
+/// them: 200 sockets each send to two UDP services, so each gives up one translation to
+/// `REVERSE`, which holds 64.
+#[test]
+fn reply_map_evictions_are_counted_and_shown_by_status() -> Result<()> {
+    let mut sandbox = Sandbox::new("reverse-evicted")?;
+    let b1 = sandbox.serve_udp("127.0.0.11:5300", "b1")?.to_string();
+    let first = one_udp_service("10.96.0.53:53", &[&b1])?;
+    let desired =
+        with_second_service(first, one_udp_service("10.96.0.54:53", &[&b1])?, 2, "second");
+    let capacity = reconciler_core::capacity::Capacity {
+        connections: 64,
+        ..reconciler_core::capacity::DEFAULT
+    };
+    reconciler::dataplane::Install::new(sandbox.pin_path(), sandbox.cgroup())
+        .capacity(capacity)
+        .fill(&desired, None)
+        .run()?;
+    let script = "
+import socket
+for _ in range(200):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    for vip in ('10.96.0.53', '10.96.0.54'):
+        s.sendto(b'q', (vip, 53))
+        s.recvfrom(512)
+    s.close()
+print('done')
+";
+    assert_eq!(sandbox.python_lines(script, &[])?, ["done"]);
+    let output = std::process::Command::new(reconciler_tests::reconciler_path()?)
+        .args(["status", "--output", "json", "--pin-path"])
+        .arg(sandbox.pin_path())
+        .output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(status["events"]["reverse_added"], 200, "{status}");
+    let held = status["memory"]["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["name"] == "REVERSE"))
+        .and_then(|m| m["entries"].as_u64())
+        .context("REVERSE's entries")?;
+    assert!(held <= 64, "{status}");
+    assert_eq!(status["reverse_evicted"], 200 - held, "{status}");
     Ok(())
 }

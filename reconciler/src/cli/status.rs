@@ -74,6 +74,12 @@ struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
+    /// `REVERSE` entries the LRU evicted (see `Events::reverse_evicted`).
+    fn reverse_evicted(&self) -> u64 {
+        let reverse = self.footprint.maps.iter().find(|m| m.name == "REVERSE");
+        self.events.reverse_evicted(reverse.and_then(|m| m.entries).unwrap_or(0))
+    }
+
     fn read(pin_path: &'a Path, with_counters: bool) -> anyhow::Result<Report<'a>> {
         let dataplane = Dataplane::open(pin_path)?;
         let live = dataplane.read_live()?;
@@ -127,7 +133,12 @@ impl<'a> Report<'a> {
             events.unknown_port,
             events.reverse_full
         );
-        println!("Replies:      {} stale reverse entries dropped", events.reverse_stale);
+        let evicted = self.reverse_evicted();
+        println!(
+            "Replies:      {} stale reverse entries dropped, {evicted} evicted by newer ones \
+             (the map was full: those sockets' late replies show the backend)",
+            events.reverse_stale
+        );
         println!(
             "Affinity:     {} hits, {} misses, {} entries dropped",
             events.affinity_hits, events.affinity_misses, events.affinity_dropped
@@ -184,6 +195,7 @@ impl<'a> Report<'a> {
             "backends": state.backends.len(),
             "slots": state.slots.len(),
             "events": self.events,
+            "reverse_evicted": self.reverse_evicted(),
             "affinity_entries": affinity,
             "counters": self.counters,
             "memory": footprint_json(&self.footprint),

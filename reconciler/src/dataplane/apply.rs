@@ -21,9 +21,10 @@ use std::{
     net::SocketAddr,
 };
 
-use aya::maps::IterableMap as _;
+use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuValues};
 use reconciler_common::{
-    BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP, REVISION_LEN,
+    event, BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP,
+    REVISION_LEN,
 };
 use reconciler_core::{
     diff::Change,
@@ -34,7 +35,7 @@ use super::{
     batch, destroy,
     error::{io_err, map_err, DataplaneError, Result},
     grace::wait_for_readers,
-    pins::lock,
+    pins::{lock, typed_map},
     read::Sets,
     Dataplane,
 };
@@ -401,6 +402,23 @@ impl Dataplane {
             .map_err(io_err("zeroing BACKEND_TOTALS"))
     }
 
+    /// Adds `count` to the `EVENTS` counter `event` that user space keeps (on the first
+    /// CPU's value; a reader sums them all). Called under the pin directory's lock, so no
+    /// other writer races it; no program writes it.
+    fn count_event(&self, event: u32, count: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let mut events: PerCpuArray<MapData, u64> = typed_map(&self.pin_path, "EVENTS")?;
+        let mut values: Vec<u64> =
+            events.get(&event, 0).map_err(map_err("reading EVENTS"))?.to_vec();
+        if let Some(first) = values.first_mut() {
+            *first += count;
+        }
+        let values = PerCpuValues::try_from(values).map_err(io_err("counting in EVENTS"))?;
+        events.set(event, values, 0).map_err(map_err("counting in EVENTS"))
+    }
+
     /// After an apply from `live` to `desired`: the `REVERSE` entries of backends that are
     /// gone (or moved) are deleted, and the connected UDP sockets whose record names them are
     /// destroyed (see `destroy`); a backend put in maintenance or found unhealthy loses its
@@ -435,6 +453,7 @@ impl Dataplane {
             .map(|(key, _)| key)
             .collect();
         batch::delete_all(&self.reverse, &stale).map_err(io_err("deleting from REVERSE"))?;
+        self.count_event(event::REVERSE_FORGOTTEN, stale.len() as u64)?;
         let doomed: BTreeMap<u32, SocketAddr> = removed
             .union(&to_maintenance)
             .filter_map(|id| Some((*id, live.backends.get(id)?.addr)))

@@ -12,16 +12,13 @@
 //! LRU could). `sock_diag` itself cannot read socket storage of UDP sockets (the kernel
 //! fills `INET_DIAG_SK_BPF_STORAGES` for TCP only), and the iterator cannot destroy: the
 //! `bpf_sock_destroy` kfunc needs kfunc relocations, which aya 0.14 does not make. Both
-//! see one network namespace at a time, so every namespace with a process in it is
-//! visited.
+//! see one network namespace at a time, so every namespace a socket may live in is visited
+//! (`namespaces`: those of tasks, mounts, open files, and sockets held from elsewhere).
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     net::SocketAddr,
-    os::{
-        fd::{AsRawFd as _, BorrowedFd},
-        unix::fs::MetadataExt as _,
-    },
+    os::fd::{AsRawFd as _, BorrowedFd},
     path::Path,
 };
 
@@ -38,25 +35,29 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAdd
 use super::{
     encode,
     error::{io_err, Result},
+    namespaces::Namespaces,
     records::{self, UdpRecords},
 };
 
 /// Destroys the connected UDP sockets whose record (`SOCKETS`, in the data plane pinned at
 /// `pin_path`) names one of the backend IDs `doomed` (ID -> address) and that are still
-/// connected to that backend, in every network namespace; returns how many were destroyed.
+/// connected to that backend, in every network namespace (`namespaces`); returns how many
+/// were destroyed.
 pub(super) fn connected_udp_sockets(
     pin_path: &Path,
     doomed: &BTreeMap<u32, SocketAddr>,
 ) -> Result<usize> {
-    let namespaces = network_namespaces().map_err(io_err("listing network namespaces"))?;
-    // Loading the iterator (the kernel's BTF, the verifier) costs far more than a dump: only
-    // namespaces where some socket is connected to a doomed backend's address are read.
     // The set is flipped already, so no socket connects to a doomed backend after the dump.
     let addresses: BTreeSet<SocketAddr> = doomed.values().map(|a| canonical(*a)).collect();
-    let candidates = connected_to(&namespaces, &addresses)?;
+    if addresses.is_empty() {
+        return Ok(0);
+    }
+    let candidates = connected_to(&addresses).map_err(io_err("listing network namespaces"))?;
     if candidates.is_empty() {
         return Ok(0);
     }
+    // Loading the iterator (the kernel's BTF, the verifier) costs far more than a dump: only
+    // namespaces where some socket is connected to a doomed backend's address are read.
     let ids: BTreeSet<u32> = doomed.keys().copied().collect();
     let doomed = &ids;
     let records = UdpRecords::load(pin_path)?;
@@ -66,7 +67,7 @@ pub(super) fn connected_udp_sockets(
         // setns() changes the calling thread's namespace only: a thread of its own.
         destroyed += std::thread::scope(|scope| {
             scope
-                .spawn(|| in_namespace(namespace, link, doomed, sockets))
+                .spawn(|| in_namespace(&namespace, link, doomed, sockets))
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the socket-destroying thread panicked")))
         })
@@ -78,34 +79,48 @@ pub(super) fn connected_udp_sockets(
 /// A connected UDP socket: its family, ID and peer.
 type Connected = (u8, SocketId, SocketAddr);
 
-/// The namespaces among `namespaces` with UDP sockets connected to one of `addresses`, and
-/// those sockets.
-fn connected_to<'n>(
-    namespaces: &'n [fs::File],
-    addresses: &BTreeSet<SocketAddr>,
-) -> Result<Vec<(&'n fs::File, Vec<Connected>)>> {
+/// The network namespaces with UDP sockets connected to one of `addresses`, and those
+/// sockets: first of the namespaces tasks, mounts and files hold, then of those only the
+/// sockets of processes hold (see `namespaces`).
+fn connected_to(addresses: &BTreeSet<SocketAddr>) -> io::Result<Vec<(fs::File, Vec<Connected>)>> {
+    let mut namespaces = Namespaces::visible()?;
     let mut candidates = Vec::new();
-    if addresses.is_empty() {
-        return Ok(candidates);
+    let mut known = BTreeSet::new();
+    for namespace in &namespaces.files {
+        let (inodes, sockets) = udp_sockets_in(namespace, addresses)?;
+        known.extend(inodes);
+        if !sockets.is_empty() {
+            candidates.push((namespace.try_clone()?, sockets));
+        }
     }
-    for namespace in namespaces {
-        let sockets = std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> io::Result<Vec<Connected>> {
-                    enter(namespace)?;
-                    let mut sockets = connected_udp(&diag_socket()?)?;
-                    sockets.retain(|(_, _, peer)| addresses.contains(peer));
-                    Ok(sockets)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the socket-listing thread panicked")))
-        })
-        .map_err(io_err("listing the connected UDP sockets"))?;
+    let hidden =
+        namespaces.of_hidden_sockets(&mut known, |ns| Ok(udp_sockets_in(ns, addresses)?.0))?;
+    for namespace in hidden {
+        let (_, sockets) = udp_sockets_in(&namespace, addresses)?;
         if !sockets.is_empty() {
             candidates.push((namespace, sockets));
         }
     }
     Ok(candidates)
+}
+
+/// In namespace `namespace`: the inodes of its UDP sockets, and those connected to one of
+/// `addresses`.
+fn udp_sockets_in(
+    namespace: &fs::File,
+    addresses: &BTreeSet<SocketAddr>,
+) -> io::Result<(BTreeSet<u64>, Vec<Connected>)> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(namespace)?;
+                let (inodes, mut sockets) = udp_sockets(&diag_socket()?)?;
+                sockets.retain(|(_, _, peer)| addresses.contains(peer));
+                Ok((inodes, sockets))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the socket-listing thread panicked")))
+    })
 }
 
 /// Moves the calling thread into the network namespace `namespace`.
@@ -138,28 +153,6 @@ fn in_namespace(
         return Ok(0);
     }
     in_this_namespace(&targets, sockets)
-}
-
-/// One open `/proc/PID/ns/net` per network namespace that has a process in it. Opened while
-/// listing: the open file keeps the namespace for us even if its process ends before we
-/// enter it (a path, opened later, would be gone).
-fn network_namespaces() -> io::Result<Vec<fs::File>> {
-    let mut seen = BTreeSet::new();
-    let mut namespaces = Vec::new();
-    for entry in fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        // A process may end while we look: skip it.
-        let Ok(file) = fs::File::open(entry.path().join("ns/net")) else { continue };
-        if let Ok(meta) = file.metadata() {
-            if seen.insert((meta.dev(), meta.ino())) {
-                namespaces.push(file);
-            }
-        }
-    }
-    Ok(namespaces)
 }
 
 /// Whether this kernel destroys sockets on request: it is asked to destroy a connected UDP
@@ -223,23 +216,29 @@ fn in_this_namespace(
     first_error.map_or(Ok(destroyed), Err)
 }
 
-/// The connected UDP sockets of this thread's network namespace.
-fn connected_udp(socket: &Socket) -> io::Result<Vec<Connected>> {
-    let mut found = Vec::new();
+/// The inodes of the UDP sockets of this thread's network namespace, and the connected ones.
+fn udp_sockets(socket: &Socket) -> io::Result<(BTreeSet<u64>, Vec<Connected>)> {
+    let (mut inodes, mut connected) = (BTreeSet::new(), Vec::new());
     for family in [AF_INET, AF_INET6] {
         let request = InetRequest {
             family,
             protocol: IPPROTO_UDP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::ESTABLISHED,
+            states: StateFlags::all(),
             socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
         };
         send(socket, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request))?;
         receive(socket, |message: NetlinkMessage<SockDiagMessage>| match message.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                let id = response.header.socket_id;
-                let peer = canonical(SocketAddr::new(id.destination_address, id.destination_port));
-                found.push((response.header.family, id, peer));
+                let header = response.header;
+                inodes.insert(u64::from(header.inode));
+                // TCP_ESTABLISHED: what the kernel calls a connected UDP socket.
+                if header.state == 1 {
+                    let id = header.socket_id;
+                    let peer =
+                        canonical(SocketAddr::new(id.destination_address, id.destination_port));
+                    connected.push((header.family, id, peer));
+                }
                 Ok(false)
             }
             NetlinkPayload::Done(_) => Ok(true),
@@ -247,7 +246,7 @@ fn connected_udp(socket: &Socket) -> io::Result<Vec<Connected>> {
             _ => Ok(false),
         })?;
     }
-    Ok(found)
+    Ok((inodes, connected))
 }
 
 /// Asks the kernel to destroy the UDP socket `socket_id` of `family`; its answer.

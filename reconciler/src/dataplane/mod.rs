@@ -24,7 +24,7 @@
 //! - `write`: writing changes into one set, in batches per map;
 //! - `batch`: batched hash map reads and writes; `sys`: bpf(2) for what aya does not do;
 //! - `destroy`: destroying connected UDP sockets whose backend an apply took away, found by
-//!   the `udp_records` socket iterator (`records`);
+//!   the `udp_records` socket iterator (`records`) in every network namespace (`namespaces`);
 //! - `error`: [`DataplaneError`].
 mod apply;
 mod batch;
@@ -36,6 +36,7 @@ mod footprint;
 mod grace;
 mod install;
 mod migrate;
+mod namespaces;
 mod ours;
 mod pins;
 mod programs;

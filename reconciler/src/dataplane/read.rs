@@ -36,12 +36,26 @@ pub struct Events {
     pub reverse_full: u64,
     /// Connects and datagrams to a VIP on a port or protocol no service defines: refused.
     pub unknown_port: u64,
+    /// `REVERSE` entries made.
+    pub reverse_added: u64,
+    /// `REVERSE` entries applies deleted (their backend left).
+    pub reverse_forgotten: u64,
     /// Connects that a session affinity entry sent to its backend.
     pub affinity_hits: u64,
     /// Connects of clients with no affinity entry, or an expired one.
     pub affinity_misses: u64,
     /// Affinity entries deleted because their backend was gone or in maintenance.
     pub affinity_dropped: u64,
+}
+
+impl Events {
+    /// The `REVERSE` entries the LRU evicted to make room, given the `entries` there now:
+    /// those made, less those deleted as stale or by applies, less those left. Their
+    /// sockets' late replies show the backend's address.
+    pub fn reverse_evicted(&self, entries: usize) -> u64 {
+        let left = self.reverse_stale + self.reverse_forgotten + entries as u64;
+        self.reverse_added.saturating_sub(left)
+    }
 }
 
 /// What the metadata map says.
@@ -294,6 +308,8 @@ impl Dataplane {
             reverse_stale: event(event::REVERSE_STALE)?,
             reverse_full: event(event::REVERSE_FULL)?,
             unknown_port: event(event::UNKNOWN_PORT)?,
+            reverse_added: event(event::REVERSE_ADDED)?,
+            reverse_forgotten: event(event::REVERSE_FORGOTTEN)?,
             affinity_hits: affinity(affinity::HIT)?,
             affinity_misses: affinity(affinity::MISS)?,
             affinity_dropped: affinity(affinity::DROPPED)?,
