@@ -24,9 +24,10 @@ pub const MAX_NODES: usize = NODES_PER_SERVICE * reconciler_common::MAX_SERVICES
 pub const MAX_DIAGNOSTICS: usize = 1_000;
 /// Bytes of a saved plan file (its desired state holds every map entry).
 pub const MAX_PLAN_BYTES: u64 = 256 << 20;
-/// Bytes of a commit or tag object whose signature is checked: its size is read from the
-/// object's header, and a larger one is refused unread (a commit's message and headers are
-/// rarely over a few KiB).
+/// Bytes of a commit or tag object that is read (to resolve a ref, to check a signature, to
+/// find the tree): its size is read from the object's header, and a larger one is refused
+/// unread, as the revision's failure (a commit's message and headers are rarely over a few
+/// KiB; one of hundreds of MB would be read whole at every fetch).
 pub const MAX_SIGNED_OBJECT_BYTES: usize = 1 << 20;
 /// Bytes of one signature block (armored OpenPGP or SSH): real ones are a few KiB; a larger
 /// one is refused before it is parsed.

@@ -332,6 +332,83 @@ fn a_saved_plan_edited_with_its_checksum_recomputed_or_made_elsewhere_is_refused
     assert!(refused.contains("reconciler apply --repo"), "{refused}");
 }
 
+/// A commit object of `megabytes` MiB (its signature header padded) on top of `repo`'s HEAD,
+/// made its branch `main`; its id.
+fn commit_of_megabytes(repo: &Repo, megabytes: usize) -> String {
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let tree = repo.git(&["rev-parse", "HEAD^{tree}"]);
+    let padding = format!(" {}\n", "A".repeat(70)).repeat(megabytes * (1 << 20) / 72);
+    let text = format!(
+        "tree {tree}\nparent {head}\nauthor T <t@example.com> 1700000000 +0000\n\
+         committer T <t@example.com> 1700000000 +0000\ngpgsig -----BEGIN SSH SIGNATURE-----\n\
+         {padding} -----END SSH SIGNATURE-----\n\nhuge\n"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let id = repo.git(&["hash-object", "-t", "commit", "-w", file.path().to_str().unwrap()]);
+    repo.git(&["update-ref", "refs/heads/main", &id]);
+    id
+}
+
+/// Issue 22: a pushed commit of 64 MiB is never read whole. Over the network the fetch
+/// streams it and the commit alone is refused, a failed revision naming it, in bounded memory;
+/// a good commit pushed on top applies, from the same cache. From a local repository, which
+/// libgit2 copies object by object (whole), the fetch runs out of memory: refused the same
+/// way, as the commit's failure, not a transient error.
+#[test]
+fn a_huge_commit_is_a_failed_revision_and_the_next_good_one_applies() {
+    let work = service_repo();
+    let served = TempDir::new().unwrap();
+    work.bare_clone(served.path(), "services.git");
+    let daemon = Daemon::start(served.path(), loopback_address());
+    let cache = TempDir::new().unwrap();
+    let plan = |url: &str| {
+        let args = ["plan", "--repo", url, "--ref", "main", "--output", "json", "--pin-path"];
+        let cache_dir = cache.path().to_str().unwrap();
+        reconciler_bounded(
+            cache.path(),
+            &[&args[..], &[NO_INSTALL, "--cache-dir", cache_dir]].concat(),
+        )
+    };
+    let url = daemon.url("services.git");
+    assert_eq!(plan(&url).status.code(), Some(0));
+
+    let huge = commit_of_megabytes(&work, 64);
+    work.git(&["push", "-q", "origin", "main"]);
+    let output = plan(&url);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let expected = format!("{huge}: the commit object is ");
+    assert!(both(&output).contains(&expected), "{}", both(&output));
+    assert!(both(&output).contains("at most 1048576 are read"), "{}", both(&output));
+
+    // A good commit on top applies; so do those after it, whose fetches' negotiation starts
+    // from a good commit (grafted as a root: its parent is never read).
+    for backend in ["10.1.0.12", "10.1.0.13"] {
+        work.write("services/web.yaml", SERVICE.replace("10.1.0.11", backend));
+        let good = work.commit("good, after the huge one");
+        work.git(&["push", "-q", "origin", "main"]);
+        let output = plan(&url);
+        assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+        let planned: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(planned["revision"], good.as_str());
+    }
+
+    // From the bare repository as a local path, the huge commit its tip again.
+    work.git(&["update-ref", "refs/heads/main", &huge]);
+    work.git(&["push", "-q", "-f", "origin", "main"]);
+    let local = served.path().join("services.git");
+    let fresh = TempDir::new().unwrap();
+    let args =
+        ["plan", "--repo", local.to_str().unwrap(), "--ref", "main", "--pin-path", NO_INSTALL];
+    let output = reconciler_bounded(
+        fresh.path(),
+        &[&args[..], &["--cache-dir", fresh.path().to_str().unwrap()]].concat(),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let expected = format!("out of memory copying the objects of {huge}");
+    assert!(both(&output).contains(&expected), "{}", both(&output));
+}
+
 #[test]
 fn git_only_flags_with_a_directory_are_errors_not_ignored() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,19 +1,22 @@
 //! The bare repository that caches one URL: opened (or rebuilt) under a lock, fetched into,
 //! and asked which commit a reference names.
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use git2::{
-    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks,
-    Repository,
+    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
+    ObjectType, Oid, RemoteCallbacks, Repository,
 };
 
 use super::{
     error::{io_error, SourceError},
     spec::{FetchTimeouts, GitSpec},
 };
+use crate::limits::MAX_SIGNED_OBJECT_BYTES;
 
 /// Runs `work` on the cache of `spec`'s URL while holding that cache's lock, so concurrent
 /// processes sharing a cache directory take turns instead of failing on git's lock files.
@@ -71,10 +74,16 @@ fn lock_cache(path: &Path) -> Result<std::fs::File, SourceError> {
 /// The bare repository caching one URL.
 pub(super) struct Cache {
     pub(super) repo: Repository,
+    /// Refs deleted as too large to read, by name, with what they named.
+    dropped: std::cell::RefCell<std::collections::BTreeMap<String, Oid>>,
     /// The URL as libgit2 gets it (local paths made absolute).
     url: String,
     path: PathBuf,
 }
+
+/// The URL and remote tip of the last fetch that ran out of memory (see
+/// `Cache::too_large_to_fetch`); one per process, as a daemon follows one source.
+static TOO_LARGE: Mutex<Option<(String, Oid)>> = Mutex::new(None);
 
 /// Where the remote's HEAD lands, so `reference: None` follows the remote's default branch.
 const REMOTE_HEAD: &str = "refs/remotes/origin/HEAD";
@@ -86,7 +95,7 @@ impl Cache {
             opened => opened,
         }
         .map_err(|error| SourceError::Cache { path: path.clone(), error })?;
-        Ok(Cache { repo, url, path })
+        Ok(Cache { repo, dropped: Default::default(), url, path })
     }
 
     pub(super) fn cache_error(&self) -> impl Fn(git2::Error) -> SourceError + '_ {
@@ -125,14 +134,122 @@ impl Cache {
             "+refs/tags/*:refs/tags/*",
             &format!("+HEAD:{REMOTE_HEAD}"),
         ];
-        remote.fetch(&refspecs, Some(&mut options), None).map_err(fetch_error)
+        // A local repository's tip, read before the fetch (a cheap read of its refs): the
+        // revision to blame if the fetch runs out of memory (see `too_large_to_fetch`).
+        let tip = local.starts_with('/').then(|| Cache::local_tip(local, spec)).flatten();
+        self.drop_oversized_refs()?;
+        let mut too_large = TOO_LARGE.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = too_large.as_ref().filter(|(url, _)| *url == self.url).map(|(_, known)| *known);
+        if tip.is_some() && tip == known {
+            return Err(self.too_large_to_fetch(tip));
+        }
+        match remote.fetch(&refspecs, Some(&mut options), None) {
+            Err(e) if e.class() == ErrorClass::NoMemory => {
+                *too_large = tip.map(|tip| (self.url.clone(), tip));
+                return Err(self.too_large_to_fetch(tip));
+            }
+            fetched => fetched.map_err(fetch_error)?,
+        }
+        self.drop_oversized_refs()
+    }
+
+    /// Deletes every ref of the cache that names a commit (or a tag on the way to one) too
+    /// large to read ([`Cache::peel`]), remembering it for `resolve`, which refuses it as the
+    /// failed revision it is. libgit2 reads the commits the refs name (a fetch's negotiation
+    /// walks from them), so one such ref left would make every later fetch read it whole.
+    fn drop_oversized_refs(&self) -> Result<(), SourceError> {
+        let references = self.repo.references().map_err(self.cache_error())?;
+        let (mut oversized, mut roots) = (Vec::new(), BTreeSet::new());
+        for reference in references.flatten() {
+            let (Ok(name), Some(target)) = (reference.name(), reference.target()) else {
+                continue;
+            };
+            match self.peel(target) {
+                Err(SourceError::ObjectTooLarge { .. }) => {
+                    oversized.push((name.to_owned(), target))
+                }
+                Ok(commit) if self.has_oversized_parent(commit)? => {
+                    roots.insert(commit);
+                }
+                _ => {}
+            }
+        }
+        self.graft_roots(roots)?;
+        let mut dropped = self.dropped.borrow_mut();
+        for (name, target) in oversized {
+            if let Ok(mut reference) = self.repo.find_reference(&name) {
+                reference.delete().map_err(self.cache_error())?;
+            }
+            dropped.insert(name, target);
+        }
+        Ok(())
+    }
+
+    /// The error for a fetch that ran out of memory: libgit2's local transport copies each
+    /// object whole, so a commit of hundreds of MB fails every fetch where memory is bounded
+    /// (fetches over the network stream, and only the commit is refused, by `peel`). A failed
+    /// revision (the remote's `tip`), not a transient error, and remembered: until the
+    /// remote's tip moves, a fetch only reads the remote's refs.
+    fn too_large_to_fetch(&self, tip: Option<Oid>) -> SourceError {
+        let revision = tip.map_or_else(|| "the remote's tip".to_owned(), |tip| tip.to_string());
+        SourceError::FetchTooLarge { url: self.url.clone(), revision }
+    }
+
+    /// Whether a parent of `commit` is too large to read.
+    fn has_oversized_parent(&self, commit: Oid) -> Result<bool, SourceError> {
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let commit = self.repo.find_commit(commit).map_err(self.cache_error())?;
+        for parent in commit.parent_ids() {
+            match odb.read_header(parent) {
+                Ok((size, _)) if size > MAX_SIGNED_OBJECT_BYTES => return Ok(true),
+                // A parent the cache lacks is a shallow boundary already.
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds `roots` to the cache's `shallow` file: git's way of saying a commit's history is
+    /// not here, which libgit2 honours too, so no walk (a fetch's negotiation) goes past a
+    /// root into a parent too large to read.
+    fn graft_roots(&self, roots: BTreeSet<Oid>) -> Result<(), SourceError> {
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let path = self.repo.path().join("shallow");
+        let mut all: BTreeSet<String> =
+            std::fs::read_to_string(&path).unwrap_or_default().lines().map(str::to_owned).collect();
+        let before = all.len();
+        all.extend(roots.iter().map(Oid::to_string));
+        if all.len() == before {
+            return Ok(());
+        }
+        let text: String = all.iter().map(|line| format!("{line}\n")).collect();
+        crate::private_dir::write_atomically(&path, text.as_bytes()).map_err(io_error(&path))
+    }
+
+    /// What the local repository at `path` names for `spec` (a branch, a tag, else its
+    /// HEAD), read from its refs without peeling anything (libgit2's local transport peels,
+    /// reading the objects whole, which is what ran out of memory).
+    fn local_tip(path: &str, spec: &GitSpec) -> Option<Oid> {
+        let repo = Repository::open(path).ok()?;
+        let names = match spec.reference.as_deref() {
+            Some(name) => vec![format!("refs/heads/{name}"), format!("refs/tags/{name}")],
+            None => vec!["HEAD".to_owned()],
+        };
+        let target = |name: &String| repo.find_reference(name).ok()?.resolve().ok()?.target();
+        names.iter().find_map(target)
     }
 
     /// A branch, else a tag, else a commit id or unique prefix; None is the remote's HEAD.
+    /// No object is read whole on the way (see [`Cache::commit_of`]).
     pub(super) fn resolve(&self, reference: Option<&str>) -> Result<Oid, SourceError> {
         let Some(reference) = reference else {
+            if let Some(&dropped) = self.dropped.borrow().get(REMOTE_HEAD) {
+                return self.peel(dropped);
+            }
             return match self.repo.find_reference(REMOTE_HEAD) {
-                Ok(head) => head.peel_to_commit().map(|c| c.id()).map_err(self.cache_error()),
+                Ok(head) => self.commit_of(&head),
                 Err(e) if e.code() == ErrorCode::NotFound => {
                     Err(SourceError::Empty { url: self.url.clone() })
                 }
@@ -140,10 +257,11 @@ impl Cache {
             };
         };
         for name in [format!("refs/remotes/origin/{reference}"), format!("refs/tags/{reference}")] {
+            if let Some(&dropped) = self.dropped.borrow().get(&name) {
+                return self.peel(dropped);
+            }
             match self.repo.find_reference(&name) {
-                Ok(found) => {
-                    return found.peel_to_commit().map(|c| c.id()).map_err(self.cache_error())
-                }
+                Ok(found) => return self.commit_of(&found),
                 // Not a valid ref name (e.g. "a..b") is as good as not found.
                 Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => {}
                 Err(e) => return Err(self.cache_error()(e)),
@@ -156,15 +274,57 @@ impl Cache {
         if !hex {
             return Err(unknown());
         }
-        match self.repo.find_commit_by_prefix(reference) {
-            Ok(commit) => Ok(commit.id()),
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let prefix = Oid::from_str(reference).map_err(|_| unknown())?;
+        match odb.exists_prefix(prefix, reference.len()) {
+            Ok(id) => self.peel(id).map_err(|e| match e {
+                // The id of a tree or blob names no commit.
+                SourceError::UnknownRef { .. } => unknown(),
+                other => other,
+            }),
             Err(e) if e.code() == ErrorCode::Ambiguous => Err(SourceError::AmbiguousRef {
                 reference: reference.to_owned(),
                 url: self.url.clone(),
             }),
-            // Not found, the id of a tree or blob, or too long for this repository's ids.
+            // Not found, or too long for this repository's ids.
             Err(_) => Err(unknown()),
         }
+    }
+
+    /// The commit `reference` names, through annotated tags.
+    fn commit_of(&self, reference: &git2::Reference<'_>) -> Result<Oid, SourceError> {
+        let direct = reference.resolve().map_err(self.cache_error())?;
+        let target = direct.target().ok_or_else(|| SourceError::UnknownRef {
+            reference: String::from_utf8_lossy(reference.name_bytes()).into_owned(),
+            url: self.url.clone(),
+        })?;
+        self.peel(target)
+    }
+
+    /// The commit `id` is or (through annotated tags) points at, each object judged by its
+    /// header before it is read: a commit or tag over [`MAX_SIGNED_OBJECT_BYTES`] is refused
+    /// unread, as a failed revision (a pushed commit of hundreds of MB would otherwise be
+    /// read whole at every fetch, and fail every fetch where memory is bounded).
+    pub(super) fn peel(&self, mut id: Oid) -> Result<Oid, SourceError> {
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        // Tags of tags of tags...: a chain longer than any a person makes is refused.
+        for _ in 0..8 {
+            let (size, kind) = odb.read_header(id).map_err(self.cache_error())?;
+            let what = match kind {
+                ObjectType::Commit => "the commit object",
+                ObjectType::Tag => "a tag object on the way to it",
+                _ => break,
+            };
+            if size > MAX_SIGNED_OBJECT_BYTES {
+                let (revision, max) = (id.to_string(), MAX_SIGNED_OBJECT_BYTES);
+                return Err(SourceError::ObjectTooLarge { revision, what, size, max });
+            }
+            if kind == ObjectType::Commit {
+                return Ok(id);
+            }
+            id = self.repo.find_tag(id).map_err(self.cache_error())?.target_id();
+        }
+        Err(SourceError::UnknownRef { reference: id.to_string(), url: self.url.clone() })
     }
 }
 

@@ -30,6 +30,17 @@ pub enum SourceError {
     NotAFile { path: PathBuf },
     #[error("commit {revision} is not verified: {reason}")]
     Unverified { revision: String, reason: Unverified },
+    #[error(
+        "{revision}: {what} is {size} bytes; at most {max} are read (a commit or tag is a few \
+         hundred bytes, a tree of definitions at most a few MiB)"
+    )]
+    ObjectTooLarge { revision: String, what: &'static str, size: usize, max: usize },
+    #[error(
+        "fetching {url}: out of memory copying the objects of {revision} (an object too large \
+         to read whole: libgit2 copies a local repository's objects whole); refused until the \
+         remote's tip moves"
+    )]
+    FetchTooLarge { url: String, revision: String },
 }
 
 impl SourceError {
@@ -52,7 +63,9 @@ impl SourceError {
     pub fn revision(&self) -> Option<&str> {
         match self {
             SourceError::SubdirNotFound { revision, .. }
-            | SourceError::Unverified { revision, .. } => Some(revision),
+            | SourceError::Unverified { revision, .. }
+            | SourceError::ObjectTooLarge { revision, .. }
+            | SourceError::FetchTooLarge { revision, .. } => Some(revision),
             _ => None,
         }
     }
@@ -62,4 +75,26 @@ impl SourceError {
 pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
     let path = path.to_owned();
     |error| SourceError::Io { path, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_too_large_is_a_failed_revision_not_a_transient_error() {
+        let errors = [
+            SourceError::ObjectTooLarge {
+                revision: "abc".into(),
+                what: "the commit object",
+                size: 1 << 30,
+                max: 1 << 20,
+            },
+            SourceError::FetchTooLarge { url: "/srv/services".into(), revision: "abc".into() },
+        ];
+        for error in errors {
+            assert!(!error.is_transient(), "{error}");
+            assert_eq!(error.revision(), Some("abc"), "{error}");
+        }
+    }
 }

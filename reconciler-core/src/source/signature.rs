@@ -85,7 +85,7 @@ impl Cache {
 
     /// The commit's own signature, by its committer.
     fn verify_commit(&self, commit: Oid, verify: &Verify) -> Result<(), SourceError> {
-        self.refuse_large(commit, "the commit object")?;
+        // The commit object's size was checked when it was resolved (`Cache::peel`).
         let (signature, data) = match self.repo.extract_signature(&commit, None) {
             Ok(found) => found,
             Err(e) if e.code() == ErrorCode::NotFound => {
@@ -138,19 +138,6 @@ impl Cache {
             }
         }
         Err(refused(commit, refusal.unwrap_or(Unverified::NoSignedTag)))
-    }
-}
-
-impl Cache {
-    /// Refuses `object` unread when its header says it is over [`MAX_SIGNED_OBJECT_BYTES`].
-    fn refuse_large(&self, object: Oid, what: &'static str) -> Result<(), SourceError> {
-        let odb = self.repo.odb().map_err(self.cache_error())?;
-        let (size, _) = odb.read_header(object).map_err(self.cache_error())?;
-        if size > MAX_SIGNED_OBJECT_BYTES {
-            let max = MAX_SIGNED_OBJECT_BYTES;
-            return Err(refused(object, Unverified::TooLarge { what, size, max }));
-        }
-        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use super::{
     error::SourceError,
     snapshot::Snapshot,
 };
+use crate::limits::MAX_SOURCE_BYTES;
 
 impl Cache {
     pub(super) fn snapshot(
@@ -18,8 +19,9 @@ impl Cache {
         known: &dyn Fn(&str) -> bool,
     ) -> Result<Snapshot, SourceError> {
         let revision = commit.to_string();
-        let root =
-            self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(self.cache_error())?;
+        // The commit's size was checked when it was resolved (`Cache::peel`).
+        let root = self.repo.find_commit(commit).map_err(self.cache_error())?.tree_id();
+        let root = self.tree(root, &revision)?;
         let Some(subdir) = subdir else {
             return self.files(root, "", &revision, known);
         };
@@ -45,8 +47,25 @@ impl Cache {
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(not_found());
         }
-        let tree = self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
+        let tree = self.tree(entry.id(), &revision)?;
         self.files(tree, &prefix, &revision, known)
+    }
+
+    /// Tree `id` of `revision`, refused unread if its header says it is larger than all the
+    /// definitions a revision may hold ([`MAX_SOURCE_BYTES`]).
+    fn tree(&self, id: Oid, revision: &str) -> Result<Tree<'_>, SourceError> {
+        let odb = self.repo.odb().map_err(self.cache_error())?;
+        let (size, _) = odb.read_header(id).map_err(self.cache_error())?;
+        if size as u64 > MAX_SOURCE_BYTES {
+            let (revision, what) = (revision.to_owned(), "a tree object");
+            return Err(SourceError::ObjectTooLarge {
+                revision,
+                what,
+                size,
+                max: MAX_SOURCE_BYTES as usize,
+            });
+        }
+        self.repo.find_tree(id).map_err(self.cache_error())
     }
 
     /// Every definition file under `tree`, without recursion (a hostile tree can be deep).
@@ -67,9 +86,7 @@ impl Cache {
                     if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
                 match entry.kind() {
                     Some(ObjectType::Tree) => {
-                        let subtree =
-                            self.repo.find_tree(entry.id()).map_err(self.cache_error())?;
-                        pending.push((subtree, path));
+                        pending.push((self.tree(entry.id(), revision)?, path));
                     }
                     Some(ObjectType::Blob) if is_yaml(&path) => {
                         // A link's blob is its target's name; skipping it would silently drop
