@@ -10,6 +10,7 @@
 //! other one (see `reconciler::dataplane`).
 #![no_std]
 
+pub mod flows;
 pub mod maglev;
 
 /// Services (VIP, port, protocol) in one map set.
@@ -87,8 +88,9 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// `reconciler::dataplane::upgrade`). 6 replaced the per-CPU `BACKEND_COUNTS` and
 /// `SERVICE_COUNTS` (a value per CPU for every ID: 1.8 GiB on 256 CPUs) with
 /// `BACKEND_TOTALS` and `SERVICE_TOTALS`, one value per ID added to atomically; an
-/// upgrade copies the old sums over.
-pub const LAYOUT_VERSION: u32 = 6;
+/// upgrade copies the old sums over. 7 added the `flows` sock_ops program and its maps
+/// (`BACKEND_FLOWS`, `CONNECTING`, `HANDSHAKES`); the maps of 6 are unchanged in 7.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Entries of `EXCLUDED`: cgroup subtrees whose processes are never translated.
 pub const MAX_EXCLUDED: u32 = 16;
@@ -314,6 +316,11 @@ pub mod trace {
     pub const GETPEERNAME: u8 = 3;
     /// A connect or datagram to a VIP refused; `TraceEvent::reason` says why (`event::*`).
     pub const REFUSED: u8 = 4;
+    /// A translated TCP connection established (seen by the `flows` sock_ops program, in
+    /// softirq: no process, cgroup or command).
+    pub const ESTABLISHED: u8 = 5;
+    /// A translated TCP connection that failed before it was established (reset, timed out).
+    pub const FAILED: u8 = 6;
 }
 
 /// One event of the `TRACE` ring buffer, written only while a tracer runs.
@@ -551,6 +558,7 @@ mod pod {
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for BackendCounters {}
+    unsafe impl aya::Pod for super::flows::BackendFlows {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for Metadata {}
     unsafe impl aya::Pod for ServiceName {}

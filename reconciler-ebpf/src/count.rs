@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_set_retval},
 };
-use reconciler_common::{event, trace, Addr, ServiceCounters, TraceEvent};
+use reconciler_common::{event, trace, Addr, ServiceCounters, SocketRecord, TraceEvent};
 
 use crate::{
     AFFINITY_EVENTS, BACKEND_TOTALS, EVENTS, REJECT, SERVICE_TOTALS, TRACE, TRACE_DROPS, TRACE_ON,
@@ -33,20 +33,26 @@ pub(crate) fn lb_count_service(service_id: u32, field: usize) {
     }
 }
 
-/// One atomic add (`BPF_ATOMIC | BPF_ADD` without fetch, which every kernel with BPF has):
-/// these counters hold one value for all CPUs, so their memory does not grow with them; a
-/// connect pays a cache line shared with the other CPUs counting the same backend. Written
-/// in assembly: the BPF target has no `AtomicU64::fetch_add` (it lacks compare-and-swap).
 #[inline(always)]
 fn lb_add_one(counter: *mut u64) {
+    lb_add(counter, 1);
+}
+
+/// One atomic add of `value` (`BPF_ATOMIC | BPF_ADD` without fetch, which every kernel with
+/// BPF has): these counters hold one value for all CPUs, so their memory does not grow with
+/// them; a connect pays a cache line shared with the other CPUs counting the same backend.
+/// Written in assembly: the BPF target has no `AtomicU64::fetch_add` (it lacks
+/// compare-and-swap).
+#[inline(always)]
+pub(crate) fn lb_add(counter: *mut u64, value: u64) {
     // SAFETY: an array value stays valid for the program run, and is only ever changed
     // through atomic adds (user space writes it only before its ID is given out); the
     // instruction reads and writes those 8 aligned bytes only.
     unsafe {
         core::arch::asm!(
-            "lock *(u64 *)({counter} + 0) += {one}",
+            "lock *(u64 *)({counter} + 0) += {value}",
             counter = in(reg) counter,
-            one = in(reg) 1u64,
+            value = in(reg) value,
             options(nostack),
         )
     };
@@ -68,17 +74,7 @@ pub(crate) fn lb_trace(
     (vip, vip_port): (&Addr, u16),
     (backend, backend_port): (&Addr, u16),
 ) {
-    if TRACE_ON.get(0).is_none_or(|pid| *pid == 0) {
-        return;
-    }
-    let Some(mut entry) = TRACE.reserve(0) else {
-        if let Some(drops) = TRACE_DROPS.get_ptr_mut(0) {
-            // SAFETY: a per-CPU value, and this program cannot be preempted by itself on one CPU.
-            unsafe { *drops += 1 };
-        }
-        return;
-    };
-    entry.write(TraceEvent {
+    lb_emit(|| TraceEvent {
         // SAFETY: the helpers have no preconditions.
         time_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: as above.
@@ -95,6 +91,46 @@ pub(crate) fn lb_trace(
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
+}
+
+/// A trace event of kind `kind` for the connection `record` describes, from the `flows`
+/// program: it runs where the kernel handles the connection (a softirq, often), so there is
+/// no process to name.
+#[inline(always)]
+pub(crate) fn lb_trace_flow(kind: u8, record: &SocketRecord) {
+    lb_emit(|| TraceEvent {
+        // SAFETY: the helper has no preconditions.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: 0,
+        pid: 0,
+        service_id: record.service_id,
+        vip: record.vip,
+        backend: record.backend,
+        vip_port: record.vip_port,
+        backend_port: record.backend_port,
+        protocol: record.protocol,
+        kind,
+        reason: 0,
+        _pad: 0,
+        comm: [0; 16],
+    });
+}
+
+/// Writes the event `make` makes if a tracer runs (otherwise one array lookup). A full ring
+/// drops the event, counted.
+#[inline(always)]
+fn lb_emit(make: impl FnOnce() -> TraceEvent) {
+    if TRACE_ON.get(0).is_none_or(|pid| *pid == 0) {
+        return;
+    }
+    let Some(mut entry) = TRACE.reserve(0) else {
+        if let Some(drops) = TRACE_DROPS.get_ptr_mut(0) {
+            // SAFETY: a per-CPU value, and this program cannot be preempted by itself on one CPU.
+            unsafe { *drops += 1 };
+        }
+        return;
+    };
+    entry.write(make());
     entry.submit(0);
 }
 

@@ -13,6 +13,7 @@
 #![feature(asm_experimental_arch)]
 
 mod count;
+mod flows;
 mod iter;
 mod select;
 mod sock;
@@ -22,15 +23,17 @@ use core::mem::offset_of;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
-    macros::{btf_map, cgroup_sock_addr},
-    programs::SockAddrContext,
+    macros::{btf_map, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
 };
 use reconciler_common::{
-    affinity, event, trace, Addr, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey,
-    ExcludedCgroup, HealthKey, Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey,
-    ServiceName, ServiceValue, SlotKey, SocketRecord, TraceEvent, VipKey, EVENT_SLOTS,
-    MAX_AFFINITY, MAX_BACKENDS, MAX_EXCLUDED, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS,
-    RECORD_CONNECTED, RECORD_DATAGRAM, RECORD_NONE, SET_COUNT, TRACE_BYTES,
+    affinity, event,
+    flows::{BackendFlows, HANDSHAKE_SLOTS},
+    trace, Addr, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, ExcludedCgroup,
+    HealthKey, Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName,
+    ServiceValue, SlotKey, SocketRecord, TraceEvent, VipKey, EVENT_SLOTS, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_EXCLUDED, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, RECORD_CONNECTED,
+    RECORD_DATAGRAM, RECORD_NONE, SET_COUNT, TRACE_BYTES,
 };
 
 use count::{lb_count, lb_count_backend, lb_count_service, lb_refuse, lb_trace, Seen};
@@ -81,6 +84,21 @@ static BACKENDS: HashMap<BackendKey, Backend, { both_sets(MAX_BACKENDS) }, BPF_F
 /// Per-backend counters, by stable backend ID (zeroed by user space before an ID is reused).
 #[btf_map]
 static BACKEND_TOTALS: Array<BackendCounters, { MAX_BACKENDS as usize }> = Array::new();
+
+/// What the `flows` program saw of each backend's TCP connections, by stable backend ID
+/// (zeroed with `BACKEND_TOTALS`).
+#[btf_map]
+static BACKEND_FLOWS: Array<BackendFlows, { MAX_BACKENDS as usize }> = Array::new();
+
+/// When each translated TCP socket began to connect (`bpf_ktime_get_ns`), in its own
+/// storage: its handshake's time, once established.
+#[btf_map]
+static CONNECTING: SkStorage<u64> = SkStorage::new();
+
+/// Handshake times of translated TCP connections, per CPU: a count per bucket, then the sum
+/// (`reconciler_common::flows`).
+#[btf_map]
+static HANDSHAKES: PerCpuArray<u64, { HANDSHAKE_SLOTS as usize }> = PerCpuArray::new();
 
 /// Per-service refusals by reason, by stable service ID (zeroed likewise).
 #[btf_map]
@@ -200,6 +218,15 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     let address = sock6_address(&ctx);
     lb_reverse(&ctx, trace::GETPEERNAME, address, |vip, port| sock6_set_address(&ctx, vip, port))
+}
+
+/// How the TCP connections the data plane translated go (`sock_ops`, attached to the same
+/// cgroup): established, failed, and at close their bytes and round-trip time, per backend
+/// (see `flows`). Sockets it did not translate ask for no further callbacks.
+#[sock_ops]
+pub fn flows(ctx: SockOpsContext) -> u32 {
+    flows::on_sock_ops(&ctx);
+    1
 }
 
 /// A socket iterator (`iter/udp`) over the UDP sockets of the network namespace that reads
@@ -333,14 +360,7 @@ fn lb_keep_reverse(ctx: &SockAddrContext, record: &SocketRecord) -> bool {
         port: record.backend_port,
         _pad: [0; 6],
     };
-    let value = ReverseValue {
-        vip: record.vip,
-        port: record.vip_port,
-        protocol: record.protocol,
-        _pad: 0,
-        service_id: record.service_id,
-        backend_id: record.backend_id,
-    };
+    let value = lb_reverse_value(record);
     // SAFETY: REVERSE is not versioned; a value read here is compared at once.
     if unsafe { REVERSE.get(key) } == Some(&value) {
         return true;
@@ -405,10 +425,23 @@ fn lb_recorded(ctx: &SockAddrContext, addr: &Addr, port: u16) -> Option<SocketRe
         .then_some(record)
 }
 
+/// What `record` says of its translation, as `REVERSE` keeps it.
+#[inline(always)]
+pub(crate) fn lb_reverse_value(record: &SocketRecord) -> ReverseValue {
+    ReverseValue {
+        vip: record.vip,
+        port: record.vip_port,
+        protocol: record.protocol,
+        _pad: 0,
+        service_id: record.service_id,
+        backend_id: record.backend_id,
+    }
+}
+
 /// Whether the live set still has `entry`'s service at its VIP and, as one of that service's
 /// backends, `entry`'s backend at (`addr`, `port`). (Cilium checks only the service.)
 #[inline(always)]
-fn lb_still_serves(entry: &ReverseValue, addr: &Addr, port: u16) -> bool {
+pub(crate) fn lb_still_serves(entry: &ReverseValue, addr: &Addr, port: u16) -> bool {
     let set = lb_active_set();
     let key = ServiceKey { addr: entry.vip, port: entry.port, protocol: entry.protocol, set };
     // SAFETY: entries are only ever written in the standby set, which no program reads.

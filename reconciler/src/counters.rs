@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use serde::Serialize;
 
 use crate::dataplane::{Dataplane, DataplaneError};
+use reconciler_common::flows::BackendFlows;
 use reconciler_core::state::{MapState, Protocol};
 
 /// One service's refusals, by reason.
@@ -32,6 +33,45 @@ pub struct BackendCount {
     pub connections: u64,
     /// Replies and `getpeername()` results translated back to the VIP.
     pub reverse_translations: u64,
+    /// For a TCP backend: how its connections went (the `flows` program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowCount>,
+}
+
+/// How a TCP backend's connections went, as the `flows` program saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowCount {
+    /// Connections established.
+    pub established: u64,
+    /// Connections that failed before they were established (reset, or timed out).
+    pub failed: u64,
+    /// Of those, how many in a row since the last connection established.
+    pub consecutive_failures: u64,
+    /// Established connections closed since.
+    pub closed: u64,
+    /// Mean time from `connect()` to established, in microseconds.
+    pub mean_handshake_us: u64,
+    /// Bytes sent (acknowledged by the backend) and received, over the closed connections.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Mean smoothed round-trip time at close, in microseconds.
+    pub mean_rtt_us: u64,
+}
+
+impl From<BackendFlows> for FlowCount {
+    fn from(flows: BackendFlows) -> FlowCount {
+        let mean = |sum: u64, count: u64| sum.checked_div(count).unwrap_or(0);
+        FlowCount {
+            established: flows.established,
+            failed: flows.failed,
+            consecutive_failures: flows.consecutive_failures,
+            closed: flows.closed,
+            mean_handshake_us: mean(flows.handshake_ns, flows.established) / 1_000,
+            bytes_sent: flows.bytes_sent,
+            bytes_received: flows.bytes_received,
+            mean_rtt_us: mean(flows.rtt_us, flows.closed),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -55,17 +95,20 @@ pub fn read(dataplane: &Dataplane, state: &MapState) -> Result<Counters, Datapla
             stale_reverse_entry: c.stale_reverse_entry,
         })
         .collect();
+    let mut flows = dataplane.backend_flows(state.backends.keys().copied())?;
     let backends = dataplane
         .backend_counters(state.backends.keys().copied())?
         .into_iter()
         .filter_map(|(id, c)| {
             let backend = state.backends.get(&id)?;
+            let protocol = *protocols.get(&backend.service_id)?;
             Some(BackendCount {
                 service: name(backend.service_id),
                 backend: backend.addr,
-                protocol: *protocols.get(&backend.service_id)?,
+                protocol,
                 connections: c.translations,
                 reverse_translations: c.reverse,
+                flows: flows.remove(&id).filter(|_| protocol == Protocol::Tcp).map(FlowCount::from),
             })
         })
         .collect();

@@ -534,12 +534,15 @@ fn uninstall_keeps_a_pin_directory_that_holds_something_else() -> Result<()> {
     Ok(())
 }
 
-/// IDs of the programs attached to `cgroup`, by `bpftool`.
+/// IDs of the programs attached to `cgroup`, by `bpftool`, in order (bpftool lists them by
+/// attach type).
 fn attached_program_ids(cgroup: &Path) -> Result<Vec<u64>> {
     let output = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output()?;
     ensure!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
     let programs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
-    programs.iter().map(|p| p["id"].as_u64().context("program without an id")).collect()
+    let ids: Result<std::collections::BTreeSet<u64>> =
+        programs.iter().map(|p| p["id"].as_u64().context("program without an id")).collect();
+    Ok(ids?.into_iter().collect())
 }
 
 #[test]
@@ -614,8 +617,7 @@ fn an_install_that_stopped_before_all_its_links_is_completed_in_place() -> Resul
     let backend = sandbox.serve_tcp("127.0.0.1:0", "b1")?;
     sandbox.install(&one_service("10.96.0.10:80", &[&backend.to_string()])?)?;
     // What an install that died after pinning its connect links leaves.
-    let later = ["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
-    for hook in later {
+    for hook in &reconciler::dataplane::PROGRAMS[2..] {
         fs::remove_file(sandbox.pin_path().join(format!("link_{hook}")))?;
     }
     assert_eq!(sandbox.attached_programs()?, 2);

@@ -159,6 +159,12 @@ u.close()
     assert_eq!(replies.len(), 1, "{events:#?}");
     assert_eq!(replies[0]["backend"], "127.0.0.21:5300");
     assert_eq!(of(&events, "getpeername", "web/http").len(), 1, "{events:#?}");
+    // Each TCP connection established, from the `flows` program: no process to name.
+    let established = of(&events, "established", "web/http");
+    assert_eq!(established.len(), 8, "{events:#?}");
+    assert!(established.iter().all(|e| e["backend"] == "127.0.0.11:8080" && e["pid"] == 0));
+    let failed = of(&events, "failed", "web/http");
+    assert!(failed.is_empty(), "{failed:#?}");
 
     // The event path is off again: the flag holds no tracer.
     assert_eq!(trace_on(&setup)?, 0);
@@ -168,7 +174,8 @@ u.close()
     setup.sandbox.probe_tcp("10.96.0.10:80", 3)?;
     setup.sandbox.probe_tcp("10.96.0.99:80", 1)?;
     let events = trace.stop()?;
-    assert_eq!(events.len(), 3, "{events:#?}");
+    // 3 connects and the 3 connections established.
+    assert_eq!(events.len(), 6, "{events:#?}");
     assert!(events.iter().all(|e| e["service"] == "web/http"), "{events:#?}");
     Ok(())
 }
@@ -181,7 +188,8 @@ fn every_way_a_trace_ends_turns_the_event_path_off() -> Result<()> {
     for signal in [libc::SIGTERM, libc::SIGHUP] {
         let trace = Trace::start(&setup, &[])?;
         setup.sandbox.probe_tcp("10.96.0.10:80", 2)?;
-        assert_eq!(trace.stop_with(signal)?.len(), 2, "signal {signal}");
+        // Two connects, each established.
+        assert_eq!(trace.stop_with(signal)?.len(), 4, "signal {signal}");
         assert_eq!(trace_on(&setup)?, 0, "signal {signal}");
     }
     let mut trace = Trace::start(&setup, &[])?;
@@ -259,7 +267,8 @@ fn a_killed_tracers_flag_is_stale_and_only_one_tracer_runs() -> Result<()> {
     let status = setup.status()?;
     assert_eq!(status["trace"]["state"], "running", "{status}");
     setup.sandbox.probe_tcp("10.96.0.10:80", 1)?;
-    assert_eq!(runner.stop()?.len(), 1);
+    // The connect, and its connection established.
+    assert_eq!(runner.stop()?.len(), 2);
     assert_eq!(setup.status()?["trace"]["state"], "off");
     Ok(())
 }

@@ -54,9 +54,12 @@ const LAYOUT2: Layout = Layout {
         "REVERSE",
         "EVENTS",
     ],
-    // Layout 2 attached every program this build has.
-    programs: &dataplane::PROGRAMS,
+    programs: SOCK_ADDR_HOOKS,
 };
+
+/// The eight socket-address hooks, which layouts 2 to 6 attached; 7 added the `flows`
+/// sock_ops program, the last.
+const SOCK_ADDR_HOOKS: &[&str] = dataplane::PROGRAMS.split_at(8).0;
 
 /// Layout 3's maps; layout 4 added `EXCLUDED`.
 const LAYOUT3_MAPS: [&str; 16] = [
@@ -96,7 +99,7 @@ const LAYOUT3: Layout = Layout {
     version: 3,
     object: include_bytes!("../fixtures/reconciler-ebpf-layout3.o"),
     maps: &LAYOUT3_MAPS,
-    programs: &dataplane::PROGRAMS,
+    programs: SOCK_ADDR_HOOKS,
 };
 
 const LAYOUT4_MAPS: [&str; 17] = appended(LAYOUT3_MAPS, "EXCLUDED");
@@ -105,23 +108,74 @@ const LAYOUT4: Layout = Layout {
     version: 4,
     object: include_bytes!("../fixtures/reconciler-ebpf-layout4.o"),
     maps: &LAYOUT4_MAPS,
-    programs: &dataplane::PROGRAMS,
+    programs: SOCK_ADDR_HOOKS,
 };
 
 const LAYOUT5: Layout = Layout {
     version: 5,
     object: include_bytes!("../fixtures/reconciler-ebpf-layout5.o"),
-    maps: &appended::<18, 19>(appended(LAYOUT4_MAPS, "VIPS"), "SOCKETS"),
-    programs: &dataplane::PROGRAMS,
+    maps: &LAYOUT5_MAPS,
+    programs: SOCK_ADDR_HOOKS,
 };
+
+const LAYOUT5_MAPS: [&str; 19] = appended::<18, 19>(appended(LAYOUT4_MAPS, "VIPS"), "SOCKETS");
+
+/// Layout 6's maps: layout 5's with the per-CPU counters replaced by `*_TOTALS`.
+const LAYOUT6: Layout = Layout {
+    version: 6,
+    object: include_bytes!("../fixtures/reconciler-ebpf-layout6.o"),
+    maps: &renamed(
+        renamed(LAYOUT5_MAPS, "BACKEND_COUNTS", "BACKEND_TOTALS"),
+        "SERVICE_COUNTS",
+        "SERVICE_TOTALS",
+    ),
+    programs: SOCK_ADDR_HOOKS,
+};
+
+/// `names` with `from` renamed `to`.
+const fn renamed<const N: usize>(
+    mut names: [&'static str; N],
+    from: &'static str,
+    to: &'static str,
+) -> [&'static str; N] {
+    let mut index = 0;
+    while index < N {
+        if names[index].len() == from.len() && starts_with(names[index], from) {
+            names[index] = to;
+        }
+        index += 1;
+    }
+    names
+}
+
+/// Whether `text` starts with `prefix`, in a const context.
+const fn starts_with(text: &str, prefix: &str) -> bool {
+    let (text, prefix) = (text.as_bytes(), prefix.as_bytes());
+    if prefix.len() > text.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < prefix.len() {
+        if text[index] != prefix[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
 
 /// Refusals for want of a backend that `install_old` writes into an old `EVENTS`, which the
 /// upgrade must carry over.
 const OLD_NO_BACKEND: u64 = 7;
 
 /// Translations to backend 1 that `layout`'s own programs counted: in `BACKEND_STATS`
-/// before layout 3, in `BACKEND_COUNTS` since.
+/// before layout 3, in `BACKEND_COUNTS` since, in `BACKEND_TOTALS` since layout 6.
 fn old_translations(layout: &Layout, pin: &Path) -> Result<u64> {
+    if layout.version >= 6 {
+        let totals = MapData::from_pin(pin.join("BACKEND_TOTALS"))?;
+        let totals: Array<MapData, BackendCounters> = Map::from_map_data(totals)?.try_into()?;
+        return Ok(totals.get(&1, 0)?.translations);
+    }
     if layout.version < 3 {
         let stats = MapData::from_pin(pin.join("BACKEND_STATS"))?;
         let stats: PerCpuArray<MapData, u64> = Map::from_map_data(stats)?.try_into()?;
@@ -227,22 +281,27 @@ fn a_layout_1_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result
 
 #[test]
 fn a_layout_2_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    upgrade_under_load(&LAYOUT2, &[])
+    upgrade_under_load(&LAYOUT2, &["flows"])
 }
 
 #[test]
 fn a_layout_3_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    upgrade_under_load(&LAYOUT3, &[])
+    upgrade_under_load(&LAYOUT3, &["flows"])
 }
 
 #[test]
 fn a_layout_4_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    upgrade_under_load(&LAYOUT4, &[])
+    upgrade_under_load(&LAYOUT4, &["flows"])
 }
 
 #[test]
 fn a_layout_5_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
-    upgrade_under_load(&LAYOUT5, &[])
+    upgrade_under_load(&LAYOUT5, &["flows"])
+}
+
+#[test]
+fn a_layout_6_data_plane_is_upgraded_in_place_with_no_failed_connect() -> Result<()> {
+    upgrade_under_load(&LAYOUT6, &["flows"])
 }
 
 /// Installs `layout`, upgrades it while three clients connect, and checks that no connect

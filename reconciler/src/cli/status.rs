@@ -293,6 +293,19 @@ fn print_counters(counters: &Counters) {
                 backend.connections,
                 backend.reverse_translations
             );
+            if let Some(f) = &backend.flows {
+                println!(
+                    "      {} established (mean handshake {} µs), {} failed; {} closed: {} B \
+                     sent, {} B received, mean RTT {} µs",
+                    f.established,
+                    f.mean_handshake_us,
+                    f.failed,
+                    f.closed,
+                    f.bytes_sent,
+                    f.bytes_received,
+                    f.mean_rtt_us
+                );
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use prometheus_client::{
     metrics::MetricType,
     metrics::{
         counter::{ConstCounter, Counter},
+        exemplar::Exemplar,
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
@@ -277,11 +278,13 @@ impl Collector for DataplaneCollector {
                 // Their counters are not read either: a scrape of a full node stays small.
                 live.state.backends.clear();
             }
-            Ok((crate::counters::read(&dataplane, &live.state)?, dataplane.events()?))
+            let counters = crate::counters::read(&dataplane, &live.state)?;
+            Ok((counters, dataplane.events()?, dataplane.handshakes()?))
         });
         // Before the first install there is nothing to count; a scrape shows the rest.
-        let Ok((counters, events)) = read else { return Ok(()) };
+        let Ok((counters, events, handshakes)) = read else { return Ok(()) };
         encode_refusals(&mut encoder, &events)?;
+        encode_handshakes(&mut encoder, &handshakes)?;
         encode_service_refusals(&mut encoder, &counters)?;
         if !self.per_backend {
             return Ok(());
@@ -311,8 +314,63 @@ impl Collector for DataplaneCollector {
                 vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
             ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
         }
-        Ok(())
+        encode_flows(&mut encoder, &counters)
     }
+}
+
+/// `reconciler_backend_connect_failures_total{service,backend}` and
+/// `reconciler_backend_bytes_total{service,backend,direction}`, of TCP backends.
+fn encode_flows(
+    encoder: &mut DescriptorEncoder,
+    counters: &crate::counters::Counters,
+) -> Result<(), std::fmt::Error> {
+    let tcp = || counters.backends.iter().filter_map(|b| Some((b, b.flows.as_ref()?)));
+    let labels = |b: &crate::counters::BackendCount| -> Label {
+        vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())]
+    };
+    let mut family = encoder.encode_descriptor(
+        "reconciler_backend_connect_failures",
+        "TCP connects to a backend that failed before they were established (reset, timed out)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (b, flows) in tcp() {
+        ConstCounter::new(flows.failed).encode(family.encode_family(&labels(b))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "reconciler_backend_bytes",
+        "Bytes of closed TCP connections to a backend, by direction (sent, received)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (b, flows) in tcp() {
+        for (direction, bytes) in [("sent", flows.bytes_sent), ("received", flows.bytes_received)] {
+            let mut labels = labels(b);
+            labels.push(("direction", direction.to_owned()));
+            ConstCounter::new(bytes).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `reconciler_backend_connect_duration_seconds`: the handshake times of every translated
+/// TCP connection (`HANDSHAKES`), a histogram.
+fn encode_handshakes(
+    encoder: &mut DescriptorEncoder,
+    slots: &[u64],
+) -> Result<(), std::fmt::Error> {
+    use reconciler_common::flows::HANDSHAKE_BOUNDS_US;
+    let Some((sum, counts)) = slots.split_last() else { return Ok(()) };
+    let bounds = HANDSHAKE_BOUNDS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::INFINITY]);
+    let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+    let mut metric = encoder.encode_descriptor(
+        "reconciler_backend_connect_duration_seconds",
+        "Time from connect() to established of translated TCP connections",
+        None,
+        MetricType::Histogram,
+    )?;
+    let exemplars: Option<&std::collections::HashMap<usize, Exemplar<Label, f64>>> = None;
+    metric.encode_histogram(*sum as f64 / 1e9, counts.iter().sum(), &buckets, exemplars)
 }
 
 /// `reconciler_service_refusals_total{service,reason}`.

@@ -23,8 +23,8 @@ use std::{
 
 use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuValues};
 use reconciler_common::{
-    event, BackendCounters, Metadata, ReverseKey, ReverseValue, ServiceCounters, PROTO_UDP,
-    REVISION_LEN,
+    event, flows::BackendFlows, BackendCounters, Metadata, ReverseKey, ReverseValue,
+    ServiceCounters, PROTO_UDP, REVISION_LEN,
 };
 use reconciler_core::{
     diff::Change,
@@ -399,7 +399,11 @@ impl Dataplane {
             .map(|(id, _)| (*id, BackendCounters::default()))
             .collect();
         batch::update_all(self.backend_counters.map(), &new_backends)
-            .map_err(io_err("zeroing BACKEND_TOTALS"))
+            .map_err(io_err("zeroing BACKEND_TOTALS"))?;
+        let new_flows: Vec<(u32, BackendFlows)> =
+            new_backends.iter().map(|(id, _)| (*id, BackendFlows::default())).collect();
+        batch::update_all(self.backend_flows.map(), &new_flows)
+            .map_err(io_err("zeroing BACKEND_FLOWS"))
     }
 
     /// Adds `count` to the `EVENTS` counter `event` that user space keeps (on the first

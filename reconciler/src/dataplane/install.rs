@@ -19,7 +19,7 @@ use super::{
         self, cgroup_id, check_pins, is_installed, lock, map_data, metadata_map, pinned_active_set,
         remove_pins, statfs_type, typed_map,
     },
-    programs::{attach_and_pin, loaded_program},
+    programs::{attach_and_pin, load_program},
     sizes::sized_loader,
     upgrade, Dataplane, MAPS, OBJECT, PROGRAMS,
 };
@@ -45,7 +45,7 @@ impl Loaded {
     pub fn load(capacity: &Capacity) -> Result<Loaded> {
         let mut ebpf = sized_loader(capacity).load(OBJECT).map_err(DataplaneError::Load)?;
         for name in PROGRAMS {
-            loaded_program(&mut ebpf, name)?;
+            load_program(&mut ebpf, name)?;
         }
         Ok(Loaded(ebpf, *capacity))
     }
@@ -244,6 +244,8 @@ impl Dataplane {
             slots: map_data(pin_path, "SLOTS")?,
             backends: map_data(pin_path, "BACKENDS")?,
             backend_counters: typed_map(pin_path, "BACKEND_TOTALS")?,
+            backend_flows: typed_map(pin_path, "BACKEND_FLOWS")?,
+            handshakes: typed_map(pin_path, "HANDSHAKES")?,
             service_counters: typed_map(pin_path, "SERVICE_TOTALS")?,
             events: typed_map(pin_path, "EVENTS")?,
             reverse: map_data(pin_path, "REVERSE")?,

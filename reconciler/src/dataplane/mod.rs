@@ -51,7 +51,9 @@ mod write;
 use std::path::PathBuf;
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use reconciler_common::{BackendCounters, ExcludedCgroup, Metadata, ServiceCounters};
+use reconciler_common::{
+    flows::BackendFlows, BackendCounters, ExcludedCgroup, Metadata, ServiceCounters,
+};
 
 pub use apply::{ApplyReport, ApplyTo, Scope};
 pub use destroy::supported as socket_destroy_supported;
@@ -65,7 +67,10 @@ pub use upgrade::{upgrade, Upgraded};
 /// The BPF object built from `reconciler-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reconciler-ebpf"));
 
-pub const PROGRAMS: [&str; 8] = [
+/// The hooks attached to the cgroup, each through a link pinned as `link_NAME`: the
+/// socket-address programs (the first two, the connects, are what tells an install is there)
+/// and the `flows` sock_ops program.
+pub const PROGRAMS: [&str; 9] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -74,20 +79,24 @@ pub const PROGRAMS: [&str; 8] = [
     "recvmsg6",
     "getpeername4",
     "getpeername6",
+    "flows",
 ];
-const MAPS: [&str; 19] = [
+const MAPS: [&str; 22] = [
     "ACTIVE_SET",
     "SERVICES",
     "VIPS",
     "SLOTS",
     "BACKENDS",
     "BACKEND_TOTALS",
+    "BACKEND_FLOWS",
     "SERVICE_TOTALS",
     "METADATA",
     "SERVICE_NAMES",
     "SOCKETS",
+    "CONNECTING",
     "REVERSE",
     "EVENTS",
+    "HANDSHAKES",
     "AFFINITY",
     "AFFINITY_EVENTS",
     "TRACE",
@@ -119,6 +128,8 @@ pub struct Dataplane {
     slots: MapData,
     backends: MapData,
     backend_counters: Array<MapData, BackendCounters>,
+    backend_flows: Array<MapData, BackendFlows>,
+    handshakes: PerCpuArray<MapData, u64>,
     service_counters: Array<MapData, ServiceCounters>,
     events: PerCpuArray<MapData, u64>,
     reverse: MapData,

@@ -44,6 +44,7 @@ pub(super) fn check_cgroup(
         bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG,
         bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
         bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME,
+        bpf_attach_type::BPF_CGROUP_SOCK_OPS,
     ] {
         attached.extend(
             attached_programs(cgroup_dir, attach_type).map_err(io_err(format!(

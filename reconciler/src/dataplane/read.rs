@@ -7,8 +7,10 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{
-    affinity, event, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey,
-    Metadata, ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
+    affinity, event,
+    flows::{BackendFlows, HANDSHAKE_SLOTS},
+    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey, Metadata,
+    ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
 };
 use reconciler_core::{
     capacity::Capacity,
@@ -283,6 +285,26 @@ impl Dataplane {
         ids: impl IntoIterator<Item = u32>,
     ) -> Result<BTreeMap<u32, BackendCounters>> {
         values_of(&self.backend_counters, ids, "reading BACKEND_TOTALS")
+    }
+
+    /// What the `flows` program saw of backends `ids`' TCP connections.
+    pub fn backend_flows(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<BTreeMap<u32, BackendFlows>> {
+        values_of(&self.backend_flows, ids, "reading BACKEND_FLOWS")
+    }
+
+    /// The handshake-time histogram, summed over CPUs: a count per bucket of
+    /// `flows::HANDSHAKE_BOUNDS_US` and one for the rest, then the sum in nanoseconds.
+    pub fn handshakes(&self) -> Result<Vec<u64>> {
+        (0..HANDSHAKE_SLOTS)
+            .map(|index| {
+                let values =
+                    self.handshakes.get(&index, 0).map_err(map_err("reading HANDSHAKES"))?;
+                Ok(values.iter().sum())
+            })
+            .collect()
     }
 
     /// The refusal counters of services `ids`.

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// The maps whose size follows the capacity, with their entries for `capacity`.
-pub(super) fn map_sizes(capacity: &Capacity) -> [(&'static str, u32); 10] {
+pub(super) fn map_sizes(capacity: &Capacity) -> [(&'static str, u32); 11] {
     let sets = u32::from(SET_COUNT);
     [
         ("SERVICES", capacity.services * sets),
@@ -22,6 +22,7 @@ pub(super) fn map_sizes(capacity: &Capacity) -> [(&'static str, u32); 10] {
         ("SERVICE_TOTALS", capacity.services),
         ("BACKENDS", capacity.backends * sets),
         ("BACKEND_TOTALS", capacity.backends),
+        ("BACKEND_FLOWS", capacity.backends),
         ("HEALTH_EXCLUDED", capacity.backends),
         ("SLOTS", capacity.slots * sets),
         ("REVERSE", capacity.connections),

@@ -180,6 +180,8 @@ impl From<&TraceEvent> for Event {
                 trace::SENDMSG => "sendmsg",
                 trace::RECVMSG => "reverse",
                 trace::GETPEERNAME => "getpeername",
+                trace::ESTABLISHED => "established",
+                trace::FAILED => "failed",
                 _ => "refused",
             },
             reason: (raw.kind == trace::REFUSED).then_some(match u32::from(raw.reason) {

@@ -19,7 +19,7 @@ use std::{
     ffi::CString,
     fs, io, mem,
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::Path,
@@ -35,7 +35,7 @@ use super::{
     pins::{
         self, default_cgroup, is_installed, link_pin, lock, metadata_map, pinned_layout_version,
     },
-    programs::{attach_and_pin, load_against_pins, loaded_program},
+    programs::{attach_and_pin, load_against_pins, with_loaded_program},
     sizes, sys, MAPS, OBJECT, PROGRAMS, RETIRED_MAPS,
 };
 
@@ -97,9 +97,7 @@ pub(super) fn upgrade_locked(pin_path: &Path) -> Result<Option<Upgraded>> {
             upgraded.attached.push(name);
             continue;
         }
-        let program = loaded_program(&mut ebpf, name)?;
-        let fd = program.fd().map_err(|error| DataplaneError::Program { program: name, error })?;
-        replace_program(&link_pin(pin_path, name), fd.as_fd())
+        with_loaded_program(&mut ebpf, name, |fd| replace_program(&link_pin(pin_path, name), fd))?
             .map_err(io_err(format!("replacing the program of link_{name}")))?;
         upgraded.replaced.push(name);
     }
