@@ -531,6 +531,15 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let metrics = world.metrics()?;
     let unknown_port = "reconciler_refusals_total{reason=\"unknown_port\"}";
     assert_eq!(sample(&metrics, unknown_port), Some(2.0), "{metrics}");
+    // How the 13 connections went (the `flows` program): all established, none failed.
+    let failures = "reconciler_backend_connect_failures_total{service=\"web/http\",\
+                    backend=\"127.0.0.11:8080\"}";
+    assert_eq!(sample(&metrics, failures), Some(0.0), "{metrics}");
+    let handshakes = "reconciler_backend_connect_duration_seconds_count";
+    assert_eq!(sample(&metrics, handshakes), Some(13.0), "{metrics}");
+    let sent = "reconciler_backend_bytes_total{service=\"web/http\",backend=\"127.0.0.11:8080\",\
+                direction=\"sent\"}";
+    assert!(sample(&metrics, sent).is_some(), "{metrics}");
     promtool_check(&metrics).with_context(|| metrics.clone())?;
     // A scraper that asks for OpenMetrics (Prometheus does) gets it.
     let mut stream = TcpStream::connect(&world.listen)?;
@@ -579,8 +588,9 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let queries = [
         "up{job=\"reconciler\"}",
         "reconciler_backend_connections_total{backend=\"127.0.0.11:8080\"}",
+        "reconciler_backend_connect_duration_seconds_count",
     ];
-    assert_eq!(scraped_by_prometheus(&world, &queries)?, [1.0, 13.0]);
+    assert_eq!(scraped_by_prometheus(&world, &queries)?, [1.0, 13.0, 13.0]);
     Ok(())
 }
 
