@@ -29,6 +29,8 @@ pub enum Path {
     /// Reconciler installed, the client going to the backends themselves: what the programs
     /// cost traffic that is not to a VIP (every connect on a node pays it).
     NotAVip,
+    /// Reconciler with its `flows` sock_ops program detached: what that program costs.
+    WithoutFlows,
 }
 
 impl Path {
@@ -39,6 +41,7 @@ impl Path {
             Path::Iptables => "iptables",
             Path::Nftables => "nftables",
             Path::NotAVip => "not-a-vip",
+            Path::WithoutFlows => "reconciler-without-flows",
         }
     }
 
@@ -50,6 +53,7 @@ impl Path {
             Path::Iptables => 'c',
             Path::Nftables => 'd',
             Path::NotAVip => 'e',
+            Path::WithoutFlows => 'f',
         }
     }
 }
@@ -297,13 +301,17 @@ fn measure_observed<T>(
     let target = match path {
         // The client itself takes the same backends in turn.
         Path::Direct => measured.endpoints.join(","),
-        Path::Reconciler | Path::NotAVip => {
+        Path::Reconciler | Path::NotAVip | Path::WithoutFlows => {
             let mut dataplane = Dataplane::install(sandbox.pin_path(), sandbox.cgroup())?;
             dataplane.apply(state, ApplyTo::default())?;
-            if path == Path::Reconciler {
-                vip
-            } else {
+            if path == Path::WithoutFlows {
+                // The link's last reference: the program detaches as its pin goes.
+                std::fs::remove_file(sandbox.pin_path().join("link_flows"))?;
+            }
+            if path == Path::NotAVip {
                 measured.endpoints.join(",")
+            } else {
+                vip
             }
         }
         Path::Iptables | Path::Nftables => {

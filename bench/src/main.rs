@@ -1,7 +1,7 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
 //!   reconciler-bench [--quick] [--json FILE]
-//!                    [--only data|tcp|udp|selection|control|health|flap|scrape|largest]
+//!                    [--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -12,6 +12,7 @@ mod control;
 mod daemon;
 mod dataplane;
 mod flap;
+mod flows;
 mod health;
 mod kube;
 mod largest;
@@ -34,7 +35,7 @@ use dataplane::{Load, Sample, Workload};
 use kube::{Protocol, Service};
 
 /// What `--only` takes.
-const PARTS: &str = "--only data|tcp|udp|selection|control|health|flap|scrape|largest";
+const PARTS: &str = "--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest";
 
 /// Sizes and repetitions of one run.
 struct Plan {
@@ -91,7 +92,7 @@ fn main() -> Result<()> {
     // `data` is the data plane tables; `tcp`, `udp` and `selection` one of them.
     let wanted = |part: &str| {
         only.as_deref().is_none_or(|o| {
-            o == part || (o == "data" && ["tcp", "udp", "selection"].contains(&part))
+            o == part || (o == "data" && ["tcp", "udp", "selection", "flows"].contains(&part))
         })
     };
     let data = if wanted("tcp") {
@@ -106,6 +107,7 @@ fn main() -> Result<()> {
     };
     let selection =
         if wanted("selection") { selection::run(plan.rounds, plan.load)? } else { json!(null) };
+    let flows = if wanted("flows") { flows::run(plan.rounds, plan.load)? } else { json!(null) };
     let control = if wanted("control") {
         control::run(plan.control_rounds, plan.control_services)?
     } else {
@@ -128,6 +130,7 @@ fn main() -> Result<()> {
         "data_plane": data,
         "udp_data_plane": udp,
         "selection": selection,
+        "flows": flows,
         "control_plane": control,
         "health": health,
         "flap": flap,
@@ -207,7 +210,7 @@ fn yaml_with(services: &[Service], last_spec: &str) -> String {
 }
 
 /// Validated and compiled, as the data plane would hold them.
-fn compiled(services: &[Service]) -> Result<MapState> {
+pub fn compiled(services: &[Service]) -> Result<MapState> {
     compiled_with(services, "", &MapState::default())
 }
 

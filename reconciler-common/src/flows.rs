@@ -15,7 +15,8 @@ pub struct BackendFlows {
     pub failed: u64,
     /// Established connections closed since.
     pub closed: u64,
-    /// Nanoseconds from `connect()` to established, summed over `established`.
+    /// The handshake's time (the SYN's round trip, as the kernel measured it), in
+    /// nanoseconds, summed over `established`.
     pub handshake_ns: u64,
     /// Bytes the backend acknowledged (sent to it), summed over `closed`.
     pub bytes_sent: u64,

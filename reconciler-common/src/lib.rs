@@ -89,7 +89,7 @@ pub const BACKEND_UNHEALTHY: u8 = 3;
 /// `SERVICE_COUNTS` (a value per CPU for every ID: 1.8 GiB on 256 CPUs) with
 /// `BACKEND_TOTALS` and `SERVICE_TOTALS`, one value per ID added to atomically; an
 /// upgrade copies the old sums over. 7 added the `flows` sock_ops program and its maps
-/// (`BACKEND_FLOWS`, `CONNECTING`, `HANDSHAKES`); the maps of 6 are unchanged in 7.
+/// (`BACKEND_FLOWS`, `HANDSHAKES`); the maps of 6 are unchanged in 7.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// Entries of `EXCLUDED`: cgroup subtrees whose processes are never translated.

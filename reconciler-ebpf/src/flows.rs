@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::generated::{bpf_ktime_get_ns, bpf_sk_storage_delete, bpf_sk_storage_get},
+    helpers::generated::bpf_sk_storage_get,
     programs::SockOpsContext,
 };
 use reconciler_common::{
@@ -19,14 +19,12 @@ use reconciler_common::{
 
 use crate::{
     count::{lb_add, lb_trace_flow},
-    lb_reverse_value, lb_still_serves, BACKEND_FLOWS, CONNECTING, HANDSHAKES, SOCKETS,
+    lb_reverse_value, lb_still_serves, BACKEND_FLOWS, HANDSHAKES, SOCKETS,
 };
 
 /// `TCP_SYN_SENT` and `TCP_CLOSE` of the kernel's `enum tcp_state`.
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
-/// `BPF_SK_STORAGE_GET_F_CREATE`.
-const CREATE: u64 = 1;
 
 /// One callback of the `flows` program.
 #[inline(always)]
@@ -40,60 +38,33 @@ pub(crate) fn on_sock_ops(ctx: &SockOpsContext) {
     }
 }
 
-/// A translated socket starts to connect: its start is kept in its own storage
-/// (`CONNECTING`), and the kernel is asked for its state changes (which it reports only to
-/// sockets that ask).
+/// A translated socket starts to connect: the kernel is asked for its state changes (which
+/// it reports only to sockets that ask).
 #[inline(always)]
 fn connecting(ctx: &SockOpsContext) {
-    let sk = socket(ctx);
-    if record(sk).is_none() {
-        return;
+    if record(socket(ctx)).is_some() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }
-    // SAFETY: `sk` is the context's full socket, non-null (`record` checked it).
-    let start = unsafe { bpf_sk_storage_get(map(&CONNECTING), sk.cast(), ptr::null_mut(), CREATE) };
-    if !start.is_null() {
-        // SAFETY: storage of `u64`, valid for this program run.
-        unsafe { *start.cast::<u64>() = bpf_ktime_get_ns() };
-    }
-    // Without storage (the socket's option memory is full) the handshake is not timed; the
-    // connection is still counted.
-    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
-/// The handshake completed: counted with its time.
+/// The handshake completed: counted with its time, the SYN's round trip as the kernel just
+/// measured it (kept in the socket, `srtt_us`, times 8). Keeping the connect's own start in
+/// socket storage would time it to the nanosecond, retransmitted SYNs and all, but that
+/// storage's allocation cost a connection more than the rest of this program (`make bench
+/// --only flows`); a SYN that needed retransmits shows as a failure or a slow round trip
+/// anyway.
 #[inline(always)]
 fn established(ctx: &SockOpsContext) {
-    let sk = socket(ctx);
-    let Some(record) = record(sk) else { return };
-    let elapsed = handshake_time(sk);
+    let Some(record) = record(socket(ctx)) else { return };
     let Some(flows) = owned_flows(&record) else { return };
+    // SAFETY: a plain read of the context.
+    let elapsed = u64::from(unsafe { (*ctx.ops).srtt_us } >> 3) * 1_000;
     lb_add(field(flows, offset_of!(BackendFlows, established)), 1);
     // SAFETY: a field of an array value, valid for the program run (see the field's doc).
     unsafe { field(flows, offset_of!(BackendFlows, consecutive_failures)).write_volatile(0) };
-    if let Some(elapsed) = elapsed {
-        lb_add(field(flows, offset_of!(BackendFlows, handshake_ns)), elapsed);
-        count_handshake(elapsed);
-    }
+    lb_add(field(flows, offset_of!(BackendFlows, handshake_ns)), elapsed);
+    count_handshake(elapsed);
     lb_trace_flow(trace::ESTABLISHED, &record);
-}
-
-/// The time since `sk` began to connect, if it was kept; its storage is given back now, its
-/// work done, not at the socket's close.
-#[inline(always)]
-fn handshake_time(sk: *mut bpf_sock) -> Option<u64> {
-    // SAFETY: a full, non-null socket (`record` checked it); without F_CREATE, a socket
-    // without the storage gets null.
-    let start = unsafe { bpf_sk_storage_get(map(&CONNECTING), sk.cast(), ptr::null_mut(), 0) };
-    if start.is_null() {
-        return None;
-    }
-    // SAFETY: storage of `u64`, valid for this program run; the helpers have no other
-    // preconditions.
-    unsafe {
-        let elapsed = bpf_ktime_get_ns().saturating_sub(*start.cast::<u64>());
-        bpf_sk_storage_delete(map(&CONNECTING), sk.cast());
-        Some(elapsed)
-    }
 }
 
 /// The connection closed: before it was established (`old` is `SYN_SENT`: reset, or the

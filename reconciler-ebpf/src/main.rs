@@ -90,11 +90,6 @@ static BACKEND_TOTALS: Array<BackendCounters, { MAX_BACKENDS as usize }> = Array
 #[btf_map]
 static BACKEND_FLOWS: Array<BackendFlows, { MAX_BACKENDS as usize }> = Array::new();
 
-/// When each translated TCP socket began to connect (`bpf_ktime_get_ns`), in its own
-/// storage: its handshake's time, once established.
-#[btf_map]
-static CONNECTING: SkStorage<u64> = SkStorage::new();
-
 /// Handshake times of translated TCP connections, per CPU: a count per bucket, then the sum
 /// (`reconciler_common::flows`).
 #[btf_map]

@@ -178,7 +178,7 @@ fn status_shows_each_maps_capacity_fill_and_memory_as_bpftool_does() -> Result<(
     let possible_cpus = last.parse::<u64>()? - first.parse::<u64>()? + 1;
     assert_eq!(memory["possible_cpus"], possible_cpus);
     let maps = memory["maps"].as_array().context("maps")?;
-    assert_eq!(maps.len(), 22, "{memory}");
+    assert_eq!(maps.len(), 21, "{memory}");
     let (mut here, mut large) = (0, 0);
     for map in maps {
         let name = map["name"].as_str().context("name")?;

@@ -81,7 +81,7 @@ pub const PROGRAMS: [&str; 9] = [
     "getpeername6",
     "flows",
 ];
-const MAPS: [&str; 22] = [
+const MAPS: [&str; 21] = [
     "ACTIVE_SET",
     "SERVICES",
     "VIPS",
@@ -93,7 +93,6 @@ const MAPS: [&str; 22] = [
     "METADATA",
     "SERVICE_NAMES",
     "SOCKETS",
-    "CONNECTING",
     "REVERSE",
     "EVENTS",
     "HANDSHAKES",
