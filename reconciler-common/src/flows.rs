@@ -10,8 +10,8 @@
 pub struct BackendFlows {
     /// Connections established (the handshake completed).
     pub established: u64,
-    /// Connections that failed before they were established: reset by the backend, or given
-    /// up after the SYN's retries.
+    /// Connections that failed before they were established: reset by the backend, given up
+    /// after the SYN's retries, or given up by the application (a connect timeout).
     pub failed: u64,
     /// Established connections closed since.
     pub closed: u64,

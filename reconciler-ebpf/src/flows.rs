@@ -43,7 +43,9 @@ pub(crate) fn on_sock_ops(ctx: &SockOpsContext) {
 #[inline(always)]
 fn connecting(ctx: &SockOpsContext) {
     if record(socket(ctx)).is_some() {
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        // The flags replace the socket's: keep those another sock_ops program asked for.
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
     }
 }
 
@@ -51,8 +53,8 @@ fn connecting(ctx: &SockOpsContext) {
 /// measured it (kept in the socket, `srtt_us`, times 8). Keeping the connect's own start in
 /// socket storage would time it to the nanosecond, retransmitted SYNs and all, but that
 /// storage's allocation cost a connection more than the rest of this program (`make bench
-/// --only flows`); a SYN that needed retransmits shows as a failure or a slow round trip
-/// anyway.
+/// --only flows`). What this leaves out: the time a SYN waited to be sent again (with TCP
+/// timestamps, the round trip is the last SYN's); a SYN never answered is a failure.
 #[inline(always)]
 fn established(ctx: &SockOpsContext) {
     let Some(record) = record(socket(ctx)) else { return };
@@ -67,8 +69,9 @@ fn established(ctx: &SockOpsContext) {
     lb_trace_flow(trace::ESTABLISHED, &record);
 }
 
-/// The connection closed: before it was established (`old` is `SYN_SENT`: reset, or the
-/// SYN's retries ran out) it failed; else its bytes and round-trip time are added.
+/// The connection closed: before it was established (`old` is `SYN_SENT`: reset, the SYN's
+/// retries ran out, or the application gave up on the connect first) it failed; else its
+/// bytes and round-trip time are added.
 #[inline(always)]
 fn closed(ctx: &SockOpsContext, old: u32) {
     let Some(record) = record(socket(ctx)) else { return };

@@ -43,13 +43,15 @@ pub struct BackendCount {
 pub struct FlowCount {
     /// Connections established.
     pub established: u64,
-    /// Connections that failed before they were established (reset, or timed out).
+    /// Connections that failed before they were established (reset, timed out, or given up
+    /// by the application).
     pub failed: u64,
     /// Of those, how many in a row since the last connection established.
     pub consecutive_failures: u64,
     /// Established connections closed since.
     pub closed: u64,
-    /// Mean time from `connect()` to established, in microseconds.
+    /// Mean handshake time (the SYN's round trip, as the kernel measured it), in
+    /// microseconds.
     pub mean_handshake_us: u64,
     /// Bytes sent (acknowledged by the backend) and received, over the closed connections.
     pub bytes_sent: u64,

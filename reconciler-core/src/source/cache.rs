@@ -140,15 +140,18 @@ impl Cache {
         self.drop_oversized_refs()?;
         let mut too_large = TOO_LARGE.lock().unwrap_or_else(PoisonError::into_inner);
         let known = too_large.as_ref().filter(|(url, _)| *url == self.url).map(|(_, known)| *known);
-        if tip.is_some() && tip == known {
+        if let Some(tip) = tip.filter(|tip| known == Some(*tip)) {
             return Err(self.too_large_to_fetch(tip));
         }
-        match remote.fetch(&refspecs, Some(&mut options), None) {
-            Err(e) if e.class() == ErrorClass::NoMemory => {
-                *too_large = tip.map(|tip| (self.url.clone(), tip));
+        match (remote.fetch(&refspecs, Some(&mut options), None), tip) {
+            // Over the network the fetch streams, and a commit too large to read is the
+            // revision's failure when it is resolved (`peel`): memory that ran out there is
+            // the machine's trouble, transient.
+            (Err(e), Some(tip)) if e.class() == ErrorClass::NoMemory => {
+                *too_large = Some((self.url.clone(), tip));
                 return Err(self.too_large_to_fetch(tip));
             }
-            fetched => fetched.map_err(fetch_error)?,
+            (fetched, _) => fetched.map_err(fetch_error)?,
         }
         self.drop_oversized_refs()
     }
@@ -190,15 +193,16 @@ impl Cache {
     /// (fetches over the network stream, and only the commit is refused, by `peel`). A failed
     /// revision (the remote's `tip`), not a transient error, and remembered: until the
     /// remote's tip moves, a fetch only reads the remote's refs.
-    fn too_large_to_fetch(&self, tip: Option<Oid>) -> SourceError {
-        let revision = tip.map_or_else(|| "the remote's tip".to_owned(), |tip| tip.to_string());
-        SourceError::FetchTooLarge { url: self.url.clone(), revision }
+    fn too_large_to_fetch(&self, tip: Oid) -> SourceError {
+        SourceError::FetchTooLarge { url: self.url.clone(), revision: tip.to_string() }
     }
 
     /// Whether a parent of `commit` is too large to read.
     fn has_oversized_parent(&self, commit: Oid) -> Result<bool, SourceError> {
         let odb = self.repo.odb().map_err(self.cache_error())?;
-        let commit = self.repo.find_commit(commit).map_err(self.cache_error())?;
+        // A commit that does not parse is the repository's, not the cache's, fault: its
+        // revision fails when it is read for a snapshot, not every fetch here.
+        let Ok(commit) = self.repo.find_commit(commit) else { return Ok(false) };
         for parent in commit.parent_ids() {
             match odb.read_header(parent) {
                 Ok((size, _)) if size > MAX_SIGNED_OBJECT_BYTES => return Ok(true),
@@ -313,6 +317,9 @@ impl Cache {
             let what = match kind {
                 ObjectType::Commit => "the commit object",
                 ObjectType::Tag => "a tag object on the way to it",
+                // A ref to a blob or tree names no commit; one too large is refused as one
+                // (libgit2 reads every ref's object when it negotiates a fetch).
+                _ if size > MAX_SIGNED_OBJECT_BYTES => "the object it names (no commit)",
                 _ => break,
             };
             if size > MAX_SIGNED_OBJECT_BYTES {

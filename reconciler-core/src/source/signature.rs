@@ -74,8 +74,9 @@ impl Cache {
             if kind != git2::ObjectType::Tag || size > MAX_SIGNED_OBJECT_BYTES {
                 continue;
             }
-            let tag = self.repo.find_tag(id).map_err(self.cache_error())?;
-            if tag.target_id() == commit {
+            // A tag that does not parse vouches for nothing; it is the repository's, not the
+            // cache's, fault.
+            if self.repo.find_tag(id).is_ok_and(|tag| tag.target_id() == commit) {
                 tags.push(id);
             }
         }

@@ -126,6 +126,14 @@ impl Keyring {
         let (signature, _) = DetachedSignature::from_string(signed.signature)
             .map_err(|e| Unverified::Malformed(e.to_string()))?;
         let signature = &signature.signature;
+        // A standalone or timestamp signature signs no data (pgp hashes the first byte only):
+        // one would vouch for every commit of its signer.
+        if !matches!(signature.typ(), Some(SignatureType::Binary | SignatureType::Text)) {
+            let kind = signature.typ().map_or_else(|| "unknown".into(), |t| format!("{t:?}"));
+            return Err(Unverified::Malformed(format!(
+                "a signature of type {kind}, not one of data (binary or text)"
+            )));
+        }
         let fingerprints = signature.issuer_fingerprint();
         let ids = signature.issuer_key_id();
         let issued = |fingerprint: pgp::types::Fingerprint, id: pgp::types::KeyId| {

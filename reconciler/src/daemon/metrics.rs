@@ -353,19 +353,21 @@ fn encode_flows(
     Ok(())
 }
 
-/// `reconciler_backend_connect_duration_seconds`: the handshake times of every translated
-/// TCP connection (`HANDSHAKES`), a histogram.
+/// `reconciler_backend_connect_duration_seconds`: the handshake times (the SYN's round trip)
+/// of every translated TCP connection (`HANDSHAKES`), a histogram.
 fn encode_handshakes(
     encoder: &mut DescriptorEncoder,
     slots: &[u64],
 ) -> Result<(), std::fmt::Error> {
     use reconciler_common::flows::HANDSHAKE_BOUNDS_US;
     let Some((sum, counts)) = slots.split_last() else { return Ok(()) };
-    let bounds = HANDSHAKE_BOUNDS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::INFINITY]);
+    // prometheus-client writes the last bound as `+Inf` when it is `f64::MAX`, as its own
+    // histograms make it.
+    let bounds = HANDSHAKE_BOUNDS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::MAX]);
     let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
     let mut metric = encoder.encode_descriptor(
         "reconciler_backend_connect_duration_seconds",
-        "Time from connect() to established of translated TCP connections",
+        "Handshake times (the SYN's round trip, as the kernel measured it) of translated TCP connections",
         None,
         MetricType::Histogram,
     )?;

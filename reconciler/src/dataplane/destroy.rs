@@ -113,7 +113,10 @@ fn udp_sockets_in(
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                enter(namespace)?;
+                // A namespace that cannot be entered (gone meanwhile) has no socket to find.
+                if enter(namespace).is_err() {
+                    return Ok((BTreeSet::new(), Vec::new()));
+                }
                 let (inodes, mut sockets) = udp_sockets(&diag_socket()?)?;
                 sockets.retain(|(_, _, peer)| addresses.contains(peer));
                 Ok((inodes, sockets))
