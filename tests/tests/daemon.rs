@@ -864,12 +864,20 @@ fn github_signature(secret: &str, body: &str) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-#[test]
-fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run() -> Result<()> {
-    const SECRET: &str = "correct horse battery staple";
-    let mut world = World::new("d-webhook", "1h", "heal")?;
+/// The webhook secret of [`world_with_webhook_secret`].
+const SECRET: &str = "correct horse battery staple";
+
+/// A daemon started with `SECRET` as its webhook secret, its world named `name`.
+fn world_with_webhook_secret(name: &str) -> Result<World> {
+    let mut world = World::new(name, "1h", "heal")?;
     world.require_webhook_secret(SECRET)?;
     world.start()?;
+    Ok(world)
+}
+
+#[test]
+fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run() -> Result<()> {
+    let world = world_with_webhook_secret("d-webhook")?;
     let before = world.runs_when_idle()?;
     let commit = world.push(&service("10.96.0.10", "127.0.0.12"))?;
 
@@ -916,10 +924,7 @@ fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run(
 /// connections, never a delivery, and each delivery's body, sent after, is accepted.
 #[test]
 fn signed_webhook_deliveries_are_never_crowded_out() -> Result<()> {
-    const SECRET: &str = "correct horse battery staple";
-    let mut world = World::new("d-webhook-crowd", "1h", "heal")?;
-    world.require_webhook_secret(SECRET)?;
-    world.start()?;
+    let world = world_with_webhook_secret("d-webhook-crowd")?;
     let body = r#"{"ref":"refs/heads/main"}"#;
     let signature = github_signature(SECRET, body);
     let mut deliveries = Vec::new();
