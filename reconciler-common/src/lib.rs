@@ -102,6 +102,8 @@ pub const EVENT_SLOTS: u32 = 16;
 pub mod event;
 
 pub mod affinity;
+pub mod exclusion;
+pub use exclusion::HealthKey;
 
 /// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
 /// `struct bpf_sock_addr::user_ip6`). IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a
@@ -353,23 +355,6 @@ pub struct TraceEvent {
     pub _pad: u8,
     /// The process's command name, NUL-padded.
     pub comm: [u8; 16],
-}
-
-/// Key of `HEALTH_EXCLUDED` (user space only): a backend address that a service's health
-/// check took out of that service; the value is 1. (Layouts up to 6 wrote `service_id` 0,
-/// then padding: the address was out of every service listing it, as a reader still takes
-/// such an entry. The key's size never changed.)
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HealthKey {
-    /// See [`Addr`] (network byte order).
-    pub addr: Addr,
-    /// Network byte order.
-    pub port: u16,
-    /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
-    /// The service (stable ID) the backend was taken out of; 0: every service listing it.
-    pub service_id: u32,
 }
 
 /// Key of `AFFINITY`: a client of a service.

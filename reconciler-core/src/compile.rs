@@ -373,6 +373,9 @@ impl<'a> Compiler<'a> {
             .filter_map(|b| Some((desired.names.get(&b.service_id)?.clone(), b.addr)))
             .collect();
         self.desired.health_excluded = self.excluded.intersection(&listed).cloned().collect();
+        // Why each is out, as `live` says; the daemon, which knows, says it anew.
+        self.desired.ejected =
+            self.live.ejected.intersection(&self.desired.health_excluded).cloned().collect();
         (self.desired, self.took_fallback)
     }
 }

@@ -6,6 +6,8 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use reconciler_common::exclusion;
+
 use crate::state::{BackendEntry, Exclusion, Frontend, MapState, ServiceEntry};
 
 /// One map entry to write (`value: Some`) or delete (`value: None`).
@@ -15,8 +17,9 @@ pub enum Change {
     Slot((u32, u32), Option<u32>),
     Backend(u32, Option<BackendEntry>),
     Name(u32, Option<String>),
-    /// A health exclusion of (service ID, backend address) recorded (`true`) or lifted.
-    Health(u32, SocketAddr, bool),
+    /// An exclusion of (service ID, backend address) recorded, with why
+    /// (`reconciler_common::exclusion::*`), or lifted (`None`).
+    Health(u32, SocketAddr, Option<u32>),
     /// A VIP address added (`true`) or gone (`MapState::vips`).
     Vip(IpAddr, bool),
 }
@@ -45,20 +48,44 @@ impl MapState {
     }
 }
 
-/// The exclusions `desired` records and `live` does not (by `desired`'s service IDs), and
-/// those it lifts (by `live`'s).
+/// The exclusions `desired` records and `live` does not, or for another reason (by
+/// `desired`'s service IDs), and those it lifts (by `live`'s).
 fn health_changes(live: &MapState, desired: &MapState, changes: &mut Vec<Change>) {
-    for (from, to, recorded) in [(live, desired, true), (desired, live, false)] {
-        let added: Vec<&Exclusion> = to.health_excluded.difference(&from.health_excluded).collect();
-        if added.is_empty() {
-            continue;
-        }
-        let ids: BTreeMap<&str, u32> = to.names.iter().map(|(id, l)| (l.as_str(), *id)).collect();
-        for (label, addr) in added {
-            if let Some(&id) = ids.get(label.as_str()) {
-                changes.push(Change::Health(id, *addr, recorded));
+    let ids_of = |state: &MapState| -> BTreeMap<String, u32> {
+        state.names.iter().map(|(id, label)| (label.clone(), *id)).collect()
+    };
+    let recorded: Vec<&Exclusion> = desired
+        .health_excluded
+        .iter()
+        .filter(|e| exclusion_value(live, e) != exclusion_value(desired, e))
+        .collect();
+    if !recorded.is_empty() {
+        let ids = ids_of(desired);
+        for exclusion in recorded {
+            if let Some(&id) = ids.get(&exclusion.0) {
+                let value = exclusion_value(desired, exclusion);
+                changes.push(Change::Health(id, exclusion.1, value));
             }
         }
+    }
+    let lifted: Vec<&Exclusion> =
+        live.health_excluded.difference(&desired.health_excluded).collect();
+    if !lifted.is_empty() {
+        let ids = ids_of(live);
+        for (label, addr) in lifted {
+            if let Some(&id) = ids.get(label) {
+                changes.push(Change::Health(id, *addr, None));
+            }
+        }
+    }
+}
+
+/// What `state`'s `HEALTH_EXCLUDED` says of `exclusion`: why it is out, if it is.
+fn exclusion_value(state: &MapState, exclusion: &Exclusion) -> Option<u32> {
+    if state.ejected.contains(exclusion) {
+        Some(exclusion::EJECTED)
+    } else {
+        state.health_excluded.contains(exclusion).then_some(exclusion::HEALTH)
     }
 }
 
@@ -96,8 +123,10 @@ pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
-    use crate::state::{Algorithm, BackendState, Client, Protocol};
+    use crate::state::{Algorithm, BackendState, Client, Overlay, Protocol};
 
     fn frontend(vip: &str, port: u16) -> Frontend {
         Frontend { vip: vip.parse().unwrap(), port, protocol: Protocol::Tcp }
@@ -158,5 +187,32 @@ mod tests {
         let added = MapState::default().changes_to(&desired);
         let vips: Vec<&Change> = added.iter().filter(|c| matches!(c, Change::Vip(..))).collect();
         assert_eq!(vips.len(), 2, "{added:?}");
+    }
+
+    #[test]
+    fn an_ejection_is_recorded_apart_from_a_failed_check_and_a_change_of_reason_rewritten() {
+        let mut live = MapState::default();
+        live.names.insert(1, "web/http".into());
+        let pair =
+            |last: u8| ("web/http".to_owned(), format!("127.0.0.{last}:80").parse().unwrap());
+        let failing = BTreeSet::from([pair(1)]);
+        let overlay = Overlay::of(failing.clone(), BTreeSet::from([pair(1), pair(2)]));
+        // Out while either says so; both reasons: shown as the ejection.
+        assert_eq!(overlay.excluded, BTreeSet::from([pair(1), pair(2)]));
+        let mut desired = live.clone();
+        (desired.health_excluded, desired.ejected) = (overlay.excluded, overlay.ejected);
+        let ejected = Some(exclusion::EJECTED);
+        let (one, two) = (pair(1).1, pair(2).1);
+        assert_eq!(
+            live.changes_to(&desired),
+            vec![Change::Health(1, one, ejected), Change::Health(1, two, ejected)]
+        );
+        // The ejection lapses, the check still fails: rewritten; the other lifted.
+        let mut later = desired.clone();
+        (later.health_excluded, later.ejected) = (failing, BTreeSet::new());
+        assert_eq!(
+            desired.changes_to(&later),
+            vec![Change::Health(1, one, Some(exclusion::HEALTH)), Change::Health(1, two, None)]
+        );
     }
 }

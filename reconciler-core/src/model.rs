@@ -38,6 +38,8 @@ pub struct ServiceSpec {
     pub session_affinity: Option<SessionAffinity>,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
     /// Another service whose healthy backends take the connects while no backend of this one
     /// is healthy.
     #[serde(default)]
@@ -73,6 +75,27 @@ pub struct HealthCheck {
     pub ejection_intervals: u32,
 }
 
+/// How the daemon ejects a backend whose TCP connections fail (`spec.outlierDetection`), with
+/// Envoy's semantics, judged by what the kernel saw of the clients' own connections (the
+/// `flows` program), not by probes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Failed connects in a row that eject a backend.
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    /// How often the daemon looks.
+    #[serde(default = "ten")]
+    pub interval_seconds: u32,
+    /// An ejection lasts this times the times the backend was ejected (at most 300 s).
+    #[serde(default = "thirty")]
+    pub base_ejection_seconds: u32,
+    /// Never more than this share of a service's backends out at once (rounded down; at
+    /// least one backend always stays).
+    #[serde(default = "fifty")]
+    pub max_ejection_percent: u32,
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthProtocol {
@@ -85,6 +108,18 @@ pub enum HealthProtocol {
 
 fn five() -> u32 {
     5
+}
+
+fn ten() -> u32 {
+    10
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+fn fifty() -> u32 {
+    50
 }
 
 fn thousand() -> u32 {

@@ -202,17 +202,38 @@ pub struct MapState {
     /// Service ID -> name.
     #[serde(with = "as_pairs")]
     pub names: BTreeMap<u32, String>,
-    /// The backends the daemon's health checks took out, each of one service
-    /// (`HEALTH_EXCLUDED`): an overlay on the definitions that the data plane records, so a
-    /// plan made by hand keeps it, and a restart starts from it.
+    /// The backends the daemon took out, each of one service (`HEALTH_EXCLUDED`), for a
+    /// failed health check or an ejection: an overlay on the definitions that the data plane
+    /// records, so a plan made by hand keeps it, and a restart starts from it.
     #[serde(default)]
     pub health_excluded: BTreeSet<Exclusion>,
+    /// Of `health_excluded`, those outlier detection ejected (the rest failed their checks).
+    #[serde(default)]
+    pub ejected: BTreeSet<Exclusion>,
 }
 
 /// A backend that a service's health check took out of that service: (the service's label,
 /// `name/port`; the backend's address). A backend several services list is judged by each
 /// one's own check.
 pub type Exclusion = (String, SocketAddr);
+
+/// The daemon's overlay on the definitions: the backends it takes out, each of one service,
+/// and of those the ones outlier detection ejected (the rest fail their health checks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overlay {
+    pub excluded: BTreeSet<Exclusion>,
+    pub ejected: BTreeSet<Exclusion>,
+}
+
+impl Overlay {
+    /// The overlay of the backends failing their checks (`failing`) and those ejected: out
+    /// while either says so.
+    pub fn of(failing: BTreeSet<Exclusion>, ejected: BTreeSet<Exclusion>) -> Overlay {
+        let mut excluded = failing;
+        excluded.extend(ejected.iter().cloned());
+        Overlay { excluded, ejected }
+    }
+}
 
 /// The backends of `excluded` taken out of the service labelled `label`.
 pub fn excluded_of(excluded: &BTreeSet<Exclusion>, label: &str) -> BTreeSet<SocketAddr> {
@@ -254,6 +275,11 @@ impl MapState {
         self.services.keys().map(|frontend| frontend.vip).collect()
     }
 
+    /// Of `health_excluded`, those out for failing their health checks (not ejected).
+    pub fn failing_checks(&self) -> impl Iterator<Item = &Exclusion> {
+        self.health_excluded.difference(&self.ejected)
+    }
+
     /// The entries of the services named in `names` (by the service part of their frontend
     /// names), with no health exclusions.
     pub fn of_services(&self, names: &BTreeSet<&str>) -> MapState {
@@ -274,6 +300,7 @@ impl MapState {
             backends: copied_where(&self.backends, |_, b| ids.contains(&b.service_id)),
             names: copied_where(&self.names, |id, _| ids.contains(id)),
             health_excluded: BTreeSet::new(),
+            ejected: BTreeSet::new(),
         }
     }
 
@@ -288,6 +315,7 @@ impl MapState {
             backends: copied_where(&self.backends, |_, _| true),
             names: copied_where(&self.names, |_, _| true),
             health_excluded: self.health_excluded.clone(),
+            ejected: self.ejected.clone(),
         }
     }
 

@@ -28,6 +28,7 @@ use std::{
 pub mod git;
 pub mod gitops;
 pub mod gpg;
+pub mod netns_daemon;
 pub mod source;
 
 use anyhow::{bail, ensure, Context as _, Result};

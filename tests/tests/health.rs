@@ -1,24 +1,16 @@
 //! Health-checked failover with the real daemon: it runs in the sandbox's network namespace
 //! (not its cgroup), probes real listeners, and takes a killed one out through the usual
 //! atomic apply, then back in when it returns; with every backend dead it keeps them all.
-use std::{
-    collections::BTreeSet,
-    path::Path,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, Result};
-use reconciler::{
-    daemon::{http::request, status::DaemonStatus},
-    dataplane::Dataplane,
-};
+use reconciler::{daemon::http::request, dataplane::Dataplane};
 use reconciler_core::state::BackendState;
 use reconciler_tests::{
     git::{self, Repo},
+    netns_daemon::{names, served_repo, settled, Daemon},
     reconciler_path, wait_for, Sandbox,
 };
-use tempfile::TempDir;
 
 const VIP: &str = "10.96.0.10:80";
 
@@ -41,103 +33,6 @@ fn web_with(backends: &[&str], spec: &str) -> String {
     text
 }
 
-/// The daemon, in the sandbox's namespace, reading a bare repository by path.
-struct Daemon {
-    child: Child,
-    listen: String,
-    dir: TempDir,
-}
-
-impl Daemon {
-    fn start(sandbox: &Sandbox, repo: &Path) -> Result<Daemon> {
-        Daemon::start_with(sandbox, &repo.display().to_string(), "  interval: 60s\n")
-    }
-
-    /// The daemon reading `url`, with `source` lines added to its `source` settings.
-    fn start_with(sandbox: &Sandbox, url: &str, source: &str) -> Result<Daemon> {
-        let dir = tempfile::tempdir()?;
-        let listen = "127.0.0.1:9469".to_owned();
-        let config = format!(
-            "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
-             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n\
-             policy: {{allowLocalHealthChecks: [127.0.0.0/8]}}\n",
-            dir.path().join("cache").display(),
-            sandbox.cgroup().display(),
-            sandbox.pin_path().display()
-        );
-        std::fs::write(dir.path().join("node.yaml"), config)?;
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = sandbox
-            .command_in_netns(reconciler_path()?)
-            .args(["daemon", "--config"])
-            .arg(dir.path().join("node.yaml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let daemon = Daemon { child, listen, dir };
-        wait_for("the daemon to be ready", Duration::from_secs(20), || {
-            let listen = daemon.listen.clone();
-            let ready = sandbox.in_netns(move || Ok(request(&listen, "GET", "/readyz")?.0));
-            matches!(ready, Ok(200)).then_some(())
-        })
-        .with_context(|| daemon.log())?;
-        Ok(daemon)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn get(&self, sandbox: &Sandbox, path: &'static str) -> Result<String> {
-        let listen = self.listen.clone();
-        sandbox.in_netns(move || Ok(request(&listen, "GET", path)?.1))
-    }
-
-    fn status(&self, sandbox: &Sandbox) -> Result<DaemonStatus> {
-        Ok(serde_json::from_str(&self.get(sandbox, "/status")?)?)
-    }
-
-    /// Waits until the health of `backend` is `up`.
-    fn wait_health(&self, sandbox: &Sandbox, backend: &str, up: bool) -> Result<()> {
-        let backend: std::net::SocketAddr = backend.parse()?;
-        wait_for("a health transition", Duration::from_secs(15), || {
-            let status = self.status(sandbox).ok()?;
-            status.health.iter().any(|h| h.backend == backend && h.up == up).then_some(())
-        })
-        .with_context(|| self.log())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A repository whose `services/web.yaml` is `text`, committed, and its bare clone (in the
-/// returned directory) that the daemon reads.
-fn served_repo(text: &str) -> Result<(Repo, tempfile::TempDir, std::path::PathBuf)> {
-    let work = Repo::new();
-    work.write("services/web.yaml", text);
-    work.commit("services");
-    let served = tempfile::tempdir()?;
-    let bare = work.bare_clone(served.path(), "services.git");
-    Ok((work, served, bare))
-}
-
-/// Waits until a batch of connects through the VIP fails none, and returns who answered.
-fn settled(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
-    wait_for("connects that all succeed", Duration::from_secs(15), || {
-        let result = sandbox.probe_tcp(VIP, 30).ok()?;
-        result.errors.is_empty().then(|| result.replies.into_keys().collect())
-    })
-}
-
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result<()> {
     let mut sandbox = Sandbox::new("health")?;
@@ -150,12 +45,12 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     let served = tempfile::tempdir()?;
     let bare = work.bare_clone(served.path(), "services.git");
     let daemon = Daemon::start(&sandbox, &bare)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b12", "b13"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12", "b13"]));
 
     // b12 dies: within two failed probes and one apply it is out; then no connect fails.
     sandbox.stop_server("127.0.0.12:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b13"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b13"]));
     let result = sandbox.probe_tcp(VIP, 100)?;
     assert!(result.errors.is_empty(), "{result:?}");
     // Git is still the desired state: a plan by hand shows the exclusion, and no change.
@@ -201,7 +96,7 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     // One returns: it takes every connect.
     sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
     daemon.wait_health(&sandbox, "127.0.0.13:8080", true)?;
-    assert_eq!(settled(&sandbox)?, names(&["b13"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b13"]));
     Ok(())
 }
 
@@ -223,14 +118,14 @@ fn a_service_with_no_healthy_backend_falls_back_to_another() -> Result<()> {
     let served = tempfile::tempdir()?;
     let bare = work.bare_clone(served.path(), "services.git");
     let daemon = Daemon::start(&sandbox, &bare)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12"]));
 
     // Both of web's backends die: web-dr's take web's connects.
     sandbox.stop_server("127.0.0.11:8080")?;
     sandbox.stop_server("127.0.0.12:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.11:8080", false)?;
     daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
-    assert_eq!(settled(&sandbox)?, names(&["b21", "b22"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b21", "b22"]));
     let result = sandbox.probe_tcp(VIP, 100)?;
     assert!(result.errors.is_empty(), "{result:?}");
 
@@ -268,7 +163,7 @@ fn a_git_server_that_hangs_delays_new_commits_never_failover() -> Result<()> {
     );
     let source = "  interval: 1s\n  timeout: 8s\n  connectTimeout: 1s\n";
     let daemon = Daemon::start_with(&sandbox, &git.url("services.git"), source)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12"]));
 
     git.pause(true);
     let hanging = wait_for("a fetch that hangs", Duration::from_secs(10), || {
@@ -277,7 +172,7 @@ fn a_git_server_that_hangs_delays_new_commits_never_failover() -> Result<()> {
     .with_context(|| daemon.log())?;
     sandbox.stop_server("127.0.0.12:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11"]));
     let status = daemon.status(&sandbox)?;
     assert_eq!(status.fetching_since.as_ref(), Some(&hanging), "the fetch is the same one");
     assert!(status.failed_revision.is_none(), "{status:?}");
@@ -298,7 +193,7 @@ fn a_git_server_that_hangs_delays_new_commits_never_failover() -> Result<()> {
         (status.applied_revision.as_deref() == Some(commit.as_str())).then_some(())
     })
     .with_context(|| daemon.log())?;
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b13"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b13"]));
     Ok(())
 }
 
@@ -475,7 +370,7 @@ fn a_restart_never_lets_a_dead_backend_back_in() -> Result<()> {
     let daemon = Daemon::start(&sandbox, &bare)?;
     sandbox.stop_server("127.0.0.12:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.12:8080", false)?;
-    assert_eq!(settled(&sandbox)?, names(&["b11"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11"]));
 
     let stop = served.path().join("stop");
     let probe = sandbox.spawn_probe_until(&stop, VIP)?;
@@ -523,7 +418,7 @@ fn a_flapping_backend_is_held_out_longer_each_time() -> Result<()> {
     daemon.wait_health(&sandbox, flapping, true)?;
     let held = back.elapsed();
     assert!(held >= Duration::from_secs(3), "held out only {held:?}");
-    assert_eq!(settled(&sandbox)?, names(&["b11", "b12"]));
+    assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12"]));
     let log = daemon.log();
     assert_eq!(log.matches("backend unhealthy; taken out").count(), 2, "{log}");
     assert_eq!(log.matches("backend healthy again; back in").count(), 2, "{log}");

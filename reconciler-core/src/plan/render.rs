@@ -11,6 +11,7 @@ use super::{
     make::{Action, Plan, ServicePlan},
     view::ServiceView,
 };
+use crate::state::Exclusion;
 
 // Writing to a String cannot fail: the `fmt::Result`s of `writeln!` below are ignored.
 
@@ -70,14 +71,24 @@ fn render_source(out: &mut String, plan: &Plan) {
 
 /// The health exclusions, and whether the live maps drifted.
 fn render_notes(out: &mut String, plan: &Plan) {
-    if !plan.desired.health_excluded.is_empty() {
-        let list: Vec<String> =
-            plan.desired.health_excluded.iter().map(|(s, addr)| format!("{addr} ({s})")).collect();
+    let listed = |pairs: Vec<&Exclusion>| -> String {
+        pairs.iter().map(|(s, addr)| format!("{addr} ({s})")).collect::<Vec<_>>().join(", ")
+    };
+    let failing: Vec<&Exclusion> = plan.desired.failing_checks().collect();
+    if !failing.is_empty() {
         let _ = writeln!(
             out,
             "Health exclusions (failing their health checks, taken out by the daemon; not \
              drift): {}",
-            list.join(", ")
+            listed(failing)
+        );
+    }
+    if !plan.desired.ejected.is_empty() {
+        let _ = writeln!(
+            out,
+            "Ejections (outlier detection: their clients' connects failed in a row; taken out \
+             by the daemon for a time; not drift): {}",
+            listed(plan.desired.ejected.iter().collect())
         );
     }
     if !plan.context.failover_held_back.is_empty() {

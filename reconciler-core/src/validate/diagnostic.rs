@@ -76,3 +76,18 @@ fn field_name(pointer: &str) -> String {
     }
     field
 }
+
+/// A diagnostic for each field of `section` that is `given` although it applies to `only`.
+pub(super) fn fields_only_for(
+    located: &Located,
+    section: &str,
+    given: &[(&str, bool)],
+    only: &str,
+    out: &mut Vec<Diagnostic>,
+) {
+    for (field, _) in given.iter().filter(|(_, given)| *given) {
+        out.push(
+            located.diagnostic(&format!("{section}/{field}"), format!("{field} applies to {only}")),
+        );
+    }
+}

@@ -20,12 +20,14 @@ use crate::{
     source::{Snapshot, SourceFile},
 };
 
+mod daemon_rules;
 mod diagnostic;
+mod policy;
 mod rules;
 mod schema;
 
 pub use diagnostic::{at, Diagnostic, Located};
-pub use rules::Policy;
+pub use policy::Policy;
 use schema::SERVICE_SCHEMA;
 pub use schema::{Schema, SCHEMA};
 

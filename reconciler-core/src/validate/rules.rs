@@ -10,32 +10,16 @@ use std::{
 use ipnet::IpNet;
 use reconciler_common::{maglev, MAX_SLOTS};
 
-use super::diagnostic::{Diagnostic, Located};
+use super::{
+    daemon_rules,
+    diagnostic::{fields_only_for, Diagnostic, Located},
+    policy::Policy,
+};
 use crate::{
-    capacity::Capacity,
     compile::{self, CompileError, BACKEND_CAPACITY, SERVICE_CAPACITY},
     failover::{self, Need},
-    model::HealthProtocol,
-    node::LocalAddress,
     state::{Algorithm, Protocol},
 };
-
-/// What the semantic rules may additionally require.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// When set, every VIP must lie in one of these ranges.
-    pub allowed_vips: Option<Vec<IpNet>>,
-    /// This node's own addresses, which no VIP may take (a VIP is rewritten for every process
-    /// in the cgroup, so it would hijack connects to the node itself). Empty where validation
-    /// does not run on the node, as in CI.
-    pub local_addresses: Vec<LocalAddress>,
-    /// The node's capacity, which the repository must fit, failovers included; `None`
-    /// where it is not known (CI): the most any node can have.
-    pub capacity: Option<Capacity>,
-    /// Loopback and node addresses that health checks may nevertheless probe
-    /// (`policy.allowLocalHealthChecks`); by default a check never probes the node itself.
-    pub allow_local_health_checks: Vec<IpNet>,
-}
 
 /// Every rule over every service of `services`, in their order: of two services that
 /// collide, the later one is reported.
@@ -59,9 +43,7 @@ pub(super) fn semantic_diagnostics(
         maglev_table_size(located, out);
         maglev_only_fields(located, out);
         valid_fallback(located, &seen.by_name, out);
-        http_only_fields(located, out);
-        health_check_reaches(located, out);
-        health_check_targets(located, policy, out);
+        daemon_rules::check(located, policy, out);
         let slots = compile::slots_needed(&located.service.spec);
         slots_per_service(located, slots, out);
         let limits = Limits::of(policy);
@@ -348,65 +330,6 @@ fn valid_fallback(located: &Located, by_name: &HashMap<&str, &Located>, out: &mu
     }
 }
 
-fn http_only_fields(located: &Located, out: &mut Vec<Diagnostic>) {
-    let Some(check) = &located.service.spec.health_check else { return };
-    if check.protocol != HealthProtocol::Http {
-        let given =
-            [("path", check.path.is_some()), ("expectStatus", check.expect_status.is_some())];
-        let only = "`protocol: http` health checks only";
-        fields_only_for(located, "/spec/healthCheck", &given, only, out);
-    }
-}
-
-/// A `tcp`/`http` check connects over TCP: on a service of UDP ports only, it must name a
-/// TCP port (`healthCheck.port`), or it probes a port the backends do not answer on.
-fn health_check_reaches(located: &Located, out: &mut Vec<Diagnostic>) {
-    let spec = &located.service.spec;
-    let Some(check) = &spec.health_check else { return };
-    if check.port.is_none() && spec.ports.iter().all(|p| p.protocol == Protocol::Udp) {
-        let message = "a health check connects over TCP to each backend's target port, and \
-                       this service has UDP ports only: set healthCheck.port to a TCP port its \
-                       backends answer on";
-        out.push(located.diagnostic("/spec/healthCheck", message));
-    }
-}
-
-/// Health checks go only where a backend may be, and not to this node itself: never to a
-/// link-local address (169.254.0.0/16 holds cloud metadata); to a loopback or node address
-/// only when `policy.allowLocalHealthChecks` lists it (else a commit could have the root
-/// daemon send requests to the node's own services).
-fn health_check_targets(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic>) {
-    if located.service.spec.health_check.is_none() {
-        return;
-    }
-    for (i, backend) in located.service.spec.backends.iter().enumerate() {
-        let address = backend.address;
-        let allowed = || policy.allow_local_health_checks.iter().any(|r| r.contains(&address));
-        let local =
-            address.is_loopback() || policy.local_addresses.iter().any(|l| l.address == address);
-        let problem = if is_link_local(address) {
-            "is link-local: a health check is never sent there".to_owned()
-        } else if local && !allowed() {
-            "is this node's own (loopback or an interface's): a health check is sent there \
-             only if policy.allowLocalHealthChecks (--allow-local-health-checks) lists it"
-                .to_owned()
-        } else {
-            continue;
-        };
-        out.push(located.diagnostic(
-            &format!("/spec/backends/{i}/address"),
-            format!("backend {address} {problem}"),
-        ));
-    }
-}
-
-fn is_link_local(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
 /// A `random` service's weights against the slots one service may have; a Maglev table's
 /// size is checked by [`maglev_table_size`].
 fn slots_per_service(located: &Located, slots: u64, out: &mut Vec<Diagnostic>) {
@@ -544,21 +467,6 @@ fn fallback_problem(
         next = by_name.get(step).and_then(|l| l.service.spec.fallback.as_deref());
     }
     None
-}
-
-/// A diagnostic for each field of `section` that is `given` although it applies to `only`.
-fn fields_only_for(
-    located: &Located,
-    section: &str,
-    given: &[(&str, bool)],
-    only: &str,
-    out: &mut Vec<Diagnostic>,
-) {
-    for (field, _) in given.iter().filter(|(_, given)| *given) {
-        out.push(
-            located.diagnostic(&format!("{section}/{field}"), format!("{field} applies to {only}")),
-        );
-    }
 }
 
 /// Why `ip` cannot be a VIP, if it cannot: the node's own addresses and ones that are not

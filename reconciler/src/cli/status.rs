@@ -365,5 +365,26 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
             backend.services.join(", ")
         );
     }
+    print_ejections(&status);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Outlier detection's part of `status --daemon`.
+fn print_ejections(status: &DaemonStatus) {
+    if !status.ejections.is_empty() || !status.ejections_failing_open.is_empty() {
+        println!("Ejections:");
+    }
+    for service in &status.ejections_failing_open {
+        println!("  {service}: more backends fail than maxEjectionPercent lets out (fail open)");
+    }
+    for e in &status.ejections {
+        let now = match &e.until {
+            Some(until) if e.ejected => format!("EJECTED until {until}"),
+            _ => "back".to_owned(),
+        };
+        println!(
+            "  {} {now} ({}); ejected {} times, last at {} after {} failed connects in a row",
+            e.backend, e.service, e.ejections, e.ejected_at, e.failures
+        );
+    }
 }

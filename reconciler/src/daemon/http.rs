@@ -85,6 +85,7 @@ async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     let from = Arc::clone(&shared);
     let render = move || {
         from.metrics().backend_health(&from.health.report());
+        from.metrics().backend_ejections(&from.outliers.watched());
         from.metrics().render(openmetrics, gzip, size_hint)
     };
     let Ok(Ok((content_type, page))) = tokio::task::spawn_blocking(render).await else {
@@ -105,6 +106,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
     let mut status = shared.status().clone();
     status.health = shared.health.report();
     status.health_failing_open = shared.health.failing_open();
+    status.ejections = shared.outliers.report();
+    status.ejections_failing_open = shared.outliers.failing_open();
     Json(status)
 }
 

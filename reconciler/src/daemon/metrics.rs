@@ -20,6 +20,7 @@ use super::{
     exposition::{PrometheusText, Sink},
     health::BackendHealth,
 };
+use reconciler_core::state::Exclusion;
 
 /// OpenMetrics text, which Prometheus asks for first (`Accept`).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub socket_destroy_supported: Gauge,
     backend_up: Family<Label, Gauge>,
     health_transitions: Family<Label, Counter>,
+    ejections: Family<Label, Counter>,
+    ejected: Family<Label, Gauge>,
     webhook_requests: Family<Label, Counter>,
     /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
     per_backend: bool,
@@ -84,6 +87,8 @@ impl Default for Metrics {
             socket_destroy_supported: Gauge::default(),
             backend_up: Family::default(),
             health_transitions: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
             webhook_requests: Family::default(),
             per_backend: true,
         };
@@ -173,6 +178,17 @@ impl Metrics {
             self.health_transitions.clone(),
         );
         registry.register(
+            "reconciler_backend_ejections",
+            "Times outlier detection ejected a backend from a service (its clients' connects \
+             failed in a row)",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "reconciler_backend_ejected",
+            "1 while outlier detection keeps a backend out of a service, else 0",
+            self.ejected.clone(),
+        );
+        registry.register(
             "reconciler_webhook_requests",
             "POST /reconcile requests, by result (accepted, unauthorized, too_large, unreadable)",
             self.webhook_requests.clone(),
@@ -232,6 +248,26 @@ impl Metrics {
                 ];
                 self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
             }
+        }
+    }
+
+    /// Counts an ejection of `backend` from `service`.
+    pub fn backend_ejected(&self, service: &str, backend: std::net::SocketAddr) {
+        if self.per_backend {
+            let labels = vec![("service", label_value(service)), ("backend", backend.to_string())];
+            self.ejections.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Sets `reconciler_backend_ejected` for every backend outlier detection watches.
+    pub fn backend_ejections(&self, watched: &[(Exclusion, bool)]) {
+        self.ejected.clear();
+        if !self.per_backend {
+            return;
+        }
+        for ((service, backend), ejected) in watched {
+            let labels = vec![("service", label_value(service)), ("backend", backend.to_string())];
+            self.ejected.get_or_create(&labels).set(i64::from(*ejected));
         }
     }
 

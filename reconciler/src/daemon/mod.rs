@@ -33,14 +33,18 @@ pub mod journal;
 pub mod metrics;
 mod metrics_cache;
 mod outcome;
+pub mod outliers;
 mod reconcile;
 mod report;
 pub mod status;
 pub mod webhook;
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Instant};
 
-use reconciler_core::source::{Snapshot, SourceError};
+use reconciler_core::{
+    source::{Snapshot, SourceError},
+    state::Overlay,
+};
 
 use tokio::{
     net::TcpListener,
@@ -52,6 +56,11 @@ use crate::{clock, pipeline::describe};
 use config::Config;
 use reconcile::Memory;
 use status::Shared;
+
+/// What the health checks and outlier detection take out now.
+fn overlay(shared: &Shared) -> Overlay {
+    Overlay::of(shared.health.excluded(), shared.outliers.excluded())
+}
 
 /// The signals the loop answers.
 struct Signals {
@@ -192,6 +201,17 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
         })
     };
     tokio::spawn(health::run(Arc::clone(&shared.health), on_change));
+    let on_ejection = {
+        let shared = Arc::clone(shared);
+        Arc::new(move |changes: &[outliers::Change]| {
+            for change in changes.iter().filter(|c| c.ejected_for.is_some()) {
+                shared.metrics().backend_ejected(&change.service, change.backend);
+            }
+            shared.health_changed.notify_one();
+        })
+    };
+    let pin_path = config.pin_path.clone();
+    tokio::spawn(outliers::run(Arc::clone(&shared.outliers), pin_path, on_ejection));
     tokio::spawn(http::serve(listener, Arc::clone(shared)));
 }
 
@@ -222,15 +242,20 @@ async fn adopt(
         (memory, reconcile::recorded_exclusions(&run_config))
     })
     .await?;
-    if !recorded.is_empty() {
+    if !recorded.excluded.is_empty() {
         info!(
-            pairs = recorded.len(),
-            "health exclusions recorded before this start kept until probed"
+            pairs = recorded.excluded.len(),
+            ejected = recorded.ejected.len(),
+            "exclusions recorded before this start kept until probed (ejections: for their \
+             base time)"
         );
     }
-    shared.health.seed(recorded);
+    let failing: BTreeSet<_> = recorded.excluded.difference(&recorded.ejected).cloned().collect();
+    shared.health.seed(failing);
+    shared.outliers.seed(&recorded.ejected);
     if let Some(good) = &memory.last_good {
         shared.health.update(good);
+        shared.outliers.update(good);
     }
     Ok(memory)
 }
@@ -248,7 +273,7 @@ async fn run_once(
     shared.status().fetching_since = None;
     shared.status().running = true;
     let run_config = Arc::clone(config);
-    memory.health_excluded = shared.health.excluded();
+    memory.overlay = overlay(shared);
     let (outcomes, mut memory) = tokio::task::spawn_blocking(move || {
         let outcomes = reconcile::reconcile(&run_config, &mut memory, fetched, refresh);
         (outcomes, memory)
@@ -263,6 +288,7 @@ async fn run_once(
     }
     if let Some(good) = &memory.last_good {
         shared.health.update(good);
+        shared.outliers.update(good);
     }
     let took = started.elapsed();
     let mut delay = config.interval;
@@ -282,7 +308,7 @@ async fn run_overlay(
     mut memory: Memory,
 ) -> anyhow::Result<Memory> {
     let run_config = Arc::clone(config);
-    memory.health_excluded = shared.health.excluded();
+    memory.overlay = overlay(shared);
     shared.status().running = true;
     let (outcome, mut memory) = tokio::task::spawn_blocking(move || {
         let outcome = reconcile::overlay(&run_config, &mut memory);

@@ -3,7 +3,6 @@
 //! commit is held back, the drift check of the last good revision. Or, on a health
 //! transition, the health overlay alone ([`overlay`]), planned from the last good revision
 //! without fetching: a git server that hangs delays new commits, never failover.
-use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
@@ -23,7 +22,7 @@ use reconciler_core::{
     node,
     plan::Plan,
     source::{Snapshot, SourceError},
-    state::Exclusion,
+    state::Overlay,
     validate::Policy,
 };
 
@@ -37,8 +36,9 @@ pub(super) struct Memory {
     pub consecutive_errors: u32,
     /// What survives a restart.
     pub journal: Journal,
-    /// The (service, backend) pairs the health checks took out, as of this run.
-    pub health_excluded: BTreeSet<Exclusion>,
+    /// The (service, backend) pairs the health checks and outlier detection took out, as of
+    /// this run.
+    pub overlay: Overlay,
     /// The pipeline, with what the incremental path reuses (parses by blob, the state the
     /// last apply left) in its memo.
     pub session: Session,
@@ -52,7 +52,7 @@ impl Memory {
             failed_revision: None,
             consecutive_errors: 0,
             journal: Journal::open(&config.source.cache_dir, &session.source(), &config.pin_path),
-            health_excluded: BTreeSet::new(),
+            overlay: Overlay::default(),
             session,
         }
     }
@@ -226,12 +226,13 @@ fn node_capacity(config: &Config, installed: Option<&dataplane::Status>) -> Capa
 
 /// The exclusions the installed data plane records (`HEALTH_EXCLUDED`): where a restart
 /// starts from. None if it cannot be read (the run will say why).
-pub(super) fn recorded_exclusions(config: &Config) -> BTreeSet<Exclusion> {
+pub(super) fn recorded_exclusions(config: &Config) -> Overlay {
     if !dataplane::is_installed(&config.pin_path) {
-        return BTreeSet::new();
+        return Overlay::default();
     }
     let live = Dataplane::open(&config.pin_path).and_then(|d| d.read_live_members());
-    live.map(|live| live.state.health_excluded).unwrap_or_default()
+    live.map(|live| Overlay { excluded: live.state.health_excluded, ejected: live.state.ejected })
+        .unwrap_or_default()
 }
 
 /// The revision the installed data plane records, if any.
@@ -253,7 +254,7 @@ fn plan_and_apply(
     desired: Desired,
     refresh: bool,
 ) -> Outcome {
-    let health = Some(memory.health_excluded.clone());
+    let health = Some(memory.overlay.clone());
     let options = PlanOptions { health, ..PlanOptions::refresh(refresh) };
     // The revision the data plane holds was good: what fails now (with health's overlay,
     // say) is trouble, never its fault.
@@ -317,7 +318,7 @@ pub(super) fn overlay(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         return Some(Outcome::Transient { error });
     }
     let good = last_good(config, memory)?.clone();
-    let health = Some(memory.health_excluded.clone());
+    let health = Some(memory.overlay.clone());
     let options = PlanOptions { health, ..PlanOptions::refresh(false) };
     let plan = match memory.session.plan(&good, options) {
         Ok(plan) => Box::new(plan),
@@ -346,7 +347,7 @@ pub(super) fn last_good<'m>(config: &Config, memory: &'m mut Memory) -> Option<&
 fn check_drift(config: &Config, memory: &mut Memory) -> Option<Outcome> {
     let good = last_good(config, memory)?.clone();
     let good = &good;
-    let health = Some(memory.health_excluded.clone());
+    let health = Some(memory.overlay.clone());
     let options = PlanOptions { health, ..PlanOptions::refresh(true) };
     let plan: Box<Plan> = Box::new(memory.session.plan(good, options).ok()?);
     Some(match decide::held_back(Facts::of(&plan), config.drift)? {

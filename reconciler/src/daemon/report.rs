@@ -16,7 +16,10 @@ use crate::{
     clock::{self, rfc3339_utc},
     dataplane::Dataplane,
 };
-use reconciler_core::{plan::Plan, state::MapState};
+use reconciler_core::{
+    plan::Plan,
+    state::{Exclusion, MapState},
+};
 
 /// Logs `outcome`, updates metrics and status, and says how long to wait for the next run.
 /// `took` is the run's time for the fetched commit's outcome (which counts the run), `None`
@@ -76,10 +79,12 @@ fn log(outcome: &Outcome) {
             warn!(entries = plan.entry_changes, map_writes = report.map_writes, "drift healed");
         }
         Outcome::HealthApplied { plan, report } => {
-            let excluded: Vec<String> =
-                plan.desired.health_excluded.iter().map(|(s, a)| format!("{a} ({s})")).collect();
+            let listed = |pairs: &mut dyn Iterator<Item = &Exclusion>| -> String {
+                pairs.map(|(s, a)| format!("{a} ({s})")).collect::<Vec<_>>().join(",")
+            };
             info!(
-                excluded = excluded.join(","),
+                excluded = listed(&mut plan.desired.failing_checks()),
+                ejected = listed(&mut plan.desired.ejected.iter()),
                 map_writes = report.map_writes,
                 sockets_destroyed = report.sockets_destroyed,
                 "health exclusions applied"

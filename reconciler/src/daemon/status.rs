@@ -10,6 +10,7 @@ use super::{
     health::{BackendHealth, Health},
     journal::Failure,
     metrics::Metrics,
+    outliers::{Ejection, Watch},
     webhook::Secret,
 };
 use crate::pipeline::describe;
@@ -46,6 +47,14 @@ pub struct DaemonStatus {
     /// keep them all (fail open).
     #[serde(default)]
     pub health_failing_open: Vec<String>,
+    /// Every backend outlier detection ejected since the daemon started: out now or not,
+    /// how often, when, why and until when.
+    #[serde(default)]
+    pub ejections: Vec<Ejection>,
+    /// Services with more backends failing than `maxEjectionPercent` lets out: the rest keep
+    /// their share (fail open).
+    #[serde(default)]
+    pub ejections_failing_open: Vec<String>,
     /// Services whose every backend is down and whose fallback's backends would not fit the
     /// data plane's capacity: they keep their own (fail open) instead.
     #[serde(default)]
@@ -80,6 +89,8 @@ pub struct Shared {
     /// The last `/metrics` pages rendered.
     pub(super) metrics_cache: tokio::sync::Mutex<super::metrics_cache::MetricsCache>,
     pub(super) health: Arc<Health>,
+    /// Outlier detection's ejections.
+    pub(super) outliers: Arc<Watch>,
     webhook_secret: RwLock<Option<Secret>>,
 }
 
@@ -122,6 +133,7 @@ impl Shared {
             health_changed: Notify::new(),
             metrics_cache: tokio::sync::Mutex::default(),
             health: Arc::new(Health::default()),
+            outliers: Arc::default(),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }
     }

@@ -7,7 +7,7 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{
-    affinity, event,
+    affinity, event, exclusion,
     flows::{BackendFlows, HANDSHAKE_SLOTS},
     AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey, Metadata,
     ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
@@ -195,20 +195,21 @@ impl Dataplane {
         let health = self.read_health()?;
         if other_too {
             sets[1].names = names.clone();
-            sets[1].health_excluded = exclusions(&health, &sets[1]);
+            (sets[1].health_excluded, sets[1].ejected) = exclusions(&health, &sets[1]);
         }
         sets[0].names = names;
-        sets[0].health_excluded = exclusions(&health, &sets[0]);
+        (sets[0].health_excluded, sets[0].ejected) = exclusions(&health, &sets[0]);
         Ok(sets)
     }
 
     /// `HEALTH_EXCLUDED`, which is not versioned: the same for both sets, as (service ID,
-    /// backend address) pairs (see [`exclusions`]).
-    pub(super) fn read_health(&self) -> Result<BTreeSet<(u32, SocketAddr)>> {
+    /// backend address) pairs and why each is out (`reconciler_common::exclusion`; see
+    /// [`exclusions`]).
+    pub fn read_health(&self) -> Result<BTreeMap<(u32, SocketAddr), u32>> {
         Ok(batch::lookup_all::<HealthKey, u32>(&self.health)
             .map_err(io_err("reading HEALTH_EXCLUDED"))?
             .iter()
-            .map(|(key, _)| encode::health_entry(key))
+            .map(|(key, why)| (encode::health_entry(key), *why))
             .collect())
     }
 
@@ -274,7 +275,7 @@ impl Dataplane {
                     state.names.insert(id, encode::name_of(&value));
                 }
             }
-            state.health_excluded = exclusions(&health, state);
+            (state.health_excluded, state.ejected) = exclusions(&health, state);
         }
         Ok(sets)
     }
@@ -369,16 +370,22 @@ fn values_of<T: aya::Pod>(
     ids.into_iter().map(|id| Ok((id, map.get(&id, 0).map_err(map_err(what))?))).collect()
 }
 
-/// `HEALTH_EXCLUDED`'s pairs (`raw`) as the exclusions of `state`'s services, by label. ID 0
-/// (an older build's entry) is every service of `state` listing the address. A service
-/// whose name `state` lacks shows as `#ID`, so that it never compares equal to a state that
-/// has it.
-fn exclusions(raw: &BTreeSet<(u32, SocketAddr)>, state: &MapState) -> BTreeSet<Exclusion> {
+/// `HEALTH_EXCLUDED`'s pairs (`raw`) as the exclusions of `state`'s services, by label, and
+/// of those the ejections. ID 0 (an older build's entry) is every service of `state` listing
+/// the address. A service whose name `state` lacks shows as `#ID`, so that it never compares
+/// equal to a state that has it.
+fn exclusions(
+    raw: &BTreeMap<(u32, SocketAddr), u32>,
+    state: &MapState,
+) -> (BTreeSet<Exclusion>, BTreeSet<Exclusion>) {
     let label = |id: u32| state.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
-    let mut found = BTreeSet::new();
-    for &(id, addr) in raw {
+    let (mut found, mut ejected) = (BTreeSet::new(), BTreeSet::new());
+    for (&(id, addr), &why) in raw {
         if id != 0 {
             found.insert((label(id), addr));
+            if why == exclusion::EJECTED {
+                ejected.insert((label(id), addr));
+            }
             continue;
         }
         let listing: Vec<u32> =
@@ -388,5 +395,5 @@ fn exclusions(raw: &BTreeSet<(u32, SocketAddr)>, state: &MapState) -> BTreeSet<E
             found.insert((label(0), addr));
         }
     }
-    found
+    (found, ejected)
 }

@@ -59,10 +59,10 @@ impl Dataplane {
                     Some(name) => batches.names.0.push((*id, encode::name_value(name))),
                     None => batches.names.1.push(*id),
                 },
-                Change::Health(service_id, addr, excluded) => {
+                Change::Health(service_id, addr, why) => {
                     let key = encode::health_key(*service_id, addr);
-                    if *excluded {
-                        batches.health.0.push((key, 1));
+                    if let Some(why) = why {
+                        batches.health.0.push((key, *why));
                     } else {
                         batches.health.1.push(key);
                         // An older build's entry for every service listing the address goes

@@ -1,7 +1,6 @@
 //! The session's half that reads and writes the data plane: the plan from the live maps and
 //! its apply, each followed by what the memo learns from it.
 use std::{
-    collections::BTreeSet,
     panic,
     path::{Path, PathBuf},
     thread,
@@ -15,7 +14,7 @@ use reconciler_core::{
     capacity::{Capacity, DEFAULT},
     failover::compile_within,
     plan::{make_plan, Plan, PlanContext},
-    state::{Exclusion, MapState},
+    state::{MapState, Overlay},
 };
 
 /// How much of the live maps a plan reads.
@@ -32,9 +31,9 @@ pub enum Reading {
 /// How [`Session::plan`] plans.
 pub struct PlanOptions {
     pub reading: Reading,
-    /// The backends the daemon's health checks exclude, instead of those the data plane
-    /// records; while it excludes any, every entry is read.
-    pub health: Option<BTreeSet<Exclusion>>,
+    /// The backends the daemon excludes (health checks, ejections), instead of those the
+    /// data plane records; while it excludes any, every entry is read.
+    pub health: Option<Overlay>,
 }
 
 impl Reading {
@@ -82,7 +81,7 @@ impl Session {
         let health = options.health.as_ref();
         let live = match options.reading {
             Reading::Changed => {
-                if health.is_none_or(BTreeSet::is_empty) {
+                if health.is_none_or(|overlay| overlay.excluded.is_empty()) {
                     let memo = &self.memo;
                     if let Some(plan) =
                         incremental::plan(desired, &self.pin_path, memo, self.capacity)?
@@ -163,15 +162,19 @@ fn read_live(pin_path: &Path) -> Result<Option<LiveState>, Error> {
 fn plan_from_live(
     desired: &Desired,
     pin_path: &Path,
-    health: Option<&BTreeSet<Exclusion>>,
+    health: Option<&Overlay>,
     live: Option<LiveState>,
     capacity: &Capacity,
 ) -> Result<Plan, Error> {
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
-    let excluded = health.unwrap_or(&live_state.health_excluded);
-    let (compiled, failover_held_back) =
+    let excluded = health.map_or(&live_state.health_excluded, |overlay| &overlay.excluded);
+    let (mut compiled, failover_held_back) =
         compile_within(&desired.services, live_state, excluded, capacity)?;
+    if let Some(overlay) = health {
+        let ejected = overlay.ejected.intersection(&compiled.health_excluded);
+        compiled.ejected = ejected.cloned().collect();
+    }
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),
@@ -180,7 +183,8 @@ fn plan_from_live(
         generation: live.as_ref().map_or(0, |l| l.status.generation),
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
         against: false,
-        health_changed: compiled.health_excluded != live_state.health_excluded,
+        health_changed: compiled.health_excluded != live_state.health_excluded
+            || compiled.ejected != live_state.ejected,
         failover_held_back,
     };
     Ok(make_plan(context, live_state, compiled))

@@ -16,6 +16,9 @@ use reconciler::dataplane::{
 use reconciler_core::state::split_label;
 
 use super::{Output, PinArgs};
+use exclusions::{ExclusionChange, Exclusions};
+
+mod exclusions;
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -52,7 +55,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut tracer = Tracer::start(pin_path)?;
     let dropped_at_start = tracer.dropped()?;
     eprintln!("Tracing {} (Ctrl-C ends).", pin_path.display());
+    let mut exclusions = Exclusions::start(pin_path)?;
     while !STOP.load(Ordering::SeqCst) {
+        for change in exclusions.changes(pin_path) {
+            if wanted_service(&args, &change.service) && print_exclusion(&args.output, &change)? {
+                STOP.store(true, Ordering::SeqCst);
+            }
+        }
         let mut poll = libc::pollfd { fd: tracer.raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd, owned for the call. A signal ends it early (EINTR), as wanted.
         unsafe { libc::poll(&mut poll, 1, Duration::from_millis(250).as_millis() as i32) };
@@ -88,19 +97,48 @@ fn parse_vip(text: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
     Ok((addr.ip().to_canonical(), Some(addr.port())))
 }
 
+fn wanted_service(args: &TraceArgs, service: &str) -> bool {
+    args.service.as_deref().is_none_or(|wanted| {
+        service == wanted || split_label(service).is_some_and(|(name, _)| name == wanted)
+    })
+}
+
 fn wanted(
     args: &TraceArgs,
     vip: Option<(IpAddr, Option<u16>)>,
     event: &Event,
     service: &str,
 ) -> bool {
-    let service_ok = args.service.as_deref().is_none_or(|wanted| {
-        service == wanted || split_label(service).is_some_and(|(name, _)| name == wanted)
-    });
+    let service_ok = wanted_service(args, service);
     let vip_ok = vip.is_none_or(|(ip, port)| {
         event.vip.ip() == ip && port.is_none_or(|p| p == event.vip.port())
     });
     service_ok && vip_ok
+}
+
+/// Writes `change`; whether stdout is closed (its reader gone).
+fn print_exclusion(output: &Output, change: &ExclusionChange) -> anyhow::Result<bool> {
+    let time = reconciler::clock::now_rfc3339();
+    let line = match output {
+        Output::Json => {
+            let mut value = serde_json::to_value(change)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("time".into(), time.into());
+            }
+            value.to_string()
+        }
+        Output::Text => {
+            let why = match (change.event, change.failures) {
+                ("ejected", Some(failures)) => {
+                    format!(": outlier detection, {failures} connects failed in a row")
+                }
+                ("excluded", _) => ": its health check fails".to_owned(),
+                _ => String::new(),
+            };
+            format!("{time} {} {} {}{why}", change.service, change.backend, change.event)
+        }
+    };
+    write_line(&line)
 }
 
 /// Writes `event`; whether stdout is closed (its reader gone), which ends the trace.
@@ -126,6 +164,11 @@ fn print(output: &Output, event: &Event, service: &str) -> anyhow::Result<bool> 
             )
         }
     };
+    write_line(&line)
+}
+
+/// Writes `line` to stdout; whether stdout is closed (its reader gone).
+fn write_line(line: &str) -> anyhow::Result<bool> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{line}").and_then(|()| out.flush()) {
         Ok(()) => Ok(false),

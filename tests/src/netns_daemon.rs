@@ -1,0 +1,130 @@
+//! The real daemon in a sandbox's network namespace (not its cgroup), reading a bare
+//! repository by path, with what tests of its health checks and ejections ask of it.
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use reconciler::daemon::{http::request, outliers::Ejection, status::DaemonStatus};
+use tempfile::TempDir;
+
+use crate::{git::Repo, reconciler_path, wait_for, Sandbox};
+
+/// The daemon, in the sandbox's namespace, reading a bare repository by path.
+pub struct Daemon {
+    child: Child,
+    pub listen: String,
+    dir: TempDir,
+}
+
+impl Daemon {
+    pub fn start(sandbox: &Sandbox, repo: &Path) -> Result<Daemon> {
+        Daemon::start_with(sandbox, &repo.display().to_string(), "  interval: 60s\n")
+    }
+
+    /// The daemon reading `url`, with `source` lines added to its `source` settings.
+    pub fn start_with(sandbox: &Sandbox, url: &str, source: &str) -> Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let listen = "127.0.0.1:9469".to_owned();
+        let config = format!(
+            "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
+             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n\
+             policy: {{allowLocalHealthChecks: [127.0.0.0/8]}}\n",
+            dir.path().join("cache").display(),
+            sandbox.cgroup().display(),
+            sandbox.pin_path().display()
+        );
+        std::fs::write(dir.path().join("node.yaml"), config)?;
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let child = sandbox
+            .command_in_netns(reconciler_path()?)
+            .args(["daemon", "--config"])
+            .arg(dir.path().join("node.yaml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let daemon = Daemon { child, listen, dir };
+        wait_for("the daemon to be ready", Duration::from_secs(20), || {
+            let listen = daemon.listen.clone();
+            let ready = sandbox.in_netns(move || Ok(request(&listen, "GET", "/readyz")?.0));
+            matches!(ready, Ok(200)).then_some(())
+        })
+        .with_context(|| daemon.log())?;
+        Ok(daemon)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, sandbox: &Sandbox, path: &'static str) -> Result<String> {
+        let listen = self.listen.clone();
+        sandbox.in_netns(move || Ok(request(&listen, "GET", path)?.1))
+    }
+
+    pub fn status(&self, sandbox: &Sandbox) -> Result<DaemonStatus> {
+        Ok(serde_json::from_str(&self.get(sandbox, "/status")?)?)
+    }
+
+    /// Waits until outlier detection's `/status` has `backend` `ejected` (or back), and
+    /// returns its report.
+    pub fn wait_ejection(
+        &self,
+        sandbox: &Sandbox,
+        backend: &str,
+        ejected: bool,
+        mut meanwhile: impl FnMut(),
+    ) -> Result<Ejection> {
+        let backend: std::net::SocketAddr = backend.parse()?;
+        wait_for("an ejection or return", Duration::from_secs(30), || {
+            meanwhile();
+            let status = self.status(sandbox).ok()?;
+            let found = status.ejections.into_iter().find(|e| e.backend == backend)?;
+            (found.ejected == ejected).then_some(found)
+        })
+        .with_context(|| self.log())
+    }
+
+    /// Waits until the health of `backend` is `up`.
+    pub fn wait_health(&self, sandbox: &Sandbox, backend: &str, up: bool) -> Result<()> {
+        let backend: std::net::SocketAddr = backend.parse()?;
+        wait_for("a health transition", Duration::from_secs(15), || {
+            let status = self.status(sandbox).ok()?;
+            status.health.iter().any(|h| h.backend == backend && h.up == up).then_some(())
+        })
+        .with_context(|| self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A repository whose `services/web.yaml` is `text`, committed, and its bare clone (in the
+/// returned directory) that the daemon reads.
+pub fn served_repo(text: &str) -> Result<(Repo, tempfile::TempDir, std::path::PathBuf)> {
+    let work = Repo::new();
+    work.write("services/web.yaml", text);
+    work.commit("services");
+    let served = tempfile::tempdir()?;
+    let bare = work.bare_clone(served.path(), "services.git");
+    Ok((work, served, bare))
+}
+
+/// Waits until a batch of connects to `vip` fails none, and returns who answered.
+pub fn settled(sandbox: &Sandbox, vip: &str) -> Result<BTreeSet<String>> {
+    wait_for("connects that all succeed", Duration::from_secs(15), || {
+        let result = sandbox.probe_tcp(vip, 30).ok()?;
+        result.errors.is_empty().then(|| result.replies.into_keys().collect())
+    })
+}
+
+pub fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
