@@ -1,7 +1,7 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
 //!   reconciler-bench [--quick] [--json FILE]
-//!                    [--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest]
+//!                    [--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -17,6 +17,7 @@ mod health;
 mod kube;
 mod largest;
 mod memory;
+mod outliers;
 mod scrape;
 mod selection;
 
@@ -35,7 +36,8 @@ use dataplane::{Load, Sample, Workload};
 use kube::{Protocol, Service};
 
 /// What `--only` takes.
-const PARTS: &str = "--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest";
+const PARTS: &str =
+    "--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers";
 
 /// Sizes and repetitions of one run.
 struct Plan {
@@ -120,6 +122,7 @@ fn main() -> Result<()> {
     let flap = if wanted("flap") { flap::run(quick)? } else { json!(null) };
     let scrape = if wanted("scrape") { scrape::run(quick)? } else { json!(null) };
     let largest = if wanted("largest") { largest::run(quick)? } else { json!(null) };
+    let outliers = if wanted("outliers") { outliers::run()? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
@@ -136,6 +139,7 @@ fn main() -> Result<()> {
         "flap": flap,
         "scrape": scrape,
         "largest": largest,
+        "outliers": outliers,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(dir) = json_path.parent() {

@@ -103,7 +103,6 @@ pub mod event;
 
 pub mod affinity;
 pub mod exclusion;
-pub use exclusion::HealthKey;
 
 /// An IPv4 or IPv6 address as four 32-bit words, each in network byte order (the layout of
 /// `struct bpf_sock_addr::user_ip6`). IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a
@@ -551,7 +550,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for TraceEvent {}
-    unsafe impl aya::Pod for HealthKey {}
+    unsafe impl aya::Pod for super::exclusion::HealthKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for ExcludedCgroup {}
     unsafe impl aya::Pod for VipKey {}

@@ -28,12 +28,13 @@ use aya_ebpf::{
 };
 use reconciler_common::{
     affinity, event,
+    exclusion::HealthKey,
     flows::{BackendFlows, HANDSHAKE_SLOTS},
     trace, Addr, AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, ExcludedCgroup,
-    HealthKey, Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName,
-    ServiceValue, SlotKey, SocketRecord, TraceEvent, VipKey, EVENT_SLOTS, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_EXCLUDED, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, RECORD_CONNECTED,
-    RECORD_DATAGRAM, RECORD_NONE, SET_COUNT, TRACE_BYTES,
+    Metadata, ReverseKey, ReverseValue, ServiceCounters, ServiceKey, ServiceName, ServiceValue,
+    SlotKey, SocketRecord, TraceEvent, VipKey, EVENT_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_EXCLUDED, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS, RECORD_CONNECTED, RECORD_DATAGRAM,
+    RECORD_NONE, SET_COUNT, TRACE_BYTES,
 };
 
 use count::{lb_count, lb_count_backend, lb_count_service, lb_refuse, lb_trace, Seen};

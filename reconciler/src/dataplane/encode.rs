@@ -3,9 +3,10 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use reconciler_common::{
-    ipv4_of_mapped, Addr, Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue,
-    SlotKey, VipKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
-    BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN,
+    exclusion::HealthKey, ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName,
+    ServiceValue, SlotKey, VipKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE,
+    BACKEND_DRAINING, BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS,
+    NAME_LEN,
 };
 use reconciler_core::state::{
     addr_to_words, Algorithm, BackendEntry, BackendState, Client, Frontend, Protocol, ServiceEntry,

@@ -9,8 +9,8 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use reconciler_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, HealthKey, ReverseKey, ReverseValue,
-    ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
+    exclusion::HealthKey, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey,
+    ReverseValue, ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
 };
 
 use super::{

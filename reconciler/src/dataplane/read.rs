@@ -7,10 +7,11 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use reconciler_common::{
-    affinity, event, exclusion,
+    affinity, event,
+    exclusion::{self, HealthKey},
     flows::{BackendFlows, HANDSHAKE_SLOTS},
-    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, HealthKey, Metadata,
-    ServiceCounters, ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
+    AffinityKey, AffinityValue, Backend, BackendCounters, BackendKey, Metadata, ServiceCounters,
+    ServiceKey, ServiceName, ServiceValue, SlotKey, REVISION_LEN,
 };
 use reconciler_core::{
     capacity::Capacity,

@@ -4,7 +4,8 @@ use std::io;
 
 use aya::maps::MapData;
 use reconciler_common::{
-    Backend, BackendKey, HealthKey, ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
+    exclusion::HealthKey, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    VipKey,
 };
 use reconciler_core::diff::Change;
 

@@ -253,11 +253,7 @@ pub type OnChanges = Arc<dyn Fn(&[Change]) + Send + Sync>;
 
 /// Looks at the watched services every second; `changed` is given the ejections and
 /// returns of a pass that made any.
-pub async fn run(
-    watch: Arc<Watch>,
-    pin_path: PathBuf,
-    changed: OnChanges,
-) {
+pub async fn run(watch: Arc<Watch>, pin_path: PathBuf, changed: OnChanges) {
     let mut failing_open = Vec::new();
     loop {
         let (watch2, pin) = (Arc::clone(&watch), pin_path.clone());
