@@ -1,8 +1,10 @@
 //! Installing the data plane (load, pin, attach), opening an installed one from its pins, and
 //! uninstalling it.
 use std::{
+    collections::BTreeSet,
     fs, io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use reconciler_common::{Metadata, LAYOUT_VERSION, REVISION_LEN};
@@ -23,6 +25,9 @@ use super::{
     sizes::sized_loader,
     upgrade, Dataplane, MAPS, OBJECT, PROGRAMS,
 };
+
+/// How long an uninstall waits for its programs to detach (they do within milliseconds).
+const UNLOAD_WAIT: Duration = Duration::from_secs(2);
 
 /// What [`Dataplane::uninstall`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,11 +280,16 @@ impl Dataplane {
         if !meta.is_dir() {
             return Err(DataplaneError::NotADirectory { path: pin_path.to_owned() });
         }
-        for (path, link) in check_pins(pin_path)? {
+        let mut programs = BTreeSet::new();
+        for (path, link, program) in check_pins(pin_path)? {
             fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
-            // That was the last reference but this one: the link detaches as it closes.
             drop(link);
+            programs.insert(program);
         }
+        // The pin's own reference goes when the kernel frees its inode, after an RCU grace
+        // period, and the link detaches later still (from a work queue): until then an
+        // install on the cgroup would find these programs attached and be refused.
+        ours::wait_unloaded(&programs, UNLOAD_WAIT);
         remove_pins(pin_path)?;
         match fs::remove_dir(pin_path) {
             Ok(()) => Ok(Uninstalled::Removed),

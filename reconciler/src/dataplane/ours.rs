@@ -158,6 +158,19 @@ pub(super) fn programs(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, ProgramMaps>
     }
 }
 
+/// Waits until none of the programs `ids` is loaded any more, for at most `limit` (one that
+/// someone else holds open stays loaded, detached: not worth waiting for longer).
+pub(super) fn wait_unloaded(ids: &BTreeSet<u32>, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let loaded = loaded_programs().filter_map(|info| info.ok()).any(|i| ids.contains(&i.id()));
+        if !loaded {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The maps program `info` uses, by name.
 fn maps_of(info: &aya::programs::ProgramInfo) -> Result<BTreeMap<String, u32>> {
     let map_ids = info

@@ -131,13 +131,13 @@ pub(super) fn typed_map<T: TryFrom<Map, Error = MapError>>(
 /// reconciler programs whose `ACTIVE_SET` is the one pinned here, and every map those
 /// programs use under one of our names must be the one pinned under it. Returns the links,
 /// open, with their pin paths.
-pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink)>> {
+pub(super) fn check_pins(pin_path: &Path) -> Result<Vec<(PathBuf, FdLink, u32)>> {
     let maps = check_map_pins(pin_path)?;
     let links = check_link_pins(pin_path, &maps)?;
     if !maps.metadata && links.is_empty() {
         return Err(DataplaneError::NoDataplane { path: pin_path.to_owned() });
     }
-    Ok(links.into_iter().map(|(path, link, _)| (path, link)).collect())
+    Ok(links)
 }
 
 /// Before a new install removes what one that stopped early left at `pin_path`: every pin
