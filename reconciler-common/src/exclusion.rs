@@ -8,6 +8,20 @@ pub const HEALTH: u32 = 1;
 /// row (whether its health check fails too, `/status` says).
 pub const EJECTED: u32 = 2;
 
+/// Value (low byte): the backend is not out but ramping up after it joined (slow start); bits
+/// 8-23 hold its share of its weight in thousandths ([`ramp`]).
+pub const RAMP: u32 = 3;
+
+/// The value of a backend ramping at `permille` of its weight.
+pub const fn ramp(permille: u16) -> u32 {
+    RAMP | (permille as u32) << 8
+}
+
+/// What a value says: `HEALTH`, `EJECTED` or `RAMP`, and for `RAMP` the share in thousandths.
+pub const fn kind(value: u32) -> (u32, u16) {
+    (value & 0xff, (value >> 8) as u16)
+}
+
 /// Key of `HEALTH_EXCLUDED`: a backend address the daemon took out of a service; the value
 /// says why (`HEALTH`, `EJECTED`). (Layouts up to 6 wrote `service_id` 0, then padding: the address was out of every service listing it, as a reader still takes
 /// such an entry. The key's size never changed.)

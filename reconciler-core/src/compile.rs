@@ -17,9 +17,10 @@ use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS
 use crate::{
     ids::{self, IdAllocator},
     model::{Port, Service, ServiceSpec},
+    ramp,
     state::{
         excluded_of, Algorithm, BackendEntry, BackendState, Client, Exclusion, Frontend, MapState,
-        ServiceEntry,
+        Overlay, ServiceEntry,
     },
 };
 
@@ -96,7 +97,8 @@ pub fn compile<S: Borrow<Service>>(
     excluded: &BTreeSet<Exclusion>,
 ) -> Result<MapState, CompileError> {
     let highest = (SERVICE_CAPACITY, BACKEND_CAPACITY);
-    let (state, _) = compile_allowing(services, live, excluded, &BTreeSet::new(), highest)?;
+    let overlay = Overlay::recorded_in(live, excluded);
+    let (state, _) = compile_allowing(services, live, &overlay, &BTreeSet::new(), highest)?;
     ids_fit(&state, highest)?;
     slot_capacity(state.slots.len())?;
     Ok(state)
@@ -109,7 +111,7 @@ pub fn compile_part<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
 ) -> Result<MapState, CompileError> {
-    Ok(compile_services(services, live, &BTreeSet::new(), &BTreeSet::new())?.0)
+    Ok(compile_services(services, live, &Overlay::default(), &BTreeSet::new())?.0)
 }
 
 /// [`compile`], without the checks of the IDs and the slots of all services, for a data
@@ -119,11 +121,11 @@ pub fn compile_part<S: Borrow<Service>>(
 pub(crate) fn compile_allowing<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<Exclusion>,
+    overlay: &Overlay,
     no_fallback: &BTreeSet<String>,
     highest: (u32, u32),
 ) -> Result<(MapState, Vec<(String, u64)>), CompileError> {
-    let (mut state, took) = compile_services(services, live, excluded, no_fallback)?;
+    let (mut state, took) = compile_services(services, live, overlay, no_fallback)?;
     ids::reuse_freed(&mut state, highest.0, highest.1);
     Ok((state, took))
 }
@@ -132,11 +134,11 @@ pub(crate) fn compile_allowing<S: Borrow<Service>>(
 fn compile_services<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<Exclusion>,
+    overlay: &Overlay,
     no_fallback: &BTreeSet<String>,
 ) -> Result<(MapState, Vec<(String, u64)>), CompileError> {
     let services: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
-    let mut compiler = Compiler::new(&services, live, excluded, no_fallback);
+    let mut compiler = Compiler::new(&services, live, overlay, no_fallback);
     for &service in &services {
         for port in &service.spec.ports {
             compiler.frontend(service, port)?;
@@ -191,7 +193,8 @@ type Chosen = (u32, SocketAddr, u32);
 /// keep or take.
 struct Compiler<'a> {
     live: &'a MapState,
-    excluded: &'a BTreeSet<Exclusion>,
+    /// The daemon's overlay: exclusions (and why), ramps.
+    overlay: &'a Overlay,
     /// Services (labels) that fail open rather than take their fallback's backends.
     no_fallback: &'a BTreeSet<String>,
     /// Services (labels) that took their fallback's backends, with their slots beyond
@@ -211,7 +214,7 @@ impl<'a> Compiler<'a> {
     fn new(
         services: &[&'a Service],
         live: &'a MapState,
-        excluded: &'a BTreeSet<Exclusion>,
+        overlay: &'a Overlay,
         no_fallback: &'a BTreeSet<String>,
     ) -> Self {
         let compiled: BTreeSet<u32> = services
@@ -231,7 +234,7 @@ impl<'a> Compiler<'a> {
             .collect();
         Compiler {
             live,
-            excluded,
+            overlay,
             no_fallback,
             took_fallback: Vec::new(),
             by_name: services.iter().map(|s| (s.metadata.name.as_str(), *s)).collect(),
@@ -253,10 +256,13 @@ impl<'a> Compiler<'a> {
             None => self.service_ids.allocate(),
         };
         let own = self.own_backends(spec, port, id);
-        let (chosen, fell_back) = self.chosen_backends(service, port, id, &own);
+        let (mut chosen, fell_back) = self.chosen_backends(service, port, id, &own);
         service_slot_capacity(&label, slots_needed(spec))?;
         let slots = match spec.load_balancing.algorithm {
             Algorithm::Random => {
+                let ramps = ramp::apply(&mut chosen, &label, &self.overlay.ramps);
+                let ramping = ramps.into_iter().map(|(addr, share)| ((label.clone(), addr), share));
+                self.desired.ramps.extend(ramping);
                 random_slots(&live_entry.map_or_else(Vec::new, |e| live_slots(live, e)), &chosen)
             }
             Algorithm::Maglev if chosen.is_empty() => Vec::new(),
@@ -311,7 +317,7 @@ impl<'a> Compiler<'a> {
         id: u32,
         own: &[(u32, SocketAddr)],
     ) -> (Vec<Chosen>, bool) {
-        let (spec, excluded) = (&service.spec, self.excluded);
+        let (spec, excluded) = (&service.spec, &self.overlay.excluded);
         let label = service.label(port);
         let down = excluded_of(excluded, &label);
         let healthy = usable_among(spec, |i| !down.contains(&own[i].1));
@@ -372,10 +378,10 @@ impl<'a> Compiler<'a> {
             .values()
             .filter_map(|b| Some((desired.names.get(&b.service_id)?.clone(), b.addr)))
             .collect();
-        self.desired.health_excluded = self.excluded.intersection(&listed).cloned().collect();
-        // Why each is out, as `live` says; the daemon, which knows, says it anew.
+        let overlay = self.overlay;
+        self.desired.health_excluded = overlay.excluded.intersection(&listed).cloned().collect();
         self.desired.ejected =
-            self.live.ejected.intersection(&self.desired.health_excluded).cloned().collect();
+            overlay.ejected.intersection(&self.desired.health_excluded).cloned().collect();
         (self.desired, self.took_fallback)
     }
 }

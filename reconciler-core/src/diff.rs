@@ -2,7 +2,7 @@
 //! map writes an apply makes for them. Desired and live state are both a `MapState`, so this
 //! one comparison serves plan, apply, drift and crash repair.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -48,28 +48,30 @@ impl MapState {
     }
 }
 
-/// The exclusions `desired` records and `live` does not, or for another reason (by
-/// `desired`'s service IDs), and those it lifts (by `live`'s).
+/// The overlay entries (exclusions, ramps) `desired` records and `live` does not, or with
+/// another value (by `desired`'s service IDs), and those it lifts (by `live`'s).
 fn health_changes(live: &MapState, desired: &MapState, changes: &mut Vec<Change>) {
     let ids_of = |state: &MapState| -> BTreeMap<String, u32> {
         state.names.iter().map(|(id, label)| (label.clone(), *id)).collect()
     };
-    let recorded: Vec<&Exclusion> = desired
-        .health_excluded
+    let keys = |state: &MapState| -> BTreeSet<Exclusion> {
+        state.health_excluded.iter().chain(state.ramps.keys()).cloned().collect()
+    };
+    let (live_keys, desired_keys) = (keys(live), keys(desired));
+    let recorded: Vec<&Exclusion> = desired_keys
         .iter()
-        .filter(|e| exclusion_value(live, e) != exclusion_value(desired, e))
+        .filter(|e| overlay_value(live, e) != overlay_value(desired, e))
         .collect();
     if !recorded.is_empty() {
         let ids = ids_of(desired);
         for exclusion in recorded {
             if let Some(&id) = ids.get(&exclusion.0) {
-                let value = exclusion_value(desired, exclusion);
+                let value = overlay_value(desired, exclusion);
                 changes.push(Change::Health(id, exclusion.1, value));
             }
         }
     }
-    let lifted: Vec<&Exclusion> =
-        live.health_excluded.difference(&desired.health_excluded).collect();
+    let lifted: Vec<&Exclusion> = live_keys.difference(&desired_keys).collect();
     if !lifted.is_empty() {
         let ids = ids_of(live);
         for (label, addr) in lifted {
@@ -80,12 +82,14 @@ fn health_changes(live: &MapState, desired: &MapState, changes: &mut Vec<Change>
     }
 }
 
-/// What `state`'s `HEALTH_EXCLUDED` says of `exclusion`: why it is out, if it is.
-fn exclusion_value(state: &MapState, exclusion: &Exclusion) -> Option<u32> {
-    if state.ejected.contains(exclusion) {
+/// What `state`'s `HEALTH_EXCLUDED` says of `pair`: why it is out, or its ramp, if either.
+fn overlay_value(state: &MapState, pair: &Exclusion) -> Option<u32> {
+    if let Some(permille) = state.ramps.get(pair) {
+        Some(exclusion::ramp(*permille))
+    } else if state.ejected.contains(pair) {
         Some(exclusion::EJECTED)
     } else {
-        state.health_excluded.contains(exclusion).then_some(exclusion::HEALTH)
+        state.health_excluded.contains(pair).then_some(exclusion::HEALTH)
     }
 }
 
@@ -123,8 +127,6 @@ pub fn predicted_writes(changes: &[Change], revision_changed: bool) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
     use crate::state::{Algorithm, BackendState, Client, Overlay, Protocol};
 

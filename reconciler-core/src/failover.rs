@@ -2,7 +2,11 @@
 //! own backends are all down (the worst case, which `validate` counts), and what a compile
 //! does when health exclusions would make fallbacks overflow the data plane anyway (the
 //! services that would take a fallback fail open instead: they keep their own backends).
-use std::{borrow::Borrow, collections::BTreeSet, net::SocketAddr};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use reconciler_common::maglev;
 
@@ -12,7 +16,7 @@ use crate::{
         compile_allowing, fallback_port, slots_needed, table_size, usable_backends, CompileError,
     },
     model::{Port, Service},
-    state::{Algorithm, Exclusion, MapState},
+    state::{Algorithm, MapState, Overlay},
 };
 
 /// The most one service port can hold: slots and backend entries.
@@ -69,12 +73,18 @@ pub fn worst_case<'a>(
 pub fn compile_within<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
-    excluded: &BTreeSet<Exclusion>,
+    overlay: &Overlay,
     capacity: &Capacity,
 ) -> Result<(MapState, Vec<String>), CompileError> {
     let highest = capacity.highest_ids();
-    let (state, mut took) = compile_allowing(services, live, excluded, &BTreeSet::new(), highest)?;
+    let (state, mut took) = compile_allowing(services, live, overlay, &BTreeSet::new(), highest)?;
     let Err(error) = capacity.fits(&state) else { return Ok((state, Vec::new())) };
+    // Ramps scale their services' slots: over the capacity, the backends take their full
+    // weights at once instead.
+    if !overlay.ramps.is_empty() {
+        let unramped = Overlay { ramps: BTreeMap::new(), ..overlay.clone() };
+        return compile_within(services, live, &unramped, capacity);
+    }
     if took.is_empty() {
         return Err(error);
     }
@@ -92,7 +102,7 @@ pub fn compile_within<S: Borrow<Service>>(
     }
     let all: BTreeSet<String> = took.into_iter().map(|(label, _)| label).collect();
     for open in [few, all] {
-        let (state, _) = compile_allowing(services, live, excluded, &open, highest)?;
+        let (state, _) = compile_allowing(services, live, overlay, &open, highest)?;
         if capacity.fits(&state).is_ok() {
             return Ok((state, open.into_iter().collect()));
         }
@@ -103,7 +113,7 @@ pub fn compile_within<S: Borrow<Service>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capacity::DEFAULT;
+    use crate::{capacity::DEFAULT, state::Exclusion};
 
     fn service(name: &str, vip: &str, backends: &[(&str, u32)], fallback: Option<&str>) -> Service {
         let backends: Vec<String> =
@@ -152,6 +162,7 @@ mod tests {
         let excluded: BTreeSet<Exclusion> =
             (1..=16).map(|i| (format!("s{i}/80"), shared)).collect();
         let capacity = Capacity { slots: 10_000, ..DEFAULT };
+        let excluded = Overlay { excluded, ..Overlay::default() };
         let (state, failed_open) =
             compile_within(&services, &MapState::default(), &excluded, &capacity).unwrap();
         assert!(capacity.fits(&state).is_ok());
@@ -178,7 +189,7 @@ mod tests {
             ]
         };
         let capacity = Capacity { services: 4, backends: 7, ..DEFAULT };
-        let none = BTreeSet::new();
+        let none = Overlay::default();
         let full =
             compile_within(&three("10.96.0.3", "10.1.0.6"), &MapState::default(), &none, &capacity)
                 .unwrap()
@@ -190,5 +201,19 @@ mod tests {
             assert_eq!(services, BTreeSet::from([1, 2, 3]));
             assert_eq!(state.backends.keys().copied().max(), Some(6));
         }
+    }
+
+    #[test]
+    fn ramps_that_would_overflow_the_capacity_give_way_to_full_weights() {
+        let services = vec![service("a", "10.96.0.1", &[("10.1.0.1", 1), ("10.1.0.2", 1)], None)];
+        let joining: SocketAddr = "10.1.0.2:8080".parse().unwrap();
+        let ramps = BTreeMap::from([(("a/80".to_owned(), joining), 100)]);
+        let overlay = Overlay { ramps, ..Overlay::default() };
+        let roomy = Capacity { slots: 100, ..DEFAULT };
+        let (state, _) = compile_within(&services, &MapState::default(), &overlay, &roomy).unwrap();
+        assert_eq!((state.slots.len(), state.ramps.len()), (20 + 2, 1));
+        let tight = Capacity { slots: 10, ..DEFAULT };
+        let (state, _) = compile_within(&services, &MapState::default(), &overlay, &tight).unwrap();
+        assert_eq!((state.slots.len(), state.ramps.len()), (2, 0));
     }
 }

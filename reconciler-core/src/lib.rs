@@ -14,6 +14,7 @@ pub mod model;
 pub mod node;
 pub mod plan;
 pub mod private_dir;
+pub mod ramp;
 pub mod source;
 pub mod state;
 pub mod validate;

@@ -40,6 +40,8 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub slow_start: Option<SlowStart>,
     /// Another service whose healthy backends take the connects while no backend of this one
     /// is healthy.
     #[serde(default)]
@@ -96,6 +98,16 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
+/// How a backend that joins ramps up to its weight (`spec.slowStart`): the daemon's overlay
+/// grows its share of the slots step by step (`ramp`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlowStart {
+    /// From 5% of its weight to all of it, in steps of 5%.
+    #[serde(default = "sixty")]
+    pub window_seconds: u32,
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthProtocol {
@@ -120,6 +132,10 @@ fn thirty() -> u32 {
 
 fn fifty() -> u32 {
     50
+}
+
+fn sixty() -> u32 {
+    60
 }
 
 fn thousand() -> u32 {

@@ -210,6 +210,10 @@ pub struct MapState {
     /// Of `health_excluded`, those outlier detection ejected (the rest failed their checks).
     #[serde(default)]
     pub ejected: BTreeSet<Exclusion>,
+    /// The backends ramping up after they joined (slow start), each of one service, with
+    /// their share of their weight in thousandths (`HEALTH_EXCLUDED` too).
+    #[serde(default, with = "as_pairs")]
+    pub ramps: BTreeMap<Exclusion, u16>,
 }
 
 /// A backend that a service's health check took out of that service: (the service's label,
@@ -223,6 +227,8 @@ pub type Exclusion = (String, SocketAddr);
 pub struct Overlay {
     pub excluded: BTreeSet<Exclusion>,
     pub ejected: BTreeSet<Exclusion>,
+    /// Backends ramping up (slow start), with their share of their weight in thousandths.
+    pub ramps: BTreeMap<Exclusion, u16>,
 }
 
 impl Overlay {
@@ -231,7 +237,18 @@ impl Overlay {
     pub fn of(failing: BTreeSet<Exclusion>, ejected: BTreeSet<Exclusion>) -> Overlay {
         let mut excluded = failing;
         excluded.extend(ejected.iter().cloned());
-        Overlay { excluded, ejected }
+        Overlay { excluded, ejected, ramps: BTreeMap::new() }
+    }
+
+    /// The overlay `state` records, with the exclusions `excluded` instead of its own.
+    pub fn recorded_in(state: &MapState, excluded: &BTreeSet<Exclusion>) -> Overlay {
+        let ejected = state.ejected.clone();
+        Overlay { excluded: excluded.clone(), ejected, ramps: state.ramps.clone() }
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.excluded.is_empty() && self.ramps.is_empty()
     }
 }
 
@@ -301,6 +318,7 @@ impl MapState {
             names: copied_where(&self.names, |id, _| ids.contains(id)),
             health_excluded: BTreeSet::new(),
             ejected: BTreeSet::new(),
+            ramps: BTreeMap::new(),
         }
     }
 
@@ -316,6 +334,7 @@ impl MapState {
             names: copied_where(&self.names, |_, _| true),
             health_excluded: self.health_excluded.clone(),
             ejected: self.ejected.clone(),
+            ramps: self.ramps.clone(),
         }
     }
 

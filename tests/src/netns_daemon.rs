@@ -128,3 +128,26 @@ pub fn settled(sandbox: &Sandbox, vip: &str) -> Result<BTreeSet<String>> {
 pub fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
+
+/// `reconciler plan --detailed-exitcode` by hand on the sandbox's data plane, for the
+/// repository `bare` (its cache under `cache_dir`): its text, once it exited 0 (nothing to
+/// change: what the daemon overlays is not drift).
+pub fn plan_by_hand_unchanged(sandbox: &Sandbox, bare: &Path, cache_dir: &Path) -> Result<String> {
+    let plan = std::process::Command::new(reconciler_path()?)
+        .args(["plan", "--detailed-exitcode", "--allow-local-health-checks", "127.0.0.0/8"])
+        .arg("--repo")
+        .arg(bare)
+        .args(["--path", "services", "--cache-dir"])
+        .arg(cache_dir.join("cli-cache"))
+        .arg("--pin-path")
+        .arg(sandbox.pin_path())
+        .output()?;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    anyhow::ensure!(
+        plan.status.code() == Some(0),
+        "plan exited {:?}: {text}{}",
+        plan.status.code(),
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    Ok(text)
+}

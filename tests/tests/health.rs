@@ -8,7 +8,7 @@ use reconciler::{daemon::http::request, dataplane::Dataplane};
 use reconciler_core::state::BackendState;
 use reconciler_tests::{
     git::{self, Repo},
-    netns_daemon::{names, served_repo, settled, Daemon},
+    netns_daemon::{names, plan_by_hand_unchanged, served_repo, settled, Daemon},
     reconciler_path, wait_for, Sandbox,
 };
 
@@ -54,17 +54,7 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     let result = sandbox.probe_tcp(VIP, 100)?;
     assert!(result.errors.is_empty(), "{result:?}");
     // Git is still the desired state: a plan by hand shows the exclusion, and no change.
-    let plan = std::process::Command::new(reconciler_path()?)
-        .args(["plan", "--detailed-exitcode", "--allow-local-health-checks", "127.0.0.0/8"])
-        .arg("--repo")
-        .arg(&bare)
-        .args(["--path", "services", "--cache-dir"])
-        .arg(served.path().join("cli-cache"))
-        .arg("--pin-path")
-        .arg(sandbox.pin_path())
-        .output()?;
-    let text = String::from_utf8_lossy(&plan.stdout);
-    assert_eq!(plan.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&plan.stderr));
+    let text = plan_by_hand_unchanged(&sandbox, &bare, served.path())?;
     assert!(text.contains("Health exclusions") && text.contains("127.0.0.12:8080"), "{text}");
     let metrics = daemon.get(&sandbox, "/metrics")?;
     let down = "reconciler_backend_up{service=\"web/http\",backend=\"127.0.0.12:8080\"} 0";

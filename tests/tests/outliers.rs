@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use reconciler::dataplane::Dataplane;
 use reconciler_core::state::BackendState;
 use reconciler_tests::{
-    netns_daemon::{names, served_repo, settled, Daemon},
+    netns_daemon::{names, plan_by_hand_unchanged, served_repo, settled, Daemon},
     reconciler_path, wait_for, Running, Sandbox,
 };
 
@@ -91,16 +91,7 @@ fn a_backend_that_resets_connects_is_ejected_comes_back_and_goes_out_for_twice_a
     assert!(after.errors.is_empty() && !after.replies.contains_key("b12"), "{after:?}");
 
     // A plan by hand shows the ejection, and no change to make.
-    let plan = std::process::Command::new(reconciler_path()?)
-        .args(["plan", "--detailed-exitcode", "--repo"])
-        .arg(&bare)
-        .args(["--path", "services", "--cache-dir"])
-        .arg(served.path().join("cli-cache"))
-        .arg("--pin-path")
-        .arg(sandbox.pin_path())
-        .output()?;
-    let text = String::from_utf8_lossy(&plan.stdout);
-    assert_eq!(plan.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&plan.stderr));
+    let text = plan_by_hand_unchanged(&sandbox, &bare, served.path())?;
     assert!(text.contains("Ejections") && text.contains("127.0.0.12:8080"), "{text}");
     assert!(!text.contains("Health exclusions"), "{text}");
     let metrics = daemon.get(&sandbox, "/metrics")?;

@@ -83,6 +83,19 @@ fn render_notes(out: &mut String, plan: &Plan) {
             listed(failing)
         );
     }
+    if !plan.desired.ramps.is_empty() {
+        let ramps: Vec<String> = plan
+            .desired
+            .ramps
+            .iter()
+            .map(|((s, addr), permille)| format!("{addr} ({s}) at {}%", permille / 10))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Slow start (joined lately, ramping up to their weight; the daemon's; not drift): {}",
+            ramps.join(", ")
+        );
+    }
     if !plan.desired.ejected.is_empty() {
         let _ = writeln!(
             out,

@@ -7,7 +7,10 @@ use super::{
     diagnostic::{fields_only_for, Diagnostic, Located},
     policy::Policy,
 };
-use crate::{model::HealthProtocol, state::Protocol};
+use crate::{
+    model::HealthProtocol,
+    state::{Algorithm, Protocol},
+};
 
 /// Every rule of this module over `located`.
 pub(super) fn check(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic>) {
@@ -15,6 +18,7 @@ pub(super) fn check(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic
     health_check_reaches(located, out);
     health_check_targets(located, policy, out);
     outlier_detection_sees_tcp(located, out);
+    slow_start_ramps_random(located, out);
 }
 
 fn http_only_fields(located: &Located, out: &mut Vec<Diagnostic>) {
@@ -84,5 +88,18 @@ fn outlier_detection_sees_tcp(located: &Located, out: &mut Vec<Diagnostic>) {
         let message = "outlier detection judges a backend by the TCP connections to it that fail, \
                        and this service has UDP ports only: use a health check";
         out.push(located.diagnostic("/spec/outlierDetection", message));
+    }
+}
+
+/// Slow start grows a backend's share of the slots; a Maglev table's slots are its clients,
+/// so each step would move clients from the other backends, and back when the ramp ends.
+fn slow_start_ramps_random(located: &Located, out: &mut Vec<Diagnostic>) {
+    let spec = &located.service.spec;
+    if spec.slow_start.is_some() && spec.load_balancing.algorithm == Algorithm::Maglev {
+        let message = "slow start grows a joining backend's share of the slots step by step, \
+                       and with `maglev` the slots are clients: every step would move clients \
+                       between backends (the table moves), and again when the ramp ends; use \
+                       `algorithm: random` with slowStart, or no slowStart";
+        out.push(located.diagnostic("/spec/slowStart", message));
     }
 }

@@ -366,6 +366,16 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
         );
     }
     print_ejections(&status);
+    if !status.slow_start.is_empty() {
+        println!("Slow start:");
+    }
+    for ramp in &status.slow_start {
+        let (backend, service, until) = (ramp.backend, &ramp.service, &ramp.until);
+        println!(
+            "  {backend} ({service}) at {}% of its weight, all of it at {until}",
+            ramp.percent
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

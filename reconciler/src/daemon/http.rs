@@ -108,6 +108,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
     status.health_failing_open = shared.health.failing_open();
     status.ejections = shared.outliers.report();
     status.ejections_failing_open = shared.outliers.failing_open();
+    status.slow_start = shared.ramps.report();
     Json(status)
 }
 

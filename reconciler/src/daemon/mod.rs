@@ -34,6 +34,7 @@ pub mod metrics;
 mod metrics_cache;
 mod outcome;
 pub mod outliers;
+pub mod ramps;
 mod reconcile;
 mod report;
 pub mod status;
@@ -57,9 +58,15 @@ use config::Config;
 use reconcile::Memory;
 use status::Shared;
 
-/// What the health checks and outlier detection take out now.
-fn overlay(shared: &Shared) -> Overlay {
-    Overlay::of(shared.health.excluded(), shared.outliers.excluded())
+/// What the health checks and outlier detection take out now, and the ramps of slow start:
+/// backends back in since `before` ramp from now on.
+fn overlay(shared: &Shared, before: &Overlay) -> Overlay {
+    let mut overlay = Overlay::of(shared.health.excluded(), shared.outliers.excluded());
+    let back: Vec<_> = before.excluded.difference(&overlay.excluded).cloned().collect();
+    let now = Instant::now();
+    shared.ramps.start(&back, now);
+    overlay.ramps = shared.ramps.levels(now);
+    overlay
 }
 
 /// The signals the loop answers.
@@ -109,6 +116,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     };
     info!(listen = %config.listen, source = %describe(&config.source_spec()), "daemon started");
     let mut memory = Memory::new(&config);
+    memory.ramps = Arc::clone(&shared.ramps);
     if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
         error!(revision = failure.revision, "{}; failed before this start", failure.error);
         memory.failed_revision = Some(failure.revision.clone());
@@ -212,6 +220,11 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
     };
     let pin_path = config.pin_path.clone();
     tokio::spawn(outliers::run(Arc::clone(&shared.outliers), pin_path, on_ejection));
+    let on_step = {
+        let shared = Arc::clone(shared);
+        Arc::new(move || shared.health_changed.notify_one())
+    };
+    tokio::spawn(ramps::run(Arc::clone(&shared.ramps), on_step));
     tokio::spawn(http::serve(listener, Arc::clone(shared)));
 }
 
@@ -253,9 +266,11 @@ async fn adopt(
     let failing: BTreeSet<_> = recorded.excluded.difference(&recorded.ejected).cloned().collect();
     shared.health.seed(failing);
     shared.outliers.seed(&recorded.ejected);
+    shared.ramps.seed(&recorded.ramps);
     if let Some(good) = &memory.last_good {
         shared.health.update(good);
         shared.outliers.update(good);
+        shared.ramps.update(good);
     }
     Ok(memory)
 }
@@ -273,7 +288,7 @@ async fn run_once(
     shared.status().fetching_since = None;
     shared.status().running = true;
     let run_config = Arc::clone(config);
-    memory.overlay = overlay(shared);
+    memory.overlay = overlay(shared, &memory.overlay);
     let (outcomes, mut memory) = tokio::task::spawn_blocking(move || {
         let outcomes = reconcile::reconcile(&run_config, &mut memory, fetched, refresh);
         (outcomes, memory)
@@ -289,6 +304,7 @@ async fn run_once(
     if let Some(good) = &memory.last_good {
         shared.health.update(good);
         shared.outliers.update(good);
+        shared.ramps.update(good);
     }
     let took = started.elapsed();
     let mut delay = config.interval;
@@ -308,7 +324,7 @@ async fn run_overlay(
     mut memory: Memory,
 ) -> anyhow::Result<Memory> {
     let run_config = Arc::clone(config);
-    memory.overlay = overlay(shared);
+    memory.overlay = overlay(shared, &memory.overlay);
     shared.status().running = true;
     let (outcome, mut memory) = tokio::task::spawn_blocking(move || {
         let outcome = reconcile::overlay(&run_config, &mut memory);

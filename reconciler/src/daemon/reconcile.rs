@@ -11,6 +11,7 @@ use super::{
     decide::{self, Decision, Facts, HeldBack, Why},
     journal::{Failure, Journal},
     outcome::{self, Outcome, Trouble},
+    ramps::{self, Ramps},
 };
 use crate::{
     clock,
@@ -39,6 +40,8 @@ pub(super) struct Memory {
     /// The (service, backend) pairs the health checks and outlier detection took out, as of
     /// this run.
     pub overlay: Overlay,
+    /// Slow start's ramps (shared with the loop).
+    pub ramps: std::sync::Arc<Ramps>,
     /// The pipeline, with what the incremental path reuses (parses by blob, the state the
     /// last apply left) in its memo.
     pub session: Session,
@@ -53,6 +56,7 @@ impl Memory {
             consecutive_errors: 0,
             journal: Journal::open(&config.source.cache_dir, &session.source(), &config.pin_path),
             overlay: Overlay::default(),
+            ramps: std::sync::Arc::default(),
             session,
         }
     }
@@ -145,7 +149,7 @@ fn reconcile_commit(
         return Outcome::StillRejected { revision: snapshot.revision };
     }
     match desired(config, memory, snapshot) {
-        Ok(desired) => plan_and_apply(config, memory, desired, refresh),
+        Ok(desired) => ramping_in(config, memory, desired, refresh),
         Err(outcome) => *outcome,
     }
 }
@@ -231,7 +235,7 @@ pub(super) fn recorded_exclusions(config: &Config) -> Overlay {
         return Overlay::default();
     }
     let live = Dataplane::open(&config.pin_path).and_then(|d| d.read_live_members());
-    live.map(|live| Overlay { excluded: live.state.health_excluded, ejected: live.state.ejected })
+    live.map(|live| Overlay::recorded_in(&live.state, &live.state.health_excluded))
         .unwrap_or_default()
 }
 
@@ -245,6 +249,23 @@ fn installed_status(config: &Config) -> Option<dataplane::Status> {
         return None;
     }
     Dataplane::open(&config.pin_path).and_then(|d| d.status()).ok()
+}
+
+/// [`plan_and_apply`], with the backends `desired` adds to services with slow start ramping
+/// up from its first apply (forgotten if it is refused).
+fn ramping_in(config: &Config, memory: &mut Memory, desired: Desired, refresh: bool) -> Outcome {
+    let joined = memory.last_good.as_ref().map(|good| ramps::joined(good, &desired));
+    let joined = joined.unwrap_or_default();
+    if !joined.is_empty() {
+        let now = std::time::Instant::now();
+        memory.ramps.start(&joined, now);
+        memory.overlay.ramps = memory.ramps.levels(now);
+    }
+    let outcome = plan_and_apply(config, memory, desired, refresh);
+    if matches!(outcome, Outcome::Rejected { .. }) {
+        memory.ramps.forget(&joined);
+    }
+    outcome
 }
 
 /// Plans `desired` against the live maps and applies it when [`decide::decide`] says so.

@@ -11,6 +11,7 @@ use super::{
     journal::Failure,
     metrics::Metrics,
     outliers::{Ejection, Watch},
+    ramps::{Ramp, Ramps},
     webhook::Secret,
 };
 use crate::pipeline::describe;
@@ -55,6 +56,10 @@ pub struct DaemonStatus {
     /// their share (fail open).
     #[serde(default)]
     pub ejections_failing_open: Vec<String>,
+    /// Backends ramping up after they joined (`slowStart`): their share of their weight now,
+    /// and when they reach all of it.
+    #[serde(default)]
+    pub slow_start: Vec<Ramp>,
     /// Services whose every backend is down and whose fallback's backends would not fit the
     /// data plane's capacity: they keep their own (fail open) instead.
     #[serde(default)]
@@ -91,6 +96,8 @@ pub struct Shared {
     pub(super) health: Arc<Health>,
     /// Outlier detection's ejections.
     pub(super) outliers: Arc<Watch>,
+    /// Slow start's ramps.
+    pub(super) ramps: Arc<Ramps>,
     webhook_secret: RwLock<Option<Secret>>,
 }
 
@@ -134,6 +141,7 @@ impl Shared {
             metrics_cache: tokio::sync::Mutex::default(),
             health: Arc::new(Health::default()),
             outliers: Arc::default(),
+            ramps: Arc::default(),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }
     }

@@ -196,10 +196,11 @@ impl Dataplane {
         let health = self.read_health()?;
         if other_too {
             sets[1].names = names.clone();
-            (sets[1].health_excluded, sets[1].ejected) = exclusions(&health, &sets[1]);
+            (sets[1].health_excluded, sets[1].ejected, sets[1].ramps) =
+                exclusions(&health, &sets[1]);
         }
         sets[0].names = names;
-        (sets[0].health_excluded, sets[0].ejected) = exclusions(&health, &sets[0]);
+        (sets[0].health_excluded, sets[0].ejected, sets[0].ramps) = exclusions(&health, &sets[0]);
         Ok(sets)
     }
 
@@ -276,7 +277,7 @@ impl Dataplane {
                     state.names.insert(id, encode::name_of(&value));
                 }
             }
-            (state.health_excluded, state.ejected) = exclusions(&health, state);
+            (state.health_excluded, state.ejected, state.ramps) = exclusions(&health, state);
         }
         Ok(sets)
     }
@@ -371,30 +372,35 @@ fn values_of<T: aya::Pod>(
     ids.into_iter().map(|id| Ok((id, map.get(&id, 0).map_err(map_err(what))?))).collect()
 }
 
-/// `HEALTH_EXCLUDED`'s pairs (`raw`) as the exclusions of `state`'s services, by label, and
-/// of those the ejections. ID 0 (an older build's entry) is every service of `state` listing
-/// the address. A service whose name `state` lacks shows as `#ID`, so that it never compares
-/// equal to a state that has it.
-fn exclusions(
-    raw: &BTreeMap<(u32, SocketAddr), u32>,
-    state: &MapState,
-) -> (BTreeSet<Exclusion>, BTreeSet<Exclusion>) {
+/// `HEALTH_EXCLUDED`'s pairs (`raw`) as the overlay of `state`'s services, by label: the
+/// exclusions, of those the ejections, and the ramps. ID 0 (an older build's entry) is every
+/// service of `state` listing the address. A service whose name `state` lacks shows as `#ID`,
+/// so that it never compares equal to a state that has it.
+fn exclusions(raw: &BTreeMap<(u32, SocketAddr), u32>, state: &MapState) -> Recorded {
     let label = |id: u32| state.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
-    let (mut found, mut ejected) = (BTreeSet::new(), BTreeSet::new());
-    for (&(id, addr), &why) in raw {
+    let mut recorded = Recorded::default();
+    for (&(id, addr), &value) in raw {
         if id != 0 {
-            found.insert((label(id), addr));
-            if why == exclusion::EJECTED {
-                ejected.insert((label(id), addr));
+            let pair = (label(id), addr);
+            match exclusion::kind(value) {
+                (exclusion::RAMP, permille) => drop(recorded.2.insert(pair, permille)),
+                (exclusion::EJECTED, _) => {
+                    recorded.1.insert(pair.clone());
+                    recorded.0.insert(pair);
+                }
+                _ => drop(recorded.0.insert(pair)),
             }
             continue;
         }
         let listing: Vec<u32> =
             state.backends.values().filter(|b| b.addr == addr).map(|b| b.service_id).collect();
-        found.extend(listing.iter().map(|&id| (label(id), addr)));
+        recorded.0.extend(listing.iter().map(|&id| (label(id), addr)));
         if listing.is_empty() {
-            found.insert((label(0), addr));
+            recorded.0.insert((label(0), addr));
         }
     }
-    (found, ejected)
+    recorded
 }
+
+/// What `HEALTH_EXCLUDED` records: the exclusions, the ejections among them, the ramps.
+type Recorded = (BTreeSet<Exclusion>, BTreeSet<Exclusion>, BTreeMap<Exclusion, u16>);

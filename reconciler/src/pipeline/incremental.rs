@@ -43,6 +43,7 @@ pub(super) fn plan(
     if record.pin_path != pin
         || record.source != tree.source
         || !record.state.health_excluded.is_empty()
+        || !record.state.ramps.is_empty()
         || desired.services.is_empty()
         || !dataplane::is_installed(pin_path)
     {

@@ -81,7 +81,7 @@ impl Session {
         let health = options.health.as_ref();
         let live = match options.reading {
             Reading::Changed => {
-                if health.is_none_or(|overlay| overlay.excluded.is_empty()) {
+                if health.is_none_or(Overlay::is_empty) {
                     let memo = &self.memo;
                     if let Some(plan) =
                         incremental::plan(desired, &self.pin_path, memo, self.capacity)?
@@ -168,13 +168,16 @@ fn plan_from_live(
 ) -> Result<Plan, Error> {
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
-    let excluded = health.map_or(&live_state.health_excluded, |overlay| &overlay.excluded);
-    let (mut compiled, failover_held_back) =
-        compile_within(&desired.services, live_state, excluded, capacity)?;
-    if let Some(overlay) = health {
-        let ejected = overlay.ejected.intersection(&compiled.health_excluded);
-        compiled.ejected = ejected.cloned().collect();
-    }
+    let recorded;
+    let overlay = match health {
+        Some(overlay) => overlay,
+        None => {
+            recorded = Overlay::recorded_in(live_state, &live_state.health_excluded);
+            &recorded
+        }
+    };
+    let (compiled, failover_held_back) =
+        compile_within(&desired.services, live_state, overlay, capacity)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),
@@ -184,7 +187,8 @@ fn plan_from_live(
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
         against: false,
         health_changed: compiled.health_excluded != live_state.health_excluded
-            || compiled.ejected != live_state.ejected,
+            || compiled.ejected != live_state.ejected
+            || compiled.ramps != live_state.ramps,
         failover_held_back,
     };
     Ok(make_plan(context, live_state, compiled))
