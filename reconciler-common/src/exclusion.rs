@@ -32,8 +32,27 @@ pub struct HealthKey {
     pub addr: Addr,
     /// Network byte order.
     pub port: u16,
+    /// `KEY_OVERLAY` or `KEY_PREVIOUS` (zero in every layout before 8: an overlay entry).
+    pub kind: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// The service (stable ID) the backend was taken out of; 0: every service listing it.
     pub service_id: u32,
+}
+
+/// Key kind: an exclusion or a ramp of the backend (the values above).
+pub const KEY_OVERLAY: u8 = 0;
+/// Key kind: a backend of the revision before, while the daemon rolls out a change of the
+/// service's backends; the value is [`previous`].
+pub const KEY_PREVIOUS: u8 = 1;
+
+/// The value of a previous backend of `weight` while `percent` of new connections go to the
+/// new ones.
+pub const fn previous(weight: u32, percent: u8) -> u32 {
+    (weight & 0x1_ffff) | (percent as u32) << 24
+}
+
+/// A previous backend's (weight, percent).
+pub const fn previous_of(value: u32) -> (u32, u8) {
+    (value & 0x1_ffff, (value >> 24) as u8)
 }

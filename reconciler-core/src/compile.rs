@@ -15,12 +15,13 @@ use std::{
 use reconciler_common::{maglev, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_SERVICE};
 
 use crate::{
+    blend,
     ids::{self, IdAllocator},
     model::{Port, Service, ServiceSpec},
     ramp,
     state::{
-        excluded_of, Algorithm, BackendEntry, BackendState, Client, Exclusion, Frontend, MapState,
-        Overlay, ServiceEntry,
+        excluded_of, Algorithm, BackendEntry, BackendState, Blend, Client, Exclusion, Frontend,
+        MapState, Overlay, ServiceEntry,
     },
 };
 
@@ -187,7 +188,7 @@ pub(crate) fn service_slot_capacity(service: &str, slots: u64) -> Result<(), Com
 }
 
 /// A backend that takes clients: its ID, address and weight.
-type Chosen = (u32, SocketAddr, u32);
+pub(crate) type Chosen = (u32, SocketAddr, u32);
 
 /// One compile: the desired state as the frontends are lowered one by one, and the IDs they
 /// keep or take.
@@ -257,13 +258,17 @@ impl<'a> Compiler<'a> {
         };
         let own = self.own_backends(spec, port, id);
         let (mut chosen, fell_back) = self.chosen_backends(service, port, id, &own);
+        let blend = self.overlay.blends.get(&label);
+        if let Some(blend) = blend {
+            let previous = self.previous_entries(id, &own, &label, blend);
+            blend::apply(&mut chosen, &previous, blend.percent);
+            self.desired.blends.insert(label.clone(), blend.clone());
+        }
         service_slot_capacity(&label, slots_needed(spec))?;
         let slots = match spec.load_balancing.algorithm {
             Algorithm::Random => {
-                let ramps = ramp::apply(&mut chosen, &label, &self.overlay.ramps);
-                let ramping = ramps.into_iter().map(|(addr, share)| ((label.clone(), addr), share));
-                self.desired.ramps.extend(ramping);
-                random_slots(&live_entry.map_or_else(Vec::new, |e| live_slots(live, e)), &chosen)
+                let rolling = blend.is_some();
+                self.random_layout(&label, live_entry, rolling, &mut chosen)
             }
             Algorithm::Maglev if chosen.is_empty() => Vec::new(),
             Algorithm::Maglev => maglev_slots(spec, &label, own.len(), chosen)?,
@@ -358,6 +363,56 @@ impl<'a> Compiler<'a> {
             chosen.push((backend_id, addr, weight));
         }
         chosen
+    }
+
+    /// The slots of the `random` service labelled `label` (its live entry `live_entry`) over
+    /// `chosen`, ramps applied unless it is `rolling` out (a rollout sets the weights itself).
+    fn random_layout(
+        &mut self,
+        label: &str,
+        live_entry: Option<&ServiceEntry>,
+        rolling: bool,
+        chosen: &mut [Chosen],
+    ) -> Vec<u32> {
+        if !rolling {
+            let ramps = ramp::apply(chosen, label, &self.overlay.ramps);
+            let ramping = ramps.into_iter().map(|(addr, share)| ((label.to_owned(), addr), share));
+            self.desired.ramps.extend(ramping);
+        }
+        let mut live = live_entry.map_or_else(Vec::new, |e| live_slots(self.live, e));
+        // A rollout that ends (done, or undone) is laid out from the revision before's slots,
+        // the first ones (`blend` keeps them), as a direct apply from it would be.
+        if let (false, Some(ended)) = (rolling, self.live.blends.get(label)) {
+            live.truncate(ended.previous.iter().map(|&(_, weight)| weight as usize).sum());
+        }
+        random_slots(&live, chosen)
+    }
+
+    /// The backends of `blend.previous` as backends of service `id`: its own where it lists
+    /// them and they take clients, else entered (active) as a fallback's are; those `label`
+    /// takes out left out.
+    fn previous_entries(
+        &mut self,
+        id: u32,
+        own: &[(u32, SocketAddr)],
+        label: &str,
+        blend: &Blend,
+    ) -> Vec<Chosen> {
+        let down = excluded_of(&self.overlay.excluded, label);
+        let usable: Vec<(SocketAddr, u32)> =
+            blend.previous.iter().filter(|(addr, _)| !down.contains(addr)).copied().collect();
+        let takes_clients = |backend_id: &u32| {
+            self.desired.backends.get(backend_id).is_some_and(|b| b.state.takes_clients())
+        };
+        let mut entries: Vec<Chosen> = usable
+            .iter()
+            .filter_map(|&(addr, weight)| {
+                let &(backend_id, _) = own.iter().find(|(_, a)| *a == addr)?;
+                takes_clients(&backend_id).then_some((backend_id, addr, weight))
+            })
+            .collect();
+        entries.extend(self.fallback_entries(id, own, &usable));
+        entries
     }
 
     /// Marks the backends of `own` that are `down` unhealthy.

@@ -20,6 +20,9 @@ pub enum Change {
     /// An exclusion of (service ID, backend address) recorded, with why
     /// (`reconciler_common::exclusion::*`), or lifted (`None`).
     Health(u32, SocketAddr, Option<u32>),
+    /// A previous backend of (service ID, address) of a rollout in progress recorded, with its
+    /// value (`reconciler_common::exclusion::previous`), or lifted.
+    Previous(u32, SocketAddr, Option<u32>),
     /// A VIP address added (`true`) or gone (`MapState::vips`).
     Vip(IpAddr, bool),
 }
@@ -27,7 +30,7 @@ pub enum Change {
 impl Change {
     /// Whether the entry lives in the versioned maps (written to both sets) or not.
     pub fn is_versioned(&self) -> bool {
-        !matches!(self, Change::Name(..) | Change::Health(..))
+        !matches!(self, Change::Name(..) | Change::Health(..) | Change::Previous(..))
     }
 }
 
@@ -44,6 +47,7 @@ impl MapState {
         changes.extend(live_vips.difference(&desired_vips).map(|vip| Change::Vip(*vip, false)));
         diff_maps(&self.names, &desired.names, Change::Name, &mut changes);
         health_changes(self, desired, &mut changes);
+        previous_changes(self, desired, &mut changes);
         changes
     }
 }
@@ -90,6 +94,32 @@ fn overlay_value(state: &MapState, pair: &Exclusion) -> Option<u32> {
         Some(exclusion::EJECTED)
     } else {
         state.health_excluded.contains(pair).then_some(exclusion::HEALTH)
+    }
+}
+
+/// The previous backends of rollouts `desired` records and `live` does not (or with another
+/// value), by `desired`'s service IDs, and those it lifts, by `live`'s.
+fn previous_changes(live: &MapState, desired: &MapState, changes: &mut Vec<Change>) {
+    let entries = |state: &MapState| -> BTreeMap<(u32, SocketAddr), u32> {
+        let ids: BTreeMap<&str, u32> =
+            state.names.iter().map(|(id, l)| (l.as_str(), *id)).collect();
+        let mut entries = BTreeMap::new();
+        for (label, blend) in &state.blends {
+            let Some(&id) = ids.get(label.as_str()) else { continue };
+            for &(addr, weight) in &blend.previous {
+                entries.insert((id, addr), exclusion::previous(weight, blend.percent));
+            }
+        }
+        entries
+    };
+    let (before, after) = (entries(live), entries(desired));
+    for (&(id, addr), &value) in &after {
+        if before.get(&(id, addr)) != Some(&value) {
+            changes.push(Change::Previous(id, addr, Some(value)));
+        }
+    }
+    for &(id, addr) in before.keys().filter(|key| !after.contains_key(key)) {
+        changes.push(Change::Previous(id, addr, None));
     }
 }
 

@@ -3,6 +3,7 @@
 //! checked (`validate`, against `model`), what they compile to (`compile`, into `state`), and
 //! how that differs from what is live (`diff`, shown by `plan`). No BPF here: `reconciler
 //! validate` and `plan --against` build from this crate alone on stable Rust.
+pub mod blend;
 pub mod capacity;
 pub mod compile;
 pub mod diff;

@@ -42,6 +42,8 @@ pub struct ServiceSpec {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub slow_start: Option<SlowStart>,
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
     /// Another service whose healthy backends take the connects while no backend of this one
     /// is healthy.
     #[serde(default)]
@@ -106,6 +108,27 @@ pub struct SlowStart {
     /// From 5% of its weight to all of it, in steps of 5%.
     #[serde(default = "sixty")]
     pub window_seconds: u32,
+}
+
+/// How the daemon rolls out a change of a service's backends (`spec.rollout`): step by step,
+/// each step's share of new connections to the new backends, the rest to the previous
+/// revision's, aborted when too many of the new backends' connects fail.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rollout {
+    /// Percentages of new connections for the new backends, rising (100 ends it, added if
+    /// missing).
+    #[serde(default = "rollout_steps")]
+    pub steps: Vec<u8>,
+    #[serde(default = "sixty")]
+    pub step_seconds: u32,
+    /// Failed connects to the new backends, in percent of theirs over a step, that abort.
+    #[serde(default = "five")]
+    pub max_failure_percent: u32,
+}
+
+fn rollout_steps() -> Vec<u8> {
+    vec![10, 25, 50, 100]
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

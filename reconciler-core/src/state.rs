@@ -214,6 +214,19 @@ pub struct MapState {
     /// their share of their weight in thousandths (`HEALTH_EXCLUDED` too).
     #[serde(default, with = "as_pairs")]
     pub ramps: BTreeMap<Exclusion, u16>,
+    /// The services (labels) the daemon is rolling out a change of backends of: how far, and
+    /// the backends of the revision before (`HEALTH_EXCLUDED` too).
+    #[serde(default)]
+    pub blends: BTreeMap<String, Blend>,
+}
+
+/// A service's rollout in progress (the daemon's, recorded in `HEALTH_EXCLUDED`): `percent` of
+/// new connections to the definitions' backends, the rest to `previous` (address, weight:
+/// the revision before's backends that took clients, in address order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blend {
+    pub percent: u8,
+    pub previous: Vec<(SocketAddr, u32)>,
 }
 
 /// A backend that a service's health check took out of that service: (the service's label,
@@ -229,6 +242,8 @@ pub struct Overlay {
     pub ejected: BTreeSet<Exclusion>,
     /// Backends ramping up (slow start), with their share of their weight in thousandths.
     pub ramps: BTreeMap<Exclusion, u16>,
+    /// Rollouts in progress, by service label.
+    pub blends: BTreeMap<String, Blend>,
 }
 
 impl Overlay {
@@ -237,18 +252,19 @@ impl Overlay {
     pub fn of(failing: BTreeSet<Exclusion>, ejected: BTreeSet<Exclusion>) -> Overlay {
         let mut excluded = failing;
         excluded.extend(ejected.iter().cloned());
-        Overlay { excluded, ejected, ramps: BTreeMap::new() }
+        Overlay { excluded, ejected, ramps: BTreeMap::new(), blends: BTreeMap::new() }
     }
 
     /// The overlay `state` records, with the exclusions `excluded` instead of its own.
     pub fn recorded_in(state: &MapState, excluded: &BTreeSet<Exclusion>) -> Overlay {
-        let ejected = state.ejected.clone();
-        Overlay { excluded: excluded.clone(), ejected, ramps: state.ramps.clone() }
+        let (ejected, ramps, blends) =
+            (state.ejected.clone(), state.ramps.clone(), state.blends.clone());
+        Overlay { excluded: excluded.clone(), ejected, ramps, blends }
     }
 
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.excluded.is_empty() && self.ramps.is_empty()
+        self.excluded.is_empty() && self.ramps.is_empty() && self.blends.is_empty()
     }
 }
 
@@ -319,6 +335,7 @@ impl MapState {
             health_excluded: BTreeSet::new(),
             ejected: BTreeSet::new(),
             ramps: BTreeMap::new(),
+            blends: BTreeMap::new(),
         }
     }
 
@@ -335,6 +352,7 @@ impl MapState {
             health_excluded: self.health_excluded.clone(),
             ejected: self.ejected.clone(),
             ramps: self.ramps.clone(),
+            blends: self.blends.clone(),
         }
     }
 

@@ -38,22 +38,35 @@ impl Daemon {
             sandbox.pin_path().display()
         );
         std::fs::write(dir.path().join("node.yaml"), config)?;
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = sandbox
-            .command_in_netns(reconciler_path()?)
-            .args(["daemon", "--config"])
-            .arg(dir.path().join("node.yaml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let child = spawn(sandbox, dir.path())?;
         let daemon = Daemon { child, listen, dir };
+        daemon.wait_ready(sandbox)?;
+        Ok(daemon)
+    }
+
+    /// Kills the daemon (SIGKILL: no chance to tidy up) and starts it again, with the same
+    /// configuration, cache and journal; its log goes on.
+    pub fn kill_and_restart(&mut self, sandbox: &Sandbox) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn(sandbox, self.dir.path())?;
+        self.wait_ready(sandbox)
+    }
+
+    fn wait_ready(&self, sandbox: &Sandbox) -> Result<()> {
         wait_for("the daemon to be ready", Duration::from_secs(20), || {
-            let listen = daemon.listen.clone();
+            let listen = self.listen.clone();
             let ready = sandbox.in_netns(move || Ok(request(&listen, "GET", "/readyz")?.0));
             matches!(ready, Ok(200)).then_some(())
         })
-        .with_context(|| daemon.log())?;
-        Ok(daemon)
+        .with_context(|| self.log())
+    }
+
+    /// Asks for a run (`POST /reconcile`), as a webhook does.
+    pub fn ask(&self, sandbox: &Sandbox) -> Result<()> {
+        let listen = self.listen.clone();
+        sandbox.in_netns(move || Ok(request(&listen, "POST", "/reconcile")?.0))?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -150,4 +163,17 @@ pub fn plan_by_hand_unchanged(sandbox: &Sandbox, bare: &Path, cache_dir: &Path) 
         String::from_utf8_lossy(&plan.stderr)
     );
     Ok(text)
+}
+
+/// The daemon of the configuration in `dir`, in `sandbox`'s network namespace, its log
+/// appended to `dir/daemon.log`.
+fn spawn(sandbox: &Sandbox, dir: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log"))?;
+    Ok(sandbox
+        .command_in_netns(reconciler_path()?)
+        .args(["daemon", "--config"])
+        .arg(dir.join("node.yaml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
 }

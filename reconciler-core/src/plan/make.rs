@@ -98,7 +98,7 @@ pub struct PlanContext {
     pub live_revision: Option<String>,
     /// Compared with another revision (`plan --against`), not with a data plane.
     pub against: bool,
-    /// The health exclusions change (the daemon's checks), whatever else does.
+    /// The daemon's overlay changes (exclusions, ramps, rollouts), whatever else does.
     #[serde(default)]
     pub health_changed: bool,
     /// Services (`name/port`) whose backends are all excluded and that fail open rather
@@ -106,6 +106,9 @@ pub struct PlanContext {
     /// (`failover::compile_within`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover_held_back: Vec<String>,
+    /// What the daemon would roll out step by step (`spec.rollout`), a line per service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<String>,
 }
 
 /// The plan that turns `live` into `desired`.
@@ -179,7 +182,7 @@ fn changed_services(live: &MapState, desired: &MapState, changes: &[Change]) -> 
             }
             // A health exclusion shows through its backend's state, a backend change; a VIP
             // through its services'.
-            Change::Health(..) | Change::Vip(..) => {}
+            Change::Health(..) | Change::Previous(..) | Change::Vip(..) => {}
         }
     }
     ids

@@ -8,10 +8,12 @@
 //! `saved`.
 mod make;
 mod render;
+mod rollouts;
 mod saved;
 mod view;
 
 pub use make::{make_plan, Action, Plan, PlanContext, ServicePlan, Summary, FORMAT_VERSION};
 pub use render::render_text;
+pub use rollouts::rollout_notes;
 pub use saved::{from_saved, to_saved, NodeKey, SavedPlanError};
 pub use view::{views, ServiceView};

@@ -104,6 +104,16 @@ fn render_notes(out: &mut String, plan: &Plan) {
             listed(plan.desired.ejected.iter().collect())
         );
     }
+    if !plan.context.rollouts.is_empty() {
+        let _ = writeln!(
+            out,
+            "Rollouts (the daemon moves new connections step by step; `apply` here applies at \
+             once):"
+        );
+        for rollout in &plan.context.rollouts {
+            let _ = writeln!(out, "  {rollout}");
+        }
+    }
     if !plan.context.failover_held_back.is_empty() {
         let _ = writeln!(
             out,

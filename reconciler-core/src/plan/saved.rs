@@ -123,6 +123,7 @@ mod tests {
         let context = PlanContext {
             health_changed: false,
             failover_held_back: Vec::new(),
+            rollouts: Vec::new(),
             revision: Some("abc".into()),
             source: "test".into(),
             pin_path: "/sys/fs/bpf/x".into(),

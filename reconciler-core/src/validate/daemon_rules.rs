@@ -19,6 +19,7 @@ pub(super) fn check(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic
     health_check_targets(located, policy, out);
     outlier_detection_sees_tcp(located, out);
     slow_start_ramps_random(located, out);
+    rollout_steps_rise(located, out);
 }
 
 fn http_only_fields(located: &Located, out: &mut Vec<Diagnostic>) {
@@ -101,5 +102,19 @@ fn slow_start_ramps_random(located: &Located, out: &mut Vec<Diagnostic>) {
                        between backends (the table moves), and again when the ramp ends; use \
                        `algorithm: random` with slowStart, or no slowStart";
         out.push(located.diagnostic("/spec/slowStart", message));
+    }
+}
+
+/// A rollout's steps are shares of new connections that only grow.
+fn rollout_steps_rise(located: &Located, out: &mut Vec<Diagnostic>) {
+    let Some(rollout) = &located.service.spec.rollout else { return };
+    if let Some(i) = rollout.steps.windows(2).position(|pair| pair[1] <= pair[0]) {
+        let message = format!(
+            "each step must give the new backends more of the new connections than the one \
+             before: {} after {}",
+            rollout.steps[i + 1],
+            rollout.steps[i]
+        );
+        out.push(located.diagnostic(&format!("/spec/rollout/steps/{}", i + 1), message));
     }
 }

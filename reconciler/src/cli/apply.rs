@@ -46,6 +46,10 @@ pub struct ApplyArgs {
     /// `json`: the plan and the result as one JSON document (`format_version` 1).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Apply at once, without the step-by-step rollout of services with `spec.rollout`: what
+    /// `apply` always does (the daemon rolls out); accepted so scripts can say so.
+    #[arg(long)]
+    no_rollout: bool,
 }
 
 /// Plans made from the definitions that lost a race with another apply before this one
@@ -60,6 +64,12 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(error) = &report.sockets_error {
         eprintln!("warning: the maps are applied, but {error}");
+    }
+    if !plan.context.rollouts.is_empty() {
+        eprintln!(
+            "Applied at once: `apply` does not roll out (--no-rollout); the daemon rolls out {}",
+            plan.context.rollouts.join("; ")
+        );
     }
     match args.output {
         Output::Json => print_json(&plan, &report)?,

@@ -366,6 +366,7 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
         );
     }
     print_ejections(&status);
+    print_rollout(&status);
     if !status.slow_start.is_empty() {
         println!("Slow start:");
     }
@@ -396,5 +397,32 @@ fn print_ejections(status: &DaemonStatus) {
             "  {} {now} ({}); ejected {} times, last at {} after {} failed connects in a row",
             e.backend, e.service, e.ejections, e.ejected_at, e.failures
         );
+    }
+}
+
+/// The rollout under way and how the last one ended, in `status --daemon`.
+fn print_rollout(status: &DaemonStatus) {
+    if let Some(rollout) = &status.rollout {
+        println!(
+            "Rollout:            {} from {} since {}",
+            rollout.revision, rollout.previous, rollout.started_at
+        );
+        for s in &rollout.services {
+            println!(
+                "  {}: step {} of {}, {}% of new connections to the new backends since {}; \
+                 this step {} established, {} failed",
+                s.service,
+                s.step,
+                s.steps.len(),
+                s.percent,
+                s.step_started_at,
+                s.established,
+                s.failed
+            );
+        }
+    }
+    if let Some(last) = &status.last_rollout {
+        let why = last.reason.as_ref().map_or(String::new(), |r| format!(": {r}"));
+        println!("Last rollout:       {} {} at {}{why}", last.revision, last.result, last.at);
     }
 }

@@ -109,6 +109,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<DaemonStatus> {
     status.ejections = shared.outliers.report();
     status.ejections_failing_open = shared.outliers.failing_open();
     status.slow_start = shared.ramps.report();
+    (status.rollout, status.last_rollout) = shared.rollouts.report();
     Json(status)
 }
 

@@ -35,6 +35,10 @@ struct Contents {
     /// The revision a run is checking or applying, and how many runs started on it.
     attempt: Option<(String, u32)>,
     failure: Option<Failure>,
+    /// The last rollout started: (its revision, the revision before), so a restart resumes
+    /// it, or undoes it, from the right one.
+    #[serde(default)]
+    rollout: Option<(String, String)>,
 }
 
 /// The journal of one daemon (one source and pin path).
@@ -129,6 +133,18 @@ impl Journal {
             self.contents.failure = None;
             self.save();
         }
+    }
+
+    /// A rollout of `revision` from `previous` starts (written before its first apply).
+    pub fn rollout(&mut self, revision: &str, previous: &str) {
+        self.contents.rollout = Some((revision.to_owned(), previous.to_owned()));
+        self.save();
+    }
+
+    /// The revision the last rollout of `revision` started from, if one did.
+    pub fn rolled_out_from(&self, revision: &str) -> Option<&str> {
+        let (rolled, previous) = self.contents.rollout.as_ref()?;
+        (rolled == revision).then_some(previous.as_str())
     }
 
     /// Writes the journal whole (a new file renamed over the old, in a directory only this

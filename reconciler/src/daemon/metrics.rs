@@ -54,6 +54,7 @@ pub struct Metrics {
     health_transitions: Family<Label, Counter>,
     ejections: Family<Label, Counter>,
     ejected: Family<Label, Gauge>,
+    rollouts: Family<Label, Counter>,
     webhook_requests: Family<Label, Counter>,
     /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
     per_backend: bool,
@@ -89,6 +90,7 @@ impl Default for Metrics {
             health_transitions: Family::default(),
             ejections: Family::default(),
             ejected: Family::default(),
+            rollouts: Family::default(),
             webhook_requests: Family::default(),
             per_backend: true,
         };
@@ -189,6 +191,11 @@ impl Metrics {
             self.ejected.clone(),
         );
         registry.register(
+            "reconciler_rollouts",
+            "Rollouts (spec.rollout) by how they ended: completed, aborted",
+            self.rollouts.clone(),
+        );
+        registry.register(
             "reconciler_webhook_requests",
             "POST /reconcile requests, by result (accepted, unauthorized, too_large, unreadable)",
             self.webhook_requests.clone(),
@@ -249,6 +256,11 @@ impl Metrics {
                 self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
             }
         }
+    }
+
+    /// Counts a rollout that ended with `result`.
+    pub fn rollout(&self, result: &'static str) {
+        self.rollouts.get_or_create(&vec![("result", result.to_owned())]).inc();
     }
 
     /// Counts an ejection of `backend` from `service`.

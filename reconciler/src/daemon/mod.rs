@@ -27,6 +27,7 @@ mod backoff;
 pub mod config;
 mod decide;
 mod exposition;
+mod flows;
 pub mod health;
 pub mod http;
 pub mod journal;
@@ -37,6 +38,7 @@ pub mod outliers;
 pub mod ramps;
 mod reconcile;
 mod report;
+pub mod rollout;
 pub mod status;
 pub mod webhook;
 
@@ -44,7 +46,7 @@ use std::{collections::BTreeSet, path::Path, sync::Arc, time::Instant};
 
 use reconciler_core::{
     source::{Snapshot, SourceError},
-    state::Overlay,
+    state::{Exclusion, Overlay},
 };
 
 use tokio::{
@@ -58,6 +60,13 @@ use config::Config;
 use reconcile::Memory;
 use status::Shared;
 
+/// What the health checks and outlier detection take out now.
+fn overlay_out(shared: &Shared) -> BTreeSet<Exclusion> {
+    let mut out = shared.health.excluded();
+    out.extend(shared.outliers.excluded());
+    out
+}
+
 /// What the health checks and outlier detection take out now, and the ramps of slow start:
 /// backends back in since `before` ramp from now on.
 fn overlay(shared: &Shared, before: &Overlay) -> Overlay {
@@ -66,6 +75,7 @@ fn overlay(shared: &Shared, before: &Overlay) -> Overlay {
     let now = Instant::now();
     shared.ramps.start(&back, now);
     overlay.ramps = shared.ramps.levels(now);
+    overlay.blends = shared.rollouts.blends();
     overlay
 }
 
@@ -117,6 +127,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     info!(listen = %config.listen, source = %describe(&config.source_spec()), "daemon started");
     let mut memory = Memory::new(&config);
     memory.ramps = Arc::clone(&shared.ramps);
+    memory.rollouts = Arc::clone(&shared.rollouts);
     if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
         error!(revision = failure.revision, "{}; failed before this start", failure.error);
         memory.failed_revision = Some(failure.revision.clone());
@@ -225,6 +236,23 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
         Arc::new(move || shared.health_changed.notify_one())
     };
     tokio::spawn(ramps::run(Arc::clone(&shared.ramps), on_step));
+    let on_judged = {
+        let shared = Arc::clone(shared);
+        Arc::new(move |judged: rollout::Judged| {
+            match judged {
+                rollout::Judged::Completed => shared.metrics().rollout("completed"),
+                rollout::Judged::Aborted => shared.metrics().rollout("aborted"),
+                rollout::Judged::Stepped => {}
+            }
+            shared.health_changed.notify_one();
+        })
+    };
+    let out: rollout::Out = {
+        let shared = Arc::clone(shared);
+        Arc::new(move || overlay_out(&shared))
+    };
+    let pin_path = config.pin_path.clone();
+    tokio::spawn(rollout::run(Arc::clone(&shared.rollouts), pin_path, out, on_judged));
     tokio::spawn(http::serve(listener, Arc::clone(shared)));
 }
 
@@ -252,7 +280,9 @@ async fn adopt(
     let recorded;
     (memory, recorded) = tokio::task::spawn_blocking(move || {
         reconcile::last_good(&run_config, &mut memory);
-        (memory, reconcile::recorded_exclusions(&run_config))
+        let recorded = reconcile::recorded_exclusions(&run_config);
+        reconcile::resume_rollout(&mut memory, &recorded.blends);
+        (memory, recorded)
     })
     .await?;
     if !recorded.excluded.is_empty() {

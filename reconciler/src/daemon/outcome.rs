@@ -38,6 +38,14 @@ pub(super) enum Outcome {
         revision: Option<String>,
         error: pipeline::Error,
     },
+    /// A rollout was aborted: the revision before is applied again, and the one rolled out
+    /// is failed (not tried again until a new commit).
+    RolledBack {
+        plan: Box<Plan>,
+        report: ApplyReport,
+        revision: String,
+        reason: String,
+    },
     /// The fetched commit already failed; nothing was tried.
     StillRejected {
         revision: Option<String>,
@@ -73,7 +81,8 @@ impl Outcome {
             | Outcome::DriftHealed { plan, .. }
             | Outcome::HealthApplied { plan, .. }
             | Outcome::DriftReported { plan }
-            | Outcome::LastGood { plan } => Some(plan),
+            | Outcome::LastGood { plan }
+            | Outcome::RolledBack { plan, .. } => Some(plan),
             Outcome::Rejected { .. }
             | Outcome::StillRejected { .. }
             | Outcome::Transient { .. } => None,
@@ -89,6 +98,7 @@ impl Outcome {
             Outcome::HealthApplied { .. } => "health_applied",
             Outcome::DriftReported { .. } => "drift_reported",
             Outcome::LastGood { .. } => "last_good",
+            Outcome::RolledBack { .. } => "rolled_back",
             Outcome::Rejected { error, .. } if unverified(error) => "unverified",
             Outcome::Rejected { .. } => "rejected",
             Outcome::StillRejected { .. } => "skipped",

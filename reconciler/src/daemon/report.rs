@@ -108,6 +108,12 @@ fn log(outcome: &Outcome) {
             revision = revision.as_deref().unwrap_or("-"),
             "the fetched revision already failed; waiting for a new one"
         ),
+        Outcome::RolledBack { plan, revision, reason, .. } => error!(
+            revision,
+            back_to = plan.context.revision.as_deref().unwrap_or("-"),
+            "rollout aborted ({reason}); the previous revision is back, and this one is not \
+             tried again until a new commit"
+        ),
         Outcome::Transient { error } => warn!("{error}; retrying, the data plane keeps serving"),
         Outcome::Unchanged { .. } | Outcome::LastGood { .. } => {}
     }
@@ -175,6 +181,16 @@ fn show(
             status.drift_entries = plan.entry_changes;
         }
         Outcome::Rejected { revision, error } => refused(status, revision, &error, now_text),
+        Outcome::RolledBack { plan, report, revision, reason } => {
+            metrics.applied_report(&report);
+            metrics.applied(plan.context.revision.as_deref(), now);
+            holding(status, metrics, &plan, whole(&plan, recorded));
+            status.attempted_revision = Some(revision.clone());
+            status.attempted_at = Some(now_text);
+            status.failed_revision = Some(revision);
+            status.last_error = Some(format!("rollout aborted: {reason}"));
+            status.errors.clear();
+        }
         Outcome::StillRejected { .. } => {}
         Outcome::Transient { error } => status.last_error = Some(error.to_string()),
     }

@@ -12,6 +12,7 @@ use super::{
     metrics::Metrics,
     outliers::{Ejection, Watch},
     ramps::{Ramp, Ramps},
+    rollout::{RolloutResult, RolloutStatus, Rollouts},
     webhook::Secret,
 };
 use crate::pipeline::describe;
@@ -60,6 +61,13 @@ pub struct DaemonStatus {
     /// and when they reach all of it.
     #[serde(default)]
     pub slow_start: Vec<Ramp>,
+    /// The rollout under way (`spec.rollout`): each service's step, share and the new
+    /// backends' connects over the step.
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
+    /// How the last rollout ended (`completed`, `aborted` with why).
+    #[serde(default)]
+    pub last_rollout: Option<RolloutResult>,
     /// Services whose every backend is down and whose fallback's backends would not fit the
     /// data plane's capacity: they keep their own (fail open) instead.
     #[serde(default)]
@@ -98,6 +106,8 @@ pub struct Shared {
     pub(super) outliers: Arc<Watch>,
     /// Slow start's ramps.
     pub(super) ramps: Arc<Ramps>,
+    /// The rollout under way.
+    pub(super) rollouts: Arc<Rollouts>,
     webhook_secret: RwLock<Option<Secret>>,
 }
 
@@ -142,6 +152,7 @@ impl Shared {
             health: Arc::new(Health::default()),
             outliers: Arc::default(),
             ramps: Arc::default(),
+            rollouts: Arc::default(),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }
     }

@@ -3,10 +3,10 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use reconciler_common::{
-    exclusion::HealthKey, ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName,
-    ServiceValue, SlotKey, VipKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE,
-    BACKEND_DRAINING, BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS,
-    NAME_LEN,
+    exclusion::{self, HealthKey},
+    ipv4_of_mapped, Addr, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
+    VipKey, ALGORITHM_MAGLEV, ALGORITHM_RANDOM, BACKEND_ACTIVE, BACKEND_DRAINING,
+    BACKEND_MAINTENANCE, BACKEND_UNHEALTHY, CLIENT_CGROUP, CLIENT_NETNS, NAME_LEN,
 };
 use reconciler_core::state::{
     addr_to_words, Algorithm, BackendEntry, BackendState, Client, Frontend, Protocol, ServiceEntry,
@@ -139,8 +139,13 @@ pub(crate) fn vip_key(vip: IpAddr, set: u8) -> VipKey {
 }
 
 pub(crate) fn health_key(service_id: u32, addr: &SocketAddr) -> HealthKey {
+    health_key_of(exclusion::KEY_OVERLAY, service_id, addr)
+}
+
+/// The `HEALTH_EXCLUDED` key of `kind` (`exclusion::KEY_*`).
+pub(crate) fn health_key_of(kind: u8, service_id: u32, addr: &SocketAddr) -> HealthKey {
     let (addr, port) = (addr_to_words(addr.ip()), addr.port().to_be());
-    HealthKey { addr, port, _pad: [0; 2], service_id }
+    HealthKey { addr, port, kind, _pad: 0, service_id }
 }
 
 /// The (service ID, backend address) of a `HEALTH_EXCLUDED` key; ID 0 is every service.

@@ -15,7 +15,7 @@ use reconciler_common::{
 };
 use reconciler_core::{
     capacity::Capacity,
-    state::{Exclusion, Frontend, MapState},
+    state::{Blend, Exclusion, Frontend, MapState},
 };
 
 use super::{
@@ -193,14 +193,16 @@ impl Dataplane {
             .iter()
             .map(|(id, value)| (*id, encode::name_of(value)))
             .collect();
-        let health = self.read_health()?;
+        let [health, previous] = self.read_overlay()?;
         if other_too {
+            sets[1].blends = blends(&previous, &sets[1]);
             sets[1].names = names.clone();
             (sets[1].health_excluded, sets[1].ejected, sets[1].ramps) =
                 exclusions(&health, &sets[1]);
         }
         sets[0].names = names;
         (sets[0].health_excluded, sets[0].ejected, sets[0].ramps) = exclusions(&health, &sets[0]);
+        sets[0].blends = blends(&previous, &sets[0]);
         Ok(sets)
     }
 
@@ -208,11 +210,21 @@ impl Dataplane {
     /// backend address) pairs and why each is out (`reconciler_common::exclusion`; see
     /// [`exclusions`]).
     pub fn read_health(&self) -> Result<BTreeMap<(u32, SocketAddr), u32>> {
-        Ok(batch::lookup_all::<HealthKey, u32>(&self.health)
+        let [overlay, _] = self.read_overlay()?;
+        Ok(overlay)
+    }
+
+    /// Every entry of `HEALTH_EXCLUDED`: `[the overlay's (exclusions, ramps), the previous
+    /// backends of rollouts]`.
+    fn read_overlay(&self) -> Result<[BTreeMap<(u32, SocketAddr), u32>; 2]> {
+        let mut found = [BTreeMap::new(), BTreeMap::new()];
+        for (key, value) in batch::lookup_all::<HealthKey, u32>(&self.health)
             .map_err(io_err("reading HEALTH_EXCLUDED"))?
-            .iter()
-            .map(|(key, why)| (encode::health_entry(key), *why))
-            .collect())
+        {
+            let previous = key.kind == exclusion::KEY_PREVIOUS;
+            found[usize::from(previous)].insert(encode::health_entry(&key), value);
+        }
+        Ok(found)
     }
 
     /// Both sets' entries under the keys of `recorded` and `desired` (`[active, standby]`,
@@ -241,7 +253,7 @@ impl Dataplane {
         let backends: BTreeSet<u32> = a.backends.keys().chain(b.backends.keys()).copied().collect();
         let names: BTreeSet<u32> = a.names.keys().chain(b.names.keys()).copied().collect();
         let read_error = |name: &str| io_err(format!("reading {name}"));
-        let health = self.read_health()?;
+        let [health, previous] = self.read_overlay()?;
         let mut sets = [MapState::default(), MapState::default()];
         for (index, set) in [first, first ^ 1].into_iter().enumerate() {
             let state = &mut sets[index];
@@ -278,6 +290,7 @@ impl Dataplane {
                 }
             }
             (state.health_excluded, state.ejected, state.ramps) = exclusions(&health, state);
+            state.blends = blends(&previous, state);
         }
         Ok(sets)
     }
@@ -404,3 +417,16 @@ fn exclusions(raw: &BTreeMap<(u32, SocketAddr), u32>, state: &MapState) -> Recor
 
 /// What `HEALTH_EXCLUDED` records: the exclusions, the ejections among them, the ramps.
 type Recorded = (BTreeSet<Exclusion>, BTreeSet<Exclusion>, BTreeMap<Exclusion, u16>);
+
+/// `HEALTH_EXCLUDED`'s previous backends (`raw`) as the rollouts of `state`'s services, by
+/// label, each with the backends in address order.
+fn blends(raw: &BTreeMap<(u32, SocketAddr), u32>, state: &MapState) -> BTreeMap<String, Blend> {
+    let mut blends: BTreeMap<String, Blend> = BTreeMap::new();
+    for (&(id, addr), &value) in raw {
+        let (weight, percent) = exclusion::previous_of(value);
+        let label = state.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        let blend = blends.entry(label).or_insert(Blend { percent, previous: Vec::new() });
+        blend.previous.push((addr, weight));
+    }
+    blends
+}

@@ -4,8 +4,8 @@ use std::io;
 
 use aya::maps::MapData;
 use reconciler_common::{
-    exclusion::HealthKey, Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey,
-    VipKey,
+    exclusion::{self, HealthKey},
+    Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SlotKey, VipKey,
 };
 use reconciler_core::diff::Change;
 
@@ -60,6 +60,13 @@ impl Dataplane {
                     Some(name) => batches.names.0.push((*id, encode::name_value(name))),
                     None => batches.names.1.push(*id),
                 },
+                Change::Previous(service_id, addr, value) => {
+                    let key = encode::health_key_of(exclusion::KEY_PREVIOUS, *service_id, addr);
+                    match value {
+                        Some(value) => batches.health.0.push((key, *value)),
+                        None => batches.health.1.push(key),
+                    }
+                }
                 Change::Health(service_id, addr, why) => {
                     let key = encode::health_key(*service_id, addr);
                     if let Some(why) = why {

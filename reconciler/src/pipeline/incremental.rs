@@ -15,7 +15,7 @@ use reconciler_core::{
     capacity::Capacity,
     compile::{self, compile_part},
     model::Service,
-    plan::{make_plan, Plan, PlanContext},
+    plan::{make_plan, rollout_notes, Plan, PlanContext},
 };
 
 /// The incremental path: when the maps are at the generation and revision `memo` recorded,
@@ -97,6 +97,7 @@ pub(super) fn plan(
         against: false,
         health_changed: false,
         failover_held_back: Vec::new(),
+        rollouts: rollout_notes(&desired.services, &record.state),
     };
     let mut plan = make_plan(context, &before, after);
     plan.touched = Some(before);

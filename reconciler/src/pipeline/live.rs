@@ -13,7 +13,7 @@ use crate::dataplane::{
 use reconciler_core::{
     capacity::{Capacity, DEFAULT},
     failover::compile_within,
-    plan::{make_plan, Plan, PlanContext},
+    plan::{make_plan, rollout_notes, Plan, PlanContext},
     state::{MapState, Overlay},
 };
 
@@ -188,8 +188,10 @@ fn plan_from_live(
         against: false,
         health_changed: compiled.health_excluded != live_state.health_excluded
             || compiled.ejected != live_state.ejected
-            || compiled.ramps != live_state.ramps,
+            || compiled.ramps != live_state.ramps
+            || compiled.blends != live_state.blends,
         failover_held_back,
+        rollouts: rollout_notes(&desired.services, live_state),
     };
     Ok(make_plan(context, live_state, compiled))
 }

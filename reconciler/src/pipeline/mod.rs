@@ -18,7 +18,7 @@ use std::{
 use reconciler_core::{
     compile::{compile, CompileError},
     model::Service,
-    plan::{make_plan, Plan, PlanContext},
+    plan::{make_plan, rollout_notes, Plan, PlanContext},
     source::{Snapshot, SourceError, SourceSpec},
     state::MapState,
     validate::Diagnostic,
@@ -171,6 +171,7 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
         against: true,
         health_changed: false,
         failover_held_back: Vec::new(),
+        rollouts: rollout_notes(&head.services, &base_state),
     };
     Ok(make_plan(context, &base_state, head_state))
 }

@@ -26,7 +26,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock, dataplane::Dataplane, pipeline::Desired};
+use crate::{clock, pipeline::Desired};
 use reconciler_core::{model::OutlierDetection, state::Exclusion};
 pub use verdicts::Change;
 use verdicts::{Outliers, Seen};
@@ -224,18 +224,12 @@ fn read_flows(
     pin_path: &Path,
     due: &[(&String, &Rule)],
 ) -> Result<Vec<Vec<Seen>>, crate::dataplane::DataplaneError> {
-    let dataplane = Dataplane::open(pin_path)?;
-    let live = dataplane.read_live_members()?;
-    let state = &live.state;
-    let label_of = |id: u32| state.names.get(&id).cloned().unwrap_or_default();
-    let ids: BTreeMap<Exclusion, u32> = state
-        .backends
-        .iter()
-        .map(|(id, backend)| ((label_of(backend.service_id), backend.addr), *id))
-        .collect();
-    let flows = dataplane.backend_flows(ids.values().copied())?;
+    let pairs = due.iter().flat_map(|(service, rule)| {
+        rule.backends.iter().map(|backend| ((*service).clone(), *backend))
+    });
+    let flows = super::flows::of_pairs(pin_path, pairs)?;
     let seen_of = |service: &String, backend: &SocketAddr| {
-        let found = ids.get(&(service.clone(), *backend)).and_then(|id| flows.get(id));
+        let found = flows.get(&(service.clone(), *backend));
         Seen {
             backend: *backend,
             failed: found.map_or(0, |f| f.failed),
