@@ -11,8 +11,8 @@ type Chosen = (u32, std::net::SocketAddr, u32);
 /// Slots the blended weights of a service add up to (about), at least: shares in steps of
 /// 0.1%.
 const RESOLUTION: f64 = 1000.0;
-/// At most (a service has at most 65 536 slots, and each share above 0 is one at least).
-const MOST: f64 = 60_000.0;
+/// At most: a rolling service's slots count against the node's capacity while it rolls.
+const MOST: f64 = 10_000.0;
 
 /// `chosen` (the new revision's backends that take clients) blended with `previous` (the
 /// old one's, with their IDs in this service) at `percent`: each backend's weight its share

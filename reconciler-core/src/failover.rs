@@ -79,11 +79,11 @@ pub fn compile_within<S: Borrow<Service>>(
     let highest = capacity.highest_ids();
     let (state, mut took) = compile_allowing(services, live, overlay, &BTreeSet::new(), highest)?;
     let Err(error) = capacity.fits(&state) else { return Ok((state, Vec::new())) };
-    // Ramps scale their services' slots: over the capacity, the backends take their full
-    // weights at once instead.
-    if !overlay.ramps.is_empty() {
-        let unramped = Overlay { ramps: BTreeMap::new(), ..overlay.clone() };
-        return compile_within(services, live, &unramped, capacity);
+    // Ramps and rollouts scale their services' slots: over the capacity, the backends take
+    // their full weights at once instead (the daemon says so).
+    if !overlay.ramps.is_empty() || !overlay.blends.is_empty() {
+        let plain = Overlay { ramps: BTreeMap::new(), blends: BTreeMap::new(), ..overlay.clone() };
+        return compile_within(services, live, &plain, capacity);
     }
     if took.is_empty() {
         return Err(error);

@@ -82,6 +82,15 @@ fn a_healthy_canary_completes_with_the_maps_a_direct_apply_leaves() -> Result<()
     assert_eq!((step.services[0].step, step.services[0].percent), (1, 20), "{step:?}");
     let blended = live(&sandbox).context("the live maps")?;
     assert_eq!(serving(&blended), ["127.0.0.11:8080", "127.0.0.12:8080", "127.0.0.13:8080"]);
+    // A bad commit meanwhile is refused and leaves the rollout going.
+    let bad = commit_and_ask(&work, &daemon, &sandbox, "kind: [")?;
+    let going = wait_for("the bad commit refused", Duration::from_secs(15), || {
+        let status = daemon.status(&sandbox).ok()?;
+        (status.failed_revision.as_deref() == Some(bad.as_str())).then_some(status)
+    })
+    .with_context(|| daemon.log())?;
+    let still = going.rollout.map(|r| r.revision).or(going.last_rollout.map(|l| l.revision));
+    assert_eq!(still.as_deref(), Some(commit.as_str()));
     // It completes: the old backend is gone and nothing is left of the rollout.
     wait_for("the rollout to complete", Duration::from_secs(30), || {
         let last = daemon.status(&sandbox).ok()?.last_rollout?;

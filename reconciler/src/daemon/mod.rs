@@ -356,11 +356,18 @@ async fn run_overlay(
     let run_config = Arc::clone(config);
     memory.overlay = overlay(shared, &memory.overlay);
     shared.status().running = true;
+    let revision = memory.last_good.as_ref().and_then(|good| good.revision.clone());
     let (outcome, mut memory) = tokio::task::spawn_blocking(move || {
         let outcome = reconcile::overlay(&run_config, &mut memory);
         (outcome, memory)
     })
     .await?;
+    // An aborted rollout undone: the checks, ejections and ramps follow the revision back.
+    if let Some(good) = memory.last_good.as_ref().filter(|good| good.revision != revision) {
+        shared.health.update(good);
+        shared.outliers.update(good);
+        shared.ramps.update(good);
+    }
     if let Some(outcome) = outcome {
         report::record(shared, config, &mut memory, outcome, None);
     }

@@ -82,12 +82,10 @@ impl Ramps {
         }
     }
 
-    /// Forgets `pairs` (they joined with a commit that was not applied).
-    pub fn forget(&self, pairs: &[Exclusion]) {
-        let mut inner = self.lock();
-        for pair in pairs {
-            inner.joined.remove(pair);
-        }
+    /// Of `pairs`, those of services with slow start: the ones [`start`](Self::start) takes.
+    pub fn accepts(&self, pairs: &[Exclusion]) -> Vec<Exclusion> {
+        let inner = self.lock();
+        pairs.iter().filter(|(service, _)| inner.windows.contains_key(service)).cloned().collect()
     }
 
     /// Each ramping backend's share of its weight at `now`; ramps that are over end.
@@ -131,6 +129,9 @@ impl Ramps {
     }
 }
 
+/// A ramp's first share of its backend's weight: 5%.
+pub const FIRST: Permille = (1000 / SCALE) as Permille;
+
 /// The share of its weight a backend that joined `elapsed` ago has under `window`: 5% at
 /// first, then in steps of 5%; `None` once the window is over.
 fn level(elapsed: Duration, window: Duration) -> Option<Permille> {
@@ -138,7 +139,7 @@ fn level(elapsed: Duration, window: Duration) -> Option<Permille> {
         return None;
     }
     let steps = (elapsed.as_secs_f64() / window.as_secs_f64() * SCALE as f64) as u64;
-    Some((steps.max(1) * 1000 / SCALE) as Permille)
+    Some((steps.max(1) as Permille) * FIRST)
 }
 
 /// The window of each service (`name/port`) of `desired` with slow start (`random` only:

@@ -44,6 +44,7 @@ pub(super) fn plan(
         || record.source != tree.source
         || !record.state.health_excluded.is_empty()
         || !record.state.ramps.is_empty()
+        || !record.state.blends.is_empty()
         || desired.services.is_empty()
         || !dataplane::is_installed(pin_path)
     {

@@ -27,7 +27,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{clock, pipeline::Desired};
-use reconciler_core::{model::OutlierDetection, state::Exclusion};
+use reconciler_core::{
+    model::OutlierDetection,
+    state::{BackendState, Exclusion, Protocol},
+};
 pub use verdicts::Change;
 use verdicts::{Outliers, Seen};
 
@@ -194,16 +197,21 @@ impl Watch {
     }
 }
 
-/// The rules of `desired`: each TCP port of a service with `outlierDetection`.
+/// The rules of `desired`: each TCP port of a service with `outlierDetection`, over the
+/// backends that take clients (the share `maxEjectionPercent` allows is of those).
 fn rules_of(desired: &Desired) -> BTreeMap<String, Rule> {
     let mut rules = BTreeMap::new();
     for service in &desired.services {
         let Some(detection) = &service.spec.outlier_detection else { continue };
         let ports = &service.spec.ports;
-        let (tcp, udp): (Vec<_>, Vec<_>) =
-            ports.iter().partition(|p| p.protocol == reconciler_core::state::Protocol::Tcp);
+        let (tcp, udp): (Vec<_>, Vec<_>) = ports.iter().partition(|p| p.protocol == Protocol::Tcp);
+        let backends: Vec<_> = service
+            .spec
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active && b.weight > 0)
+            .collect();
         for port in tcp {
-            let backends = &service.spec.backends;
             let companions = backends.iter().map(|b| {
                 let others = udp.iter().map(|u| (service.label(u), b.address_for(u))).collect();
                 (b.address_for(port), others)

@@ -78,6 +78,8 @@ pub struct Aborted {
     pub revision: String,
     pub previous: Desired,
     pub reason: String,
+    /// Its blends as they were, which stay until the undo (a run meanwhile keeps them).
+    blends: BTreeMap<String, Blend>,
 }
 
 /// A service being rolled out: the previous revision's backends (address, weight) and the
@@ -197,18 +199,29 @@ impl Rollouts {
         self.lock().active.as_ref().map(|a| a.revision.clone())
     }
 
-    /// The blends of the services being rolled out: the overlay the loop applies.
+    /// The blends of the services being rolled out: the overlay the loop applies (those of
+    /// an abort not yet undone, until it is).
     pub fn blends(&self) -> BTreeMap<String, Blend> {
         let state = self.lock();
+        match (&state.active, &state.aborted) {
+            (Some(active), _) => blends_of(active),
+            (None, Some(aborted)) => aborted.blends.clone(),
+            (None, None) => BTreeMap::new(),
+        }
+    }
+
+    /// The blends under way of the services of `changes` whose change is the same as
+    /// theirs: a newer revision goes on from there.
+    pub fn carried(&self, changes: &BTreeMap<String, Change>) -> BTreeMap<String, Blend> {
+        let state = self.lock();
         let Some(active) = &state.active else { return BTreeMap::new() };
-        active
-            .services
-            .iter()
-            .map(|(label, r)| {
-                let blend = Blend { percent: r.progress.percent(), previous: r.previous.clone() };
-                (label.clone(), blend)
-            })
-            .collect()
+        let same = |label: &String| {
+            let (Some(r), Some(c)) = (active.services.get(label), changes.get(label)) else {
+                return false;
+            };
+            r.previous == c.0 && r.new == c.1
+        };
+        blends_of(active).into_iter().filter(|(label, _)| same(label)).collect()
     }
 
     /// An aborted rollout to undo, once.
@@ -273,8 +286,9 @@ impl Rollouts {
                     "rollout aborted: back to the previous revision"
                 );
                 state.last = Some(result(&active.revision, "aborted", Some(reason.clone())));
-                state.aborted =
-                    Some(Aborted { revision: active.revision, previous: active.previous, reason });
+                let blends = blends_of(&active);
+                let (revision, previous) = (active.revision, active.previous);
+                state.aborted = Some(Aborted { revision, previous, reason, blends });
             }
             return Some(Judged::Aborted);
         }
@@ -321,6 +335,28 @@ impl Rollouts {
         });
         (status, state.last.clone())
     }
+}
+
+/// The blends of the services `active` rolls out, each at its step.
+fn blends_of(active: &Active) -> BTreeMap<String, Blend> {
+    let each = active.services.iter().map(|(label, r)| {
+        (label.clone(), Blend { percent: r.progress.percent(), previous: r.previous.clone() })
+    });
+    each.collect()
+}
+
+/// The first blends of `changes`: each service at its first step, or as `carried`.
+pub fn first_blends(
+    changes: &BTreeMap<String, Change>,
+    carried: &BTreeMap<String, Blend>,
+) -> BTreeMap<String, Blend> {
+    let now = Instant::now();
+    let each = changes.iter().map(|(label, (previous, _, spec))| {
+        let percent = carried.get(label).map(|b| b.percent);
+        let percent = Progress::new(spec, percent, now).percent();
+        (label.clone(), Blend { percent, previous: previous.clone() })
+    });
+    each.collect()
 }
 
 fn result(revision: &str, result: &str, reason: Option<String>) -> RolloutResult {

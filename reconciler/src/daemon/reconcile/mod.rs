@@ -4,8 +4,6 @@
 //! transition, the health overlay alone ([`overlay`]), planned from the last good revision
 //! without fetching: a git server that hangs delays new commits, never failover.
 
-use std::{collections::BTreeMap, time::Instant};
-
 use tracing::{info, warn};
 
 use super::{
@@ -13,8 +11,8 @@ use super::{
     decide::{self, Decision, Facts, HeldBack, Why},
     journal::{Failure, Journal},
     outcome::{self, Outcome, Trouble},
-    ramps::{self, Ramps},
-    rollout::{self, Aborted, Rollouts},
+    ramps::Ramps,
+    rollout::Rollouts,
 };
 use crate::{
     clock,
@@ -26,9 +24,13 @@ use reconciler_core::{
     node,
     plan::Plan,
     source::{Snapshot, SourceError},
-    state::{Blend, Overlay},
+    state::Overlay,
     validate::Policy,
 };
+
+mod overlaid;
+
+pub(super) use overlaid::resume_rollout;
 
 /// What the loop remembers between runs.
 pub(super) struct Memory {
@@ -102,7 +104,7 @@ pub(super) fn reconcile(
     refresh: bool,
 ) -> Vec<Outcome> {
     if let Some(aborted) = memory.rollouts.take_aborted() {
-        return vec![undo(config, memory, aborted)];
+        return vec![overlaid::undo(config, memory, aborted)];
     }
     let outcome = reconcile_commit(config, memory, fetched, refresh);
     journal(&mut memory.journal, &outcome);
@@ -160,7 +162,7 @@ fn reconcile_commit(
         return Outcome::StillRejected { revision: snapshot.revision };
     }
     match desired(config, memory, snapshot) {
-        Ok(desired) => with_overlay(config, memory, desired, refresh),
+        Ok(desired) => overlaid::with_overlay(config, memory, desired, refresh),
         Err(outcome) => *outcome,
     }
 }
@@ -262,106 +264,6 @@ fn installed_status(config: &Config) -> Option<dataplane::Status> {
     Dataplane::open(&config.pin_path).and_then(|d| d.status()).ok()
 }
 
-/// [`plan_and_apply`] with the daemon's overlay for a new revision: the backends `desired`
-/// adds to services with slow start ramp up from its first apply, and services with a
-/// rollout whose backends it changes roll out (see `rollout`); both forgotten if it is
-/// refused.
-fn with_overlay(config: &Config, memory: &mut Memory, desired: Desired, refresh: bool) -> Outcome {
-    let now = Instant::now();
-    let joined = memory.last_good.as_ref().map(|good| ramps::joined(good, &desired));
-    let joined = joined.unwrap_or_default();
-    if !joined.is_empty() {
-        memory.ramps.start(&joined, now);
-        memory.overlay.ramps = memory.ramps.levels(now);
-    }
-    let started = start_rollout(memory, &desired, now);
-    memory.overlay.blends = memory.rollouts.blends();
-    let outcome = plan_and_apply(config, memory, desired, refresh);
-    if matches!(outcome, Outcome::Rejected { .. }) {
-        memory.ramps.forget(&joined);
-        if started {
-            memory.rollouts.cancel();
-            memory.overlay.blends.clear();
-        }
-    }
-    outcome
-}
-
-/// Starts rolling out `desired` if it changes the backends of services with a rollout;
-/// whether it did. A revision newer than one rolling out rolls out from that one's previous
-/// revision (the maps hold part of it still); one without anything to roll out ends it.
-fn start_rollout(memory: &mut Memory, desired: &Desired, now: Instant) -> bool {
-    let Some(revision) = desired.revision.clone() else { return false };
-    if memory.rollouts.revision().as_deref() == Some(revision.as_str()) {
-        return false;
-    }
-    let Some(base) = memory.rollouts.previous().or_else(|| memory.last_good.clone()) else {
-        return false;
-    };
-    if base.revision.as_deref() == Some(revision.as_str()) {
-        return false;
-    }
-    let rolling = rollout::rolling(&base, desired);
-    if rolling.is_empty() {
-        memory.rollouts.cancel();
-        return false;
-    }
-    memory.journal.rollout(&revision, base.revision.as_deref().unwrap_or_default());
-    memory.rollouts.start(&revision, base, rolling, &BTreeMap::new(), now);
-    true
-}
-
-/// After a restart: a rollout the data plane records (`recorded`) goes on from its step, from
-/// the revision the journal says it started from; without that one, the next run finishes it
-/// at once (the maps then hold what the commit describes).
-pub(super) fn resume_rollout(memory: &mut Memory, recorded: &BTreeMap<String, Blend>) {
-    if recorded.is_empty() {
-        return;
-    }
-    let Some(good) = memory.last_good.clone() else { return };
-    let Some(revision) = good.revision.clone() else { return };
-    let from = memory.journal.rolled_out_from(&revision).map(str::to_owned);
-    let Some(previous) = from.and_then(|p| memory.session.load_cached_at(&p).ok()) else {
-        warn!(
-            revision,
-            "a rollout was under way, from a revision no longer known: finished at once"
-        );
-        return;
-    };
-    let rolling = rollout::rolling(&previous, &good);
-    memory.rollouts.start(&revision, previous, rolling, recorded, Instant::now());
-}
-
-/// Undoes an aborted rollout: the revision before applied again, the one rolled out recorded
-/// as failed (not tried again until a new commit). Trouble leaves the abort to try again.
-pub(super) fn undo(config: &Config, memory: &mut Memory, aborted: Aborted) -> Outcome {
-    memory.overlay.blends.clear();
-    let health = Some(memory.overlay.clone());
-    let options = PlanOptions { health, ..PlanOptions::refresh(true) };
-    let previous = &aborted.previous;
-    let applied = memory.session.plan(previous, options).and_then(|plan| {
-        let report = memory.session.apply(&plan, Some(previous), apply_options(config))?;
-        Ok((Box::new(plan), report))
-    });
-    match applied {
-        Ok((plan, report)) => {
-            memory.last_good = Some(aborted.previous.clone());
-            memory.failed_revision = Some(aborted.revision.clone());
-            memory.journal.failed(Failure {
-                revision: aborted.revision.clone(),
-                error: format!("rollout aborted: {}", aborted.reason),
-                diagnostics: Vec::new(),
-                at: clock::now_rfc3339(),
-            });
-            Outcome::RolledBack { plan, report, revision: aborted.revision, reason: aborted.reason }
-        }
-        Err(e) => {
-            memory.rollouts.retry(aborted);
-            Outcome::Transient { error: e.into() }
-        }
-    }
-}
-
 /// Plans `desired` against the live maps and applies it when [`decide::decide`] says so.
 fn plan_and_apply(
     config: &Config,
@@ -433,7 +335,7 @@ pub(super) fn overlay(config: &Config, memory: &mut Memory) -> Option<Outcome> {
         return Some(Outcome::Transient { error });
     }
     if let Some(aborted) = memory.rollouts.take_aborted() {
-        return Some(undo(config, memory, aborted));
+        return Some(overlaid::undo(config, memory, aborted));
     }
     let good = last_good(config, memory)?.clone();
     let health = Some(memory.overlay.clone());
