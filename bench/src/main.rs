@@ -122,7 +122,7 @@ fn main() -> Result<()> {
     let flap = if wanted("flap") { flap::run(quick)? } else { json!(null) };
     let scrape = if wanted("scrape") { scrape::run(quick)? } else { json!(null) };
     let largest = if wanted("largest") { largest::run(quick)? } else { json!(null) };
-    let outliers = if wanted("outliers") { outliers::run()? } else { json!(null) };
+    let outliers = if wanted("outliers") { outliers::run(quick)? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
