@@ -200,6 +200,45 @@ pub async fn run(ramps: Arc<Ramps>, changed: Arc<dyn Fn() + Send + Sync>) {
 mod tests {
     use super::*;
 
+    /// `web` with slow start and `backends` (address, state).
+    fn desired(backends: &[(&str, &str)]) -> Desired {
+        let listed: Vec<String> =
+            backends.iter().map(|(a, s)| format!("{{address: {a}, state: {s}}}")).collect();
+        let text = format!(
+            "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\n\
+             spec:\n  vip: 10.96.0.10\n  ports: [{{name: http, port: 80}}]\n  \
+             slowStart: {{windowSeconds: 60}}\n  backends: [{}]\n",
+            listed.join(", ")
+        );
+        let doc = reconciler_core::load::parse(&text).unwrap().remove(0);
+        let service = serde_json::from_value(doc.value).unwrap();
+        Desired {
+            revision: None,
+            source: String::new(),
+            services: vec![std::sync::Arc::new(service)],
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn new_backends_and_those_back_from_maintenance_or_draining_join() {
+        let before = desired(&[
+            ("10.1.0.1", "active"),
+            ("10.1.0.2", "maintenance"),
+            ("10.1.0.3", "draining"),
+        ]);
+        let after = desired(&[
+            ("10.1.0.1", "active"),
+            ("10.1.0.2", "active"),
+            ("10.1.0.3", "active"),
+            ("10.1.0.4", "active"),
+        ]);
+        let back: Vec<String> =
+            joined(&before, &after).iter().map(|(_, a)| a.to_string()).collect();
+        assert_eq!(back, ["10.1.0.2:80", "10.1.0.3:80", "10.1.0.4:80"]);
+        assert!(joined(&after, &after).is_empty());
+    }
+
     #[test]
     fn a_ramp_starts_at_five_percent_and_grows_in_steps_to_the_end_of_its_window() {
         let window = Duration::from_secs(60);
