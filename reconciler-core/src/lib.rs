@@ -16,6 +16,7 @@ pub mod node;
 pub mod plan;
 pub mod private_dir;
 pub mod ramp;
+pub mod selector;
 pub mod source;
 pub mod state;
 pub mod validate;

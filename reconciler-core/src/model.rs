@@ -44,6 +44,9 @@ pub struct ServiceSpec {
     pub slow_start: Option<SlowStart>,
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// The nodes the service is on; none: every node.
+    #[serde(default)]
+    pub node_selector: Option<crate::selector::NodeSelector>,
     /// Another service whose healthy backends take the connects while no backend of this one
     /// is healthy.
     #[serde(default)]

@@ -17,3 +17,13 @@ pub fn local_addresses(allowed: &[IpAddr]) -> std::io::Result<Vec<LocalAddress>>
         .filter(|l| !allowed.iter().any(|a| a.to_canonical() == l.address))
         .collect())
 }
+
+/// This host's name (the kernel's), or `localhost` if it cannot be read: a node's name by
+/// default.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

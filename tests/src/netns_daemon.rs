@@ -27,6 +27,16 @@ impl Daemon {
 
     /// The daemon reading `url`, with `source` lines added to its `source` settings.
     pub fn start_with(sandbox: &Sandbox, url: &str, source: &str) -> Result<Daemon> {
+        Daemon::start_configured(sandbox, url, source, "")
+    }
+
+    /// [`start_with`](Self::start_with), with `top` lines added at the top level.
+    pub fn start_configured(
+        sandbox: &Sandbox,
+        url: &str,
+        source: &str,
+        top: &str,
+    ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let listen = "127.0.0.1:9469".to_owned();
         let config = format!(
@@ -37,7 +47,8 @@ impl Daemon {
             sandbox.cgroup().display(),
             sandbox.pin_path().display()
         );
-        std::fs::write(dir.path().join("node.yaml"), config)?;
+        std::fs::write(dir.path().join("base.yaml"), &config)?;
+        std::fs::write(dir.path().join("node.yaml"), format!("{config}{top}"))?;
         let child = spawn(sandbox, dir.path())?;
         let daemon = Daemon { child, listen, dir };
         daemon.wait_ready(sandbox)?;
@@ -60,6 +71,17 @@ impl Daemon {
             matches!(ready, Ok(200)).then_some(())
         })
         .with_context(|| self.log())
+    }
+
+    /// Rewrites the configuration with `top` lines added to the one it started with, and
+    /// sends SIGHUP, as an operator does.
+    pub fn reconfigure(&self, top: &str) -> Result<()> {
+        let base = std::fs::read_to_string(self.dir.path().join("base.yaml"))?;
+        std::fs::write(self.dir.path().join("node.yaml"), format!("{base}{top}"))?;
+        // SAFETY: kill(2) of the daemon this test started, by its PID.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
+        anyhow::ensure!(sent == 0, "SIGHUP: {}", std::io::Error::last_os_error());
+        Ok(())
     }
 
     /// Asks for a run (`POST /reconcile`), as a webhook does.

@@ -109,6 +109,9 @@ pub struct PlanContext {
     /// What the daemon would roll out step by step (`spec.rollout`), a line per service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<String>,
+    /// The services whose `nodeSelector` leaves the node planned for out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_on_node: Vec<String>,
 }
 
 /// The plan that turns `live` into `desired`.

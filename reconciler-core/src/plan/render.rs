@@ -104,6 +104,13 @@ fn render_notes(out: &mut String, plan: &Plan) {
             listed(plan.desired.ejected.iter().collect())
         );
     }
+    if !plan.context.not_on_node.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not on this node (nodeSelector): {}",
+            plan.context.not_on_node.join(", ")
+        );
+    }
     if !plan.context.rollouts.is_empty() {
         let _ = writeln!(
             out,

@@ -124,6 +124,7 @@ mod tests {
             health_changed: false,
             failover_held_back: Vec::new(),
             rollouts: Vec::new(),
+            not_on_node: Vec::new(),
             revision: Some("abc".into()),
             source: "test".into(),
             pin_path: "/sys/fs/bpf/x".into(),

@@ -1,6 +1,7 @@
 //! The rules of what the daemon itself does to backends, which a schema cannot say: health
-//! checks that reach the backends and never the node itself, and outlier detection, which
-//! judges TCP connections only. One function per rule, run by `rules` for each service.
+//! checks that reach the backends and never the node itself, outlier detection, which judges
+//! TCP connections only, slow start and rollouts, and which nodes a service is on. One
+//! function per rule, run by `rules` for each service.
 use std::net::IpAddr;
 
 use super::{
@@ -20,6 +21,7 @@ pub(super) fn check(located: &Located, policy: &Policy, out: &mut Vec<Diagnostic
     outlier_detection_sees_tcp(located, out);
     slow_start_ramps_random(located, out);
     rollout_steps_rise(located, out);
+    node_selector_requirements(located, out);
 }
 
 fn http_only_fields(located: &Located, out: &mut Vec<Diagnostic>) {
@@ -116,5 +118,16 @@ fn rollout_steps_rise(located: &Located, out: &mut Vec<Diagnostic>) {
             rollout.steps[i]
         );
         out.push(located.diagnostic(&format!("/spec/rollout/steps/{}", i + 1), message));
+    }
+}
+
+/// `matchExpressions` as Kubernetes takes them: values for `In`/`NotIn`, none for the others.
+fn node_selector_requirements(located: &Located, out: &mut Vec<Diagnostic>) {
+    let Some(selector) = &located.service.spec.node_selector else { return };
+    for (i, requirement) in selector.match_expressions.iter().enumerate() {
+        if let Some(problem) = requirement.problem() {
+            let pointer = format!("/spec/nodeSelector/matchExpressions/{i}/operator");
+            out.push(located.diagnostic(&pointer, problem));
+        }
     }
 }

@@ -199,6 +199,41 @@ impl SourceArgs {
     }
 }
 
+/// The node the definitions are planned for (`spec.nodeSelector`).
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This node's name (default: the host name). With it or `--node-label`, only the services
+    /// whose nodeSelector selects this node are planned; without either, every service.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// A label of this node, `KEY=VALUE` (repeatable), as the daemon's `node.labels`.
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]
+    node_labels: Vec<(String, String)>,
+}
+
+impl NodeArgs {
+    /// The node asked for, if one is.
+    pub fn node(&self) -> Option<reconciler_core::selector::Node> {
+        if self.node_name.is_none() && self.node_labels.is_empty() {
+            return None;
+        }
+        let name = self.node_name.clone().unwrap_or_else(reconciler_core::node::host_name);
+        Some(reconciler_core::selector::Node {
+            name,
+            labels: self.node_labels.iter().cloned().collect(),
+        })
+    }
+}
+
+/// `KEY=VALUE`.
+fn label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("`{text}` has no key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 /// What `plan` and `apply` read and change: the definitions, the data plane, the rules.
 #[derive(Args, Clone, Debug)]
 pub struct ReconcileArgs {
@@ -208,6 +243,8 @@ pub struct ReconcileArgs {
     pub pin: PinArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Addresses of this node that may nevertheless be VIPs (comma-separated); by default a
     /// VIP equal to an address of one of the node's interfaces is refused.
     #[arg(long, value_name = "IP,...", value_delimiter = ',')]
@@ -248,7 +285,8 @@ impl ReconcileArgs {
         let (file, memo) = MemoFile::open(&spec, &self.pin.pin_path);
         let session =
             reconciler::pipeline::Session::new(spec, &self.pin.pin_path, self.node_policy()?);
-        Ok((session.with_memo(memo).with_capacity(self.capacity), file))
+        let session = session.with_memo(memo).with_capacity(self.capacity);
+        Ok((session.with_node(self.node.node()), file))
     }
 }
 

@@ -37,7 +37,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         // Two revisions, no data plane: the node's own addresses play no part.
         Some(rev) => {
             let policy = args.target.policy.policy();
-            let mut session = Session::new(spec, &args.target.pin.pin_path, policy);
+            let session = Session::new(spec, &args.target.pin.pin_path, policy);
+            let mut session = session.with_node(args.target.node.node());
             let head = invalid_to_report(session.load())?;
             let base = invalid_to_report(session.load_at(rev))?;
             pipeline::plan_between(&base, &head)?

@@ -2,6 +2,7 @@
 //! Checked against `schema/daemon-config.schema.json`, then for what a schema cannot say
 //! (durations, CIDR ranges, the listen address); every error names file, line and field.
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -14,6 +15,7 @@ use super::webhook::Secret;
 use reconciler_core::{
     capacity::Capacity,
     load,
+    selector::Node,
     source::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec},
     state::DEFAULT_PIN_PATH,
     validate::{at, parse_range, Diagnostic, Policy, Schema},
@@ -67,6 +69,9 @@ pub struct Config {
     /// `metrics.perBackend`: `/metrics` has series per backend (at 260 000 backends, tens of
     /// MB a scrape); without, per service and node only.
     pub metrics_per_backend: bool,
+    /// `node`: this node's name (default: the host name) and labels, which services'
+    /// `nodeSelector` select.
+    pub node: Node,
 }
 
 impl Config {
@@ -89,6 +94,16 @@ struct RawConfig {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    node: RawNode,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +279,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         problems,
     );
     let verify = raw.source.verify.map(|verify| read_keys(verify, problems));
+    let node = node(raw.node, problems);
     let webhook_secret = raw.webhook.and_then(|webhook| {
         problems.check("/webhook/secretFile", Secret::read(&webhook.secret_file))
     });
@@ -289,7 +305,44 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         drift: raw.drift,
         webhook_secret,
         metrics_per_backend: raw.metrics.per_backend,
+        node,
     }
+}
+
+/// `node`, with `${VAR}` in its name and label values taken from the environment (a
+/// DaemonSet's downward API sets `NODE_NAME`); the name defaults to the host name.
+fn node(raw: RawNode, problems: &mut Problems) -> Node {
+    let name = match raw.name {
+        Some(name) => problems.check("/node/name", expand(&name)).unwrap_or(name),
+        None => reconciler_core::node::host_name(),
+    };
+    let labels = raw
+        .labels
+        .into_iter()
+        .map(|(key, value)| {
+            let pointer = format!("/node/labels/{key}");
+            let expanded = problems.check(&pointer, expand(&value)).unwrap_or(value);
+            (key, expanded)
+        })
+        .collect();
+    Node { name, labels }
+}
+
+/// `text` with each `${VAR}` replaced by the environment variable's value.
+fn expand(text: &str) -> Result<String, FieldError> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| FieldError::Unclosed(text.to_owned()))?;
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| FieldError::Unset(var.to_owned()))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The duration at `pointer`, if it is given: at least 100ms; else `default`.
@@ -327,6 +380,10 @@ enum FieldError {
     Listen(String),
     #[error("`{0}` is not an IPv4 or IPv6 address")]
     LocalVip(String),
+    #[error("the environment variable {0} is not set")]
+    Unset(String),
+    #[error("`{0}` has a `${{` without its `}}`")]
+    Unclosed(String),
 }
 
 /// Each of the list `texts` (at `pointer`) parsed; the ones that do not parse are problems.
@@ -563,5 +620,21 @@ drift: heal
             let found = errors(&interval(text));
             assert!(found[0].contains("does not match"), "{text}: {found:?}");
         }
+    }
+
+    #[test]
+    fn the_node_takes_its_name_and_labels_from_the_environment_or_says_what_is_missing() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let text = "source: {url: /srv/repo}\nnode:\n  name: n-${HOME}\n  labels: {zone: a}\n";
+        let config = parse("node.yaml", text).unwrap();
+        assert_eq!(config.node.name, format!("n-{home}"));
+        assert_eq!(config.node.labels.get("zone").map(String::as_str), Some("a"));
+        let default = parse("node.yaml", "source: {url: /srv/repo}\n").unwrap();
+        assert_eq!(default.node.name, reconciler_core::node::host_name());
+        let unset =
+            "source: {url: /srv/repo}\nnode:\n  labels: {zone: \"${RECONCILER_UNSET_9}\"}\n";
+        let errors = parse("node.yaml", unset).unwrap_err();
+        let text = errors[0].to_string();
+        assert!(text.contains("node.labels.zone") && text.contains("RECONCILER_UNSET_9"), "{text}");
     }
 }

@@ -171,9 +171,12 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
                 health_after = Instant::now() + HEALTH_BATCH;
             }
             Woken::Reload => {
-                reload(config_file, &shared, &mut config, &mut memory);
-                if let Some(fetching) = fetching.as_mut() {
-                    fetching.stale = true;
+                let reloaded = reload(config_file, &shared, &mut config, &mut memory);
+                match fetching.as_mut() {
+                    Some(fetching) => fetching.stale = true,
+                    // A run with it at once: new node labels, say, select other services.
+                    None if reloaded => fetching = Some(start_fetch(&shared, &memory, true)),
+                    None => {}
                 }
             }
             Woken::Stop => break,
@@ -413,10 +416,15 @@ async fn wait(
 
 /// SIGHUP: reads `config_file` again and takes what it says, or keeps the running
 /// configuration, saying why.
-fn reload(config_file: &Path, shared: &Shared, config: &mut Arc<Config>, memory: &mut Memory) {
+fn reload(
+    config_file: &Path,
+    shared: &Shared,
+    config: &mut Arc<Config>,
+    memory: &mut Memory,
+) -> bool {
     let Some(new) = read_config(config_file) else {
         warn!("configuration not reloaded; keeping the running one");
-        return;
+        return false;
     };
     // Moving the data plane would leave the old one attached, and running first: refused
     // whole, never half-applied.
@@ -428,16 +436,18 @@ fn reload(config_file: &Path, shared: &Shared, config: &mut Arc<Config>, memory:
              changed, which takes a restart; to move the data plane, stop the \
              daemon, run `reconciler uninstall --pin-path OLD`, then start it again"
         );
-        return;
+        return false;
     }
     if new.listen != config.listen {
         warn!(listen = %new.listen, "a new listen address takes effect on restart");
     }
     shared.status().drift = new.drift;
+    shared.status().node = Some(new.node.clone());
     shared.set_webhook_secret(new.webhook_secret.clone());
     memory.reload(config, &new);
     *config = Arc::new(new);
     info!("configuration reloaded");
+    true
 }
 
 /// Raises the soft limit of open files to the hard one: every HTTP client holds a descriptor

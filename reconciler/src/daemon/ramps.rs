@@ -216,6 +216,7 @@ mod tests {
             revision: None,
             source: String::new(),
             services: vec![std::sync::Arc::new(service)],
+            elsewhere: Vec::new(),
             tree: None,
         }
     }

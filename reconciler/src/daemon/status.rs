@@ -85,6 +85,9 @@ pub struct DaemonStatus {
     /// commits; health changes are applied meanwhile.
     #[serde(default)]
     pub fetching_since: Option<String>,
+    /// This node, as services' `nodeSelector` see it.
+    #[serde(default)]
+    pub node: Option<reconciler_core::selector::Node>,
     /// A run was asked for (`POST /reconcile`, a health transition) and has not started:
     /// however many ask meanwhile, it is one run.
     #[serde(default)]
@@ -143,6 +146,7 @@ impl Shared {
                 format_version: 1,
                 source: describe(&config.source_spec()),
                 drift: config.drift,
+                node: Some(config.node.clone()),
                 ..DaemonStatus::default()
             }),
             metrics: Metrics::for_dataplane(config.pin_path.clone(), config.metrics_per_backend),

@@ -99,6 +99,7 @@ pub(super) fn plan(
         health_changed: false,
         failover_held_back: Vec::new(),
         rollouts: rollout_notes(&desired.services, &record.state),
+        not_on_node: desired.elsewhere.clone(),
     };
     let mut plan = make_plan(context, &before, after);
     plan.touched = Some(before);

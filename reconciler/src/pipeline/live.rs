@@ -192,6 +192,7 @@ fn plan_from_live(
             || compiled.blends != live_state.blends,
         failover_held_back,
         rollouts: rollout_notes(&desired.services, live_state),
+        not_on_node: desired.elsewhere.clone(),
     };
     Ok(make_plan(context, live_state, compiled))
 }

@@ -105,7 +105,10 @@ pub struct Desired {
     pub revision: Option<String>,
     /// Where they came from, for people (`git://host/repo.git@main`, a directory).
     pub source: String,
+    /// The services on this node (all of them without a node: see `Session::with_node`).
     pub services: Vec<Arc<Service>>,
+    /// The names of the services whose `nodeSelector` leaves this node out.
+    pub elsewhere: Vec<String>,
     /// For a git source: where the files are and which blob each is, for the incremental
     /// path.
     pub tree: Option<Tree>,
@@ -172,6 +175,7 @@ pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
         health_changed: false,
         failover_held_back: Vec::new(),
         rollouts: rollout_notes(&head.services, &base_state),
+        not_on_node: head.elsewhere.clone(),
     };
     Ok(make_plan(context, &base_state, head_state))
 }

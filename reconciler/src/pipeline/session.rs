@@ -12,6 +12,7 @@ use crate::memo::Memo;
 use reconciler_core::capacity::Capacity;
 use reconciler_core::{
     model::Service,
+    selector::Node,
     source::{self, GitSpec, Snapshot, SourceSpec},
     validate::{validate, validate_reusing, Policy},
 };
@@ -23,6 +24,9 @@ pub struct Session {
     pub(super) spec: SourceSpec,
     pub(super) pin_path: PathBuf,
     policy: Policy,
+    /// The node the definitions are for: only the services its labels select are planned
+    /// (`None`: every service).
+    node: Option<Node>,
     pub(super) memo: Memo,
     /// The capacity asked for (`dataplane.capacity`, `--capacity`): a first install's; an
     /// installed data plane must have it. `None`: the installed one, or the default.
@@ -37,6 +41,7 @@ impl Session {
             spec,
             pin_path: pin_path.into(),
             policy,
+            node: None,
             memo: Memo::default(),
             #[cfg(feature = "dataplane")]
             capacity: None,
@@ -47,6 +52,20 @@ impl Session {
     #[cfg(feature = "dataplane")]
     pub fn with_capacity(self, capacity: Option<Capacity>) -> Session {
         Session { capacity, ..self }
+    }
+
+    /// The session for `node` (see [`Session`]'s field).
+    pub fn with_node(self, node: Option<Node>) -> Session {
+        Session { node, ..self }
+    }
+
+    /// The node from now on (the daemon's labels after a reload); the memo's record is
+    /// dropped, so the next plan reads every entry.
+    pub fn set_node(&mut self, node: Option<Node>) {
+        if node != self.node {
+            self.node = node;
+            self.memo.record = None;
+        }
     }
 
     /// The session, reusing `memo` (parses by blob, the record of the maps).
@@ -124,11 +143,14 @@ impl Session {
         self.memo.changed |= !by_path.is_empty();
         let parsed = by_path.into_values().map(|(blob, services)| (blob.clone(), services));
         self.memo.parsed.extend(parsed);
+        let services = located.into_iter().map(|l| l.service).collect();
+        let (services, elsewhere) = on_node(services, self.node.as_ref());
         Ok(Desired {
             tree: Tree::of(&self.spec, &snapshot),
             revision: snapshot.revision,
             source: self.source(),
-            services: located.into_iter().map(|l| l.service).collect(),
+            services,
+            elsewhere,
         })
     }
 
@@ -142,7 +164,7 @@ impl Session {
         if let (SourceSpec::Git(git), Some(revision)) = (&self.spec, &snapshot.revision) {
             if snapshot.files.iter().any(|file| file.text.is_none()) {
                 let whole = source::snapshot_at(git, revision)?;
-                return validated(whole, self.source(), &self.policy);
+                return validated(whole, self.source(), &self.policy, self.node.as_ref());
             }
         }
         Err(Error::Invalid { revision: snapshot.revision, diagnostics })
@@ -169,19 +191,34 @@ impl Session {
             SourceSpec::Git(git) => git,
             SourceSpec::Dir(dir) => return Err(Error::NotARepository { dir: dir.clone() }),
         };
-        validated(snapshot_at(git, rev)?, format!("{} ({rev})", git.url), &self.policy)
+        let source = format!("{} ({rev})", git.url);
+        validated(snapshot_at(git, rev)?, source, &self.policy, self.node.as_ref())
     }
 }
 
-/// Validates a fetched snapshot; `source` says where it came from, for people.
-fn validated(snapshot: Snapshot, source: String, policy: &Policy) -> Result<Desired, Error> {
+/// Validates a fetched snapshot; `source` says where it came from, for people; the services
+/// for `node`.
+fn validated(
+    snapshot: Snapshot,
+    source: String,
+    policy: &Policy,
+    node: Option<&Node>,
+) -> Result<Desired, Error> {
     match validate(&snapshot, policy) {
-        Ok(located) => Ok(Desired {
-            revision: snapshot.revision,
-            source,
-            services: located.into_iter().map(|l| l.service).collect(),
-            tree: None,
-        }),
+        Ok(located) => {
+            let services = located.into_iter().map(|l| l.service).collect();
+            let (services, elsewhere) = on_node(services, node);
+            Ok(Desired { revision: snapshot.revision, source, services, elsewhere, tree: None })
+        }
         Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
     }
+}
+
+/// Of `services`, those on `node` (all without one), and the names of the others.
+fn on_node(services: Vec<Arc<Service>>, node: Option<&Node>) -> (Vec<Arc<Service>>, Vec<String>) {
+    let Some(node) = node else { return (services, Vec::new()) };
+    let (on, off): (Vec<_>, Vec<_>) = services.into_iter().partition(|service| {
+        service.spec.node_selector.as_ref().is_none_or(|s| s.selects(&node.labels))
+    });
+    (on, off.into_iter().map(|s| s.metadata.name.clone()).collect())
 }

@@ -93,6 +93,7 @@ impl Memory {
 fn session(config: &Config) -> Session {
     Session::new(config.source_spec(), &config.pin_path, config.policy.clone())
         .with_capacity(config.capacity)
+        .with_node(Some(config.node.clone()))
 }
 
 /// One run with what a fetch returned: what happened to the fetched commit, then (while it
