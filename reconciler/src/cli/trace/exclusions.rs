@@ -20,7 +20,8 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct ExclusionChange {
     pub service: String,
     pub backend: SocketAddr,
-    /// `ejected` (outlier detection), `excluded` (its health check fails) or `restored`.
+    /// `ejected` (outlier detection), `excluded` (its health check fails), `ramping` (slow
+    /// start: it joined) or `restored` (back in, or at its full weight).
     pub event: &'static str,
     /// For `ejected`: the service's connects to it that had failed in a row.
     pub failures: Option<u64>,
@@ -63,11 +64,18 @@ impl Exclusions {
             let service = state.names.get(&service_id).cloned().unwrap_or_default();
             changes.push(ExclusionChange { service, backend, event, failures });
         };
+        let kind = |value: Option<&u32>| value.map(|v| exclusion::kind(*v).0);
         for (pair, why) in &now {
-            if self.last.get(pair) == Some(why) {
+            // A ramp's steps are not news; its start is.
+            if self.last.get(pair) == Some(why)
+                || kind(Some(why)) == Some(exclusion::RAMP)
+                    && kind(self.last.get(pair)) == Some(exclusion::RAMP)
+            {
                 continue;
             }
-            if *why == exclusion::EJECTED {
+            if exclusion::kind(*why).0 == exclusion::RAMP {
+                change(pair, "ramping", None);
+            } else if *why == exclusion::EJECTED {
                 let flows = id_of(pair.0, pair.1).and_then(|id| dataplane.backend_flows([id]).ok());
                 let failures =
                     flows.and_then(|f| f.into_values().next()).map(|f| f.consecutive_failures);

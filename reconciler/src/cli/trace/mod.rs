@@ -133,6 +133,7 @@ fn print_exclusion(output: &Output, change: &ExclusionChange) -> anyhow::Result<
                     format!(": outlier detection, {failures} connects failed in a row")
                 }
                 ("excluded", _) => ": its health check fails".to_owned(),
+                ("ramping", _) => ": slow start, it joined".to_owned(),
                 _ => String::new(),
             };
             format!("{time} {} {} {}{why}", change.service, change.backend, change.event)

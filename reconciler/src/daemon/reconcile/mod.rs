@@ -76,7 +76,12 @@ impl Memory {
         if new.source != old.source {
             self.journal = Memory::new(new).journal;
         }
-        self.session = session(new).with_memo(self.session.take_memo());
+        let mut memo = self.session.take_memo();
+        // Other labels select other services: what the memo records of the maps is no base.
+        if new.node != old.node {
+            memo.record = None;
+        }
+        self.session = session(new).with_memo(memo);
         self.failed_revision = None;
         self.last_good = None;
         self.journal.clear();
