@@ -107,12 +107,14 @@ pub fn compile<S: Borrow<Service>>(
 
 /// The map state of some of the services of `live`, the others staying as they are there:
 /// so their new IDs are ones no service of `live` uses, whatever the capacity; the caller
-/// checks them (no exclusions, no fallback given way).
+/// checks them (no exclusions, no fallback given way), for a node in `zone`.
 pub fn compile_part<S: Borrow<Service>>(
     services: &[S],
     live: &MapState,
+    zone: Option<&str>,
 ) -> Result<MapState, CompileError> {
-    Ok(compile_services(services, live, &Overlay::default(), &BTreeSet::new())?.0)
+    let overlay = Overlay { zone: zone.map(str::to_owned), ..Overlay::default() };
+    Ok(compile_services(services, live, &overlay, &BTreeSet::new())?.0)
 }
 
 /// [`compile`], without the checks of the IDs and the slots of all services, for a data
@@ -258,6 +260,9 @@ impl<'a> Compiler<'a> {
         };
         let own = self.own_backends(spec, port, id);
         let (mut chosen, fell_back) = self.chosen_backends(service, port, id, &own);
+        if !fell_back {
+            self.prefer_zone(spec, port, &label, &mut chosen);
+        }
         let blend = self.overlay.blends.get(&label);
         if let Some(blend) = blend {
             let previous = self.previous_entries(id, &own, &label, blend);
@@ -386,6 +391,37 @@ impl<'a> Compiler<'a> {
             live.truncate(ended.previous.iter().map(|&(_, weight)| weight as usize).sum());
         }
         random_slots(&live, chosen)
+    }
+
+    /// `spec.topology`: of `chosen`, the node's zone's backends while at least `minBackends`
+    /// of them take clients, else all; which, noted for plans and `/status`.
+    fn prefer_zone(
+        &mut self,
+        spec: &ServiceSpec,
+        port: &Port,
+        label: &str,
+        chosen: &mut Vec<Chosen>,
+    ) {
+        let (Some(topology), Some(zone)) = (&spec.topology, self.overlay.zone.as_deref()) else {
+            return;
+        };
+        let in_zone: BTreeSet<SocketAddr> = spec
+            .backends
+            .iter()
+            .filter(|b| b.zone.as_deref() == Some(zone))
+            .map(|b| b.address_for(port))
+            .collect();
+        let local: Vec<Chosen> =
+            chosen.iter().filter(|c| in_zone.contains(&c.1)).copied().collect();
+        let note = if local.len() as u64 >= u64::from(topology.min_backends) {
+            let note = format!("zone {zone}: {} of {} backends", local.len(), chosen.len());
+            *chosen = local;
+            note
+        } else {
+            let (usable, min) = (local.len(), topology.min_backends);
+            format!("every zone: {usable} usable in zone {zone}, fewer than {min}")
+        };
+        self.desired.topology.insert(label.to_owned(), note);
     }
 
     /// The backends of `blend.previous` as backends of service `id`: its own where it lists

@@ -44,6 +44,8 @@ pub struct ServiceSpec {
     pub slow_start: Option<SlowStart>,
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    #[serde(default)]
+    pub topology: Option<Topology>,
     /// The nodes the service is on; none: every node.
     #[serde(default)]
     pub node_selector: Option<crate::selector::NodeSelector>,
@@ -130,6 +132,26 @@ pub struct Rollout {
     pub max_failure_percent: u32,
 }
 
+/// Where new connections go by zone (`spec.topology`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Topology {
+    pub mode: TopologyMode,
+    /// Usable backends in the node's zone below which every zone's take connects.
+    #[serde(default = "two")]
+    pub min_backends: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum TopologyMode {
+    /// The node's zone's backends while at least `minBackends` of them are usable.
+    PreferZone,
+}
+
+fn two() -> u32 {
+    2
+}
+
 fn rollout_steps() -> Vec<u8> {
     vec![10, 25, 50, 100]
 }
@@ -207,6 +229,9 @@ pub struct Backend {
     pub weight: u32,
     #[serde(default)]
     pub state: BackendState,
+    /// The zone it runs in, for `spec.topology`.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 impl Service {

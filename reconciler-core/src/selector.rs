@@ -11,6 +11,10 @@ pub struct Node {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its zone (`spec.topology`): its label of the zone key (`zone`, or the daemon's
+    /// `node.zoneLabel`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// `spec.nodeSelector`.

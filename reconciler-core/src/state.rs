@@ -218,6 +218,10 @@ pub struct MapState {
     /// the backends of the revision before (`HEALTH_EXCLUDED` too).
     #[serde(default)]
     pub blends: BTreeMap<String, Blend>,
+    /// The backends `spec.topology` chose, for people: by service label, which zone's (not
+    /// in the maps: the slots are what they hold).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topology: BTreeMap<String, String>,
 }
 
 /// A service's rollout in progress (the daemon's, recorded in `HEALTH_EXCLUDED`): `percent` of
@@ -244,6 +248,8 @@ pub struct Overlay {
     pub ramps: BTreeMap<Exclusion, u16>,
     /// Rollouts in progress, by service label.
     pub blends: BTreeMap<String, Blend>,
+    /// This node's zone, for `spec.topology`.
+    pub zone: Option<String>,
 }
 
 impl Overlay {
@@ -252,14 +258,14 @@ impl Overlay {
     pub fn of(failing: BTreeSet<Exclusion>, ejected: BTreeSet<Exclusion>) -> Overlay {
         let mut excluded = failing;
         excluded.extend(ejected.iter().cloned());
-        Overlay { excluded, ejected, ramps: BTreeMap::new(), blends: BTreeMap::new() }
+        Overlay { excluded, ejected, ..Overlay::default() }
     }
 
     /// The overlay `state` records, with the exclusions `excluded` instead of its own.
     pub fn recorded_in(state: &MapState, excluded: &BTreeSet<Exclusion>) -> Overlay {
         let (ejected, ramps, blends) =
             (state.ejected.clone(), state.ramps.clone(), state.blends.clone());
-        Overlay { excluded: excluded.clone(), ejected, ramps, blends }
+        Overlay { excluded: excluded.clone(), ejected, ramps, blends, zone: None }
     }
 
     /// Whether it changes nothing.
@@ -336,6 +342,7 @@ impl MapState {
             ejected: BTreeSet::new(),
             ramps: BTreeMap::new(),
             blends: BTreeMap::new(),
+            topology: BTreeMap::new(),
         }
     }
 
@@ -353,6 +360,7 @@ impl MapState {
             ejected: self.ejected.clone(),
             ramps: self.ramps.clone(),
             blends: self.blends.clone(),
+            topology: self.topology.clone(),
         }
     }
 

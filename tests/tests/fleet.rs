@@ -121,3 +121,47 @@ fn plan_against_for_a_node_class_shows_the_changes_that_reach_it() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn prefer_zone_keeps_connects_in_the_nodes_zone_while_enough_backends_there_serve() -> Result<()> {
+    let mut sandbox = Sandbox::new("fleet-zone")?;
+    for i in 11..=14 {
+        sandbox.serve_tcp(&format!("127.0.0.{i}:8080"), &format!("b{i}"))?;
+    }
+    let web =
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+               vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+               topology: {mode: PreferZone, minBackends: 2}\n  healthCheck: {intervalSeconds: 1, \
+               timeoutMillis: 500, unhealthyThreshold: 2, healthyThreshold: 1}\n  backends:\n    \
+               - {address: 127.0.0.11, zone: a}\n    - {address: 127.0.0.12, zone: a}\n    \
+               - {address: 127.0.0.13, zone: b}\n    - {address: 127.0.0.14, zone: b}\n";
+    let (_work, _served, bare) = served_repo(web)?;
+    let url = bare.display().to_string();
+    let node = "node:\n  name: edge-1\n  labels: {zone: a}\n";
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", node)?;
+    answering(&sandbox, &daemon, &["b11", "b12"])?;
+    let status = daemon.status(&sandbox)?;
+    assert_eq!(
+        status.topology.get("web/http").map(String::as_str),
+        Some("zone a: 2 of 4 backends")
+    );
+
+    // One of zone a's dies: fewer than two there, so every zone's serve.
+    sandbox.stop_server("127.0.0.12:8080")?;
+    answering(&sandbox, &daemon, &["b11", "b13", "b14"])?;
+    // It comes back: zone a again.
+    sandbox.serve_tcp("127.0.0.12:8080", "b12")?;
+    answering(&sandbox, &daemon, &["b11", "b12"])?;
+    Ok(())
+}
+
+/// Waits until connects to the test's VIP are answered by `wanted` alone, none failing.
+fn answering(sandbox: &Sandbox, daemon: &Daemon, wanted: &[&str]) -> Result<()> {
+    let wanted: BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
+    wait_for("connects answered by these backends alone", Duration::from_secs(20), || {
+        let result = sandbox.probe_tcp("10.96.0.10:80", 40).ok()?;
+        let answered: BTreeSet<String> = result.replies.into_keys().collect();
+        (result.errors.is_empty() && answered == wanted).then_some(())
+    })
+    .with_context(|| daemon.log())
+}

@@ -104,6 +104,11 @@ fn render_notes(out: &mut String, plan: &Plan) {
             listed(plan.desired.ejected.iter().collect())
         );
     }
+    if !plan.desired.topology.is_empty() {
+        let each: Vec<String> =
+            plan.desired.topology.iter().map(|(label, set)| format!("{label}: {set}")).collect();
+        let _ = writeln!(out, "Topology (PreferZone): {}", each.join("; "));
+    }
     if !plan.context.not_on_node.is_empty() {
         let _ = writeln!(
             out,

@@ -218,10 +218,11 @@ impl NodeArgs {
             return None;
         }
         let name = self.node_name.clone().unwrap_or_else(reconciler_core::node::host_name);
-        Some(reconciler_core::selector::Node {
-            name,
-            labels: self.node_labels.iter().cloned().collect(),
-        })
+        let labels: std::collections::BTreeMap<String, String> =
+            self.node_labels.iter().cloned().collect();
+        // As the daemon's default `node.zoneLabel`.
+        let zone = labels.get("zone").cloned();
+        Some(reconciler_core::selector::Node { name, labels, zone })
     }
 }
 

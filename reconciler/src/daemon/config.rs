@@ -104,6 +104,8 @@ struct RawNode {
     name: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(rename = "zoneLabel")]
+    zone_label: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -316,7 +318,7 @@ fn node(raw: RawNode, problems: &mut Problems) -> Node {
         Some(name) => problems.check("/node/name", expand(&name)).unwrap_or(name),
         None => reconciler_core::node::host_name(),
     };
-    let labels = raw
+    let labels: BTreeMap<String, String> = raw
         .labels
         .into_iter()
         .map(|(key, value)| {
@@ -325,7 +327,8 @@ fn node(raw: RawNode, problems: &mut Problems) -> Node {
             (key, expanded)
         })
         .collect();
-    Node { name, labels }
+    let zone = labels.get(raw.zone_label.as_deref().unwrap_or("zone")).cloned();
+    Node { name, labels, zone }
 }
 
 /// `text` with each `${VAR}` replaced by the environment variable's value.

@@ -217,6 +217,7 @@ mod tests {
             source: String::new(),
             services: vec![std::sync::Arc::new(service)],
             elsewhere: Vec::new(),
+            zone: None,
             tree: None,
         }
     }

@@ -143,6 +143,9 @@ fn show(
     if let Some(plan) = outcome.plan() {
         let read = if plan.touched.is_some() { "incremental" } else { "full" };
         status.last_plan = Some(read.to_owned());
+        if plan.touched.is_none() {
+            status.topology.clone_from(&plan.desired.topology);
+        }
         status.failover_held_back.clone_from(&plan.context.failover_held_back);
     }
     match outcome {

@@ -85,6 +85,9 @@ pub struct DaemonStatus {
     /// commits; health changes are applied meanwhile.
     #[serde(default)]
     pub fetching_since: Option<String>,
+    /// The backends `spec.topology` chose, by service: which zone's, as of the last plan.
+    #[serde(default)]
+    pub topology: std::collections::BTreeMap<String, String>,
     /// This node, as services' `nodeSelector` see it.
     #[serde(default)]
     pub node: Option<reconciler_core::selector::Node>,

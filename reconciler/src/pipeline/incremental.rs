@@ -70,7 +70,7 @@ pub(super) fn plan(
         .cloned()
         .collect();
     let before = record.state.of_services(&touched);
-    let after = compile_part(&services, &record.state)?;
+    let after = compile_part(&services, &record.state, desired.zone.as_deref())?;
     // A VIP the touched services give up may still be another service's: only the full
     // path, which sees every service, may delete it from `VIPS`.
     if !before.vips().is_subset(&after.vips()) {

@@ -168,16 +168,13 @@ fn plan_from_live(
 ) -> Result<Plan, Error> {
     let empty = MapState::default();
     let live_state = live.as_ref().map_or(&empty, |l| &l.state);
-    let recorded;
-    let overlay = match health {
-        Some(overlay) => overlay,
-        None => {
-            recorded = Overlay::recorded_in(live_state, &live_state.health_excluded);
-            &recorded
-        }
+    let mut overlay = match health {
+        Some(overlay) => overlay.clone(),
+        None => Overlay::recorded_in(live_state, &live_state.health_excluded),
     };
+    overlay.zone.clone_from(&desired.zone);
     let (compiled, failover_held_back) =
-        compile_within(&desired.services, live_state, overlay, capacity)?;
+        compile_within(&desired.services, live_state, &overlay, capacity)?;
     let context = PlanContext {
         revision: desired.revision.clone(),
         source: desired.source.clone(),

@@ -109,6 +109,8 @@ pub struct Desired {
     pub services: Vec<Arc<Service>>,
     /// The names of the services whose `nodeSelector` leaves this node out.
     pub elsewhere: Vec<String>,
+    /// This node's zone, for `spec.topology`.
+    pub zone: Option<String>,
     /// For a git source: where the files are and which blob each is, for the incremental
     /// path.
     pub tree: Option<Tree>,

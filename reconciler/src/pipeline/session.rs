@@ -151,6 +151,7 @@ impl Session {
             source: self.source(),
             services,
             elsewhere,
+            zone: self.node.as_ref().and_then(|n| n.zone.clone()),
         })
     }
 
@@ -208,7 +209,9 @@ fn validated(
         Ok(located) => {
             let services = located.into_iter().map(|l| l.service).collect();
             let (services, elsewhere) = on_node(services, node);
-            Ok(Desired { revision: snapshot.revision, source, services, elsewhere, tree: None })
+            let zone = node.and_then(|n| n.zone.clone());
+            let revision = snapshot.revision;
+            Ok(Desired { revision, source, services, elsewhere, zone, tree: None })
         }
         Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
     }

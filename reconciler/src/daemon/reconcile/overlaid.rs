@@ -28,7 +28,7 @@ enum Rolling {
     /// started from: the maps hold part of it still), each service at its first step or the
     /// step `carried` from the rollout under way where its change is the same.
     Start {
-        base: Desired,
+        base: Box<Desired>,
         changes: BTreeMap<String, rollout::Change>,
         carried: BTreeMap<String, Blend>,
     },
@@ -61,7 +61,7 @@ pub(super) fn with_overlay(
         match rolling {
             Rolling::Start { base, changes, carried } if !plan.desired.blends.is_empty() => {
                 memory.journal.rollout(&revision, base.revision.as_deref().unwrap_or_default());
-                memory.rollouts.start(&revision, base, changes, &carried, now);
+                memory.rollouts.start(&revision, *base, changes, &carried, now);
             }
             Rolling::Start { .. } => {
                 warn!(revision, "rollout skipped: its blend would not fit the data plane's capacity; applied at once");
@@ -92,7 +92,7 @@ fn rolling(memory: &Memory, desired: &Desired) -> Rolling {
         (true, false) => Rolling::Keep,
         (false, _) => {
             let carried = memory.rollouts.carried(&changes);
-            Rolling::Start { base, changes, carried }
+            Rolling::Start { base: Box::new(base), changes, carried }
         }
     }
 }
