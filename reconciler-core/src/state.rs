@@ -219,8 +219,9 @@ pub struct MapState {
     #[serde(default)]
     pub blends: BTreeMap<String, Blend>,
     /// The backends `spec.topology` chose, for people: by service label, which zone's (not
-    /// in the maps: the slots are what they hold).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// in the maps, whose slots are what they hold; not kept in memos or saved plans, whose
+    /// binary form has no room for a field left out).
+    #[serde(skip)]
     pub topology: BTreeMap<String, String>,
 }
 
