@@ -85,6 +85,10 @@ fn a_node_installs_the_services_its_labels_select_and_follows_a_label_change() -
     .with_context(|| daemon.log())?;
     let reached = sandbox.probe_tcp("10.96.0.20:80", 5)?;
     assert_eq!(reached.replies.get("b21"), Some(&5), "{reached:?}");
+    // Who the node is, for a fleet's view from Prometheus.
+    let metrics = daemon.get(&sandbox, "/metrics")?;
+    assert!(metrics.contains("reconciler_node_info{node=\"edge-1\",zone=\"b\"} 1"), "{metrics}");
+    assert!(metrics.contains("reconciler_build_info{version="), "{metrics}");
     Ok(())
 }
 

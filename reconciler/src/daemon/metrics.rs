@@ -55,6 +55,10 @@ pub struct Metrics {
     ejections: Family<Label, Counter>,
     ejected: Family<Label, Gauge>,
     rollouts: Family<Label, Counter>,
+    /// `reconciler_node_info` and `reconciler_node_label`: who this node is, for a fleet's
+    /// view from Prometheus.
+    node: Family<Label, Gauge>,
+    node_labels: Family<Label, Gauge>,
     webhook_requests: Family<Label, Counter>,
     /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
     per_backend: bool,
@@ -91,6 +95,8 @@ impl Default for Metrics {
             ejections: Family::default(),
             ejected: Family::default(),
             rollouts: Family::default(),
+            node: Family::default(),
+            node_labels: Family::default(),
             webhook_requests: Family::default(),
             per_backend: true,
         };
@@ -106,7 +112,28 @@ impl Default for Metrics {
 impl Metrics {
     /// What the runs did: how many, how long, what they applied.
     fn register_runs(&mut self) {
+        let build: Family<Label, Gauge> = Family::default();
+        let version = vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("layout", reconciler_common::LAYOUT_VERSION.to_string()),
+        ];
+        build.get_or_create(&version).set(1);
         let registry = &mut self.registry;
+        registry.register(
+            "reconciler_build_info",
+            "This build: its version and the data plane layout it installs (1)",
+            build,
+        );
+        registry.register(
+            "reconciler_node_info",
+            "This node: its name and zone (1), as services' nodeSelector and topology see it",
+            self.node.clone(),
+        );
+        registry.register(
+            "reconciler_node_label",
+            "Each label of this node (1): key and value",
+            self.node_labels.clone(),
+        );
         // Counters are registered without `_total`; the encoder appends it.
         registry.register(
             "reconciler_reconcile",
@@ -255,6 +282,23 @@ impl Metrics {
                 ];
                 self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
             }
+        }
+    }
+
+    /// Sets `reconciler_node_info` and `reconciler_node_label` to `node`.
+    pub fn node_info(&self, node: &reconciler_core::selector::Node) {
+        self.node.clear();
+        self.node_labels.clear();
+        let zone = node.zone.clone().unwrap_or_default();
+        let name = label_value(&node.name);
+        self.node.get_or_create(&vec![("node", name.clone()), ("zone", label_value(&zone))]).set(1);
+        for (key, value) in &node.labels {
+            let labels = vec![
+                ("node", name.clone()),
+                ("key", label_value(key)),
+                ("value", label_value(value)),
+            ];
+            self.node_labels.get_or_create(&labels).set(1);
         }
     }
 
@@ -585,6 +629,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("reconciler_map_writes_total 9\n"));
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!("reconciler_build_info{{version=\"{version}\",layout=")));
+        let labels = [("zone".to_owned(), "a".to_owned())].into();
+        let node = reconciler_core::selector::Node {
+            name: "edge-1".into(),
+            labels,
+            zone: Some("a".into()),
+        };
+        metrics.node_info(&node);
+        let (_, text) = page(false);
+        assert!(text.contains("reconciler_node_info{node=\"edge-1\",zone=\"a\"} 1\n"), "{text}");
+        assert!(
+            text.contains("reconciler_node_label{node=\"edge-1\",key=\"zone\",value=\"a\"} 1\n")
+        );
         assert!(text.contains("process_resident_memory_bytes "));
         assert!(text.contains("process_open_fds "));
         assert!(text.contains("process_cpu_seconds_total "));

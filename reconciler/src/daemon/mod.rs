@@ -117,6 +117,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
     })?;
     let shared = Arc::new(Shared::new(&config));
+    shared.metrics().node_info(&config.node);
     check_socket_destroy(&shared);
     start_tasks(&shared, &config, listener);
     let mut signals = Signals {
@@ -443,6 +444,7 @@ fn reload(
     }
     shared.status().drift = new.drift;
     shared.status().node = Some(new.node.clone());
+    shared.metrics().node_info(&new.node);
     shared.set_webhook_secret(new.webhook_secret.clone());
     memory.reload(config, &new);
     *config = Arc::new(new);
