@@ -244,6 +244,12 @@ impl Service {
 }
 
 impl Backend {
+    /// Whether it takes new clients by itself: active, with a weight (the daemon's ramps,
+    /// rollouts and ejections judge these).
+    pub fn takes_clients(&self) -> bool {
+        self.state == BackendState::Active && self.weight > 0
+    }
+
     /// Where this backend is reached for `port`: its address, and its own port, else the
     /// port's `targetPort`, else the port itself.
     pub fn address_for(&self, port: &Port) -> std::net::SocketAddr {

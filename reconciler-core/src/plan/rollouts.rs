@@ -25,7 +25,7 @@ pub fn rollout_notes<S: Borrow<Service>>(services: &[S], live: &MapState) -> Vec
                 .spec
                 .backends
                 .iter()
-                .filter(|b| b.state == BackendState::Active && b.weight > 0)
+                .filter(|b| b.takes_clients())
                 .map(|b| b.address_for(port))
                 .collect();
             if before.is_empty() || before == after {

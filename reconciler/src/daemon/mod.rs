@@ -62,9 +62,7 @@ use status::Shared;
 
 /// What the health checks and outlier detection take out now.
 fn overlay_out(shared: &Shared) -> BTreeSet<Exclusion> {
-    let mut out = shared.health.excluded();
-    out.extend(shared.outliers.excluded());
-    out
+    Overlay::of(shared.health.excluded(), shared.outliers.excluded()).excluded
 }
 
 /// What the health checks and outlier detection take out now, and the ramps of slow start:
@@ -490,4 +488,10 @@ fn read_config(config_file: &Path) -> Option<Config> {
             None
         }
     }
+}
+
+/// `mutex`'s guard, even if a thread panicked holding it: the daemon's shared state is
+/// bookkeeping that stays usable (a panic is a bug, reported as such elsewhere).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

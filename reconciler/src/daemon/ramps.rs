@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{clock, pipeline::Desired};
 use reconciler_core::{
     ramp::{Permille, SCALE},
-    state::{Algorithm, BackendState, Exclusion},
+    state::{Algorithm, Exclusion},
 };
 
 /// A backend ramping up, for `/status`.
@@ -49,7 +49,7 @@ pub struct Ramps {
 
 impl Ramps {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.inner)
     }
 
     /// Sets the services with slow start from `desired`; ramps of others end.
@@ -162,11 +162,7 @@ fn taking_clients(desired: &Desired) -> BTreeSet<Exclusion> {
     let mut pairs = BTreeSet::new();
     for service in desired.services.iter().filter(|s| s.spec.slow_start.is_some()) {
         for port in &service.spec.ports {
-            let active = service
-                .spec
-                .backends
-                .iter()
-                .filter(|b| b.state == BackendState::Active && b.weight > 0);
+            let active = service.spec.backends.iter().filter(|b| b.takes_clients());
             pairs.extend(active.map(|b| (service.label(port), b.address_for(port))));
         }
     }

@@ -12,10 +12,11 @@
 mod probe;
 mod targets;
 
+use super::lock;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -66,12 +67,6 @@ type Wanted = BTreeMap<TargetKey, (HealthCheck, BTreeSet<Exclusion>)>;
 pub struct Health {
     targets: Mutex<Targets>,
     log: Mutex<LogBudget>,
-}
-
-/// A mutex's guard, even if a thread panicked holding it (what these locks guard is changed
-/// by whole steps that do not panic midway).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Health {

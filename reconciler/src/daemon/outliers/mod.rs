@@ -16,11 +16,12 @@
 //! each service at its interval) and shares what it found.
 mod verdicts;
 
+use super::lock;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::{clock, pipeline::Desired};
 use reconciler_core::{
     model::OutlierDetection,
-    state::{BackendState, Exclusion, Protocol},
+    state::{Exclusion, Protocol},
 };
 pub use verdicts::Change;
 use verdicts::{Outliers, Seen};
@@ -74,10 +75,6 @@ pub struct Watch {
     seeded: Mutex<BTreeSet<Exclusion>>,
     /// Every backend ejected since the start, by (service, backend).
     reports: Mutex<BTreeMap<Exclusion, Ejection>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Watch {
@@ -205,12 +202,7 @@ fn rules_of(desired: &Desired) -> BTreeMap<String, Rule> {
         let Some(detection) = &service.spec.outlier_detection else { continue };
         let ports = &service.spec.ports;
         let (tcp, udp): (Vec<_>, Vec<_>) = ports.iter().partition(|p| p.protocol == Protocol::Tcp);
-        let backends: Vec<_> = service
-            .spec
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active && b.weight > 0)
-            .collect();
+        let backends: Vec<_> = service.spec.backends.iter().filter(|b| b.takes_clients()).collect();
         for port in tcp {
             let companions = backends.iter().map(|b| {
                 let others = udp.iter().map(|u| (service.label(u), b.address_for(u))).collect();

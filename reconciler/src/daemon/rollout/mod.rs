@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{clock, pipeline::Desired};
 use reconciler_core::{
     model::Rollout as Spec,
-    state::{BackendState, Blend, Exclusion},
+    state::{Blend, Exclusion},
 };
 use steps::{Counts, Progress, Verdict};
 
@@ -136,7 +136,7 @@ pub fn rolling(before: &Desired, desired: &Desired) -> BTreeMap<String, Change> 
                     .spec
                     .backends
                     .iter()
-                    .filter(|b| b.state == BackendState::Active && b.weight > 0)
+                    .filter(|b| b.takes_clients())
                     .map(|b| (b.address_for(p), b.weight))
                     .collect();
                 set.sort();
@@ -156,7 +156,7 @@ pub fn rolling(before: &Desired, desired: &Desired) -> BTreeMap<String, Change> 
 
 impl Rollouts {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.state)
     }
 
     /// Starts rolling out `revision` over `previous` (its services `rolling`) at `now`, at
