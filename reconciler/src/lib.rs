@@ -15,3 +15,5 @@ pub mod counters;
 pub mod daemon;
 #[cfg(feature = "dataplane")]
 pub mod dataplane;
+#[cfg(feature = "dataplane")]
+pub mod fleet;

@@ -29,6 +29,7 @@ pub mod git;
 pub mod gitops;
 pub mod gpg;
 pub mod netns_daemon;
+pub mod prometheus;
 pub mod source;
 
 use anyhow::{bail, ensure, Context as _, Result};

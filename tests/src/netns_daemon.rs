@@ -13,6 +13,16 @@ use tempfile::TempDir;
 
 use crate::{git::Repo, reconciler_path, wait_for, Sandbox};
 
+/// Where a daemon runs and what it keeps: a node of a fleet keeps `node`'s data plane (its
+/// cgroup and pin path) but runs in `hub`'s network namespace, where it listens on `listen`
+/// for the fleet's Prometheus; `policy`: its `policy:` line.
+pub struct Place<'a> {
+    pub hub: &'a Sandbox,
+    pub node: &'a Sandbox,
+    pub listen: &'a str,
+    pub policy: &'a str,
+}
+
 /// The daemon, in the sandbox's namespace, reading a bare repository by path.
 pub struct Daemon {
     child: Child,
@@ -37,22 +47,31 @@ impl Daemon {
         source: &str,
         top: &str,
     ) -> Result<Daemon> {
+        let policy = "policy: {allowLocalHealthChecks: [127.0.0.0/8]}\n";
+        let at = Place { hub: sandbox, node: sandbox, listen: "127.0.0.1:9469", policy };
+        let daemon = Daemon::spawn_node(&at, url, source, top)?;
+        daemon.wait_ready(sandbox)?;
+        Ok(daemon)
+    }
+
+    /// A daemon at `at` (see [`Place`]), reading `url`, with `source` lines added to its
+    /// `source` settings and `top` lines at the top level. Not waited for: a node of a later
+    /// wave is not ready until its gate opens ([`wait_ready`](Self::wait_ready)).
+    pub fn spawn_node(at: &Place, url: &str, source: &str, top: &str) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
-        let listen = "127.0.0.1:9469".to_owned();
         let config = format!(
             "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
-             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {listen}\n\
-             policy: {{allowLocalHealthChecks: [127.0.0.0/8]}}\n",
+             dataplane:\n  cgroup: {}\n  pinPath: {}\nlisten: {}\n{}",
             dir.path().join("cache").display(),
-            sandbox.cgroup().display(),
-            sandbox.pin_path().display()
+            at.node.cgroup().display(),
+            at.node.pin_path().display(),
+            at.listen,
+            at.policy
         );
         std::fs::write(dir.path().join("base.yaml"), &config)?;
         std::fs::write(dir.path().join("node.yaml"), format!("{config}{top}"))?;
-        let child = spawn(sandbox, dir.path())?;
-        let daemon = Daemon { child, listen, dir };
-        daemon.wait_ready(sandbox)?;
-        Ok(daemon)
+        let child = spawn(at.hub, dir.path())?;
+        Ok(Daemon { child, listen: at.listen.to_owned(), dir })
     }
 
     /// Kills the daemon (SIGKILL: no chance to tidy up) and starts it again, with the same
@@ -64,7 +83,8 @@ impl Daemon {
         self.wait_ready(sandbox)
     }
 
-    fn wait_ready(&self, sandbox: &Sandbox) -> Result<()> {
+    /// Waits until `/readyz` says ready; `sandbox`: where the daemon runs.
+    pub fn wait_ready(&self, sandbox: &Sandbox) -> Result<()> {
         wait_for("the daemon to be ready", Duration::from_secs(20), || {
             let listen = self.listen.clone();
             let ready = sandbox.in_netns(move || Ok(request(&listen, "GET", "/readyz")?.0));

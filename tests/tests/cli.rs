@@ -317,6 +317,8 @@ fn the_documented_configurations_are_valid() {
     assert!(parsed.webhook_secret.is_some());
     let verify = parsed.source.verify.expect("source.verify");
     assert!(verify.signers.is_some() && verify.keyring.is_some());
+    let gate = parsed.rollout.waits().expect("rollout.gate");
+    assert_eq!((parsed.rollout.wave, gate.soak.as_secs()), (2, 600));
 
     // The ConfigMap of the DaemonSet carries a configuration too.
     let manifest =
@@ -325,8 +327,13 @@ fn the_documented_configurations_are_valid() {
     let documents = reconciler_core::load::parse(&manifest).unwrap();
     let config_map = documents.iter().find(|d| d.value["kind"] == "ConfigMap").unwrap();
     let text = config_map.value["data"]["config.yaml"].as_str().unwrap();
-    let parsed = config::parse("daemonset.yaml", text).unwrap();
+    // NODE_NAME comes from the downward API, as the DaemonSet's env says.
+    assert!(manifest.contains(
+        "- name: NODE_NAME\n              valueFrom: {fieldRef: {fieldPath: spec.nodeName}}"
+    ));
+    let parsed = config::parse("daemonset.yaml", &text.replace("${NODE_NAME}", "node-7")).unwrap();
     assert_eq!(parsed.listen.to_string(), "0.0.0.0:9469");
+    assert_eq!(parsed.node.name, "node-7");
 
     // And the README's service example is a valid service.
     let service = readme_block("## Service definitions", "apiVersion:");

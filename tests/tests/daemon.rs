@@ -14,7 +14,9 @@ use reconciler::daemon::http::{self, request};
 use reconciler_tests::{
     add_service_by_hand,
     git::{loopback_address, Daemon as GitDaemon, Repo},
-    hand_written_service_exists, reconciler_path, wait_for, Running, Sandbox, DATA_PLANE_PROGRAMS,
+    hand_written_service_exists,
+    prometheus::PrometheusServer,
+    reconciler_path, wait_for, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
 
@@ -590,52 +592,11 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
         "reconciler_backend_connections_total{backend=\"127.0.0.11:8080\"}",
         "reconciler_backend_connect_duration_seconds_count",
     ];
-    assert_eq!(scraped_by_prometheus(&world, &queries)?, [1.0, 13.0, 13.0]);
-    Ok(())
-}
-
-/// The values of `queries` in a Prometheus server (Debian's `prometheus`, which `make setup`
-/// installs) that scrapes the daemon of `world` every second, once it has them.
-fn scraped_by_prometheus(world: &World, queries: &[&str]) -> Result<Vec<f64>> {
-    let dir = tempfile::tempdir()?;
-    let config = format!(
-        "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: \
-         reconciler\n    static_configs: [{{targets: ['{}']}}]\n",
-        world.listen
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config)?;
     let listen = format!("{}:9470", world.host);
-    let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-    let _server = Running(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={listen}"))
-            .stderr(log)
-            .spawn()
-            .context("running prometheus (installed by `make setup`)")?,
-    );
-    let mut values = Vec::new();
-    for query in queries {
-        let encoded: String = query
-            .bytes()
-            .map(|b| match b.is_ascii_alphanumeric() || b == b'_' {
-                true => char::from(b).to_string(),
-                false => format!("%{b:02X}"),
-            })
-            .collect();
-        let path = format!("/api/v1/query?query={encoded}");
-        let value =
-            wait_for("Prometheus to have scraped the daemon", Duration::from_secs(30), || {
-                let (_, body) = request(&listen, "GET", &path).ok()?;
-                let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
-                answer["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()
-            });
-        values.push(value.with_context(|| {
-            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-        })?);
-    }
-    Ok(values)
+    let prometheus = PrometheusServer::start(None, &listen, &[world.listen.as_str()])?;
+    let values: Result<Vec<f64>> = queries.iter().map(|q| prometheus.value(None, q)).collect();
+    assert_eq!(values?, [1.0, 13.0, 13.0]);
+    Ok(())
 }
 
 #[test]

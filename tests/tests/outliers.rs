@@ -190,6 +190,15 @@ fn no_more_than_max_ejection_percent_are_ejected_when_every_backend_fails() -> R
     let status = daemon.status(&sandbox)?;
     assert_eq!(status.ejections.iter().filter(|e| e.ejected).count(), 2, "{status:?}");
     assert!(daemon.log().contains("outlier detection fails open"), "{}", daemon.log());
+    // What a fleet's view (`reconciler fleet`) and the waves' gates read of it.
+    let metrics = daemon.get(&sandbox, "/metrics")?;
+    for line in [
+        "reconciler_services_failing_open{reason=\"ejections\"} 1",
+        "reconciler_services_failing_open{reason=\"health\"} 0",
+        "reconciler_backends_ejected 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     Ok(())
 }
 

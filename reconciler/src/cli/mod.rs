@@ -4,6 +4,8 @@
 mod apply;
 #[cfg(feature = "dataplane")]
 mod daemon;
+#[cfg(feature = "dataplane")]
+mod fleet;
 mod plan;
 #[cfg(feature = "dataplane")]
 mod status;
@@ -56,12 +58,18 @@ enum Command {
     /// Stream the data plane's translations as they happen, until Ctrl-C.
     #[cfg(feature = "dataplane")]
     Trace(trace::TraceArgs),
+    /// Which node runs which revision, and which are stuck, from Prometheus.
+    #[cfg(feature = "dataplane")]
+    Fleet(fleet::FleetArgs),
 }
 
 /// Exit code for errors (and invalid definitions).
 const FAILURE: u8 = 1;
 /// Exit code of `plan --detailed-exitcode` when something would change.
 const CHANGES: u8 = 2;
+/// Exit code of `fleet` when a node is stuck.
+#[cfg(feature = "dataplane")]
+const STUCK: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -109,6 +117,8 @@ pub fn run() -> ExitCode {
         Command::Uninstall(args) => uninstall::run(args),
         #[cfg(feature = "dataplane")]
         Command::Trace(args) => trace::run(args),
+        #[cfg(feature = "dataplane")]
+        Command::Fleet(args) => fleet::run(args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ use std::{
 use serde::Deserialize;
 
 use super::webhook::Secret;
+use crate::fleet::gate::Gate;
 use reconciler_core::{
     capacity::Capacity,
     load,
@@ -72,6 +73,29 @@ pub struct Config {
     /// `node`: this node's name (default: the host name) and labels, which services'
     /// `nodeSelector` select.
     pub node: Node,
+    /// `rollout`: this node's wave, and the gate a later wave waits at.
+    pub rollout: Rollout,
+}
+
+/// `rollout`: a node of wave 1 applies a new revision at once; one of a later wave when its
+/// `gate` opens (`crate::fleet::gate`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub wave: u32,
+    pub gate: Option<Gate>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout { wave: 1, gate: None }
+    }
+}
+
+impl Rollout {
+    /// The gate a new revision waits at here: none on wave 1.
+    pub fn waits(&self) -> Option<&Gate> {
+        self.gate.as_ref().filter(|_| self.wave > 1)
+    }
 }
 
 impl Config {
@@ -96,6 +120,24 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     node: RawNode,
+    #[serde(default)]
+    rollout: RawRollout,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    wave: Option<u32>,
+    gate: Option<RawGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGate {
+    prometheus: String,
+    soak_seconds: Option<u64>,
+    min_nodes: Option<u32>,
+    max_ejected_backends: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -282,6 +324,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
     );
     let verify = raw.source.verify.map(|verify| read_keys(verify, problems));
     let node = node(raw.node, problems);
+    let rollout = rollout(raw.rollout, problems);
     let webhook_secret = raw.webhook.and_then(|webhook| {
         problems.check("/webhook/secretFile", Secret::read(&webhook.secret_file))
     });
@@ -308,7 +351,27 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         webhook_secret,
         metrics_per_backend: raw.metrics.per_backend,
         node,
+        rollout,
     }
+}
+
+/// `rollout`, with its defaults (wave 1; soak 600 s, one node, two ejected backends).
+fn rollout(raw: RawRollout, problems: &mut Problems) -> Rollout {
+    let wave = raw.wave.unwrap_or(1);
+    let gate = raw.gate.map(|gate| Gate {
+        prometheus: gate.prometheus,
+        soak: Duration::from_secs(gate.soak_seconds.unwrap_or(600)),
+        min_nodes: gate.min_nodes.unwrap_or(1),
+        max_ejected_backends: gate.max_ejected_backends.unwrap_or(2),
+    });
+    if wave > 1 && gate.is_none() {
+        let needs = format!(
+            "a node of wave {wave} needs rollout.gate.prometheus: without it, it cannot know \
+             when the earlier waves ran a revision"
+        );
+        problems.check::<()>("/rollout/wave", Err(needs));
+    }
+    Rollout { wave, gate }
 }
 
 /// `node`, with `${VAR}` in its name and label values taken from the environment (a
@@ -639,5 +702,22 @@ drift: heal
         let errors = parse("node.yaml", unset).unwrap_err();
         let text = errors[0].to_string();
         assert!(text.contains("node.labels.zone") && text.contains("RECONCILER_UNSET_9"), "{text}");
+    }
+
+    #[test]
+    fn a_later_wave_needs_a_gate_and_the_gate_has_defaults() {
+        let first = parse("node.yaml", "source: {url: /srv/repo}\n").unwrap();
+        assert_eq!((first.rollout.wave, first.rollout.waits()), (1, None));
+        let text = "source: {url: /srv/repo}\nrollout:\n  wave: 2\n  gate: {prometheus: \
+                    http://127.0.0.1:9090}\n";
+        let gate = parse("node.yaml", text).unwrap().rollout.waits().cloned().unwrap();
+        assert_eq!((gate.soak.as_secs(), gate.min_nodes, gate.max_ejected_backends), (600, 1, 2));
+        assert_eq!(
+            errors("source: {url: /srv/repo}\nrollout: {wave: 3}\n"),
+            ["node.yaml:2:17: rollout.wave: a node of wave 3 needs rollout.gate.prometheus: \
+              without it, it cannot know when the earlier waves ran a revision"]
+        );
+        let zero = errors("source: {url: /srv/repo}\nrollout: {wave: 0}\n");
+        assert!(zero[0].starts_with("node.yaml:2:17: rollout.wave: 0 is less than"), "{zero:?}");
     }
 }

@@ -117,6 +117,13 @@ pub(super) fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
+/// `value` escaped for a label: prometheus-client 0.24 writes label values as they are, so a
+/// quote, a backslash or a newline would end the value early (the test below catches a
+/// version that starts escaping them itself).
+pub(super) fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use std::{fmt::Write as _, io::Read as _};

@@ -86,6 +86,7 @@ async fn metrics_text(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     let render = move || {
         from.metrics().backend_health(&from.health.report());
         from.metrics().backend_ejections(&from.outliers.watched());
+        from.export_node_state();
         from.metrics().render(openmetrics, gzip, size_hint)
     };
     let Ok(Ok((content_type, page))) = tokio::task::spawn_blocking(render).await else {

@@ -5,10 +5,8 @@ use std::{io, path::PathBuf, sync::atomic::AtomicU64};
 use prometheus_client::{
     collector::Collector,
     encoding::{text, DescriptorEncoder, EncodeMetric as _},
-    metrics::MetricType,
     metrics::{
         counter::{ConstCounter, Counter},
-        exemplar::Exemplar,
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
@@ -17,10 +15,25 @@ use prometheus_client::{
 };
 
 use super::{
-    exposition::{PrometheusText, Sink},
+    exposition::{label_value, PrometheusText, Sink},
     health::BackendHealth,
+    metrics_dataplane::DataplaneCollector,
 };
 use reconciler_core::state::Exclusion;
+
+/// What a fleet's view reads of this node (`crate::fleet::view`), from its status.
+pub struct NodeState<'a> {
+    pub ready: bool,
+    /// The revision the data plane holds, and since when (Unix seconds).
+    pub revision_since: Option<(&'a str, u64)>,
+    /// A revision it refused, and when.
+    pub failed: Option<(&'a str, u64)>,
+    /// A revision it holds back at its wave's gate, and since when.
+    pub waiting: Option<(&'a str, u64)>,
+    /// Services failing open, by reason (`health`, `ejections`, `capacity`).
+    pub failing_open: [(&'static str, usize); 3],
+    pub ejected_backends: usize,
+}
 
 /// OpenMetrics text, which Prometheus asks for first (`Accept`).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -59,6 +72,14 @@ pub struct Metrics {
     /// view from Prometheus.
     node: Family<Label, Gauge>,
     node_labels: Family<Label, Gauge>,
+    /// What a fleet's view (`crate::fleet::view`) reads of this node besides.
+    rollout_wave: Gauge,
+    ready: Gauge,
+    revision_since: Family<Label, Gauge<f64, AtomicU64>>,
+    failed_revision: Family<Label, Gauge<f64, AtomicU64>>,
+    waiting: Family<Label, Gauge<f64, AtomicU64>>,
+    failing_open: Family<Label, Gauge>,
+    backends_ejected: Gauge,
     webhook_requests: Family<Label, Counter>,
     /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
     per_backend: bool,
@@ -97,10 +118,18 @@ impl Default for Metrics {
             rollouts: Family::default(),
             node: Family::default(),
             node_labels: Family::default(),
+            rollout_wave: Gauge::default(),
+            ready: Gauge::default(),
+            revision_since: Family::default(),
+            failed_revision: Family::default(),
+            waiting: Family::default(),
+            failing_open: Family::default(),
+            backends_ejected: Gauge::default(),
             webhook_requests: Family::default(),
             per_backend: true,
         };
         metrics.register_runs();
+        metrics.register_fleet();
         metrics.register_dataplane();
         metrics.register_health_and_webhooks();
         metrics.registry.register_collector(Box::new(SignatureChecks));
@@ -154,6 +183,51 @@ impl Metrics {
             "reconciler_applied_revision_info",
             "The revision the data plane holds (1 for that revision)",
             self.applied_revision.clone(),
+        );
+    }
+
+    /// Where this node stands, for a fleet's view and the waves' gates (`crate::fleet`).
+    fn register_fleet(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "reconciler_rollout_wave",
+            "This node's rollout.wave: it applies a revision once the earlier waves ran it",
+            self.rollout_wave.clone(),
+        );
+        registry.register(
+            "reconciler_ready",
+            "1 once a reconcile succeeded since the daemon started, else 0",
+            self.ready.clone(),
+        );
+        registry.register(
+            "reconciler_applied_revision_timestamp_seconds",
+            "Since when the data plane holds the revision it holds (that revision's series \
+             alone): after a restart of Prometheus, the newest tells the revision",
+            self.revision_since.clone(),
+        );
+        registry.register(
+            "reconciler_failed_revision_timestamp_seconds",
+            "When this node refused the revision it will not try again until a new commit \
+             (invalid here, a failed apply, an aborted rollout)",
+            self.failed_revision.clone(),
+        );
+        registry.register(
+            "reconciler_rollout_waiting_timestamp_seconds",
+            "Since when this node holds back the revision of the series until its wave's gate \
+             opens",
+            self.waiting.clone(),
+        );
+        registry.register(
+            "reconciler_services_failing_open",
+            "Services that keep backends that fail, by reason: health (every backend down, no \
+             fallback), ejections (more than maxEjectionPercent failing), capacity (a \
+             fallback would not fit)",
+            self.failing_open.clone(),
+        );
+        registry.register(
+            "reconciler_backends_ejected",
+            "Backends outlier detection keeps out of a service now, all services together",
+            self.backends_ejected.clone(),
         );
     }
 
@@ -285,8 +359,10 @@ impl Metrics {
         }
     }
 
-    /// Sets `reconciler_node_info` and `reconciler_node_label` to `node`.
-    pub fn node_info(&self, node: &reconciler_core::selector::Node) {
+    /// Sets `reconciler_node_info` and `reconciler_node_label` to `node`, and
+    /// `reconciler_rollout_wave` to `wave`.
+    pub fn node_info(&self, node: &reconciler_core::selector::Node, wave: u32) {
+        self.rollout_wave.set(i64::from(wave));
         self.node.clear();
         self.node_labels.clear();
         let zone = node.zone.clone().unwrap_or_default();
@@ -300,6 +376,27 @@ impl Metrics {
             ];
             self.node_labels.get_or_create(&labels).set(1);
         }
+    }
+
+    /// Sets what a fleet's view reads of this node to `state`.
+    pub fn node_state(&self, state: &NodeState) {
+        self.ready.set(i64::from(state.ready));
+        // One series each, of the revision it is about: a Prometheus that restarts keeps the
+        // series of the one before for a while, and the newest tells them apart.
+        let one = |family: &Family<Label, Gauge<f64, AtomicU64>>, at: Option<(&str, u64)>| {
+            family.clear();
+            if let Some((revision, unix_seconds)) = at {
+                let labels = vec![("revision", label_value(revision))];
+                family.get_or_create(&labels).set(unix_seconds as f64);
+            }
+        };
+        one(&self.revision_since, state.revision_since);
+        one(&self.failed_revision, state.failed);
+        one(&self.waiting, state.waiting);
+        for (reason, count) in state.failing_open {
+            self.failing_open.get_or_create(&vec![("reason", reason.to_owned())]).set(count as i64);
+        }
+        self.backends_ejected.set(state.ejected_backends as i64);
     }
 
     /// Counts a rollout that ended with `result`.
@@ -346,175 +443,6 @@ impl Metrics {
         text::encode(&mut converted, &self.registry).map_err(failed)?;
         Ok((PROMETHEUS_TEXT, converted.finish().map_err(failed)?.finish()?))
     }
-}
-
-/// `value` escaped for a label: prometheus-client 0.24 writes label values as they are, so a
-/// quote, a backslash or a newline would end the value early (the test below catches a
-/// version that starts escaping them itself).
-fn label_value(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// The data plane's per-backend and per-service counters (`crate::counters`), by name.
-#[derive(Debug)]
-struct DataplaneCollector {
-    pin_path: PathBuf,
-    per_backend: bool,
-}
-
-impl Collector for DataplaneCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
-            let mut live = dataplane.read_live_members()?;
-            if !self.per_backend {
-                // Their counters are not read either: a scrape of a full node stays small.
-                live.state.backends.clear();
-            }
-            let counters = crate::counters::read(&dataplane, &live.state)?;
-            Ok((counters, dataplane.events()?, dataplane.handshakes()?))
-        });
-        // Before the first install there is nothing to count; a scrape shows the rest.
-        let Ok((counters, events, handshakes)) = read else { return Ok(()) };
-        encode_refusals(&mut encoder, &events)?;
-        encode_handshakes(&mut encoder, &handshakes)?;
-        encode_service_refusals(&mut encoder, &counters)?;
-        if !self.per_backend {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
-            "reconciler_backend_connections",
-            "Connects and datagrams sent to a backend, since its ID was assigned",
-            None,
-            MetricType::Counter,
-        )?;
-        for b in &counters.backends {
-            let labels: Label = vec![
-                ("service", label_value(&b.service)),
-                ("backend", b.backend.to_string()),
-                ("protocol", b.protocol.to_string()),
-            ];
-            ConstCounter::new(b.connections).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "reconciler_backend_reverse_translations",
-            "Replies and getpeername() results a backend's sockets saw as the VIP",
-            None,
-            MetricType::Counter,
-        )?;
-        for b in &counters.backends {
-            let labels: Label =
-                vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
-            ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
-        }
-        encode_flows(&mut encoder, &counters)
-    }
-}
-
-/// `reconciler_backend_connect_failures_total{service,backend}` and
-/// `reconciler_backend_bytes_total{service,backend,direction}`, of TCP backends.
-fn encode_flows(
-    encoder: &mut DescriptorEncoder,
-    counters: &crate::counters::Counters,
-) -> Result<(), std::fmt::Error> {
-    let tcp = || counters.backends.iter().filter_map(|b| Some((b, b.flows.as_ref()?)));
-    let labels = |b: &crate::counters::BackendCount| -> Label {
-        vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())]
-    };
-    let mut family = encoder.encode_descriptor(
-        "reconciler_backend_connect_failures",
-        "TCP connects to a backend that failed before they were established (reset, timed out)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (b, flows) in tcp() {
-        ConstCounter::new(flows.failed).encode(family.encode_family(&labels(b))?)?;
-    }
-    let mut family = encoder.encode_descriptor(
-        "reconciler_backend_bytes",
-        "Bytes of closed TCP connections to a backend, by direction (sent, received)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (b, flows) in tcp() {
-        for (direction, bytes) in [("sent", flows.bytes_sent), ("received", flows.bytes_received)] {
-            let mut labels = labels(b);
-            labels.push(("direction", direction.to_owned()));
-            ConstCounter::new(bytes).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    Ok(())
-}
-
-/// `reconciler_backend_connect_duration_seconds`: the handshake times (the SYN's round trip)
-/// of every translated TCP connection (`HANDSHAKES`), a histogram.
-fn encode_handshakes(
-    encoder: &mut DescriptorEncoder,
-    slots: &[u64],
-) -> Result<(), std::fmt::Error> {
-    use reconciler_common::flows::HANDSHAKE_BOUNDS_US;
-    let Some((sum, counts)) = slots.split_last() else { return Ok(()) };
-    // prometheus-client writes the last bound as `+Inf` when it is `f64::MAX`, as its own
-    // histograms make it.
-    let bounds = HANDSHAKE_BOUNDS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::MAX]);
-    let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
-    let mut metric = encoder.encode_descriptor(
-        "reconciler_backend_connect_duration_seconds",
-        "Handshake times (the SYN's round trip, as the kernel measured it) of translated TCP connections",
-        None,
-        MetricType::Histogram,
-    )?;
-    let exemplars: Option<&std::collections::HashMap<usize, Exemplar<Label, f64>>> = None;
-    metric.encode_histogram(*sum as f64 / 1e9, counts.iter().sum(), &buckets, exemplars)
-}
-
-/// `reconciler_service_refusals_total{service,reason}`.
-fn encode_service_refusals(
-    encoder: &mut DescriptorEncoder,
-    counters: &crate::counters::Counters,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "reconciler_service_refusals",
-        "Connects and datagrams refused, or replies left untranslated, by reason",
-        None,
-        MetricType::Counter,
-    )?;
-    for s in &counters.services {
-        for (reason, count) in [
-            ("no_backend", s.no_backend),
-            ("inconsistent_set", s.inconsistent_set),
-            ("stale_reverse_entry", s.stale_reverse_entry),
-        ] {
-            let labels: Label =
-                vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
-            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    Ok(())
-}
-
-/// `reconciler_refusals_total{reason}`: every connect and datagram the programs refused, by
-/// reason, including those no service can be charged with (`unknown_port`).
-fn encode_refusals(
-    encoder: &mut DescriptorEncoder,
-    events: &crate::dataplane::Events,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "reconciler_refusals",
-        "Connects and datagrams to a VIP refused (ECONNREFUSED), by reason",
-        None,
-        MetricType::Counter,
-    )?;
-    for (reason, count) in [
-        ("no_backend", events.no_backend),
-        ("slot_miss", events.slot_miss),
-        ("backend_miss", events.backend_miss),
-        ("reverse_full", events.reverse_full),
-        ("unknown_port", events.unknown_port),
-    ] {
-        let labels: Label = vec![("reason", reason.to_owned())];
-        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 /// `reconciler_signature_checks_total`, read from the source's own count at each scrape (the
@@ -637,7 +565,7 @@ mod tests {
             labels,
             zone: Some("a".into()),
         };
-        metrics.node_info(&node);
+        metrics.node_info(&node, 1);
         let (_, text) = page(false);
         assert!(text.contains("reconciler_node_info{node=\"edge-1\",zone=\"a\"} 1\n"), "{text}");
         assert!(

@@ -33,6 +33,7 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 mod metrics_cache;
+mod metrics_dataplane;
 mod outcome;
 pub mod outliers;
 pub mod ramps;
@@ -40,6 +41,7 @@ mod reconcile;
 mod report;
 pub mod rollout;
 pub mod status;
+mod waves;
 pub mod webhook;
 
 use std::{collections::BTreeSet, path::Path, sync::Arc, time::Instant};
@@ -115,7 +117,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
     })?;
     let shared = Arc::new(Shared::new(&config));
-    shared.metrics().node_info(&config.node);
+    shared.metrics().node_info(&config.node, config.rollout.wave);
     check_socket_destroy(&shared);
     start_tasks(&shared, &config, listener);
     let mut signals = Signals {
@@ -442,7 +444,8 @@ fn reload(
     }
     shared.status().drift = new.drift;
     shared.status().node = Some(new.node.clone());
-    shared.metrics().node_info(&new.node);
+    shared.status().rollout_wave = new.rollout.wave;
+    shared.metrics().node_info(&new.node, new.rollout.wave);
     shared.set_webhook_secret(new.webhook_secret.clone());
     memory.reload(config, &new);
     *config = Arc::new(new);

@@ -46,6 +46,14 @@ pub(super) enum Outcome {
         revision: String,
         reason: String,
     },
+    /// The fetched commit is valid, and waits for this node's wave's gate (`rollout.gate`):
+    /// the data plane is unchanged, and the gate is asked again soon. `stopped`: it failed
+    /// on an earlier wave, and only a new commit goes on.
+    Waiting {
+        revision: String,
+        reason: String,
+        stopped: bool,
+    },
     /// The fetched commit already failed; nothing was tried.
     StillRejected {
         revision: Option<String>,
@@ -84,6 +92,7 @@ impl Outcome {
             | Outcome::LastGood { plan }
             | Outcome::RolledBack { plan, .. } => Some(plan),
             Outcome::Rejected { .. }
+            | Outcome::Waiting { .. }
             | Outcome::StillRejected { .. }
             | Outcome::Transient { .. } => None,
         }
@@ -101,17 +110,21 @@ impl Outcome {
             Outcome::RolledBack { .. } => "rolled_back",
             Outcome::Rejected { error, .. } if unverified(error) => "unverified",
             Outcome::Rejected { .. } => "rejected",
+            Outcome::Waiting { .. } => "waiting",
             Outcome::StillRejected { .. } => "skipped",
             Outcome::Transient { .. } => "error",
         }
     }
 
-    /// Whether the fetched commit is held back (bad, or not reached): then the last good
-    /// revision is checked for drift.
+    /// Whether the fetched commit is held back (bad, not reached, or waiting for its wave):
+    /// then the last good revision is checked for drift.
     pub(super) fn holds_back(&self) -> bool {
         matches!(
             self,
-            Outcome::Rejected { .. } | Outcome::StillRejected { .. } | Outcome::Transient { .. }
+            Outcome::Rejected { .. }
+                | Outcome::Waiting { .. }
+                | Outcome::StillRejected { .. }
+                | Outcome::Transient { .. }
         )
     }
 }

@@ -10,7 +10,8 @@ use super::{
     metrics::Metrics,
     outcome::{self, Outcome},
     reconcile::Memory,
-    status::{DaemonStatus, Shared},
+    status::{DaemonStatus, Shared, Waiting},
+    waves,
 };
 use crate::{
     clock::{self, rfc3339_utc},
@@ -34,9 +35,11 @@ pub(super) fn record(
     log(&outcome);
     count(shared.metrics(), &outcome, took);
     let transient = matches!(outcome, Outcome::Transient { .. });
+    let waiting = matches!(outcome, Outcome::Waiting { .. });
     let recorded = memory.session.memo().record.as_ref().map(|r| &r.state);
     show(&mut shared.status(), shared.metrics(), outcome, recorded);
     match took {
+        Some(_) if waiting => config.interval.min(waves::RECHECK),
         Some(_) => decide::next_wait(transient, &mut memory.consecutive_errors, config.interval),
         // The drift part of a run: the fetched commit's outcome decides the wait.
         None => config.interval,
@@ -104,6 +107,8 @@ fn log(outcome: &Outcome) {
                 error!("{d}");
             }
         }
+        // Logged when what it waits for changes (`waiting`), not at every look.
+        Outcome::Waiting { .. } => {}
         Outcome::StillRejected { revision } => info!(
             revision = revision.as_deref().unwrap_or("-"),
             "the fetched revision already failed; waiting for a new one"
@@ -152,6 +157,7 @@ fn show(
         Outcome::Applied { plan, report } => {
             metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
+            status.applied_revision_since = None;
             at_revision(status, metrics, &plan, whole(&plan, recorded), &now_text);
         }
         Outcome::Unchanged { plan } => {
@@ -166,6 +172,9 @@ fn show(
                 metrics.applied(plan.context.revision.as_deref(), now);
             }
             holding(status, metrics, &plan, whole(&plan, recorded));
+        }
+        Outcome::Waiting { revision, reason, stopped } => {
+            waiting(status, Waiting { revision, reason, stopped, since: now_text });
         }
         Outcome::DriftHealed { plan, report } => {
             metrics.applied_report(&report);
@@ -187,6 +196,7 @@ fn show(
         Outcome::RolledBack { plan, report, revision, reason } => {
             metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
+            status.applied_revision_since = None;
             holding(status, metrics, &plan, whole(&plan, recorded));
             status.attempted_revision = Some(revision.clone());
             status.attempted_at = Some(now_text);
@@ -199,6 +209,26 @@ fn show(
     }
 }
 
+/// The fetched commit waits for this node's wave's gate: logged when what it waits for
+/// changes, and waiting since it first did.
+fn waiting(status: &mut DaemonStatus, mut now: Waiting) {
+    let before = status.waiting.take().filter(|before| before.revision == now.revision);
+    if let Some(before) = before {
+        now.since = before.since;
+        if before.reason == now.reason {
+            status.waiting = Some(now);
+            return;
+        }
+    }
+    info!(
+        revision = now.revision,
+        wave = status.rollout_wave,
+        "waiting for the rollout's gate: {}",
+        now.reason
+    );
+    status.waiting = Some(now);
+}
+
 /// The fetched commit at `revision` was refused with `error`.
 fn refused(
     status: &mut DaemonStatus,
@@ -208,6 +238,7 @@ fn refused(
 ) {
     status.attempted_revision = revision.clone();
     status.attempted_at = Some(now);
+    status.waiting = None;
     status.failed_revision = revision;
     status.last_error = Some(outcome::refusal_text(error));
     status.errors = outcome::diagnostics(error).to_vec();
@@ -226,12 +257,16 @@ fn at_revision(
     status.last_error = None;
     status.errors.clear();
     status.failed_revision = None;
+    status.waiting = None;
     holding(status, metrics, plan, entries);
 }
 
 /// The data plane holds the revision of `plan`, whose definitions were valid, with no drift.
 fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, entries: &MapState) {
     status.ready = true;
+    if status.applied_revision != plan.context.revision {
+        status.applied_revision_since = None;
+    }
     status.applied_revision = plan.context.revision.clone();
     status.drift_entries = 0;
     metrics.drift_entries.set(0);
@@ -243,5 +278,10 @@ fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, entries: &
     if let Ok(live) = Dataplane::open(Path::new(&plan.context.pin_path)).and_then(|d| d.status()) {
         status.generation = live.generation;
         status.applied_at = live.applied_at_unix.map(rfc3339_utc);
+        // Not applied by this run (adopted at start, say): since the maps' last write at the
+        // latest, which a gate's soak counts from, never sooner.
+        status.applied_revision_since = status.applied_revision_since.or(live.applied_at_unix);
     }
+    status.applied_revision_since =
+        status.applied_revision_since.or(Some(clock::now_unix().as_secs()));
 }

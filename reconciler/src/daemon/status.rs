@@ -9,7 +9,7 @@ use super::{
     config::{Config, DriftMode},
     health::{BackendHealth, Health},
     journal::Failure,
-    metrics::Metrics,
+    metrics::{Metrics, NodeState},
     outliers::{Ejection, Watch},
     ramps::{Ramp, Ramps},
     rollout::{RolloutResult, RolloutStatus, Rollouts},
@@ -27,6 +27,10 @@ pub struct DaemonStatus {
     pub ready: bool,
     pub applied_revision: Option<String>,
     pub applied_at: Option<String>,
+    /// Since when (Unix seconds) the data plane holds `applied_revision`: what the waves'
+    /// gates soak by.
+    #[serde(default)]
+    pub applied_revision_since: Option<u64>,
     /// The last revision fetched and looked at, good or bad.
     pub attempted_revision: Option<String>,
     pub attempted_at: Option<String>,
@@ -91,10 +95,29 @@ pub struct DaemonStatus {
     /// This node, as services' `nodeSelector` see it.
     #[serde(default)]
     pub node: Option<reconciler_core::selector::Node>,
+    /// This node's `rollout.wave`.
+    #[serde(default)]
+    pub rollout_wave: u32,
+    /// A valid new revision this node holds back until its wave's gate opens, and why.
+    #[serde(default)]
+    pub waiting: Option<Waiting>,
     /// A run was asked for (`POST /reconcile`, a health transition) and has not started:
     /// however many ask meanwhile, it is one run.
     #[serde(default)]
     pub run_requested: bool,
+}
+
+/// A revision waiting for this node's wave's gate (`rollout.gate`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub revision: String,
+    /// What the gate waits for (`wave 1: 0 of the 1 node(s) needed have run ...`), or why
+    /// the rollout stopped.
+    pub reason: String,
+    /// It failed on a node of an earlier wave: only a new commit goes on.
+    pub stopped: bool,
+    /// Since when it waits (RFC 3339).
+    pub since: String,
 }
 
 /// State shared between the reconcile loop and the HTTP endpoint.
@@ -139,6 +162,32 @@ impl Shared {
     pub(super) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+
+    /// Sets what a fleet's view reads of this node (`crate::fleet::view`) from the status.
+    pub(super) fn export_node_state(&self) {
+        let health_failing_open = self.health.failing_open().len();
+        let ejections = self.outliers.report();
+        let ejections_failing_open = self.outliers.failing_open().len();
+        let status = self.status();
+        self.metrics.node_state(&NodeState {
+            ready: status.ready,
+            revision_since: status.applied_revision.as_deref().zip(status.applied_revision_since),
+            failed: status
+                .failed_revision
+                .as_deref()
+                .map(|revision| (revision, unix_seconds(status.attempted_at.as_deref()))),
+            waiting: status
+                .waiting
+                .as_ref()
+                .map(|waiting| (waiting.revision.as_str(), unix_seconds(Some(&waiting.since)))),
+            failing_open: [
+                ("health", health_failing_open),
+                ("ejections", ejections_failing_open),
+                ("capacity", status.failover_held_back.len()),
+            ],
+            ejected_backends: ejections.iter().filter(|e| e.ejected).count(),
+        });
+    }
 }
 
 impl Shared {
@@ -150,6 +199,7 @@ impl Shared {
                 source: describe(&config.source_spec()),
                 drift: config.drift,
                 node: Some(config.node.clone()),
+                rollout_wave: config.rollout.wave,
                 ..DaemonStatus::default()
             }),
             metrics: Metrics::for_dataplane(config.pin_path.clone(), config.metrics_per_backend),
@@ -163,6 +213,13 @@ impl Shared {
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }
     }
+}
+
+/// The Unix seconds of an RFC 3339 time the status shows; now if it has none.
+fn unix_seconds(rfc3339: Option<&str>) -> u64 {
+    let at = rfc3339.and_then(|text| humantime::parse_rfc3339(text).ok());
+    let since_epoch = at.and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok());
+    since_epoch.unwrap_or_else(crate::clock::now_unix).as_secs()
 }
 
 /// A revision that failed before this start, as the run that refused it showed it.

@@ -13,6 +13,7 @@ use super::{
     outcome::{self, Outcome, Trouble},
     ramps::Ramps,
     rollout::Rollouts,
+    waves,
 };
 use crate::{
     clock,
@@ -128,6 +129,8 @@ fn journal(journal: &mut Journal, outcome: &Outcome) {
             at: clock::now_rfc3339(),
         }),
         Outcome::Rejected { revision: None, .. } | Outcome::StillRejected { .. } => {}
+        // Valid: what the journal says of an earlier revision no longer matters.
+        Outcome::Waiting { .. } => journal.clear(),
         Outcome::Transient { .. } => journal.interrupted(),
         Outcome::Applied { .. }
         | Outcome::Unchanged { .. }
@@ -167,10 +170,15 @@ fn reconcile_commit(
     if decide::already_failed(&snapshot.revision, &memory.failed_revision) {
         return Outcome::StillRejected { revision: snapshot.revision };
     }
-    match desired(config, memory, snapshot) {
-        Ok(desired) => overlaid::with_overlay(config, memory, desired, refresh),
-        Err(outcome) => *outcome,
+    let desired = match desired(config, memory, snapshot) {
+        Ok(desired) => desired,
+        Err(outcome) => return *outcome,
+    };
+    let live = live_revision(config);
+    if let Some(waiting) = waves::hold(config, live.as_deref(), desired.revision.as_deref()) {
+        return waiting;
     }
+    overlaid::with_overlay(config, memory, desired, refresh)
 }
 
 /// A data plane of an older build (at start, say) is upgraded in place before it is read.

@@ -1,0 +1,177 @@
+//! The data plane's counters as metrics: read from its maps at each scrape, by a
+//! `prometheus-client` collector (the registry in `metrics` holds it).
+use std::path::PathBuf;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::MetricType,
+    metrics::{counter::ConstCounter, exemplar::Exemplar},
+};
+
+use super::exposition::label_value;
+
+/// One label, as the families here use them.
+type Label = Vec<(&'static str, String)>;
+
+/// The data plane's per-backend and per-service counters (`crate::counters`), by name.
+#[derive(Debug)]
+pub(super) struct DataplaneCollector {
+    pub pin_path: PathBuf,
+    pub per_backend: bool,
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
+            let mut live = dataplane.read_live_members()?;
+            if !self.per_backend {
+                // Their counters are not read either: a scrape of a full node stays small.
+                live.state.backends.clear();
+            }
+            let counters = crate::counters::read(&dataplane, &live.state)?;
+            Ok((counters, dataplane.events()?, dataplane.handshakes()?))
+        });
+        // Before the first install there is nothing to count; a scrape shows the rest.
+        let Ok((counters, events, handshakes)) = read else { return Ok(()) };
+        encode_refusals(&mut encoder, &events)?;
+        encode_handshakes(&mut encoder, &handshakes)?;
+        encode_service_refusals(&mut encoder, &counters)?;
+        if !self.per_backend {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "reconciler_backend_connections",
+            "Connects and datagrams sent to a backend, since its ID was assigned",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &counters.backends {
+            let labels: Label = vec![
+                ("service", label_value(&b.service)),
+                ("backend", b.backend.to_string()),
+                ("protocol", b.protocol.to_string()),
+            ];
+            ConstCounter::new(b.connections).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "reconciler_backend_reverse_translations",
+            "Replies and getpeername() results a backend's sockets saw as the VIP",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &counters.backends {
+            let labels: Label =
+                vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
+            ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
+        }
+        encode_flows(&mut encoder, &counters)
+    }
+}
+
+/// `reconciler_backend_connect_failures_total{service,backend}` and
+/// `reconciler_backend_bytes_total{service,backend,direction}`, of TCP backends.
+fn encode_flows(
+    encoder: &mut DescriptorEncoder,
+    counters: &crate::counters::Counters,
+) -> Result<(), std::fmt::Error> {
+    let tcp = || counters.backends.iter().filter_map(|b| Some((b, b.flows.as_ref()?)));
+    let labels = |b: &crate::counters::BackendCount| -> Label {
+        vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())]
+    };
+    let mut family = encoder.encode_descriptor(
+        "reconciler_backend_connect_failures",
+        "TCP connects to a backend that failed before they were established (reset, timed out)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (b, flows) in tcp() {
+        ConstCounter::new(flows.failed).encode(family.encode_family(&labels(b))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "reconciler_backend_bytes",
+        "Bytes of closed TCP connections to a backend, by direction (sent, received)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (b, flows) in tcp() {
+        for (direction, bytes) in [("sent", flows.bytes_sent), ("received", flows.bytes_received)] {
+            let mut labels = labels(b);
+            labels.push(("direction", direction.to_owned()));
+            ConstCounter::new(bytes).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `reconciler_backend_connect_duration_seconds`: the handshake times (the SYN's round trip)
+/// of every translated TCP connection (`HANDSHAKES`), a histogram.
+fn encode_handshakes(
+    encoder: &mut DescriptorEncoder,
+    slots: &[u64],
+) -> Result<(), std::fmt::Error> {
+    use reconciler_common::flows::HANDSHAKE_BOUNDS_US;
+    let Some((sum, counts)) = slots.split_last() else { return Ok(()) };
+    // prometheus-client writes the last bound as `+Inf` when it is `f64::MAX`, as its own
+    // histograms make it.
+    let bounds = HANDSHAKE_BOUNDS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::MAX]);
+    let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+    let mut metric = encoder.encode_descriptor(
+        "reconciler_backend_connect_duration_seconds",
+        "Handshake times (the SYN's round trip, as the kernel measured it) of translated TCP connections",
+        None,
+        MetricType::Histogram,
+    )?;
+    let exemplars: Option<&std::collections::HashMap<usize, Exemplar<Label, f64>>> = None;
+    metric.encode_histogram(*sum as f64 / 1e9, counts.iter().sum(), &buckets, exemplars)
+}
+
+/// `reconciler_service_refusals_total{service,reason}`.
+fn encode_service_refusals(
+    encoder: &mut DescriptorEncoder,
+    counters: &crate::counters::Counters,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "reconciler_service_refusals",
+        "Connects and datagrams refused, or replies left untranslated, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &counters.services {
+        for (reason, count) in [
+            ("no_backend", s.no_backend),
+            ("inconsistent_set", s.inconsistent_set),
+            ("stale_reverse_entry", s.stale_reverse_entry),
+        ] {
+            let labels: Label =
+                vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `reconciler_refusals_total{reason}`: every connect and datagram the programs refused, by
+/// reason, including those no service can be charged with (`unknown_port`).
+fn encode_refusals(
+    encoder: &mut DescriptorEncoder,
+    events: &crate::dataplane::Events,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "reconciler_refusals",
+        "Connects and datagrams to a VIP refused (ECONNREFUSED), by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, count) in [
+        ("no_backend", events.no_backend),
+        ("slot_miss", events.slot_miss),
+        ("backend_miss", events.backend_miss),
+        ("reverse_full", events.reverse_full),
+        ("unknown_port", events.unknown_port),
+    ] {
+        let labels: Label = vec![("reason", reason.to_owned())];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Staged rollouts across nodes (`rollout: {wave, gate}`), with three real daemons in three
+//! waves and a real Prometheus server scraping them: a later wave applies a revision only
+//! once the earlier ones ran it for the soak time, waits while Prometheus is down, and a
+//! revision that failed on wave 1 goes no further.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use reconciler::daemon::status::{DaemonStatus, Waiting};
+use reconciler_tests::{
+    git::Repo,
+    netns_daemon::{served_repo, Daemon, Place},
+    prometheus::PrometheusServer,
+    reconciler_path, wait_for, Sandbox,
+};
+
+const SOAK: u64 = 2;
+const PROMETHEUS: &str = "127.0.0.1:9090";
+
+/// `web` on 10.96.0.10 with `backends`, and with `outside` another service on 10.97.0.10.
+fn definitions(backends: &str, outside: bool) -> String {
+    let web = format!(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  \
+         vip: 10.96.0.10\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n  \
+         backends: [{backends}]\n"
+    );
+    match outside {
+        false => web,
+        true => {
+            format!("{web}---\n{}", web.replace("name: web", "name: api").replace("10.96", "10.97"))
+        }
+    }
+}
+
+struct Fleet {
+    hub: Sandbox,
+    _nodes: Vec<Sandbox>,
+    daemons: Vec<Daemon>,
+    prometheus: PrometheusServer,
+    work: Repo,
+    _served: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn status(&self, node: usize) -> Result<DaemonStatus> {
+        self.daemons[node].status(&self.hub)
+    }
+
+    /// Commits and pushes `text`: the new revision.
+    fn push(&self, text: String) -> String {
+        self.work.write("services/web.yaml", text);
+        let revision = self.work.commit("a new revision");
+        self.work.git(&["push", "-q", "origin", "HEAD"]);
+        revision
+    }
+
+    /// Waits until node `node` holds `revision`, and says since when (Unix seconds).
+    fn applied(&self, node: usize, revision: &str) -> Result<u64> {
+        wait_for("a node to apply the revision", Duration::from_secs(40), || {
+            let status = self.status(node).ok()?;
+            (status.applied_revision.as_deref() == Some(revision))
+                .then_some(status.applied_revision_since)?
+        })
+        .with_context(|| format!("{}\n{}", self.daemons[node].log(), self.prometheus.log()))
+    }
+
+    /// Waits until node `node` waits for `revision` for a reason `check` accepts.
+    fn waits(
+        &self,
+        node: usize,
+        revision: &str,
+        check: impl Fn(&Waiting) -> bool,
+    ) -> Result<Waiting> {
+        wait_for("a node to wait at its gate", Duration::from_secs(30), || {
+            let waiting = self.status(node).ok()?.waiting?;
+            (waiting.revision == revision && check(&waiting)).then_some(waiting)
+        })
+        .with_context(|| self.daemons[node].log())
+    }
+}
+
+/// Three nodes: edge-1 in wave 1 (which allows no VIP outside 10.96/16), edge-2 in wave 2,
+/// edge-3 in wave 3, each gated on 1 node of every earlier wave for `SOAK` seconds.
+fn fleet() -> Result<Fleet> {
+    let hub = Sandbox::new("waves-hub")?;
+    let listens = ["127.0.0.1:9481", "127.0.0.1:9482", "127.0.0.1:9483"];
+    let prometheus = PrometheusServer::start(Some(&hub), PROMETHEUS, &listens)?;
+    let (work, served, bare) = served_repo(&definitions("{address: 127.0.0.11}", false))?;
+    let mut nodes = Vec::new();
+    let mut daemons = Vec::new();
+    for (i, listen) in listens.iter().enumerate() {
+        let mut node = Sandbox::new(&format!("waves-{}", i + 1))?;
+        node.serve_tcp("127.0.0.11:8080", "b11")?;
+        let wave = i + 1;
+        let top = format!(
+            "node: {{name: edge-{wave}}}\nrollout:\n  wave: {wave}\n  gate: {{prometheus: \
+             http://{PROMETHEUS}, soakSeconds: {SOAK}, minNodes: 1}}\n"
+        );
+        let policy = if wave == 1 { "policy: {allowedVIPs: [10.96.0.0/16]}\n" } else { "" };
+        let at = Place { hub: &hub, node: &node, listen, policy };
+        daemons.push(Daemon::spawn_node(
+            &at,
+            &bare.display().to_string(),
+            "  interval: 300ms\n",
+            &top,
+        )?);
+        nodes.push(node);
+    }
+    Ok(Fleet { hub, _nodes: nodes, daemons, prometheus, work, _served: served })
+}
+
+#[test]
+fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time() -> Result<()> {
+    let fleet = fleet()?;
+    let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    // Even a first revision waits: edge-2 for edge-1, edge-3 for edge-2.
+    let waiting = fleet.waits(1, &first, |w| w.reason.starts_with("wave 1: 0 of the 1 node(s)"))?;
+    assert!(!waiting.stopped, "{waiting:?}");
+    let since: Vec<u64> = (0..3).map(|n| fleet.applied(n, &first)).collect::<Result<_>>()?;
+    assert!(since[1] >= since[0] + SOAK && since[2] >= since[1] + SOAK, "{since:?}");
+
+    // A new commit: edge-1 at once, edge-2 after it soaked on edge-1, edge-3 after edge-2.
+    let second = fleet.push(definitions("{address: 127.0.0.11}, {address: 127.0.0.12}", false));
+    let at_1 = fleet.applied(0, &second)?;
+    let waiting = fleet.waits(2, &second, |w| w.reason.starts_with("wave "))?;
+    assert_eq!(fleet.status(2)?.applied_revision.as_deref(), Some(first.as_str()), "{waiting:?}");
+    let at_2 = fleet.applied(1, &second)?;
+    let at_3 = fleet.applied(2, &second)?;
+    assert!(at_2 >= at_1 + SOAK && at_3 >= at_2 + SOAK, "{at_1} {at_2} {at_3}");
+    Ok(())
+}
+
+#[test]
+fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> Result<()> {
+    let mut fleet = fleet()?;
+    let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    fleet.applied(2, &first)?;
+
+    // Prometheus is down: wave 1 applies; wave 2 waits, and says why.
+    fleet.prometheus.stop();
+    let second = fleet.push(definitions("{address: 127.0.0.12}", false));
+    fleet.applied(0, &second)?;
+    fleet.waits(1, &second, |w| w.reason.contains("unreachable"))?;
+    assert_eq!(fleet.status(1)?.applied_revision.as_deref(), Some(first.as_str()));
+    fleet.prometheus.resume(Some(&fleet.hub))?;
+    fleet.applied(1, &second)?;
+    fleet.applied(2, &second)?;
+
+    // A revision edge-1 refuses (a VIP outside its policy): the later waves stop at it.
+    let third = fleet.push(definitions("{address: 127.0.0.12}", true));
+    let short = &third[..12];
+    let reason = format!("{short} failed on edge-1 (wave 1)");
+    for node in [1, 2] {
+        let waiting = fleet.waits(node, &third, |w| w.stopped)?;
+        assert_eq!(waiting.reason, reason);
+        assert_eq!(fleet.status(node)?.applied_revision.as_deref(), Some(second.as_str()));
+    }
+    assert_eq!(fleet.status(0)?.failed_revision.as_deref(), Some(third.as_str()));
+    // The fleet's view shows both.
+    let shown = [
+        format!("Failing: edge-1 (refused {third})"),
+        format!("Waiting: edge-2 (wave 2) for {third}, edge-3 (wave 3) for {third}"),
+    ];
+    let mut text = String::new();
+    wait_for("the fleet's view of the stop", Duration::from_secs(15), || {
+        let mut command = fleet.hub.command_in_netns(reconciler_path().ok()?);
+        let view =
+            command.args(["fleet", "--prometheus", &fleet.prometheus.url()]).output().ok()?;
+        text = String::from_utf8_lossy(&view.stdout).into_owned();
+        shown.iter().all(|line| text.lines().any(|l| l == line)).then_some(())
+    })
+    .with_context(|| text.clone())?;
+    Ok(())
+}
