@@ -1,7 +1,7 @@
 //! `make bench`: reconciler against what users run today, measured in one run on one machine.
 //!
 //!   reconciler-bench [--quick] [--json FILE]
-//!                    [--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers]
+//!                    [--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers|fleet]
 //!
 //! Prints Markdown tables and writes every raw figure to FILE (default
 //! target/bench/results.json). Every figure is the median of interleaved rounds (A B C D A B
@@ -12,6 +12,7 @@ mod control;
 mod daemon;
 mod dataplane;
 mod flap;
+mod fleet;
 mod flows;
 mod health;
 mod kube;
@@ -37,7 +38,7 @@ use kube::{Protocol, Service};
 
 /// What `--only` takes.
 const PARTS: &str =
-    "--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers";
+    "--only data|tcp|udp|selection|flows|control|health|flap|scrape|largest|outliers|fleet";
 
 /// Sizes and repetitions of one run.
 struct Plan {
@@ -123,6 +124,7 @@ fn main() -> Result<()> {
     let scrape = if wanted("scrape") { scrape::run(quick)? } else { json!(null) };
     let largest = if wanted("largest") { largest::run(quick)? } else { json!(null) };
     let outliers = if wanted("outliers") { outliers::run(quick)? } else { json!(null) };
+    let fleet = if wanted("fleet") { fleet::run(quick)? } else { json!(null) };
 
     let results = json!({
         "format_version": 2,
@@ -140,6 +142,7 @@ fn main() -> Result<()> {
         "scrape": scrape,
         "largest": largest,
         "outliers": outliers,
+        "fleet": fleet,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(dir) = json_path.parent() {

@@ -139,6 +139,32 @@ impl Daemon {
         command: impl FnOnce(PathBuf) -> Command,
         reachable: impl Fn(SocketAddr) -> bool,
     ) -> Daemon {
+        Daemon::spawn(base, address, command, reachable, false)
+    }
+
+    /// [`start_with`](Self::start_with), with `--verbose`: its log (a line per connect and
+    /// request, `Request upload-pack for ...` a fetch) is read from [`take_log`](Self::take_log).
+    pub fn start_logged(
+        base: &Path,
+        address: IpAddr,
+        command: impl FnOnce(PathBuf) -> Command,
+        reachable: impl Fn(SocketAddr) -> bool,
+    ) -> Daemon {
+        Daemon::spawn(base, address, command, reachable, true)
+    }
+
+    /// The log of a daemon started by [`start_logged`](Self::start_logged), once.
+    pub fn take_log(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    fn spawn(
+        base: &Path,
+        address: IpAddr,
+        command: impl FnOnce(PathBuf) -> Command,
+        reachable: impl Fn(SocketAddr) -> bool,
+        verbose: bool,
+    ) -> Daemon {
         // The daemon binary itself: `git daemon` runs it as a child of `git`, which a kill of
         // the PID we hold would leave running.
         let exec_path = git(base, &["--exec-path"]);
@@ -147,11 +173,12 @@ impl Daemon {
             .arg(format!("--listen={address}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(format!("--port={GIT_PORT}"))
+            .args(verbose.then_some("--verbose"))
             .arg(base)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Each connect of the readiness probe below makes it complain of a hang-up.
-            .stderr(Stdio::null())
+            .stderr(if verbose { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .expect("starting git daemon");
         let mut daemon = Daemon { child, address };

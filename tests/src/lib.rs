@@ -127,6 +127,12 @@ impl Sandbox {
         &self.pin_path
     }
 
+    /// A path of the namespace, for `ip ... netns PATH` (which opens a name with a slash as a
+    /// path): this process' descriptor of it.
+    pub fn netns_path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd())
+    }
+
     /// Runs `f` on a thread inside the namespace; sockets it makes stay in the namespace.
     pub fn in_netns<T: Send + 'static>(
         &self,
