@@ -79,8 +79,9 @@ impl Fleet {
 }
 
 /// Three nodes: edge-1 in wave 1 (which allows no VIP outside 10.96/16), edge-2 in wave 2,
-/// edge-3 in wave 3, each gated on 1 node of every earlier wave for `SOAK` seconds.
-fn fleet() -> Result<Fleet> {
+/// edge-3 in wave 3, each gated on 1 node of every earlier wave for `soak` seconds. Their
+/// health checks probe from the hub's namespace.
+fn fleet(soak: u64) -> Result<Fleet> {
     let hub = Sandbox::new("waves-hub")?;
     let listens = ["127.0.0.1:9481", "127.0.0.1:9482", "127.0.0.1:9483"];
     let prometheus = PrometheusServer::start(Some(&hub), PROMETHEUS, &listens)?;
@@ -93,9 +94,12 @@ fn fleet() -> Result<Fleet> {
         let wave = i + 1;
         let top = format!(
             "node: {{name: edge-{wave}}}\nrollout:\n  wave: {wave}\n  gate: {{prometheus: \
-             http://{PROMETHEUS}, soakSeconds: {SOAK}, minNodes: 1}}\n"
+             http://{PROMETHEUS}, soakSeconds: {soak}, minNodes: 1}}\n"
         );
-        let policy = if wave == 1 { "policy: {allowedVIPs: [10.96.0.0/16]}\n" } else { "" };
+        let policy = match wave {
+            1 => "policy: {allowedVIPs: [10.96.0.0/16], allowLocalHealthChecks: [127.0.0.0/8]}\n",
+            _ => "policy: {allowLocalHealthChecks: [127.0.0.0/8]}\n",
+        };
         let at = Place { hub: &hub, node: &node, listen, policy };
         daemons.push(Daemon::spawn_node(
             &at,
@@ -110,7 +114,7 @@ fn fleet() -> Result<Fleet> {
 
 #[test]
 fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time() -> Result<()> {
-    let fleet = fleet()?;
+    let fleet = fleet(SOAK)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     // Even a first revision waits: edge-2 for edge-1, edge-3 for edge-2.
     let waiting = fleet.waits(1, &first, |w| w.reason.starts_with("wave 1: 0 of the 1 node(s)"))?;
@@ -131,7 +135,7 @@ fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time()
 
 #[test]
 fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> Result<()> {
-    let mut fleet = fleet()?;
+    let mut fleet = fleet(SOAK)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     fleet.applied(2, &first)?;
 
@@ -169,5 +173,28 @@ fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> R
         shown.iter().all(|line| text.lines().any(|l| l == line)).then_some(())
     })
     .with_context(|| text.clone())?;
+    Ok(())
+}
+
+#[test]
+fn a_service_failing_open_on_an_earlier_wave_holds_the_later_ones_back() -> Result<()> {
+    // A soak long enough for a failed health check to show.
+    let mut fleet = fleet(6)?;
+    let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    fleet.applied(2, &first)?;
+    // A health check of a backend nobody serves where the daemons run: every backend down,
+    // no fallback, the service fails open on edge-1.
+    let check = "  healthCheck: {intervalSeconds: 1, timeoutMillis: 300, unhealthyThreshold: 1, \
+                 healthyThreshold: 1}\n  backends:";
+    let second =
+        fleet.push(definitions("{address: 127.0.0.12}", false).replace("  backends:", check));
+    fleet.applied(0, &second)?;
+    let reason = format!("edge-1 (wave 1) has 1 service(s) failing open on {}", &second[..12]);
+    fleet.waits(1, &second, |w| w.reason == reason)?;
+    assert_eq!(fleet.status(1)?.applied_revision.as_deref(), Some(first.as_str()));
+    // Its backend comes up: the later waves go on.
+    fleet.hub.serve_tcp("127.0.0.12:8080", "b12")?;
+    fleet.applied(1, &second)?;
+    fleet.applied(2, &second)?;
     Ok(())
 }

@@ -383,10 +383,12 @@ impl Metrics {
         self.ready.set(i64::from(state.ready));
         // One series each, of the revision it is about: a Prometheus that restarts keeps the
         // series of the one before for a while, and the newest tells them apart.
+        // With the wave: a gate counts by it on the server (`crate::fleet::questions`).
+        let wave = self.rollout_wave.get().to_string();
         let one = |family: &Family<Label, Gauge<f64, AtomicU64>>, at: Option<(&str, u64)>| {
             family.clear();
             if let Some((revision, unix_seconds)) = at {
-                let labels = vec![("revision", label_value(revision))];
+                let labels = vec![("revision", label_value(revision)), ("wave", wave.clone())];
                 family.get_or_create(&labels).set(unix_seconds as f64);
             }
         };

@@ -8,7 +8,7 @@ use super::{config::Config, outcome::Outcome};
 use crate::fleet::{
     gate::{self, Verdict},
     prometheus::Prometheus,
-    view::Fleet,
+    questions::Answers,
 };
 
 /// How soon a waiting node asks again (sooner than the interval, if that is longer): the
@@ -23,8 +23,10 @@ pub(super) fn hold(config: &Config, live: Option<&str>, revision: Option<&str>) 
     let gate = config.rollout.waits()?;
     let revision = revision.filter(|revision| Some(*revision) != live)?;
     let prometheus = Prometheus::new(&gate.prometheus, QUERY_TIMEOUT);
-    let verdict = match Fleet::current(&prometheus) {
-        Ok(fleet) => gate::verdict(&fleet, revision, config.rollout.wave, gate),
+    let answers =
+        Answers::ask(&prometheus, revision, gate.soak.as_secs(), gate.max_ejected_backends);
+    let verdict = match answers {
+        Ok(answers) => gate::verdict(&answers, revision, config.rollout.wave, gate),
         Err(e) => Verdict::Wait(format!("{e}: waiting, not applying")),
     };
     let (reason, stopped) = match verdict {

@@ -1,11 +1,11 @@
-//! Staged rollouts across nodes: whether a node of wave N may apply a revision, by what the
-//! fleet's view shows of the nodes of every earlier wave. No coordinator: each node asks
-//! Prometheus, and every node of a wave reaches the same verdict from the same view.
+//! Staged rollouts across nodes: whether a node of wave N may apply a revision, by what
+//! Prometheus shows of the nodes of every earlier wave (`questions`). No coordinator: each
+//! node asks, and every node of a wave reaches the same verdict from the same answers.
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::view::{Fleet, NodeView};
+use super::questions::Answers;
 
 /// `rollout.gate` of a node's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,51 +31,37 @@ pub enum Verdict {
     Stopped(String),
 }
 
-/// The verdict for `revision` on a node of `wave`, by `fleet`'s nodes of the waves before.
-/// Wave 1 is always open. Waves are counted from 1 without gaps: an earlier wave with no node
-/// (or none Prometheus shows) keeps the later ones waiting, never lets them through.
-pub fn verdict(fleet: &Fleet, revision: &str, wave: u32, gate: &Gate) -> Verdict {
-    let earlier: Vec<&NodeView> = fleet.nodes.iter().filter(|n| n.wave < wave).collect();
+/// The verdict for `revision` on a node of `wave`, by what Prometheus `answers` of the nodes
+/// of the waves before. Wave 1 is always open. Waves are counted from 1 without gaps: an
+/// earlier wave with no node (or none Prometheus shows) keeps the later ones waiting, never
+/// lets them through.
+pub fn verdict(answers: &Answers, revision: &str, wave: u32, gate: &Gate) -> Verdict {
     let short = short(revision);
-    if let Some(failed) = earlier.iter().find(|n| n.failed_revision.as_deref() == Some(revision)) {
-        let (node, wave) = (&failed.node, failed.wave);
-        return Verdict::Stopped(format!("{short} failed on {node} (wave {wave})"));
+    if let Some((node, failed_wave)) = answers.failed.iter().find(|(_, w)| *w < wave) {
+        return Verdict::Stopped(format!("{short} failed on {node} (wave {failed_wave})"));
     }
-    let soak = gate.soak.as_secs_f64();
-    for wave in 1..wave {
-        let running: Vec<_> = earlier
-            .iter()
-            .filter(|n| n.wave == wave && n.revision.as_deref() == Some(revision))
-            .collect();
-        let soaked = running
-            .iter()
-            .filter(|n| n.revision_since.is_some_and(|since| fleet.at - since >= soak))
-            .count();
+    for earlier in 1..wave {
+        let soaked = answers.soaked.get(&earlier).copied().unwrap_or(0);
         if soaked < gate.min_nodes as usize {
             return Verdict::Wait(format!(
-                "wave {wave}: {soaked} of the {} node(s) needed have run {short} for {}s ({} \
+                "wave {earlier}: {soaked} of the {} node(s) needed have run {short} for {}s ({} \
                  run it)",
                 gate.min_nodes,
                 gate.soak.as_secs(),
-                running.len()
+                answers.running.get(&earlier).copied().unwrap_or(0)
             ));
         }
     }
-    let running = earlier.iter().filter(|n| n.revision.as_deref() == Some(revision));
-    for node in running {
-        let (name, wave) = (&node.node, node.wave);
-        if node.failing_open > 0 {
-            let count = node.failing_open;
-            return Verdict::Wait(format!(
-                "{name} (wave {wave}) has {count} service(s) failing open on {short}"
-            ));
-        }
-        if node.ejected_backends > gate.max_ejected_backends {
-            let count = node.ejected_backends;
-            return Verdict::Wait(format!(
-                "an ejection storm on {name} (wave {wave}): {count} backends ejected on {short}"
-            ));
-        }
+    let earlier = |(_, w, _): &&(String, u32, u64)| *w < wave;
+    if let Some((node, wave, count)) = answers.failing_open.iter().find(earlier) {
+        return Verdict::Wait(format!(
+            "{node} (wave {wave}) has {count} service(s) failing open on {short}"
+        ));
+    }
+    if let Some((node, wave, count)) = answers.storms.iter().find(earlier) {
+        return Verdict::Wait(format!(
+            "an ejection storm on {node} (wave {wave}): {count} backends ejected on {short}"
+        ));
     }
     Verdict::Open
 }
@@ -87,6 +73,8 @@ fn short(revision: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn gate() -> Gate {
@@ -98,57 +86,48 @@ mod tests {
         }
     }
 
-    fn node(name: &str, wave: u32, revision: &str, since: f64) -> NodeView {
-        NodeView {
-            node: name.into(),
-            wave,
-            reachable: true,
-            ready: true,
-            revision: Some(revision.into()),
-            revision_since: Some(since),
-            ..NodeView::default()
+    /// `soaked` and `running` nodes by wave.
+    fn answers(soaked: &[(u32, usize)], running: &[(u32, usize)]) -> Answers {
+        Answers {
+            soaked: BTreeMap::from_iter(soaked.iter().copied()),
+            running: BTreeMap::from_iter(running.iter().copied()),
+            ..Answers::default()
         }
-    }
-
-    fn fleet(nodes: Vec<NodeView>) -> Fleet {
-        Fleet { at: 10_000.0, nodes }
     }
 
     #[test]
     fn a_later_wave_waits_for_every_earlier_one_to_have_soaked() {
-        let soaked = node("a", 1, "r2", 9_000.0);
-        let fresh = node("b", 2, "r2", 9_900.0);
-        let fleet_of = |nodes| fleet(nodes);
-        assert_eq!(verdict(&fleet_of(vec![]), "r2", 1, &gate()), Verdict::Open);
-        assert_eq!(verdict(&fleet_of(vec![soaked.clone()]), "r2", 2, &gate()), Verdict::Open);
-        let wait = verdict(&fleet_of(vec![soaked.clone(), fresh.clone()]), "r2", 3, &gate());
+        assert_eq!(verdict(&Answers::default(), "r2", 1, &gate()), Verdict::Open);
+        let first_soaked = answers(&[(1, 1)], &[(1, 1), (2, 1)]);
+        assert_eq!(verdict(&first_soaked, "r2", 2, &gate()), Verdict::Open);
         assert_eq!(
-            wait,
+            verdict(&first_soaked, "r2", 3, &gate()),
             Verdict::Wait(
                 "wave 2: 0 of the 1 node(s) needed have run r2 for 600s (1 run it)".into()
             )
         );
         // A wave with no node at all keeps the later ones waiting.
-        let wait = verdict(&fleet_of(vec![soaked.clone()]), "r2", 3, &gate());
+        let wait = verdict(&answers(&[(1, 1)], &[(1, 1)]), "r2", 3, &gate());
         assert!(matches!(wait, Verdict::Wait(reason) if reason.starts_with("wave 2: 0 of")));
         let two = Gate { min_nodes: 2, ..gate() };
-        let wait = verdict(&fleet_of(vec![soaked.clone(), node("c", 1, "r1", 0.0)]), "r2", 2, &two);
+        let wait = verdict(&answers(&[(1, 1)], &[(1, 2)]), "r2", 2, &two);
         assert!(matches!(wait, Verdict::Wait(reason) if reason.starts_with("wave 1: 1 of the 2")));
     }
 
     #[test]
     fn a_failure_on_an_earlier_wave_stops_and_trouble_there_waits() {
-        let failed = NodeView { failed_revision: Some("r2".into()), ..node("a", 1, "r1", 0.0) };
-        let soaked = node("b", 1, "r2", 0.0);
-        let stopped = verdict(&fleet(vec![failed, soaked.clone()]), "r2", 3, &gate());
+        let soaked = answers(&[(1, 2)], &[(1, 2)]);
+        let failed = Answers { failed: vec![("a".into(), 1)], ..soaked.clone() };
+        let stopped = verdict(&failed, "r2", 3, &gate());
         assert_eq!(stopped, Verdict::Stopped("r2 failed on a (wave 1)".into()));
-        let open = NodeView { failing_open: 1, ..soaked.clone() };
-        let wait = verdict(&fleet(vec![open]), "r2", 2, &gate());
+        // A failure on the same wave or a later one is theirs.
+        let later = Answers { failed: vec![("c".into(), 2)], ..soaked.clone() };
+        assert_eq!(verdict(&later, "r2", 2, &gate()), Verdict::Open);
+        let open = Answers { failing_open: vec![("b".into(), 1, 1)], ..soaked.clone() };
+        let wait = verdict(&open, "r2", 2, &gate());
         assert_eq!(wait, Verdict::Wait("b (wave 1) has 1 service(s) failing open on r2".into()));
-        let storm = NodeView { ejected_backends: 3, ..soaked.clone() };
-        let wait = verdict(&fleet(vec![storm]), "r2", 2, &gate());
+        let storm = Answers { storms: vec![("b".into(), 1, 3)], ..soaked };
+        let wait = verdict(&storm, "r2", 2, &gate());
         assert!(matches!(wait, Verdict::Wait(reason) if reason.starts_with("an ejection storm")));
-        let some = NodeView { ejected_backends: 2, ..soaked };
-        assert_eq!(verdict(&fleet(vec![some]), "r2", 2, &gate()), Verdict::Open);
     }
 }

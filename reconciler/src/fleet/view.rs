@@ -72,12 +72,6 @@ impl Fleet {
         Ok(Fleet::of(&current, &prometheus.query(&known)?, &prometheus.query(&up)?))
     }
 
-    /// The nodes Prometheus shows now (none that it no longer reaches): what a gate needs.
-    pub fn current(prometheus: &Prometheus) -> Result<Fleet, QueryError> {
-        let none = Vector::default();
-        Ok(Fleet::of(&prometheus.query(CURRENT)?, &none, &none))
-    }
-
     /// The view of `current` (the series of [`CURRENT`]), with the nodes `known` lists
     /// (`reconciler_node_info` over a window) and `up` says Prometheus reached or not.
     pub fn of(current: &Vector, known: &Vector, up: &Vector) -> Fleet {
