@@ -35,21 +35,23 @@ struct Sizes {
 }
 
 /// The git server's side: its namespace (a bridge the nodes hang on) and cgroup (whose CPU
-/// time is the server's), the repository, and when each fetch arrived.
+/// time is the server's), the repository, and when each fetch arrived. Dropped in this
+/// order: the server before its cgroup.
 struct Hub {
-    sandbox: Sandbox,
     _git: GitDaemon,
     fetches: Arc<Mutex<Vec<Instant>>>,
     work: Repo,
     _served: TempDir,
+    sandbox: Sandbox,
 }
 
-/// One node: its namespace and cgroup, its address on the bridge, its daemon.
+/// One node: its daemon (in the node's cgroup, which its data plane attaches to, and
+/// namespace), its address on the bridge. Dropped in this order: the daemon first.
 struct Node {
-    sandbox: Sandbox,
-    address: String,
     daemon: Running,
+    address: String,
     dir: TempDir,
+    sandbox: Sandbox,
 }
 
 impl Hub {
@@ -86,7 +88,7 @@ impl Hub {
                 }
             }
         });
-        Ok(Hub { sandbox, _git: git, fetches, work, _served: served })
+        Ok(Hub { _git: git, fetches, work, _served: served, sandbox })
     }
 
     /// Commits and pushes a new revision (`round` tells them apart); its hash.
@@ -150,13 +152,13 @@ impl Node {
         let log = std::fs::File::create(dir.path().join("daemon.log"))?;
         let daemon = Running(
             sandbox
-                .command_in_netns(reconciler_path()?)
+                .command(reconciler_path()?)?
                 .args(["daemon", "--config"])
                 .arg(dir.path().join("node.yaml"))
                 .stderr(log)
                 .spawn()?,
         );
-        Ok(Node { sandbox, address, daemon, dir })
+        Ok(Node { daemon, address, dir, sandbox })
     }
 
     /// When the daemon's log says it applied `revision` (its own clock, to the microsecond).

@@ -11,7 +11,10 @@ use anyhow::{Context as _, Result};
 use reconciler::daemon::{http::request, outliers::Ejection, status::DaemonStatus};
 use tempfile::TempDir;
 
-use crate::{git::Repo, reconciler_path, wait_for, Sandbox};
+use crate::{
+    git::{Daemon as GitDaemon, Repo},
+    reconciler_path, wait_for, Sandbox,
+};
 
 /// Where a daemon runs and what it keeps: a node of a fleet keeps `node`'s data plane (its
 /// cgroup and pin path) but runs in `hub`'s network namespace, where it listens on `listen`
@@ -170,6 +173,27 @@ pub fn served_repo(text: &str) -> Result<(Repo, tempfile::TempDir, std::path::Pa
     let served = tempfile::tempdir()?;
     let bare = work.bare_clone(served.path(), "services.git");
     Ok((work, served, bare))
+}
+
+/// A real git server (`git daemon`) in `netns`, on 127.0.0.1, serving the repositories
+/// under `served` (as [`served_repo`] makes them); with the URL of `services.git`.
+pub fn git_server(netns: &Sandbox, served: &Path) -> Result<(GitDaemon, String)> {
+    let reachable = |socket: std::net::SocketAddr| {
+        let connect = move || {
+            let timeout = Duration::from_millis(200);
+            Ok(std::net::TcpStream::connect_timeout(&socket, timeout).is_ok())
+        };
+        netns.in_netns(connect).unwrap_or(false)
+    };
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let server = GitDaemon::start_with(
+        served,
+        loopback,
+        |program| netns.command_in_netns(program),
+        reachable,
+    );
+    let url = server.url("services.git");
+    Ok((server, url))
 }
 
 /// Waits until a batch of connects to `vip` fails none, and returns who answered.

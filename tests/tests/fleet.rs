@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 use anyhow::{Context as _, Result};
 use reconciler::dataplane::Dataplane;
 use reconciler_tests::{
-    netns_daemon::{served_repo, Daemon},
+    netns_daemon::{git_server, served_repo, Daemon},
     reconciler_path, wait_for, Sandbox,
 };
 
@@ -49,7 +49,7 @@ fn a_node_installs_the_services_its_labels_select_and_follows_a_label_change() -
     sandbox.serve_tcp("127.0.0.11:8080", "b11")?;
     sandbox.serve_tcp("127.0.0.21:8080", "b21")?;
     let (_work, served, bare) = served_repo(&definitions())?;
-    let url = bare.display().to_string();
+    let (_git, url) = git_server(&sandbox, served.path())?;
     let node = "node:\n  name: edge-1\n  labels: {zone: a}\n";
     let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", node)?;
     wait_for("zone a's services", Duration::from_secs(15), || {
@@ -139,8 +139,8 @@ fn prefer_zone_keeps_connects_in_the_nodes_zone_while_enough_backends_there_serv
                timeoutMillis: 500, unhealthyThreshold: 2, healthyThreshold: 1}\n  backends:\n    \
                - {address: 127.0.0.11, zone: a}\n    - {address: 127.0.0.12, zone: a}\n    \
                - {address: 127.0.0.13, zone: b}\n    - {address: 127.0.0.14, zone: b}\n";
-    let (_work, _served, bare) = served_repo(web)?;
-    let url = bare.display().to_string();
+    let (_work, served, _bare) = served_repo(web)?;
+    let (_git, url) = git_server(&sandbox, served.path())?;
     let node = "node:\n  name: edge-1\n  labels: {zone: a}\n";
     let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", node)?;
     answering(&sandbox, &daemon, &["b11", "b12"])?;

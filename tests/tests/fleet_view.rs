@@ -5,7 +5,7 @@ use std::{process::Output, time::Duration};
 use anyhow::{Context as _, Result};
 use reconciler_tests::{
     add_service_by_hand,
-    netns_daemon::{served_repo, Daemon, Place},
+    netns_daemon::{git_server, served_repo, Daemon, Place},
     prometheus::PrometheusServer,
     reconciler_path, wait_for, Sandbox,
 };
@@ -62,9 +62,9 @@ fn the_fleet_view_shows_each_revision_and_each_stuck_node() -> Result<()> {
         node.serve_tcp("127.0.0.11:8080", "b11")?;
         nodes.push(node);
     }
-    let (work, _served, bare) = served_repo(&definitions(false))?;
+    let (work, served, _bare) = served_repo(&definitions(false))?;
     let first = work.git(&["rev-parse", "HEAD"]).trim().to_owned();
-    let url = bare.display().to_string();
+    let (_git, url) = git_server(&hub, served.path())?;
     let source = "  interval: 300ms\n";
     // edge-2 reports drift instead of healing it; edge-3 allows no VIP outside 10.96/16.
     let setups = [
@@ -98,7 +98,7 @@ fn the_fleet_view_shows_each_revision_and_each_stuck_node() -> Result<()> {
     let lines = [
         format!("Revision {second}: 2 nodes (wave 1: 2)"),
         format!("Revision {first}: 1 node (wave 1: 1)"),
-        format!("Failing: edge-3 (refused {second})"),
+        format!("  Failing: edge-3 (refused {second})"),
         "1 node stuck: edge-3".to_owned(),
     ];
     fleet_shows(&hub, &prometheus, 2, &lines)?;
@@ -107,7 +107,7 @@ fn the_fleet_view_shows_each_revision_and_each_stuck_node() -> Result<()> {
     add_service_by_hand(nodes[1].pin_path(), 1)?;
     let lines = ["2 nodes stuck: edge-2, edge-3".to_owned()];
     let text = fleet_shows(&hub, &prometheus, 2, &lines)?;
-    assert!(text.contains("Drifting: edge-2 ("), "{text}");
+    assert!(text.contains("  Drifting: edge-2 ("), "{text}");
     let json = fleet(&hub, &prometheus, &["--output", "json"])?;
     assert_eq!(json.status.code(), Some(2));
     let view: serde_json::Value = serde_json::from_slice(&json.stdout)?;
@@ -121,7 +121,7 @@ fn the_fleet_view_shows_each_revision_and_each_stuck_node() -> Result<()> {
     // edge-1's daemon is gone: Prometheus no longer reaches it.
     drop(daemons.remove(0));
     let lines = [
-        "Unreachable: edge-1 (127.0.0.1:9471)".to_owned(),
+        "  Unreachable: edge-1 (127.0.0.1:9471)".to_owned(),
         "3 nodes stuck: edge-1, edge-2, edge-3".to_owned(),
     ];
     fleet_shows(&hub, &prometheus, 2, &lines)?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use reconciler::daemon::status::{DaemonStatus, Waiting};
 use reconciler_tests::{
-    git::Repo,
-    netns_daemon::{served_repo, Daemon, Place},
+    git::{Daemon as GitDaemon, Repo},
+    netns_daemon::{git_server, served_repo, Daemon, Place},
     prometheus::PrometheusServer,
     reconciler_path, wait_for, Sandbox,
 };
@@ -31,13 +31,15 @@ fn definitions(backends: &str, outside: bool) -> String {
     }
 }
 
+/// Dropped in this order: the daemons before the data planes their nodes remove.
 struct Fleet {
-    hub: Sandbox,
-    _nodes: Vec<Sandbox>,
     daemons: Vec<Daemon>,
+    _git: GitDaemon,
     prometheus: PrometheusServer,
     work: Repo,
     _served: tempfile::TempDir,
+    _nodes: Vec<Sandbox>,
+    hub: Sandbox,
 }
 
 impl Fleet {
@@ -85,7 +87,8 @@ fn fleet(soak: u64) -> Result<Fleet> {
     let hub = Sandbox::new("waves-hub")?;
     let listens = ["127.0.0.1:9481", "127.0.0.1:9482", "127.0.0.1:9483"];
     let prometheus = PrometheusServer::start(Some(&hub), PROMETHEUS, &listens)?;
-    let (work, served, bare) = served_repo(&definitions("{address: 127.0.0.11}", false))?;
+    let (work, served, _bare) = served_repo(&definitions("{address: 127.0.0.11}", false))?;
+    let (git, url) = git_server(&hub, served.path())?;
     let mut nodes = Vec::new();
     let mut daemons = Vec::new();
     for (i, listen) in listens.iter().enumerate() {
@@ -103,29 +106,36 @@ fn fleet(soak: u64) -> Result<Fleet> {
         let at = Place { hub: &hub, node: &node, listen, policy };
         daemons.push(Daemon::spawn_node(
             &at,
-            &bare.display().to_string(),
-            "  interval: 300ms\n",
+            &url,
+            "  interval: 300ms
+",
             &top,
         )?);
         nodes.push(node);
     }
-    Ok(Fleet { hub, _nodes: nodes, daemons, prometheus, work, _served: served })
+    Ok(Fleet { daemons, _git: git, prometheus, work, _served: served, _nodes: nodes, hub })
 }
 
 #[test]
 fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time() -> Result<()> {
     let fleet = fleet(SOAK)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
-    // Even a first revision waits: edge-2 for edge-1, edge-3 for edge-2.
-    let waiting = fleet.waits(1, &first, |w| w.reason.starts_with("wave 1: 0 of the 1 node(s)"))?;
-    assert!(!waiting.stopped, "{waiting:?}");
+    // Even a first revision waits: edge-2 for edge-1, edge-3 for edge-2 (each logs what it
+    // waits for once, as it changes).
     let since: Vec<u64> = (0..3).map(|n| fleet.applied(n, &first)).collect::<Result<_>>()?;
     assert!(since[1] >= since[0] + SOAK && since[2] >= since[1] + SOAK, "{since:?}");
+    for (node, wave) in [(1, 1), (2, 2)] {
+        let log = fleet.daemons[node].log();
+        let waited = format!("waiting for the rollout's gate: wave {wave}: 0 of the 1 node(s)");
+        assert!(log.contains(&waited), "{waited} in {log}");
+    }
 
     // A new commit: edge-1 at once, edge-2 after it soaked on edge-1, edge-3 after edge-2.
     let second = fleet.push(definitions("{address: 127.0.0.11}, {address: 127.0.0.12}", false));
     let at_1 = fleet.applied(0, &second)?;
+    // Until then /status says what edge-3 waits for.
     let waiting = fleet.waits(2, &second, |w| w.reason.starts_with("wave "))?;
+    assert!(!waiting.stopped, "{waiting:?}");
     assert_eq!(fleet.status(2)?.applied_revision.as_deref(), Some(first.as_str()), "{waiting:?}");
     let at_2 = fleet.applied(1, &second)?;
     let at_3 = fleet.applied(2, &second)?;
@@ -161,8 +171,8 @@ fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> R
     assert_eq!(fleet.status(0)?.failed_revision.as_deref(), Some(third.as_str()));
     // The fleet's view shows both.
     let shown = [
-        format!("Failing: edge-1 (refused {third})"),
-        format!("Waiting: edge-2 (wave 2) for {third}, edge-3 (wave 3) for {third}"),
+        format!("  Failing: edge-1 (refused {third})"),
+        format!("  Waiting: edge-2 (wave 2) for {third}, edge-3 (wave 3) for {third}"),
     ];
     let mut text = String::new();
     wait_for("the fleet's view of the stop", Duration::from_secs(15), || {
@@ -179,7 +189,7 @@ fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> R
 #[test]
 fn a_service_failing_open_on_an_earlier_wave_holds_the_later_ones_back() -> Result<()> {
     // A soak long enough for a failed health check to show.
-    let mut fleet = fleet(6)?;
+    let mut fleet = fleet(8)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     fleet.applied(2, &first)?;
     // A health check of a backend nobody serves where the daemons run: every backend down,

@@ -68,7 +68,8 @@ fn as_json(fleet: &Fleet, stuck: &[&str]) -> serde_json::Value {
     json!({"at": fleet.at, "revisions": revisions, "nodes": nodes, "stuck": stuck})
 }
 
-/// The fleet as people read it: the revisions and their nodes, then each kind of trouble.
+/// The fleet as people read it: each revision, its nodes by wave and those of them in each
+/// kind of trouble; then who is stuck.
 fn text(fleet: &Fleet, url: &str, stuck: &[&str]) -> String {
     let mut out = String::new();
     let revisions = fleet.by_revision();
@@ -86,14 +87,14 @@ fn text(fleet: &Fleet, url: &str, stuck: &[&str]) -> String {
         let waves: Vec<String> = waves.iter().map(|(w, n)| format!("wave {w}: {n}")).collect();
         let head = revision.map_or("No revision yet".to_owned(), |r| format!("Revision {r}"));
         let _ = writeln!(out, "{head}: {} ({})", count(nodes.len(), "node"), waves.join(", "));
-    }
-    out.push('\n');
-    for (title, detail) in TROUBLES {
-        let listed: Vec<String> = fleet.nodes.iter().filter_map(detail).collect();
-        if !listed.is_empty() {
-            let _ = writeln!(out, "{title}: {}", listed.join(", "));
+        for (title, detail) in TROUBLES {
+            let listed: Vec<String> = nodes.iter().copied().filter_map(detail).collect();
+            if !listed.is_empty() {
+                let _ = writeln!(out, "  {title}: {}", listed.join(", "));
+            }
         }
     }
+    out.push('\n');
     match stuck {
         [] => out.push_str("No node is stuck.\n"),
         _ => {
@@ -164,14 +165,14 @@ mod tests {
         assert_eq!(
             text(&fleet, "http://p:9090", &stuck),
             "6 nodes in 3 revisions (http://p:9090)\n\n\
-             Revision r2: 2 nodes (wave 1: 2)\n\
-             Revision r1: 3 nodes (wave 2: 3)\n\
-             No revision yet: 1 node (wave 3: 1)\n\n\
-             Unreachable: e (e:9469)\n\
-             Failing: d (refused r2)\n\
-             Failing open: b (1 service)\n\
-             Ejecting: b (3 backends ejected)\n\
-             Waiting: f (wave 2) for r2\n\
+             Revision r2: 2 nodes (wave 1: 2)\n  \
+               Failing open: b (1 service)\n  \
+               Ejecting: b (3 backends ejected)\n\
+             Revision r1: 3 nodes (wave 2: 3)\n  \
+               Failing: d (refused r2)\n  \
+               Waiting: f (wave 2) for r2\n\
+             No revision yet: 1 node (wave 3: 1)\n  \
+               Unreachable: e (e:9469)\n\n\
              2 nodes stuck: d, e\n"
         );
         let value = as_json(&fleet, &stuck);

@@ -129,6 +129,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     let mut memory = Memory::new(&config);
     memory.ramps = Arc::clone(&shared.ramps);
     memory.rollouts = Arc::clone(&shared.rollouts);
+    memory.gatekeeper = Arc::clone(&shared.gatekeeper);
     if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
         error!(revision = failure.revision, "{}; failed before this start", failure.error);
         memory.failed_revision = Some(failure.revision.clone());
@@ -257,6 +258,11 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
     };
     let pin_path = config.pin_path.clone();
     tokio::spawn(rollout::run(Arc::clone(&shared.rollouts), pin_path, out, on_judged));
+    let on_verdict = {
+        let shared = Arc::clone(shared);
+        Arc::new(move || shared.request_run())
+    };
+    tokio::spawn(waves::run(Arc::clone(&shared.gatekeeper), on_verdict));
     tokio::spawn(http::serve(listener, Arc::clone(shared)));
 }
 

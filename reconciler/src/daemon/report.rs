@@ -11,7 +11,6 @@ use super::{
     outcome::{self, Outcome},
     reconcile::Memory,
     status::{DaemonStatus, Shared, Waiting},
-    waves,
 };
 use crate::{
     clock::{self, rfc3339_utc},
@@ -35,11 +34,9 @@ pub(super) fn record(
     log(&outcome);
     count(shared.metrics(), &outcome, took);
     let transient = matches!(outcome, Outcome::Transient { .. });
-    let waiting = matches!(outcome, Outcome::Waiting { .. });
     let recorded = memory.session.memo().record.as_ref().map(|r| &r.state);
     show(&mut shared.status(), shared.metrics(), outcome, recorded);
     match took {
-        Some(_) if waiting => config.interval.min(waves::RECHECK),
         Some(_) => decide::next_wait(transient, &mut memory.consecutive_errors, config.interval),
         // The drift part of a run: the fetched commit's outcome decides the wait.
         None => config.interval,

@@ -13,6 +13,7 @@ use super::{
     outliers::{Ejection, Watch},
     ramps::{Ramp, Ramps},
     rollout::{RolloutResult, RolloutStatus, Rollouts},
+    waves::Gatekeeper,
     webhook::Secret,
 };
 use crate::pipeline::describe;
@@ -137,6 +138,8 @@ pub struct Shared {
     pub(super) ramps: Arc<Ramps>,
     /// The rollout under way.
     pub(super) rollouts: Arc<Rollouts>,
+    /// What the gate of this node's wave said of the revision held back.
+    pub(super) gatekeeper: Arc<Gatekeeper>,
     webhook_secret: RwLock<Option<Secret>>,
 }
 
@@ -210,6 +213,7 @@ impl Shared {
             outliers: Arc::default(),
             ramps: Arc::default(),
             rollouts: Arc::default(),
+            gatekeeper: Arc::default(),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
         }
     }

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::prometheus::{Prometheus, QueryError, Sample, Vector};
+use super::{
+    prometheus::{Prometheus, QueryError, Sample, Vector},
+    questions::NOT_THE_TARGET,
+};
 
 /// Every series a node's view is read from, in one query.
 const CURRENT: &str = "{__name__=~\"reconciler_(node_info|rollout_wave|ready|\
@@ -41,12 +44,13 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    /// Why the node needs someone to look at it (empty: it does not). Waiting for a wave,
-    /// failing open and ejecting are reported, but are not the node's trouble.
+    /// Why the node needs someone to look at it (empty: it does not). Waiting for a wave
+    /// (not ready, if it holds nothing yet), failing open and ejecting are reported, but are
+    /// not the node's trouble.
     pub fn stuck(&self) -> Vec<&'static str> {
         let reasons = [
             (!self.reachable, "unreachable"),
-            (self.reachable && !self.ready, "not ready"),
+            (self.reachable && !self.ready && self.waiting_for.is_none(), "not ready"),
             (self.failed_revision.is_some(), "failing"),
             (self.drift_entries > 0, "drifting"),
         ];
@@ -67,7 +71,7 @@ impl Fleet {
     /// as `1h`) and no longer do as unreachable.
     pub fn read(prometheus: &Prometheus, window: &str) -> Result<Fleet, QueryError> {
         let known = format!("last_over_time(reconciler_node_info[{window}])");
-        let up = format!("up and on(job, instance) {known}");
+        let up = format!("up and ignoring(node, zone) {known}");
         let current = prometheus.query(CURRENT)?;
         Ok(Fleet::of(&current, &prometheus.query(&known)?, &prometheus.query(&up)?))
     }
@@ -78,7 +82,7 @@ impl Fleet {
         let mut nodes: BTreeMap<Target, NodeView> = BTreeMap::new();
         let view = |nodes: &mut BTreeMap<Target, NodeView>, sample: &Sample| {
             let target = Target::of(sample);
-            let instance = target.1.clone();
+            let instance = target.instance();
             nodes.entry(target).or_insert_with(|| NodeView {
                 node: instance.clone(),
                 instance,
@@ -135,14 +139,22 @@ impl Fleet {
     }
 }
 
-/// A scrape target: `job` and `instance`, which every series of one daemon shares.
+/// A scrape target: the labels every series of one daemon shares (`job`, `instance`, and a
+/// federating Prometheus' external labels such as `cluster`, where instances may repeat).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Target(String, String);
+struct Target(Vec<(String, String)>);
 
 impl Target {
     fn of(sample: &Sample) -> Target {
-        let label = |name: &str| sample.labels.get(name).cloned().unwrap_or_default();
-        Target(label("job"), label("instance"))
+        let shared = sample.labels.iter().filter(|(name, _)| {
+            name.as_str() != "__name__" && !NOT_THE_TARGET.contains(&name.as_str())
+        });
+        Target(shared.map(|(name, value)| (name.clone(), value.clone())).collect())
+    }
+
+    fn instance(&self) -> String {
+        let instance = self.0.iter().find(|(name, _)| name == "instance");
+        instance.map(|(_, value)| value.clone()).unwrap_or_default()
     }
 }
 

@@ -50,6 +50,8 @@ pub(super) struct Memory {
     pub ramps: std::sync::Arc<Ramps>,
     /// The rollout under way (shared with the loop).
     pub rollouts: std::sync::Arc<Rollouts>,
+    /// The gate of this node's wave (shared with its task).
+    pub gatekeeper: std::sync::Arc<waves::Gatekeeper>,
     /// The pipeline, with what the incremental path reuses (parses by blob, the state the
     /// last apply left) in its memo.
     pub session: Session,
@@ -66,6 +68,7 @@ impl Memory {
             overlay: Overlay::default(),
             ramps: std::sync::Arc::default(),
             rollouts: std::sync::Arc::default(),
+            gatekeeper: std::sync::Arc::default(),
             session,
         }
     }
@@ -175,7 +178,8 @@ fn reconcile_commit(
         Err(outcome) => return *outcome,
     };
     let live = live_revision(config);
-    if let Some(waiting) = waves::hold(config, live.as_deref(), desired.revision.as_deref()) {
+    let revision = desired.revision.as_deref();
+    if let Some(waiting) = waves::hold(config, &memory.gatekeeper, live.as_deref(), revision) {
         return waiting;
     }
     overlaid::with_overlay(config, memory, desired, refresh)
