@@ -81,9 +81,10 @@ impl Fleet {
 }
 
 /// Three nodes: edge-1 in wave 1 (which allows no VIP outside 10.96/16), edge-2 in wave 2,
-/// edge-3 in wave 3, each gated on 1 node of every earlier wave for `soak` seconds. Their
+/// edge-3 in wave 3, each gated on 1 node of every earlier wave for `soak` seconds, a storm
+/// above `max_ejected` ejected backends. Their
 /// health checks probe from the hub's namespace.
-fn fleet(soak: u64) -> Result<Fleet> {
+fn fleet(soak: u64, max_ejected: u64) -> Result<Fleet> {
     let hub = Sandbox::new("waves-hub")?;
     let listens = ["127.0.0.1:9481", "127.0.0.1:9482", "127.0.0.1:9483"];
     let prometheus = PrometheusServer::start(Some(&hub), PROMETHEUS, &listens)?;
@@ -97,7 +98,8 @@ fn fleet(soak: u64) -> Result<Fleet> {
         let wave = i + 1;
         let top = format!(
             "node: {{name: edge-{wave}}}\nrollout:\n  wave: {wave}\n  gate: {{prometheus: \
-             http://{PROMETHEUS}, soakSeconds: {soak}, minNodes: 1}}\n"
+             http://{PROMETHEUS}, soakSeconds: {soak}, minNodes: 1, maxEjectedBackends: \
+             {max_ejected}}}\n"
         );
         let policy = match wave {
             1 => "policy: {allowedVIPs: [10.96.0.0/16], allowLocalHealthChecks: [127.0.0.0/8]}\n",
@@ -118,7 +120,7 @@ fn fleet(soak: u64) -> Result<Fleet> {
 
 #[test]
 fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time() -> Result<()> {
-    let fleet = fleet(SOAK)?;
+    let fleet = fleet(SOAK, 2)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     // Even a first revision waits: edge-2 for edge-1, edge-3 for edge-2 (each logs what it
     // waits for once, as it changes).
@@ -145,7 +147,7 @@ fn each_wave_applies_a_revision_once_the_earlier_ones_ran_it_for_the_soak_time()
 
 #[test]
 fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> Result<()> {
-    let mut fleet = fleet(SOAK)?;
+    let mut fleet = fleet(SOAK, 2)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     fleet.applied(2, &first)?;
 
@@ -189,7 +191,7 @@ fn a_gate_that_cannot_see_waits_and_a_failure_on_wave_1_stops_the_rollout() -> R
 #[test]
 fn a_service_failing_open_on_an_earlier_wave_holds_the_later_ones_back() -> Result<()> {
     // A soak long enough for a failed health check to show.
-    let mut fleet = fleet(8)?;
+    let mut fleet = fleet(8, 2)?;
     let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
     fleet.applied(2, &first)?;
     // A health check of a backend nobody serves where the daemons run: every backend down,
@@ -206,5 +208,30 @@ fn a_service_failing_open_on_an_earlier_wave_holds_the_later_ones_back() -> Resu
     fleet.hub.serve_tcp("127.0.0.12:8080", "b12")?;
     fleet.applied(1, &second)?;
     fleet.applied(2, &second)?;
+    Ok(())
+}
+
+#[test]
+fn an_ejection_storm_on_an_earlier_wave_holds_the_later_ones_back() -> Result<()> {
+    // Any ejection is a storm here; a soak long enough for one to show.
+    let fleet = fleet(8, 0)?;
+    let first = fleet.work.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    fleet.applied(2, &first)?;
+    let detection = "  outlierDetection: {consecutiveFailures: 2, intervalSeconds: 1, \
+                     baseEjectionSeconds: 60, maxEjectionPercent: 50}\n  backends:";
+    let backends = "{address: 127.0.0.11}, {address: 127.0.0.13}";
+    let second = fleet.push(definitions(backends, false).replace("  backends:", detection));
+    fleet.applied(0, &second)?;
+    // Clients on edge-1 through the VIP: their connects to 127.0.0.13, where nothing listens,
+    // are refused, and outlier detection ejects it.
+    wait_for("an ejection on edge-1", Duration::from_secs(30), || {
+        let _ = fleet._nodes[0].probe_tcp("10.96.0.10:80", 10);
+        fleet.status(0).ok()?.ejections.iter().any(|e| e.ejected).then_some(())
+    })
+    .with_context(|| fleet.daemons[0].log())?;
+    let reason =
+        format!("an ejection storm on edge-1 (wave 1): 1 backends ejected on {}", &second[..12]);
+    fleet.waits(1, &second, |w| w.reason == reason)?;
+    assert_eq!(fleet.status(1)?.applied_revision.as_deref(), Some(first.as_str()));
     Ok(())
 }
