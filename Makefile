@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench fuzz clean
+.PHONY: setup build test lint demo bench fuzz man clean
 
 setup:
 	@bash scripts/setup.sh
@@ -46,6 +46,12 @@ bench: setup
 # naming the input, if a target finds a crash. Not part of build or test.
 fuzz: setup
 	@bash scripts/fuzz.sh
+
+# Man pages (reconciler.1 and reconciler-SUBCOMMAND.1) into target/man, from the command
+# line's own definition (clap_mangen): `man -l target/man/reconciler-plan.1`.
+man: setup
+	$(CARGO) build --bins
+	target/debug/reconciler manpages --dir target/man
 
 clean:
 	$(CARGO) clean

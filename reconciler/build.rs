@@ -1,7 +1,8 @@
 //! Builds the BPF object from `reconciler-ebpf` (nightly, bpfel-unknown-none, bpf-linker) into
 //! OUT_DIR, where `dataplane` embeds it with `include_bytes_aligned!`; and names this build
 //! by the content of its sources (`RECONCILER_BUILD_ID`), which keys the incremental path's
-//! caches: a build whose validation or compile rules differ never reads another's.
+//! caches: a build whose validation or compile rules differ never reads another's; and the
+//! git commit it is built from (`RECONCILER_COMMIT`), which `--version` shows.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -23,7 +24,34 @@ fn main() -> anyhow::Result<()> {
         manifest.join("../Cargo.lock"),
     ])?;
     println!("cargo:rustc-env=RECONCILER_BUILD_ID={build_id}");
+    println!("cargo:rustc-env=RECONCILER_COMMIT={}", commit(&manifest.join("..")));
     build_bpf_object(ebpf_dir)
+}
+
+/// The commit of the checkout at `root` (12 hex digits, `-dirty` with uncommitted changes to
+/// tracked files), or `unknown` outside one (a source package).
+fn commit(root: &Path) -> String {
+    // A new commit or checkout moves HEAD's log; watched only where it exists (a path that
+    // does not would run this script at every build).
+    for watched in [".git/HEAD", ".git/logs/HEAD"] {
+        if root.join(watched).exists() {
+            println!("cargo:rerun-if-changed=../{watched}");
+        }
+    }
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git").arg("-C").arg(root).args(args).output();
+        output.ok().filter(|o| o.status.success())
+    };
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    let dirty = git(&["diff", "--quiet", "HEAD"]).is_none();
+    if dirty {
+        format!("{head}-dirty")
+    } else {
+        head
+    }
 }
 
 /// A validate-only build (`--no-default-features`) has no data plane: no BPF object, no

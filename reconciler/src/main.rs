@@ -1,7 +1,9 @@
 //! The `reconciler` command. Each subcommand lives in `cli/`; the work is in the library.
 //!
 //! Exit codes: 0 success (for `plan --detailed-exitcode`: no changes); 1 an error, an invalid
-//! definition or a stale plan; 2 `plan --detailed-exitcode` found changes.
+//! definition or a stale plan; 2 `plan --detailed-exitcode` found changes, `fleet` a node
+//! stuck, `status --daemon` a daemon not ready or whose last run failed, `reconcile --wait`
+//! a run that failed.
 mod cli;
 
 /// mimalloc rather than glibc's malloc: parsing and compiling 10 000 services is mostly

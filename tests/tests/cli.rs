@@ -243,6 +243,42 @@ fn bad_usage_is_an_error_not_a_change() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--repo URL|PATH or --dir DIR"));
 }
 
+#[test]
+fn the_command_line_names_its_build_completes_in_shells_and_has_man_pages() {
+    let version = stdout(&reconciler(&["--version"]));
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(manifest_dir())
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    let expected = format!("reconciler {} (commit {head}", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version} (wanted {expected})");
+    assert!(version.trim_end().ends_with(", data plane)"), "{version}");
+    for (shell, marker) in [
+        ("bash", "complete -F _reconciler"),
+        ("zsh", "#compdef reconciler"),
+        ("fish", "complete -c reconciler"),
+    ] {
+        let script = stdout(&reconciler(&["completion", shell]));
+        assert!(script.contains(marker) && script.contains("against"), "{shell}: {script}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pages = reconciler(&["manpages", "--dir", &dir.path().display().to_string()]);
+    assert_eq!(pages.status.code(), Some(0), "{}", String::from_utf8_lossy(&pages.stderr));
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert!(page("reconciler.1").contains(".TH reconciler 1"), "{}", page("reconciler.1"));
+    assert!(page("reconciler-plan.1").contains("against"), "{}", page("reconciler-plan.1"));
+    assert!(!dir.path().join("reconciler-manpages.1").exists());
+    // `-o` and `--output` wherever there is an output format; `validate` takes both too.
+    let examples = manifest_dir().join("../examples/policies").display().to_string();
+    let by_format = stdout(&reconciler(&["validate", "--format", "json", &examples]));
+    assert!(by_format.contains("\"format_version\""), "{by_format}");
+    assert_eq!(stdout(&reconciler(&["validate", "--output", "json", &examples])), by_format);
+    assert_eq!(stdout(&reconciler(&["validate", "-o", "json", &examples])), by_format);
+}
+
 /// The revision a `plan --output json` run used.
 fn planned_revision(args: &[&str]) -> String {
     let output = reconciler(&[&["plan", "--output", "json"], args].concat());
@@ -378,6 +414,8 @@ fn a_build_without_the_data_plane_validates_and_plans_between_revisions() {
 
     let help = stdout(&run(&["--help"]));
     assert!(help.contains("validate") && help.contains("plan"), "{help}");
+    let version = stdout(&run(&["--version"]));
+    assert!(version.trim_end().ends_with(", validate-only: no data plane)"), "{version}");
     let commands: Vec<&str> =
         help.lines().filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next()).collect();
     assert!(!commands.contains(&"apply") && !commands.contains(&"daemon"), "{help}");

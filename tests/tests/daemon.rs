@@ -880,6 +880,44 @@ fn with_a_webhook_secret_only_githubs_signature_or_gitlabs_token_triggers_a_run(
     Ok(())
 }
 
+#[test]
+fn reconcile_asks_a_daemon_for_a_run_signed_and_waits_for_its_result() -> Result<()> {
+    let world = world_with_webhook_secret("d-ask")?;
+    let ask = |extra: &[&str]| -> Result<std::process::Output> {
+        let mut command = Command::new(reconciler_path()?);
+        Ok(command.args(["reconcile", "--daemon", &world.listen]).args(extra).output()?)
+    };
+    let text = |output: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let commit = world.push(&service("10.96.0.10", "127.0.0.12"))?;
+    // Unsigned: refused, and it says what to give.
+    let refused = ask(&["--wait"])?;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("--secret-file"), "{}", text(&refused));
+    // Signed with the daemon's secret: the run, waited for.
+    let secret = world.dir.path().join("webhook-secret").display().to_string();
+    let done = ask(&["--secret-file", &secret, "--wait"])?;
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    assert!(text(&done).contains(&format!("holds revision {commit}")), "{}", text(&done));
+    let status = |world: &World| -> Result<Option<i32>> {
+        let mut command = Command::new(reconciler_path()?);
+        Ok(command.args(["status", "--daemon", &world.listen]).output()?.status.code())
+    };
+    assert_eq!(status(&world)?, Some(0));
+    // A commit that fails: the run's result is the exit code, and `status --daemon` agrees.
+    world.push("apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n")?;
+    let failed = ask(&["--secret-file", &secret, "--wait"])?;
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(text(&failed).contains("The run failed: 1 invalid definition(s)"), "{}", text(&failed));
+    assert_eq!(status(&world)?, Some(2));
+    Ok(())
+}
+
 /// Ten signed deliveries that send their headers, then wait while a client without the
 /// secret opens twice as many connections as the daemon keeps: the crowd closes its own
 /// connections, never a delivery, and each delivery's body, sent after, is accepted.

@@ -44,7 +44,7 @@ pub struct ApplyArgs {
     #[arg(long, conflicts_with = "exclude_cgroup")]
     no_exclude: bool,
     /// `json`: the plan and the result as one JSON document (`format_version` 1).
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Apply at once, without the step-by-step rollout of services with `spec.rollout`: what
     /// `apply` always does (the daemon rolls out); accepted so scripts can say so.

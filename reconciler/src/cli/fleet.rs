@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::{Output, STUCK};
+use super::{Output, UNHEALTHY};
 use reconciler::fleet::{
     prometheus::Prometheus,
     view::{Fleet, NodeView},
@@ -21,7 +21,7 @@ pub struct FleetArgs {
     /// (a PromQL duration: 30m, 1h, 1d).
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     window: String,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
 
@@ -44,7 +44,7 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&as_json(&fleet, &stuck))?),
         Output::Text => print!("{}", text(&fleet, prometheus.url(), &stuck)),
     }
-    Ok(if stuck.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(STUCK) })
+    Ok(if stuck.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(UNHEALTHY) })
 }
 
 fn as_json(fleet: &Fleet, stuck: &[&str]) -> serde_json::Value {

@@ -6,7 +6,10 @@ mod apply;
 mod daemon;
 #[cfg(feature = "dataplane")]
 mod fleet;
+mod manual;
 mod plan;
+#[cfg(feature = "dataplane")]
+mod reconcile;
 #[cfg(feature = "dataplane")]
 mod status;
 #[cfg(feature = "dataplane")]
@@ -17,7 +20,7 @@ mod validate;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reconciler_core::{
     source::{default_cache_dir, FetchTimeouts, GitSpec, SourceSpec},
@@ -26,10 +29,22 @@ use reconciler_core::{
     verify::{AllowedSigners, Keyring, Mode, Verify},
 };
 
+/// What `--version` says: the version, the commit, and whether this build has the data plane.
+#[cfg(feature = "dataplane")]
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RECONCILER_COMMIT"), ", data plane)");
+#[cfg(not(feature = "dataplane"))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RECONCILER_COMMIT"),
+    ", validate-only: no data plane)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "reconciler",
-    version,
+    version = VERSION,
     about = "Keeps an eBPF socket load balancer in step with a git repository of service definitions"
 )]
 struct Cli {
@@ -61,15 +76,24 @@ enum Command {
     /// Which node runs which revision, and which are stuck, from Prometheus.
     #[cfg(feature = "dataplane")]
     Fleet(fleet::FleetArgs),
+    /// Ask a running daemon for a run now (as a git webhook does), and with --wait its result.
+    #[cfg(feature = "dataplane")]
+    Reconcile(reconcile::ReconcileArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completion(manual::CompletionArgs),
+    /// Write the man pages (reconciler.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages(manual::ManpagesArgs),
 }
 
 /// Exit code for errors (and invalid definitions).
 const FAILURE: u8 = 1;
 /// Exit code of `plan --detailed-exitcode` when something would change.
 const CHANGES: u8 = 2;
-/// Exit code of `fleet` when a node is stuck.
+/// Exit code of `fleet` when a node is stuck, and of `status --daemon` when the daemon is not
+/// ready or its last run failed: something for someone to look at.
 #[cfg(feature = "dataplane")]
-const STUCK: u8 = 2;
+const UNHEALTHY: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -90,7 +114,6 @@ pub fn run() -> ExitCode {
         // write error instead (`reconciler trace | head`).
         #[cfg(feature = "dataplane")]
         Command::Daemon(_) | Command::Trace(_) => (true, false),
-        #[cfg(feature = "dataplane")]
         _ => (false, false),
     };
     if !ignores_sigpipe {
@@ -119,6 +142,10 @@ pub fn run() -> ExitCode {
         Command::Trace(args) => trace::run(args),
         #[cfg(feature = "dataplane")]
         Command::Fleet(args) => fleet::run(args),
+        #[cfg(feature = "dataplane")]
+        Command::Reconcile(args) => reconcile::run(args),
+        Command::Completion(args) => manual::completion(args, Cli::command()),
+        Command::Manpages(args) => manual::manpages(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -18,7 +18,7 @@ pub struct PlanArgs {
     /// Exit 0 when nothing would change, 2 when something would, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Save the plan, for `reconciler apply FILE` to apply exactly.
     #[arg(long, value_name = "FILE")]

@@ -14,13 +14,13 @@ use reconciler_common::ExcludedCgroup;
 use reconciler_core::state::MapState;
 use serde_json::json;
 
-use super::{Output, PinArgs};
+use super::{Output, PinArgs, UNHEALTHY};
 
 #[derive(Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pin: PinArgs,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Ask a running daemon (its `listen` address) instead of reading the maps.
     #[arg(long, value_name = "HOST:PORT")]
@@ -310,7 +310,8 @@ fn print_counters(counters: &Counters) {
     }
 }
 
-/// The daemon's `/status`, as JSON or as text.
+/// The daemon's `/status`, as JSON or as text; exits 2 unless it is ready and its last run
+/// succeeded.
 fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
     let (code, body) = reconciler::daemon::http::request(addr, "GET", "/status")
         .map_err(|e| anyhow::anyhow!("asking the daemon at {addr}: {e}"))?;
@@ -318,10 +319,17 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
     let status: DaemonStatus = serde_json::from_str(&body).map_err(|e| {
         anyhow::anyhow!("the daemon at {addr} sent a /status this build cannot read: {e}")
     })?;
+    let healthy = status.ready && status.last_error.is_none();
+    let code = if healthy { ExitCode::SUCCESS } else { ExitCode::from(UNHEALTHY) };
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
+    print_daemon_status(addr, &status);
+    Ok(code)
+}
+
+fn print_daemon_status(addr: &str, status: &DaemonStatus) {
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
     println!("Daemon:             {addr} ({})", if status.ready { "ready" } else { "not ready" });
     println!("Source:             {}", status.source);
@@ -365,8 +373,8 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
             backend.services.join(", ")
         );
     }
-    print_ejections(&status);
-    print_rollout(&status);
+    print_ejections(status);
+    print_rollout(status);
     if !status.slow_start.is_empty() {
         println!("Slow start:");
     }
@@ -377,7 +385,6 @@ fn daemon_status(addr: &str, output: Output) -> anyhow::Result<ExitCode> {
             ramp.percent
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Outlier detection's part of `status --daemon`.

@@ -15,7 +15,8 @@ pub struct ValidateArgs {
     /// Files or directories (searched for .yaml/.yml files); default: the current directory.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// text, json or github; `--output` and `-o` are the same.
+    #[arg(long, short = 'o', visible_alias = "output", value_enum, default_value_t = Format::Text)]
     format: Format,
     #[command(flatten)]
     policy: PolicyArgs,

@@ -245,6 +245,16 @@ impl Delivering {
 /// A blocking client for the same endpoint: `(status code, body)` of `METHOD path` (GET or
 /// POST), within 10 s.
 pub fn request(addr: &str, method: &str, path: &str) -> io::Result<(u16, String)> {
+    request_with(addr, method, path, &[])
+}
+
+/// [`request`] with `headers` (a webhook's signature, say) and no body.
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -252,8 +262,8 @@ pub fn request(addr: &str, method: &str, path: &str) -> io::Result<(u16, String)
         .into();
     let url = format!("http://{addr}{path}");
     let response = match method {
-        "GET" => agent.get(&url).call(),
-        "POST" => agent.post(&url).send_empty(),
+        "GET" => headers.iter().fold(agent.get(&url), |r, (k, v)| r.header(*k, *v)).call(),
+        "POST" => headers.iter().fold(agent.post(&url), |r, (k, v)| r.header(*k, *v)).send_empty(),
         other => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("method {other}")));
         }

@@ -49,6 +49,14 @@ impl Secret {
         Ok(Secret(secret.to_vec()))
     }
 
+    /// GitHub's `X-Hub-Signature-256` value for `body`: what a client signs a request with.
+    /// (`None` never happens: HMAC takes a key of any length.)
+    pub fn sign(&self, body: &[u8]) -> Option<String> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
+        mac.update(body);
+        Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+    }
+
     /// What checks a delivery whose headers are `headers`: its body is fed to it as it
     /// arrives, so a large one is never held whole.
     pub fn check(&self, headers: &HeaderMap) -> Result<Check, Refused> {

@@ -30,7 +30,7 @@ pub struct TraceArgs {
     /// Only events of this VIP (`IP` or `IP:PORT`).
     #[arg(long)]
     vip: Option<String>,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
 
