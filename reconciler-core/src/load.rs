@@ -135,6 +135,8 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
 /// Every non-empty document in `text`, making at most `budget` nodes (scalars, mappings,
 /// sequences), and taking the nodes made from it: one budget serves all files of a revision.
 pub fn parse_within(text: &str, budget: &mut usize) -> Result<Vec<Document>, SyntaxError> {
+    // The byte-order mark Notepad writes at the start of a UTF-8 file: no part of the text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.len() > limits::MAX_FILE_BYTES {
         return Err(SyntaxError {
             position: Position { line: 1, column: 1 },
@@ -470,6 +472,13 @@ mod tests {
         let text = "#".repeat(limits::MAX_FILE_BYTES + 1);
         let err = parse(&text).unwrap_err();
         assert!(err.message.contains("at most"), "{err:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_no_part_of_the_text() {
+        let docs = parse("\u{feff}apiVersion: v1\nkind: Service\n").unwrap();
+        assert_eq!(docs[0].value, json!({"apiVersion": "v1", "kind": "Service"}));
+        assert_eq!(docs[0].key_position("/apiVersion"), Position { line: 1, column: 1 });
     }
 
     #[test]

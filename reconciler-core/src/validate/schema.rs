@@ -15,6 +15,8 @@ pub struct Schema {
     name: &'static str,
     text: &'static str,
     compiled: OnceLock<Result<Validator, SchemaError>>,
+    /// The schema as JSON, for "did you mean".
+    value: OnceLock<serde_json::Value>,
 }
 
 /// Why an embedded schema does not compile: a bug of this build, shown as a diagnostic of
@@ -31,7 +33,7 @@ pub(super) static SERVICE_SCHEMA: Schema = Schema::new("schema/service.schema.js
 
 impl Schema {
     pub const fn new(name: &'static str, text: &'static str) -> Self {
-        Schema { name, text, compiled: OnceLock::new() }
+        Schema { name, text, compiled: OnceLock::new(), value: OnceLock::new() }
     }
 
     fn validator(&self) -> Result<&Validator, Diagnostic> {
@@ -52,7 +54,7 @@ impl Schema {
     pub fn check(&self, file: &str, document: &Document) -> Result<Vec<Diagnostic>, Diagnostic> {
         let mut diagnostics = Vec::new();
         for error in self.validator()?.iter_errors(&document.value) {
-            schema_diagnostics(file, document, &error, &mut diagnostics);
+            schema_diagnostics(self, file, document, &error, &mut diagnostics);
         }
         Ok(diagnostics)
     }
@@ -61,6 +63,7 @@ impl Schema {
 /// The diagnostics of one schema `error` in `document`: unknown fields at their keys, the
 /// common errors said for people, the others as jsonschema says them.
 fn schema_diagnostics(
+    schema: &Schema,
     file: &str,
     document: &Document,
     error: &jsonschema::ValidationError<'_>,
@@ -72,12 +75,12 @@ fn schema_diagnostics(
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for key in unexpected {
                 let field = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
-                out.push(at(
-                    file,
-                    document.key_position(&field),
-                    &field,
-                    format!("unknown field `{key}`"),
-                ));
+                let object = error.schema_path().as_str();
+                let message = match schema.closest_field(object, key) {
+                    Some(known) => format!("unknown field `{key}`; did you mean `{known}`?"),
+                    None => format!("unknown field `{key}`"),
+                };
+                out.push(at(file, document.key_position(&field), &field, message));
             }
             return;
         }
@@ -109,6 +112,32 @@ fn schema_diagnostics(
         _ => error.to_string(),
     };
     out.push(at(file, document.value_position(pointer), pointer, message));
+}
+
+impl Schema {
+    /// The field of the object whose `additionalProperties` refused `key` (`refused_at`, the
+    /// keyword's place in this schema) nearest to it, if `key` looks like a typo of it: at
+    /// most two edits (a swap of two letters is one), one for names of up to three letters.
+    fn closest_field(&self, refused_at: &str, key: &str) -> Option<&str> {
+        // The schema compiled (`validator`), so it parses.
+        let root = self.value.get_or_init(|| serde_json::from_str(self.text).unwrap_or_default());
+        let segments: Vec<&str> = refused_at.split('/').skip(1).collect();
+        let mut object = root;
+        for segment in &segments[..segments.len().checked_sub(1)?] {
+            let segment = segment.replace("~1", "/").replace("~0", "~");
+            object = match segment.as_str() {
+                "$ref" => root.pointer(object.get("$ref")?.as_str()?.strip_prefix('#')?)?,
+                _ => match segment.parse::<usize>() {
+                    Ok(index) if object.is_array() => object.get(index)?,
+                    _ => object.get(&segment)?,
+                },
+            };
+        }
+        let fields = object.get("properties")?.as_object()?.keys();
+        let bound = if key.chars().count() <= 3 { 1 } else { 2 };
+        let nearest = fields.map(|f| (strsim::osa_distance(key, f), f)).min()?;
+        (nearest.0 > 0 && nearest.0 <= bound).then_some(nearest.1.as_str())
+    }
 }
 
 /// A value as a diagnostic quotes it.

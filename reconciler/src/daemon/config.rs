@@ -585,7 +585,7 @@ drift: heal
         );
         assert_eq!(
             errors(&FULL.replace("  pinPath:", "  pinpath:")),
-            ["node.yaml:9:3: dataplane.pinpath: unknown field `pinpath`"]
+            ["node.yaml:9:3: dataplane.pinpath: unknown field `pinpath`; did you mean `pinPath`?"]
         );
         assert_eq!(
             errors("listen: 127.0.0.1:1\n"),
