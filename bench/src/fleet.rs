@@ -6,7 +6,7 @@
 //! server's CPU time and requests; the daemons' RSS.
 use std::{
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -72,11 +72,7 @@ impl Hub {
         work.bare_clone(served.path(), "services.git");
         // In the hub's cgroup too: its CPU time is the server's, forks included.
         let in_hub = |program| sandbox.command(program).expect("a command in the hub");
-        let reachable = |socket: SocketAddr| {
-            let connect =
-                move || Ok(TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_ok());
-            sandbox.in_netns(connect).unwrap_or(false)
-        };
+        let reachable = |socket: SocketAddr| sandbox.accepts(socket);
         let mut git = GitDaemon::start_logged(served.path(), HUB.parse()?, in_hub, reachable);
         let log = git.take_log().context("git daemon's log")?;
         let fetches = Arc::new(Mutex::new(Vec::new()));

@@ -127,6 +127,13 @@ impl Sandbox {
         &self.pin_path
     }
 
+    /// Whether something in the namespace accepts connections on `socket` (within 200 ms).
+    pub fn accepts(&self, socket: SocketAddr) -> bool {
+        let timeout = Duration::from_millis(200);
+        let connect = move || Ok(std::net::TcpStream::connect_timeout(&socket, timeout).is_ok());
+        self.in_netns(connect).unwrap_or(false)
+    }
+
     /// A path of the namespace, for `ip ... netns PATH` (which opens a name with a slash as a
     /// path): this process' descriptor of it.
     pub fn netns_path(&self) -> String {

@@ -178,20 +178,9 @@ pub fn served_repo(text: &str) -> Result<(Repo, tempfile::TempDir, std::path::Pa
 /// A real git server (`git daemon`) in `netns`, on 127.0.0.1, serving the repositories
 /// under `served` (as [`served_repo`] makes them); with the URL of `services.git`.
 pub fn git_server(netns: &Sandbox, served: &Path) -> Result<(GitDaemon, String)> {
-    let reachable = |socket: std::net::SocketAddr| {
-        let connect = move || {
-            let timeout = Duration::from_millis(200);
-            Ok(std::net::TcpStream::connect_timeout(&socket, timeout).is_ok())
-        };
-        netns.in_netns(connect).unwrap_or(false)
-    };
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-    let server = GitDaemon::start_with(
-        served,
-        loopback,
-        |program| netns.command_in_netns(program),
-        reachable,
-    );
+    let in_netns = |program| netns.command_in_netns(program);
+    let server = GitDaemon::start_with(served, loopback, in_netns, |s| netns.accepts(s));
     let url = server.url("services.git");
     Ok((server, url))
 }

@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result};
-use reconciler::daemon::http::request;
+use reconciler::fleet::prometheus::{Prometheus, Vector};
 use tempfile::TempDir;
 
 use crate::{wait_for, Running, Sandbox};
@@ -63,31 +63,22 @@ impl PrometheusServer {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-    /// The result of the instant query `query` (its series), if Prometheus answers.
-    pub fn query(&self, netns: Option<&Sandbox>, query: &str) -> Option<Vec<serde_json::Value>> {
-        let encoded: String = query
-            .bytes()
-            .map(|b| match b.is_ascii_alphanumeric() || b == b'_' {
-                true => char::from(b).to_string(),
-                false => format!("%{b:02X}"),
-            })
-            .collect();
-        let path = format!("/api/v1/query?query={encoded}");
-        let listen = self.listen.clone();
-        let ask = move || Ok(request(&listen, "GET", &path)?.1);
-        let body = match netns {
+    /// The instant vector of `query`, by the library's own client (`reconciler fleet`'s), if
+    /// Prometheus answers.
+    pub fn query(&self, netns: Option<&Sandbox>, query: &str) -> Option<Vector> {
+        let (url, query) = (self.url(), query.to_owned());
+        let ask = move || Ok(Prometheus::new(&url, Duration::from_secs(5)).query(&query)?);
+        match netns {
             Some(sandbox) => sandbox.in_netns(ask),
             None => ask(),
-        };
-        let answer: serde_json::Value = serde_json::from_str(&body.ok()?).ok()?;
-        answer["data"]["result"].as_array().cloned()
+        }
+        .ok()
     }
 
     /// The value of the first series of `query`, once Prometheus has one.
     pub fn value(&self, netns: Option<&Sandbox>, query: &str) -> Result<f64> {
         wait_for("Prometheus to have scraped the daemons", Duration::from_secs(30), || {
-            let series = self.query(netns, query)?;
-            series.first()?["value"][1].as_str()?.parse::<f64>().ok()
+            Some(self.query(netns, query)?.samples.first()?.value)
         })
         .with_context(|| self.log())
     }

@@ -154,7 +154,6 @@ fn show(
         Outcome::Applied { plan, report } => {
             metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
-            status.applied_revision_since = None;
             at_revision(status, metrics, &plan, whole(&plan, recorded), &now_text);
         }
         Outcome::Unchanged { plan } => {
@@ -193,7 +192,6 @@ fn show(
         Outcome::RolledBack { plan, report, revision, reason } => {
             metrics.applied_report(&report);
             metrics.applied(plan.context.revision.as_deref(), now);
-            status.applied_revision_since = None;
             holding(status, metrics, &plan, whole(&plan, recorded));
             status.attempted_revision = Some(revision.clone());
             status.attempted_at = Some(now_text);

@@ -173,11 +173,13 @@ fn reconcile_commit(
     if decide::already_failed(&snapshot.revision, &memory.failed_revision) {
         return Outcome::StillRejected { revision: snapshot.revision };
     }
-    let desired = match desired(config, memory, snapshot) {
+    // What the maps hold, read once: what validation's capacity and the wave's gate go by.
+    let installed = installed_status(config);
+    let desired = match desired(config, memory, snapshot, installed.as_ref()) {
         Ok(desired) => desired,
         Err(outcome) => return *outcome,
     };
-    let live = live_revision(config);
+    let live = installed.and_then(|status| status.revision);
     let revision = desired.revision.as_deref();
     if let Some(waiting) = waves::hold(config, &memory.gatekeeper, live.as_deref(), revision) {
         return waiting;
@@ -219,6 +221,7 @@ fn desired(
     config: &Config,
     memory: &mut Memory,
     snapshot: Snapshot,
+    installed: Option<&dataplane::Status>,
 ) -> Result<Desired, Box<Outcome>> {
     // The commit the data plane already holds was validated when it was applied: at each
     // interval only drift is to be checked, not the definitions again.
@@ -232,10 +235,9 @@ fn desired(
         .map_err(Box::new)?;
     // A revision the data plane already holds is adopted as it is (applied by `reconciler
     // apply`, say): if its failovers would not fit, health's overlay holds them back.
-    let installed = installed_status(config);
-    let live = installed.as_ref().and_then(|status| status.revision.as_ref());
+    let live = installed.and_then(|status| status.revision.as_ref());
     let held = live.is_some_and(|live| Some(live) == snapshot.revision.as_ref());
-    let capacity = (!held).then(|| node_capacity(config, installed.as_ref()));
+    let capacity = (!held).then(|| node_capacity(config, installed));
     memory.session.set_policy(Policy { local_addresses, capacity, ..config.policy.clone() });
     if let Some(good) = known {
         return Ok(good.clone());
