@@ -223,6 +223,10 @@ pub struct MapState {
     /// binary form has no room for a field left out).
     #[serde(skip)]
     pub topology: BTreeMap<String, String>,
+    /// The weights of Maglev backends (by backend ID), for people: the maps hold their slots
+    /// only (not kept in memos or saved plans, like `topology`).
+    #[serde(skip)]
+    pub weights: BTreeMap<u32, u32>,
 }
 
 /// A service's rollout in progress (the daemon's, recorded in `HEALTH_EXCLUDED`): `percent` of
@@ -344,6 +348,9 @@ impl MapState {
             ramps: BTreeMap::new(),
             blends: BTreeMap::new(),
             topology: BTreeMap::new(),
+            weights: copied_where(&self.weights, |id, _| {
+                self.backends.get(id).is_some_and(|b| ids.contains(&b.service_id))
+            }),
         }
     }
 
@@ -362,6 +369,7 @@ impl MapState {
             ramps: self.ramps.clone(),
             blends: self.blends.clone(),
             topology: self.topology.clone(),
+            weights: self.weights.clone(),
         }
     }
 

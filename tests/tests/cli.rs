@@ -11,6 +11,7 @@ use reconciler_tests::{
     git::{loopback_address, Daemon, Repo, WEB_SERVICE},
     reconciler_path,
 };
+use serde_json::json;
 use tempfile::TempDir;
 
 fn manifest_dir() -> PathBuf {
@@ -176,7 +177,7 @@ fn plan_without_a_data_plane_shows_everything_created() {
     let output = plan(&repo, &cache, &["--pin-path", NO_INSTALL, "--output", "json"]);
     assert_eq!(output.status.code(), Some(0));
     let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["format_version"], 2);
     assert_eq!(plan["revision"], repo.git(&["rev-parse", "HEAD"]));
     assert_eq!(plan["install"], true);
     assert_eq!(plan["summary"], serde_json::json!({"add": 6, "change": 0, "destroy": 0}));
@@ -186,6 +187,33 @@ fn plan_without_a_data_plane_shows_everything_created() {
     assert!(web["before"].is_null());
     assert!(plan["map_writes"].as_u64().unwrap() > 0);
     assert!(plan.get("desired").is_none(), "map entries belong in --out files only");
+    // Typed values: numbers as numbers, backends and ports as objects, Maglev's weights.
+    assert_eq!(web["after"]["ports"][0], json!({"name": "http", "port": 80, "protocol": "TCP"}));
+    let first =
+        json!({"address": "10.1.0.11", "port": 8080, "weight": 1, "slots": 1, "state": "active"});
+    assert_eq!(web["after"]["backends"][0], first);
+    let postgres =
+        plan["services"].as_array().unwrap().iter().find(|s| s["name"] == "postgres-read");
+    let postgres = &postgres.unwrap()["after"];
+    assert_eq!(postgres["backends"][1]["weight"], 3, "{postgres}");
+    assert_eq!(postgres["backends"][1]["slots"], 301, "{postgres}");
+    assert_eq!(postgres["backends"][2]["state"], "draining", "{postgres}");
+    assert_eq!(
+        postgres["load_balancing"][0],
+        json!({"algorithm": "maglev", "client": "cgroup", "table_size": 401})
+    );
+    assert_plan_output_schema(&plan);
+}
+
+/// `value` is valid under `schema/plan-output.schema.json`.
+pub fn assert_plan_output_schema(value: &serde_json::Value) {
+    let path = manifest_dir().join("../schema/plan-output.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{value:#}");
 }
 
 #[test]
@@ -209,7 +237,7 @@ fn plan_against_an_older_revision_shows_just_the_edit() {
     let output =
         plan(&repo, &cache, &["--ref", &first, "--against", &first, "--detailed-exitcode"]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    assert!(stdout(&output).contains("No changes."));
+    assert!(stdout(&output).contains("No changes: merging it into "));
 }
 
 #[test]

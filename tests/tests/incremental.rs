@@ -12,7 +12,7 @@ use reconciler::{
     pipeline::{ApplyOptions, Error, PlanOptions, Session},
 };
 use reconciler_core::{
-    plan::{render_text, Plan},
+    plan::{render_text, Paint, Plan},
     source::{FetchTimeouts, GitSpec, SourceSpec},
     state::MapState,
     validate::Policy,
@@ -241,7 +241,7 @@ impl Side {
 /// A plan as people see it, without the line that says how it was read and with the data
 /// plane's pin path (the two sides' differ) left out.
 fn shown(plan: &Plan) -> String {
-    let text = render_text(plan).replace(&plan.context.pin_path, "PIN");
+    let text = render_text(plan, Paint::NONE).replace(&plan.context.pin_path, "PIN");
     text.lines().filter(|line| !line.starts_with("Read: ")).collect::<Vec<_>>().join("\n")
 }
 

@@ -4,14 +4,20 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::view::{views, ServiceView};
+use super::{
+    view::{views, ServiceView},
+    warnings::{warnings_of, Warning},
+};
 use crate::{
     diff::{predicted_writes, Change},
+    source::CompareMode,
     state::{split_label, MapState},
+    validate::Diagnostic,
 };
 
-/// Version of the plan JSON (`--output json` and saved plans).
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the plan JSON (`--output json` and saved plans). 2: typed services (backends,
+/// ports as objects), warnings, the comparison of `plan --against`.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +50,8 @@ pub struct Plan {
     pub context: PlanContext,
     pub services: Vec<ServicePlan>,
     pub summary: Summary,
+    /// What a reviewer must not miss, shown first.
+    pub warnings: Vec<Warning>,
     /// Map entries that differ.
     pub entry_changes: usize,
     /// Map writes the apply will make (both sets, the flip and the metadata).
@@ -66,10 +74,19 @@ impl Plan {
     /// Every live service goes and none comes: what an empty or mistyped source looks like.
     pub fn destroys_everything(&self) -> bool {
         // An incremental plan is made only for definitions with services.
-        self.touched.is_none()
-            && !self.context.against
-            && self.summary.destroy > 0
-            && self.desired.services.is_empty()
+        self.context.against.is_none() && self.leaves_nothing()
+    }
+
+    /// The plan as an incremental one, of the services whose entries `touched` holds.
+    pub fn scoped_to(mut self, touched: MapState) -> Plan {
+        self.touched = Some(touched);
+        self.warnings = warnings_of(&self.services, self.leaves_nothing());
+        self
+    }
+
+    /// Services go and none is left.
+    fn leaves_nothing(&self) -> bool {
+        self.touched.is_none() && self.summary.destroy > 0 && self.desired.services.is_empty()
     }
 
     /// The live maps differ from what their recorded revision put there.
@@ -97,7 +114,8 @@ pub struct PlanContext {
     /// The revision the live maps record as applied (with `against`: the base revision).
     pub live_revision: Option<String>,
     /// Compared with another revision (`plan --against`), not with a data plane.
-    pub against: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<Comparison>,
     /// The daemon's overlay changes (exclusions, ramps, rollouts), whatever else does.
     #[serde(default)]
     pub health_changed: bool,
@@ -112,6 +130,23 @@ pub struct PlanContext {
     /// The services whose `nodeSelector` leaves the node planned for out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_on_node: Vec<String>,
+}
+
+/// What `plan --against REV` compared, for a pull request's review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub mode: CompareMode,
+    /// REV, as given, and its commit.
+    pub base_ref: String,
+    pub base: String,
+    /// The commit planned (HEAD, or `--ref`).
+    pub head: String,
+    /// The commit both descend from (the "before" side of a `merge_base` comparison).
+    pub merge_base: Option<String>,
+    /// What is wrong in the base revision's definitions: its services that load are planned
+    /// against, the others left out (a pull request that repairs the base still gets a plan).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_errors: Vec<Diagnostic>,
 }
 
 /// The plan that turns `live` into `desired`.
@@ -129,8 +164,13 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
     let mut all = live.ids_named(&names);
     all.extend(desired.ids_named(&names));
     all.extend(ids);
-    let before = views(&live.restricted(&all));
+    let mut before = views(&live.restricted(&all));
     let after = views(&desired.restricted(&all));
+    for (name, view) in &mut before {
+        if let Some(new) = after.get(name) {
+            view.borrow_unknown_weights(new);
+        }
+    }
     let mut services = Vec::new();
     let mut summary = Summary::default();
     let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
@@ -155,16 +195,19 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         });
     }
     let revision_changed = context.revision.is_some() && context.revision != context.live_revision;
-    Plan {
+    let mut plan = Plan {
         format_version: FORMAT_VERSION,
         map_writes: predicted_writes(&changes, revision_changed),
         entry_changes: changes.len(),
         context,
         services,
         summary,
+        warnings: Vec::new(),
         desired,
         touched: None,
-    }
+    };
+    plan.warnings = warnings_of(&plan.services, plan.leaves_nothing());
+    plan
 }
 
 /// The service IDs that `changes` (from `live` to `desired`) touch an entry of.

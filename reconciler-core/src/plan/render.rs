@@ -1,5 +1,6 @@
-//! A plan as text, the way Terraform shows one: where it comes from, then each service with
-//! its fields (`+` create, `~` update, `-` destroy), then the summary.
+//! A plan as text, the way Terraform shows one: where it comes from, what a reviewer must
+//! not miss, then each service with its fields (`+` create, `~` update, `-` destroy), then
+//! the summary.
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},
@@ -8,30 +9,48 @@ use std::{
 use similar::{capture_diff_slices_deadline, Algorithm as DiffAlgorithm, DiffOp};
 
 use super::{
-    make::{Action, Plan, ServicePlan},
-    view::ServiceView,
+    make::{Action, Comparison, Plan, ServicePlan},
+    paint::Paint,
+    view::{Fields, ServiceView},
 };
-use crate::state::Exclusion;
+use crate::{source::CompareMode, state::Exclusion};
 
 // Writing to a String cannot fail: the `fmt::Result`s of `writeln!` below are ignored.
 
-/// The plan as text, Terraform style.
-pub fn render_text(plan: &Plan) -> String {
+/// The plan as text, Terraform style; coloured with `paint`.
+pub fn render_text(plan: &Plan, paint: Paint) -> String {
     let mut out = String::new();
     render_source(&mut out, plan);
+    if let Some(against) = &plan.context.against {
+        render_base_errors(&mut out, against, paint);
+    }
+    for warning in &plan.warnings {
+        let _ = writeln!(out, "{} {}", paint.error("Warning:"), warning.message);
+    }
     render_notes(&mut out, plan);
     if plan.services.is_empty() {
-        let _ = writeln!(out, "\nNo changes. The live state matches the configuration.");
-        if plan.map_writes > 0 {
+        let _ = match &plan.context.against {
+            Some(against) => writeln!(out, "\nNo changes: {}.", no_change(against)),
+            None => writeln!(out, "\nNo changes. The live state matches the configuration."),
+        };
+        if plan.map_writes > 0 && plan.context.against.is_none() {
             let _ = writeln!(out, "Apply will record the new revision only.");
         }
         return out;
     }
     for service in &plan.services {
-        render_service(&mut out, service);
+        render_service(&mut out, service, paint);
     }
     render_summary(&mut out, plan);
     out
+}
+
+/// What a comparison without a change means.
+fn no_change(against: &Comparison) -> String {
+    match against.mode {
+        CompareMode::Merge => format!("merging it into {} changes no service", against.base_ref),
+        CompareMode::MergeBase => "it changes no service of the merge base".to_owned(),
+    }
 }
 
 /// Where the desired state comes from, and what it is compared with.
@@ -42,9 +61,8 @@ fn render_source(out: &mut String, plan: &Plan) {
         .as_deref()
         .map_or("no commit (a plain directory)".to_owned(), |r| format!("commit {r}"));
     let _ = writeln!(out, "Source: {} at {revision}", context.source);
-    if context.against {
-        let base = context.live_revision.as_deref().unwrap_or("(base)");
-        let _ = writeln!(out, "Against: commit {base} (no data plane involved)");
+    if let Some(against) = &context.against {
+        let _ = writeln!(out, "{}", comparison_line(against));
     } else if context.install {
         let _ = writeln!(
             out,
@@ -67,6 +85,50 @@ fn render_source(out: &mut String, plan: &Plan) {
             );
         }
     }
+}
+
+/// What `plan --against` compared, in one line.
+pub(super) fn comparison_line(against: &Comparison) -> String {
+    let base = match against.base.starts_with(&against.base_ref) {
+        true => format!("commit {}", against.base),
+        false => format!("{} (commit {})", against.base_ref, against.base),
+    };
+    match (against.mode, &against.merge_base) {
+        (CompareMode::Merge, _) => format!(
+            "Against: {base}; planned: what merging commit {} into it would change",
+            against.head
+        ),
+        (CompareMode::MergeBase, merge_base) => format!(
+            "Against: {base}; merging commit {} into it conflicts, so planned: what it changes \
+             since the merge base (commit {}), as `git diff {}...{}` shows",
+            against.head,
+            merge_base.as_deref().unwrap_or("?"),
+            against.base_ref,
+            against.head
+        ),
+    }
+}
+
+/// The base revision's errors: a warning, not the change's.
+fn render_base_errors(out: &mut String, against: &Comparison, paint: Paint) {
+    if against.base_errors.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{} {}", paint.error("Warning:"), base_errors_heading(against));
+    for error in &against.base_errors {
+        let _ = writeln!(out, "  {error}");
+    }
+}
+
+/// The heading of the base revision's errors.
+pub(super) fn base_errors_heading(against: &Comparison) -> String {
+    format!(
+        "{} error(s) in the definitions of the base revision {} (commit {}), not of this \
+         change; planned against its services that load:",
+        against.base_errors.len(),
+        against.base_ref,
+        against.base
+    )
 }
 
 /// The health exclusions, and whether the live maps drifted.
@@ -144,79 +206,108 @@ fn render_notes(out: &mut String, plan: &Plan) {
 }
 
 /// One service's header and fields.
-fn render_service(out: &mut String, service: &ServicePlan) {
-    let (verb, sign) = match service.action {
-        Action::Create => ("will be created", "+"),
-        Action::Update => ("will be updated in place", "~"),
-        Action::Destroy => ("will be destroyed", "-"),
-    };
+fn render_service(out: &mut String, service: &ServicePlan, paint: Paint) {
+    let (verb, sign) = header(service.action);
     let _ = writeln!(out, "\n  # service \"{}\" {verb}", service.name);
-    let _ = writeln!(out, "  {sign} service \"{}\" {{", service.name);
-    render_fields(out, service.before.as_ref(), service.after.as_ref());
+    let _ = writeln!(out, "  {} service \"{}\" {{", paint.sign(sign), service.name);
+    let (old, new) = fields_of(service);
+    render_fields(out, &field_lines(&old, &new), paint);
     let _ = writeln!(out, "    }}");
+}
+
+/// What happens to a service, in words and as a sign.
+pub(super) fn header(action: Action) -> (&'static str, char) {
+    match action {
+        Action::Create => ("will be created", '+'),
+        Action::Update => ("will be updated in place", '~'),
+        Action::Destroy => ("will be destroyed", '-'),
+    }
+}
+
+/// A service's fields before and after, as text lines (a side it lacks: none).
+pub(super) fn fields_of(service: &ServicePlan) -> (Fields, Fields) {
+    let empty = ServiceView::default();
+    let old = service.before.as_ref().unwrap_or(&empty).fields();
+    let new = service.after.as_ref().unwrap_or(&empty).fields();
+    (old, new)
 }
 
 /// The counts, the warning about destroying everything, and the writes apply makes.
 fn render_summary(out: &mut String, plan: &Plan) {
-    let s = plan.summary;
-    let _ = writeln!(
-        out,
-        "\nPlan: {} to add, {} to change, {} to destroy.",
-        s.add, s.change, s.destroy
-    );
+    let _ = writeln!(out, "\n{}", summary_line(plan));
     if plan.destroys_everything() {
         let _ = writeln!(
             out,
-            "Warning: this plan destroys every service and defines none; apply refuses it \
-             without --allow-destroy-all."
+            "Apply refuses a plan that destroys every service without --allow-destroy-all."
         );
     }
-    let _ = writeln!(
-        out,
-        "Apply will change {} map entries in {} map writes.",
-        plan.entry_changes, plan.map_writes
-    );
+    if plan.context.against.is_none() {
+        let _ = writeln!(
+            out,
+            "Apply will change {} map entries in {} map writes.",
+            plan.entry_changes, plan.map_writes
+        );
+    }
+}
+
+/// `Plan: X to add, Y to change, Z to destroy.`
+pub(super) fn summary_line(plan: &Plan) -> String {
+    let s = plan.summary;
+    format!("Plan: {} to add, {} to change, {} to destroy.", s.add, s.change, s.destroy)
+}
+
+/// One line of a service's fields in a plan.
+pub(super) enum FieldLine<'a> {
+    /// `sign name = value` (` ` kept, `+` added, `-` removed).
+    Value { sign: char, name: &'static str, value: &'a str },
+    /// `~ name = old -> new`.
+    Changed { name: &'static str, old: &'a str, new: &'a str },
+    /// `sign name = [`, then its items and a `]`.
+    List { sign: char, name: &'static str, items: Vec<(char, &'a str)> },
 }
 
 /// The fields of a service before and after, each marked as kept, added, removed or
 /// changed; a list of several values as a diff of its lines.
-fn render_fields(out: &mut String, before: Option<&ServiceView>, after: Option<&ServiceView>) {
-    let empty = ServiceView::default();
-    let (old, new) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
-    let vip = |v: &ServiceView| v.vip.iter().map(ToString::to_string).collect::<Vec<_>>();
-    let (old_vip, new_vip) = (vip(old), vip(new));
-    let mut fields: Vec<(&str, &[String], &[String])> = vec![("vip", &old_vip, &new_vip)];
-    for ((name, a), (_, b)) in old.fields().into_iter().zip(new.fields()) {
-        fields.push((name, a, b));
-    }
-    for (name, a, b) in fields {
+pub(super) fn field_lines<'a>(old: &'a Fields, new: &'a Fields) -> Vec<FieldLine<'a>> {
+    let mut lines = Vec::new();
+    for ((name, a), (_, b)) in old.iter().zip(new) {
         let sign = match (a.is_empty(), b.is_empty()) {
             (true, true) => continue,
-            (true, false) => "+",
-            (false, true) => "-",
-            _ if a == b => " ",
-            _ => "~",
+            (true, false) => '+',
+            (false, true) => '-',
+            _ if a == b => ' ',
+            _ => '~',
         };
-        let pad = " ".repeat(15usize.saturating_sub(name.len()));
-        match (a, b) {
-            // One value on each side: `name = old -> new`, or just the value.
-            ([x], [y]) if x == y => {
-                let _ = writeln!(out, "      {sign} {name}{pad} = {x}");
+        lines.push(match (a.as_slice(), b.as_slice()) {
+            ([x], [y]) if x == y => FieldLine::Value { sign, name, value: x },
+            ([x], [y]) => FieldLine::Changed { name, old: x, new: y },
+            ([], [x]) | ([x], []) => FieldLine::Value { sign, name, value: x },
+            _ => FieldLine::List { sign, name, items: diff_lines(a, b) },
+        });
+    }
+    lines
+}
+
+/// A service's field lines as text, `indent` before each sign.
+fn render_fields(out: &mut String, lines: &[FieldLine], paint: Paint) {
+    let pad = |name: &str| " ".repeat(15usize.saturating_sub(name.len()));
+    for line in lines {
+        let _ = match line {
+            FieldLine::Value { sign, name, value } => {
+                writeln!(out, "      {} {name}{} = {value}", paint.sign(*sign), pad(name))
             }
-            ([x], [y]) => {
-                let _ = writeln!(out, "      {sign} {name}{pad} = {x} -> {y}");
+            FieldLine::Changed { name, old, new } => {
+                writeln!(out, "      {} {name}{} = {old} -> {new}", paint.sign('~'), pad(name))
             }
-            ([], [x]) | ([x], []) => {
-                let _ = writeln!(out, "      {sign} {name}{pad} = {x}");
-            }
-            _ => {
-                let _ = writeln!(out, "      {sign} {name}{pad} = [");
-                for (tag, line) in diff_lines(a, b) {
-                    let _ = writeln!(out, "          {tag} {line}");
+            FieldLine::List { sign, name, items } => {
+                let _ = writeln!(out, "      {} {name}{} = [", paint.sign(*sign), pad(name));
+                for (tag, item) in items {
+                    let _ =
+                        writeln!(out, "          {}", paint.line(*tag, &format!("{tag} {item}")));
                 }
-                let _ = writeln!(out, "        ]");
+                writeln!(out, "        ]")
             }
-        }
+        };
     }
 }
 
@@ -226,27 +317,27 @@ fn render_fields(out: &mut String, before: Option<&ServiceView>, after: Option<&
 /// diff exactly by one merge, in linear time. Other lists go to Myers, whose time grows with
 /// the square of the lists' length when they share little, so it gets a deadline, after
 /// which it settles for a coarser (still correct) diff.
-fn diff_lines<'a>(a: &'a [String], b: &'a [String]) -> Vec<(&'static str, &'a String)> {
-    let mut lines = Vec::with_capacity(a.len().max(b.len()));
+fn diff_lines<'a>(a: &'a [String], b: &'a [String]) -> Vec<(char, &'a str)> {
+    let mut lines: Vec<(char, &'a str)> = Vec::with_capacity(a.len().max(b.len()));
     let strictly_sorted = |list: &[String]| list.windows(2).all(|pair| pair[0] < pair[1]);
     if strictly_sorted(a) && strictly_sorted(b) {
         let (mut i, mut j) = (0, 0);
         while i < a.len() || j < b.len() {
             match (a.get(i), b.get(j)) {
                 (Some(x), Some(y)) if x == y => {
-                    lines.push((" ", x));
+                    lines.push((' ', x.as_str()));
                     (i, j) = (i + 1, j + 1);
                 }
                 (Some(x), Some(y)) if x < y => {
-                    lines.push(("-", x));
+                    lines.push(('-', x.as_str()));
                     i += 1;
                 }
                 (Some(x), None) => {
-                    lines.push(("-", x));
+                    lines.push(('-', x.as_str()));
                     i += 1;
                 }
                 (_, Some(y)) => {
-                    lines.push(("+", y));
+                    lines.push(('+', y.as_str()));
                     j += 1;
                 }
                 (None, None) => break,
@@ -258,10 +349,10 @@ fn diff_lines<'a>(a: &'a [String], b: &'a [String]) -> Vec<(&'static str, &'a St
     for op in capture_diff_slices_deadline(DiffAlgorithm::Myers, a, b, Some(deadline)) {
         let (old, new) = (op.old_range(), op.new_range());
         match op {
-            DiffOp::Equal { .. } => lines.extend(a[old].iter().map(|line| (" ", line))),
+            DiffOp::Equal { .. } => lines.extend(a[old].iter().map(|line| (' ', line.as_str()))),
             _ => {
-                lines.extend(a[old].iter().map(|line| ("-", line)));
-                lines.extend(b[new].iter().map(|line| ("+", line)));
+                lines.extend(a[old].iter().map(|line| ('-', line.as_str())));
+                lines.extend(b[new].iter().map(|line| ('+', line.as_str())));
             }
         }
     }
@@ -281,17 +372,17 @@ mod tests {
         let (a, b) = (lines("a", 100_000), lines("b", 100_000));
         let diff = diff_lines(&a, &b);
         assert_eq!(diff.len(), 200_000);
-        assert!(diff[..100_000].iter().all(|(tag, _)| *tag == "-"));
+        assert!(diff[..100_000].iter().all(|(tag, _)| *tag == '-'));
         // One line added among many: everything else is kept.
         let mut c = a.clone();
         c.insert(500, "a000499x".into());
         let diff = diff_lines(&a, &c);
         assert_eq!(
-            diff.into_iter().filter(|(tag, _)| *tag != " ").collect::<Vec<_>>(),
-            [("+", &c[500])]
+            diff.into_iter().filter(|(tag, _)| *tag != ' ').collect::<Vec<_>>(),
+            [('+', c[500].as_str())]
         );
         // Unsorted lists: Myers.
         let (x, y) = (vec!["b".to_owned(), "a".to_owned()], vec!["b".to_owned(), "c".to_owned()]);
-        assert_eq!(diff_lines(&x, &y), [(" ", &x[0]), ("-", &x[1]), ("+", &y[1])]);
+        assert_eq!(diff_lines(&x, &y), [(' ', "b"), ('-', "a"), ('+', "c")]);
     }
 }

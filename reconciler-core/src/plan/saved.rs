@@ -131,7 +131,7 @@ mod tests {
             install: true,
             generation: 0,
             live_revision: None,
-            against: false,
+            against: None,
         };
         make_plan(context, &MapState::default(), MapState::default())
     }

@@ -41,6 +41,11 @@ pub enum SourceError {
          remote's tip moves"
     )]
     FetchTooLarge { url: String, revision: String },
+    #[error(
+        "commits {base} and {head} of {url} share no history (no merge base): there is no \
+         merge to plan; compare two revisions of one history"
+    )]
+    NoMergeBase { url: String, base: String, head: String },
 }
 
 impl SourceError {

@@ -12,10 +12,11 @@
 //!
 //! Here: the entry points. `spec` says what a source is, `snapshot` what it yields, `error`
 //! why it failed; `dir` reads directories, `cache` keeps and fetches a URL's bare repository,
-//! `signature` checks that a commit is signed, `tree` reads a commit's files, and `collect`
-//! bounds what both readers read.
+//! `signature` checks that a commit is signed, `tree` reads a commit's files, `compare` the
+//! two sides of a pull request's review, and `collect` bounds what both readers read.
 mod cache;
 mod collect;
+mod compare;
 mod dir;
 mod error;
 mod signature;
@@ -25,6 +26,7 @@ mod tree;
 
 pub use cache::set_server_timeouts;
 use cache::with_cache;
+pub use compare::{compared, CompareMode, Compared};
 pub use dir::read_paths;
 pub use error::SourceError;
 pub use signature::signature_checks;

@@ -18,9 +18,21 @@ impl Cache {
         subdir: Option<&Path>,
         known: &dyn Fn(&str) -> bool,
     ) -> Result<Snapshot, SourceError> {
-        let revision = commit.to_string();
         // The commit's size was checked when it was resolved (`Cache::peel`).
         let root = self.repo.find_commit(commit).map_err(self.cache_error())?.tree_id();
+        self.snapshot_of_tree(root, &commit.to_string(), subdir, known)
+    }
+
+    /// The snapshot of tree `root`, the files of `revision` (a commit, or a merge's result,
+    /// named by the commit merged).
+    pub(super) fn snapshot_of_tree(
+        &self,
+        root: Oid,
+        revision: &str,
+        subdir: Option<&Path>,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, SourceError> {
+        let revision = revision.to_owned();
         let root = self.tree(root, &revision)?;
         let Some(subdir) = subdir else {
             return self.files(root, "", &revision, known);

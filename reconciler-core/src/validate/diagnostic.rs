@@ -18,6 +18,10 @@ pub struct Diagnostic {
     /// The field, as `spec.backends[1].weight`; empty for the whole document.
     pub field: String,
     pub message: String,
+    /// A conflict between two places: the other one (`file:line`), which gets a diagnostic
+    /// of its own, so that each file shows the conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
@@ -43,6 +47,11 @@ impl Located {
         at(&self.file, self.document.value_position(pointer), pointer, message.into())
     }
 
+    /// [`diagnostic`](Self::diagnostic) of a conflict with `other`, which is told apart.
+    pub(super) fn conflict(&self, pointer: &str, message: String, other: &Located) -> Diagnostic {
+        Diagnostic { also: Some(other.origin()), ..self.diagnostic(pointer, message) }
+    }
+
     /// `file:line` of the service's name, for messages that point at another definition.
     pub(super) fn origin(&self) -> String {
         format!("{}:{}", self.file, self.document.value_position("/metadata/name").line)
@@ -57,6 +66,7 @@ pub fn at(file: &str, position: Position, pointer: &str, message: String) -> Dia
         column: position.column,
         field: field_name(pointer),
         message,
+        also: None,
     }
 }
 

@@ -80,6 +80,36 @@ pub fn validate_reusing(
     Err(reported(diagnostics))
 }
 
+/// What of `snapshot` loads, and every problem: the services of the files without one
+/// (among which the rules across files hold), for a revision that is planned against even
+/// though it is invalid (a pull request's base, which the pull request may repair).
+pub fn validate_what_loads(
+    snapshot: &Snapshot,
+    policy: &Policy,
+) -> (Vec<Located>, Vec<Diagnostic>) {
+    let diagnostics = match validate(snapshot, policy) {
+        Ok(services) => return (services, Vec::new()),
+        Err(diagnostics) => diagnostics,
+    };
+    let mut refused: std::collections::BTreeSet<String> =
+        diagnostics.iter().map(|d| d.file.clone()).collect();
+    // Each round leaves out at least one more file, or ends.
+    loop {
+        let files = snapshot.files.iter().filter(|f| !refused.contains(&f.path)).cloned().collect();
+        let rest = Snapshot { files, problems: Vec::new(), ..snapshot.clone() };
+        match validate(&rest, policy) {
+            Ok(services) => return (services, diagnostics),
+            Err(more) => {
+                let known = refused.len();
+                refused.extend(more.into_iter().map(|d| d.file));
+                if refused.len() == known {
+                    return (Vec::new(), diagnostics);
+                }
+            }
+        }
+    }
+}
+
 /// Where a diagnostic about a whole file points.
 const START: Position = Position { line: 1, column: 1 };
 

@@ -126,10 +126,19 @@ fn unique_name<'a>(
 ) {
     let name = &located.service.metadata.name;
     match names.entry(name) {
-        Entry::Occupied(first) => out.push(located.diagnostic(
-            "/metadata/name",
-            format!("service name `{name}` is already used at {}", first.get().origin()),
-        )),
+        Entry::Occupied(first) => {
+            let first = *first.get();
+            out.push(located.conflict(
+                "/metadata/name",
+                format!("service name `{name}` is already used at {}", first.origin()),
+                first,
+            ));
+            out.push(first.conflict(
+                "/metadata/name",
+                format!("service name `{name}` is used again at {}", located.origin()),
+                located,
+            ));
+        }
         Entry::Vacant(entry) => {
             entry.insert(located);
         }
@@ -210,16 +219,22 @@ fn unclaimed_frontends<'a>(
                 continue;
             }
         };
-        let owner = if std::ptr::eq(first, located) {
-            "this service already".to_owned()
-        } else {
-            format!("service `{}` ({})", first.service.metadata.name, first.origin())
-        };
         let frontend = SocketAddr::new(spec.vip, port.port);
-        out.push(located.diagnostic(
-            &format!("/spec/ports/{i}/port"),
-            format!("{frontend}/{protocol} is claimed by {owner}"),
-        ));
+        let pointer = format!("/spec/ports/{i}/port");
+        if std::ptr::eq(first, located) {
+            let message = format!("{frontend}/{protocol} is claimed by this service already");
+            out.push(located.diagnostic(&pointer, message));
+            continue;
+        }
+        let (name, origin) = (&first.service.metadata.name, first.origin());
+        let message = format!("{frontend}/{protocol} is claimed by service `{name}` ({origin})");
+        out.push(located.conflict(&pointer, message, first));
+        let claimed = |p: &crate::model::Port| p.port == port.port && p.protocol == protocol;
+        let theirs = first.service.spec.ports.iter().position(claimed).unwrap_or(0);
+        let (name, origin) = (&located.service.metadata.name, located.origin());
+        let message =
+            format!("{frontend}/{protocol} is claimed again by service `{name}` ({origin})");
+        out.push(first.conflict(&format!("/spec/ports/{theirs}/port"), message, located));
     }
 }
 

@@ -97,7 +97,7 @@ fn upgrade(pin_path: &Path) -> anyhow::Result<()> {
 fn apply_saved(args: &ApplyArgs, file: &Path) -> anyhow::Result<(Plan, ApplyReport)> {
     let plan = read_saved(file, &args.target.source.cache_dir())?;
     if args.output == Output::Text {
-        print!("{}", render_text(&plan));
+        print!("{}", render_text(&plan, super::paint()));
     }
     let report = pipeline::apply_saved(&plan, &args.target.pin.pin_path, options(args, None))?;
     Ok((plan, report))
@@ -118,7 +118,7 @@ fn plan_and_apply(args: &ApplyArgs) -> anyhow::Result<(Plan, ApplyReport)> {
         let desired = invalid_to_report(session.load())?;
         let plan = session.plan(&desired, PlanOptions { reading, health: None })?;
         if args.output == Output::Text {
-            print!("{}", render_text(&plan));
+            print!("{}", render_text(&plan, super::paint()));
         }
         // A load that failed is done again by the install, which reports why.
         let loaded = loading.take().and_then(|thread| thread.join().ok()?.ok());

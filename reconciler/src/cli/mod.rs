@@ -50,6 +50,29 @@ const VERSION: &str = concat!(
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Colour in plans and errors: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
+    color: ColorWhen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Whether to colour what goes to stdout: `--color`, else a terminal without `NO_COLOR`
+/// (anstream's rules, the ones clap's own help follows).
+pub fn paint() -> reconciler_core::plan::Paint {
+    let choice = anstream::AutoStream::choice(&std::io::stdout());
+    reconciler_core::plan::Paint { colour: choice != anstream::ColorChoice::Never }
+}
+
+/// [`paint`] for stderr.
+pub fn paint_stderr() -> reconciler_core::plan::Paint {
+    let choice = anstream::AutoStream::choice(&std::io::stderr());
+    reconciler_core::plan::Paint { colour: choice != anstream::ColorChoice::Never }
 }
 
 #[derive(Subcommand)]
@@ -105,6 +128,11 @@ pub fn run() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(FAILURE) } else { ExitCode::SUCCESS };
         }
     };
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
     // Whether the process keeps Rust's default, SIGPIPE ignored, and whether it reads git.
     let (ignores_sigpipe, reads_git) = match &cli.command {
         Command::Validate(_) | Command::Plan(_) => (false, true),

@@ -95,15 +95,13 @@ pub(super) fn plan(
         install: false,
         generation: status.generation,
         live_revision: status.revision,
-        against: false,
+        against: None,
         health_changed: false,
         failover_held_back: Vec::new(),
         rollouts: rollout_notes(&desired.services, &record.state),
         not_on_node: desired.elsewhere.clone(),
     };
-    let mut plan = make_plan(context, &before, after);
-    plan.touched = Some(before);
-    Ok(Some(plan))
+    Ok(Some(make_plan(context, &before, after).scoped_to(before)))
 }
 
 /// The names of the services that differ between the recorded revision and `tree`: only

@@ -182,7 +182,7 @@ fn plan_from_live(
         install: live.is_none(),
         generation: live.as_ref().map_or(0, |l| l.status.generation),
         live_revision: live.as_ref().and_then(|l| l.status.revision.clone()),
-        against: false,
+        against: None,
         health_changed: compiled.health_excluded != live_state.health_excluded
             || compiled.ejected != live_state.ejected
             || compiled.ramps != live_state.ramps

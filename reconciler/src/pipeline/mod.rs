@@ -6,24 +6,18 @@
 //! - `session`: the session and its loading half (pure; the validate-only build has it);
 //! - `live`: planning against the live maps and applying (the `dataplane` feature);
 //! - `incremental`: the plan from the memo's record and the changed services' entries;
-//! - `remember`: what the memo learns from a plan or an apply.
-//!
-//! [`plan_between`] plans between two revisions with no data plane (`plan --against`).
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-    sync::Arc,
-};
+//! - `remember`: what the memo learns from a plan or an apply;
+//! - `against`: the plan of a pull request (`plan --against`), with no data plane.
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use reconciler_core::{
-    compile::{compile, CompileError},
+    compile::CompileError,
     model::Service,
-    plan::{make_plan, rollout_notes, Plan, PlanContext},
     source::{Snapshot, SourceError, SourceSpec},
-    state::MapState,
     validate::Diagnostic,
 };
 
+mod against;
 #[cfg(feature = "dataplane")]
 mod incremental;
 #[cfg(feature = "dataplane")]
@@ -32,6 +26,7 @@ mod live;
 mod remember;
 mod session;
 
+pub use against::{plan_between, Against};
 #[cfg(feature = "dataplane")]
 pub use live::{apply_saved, ApplyOptions, PlanOptions, Reading};
 pub use session::Session;
@@ -159,25 +154,4 @@ pub fn describe(spec: &SourceSpec) -> String {
             text
         }
     }
-}
-
-/// The plan between two revisions, with no data plane at all (for pull-request review):
-/// `base` compiled from nothing is the "live" side.
-pub fn plan_between(base: &Desired, head: &Desired) -> Result<Plan, Error> {
-    let base_state = compile(&base.services, &MapState::default(), &BTreeSet::new())?;
-    let head_state = compile(&head.services, &base_state, &base_state.health_excluded)?;
-    let context = PlanContext {
-        revision: head.revision.clone(),
-        source: head.source.clone(),
-        pin_path: String::new(),
-        install: false,
-        generation: 0,
-        live_revision: base.revision.clone(),
-        against: true,
-        health_changed: false,
-        failover_held_back: Vec::new(),
-        rollouts: rollout_notes(&head.services, &base_state),
-        not_on_node: head.elsewhere.clone(),
-    };
-    Ok(make_plan(context, &base_state, head_state))
 }

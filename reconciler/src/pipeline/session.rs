@@ -14,7 +14,7 @@ use reconciler_core::{
     model::Service,
     selector::Node,
     source::{self, GitSpec, Snapshot, SourceSpec},
-    validate::{validate, validate_reusing, Policy},
+    validate::{validate, validate_reusing, Located, Policy},
 };
 
 /// One reconcile target: the definitions' source and rules, the data plane at `pin_path`,
@@ -171,50 +171,58 @@ impl Session {
         Err(Error::Invalid { revision: snapshot.revision, diagnostics })
     }
 
-    /// Another revision of the repository (for `plan --against REV`), every file read;
-    /// fetched if the cache lacks it.
-    pub fn load_at(&self, rev: &str) -> Result<Desired, Error> {
-        self.load_revision(rev, source::snapshot_at)
-    }
-
-    /// [`load_at`](Self::load_at) from the cache alone (the daemon's last good revision
-    /// after a restart: what it plans health changes from, which must not wait on git).
+    /// Another revision of the repository, every file read, from the cache alone (the
+    /// daemon's last good revision after a restart: what it plans health changes from, which
+    /// must not wait on git).
     pub fn load_cached_at(&self, rev: &str) -> Result<Desired, Error> {
-        self.load_revision(rev, source::cached_snapshot_at)
+        let git = self.git()?;
+        let source = format!("{} ({rev})", git.url);
+        let snapshot = source::cached_snapshot_at(git, rev)?;
+        validated(snapshot, source, &self.policy, self.node.as_ref())
     }
 
-    fn load_revision(
-        &self,
-        rev: &str,
-        snapshot_at: fn(&GitSpec, &str) -> Result<Snapshot, source::SourceError>,
-    ) -> Result<Desired, Error> {
-        let git = match &self.spec {
-            SourceSpec::Git(git) => git,
-            SourceSpec::Dir(dir) => return Err(Error::NotARepository { dir: dir.clone() }),
-        };
-        let source = format!("{} ({rev})", git.url);
-        validated(snapshot_at(git, rev)?, source, &self.policy, self.node.as_ref())
+    /// The git source, or why a directory is none.
+    pub(super) fn git(&self) -> Result<&GitSpec, Error> {
+        match &self.spec {
+            SourceSpec::Git(git) => Ok(git),
+            SourceSpec::Dir(dir) => Err(Error::NotARepository { dir: dir.clone() }),
+        }
+    }
+
+    pub(super) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub(super) fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
     }
 }
 
 /// Validates a fetched snapshot; `source` says where it came from, for people; the services
 /// for `node`.
-fn validated(
+pub(super) fn validated(
     snapshot: Snapshot,
     source: String,
     policy: &Policy,
     node: Option<&Node>,
 ) -> Result<Desired, Error> {
     match validate(&snapshot, policy) {
-        Ok(located) => {
-            let services = located.into_iter().map(|l| l.service).collect();
-            let (services, elsewhere) = on_node(services, node);
-            let zone = node.and_then(|n| n.zone.clone());
-            let revision = snapshot.revision;
-            Ok(Desired { revision, source, services, elsewhere, zone, tree: None })
-        }
+        Ok(located) => Ok(desired_of(located, snapshot.revision, source, node)),
         Err(diagnostics) => Err(Error::Invalid { revision: snapshot.revision, diagnostics }),
     }
+}
+
+/// The desired state of the valid services `located` of `revision`, for `node`.
+pub(super) fn desired_of(
+    located: Vec<Located>,
+    revision: Option<String>,
+    source: String,
+    node: Option<&Node>,
+) -> Desired {
+    let services = located.into_iter().map(|l| l.service).collect();
+    let (services, elsewhere) = on_node(services, node);
+    let zone = node.and_then(|n| n.zone.clone());
+    Desired { revision, source, services, elsewhere, zone, tree: None }
 }
 
 /// Of `services`, those on `node` (all without one), and the names of the others.

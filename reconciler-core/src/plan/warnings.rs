@@ -1,0 +1,113 @@
+//! What a reviewer must not miss in a plan, shown before its services: clients cut off by
+//! a VIP or port that moves, every service destroyed, a rename that is a destroy and a
+//! create on the same address.
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    make::{Action, ServicePlan},
+    view::ServiceView,
+};
+use crate::state::Frontend;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// A service updated in place stops answering on a VIP, port or protocol it had.
+    CutsClientsOff,
+    /// Every service goes and none comes.
+    DestroysEverything,
+    /// A service destroyed and another created on one of its addresses.
+    Rename,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    /// The service it is about (the new name, for a rename).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub message: String,
+}
+
+/// The warnings of a plan's `services`; `destroys_everything` when nothing is left.
+pub fn warnings_of(services: &[ServicePlan], destroys_everything: bool) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    if destroys_everything {
+        warnings.push(Warning {
+            kind: WarningKind::DestroysEverything,
+            service: None,
+            message: "this plan destroys every service and defines none: every client of \
+                      every VIP loses its service"
+                .to_owned(),
+        });
+    }
+    for service in services {
+        if let (Action::Update, Some(before), Some(after)) =
+            (service.action, &service.before, &service.after)
+        {
+            warnings.extend(cut_off(&service.name, before, after));
+        }
+    }
+    let created = services.iter().filter(|s| s.action == Action::Create);
+    for new in created {
+        let Some(after) = &new.after else { continue };
+        let destroyed = services.iter().filter(|s| s.action == Action::Destroy);
+        for old in destroyed {
+            let Some(before) = &old.before else { continue };
+            let shared: Vec<String> = frontends(before)
+                .intersection(&frontends(after))
+                .map(ToString::to_string)
+                .collect();
+            if !shared.is_empty() {
+                warnings.push(Warning {
+                    kind: WarningKind::Rename,
+                    service: Some(new.name.clone()),
+                    message: format!(
+                        "service \"{}\" is destroyed and \"{}\" created on {}: a rename is a \
+                         new service, so session affinity starts anew and its counters from zero",
+                        old.name,
+                        new.name,
+                        shared.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    warnings
+}
+
+/// A service updated from `before` to `after` that stops answering where it did.
+fn cut_off(name: &str, before: &ServiceView, after: &ServiceView) -> Option<Warning> {
+    let (old, new) = (frontends(before), frontends(after));
+    let lost: Vec<String> = old.difference(&new).map(ToString::to_string).collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let gained: Vec<String> = new.difference(&old).map(ToString::to_string).collect();
+    let whereto = match gained.is_empty() {
+        true => String::new(),
+        false => format!(" (it answers on {} instead)", gained.join(", ")),
+    };
+    Some(Warning {
+        kind: WarningKind::CutsClientsOff,
+        service: Some(name.to_owned()),
+        message: format!(
+            "service \"{name}\" stops answering on {}{whereto}: clients that still use it lose \
+             the service",
+            lost.join(", ")
+        ),
+    })
+}
+
+/// Every VIP, port and protocol a service answers on.
+fn frontends(view: &ServiceView) -> BTreeSet<Frontend> {
+    let mut all = BTreeSet::new();
+    for &vip in &view.vip {
+        for port in &view.ports {
+            all.insert(Frontend { vip, port: port.port, protocol: port.protocol });
+        }
+    }
+    all
+}

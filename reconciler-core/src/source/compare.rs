@@ -1,0 +1,88 @@
+//! The two sides of a pull request's review (`plan --against REV`): REV, and what merging
+//! the head into it would make of it; or, where that merge conflicts, the merge base and the
+//! head, as `git diff REV...HEAD` compares. Merged in memory by libgit2, as `git merge-tree`
+//! does: no working copy, and nothing written but the merged tree's objects into the cache.
+use git2::{MergeOptions, Oid};
+use serde::{Deserialize, Serialize};
+
+use super::{cache::with_cache, error::SourceError, snapshot::Snapshot, spec::GitSpec};
+
+/// What a comparison compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareMode {
+    /// REV against the merge of the head into REV: what merging would change.
+    Merge,
+    /// The merge conflicts: the merge base against the head.
+    MergeBase,
+}
+
+/// The two snapshots to plan between, and where they came from.
+#[derive(Debug)]
+pub struct Compared {
+    pub mode: CompareMode,
+    /// The "before" side: REV (`Merge`) or the merge base (`MergeBase`).
+    pub before: Snapshot,
+    /// The "after" side: the merge's result (named by the head's commit) or the head.
+    pub after: Snapshot,
+    /// REV's commit, the head's, and the commit both descend from.
+    pub base: String,
+    pub head: String,
+    pub merge_base: String,
+}
+
+/// The snapshots `plan --against rev` plans between, for the head `spec` names (its
+/// `reference`, or the remote's HEAD); fetched first, and the head's signature checked as
+/// every load does.
+pub fn compared(spec: &GitSpec, rev: &str) -> Result<Compared, SourceError> {
+    with_cache(spec, |cache| {
+        cache.fetch(spec)?;
+        let head = cache.resolve(spec.reference.as_deref())?;
+        if let Some(verify) = &spec.verify {
+            cache.verify(head, verify)?;
+        }
+        let base = cache.resolve(Some(rev))?;
+        let no_merge_base = |_| SourceError::NoMergeBase {
+            url: spec.url.clone(),
+            base: base.to_string(),
+            head: head.to_string(),
+        };
+        let merge_base = cache.repo.merge_base(base, head).map_err(no_merge_base)?;
+        let subdir = spec.subdir.as_deref();
+        let snapshot = |commit: Oid| cache.snapshot(commit, subdir, &|_| false);
+        let merged = match merge_base {
+            // Nothing on REV since the head branched: the merge is the head.
+            m if m == base => Some(snapshot(head)?),
+            // Nothing on the head that REV lacks: the merge is REV.
+            m if m == head => Some(snapshot(base)?),
+            _ => {
+                let (ours, theirs) = (cache.repo.find_commit(base), cache.repo.find_commit(head));
+                let (ours, theirs) =
+                    (ours.map_err(cache.cache_error())?, theirs.map_err(cache.cache_error())?);
+                let mut index = cache
+                    .repo
+                    .merge_commits(&ours, &theirs, Some(&MergeOptions::new()))
+                    .map_err(cache.cache_error())?;
+                match index.has_conflicts() {
+                    true => None,
+                    false => {
+                        let tree = index.write_tree_to(&cache.repo).map_err(cache.cache_error())?;
+                        Some(cache.snapshot_of_tree(tree, &head.to_string(), subdir, &|_| false)?)
+                    }
+                }
+            }
+        };
+        let (mode, before, after) = match merged {
+            Some(after) => (CompareMode::Merge, snapshot(base)?, after),
+            None => (CompareMode::MergeBase, snapshot(merge_base)?, snapshot(head)?),
+        };
+        Ok(Compared {
+            mode,
+            before,
+            after,
+            base: base.to_string(),
+            head: head.to_string(),
+            merge_base: merge_base.to_string(),
+        })
+    })
+}
