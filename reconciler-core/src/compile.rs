@@ -270,12 +270,6 @@ impl<'a> Compiler<'a> {
             self.desired.blends.insert(label.clone(), blend.clone());
         }
         service_slot_capacity(&label, slots_needed(spec))?;
-        if spec.load_balancing.algorithm == Algorithm::Maglev {
-            // For people (plans): the maps hold a Maglev backend's slots, not its weight.
-            let listed = own.iter().zip(&spec.backends).map(|(&(id, _), b)| (id, b.weight));
-            self.desired.weights.extend(listed);
-            self.desired.weights.extend(chosen.iter().map(|&(id, _, weight)| (id, weight)));
-        }
         let slots = match spec.load_balancing.algorithm {
             Algorithm::Random => {
                 let rolling = blend.is_some();
@@ -310,6 +304,9 @@ impl<'a> Compiler<'a> {
             let entry = BackendEntry { addr, service_id: id, state: backend.state };
             self.desired.backends.insert(backend_id, entry);
             own.push((backend_id, addr));
+            if spec.load_balancing.algorithm == Algorithm::Maglev {
+                self.desired.weights.insert(backend_id, backend.weight); // For plans (`MapState`)
+            }
         }
         own
     }

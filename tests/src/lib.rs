@@ -607,6 +607,18 @@ pub fn probe_path() -> Result<PathBuf> {
 
 /// The `reconciler` binary. Cargo builds a package's binaries only for that package's own
 /// tests, so `make test` runs `cargo build --bins` first.
+/// `value` is valid under `schema/plan-output.schema.json` (what `plan --output json`
+/// prints).
+pub fn assert_plan_output_schema(value: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/plan-output.schema.json");
+    let text = std::fs::read_to_string(&path).expect("schema/plan-output.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{value:#}");
+}
+
 pub fn reconciler_path() -> Result<PathBuf> {
     binary("reconciler")
 }

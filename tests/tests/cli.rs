@@ -8,6 +8,7 @@ use std::{
 
 use reconciler_core::source::{Snapshot, SourceFile};
 use reconciler_tests::{
+    assert_plan_output_schema,
     git::{loopback_address, Daemon, Repo, WEB_SERVICE},
     reconciler_path,
 };
@@ -203,17 +204,6 @@ fn plan_without_a_data_plane_shows_everything_created() {
         json!({"algorithm": "maglev", "client": "cgroup", "table_size": 401})
     );
     assert_plan_output_schema(&plan);
-}
-
-/// `value` is valid under `schema/plan-output.schema.json`.
-pub fn assert_plan_output_schema(value: &serde_json::Value) {
-    let path = manifest_dir().join("../schema/plan-output.schema.json");
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> =
-        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "{errors:#?}\n{value:#}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     view::{views, ServiceView},
-    warnings::{warnings_of, Warning},
+    warnings::{warnings_of, Sides, Warning},
 };
 use crate::{
     diff::{predicted_writes, Change},
@@ -80,8 +80,18 @@ impl Plan {
     /// The plan as an incremental one, of the services whose entries `touched` holds.
     pub fn scoped_to(mut self, touched: MapState) -> Plan {
         self.touched = Some(touched);
-        self.warnings = warnings_of(&self.services, self.leaves_nothing());
+        self.warnings = self.warnings_now();
         self
+    }
+
+    /// The warnings of the plan as it stands.
+    fn warnings_now(&self) -> Vec<Warning> {
+        let sides: Vec<Sides> = self
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.before.as_ref(), s.after.as_ref()))
+            .collect();
+        warnings_of(&sides, self.leaves_nothing())
     }
 
     /// Services go and none is left.
@@ -206,7 +216,7 @@ pub fn make_plan(context: PlanContext, live: &MapState, desired: MapState) -> Pl
         desired,
         touched: None,
     };
-    plan.warnings = warnings_of(&plan.services, plan.leaves_nothing());
+    plan.warnings = plan.warnings_now();
     plan
 }
 

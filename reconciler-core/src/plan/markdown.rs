@@ -4,6 +4,8 @@
 //! block keeps its first lines and says how many it left out), never cut mid-block.
 use std::fmt::Write as _;
 
+use crate::validate::Diagnostic;
+
 use super::{
     make::{Plan, ServicePlan},
     render::{
@@ -19,8 +21,9 @@ pub const COMMENT_LIMIT: usize = 65_536;
 /// instead of adding one per push.
 pub const MARKER: &str = "<!-- reconciler plan -->";
 
-/// Of the base revision's errors, the first this many are listed.
-const BASE_ERRORS_SHOWN: usize = 20;
+/// Of a revision's errors, the first this many are listed (each a line of at most a few
+/// hundred characters: well within the limit).
+const ERRORS_SHOWN: usize = 50;
 
 /// The plan as Markdown of at most `limit` characters (as bytes: never fewer).
 pub fn render_markdown(plan: &Plan, limit: usize) -> String {
@@ -65,6 +68,32 @@ pub fn render_markdown(plan: &Plan, limit: usize) -> String {
     out
 }
 
+/// The comment for definitions that could not be planned: `whose` they are and their
+/// first errors.
+pub fn render_markdown_invalid(whose: &str, errors: &[Diagnostic]) -> String {
+    let mut out = format!("{MARKER}\n### reconciler plan\n\n");
+    let _ = writeln!(
+        out,
+        "> [!CAUTION]\n> No plan: {} error(s) in {}.\n\n```text",
+        errors.len(),
+        escaped(whose)
+    );
+    write_errors(&mut out, errors);
+    let _ = writeln!(out, "```");
+    out
+}
+
+/// The first [`ERRORS_SHOWN`] of `errors`, a line each, and how many more there are.
+fn write_errors(out: &mut String, errors: &[Diagnostic]) {
+    for error in errors.iter().take(ERRORS_SHOWN) {
+        let _ = writeln!(out, "{error}");
+    }
+    let more = errors.len().saturating_sub(ERRORS_SHOWN);
+    if more > 0 {
+        let _ = writeln!(out, "… and {more} more");
+    }
+}
+
 /// Room kept for the line that says how many services were left out.
 const FOOTER_ROOM: usize = 160;
 
@@ -83,13 +112,7 @@ fn head_of(plan: &Plan) -> String {
     if let Some(against) = context.against.as_ref().filter(|a| !a.base_errors.is_empty()) {
         let _ = writeln!(out, "\n> [!WARNING]\n> {}\n", escaped(&base_errors_heading(against)));
         let _ = writeln!(out, "<details><summary>The base revision's errors</summary>\n\n```text");
-        for error in against.base_errors.iter().take(BASE_ERRORS_SHOWN) {
-            let _ = writeln!(out, "{error}");
-        }
-        let more = against.base_errors.len().saturating_sub(BASE_ERRORS_SHOWN);
-        if more > 0 {
-            let _ = writeln!(out, "… and {more} more");
-        }
+        write_errors(&mut out, &against.base_errors);
         let _ = writeln!(out, "```\n\n</details>");
     }
     match plan.services.is_empty() {

@@ -15,11 +15,10 @@ mod saved;
 mod view;
 mod warnings;
 
-pub use crate::source::CompareMode;
 pub use make::{
     make_plan, Action, Comparison, Plan, PlanContext, ServicePlan, Summary, FORMAT_VERSION,
 };
-pub use markdown::{render_markdown, COMMENT_LIMIT, MARKER};
+pub use markdown::{render_markdown, render_markdown_invalid, COMMENT_LIMIT, MARKER};
 pub use paint::Paint;
 pub use render::render_text;
 pub use rollouts::rollout_notes;

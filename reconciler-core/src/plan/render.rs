@@ -122,12 +122,16 @@ fn render_base_errors(out: &mut String, against: &Comparison, paint: Paint) {
 
 /// The heading of the base revision's errors.
 pub(super) fn base_errors_heading(against: &Comparison) -> String {
+    let base = match (against.mode, &against.merge_base) {
+        (CompareMode::MergeBase, Some(merge_base)) => {
+            format!("the merge base (commit {merge_base})")
+        }
+        _ => format!("the base revision {} (commit {})", against.base_ref, against.base),
+    };
     format!(
-        "{} error(s) in the definitions of the base revision {} (commit {}), not of this \
-         change; planned against its services that load:",
-        against.base_errors.len(),
-        against.base_ref,
-        against.base
+        "{} error(s) in the definitions of {base}, not of this change; planned against its \
+         services that load:",
+        against.base_errors.len()
     )
 }
 

@@ -5,10 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    make::{Action, ServicePlan},
-    view::ServiceView,
-};
+use super::view::ServiceView;
 use crate::state::Frontend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +28,11 @@ pub struct Warning {
     pub message: String,
 }
 
+/// A service of a plan: its name, before and after (`None`: created, destroyed).
+pub(super) type Sides<'a> = (&'a str, Option<&'a ServiceView>, Option<&'a ServiceView>);
+
 /// The warnings of a plan's `services`; `destroys_everything` when nothing is left.
-pub fn warnings_of(services: &[ServicePlan], destroys_everything: bool) -> Vec<Warning> {
+pub(super) fn warnings_of(services: &[Sides], destroys_everything: bool) -> Vec<Warning> {
     let mut warnings = Vec::new();
     if destroys_everything {
         warnings.push(Warning {
@@ -43,19 +43,21 @@ pub fn warnings_of(services: &[ServicePlan], destroys_everything: bool) -> Vec<W
                 .to_owned(),
         });
     }
-    for service in services {
-        if let (Action::Update, Some(before), Some(after)) =
-            (service.action, &service.before, &service.after)
-        {
-            warnings.extend(cut_off(&service.name, before, after));
+    for &(name, before, after) in services {
+        if let (Some(before), Some(after)) = (before, after) {
+            warnings.extend(cut_off(name, before, after));
         }
     }
-    let created = services.iter().filter(|s| s.action == Action::Create);
-    for new in created {
-        let Some(after) = &new.after else { continue };
-        let destroyed = services.iter().filter(|s| s.action == Action::Destroy);
-        for old in destroyed {
-            let Some(before) = &old.before else { continue };
+    let created = services.iter().filter_map(|&(name, before, after)| match before {
+        None => Some((name, after?)),
+        Some(_) => None,
+    });
+    for (new, after) in created {
+        let destroyed = services.iter().filter_map(|&(name, before, after)| match after {
+            None => Some((name, before?)),
+            Some(_) => None,
+        });
+        for (old, before) in destroyed {
             let shared: Vec<String> = frontends(before)
                 .intersection(&frontends(after))
                 .map(ToString::to_string)
@@ -63,12 +65,10 @@ pub fn warnings_of(services: &[ServicePlan], destroys_everything: bool) -> Vec<W
             if !shared.is_empty() {
                 warnings.push(Warning {
                     kind: WarningKind::Rename,
-                    service: Some(new.name.clone()),
+                    service: Some(new.to_owned()),
                     message: format!(
-                        "service \"{}\" is destroyed and \"{}\" created on {}: a rename is a \
-                         new service, so session affinity starts anew and its counters from zero",
-                        old.name,
-                        new.name,
+                        "service \"{old}\" is destroyed and \"{new}\" created on {}: a rename is \
+                         a new service, so session affinity starts anew and its counters from zero",
                         shared.join(", ")
                     ),
                 });

@@ -2,7 +2,12 @@
 //! the head into it would make of it; or, where that merge conflicts, the merge base and the
 //! head, as `git diff REV...HEAD` compares. Merged in memory by libgit2, as `git merge-tree`
 //! does: no working copy, and nothing written but the merged tree's objects into the cache.
-use git2::{MergeOptions, Oid};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use git2::{MergeOptions, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
 use super::{cache::with_cache, error::SourceError, snapshot::Snapshot, spec::GitSpec};
@@ -85,4 +90,24 @@ pub fn compared(spec: &GitSpec, rev: &str) -> Result<Compared, SourceError> {
             merge_base: merge_base.to_string(),
         })
     })
+}
+
+/// The files of the repository that holds `dir` that differ (committed or not) from the
+/// merge base of `rev` and HEAD: what a pull request for HEAD into `rev` changes, as
+/// `git diff REV...` lists them; absolute paths.
+pub fn changed_since(dir: &Path, rev: &str) -> Result<BTreeSet<PathBuf>, SourceError> {
+    let error = |error: git2::Error| SourceError::Repository { path: dir.to_owned(), error };
+    let repo = Repository::discover(dir).map_err(error)?;
+    let base = repo.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(error)?;
+    let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(error)?;
+    let merge_base = repo.merge_base(base.id(), head.id()).map_err(error)?;
+    let tree = repo.find_commit(merge_base).and_then(|c| c.tree()).map_err(error)?;
+    let diff = repo.diff_tree_to_workdir_with_index(Some(&tree), None).map_err(error)?;
+    let root = repo.workdir().unwrap_or(dir).to_owned();
+    let mut changed = BTreeSet::new();
+    for delta in diff.deltas() {
+        changed.extend(delta.new_file().path().map(|p| root.join(p)));
+        changed.extend(delta.old_file().path().map(|p| root.join(p)));
+    }
+    Ok(changed)
 }

@@ -1,6 +1,8 @@
 //! Reading plain files and directories: a `Dir` source, and `validate PATH...`.
 use std::path::{Path, PathBuf};
 
+use globset::GlobSet;
+
 use super::{
     collect::{is_yaml, Collector, LINK_NOT_FOLLOWED},
     error::{io_error, SourceError},
@@ -14,14 +16,44 @@ use crate::limits;
 /// skipped), no other filesystem is entered (like `find -xdev`: `validate /` does not walk
 /// /proc), and `.git` directories are passed over.
 pub fn read_paths(paths: &[PathBuf]) -> Result<Snapshot, SourceError> {
+    read_paths_with(paths, &Walk::default())
+}
+
+/// How a directory is searched, beyond [`read_paths`]' rules.
+#[derive(Clone, Debug, Default)]
+pub struct Walk {
+    /// Files and directories left out, by their path below the directory searched.
+    pub exclude: GlobSet,
+    /// Search every directory as a repository's root is: see [`read_paths_with`].
+    pub discover: bool,
+}
+
+impl Walk {
+    /// A walk leaving out what the globs `exclude` match (`staging/**`, `*.draft.yaml`).
+    pub fn new(exclude: &[String], discover: bool) -> Result<Walk, globset::Error> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in exclude {
+            set.add(globset::Glob::new(pattern)?);
+        }
+        Ok(Walk { exclude: set.build()?, discover })
+    }
+}
+
+/// [`read_paths`], `walk`'s files left out. A directory searched with `walk.discover`, or
+/// that is a repository's root (it holds `.git`), holds more than definitions (CI workflows,
+/// tools' configurations): there only files that say `apiVersion: reconciler.dev/...` are
+/// definitions (the others are listed as skipped), and dot-files and -directories are
+/// passed over.
+pub fn read_paths_with(paths: &[PathBuf], walk: &Walk) -> Result<Snapshot, SourceError> {
     let mut collector = Collector::default();
     for path in paths {
         // What the user named is followed, like `find -H`; nothing below it is.
         let meta = std::fs::metadata(path).map_err(io_error(path))?;
         if meta.is_dir() {
-            walk_dir(path, &mut collector)?;
+            let discover = walk.discover || path.join(".git").exists();
+            walk_dir(path, &Searching { walk, discover }, &mut collector)?;
         } else if meta.is_file() {
-            read_file(path, &mut collector)?;
+            read_file(path, false, &mut collector)?;
         } else {
             return Err(SourceError::NotAFile { path: path.clone() });
         }
@@ -29,8 +61,43 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Snapshot, SourceError> {
     Ok(collector.finish(None))
 }
 
+/// How one directory is searched.
+struct Searching<'a> {
+    walk: &'a Walk,
+    discover: bool,
+}
+
+impl Searching<'_> {
+    /// Whether `path` (below `root`) is left out.
+    fn leaves_out(&self, root: &Path, path: &Path) -> bool {
+        let below = path.strip_prefix(root).unwrap_or(path);
+        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        self.walk.exclude.is_match(below) || (self.discover && hidden)
+    }
+}
+
+/// Whether `text` says it is a definition: a line `apiVersion: reconciler.dev/...`.
+fn says_definition(text: &[u8]) -> bool {
+    String::from_utf8_lossy(text).lines().any(|line| {
+        let line = line.trim_start_matches('\u{feff}');
+        line.strip_prefix("apiVersion:").is_some_and(|value| {
+            value.trim_start().trim_start_matches(['"', '\'']).starts_with("reconciler.dev/")
+        })
+    })
+}
+
+/// `path` as people see it: `web.yaml` for `./web.yaml` (what searching `.` finds), which is
+/// also how GitHub's annotations name a file.
+fn shown(path: &Path) -> String {
+    path.strip_prefix(".").unwrap_or(path).display().to_string()
+}
+
+/// Why a file is not read at a repository's root.
+const NOT_A_DEFINITION: &str =
+    "no `apiVersion: reconciler.dev/...` line, so not a definition (at a repository's root)";
+
 /// Every definition file under `root`, without recursion (a hostile tree can be deep).
-fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
+fn walk_dir(root: &Path, how: &Searching, collector: &mut Collector) -> Result<(), SourceError> {
     use std::os::unix::fs::MetadataExt as _;
     let device = std::fs::metadata(root).map_err(io_error(root))?.dev();
     let mut pending = vec![root.to_owned()];
@@ -40,14 +107,14 @@ fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
             let path = entry.path();
             // The entry's own type: a link is a link, wherever it points.
             let kind = entry.file_type().map_err(io_error(&path))?;
-            let shown = path.display().to_string();
+            let shown = shown(&path);
             if kind.is_dir() {
                 // The entry's own metadata (lstat): a mount point has the mounted device.
                 let here = entry.metadata().map_err(io_error(&path))?.dev();
                 if here != device {
                     let reason = "another filesystem mounted here, which reconciler does not enter";
                     collector.skip(shown, reason);
-                } else if entry.file_name() != ".git" {
+                } else if entry.file_name() != ".git" && !how.leaves_out(root, &path) {
                     pending.push(path);
                 }
             } else if kind.is_symlink() {
@@ -56,18 +123,19 @@ fn walk_dir(root: &Path, collector: &mut Collector) -> Result<(), SourceError> {
                 } else {
                     collector.skip(shown, LINK_NOT_FOLLOWED);
                 }
-            } else if is_yaml(&shown) {
-                read_file(&path, collector)?;
+            } else if is_yaml(&shown) && !how.leaves_out(root, &path) {
+                read_file(&path, how.discover, collector)?;
             }
         }
     }
     Ok(())
 }
 
-/// Reads one file, refusing links, devices, FIFOs and files over the limits before reading.
-fn read_file(path: &Path, collector: &mut Collector) -> Result<(), SourceError> {
+/// Reads one file, refusing links, devices, FIFOs and files over the limits before reading;
+/// `discovering`: skipping it unless it says it is a definition.
+fn read_file(path: &Path, discovering: bool, collector: &mut Collector) -> Result<(), SourceError> {
     use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
-    let shown = path.display().to_string();
+    let shown = shown(path);
     // O_NOFOLLOW: the file checked is the file read, even if the tree changes meanwhile;
     // O_NONBLOCK: opening a FIFO does not wait for a writer.
     let opened = std::fs::OpenOptions::new()
@@ -94,6 +162,10 @@ fn read_file(path: &Path, collector: &mut Collector) -> Result<(), SourceError> 
     file.take(limits::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_error(path))?;
     if bytes.len() > limits::MAX_FILE_BYTES {
         collector.problem(&shown, limits::too_large(bytes.len() as u64));
+        return Ok(());
+    }
+    if discovering && !says_definition(&bytes) {
+        collector.skip(shown, NOT_A_DEFINITION);
         return Ok(());
     }
     collector.push(shown, bytes, None);

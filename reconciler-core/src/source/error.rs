@@ -41,6 +41,8 @@ pub enum SourceError {
          remote's tip moves"
     )]
     FetchTooLarge { url: String, revision: String },
+    #[error("git repository at {}: {error}", path.display())]
+    Repository { path: PathBuf, error: git2::Error },
     #[error(
         "commits {base} and {head} of {url} share no history (no merge base): there is no \
          merge to plan; compare two revisions of one history"

@@ -26,8 +26,8 @@ mod tree;
 
 pub use cache::set_server_timeouts;
 use cache::with_cache;
-pub use compare::{compared, CompareMode, Compared};
-pub use dir::read_paths;
+pub use compare::{changed_since, compared, CompareMode, Compared};
+pub use dir::{read_paths, read_paths_with, Walk};
 pub use error::SourceError;
 pub use signature::signature_checks;
 pub use snapshot::{FileProblem, Snapshot, SourceFile};

@@ -265,6 +265,9 @@ spec:
         assert_eq!(
             errors,
             [
+                // A conflict at both places, each naming the other.
+                "a.yaml:3:18: metadata.name: service name `web` is used again at b.yaml:3",
+                "a.yaml:6:30: spec.ports[0].port: 10.96.0.10:80/TCP is claimed again by service `web` (b.yaml:3)",
                 "b.yaml:3:18: metadata.name: service name `web` is already used at a.yaml:3",
                 "b.yaml:6:30: spec.ports[0].port: 10.96.0.10:80/TCP is claimed by service `web` (a.yaml:3)",
                 "b.yaml:9:17: spec.backends[1].address: backend 10.96.0.10 is the VIP of service `web`: a backend must be a real address",
@@ -398,6 +401,7 @@ spec:
         assert_eq!(
             errors,
             [
+                "a.yaml:6:30: spec.ports[0].port: 10.96.0.10:80/TCP is claimed again by service `web-mapped` (b.yaml:3)",
                 "b.yaml:6:30: spec.ports[0].port: 10.96.0.10:80/TCP is claimed by service `web` (a.yaml:3)",
                 "b.yaml:9:17: spec.backends[1].address: backend 10.96.0.10 is the VIP of service `web`: a backend must be a real address",
             ]

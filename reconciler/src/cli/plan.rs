@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use reconciler::pipeline::{self, Error, Session};
 use reconciler_core::{
-    plan::{render_markdown, render_text, to_saved, Plan, COMMENT_LIMIT, FORMAT_VERSION},
+    plan::{
+        render_markdown, render_markdown_invalid, render_text, to_saved, Plan, COMMENT_LIMIT,
+        FORMAT_VERSION,
+    },
     source::SourceSpec,
     validate::Diagnostic,
 };
@@ -148,21 +151,26 @@ impl Failure {
     }
 }
 
-/// Reports a failure: invalid definitions with every diagnostic (as JSON on stdout with
-/// `--output json`, so stdout is never empty), anything else as an error.
+/// Reports a failure: invalid definitions with every diagnostic (as JSON or Markdown on
+/// stdout with `--output json` or `markdown`, so stdout is never empty), anything else as an
+/// error.
 fn report_failure(output: PlanOutput, failure: Failure) -> anyhow::Result<ExitCode> {
     let (whose, diagnostics) = match failure {
         Failure::Invalid { whose, diagnostics } => (whose, diagnostics),
         Failure::Other(error) => return Err(error),
     };
-    if output == PlanOutput::Json {
-        let report = json!({
-            "format_version": FORMAT_VERSION,
-            "valid": false,
-            "invalid": whose,
-            "errors": diagnostics,
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    match output {
+        PlanOutput::Json => {
+            let report = json!({
+                "format_version": FORMAT_VERSION,
+                "valid": false,
+                "invalid": whose,
+                "errors": diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        PlanOutput::Markdown => print!("{}", render_markdown_invalid(&whose, &diagnostics)),
+        PlanOutput::Text => {}
     }
     Err(invalid(&whose, &diagnostics))
 }

@@ -1,9 +1,10 @@
 //! `reconciler validate [PATH...]`: schema and rules, every error at once. No root, no BPF.
-use std::{path::PathBuf, process::ExitCode};
+use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use reconciler_core::{
-    source,
+    source::{self, Walk},
     validate::{validate, Diagnostic},
 };
 use serde_json::json;
@@ -12,12 +13,22 @@ use super::PolicyArgs;
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// Files or directories (searched for .yaml/.yml files); default: the current directory.
+    /// Files or directories (searched for .yaml/.yml files); default: the current directory,
+    /// searched as a repository's root is (only files that say `apiVersion: reconciler.dev/...`,
+    /// no dot-files or -directories), as is any directory that holds `.git`.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// text, json or github; `--output` and `-o` are the same.
     #[arg(long, short = 'o', visible_alias = "output", value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Leave out files and directories matching GLOB (below the directory searched), e.g.
+    /// 'staging/**' or '*.draft.yaml'; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// The revision a pull request goes into: a conflict between two files is annotated on
+    /// the file the pull request changed (`--format github`).
+    #[arg(long, value_name = "REV")]
+    against: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -31,8 +42,14 @@ enum Format {
 }
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths };
-    let snapshot = source::read_paths(&paths)?;
+    let discover = args.paths.is_empty();
+    let paths = if discover { vec![PathBuf::from(".")] } else { args.paths };
+    let walk = Walk::new(&args.exclude, discover).context("--exclude")?;
+    let snapshot = source::read_paths_with(&paths, &walk)?;
+    let changed = match &args.against {
+        Some(rev) => Some(source::changed_since(&paths[0], rev)?),
+        None => None,
+    };
     let files = snapshot.files.len() + snapshot.problems.len();
     // No definitions at all is no success: a wrong path in CI would pass for ever.
     let nothing = files == 0;
@@ -46,14 +63,15 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         format!("no definition files (.yaml, .yml) found in {}", shown.join(", "));
     match args.format {
         Format::Text => {
+            let paint = super::paint();
             for skipped in &snapshot.skipped {
                 println!("{}: skipped: {}", skipped.path, skipped.message);
             }
             for d in diagnostics {
-                println!("{d}");
+                println!("{}", paint.error(&d.to_string()));
             }
             if nothing {
-                println!("error: {nothing_message}.");
+                println!("{} {nothing_message}.", paint.error("error:"));
             } else if diagnostics.is_empty() {
                 println!("OK: {services} service(s) in {files} file(s).");
             } else {
@@ -74,7 +92,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Format::Github => {
-            for d in diagnostics {
+            for d in on_changed_files(diagnostics, changed.as_ref()) {
                 println!("{}", github_annotation(d));
             }
             if nothing {
@@ -84,6 +102,25 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     let valid = diagnostics.is_empty() && !nothing;
     Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(super::FAILURE) })
+}
+
+/// Of `diagnostics`, those to annotate: of a conflict between two files, the side in a file
+/// the pull request `changed` (both sides when it changed both or neither).
+fn on_changed_files<'a>(
+    diagnostics: &'a [Diagnostic],
+    changed: Option<&'a BTreeSet<PathBuf>>,
+) -> impl Iterator<Item = &'a Diagnostic> {
+    let is_changed = move |file: &str| {
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| PathBuf::from(file));
+        changed.is_some_and(|changed| changed.iter().any(|c| *c == path || c.ends_with(file)))
+    };
+    diagnostics.iter().filter(move |d| {
+        let other = d.also.as_deref().and_then(|also| Some(also.rsplit_once(':')?.0));
+        match other {
+            Some(other) if changed.is_some() => is_changed(&d.file) || !is_changed(other),
+            _ => true,
+        }
+    })
 }
 
 /// One workflow command; GitHub's escaping: `%`, CR, LF everywhere, and `:` `,` in properties.

@@ -1,6 +1,7 @@
-//! `plan --against REV`: what a pull request would change, with no data plane. The head's
-//! definitions (merged into REV) must be valid: their errors are the change's. REV's need
-//! not: its services that load are planned against, and its errors go with the plan.
+//! `plan --against REV`: what a pull request would change, with no data plane. REV's
+//! definitions need not be valid: its services that load are planned against, and its errors
+//! go with the plan. The head's (merged into REV) must be, but for errors REV has too, which
+//! are not the change's (a file it did not touch): their errors that REV lacks fail the plan.
 use std::collections::BTreeSet;
 
 use reconciler_core::{
@@ -11,10 +12,7 @@ use reconciler_core::{
     validate::validate_what_loads,
 };
 
-use super::{
-    session::{desired_of, validated},
-    Desired, Error, Session,
-};
+use super::{session::desired_of, Desired, Error, Session};
 
 /// The two sides of a pull request's plan.
 pub struct Against {
@@ -30,8 +28,13 @@ impl Session {
         let git = self.git()?;
         let compared = source::compared(git, rev)?;
         let source = self.source();
-        let head = validated(compared.after, source.clone(), self.policy(), self.node())?;
         let (located, base_errors) = validate_what_loads(&compared.before, self.policy());
+        let (head_located, head_errors) = validate_what_loads(&compared.after, self.policy());
+        let own: Vec<_> = head_errors.into_iter().filter(|e| !base_errors.contains(e)).collect();
+        if !own.is_empty() {
+            return Err(Error::Invalid { revision: compared.after.revision, diagnostics: own });
+        }
+        let head = desired_of(head_located, compared.after.revision, source, self.node());
         let base_source = format!("{} ({rev})", git.url);
         let base = desired_of(located, compared.before.revision, base_source, self.node());
         let merge_base =

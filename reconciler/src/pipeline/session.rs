@@ -200,7 +200,7 @@ impl Session {
 
 /// Validates a fetched snapshot; `source` says where it came from, for people; the services
 /// for `node`.
-pub(super) fn validated(
+fn validated(
     snapshot: Snapshot,
     source: String,
     policy: &Policy,
