@@ -19,5 +19,6 @@ pub mod ramp;
 pub mod selector;
 pub mod source;
 pub mod state;
+mod syntax;
 pub mod validate;
 pub mod verify;

@@ -147,13 +147,18 @@ pub fn parse_within(text: &str, budget: &mut usize) -> Result<Vec<Document>, Syn
         Builder { stack: Vec::new(), documents: Vec::new(), budget: *budget, error: None };
     let mut parser = Parser::new_from_str(text);
     loop {
-        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
-            position: Position::of(e.marker()),
-            message: match e.info() {
+        let (event, mark) = parser.next_token().map_err(|e| {
+            let (position, message) = match e.info() {
                 // The scanner's own bound on flow collections (`[[[[...`), said our way.
-                "recursion limit exceeded" => nested_too_deep(),
-                info => info.to_owned(),
-            },
+                "recursion limit exceeded" => (Position::of(e.marker()), nested_too_deep()),
+                info => {
+                    let at = Position::of(e.marker());
+                    let at = crate::syntax::Position { line: at.line, column: at.column };
+                    let (at, message) = crate::syntax::explained(text, at, info);
+                    (Position { line: at.line, column: at.column }, message)
+                }
+            };
+            SyntaxError { position, message }
         })?;
         if event == Event::StreamEnd {
             break;
@@ -486,7 +491,9 @@ mod tests {
         let err = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!(err.position, Position { line: 2, column: 1 });
         assert!(err.message.contains("duplicate key `a`"), "{err:?}");
+        // The parser gives up on line 2; the `]` is missing at the end of line 1.
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(err.position.line >= 2, "{err:?}");
+        assert_eq!(err.position, Position { line: 1, column: 9 }, "{err:?}");
+        assert!(err.message.starts_with("the `[` at column 4 is not closed"), "{err:?}");
     }
 }

@@ -105,7 +105,7 @@ fn signed_commits_pass_and_every_other_commit_is_refused_saying_why() {
         (vec![format!("test@example.com {mallory}")], "which the allowed signers do not list"),
         (
             vec![format!("someone@example.com {alice}")],
-            "for other principals than its author test@example.com",
+            "for other principals than its committer test@example.com",
         ),
         (
             vec![format!("test@example.com namespaces=\"file\" {alice}")],
@@ -222,7 +222,10 @@ fn openpgp_signed_commits_are_checked_against_the_keyring() {
     theirs.commit_signed(&s.repo, "signed by a key the keyring does not hold");
     refused_because(&plan(&with_keyring), "which the keyring does not hold");
     stranger.commit_signed(&s.repo, "signed by a key held for another email");
-    refused_because(&plan(&with_keyring), "none of whose user IDs is its author test@example.com");
+    refused_because(
+        &plan(&with_keyring),
+        "none of whose user IDs is its committer test@example.com",
+    );
 }
 
 fn planned(output: &Output) {
@@ -322,13 +325,13 @@ fn signer_emails_are_compared_exactly_for_ssh_and_openpgp() {
     let s = Signers::new();
     let key = Gpg::new("Test@Example.com");
     key.commit_signed(&s.repo, "signed by Test@Example.com as test@example.com");
-    let why = "none of whose user IDs is its author test@example.com";
+    let why = "none of whose user IDs is its committer test@example.com";
     refused_because(&s.plan_with_keyring(&key.public_key()), why);
 
     s.repo.commit_signed("signed by alice", &s.alice.0);
     let capitalised = s.allowed(&[format!("Test@Example.com {}", s.alice.1)]);
     refused_because(
         &s.plan(&capitalised, &[]),
-        "other principals than its author test@example.com",
+        "other principals than its committer test@example.com",
     );
 }

@@ -101,6 +101,7 @@ impl Cache {
             signature: std::str::from_utf8(&signature).unwrap_or_default(),
             data: &data,
             email: committer.email().unwrap_or_default(),
+            role: "committer",
             time: committer.when().seconds(),
         };
         verify.check(&signed).map(drop).map_err(|reason| refused(commit, reason))
@@ -129,6 +130,7 @@ impl Cache {
                 signature,
                 data,
                 email: tagger.as_ref().and_then(|t| t.email().ok()).unwrap_or_default(),
+                role: "tagger",
                 time: tagger.as_ref().map_or(0, |t| t.when().seconds()),
             };
             match verify.check(&signed) {

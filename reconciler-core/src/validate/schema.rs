@@ -89,15 +89,24 @@ fn schema_diagnostics(
         {
             format!("{} is not an IPv4 or IPv6 address", show(instance))
         }
-        ValidationErrorKind::Pattern { .. }
-            if pointer == "/metadata/name" || pointer.ends_with("/name") =>
-        {
-            format!(
-                "{} is not a DNS label (lowercase letters, digits and `-`, starting and ending \
-                 with a letter or digit)",
-                show(instance)
-            )
+        // A key of a map refused: at the key.
+        ValidationErrorKind::PropertyNames { error: inner } => {
+            let key = inner.instance().as_str().unwrap_or_default();
+            let field = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+            let message = match (inner.kind(), schema.pattern_words(inner)) {
+                (ValidationErrorKind::Pattern { .. }, Some(words)) => {
+                    format!("`{key}` is not {words}")
+                }
+                _ => inner.to_string(),
+            };
+            out.push(at(file, document.key_position(&field), &field, message));
+            return;
         }
+        // The schema says in words what its regular expression means.
+        ValidationErrorKind::Pattern { pattern } => match schema.pattern_words(error) {
+            Some(words) => format!("{} is not {words}", show(instance)),
+            None => format!("{} does not match `{pattern}`", show(instance)),
+        },
         ValidationErrorKind::Constant { expected_value } => {
             format!(
                 "expected `{}`, found {}",
@@ -119,9 +128,24 @@ impl Schema {
     /// keyword's place in this schema) nearest to it, if `key` looks like a typo of it: at
     /// most two edits (a swap of two letters is one), one for names of up to three letters.
     fn closest_field(&self, refused_at: &str, key: &str) -> Option<&str> {
+        let fields = self.object_of(refused_at)?.get("properties")?.as_object()?.keys();
+        let bound = if key.chars().count() <= 3 { 1 } else { 2 };
+        let nearest = fields.map(|f| (strsim::osa_distance(key, f), f)).min()?;
+        (nearest.0 > 0 && nearest.0 <= bound).then_some(nearest.1.as_str())
+    }
+
+    /// What the `pattern` that refused a value means, in words: its schema's
+    /// `patternErrorMessage` (the name editors' YAML language servers show too).
+    fn pattern_words(&self, error: &jsonschema::ValidationError<'_>) -> Option<&str> {
+        self.object_of(error.schema_path().as_str())?.get("patternErrorMessage")?.as_str()
+    }
+
+    /// The schema object in which the keyword at `keyword_at` (a schema path, through
+    /// `$ref`s) stands.
+    fn object_of(&self, keyword_at: &str) -> Option<&serde_json::Value> {
         // The schema compiled (`validator`), so it parses.
         let root = self.value.get_or_init(|| serde_json::from_str(self.text).unwrap_or_default());
-        let segments: Vec<&str> = refused_at.split('/').skip(1).collect();
+        let segments: Vec<&str> = keyword_at.split('/').skip(1).collect();
         let mut object = root;
         for segment in &segments[..segments.len().checked_sub(1)?] {
             let segment = segment.replace("~1", "/").replace("~0", "~");
@@ -133,10 +157,7 @@ impl Schema {
                 },
             };
         }
-        let fields = object.get("properties")?.as_object()?.keys();
-        let bound = if key.chars().count() <= 3 { 1 } else { 2 };
-        let nearest = fields.map(|f| (strsim::osa_distance(key, f), f)).min()?;
-        (nearest.0 > 0 && nearest.0 <= bound).then_some(nearest.1.as_str())
+        Some(object)
     }
 }
 

@@ -3,8 +3,8 @@
 //! annotated tag pointing at it (`mode: tag`), carries a good signature: SSH, by a key that an
 //! allowed-signers file lists (`ssh`), or OpenPGP, by a valid signing key of a keyring
 //! (`openpgp`). Unlike Flux, and stricter than git (which names the signer and leaves the rest
-//! to the reader), the signer must be the author: a key listed for alice@example.com does not
-//! vouch for a commit whose committer is bob@example.com. Emails are compared exactly
+//! to the reader), the signer must be the committer (a tag's: the tagger): a key listed for
+//! alice@example.com does not vouch for a commit whose committer is bob@example.com. Emails are compared exactly
 //! (case-sensitively) for both kinds, as ssh-keygen compares principals: a key for
 //! Alice@example.com does not vouch for alice@example.com.
 mod openpgp;
@@ -122,6 +122,8 @@ pub struct Signed<'a> {
     pub signature: &'a str,
     pub data: &'a [u8],
     pub email: &'a str,
+    /// Whose `email` it is, for messages: `committer` or `tagger`.
+    pub role: &'static str,
     pub time: i64,
 }
 
@@ -141,9 +143,9 @@ pub enum Unverified {
     #[error("it is signed by OpenPGP key {fingerprint}, which the keyring does not hold")]
     NotInKeyring { fingerprint: String },
     #[error(
-        "it is signed by OpenPGP key {fingerprint}, none of whose user IDs is its author {email}"
+        "it is signed by OpenPGP key {fingerprint}, none of whose user IDs is its {role} {email}"
     )]
-    NotForAuthor { fingerprint: String, email: String },
+    NotForSigner { fingerprint: String, role: &'static str, email: String },
     #[error("it is signed by OpenPGP key {fingerprint}, {problem}")]
     InvalidKey { fingerprint: String, problem: KeyProblem },
     #[error("its signature cannot be read: {0}")]
@@ -154,9 +156,9 @@ pub enum Unverified {
     UnknownKey { fingerprint: String },
     #[error(
         "it is signed by key {fingerprint}, which the allowed signers list (line {line}) for \
-         other principals than its author {email}"
+         other principals than its {role} {email}"
     )]
-    OtherPrincipal { fingerprint: String, email: String, line: usize },
+    OtherPrincipal { fingerprint: String, role: &'static str, email: String, line: usize },
     #[error(
         "it is signed by key {fingerprint}, which the allowed signers (line {line}) do not allow \
          in namespace `{GIT_NAMESPACE}`"

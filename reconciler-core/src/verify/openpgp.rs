@@ -149,9 +149,9 @@ impl Keyring {
                 continue;
             }
             let fingerprint = format!("{:X}", key.fingerprint());
-            if !self.names_author(key, signed.email) {
-                let email = signed.email.to_owned();
-                return Err(Unverified::NotForAuthor { fingerprint, email });
+            if !self.names_signer(key, signed.email) {
+                let (role, email) = (signed.role, signed.email.to_owned());
+                return Err(Unverified::NotForSigner { fingerprint, role, email });
             }
             let invalid = |problem| Unverified::InvalidKey {
                 fingerprint: subkey
@@ -176,7 +176,7 @@ impl Keyring {
     }
 
     /// Whether one of `key`'s user IDs that is not revoked has `email` (exactly).
-    fn names_author(&self, key: &SignedPublicKey, email: &str) -> bool {
+    fn names_signer(&self, key: &SignedPublicKey, email: &str) -> bool {
         key.details.users.iter().any(|user| {
             let revoked =
                 user.signatures.iter().any(|s| s.typ() == Some(SignatureType::CertRevocation));

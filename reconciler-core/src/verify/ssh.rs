@@ -73,6 +73,7 @@ impl AllowedSigners {
             let why = if !patterns_match(&entry.principals, signed.email) {
                 Unverified::OtherPrincipal {
                     fingerprint: fingerprint.clone(),
+                    role: signed.role,
                     email: signed.email.to_owned(),
                     line: entry.line,
                 }
