@@ -17,7 +17,7 @@ test: setup
 	@bash scripts/require-root.sh "make test"
 	# The end-to-end tests run the real `reconciler` and `probe` binaries.
 	$(CARGO) build --bins
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --no-fail-fast
 	$(CARGO) test --doc
 
 lint: setup

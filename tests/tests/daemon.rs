@@ -494,7 +494,8 @@ fn promtool_check(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `metrics.perBackend: false`: no series per backend, the rest as ever.
+/// `metrics.perBackend: false`: no series per backend, the per-service totals and the rest as
+/// ever.
 #[test]
 fn metrics_per_backend_can_be_left_out() -> Result<()> {
     let mut world = World::new("d-metrics-lean", "1h", "heal")?;
@@ -507,8 +508,12 @@ fn metrics_per_backend_can_be_left_out() -> Result<()> {
     let metrics = world.metrics()?;
     assert!(!metrics.contains("reconciler_backend_connections"), "{metrics}");
     assert!(!metrics.contains("reconciler_backend_reverse_translations"), "{metrics}");
-    let refusals = "reconciler_service_refusals_total{service=\"web/http\",reason=\"no_backend\"}";
+    let refusals =
+        "reconciler_service_refusals_total{service=\"web\",port=\"http\",reason=\"no_backend\"}";
     assert_eq!(sample(&metrics, refusals), Some(0.0), "{metrics}");
+    let total =
+        "reconciler_service_connections_total{service=\"web\",port=\"http\",protocol=\"TCP\"}";
+    assert_eq!(sample(&metrics, total), Some(3.0), "{metrics}");
     assert_eq!(sample(&metrics, "reconciler_backends"), Some(1.0), "{metrics}");
     promtool_check(&metrics).with_context(|| metrics.clone())?;
     Ok(())
@@ -522,10 +527,14 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let result = world.sandbox.probe_tcp("10.96.0.10:80", 13)?;
     assert_eq!(result.replies.get("b11"), Some(&13), "{result:?}");
     let metrics = world.metrics()?;
-    let connections = "reconciler_backend_connections_total{service=\"web/http\",\
+    let connections = "reconciler_backend_connections_total{service=\"web\",port=\"http\",\
                        backend=\"127.0.0.11:8080\",protocol=\"TCP\"}";
     assert_eq!(sample(&metrics, connections), Some(13.0), "{metrics}");
-    let refusals = "reconciler_service_refusals_total{service=\"web/http\",reason=\"no_backend\"}";
+    let total =
+        "reconciler_service_connections_total{service=\"web\",port=\"http\",protocol=\"TCP\"}";
+    assert_eq!(sample(&metrics, total), Some(13.0), "{metrics}");
+    let refusals =
+        "reconciler_service_refusals_total{service=\"web\",port=\"http\",reason=\"no_backend\"}";
     assert_eq!(sample(&metrics, refusals), Some(0.0), "{metrics}");
     // A port of the VIP that no service defines: refused, counted under its own reason.
     let other_port = world.sandbox.probe_tcp("10.96.0.10:81", 2)?;
@@ -534,12 +543,13 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() -> Result<()> {
     let unknown_port = "reconciler_refusals_total{reason=\"unknown_port\"}";
     assert_eq!(sample(&metrics, unknown_port), Some(2.0), "{metrics}");
     // How the 13 connections went (the `flows` program): all established, none failed.
-    let failures = "reconciler_backend_connect_failures_total{service=\"web/http\",\
+    let failures = "reconciler_backend_connect_failures_total{service=\"web\",port=\"http\",\
                     backend=\"127.0.0.11:8080\"}";
     assert_eq!(sample(&metrics, failures), Some(0.0), "{metrics}");
     let handshakes = "reconciler_backend_connect_duration_seconds_count";
     assert_eq!(sample(&metrics, handshakes), Some(13.0), "{metrics}");
-    let sent = "reconciler_backend_bytes_total{service=\"web/http\",backend=\"127.0.0.11:8080\",\
+    let sent =
+        "reconciler_backend_bytes_total{service=\"web\",port=\"http\",backend=\"127.0.0.11:8080\",\
                 direction=\"sent\"}";
     assert!(sample(&metrics, sent).is_some(), "{metrics}");
     promtool_check(&metrics).with_context(|| metrics.clone())?;

@@ -57,7 +57,7 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     let text = plan_by_hand_unchanged(&sandbox, &bare, served.path())?;
     assert!(text.contains("Health exclusions") && text.contains("127.0.0.12:8080"), "{text}");
     let metrics = daemon.get(&sandbox, "/metrics")?;
-    let down = "reconciler_backend_up{service=\"web/http\",backend=\"127.0.0.12:8080\"} 0";
+    let down = "reconciler_backend_up{service=\"web\",port=\"http\",backend=\"127.0.0.12:8080\"} 0";
     assert!(metrics.contains(down), "{metrics}");
 
     // It comes back.

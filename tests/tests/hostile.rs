@@ -481,7 +481,7 @@ fn many_nodes_across_files_are_refused_before_they_exhaust_memory() {
     assert_eq!(output.status.code(), Some(1), "{}", both(&output));
     let text = stdout(&output);
     let refusal = format!("more than {} YAML nodes in the definitions", limits::MAX_NODES);
-    assert!(text.contains("./m.yaml:") && text.contains(&refusal), "{text}");
+    assert!(text.contains("\nm.yaml:") && text.contains(&refusal), "{text}");
 }
 
 /// `count` services with `backends` backends each, in files of 500.

@@ -95,7 +95,7 @@ fn a_backend_that_resets_connects_is_ejected_comes_back_and_goes_out_for_twice_a
     assert!(text.contains("Ejections") && text.contains("127.0.0.12:8080"), "{text}");
     assert!(!text.contains("Health exclusions"), "{text}");
     let metrics = daemon.get(&sandbox, "/metrics")?;
-    let series = "{service=\"web/http\",backend=\"127.0.0.12:8080\"}";
+    let series = "{service=\"web\",port=\"http\",backend=\"127.0.0.12:8080\"}";
     assert!(
         metrics.contains(&format!("reconciler_backend_ejections_total{series} 1")),
         "{metrics}"

@@ -117,6 +117,13 @@ pub(super) fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
+/// The labels of a service's frontend, labelled `name/port`: `service` and `port` apart, so
+/// that `sum by (service)` needs no `label_replace`.
+pub(super) fn service_labels(label: &str) -> Vec<(&'static str, String)> {
+    let (service, port) = reconciler_core::state::split_label(label).unwrap_or((label, ""));
+    vec![("service", label_value(service)), ("port", label_value(port))]
+}
+
 /// `value` escaped for a label: prometheus-client 0.24 writes label values as they are, so a
 /// quote, a backslash or a newline would end the value early (the test below catches a
 /// version that starts escaping them itself).

@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 
 use super::{
-    exposition::{label_value, PrometheusText, Sink},
+    exposition::{label_value, service_labels, PrometheusText, Sink},
     health::BackendHealth,
     metrics_dataplane::DataplaneCollector,
 };
@@ -142,15 +142,19 @@ impl Metrics {
     /// What the runs did: how many, how long, what they applied.
     fn register_runs(&mut self) {
         let build: Family<Label, Gauge> = Family::default();
+        // The daemon exists only in builds with the data plane.
         let version = vec![
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("commit", env!("RECONCILER_COMMIT").to_owned()),
+            ("dataplane", "true".to_owned()),
             ("layout", reconciler_common::LAYOUT_VERSION.to_string()),
         ];
         build.get_or_create(&version).set(1);
         let registry = &mut self.registry;
         registry.register(
             "reconciler_build_info",
-            "This build: its version and the data plane layout it installs (1)",
+            "This build: its version, commit, whether it has the data plane, and the data plane \
+             layout it installs (1)",
             build,
         );
         registry.register(
@@ -350,10 +354,8 @@ impl Metrics {
         }
         for backend in health {
             for service in &backend.services {
-                let labels = vec![
-                    ("service", label_value(service)),
-                    ("backend", backend.backend.to_string()),
-                ];
+                let mut labels = service_labels(service);
+                labels.push(("backend", backend.backend.to_string()));
                 self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
             }
         }
@@ -409,7 +411,8 @@ impl Metrics {
     /// Counts an ejection of `backend` from `service`.
     pub fn backend_ejected(&self, service: &str, backend: std::net::SocketAddr) {
         if self.per_backend {
-            let labels = vec![("service", label_value(service)), ("backend", backend.to_string())];
+            let mut labels = service_labels(service);
+            labels.push(("backend", backend.to_string()));
             self.ejections.get_or_create(&labels).inc();
         }
     }
@@ -421,7 +424,8 @@ impl Metrics {
             return;
         }
         for ((service, backend), ejected) in watched {
-            let labels = vec![("service", label_value(service)), ("backend", backend.to_string())];
+            let mut labels = service_labels(service);
+            labels.push(("backend", backend.to_string()));
             self.ejected.get_or_create(&labels).set(i64::from(*ejected));
         }
     }
@@ -560,7 +564,9 @@ mod tests {
         );
         assert!(text.contains("reconciler_map_writes_total 9\n"));
         let version = env!("CARGO_PKG_VERSION");
-        assert!(text.contains(&format!("reconciler_build_info{{version=\"{version}\",layout=")));
+        let build = format!("reconciler_build_info{{version=\"{version}\",commit=\"");
+        assert!(text.contains(&build), "{text}");
+        assert!(text.contains("\",dataplane=\"true\",layout=\""), "{text}");
         let labels = [("zone".to_owned(), "a".to_owned())].into();
         let node = reconciler_core::selector::Node {
             name: "edge-1".into(),

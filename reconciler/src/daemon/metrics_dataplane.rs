@@ -9,7 +9,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, exemplar::Exemplar},
 };
 
-use super::exposition::label_value;
+use super::exposition::service_labels;
 
 /// One label, as the families here use them.
 type Label = Vec<(&'static str, String)>;
@@ -23,12 +23,10 @@ pub(super) struct DataplaneCollector {
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Every backend's counters are read (a map lookup each), for the per-service totals
+        // too; `per_backend` decides only whether each backend gets series of its own.
         let read = crate::dataplane::Dataplane::open(&self.pin_path).and_then(|dataplane| {
-            let mut live = dataplane.read_live_members()?;
-            if !self.per_backend {
-                // Their counters are not read either: a scrape of a full node stays small.
-                live.state.backends.clear();
-            }
+            let live = dataplane.read_live_members()?;
             let counters = crate::counters::read(&dataplane, &live.state)?;
             Ok((counters, dataplane.events()?, dataplane.handshakes()?))
         });
@@ -37,6 +35,7 @@ impl Collector for DataplaneCollector {
         encode_refusals(&mut encoder, &events)?;
         encode_handshakes(&mut encoder, &handshakes)?;
         encode_service_refusals(&mut encoder, &counters)?;
+        encode_service_connections(&mut encoder, &counters)?;
         if !self.per_backend {
             return Ok(());
         }
@@ -47,11 +46,8 @@ impl Collector for DataplaneCollector {
             MetricType::Counter,
         )?;
         for b in &counters.backends {
-            let labels: Label = vec![
-                ("service", label_value(&b.service)),
-                ("backend", b.backend.to_string()),
-                ("protocol", b.protocol.to_string()),
-            ];
+            let mut labels = backend_labels(b);
+            labels.push(("protocol", b.protocol.to_string()));
             ConstCounter::new(b.connections).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
@@ -61,24 +57,28 @@ impl Collector for DataplaneCollector {
             MetricType::Counter,
         )?;
         for b in &counters.backends {
-            let labels: Label =
-                vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())];
+            let labels = backend_labels(b);
             ConstCounter::new(b.reverse_translations).encode(family.encode_family(&labels)?)?;
         }
         encode_flows(&mut encoder, &counters)
     }
 }
 
-/// `reconciler_backend_connect_failures_total{service,backend}` and
-/// `reconciler_backend_bytes_total{service,backend,direction}`, of TCP backends.
+/// The labels of backend `b`'s series: its service, port and address.
+fn backend_labels(b: &crate::counters::BackendCount) -> Label {
+    let mut labels = service_labels(&b.service);
+    labels.push(("backend", b.backend.to_string()));
+    labels
+}
+
+/// `reconciler_backend_connect_failures_total{service,port,backend}` and
+/// `reconciler_backend_bytes_total{service,port,backend,direction}`, of TCP backends.
 fn encode_flows(
     encoder: &mut DescriptorEncoder,
     counters: &crate::counters::Counters,
 ) -> Result<(), std::fmt::Error> {
     let tcp = || counters.backends.iter().filter_map(|b| Some((b, b.flows.as_ref()?)));
-    let labels = |b: &crate::counters::BackendCount| -> Label {
-        vec![("service", label_value(&b.service)), ("backend", b.backend.to_string())]
-    };
+    let labels = backend_labels;
     let mut family = encoder.encode_descriptor(
         "reconciler_backend_connect_failures",
         "TCP connects to a backend that failed before they were established (reset, timed out)",
@@ -126,7 +126,31 @@ fn encode_handshakes(
     metric.encode_histogram(*sum as f64 / 1e9, counts.iter().sum(), &buckets, exemplars)
 }
 
-/// `reconciler_service_refusals_total{service,reason}`.
+/// `reconciler_service_connections_total{service,port,protocol}`: its backends' connects and
+/// datagrams, summed (the series that stay with `metrics.perBackend: false`).
+fn encode_service_connections(
+    encoder: &mut DescriptorEncoder,
+    counters: &crate::counters::Counters,
+) -> Result<(), std::fmt::Error> {
+    let mut totals: std::collections::BTreeMap<(&str, String), u64> = Default::default();
+    for b in &counters.backends {
+        *totals.entry((&b.service, b.protocol.to_string())).or_default() += b.connections;
+    }
+    let mut family = encoder.encode_descriptor(
+        "reconciler_service_connections",
+        "Connects and datagrams sent to a service's backends, since their IDs were assigned",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((service, protocol), connections) in totals {
+        let mut labels = service_labels(service);
+        labels.push(("protocol", protocol));
+        ConstCounter::new(connections).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `reconciler_service_refusals_total{service,port,reason}`.
 fn encode_service_refusals(
     encoder: &mut DescriptorEncoder,
     counters: &crate::counters::Counters,
@@ -143,8 +167,8 @@ fn encode_service_refusals(
             ("inconsistent_set", s.inconsistent_set),
             ("stale_reverse_entry", s.stale_reverse_entry),
         ] {
-            let labels: Label =
-                vec![("service", label_value(&s.service)), ("reason", reason.to_owned())];
+            let mut labels = service_labels(&s.service);
+            labels.push(("reason", reason.to_owned()));
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
     }
