@@ -61,6 +61,18 @@ impl Daemon {
     /// `source` settings and `top` lines at the top level. Not waited for: a node of a later
     /// wave is not ready until its gate opens ([`wait_ready`](Self::wait_ready)).
     pub fn spawn_node(at: &Place, url: &str, source: &str, top: &str) -> Result<Daemon> {
+        Daemon::spawn_node_with(at, url, source, top, &|_| {})
+    }
+
+    /// [`spawn_node`](Self::spawn_node), its command changed by `launch` first (an
+    /// environment of systemd's, say).
+    pub fn spawn_node_with(
+        at: &Place,
+        url: &str,
+        source: &str,
+        top: &str,
+        launch: &dyn Fn(&mut std::process::Command),
+    ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let config = format!(
             "source:\n  url: {url}\n  path: services\n{source}  cacheDir: {}\n\
@@ -73,7 +85,7 @@ impl Daemon {
         );
         std::fs::write(dir.path().join("base.yaml"), &config)?;
         std::fs::write(dir.path().join("node.yaml"), format!("{config}{top}"))?;
-        let child = spawn(at.hub, dir.path())?;
+        let child = spawn(at.hub, dir.path(), launch)?;
         Ok(Daemon { child, listen: at.listen.to_owned(), dir })
     }
 
@@ -82,7 +94,7 @@ impl Daemon {
     pub fn kill_and_restart(&mut self, sandbox: &Sandbox) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        self.child = spawn(sandbox, self.dir.path())?;
+        self.child = spawn(sandbox, self.dir.path(), &|_| {})?;
         self.wait_ready(sandbox)
     }
 
@@ -112,6 +124,16 @@ impl Daemon {
         let listen = self.listen.clone();
         sandbox.in_netns(move || Ok(request(&listen, "POST", "/reconcile")?.0))?;
         Ok(())
+    }
+
+    /// The daemon's PID, to signal it.
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    /// The file the daemon reads its configuration from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("node.yaml")
     }
 
     pub fn log(&self) -> String {
@@ -222,13 +244,15 @@ pub fn plan_by_hand_unchanged(sandbox: &Sandbox, bare: &Path, cache_dir: &Path) 
 
 /// The daemon of the configuration in `dir`, in `sandbox`'s network namespace, its log
 /// appended to `dir/daemon.log`.
-fn spawn(sandbox: &Sandbox, dir: &Path) -> Result<Child> {
+fn spawn(
+    sandbox: &Sandbox,
+    dir: &Path,
+    launch: &dyn Fn(&mut std::process::Command),
+) -> Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log"))?;
-    Ok(sandbox
-        .command_in_netns(reconciler_path()?)
-        .args(["daemon", "--config"])
-        .arg(dir.join("node.yaml"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+    let mut command = sandbox.command_in_netns(reconciler_path()?);
+    command.args(["daemon", "--config"]).arg(dir.join("node.yaml"));
+    command.stdout(Stdio::null()).stderr(log);
+    launch(&mut command);
+    Ok(command.spawn()?)
 }

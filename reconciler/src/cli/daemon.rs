@@ -18,6 +18,49 @@ pub struct DaemonArgs {
     log_level: tracing::Level,
 }
 
+/// Logs to journald (native protocol: a priority per line, fields such as `REVISION=` and
+/// `SERVICE=`) when stderr is journald's stream, as systemd says in `JOURNAL_STREAM`; else
+/// to stderr, as `--log-format` says.
+fn start_logging(args: &DaemonArgs) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let level = tracing_subscriber::filter::LevelFilter::from_level(args.log_level);
+    if stderr_is_journal() {
+        // The fields as they are named (`revision` is `REVISION=`), without a prefix; info at
+        // 6 (informational) as journald files a stream's lines, not tracing-journald's 5.
+        let priorities = tracing_journald::PriorityMappings {
+            info: tracing_journald::Priority::Informational,
+            debug: tracing_journald::Priority::Debug,
+            ..tracing_journald::PriorityMappings::new()
+        };
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal.with_field_prefix(None).with_priority_mappings(priorities);
+                tracing_subscriber::registry().with(level).with(journal).init();
+                return;
+            }
+            Err(error) => eprintln!("journald: {error}; logging to stderr"),
+        }
+    }
+    let logs = tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Whether stderr is the stream `JOURNAL_STREAM` names (`DEVICE:INODE`, see
+/// systemd.exec(5)): the daemon's own stderr, not one a child inherited the variable with.
+fn stderr_is_journal() -> bool {
+    use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+    let Some(named) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    let Ok(meta) = stderr.and_then(|file| file.metadata()) else { return false };
+    named.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -41,14 +84,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    let logs = tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    start_logging(&args);
     // SAFETY: no other thread exists yet (logging starts none; the runtime starts below).
     unsafe { reconciler_core::source::set_server_timeouts(config.source.timeouts) };
     let runtime = tokio::runtime::Builder::new_multi_thread()

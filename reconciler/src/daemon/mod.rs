@@ -41,6 +41,7 @@ mod reconcile;
 mod report;
 pub mod rollout;
 pub mod status;
+mod systemd;
 mod waves;
 pub mod webhook;
 
@@ -98,6 +99,8 @@ enum Woken {
     Fetched(Result<Result<Snapshot, SourceError>, tokio::task::JoinError>),
     Reload,
     Stop,
+    /// Time to tell systemd's watchdog the loop is alive.
+    Watchdog,
 }
 
 /// A fetch under way, on a thread of its own, so that health changes are applied while a
@@ -126,17 +129,13 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         interrupt: unix::signal(SignalKind::interrupt())?,
     };
     info!(listen = %config.listen, source = %describe(&config.source_spec()), "daemon started");
-    let mut memory = Memory::new(&config);
-    memory.ramps = Arc::clone(&shared.ramps);
-    memory.rollouts = Arc::clone(&shared.rollouts);
-    memory.gatekeeper = Arc::clone(&shared.gatekeeper);
-    if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
-        error!(revision = failure.revision, "{}; failed before this start", failure.error);
-        memory.failed_revision = Some(failure.revision.clone());
-        status::show_failure(&mut shared.status(), failure);
-    }
+    let mut memory = remembered(&shared, &config);
     let mut config = Arc::new(config);
     memory = adopt(&shared, &config, memory).await?;
+    let mut systemd = systemd::Systemd::from_env();
+    systemd.report(&shared.status(), memory.last_good.is_some());
+    let ping_every = systemd.ping_every();
+    let mut next_ping = ping_every.map(|every| Instant::now() + every);
     // The first run, and every interval's, reads every live entry, to find drift; runs asked
     // for (a webhook) take the incremental path.
     let mut fetching = Some(start_fetch(&shared, &memory, true));
@@ -146,7 +145,12 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     // Health changes after one is applied wait for this, to be applied together.
     let mut health_after = Instant::now();
     loop {
-        match wait(&shared, &mut signals, (next_run, health_after), &mut fetching).await {
+        match wait(&shared, &mut signals, (next_run, health_after, next_ping), &mut fetching).await
+        {
+            Woken::Watchdog => {
+                systemd.ping();
+                next_ping = ping_every.map(|every| Instant::now() + every);
+            }
             // Fetched under the configuration a reload replaced: fetched again.
             Woken::Fetched(_) if fetching.as_ref().is_some_and(|f| f.stale) => {
                 fetching = Some(start_fetch(&shared, &memory, true));
@@ -184,9 +188,26 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
             Woken::Stop => break,
         }
         shared.status().running = fetching.is_some();
+        systemd.report(&shared.status(), false);
     }
+    systemd.stopping();
     info!("daemon stopped; the data plane keeps serving");
     Ok(())
+}
+
+/// The memory a start begins with: the shared overlay's parts, and a revision that failed
+/// before this start (the journal's), which stays refused.
+fn remembered(shared: &Shared, config: &Config) -> Memory {
+    let mut memory = Memory::new(config);
+    memory.ramps = Arc::clone(&shared.ramps);
+    memory.rollouts = Arc::clone(&shared.rollouts);
+    memory.gatekeeper = Arc::clone(&shared.gatekeeper);
+    if let Some(failure) = memory.journal.failure(&clock::now_rfc3339()) {
+        error!(revision = failure.revision, "{}; failed before this start", failure.error);
+        memory.failed_revision = Some(failure.revision.clone());
+        status::show_failure(&mut shared.status(), failure);
+    }
+    memory
 }
 
 /// Whether the kernel destroys the sockets of removed backends: a gauge, and a warning that
@@ -394,9 +415,15 @@ const HEALTH_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
 async fn wait(
     shared: &Shared,
     signals: &mut Signals,
-    (next_run, health_after): (Instant, Instant),
+    (next_run, health_after, next_ping): (Instant, Instant, Option<Instant>),
     fetching: &mut Option<Fetching>,
 ) -> Woken {
+    let ping = async {
+        match next_ping {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     let health = async {
         tokio::time::sleep_until(health_after.into()).await;
         shared.health_changed.notified().await;
@@ -408,6 +435,9 @@ async fn wait(
         }
     };
     tokio::select! {
+        // First: a loop kept busy by events still pings.
+        biased;
+        () = ping => Woken::Watchdog,
         () = tokio::time::sleep_until(next_run.into()) => Woken::Interval,
         joined = fetched => Woken::Fetched(joined),
         () = health => Woken::Health,
