@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench fuzz man clean
+.PHONY: setup build test lint demo bench fuzz man deb clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,12 @@ lint: setup
 	# The BPF crate builds only for the BPF target, with nightly and build-std.
 	cd reconciler-ebpf && $(CARGO) +nightly clippy --target bpfel-unknown-none \
 		-Z build-std=core --bins -- -D warnings
+
+# target/deb/reconciler_<version>_<arch>.deb: the release build, its unit, an example
+# configuration, man pages and completions (scripts/deb.sh, with dpkg-deb).
+deb: setup
+	$(CARGO) build --release --bins
+	@bash scripts/deb.sh
 
 demo: setup
 	@bash scripts/require-root.sh "make demo"

@@ -20,8 +20,11 @@ need_root() {
 # prometheus: its `promtool check metrics` checks the daemon's /metrics in the tests (the
 # package's server is not started); time (GNU time): peak memory of the CLI in `make bench`;
 # openssh-client and gnupg: ssh-keygen and gpg sign commits in the signed-commit tests;
-# strace: kills applies at each of their writes in the crash tests.
-APT_PACKAGES=(pkg-config libssl-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace)
+# strace: kills applies at each of their writes in the crash tests. libssh2-1-dev: git2's ssh
+# transport links the system's libssh2 (.cargo/config.toml). dpkg-dev (dpkg-shlibdeps),
+# binutils (strip), init-system-helpers, systemd (systemd-analyze) and lintian: `make deb`
+# and the package's test.
+APT_PACKAGES=(pkg-config libssl-dev libssh2-1-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace dpkg-dev binutils init-system-helpers systemd lintian)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -389,6 +389,11 @@ fn the_documented_configurations_are_valid() {
     assert_eq!(parsed.listen.to_string(), "0.0.0.0:9469");
     assert_eq!(parsed.node.name, "node-7");
 
+    // The package's example configuration (/etc/reconciler/config.example.yaml).
+    let example = manifest_dir().join("../deploy/config.example.yaml");
+    let parsed = config::parse("config.example.yaml", &std::fs::read_to_string(example).unwrap());
+    assert_eq!(parsed.unwrap().listen.to_string(), "127.0.0.1:9469");
+
     // And the README's service example is a valid service.
     let service = readme_block("## Service definitions", "apiVersion:");
     let file = SourceFile::new("README.md", service);
