@@ -189,7 +189,8 @@ pub struct BackendEntry {
 
 /// The content of one map set plus the (unversioned) service names. Serialised (in saved
 /// plans) with every map as a list of `[key, value]` pairs, since JSON keys are strings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Two are equal when the maps hold the same (`PartialEq` below), whatever they say for people.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MapState {
     #[serde(with = "as_pairs")]
     pub services: BTreeMap<Frontend, ServiceEntry>,
@@ -228,6 +229,23 @@ pub struct MapState {
     #[serde(skip)]
     pub weights: BTreeMap<u32, u32>,
 }
+
+/// What the maps hold, compared: not `topology` and `weights`, which are for people (a state
+/// read back from the maps has neither, and is the state an apply wrote all the same).
+impl PartialEq for MapState {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+            && self.slots == other.slots
+            && self.backends == other.backends
+            && self.names == other.names
+            && self.health_excluded == other.health_excluded
+            && self.ejected == other.ejected
+            && self.ramps == other.ramps
+            && self.blends == other.blends
+    }
+}
+
+impl Eq for MapState {}
 
 /// A service's rollout in progress (the daemon's, recorded in `HEALTH_EXCLUDED`): `percent` of
 /// new connections to the definitions' backends, the rest to `previous` (address, weight:

@@ -69,7 +69,10 @@ pub(super) fn plan(
         .filter(|s| touched.contains(s.metadata.name.as_str()))
         .cloned()
         .collect();
-    let before = record.state.of_services(&touched);
+    let mut before = record.state.of_services(&touched);
+    // As a read of the maps gives it, so the plan shows what the full path shows: the maps
+    // hold no Maglev weights (the record kept in memory has its compile's).
+    before.weights.clear();
     let after = compile_part(&services, &record.state, desired.zone.as_deref())?;
     // A VIP the touched services give up may still be another service's: only the full
     // path, which sees every service, may delete it from `VIPS`.
