@@ -103,7 +103,7 @@ impl Capacity {
     }
 
     /// The highest service and backend IDs that fit.
-    pub(crate) fn highest_ids(&self) -> (u32, u32) {
+    pub fn highest_ids(&self) -> (u32, u32) {
         (self.services - 1, self.backends - 1)
     }
 

@@ -20,10 +20,22 @@ impl PrometheusServer {
     /// Prometheus on `listen`, in `netns` (or the machine's namespace), scraping `targets`
     /// (HOST:PORT of daemons) every second.
     pub fn start(netns: Option<&Sandbox>, listen: &str, targets: &[&str]) -> Result<Self> {
+        PrometheusServer::start_with_rules(netns, listen, targets, &[])
+    }
+
+    /// [`start`](Self::start), evaluating the rule files `rules` every second.
+    pub fn start_with_rules(
+        netns: Option<&Sandbox>,
+        listen: &str,
+        targets: &[&str],
+        rules: &[std::path::PathBuf],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let rules: Vec<String> = rules.iter().map(|r| r.display().to_string()).collect();
         let config = format!(
-            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: \
-             reconciler\n    static_configs: [{{targets: {targets:?}}}]\n"
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+             rule_files: {rules:?}\nscrape_configs:\n  - job_name: reconciler\n    \
+             static_configs: [{{targets: {targets:?}}}]\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config)?;
         let mut prometheus = PrometheusServer { server: None, dir, listen: listen.to_owned() };

@@ -138,6 +138,7 @@ pub enum Failure {
     Other(anyhow::Error),
 }
 
+#[cfg(feature = "dataplane")]
 impl Failure {
     /// A pipeline error, invalid definitions told apart.
     pub fn of(error: Error) -> Failure {
@@ -216,6 +217,7 @@ pub fn public_json(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Invalid definitions print every diagnostic, not just the first.
+#[cfg(feature = "dataplane")]
 pub fn invalid_to_report<T>(result: Result<T, Error>) -> anyhow::Result<T> {
     result.map_err(|error| match Failure::of(error) {
         Failure::Other(error) => error,

@@ -19,7 +19,10 @@ use super::{
     health::BackendHealth,
     metrics_dataplane::DataplaneCollector,
 };
-use reconciler_core::state::Exclusion;
+use reconciler_core::{
+    capacity::Capacity,
+    state::{Exclusion, MapState},
+};
 
 /// What a fleet's view reads of this node (`crate::fleet::view`), from its status.
 pub struct NodeState<'a> {
@@ -59,6 +62,10 @@ pub struct Metrics {
     pub drift_entries: Gauge,
     pub services: Gauge,
     pub backends: Gauge,
+    /// `source.interval`, for alerts that count intervals.
+    pub reconcile_interval: Gauge<f64, AtomicU64>,
+    map_entries: Family<Label, Gauge>,
+    map_capacity: Family<Label, Gauge>,
     map_writes: Counter,
     sockets_destroyed: Counter,
     /// 1 when this kernel destroys sockets on request, 0 when it cannot (checked at start).
@@ -108,6 +115,9 @@ impl Default for Metrics {
             drift_entries: Gauge::default(),
             services: Gauge::default(),
             backends: Gauge::default(),
+            reconcile_interval: Gauge::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
             map_writes: Counter::default(),
             sockets_destroyed: Counter::default(),
             socket_destroy_supported: Gauge::default(),
@@ -254,6 +264,21 @@ impl Metrics {
             self.backends.clone(),
         );
         registry.register(
+            "reconciler_reconcile_interval_seconds",
+            "source.interval: how often a full run starts",
+            self.reconcile_interval.clone(),
+        );
+        registry.register(
+            "reconciler_map_entries",
+            "Entries of a map a revision fills (services, backends, slots), as last applied",
+            self.map_entries.clone(),
+        );
+        registry.register(
+            "reconciler_map_capacity",
+            "Entries that map takes (dataplane.capacity, set at install)",
+            self.map_capacity.clone(),
+        );
+        registry.register(
             "reconciler_map_writes",
             "BPF map writes made by applies",
             self.map_writes.clone(),
@@ -358,6 +383,23 @@ impl Metrics {
                 labels.push(("backend", backend.backend.to_string()));
                 self.backend_up.get_or_create(&labels).set(i64::from(backend.up));
             }
+        }
+    }
+
+    /// Sets `reconciler_map_entries` and `reconciler_map_capacity` of the maps a revision
+    /// fills: what `entries` holds of what `capacity` takes (an ID indexes the services' and
+    /// backends' maps, and 0 is none: one fewer fits).
+    pub fn map_fill(&self, capacity: &Capacity, entries: &MapState) {
+        let (services, backends) = capacity.highest_ids();
+        let fill = [
+            ("services", entries.services.len(), services),
+            ("backends", entries.backends.len(), backends),
+            ("slots", entries.slots.len(), capacity.slots),
+        ];
+        for (map, held, takes) in fill {
+            let label = vec![("map", map.to_owned())];
+            self.map_entries.get_or_create(&label).set(held as i64);
+            self.map_capacity.get_or_create(&label).set(i64::from(takes));
         }
     }
 

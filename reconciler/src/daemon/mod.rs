@@ -120,7 +120,7 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("listening on {} (the `listen` setting): {e}", config.listen)
     })?;
     let shared = Arc::new(Shared::new(&config));
-    shared.metrics().node_info(&config.node, config.rollout.wave);
+    configured_metrics(&shared, &config);
     check_socket_destroy(&shared);
     start_tasks(&shared, &config, listener);
     let mut signals = Signals {
@@ -193,6 +193,12 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
     systemd.stopping();
     info!("daemon stopped; the data plane keeps serving");
     Ok(())
+}
+
+/// The metrics that show the configuration: the node, its wave, the interval.
+fn configured_metrics(shared: &Shared, config: &Config) {
+    shared.metrics().node_info(&config.node, config.rollout.wave);
+    shared.metrics().reconcile_interval.set(config.interval.as_secs_f64());
 }
 
 /// The memory a start begins with: the shared overlay's parts, and a revision that failed
@@ -481,7 +487,7 @@ fn reload(
     shared.status().drift = new.drift;
     shared.status().node = Some(new.node.clone());
     shared.status().rollout_wave = new.rollout.wave;
-    shared.metrics().node_info(&new.node, new.rollout.wave);
+    configured_metrics(shared, &new);
     shared.set_webhook_secret(new.webhook_secret.clone());
     memory.reload(config, &new);
     *config = Arc::new(new);

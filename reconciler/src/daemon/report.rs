@@ -271,6 +271,7 @@ fn holding(status: &mut DaemonStatus, metrics: &Metrics, plan: &Plan, entries: &
     metrics.backends.set(status.backends as i64);
     // The metadata alone: cheap, unlike reading the maps.
     if let Ok(live) = Dataplane::open(Path::new(&plan.context.pin_path)).and_then(|d| d.status()) {
+        metrics.map_fill(&live.capacity, entries);
         status.generation = live.generation;
         status.applied_at = live.applied_at_unix.map(rfc3339_utc);
         // Not applied by this run (adopted at start, say): since the maps' last write at the
