@@ -25,6 +25,9 @@ need_root() {
 # binutils (strip), init-system-helpers, systemd (systemd-analyze) and lintian: `make deb`
 # and the package's test.
 APT_PACKAGES=(pkg-config libssl-dev libssh2-1-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace dpkg-dev binutils init-system-helpers systemd lintian)
+# kubectl (its kustomize renders deploy/kubernetes in the tests): Debian's kubernetes-client,
+# unless the machine has a kubectl already (another package of it would conflict).
+command -v kubectl > /dev/null || APT_PACKAGES+=(kubernetes-client)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,6 +50,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         systemctl disable --quiet prometheus 2>/dev/null || true
     fi
+fi
+
+# --- kubernetes-validate (PyPI): the tests validate the rendered manifests with it ---------
+if ! command -v kubernetes-validate > /dev/null; then
+    log "installing kubernetes-validate (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+    # pyenv's shims, where its pip does not make them itself.
+    if ! command -v kubernetes-validate > /dev/null && command -v pyenv > /dev/null; then
+        pyenv rehash
+    fi
+    command -v kubernetes-validate > /dev/null || { echo "setup: kubernetes-validate is not on PATH after pip install" >&2; exit 1; }
 fi
 
 # --- Rust toolchains ----------------------------------------------------------------------

@@ -374,20 +374,7 @@ fn the_documented_configurations_are_valid() {
     let gate = parsed.rollout.waits().expect("rollout.gate");
     assert_eq!((parsed.rollout.wave, gate.soak.as_secs()), (2, 600));
 
-    // The ConfigMap of the DaemonSet carries a configuration too.
-    let manifest =
-        std::fs::read_to_string(manifest_dir().join("../deploy/kubernetes/daemonset.yaml"))
-            .unwrap();
-    let documents = reconciler_core::load::parse(&manifest).unwrap();
-    let config_map = documents.iter().find(|d| d.value["kind"] == "ConfigMap").unwrap();
-    let text = config_map.value["data"]["config.yaml"].as_str().unwrap();
-    // NODE_NAME comes from the downward API, as the DaemonSet's env says.
-    assert!(manifest.contains(
-        "- name: NODE_NAME\n              valueFrom: {fieldRef: {fieldPath: spec.nodeName}}"
-    ));
-    let parsed = config::parse("daemonset.yaml", &text.replace("${NODE_NAME}", "node-7")).unwrap();
-    assert_eq!(parsed.listen.to_string(), "0.0.0.0:9469");
-    assert_eq!(parsed.node.name, "node-7");
+    // The DaemonSet's configuration: tests/tests/kubernetes.rs, as kustomize renders it.
 
     // The package's example configuration (/etc/reconciler/config.example.yaml).
     let example = manifest_dir().join("../deploy/config.example.yaml");
