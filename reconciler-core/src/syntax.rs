@@ -53,6 +53,10 @@ fn misindented(lines: &[&str], at: Position, info: &str) -> (Position, String) {
     let (mut outer, mut inner) = (None, None);
     for (number, above) in lines[..at.line - 1].iter().enumerate().rev() {
         let Some((column, key)) = key_of(above) else { continue };
+        // A key above lines up with it: the mistake is elsewhere on the line (`b: "x" y`).
+        if column == indent {
+            return (at, info.to_owned());
+        }
         if column < indent && outer.is_none() {
             outer = Some((number + 1, column, key));
         } else if column > indent && inner.is_none() && outer.is_none() {
@@ -61,6 +65,9 @@ fn misindented(lines: &[&str], at: Position, info: &str) -> (Position, String) {
         if outer.is_some() {
             break;
         }
+    }
+    if inner.is_none() && outer.is_none() {
+        return (at, info.to_owned());
     }
     let spaces = |n: usize| match n {
         0 => "none".to_owned(),
@@ -83,7 +90,7 @@ fn misindented(lines: &[&str], at: Position, info: &str) -> (Position, String) {
 /// A key at the indentation of the `- ` of the list above it, which the parser took for
 /// the list's next item: names the item's key to line it up with.
 fn beside_list(lines: &[&str], at: Position, info: &str) -> (Position, String) {
-    let text = lines.get(at.line - 1).copied().unwrap_or_default();
+    let text = lines.get(at.line.wrapping_sub(1)).copied().unwrap_or_default();
     let indent = text.len() - text.trim_start_matches(' ').len();
     let item = (1..at.line).rev().find_map(|n| {
         let above = lines.get(n - 1)?;
@@ -144,15 +151,21 @@ fn key_of(line: &str) -> Option<(usize, &str)> {
 fn unclosed(lines: &[&str], at: Position) -> Option<(Position, char)> {
     let mut open: Vec<(Position, char)> = Vec::new();
     for (index, line) in lines.iter().enumerate().take(at.line) {
-        let (mut quote, mut before) = (None, ' ');
+        let (mut quote, mut before, mut escaped) = (None, ' ', false);
         for (column, c) in line.chars().enumerate() {
             if index + 1 == at.line && column + 1 >= at.column {
                 break;
             }
             match (quote, c) {
+                // `\"` inside double quotes is no end.
+                (Some('"'), _) if escaped => escaped = false,
+                (Some('"'), '\\') => escaped = true,
                 (Some(q), c) if c == q => quote = None,
                 (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
+                // A quote starts a value only where one starts: `it's` is a plain word.
+                (None, '"' | '\'') if matches!(before, ' ' | '[' | '{' | ',' | ':') => {
+                    quote = Some(c)
+                }
                 (None, '#') if before == ' ' => break,
                 (None, '[' | '{') => {
                     open.push((Position { line: index + 1, column: column + 1 }, c))
@@ -173,7 +186,8 @@ fn unclosed(lines: &[&str], at: Position) -> Option<(Position, char)> {
 fn unclosed_flow(lines: &[&str], open: (Position, char), info: &str) -> (Position, String) {
     let (at, bracket) = open;
     let close = if bracket == '[' { ']' } else { '}' };
-    let end = lines.get(at.line - 1).map_or(at.column, |l| l.trim_end().chars().count() + 1);
+    let end =
+        lines.get(at.line.wrapping_sub(1)).map_or(at.column, |l| l.trim_end().chars().count() + 1);
     let message = format!(
         "the `{bracket}` at column {} is not closed: end it with `{close}` (or separate its \
          entries with `,`) (YAML: {info})",
@@ -217,6 +231,10 @@ mod tests {
         assert!(explain("a: b: c\n").contains("a second `: ` on one line"));
         assert!(explain("key: 'open\n").starts_with("1:6: this quote is never closed"));
         assert!(explain("a: 1\nb\n").starts_with("2:1: this line is neither `key: value`"));
+        // A key lined up with the others: the mistake is elsewhere, the parser says where.
+        assert!(!explain("a: 1\nb: \"x\" y\n").contains("indented"));
+        // An apostrophe in a word opens no quote: the bracket is closed.
+        assert!(!explain("a: [it's, b]\nb: c: d\n").contains("not closed"));
         // A comment, after text that is not ASCII, holds no bracket.
         assert!(explain("a: [1, \"é\" # ]\nb: 2\n").contains("the `[` at column 4"));
         let beside = explain("a:\n  - b: 1\n  c: d\n");

@@ -375,6 +375,16 @@ fn validate_at_a_repository_root_reads_definitions_only() {
     }
     let text = stdout(&validate(&["--exclude", "staging/**"]));
     assert!(text.ends_with("OK: 1 service(s) in 1 file(s).\n"), "{text}");
+    // A `--dir` source reads every file, repository or not: a file that is no definition is
+    // an error, never skipped (its services would be destroyed).
+    let output = Command::new(reconciler_path().unwrap())
+        .args(["plan", "--dir"])
+        .arg(repo.path())
+        .args(["--pin-path", "/sys/fs/bpf/reconciler-test-no-such-install"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(stderr(&output).contains("compose.yaml:1:1:"), "{}", stderr(&output));
     // Below the root every YAML file is a definition: a file that is none is an error.
     repo.write("services/notes.yaml", "owner: team-web\n");
     let output = validate(&["services"]);

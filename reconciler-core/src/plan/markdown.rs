@@ -102,12 +102,21 @@ fn head_of(plan: &Plan) -> String {
     let mut out = format!("{MARKER}\n### reconciler plan\n\n");
     let context = &plan.context;
     let revision = context.revision.as_deref().unwrap_or("a plain directory");
-    let _ = writeln!(out, "Source: `{}` at `{revision}`  ", escaped(&context.source));
+    // In a code span nothing is markup: the text as it is.
+    let _ = writeln!(out, "Source: `{}` at `{revision}`  ", context.source.replace('`', "'"));
     if let Some(against) = &context.against {
         let _ = writeln!(out, "{}", escaped(&comparison_line(against)));
     }
-    for warning in &plan.warnings {
+    // Bounded like the errors: thousands of renames must not push the services out.
+    for warning in plan.warnings.iter().take(ERRORS_SHOWN) {
         let _ = writeln!(out, "\n> [!WARNING]\n> {}", escaped(&warning.message));
+    }
+    let more = plan.warnings.len().saturating_sub(ERRORS_SHOWN);
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "\n> [!WARNING]\n> … and {more} more warning(s): `reconciler plan` lists them all"
+        );
     }
     if let Some(against) = context.against.as_ref().filter(|a| !a.base_errors.is_empty()) {
         let _ = writeln!(out, "\n> [!WARNING]\n> {}\n", escaped(&base_errors_heading(against)));
@@ -191,6 +200,11 @@ mod tests {
 
     /// A state of `services` services of `backends` backends each.
     fn state(services: u32, backends: u32, port: u16) -> MapState {
+        named(services, backends, port, "service")
+    }
+
+    /// [`state`], the services named `{name}-N`.
+    fn named(services: u32, backends: u32, port: u16, name: &str) -> MapState {
         let mut state = MapState::default();
         for s in 0..services {
             let vip = std::net::IpAddr::from([10, 96, (s / 250) as u8, (s % 250) as u8]);
@@ -204,7 +218,7 @@ mod tests {
                 affinity_client: Default::default(),
             };
             state.services.insert(frontend, entry);
-            state.names.insert(s + 1, format!("service-{s:05}/http"));
+            state.names.insert(s + 1, format!("{name}-{s:05}/http"));
             for b in 0..backends {
                 let id = s * backends + b + 1;
                 let addr =
@@ -256,5 +270,11 @@ mod tests {
         assert_eq!(short.matches("<details>").count(), short.matches("</details>").count());
         let shown = short.matches("```diff").count();
         assert!(short.contains(&format!("_{} more service(s) not shown", 3000 - shown)), "{shown}");
+        // Thousands of warnings (renames): the first ones, counted, never past the limit.
+        let plan = make_plan(context(), &state(3000, 2, 8080), named(3000, 2, 8080, "renamed"));
+        assert_eq!(plan.warnings.len(), 3000);
+        let short = render_markdown(&plan, COMMENT_LIMIT);
+        assert!(short.len() <= COMMENT_LIMIT, "{}", short.len());
+        assert!(short.contains("… and 2950 more warning(s)"), "{}", &short[..2000]);
     }
 }

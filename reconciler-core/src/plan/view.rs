@@ -126,7 +126,12 @@ impl ServiceView {
         [
             ("vip", lines(&self.vip)),
             ("ports", lines(&self.ports)),
-            ("backends", lines(&self.backends)),
+            // Sorted as text: the diff of two sorted lists of distinct lines is linear.
+            ("backends", {
+                let mut backends = lines(&self.backends);
+                backends.sort();
+                backends
+            }),
             ("loadBalancing", lines(&self.load_balancing)),
             ("sessionAffinity", lines(&self.session_affinity)),
         ]

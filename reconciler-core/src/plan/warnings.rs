@@ -1,7 +1,7 @@
 //! What a reviewer must not miss in a plan, shown before its services: clients cut off by
 //! a VIP or port that moves, every service destroyed, a rename that is a destroy and a
 //! create on the same address.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,31 +48,31 @@ pub(super) fn warnings_of(services: &[Sides], destroys_everything: bool) -> Vec<
             warnings.extend(cut_off(name, before, after));
         }
     }
-    let created = services.iter().filter_map(|&(name, before, after)| match before {
-        None => Some((name, after?)),
-        Some(_) => None,
-    });
-    for (new, after) in created {
-        let destroyed = services.iter().filter_map(|&(name, before, after)| match after {
-            None => Some((name, before?)),
-            Some(_) => None,
-        });
-        for (old, before) in destroyed {
-            let shared: Vec<String> = frontends(before)
-                .intersection(&frontends(after))
-                .map(ToString::to_string)
-                .collect();
-            if !shared.is_empty() {
-                warnings.push(Warning {
-                    kind: WarningKind::Rename,
-                    service: Some(new.to_owned()),
-                    message: format!(
-                        "service \"{old}\" is destroyed and \"{new}\" created on {}: a rename is \
-                         a new service, so session affinity starts anew and its counters from zero",
-                        shared.join(", ")
-                    ),
-                });
+    // Each destroyed service's addresses, indexed: a bulk rename stays linear.
+    let mut destroyed: BTreeMap<Frontend, &str> = BTreeMap::new();
+    for &(name, before, after) in services {
+        if let (Some(before), None) = (before, after) {
+            destroyed.extend(frontends(before).into_iter().map(|f| (f, name)));
+        }
+    }
+    for &(new, before, after) in services {
+        let (None, Some(after)) = (before, after) else { continue };
+        let mut shared: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for frontend in frontends(after) {
+            if let Some(old) = destroyed.get(&frontend) {
+                shared.entry(old).or_default().push(frontend.to_string());
             }
+        }
+        for (old, addresses) in shared {
+            warnings.push(Warning {
+                kind: WarningKind::Rename,
+                service: Some(new.to_owned()),
+                message: format!(
+                    "service \"{old}\" is destroyed and \"{new}\" created on {}: a rename is \
+                     a new service, so session affinity starts anew and its counters from zero",
+                    addresses.join(", ")
+                ),
+            });
         }
     }
     warnings

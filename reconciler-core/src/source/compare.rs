@@ -92,9 +92,9 @@ pub fn compared(spec: &GitSpec, rev: &str) -> Result<Compared, SourceError> {
     })
 }
 
-/// The files of the repository that holds `dir` that differ (committed or not) from the
-/// merge base of `rev` and HEAD: what a pull request for HEAD into `rev` changes, as
-/// `git diff REV...` lists them; absolute paths.
+/// The files of the repository that holds `dir` that differ from the merge base of `rev` and
+/// HEAD, in the working tree (committed, staged, changed or new): what a pull request of this
+/// working tree into `rev` would change; absolute paths.
 pub fn changed_since(dir: &Path, rev: &str) -> Result<BTreeSet<PathBuf>, SourceError> {
     let error = |error: git2::Error| SourceError::Repository { path: dir.to_owned(), error };
     let repo = Repository::discover(dir).map_err(error)?;
@@ -102,8 +102,14 @@ pub fn changed_since(dir: &Path, rev: &str) -> Result<BTreeSet<PathBuf>, SourceE
     let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(error)?;
     let merge_base = repo.merge_base(base.id(), head.id()).map_err(error)?;
     let tree = repo.find_commit(merge_base).and_then(|c| c.tree()).map_err(error)?;
-    let diff = repo.diff_tree_to_workdir_with_index(Some(&tree), None).map_err(error)?;
-    let root = repo.workdir().unwrap_or(dir).to_owned();
+    // New files not added yet count too: what `validate` reads is the working tree.
+    let mut options = git2::DiffOptions::new();
+    options.include_untracked(true).recurse_untracked_dirs(true);
+    let diff = repo.diff_tree_to_workdir_with_index(Some(&tree), Some(&mut options));
+    let diff = diff.map_err(error)?;
+    // Canonical, as the caller compares the paths it reads with these.
+    let root = repo.workdir().unwrap_or(dir);
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
     let mut changed = BTreeSet::new();
     for delta in diff.deltas() {
         changed.extend(delta.new_file().path().map(|p| root.join(p)));

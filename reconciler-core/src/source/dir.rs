@@ -26,21 +26,26 @@ pub struct Walk {
     pub exclude: GlobSet,
     /// Search every directory as a repository's root is: see [`read_paths_with`].
     pub discover: bool,
+    /// Search a directory that holds `.git` as a repository's root (`validate`'s walk; a
+    /// `--dir` source reads every file: one that is no definition is an error there).
+    pub at_repository_roots: bool,
 }
 
 impl Walk {
-    /// A walk leaving out what the globs `exclude` match (`staging/**`, `*.draft.yaml`).
+    /// `validate`'s walk: leaving out what the globs `exclude` match (`staging/**`,
+    /// `*.draft.yaml`), searching repositories' roots as such, and every directory if
+    /// `discover`.
     pub fn new(exclude: &[String], discover: bool) -> Result<Walk, globset::Error> {
         let mut set = globset::GlobSetBuilder::new();
         for pattern in exclude {
             set.add(globset::Glob::new(pattern)?);
         }
-        Ok(Walk { exclude: set.build()?, discover })
+        Ok(Walk { exclude: set.build()?, discover, at_repository_roots: true })
     }
 }
 
 /// [`read_paths`], `walk`'s files left out. A directory searched with `walk.discover`, or
-/// that is a repository's root (it holds `.git`), holds more than definitions (CI workflows,
+/// one that holds `.git` with `walk.at_repository_roots`, holds more than definitions (CI workflows,
 /// tools' configurations): there only files that say `apiVersion: reconciler.dev/...` are
 /// definitions (the others are listed as skipped), and dot-files and -directories are
 /// passed over.
@@ -50,7 +55,8 @@ pub fn read_paths_with(paths: &[PathBuf], walk: &Walk) -> Result<Snapshot, Sourc
         // What the user named is followed, like `find -H`; nothing below it is.
         let meta = std::fs::metadata(path).map_err(io_error(path))?;
         if meta.is_dir() {
-            let discover = walk.discover || path.join(".git").exists();
+            let discover =
+                walk.discover || (walk.at_repository_roots && path.join(".git").exists());
             walk_dir(path, &Searching { walk, discover }, &mut collector)?;
         } else if meta.is_file() {
             read_file(path, false, &mut collector)?;

@@ -112,7 +112,7 @@ fn on_changed_files<'a>(
 ) -> impl Iterator<Item = &'a Diagnostic> {
     let is_changed = move |file: &str| {
         let path = std::fs::canonicalize(file).unwrap_or_else(|_| PathBuf::from(file));
-        changed.is_some_and(|changed| changed.iter().any(|c| *c == path || c.ends_with(file)))
+        changed.is_some_and(|changed| changed.contains(&path))
     };
     diagnostics.iter().filter(move |d| {
         let other = d.also.as_deref().and_then(|also| Some(also.rsplit_once(':')?.0));

@@ -97,7 +97,7 @@ impl Metrics {
     /// from its maps at each scrape; the series per backend only if `per_backend`.
     pub fn for_dataplane(pin_path: PathBuf, per_backend: bool) -> Self {
         let mut metrics = Metrics { per_backend, ..Metrics::default() };
-        let collector = DataplaneCollector { pin_path, per_backend };
+        let collector = DataplaneCollector { pin_path, per_backend, totals: Default::default() };
         metrics.registry.register_collector(Box::new(collector));
         metrics
     }
@@ -354,6 +354,12 @@ impl Metrics {
     pub fn applied_report(&self, report: &crate::dataplane::ApplyReport) {
         self.map_writes.inc_by(report.map_writes as u64);
         self.sockets_destroyed.inc_by(report.sockets_destroyed as u64);
+    }
+
+    /// A run that succeeded with nothing to apply (the maps already right, drift reported,
+    /// a wave's gate shut): `reconciler_last_apply_success_timestamp_seconds` moves on.
+    pub fn checked(&self, unix_seconds: f64) {
+        self.last_apply_success.set(unix_seconds);
     }
 
     pub fn applied(&self, revision: Option<&str>, unix_seconds: f64) {

@@ -1,6 +1,6 @@
 //! The data plane's counters as metrics: read from its maps at each scrape, by a
 //! `prometheus-client` collector (the registry in `metrics` holds it).
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use prometheus_client::{
     collector::Collector,
@@ -19,6 +19,46 @@ type Label = Vec<(&'static str, String)>;
 pub(super) struct DataplaneCollector {
     pub pin_path: PathBuf,
     pub per_backend: bool,
+    /// What keeps each service's total a counter, backends come and go.
+    pub totals: std::sync::Mutex<ServiceTotals>,
+}
+
+/// A service's connections are its backends' counts summed; a backend removed (or its ID
+/// given to another) takes its count away, which a counter must never do (Prometheus reads a
+/// drop as a restart, and `rate()` jumps). So a backend's last count stays in its service's
+/// total when it goes. Memory: an entry per backend.
+#[derive(Debug, Default)]
+pub(super) struct ServiceTotals {
+    /// Each backend's count at the last scrape, by (service, protocol, backend).
+    last: BTreeMap<(String, String, std::net::SocketAddr), u64>,
+    /// The counts of backends gone since the daemon started, by (service, protocol).
+    gone: BTreeMap<(String, String), u64>,
+}
+
+impl ServiceTotals {
+    /// Each service's total now, by (service, protocol), from the backends' `counts`.
+    fn update(
+        &mut self,
+        counts: &[crate::counters::BackendCount],
+    ) -> BTreeMap<(String, String), u64> {
+        let now: BTreeMap<_, u64> = counts
+            .iter()
+            .map(|b| ((b.service.clone(), b.protocol.to_string(), b.backend), b.connections))
+            .collect();
+        for ((service, protocol, backend), count) in &self.last {
+            let key = (service.clone(), protocol.clone(), *backend);
+            // Gone, or counting again from zero for another owner.
+            if now.get(&key).is_none_or(|n| n < count) {
+                *self.gone.entry((service.clone(), protocol.clone())).or_default() += count;
+            }
+        }
+        let mut totals = self.gone.clone();
+        for ((service, protocol, _), count) in &now {
+            *totals.entry((service.clone(), protocol.clone())).or_default() += count;
+        }
+        self.last = now;
+        totals
+    }
 }
 
 impl Collector for DataplaneCollector {
@@ -35,7 +75,8 @@ impl Collector for DataplaneCollector {
         encode_refusals(&mut encoder, &events)?;
         encode_handshakes(&mut encoder, &handshakes)?;
         encode_service_refusals(&mut encoder, &counters)?;
-        encode_service_connections(&mut encoder, &counters)?;
+        let totals = crate::daemon::lock(&self.totals).update(&counters.backends);
+        encode_service_connections(&mut encoder, totals)?;
         if !self.per_backend {
             return Ok(());
         }
@@ -127,23 +168,20 @@ fn encode_handshakes(
 }
 
 /// `reconciler_service_connections_total{service,port,protocol}`: its backends' connects and
-/// datagrams, summed (the series that stay with `metrics.perBackend: false`).
+/// datagrams, summed, those of backends gone included (the series that stay with
+/// `metrics.perBackend: false`).
 fn encode_service_connections(
     encoder: &mut DescriptorEncoder,
-    counters: &crate::counters::Counters,
+    totals: BTreeMap<(String, String), u64>,
 ) -> Result<(), std::fmt::Error> {
-    let mut totals: std::collections::BTreeMap<(&str, String), u64> = Default::default();
-    for b in &counters.backends {
-        *totals.entry((&b.service, b.protocol.to_string())).or_default() += b.connections;
-    }
     let mut family = encoder.encode_descriptor(
         "reconciler_service_connections",
-        "Connects and datagrams sent to a service's backends, since their IDs were assigned",
+        "Connects and datagrams sent to a service's backends, those gone included",
         None,
         MetricType::Counter,
     )?;
     for ((service, protocol), connections) in totals {
-        let mut labels = service_labels(service);
+        let mut labels = service_labels(&service);
         labels.push(("protocol", protocol));
         ConstCounter::new(connections).encode(family.encode_family(&labels)?)?;
     }
@@ -198,4 +236,33 @@ fn encode_refusals(
         ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::BackendCount;
+
+    fn count(backend: &str, connections: u64) -> BackendCount {
+        BackendCount {
+            service: "web/http".into(),
+            backend: backend.parse().unwrap(),
+            protocol: reconciler_core::state::Protocol::Tcp,
+            connections,
+            reverse_translations: 0,
+            flows: None,
+        }
+    }
+
+    #[test]
+    fn a_service_total_never_drops_as_backends_go() {
+        let mut totals = ServiceTotals::default();
+        let key = ("web/http".to_owned(), "TCP".to_owned());
+        let both = [count("10.1.0.11:80", 5), count("10.1.0.12:80", 7)];
+        assert_eq!(totals.update(&both)[&key], 12);
+        // 10.1.0.12 removed: its 7 stay counted.
+        assert_eq!(totals.update(&[count("10.1.0.11:80", 6)])[&key], 13);
+        // 10.1.0.11's ID given anew (counting from 0): its 6 stay, the new 1 adds.
+        assert_eq!(totals.update(&[count("10.1.0.11:80", 1)])[&key], 14);
+    }
 }

@@ -157,9 +157,10 @@ fn show(
             at_revision(status, metrics, &plan, whole(&plan, recorded), &now_text);
         }
         Outcome::Unchanged { plan } => {
-            if status.applied_revision.is_none() {
+            match status.applied_revision.is_none() {
                 // Adopted at start: the maps already held this revision.
-                metrics.applied(plan.context.revision.as_deref(), now);
+                true => metrics.applied(plan.context.revision.as_deref(), now),
+                false => metrics.checked(now),
             }
             at_revision(status, metrics, &plan, whole(&plan, recorded), &now_text);
         }
@@ -170,6 +171,7 @@ fn show(
             holding(status, metrics, &plan, whole(&plan, recorded));
         }
         Outcome::Waiting { revision, reason, stopped } => {
+            metrics.checked(now);
             waiting(status, Waiting { revision, reason, stopped, since: now_text });
         }
         Outcome::DriftHealed { plan, report } => {
@@ -185,6 +187,7 @@ fn show(
             status.generation = plan.context.generation + 1;
         }
         Outcome::DriftReported { plan } => {
+            metrics.checked(now);
             metrics.drift_entries.set(plan.entry_changes as i64);
             status.drift_entries = plan.entry_changes;
         }

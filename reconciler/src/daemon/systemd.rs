@@ -75,7 +75,8 @@ fn status_line(status: &DaemonStatus) -> String {
         None => "no revision applied yet".to_owned(),
     };
     match &status.last_error {
-        Some(error) => format!("{applied}; last run failed: {error}"),
+        // One line: a newline would end the datagram's `STATUS=` and start another field.
+        Some(error) => format!("{applied}; last run failed: {}", error.replace(['\n', '\r'], " ")),
         None => format!("{applied}; {} services, {} backends", status.services, status.backends),
     }
 }
