@@ -10,7 +10,12 @@ use std::{
 use git2::{MergeOptions, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
-use super::{cache::with_cache, error::SourceError, snapshot::Snapshot, spec::GitSpec};
+use super::{
+    cache::{with_cache, Cache},
+    error::SourceError,
+    snapshot::Snapshot,
+    spec::GitSpec,
+};
 
 /// What a comparison compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,31 +60,22 @@ pub fn compared(spec: &GitSpec, rev: &str) -> Result<Compared, SourceError> {
         let merge_base = cache.repo.merge_base(base, head).map_err(no_merge_base)?;
         let subdir = spec.subdir.as_deref();
         let snapshot = |commit: Oid| cache.snapshot(commit, subdir, &|_| false);
-        let merged = match merge_base {
-            // Nothing on REV since the head branched: the merge is the head.
-            m if m == base => Some(snapshot(head)?),
-            // Nothing on the head that REV lacks: the merge is REV.
-            m if m == head => Some(snapshot(base)?),
-            _ => {
-                let (ours, theirs) = (cache.repo.find_commit(base), cache.repo.find_commit(head));
-                let (ours, theirs) =
-                    (ours.map_err(cache.cache_error())?, theirs.map_err(cache.cache_error())?);
-                let mut index = cache
-                    .repo
-                    .merge_commits(&ours, &theirs, Some(&MergeOptions::new()))
-                    .map_err(cache.cache_error())?;
-                match index.has_conflicts() {
-                    true => None,
-                    false => {
-                        let tree = index.write_tree_to(&cache.repo).map_err(cache.cache_error())?;
-                        Some(cache.snapshot_of_tree(tree, &head.to_string(), subdir, &|_| false)?)
-                    }
-                }
+        let (mode, before, after) = match merge_base {
+            // Nothing on the head that REV lacks: the merge is REV (read once).
+            m if m == head => {
+                let same = snapshot(base)?;
+                (CompareMode::Merge, same.clone(), same)
             }
-        };
-        let (mode, before, after) = match merged {
-            Some(after) => (CompareMode::Merge, snapshot(base)?, after),
-            None => (CompareMode::MergeBase, snapshot(merge_base)?, snapshot(head)?),
+            // Nothing on REV since the head branched: the merge is the head.
+            m if m == base => (CompareMode::Merge, snapshot(base)?, snapshot(head)?),
+            _ => match merged_tree(cache, base, head)? {
+                Some(tree) => {
+                    let after =
+                        cache.snapshot_of_tree(tree, &head.to_string(), subdir, &|_| false)?;
+                    (CompareMode::Merge, snapshot(base)?, after)
+                }
+                None => (CompareMode::MergeBase, snapshot(merge_base)?, snapshot(head)?),
+            },
         };
         Ok(Compared {
             mode,
@@ -90,6 +86,19 @@ pub fn compared(spec: &GitSpec, rev: &str) -> Result<Compared, SourceError> {
             merge_base: merge_base.to_string(),
         })
     })
+}
+
+/// The tree of `head` merged into `base` (its objects written into the cache), or `None`
+/// where the merge conflicts.
+fn merged_tree(cache: &Cache, base: Oid, head: Oid) -> Result<Option<Oid>, SourceError> {
+    let commit = |id| cache.repo.find_commit(id).map_err(cache.cache_error());
+    let (ours, theirs) = (commit(base)?, commit(head)?);
+    let merge = cache.repo.merge_commits(&ours, &theirs, Some(&MergeOptions::new()));
+    let mut index = merge.map_err(cache.cache_error())?;
+    if index.has_conflicts() {
+        return Ok(None);
+    }
+    Ok(Some(index.write_tree_to(&cache.repo).map_err(cache.cache_error())?))
 }
 
 /// The files of the repository that holds `dir` that differ from the merge base of `rev` and
