@@ -23,8 +23,9 @@ need_root() {
 # strace: kills applies at each of their writes in the crash tests. libssh2-1-dev: git2's ssh
 # transport links the system's libssh2 (.cargo/config.toml). dpkg-dev (dpkg-shlibdeps),
 # binutils (strip), init-system-helpers, systemd (systemd-analyze) and lintian: `make deb`
-# and the package's test.
-APT_PACKAGES=(pkg-config libssl-dev libssh2-1-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace dpkg-dev binutils init-system-helpers systemd lintian)
+# and the package's test. openssl: self-signed certificates of the https receivers in the
+# notification tests.
+APT_PACKAGES=(pkg-config libssl-dev openssl libssh2-1-dev iproute2 git iptables nftables bpftool python3 dnsmasq-base bind9-dnsutils prometheus time openssh-client gnupg strace dpkg-dev binutils init-system-helpers systemd lintian)
 # kubectl (its kustomize renders deploy/kubernetes in the tests): Debian's kubernetes-client,
 # unless the machine has a kubectl already (another package of it would conflict).
 command -v kubectl > /dev/null || APT_PACKAGES+=(kubernetes-client)

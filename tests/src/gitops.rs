@@ -77,6 +77,21 @@ pub fn map_writes(output: &str) -> Result<u64> {
     Ok(words[at - 2].parse()?)
 }
 
+/// `web` on 10.96.0.10:80 (port `http`, target 8080) with `backends`, each health-checked
+/// every second (out after two failed probes, back after one that passes).
+pub fn checked_web(backends: &[&str]) -> String {
+    let mut text = String::from(
+        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+         vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
+         healthCheck: {intervalSeconds: 1, timeoutMillis: 500, unhealthyThreshold: 2, \
+         healthyThreshold: 1}\n  backends:\n",
+    );
+    for backend in backends {
+        text.push_str(&format!("    - {{address: {backend}}}\n"));
+    }
+    text
+}
+
 /// A service definition (one `http` port, 80 to 8080) with `backends` as (address, weight),
 /// as its own YAML document.
 pub fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> String {

@@ -30,6 +30,7 @@ pub mod gitops;
 pub mod gpg;
 pub mod netns_daemon;
 pub mod prometheus;
+pub mod receiver;
 pub mod source;
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -39,6 +40,11 @@ use reconciler_core::state::{
 };
 
 static SANDBOXES: AtomicU32 = AtomicU32::new(0);
+
+/// The value of the sample `name` (with its labels, as written) in a metrics text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> Result<T> {

@@ -357,7 +357,9 @@ fn the_documented_configurations_are_valid() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("webhook-secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let readme = readme.replace("/etc/reconciler/webhook-secret", &secret.display().to_string());
+    let readme = readme
+        .replace("/etc/reconciler/webhook-secret", &secret.display().to_string())
+        .replace("/etc/reconciler/notify-secret", &secret.display().to_string());
     let signers = dir.path().join("allowed_signers");
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
     std::fs::write(&signers, format!("alice@example.com {key}\n")).unwrap();
@@ -369,6 +371,8 @@ fn the_documented_configurations_are_valid() {
     let parsed = config::parse("README.md", &readme).unwrap();
     assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
     assert!(parsed.webhook_secret.is_some());
+    assert_eq!(parsed.notify.len(), 2);
+    assert!(parsed.notify[1].secret.is_some());
     let verify = parsed.source.verify.expect("source.verify");
     assert!(verify.signers.is_some() && verify.keyring.is_some());
     let gate = parsed.rollout.waits().expect("rollout.gate");

@@ -16,7 +16,8 @@ use reconciler_tests::{
     git::{loopback_address, Daemon as GitDaemon, Repo},
     hand_written_service_exists,
     prometheus::PrometheusServer,
-    reconciler_path, wait_for, Sandbox, DATA_PLANE_PROGRAMS,
+    receiver::Receiver,
+    reconciler_path, sample, wait_for, Sandbox, DATA_PLANE_PROGRAMS,
 };
 use tempfile::TempDir;
 
@@ -178,11 +179,6 @@ impl Drop for World {
     }
 }
 
-/// The value of the sample `name` (with its labels, as written) in a metrics text.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn a_new_commit_is_applied_within_an_interval() -> Result<()> {
     let mut world = World::new("d-interval", "1s", "heal")?;
@@ -307,6 +303,9 @@ fn active_set(world: &World) -> Result<u8> {
 fn drift_is_healed_or_only_reported() -> Result<()> {
     for mode in ["heal", "report"] {
         let mut world = World::new(&format!("d-drift-{mode}"), "300ms", mode)?;
+        let (receiver, notify) = Receiver::answering(None, &format!("{}:0", world.host))?;
+        let config = std::fs::read_to_string(world.config_path())?;
+        std::fs::write(world.config_path(), config + &notify)?;
         world.start()?;
         let pin = world.sandbox.pin_path().to_owned();
         let set = active_set(&world)?;
@@ -320,12 +319,16 @@ fn drift_is_healed_or_only_reported() -> Result<()> {
                 sample(&metrics, "reconciler_reconcile_total{result=\"drift_healed\"}")
                     >= Some(1.0)
             );
+            let healed = receiver.wait("drift healed told", |d| d.event() == "drift_healed")?;
+            assert!(healed.body["entries"].as_u64() >= Some(1), "{:?}", healed.body);
         } else {
             let status = wait_for("drift to be reported", Duration::from_secs(5), || {
                 let status = world.status().ok()?;
                 (status["drift_entries"].as_u64()? > 0).then_some(status)
             })?;
             assert_eq!(status["drift"], "report");
+            let found = receiver.wait("drift found told", |d| d.event() == "drift_found")?;
+            assert!(found.body["entries"].as_u64() >= Some(1), "{:?}", found.body);
             let metrics = world.metrics()?;
             assert!(sample(&metrics, "reconciler_drift_entries") > Some(0.0), "{metrics}");
             // Reported, not repaired, on later runs too.
@@ -335,6 +338,10 @@ fn drift_is_healed_or_only_reported() -> Result<()> {
                     .then_some(())
             })?;
             assert!(hand_written_service_exists(&pin, set)?, "report mode repaired the drift");
+            // Told once, not at every run that finds it again.
+            let got = receiver.got();
+            let found: Vec<_> = got.iter().filter(|d| d.event() == "drift_found").collect();
+            assert_eq!(found.len(), 1, "{found:?}");
         }
     }
     Ok(())

@@ -8,7 +8,9 @@ use reconciler::{daemon::http::request, dataplane::Dataplane};
 use reconciler_core::state::BackendState;
 use reconciler_tests::{
     git::{self, Repo},
+    gitops::checked_web,
     netns_daemon::{names, plan_by_hand_unchanged, served_repo, settled, Daemon},
+    receiver::Receiver,
     reconciler_path, wait_for, Sandbox,
 };
 
@@ -20,17 +22,7 @@ fn web(backends: &[&str]) -> String {
 
 /// `web` with `spec` lines added.
 fn web_with(backends: &[&str], spec: &str) -> String {
-    let mut text = String::from(
-        "apiVersion: reconciler.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
-         vip: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  \
-         healthCheck: {intervalSeconds: 1, timeoutMillis: 500, unhealthyThreshold: 2, \
-         healthyThreshold: 1}\n  backends:\n",
-    );
-    for backend in backends {
-        text.push_str(&format!("    - {{address: {backend}}}\n"));
-    }
-    text.push_str(spec);
-    text
+    checked_web(backends) + spec
 }
 
 #[test]
@@ -44,7 +36,9 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     work.commit("web with health checks");
     let served = tempfile::tempdir()?;
     let bare = work.bare_clone(served.path(), "services.git");
-    let daemon = Daemon::start(&sandbox, &bare)?;
+    let (receiver, notify) = Receiver::answering(Some(&sandbox), "127.0.0.30:9000")?;
+    let url = bare.display().to_string();
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", &notify)?;
     assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12", "b13"]));
 
     // b12 dies: within two failed probes and one apply it is out; then no connect fails.
@@ -83,6 +77,9 @@ fn a_dead_backend_is_taken_out_and_comes_back_and_all_dead_keeps_all() -> Result
     .with_context(|| daemon.log())?;
     assert_eq!(daemon.status(&sandbox)?.health_failing_open, ["web/http"]);
     assert!(daemon.log().contains("keeping them all (fail open)"), "{}", daemon.log());
+    let told = receiver.wait("fail open told", |d| d.event() == "failing_open")?;
+    assert_eq!(told.body["reason"], "health");
+    assert_eq!(told.body["services"], serde_json::json!(["web/http"]));
     // One returns: it takes every connect.
     sandbox.serve_tcp("127.0.0.13:8080", "b13")?;
     daemon.wait_health(&sandbox, "127.0.0.13:8080", true)?;
@@ -249,7 +246,9 @@ fn failovers_that_would_overflow_the_capacity_are_held_back_never_a_failed_revis
     let revision = work.commit("s1..s3 falling back to dr");
     work.git(&["push", "-q", "origin", "HEAD"]);
     apply(&[])?;
-    let daemon = Daemon::start(&sandbox, &bare)?;
+    let (receiver, notify) = Receiver::answering(Some(&sandbox), "127.0.0.30:9000")?;
+    let url = bare.display().to_string();
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", &notify)?;
 
     sandbox.stop_server("127.0.0.11:8080")?;
     daemon.wait_health(&sandbox, "127.0.0.11:8080", false)?;
@@ -270,6 +269,9 @@ fn failovers_that_would_overflow_the_capacity_are_held_back_never_a_failed_revis
         .collect::<Result<_>>()?;
     assert_eq!(reached.iter().filter(|r| **r).count(), 1, "{reached:?}");
     assert!(daemon.log().contains("their fallbacks would not fit"), "{}", daemon.log());
+    let told = receiver.wait("fail open told", |d| d.event() == "failing_open")?;
+    assert_eq!(told.body["reason"], "capacity");
+    assert_eq!(told.body["services"], serde_json::json!(status.failover_held_back));
 
     // A new revision that could overflow so is refused, naming the services; nothing changes.
     work.write(

@@ -10,6 +10,7 @@ use reconciler::dataplane::Dataplane;
 use reconciler_core::state::BackendState;
 use reconciler_tests::{
     netns_daemon::{names, plan_by_hand_unchanged, served_repo, settled, Daemon},
+    receiver::Receiver,
     reconciler_path, wait_for, Running, Sandbox,
 };
 
@@ -65,7 +66,9 @@ fn a_backend_that_resets_connects_is_ejected_comes_back_and_goes_out_for_twice_a
         "{consecutiveFailures: 3, intervalSeconds: 1, baseEjectionSeconds: 4, maxEjectionPercent: 50}";
     let (_work, served, bare) =
         served_repo(&web(&["127.0.0.11", "127.0.0.12", "127.0.0.13"], detection))?;
-    let daemon = Daemon::start(&sandbox, &bare)?;
+    let (receiver, notify) = Receiver::answering(Some(&sandbox), "127.0.0.30:9000")?;
+    let url = bare.display().to_string();
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", &notify)?;
     assert_eq!(settled(&sandbox, VIP)?, names(&["b11", "b12", "b13"]));
     let trace_out = served.path().join("trace.json");
     let _trace = Running(
@@ -102,6 +105,11 @@ fn a_backend_that_resets_connects_is_ejected_comes_back_and_goes_out_for_twice_a
     );
     assert!(metrics.contains(&format!("reconciler_backend_ejected{series} 1")), "{metrics}");
     assert!(daemon.log().contains("backend ejected"), "{}", daemon.log());
+    let out = receiver.wait("the ejection's notification", |d| d.event() == "backend_out")?;
+    assert_eq!(out.body["reason"], "ejection");
+    assert_eq!(out.body["ejected_seconds"], 4);
+    assert_eq!(out.body["backends"], serde_json::json!(["127.0.0.12:8080"]));
+    assert_eq!(out.body["services"], serde_json::json!(["web/http"]));
     wait_for("the trace to show the ejection", Duration::from_secs(10), || {
         let trace = std::fs::read_to_string(&trace_out).ok()?;
         trace
@@ -112,6 +120,8 @@ fn a_backend_that_resets_connects_is_ejected_comes_back_and_goes_out_for_twice_a
 
     // After its 4 s it comes back, fails again, and goes out for twice as long.
     daemon.wait_ejection(&sandbox, "127.0.0.12:8080", false, || {})?;
+    let back = receiver.wait("the return's notification", |d| d.event() == "backend_back")?;
+    assert_eq!(back.body["reason"], "ejection");
     let again = daemon.wait_ejection(&sandbox, "127.0.0.12:8080", true, || {
         connect_counting(&sandbox, &mut failed)
     })?;
@@ -165,7 +175,9 @@ fn no_more_than_max_ejection_percent_are_ejected_when_every_backend_fails() -> R
     let detection =
         "{consecutiveFailures: 2, intervalSeconds: 1, baseEjectionSeconds: 60, maxEjectionPercent: 50}";
     let (_work, _served, bare) = served_repo(&web(&backends, detection))?;
-    let daemon = Daemon::start(&sandbox, &bare)?;
+    let (receiver, notify) = Receiver::answering(Some(&sandbox), "127.0.0.30:9000")?;
+    let url = bare.display().to_string();
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", &notify)?;
     settled(&sandbox, VIP)?;
     for backend in backends {
         sandbox.stop_server(&format!("{backend}:8080"))?;
@@ -199,6 +211,9 @@ fn no_more_than_max_ejection_percent_are_ejected_when_every_backend_fails() -> R
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
+    let told = receiver.wait("fail open told", |d| d.event() == "failing_open")?;
+    assert_eq!(told.body["reason"], "ejections");
+    assert_eq!(told.body["services"], serde_json::json!(["web/http"]));
     Ok(())
 }
 

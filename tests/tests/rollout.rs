@@ -12,6 +12,7 @@ use reconciler_tests::{
     git::Repo,
     gitops::Setup,
     netns_daemon::{names, served_repo, settled, Daemon},
+    receiver::Receiver,
     wait_for, Sandbox,
 };
 
@@ -134,7 +135,9 @@ fn a_canary_whose_new_backend_resets_is_aborted_and_the_old_set_carries_everythi
     // b13 listens nowhere: every connect to it is reset.
     let rule = "{steps: [50], stepSeconds: 30, maxFailurePercent: 5}";
     let (work, _served, bare) = served_repo(&web(&["127.0.0.11", "127.0.0.12"], rule))?;
-    let daemon = Daemon::start(&sandbox, &bare)?;
+    let (receiver, notify) = Receiver::answering(Some(&sandbox), "127.0.0.30:9000")?;
+    let url = bare.display().to_string();
+    let daemon = Daemon::start_configured(&sandbox, &url, "  interval: 60s\n", &notify)?;
     let good = daemon.status(&sandbox)?.applied_revision;
     settled(&sandbox, VIP)?;
     let stop = tempfile::tempdir()?;
@@ -162,6 +165,10 @@ fn a_canary_whose_new_backend_resets_is_aborted_and_the_old_set_carries_everythi
     let metrics = daemon.get(&sandbox, "/metrics")?;
     assert!(metrics.contains("reconciler_rollouts_total{result=\"aborted\"} 1"), "{metrics}");
     assert!(daemon.log().contains("rollout aborted"), "{}", daemon.log());
+    let told = receiver.wait("the abort told", |d| d.event() == "rollout_aborted")?;
+    assert_eq!(told.body["revision"], commit.as_str());
+    assert_eq!(told.body["back_to"], serde_json::json!(good));
+    assert!(told.body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{:?}", told.body);
     // The commit is not tried again.
     daemon.ask(&sandbox)?;
     wait_for("a run on the failed commit", Duration::from_secs(15), || {

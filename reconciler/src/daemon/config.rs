@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::webhook::Secret;
+use super::{notify::settings as notify, webhook::Secret};
 use crate::fleet::gate::Gate;
 use reconciler_core::{
     capacity::Capacity,
@@ -70,6 +70,8 @@ pub struct Config {
     /// `metrics.perBackend`: `/metrics` has series per backend (at 260 000 backends, tens of
     /// MB a scrape); without, per service and node only.
     pub metrics_per_backend: bool,
+    /// `notify`: where notifications go.
+    pub notify: Vec<notify::Receiver>,
     /// `node`: this node's name (default: the host name) and labels, which services'
     /// `nodeSelector` select.
     pub node: Node,
@@ -122,6 +124,8 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     rollout: RawRollout,
+    #[serde(default)]
+    notify: Vec<notify::RawReceiver>,
 }
 
 #[derive(Default, Deserialize)]
@@ -328,6 +332,7 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
     let webhook_secret = raw.webhook.and_then(|webhook| {
         problems.check("/webhook/secretFile", Secret::read(&webhook.secret_file))
     });
+    let notify = receivers(raw.notify, problems);
     Config {
         source: GitSpec {
             url: raw.source.url,
@@ -352,7 +357,26 @@ fn resolve(raw: RawConfig, problems: &mut Problems) -> Config {
         metrics_per_backend: raw.metrics.per_backend,
         node,
         rollout,
+        notify,
     }
+}
+
+/// `notify`: each receiver, checked; a problem is noted at its field.
+fn receivers(raw: Vec<notify::RawReceiver>, problems: &mut Problems) -> Vec<notify::Receiver> {
+    let at_least = |text: &str| parse_duration(text).filter(|d| *d >= MIN_DURATION);
+    let mut receivers = Vec::new();
+    for (i, receiver) in raw.into_iter().enumerate() {
+        match receiver.check(at_least) {
+            Ok(receiver) => receivers.push(receiver),
+            Err(found) => {
+                for problem in found {
+                    let pointer = format!("/notify/{i}/{}", problem.field);
+                    problems.check::<()>(&pointer, Err(problem.message));
+                }
+            }
+        }
+    }
+    receivers
 }
 
 /// `rollout`, with its defaults (wave 1; soak 600 s, one node, two ejected backends).
@@ -603,6 +627,61 @@ drift: heal
         let places: Vec<String> =
             errors(&text).iter().map(|e| e.split(": ").next().unwrap().to_owned()).collect();
         assert_eq!(places, ["node.yaml:6:13", "node.yaml:14:9", "node.yaml:11:17"]);
+    }
+
+    #[test]
+    fn notification_receivers_take_every_event_unless_they_list_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "source: {{url: /srv/services}}\nnotify:\n  - url: http://127.0.0.1:8080/hook\n  \
+             - url: https://hooks.slack.com/services/T/B/X\n    format: slack\n    \
+             secretFile: {}\n    events: [rejected, rollout_aborted]\n    timeout: 2s\n",
+            secret.display()
+        );
+        let config = parse("node.yaml", &text).unwrap();
+        let [all, slack] = &config.notify[..] else { panic!("{:?}", config.notify) };
+        assert_eq!(
+            (all.format, all.events.len(), all.secret.is_none()),
+            (notify::Format::Generic, 8, true)
+        );
+        assert_eq!(all.timeout, notify::DEFAULT_TIMEOUT);
+        assert_eq!(slack.format, notify::Format::Slack);
+        assert_eq!(
+            slack.events.iter().copied().collect::<Vec<_>>(),
+            ["rejected", "rollout_aborted"]
+        );
+        assert_eq!(
+            (slack.secret.clone(), slack.timeout),
+            (Some(Secret::read(&secret).unwrap()), Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn a_wrong_notification_receiver_is_named_at_its_field() {
+        let text = "source: {url: /srv/services}\nnotify:\n  - url: ftp://example.com/\n  \
+                    - url: http://127.0.0.1/\n    events: [aplied]\n  \
+                    - url: http://127.0.0.1/\n    secretFile: /nothing/here\n    timeout: 50ms\n";
+        // The schema's errors first, all of them.
+        assert_eq!(
+            errors(text),
+            [
+                "node.yaml:3:10: notify[0].url: `ftp://example.com/` is not an http:// or https:// URL",
+                "node.yaml:5:14: notify[1].events[0]: \"aplied\" is not one of \"applied\", \"rejected\" or 6 other candidates"
+            ]
+        );
+        let text = text.replace("ftp:", "http:").replace("aplied", "applied");
+        let found = errors(&text);
+        assert!(
+            found[0].starts_with("node.yaml:7:17: notify[2].secretFile: reading /nothing/here"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[1],
+            "node.yaml:8:14: notify[2].timeout: `50ms` is not a duration of at least 100ms"
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Metrics {
     failing_open: Family<Label, Gauge>,
     backends_ejected: Gauge,
     webhook_requests: Family<Label, Counter>,
+    /// `reconciler_notifications_total`, counted by the notifier's queues (`notify::deliver`).
+    pub notifications: Family<Label, Counter>,
     /// Whether `reconciler_backend_up` has its series (`metrics.perBackend`).
     per_backend: bool,
 }
@@ -136,6 +138,7 @@ impl Default for Metrics {
             failing_open: Family::default(),
             backends_ejected: Gauge::default(),
             webhook_requests: Family::default(),
+            notifications: Family::default(),
             per_backend: true,
         };
         metrics.register_runs();
@@ -329,6 +332,12 @@ impl Metrics {
             "reconciler_webhook_requests",
             "POST /reconcile requests, by result (accepted, unauthorized, too_large, unreadable)",
             self.webhook_requests.clone(),
+        );
+        registry.register(
+            "reconciler_notifications",
+            "Notifications (notify:), by result: sent, retried (an attempt failed and is tried \
+             again), failed (given up or refused), dropped (a full queue's oldest)",
+            self.notifications.clone(),
         );
     }
 }

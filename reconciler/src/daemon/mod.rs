@@ -34,6 +34,7 @@ pub mod journal;
 pub mod metrics;
 mod metrics_cache;
 mod metrics_dataplane;
+pub mod notify;
 mod outcome;
 pub mod outliers;
 pub mod ramps;
@@ -42,6 +43,7 @@ mod report;
 pub mod rollout;
 pub mod status;
 mod systemd;
+mod tell;
 mod waves;
 pub mod webhook;
 
@@ -190,10 +192,21 @@ pub async fn run(config_file: &Path, config: Config) -> anyhow::Result<()> {
         shared.status().running = fetching.is_some();
         systemd.report(&shared.status(), false);
     }
-    systemd.stopping();
-    info!("daemon stopped; the data plane keeps serving");
+    stopped(&shared, &systemd).await;
     Ok(())
 }
+
+/// The stop: systemd is told, notifications under way get a moment to go out.
+async fn stopped(shared: &Shared, systemd: &systemd::Systemd) {
+    systemd.stopping();
+    if !shared.notifier.drain(NOTIFY_AT_STOP).await {
+        warn!("stopping with notifications not yet delivered");
+    }
+    info!("daemon stopped; the data plane keeps serving");
+}
+
+/// How long a stop waits for notifications under way: well within systemd's stop timeout.
+const NOTIFY_AT_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The metrics that show the configuration: the node, its wave, the interval.
 fn configured_metrics(shared: &Shared, config: &Config) {
@@ -243,10 +256,14 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
              webhook.secretFile"
         );
     }
-    let on_change = {
+    shared.notifier.configure(&config.node.name, &config.notify);
+    let on_change: health::OnTransition = {
         let shared = Arc::clone(shared);
-        Arc::new(move |backend: std::net::SocketAddr, up: bool| {
-            shared.metrics().health_transition(backend, up);
+        Arc::new(move |transition: &health::Transition| {
+            for (_, backend) in &transition.judges {
+                shared.metrics().health_transition(*backend, transition.up);
+            }
+            tell::health(&shared, transition);
             // The exclusions changed: apply them now, without waiting for a fetch.
             shared.health_changed.notify_one();
         })
@@ -258,6 +275,7 @@ fn start_tasks(shared: &Arc<Shared>, config: &Config, listener: TcpListener) {
             for change in changes.iter().filter(|c| c.ejected_for.is_some()) {
                 shared.metrics().backend_ejected(&change.service, change.backend);
             }
+            tell::ejections(&shared, changes);
             shared.health_changed.notify_one();
         })
     };
@@ -489,6 +507,7 @@ fn reload(
     shared.status().rollout_wave = new.rollout.wave;
     configured_metrics(shared, &new);
     shared.set_webhook_secret(new.webhook_secret.clone());
+    shared.notifier.configure(&new.node.name, &new.notify);
     memory.reload(config, &new);
     *config = Arc::new(new);
     info!("configuration reloaded");

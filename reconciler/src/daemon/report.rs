@@ -1,5 +1,5 @@
-//! What a run's outcomes become: log lines, metrics, `/status`, and the wait before the
-//! next run. One function per job; [`record`] runs them in turn.
+//! What a run's outcomes become: log lines, metrics, notifications, `/status`, and the wait
+//! before the next run. One function per job; [`record`] runs them in turn.
 use std::{path::Path, time::Duration};
 
 use tracing::{error, info, warn};
@@ -11,6 +11,7 @@ use super::{
     outcome::{self, Outcome},
     reconcile::Memory,
     status::{DaemonStatus, Shared, Waiting},
+    tell,
 };
 use crate::{
     clock::{self, rfc3339_utc},
@@ -33,6 +34,7 @@ pub(super) fn record(
 ) -> Duration {
     log(&outcome);
     count(shared.metrics(), &outcome, took);
+    tell::outcome(shared, &outcome);
     let transient = matches!(outcome, Outcome::Transient { .. });
     let recorded = memory.session.memo().record.as_ref().map(|r| &r.state);
     show(&mut shared.status(), shared.metrics(), outcome, recorded);

@@ -10,6 +10,7 @@ use super::{
     health::{BackendHealth, Health},
     journal::Failure,
     metrics::{Metrics, NodeState},
+    notify::Notifier,
     outliers::{Ejection, Watch},
     ramps::{Ramp, Ramps},
     rollout::{RolloutResult, RolloutStatus, Rollouts},
@@ -141,6 +142,8 @@ pub struct Shared {
     /// What the gate of this node's wave said of the revision held back.
     pub(super) gatekeeper: Arc<Gatekeeper>,
     webhook_secret: RwLock<Option<Secret>>,
+    /// Where events go (`notify`).
+    pub(super) notifier: Notifier,
 }
 
 impl Shared {
@@ -196,6 +199,8 @@ impl Shared {
 impl Shared {
     /// The state of a daemon starting with `config`.
     pub(super) fn new(config: &Config) -> Shared {
+        let metrics = Metrics::for_dataplane(config.pin_path.clone(), config.metrics_per_backend);
+        let notifier = Notifier::new(metrics.notifications.clone());
         Shared {
             status: Mutex::new(DaemonStatus {
                 format_version: 1,
@@ -205,7 +210,7 @@ impl Shared {
                 rollout_wave: config.rollout.wave,
                 ..DaemonStatus::default()
             }),
-            metrics: Metrics::for_dataplane(config.pin_path.clone(), config.metrics_per_backend),
+            metrics,
             trigger: Notify::new(),
             health_changed: Notify::new(),
             metrics_cache: tokio::sync::Mutex::default(),
@@ -215,6 +220,7 @@ impl Shared {
             rollouts: Arc::default(),
             gatekeeper: Arc::default(),
             webhook_secret: RwLock::new(config.webhook_secret.clone()),
+            notifier,
         }
     }
 }

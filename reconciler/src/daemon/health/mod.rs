@@ -29,7 +29,7 @@ use reconciler_core::{
     model::HealthCheck,
     state::{BackendState, Exclusion},
 };
-use targets::{Targets, Transition};
+use targets::Targets;
 
 /// Probes in flight at once, over all targets: enough that 2 000 targets whose SYNs are
 /// dropped are each probed once per interval at the default timeout (1 s of 5 s); each holds
@@ -53,6 +53,22 @@ pub struct BackendHealth {
     pub since: Option<String>,
     pub last_error: Option<String>,
 }
+
+/// A target that changed state, as the prober reports it.
+pub struct Transition {
+    pub up: bool,
+    /// Where its probes go.
+    pub probe: SocketAddr,
+    /// The (service, backend) pairs it judges.
+    pub judges: BTreeSet<Exclusion>,
+    /// Why it went down, in full (for the log).
+    pub error: Option<String>,
+    /// Services that started (`true`) or stopped failing open with it.
+    pub fail_open: Vec<(String, bool)>,
+}
+
+/// What is told of each transition.
+pub type OnTransition = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 /// What is probed: the address a probe connects to, and the check (its settings as text).
 /// A backend that services list with different checks is probed once per check; services
@@ -131,9 +147,8 @@ fn wanted_targets(desired: &Desired) -> (Wanted, BTreeSet<String>) {
     (wanted, without_fallback)
 }
 
-/// Probes due targets for ever; `changed(backend, up)` is called once per transition, for
-/// each backend the target judges.
-pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Send + Sync>) {
+/// Probes due targets for ever; `changed` is told of each transition.
+pub async fn run(health: Arc<Health>, changed: OnTransition) {
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
     loop {
         let due = lock(&health.targets).due(Instant::now());
@@ -146,9 +161,7 @@ pub async fn run(health: Arc<Health>, changed: Arc<dyn Fn(SocketAddr, bool) + Se
                 let transition = lock(&health.targets).record(&key, &result, Instant::now());
                 if let Some(transition) = transition {
                     lock(&health.log).transition(&transition);
-                    for backend in &transition.backends {
-                        changed(*backend, transition.up);
-                    }
+                    changed(&transition);
                 }
             });
         }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{probe::ProbeError, BackendHealth, TargetKey, Wanted};
+use super::{probe::ProbeError, BackendHealth, TargetKey, Transition, Wanted};
 use crate::{clock, daemon::backoff::jittered};
 use reconciler_core::{model::HealthCheck, state::Exclusion};
 
@@ -98,19 +98,6 @@ impl Target {
 
 fn interval(check: &HealthCheck) -> Duration {
     Duration::from_secs(u64::from(check.interval_seconds))
-}
-
-/// A target that changed state, as the prober reports it.
-pub(super) struct Transition {
-    pub up: bool,
-    /// Where its probes go.
-    pub probe: SocketAddr,
-    /// The backends it judges.
-    pub backends: BTreeSet<SocketAddr>,
-    /// Why it went down, in full (for the log).
-    pub error: Option<String>,
-    /// Services that started (`true`) or stopped failing open with it.
-    pub fail_open: Vec<(String, bool)>,
 }
 
 /// How many of a service's judged (service, backend) pairs there are, and how many are up.
@@ -222,7 +209,7 @@ impl Targets {
         target.turn(now);
         let (up, services): (bool, Vec<String>) =
             (target.up, target.judges.iter().map(|(s, _)| s.clone()).collect());
-        let backends = target.judges.iter().map(|(_, b)| *b).collect();
+        let judges = target.judges.clone();
         let error = result.as_ref().err().map(ToString::to_string);
         let mut fail_open = Vec::new();
         for service in services {
@@ -238,7 +225,7 @@ impl Targets {
                 fail_open.push((service, failing));
             }
         }
-        Some(Transition { up, probe: key.0, backends, error, fail_open })
+        Some(Transition { up, probe: key.0, judges, error, fail_open })
     }
 
     /// Every target's health, per backend it judges.

@@ -246,7 +246,7 @@ fn read_flows(
 pub type OnChanges = Arc<dyn Fn(&[Change]) + Send + Sync>;
 
 /// Looks at the watched services every second; `changed` is given the ejections and
-/// returns of a pass that made any.
+/// returns of a pass that made any, or that changed which services fail open.
 pub async fn run(watch: Arc<Watch>, pin_path: PathBuf, changed: OnChanges) {
     let mut failing_open = Vec::new();
     loop {
@@ -265,8 +265,9 @@ pub async fn run(watch: Arc<Watch>, pin_path: PathBuf, changed: OnChanges) {
                  out; the rest keep their share"
             );
         }
+        let fail_open_changed = now_failing_open != failing_open;
         failing_open = now_failing_open;
-        if !changes.is_empty() {
+        if !changes.is_empty() || fail_open_changed {
             changed(&changes);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
