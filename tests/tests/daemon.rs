@@ -338,7 +338,14 @@ fn drift_is_healed_or_only_reported() -> Result<()> {
                     .then_some(())
             })?;
             assert!(hand_written_service_exists(&pin, set)?, "report mode repaired the drift");
-            // Told once, not at every run that finds it again.
+            // Told once, not at every run that finds it again, nor after a run asked for (it
+            // reads only what it changes, and cannot tell the drift is gone).
+            request(&world.listen, "POST", "/reconcile")?;
+            wait_for("more runs after it", Duration::from_secs(5), || {
+                let metrics = world.metrics().ok()?;
+                (sample(&metrics, "reconciler_reconcile_total{result=\"drift_reported\"}")? >= 6.0)
+                    .then_some(())
+            })?;
             let got = receiver.got();
             let found: Vec<_> = got.iter().filter(|d| d.event() == "drift_found").collect();
             assert_eq!(found.len(), 1, "{found:?}");

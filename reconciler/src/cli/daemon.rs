@@ -92,6 +92,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(&args.config, config))?;
+    let stopped = runtime.block_on(daemon::run(&args.config, config));
+    // Blocking work still under way (a fetch, a notification's attempt) is not waited for:
+    // a stop takes what the daemon's own stop takes, not a receiver's timeout more.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }

@@ -679,7 +679,7 @@ drift: heal
         );
         assert_eq!(
             found[1],
-            "node.yaml:8:14: notify[2].timeout: `50ms` is not a duration of at least 100ms"
+            "node.yaml:8:14: notify[2].timeout: `50ms` is not a duration from 100ms to 60s"
         );
         assert_eq!(found.len(), 2, "{found:?}");
     }

@@ -1,5 +1,7 @@
 //! What the daemon tells its notification receivers (`notify`), one function per source of
 //! events: a run's outcome, a health check's transition, outlier detection's pass.
+use std::collections::BTreeSet;
+
 use super::{
     health::Transition,
     notify::event::{OutReason, What, ERRORS_LISTED},
@@ -27,10 +29,12 @@ pub(super) fn outcome(shared: &Shared, outcome: &Outcome) {
             })
         }
         // Told once: while it lasts, each run finds it again.
-        Outcome::DriftReported { plan } if status.drift_entries == 0 => Some(What::DriftFound {
-            revision: status.applied_revision.clone(),
-            entries: plan.entry_changes,
-        }),
+        Outcome::DriftReported { plan } if shared.notifier.drift_news(true) => {
+            Some(What::DriftFound {
+                revision: status.applied_revision.clone(),
+                entries: plan.entry_changes,
+            })
+        }
         Outcome::DriftHealed { plan, .. } => Some(What::DriftHealed {
             revision: status.applied_revision.clone().or_else(|| plan.context.revision.clone()),
             entries: plan.entry_changes,
@@ -43,6 +47,9 @@ pub(super) fn outcome(shared: &Shared, outcome: &Outcome) {
         _ => None,
     };
     drop(status);
+    if maps_match(outcome) {
+        shared.notifier.drift_news(false);
+    }
     if let Some(what) = what {
         shared.notifier.send(what);
     }
@@ -51,13 +58,21 @@ pub(super) fn outcome(shared: &Shared, outcome: &Outcome) {
     }
 }
 
+/// Whether the maps hold what the revision says after `outcome`, every entry read or
+/// written (an incremental run reads only the services it changes: drift elsewhere stays).
+fn maps_match(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Applied { plan, .. } | Outcome::Unchanged { plan } => plan.touched.is_none(),
+        Outcome::DriftHealed { .. } => true,
+        _ => false,
+    }
+}
+
 /// A health check's target went down or came up.
 pub(super) fn health(shared: &Shared, transition: &Transition) {
-    let mut backends: Vec<_> = transition.judges.iter().map(|(_, backend)| *backend).collect();
-    backends.dedup();
-    let mut services: Vec<_> = transition.judges.iter().map(|(s, _)| s.clone()).collect();
-    services.sort();
-    services.dedup();
+    let backends: BTreeSet<_> = transition.judges.iter().map(|(_, backend)| *backend).collect();
+    let services: BTreeSet<_> = transition.judges.iter().map(|(s, _)| s.clone()).collect();
+    let (backends, services) = (backends.into_iter().collect(), services.into_iter().collect());
     let reason = OutReason::Health;
     shared.notifier.send(match transition.up {
         true => What::BackendBack { reason, backends, services },
@@ -69,7 +84,9 @@ pub(super) fn health(shared: &Shared, transition: &Transition) {
             ejected_seconds: None,
         },
     });
-    shared.notifier.failing_open("health", &shared.health.failing_open());
+    // The transition's own changes, made under the targets' lock: a later reading of the
+    // whole list could be older than another transition's.
+    shared.notifier.fail_open_changed("health", &transition.fail_open);
 }
 
 /// Outlier detection ejected backends, or let them back in.

@@ -20,15 +20,19 @@ use crate::daemon::{backoff, lock};
 
 /// Events waiting for one receiver, at most; a full queue drops its oldest.
 pub const QUEUE_LENGTH: usize = 1000;
-/// Attempts at one event before it is given up: about eight minutes of retries.
+/// Attempts at one event before it is given up: 3 to 6 minutes of waits between them.
 const MAX_ATTEMPTS: u32 = 12;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The header that carries the body's HMAC-SHA256, as GitHub's `X-Hub-Signature-256`.
 pub const SIGNATURE: &str = "X-Reconciler-Signature-256";
 
-/// `reconciler_notifications_total`, by `result`: `sent`, `retried` (an attempt that failed
-/// and is tried again), `failed` (given up), `dropped` (the queue was full).
+/// `reconciler_notifications_total`'s results: `sent`, `retried` (an attempt that failed
+/// and is tried again), `failed` (given up, or refused), `dropped` (the queue was full, or
+/// the receiver left the configuration).
+pub const RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"];
+
+/// `reconciler_notifications_total`, by `result` (`RESULTS`).
 pub type Results = Family<Vec<(&'static str, String)>, Counter>;
 
 /// One receiver: its settings (a reload changes them in place) and its queue.
@@ -80,9 +84,13 @@ impl Queue {
         self.changed.notify_waiters();
     }
 
-    /// Drops every waiting event (the receiver is gone); how many there were.
+    /// Drops every waiting event, and the one in flight (the receiver is gone, its task
+    /// aborted); how many there were.
     pub fn forget(&self) -> usize {
-        let dropped = std::mem::take(&mut lock(&self.waiting).events).len();
+        let mut waiting = lock(&self.waiting);
+        let dropped = waiting.events.len() + usize::from(waiting.in_flight);
+        waiting.events.clear();
+        drop(waiting);
         for _ in 0..dropped {
             self.count("dropped");
         }
@@ -117,6 +125,7 @@ impl Queue {
     /// The next event, once there is one; it is in flight until [`Queue::done`].
     async fn next(&self) -> Arc<Event> {
         loop {
+            // Made before the look: an event pushed between the two still wakes it.
             let notified = self.changed.notified();
             {
                 let mut waiting = lock(&self.waiting);
@@ -212,10 +221,10 @@ enum Failure {
     /// The receiver could not be reached, was slow, or answered 5xx, 408 or 429.
     #[error("{0}")]
     Retry(String),
-    /// The receiver refused the request itself (another 4xx, a redirect): sending it again
-    /// would be refused again.
-    #[error("the receiver answered {0}")]
-    Refused(u16),
+    /// The receiver refused the request itself (another 4xx, a redirect), or the URL
+    /// cannot be sent to: sending it again would fail again.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// POSTs `body` to `settings.url`, signed when a secret is set.
@@ -233,7 +242,10 @@ fn post(
     if let Some(signature) = settings.secret.as_ref().and_then(|secret| secret.sign(body)) {
         request = request.header(SIGNATURE, signature);
     }
-    let response = request.send(body).map_err(|e| Failure::Retry(e.to_string()))?;
+    let response = request.send(body).map_err(|e| match e {
+        ureq::Error::BadUri(_) => Failure::Refused(e.to_string()),
+        e => Failure::Retry(e.to_string()),
+    })?;
     judged(response.status().as_u16())
 }
 
@@ -244,7 +256,7 @@ fn judged(code: u16) -> Result<(), Failure> {
     match code {
         200..=299 => Ok(()),
         408 | 429 | 500..=599 => Err(Failure::Retry(format!("the receiver answered {code}"))),
-        code => Err(Failure::Refused(code)),
+        code => Err(Failure::Refused(format!("the receiver answered {code}"))),
     }
 }
 
@@ -261,7 +273,7 @@ mod tests {
             assert!(matches!(judged(code), Err(Failure::Retry(_))), "{code}");
         }
         for code in [301, 400, 401, 403, 404, 413] {
-            assert!(matches!(judged(code), Err(Failure::Refused(c)) if c == code), "{code}");
+            assert!(matches!(judged(code), Err(Failure::Refused(_))), "{code}");
         }
     }
 }

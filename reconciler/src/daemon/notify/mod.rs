@@ -26,6 +26,8 @@ pub struct Notifier {
     results: Results,
     /// The services failing open that an event already told of, by reason.
     failing_open: std::sync::Mutex<BTreeSet<(&'static str, String)>>,
+    /// Drift was told of, and the maps have not matched since.
+    drift_told: std::sync::atomic::AtomicBool,
 }
 
 /// A receiver and the task delivering to it.
@@ -37,7 +39,7 @@ struct Running {
 impl Notifier {
     /// No receiver yet; `results` counts deliveries (`reconciler_notifications_total`).
     pub fn new(results: Results) -> Notifier {
-        for result in ["sent", "retried", "failed", "dropped"] {
+        for result in deliver::RESULTS {
             // Each result's series at 0 from the start, for rate() and alerts.
             drop(results.get_or_create(&vec![("result", result.to_owned())]));
         }
@@ -46,6 +48,7 @@ impl Notifier {
             running: std::sync::Mutex::default(),
             results,
             failing_open: std::sync::Mutex::default(),
+            drift_told: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -54,23 +57,22 @@ impl Notifier {
     /// and what it still held is dropped (counted). Runs within the daemon's runtime.
     pub fn configure(&self, node: &str, receivers: &[Receiver]) {
         node.clone_into(&mut lock(&self.node));
-        let mut before = std::mem::take(&mut *lock(&self.running));
-        let mut now = Vec::new();
+        // Held throughout: an event sent meanwhile waits, and goes to the new receivers.
+        let mut running = lock(&self.running);
+        let mut before = std::mem::take(&mut *running);
         for settings in receivers {
-            let same = |r: &Running| {
-                let running = lock(&r.queue.settings);
-                (&running.url, running.format) == (&settings.url, settings.format)
-            };
+            // The body is made at each attempt: a new format applies to what is queued.
+            let same = |r: &Running| lock(&r.queue.settings).url == settings.url;
             match before.iter().position(same) {
                 Some(at) => {
                     let kept = before.swap_remove(at);
                     kept.queue.reconfigure(settings.clone());
-                    now.push(kept);
+                    running.push(kept);
                 }
                 None => {
                     let queue = Arc::new(Queue::new(settings.clone(), self.results.clone()));
                     let task = tokio::spawn(deliver::run(Arc::clone(&queue)));
-                    now.push(Running { queue, task });
+                    running.push(Running { queue, task });
                 }
             }
         }
@@ -82,7 +84,6 @@ impl Notifier {
                 warn!(url, dropped, "notification receiver removed; its waiting events dropped");
             }
         }
-        *lock(&self.running) = now;
     }
 
     /// Queues `what` for every receiver that wants it.
@@ -100,15 +101,45 @@ impl Notifier {
     /// The services failing open for `reason` now: an event names those that were not
     /// (`failing_open`); one that stops and starts again is told of again.
     pub fn failing_open(&self, reason: &'static str, services: &[String]) {
+        let changes: Vec<(String, bool)> = {
+            let told = lock(&self.failing_open);
+            let stopped = told.iter().filter(|(r, s)| *r == reason && !services.contains(s));
+            let started = services.iter().filter(|s| !told.contains(&(reason, (*s).clone())));
+            let stopped = stopped.map(|(_, s)| (s.clone(), false));
+            started.map(|s| (s.clone(), true)).chain(stopped).collect()
+        };
+        self.fail_open_changed(reason, &changes);
+    }
+
+    /// Services that started (`true`) or stopped failing open for `reason`: those that
+    /// started and were not told of yet are. Nothing is noted while no receiver listens, so
+    /// one added later hears of them at their next change.
+    pub fn fail_open_changed(&self, reason: &'static str, changes: &[(String, bool)]) {
+        if lock(&self.running).is_empty() {
+            return;
+        }
         let mut told = lock(&self.failing_open);
-        let new: Vec<String> =
-            services.iter().filter(|s| !told.contains(&(reason, (*s).clone()))).cloned().collect();
-        told.retain(|(r, service)| *r != reason || services.contains(service));
-        told.extend(new.iter().map(|service| (reason, service.clone())));
+        let mut new = Vec::new();
+        for (service, started) in changes {
+            let key = (reason, service.clone());
+            if !started {
+                told.remove(&key);
+            } else if told.insert(key) {
+                new.push(service.clone());
+            }
+        }
         drop(told);
         if !new.is_empty() {
             self.send(What::FailingOpen { reason, services: new });
         }
+    }
+
+    /// Whether drift is to be told: once from when a run finds it (`found`) until one that
+    /// read every entry finds the maps as the revision has them (`found` false), however
+    /// many runs find it meanwhile.
+    pub fn drift_news(&self, found: bool) -> bool {
+        let was = self.drift_told.swap(found, std::sync::atomic::Ordering::Relaxed);
+        found && !was
     }
 
     /// Waits, at most `within`, for every receiver's queue to be delivered (at stop). Whether
@@ -192,6 +223,24 @@ mod tests {
         notifier.failing_open("health", &[]);
         notifier.failing_open("health", &web);
         assert_eq!(queued(&notifier), [vec!["failing_open"; 3]]);
+    }
+
+    #[test]
+    fn fail_open_is_noted_only_while_a_receiver_listens() {
+        let (notifier, runtime) = idle_notifier(&[]);
+        notifier.failing_open("health", &["web/http".to_owned()]);
+        let _entered = runtime.enter();
+        notifier.configure("node-a", &[receiver("http://127.0.0.1:9/", &event::NAMES)]);
+        notifier.failing_open("health", &["web/http".to_owned()]);
+        assert_eq!(queued(&notifier), [vec!["failing_open"]]);
+    }
+
+    #[test]
+    fn drift_is_news_once_until_the_maps_match_again() {
+        let notifier = Notifier::new(Results::default());
+        let found = [true, true, false, false, true, true];
+        let news: Vec<bool> = found.iter().map(|found| notifier.drift_news(*found)).collect();
+        assert_eq!(news, [true, false, false, false, true, false]);
     }
 
     #[test]

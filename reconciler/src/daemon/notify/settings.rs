@@ -9,6 +9,8 @@ use crate::daemon::webhook::Secret;
 
 /// How long one delivery may take (connect, send, answer) unless `timeout` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `timeout`: an attempt in flight holds its receiver's queue that long.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One receiver as the configuration file writes it.
 #[derive(Debug, Deserialize)]
@@ -72,8 +74,8 @@ impl RawReceiver {
         };
         let timeout = match self.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(text) => duration(&text).unwrap_or_else(|| {
-                problem("timeout", format!("`{text}` is not a duration of at least 100ms"));
+            Some(text) => duration(&text).filter(|t| *t <= MAX_TIMEOUT).unwrap_or_else(|| {
+                problem("timeout", format!("`{text}` is not a duration from 100ms to 60s"));
                 DEFAULT_TIMEOUT
             }),
         };
