@@ -58,19 +58,16 @@ mapfile -t invalid < <(find tests/invalid -name '*.yaml' | sort)
 mapfile -t examples < <(find examples/policies \( -name '*.yaml' -o -name '*.yml' \) | sort)
 seed definitions "${invalid[@]}" "${examples[@]}"
 
-# Daemon configurations: the README's example and the ConfigMap's (fuzz/seeds has more).
+# Daemon configurations: docs/daemon.md's example, the package's and the DaemonSet's
+# (fuzz/seeds has more).
 mkdir -p fuzz/corpus/daemon_config
 awk '/^```yaml$/ { block = ""; inside = 1; next }
      /^```$/ && inside { if (block ~ /(^|\n)source:/) { printf "%s", block; exit } inside = 0; next }
-     inside { block = block $0 "\n" }' README.md >fuzz/corpus/daemon_config/seed-README.md.yaml
-awk '/^  config.yaml: \|$/ { inside = 1; next }
-     inside && /^    / { print substr($0, 5); next }
-     inside { exit }' deploy/kubernetes/daemonset.yaml \
-    >fuzz/corpus/daemon_config/seed-deploy-kubernetes-daemonset.yaml
-for file in fuzz/corpus/daemon_config/seed-README.md.yaml \
-    fuzz/corpus/daemon_config/seed-deploy-kubernetes-daemonset.yaml; do
-    [ -s "$file" ] || { log "warning: no configuration example found for $file"; rm -f "$file"; }
-done
+     inside { block = block $0 "\n" }' docs/daemon.md >fuzz/corpus/daemon_config/seed-docs-daemon.md.yaml
+cp deploy/config.example.yaml fuzz/corpus/daemon_config/seed-deploy-config.example.yaml
+cp deploy/kubernetes/config.yaml fuzz/corpus/daemon_config/seed-deploy-kubernetes-config.yaml
+[ -s fuzz/corpus/daemon_config/seed-docs-daemon.md.yaml ] ||
+    log "warning: no configuration example found in docs/daemon.md"
 
 # Saved plans: fuzz/seeds/saved_plan holds two; when the reconciler binary is built, one made
 # now too, in case the format moved on since they were written. The pin path never exists,

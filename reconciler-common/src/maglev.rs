@@ -281,7 +281,7 @@ mod tests {
                 assert!(moved <= 0.01, "{n} backends, M={size}: {moved} of the others moved");
             }
         }
-        // At the default size (100 a backend) it is 2-4% (the README says so).
+        // At the default size (100 a backend) it is 2-4% (docs/dataplane.md says so).
         for n in [3, 10, 50] {
             for removed in 1..=n {
                 let moved = disruption(n, removed, default_table_size(n));

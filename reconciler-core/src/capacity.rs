@@ -1,6 +1,7 @@
 //! How many entries the data plane's maps hold: set at install (`dataplane.capacity` in the
 //! daemon's configuration, `--capacity` on the command line), read back from the installed
-//! maps ever after. Every map's kernel memory follows from it (README, "Memory").
+//! maps ever after. Every map's kernel memory follows from it (docs/dataplane.md,
+//! "Capacity and memory").
 use std::{fmt, str::FromStr};
 
 use reconciler_common::{MAX_AFFINITY, MAX_BACKENDS, MAX_REVERSE, MAX_SERVICES, MAX_SLOTS};
@@ -32,7 +33,7 @@ pub struct Capacity {
 
 /// What a node gets unless it says otherwise: thousands of services and tens of thousands
 /// of backends, in at most 64 MiB of kernel memory with every map full, whatever the CPU
-/// count (README, "Memory").
+/// count (docs/dataplane.md, "Capacity and memory").
 pub const DEFAULT: Capacity = Capacity {
     services: 16_384,
     backends: 32_768,

@@ -1,6 +1,6 @@
 //! What reconciler reads from outside, bounded: every limit here is checked before the memory
 //! or time it guards is spent, so a hostile or careless commit is refused with an error
-//! instead of exhausting the node. The README lists them (section "Limits").
+//! instead of exhausting the node. docs/definitions.md lists them ("Limits").
 
 /// Bytes of one definition file (and of the daemon's configuration file).
 pub const MAX_FILE_BYTES: usize = 8 << 20;

@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod docs;
 pub mod git;
 pub mod gitops;
 pub mod gpg;

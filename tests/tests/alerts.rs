@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{ensure, Context as _, Result};
 use reconciler::fleet::prometheus::Prometheus;
 use reconciler_tests::{
+    docs,
     gitops::service,
     netns_daemon::{served_repo, Daemon},
     prometheus::PrometheusServer,
@@ -59,6 +60,9 @@ fn a_refused_commit_fires_its_alert_and_every_dashboard_query_has_data() -> Resu
         served_repo(&(service("web", "10.96.0.10", &[("127.0.0.11", 1)]) + checks))?;
     let daemon = Daemon::start(&sandbox, &bare)?;
     sandbox.probe_tcp("10.96.0.10:80", 3)?;
+    // Every metric it exports is in docs/operations.md's table.
+    let undocumented = docs::undocumented_metrics(&daemon.get(&sandbox, "/metrics")?);
+    ensure!(undocumented.is_empty(), "docs/operations.md does not list {undocumented:?}");
     let rules = [deploy("prometheus/alerts.yaml")];
     let prometheus = PrometheusServer::start_with_rules(
         Some(&sandbox),

@@ -6,7 +6,6 @@ use std::{
     process::{Command, Output},
 };
 
-use reconciler_core::source::{Snapshot, SourceFile};
 use reconciler_tests::{
     assert_plan_output_schema,
     git::{loopback_address, Daemon, Repo, WEB_SERVICE},
@@ -339,58 +338,6 @@ fn plan_follows_branches_tags_and_commits_over_git_daemon_and_a_bare_remote() {
     let file_url = format!("file://{}", served.path().join("services.git").display());
     let args = ["--repo", file_url.as_str(), "--ref", "canary"];
     assert_eq!(planned_revision(&[&args[..], &common[..]].concat()), canary);
-}
-
-/// The YAML inside the first ```yaml block after `heading` in the README.
-fn readme_block(heading: &str, starting: &str) -> String {
-    let readme = std::fs::read_to_string(manifest_dir().join("../README.md")).unwrap();
-    let section = &readme[readme.find(heading).unwrap()..];
-    let blocks = section.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap());
-    blocks.into_iter().find(|b| b.starts_with(starting)).unwrap().to_owned()
-}
-
-#[test]
-fn the_documented_configurations_are_valid() {
-    use reconciler::daemon::config;
-    let readme = readme_block("## The daemon", "source:");
-    // The secret file it names, here in a directory of the test's.
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("webhook-secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
-    let readme = readme
-        .replace("/etc/reconciler/webhook-secret", &secret.display().to_string())
-        .replace("/etc/reconciler/notify-secret", &secret.display().to_string());
-    let signers = dir.path().join("allowed_signers");
-    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHtVL3aGbtKb5fzRqqYhUqnIu4wYUbYUo/c6pH2oVD+G";
-    std::fs::write(&signers, format!("alice@example.com {key}\n")).unwrap();
-    let readme = readme.replace("/etc/reconciler/allowed_signers", &signers.display().to_string());
-    let gpg = reconciler_tests::gpg::Gpg::new("alice@example.com");
-    let keyring = dir.path().join("keyring.asc");
-    std::fs::write(&keyring, gpg.public_key()).unwrap();
-    let readme = readme.replace("/etc/reconciler/keyring.asc", &keyring.display().to_string());
-    let parsed = config::parse("README.md", &readme).unwrap();
-    assert_eq!(parsed.interval, std::time::Duration::from_secs(30));
-    assert!(parsed.webhook_secret.is_some());
-    assert_eq!(parsed.notify.len(), 2);
-    assert!(parsed.notify[1].secret.is_some());
-    let verify = parsed.source.verify.expect("source.verify");
-    assert!(verify.signers.is_some() && verify.keyring.is_some());
-    let gate = parsed.rollout.waits().expect("rollout.gate");
-    assert_eq!((parsed.rollout.wave, gate.soak.as_secs()), (2, 600));
-
-    // The DaemonSet's configuration: tests/tests/kubernetes.rs, as kustomize renders it.
-
-    // The package's example configuration (/etc/reconciler/config.example.yaml).
-    let example = manifest_dir().join("../deploy/config.example.yaml");
-    let parsed = config::parse("config.example.yaml", &std::fs::read_to_string(example).unwrap());
-    assert_eq!(parsed.unwrap().listen.to_string(), "127.0.0.1:9469");
-
-    // And the README's service example is a valid service.
-    let service = readme_block("## Service definitions", "apiVersion:");
-    let file = SourceFile::new("README.md", service);
-    let snapshot = Snapshot { files: vec![file], ..Snapshot::default() };
-    let result = reconciler_core::validate::validate(&snapshot, &Default::default());
-    assert!(result.is_ok(), "{:?}", result.err());
 }
 
 /// Builds `reconciler` without the data plane (`--no-default-features`) with stable Rust and

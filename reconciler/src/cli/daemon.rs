@@ -8,9 +8,11 @@ use reconciler_core::limits;
 
 #[derive(Args)]
 pub struct DaemonArgs {
-    /// The node's configuration (YAML; see the README for every field and its default).
+    /// The node's configuration (YAML; every field and its default: docs/daemon.md).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Log lines as text, or as one JSON object each (under systemd with journald: the
+    /// journal's own fields instead).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// error, warn, info, debug or trace.

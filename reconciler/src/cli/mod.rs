@@ -316,11 +316,11 @@ pub struct ReconcileArgs {
     #[arg(long, value_name = "IP,...", value_delimiter = ',')]
     allow_local_vips: Vec<IpAddr>,
     /// Read every entry of the live maps, so hand edits anywhere show (by default only the
-    /// services that changed since the recorded apply are read; see the README).
+    /// services that changed since the recorded apply are read: docs/cli.md).
     #[arg(long)]
     pub refresh: bool,
     /// The maps' capacity, set at install: `services=N,backends=N,slots=N,connections=N,
-    /// affinity=N` (those not given keep their defaults; see the README). An installed data
+    /// affinity=N` (those not given keep their defaults: docs/dataplane.md). An installed data
     /// plane must have it; without it, it keeps its own.
     #[arg(long, value_name = "NAME=COUNT,...")]
     pub capacity: Option<reconciler_core::capacity::Capacity>,
