@@ -35,9 +35,8 @@ deb: setup
 	$(CARGO) build --release --bins
 	@bash scripts/deb.sh
 
-demo: setup
-	@bash scripts/require-root.sh "make demo"
-	$(CARGO) build --bins
+# Runs setup and the build itself, quietly (their logs: target/demo/).
+demo:
 	@bash scripts/demo.sh
 
 # Data plane and control plane against kube-proxy's iptables and nftables layouts, in

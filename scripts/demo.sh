@@ -1,109 +1,317 @@
 #!/usr/bin/env bash
-# `make demo`: examples/policies/ becomes a git repository; reconciler plans and applies it
-# to a demo cgroup; clients in that cgroup, inside a network namespace of their own, reach
-# real backend listeners through the VIPs. Then a commit changes one service and the plan
-# and apply show only that change. Everything is removed at the end, also on failure, and
-# leftovers of an interrupted run are removed at the start.
+# `make demo`: every feature on the bundled default, in a minute. examples/policies/ becomes a
+# git repository of signed commits; the daemon runs in a network namespace of its own with
+# the demo cgroup, real backend listeners and DNS servers behind the VIPs; clients in the
+# cgroup reach them. Then a backend dies and comes back, one that resets connections is
+# ejected, a canary rollout aborts and another completes, and an unsigned commit is refused.
+#
+# Each step prints the command a user would type and a few lines of what it showed. The
+# toolchain, the build and the daemon log to target/demo/ (named when something fails).
+# Everything is removed at the end, also on failure or Ctrl-C, and leftovers of an
+# interrupted run at the start.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/debug"
+LOGS="$ROOT/target/demo"
 NS=reconciler-demo
 PIN=/sys/fs/bpf/reconciler-demo
 WORK=/tmp/reconciler-demo
+LISTEN=127.0.0.1:9469
 CGROUP_ROOT=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 CG="$CGROUP_ROOT/reconciler-demo"
-SERVERS=()
+PIDS=()      # processes this demo started, ended by PID
+SERVERS=()   # "ADDR PORT PID" of each backend listener
+DONE=()      # what was shown to work
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*" | sed "s|$BIN/||; s|$WORK/||g"; "$@"; }
+if [ -t 1 ]; then
+    BOLD=$'\e[1m' DIM=$'\e[2m' GREEN=$'\e[32m' RED=$'\e[31m' RESET=$'\e[0m'
+else
+    BOLD='' DIM='' GREEN='' RED='' RESET=''
+fi
+step() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$RESET"; }
+typed() { printf '%s$ %s%s\n' "$DIM" "$*" "$RESET"; }
+indent() { sed 's/^/  /'; }
+shown() { DONE+=("$1"); }
+fail() {
+    printf '%sdemo failed: %s%s\n' "$RED" "$*" "$RESET" >&2
+    printf 'logs: %s (daemon.log: the daemon)\n' "$LOGS" >&2
+    [ -s "$LOGS/daemon.log" ] && tail -n 15 "$LOGS/daemon.log" >&2
+    exit 1
+}
 
+# Every process this demo starts is noted (in memory and in $WORK/pids, so that a run
+# killed outright is cleaned up by the next); each is ended by its PID, and only if it is
+# still what the demo started.
+started() { PIDS+=("$1"); echo "$1" >>"$WORK/pids"; }
+ours() { grep -qaE "$BIN/|dnsmasq" "/proc/$1/cmdline" 2>/dev/null; }
 cleanup() {
-    for pid in "${SERVERS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${SERVERS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    "$BIN/reconciler" uninstall --pin-path "$PIN" >/dev/null 2>&1 || true
+    local pid noted=()
+    [ -f "$WORK/pids" ] && mapfile -t noted <"$WORK/pids"
+    for pid in "${PIDS[@]}" "${noted[@]}"; do ours "$pid" && kill "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+    [ -x "$BIN/reconciler" ] && "$BIN/reconciler" uninstall --pin-path "$PIN" >/dev/null 2>&1
+    for dir in "$CG"/*/; do [ -d "$dir" ] && rmdir "$dir" 2>/dev/null; done
     rmdir "$CG" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'printf "\ninterrupted: cleaning up\n" >&2; exit 130' INT TERM
+
+bash "$ROOT/scripts/require-root.sh" "make demo"
+mkdir -p "$LOGS"
+: >"$LOGS/daemon.log"
 cleanup
+mkdir -p "$WORK"
 
-say "A git repository of service definitions (from examples/policies/)"
-mkdir -p "$WORK/repo/services" "$WORK/cache"
-cp -r "$ROOT/examples/policies/." "$WORK/repo/services/"
-git_() { git -C "$WORK/repo" -c user.name=demo -c user.email=demo@example.com "$@"; }
-git_ init -q -b main
-git_ add -A && git_ commit -q -m "Add the example services"
-git_ log --oneline --stat | sed 's/^/  /'
+step "Preparing: toolchain, packages and the build (logs: target/demo/setup.log, build.log)"
+bash "$ROOT/scripts/setup.sh" >"$LOGS/setup.log" 2>&1 || fail "make setup: see $LOGS/setup.log"
+(cd "$ROOT" && cargo build --bins) >"$LOGS/build.log" 2>&1 || fail "the build: see $LOGS/build.log"
+echo "  ready"
 
-say "A network namespace with loopback only, and backend listeners at the backends' addresses"
+# --- the world: a namespace with backends, a repository of signed commits -----------------
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-serve() { # ADDR PORT NAME
-    local family=32; [[ $1 == *:* ]] && family=128
+in_ns() { ip netns exec "$NS" "$@"; }
+serve() { # ADDR PORT NAME: a backend that answers each connection with its name
+    local family=32 addr=$1
+    [[ $1 == *:* ]] && family=128 addr="[$1]"
     ip -n "$NS" addr add "$1/$family" dev lo nodad 2>/dev/null || true
-    local addr=$1; [[ $1 == *:* ]] && addr="[$1]"
+    # A simple command, so that $! is the server itself (ip execs it), never a subshell.
     ip netns exec "$NS" "$BIN/probe" serve "$addr:$2" "$3" &
-    SERVERS+=($!)
+    started $! && SERVERS+=("$1 $2 $!")
+}
+reap() { # PID: ends a process this demo started, and forgets it
+    local pid kept=()
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    PIDS=("${kept[@]}")
+}
+stop_server() { # ADDR PORT
+    local entry addr port pid
+    for entry in "${SERVERS[@]}"; do
+        read -r addr port pid <<<"$entry"
+        if [ "$addr" = "$1" ] && [ "$port" = "$2" ]; then reap "$pid"; fi
+    done
 }
 for i in 11 12 13 14; do serve "10.1.0.$i" 8080 "web-$i"; done
 for i in 21 22 23; do serve "fd00:1::$i" 8443 "payments-$i"; done
 for i in 10 11 12; do serve "10.3.0.$i" 5432 "postgres-$i"; done
-resolver() { # ADDR: a real DNS server (dnsmasq) that answers for demo.test
-    ip -n "$NS" addr add "$1/32" dev lo 2>/dev/null || true
-    ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-hosts \
-        --no-resolv --bind-interfaces --listen-address="$1" --port=53 --pid-file= --user=root \
-        --address=/web.demo.test/10.96.0.10 --log-facility=/dev/null &
-    SERVERS+=($!)
+for i in 11 12 13; do serve "10.2.1.$i" 9090 "metrics-$i"; done
+for i in 53 54; do # DNS servers (dnsmasq) behind the IPv4 and IPv6 DNS VIPs
+    ip -n "$NS" addr add "10.2.0.$i/32" dev lo 2>/dev/null || true
+    ip -n "$NS" addr add "fd00:2::$i/128" dev lo nodad 2>/dev/null || true
+    ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-hosts --no-resolv \
+        --bind-interfaces --listen-address="10.2.0.$i,fd00:2::$i" --port=53 --pid-file= \
+        --user=root --address=/web.demo.test/10.96.0.10 --log-facility=/dev/null &
+    started $!
+done
+mkdir -p "$CG" "$WORK/repo/services" "$WORK/cache"
+
+ssh-keygen -q -t ed25519 -N '' -C demo -f "$WORK/key"
+echo "demo@example.com $(cat "$WORK/key.pub")" >"$WORK/allowed_signers"
+git_() { git -C "$WORK/repo" -c user.name=demo -c user.email=demo@example.com \
+    -c gpg.format=ssh -c user.signingkey="$WORK/key" "$@"; }
+commit() { # MESSAGE [--unsigned]: commits everything, signed unless asked not to
+    git_ add -A
+    if [ "${2:-}" = --unsigned ]; then git_ commit -q -m "$1"; else git_ commit -q -S -m "$1"; fi
+    git_ rev-parse --short=12 HEAD
 }
-for i in 53 54; do resolver "10.2.0.$i"; done
-echo "  listening: web 10.1.0.11-14:8080, payments [fd00:1::21-23]:8443, postgres 10.3.0.10-12:5432,"
-echo "             DNS (dnsmasq) 10.2.0.53-54:53"
-mkdir -p "$CG"
-echo "  demo cgroup: $CG"
+cp -r "$ROOT/examples/policies/." "$WORK/repo/services/"
+git_ init -q -b main
+FIRST=$(commit "The example services")
 
-REPO=(--repo "$WORK/repo" --path services --cache-dir "$WORK/cache" --pin-path "$PIN")
-
-say "Validate (what CI runs on every pull request)"
-run "$BIN/reconciler" validate "$WORK/repo/services"
-
-say "Plan: nothing is installed yet"
-run "$BIN/reconciler" plan "${REPO[@]}"
-
-say "Apply: install the data plane on the demo cgroup and write the maps"
-run "$BIN/reconciler" apply "${REPO[@]}" --cgroup "$CG" | tail -n 2
-
-connect() { # ADDR COUNT: a client inside the demo cgroup and the namespace
-    # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup tree.
-    sh -c 'echo $$ > "$1/cgroup.procs"; exec ip netns exec "$2" "$3" tcp "$4" "$5"' \
-        sh "$CG" "$NS" "$BIN/probe" "$1" "$2" | sed 's/^reply /  answered by /; s/^error /  failed: /'
+# In the demo cgroup and namespace: a process joins the cgroup first (`ip netns exec`
+# remounts /sys, hiding the cgroup tree). `client_bg` starts one in the background: $! is the
+# client itself (sh and ip exec it).
+client() { sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec ip netns exec "$@"' sh "$CG" "$NS" "$@"; }
+client_bg() { # OUTPUT COMMAND...
+    local output=$1
+    shift
+    sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec ip netns exec "$@"' sh "$CG" "$NS" "$@" >"$output" &
+    started $!
 }
-say "Clients in the cgroup connect to the VIPs (60 connects each)"
-echo "web 10.96.0.10:80 (weights 1, 1, 2):"; connect 10.96.0.10:80 60
-echo "payments [fd00:96::20]:443 (one backend draining):"; connect "[fd00:96::20]:443" 60
-echo "postgres-read 10.96.2.10:5432 (Maglev, weights 1, 3: one client, one backend):"; connect 10.96.2.10:5432 60
+connects() { # VIP:PORT COUNT: how the connects went, a line per backend
+    client "$BIN/probe" tcp "$1" "$2" | sed 's/^reply \(.*\) \([0-9]*\)$/\2 to \1/; s/^error /failed: /' | indent
+}
+failed_connects() { client "$BIN/probe" tcp "$1" "$2" | awk '/^error/ { n += $3 } END { print n + 0 }'; }
 
-say "A DNS query over UDP to the dns VIP, answered by a resolver behind it, from the VIP"
-# dig accepts only an answer from the address it asked: sendmsg (or connect) took the query
-# to a resolver, and recvmsg shows the VIP as the answer's source again.
-sh -c 'echo $$ > "$1/cgroup.procs"; exec ip netns exec "$2" dig @10.96.0.53 web.demo.test A +tries=1 +time=2' \
-    sh "$CG" "$NS" | grep -E 'ANSWER SECTION|IN[[:space:]]+A|SERVER:' | sed 's/^/  /'
+# The daemon's /status, one field (a Python expression over `s`).
+status() {
+    in_ns "$BIN/reconciler" status --daemon "$LISTEN" -o json 2>/dev/null |
+        python3 -c "import json, sys; s = json.load(sys.stdin); print($1)"
+}
+wait_until() { # WHAT SECONDS COMMAND...: polls COMMAND until it succeeds
+    local what=$1 limit=$2 deadline=$((SECONDS + $2))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "$what (not within ${limit} s)"
+        sleep 0.1
+    done
+}
+is() { [ "$(status "$1")" = "$2" ]; }
 
-say "A commit: web drops 10.1.0.12 and gains 10.1.0.14"
-sed -i 's/^    - {address: 10.1.0.12}$/    - {address: 10.1.0.14}/' "$WORK/repo/services/team-web/web.yaml"
-git_ commit -q -am "web: replace 10.1.0.12 with 10.1.0.14"
-git_ show --stat --oneline HEAD | sed 's/^/  /'
-git_ diff HEAD~1 -U0 | sed -n '/^[-+] /p' | sed 's/^/  /'
+# --- the demo ------------------------------------------------------------------------------
+step "1. A repository of service definitions, and the plan of its first commit"
+typed "git log --oneline --stat"
+git_ log --oneline --stat | indent
+typed "reconciler plan --repo $WORK/repo --path services --pin-path $PIN"
+"$BIN/reconciler" plan --repo "$WORK/repo" --path services --cache-dir "$WORK/cache" \
+    --pin-path "$PIN" | grep -E '^  # |^Plan:|^No data plane' | indent
+shown "the plan of a first commit"
 
-say "Plan: only that change"
-run "$BIN/reconciler" plan "${REPO[@]}"
+step "2. The daemon: applies it, then keeps the node in step (signed commits only)"
+cat >"$WORK/node.yaml" <<EOF
+source: {url: $WORK/repo, path: services, interval: 2s, cacheDir: $WORK/cache,
+         verify: {allowedSigners: $WORK/allowed_signers}}
+dataplane: {cgroup: $CG, pinPath: $PIN}
+policy: {allowLocalHealthChecks: [10.0.0.0/8, "fd00::/8"]}
+listen: $LISTEN
+EOF
+typed "cat node.yaml"
+indent <"$WORK/node.yaml"
+typed "reconciler daemon --config node.yaml &"
+nsenter --net="/run/netns/$NS" "$BIN/reconciler" daemon --config "$WORK/node.yaml" \
+    >>"$LOGS/daemon.log" 2>&1 &
+started $!
+wait_until "the daemon to apply the first commit" 20 is "(s['applied_revision'] or '')[:12]" "$FIRST"
+typed "reconciler status --daemon $LISTEN"
+in_ns "$BIN/reconciler" status --daemon "$LISTEN" | grep -E 'Applied revision|Services|Ready' | indent
+shown "the daemon applies a signed commit"
 
-say "Apply"
-run "$BIN/reconciler" apply "${REPO[@]}" | tail -n 2
-echo "web 10.96.0.10:80:"; connect 10.96.0.10:80 60
+step "3. Clients in the cgroup reach backends through VIPs: TCP and UDP, IPv4 and IPv6"
+typed "probe tcp 10.96.0.10:80 60     # web: weights 1, 1, 2"
+connects 10.96.0.10:80 60
+typed "probe tcp [fd00:96::20]:443 60  # payments over IPv6: one backend draining"
+connects "[fd00:96::20]:443" 60
+typed "dig @10.96.0.53 web.demo.test A       # DNS over UDP, IPv4"
+client dig @10.96.0.53 web.demo.test A +short +tries=1 +time=2 | indent
+typed "dig @fd00:96::53 web.demo.test A      # DNS over UDP, IPv6"
+client dig @fd00:96::53 web.demo.test A +short +tries=1 +time=2 | indent
+shown "TCP and UDP VIPs, IPv4 and IPv6"
 
-say "Status"
-run "$BIN/reconciler" status --pin-path "$PIN"
+step "4. reconciler trace: each translation as it happens"
+typed "reconciler trace --service web"
+"$BIN/reconciler" trace --pin-path "$PIN" --service web >"$WORK/trace.txt" 2>&1 &
+TRACE=$!
+started $TRACE
+wait_until "the trace to start" 10 grep -q Tracing "$WORK/trace.txt"
+client "$BIN/probe" tcp 10.96.0.10:80 3 >/dev/null
+wait_until "three traced connects" 10 test "$(grep -c ' connect$' "$WORK/trace.txt")" -ge 3
+reap "$TRACE"
+grep ' connect$' "$WORK/trace.txt" | head -n 3 | cut -c1-120 | indent
+shown "reconciler trace"
 
-say "Done: removing the namespace, the cgroup, the pinned data plane and the listeners"
+step "5. Counters: what each service and backend took"
+typed "reconciler status --counters"
+"$BIN/reconciler" status --pin-path "$PIN" --counters | grep -A5 -E '^ *web/http|^ *web ' | head -n 6 | indent
+shown "status --counters"
+
+step "6. A commit for the demo's pace: health checks each second, a quick outlier detection and rollout"
+python3 - "$WORK/repo/services" <<'EOF'
+import sys, pathlib
+root = pathlib.Path(sys.argv[1])
+web = root / "team-web/web.yaml"
+text = web.read_text()
+text = text.replace("outlierDetection: {consecutiveFailures: 5, intervalSeconds: 10, baseEjectionSeconds: 30, maxEjectionPercent: 50}",
+                    "healthCheck: {intervalSeconds: 1, timeoutMillis: 300, unhealthyThreshold: 2}")
+text = text.replace("rollout: {steps: [10, 25, 50, 100], stepSeconds: 60, maxFailurePercent: 5}",
+                    "rollout: {steps: [50], stepSeconds: 3, maxFailurePercent: 5}")
+web.write_text(text)
+metrics = root / "team-platform/observability/metrics.yaml"
+text = metrics.read_text().replace("    - {address: 10.2.1.13}\n",
+    "    - {address: 10.2.1.13}\n  outlierDetection: {consecutiveFailures: 3, intervalSeconds: 1, baseEjectionSeconds: 30}\n", 1)
+metrics.write_text(text)
+EOF
+SECOND=$(commit "Demo pace: check web each second, eject metrics backends fast, roll out in 3 s")
+typed "git diff HEAD~1 --stat; reconciler reconcile --daemon $LISTEN --wait"
+git_ diff HEAD~1 --stat | indent
+in_ns "$BIN/reconciler" reconcile --daemon "$LISTEN" --wait | indent
+wait_until "the daemon to apply it" 15 is "(s['applied_revision'] or '')[:12]" "$SECOND"
+shown "a commit applied at once on request (a webhook's job)"
+
+step "7. A backend dies: the daemon takes it out, and no connect fails; it comes back"
+typed "kill web-12   # the listener at 10.1.0.12:8080"
+GENERATION=$(status "s['generation']")
+stop_server 10.1.0.12 8080
+wait_until "web-12 to be taken out" 15 is \
+    "[h['up'] for h in s['health'] if h['backend'] == '10.1.0.12:8080'] == [False] and s['generation'] > $GENERATION" True
+echo "  the daemon: 10.1.0.12:8080 $(status "[h['last_error'] for h in s['health'] if h['backend'] == '10.1.0.12:8080'][0]")"
+typed "probe tcp 10.96.0.10:80 100"
+connects 10.96.0.10:80 100
+[ "$(failed_connects 10.96.0.10:80 100)" = 0 ] || fail "connects failed after web-12 was taken out"
+typed "# web-12 starts again"
+serve 10.1.0.12 8080 web-12
+wait_until "web-12 to come back" 15 is \
+    "[r['percent'] for r in s['slow_start'] if r['backend'] == '10.1.0.12:8080'] != []" True
+echo "  the daemon: 10.1.0.12:8080 passes again, back in with $(status \
+    "[r['percent'] for r in s['slow_start'] if r['backend'] == '10.1.0.12:8080'][0]")% of its share, \
+all of it within a minute (slowStart)"
+shown "a dead backend taken out (0 failed connects) and back (slow start)"
+
+step "8. A backend that resets connections: outlier detection ejects it"
+typed "kill metrics-12   # connects to 10.2.1.12:9090 are refused from now on"
+GENERATION=$(status "s['generation']")
+stop_server 10.2.1.12 9090
+client_bg "$WORK/clients.txt" "$BIN/probe" tcp-until "$WORK/clients.stop" 10.96.1.10:9090
+CLIENTS=$!
+wait_until "metrics-12 to be ejected" 20 is \
+    "any(e['backend'] == '10.2.1.12:9090' and e['ejected'] for e in s['ejections']) and s['generation'] > $GENERATION" True
+touch "$WORK/clients.stop"
+wait "$CLIENTS" || true
+reap "$CLIENTS"
+echo "  clients meanwhile: $(awk '/^error/ { e += $3 } /^reply/ { r += $3 } END { print r + 0 " answered, " e + 0 " refused before the ejection" }' "$WORK/clients.txt")"
+typed "reconciler status --daemon $LISTEN | grep -A2 Ejections"
+in_ns "$BIN/reconciler" status --daemon "$LISTEN" | grep -A2 -i 'ejection' | head -n 3 | indent
+[ "$(failed_connects 10.96.1.10:9090 100)" = 0 ] || fail "connects failed after the ejection"
+echo "  100 more connects: none failed"
+shown "outlier detection ejects a backend that resets"
+
+rollout() { # COMMIT RESULT: clients connect while the rollout runs, until it ends as RESULT
+    # (an aborted one: once the revision before is back)
+    rm -f "$WORK/rollout.stop"
+    client_bg "$WORK/rollout.txt" "$BIN/probe" tcp-until "$WORK/rollout.stop" 10.96.0.10:80
+    local pid=$!
+    in_ns "$BIN/reconciler" reconcile --daemon "$LISTEN" >/dev/null
+    wait_until "the rollout of $1 to end $2" 30 is \
+        "(s['last_rollout'] or {}).get('result') == '$2' and (s['last_rollout'] or {}).get('revision', '')[:12] == '$1' and ('$2' != 'aborted' or (s['applied_revision'] or '')[:12] != '$1')" True
+    touch "$WORK/rollout.stop"
+    wait "$pid" || true
+    reap "$pid"
+}
+step "9. A canary rollout that aborts: the new backend refuses connects"
+sed -i 's/^    - {address: 10.1.0.13, weight: 2}$/    - {address: 10.1.0.15, weight: 2}/' "$WORK/repo/services/team-web/web.yaml"
+BAD=$(commit "web: replace 10.1.0.13 with 10.1.0.15 (nothing listens there)")
+typed "git commit -S -m 'web: replace 10.1.0.13 with 10.1.0.15'; reconciler reconcile --daemon $LISTEN"
+rollout "$BAD" aborted
+echo "  rollout $(status "s['last_rollout']['result'] + ': ' + (s['last_rollout']['reason'] or '')")"
+echo "  the data plane is back at $(status "s['applied_revision'][:12]"); $BAD is not tried again"
+shown "a canary rollout aborts on a bad backend"
+
+step "10. A canary rollout that completes"
+sed -i 's/^    - {address: 10.1.0.15, weight: 2}$/    - {address: 10.1.0.14, weight: 2}/' "$WORK/repo/services/team-web/web.yaml"
+GOOD=$(commit "web: replace 10.1.0.13 with 10.1.0.14")
+typed "git commit -S -m 'web: replace 10.1.0.13 with 10.1.0.14'; reconciler reconcile --daemon $LISTEN"
+rollout "$GOOD" completed
+echo "  rollout: completed; clients meanwhile: $(awk '/^error/ { e += $3 } /^reply/ { r += $3 } END { print r + 0 " answered, " e + 0 " failed" }' "$WORK/rollout.txt")"
+connects 10.96.0.10:80 60
+shown "a canary rollout completes"
+
+step "11. An unsigned commit is refused; the data plane stays"
+sed -i 's/^    - {address: 10.3.0.12, state: draining}$/    - {address: 10.3.0.12}/' "$WORK/repo/services/team-data/postgres.yaml"
+UNSIGNED=$(commit "postgres: undrain 10.3.0.12 (unsigned)" --unsigned)
+typed "git commit -m 'postgres: undrain 10.3.0.12'   # not signed"
+typed "reconciler reconcile --daemon $LISTEN --wait"
+if in_ns "$BIN/reconciler" reconcile --daemon "$LISTEN" --wait >"$WORK/unsigned.txt" 2>&1; then
+    fail "the unsigned commit $UNSIGNED was applied"
+fi
+head -n 3 "$WORK/unsigned.txt" | cut -c1-140 | indent
+is "(s['applied_revision'] or '')[:12]" "$GOOD" || fail "the data plane moved"
+shown "an unsigned commit refused"
+
+step "Done"
+for feature in "${DONE[@]}"; do printf '  %sOK%s  %s\n' "$GREEN" "$RESET" "$feature"; done
+echo "  (removing the namespace, the cgroup, the pinned data plane and the listeners)"

@@ -180,7 +180,7 @@ fn plan_without_a_data_plane_shows_everything_created() {
     assert_eq!(plan["format_version"], 2);
     assert_eq!(plan["revision"], repo.git(&["rev-parse", "HEAD"]));
     assert_eq!(plan["install"], true);
-    assert_eq!(plan["summary"], serde_json::json!({"add": 6, "change": 0, "destroy": 0}));
+    assert_eq!(plan["summary"], serde_json::json!({"add": 7, "change": 0, "destroy": 0}));
     let web = plan["services"].as_array().unwrap().iter().find(|s| s["name"] == "web").unwrap();
     assert_eq!(web["action"], "create");
     assert_eq!(web["after"]["vip"], serde_json::json!(["10.96.0.10"]));

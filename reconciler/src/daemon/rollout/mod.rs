@@ -255,9 +255,8 @@ impl Rollouts {
                     (counts.established + flows.established, counts.failed + flows.failed);
             }
             let trouble = rolling.new.iter().find(|a| out.contains(&(label.clone(), **a)));
-            let trouble = trouble.map(|a| {
-                format!("{label}: new backend {a} is failing its health check or ejected")
-            });
+            let trouble =
+                trouble.map(|a| format!("new backend {a} is failing its health check or ejected"));
             match rolling.progress.judge(now, counts, trouble) {
                 Verdict::Hold => true,
                 Verdict::Advance(percent) => {
