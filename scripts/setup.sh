@@ -29,6 +29,13 @@ APT_PACKAGES=(pkg-config libssl-dev openssl libssh2-1-dev iproute2 git iptables 
 # kubectl (its kustomize renders deploy/kubernetes in the tests): Debian's kubernetes-client,
 # unless the machine has a kubectl already (another package of it would conflict).
 command -v kubectl > /dev/null || APT_PACKAGES+=(kubernetes-client)
+# `setup.sh demo` (what `make demo` runs): only what the build and the demo need, so that a
+# newcomer's first command does not wait for the test suite's tools.
+DEMO=false
+if [ "${1:-}" = demo ]; then
+    DEMO=true
+    APT_PACKAGES=(pkg-config libssl-dev libssh2-1-dev iproute2 git python3 dnsmasq-base bind9-dnsutils openssh-client)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,7 +61,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- kubernetes-validate (PyPI): the tests validate the rendered manifests with it ---------
-if ! command -v kubernetes-validate > /dev/null; then
+if ! $DEMO && ! command -v kubernetes-validate > /dev/null; then
     log "installing kubernetes-validate (PyPI)"
     python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
     # pyenv's shims, where its pip does not make them itself.
@@ -74,7 +81,7 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
     log "adding rust-src to nightly"
     rustup component add rust-src --toolchain nightly
 fi
-for c in rustfmt clippy; do
+$DEMO || for c in rustfmt clippy; do
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
     rustup component list --toolchain nightly --installed | grep -q "^$c" ||
         rustup component add "$c" --toolchain nightly
