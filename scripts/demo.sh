@@ -10,13 +10,14 @@
 # Everything is removed at the end, also on failure or Ctrl-C, and leftovers of an
 # interrupted run at the start.
 set -euo pipefail
+shopt -s inherit_errexit   # a failure inside $(...) fails the demo too
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/debug"
 LOGS="$ROOT/target/demo"
 NS=reconciler-demo
 PIN=/sys/fs/bpf/reconciler-demo
-WORK=/tmp/reconciler-demo
+WORK="$ROOT/target/demo/run"   # under the project: no other user can make it first
 LISTEN=127.0.0.1:9469
 CGROUP_ROOT=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 CG="$CGROUP_ROOT/reconciler-demo"
@@ -29,41 +30,68 @@ if [ -t 1 ]; then
 else
     BOLD='' DIM='' GREEN='' RED='' RESET=''
 fi
-step() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$RESET"; }
+step() { STEP=$*; printf '\n%s== %s%s\n' "$BOLD" "$*" "$RESET"; }
 typed() { printf '%s$ %s%s\n' "$DIM" "$*" "$RESET"; }
 indent() { sed 's/^/  /'; }
 shown() { DONE+=("$1"); }
 fail() {
+    FAILED=1
     printf '%sdemo failed: %s%s\n' "$RED" "$*" "$RESET" >&2
     printf 'logs: %s (daemon.log: the daemon)\n' "$LOGS" >&2
     [ -s "$LOGS/daemon.log" ] && tail -n 15 "$LOGS/daemon.log" >&2
     exit 1
 }
 
-# Every process this demo starts is noted (in memory and in $WORK/pids, so that a run
-# killed outright is cleaned up by the next); each is ended by its PID, and only if it is
-# still what the demo started.
-started() { PIDS+=("$1"); echo "$1" >>"$WORK/pids"; }
-ours() { grep -qaE "$BIN/|dnsmasq" "/proc/$1/cmdline" 2>/dev/null; }
-cleanup() {
-    local pid noted=()
-    [ -f "$WORK/pids" ] && mapfile -t noted <"$WORK/pids"
-    for pid in "${PIDS[@]}" "${noted[@]}"; do ours "$pid" && kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
+# Every process this demo starts is noted with its start time (in memory, and in a file so
+# that a run killed outright is cleaned up by the next); each is ended by its PID, and only
+# while that PID is still the process the demo started.
+PIDFILE="$LOGS/pids"
+start_time() { awk '{ print $22 }' "/proc/$1/stat" 2>/dev/null; }
+started() { PIDS+=("$1"); echo "$1 $(start_time "$1")" >>"$PIDFILE"; }
+end_noted() { # kills what the pid file names, waits for it (5 s at most), then forgets it
+    local pid at deadline=$((SECONDS + 5)) alive=()
+    [ -f "$PIDFILE" ] || return 0
+    while read -r pid at; do
+        [ -n "$at" ] && [ "$(start_time "$pid")" = "$at" ] && kill "$pid" 2>/dev/null && alive+=("$pid")
+    done <"$PIDFILE"
+    for pid in "${alive[@]}"; do
+        while [ -e "/proc/$pid" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
+        [ -e "/proc/$pid" ] && kill -9 "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    rm -f "$PIDFILE"
+}
+# In a subshell: nothing of the demo's error handling applies, and a second Ctrl-C does not
+# stop it halfway.
+cleanup() (
+    set +e
+    trap - ERR
+    trap '' INT TERM
+    end_noted
     [ -x "$BIN/reconciler" ] && "$BIN/reconciler" uninstall --pin-path "$PIN" >/dev/null 2>&1
     for dir in "$CG"/*/; do [ -d "$dir" ] && rmdir "$dir" 2>/dev/null; done
-    rmdir "$CG" 2>/dev/null || true
-    ip netns del "$NS" 2>/dev/null || true
+    rmdir "$CG" 2>/dev/null
+    ip netns del "$NS" 2>/dev/null
     rm -rf "$WORK"
+    exit 0
+)
+# A command that fails unexpectedly ends the demo (set -e) through here: it says where.
+finish() {
+    local code=$?
+    if [ "$code" -ne 0 ] && [ "$code" -ne 130 ] && [ -z "${FAILED:-}" ]; then
+        printf '%sdemo failed (exit %s) in: %s%s\n' "$RED" "$code" "${STEP:-the start}" "$RESET" >&2
+        printf 'logs: %s\n' "$LOGS" >&2
+    fi
+    cleanup
 }
-trap cleanup EXIT
+trap finish EXIT
 trap 'printf "\ninterrupted: cleaning up\n" >&2; exit 130' INT TERM
 
 bash "$ROOT/scripts/require-root.sh" "make demo"
 mkdir -p "$LOGS"
-: >"$LOGS/daemon.log"
 cleanup
+: >"$LOGS/daemon.log"
+: >"$LOGS/servers.log"
 mkdir -p "$WORK"
 
 step "Preparing: toolchain, packages and the build (logs: target/demo/setup.log, build.log)"
@@ -85,7 +113,7 @@ serve() { # ADDR PORT NAME: a backend that answers each connection with its name
     [[ $1 == *:* ]] && family=128 addr="[$1]"
     ip -n "$NS" addr add "$1/$family" dev lo nodad 2>/dev/null || true
     # A simple command, so that $! is the server itself (ip execs it), never a subshell.
-    ip netns exec "$NS" "$BIN/probe" serve "$addr:$2" "$3" &
+    ip netns exec "$NS" "$BIN/probe" serve "$addr:$2" "$3" >>"$LOGS/servers.log" 2>&1 &
     started $! && SERVERS+=("$1 $2 $!")
 }
 reap() { # PID: ends a process this demo started, and forgets it
@@ -94,6 +122,8 @@ reap() { # PID: ends a process this demo started, and forgets it
     wait "$1" 2>/dev/null || true
     for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
     PIDS=("${kept[@]}")
+    grep -v "^$1 " "$PIDFILE" >"$PIDFILE.new" || true
+    mv "$PIDFILE.new" "$PIDFILE"
 }
 stop_server() { # ADDR PORT
     local entry addr port pid
@@ -111,7 +141,8 @@ for i in 53 54; do # DNS servers (dnsmasq) behind the IPv4 and IPv6 DNS VIPs
     ip -n "$NS" addr add "fd00:2::$i/128" dev lo nodad 2>/dev/null || true
     ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-hosts --no-resolv \
         --bind-interfaces --listen-address="10.2.0.$i,fd00:2::$i" --port=53 --pid-file= \
-        --user=root --address=/web.demo.test/10.96.0.10 --log-facility=/dev/null &
+        --user=root --address=/web.demo.test/10.96.0.10 --log-facility=/dev/null \
+        >>"$LOGS/servers.log" 2>&1 &
     started $!
 done
 mkdir -p "$CG" "$WORK/repo/services" "$WORK/cache"
@@ -144,10 +175,11 @@ connects() { # VIP:PORT COUNT: how the connects went, a line per backend
 }
 failed_connects() { client "$BIN/probe" tcp "$1" "$2" | awk '/^error/ { n += $3 } END { print n + 0 }'; }
 
-# The daemon's /status, one field (a Python expression over `s`).
+# The daemon's /status, one field (a Python expression over `s`). Failing is an answer
+# (`|| return`: not an error of the demo's): waits poll it while the daemon is busy.
 status() {
     in_ns "$BIN/reconciler" status --daemon "$LISTEN" -o json 2>/dev/null |
-        python3 -c "import json, sys; s = json.load(sys.stdin); print($1)"
+        python3 -c "import json, sys; s = json.load(sys.stdin); print($1)" 2>/dev/null || return 1
 }
 wait_until() { # WHAT SECONDS COMMAND...: polls COMMAND until it succeeds
     local what=$1 limit=$2 deadline=$((SECONDS + $2))
@@ -163,7 +195,7 @@ is() { [ "$(status "$1")" = "$2" ]; }
 step "1. A repository of service definitions, and the plan of its first commit"
 typed "git log --oneline --stat"
 git_ log --oneline --stat | indent
-typed "reconciler plan --repo $WORK/repo --path services --pin-path $PIN"
+typed "reconciler plan --repo $WORK/repo --path services --cache-dir $WORK/cache --pin-path $PIN"
 "$BIN/reconciler" plan --repo "$WORK/repo" --path services --cache-dir "$WORK/cache" \
     --pin-path "$PIN" | grep -E '^  # |^Plan:|^No data plane' | indent
 shown "the plan of a first commit"
@@ -184,34 +216,41 @@ nsenter --net="/run/netns/$NS" "$BIN/reconciler" daemon --config "$WORK/node.yam
 started $!
 wait_until "the daemon to apply the first commit" 20 is "(s['applied_revision'] or '')[:12]" "$FIRST"
 typed "reconciler status --daemon $LISTEN"
-in_ns "$BIN/reconciler" status --daemon "$LISTEN" | grep -E 'Applied revision|Services|Ready' | indent
+in_ns "$BIN/reconciler" status --daemon "$LISTEN" | grep -E '^(Daemon|Applied revision|Entries):' | indent
 shown "the daemon applies a signed commit"
 
 step "3. Clients in the cgroup reach backends through VIPs: TCP and UDP, IPv4 and IPv6"
+echo "  (probe: the tests' client, target/debug/probe; every command here runs in the demo cgroup)"
 typed "probe tcp 10.96.0.10:80 60     # web: weights 1, 1, 2"
 connects 10.96.0.10:80 60
 typed "probe tcp [fd00:96::20]:443 60  # payments over IPv6: one backend draining"
 connects "[fd00:96::20]:443" 60
-typed "dig @10.96.0.53 web.demo.test A       # DNS over UDP, IPv4"
-client dig @10.96.0.53 web.demo.test A +short +tries=1 +time=2 | indent
-typed "dig @fd00:96::53 web.demo.test A      # DNS over UDP, IPv6"
-client dig @fd00:96::53 web.demo.test A +short +tries=1 +time=2 | indent
+for vip in 10.96.0.10:80 "[fd00:96::20]:443"; do
+    [ "$(failed_connects "$vip" 20)" = 0 ] || fail "connects to $vip failed"
+done
+for resolver in 10.96.0.53 fd00:96::53; do
+    typed "dig @$resolver web.demo.test A +short   # DNS over UDP"
+    answer=$(client dig "@$resolver" web.demo.test A +short +tries=1 +time=2)
+    echo "$answer" | indent
+    [ "$answer" = 10.96.0.10 ] || fail "no answer through the DNS VIP $resolver"
+done
 shown "TCP and UDP VIPs, IPv4 and IPv6"
 
 step "4. reconciler trace: each translation as it happens"
-typed "reconciler trace --service web"
+typed "reconciler trace --pin-path $PIN --service web"
 "$BIN/reconciler" trace --pin-path "$PIN" --service web >"$WORK/trace.txt" 2>&1 &
 TRACE=$!
 started $TRACE
 wait_until "the trace to start" 10 grep -q Tracing "$WORK/trace.txt"
 client "$BIN/probe" tcp 10.96.0.10:80 3 >/dev/null
-wait_until "three traced connects" 10 test "$(grep -c ' connect$' "$WORK/trace.txt")" -ge 3
+traced() { [ "$(grep -c ' connect$' "$WORK/trace.txt")" -ge 3 ]; }
+wait_until "three traced connects" 10 traced
 reap "$TRACE"
 grep ' connect$' "$WORK/trace.txt" | head -n 3 | cut -c1-120 | indent
 shown "reconciler trace"
 
 step "5. Counters: what each service and backend took"
-typed "reconciler status --counters"
+typed "reconciler status --pin-path $PIN --counters"
 "$BIN/reconciler" status --pin-path "$PIN" --counters | grep -A5 -E '^ *web/http|^ *web ' | head -n 6 | indent
 shown "status --counters"
 
@@ -220,16 +259,16 @@ python3 - "$WORK/repo/services" <<'EOF'
 import sys, pathlib
 root = pathlib.Path(sys.argv[1])
 web = root / "team-web/web.yaml"
-text = web.read_text()
-text = text.replace("outlierDetection: {consecutiveFailures: 5, intervalSeconds: 10, baseEjectionSeconds: 30, maxEjectionPercent: 50}",
-                    "healthCheck: {intervalSeconds: 1, timeoutMillis: 300, unhealthyThreshold: 2}")
-text = text.replace("rollout: {steps: [10, 25, 50, 100], stepSeconds: 60, maxFailurePercent: 5}",
-                    "rollout: {steps: [50], stepSeconds: 3, maxFailurePercent: 5}")
-web.write_text(text)
-metrics = root / "team-platform/observability/metrics.yaml"
-text = metrics.read_text().replace("    - {address: 10.2.1.13}\n",
-    "    - {address: 10.2.1.13}\n  outlierDetection: {consecutiveFailures: 3, intervalSeconds: 1, baseEjectionSeconds: 30}\n", 1)
-metrics.write_text(text)
+def replaced(path, old, new):
+    text = path.read_text()
+    assert old in text, f"{path}: no {old!r}"
+    path.write_text(text.replace(old, new, 1))
+replaced(web, "outlierDetection: {consecutiveFailures: 5, intervalSeconds: 10, baseEjectionSeconds: 30, maxEjectionPercent: 50}",
+         "healthCheck: {intervalSeconds: 1, timeoutMillis: 300, unhealthyThreshold: 2}")
+replaced(web, "rollout: {steps: [10, 25, 50, 100], stepSeconds: 60, maxFailurePercent: 5}",
+         "rollout: {steps: [50], stepSeconds: 3, maxFailurePercent: 5}")
+replaced(root / "team-platform/observability/metrics.yaml", "    - {address: 10.2.1.13}\n",
+         "    - {address: 10.2.1.13}\n  outlierDetection: {consecutiveFailures: 3, intervalSeconds: 1, baseEjectionSeconds: 30}\n")
 EOF
 SECOND=$(commit "Demo pace: check web each second, eject metrics backends fast, roll out in 3 s")
 typed "git diff HEAD~1 --stat; reconciler reconcile --daemon $LISTEN --wait"
@@ -288,7 +327,14 @@ rollout() { # COMMIT RESULT: clients connect while the rollout runs, until it en
     reap "$pid"
 }
 step "9. A canary rollout that aborts: the new backend refuses connects"
-sed -i 's/^    - {address: 10.1.0.13, weight: 2}$/    - {address: 10.1.0.15, weight: 2}/' "$WORK/repo/services/team-web/web.yaml"
+edit() { # FILE FROM TO: replaces a whole line, which must be there
+    grep -qxF -- "$2" "$1" || fail "no line '$2' in $1"
+    python3 -c 'import sys; p, a, b = sys.argv[1:]; t = open(p).read(); open(p, "w").write(t.replace(a + "\n", b + "\n", 1))' "$1" "$2" "$3"
+}
+WEB="$WORK/repo/services/team-web/web.yaml"
+# 10.1.0.15 is an address of the namespace where nothing listens: its connects are refused.
+ip -n "$NS" addr add 10.1.0.15/32 dev lo
+edit "$WEB" "    - {address: 10.1.0.13, weight: 2}" "    - {address: 10.1.0.15, weight: 2}"
 BAD=$(commit "web: replace 10.1.0.13 with 10.1.0.15 (nothing listens there)")
 typed "git commit -S -m 'web: replace 10.1.0.13 with 10.1.0.15'; reconciler reconcile --daemon $LISTEN"
 rollout "$BAD" aborted
@@ -297,16 +343,17 @@ echo "  the data plane is back at $(status "s['applied_revision'][:12]"); $BAD i
 shown "a canary rollout aborts on a bad backend"
 
 step "10. A canary rollout that completes"
-sed -i 's/^    - {address: 10.1.0.15, weight: 2}$/    - {address: 10.1.0.14, weight: 2}/' "$WORK/repo/services/team-web/web.yaml"
+edit "$WEB" "    - {address: 10.1.0.15, weight: 2}" "    - {address: 10.1.0.14, weight: 2}"
 GOOD=$(commit "web: replace 10.1.0.13 with 10.1.0.14")
 typed "git commit -S -m 'web: replace 10.1.0.13 with 10.1.0.14'; reconciler reconcile --daemon $LISTEN"
 rollout "$GOOD" completed
 echo "  rollout: completed; clients meanwhile: $(awk '/^error/ { e += $3 } /^reply/ { r += $3 } END { print r + 0 " answered, " e + 0 " failed" }' "$WORK/rollout.txt")"
+[ "$(awk '/^error/ { e += $3 } END { print e + 0 }' "$WORK/rollout.txt")" = 0 ] || fail "connects failed during the rollout"
 connects 10.96.0.10:80 60
 shown "a canary rollout completes"
 
 step "11. An unsigned commit is refused; the data plane stays"
-sed -i 's/^    - {address: 10.3.0.12, state: draining}$/    - {address: 10.3.0.12}/' "$WORK/repo/services/team-data/postgres.yaml"
+edit "$WORK/repo/services/team-data/postgres.yaml" "    - {address: 10.3.0.12, state: draining}" "    - {address: 10.3.0.12}"
 UNSIGNED=$(commit "postgres: undrain 10.3.0.12 (unsigned)" --unsigned)
 typed "git commit -m 'postgres: undrain 10.3.0.12'   # not signed"
 typed "reconciler reconcile --daemon $LISTEN --wait"

@@ -44,15 +44,22 @@ pub fn example_files(dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// The metric families of a `/metrics` page (its `# TYPE` lines) that the metrics table of
-/// `docs/operations.md` does not list: a counter by its `_total` name, `process_*` as one.
+/// The metric families of a `/metrics` page (its `# TYPE` lines) that are not in exactly one
+/// table row of `docs/` (the metrics table of `docs/operations.md`, by the first cell): a
+/// counter by its `_total` name, `process_*` as one.
 pub fn undocumented_metrics(page: &str) -> Vec<String> {
-    let docs = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
-    )
-    .expect("reading docs/operations.md");
-    let table = section_naming_plain(&docs, "## Metrics").unwrap_or_default();
-    let mut missing = Vec::new();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let pages: Vec<String> = std::fs::read_dir(&docs)
+        .expect("reading docs/")
+        .map(|e| std::fs::read_to_string(e.expect("a page").path()).expect("reading a page"))
+        .collect();
+    let first_cells: Vec<&str> = pages
+        .iter()
+        .flat_map(|page| table_rows(page).map(|cells| cells[0]))
+        .filter(|cell| cell.starts_with('`'))
+        .collect();
+    let rows = |name: &str| first_cells.iter().filter(|c| c.contains(&format!("`{name}`"))).count();
+    let mut wrong = Vec::new();
     for line in page.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let mut words = line.split_whitespace();
         let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
@@ -60,19 +67,32 @@ pub fn undocumented_metrics(page: &str) -> Vec<String> {
             "counter" if !name.ends_with("_total") => format!("{name}_total"),
             _ => name.to_owned(),
         };
-        let listed = table.contains(&format!("`{shown}`"))
-            || (shown.starts_with("process_") && table.contains("`process_*`"));
-        if !listed {
-            missing.push(shown);
+        let count = if shown.starts_with("process_") { rows("process_*") } else { rows(&shown) };
+        if count != 1 {
+            wrong.push(format!("{shown} ({count} rows)"));
         }
     }
-    missing
+    wrong.sort();
+    wrong.dedup();
+    wrong
 }
 
-/// The section of `text` that starts at the heading line starting `heading`.
-fn section_naming_plain<'a>(text: &'a str, heading: &str) -> Option<&'a str> {
-    let from = text.find(&format!("\n{heading}"))? + 1;
-    let rest = &text[from..];
-    let end = rest[1..].find("\n## ").map_or(rest.len(), |e| e + 2);
-    Some(&rest[..end])
+/// The rows of every Markdown table in `text`, each as its cells (trimmed; the header and
+/// separator rows too).
+pub fn table_rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines().filter(|l| l.starts_with("| ")).map(|row| {
+        let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
+        // `\|` inside a cell is a bar of its text, not a border.
+        let mut cells = Vec::new();
+        let mut start = 0;
+        let bytes = inner.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'|' && (i == 0 || bytes[i - 1] != b'\\') {
+                cells.push(inner[start..i].trim());
+                start = i + 1;
+            }
+        }
+        cells.push(inner[start..].trim());
+        cells
+    })
 }

@@ -60,9 +60,12 @@ fn a_refused_commit_fires_its_alert_and_every_dashboard_query_has_data() -> Resu
         served_repo(&(service("web", "10.96.0.10", &[("127.0.0.11", 1)]) + checks))?;
     let daemon = Daemon::start(&sandbox, &bare)?;
     sandbox.probe_tcp("10.96.0.10:80", 3)?;
-    // Every metric it exports is in docs/operations.md's table.
+    // Every metric it exports is in one row of docs/operations.md's table.
     let undocumented = docs::undocumented_metrics(&daemon.get(&sandbox, "/metrics")?);
-    ensure!(undocumented.is_empty(), "docs/operations.md does not list {undocumented:?}");
+    ensure!(
+        undocumented.is_empty(),
+        "docs/ does not list these once, in one table row: {undocumented:?}"
+    );
     let rules = [deploy("prometheus/alerts.yaml")];
     let prometheus = PrometheusServer::start_with_rules(
         Some(&sandbox),

@@ -108,6 +108,35 @@ fn every_field_of_every_schema_is_documented() {
     }
 }
 
+/// Whether a table's first cell is a list of names (in backticks) that has `named`.
+fn names(cell: &str, named: &str) -> bool {
+    cell.starts_with('`') && cell.contains(named)
+}
+
+#[test]
+fn every_configuration_key_is_in_one_table_row() {
+    let schema: Value = serde_json::from_str(&read("schema/daemon-config.schema.json")).unwrap();
+    let defs = schema.get("$defs").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut keys = Vec::new();
+    leaves(&schema, &defs, "", &mut keys);
+    let pages: Vec<String> = std::fs::read_dir(workspace().join("docs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let mut wrong = Vec::new();
+    for key in keys {
+        let named = format!("`{key}`");
+        let rows: usize = pages
+            .iter()
+            .map(|page| docs::table_rows(page).filter(|cells| names(cells[0], &named)).count())
+            .sum();
+        if rows != 1 {
+            wrong.push(format!("{key}: {rows} rows"));
+        }
+    }
+    assert!(wrong.is_empty(), "keys not in exactly one row of one table in docs/: {wrong:?}");
+}
+
 /// `reconciler ARGS --help`.
 fn help(args: &[&str]) -> String {
     let output =
@@ -143,9 +172,15 @@ fn every_subcommand_and_flag_is_documented() {
         if !text.contains(&format!("`reconciler {sub}`")) {
             missing.push(format!("reconciler {sub}"));
         }
+        // Each flag has a row of the flags' table that lists the subcommand.
         for flag in flags(&help(&[sub])) {
             let named = [format!("`{flag}`"), format!("`{flag} ")];
-            if !named.iter().any(|n| text.contains(n.as_str())) {
+            let rows = docs::table_rows(&text)
+                .filter(|cells| named.iter().any(|n| cells[0].contains(n.as_str())));
+            let listed = rows
+                .into_iter()
+                .any(|cells| cells.get(1).is_some_and(|c| c.split(", ").any(|s| s == sub)));
+            if !listed {
                 missing.push(format!("reconciler {sub} {flag}"));
             }
         }
