@@ -181,11 +181,12 @@ async fn deliver(queue: &Queue, event: &Arc<Event>) {
             Format::Generic => event.generic_body(),
             Format::Slack => event.slack_body(),
         };
+        // The URL this attempt went to (a reload may change the settings meanwhile).
+        let url = settings.url.clone();
         let sent = {
             let event = Arc::clone(event);
             tokio::task::spawn_blocking(move || post(&agent, &settings, &event, &body)).await
         };
-        let url = lock(&queue.settings).url.clone();
         let failure = match sent {
             Ok(Ok(())) => {
                 queue.count("sent");
